@@ -1,0 +1,1 @@
+//! Pure compiler from Kubernetes objects to a route snapshot. (helper "route+compile")

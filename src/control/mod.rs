@@ -1,0 +1,5 @@
+//! The control side: turns Kubernetes objects (from the cluster or from YAML files) into
+//! immutable route snapshots. Pure compilation lives in `compile`; I/O lives elsewhere.
+
+pub mod compile;
+pub mod manifests;

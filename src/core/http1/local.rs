@@ -1,0 +1,116 @@
+//! Responses Sluice generates itself (errors, 100 Continue). Always correctly framed, with a
+//! short text body and `Server: sluice`; never any peer-controlled bytes.
+
+use super::Version;
+use crate::core::error::Status;
+
+/// Appends a complete error (or other locally generated) response to `out`.
+///
+/// The body is `"<code> <reason>\n"`. With `close`, the response says `Connection: close` and
+/// the caller must close after writing it. `head_request` suppresses the body (not its length).
+pub fn write_local_response(
+    status: Status,
+    version: Version,
+    close: bool,
+    head_request: bool,
+    out: &mut Vec<u8>,
+) {
+    let reason = status.reason();
+    let body_len = 3 + 1 + reason.len() + 1;
+    let proto = match version {
+        Version::Http10 => "HTTP/1.0",
+        Version::Http11 => "HTTP/1.1",
+    };
+    out.extend_from_slice(proto.as_bytes());
+    out.push(b' ');
+    push_status_code(status.0, out);
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\nServer: sluice\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    out.extend_from_slice(b"Content-Length: ");
+    push_decimal(body_len as u64, out);
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        push_status_code(status.0, out);
+        out.push(b' ');
+        out.extend_from_slice(reason.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+/// `HTTP/1.1 100 Continue`, sent when we start reading a body the client is waiting to send.
+pub fn write_continue(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+fn push_status_code(code: u16, out: &mut Vec<u8>) {
+    let code = code.clamp(100, 999);
+    out.extend_from_slice(&[
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
+}
+
+/// Appends `n` in decimal without allocating.
+pub fn push_decimal(mut n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_is_framed_and_closes() {
+        let mut out = Vec::new();
+        write_local_response(Status::NOT_FOUND, Version::Http11, true, false, &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nServer: sluice\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 14\r\nConnection: close\r\n\r\n404 Not Found\n"
+        );
+    }
+
+    #[test]
+    fn head_request_gets_length_but_no_body() {
+        let mut out = Vec::new();
+        write_local_response(
+            Status::SERVICE_UNAVAILABLE,
+            Version::Http10,
+            false,
+            true,
+            &mut out,
+        );
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.starts_with("HTTP/1.0 503 Service Unavailable\r\n"));
+        assert!(text.contains("Content-Length: 24\r\n"));
+        assert!(text.contains("Connection: keep-alive\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn decimal() {
+        for n in [0u64, 7, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(n, &mut out);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Sluice: a thread-per-core ingress appliance for Kubernetes.
+//!
+//! `core` is sans-IO protocol logic (bytes and time in, actions out); `control` turns
+//! Kubernetes objects into immutable route snapshots. See `ARCHITECTURE.md` in the shared design.
+#![deny(unsafe_code)]
+
+pub mod control;
+pub mod core;
