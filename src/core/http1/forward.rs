@@ -4,6 +4,13 @@
 //! OWNER: helper "http1-request" writes `write_upstream_request`. The hop-by-hop helpers below
 //! are shared with the response side; keep their signatures.
 
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use super::Framing;
+use super::local::push_decimal;
+use super::request::{RequestHead, Target};
+
 /// Fields that are always hop-by-hop (RFC 9110 §7.6.1), plus the legacy ones proxies strip.
 /// `Upgrade` is handled separately: kept only when tunnelling.
 const ALWAYS_HOP_BY_HOP: [&str; 6] = [
@@ -38,6 +45,125 @@ pub fn is_hop_by_hop(name: &str, headers: &[httparse::Header<'_>]) -> bool {
         return true;
     }
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// What the listener knows about the client connection, for the forwarding fields.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ForwardInfo<'a> {
+    /// Peer address of the client connection.
+    pub client_ip: IpAddr,
+    /// `http` or `https`: the scheme the client used to reach us.
+    pub proto: &'a str,
+    /// The listener port the client connected to.
+    pub port: u16,
+    /// The request is an upgrade we are going to tunnel: keep `Connection: upgrade` and the
+    /// `Upgrade` field.
+    pub tunnel: bool,
+}
+
+/// Fields we replace with our own values, never forwarding what the client sent.
+const REPLACED: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+/// Appends the head of `head` as sent to the upstream (always HTTP/1.1, origin-form).
+///
+/// Order: request line; `Host`; every end-to-end field in original order and bytes (minus
+/// hop-by-hop fields, `Host`, `Content-Length`, `Transfer-Encoding`, `Expect` and the
+/// forwarding fields); `X-Forwarded-For` (the client's values, then `client_ip`);
+/// `X-Forwarded-Proto`, `X-Forwarded-Host` (unless the authority is empty),
+/// `X-Forwarded-Port`, `X-Real-IP`; the body framing; `Connection: upgrade` and `Upgrade`
+/// when tunnelling; the final CRLF. Allocates nothing except by growing `out`.
+pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    match head.target {
+        Target::Origin { path, query } | Target::Absolute { path, query, .. } => {
+            out.extend_from_slice(path.as_bytes());
+            if let Some(query) = query {
+                out.push(b'?');
+                out.extend_from_slice(query.as_bytes());
+            }
+        }
+        Target::Asterisk => out.push(b'*'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\nHost:");
+    if !head.authority.is_empty() {
+        out.push(b' ');
+        out.extend_from_slice(head.authority.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+
+    for h in head.headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("expect")
+            || REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r))
+            || is_hop_by_hop(name, head.headers)
+        {
+            continue;
+        }
+        push_field(name.as_bytes(), h.value, out);
+    }
+
+    let client_ip = info.client_ip.to_canonical();
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for h in head.headers {
+        // A client that lists X-Forwarded-For in `Connection` asked for it to be dropped.
+        if h.name.eq_ignore_ascii_case("x-forwarded-for")
+            && !h.value.is_empty()
+            && !is_hop_by_hop(h.name, head.headers)
+        {
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b", ");
+        }
+    }
+    push_ip(client_ip, out);
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(info.proto.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !head.authority.is_empty() {
+        push_field(b"X-Forwarded-Host", head.authority.as_bytes(), out);
+    }
+    out.extend_from_slice(b"X-Forwarded-Port: ");
+    push_decimal(u64::from(info.port), out);
+    out.extend_from_slice(b"\r\nX-Real-IP: ");
+    push_ip(client_ip, out);
+    out.extend_from_slice(b"\r\n");
+
+    match head.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(n, out);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::None | Framing::CloseDelimited => {}
+    }
+    if info.tunnel
+        && let Some(proto) = head.upgrade
+    {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        push_field(b"Upgrade", proto.as_bytes(), out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{ip}");
 }
 
 #[cfg(test)]

@@ -65,3 +65,7 @@ pub enum Framing {
     /// Until the sender closes (responses only).
     CloseDelimited,
 }
+
+pub use forward::{ForwardInfo, write_upstream_request};
+pub use request::{RequestHead, Target, parse_request_head};
+pub use scan::{HeadScanner, Scan};

@@ -1,0 +1,433 @@
+//! Wire-level request tests: raw bytes in, either the exact status we answer with or the exact
+//! head we send upstream. Every case is also fed to the scanner one byte at a time and must give
+//! the same result as the whole buffer.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use sluice::core::error::Culprit;
+use sluice::core::http1::{
+    ForwardInfo, Framing, HeadScanner, Limits, MAX_HEADERS_CAP, Scan, Version, parse_request_head,
+    write_upstream_request,
+};
+
+/// The forwarding fields we append for the fixed client of these tests.
+macro_rules! xf {
+    ($authority:literal) => {
+        concat!(
+            "X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ",
+            $authority,
+            "\r\nX-Forwarded-Port: 443\r\nX-Real-IP: 192.0.2.7\r\n"
+        )
+    };
+}
+
+/// What a case expects.
+enum Want {
+    /// The request is refused with this status.
+    Status(u16),
+    /// The request is accepted and forwarded with exactly this head.
+    Upstream(&'static str),
+    /// As `Upstream`, with the upgrade tunnelled.
+    Tunnel(&'static str),
+}
+use Want::*;
+
+struct Case {
+    name: &'static str,
+    input: Vec<u8>,
+    want: Want,
+}
+
+macro_rules! cases {
+    ($($name:literal: $input:expr => $want:expr;)*) => {
+        vec![$(Case { name: $name, input: Vec::from(&$input[..]), want: $want }),*]
+    };
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_body_bytes: Some(1_000_000),
+        ..Limits::default()
+    }
+}
+
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+fn scan_whole(input: &[u8], limits: &Limits) -> Result<Scan, u16> {
+    HeadScanner::new()
+        .scan_request(input, limits)
+        .map_err(|e| e.status.0)
+}
+
+fn scan_bytewise(input: &[u8], limits: &Limits) -> Result<Scan, u16> {
+    let mut scanner = HeadScanner::new();
+    for n in 1..=input.len() {
+        match scanner.scan_request(&input[..n], limits) {
+            Ok(Scan::Partial) => {}
+            other => return other.map_err(|e| e.status.0),
+        }
+    }
+    Ok(Scan::Partial)
+}
+
+/// Scans (both ways), parses and re-emits; `Err(status)` on refusal.
+fn run(input: &[u8], limits: &Limits, tunnel: bool) -> Result<String, u16> {
+    let whole = scan_whole(input, limits);
+    assert_eq!(whole, scan_bytewise(input, limits), "bytewise scan differs");
+    let len = match whole? {
+        Scan::Complete(len) => len,
+        Scan::Partial => panic!("head incomplete"),
+    };
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let head = parse_request_head(&input[..len], limits, &mut storage[..limits.max_headers])
+        .map_err(|e| {
+            assert_eq!(e.culprit, Culprit::Client);
+            e.status.0
+        })?;
+    assert_eq!(head.len, len);
+    let info = ForwardInfo {
+        client_ip: CLIENT,
+        proto: "https",
+        port: 443,
+        tunnel,
+    };
+    let mut out = Vec::new();
+    write_upstream_request(&head, &info, &mut out);
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[rustfmt::skip]
+fn table() -> Vec<Case> {
+    cases! {
+        // ---- request-line forms ----
+        "simple get": b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a.example\r\n", xf!("a.example"), "\r\n"));
+        "leading empty lines tolerated": b"\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+            => Upstream(concat!("GET /x HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "too many leading empty lines": b"\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "absolute-form wins over Host": b"GET http://b.example:8080/p?q=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"
+            => Upstream(concat!("GET /p?q=1 HTTP/1.1\r\nHost: b.example:8080\r\nAccept: */*\r\n", xf!("b.example:8080"), "\r\n"));
+        "absolute-form https, empty path": b"GET HTTPS://b.example?x HTTP/1.1\r\nHost: b.example\r\n\r\n"
+            => Upstream(concat!("GET /?x HTTP/1.1\r\nHost: b.example\r\n", xf!("b.example"), "\r\n"));
+        "absolute-form other scheme": b"GET ftp://b.example/ HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "absolute-form userinfo": b"GET http://u:p@b.example/ HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "absolute-form empty authority": b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "asterisk for OPTIONS": b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"
+            => Upstream(concat!("OPTIONS * HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "asterisk for GET": b"GET * HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "CONNECT": b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n" => Status(501);
+        "HTTP/2.0": b"GET / HTTP/2.0\r\nHost: a\r\n\r\n" => Status(505);
+        "HTTP/1.2": b"GET / HTTP/1.2\r\nHost: a\r\n\r\n" => Status(505);
+        "garbage version": b"GET / HTTP/x.y\r\nHost: a\r\n\r\n" => Status(400);
+        "other protocol": b"GET / FOO/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "lowercase version": b"GET / http/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "version with trailing junk": b"GET / HTTP/1.1 x\r\nHost: a\r\n\r\n" => Status(400);
+        "HTTP/0.9 style": b"GET /\r\n\r\n" => Status(400);
+        "double space": b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "missing target": b"GET HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "fragment in target": b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "non-ascii target": "GET /caf\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n".as_bytes() => Status(400);
+        "DEL in target": b"GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "tab in target": b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "relative target": b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "invalid method char": b"GE(T / HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "unknown method forwarded": b"PURGE /x HTTP/1.1\r\nHost: a\r\n\r\n"
+            => Upstream(concat!("PURGE /x HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "path not normalized": b"GET /a/../b/%2e%2e//c?x=%20&y HTTP/1.1\r\nHost: a\r\n\r\n"
+            => Upstream(concat!("GET /a/../b/%2e%2e//c?x=%20&y HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "HTTP/1.0 without Host forwarded as 1.1": b"GET / HTTP/1.0\r\n\r\n"
+            => Upstream("GET / HTTP/1.1\r\nHost:\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: 443\r\nX-Real-IP: 192.0.2.7\r\n\r\n");
+
+        // ---- Host ----
+        "missing Host on 1.1": b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n" => Status(400);
+        "missing Host with absolute-form": b"GET http://a/ HTTP/1.1\r\n\r\n" => Status(400);
+        "two Host fields": b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n" => Status(400);
+        "Host with space": b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n" => Status(400);
+        "Host with userinfo": b"GET / HTTP/1.1\r\nHost: evil@a\r\n\r\n" => Status(400);
+        "Host bad port": b"GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n" => Status(400);
+        "Host non-numeric port": b"GET / HTTP/1.1\r\nHost: a:http\r\n\r\n" => Status(400);
+        "Host list": b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n" => Status(400);
+        "empty Host": b"GET / HTTP/1.1\r\nHost:\r\n\r\n" => Status(400);
+        "Host IPv6 literal": b"GET / HTTP/1.1\r\nHost: [2001:db8::1]:8080\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: [2001:db8::1]:8080\r\n", xf!("[2001:db8::1]:8080"), "\r\n"));
+        "Host bad IPv6 literal": b"GET / HTTP/1.1\r\nHost: [fe80::1%eth0]\r\n\r\n" => Status(400);
+        "HTTP/1.0 with Host": b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+
+        // ---- framing: Content-Length ----
+        "Content-Length": b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello"
+            => Upstream(concat!("POST /f HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n", xf!("a"), "Content-Length: 5\r\n\r\n"));
+        "Content-Length zero": b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
+            => Upstream(concat!("POST /f HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Content-Length: 0\r\n\r\n"));
+        "CL plus sign": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n" => Status(400);
+        "CL negative": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n" => Status(400);
+        "CL inner space": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5 5\r\n\r\n" => Status(400);
+        "CL identical list folds": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,5\r\n\r\n"
+            => Upstream(concat!("POST / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Content-Length: 5\r\n\r\n"));
+        "CL identical fields fold": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 05\r\n\r\n"
+            => Upstream(concat!("POST / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Content-Length: 5\r\n\r\n"));
+        "CL differing list": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,6\r\n\r\n" => Status(400);
+        "CL differing fields": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n" => Status(400);
+        "CL empty": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n" => Status(400);
+        "CL trailing comma": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\n" => Status(400);
+        "CL overflow": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n" => Status(400);
+        "CL hex": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n" => Status(400);
+        "CL above body limit": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000001\r\n\r\n" => Status(413);
+
+        // ---- framing: Transfer-Encoding and smuggling ----
+        "chunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            => Upstream(concat!("POST / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Transfer-Encoding: chunked\r\n\r\n"));
+        "chunked uppercase": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n"
+            => Upstream(concat!("POST / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Transfer-Encoding: chunked\r\n\r\n"));
+        "chunked after tab": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked \t\r\n\r\n"
+            => Upstream(concat!("POST / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Transfer-Encoding: chunked\r\n\r\n"));
+        "CL.TE": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX" => Status(400);
+        "TE.CL": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n" => Status(400);
+        "TE.TE xchunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n" => Status(501);
+        "TE.TE vertical tab": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\x0b\r\n\r\n" => Status(400);
+        "TE.TE form feed": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\x0cchunked\r\n\r\n" => Status(400);
+        "TE.TE space before colon": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n" => Status(400);
+        "TE.TE leading space on name": b"POST / HTTP/1.1\r\n Transfer-Encoding: chunked\r\nHost: a\r\n\r\n" => Status(400);
+        "TE.TE chunked then identity": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n" => Status(400);
+        "TE.TE chunked twice in list": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n" => Status(400);
+        "TE.TE chunked twice in fields": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n" => Status(400);
+        "TE gzip, chunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" => Status(501);
+        "TE identity": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n" => Status(501);
+        "TE trailing comma": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n" => Status(400);
+        "TE empty": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n" => Status(400);
+        "TE quoted": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \"chunked\"\r\n\r\n" => Status(400);
+        "TE with parameter": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;x=1\r\n\r\n" => Status(400);
+        "TE in HTTP/1.0": b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" => Status(400);
+
+        // ---- field syntax ----
+        "space before colon": b"GET / HTTP/1.1\r\nHost: a\r\nX-A : 1\r\n\r\n" => Status(400);
+        "obs-fold": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n 2\r\n\r\n" => Status(400);
+        "obs-fold with tab": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\t2\r\n\r\n" => Status(400);
+        "NUL in value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\x002\r\n\r\n" => Status(400);
+        "lone CR in value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r2\r\n\r\n" => Status(400);
+        "DEL in value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\x7f2\r\n\r\n" => Status(400);
+        "invalid name char": b"GET / HTTP/1.1\r\nHost: a\r\nX(A): 1\r\n\r\n" => Status(400);
+        "non-ascii name": b"GET / HTTP/1.1\r\nHost: a\r\nX\xc3\xa9: 1\r\n\r\n" => Status(400);
+        "empty name": b"GET / HTTP/1.1\r\nHost: a\r\n: 1\r\n\r\n" => Status(400);
+        "bare LF line": b"GET / HTTP/1.1\nHost: a\r\n\r\n" => Status(400);
+        "bare LF end": b"GET / HTTP/1.1\r\nHost: a\n\n" => Status(400);
+        "value tabs trimmed, original bytes kept": b"GET / HTTP/1.1\r\nHost: a\r\nx-MiXed:\t v\xe9 1 \t\r\nEmpty:\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\nx-MiXed: v\u{fffd} 1\r\nEmpty: \r\n", xf!("a"), "\r\n"));
+
+        // ---- hop-by-hop ----
+        "hop-by-hop stripped": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nTrailer: X-T\r\nUpgrade: websocket\r\nX-Keep: k\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\nX-Keep: k\r\n", xf!("a"), "\r\n"));
+        "upgrade not tunnelled": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n"
+            => Upstream(concat!("GET /ws HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\n", xf!("a"), "\r\n"));
+        "upgrade tunnelled": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n"
+            => Tunnel(concat!("GET /ws HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\n", xf!("a"), "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"));
+        "upgrade without Connection token": b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
+            => Tunnel(concat!("GET /ws HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+
+        // ---- forwarding fields ----
+        "XFF appended across fields": b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 198.51.100.1\r\nAccept: */*\r\nx-forwarded-for: 198.51.100.2, 198.51.100.3\r\n\r\n"
+            => Upstream("GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nX-Forwarded-For: 198.51.100.1, 198.51.100.2, 198.51.100.3, 192.0.2.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: a\r\nX-Forwarded-Port: 443\r\nX-Real-IP: 192.0.2.7\r\n\r\n");
+        "forwarding fields replaced": b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\nX-Real-IP: 6.6.6.6\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+
+        // ---- Expect ----
+        "Expect 100-continue stripped": b"PUT /u HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n"
+            => Upstream(concat!("PUT /u HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Content-Length: 3\r\n\r\n"));
+        "other expectation": b"PUT /u HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 3\r\n\r\n" => Status(417);
+    }
+}
+
+#[test]
+fn wire_table() {
+    let limits = limits();
+    let cases = table();
+    assert!(cases.len() >= 55, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let (tunnel, want) = match &case.want {
+            Status(s) => (false, Err(*s)),
+            Upstream(h) => (false, Ok(h.to_string())),
+            Tunnel(h) => (true, Ok(h.to_string())),
+        };
+        let got = run(&case.input, &limits, tunnel);
+        if got != want {
+            failures.push(format!("{}:\n  want {want:?}\n  got  {got:?}", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---- limits (inputs built at run time) ----
+
+#[test]
+fn request_line_too_long_is_414() {
+    let mut req = b"GET /".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 9000));
+    req.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(run(&req, &limits(), false), Err(414));
+}
+
+#[test]
+fn head_too_large_is_431() {
+    let mut req = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 33 * 1024));
+    req.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(run(&req, &limits(), false), Err(431));
+}
+
+#[test]
+fn too_many_fields_is_431() {
+    let build = |n: usize| {
+        let mut req = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 1..n {
+            req.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        req
+    };
+    assert!(run(&build(100), &limits(), false).is_ok());
+    assert_eq!(run(&build(101), &limits(), false), Err(431));
+}
+
+#[test]
+fn head_of_exactly_the_limit_is_accepted() {
+    let limits = Limits {
+        max_head_bytes: 64,
+        ..limits()
+    };
+    let mut req = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+    let pad = 64 - req.len() - 4;
+    req.extend(std::iter::repeat_n(b'a', pad));
+    req.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(req.len(), 64);
+    assert!(run(&req, &limits, false).is_ok());
+    req.insert(30, b'a');
+    assert_eq!(run(&req, &limits, false), Err(431));
+}
+
+// ---- flags of the parsed head ----
+
+fn with_head<R>(input: &[u8], f: impl FnOnce(&sluice::core::http1::RequestHead<'_>) -> R) -> R {
+    let limits = limits();
+    let Ok(Scan::Complete(len)) = scan_whole(input, &limits) else {
+        panic!("scan failed");
+    };
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let head = parse_request_head(&input[..len], &limits, &mut storage[..limits.max_headers])
+        .expect("valid head");
+    f(&head)
+}
+
+#[test]
+fn keep_alive_rules() {
+    let cases: [(&[u8], bool); 6] = [
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n",
+            false,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo\r\nConnection: close\r\n\r\n",
+            false,
+        ),
+        (b"GET / HTTP/1.0\r\n\r\n", false),
+        (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
+        (
+            b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+            false,
+        ),
+    ];
+    for (input, want) in cases {
+        assert_eq!(with_head(input, |h| h.keep_alive), want, "{input:?}");
+    }
+}
+
+#[test]
+fn expect_continue_flag() {
+    let flagged = b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+    assert!(with_head(flagged, |h| h.expect_continue));
+    // Nothing to wait for without a body, and HTTP/1.0 expectations are ignored.
+    let no_body = b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n";
+    assert!(!with_head(no_body, |h| h.expect_continue));
+    let old = b"PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+    assert!(!with_head(old, |h| h.expect_continue));
+}
+
+#[test]
+fn upgrade_only_for_http11_with_connection_token() {
+    let ws = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    assert_eq!(
+        with_head(ws, |h| h.upgrade.map(str::to_owned)),
+        Some("websocket".to_owned())
+    );
+    let no_token = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n";
+    assert_eq!(with_head(no_token, |h| h.upgrade.map(str::to_owned)), None);
+    let old = b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    assert_eq!(with_head(old, |h| h.upgrade.map(str::to_owned)), None);
+}
+
+#[test]
+fn accessors() {
+    let req = b"\r\nHEAD http://Example.COM:8080/a/b?c=d HTTP/1.1\r\nHost: x\r\n\r\n";
+    with_head(req, |h| {
+        assert_eq!(h.method, "HEAD");
+        assert_eq!(h.version, Version::Http11);
+        assert_eq!(h.authority, "Example.COM:8080");
+        assert_eq!(h.host(), "Example.COM");
+        assert_eq!(h.path(), "/a/b");
+        assert_eq!(h.query(), Some("c=d"));
+        assert!(h.is_head());
+        assert!(h.is_idempotent());
+        assert_eq!(h.framing, Framing::None);
+        assert_eq!(h.len, req.len());
+        assert_eq!(h.headers.len(), 1);
+    });
+    with_head(b"OPTIONS * HTTP/1.1\r\nHost: [::1]:1\r\n\r\n", |h| {
+        assert_eq!(h.path(), "*");
+        assert_eq!(h.host(), "[::1]");
+        assert!(!h.is_head());
+    });
+    with_head(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n",
+        |h| {
+            assert!(!h.is_idempotent());
+            assert_eq!(h.framing, Framing::Length(1));
+        },
+    );
+}
+
+#[test]
+fn ipv6_client_and_mapped_addresses() {
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let limits = limits();
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let head = parse_request_head(req, &limits, &mut storage[..100]).unwrap();
+    for (ip, shown) in [
+        ("2001:db8::7", "2001:db8::7"),
+        ("::ffff:192.0.2.9", "192.0.2.9"),
+    ] {
+        let info = ForwardInfo {
+            client_ip: ip.parse().unwrap(),
+            proto: "http",
+            port: 80,
+            tunnel: false,
+        };
+        let mut out = Vec::new();
+        write_upstream_request(&head, &info, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(&format!("X-Forwarded-For: {shown}\r\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("X-Real-IP: {shown}\r\n")), "{text}");
+    }
+}
+
+#[test]
+fn body_bytes_after_head_are_not_part_of_it() {
+    let req = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+    assert_eq!(
+        scan_whole(req, &limits()),
+        Ok(Scan::Complete(req.len() - 18))
+    );
+}
