@@ -214,6 +214,12 @@ fn table() -> Vec<Case> {
         "value tabs trimmed, original bytes kept": b"GET / HTTP/1.1\r\nHost: a\r\nx-MiXed:\t v\xe9 1 \t\r\nEmpty:\r\n\r\n"
             => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\nx-MiXed: v\u{fffd} 1\r\nEmpty: \r\n", xf!("a"), "\r\n"));
 
+        "DEL deep in a long value (SIMD path)": [&b"GET / HTTP/1.1\r\nHost: a\r\nX-A: "[..], &[b'v'; 80], b"\x7f", &[b'v'; 40], b"\r\n\r\n"].concat() => Status(400);
+        "DEL deep in a long target (SIMD path)": [&b"GET /"[..], &[b'p'; 80], b"\x7f", &[b'p'; 40], b" HTTP/1.1\r\nHost: a\r\n\r\n"].concat() => Status(400);
+        "fragment deep in a long target": [&b"GET /"[..], &[b'p'; 80], b"#", &[b'p'; 40], b" HTTP/1.1\r\nHost: a\r\n\r\n"].concat() => Status(400);
+        "non-ascii deep in a long value is forwarded": [&b"GET / HTTP/1.1\r\nHost: a\r\nX-A: "[..], &[b'v'; 70], b"\xe9", b"\r\n\r\n"].concat()
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\nX-A: vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv\u{fffd}\r\n", xf!("a"), "\r\n"));
+
         // ---- hop-by-hop ----
         "hop-by-hop stripped": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nTrailer: X-T\r\nUpgrade: websocket\r\nX-Keep: k\r\n\r\n"
             => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\nX-Keep: k\r\n", xf!("a"), "\r\n"));
@@ -224,10 +230,19 @@ fn table() -> Vec<Case> {
         "upgrade without Connection token": b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
             => Tunnel(concat!("GET /ws HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
 
+        "two Upgrade fields": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n" => Status(400);
+        "Connection: close alone": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nCookie: c=1\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\nCookie: c=1\r\n", xf!("a"), "\r\n"));
+
         // ---- forwarding fields ----
         "XFF appended across fields": b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 198.51.100.1\r\nAccept: */*\r\nx-forwarded-for: 198.51.100.2, 198.51.100.3\r\n\r\n"
             => Upstream("GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nX-Forwarded-For: 198.51.100.1, 198.51.100.2, 198.51.100.3, 192.0.2.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: a\r\nX-Forwarded-Port: 443\r\nX-Real-IP: 192.0.2.7\r\n\r\n");
         "forwarding fields replaced": b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\nX-Real-IP: 6.6.6.6\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+
+        "XFF named by Connection is dropped": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Forwarded-For\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "empty XFF ignored": b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For:\r\n\r\n"
             => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
 
         // ---- Expect ----
@@ -430,4 +445,110 @@ fn body_bytes_after_head_are_not_part_of_it() {
         scan_whole(req, &limits()),
         Ok(Scan::Complete(req.len() - 18))
     );
+}
+
+// ---- robustness: arbitrary input never panics, and the scanner is split-invariant ----
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pick(options: &'static [&'static str]) -> impl Strategy<Value = Vec<u8>> {
+        proptest::sample::select(options).prop_map(|s| s.as_bytes().to_vec())
+    }
+
+    /// A value: a few well-known fragments, digits or raw bytes, glued together.
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        let part = prop_oneof![
+            4 => pick(&["chunked", "gzip", "close", "keep-alive", "upgrade", "X-A", "100-continue",
+                        "websocket", "a", "a:80", "[::1]", "5", ",", " ", "\t", ";", "\"", "@"]),
+            1 => "[0-9]{1,22}".prop_map(String::into_bytes),
+            1 => proptest::collection::vec(any::<u8>(), 0..4),
+        ];
+        prop_oneof![
+            3 => pick(&["chunked", "close", "upgrade", "5", "a", "100-continue", "websocket", "x"]),
+            2 => proptest::collection::vec(part, 0..5).prop_map(|p| p.concat()),
+        ]
+    }
+
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop_oneof![
+            6 => pick(&["Host", "Content-Length", "Transfer-Encoding", "Connection", "Upgrade",
+                        "Expect", "X-Forwarded-For", "X-A", "Keep-Alive", "TE", "host"]),
+            1 => proptest::collection::vec(any::<u8>(), 0..4),
+        ];
+        (name, value()).prop_map(|(n, v)| [n, b": ".to_vec(), v, b"\r\n".to_vec()].concat())
+    }
+
+    fn request() -> impl Strategy<Value = Vec<u8>> {
+        (
+            pick(&["", "\r\n"]),
+            pick(&["GET", "POST", "OPTIONS", "PUT", "CONNECT", "X"]),
+            prop_oneof![
+                4 => pick(&["/", "/a?b", "*", "http://h:1/p", "http://[::1]", "https://h?q", "/#"]),
+                1 => proptest::collection::vec(any::<u8>(), 0..6),
+            ],
+            pick(&[" HTTP/1.1\r\n", " HTTP/1.0\r\n", " HTTP/2.0\r\n"]),
+            pick(&["Host: a\r\n", "Host: a\r\n", "Host: a\r\n", ""]),
+            proptest::collection::vec(field(), 0..4),
+            proptest::option::weighted(0.3, (any::<prop::sample::Index>(), any::<u8>())),
+        )
+            .prop_map(|(lead, method, target, version, host, fields, mutation)| {
+                let mut v = [
+                    lead,
+                    method,
+                    b" ".to_vec(),
+                    target,
+                    version,
+                    host,
+                    fields.concat(),
+                ]
+                .concat();
+                v.extend_from_slice(b"\r\n");
+                if let Some((at, byte)) = mutation {
+                    let i = at.index(v.len());
+                    v[i] = byte;
+                }
+                v
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn never_panics(input in request(), split in 0usize..64) {
+            let limits = limits();
+            let whole = scan_whole(&input, &limits);
+            // Any split point gives the same answer as the whole buffer.
+            let mut scanner = HeadScanner::new();
+            let split = split.min(input.len());
+            let split_result = match scanner.scan_request(&input[..split], &limits) {
+                Ok(Scan::Partial) => scanner.scan_request(&input, &limits).map_err(|e| e.status.0),
+                other => other.map_err(|e| e.status.0),
+            };
+            prop_assert_eq!(whole, split_result);
+            if let Ok(Scan::Complete(len)) = whole {
+                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+                if let Ok(head) = parse_request_head(&input[..len], &limits, &mut storage[..100]) {
+                    let info = ForwardInfo { client_ip: CLIENT, proto: "http", port: 80, tunnel: true };
+                    let mut out = Vec::new();
+                    write_upstream_request(&head, &info, &mut out);
+                    // What we emit is itself a valid head that parses to the same framing.
+                    let mut again = HeadScanner::new();
+                    prop_assert_eq!(again.scan_request(&out, &limits), Ok(Scan::Complete(out.len())));
+                    let mut storage2 = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+                    let reparsed = parse_request_head(&out, &limits, &mut storage2[..]);
+                    if !head.authority.is_empty() {
+                        let reparsed = reparsed.map_err(|e| e.detail);
+                        prop_assert!(reparsed.is_ok(), "{:?}", reparsed);
+                        if let Ok(r) = reparsed {
+                            prop_assert_eq!(r.framing, head.framing);
+                            prop_assert_eq!(r.authority, head.authority);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

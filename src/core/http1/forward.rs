@@ -98,13 +98,24 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
     }
     out.extend_from_slice(b"\r\n");
 
+    // `is_hop_by_hop` re-reads every Connection field per call. Most requests' Connection
+    // fields only carry options (keep-alive, close, upgrade) that name no field, so we look at
+    // them once here and give `is_hop_by_hop` nothing to re-read in that case. (`Close` is a
+    // reserved field name, RFC 9110 §18.4, so it cannot name a real field.)
+    let nominates = connection_tokens(head.headers).any(|t| {
+        !t.eq_ignore_ascii_case("keep-alive")
+            && !t.eq_ignore_ascii_case("close")
+            && !t.eq_ignore_ascii_case("upgrade")
+    });
+    let connection: &[httparse::Header<'_>] = if nominates { head.headers } else { &[] };
+
     for h in head.headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("host")
             || name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("expect")
             || REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r))
-            || is_hop_by_hop(name, head.headers)
+            || is_hop_by_hop(name, connection)
         {
             continue;
         }
@@ -117,7 +128,7 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
         // A client that lists X-Forwarded-For in `Connection` asked for it to be dropped.
         if h.name.eq_ignore_ascii_case("x-forwarded-for")
             && !h.value.is_empty()
-            && !is_hop_by_hop(h.name, head.headers)
+            && !is_hop_by_hop(h.name, connection)
         {
             out.extend_from_slice(h.value);
             out.extend_from_slice(b", ");
