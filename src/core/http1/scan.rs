@@ -102,11 +102,12 @@ impl HeadScanner {
                 Side::Response => HttpError::upstream(502, detail),
             }
         };
-        let start = self.pos;
-        for (i, &b) in buf.iter().enumerate().skip(start) {
+        let mut i = self.pos;
+        while i < buf.len() {
             if i >= limits.max_head_bytes {
                 return Err(fail(431, "message head too large"));
             }
+            let b = buf[i];
             if self.cr {
                 if b != b'\n' {
                     return Err(fail(400, "bare CR in message head"));
@@ -133,21 +134,31 @@ impl HeadScanner {
                     }
                     Phase::Done(len) => return Ok(Scan::Complete(len)),
                 }
+                i += 1;
                 continue;
             }
             match b {
-                b'\r' => self.cr = true,
+                b'\r' => {
+                    self.cr = true;
+                    i += 1;
+                }
                 b'\n' => return Err(fail(400, "bare LF in message head")),
                 0 => return Err(fail(400, "NUL in message head")),
                 _ => {
                     if self.phase == Phase::Leading {
                         self.phase = Phase::StartLine(i);
                     }
+                    // Skip the whole run of ordinary bytes at once (vectorised search); it
+                    // ends at the next CR, LF or NUL, or at the head-size limit.
+                    let end = buf.len().min(limits.max_head_bytes);
+                    let run_end =
+                        memchr::memchr3(b'\r', b'\n', 0, &buf[i..end]).map_or(end, |p| i + p);
                     if let Phase::StartLine(line_start) = self.phase
-                        && i + 1 - line_start > limits.max_request_line
+                        && run_end - line_start > limits.max_request_line
                     {
                         return Err(fail(414, "request line too long"));
                     }
+                    i = run_end;
                 }
             }
         }
