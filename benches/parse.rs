@@ -5,9 +5,12 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice::core::http1::Limits;
 use sluice::core::http1::forward::{ForwardInfo, write_upstream_request};
+use sluice::core::http1::request::{
+    parse_request_head_uninit, parse_whole_request_head, uninit_headers,
+};
 use sluice::core::http1::scan::{HeadScanner, Scan};
-use sluice::core::http1::{Limits, MAX_HEADERS_CAP, parse_request_head};
 
 const BROWSER_REQUEST: &[u8] = b"GET /static/js/app.3f9a1c.js?v=2 HTTP/1.1\r\n\
 Host: shop.example.com\r\n\
@@ -28,6 +31,17 @@ fn bench_parse(c: &mut Criterion) {
     let limits = Limits::default();
     let mut group = c.benchmark_group("head");
     group.throughput(Throughput::Bytes(BROWSER_REQUEST.len() as u64));
+    // What the connection machine does when a head arrives whole (the common case).
+    group.bench_function("whole-head", |b| {
+        b.iter(|| {
+            let mut storage = uninit_headers();
+            let head = parse_whole_request_head(black_box(BROWSER_REQUEST), &limits, &mut storage)
+                .expect("fast path must take a whole head")
+                .expect("benchmark request must parse");
+            black_box(head.framing);
+        })
+    });
+    // What it does when the head arrives in pieces: incremental scan, then parse.
     group.bench_function("scan+parse", |b| {
         b.iter(|| {
             let mut scanner = HeadScanner::new();
@@ -35,13 +49,9 @@ fn bench_parse(c: &mut Criterion) {
             else {
                 panic!("benchmark request must scan")
             };
-            let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-            let head = parse_request_head(
-                &BROWSER_REQUEST[..len],
-                &limits,
-                &mut storage[..limits.max_headers],
-            )
-            .expect("benchmark request must parse");
+            let mut storage = uninit_headers();
+            let head = parse_request_head_uninit(&BROWSER_REQUEST[..len], &limits, &mut storage)
+                .expect("benchmark request must parse");
             black_box(head.framing);
         })
     });
@@ -70,20 +80,12 @@ fn bench_parse(c: &mut Criterion) {
         tunnel: false,
     };
     let mut out = Vec::with_capacity(1024);
-    group.bench_function("scan+parse+emit", |b| {
+    group.bench_function("whole-head+emit", |b| {
         b.iter(|| {
-            let mut scanner = HeadScanner::new();
-            let Ok(Scan::Complete(len)) = scanner.scan_request(black_box(BROWSER_REQUEST), &limits)
-            else {
-                panic!("benchmark request must scan")
-            };
-            let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-            let head = parse_request_head(
-                &BROWSER_REQUEST[..len],
-                &limits,
-                &mut storage[..limits.max_headers],
-            )
-            .expect("benchmark request must parse");
+            let mut storage = uninit_headers();
+            let head = parse_whole_request_head(black_box(BROWSER_REQUEST), &limits, &mut storage)
+                .expect("fast path must take a whole head")
+                .expect("benchmark request must parse");
             out.clear();
             write_upstream_request(&head, &info, &mut out);
             black_box(out.len());

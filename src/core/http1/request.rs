@@ -5,6 +5,8 @@
 //! unambiguous body framing (RFC 9112 §6, the rules that prevent request smuggling) and only
 //! expectations we can honour. Nothing here panics on any input.
 
+use std::mem::MaybeUninit;
+
 use super::{Framing, Limits, MAX_HEADERS_CAP, Version};
 use crate::core::error::HttpError;
 
@@ -99,9 +101,81 @@ pub fn parse_request_head<'b>(
     storage: &'b mut [httparse::Header<'b>],
 ) -> Result<RequestHead<'b>, HttpError> {
     let cap = limits.max_headers.min(MAX_HEADERS_CAP).min(storage.len());
-    let storage = &mut storage[..cap];
-    let mut req = httparse::Request::new(storage);
-    let len = match req.parse(head) {
+    let mut req = httparse::Request::new(&mut storage[..cap]);
+    let parsed = req.parse(head);
+    finish_request(req, parsed, head, limits)
+}
+
+/// Header storage that costs nothing to set up (the parser initialises what it uses); a
+/// `[EMPTY_HEADER; MAX_HEADERS_CAP]` array would be a 6 KiB memset per request.
+pub fn uninit_headers<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS_CAP] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP]
+}
+
+/// [`parse_request_head`] over uninitialised storage (see [`uninit_headers`]).
+pub fn parse_request_head_uninit<'b>(
+    head: &'b [u8],
+    limits: &Limits,
+    storage: &'b mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<RequestHead<'b>, HttpError> {
+    let cap = limits.max_headers.min(MAX_HEADERS_CAP).min(storage.len());
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = req.parse_with_uninit_headers(head, &mut storage[..cap]);
+    finish_request(req, parsed, head, limits)
+}
+
+/// Fast path for a head that is already whole in `buf` (the common case: one read brings the
+/// entire request head). Parses it with one pass of httparse instead of scanning first, then
+/// checks what the scanner would have enforced with cheap vectorised searches: no NUL, CRLF
+/// line endings only (httparse itself rejects a CR that is not followed by LF, so as many CRs
+/// as lines means no line ended in a bare LF), request line and head within their limits.
+///
+/// `None` when the head is incomplete, over a limit or malformed in any way: the caller then
+/// takes the slow path ([`super::HeadScanner`] and [`parse_request_head_uninit`]), which
+/// produces the exact status. A `Some` result is identical to what the slow path returns
+/// (a property test holds the two together).
+pub fn parse_whole_request_head<'b>(
+    buf: &'b [u8],
+    limits: &Limits,
+    storage: &'b mut [MaybeUninit<httparse::Header<'b>>],
+) -> Option<Result<RequestHead<'b>, HttpError>> {
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+    match window.first() {
+        None | Some(b'\r') | Some(b'\n') => return None,
+        Some(_) => {}
+    }
+    let cap = limits.max_headers.min(MAX_HEADERS_CAP).min(storage.len());
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(window, &mut storage[..cap]) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return None,
+    };
+    let head = &window[..len];
+    let line_end = memchr::memchr(b'\n', head)?;
+    if line_end == 0 || line_end - 1 > limits.max_request_line || memchr::memchr(0, head).is_some()
+    {
+        return None;
+    }
+    let lines = req.headers.len() + 2;
+    if memchr::memchr_iter(b'\r', head).count() != lines {
+        return None;
+    }
+    Some(finish_request(
+        req,
+        Ok(httparse::Status::Complete(len)),
+        head,
+        limits,
+    ))
+}
+
+/// Validation shared by every parse entry point, once httparse has run.
+fn finish_request<'b>(
+    req: httparse::Request<'b, 'b>,
+    parsed: httparse::Result<usize>,
+    head: &'b [u8],
+    limits: &Limits,
+) -> Result<RequestHead<'b>, HttpError> {
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Err(HttpError::client(400, "incomplete head")),
         Err(e) => return Err(map_parse_error(e, head)),
@@ -337,6 +411,10 @@ fn scan_fields<'b>(
     let mut saw_te = false;
     for h in headers {
         let name = h.name;
+        // Dispatch on length first: most fields are none of ours and cost one compare.
+        if !matches!(name.len(), 4 | 6 | 7 | 10 | 14 | 17) {
+            continue;
+        }
         if name.eq_ignore_ascii_case("host") {
             host_count += 1;
             if host_count > 1 {
