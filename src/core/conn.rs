@@ -15,12 +15,23 @@
 //!
 //! The machine never blocks, never reads a clock and never allocates per byte.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::core::http1::Limits;
-use crate::core::route::Router;
+use crate::core::error::{HttpError, Status};
+use crate::core::http1::body::{BodyDecoder, BodyEncoder, Decoded, Peer};
+use crate::core::http1::forward::{ForwardInfo, write_upstream_request};
+use crate::core::http1::request::{
+    parse_request_head_uninit, parse_whole_request_head, uninit_headers,
+};
+use crate::core::http1::response::{
+    ClientSide, RequestContext, parse_response_head_uninit, write_client_response,
+};
+use crate::core::http1::scan::{HeadScanner, Scan};
+use crate::core::http1::{Framing, Limits, Version, local};
+use crate::core::route::{RouteDecision, Router};
 use crate::core::time::Instant;
 
 /// Timeouts of one connection. Defaults follow what ingress-nginx users are used to.
@@ -117,113 +128,1147 @@ pub enum Action {
     CloseClient,
 }
 
+/// Bytes received and not yet consumed. Consuming a prefix only moves an offset; the buffer is
+/// compacted when appending, so no byte is moved more than once per message.
+#[derive(Default)]
+struct InBuf {
+    data: Vec<u8>,
+    pos: usize,
+}
+
+impl InBuf {
+    fn bytes(&self) -> &[u8] {
+        &self.data[self.pos..]
+    }
+
+    fn len(&self) -> usize {
+        self.data.len() - self.pos
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.data.len());
+        if self.pos == self.data.len() {
+            self.data.clear();
+            self.pos = 0;
+        }
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        if self.pos > 0 {
+            self.data.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.data.extend_from_slice(bytes);
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.pos = 0;
+    }
+
+    /// Gives the memory back while idle (a keep-alive connection should cost next to nothing).
+    fn release_if_empty(&mut self) {
+        if self.is_empty() && self.data.capacity() > IDLE_KEEP_CAPACITY {
+            self.data = Vec::new();
+        }
+    }
+}
+
+/// Bytes queued for one peer, and the buffer the engine holds while a send is in flight.
+#[derive(Default)]
+struct OutBuf {
+    queued: Vec<u8>,
+    in_flight: usize,
+    sending: bool,
+}
+
+impl OutBuf {
+    fn take(&mut self) -> Option<Vec<u8>> {
+        if self.sending || self.queued.is_empty() {
+            return None;
+        }
+        self.sending = true;
+        self.in_flight = self.queued.len();
+        Some(std::mem::take(&mut self.queued))
+    }
+
+    /// Returns how many bytes were really written (0 for a buffer we were not expecting).
+    fn sent(&mut self, mut buf: Vec<u8>, written: usize) -> usize {
+        if !self.sending {
+            return 0;
+        }
+        self.sending = false;
+        self.in_flight = 0;
+        let written = written.min(buf.len());
+        if written < buf.len() {
+            buf.drain(..written);
+            buf.extend_from_slice(&self.queued);
+            self.queued = buf;
+        } else if self.queued.is_empty() {
+            buf.clear();
+            self.queued = buf;
+        }
+        written
+    }
+
+    /// Bytes not yet acknowledged as written.
+    fn pending(&self) -> usize {
+        self.queued.len() + self.in_flight
+    }
+
+    fn is_flushed(&self) -> bool {
+        self.pending() == 0
+    }
+
+    /// Forgets everything, including a buffer in flight (the engine drops it).
+    fn reset(&mut self) {
+        self.queued.clear();
+        self.in_flight = 0;
+        self.sending = false;
+    }
+
+    fn release_if_empty(&mut self) {
+        if self.is_flushed() && self.queued.capacity() > IDLE_KEEP_CAPACITY {
+            self.queued = Vec::new();
+        }
+    }
+}
+
+/// Buffers larger than this are freed when a connection goes idle.
+const IDLE_KEEP_CAPACITY: usize = 4096;
+
+/// What we remember of a request once its head has been forwarded.
+#[derive(Clone, Copy, Debug)]
+struct RequestMeta {
+    version: Version,
+    head_request: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+    upgrade: bool,
+    has_body: bool,
+}
+
+impl RequestMeta {
+    /// Before a head is parsed we know nothing: answer as HTTP/1.1 and close.
+    const UNKNOWN: RequestMeta = RequestMeta {
+        version: Version::Http11,
+        head_request: false,
+        keep_alive: false,
+        expect_continue: false,
+        upgrade: false,
+        has_body: false,
+    };
+}
+
+/// The response side of an exchange.
+enum Response {
+    /// Waiting for (the rest of) the upstream's response head.
+    Head,
+    /// Streaming the body to the client.
+    Body {
+        decoder: BodyDecoder,
+        encoder: BodyEncoder,
+        keep_alive: bool,
+        reusable: bool,
+    },
+    /// Fully queued for the client.
+    Done { keep_alive: bool, reusable: bool },
+}
+
+/// One request in flight towards one upstream endpoint.
+struct Exchange {
+    req: RequestMeta,
+    endpoint: SocketAddr,
+    /// The upstream connection came from the keep-alive pool.
+    reused: bool,
+    /// Already retried once on a fresh connection.
+    retried: bool,
+    /// The request body still streaming to the upstream; `None` once finished (or absent).
+    body: Option<(BodyDecoder, BodyEncoder)>,
+    response: Response,
+    status: u16,
+    /// A response head has been queued for the client: errors can no longer be reported.
+    response_started: bool,
+    /// When we started waiting for the response head (reset by upstream progress).
+    waiting_since: Instant,
+}
+
+impl Exchange {
+    fn request_done(&self) -> bool {
+        self.body.is_none()
+    }
+}
+
+/// The connection's state. Each variant holds exactly what that state needs.
+enum State {
+    /// Between requests, or reading a request head. `started` is the first byte of the head.
+    Head {
+        idle_since: Instant,
+        first: bool,
+        started: Option<Instant>,
+    },
+    /// Waiting for the upstream connection.
+    Connecting {
+        ex: Exchange,
+        since: Instant,
+    },
+    /// Request and response streaming.
+    Proxying {
+        ex: Exchange,
+    },
+    /// After a 101: bytes flow both ways untouched.
+    Tunnel,
+    /// Flushing the last output, then FIN, then reading until the client closes (linger).
+    Closing {
+        shut: bool,
+        linger_until: Option<Instant>,
+    },
+    Closed,
+}
+
 /// One client connection and, while a request is in flight, its upstream connection.
 pub struct Conn {
-    _private: (),
+    info: ClientInfo,
+    config: Arc<ConnConfig>,
+    state: State,
+    cin: InBuf,
+    cout: OutBuf,
+    uin: InBuf,
+    uout: OutBuf,
+    scanner: HeadScanner,
+    /// Nothing of the next head has been scanned yet: the whole-head fast path may apply.
+    head_fresh: bool,
+    /// The upstream head of a bodiless request, kept to replay it once on a fresh connection
+    /// when a pooled connection turns out to be dead. Reused across requests.
+    replay: Vec<u8>,
+    actions: VecDeque<Action>,
+    last_activity: Instant,
+    client_eof: bool,
+    /// The upstream closed its side; what is buffered is still delivered.
+    upstream_eof: bool,
+    /// An upstream connection is ours (asked for and not yet released).
+    has_upstream: bool,
+    shutting_down: bool,
 }
 
 impl Conn {
-    pub fn new(_info: ClientInfo, _config: Arc<ConnConfig>, _now: Instant) -> Conn {
-        todo!("conn machine")
+    pub fn new(info: ClientInfo, config: Arc<ConnConfig>, now: Instant) -> Conn {
+        Conn {
+            info,
+            config,
+            state: State::Head {
+                idle_since: now,
+                first: true,
+                started: None,
+            },
+            cin: InBuf::default(),
+            cout: OutBuf::default(),
+            uin: InBuf::default(),
+            uout: OutBuf::default(),
+            scanner: HeadScanner::new(),
+            head_fresh: true,
+            replay: Vec::new(),
+            actions: VecDeque::new(),
+            last_activity: now,
+            client_eof: false,
+            upstream_eof: false,
+            has_upstream: false,
+            shutting_down: false,
+        }
     }
 
     /// Bytes read from the client. Call only while [`Conn::wants_client_read`].
-    pub fn client_data(&mut self, _data: &[u8], _now: Instant, _router: &mut dyn Router) {
-        todo!()
+    pub fn client_data(&mut self, data: &[u8], now: Instant, router: &mut dyn Router) {
+        if data.is_empty() {
+            return;
+        }
+        self.last_activity = now;
+        match self.state {
+            State::Closed => return,
+            // Lingering: what the client still sends is read and dropped.
+            State::Closing { .. } => return,
+            _ => {}
+        }
+        self.cin.extend(data);
+        self.drive(now, router);
     }
 
     /// The client half-closed (read returned 0).
-    pub fn client_eof(&mut self, _now: Instant) {
-        todo!()
+    pub fn client_eof(&mut self, now: Instant, router: &mut dyn Router) {
+        self.client_eof = true;
+        self.last_activity = now;
+        match &self.state {
+            State::Closed => return,
+            State::Head { .. } => {
+                // Requests already buffered are still answered (see `try_start_request`).
+            }
+            State::Connecting { ex, .. } | State::Proxying { ex } => {
+                // A client may half-close after a complete request and still read the answer.
+                if !ex.request_done() || ex.req.upgrade {
+                    self.abort();
+                }
+            }
+            State::Tunnel => self.abort(),
+            State::Closing { .. } => {}
+        }
+        self.drive(now, router);
     }
 
     /// The client socket failed (reset, error): abandon everything.
     pub fn client_error(&mut self, _now: Instant) {
-        todo!()
+        self.release_upstream(false);
+        self.close_now();
     }
 
     /// Bytes to send to the client, if any and if no send of ours is in flight.
     pub fn take_client_output(&mut self) -> Option<Vec<u8>> {
-        todo!()
+        if matches!(self.state, State::Closed) {
+            return None;
+        }
+        self.cout.take()
     }
 
     /// A buffer from [`Conn::take_client_output`] comes back; `written` bytes of it were sent.
-    pub fn client_sent(&mut self, _buf: Vec<u8>, _written: usize, _now: Instant) {
-        todo!()
+    pub fn client_sent(
+        &mut self,
+        buf: Vec<u8>,
+        written: usize,
+        now: Instant,
+        router: &mut dyn Router,
+    ) {
+        if self.cout.sent(buf, written) > 0 {
+            self.last_activity = now;
+        }
+        self.drive(now, router);
     }
 
     /// The upstream connection asked for by [`Action::Connect`] is ready; `reused` when it came
     /// from the keep-alive pool.
-    pub fn upstream_connected(&mut self, _now: Instant, _reused: bool) {
-        todo!()
+    pub fn upstream_connected(&mut self, now: Instant, reused: bool, router: &mut dyn Router) {
+        let State::Connecting { .. } = self.state else {
+            return;
+        };
+        let State::Connecting { mut ex, .. } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return;
+        };
+        ex.reused = reused;
+        ex.waiting_since = now;
+        // The client waits for our go-ahead before sending its body; only now is it useful.
+        if ex.req.expect_continue
+            && !ex.request_done()
+            && ex.req.version == Version::Http11
+            && self.cin.is_empty()
+        {
+            local::write_continue(&mut self.cout.queued);
+        }
+        self.state = State::Proxying { ex };
+        self.last_activity = now;
+        self.drive(now, router);
     }
 
     /// The upstream connection asked for could not be made.
-    pub fn upstream_connect_failed(&mut self, _now: Instant) {
-        todo!()
+    pub fn upstream_connect_failed(&mut self, now: Instant, router: &mut dyn Router) {
+        if let State::Connecting { .. } = self.state {
+            self.uout.reset();
+            self.fail(
+                HttpError::upstream(502, "could not connect to the upstream"),
+                now,
+                false,
+            );
+            self.drive(now, router);
+        }
     }
 
     /// Bytes read from the upstream. Call only while [`Conn::wants_upstream_read`].
-    pub fn upstream_data(&mut self, _data: &[u8], _now: Instant) {
-        todo!()
+    pub fn upstream_data(&mut self, data: &[u8], now: Instant, router: &mut dyn Router) {
+        if data.is_empty() {
+            return;
+        }
+        match self.state {
+            State::Proxying { .. } | State::Tunnel => {}
+            _ => return,
+        }
+        self.last_activity = now;
+        self.uin.extend(data);
+        self.drive(now, router);
     }
 
     /// The upstream closed its side (read returned 0).
-    pub fn upstream_eof(&mut self, _now: Instant) {
-        todo!()
+    pub fn upstream_eof(&mut self, now: Instant, router: &mut dyn Router) {
+        self.upstream_lost(now, router, true);
     }
 
     /// The upstream socket failed (reset, error).
-    pub fn upstream_error(&mut self, _now: Instant) {
-        todo!()
+    pub fn upstream_error(&mut self, now: Instant, router: &mut dyn Router) {
+        self.upstream_lost(now, router, false);
     }
 
     /// Bytes to send upstream, if any and if no send of ours is in flight.
     pub fn take_upstream_output(&mut self) -> Option<Vec<u8>> {
-        todo!()
+        match self.state {
+            State::Proxying { .. } | State::Tunnel => self.uout.take(),
+            _ => None,
+        }
     }
 
     /// A buffer from [`Conn::take_upstream_output`] comes back; `written` bytes of it were sent.
-    pub fn upstream_sent(&mut self, _buf: Vec<u8>, _written: usize, _now: Instant) {
-        todo!()
+    pub fn upstream_sent(
+        &mut self,
+        buf: Vec<u8>,
+        written: usize,
+        now: Instant,
+        router: &mut dyn Router,
+    ) {
+        if self.uout.sent(buf, written) > 0 {
+            self.last_activity = now;
+            if let State::Proxying { ex } = &mut self.state
+                && matches!(ex.response, Response::Head)
+            {
+                ex.waiting_since = now;
+            }
+        }
+        self.drive(now, router);
     }
 
     /// The timer armed at [`Conn::deadline`] fired (late or early firing is harmless).
-    pub fn timer(&mut self, _now: Instant) {
-        todo!()
+    pub fn timer(&mut self, now: Instant, router: &mut dyn Router) {
+        match self.deadline() {
+            Some(deadline) if now >= deadline => {}
+            _ => return,
+        }
+        match &self.state {
+            State::Head {
+                started: Some(_), ..
+            } => {
+                self.fail(
+                    HttpError::client(408, "request head not received in time"),
+                    now,
+                    true,
+                );
+            }
+            State::Head { .. } => {
+                // Idle keep-alive (or a connection that never sent a byte): close quietly.
+                self.enter_closing();
+            }
+            State::Connecting { .. } => {
+                self.fail(
+                    HttpError::upstream(504, "upstream connect timed out"),
+                    now,
+                    false,
+                );
+            }
+            State::Proxying { ex } => {
+                let detail = if matches!(ex.response, Response::Head) {
+                    "upstream did not respond in time"
+                } else {
+                    "body transfer stalled"
+                };
+                self.fail(HttpError::upstream(504, detail), now, true);
+            }
+            State::Tunnel => self.abort(),
+            State::Closing { .. } => self.close_now(),
+            State::Closed => {}
+        }
+        self.drive(now, router);
     }
 
     /// When the machine next needs [`Conn::timer`], if ever.
     pub fn deadline(&self) -> Option<Instant> {
-        todo!()
+        let t = &self.config.timeouts;
+        match &self.state {
+            State::Head {
+                started: Some(started),
+                ..
+            } => Some(*started + t.request_head),
+            State::Head {
+                idle_since, first, ..
+            } => {
+                if !self.cout.is_flushed() {
+                    // Still writing the previous response: the client must keep reading.
+                    Some(self.last_activity + t.body_idle)
+                } else if *first {
+                    Some(*idle_since + t.request_head)
+                } else {
+                    Some(*idle_since + t.keep_alive)
+                }
+            }
+            State::Connecting { since, .. } => Some(*since + t.upstream_connect),
+            State::Proxying { ex } => match ex.response {
+                Response::Head if self.uout.is_flushed() && ex.request_done() => {
+                    Some(ex.waiting_since + t.upstream_response)
+                }
+                _ => Some(self.last_activity + t.body_idle),
+            },
+            State::Tunnel => Some(self.last_activity + t.body_idle),
+            State::Closing {
+                linger_until: Some(until),
+                ..
+            } => Some(*until),
+            State::Closing { .. } => Some(self.last_activity + t.body_idle),
+            State::Closed => None,
+        }
     }
 
     /// The next thing the engine must do, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        todo!()
+        self.actions.pop_front()
     }
 
     pub fn wants_client_read(&self) -> bool {
-        todo!()
+        if self.client_eof {
+            return false;
+        }
+        let cap = self.config.buffer_size;
+        match self.state {
+            State::Closed => false,
+            State::Closing { .. } => true,
+            State::Head { .. } => self.cin.len() <= cap.max(self.config.limits.max_head_bytes),
+            State::Connecting { .. } | State::Proxying { .. } | State::Tunnel => {
+                self.cin.len() < cap
+            }
+        }
     }
 
     pub fn wants_upstream_read(&self) -> bool {
-        todo!()
+        match self.state {
+            State::Proxying { .. } | State::Tunnel => self.uin.len() < self.config.buffer_size,
+            _ => false,
+        }
     }
 
     /// Graceful shutdown: finish the exchange in flight (if any), then close instead of
     /// keeping alive. An idle connection closes at once.
     pub fn begin_shutdown(&mut self, _now: Instant) {
-        todo!()
+        self.shutting_down = true;
+        if self.is_idle() {
+            self.enter_closing();
+            self.drive_closing();
+        }
     }
 
     /// Between requests with nothing buffered or in flight.
     pub fn is_idle(&self) -> bool {
-        todo!()
+        matches!(self.state, State::Head { started: None, .. })
+            && self.cin.is_empty()
+            && self.cout.is_flushed()
     }
 
     /// [`Action::CloseClient`] has been issued; the engine may drop the machine.
     pub fn is_closed(&self) -> bool {
-        todo!()
+        matches!(self.state, State::Closed)
+    }
+}
+
+/// The pipeline stages, in the order a request meets them:
+///
+/// 1. `start_request`: scan and parse the head, route it, write the upstream head (or answer
+///    locally), ask for an upstream connection.
+/// 2. `pump`: stream the request body up and the response (head, then body) down, each through
+///    a bounded buffer; a full buffer stops the stage that fills it (backpressure).
+/// 3. `complete_exchange`: release the upstream connection, then keep alive or close.
+/// 4. `drive_closing`: flush, FIN, linger, close.
+impl Conn {
+    /// Runs stages until none can progress. Bounded: every turn consumes input or changes
+    /// state, and both are finite.
+    fn drive(&mut self, now: Instant, router: &mut dyn Router) {
+        loop {
+            let progressed = match self.state {
+                State::Head { .. } => self.try_start_request(now, router),
+                State::Connecting { .. } => self.pump_request_body(),
+                State::Proxying { .. } => self.pump(now),
+                State::Tunnel => self.pump_tunnel(),
+                State::Closing { .. } => {
+                    self.drive_closing();
+                    false
+                }
+                State::Closed => false,
+            };
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn try_start_request(&mut self, now: Instant, router: &mut dyn Router) -> bool {
+        if self.cin.is_empty() {
+            if self.client_eof || self.shutting_down && self.cout.is_flushed() {
+                self.enter_closing();
+                return true;
+            }
+            self.cin.release_if_empty();
+            self.uin.release_if_empty();
+            self.cout.release_if_empty();
+            return false;
+        }
+        // Pipelined requests are answered in order: the next head waits for the previous
+        // response to leave, which also bounds what one connection can queue.
+        if !self.cout.is_flushed() {
+            return false;
+        }
+        if let State::Head { started, .. } = &mut self.state
+            && started.is_none()
+        {
+            *started = Some(now);
+        }
+        // Fast path: a head that arrived whole is parsed in one pass, no incremental scan.
+        if self.head_fresh {
+            self.head_fresh = false;
+            if self.start_request(None, now, router) {
+                return true;
+            }
+        }
+        match self
+            .scanner
+            .scan_request(self.cin.bytes(), &self.config.limits)
+        {
+            Err(err) => {
+                self.fail(err, now, true);
+                true
+            }
+            Ok(Scan::Partial) if self.client_eof => {
+                // The rest of this head will never come.
+                self.cin.clear();
+                self.enter_closing();
+                true
+            }
+            Ok(Scan::Partial) => false,
+            Ok(Scan::Complete(len)) => self.start_request(Some(len), now, router),
+        }
+    }
+
+    /// Stage 1: parse, route and forward (or answer) a complete head. With `scanned` the
+    /// scanner found the head's length; without it, try the whole-head fast path, and return
+    /// false (having done nothing) if it does not apply.
+    fn start_request(
+        &mut self,
+        scanned: Option<usize>,
+        now: Instant,
+        router: &mut dyn Router,
+    ) -> bool {
+        let limits = &self.config.limits;
+        let mut storage = uninit_headers();
+        let parsed = match scanned {
+            None => match parse_whole_request_head(self.cin.bytes(), limits, &mut storage) {
+                Some(parsed) => parsed,
+                None => return false,
+            },
+            Some(len) => parse_request_head_uninit(&self.cin.bytes()[..len], limits, &mut storage),
+        };
+        let head = match parsed {
+            Ok(head) => head,
+            Err(err) => {
+                self.fail(err, now, true);
+                return true;
+            }
+        };
+        let len = scanned.unwrap_or(head.len);
+        self.scanner.reset();
+        let req = RequestMeta {
+            version: head.version,
+            head_request: head.is_head(),
+            keep_alive: head.keep_alive,
+            expect_continue: head.expect_continue,
+            upgrade: head.upgrade.is_some(),
+            has_body: head.framing != Framing::None,
+        };
+        let decision = router.route(head.host(), head.path());
+        let body = req.has_body.then(|| {
+            (
+                BodyDecoder::new(head.framing, Peer::Client, limits),
+                BodyEncoder::new(head.framing),
+            )
+        });
+        if let RouteDecision::Forward { .. } = decision {
+            let info = ForwardInfo {
+                client_ip: self.info.peer.ip(),
+                proto: self.config.scheme.as_str(),
+                port: self.info.local.port(),
+                tunnel: req.upgrade,
+            };
+            self.uout.reset();
+            write_upstream_request(&head, &info, &mut self.uout.queued);
+        }
+        self.cin.consume(len);
+
+        let endpoint = match decision {
+            RouteDecision::Forward { endpoint, .. } => endpoint,
+            RouteDecision::NotFound => {
+                self.answer_locally(Status::NOT_FOUND, req, now);
+                return true;
+            }
+            RouteDecision::NoEndpoints => {
+                self.answer_locally(Status::SERVICE_UNAVAILABLE, req, now);
+                return true;
+            }
+        };
+        self.replay.clear();
+        if !req.has_body && !req.upgrade {
+            self.replay.extend_from_slice(&self.uout.queued);
+        }
+        self.uin.clear();
+        self.upstream_eof = false;
+        self.connect(endpoint, false);
+        self.state = State::Connecting {
+            ex: Exchange {
+                req,
+                endpoint,
+                reused: false,
+                retried: false,
+                body,
+                response: Response::Head,
+                status: 0,
+                response_started: false,
+                waiting_since: now,
+            },
+            since: now,
+        };
+        true
+    }
+
+    /// A response we generate for a request that was parsed but not forwarded (404, 503).
+    fn answer_locally(&mut self, status: Status, req: RequestMeta, now: Instant) {
+        // The body was not read: its end is unknown unless there was none.
+        let close = req.has_body || !req.keep_alive || self.shutting_down || self.client_eof;
+        local::write_local_response(
+            status,
+            req.version,
+            close,
+            req.head_request,
+            &mut self.cout.queued,
+        );
+        self.actions
+            .push_back(Action::Completed { status: status.0 });
+        if close {
+            self.enter_closing();
+        } else {
+            self.enter_idle(now);
+        }
+    }
+
+    /// Request body: client input → upstream output, while the upstream buffer has room.
+    fn pump_request_body(&mut self) -> bool {
+        let cap = self.config.buffer_size;
+        let ex = match &mut self.state {
+            State::Connecting { ex, .. } | State::Proxying { ex } => ex,
+            _ => return false,
+        };
+        let Some((decoder, encoder)) = &mut ex.body else {
+            return false;
+        };
+        let mut progressed = false;
+        let mut failure = None;
+        while self.uout.pending() < cap {
+            match decoder.decode(self.cin.bytes()) {
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+                Ok((used, Decoded::Data(data))) => {
+                    encoder.encode(data, &mut self.uout.queued);
+                    self.cin.consume(used);
+                    progressed = true;
+                }
+                Ok((used, Decoded::Done)) => {
+                    encoder.finish(decoder.trailers(), &mut self.uout.queued);
+                    self.cin.consume(used);
+                    ex.body = None;
+                    progressed = true;
+                    break;
+                }
+                Ok((used, Decoded::NeedMore)) => {
+                    self.cin.consume(used);
+                    progressed |= used > 0;
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failure {
+            let now = self.last_activity;
+            self.fail(err, now, true);
+            return true;
+        }
+        progressed
+    }
+
+    /// Stage 2 while proxying: both directions, then completion.
+    fn pump(&mut self, now: Instant) -> bool {
+        let mut progressed = self.pump_request_body();
+        if !matches!(self.state, State::Proxying { .. }) {
+            return progressed;
+        }
+        progressed |= self.pump_response(now);
+        let State::Proxying { ex } = &self.state else {
+            return progressed;
+        };
+        if let Response::Done { .. } = ex.response {
+            if ex.request_done() && !self.uout.is_flushed() {
+                // The upstream answered while our last request bytes are still being written:
+                // wait for the write so the connection goes back to the pool in a clean state.
+                return progressed;
+            }
+            self.complete_exchange(now);
+            return true;
+        }
+        progressed
+    }
+
+    fn pump_response(&mut self, now: Instant) -> bool {
+        let cap = self.config.buffer_size;
+        let mut progressed = false;
+        loop {
+            let State::Proxying { ex } = &mut self.state else {
+                return progressed;
+            };
+            match &mut ex.response {
+                Response::Done { .. } => return progressed,
+                Response::Head => {
+                    if self.uin.is_empty() {
+                        return progressed;
+                    }
+                    let len = match self
+                        .scanner
+                        .scan_response(self.uin.bytes(), &self.config.limits)
+                    {
+                        Ok(Scan::Partial) => return progressed,
+                        Ok(Scan::Complete(len)) => len,
+                        Err(err) => {
+                            self.fail(err, now, false);
+                            return true;
+                        }
+                    };
+                    self.scanner.reset();
+                    if !self.start_response(len, now) {
+                        return true;
+                    }
+                    progressed = true;
+                }
+                Response::Body {
+                    decoder,
+                    encoder,
+                    keep_alive,
+                    reusable,
+                } => {
+                    if self.cout.pending() >= cap {
+                        return progressed;
+                    }
+                    match decoder.decode(self.uin.bytes()) {
+                        Err(err) => {
+                            // Mid-body: the client already has a head, so it can only be cut.
+                            let _ = err;
+                            self.abort();
+                            return true;
+                        }
+                        Ok((used, Decoded::Data(data))) => {
+                            encoder.encode(data, &mut self.cout.queued);
+                            self.uin.consume(used);
+                            progressed = true;
+                        }
+                        Ok((used, Decoded::Done)) => {
+                            encoder.finish(decoder.trailers(), &mut self.cout.queued);
+                            self.uin.consume(used);
+                            ex.response = Response::Done {
+                                keep_alive: *keep_alive,
+                                reusable: *reusable,
+                            };
+                            return true;
+                        }
+                        Ok((used, Decoded::NeedMore)) => {
+                            self.uin.consume(used);
+                            if self.upstream_eof && self.uin.is_empty() {
+                                // Close-delimited bodies end exactly here; others are cut short.
+                                if decoder.eof().is_err() {
+                                    self.abort();
+                                    return true;
+                                }
+                                encoder.finish(&[], &mut self.cout.queued);
+                                // The client's framing did not depend on the close (it was
+                                // re-chunked or is close-delimited, in which case
+                                // `keep_alive` is already false).
+                                ex.response = Response::Done {
+                                    keep_alive: *keep_alive,
+                                    reusable: false,
+                                };
+                                return true;
+                            }
+                            return progressed || used > 0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The response head is complete in `uin[..len]`. Returns false if the exchange failed.
+    fn start_response(&mut self, len: usize, now: Instant) -> bool {
+        let State::Proxying { ex } = &mut self.state else {
+            return false;
+        };
+        let limits = &self.config.limits;
+        let mut storage = uninit_headers();
+        let ctx = RequestContext {
+            head_request: ex.req.head_request,
+            upgrade_requested: ex.req.upgrade,
+        };
+        let resp =
+            match parse_response_head_uninit(&self.uin.bytes()[..len], limits, &mut storage, ctx) {
+                Ok(resp) => resp,
+                Err(err) => {
+                    self.fail(err, now, false);
+                    return false;
+                }
+            };
+        if resp.is_interim() {
+            // 100 Continue and friends: we answered the client's expectation ourselves.
+            self.uin.consume(len);
+            return true;
+        }
+        let client = ClientSide {
+            version: ex.req.version,
+            // A request body still arriving when the answer starts means we will close.
+            keep_alive: ex.req.keep_alive
+                && ex.request_done()
+                && !self.shutting_down
+                && !self.client_eof,
+            head_request: ex.req.head_request,
+        };
+        let framing = write_client_response(&resp, &client, &mut self.cout.queued);
+        ex.status = resp.status;
+        ex.response_started = true;
+        let upgraded = resp.status == 101;
+        let reusable = resp.reusable;
+        let upstream_framing = resp.framing;
+        self.uin.consume(len);
+        if upgraded {
+            self.actions.push_back(Action::Completed { status: 101 });
+            self.state = State::Tunnel;
+            return true;
+        }
+        ex.response = Response::Body {
+            decoder: BodyDecoder::new(upstream_framing, Peer::Upstream, limits),
+            encoder: BodyEncoder::new(framing.framing),
+            keep_alive: framing.keep_alive,
+            reusable,
+        };
+        true
+    }
+
+    /// Stage 3: the response is fully queued for the client.
+    fn complete_exchange(&mut self, now: Instant) {
+        let State::Proxying { ex } = &self.state else {
+            return;
+        };
+        let Response::Done {
+            keep_alive,
+            reusable,
+        } = ex.response
+        else {
+            return;
+        };
+        let status = ex.status;
+        let request_done = ex.request_done();
+        // The upstream answered before it had the whole request, or sent more than one
+        // response: its connection is in an unknown state.
+        let reusable = reusable && request_done && self.uout.is_flushed() && self.uin.is_empty();
+        self.release_upstream(reusable);
+        self.actions.push_back(Action::Completed { status });
+        if keep_alive && request_done && !self.shutting_down && !self.client_eof {
+            self.enter_idle(now);
+        } else {
+            self.enter_closing();
+        }
+    }
+
+    /// After a 101: copy bytes both ways, bounded by the buffers.
+    fn pump_tunnel(&mut self) -> bool {
+        let cap = self.config.buffer_size;
+        let mut progressed = false;
+        let room = cap.saturating_sub(self.uout.pending()).min(self.cin.len());
+        if room > 0 {
+            self.uout
+                .queued
+                .extend_from_slice(&self.cin.bytes()[..room]);
+            self.cin.consume(room);
+            progressed = true;
+        }
+        let room = cap.saturating_sub(self.cout.pending()).min(self.uin.len());
+        if room > 0 {
+            self.cout
+                .queued
+                .extend_from_slice(&self.uin.bytes()[..room]);
+            self.uin.consume(room);
+            progressed = true;
+        }
+        progressed
+    }
+
+    fn upstream_lost(&mut self, now: Instant, router: &mut dyn Router, clean_eof: bool) {
+        self.last_activity = now;
+        match &mut self.state {
+            State::Proxying { ex } => {
+                let nothing_received = matches!(ex.response, Response::Head) && self.uin.is_empty();
+                if nothing_received && ex.reused && !ex.retried && !self.replay.is_empty() {
+                    // A pooled connection the upstream had already closed: the request never
+                    // reached it. Replay it once on a fresh connection.
+                    ex.retried = true;
+                    let endpoint = ex.endpoint;
+                    self.release_upstream(false);
+                    self.connect(endpoint, true);
+                    self.uout.queued.extend_from_slice(&self.replay);
+                    let State::Proxying { ex } = std::mem::replace(&mut self.state, State::Closed)
+                    else {
+                        return;
+                    };
+                    self.state = State::Connecting { ex, since: now };
+                    return;
+                }
+                match ex.response {
+                    Response::Body { .. } if clean_eof => self.upstream_eof = true,
+                    Response::Body { .. } => self.abort(),
+                    _ => self.fail(
+                        HttpError::upstream(
+                            502,
+                            "upstream closed the connection before responding",
+                        ),
+                        now,
+                        false,
+                    ),
+                }
+            }
+            State::Tunnel => {
+                // Deliver what the upstream said last, then close.
+                self.pump_tunnel();
+                self.release_upstream(false);
+                self.enter_closing();
+            }
+            _ => return,
+        }
+        self.drive(now, router);
+    }
+
+    /// Report `err` to the client if it still can be, and go on or close.
+    ///
+    /// `client_stream_doubtful`: the client's byte stream is in an unknown state (a framing
+    /// error, a timeout while it sends): close after the response.
+    fn fail(&mut self, err: HttpError, now: Instant, client_stream_doubtful: bool) {
+        let (req, started, request_done) = match &self.state {
+            State::Connecting { ex, .. } | State::Proxying { ex } => {
+                (ex.req, ex.response_started, ex.request_done())
+            }
+            _ => (RequestMeta::UNKNOWN, false, false),
+        };
+        let in_exchange = matches!(
+            self.state,
+            State::Connecting { .. } | State::Proxying { .. }
+        );
+        self.release_upstream(false);
+        if started {
+            // A response head is already on its way: cut the connection so the client sees
+            // a truncated message rather than a wrong one.
+            self.abort();
+            return;
+        }
+        let close = client_stream_doubtful
+            || err.must_close()
+            || in_exchange && !request_done
+            || !req.keep_alive
+            || self.shutting_down
+            || self.client_eof;
+        self.cin.consume(if close { self.cin.len() } else { 0 });
+        local::write_local_response(
+            err.status,
+            req.version,
+            close,
+            req.head_request,
+            &mut self.cout.queued,
+        );
+        self.actions.push_back(Action::Completed {
+            status: err.status.0,
+        });
+        if close {
+            self.enter_closing();
+        } else {
+            self.enter_idle(now);
+        }
+    }
+
+    /// Cut everything: drop the upstream, flush what the client already has queued, close.
+    fn abort(&mut self) {
+        self.release_upstream(false);
+        self.cin.clear();
+        self.enter_closing();
+    }
+
+    fn connect(&mut self, endpoint: SocketAddr, fresh: bool) {
+        self.has_upstream = true;
+        self.upstream_eof = false;
+        self.actions.push_back(Action::Connect { endpoint, fresh });
+    }
+
+    /// Hands the upstream connection back (to the pool when `reusable`). Whatever was still
+    /// buffered for or from it is dropped; a send still in flight stays with the engine.
+    fn release_upstream(&mut self, reusable: bool) {
+        if self.has_upstream {
+            self.has_upstream = false;
+            self.actions.push_back(Action::ReleaseUpstream { reusable });
+        }
+        self.uout.reset();
+        self.uin.clear();
+    }
+
+    fn enter_idle(&mut self, now: Instant) {
+        self.scanner.reset();
+        self.head_fresh = true;
+        self.state = State::Head {
+            idle_since: now,
+            first: false,
+            started: None,
+        };
+    }
+
+    fn enter_closing(&mut self) {
+        if matches!(self.state, State::Closed | State::Closing { .. }) {
+            return;
+        }
+        self.state = State::Closing {
+            shut: false,
+            linger_until: None,
+        };
+    }
+
+    /// Stage 4: once the output is flushed, FIN; once the client closes too (or lingering
+    /// times out), close.
+    fn drive_closing(&mut self) {
+        let State::Closing { shut, linger_until } = &mut self.state else {
+            return;
+        };
+        if !self.cout.is_flushed() {
+            return;
+        }
+        if self.client_eof {
+            self.close_now();
+            return;
+        }
+        if !*shut {
+            *shut = true;
+            *linger_until = Some(self.last_activity + self.config.timeouts.linger);
+            self.actions.push_back(Action::ShutdownClientWrite);
+        }
+    }
+
+    fn close_now(&mut self) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        self.cin.clear();
+        self.uin.clear();
+        self.cout.reset();
+        self.uout.reset();
+        self.state = State::Closed;
+        self.actions.push_back(Action::CloseClient);
     }
 }

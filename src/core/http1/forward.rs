@@ -98,16 +98,7 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
     }
     out.extend_from_slice(b"\r\n");
 
-    // `is_hop_by_hop` re-reads every Connection field per call. Most requests' Connection
-    // fields only carry options (keep-alive, close, upgrade) that name no field, so we look at
-    // them once here and give `is_hop_by_hop` nothing to re-read in that case. (`Close` is a
-    // reserved field name, RFC 9110 §18.4, so it cannot name a real field.)
-    let nominates = connection_tokens(head.headers).any(|t| {
-        !t.eq_ignore_ascii_case("keep-alive")
-            && !t.eq_ignore_ascii_case("close")
-            && !t.eq_ignore_ascii_case("upgrade")
-    });
-    let connection: &[httparse::Header<'_>] = if nominates { head.headers } else { &[] };
+    let connection = nominating_fields(head.headers);
 
     for h in head.headers {
         let name = h.name;
@@ -165,7 +156,22 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+/// What to pass to [`is_hop_by_hop`] as the `Connection` fields: all of `headers` when a
+/// `Connection` field names other fields, nothing when it only carries options (keep-alive,
+/// close, upgrade), so the common case costs one look instead of one per field. (`Close` is a
+/// reserved field name, RFC 9110 §18.4, so it cannot name a real field.)
+pub fn nominating_fields<'h, 'b>(
+    headers: &'h [httparse::Header<'b>],
+) -> &'h [httparse::Header<'b>] {
+    let nominates = connection_tokens(headers).any(|t| {
+        !t.eq_ignore_ascii_case("keep-alive")
+            && !t.eq_ignore_ascii_case("close")
+            && !t.eq_ignore_ascii_case("upgrade")
+    });
+    if nominates { headers } else { &[] }
+}
+
+pub(crate) fn push_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

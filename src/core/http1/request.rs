@@ -475,7 +475,7 @@ fn scan_fields<'b>(
 
 /// `Content-Length = 1*DIGIT`, also accepting a comma list of identical values (RFC 9112
 /// §6.3 item 5). Anything else (signs, inner spaces, empty, hex, overflow) is a 400.
-fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     let bad = HttpError::client(400, "invalid Content-Length");
     let mut result: Option<u64> = None;
     for element in value.split(|&b| b == b',') {
@@ -502,14 +502,14 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
 /// coding, `chunked`: anything else we cannot decode (501), and a list where `chunked` is
 /// repeated or not last cannot be framed at all (400).
 #[derive(Default)]
-struct TransferCodings {
-    codings: usize,
-    chunked_at: Option<usize>,
-    chunked_twice: bool,
+pub(crate) struct TransferCodings {
+    pub(crate) codings: usize,
+    pub(crate) chunked_at: Option<usize>,
+    pub(crate) chunked_twice: bool,
 }
 
 impl TransferCodings {
-    fn add_field(&mut self, value: &[u8]) -> Result<(), HttpError> {
+    pub(crate) fn add_field(&mut self, value: &[u8]) -> Result<(), HttpError> {
         for element in value.split(|&b| b == b',') {
             let coding = trim_ows(element);
             if coding.is_empty() || !coding.iter().all(|&b| is_tchar(b)) {
@@ -541,7 +541,7 @@ impl TransferCodings {
 }
 
 /// Non-empty, OWS-trimmed elements of a comma list.
-fn connection_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn connection_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(trim_ows)
@@ -559,7 +559,7 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 }
 
 /// `tchar` of RFC 9110 §5.6.2.
-fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,

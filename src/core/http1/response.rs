@@ -1,1 +1,261 @@
-//! (stub, being written)
+//! Upstream response heads: strict parsing (the same rules as requests, errors are the
+//! upstream's and become 502), the framing of the body that follows (RFC 9112 §6.3), and the
+//! head re-emitted towards the client with the body re-framed for the client's version.
+
+use std::mem::MaybeUninit;
+
+use super::forward::{is_hop_by_hop, nominating_fields, push_field};
+use super::local::push_decimal;
+use super::request::{TransferCodings, connection_list, parse_content_length};
+use super::{Framing, Limits, MAX_HEADERS_CAP, Version};
+use crate::core::error::HttpError;
+
+/// A parsed and validated response head: a view into the read buffer.
+#[derive(Clone, Debug)]
+pub struct ResponseHead<'b> {
+    pub status: u16,
+    pub reason: &'b str,
+    pub version: Version,
+    pub headers: &'b [httparse::Header<'b>],
+    /// How the body that follows is delimited.
+    pub framing: Framing,
+    /// The upstream connection can carry another request after this response.
+    pub reusable: bool,
+    /// Length of the head in bytes.
+    pub len: usize,
+}
+
+impl ResponseHead<'_> {
+    /// 1xx other than 101: an interim response, followed by the real one.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
+/// What the response answers: decides which bodies exist and whether 101 is acceptable.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RequestContext {
+    pub head_request: bool,
+    pub upgrade_requested: bool,
+}
+
+/// Parses a complete response head (the caller found its end with the scanner).
+pub fn parse_response_head<'b>(
+    head: &'b [u8],
+    limits: &Limits,
+    storage: &'b mut [httparse::Header<'b>],
+    req: RequestContext,
+) -> Result<ResponseHead<'b>, HttpError> {
+    let cap = limits.max_headers.min(MAX_HEADERS_CAP).min(storage.len());
+    let mut resp = httparse::Response::new(&mut storage[..cap]);
+    let parsed = resp.parse(head);
+    finish_response(resp, parsed, req)
+}
+
+/// [`parse_response_head`] over uninitialised storage (see
+/// [`super::request::uninit_headers`]).
+pub fn parse_response_head_uninit<'b>(
+    head: &'b [u8],
+    limits: &Limits,
+    storage: &'b mut [MaybeUninit<httparse::Header<'b>>],
+    req: RequestContext,
+) -> Result<ResponseHead<'b>, HttpError> {
+    let cap = limits.max_headers.min(MAX_HEADERS_CAP).min(storage.len());
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        head,
+        &mut storage[..cap],
+    );
+    finish_response(resp, parsed, req)
+}
+
+fn bad(detail: &'static str) -> HttpError {
+    HttpError::upstream(502, detail)
+}
+
+fn finish_response<'b>(
+    resp: httparse::Response<'b, 'b>,
+    parsed: httparse::Result<usize>,
+    req: RequestContext,
+) -> Result<ResponseHead<'b>, HttpError> {
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Err(bad("incomplete response head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(bad("too many response header fields")),
+        Err(_) => return Err(bad("malformed response head")),
+    };
+    let httparse::Response {
+        version,
+        code,
+        reason,
+        headers,
+    } = resp;
+    let headers: &'b [httparse::Header<'b>] = headers;
+    let (Some(version), Some(status)) = (version, code) else {
+        return Err(bad("incomplete status line"));
+    };
+    let version = match version {
+        0 => Version::Http10,
+        1 => Version::Http11,
+        _ => return Err(bad("unsupported response version")),
+    };
+    if !(100..=599).contains(&status) {
+        return Err(bad("status code out of range"));
+    }
+    if status == 101 && !req.upgrade_requested {
+        return Err(bad("101 without an upgrade request"));
+    }
+
+    let mut content_length: Option<u64> = None;
+    let mut codings = TransferCodings::default();
+    let mut saw_te = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(h.value).map_err(|_| bad("invalid Content-Length"))?;
+            if content_length.is_some_and(|prev| prev != n) {
+                return Err(bad("conflicting Content-Length"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            saw_te = true;
+            codings
+                .add_field(h.value)
+                .map_err(|_| bad("malformed Transfer-Encoding"))?;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in connection_list(h.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+
+    let bodiless = req.head_request || status < 200 || status == 204 || status == 304;
+    if saw_te && content_length.is_some() && !bodiless {
+        return Err(bad("both Content-Length and Transfer-Encoding"));
+    }
+    let framing = if bodiless {
+        Framing::None
+    } else if saw_te {
+        if codings.chunked_twice {
+            return Err(bad("chunked applied more than once"));
+        }
+        match codings.chunked_at {
+            Some(i) if i + 1 == codings.codings => Framing::Chunked,
+            // chunked not last (or absent): the body runs until the upstream closes.
+            _ => Framing::CloseDelimited,
+        }
+    } else {
+        match content_length {
+            Some(n) => Framing::Length(n),
+            None => Framing::CloseDelimited,
+        }
+    };
+    let persistent = match version {
+        Version::Http11 => !close,
+        Version::Http10 => keep_alive && !close,
+    };
+    Ok(ResponseHead {
+        status,
+        reason: reason.unwrap_or(""),
+        version,
+        headers,
+        framing,
+        reusable: persistent && framing != Framing::CloseDelimited && status != 101,
+        len,
+    })
+}
+
+/// The client a response goes to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ClientSide {
+    pub version: Version,
+    /// The client wants its connection kept and we are willing.
+    pub keep_alive: bool,
+    pub head_request: bool,
+}
+
+/// How the body is framed towards the client, and whether its connection stays open.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ClientFraming {
+    pub framing: Framing,
+    pub keep_alive: bool,
+}
+
+/// Appends the response head for the client and says how its body must be framed.
+///
+/// The status line carries the client's version with the upstream's code and reason; every
+/// end-to-end field follows in original order and bytes; hop-by-hop fields are dropped and the
+/// framing is re-stated last: a chunked or close-delimited body is chunked for an HTTP/1.1
+/// client and close-delimited for HTTP/1.0 (which then cannot keep its connection).
+pub fn write_client_response(
+    resp: &ResponseHead<'_>,
+    client: &ClientSide,
+    out: &mut Vec<u8>,
+) -> ClientFraming {
+    let (framing, keep_alive) = match (resp.framing, client.version) {
+        (Framing::Length(n), _) => (Framing::Length(n), client.keep_alive),
+        (Framing::None, _) => (Framing::None, client.keep_alive),
+        (Framing::Chunked | Framing::CloseDelimited, Version::Http11) => {
+            (Framing::Chunked, client.keep_alive)
+        }
+        (Framing::Chunked | Framing::CloseDelimited, Version::Http10) => {
+            (Framing::CloseDelimited, false)
+        }
+    };
+    let upgrade = resp.status == 101;
+    // HEAD and 304 answers describe the body a GET would get: their length passes through.
+    let keep_length = resp.framing == Framing::None && (client.head_request || resp.status == 304);
+
+    out.extend_from_slice(match client.version {
+        Version::Http10 => b"HTTP/1.0 ",
+        Version::Http11 => b"HTTP/1.1 ",
+    });
+    push_decimal(u64::from(resp.status), out);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+
+    let connection = nominating_fields(resp.headers);
+    for h in resp.headers {
+        let name = h.name;
+        let keep = if name.eq_ignore_ascii_case("content-length") {
+            keep_length
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade
+        } else {
+            !is_hop_by_hop(name, connection)
+        };
+        if keep {
+            push_field(name.as_bytes(), h.value, out);
+        }
+    }
+
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(n, out);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::None | Framing::CloseDelimited => {}
+    }
+    if upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client.version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    ClientFraming {
+        framing,
+        keep_alive: keep_alive && !upgrade,
+    }
+}

@@ -1,0 +1,32 @@
+//! Arbitrary bytes as an upstream response head: never a panic, and re-emission towards a
+//! client of either version works for whatever parses.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sluice::core::http1::response::{ClientSide, RequestContext, parse_response_head, write_client_response};
+use sluice::core::http1::scan::{HeadScanner, Scan};
+use sluice::core::http1::{Limits, MAX_HEADERS_CAP, Version};
+
+fuzz_target!(|data: &[u8]| {
+    let limits = Limits::default();
+    let mut scanner = HeadScanner::new();
+    let Ok(Scan::Complete(len)) = scanner.scan_response(data, &limits) else {
+        return;
+    };
+    let flags = data.last().copied().unwrap_or(0);
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let ctx = RequestContext {
+        head_request: flags & 1 != 0,
+        upgrade_requested: flags & 2 != 0,
+    };
+    if let Ok(resp) = parse_response_head(&data[..len], &limits, &mut storage[..limits.max_headers], ctx) {
+        let client = ClientSide {
+            version: if flags & 4 != 0 { Version::Http10 } else { Version::Http11 },
+            keep_alive: flags & 8 != 0,
+            head_request: ctx.head_request,
+        };
+        let mut out = Vec::new();
+        write_client_response(&resp, &client, &mut out);
+        assert!(out.ends_with(b"\r\n\r\n"));
+    }
+});
