@@ -1,2 +1,40 @@
 //! Upstream selection: load-balancing pickers over a snapshot's endpoints. Pickers hold
 //! per-worker state (cursors) and are never shared between cores.
+
+use std::net::SocketAddr;
+
+use crate::core::route::{BackendId, Snapshot};
+
+/// Round-robin over each backend's endpoints, one cursor per backend.
+#[derive(Clone, Debug, Default)]
+pub struct Picker {
+    cursors: Vec<u32>,
+}
+
+impl Picker {
+    pub fn new() -> Picker {
+        Picker::default()
+    }
+
+    /// Sizes the cursors for a new snapshot (backend ids are per snapshot).
+    pub fn reset_for(&mut self, snapshot: &Snapshot) {
+        self.cursors.clear();
+        self.cursors.resize(snapshot.backends.len(), 0);
+    }
+
+    /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
+    pub fn pick(&mut self, snapshot: &Snapshot, backend: BackendId) -> Option<SocketAddr> {
+        let endpoints = &snapshot.backend(backend)?.endpoints;
+        if endpoints.is_empty() {
+            return None;
+        }
+        let i = backend.0 as usize;
+        if i >= self.cursors.len() {
+            self.cursors.resize(snapshot.backends.len().max(i + 1), 0);
+        }
+        let cursor = &mut self.cursors[i];
+        let endpoint = endpoints[*cursor as usize % endpoints.len()];
+        *cursor = cursor.wrapping_add(1);
+        Some(endpoint)
+    }
+}
