@@ -147,9 +147,10 @@ fn finish_response<'b>(
             return Err(bad("chunked applied more than once"));
         }
         match codings.chunked_at {
-            Some(i) if i + 1 == codings.codings => Framing::Chunked,
-            // chunked not last (or absent): the body runs until the upstream closes.
-            _ => Framing::CloseDelimited,
+            Some(0) if codings.codings == 1 => Framing::Chunked,
+            // Other transfer codings (gzip, chunked; chunked, gzip; …) would reach the client
+            // still coded once the Transfer-Encoding field is gone: we do not decode them.
+            _ => return Err(bad("unsupported transfer coding")),
         }
     } else {
         match content_length {
