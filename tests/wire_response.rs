@@ -500,6 +500,9 @@ fn response_wire_table() {
     }
 }
 
+/// Body, trailers, and bytes left over.
+type Decoded3 = (Vec<u8>, Vec<u8>, Vec<u8>);
+
 /// Decodes `wire` fed in pieces of `step` bytes, as a connection would (unconsumed bytes stay
 /// buffered). Returns the body, the trailers and the bytes left over; or the error status.
 fn decode(
@@ -508,7 +511,7 @@ fn decode(
     peer: Peer,
     limits: &Limits,
     step: usize,
-) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), u16> {
+) -> Result<Decoded3, u16> {
     let mut d = BodyDecoder::new(framing, peer, limits);
     let mut buffered = Vec::new();
     let mut body = Vec::new();
