@@ -4,5 +4,9 @@
 //! Kubernetes objects into immutable route snapshots. See `ARCHITECTURE.md` in the shared design.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod control;
 pub mod core;
+pub mod demo;
+pub mod engine;
+pub mod worker;

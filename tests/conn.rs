@@ -426,7 +426,11 @@ fn idle_keep_alive_connection_closes_quietly_after_60s() {
         Duration::from_secs(60)
     );
     assert!(h.to_client.is_empty(), "no response for an idle close");
-    assert_eq!(h.take_actions(), vec![Action::ShutdownClientWrite]);
+    // Nothing unread from the client: no lingering, FIN and close at once.
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::ShutdownClientWrite, Action::CloseClient]
+    );
 }
 
 #[test]
@@ -435,7 +439,10 @@ fn connection_that_never_speaks_is_closed_after_the_head_timeout() {
     let deadline = h.conn.deadline().unwrap();
     assert_eq!(deadline.saturating_since(h.now), Duration::from_secs(10));
     h.fire_deadline();
-    assert_eq!(h.take_actions(), vec![Action::ShutdownClientWrite]);
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::ShutdownClientWrite, Action::CloseClient]
+    );
 }
 
 #[test]
@@ -762,7 +769,10 @@ fn graceful_shutdown_closes_an_idle_connection_at_once() {
     let mut h = Harness::new();
     h.conn.begin_shutdown(h.now);
     h.pump();
-    assert_eq!(h.take_actions(), vec![Action::ShutdownClientWrite]);
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::ShutdownClientWrite, Action::CloseClient]
+    );
 }
 
 #[test]

@@ -326,6 +326,7 @@ enum State {
     Closing {
         shut: bool,
         linger_until: Option<Instant>,
+        linger: bool,
     },
     Closed,
 }
@@ -553,7 +554,7 @@ impl Conn {
             }
             State::Head { .. } => {
                 // Idle keep-alive (or a connection that never sent a byte): close quietly.
-                self.enter_closing();
+                self.enter_closing(false);
             }
             State::Connecting { .. } => {
                 self.fail(
@@ -645,8 +646,13 @@ impl Conn {
     /// keeping alive. An idle connection closes at once.
     pub fn begin_shutdown(&mut self, _now: Instant) {
         self.shutting_down = true;
+        if let State::Closing { shut: true, .. } = self.state {
+            // Already answered and half-closed: no reason to linger through a shutdown.
+            self.close_now();
+            return;
+        }
         if self.is_idle() {
-            self.enter_closing();
+            self.enter_closing(false);
             self.drive_closing();
         }
     }
@@ -697,7 +703,7 @@ impl Conn {
     fn try_start_request(&mut self, now: Instant, router: &mut dyn Router) -> bool {
         if self.cin.is_empty() {
             if self.client_eof || self.shutting_down && self.cout.is_flushed() {
-                self.enter_closing();
+                self.enter_closing(false);
                 return true;
             }
             self.cin.release_if_empty();
@@ -733,7 +739,7 @@ impl Conn {
             Ok(Scan::Partial) if self.client_eof => {
                 // The rest of this head will never come.
                 self.cin.clear();
-                self.enter_closing();
+                self.enter_closing(false);
                 true
             }
             Ok(Scan::Partial) => false,
@@ -844,7 +850,7 @@ impl Conn {
         self.actions
             .push_back(Action::Completed { status: status.0 });
         if close {
-            self.enter_closing();
+            self.enter_closing(req.has_body);
         } else {
             self.enter_idle(now);
         }
@@ -1079,7 +1085,7 @@ impl Conn {
         if keep_alive && request_done && !self.shutting_down && !self.client_eof {
             self.enter_idle(now);
         } else {
-            self.enter_closing();
+            self.enter_closing(!request_done || !self.cin.is_empty());
         }
     }
 
@@ -1143,7 +1149,7 @@ impl Conn {
                 // Deliver what the upstream said last, then close.
                 self.pump_tunnel();
                 self.release_upstream(false);
-                self.enter_closing();
+                self.enter_closing(false);
             }
             _ => return,
         }
@@ -1190,7 +1196,7 @@ impl Conn {
             status: err.status.0,
         });
         if close {
-            self.enter_closing();
+            self.enter_closing(client_stream_doubtful || in_exchange && !request_done);
         } else {
             self.enter_idle(now);
         }
@@ -1200,7 +1206,7 @@ impl Conn {
     fn abort(&mut self) {
         self.release_upstream(false);
         self.cin.clear();
-        self.enter_closing();
+        self.enter_closing(false);
     }
 
     fn connect(&mut self, endpoint: SocketAddr, fresh: bool) {
@@ -1230,20 +1236,29 @@ impl Conn {
         };
     }
 
-    fn enter_closing(&mut self) {
+    /// Close once the output is flushed. With `linger`, the client may still be sending (a
+    /// body we did not read, pipelined requests): after our FIN we keep reading and dropping
+    /// its bytes for a while, so a reset does not destroy the response it has not read yet.
+    fn enter_closing(&mut self, linger: bool) {
         if matches!(self.state, State::Closed | State::Closing { .. }) {
             return;
         }
         self.state = State::Closing {
             shut: false,
             linger_until: None,
+            linger,
         };
     }
 
-    /// Stage 4: once the output is flushed, FIN; once the client closes too (or lingering
-    /// times out), close.
+    /// Stage 4: once the output is flushed, FIN; then close at once, or (lingering) once the
+    /// client closes too or the linger time is up.
     fn drive_closing(&mut self) {
-        let State::Closing { shut, linger_until } = &mut self.state else {
+        let State::Closing {
+            shut,
+            linger_until,
+            linger,
+        } = &mut self.state
+        else {
             return;
         };
         if !self.cout.is_flushed() {
@@ -1255,8 +1270,12 @@ impl Conn {
         }
         if !*shut {
             *shut = true;
-            *linger_until = Some(self.last_activity + self.config.timeouts.linger);
             self.actions.push_back(Action::ShutdownClientWrite);
+            if !*linger {
+                self.close_now();
+                return;
+            }
+            *linger_until = Some(self.last_activity + self.config.timeouts.linger);
         }
     }
 

@@ -1,0 +1,196 @@
+//! The admin server on its own thread (:10254 by default): `/healthz` (the process is alive),
+//! `/readyz` (every worker serves a route snapshot), `/metrics` (Prometheus text, summed from
+//! the per-worker counters, with per-worker labels) and `/routes` (the current route dump).
+//! One request per connection; never on the data path.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::engine::EngineState;
+use crate::worker::WorkerMetrics;
+
+pub struct AdminHandle {
+    addr: SocketAddr,
+    thread: JoinHandle<()>,
+}
+
+impl AdminHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+pub fn start(addr: SocketAddr, state: Arc<EngineState>) -> io::Result<AdminHandle> {
+    let listener = TcpListener::bind(addr).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("admin server cannot listen on {addr}: {e}"),
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let thread = std::thread::Builder::new()
+        .name("sluice-admin".into())
+        .spawn(move || {
+            while !state.stopping.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = serve(stream, &state);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })?;
+    Ok(AdminHandle { addr, thread })
+}
+
+fn serve(mut stream: TcpStream, state: &EngineState) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 2048];
+    let mut len = 0;
+    while len < buf.len() {
+        let n = stream.read(&mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let line = std::str::from_utf8(&buf[..len]).unwrap_or("");
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, content_type, body) = match path {
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/readyz" => {
+            let ready = state
+                .metrics
+                .iter()
+                .all(|m| m.serving.load(Ordering::Acquire));
+            if ready {
+                ("200 OK", "text/plain", "ready\n".to_string())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready\n".to_string(),
+                )
+            }
+        }
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(state)),
+        "/routes" => {
+            let dump = state
+                .snapshot
+                .read()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            ("200 OK", "text/plain", dump)
+        }
+        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nServer: sluice\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    Ok(())
+}
+
+/// Metric name, type, help, and how to read it from one worker's counters.
+type Gauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&WorkerMetrics) -> i64,
+);
+
+/// Prometheus text exposition of every worker's counters.
+pub fn metrics_text(state: &EngineState) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut family =
+        |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, i64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, v) in values {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        };
+    let m = &state.metrics;
+    family(
+        "sluice_responses_total",
+        "counter",
+        "Completed exchanges by status class and worker.",
+        &mut m.iter().enumerate().flat_map(|(w, m)| {
+            (0..5).map(move |c| {
+                (
+                    format!("worker=\"{w}\",class=\"{}xx\"", c + 1),
+                    m.responses[c].load(Ordering::Relaxed) as i64,
+                )
+            })
+        }),
+    );
+    let simple: [Gauge; 6] = [
+        (
+            "sluice_connections_active",
+            "gauge",
+            "Open client connections.",
+            |m| m.active.load(Ordering::Relaxed),
+        ),
+        (
+            "sluice_connections_accepted_total",
+            "counter",
+            "Accepted client connections.",
+            |m| m.accepted.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_upstream_connect_errors_total",
+            "counter",
+            "Failed upstream connects.",
+            |m| m.upstream_connect_errors.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_client_bytes_received_total",
+            "counter",
+            "Bytes read from clients.",
+            |m| m.bytes_in.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_client_bytes_sent_total",
+            "counter",
+            "Bytes written to clients.",
+            |m| m.bytes_out.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_snapshot_version",
+            "gauge",
+            "Route snapshot version each worker serves.",
+            |m| m.snapshot_version.load(Ordering::Relaxed) as i64,
+        ),
+    ];
+    for (name, kind, help, get) in simple {
+        family(
+            name,
+            kind,
+            help,
+            &mut m
+                .iter()
+                .enumerate()
+                .map(|(w, m)| (format!("worker=\"{w}\""), get(m))),
+        );
+    }
+    out
+}

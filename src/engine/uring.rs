@@ -1,0 +1,551 @@
+//! The io_uring edge: the ring, the provided-buffer ring that receives land in, typed
+//! completion tokens, and the socket system calls the engine needs. All of the crate's
+//! `unsafe` lives here, each block with the invariant that makes it sound.
+//!
+//! Ownership rule: memory the kernel reads or writes for an operation in flight (a send
+//! buffer, a connect address, the buffer ring) must outlive that operation. The worker keeps
+//! send buffers and addresses in its slots until their completion arrives; the buffer ring
+//! lives as long as the ring.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::types::{BufRingEntry, SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+/// What a completion is for. Encoded in the 64-bit user data with a slot and a generation,
+/// so a completion for a slot that has since been reused is recognised and dropped.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Accept = 1,
+    ClientRecv = 2,
+    ClientSend = 3,
+    UpstreamConnect = 4,
+    UpstreamRecv = 5,
+    UpstreamSend = 6,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        Some(match v {
+            1 => Op::Accept,
+            2 => Op::ClientRecv,
+            3 => Op::ClientSend,
+            4 => Op::UpstreamConnect,
+            5 => Op::UpstreamRecv,
+            6 => Op::UpstreamSend,
+            _ => return None,
+        })
+    }
+}
+
+/// A completion token: operation, slot index, slot generation (24 bits).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub op: Op,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl Token {
+    pub fn encode(self) -> u64 {
+        (self.op as u64) << 56
+            | (u64::from(self.generation) & 0xff_ffff) << 32
+            | u64::from(self.slot)
+    }
+
+    pub fn decode(data: u64) -> Option<Token> {
+        Some(Token {
+            op: Op::from_u8((data >> 56) as u8)?,
+            slot: data as u32,
+            generation: ((data >> 32) & 0xff_ffff) as u32,
+        })
+    }
+}
+
+/// One completion, copied out of the ring.
+#[derive(Copy, Clone, Debug)]
+pub struct Completion {
+    pub token: Option<Token>,
+    pub result: i32,
+    /// The provided buffer this completion filled, if any.
+    pub buffer: Option<u16>,
+    /// A multishot operation stays armed.
+    pub more: bool,
+}
+
+/// Buffer group id of the worker's receive buffers.
+const BUFFER_GROUP: u16 = 7;
+
+/// Receive buffers the kernel picks from (IORING_REGISTER_PBUF_RING): a receive holds no
+/// memory while it waits, so idle connections cost nothing here.
+struct BufRing {
+    /// Page-aligned ring of `entries` descriptors (mmap'd).
+    ring: *mut BufRingEntry,
+    ring_bytes: usize,
+    entries: u16,
+    buf_size: usize,
+    data: Vec<u8>,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring, entries: u16, buf_size: usize) -> io::Result<BufRing> {
+        assert!(
+            entries.is_power_of_two(),
+            "buffer ring size must be a power of two"
+        );
+        let ring_bytes = usize::from(entries) * std::mem::size_of::<BufRingEntry>();
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let mem = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if mem == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut bufs = BufRing {
+            ring: mem.cast::<BufRingEntry>(),
+            ring_bytes,
+            entries,
+            buf_size,
+            data: vec![0u8; usize::from(entries) * buf_size],
+            tail: 0,
+        };
+        // SAFETY: `ring` is a page-aligned mapping of exactly `entries` descriptors that lives
+        // until `Drop`, which runs after the IoUring it is registered with is dropped (the
+        // worker declares the ring field before the buffer ring).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(mem as u64, entries, BUFFER_GROUP, 0)?;
+        }
+        for bid in 0..entries {
+            bufs.push(bid);
+        }
+        bufs.publish();
+        Ok(bufs)
+    }
+
+    /// Writes descriptor `bid` at the tail (not yet visible to the kernel).
+    fn push(&mut self, bid: u16) {
+        let mask = self.entries - 1;
+        let index = usize::from(self.tail & mask);
+        let addr = self.data[usize::from(bid) * self.buf_size..].as_ptr() as u64;
+        // SAFETY: `index < entries`, so the entry is inside the mapping; the kernel only reads
+        // entries between its head and the published tail, and this one is past the tail.
+        let entry = unsafe { &mut *self.ring.add(index) };
+        entry.set_addr(addr);
+        entry.set_len(self.buf_size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes every pushed descriptor visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: `ring` points at the first entry of the registered ring; the tail shares
+        // the first entry's reserved field and is written with release ordering, as the
+        // kernel reads it with acquire ordering.
+        unsafe {
+            let tail = BufRingEntry::tail(self.ring) as *const std::sync::atomic::AtomicU16;
+            (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        let start = usize::from(bid) * self.buf_size;
+        &self.data[start..start + len.min(self.buf_size)]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created in `new` with this length and is not used after.
+        unsafe {
+            libc::munmap(self.ring.cast(), self.ring_bytes);
+        }
+    }
+}
+
+/// A worker's ring: submission helpers, the wait, and the receive buffers.
+pub struct Ring {
+    // Field order matters: the ring (which the kernel uses the buffers through) drops first.
+    ring: IoUring,
+    bufs: BufRing,
+    pending: Vec<squeue::Entry>,
+}
+
+impl Ring {
+    /// `entries` submission slots; `buffers` receive buffers of `buffer_size` bytes.
+    pub fn new(entries: u32, buffers: u16, buffer_size: usize) -> io::Result<Ring> {
+        let ring = IoUring::new(entries).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("io_uring is not available on this kernel or sandbox: {e}"),
+            )
+        })?;
+        let bufs = BufRing::new(&ring, buffers, buffer_size).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "io_uring provided buffer rings are not supported (needs Linux 5.19+): {e}"
+                ),
+            )
+        })?;
+        Ok(Ring {
+            ring,
+            bufs,
+            pending: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        self.pending.push(entry);
+    }
+
+    /// Moves queued entries into the submission queue (as many as fit).
+    fn flush(&mut self) {
+        let mut sq = self.ring.submission();
+        let mut taken = 0;
+        for entry in &self.pending {
+            // SAFETY: every entry was built by the methods below, whose callers keep the
+            // memory the entry points to alive until its completion.
+            if unsafe { sq.push(entry) }.is_err() {
+                break;
+            }
+            taken += 1;
+        }
+        drop(sq);
+        self.pending.drain(..taken);
+    }
+
+    pub fn accept_multi(&mut self, listener: RawFd, token: Token) {
+        let e = opcode::AcceptMulti::new(types::Fd(listener))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// A receive into a buffer the kernel picks from the buffer ring.
+    pub fn recv(&mut self, fd: RawFd, token: Token) {
+        let e = opcode::Recv::new(
+            types::Fd(fd),
+            std::ptr::null_mut(),
+            self.bufs.buf_size as u32,
+        )
+        .buf_group(BUFFER_GROUP)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
+        .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// A send of `buf`, which the caller must keep alive and untouched until the completion.
+    pub fn send(&mut self, fd: RawFd, buf: &[u8], token: Token) {
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// A connect to `addr`, which the caller must keep alive until the completion.
+    pub fn connect(&mut self, fd: RawFd, addr: &SockAddr, token: Token) {
+        let e = opcode::Connect::new(types::Fd(fd), addr.as_ptr(), addr.len)
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// The bytes of a completed receive.
+    pub fn received(&self, bid: u16, len: usize) -> &[u8] {
+        self.bufs.buffer(bid, len)
+    }
+
+    /// Gives a receive buffer back to the kernel.
+    pub fn recycle(&mut self, bid: u16) {
+        self.bufs.push(bid);
+        self.bufs.publish();
+    }
+
+    /// Submits what is queued and waits for at least one completion or `timeout`.
+    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+        self.flush();
+        let ts = Timespec::new()
+            .sec(timeout.as_secs())
+            .nsec(timeout.subsec_nanos());
+        let args = SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies up to `max` completions into `out`.
+    pub fn completions(&mut self, out: &mut Vec<Completion>, max: usize) {
+        out.clear();
+        for cqe in self.ring.completion().take(max) {
+            out.push(Completion {
+                token: Token::decode(cqe.user_data()),
+                result: cqe.result(),
+                buffer: cqueue::buffer_select(cqe.flags()),
+                more: cqueue::more(cqe.flags()),
+            });
+        }
+    }
+}
+
+/// A socket address in the C layout, for connect.
+pub struct SockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl SockAddr {
+    pub fn new(addr: SocketAddr) -> Box<SockAddr> {
+        // SAFETY: sockaddr_storage is plain data for which all-zero is a valid value.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match addr {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin)
+                };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: v6.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
+                    sin6_scope_id: v6.scope_id(),
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6)
+                };
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        Box::new(SockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        })
+    }
+
+    fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
+    }
+
+    fn to_socket_addr(&self) -> Option<SocketAddr> {
+        match i32::from(self.storage.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let sin = unsafe { &*(self.as_ptr().cast::<libc::sockaddr_in>()) };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let sin6 = unsafe { &*(self.as_ptr().cast::<libc::sockaddr_in6>()) };
+                let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                Some(SocketAddr::new(ip.into(), u16::from_be(sin6.sin6_port)))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn set_int_opt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+/// A listening socket with SO_REUSEADDR and SO_REUSEPORT, so each worker has its own and the
+/// kernel spreads connections across them.
+pub fn listen_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<RawFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    let setup = || -> io::Result<()> {
+        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        let sa = SockAddr::new(addr);
+        // SAFETY: `sa` is a valid address of `sa.len` bytes.
+        check(unsafe { libc::bind(fd, sa.as_ptr(), sa.len) })?;
+        // SAFETY: listen on a bound socket we own.
+        check(unsafe { libc::listen(fd, backlog) })?;
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        close(fd);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// A nonblocking TCP socket for an upstream connection, with TCP_NODELAY.
+pub fn upstream_socket(addr: SocketAddr) -> io::Result<RawFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = check(unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
+    if let Err(e) = set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1) {
+        close(fd);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// TCP_NODELAY on an accepted socket (best effort).
+pub fn set_nodelay(fd: RawFd) {
+    let _ = set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+}
+
+fn name_of(
+    fd: RawFd,
+    f: unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int,
+) -> Option<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data for which all-zero is a valid value.
+    let mut sa = SockAddr {
+        storage: unsafe { std::mem::zeroed() },
+        len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+    };
+    // SAFETY: the kernel writes at most `len` bytes into the storage.
+    let ret = unsafe {
+        f(
+            fd,
+            (&mut sa.storage as *mut libc::sockaddr_storage).cast(),
+            &mut sa.len,
+        )
+    };
+    if ret < 0 {
+        return None;
+    }
+    sa.to_socket_addr()
+}
+
+pub fn local_addr(fd: RawFd) -> Option<SocketAddr> {
+    name_of(fd, libc::getsockname)
+}
+
+pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    name_of(fd, libc::getpeername)
+}
+
+pub fn shutdown(fd: RawFd, how: libc::c_int) {
+    // SAFETY: shutdown on an fd we own; errors (already closed by the peer) are harmless.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+pub fn close(fd: RawFd) {
+    // SAFETY: closes an fd we own exactly once (callers forget it afterwards).
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// Raises RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit with a pointer to a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and the threads it spawns afterwards), so
+/// that [`wait_for_termination`] can take them synchronously.
+pub fn block_termination_signals() {
+    // SAFETY: builds a signal set on the stack and applies it to this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (blocked beforehand) and returns its number.
+pub fn wait_for_termination() -> i32 {
+    // SAFETY: sigwait on a set of signals this thread has blocked.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let mut sig: libc::c_int = 0;
+        libc::sigwait(&set, &mut sig);
+        sig
+    }
+}
