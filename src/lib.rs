@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod config;
 pub mod control;
 pub mod core;
 pub mod demo;

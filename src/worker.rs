@@ -188,7 +188,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(setup: WorkerSetup, snapshot: Arc<Snapshot>) -> std::io::Result<Worker> {
         let ring = Ring::new(4096, 1024, 16 * 1024)?;
-        let mut picker = Picker::new();
+        let mut picker = Picker::with_offset(setup.index as u32);
         picker.reset_for(&snapshot);
         setup
             .metrics

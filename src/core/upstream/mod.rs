@@ -9,6 +9,9 @@ use crate::core::route::{BackendId, Snapshot};
 #[derive(Clone, Debug, Default)]
 pub struct Picker {
     cursors: Vec<u32>,
+    /// Where every cursor starts: workers use their index, so N workers spread their first
+    /// requests over N endpoints instead of all starting on the first.
+    offset: u32,
 }
 
 impl Picker {
@@ -16,10 +19,18 @@ impl Picker {
         Picker::default()
     }
 
+    /// A picker whose cursors start at `offset` (a worker's index).
+    pub fn with_offset(offset: u32) -> Picker {
+        Picker {
+            cursors: Vec::new(),
+            offset,
+        }
+    }
+
     /// Sizes the cursors for a new snapshot (backend ids are per snapshot).
     pub fn reset_for(&mut self, snapshot: &Snapshot) {
         self.cursors.clear();
-        self.cursors.resize(snapshot.backends.len(), 0);
+        self.cursors.resize(snapshot.backends.len(), self.offset);
     }
 
     /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
@@ -30,7 +41,8 @@ impl Picker {
         }
         let i = backend.0 as usize;
         if i >= self.cursors.len() {
-            self.cursors.resize(snapshot.backends.len().max(i + 1), 0);
+            self.cursors
+                .resize(snapshot.backends.len().max(i + 1), self.offset);
         }
         let cursor = &mut self.cursors[i];
         let endpoint = endpoints[*cursor as usize % endpoints.len()];

@@ -1,0 +1,491 @@
+//! The appliance's own static configuration (TOML): workers, listeners, limits, timeouts,
+//! upstream pooling and route sources. Every key is optional and defaults to what
+//! `configs/sluice.toml` shows. Unknown keys are errors, and every error names the file, the
+//! line and column, and the field.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::control::compile::{CompileOptions, PortRef, ServiceRef};
+use crate::core::conn::{ConnConfig, Scheme, Timeouts};
+use crate::core::http1::{Limits, MAX_HEADERS_CAP};
+use crate::engine::EngineConfig;
+
+/// A configuration error: where and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file, self.line, self.column, self.field, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// `workers = 4` or `workers = [0, 2]` (CPU ids).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Workers {
+    Count(usize),
+    Cpus(Vec<usize>),
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    workers: Option<Spanned<Workers>>,
+    engine: Option<Spanned<String>>,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    buffers: RawBuffers,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    sources: RawSources,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    http: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_head_bytes: Option<Spanned<Size>>,
+    max_request_line: Option<Spanned<Size>>,
+    max_headers: Option<Spanned<usize>>,
+    max_chunk_ext: Option<Spanned<Size>>,
+    max_trailer_bytes: Option<Spanned<Size>>,
+    max_body_bytes: Option<Spanned<Size>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    request_head: Option<Spanned<String>>,
+    keep_alive: Option<Spanned<String>>,
+    upstream_connect: Option<Spanned<String>>,
+    upstream_response: Option<Spanned<String>>,
+    body_idle: Option<Spanned<String>>,
+    linger: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuffers {
+    size: Option<Spanned<Size>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    max_idle_per_endpoint: Option<Spanned<usize>>,
+    idle_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSources {
+    manifests: Option<Spanned<String>>,
+    ingress_class: Option<Spanned<String>>,
+    controller_class: Option<Spanned<String>>,
+    watch_ingress_without_class: Option<Spanned<bool>>,
+    default_backend: Option<Spanned<String>>,
+}
+
+/// A byte size: an integer, or a string with an nginx-style suffix (`"1m"`, `"512k"`, `"1g"`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// CPU ids to pin one worker each to; `None` = one per core of the machine.
+    pub workers: Option<Vec<usize>>,
+    /// Or just a count (not pinned to specific CPUs).
+    pub worker_count: Option<usize>,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub shutdown_grace: Duration,
+    pub buffer_size: usize,
+    pub upstream_max_idle: usize,
+    pub upstream_idle_timeout: Duration,
+    pub manifests: Option<PathBuf>,
+    pub compile: CompileOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: None,
+            worker_count: None,
+            http: "0.0.0.0:80".parse().expect("valid default"),
+            admin: "0.0.0.0:10254".parse().expect("valid default"),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            shutdown_grace: Duration::from_secs(240),
+            buffer_size: 32 * 1024,
+            upstream_max_idle: 64,
+            upstream_idle_timeout: Duration::from_secs(60),
+            manifests: None,
+            compile: CompileOptions::default(),
+        }
+    }
+}
+
+/// Parses `"500ms"`, `"10s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like \"10s\" or \"500ms\" (got {text:?})"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(format!(
+                "unknown duration unit in {text:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+/// Parses `123`, `"64k"`, `"1m"`, `"2g"` (powers of 1024, as nginx does).
+fn parse_size(size: &Size) -> Result<u64, String> {
+    let text = match size {
+        Size::Bytes(n) => return Ok(*n),
+        Size::Text(t) => t.trim().to_ascii_lowercase(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a size like 1048576, \"512k\" or \"1m\" (got {text:?})"))?;
+    let mult = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(format!("unknown size unit in {text:?} (use k, m or g)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn at(&self, offset: usize, field: &str, message: impl Into<String>) -> ConfigError {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(offset + 1, |nl| offset - nl);
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s.get_ref()).map_err(|m| self.at(s.span().start, field, m)),
+        }
+    }
+
+    fn size(
+        &self,
+        v: &Option<Spanned<Size>>,
+        field: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<u64>, ConfigError> {
+        let Some(s) = v else {
+            return Ok(None);
+        };
+        let n = parse_size(s.get_ref()).map_err(|m| self.at(s.span().start, field, m))?;
+        if n < min || n > max {
+            return Err(self.at(
+                s.span().start,
+                field,
+                format!("must be between {min} and {max} bytes (got {n})"),
+            ));
+        }
+        Ok(Some(n))
+    }
+
+    fn addr(
+        &self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default: SocketAddr,
+    ) -> Result<SocketAddr, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => s.get_ref().parse().map_err(|_| {
+                self.at(
+                    s.span().start,
+                    field,
+                    format!(
+                        "expected an address like \"0.0.0.0:80\" (got {:?})",
+                        s.get_ref()
+                    ),
+                )
+            }),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &name)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let ctx = Ctx { file, text };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            ctx.at(offset, "", e.message().to_string())
+        })?;
+        let d = Config::default();
+        let mut c = d.clone();
+        if let Some(w) = &raw.workers {
+            match w.get_ref() {
+                Workers::Count(0) => {
+                    return Err(ctx.at(w.span().start, "workers", "must be at least 1"));
+                }
+                Workers::Count(n) => c.worker_count = Some(*n),
+                Workers::Cpus(list) if list.is_empty() => {
+                    return Err(ctx.at(w.span().start, "workers", "CPU list is empty"));
+                }
+                Workers::Cpus(list) => c.workers = Some(list.clone()),
+            }
+        }
+        if let Some(engine) = &raw.engine {
+            match engine.get_ref().as_str() {
+                "uring" => {}
+                "userspace" => {
+                    return Err(ctx.at(
+                        engine.span().start,
+                        "engine",
+                        "the userspace (smoltcp) engine is not implemented yet",
+                    ));
+                }
+                other => {
+                    return Err(ctx.at(
+                        engine.span().start,
+                        "engine",
+                        format!("unknown engine {other:?} (use \"uring\")"),
+                    ));
+                }
+            }
+        }
+        c.http = ctx.addr(&raw.listen.http, "listen.http", d.http)?;
+        c.admin = ctx.addr(&raw.listen.admin, "listen.admin", d.admin)?;
+        let l = &raw.limits;
+        let dl = &d.limits;
+        let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        c.limits.max_head_bytes = ctx
+            .size(&l.max_head_bytes, "limits.max_head_bytes", 1024, 1 << 20)?
+            .map_or(dl.max_head_bytes, as_usize);
+        c.limits.max_request_line = ctx
+            .size(&l.max_request_line, "limits.max_request_line", 256, 1 << 20)?
+            .map_or(dl.max_request_line, as_usize);
+        c.limits.max_chunk_ext = ctx
+            .size(&l.max_chunk_ext, "limits.max_chunk_ext", 0, 1 << 20)?
+            .map_or(dl.max_chunk_ext, as_usize);
+        c.limits.max_trailer_bytes = ctx
+            .size(&l.max_trailer_bytes, "limits.max_trailer_bytes", 0, 1 << 20)?
+            .map_or(dl.max_trailer_bytes, as_usize);
+        c.limits.max_body_bytes =
+            ctx.size(&l.max_body_bytes, "limits.max_body_bytes", 0, u64::MAX)?;
+        if let Some(h) = &l.max_headers {
+            let n = *h.get_ref();
+            if n == 0 || n > MAX_HEADERS_CAP {
+                return Err(ctx.at(
+                    h.span().start,
+                    "limits.max_headers",
+                    format!("must be between 1 and {MAX_HEADERS_CAP} (got {n})"),
+                ));
+            }
+            c.limits.max_headers = n;
+        }
+        if c.limits.max_request_line > c.limits.max_head_bytes {
+            return Err(ctx.at(
+                0,
+                "limits.max_request_line",
+                "must not exceed limits.max_head_bytes",
+            ));
+        }
+        let t = &raw.timeouts;
+        let dt = &d.timeouts;
+        c.timeouts = Timeouts {
+            request_head: ctx.duration(
+                &t.request_head,
+                "timeouts.request_head",
+                dt.request_head,
+            )?,
+            keep_alive: ctx.duration(&t.keep_alive, "timeouts.keep_alive", dt.keep_alive)?,
+            upstream_connect: ctx.duration(
+                &t.upstream_connect,
+                "timeouts.upstream_connect",
+                dt.upstream_connect,
+            )?,
+            upstream_response: ctx.duration(
+                &t.upstream_response,
+                "timeouts.upstream_response",
+                dt.upstream_response,
+            )?,
+            body_idle: ctx.duration(&t.body_idle, "timeouts.body_idle", dt.body_idle)?,
+            linger: ctx.duration(&t.linger, "timeouts.linger", dt.linger)?,
+        };
+        c.shutdown_grace = ctx.duration(
+            &t.shutdown_grace,
+            "timeouts.shutdown_grace",
+            d.shutdown_grace,
+        )?;
+        if let Some(size) = ctx.size(&raw.buffers.size, "buffers.size", 1024, 16 << 20)? {
+            c.buffer_size = as_usize(size);
+        }
+        if let Some(n) = &raw.upstream.max_idle_per_endpoint {
+            c.upstream_max_idle = *n.get_ref();
+        }
+        c.upstream_idle_timeout = ctx.duration(
+            &raw.upstream.idle_timeout,
+            "upstream.idle_timeout",
+            d.upstream_idle_timeout,
+        )?;
+        let s = &raw.sources;
+        c.manifests = s.manifests.as_ref().map(|m| PathBuf::from(m.get_ref()));
+        if let Some(v) = &s.ingress_class {
+            c.compile.ingress_class = v.get_ref().clone();
+        }
+        if let Some(v) = &s.controller_class {
+            c.compile.controller = v.get_ref().clone();
+        }
+        if let Some(v) = &s.watch_ingress_without_class {
+            c.compile.watch_without_class = *v.get_ref();
+        }
+        if let Some(v) = &s.default_backend {
+            c.compile.default_backend = Some(
+                parse_service_ref(v.get_ref())
+                    .map_err(|m| ctx.at(v.span().start, "sources.default_backend", m))?,
+            );
+        }
+        Ok(c)
+    }
+
+    /// The connection settings every worker shares.
+    pub fn conn_config(&self) -> ConnConfig {
+        ConnConfig {
+            limits: self.limits.clone(),
+            timeouts: self.timeouts.clone(),
+            buffer_size: self.buffer_size,
+            scheme: Scheme::Http,
+        }
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        let workers = match (&self.workers, self.worker_count) {
+            (Some(cpus), _) => cpus.iter().map(|c| Some(*c)).collect(),
+            (None, Some(n)) => {
+                let cores = EngineConfig::all_cores();
+                (0..n).map(|i| cores.get(i).copied().flatten()).collect()
+            }
+            (None, None) => EngineConfig::all_cores(),
+        };
+        EngineConfig {
+            workers,
+            http: self.http,
+            admin: Some(self.admin),
+            conn: Arc::new(self.conn_config()),
+            upstream_max_idle: self.upstream_max_idle,
+            upstream_idle_timeout: self.upstream_idle_timeout,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+/// `namespace/service:port` (port by number or name).
+pub fn parse_service_ref(text: &str) -> Result<ServiceRef, String> {
+    let bad = || format!("expected \"namespace/service:port\" (got {text:?})");
+    let (ns, rest) = text.split_once('/').ok_or_else(bad)?;
+    let (name, port) = rest.split_once(':').ok_or_else(bad)?;
+    if ns.is_empty() || name.is_empty() || port.is_empty() {
+        return Err(bad());
+    }
+    let port = match port.parse::<i32>() {
+        Ok(n) => PortRef::Number(n),
+        Err(_) => PortRef::Name(port.to_string()),
+    };
+    Ok(ServiceRef {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        port,
+    })
+}
