@@ -184,3 +184,204 @@ fn malformed_request_gets_400_over_a_real_socket() {
     engine.stop();
     engine.join().unwrap();
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let a = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let b = spawn_upstream("B", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let engine = start(&routes(&a, &b, closed_port()), 1, ConnConfig::default());
+    let mut s = client(&engine);
+    let mut batch = String::new();
+    for i in 0..10 {
+        let host = if i % 2 == 0 { "a.test" } else { "b.test" };
+        batch += &format!("GET /p{i} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    }
+    s.write_all(batch.as_bytes()).unwrap();
+    for i in 0..10 {
+        let (status, _, body) = read_response(&mut s);
+        assert_eq!(status, 200);
+        let who = if i % 2 == 0 { "A" } else { "B" };
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            format!("{who} GET /p{i} body=0\n")
+        );
+    }
+    engine.stop();
+    engine.join().unwrap();
+}
+
+#[test]
+fn chunked_and_content_length_bodies_reach_the_upstream() {
+    let a = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let b = spawn_upstream("B", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let engine = start(&routes(&a, &b, closed_port()), 1, ConnConfig::default());
+    let mut s = client(&engine);
+    s.write_all(b"POST /cl HTTP/1.1\r\nHost: a.test\r\nContent-Length: 11\r\n\r\nhello world")
+        .unwrap();
+    let (_, _, body) = read_response(&mut s);
+    assert_eq!(String::from_utf8(body).unwrap(), "A POST /cl body=11\n");
+    s.write_all(b"POST /ch HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        .unwrap();
+    let (_, _, body) = read_response(&mut s);
+    assert_eq!(String::from_utf8(body).unwrap(), "A POST /ch body=11\n");
+    // 100-continue: Sluice answers it once the upstream is there, then the body flows.
+    s.write_all(
+        b"PUT /e HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut cont = [0u8; 25];
+    s.read_exact(&mut cont).unwrap();
+    assert_eq!(&cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"data").unwrap();
+    let (status, _, body) = read_response(&mut s);
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(body).unwrap(), "A PUT /e body=4\n");
+    engine.stop();
+    engine.join().unwrap();
+}
+
+#[test]
+fn forwarding_headers_reach_the_upstream() {
+    let a = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let b = spawn_upstream("B", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let engine = start(&routes(&a, &b, closed_port()), 1, ConnConfig::default());
+    let mut s = client(&engine);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+        .unwrap();
+    let (_, head, _) = read_response(&mut s);
+    assert!(
+        head.contains("X-Seen-X-Forwarded-For: 203.0.113.9, 127.0.0.1"),
+        "{head}"
+    );
+    engine.stop();
+    engine.join().unwrap();
+}
+
+#[test]
+fn slow_upstream_is_504_and_slow_client_head_is_408() {
+    let a = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let b = spawn_upstream("B", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut conn = ConnConfig::default();
+    conn.timeouts.upstream_response = Duration::from_millis(300);
+    conn.timeouts.request_head = Duration::from_millis(300);
+    let engine = start(&routes(&a, &b, closed_port()), 1, conn);
+    let mut s = client(&engine);
+    let (status, _, _) = get(&mut s, "a.test", "/slow/2000");
+    assert_eq!(status, 504);
+    let mut s = client(&engine);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.t").unwrap();
+    let (status, head, _) = read_response(&mut s);
+    assert_eq!(status, 408);
+    assert!(head.contains("Connection: close"));
+    engine.stop();
+    engine.join().unwrap();
+}
+
+#[test]
+fn two_workers_both_receive_connections() {
+    let a = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let b = spawn_upstream("B", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let engine = start(&routes(&a, &b, closed_port()), 2, ConnConfig::default());
+    for i in 0..64 {
+        let mut s = client(&engine);
+        let (status, _, _) = get(&mut s, "a.test", &format!("/{i}"));
+        assert_eq!(status, 200);
+    }
+    let per_worker: Vec<u64> = engine
+        .state()
+        .metrics
+        .iter()
+        .map(|m| m.accepted.load(Ordering::Relaxed))
+        .collect();
+    assert_eq!(per_worker.iter().sum::<u64>(), 64);
+    assert!(
+        per_worker.iter().all(|&n| n > 0),
+        "SO_REUSEPORT spreads connections: {per_worker:?}"
+    );
+    engine.stop();
+    engine.join().unwrap();
+}
+
+#[test]
+fn admin_endpoints_answer() {
+    let a = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let b = spawn_upstream("B", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let engine = start(&routes(&a, &b, closed_port()), 1, ConnConfig::default());
+    let mut s = client(&engine);
+    get(&mut s, "a.test", "/");
+    get(&mut s, "nowhere.test", "/");
+    let admin = engine.admin_addr().unwrap();
+    let fetch = |path: &str| {
+        let mut c = TcpStream::connect(admin).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(fetch("/healthz").starts_with("HTTP/1.1 200"));
+    // Workers flag themselves serving once their loop runs.
+    let mut ready = fetch("/readyz");
+    for _ in 0..50 {
+        if ready.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        ready = fetch("/readyz");
+    }
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let metrics = fetch("/metrics");
+    assert!(
+        metrics.contains("sluice_responses_total{worker=\"0\",class=\"2xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_responses_total{worker=\"0\",class=\"4xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# TYPE sluice_connections_active gauge"));
+    assert!(fetch("/routes").contains("a.test / Prefix -> default/a:80 (1 endpoints)"));
+    assert!(fetch("/nope").starts_with("HTTP/1.1 404"));
+    engine.stop();
+    engine.join().unwrap();
+}
+
+#[test]
+fn a_new_snapshot_reaches_every_worker_without_dropping_connections() {
+    let a = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let b = spawn_upstream("B", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let engine = start(&routes(&a, &b, closed_port()), 2, ConnConfig::default());
+    let mut s = client(&engine);
+    assert_eq!(get(&mut s, "a.test", "/").0, 200);
+    // Swap A and B: the same keep-alive connection routes its next request on the new table.
+    let swapped = routes(&b, &a, closed_port());
+    engine.publish(snapshot(&swapped, 2));
+    let mut seen_b = false;
+    for _ in 0..50 {
+        let (status, _, body) = get(&mut s, "a.test", "/");
+        assert_eq!(status, 200);
+        if body.starts_with(b"B ") {
+            seen_b = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seen_b, "the new snapshot never took effect");
+    // Every worker acknowledges the new version at its next quiescent point (an idle
+    // worker within its maximum wait).
+    let acked = |engine: &Engine| {
+        engine
+            .state()
+            .metrics
+            .iter()
+            .all(|m| m.snapshot_version.load(Ordering::Acquire) == 2)
+    };
+    for _ in 0..100 {
+        if acked(&engine) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(acked(&engine));
+    engine.stop();
+    engine.join().unwrap();
+}
