@@ -612,12 +612,14 @@ impl Worker {
             client.recv_armed = true;
             client.inflight += 1;
         }
-        let deadline = client.conn.deadline();
-        if deadline != client.timer {
-            client.timer = deadline;
-            if let Some(at) = deadline {
-                self.timers.push(Reverse((at, slot, client.generation)));
-            }
+        // One heap entry per connection at most: a later deadline is left to the armed
+        // entry, which re-arms itself when it fires early (deadlines move on every event, and
+        // pushing each move would grow the heap with the request rate).
+        if let Some(at) = client.conn.deadline()
+            && client.timer.is_none_or(|armed| at < armed)
+        {
+            client.timer = Some(at);
+            self.timers.push(Reverse((at, slot, client.generation)));
         }
         let Some(ui) = client.upstream else {
             return;
@@ -805,15 +807,25 @@ impl Worker {
                 continue;
             };
             if client.closed || client.timer != Some(at) {
-                continue; // superseded
+                continue; // superseded by an earlier entry
             }
             client.timer = None;
-            let mut router = SnapshotRouter {
-                snapshot: &self.snapshot,
-                picker: &mut self.picker,
-            };
-            client.conn.timer(now, &mut router);
-            self.touched.push(slot);
+            match client.conn.deadline() {
+                Some(deadline) if deadline > now => {
+                    // The deadline moved on since this entry was armed: re-arm.
+                    client.timer = Some(deadline);
+                    self.timers.push(Reverse((deadline, slot, generation)));
+                }
+                Some(_) => {
+                    let mut router = SnapshotRouter {
+                        snapshot: &self.snapshot,
+                        picker: &mut self.picker,
+                    };
+                    client.conn.timer(now, &mut router);
+                    self.touched.push(slot);
+                }
+                None => {}
+            }
         }
     }
 

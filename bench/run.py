@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""Side-by-side proxy benchmark: Sluice vs nginx vs HAProxy, in one run, on this machine.
+
+Every contender gets ONE worker pinned to the same core and proxies to the same upstream (an
+nginx instance returning a 1 KiB body, pinned to the other core with the load generator).
+wrk drives each with keep-alive connections for a fixed time. For each contender we report
+requests/s, latency percentiles, the contender's CPU time per request (utime+stime from /proc
+over the run, divided by the requests wrk completed) and the ratios against nginx and HAProxy.
+
+Usage: python3 bench/run.py [--duration 10] [--connections 64] [--write-results]
+Installs nginx, haproxy and wrk with apt-get if they are missing (needs root).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONTENDER_CPU = "0"
+LOAD_CPU = "1"
+UPSTREAM_PORT = 18000
+PROXY_PORT = 18080
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  io.write(string.format('{"requests": %d, "errors": %d, "duration_us": %d, "p50": %d, "p99": %d, "p999": %d}\\n',
+    summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout,
+    summary.duration, latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+def ensure_tools():
+    missing = [t for t in ("nginx", "haproxy", "wrk") if shutil.which(t) is None and not os.path.exists(f"/usr/sbin/{t}")]
+    if missing:
+        print(f"installing {' '.join(missing)} with apt-get", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def tool(name):
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+def wait_port(port, timeout=10.0):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def family(pid):
+    """The process and its children (nginx master + worker)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [pid] + [int(p) for p in out.split()]
+
+
+def start_upstream(tmp):
+    body = "x" * 1024
+    conf = os.path.join(tmp, "upstream.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+worker_cpu_affinity 10;
+daemon off;
+pid {tmp}/upstream.pid;
+error_log {tmp}/upstream-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{UPSTREAM_PORT} reuseport backlog=4096;
+    location / {{ default_type text/plain; return 200 "{body}"; }}
+  }}
+}}
+""")
+    p = subprocess.Popen([tool("nginx"), "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(UPSTREAM_PORT)
+    return p
+
+
+def start_nginx(tmp):
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+worker_cpu_affinity 01;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream pods {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{PROXY_PORT} reuseport backlog=4096;
+    location / {{
+      proxy_pass http://pods;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+  }}
+}}
+""")
+    return subprocess.Popen(["taskset", "-c", CONTENDER_CPU, tool("nginx"), "-c", conf, "-p", tmp],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_haproxy(tmp):
+    conf = os.path.join(tmp, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""
+global
+  nbthread 1
+  cpu-map 1/1 {CONTENDER_CPU}
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{PROXY_PORT}
+  default_backend pods
+backend pods
+  server pod1 127.0.0.1:{UPSTREAM_PORT}
+""")
+    return subprocess.Popen(["taskset", "-c", CONTENDER_CPU, tool("haproxy"), "-f", conf, "-db"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_sluice(tmp, binary):
+    manifests = os.path.join(tmp, "manifests")
+    os.makedirs(manifests, exist_ok=True)
+    with open(os.path.join(manifests, "bench.yaml"), "w") as f:
+        f.write(f"""apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: bench, namespace: default}}
+spec:
+  ingressClassName: sluice
+  defaultBackend: {{service: {{name: pods, port: {{number: 80}}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: pods, namespace: default}}
+spec: {{ports: [{{port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: pods-1, namespace: default, labels: {{kubernetes.io/service-name: pods}}}}
+addressType: IPv4
+ports: [{{port: {UPSTREAM_PORT}}}]
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+""")
+    conf = os.path.join(tmp, "sluice.toml")
+    with open(conf, "w") as f:
+        f.write(f"""workers = [{CONTENDER_CPU}]
+[listen]
+http = "127.0.0.1:{PROXY_PORT}"
+admin = "127.0.0.1:{PROXY_PORT + 1}"
+[sources]
+manifests = "{manifests}"
+""")
+    return subprocess.Popen(["taskset", "-c", CONTENDER_CPU, binary, "run", "--config", conf],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wrk(duration, connections, script):
+    cmd = ["taskset", "-c", LOAD_CPU, tool("wrk"), "-t1", f"-c{connections}", f"-d{duration}s",
+           "-s", script, f"http://127.0.0.1:{PROXY_PORT}/"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = [l for l in out.splitlines() if l.startswith("{")][-1]
+    return json.loads(line)
+
+
+def measure(name, proc, args, script):
+    wait_port(PROXY_PORT)
+    time.sleep(0.3)
+    wrk(2, args.connections, script)  # warm-up: pools, caches
+    pids = family(proc.pid)
+    before = cpu_ticks(pids)
+    r = wrk(args.duration, args.connections, script)
+    after = cpu_ticks(family(proc.pid))
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    time.sleep(0.5)
+    seconds = r["duration_us"] / 1e6
+    r["rps"] = r["requests"] / seconds
+    r["cpu_us_per_req"] = (after - before) / CLK_TCK * 1e6 / max(r["requests"], 1)
+    r["name"] = name
+    print(f"{name:8s} {r['rps']:10.0f} req/s  p50 {r['p50']}us p99 {r['p99']}us p999 {r['p999']}us  "
+          f"cpu {r['cpu_us_per_req']:.2f}us/req  errors {r['errors']}", file=sys.stderr)
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--write-results", action="store_true")
+    args = ap.parse_args()
+    ensure_tools()
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "sluice")
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-")
+    script = os.path.join(tmp, "report.lua")
+    with open(script, "w") as f:
+        f.write(WRK_SCRIPT)
+    upstream = start_upstream(tmp)
+    try:
+        results = [
+            measure("sluice", start_sluice(tmp, binary), args, script),
+            measure("nginx", start_nginx(tmp), args, script),
+            measure("haproxy", start_haproxy(tmp), args, script),
+        ]
+    finally:
+        upstream.terminate()
+        upstream.wait()
+    s, n, h = results
+    lines = [
+        f"Date: {datetime.date.today()}. Machine: {os.cpu_count()} vCPU, {os.uname().release}. "
+        f"One worker each pinned to CPU {CONTENDER_CPU}; wrk (1 thread, {args.connections} keep-alive connections, "
+        f"{args.duration} s) and the upstream (nginx, 1 KiB body) on CPU {LOAD_CPU}.",
+        "",
+        f"Command: `python3 bench/run.py --duration {args.duration} --connections {args.connections}`",
+        "",
+        "| contender | requests/s | p50 | p99 | p99.9 | CPU per request | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r['name']} | {r['rps']:.0f} | {r['p50']} µs | {r['p99']} µs | {r['p999']} µs | "
+                     f"{r['cpu_us_per_req']:.2f} µs | {r['errors']} |")
+    lines += [
+        "",
+        f"Ratios: requests/s Sluice/nginx **{s['rps'] / n['rps']:.2f}**, Sluice/HAProxy **{s['rps'] / h['rps']:.2f}**; "
+        f"CPU per request Sluice/nginx **{s['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}**, "
+        f"Sluice/HAProxy **{s['cpu_us_per_req'] / h['cpu_us_per_req']:.2f}** (below 1 is better).",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_results:
+        path = os.path.join(ROOT, "bench", "RESULTS.md")
+        with open(path) as f:
+            existing = f.read()
+        marker = "## Proxy throughput: Sluice vs nginx vs HAProxy (issue 3)"
+        if marker in existing:
+            existing = existing[: existing.index(marker)].rstrip() + "\n"
+        with open(path, "w") as f:
+            f.write(existing + "\n" + marker + "\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
