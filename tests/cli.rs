@@ -208,6 +208,30 @@ fn hundred_mib_bodies_stream_both_ways_in_bounded_memory() {
     (&mut s).take(len as u64).read_to_string(&mut body).unwrap();
     assert_eq!(body, format!("A PUT /up body={SIZE}\n"));
 
+    // Upload again, chunked (1 MiB chunks): decoded and re-framed on the way.
+    write!(
+        s,
+        "POST /up-chunked HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    for _ in 0..100 {
+        write!(s, "{:x}\r\n", chunk.len()).unwrap();
+        s.write_all(&chunk).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = String::new();
+    (&mut s).take(len as u64).read_to_string(&mut body).unwrap();
+    assert_eq!(body, format!("A POST /up-chunked body={SIZE}\n"));
+
     // Download: 100 MiB, read slowly at first so backpressure has to hold it.
     write!(s, "GET /big/{SIZE} HTTP/1.1\r\nHost: app.test\r\n\r\n").unwrap();
     let head = read_head(&mut s);
@@ -223,7 +247,7 @@ fn hundred_mib_bodies_stream_both_ways_in_bounded_memory() {
     let peak = peak_rss_kib(child.id());
     assert!(
         peak < baseline + 32 * 1024,
-        "peak RSS grew from {baseline} KiB to {peak} KiB while streaming 200 MiB"
+        "peak RSS grew from {baseline} KiB to {peak} KiB while streaming 300 MiB"
     );
     sigterm(&child);
     assert!(child.wait().unwrap().success());
