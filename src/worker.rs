@@ -59,6 +59,8 @@ pub struct WorkerSetup {
     /// The core to pin to, if any.
     pub core: Option<usize>,
     pub listener: RawFd,
+    /// Signalled when a snapshot or a stop request is waiting.
+    pub wake: RawFd,
     pub conn: Arc<ConnConfig>,
     pub snapshots: Receiver<Arc<Snapshot>>,
     pub metrics: Arc<WorkerMetrics>,
@@ -183,6 +185,9 @@ pub struct Worker {
     completions: Vec<Completion>,
     /// Clients touched this turn, to drive once.
     touched: Vec<usize>,
+    /// The eventfd read's buffer (the kernel's while the read is armed).
+    wake_buf: Box<[u8; 8]>,
+    wake_armed: bool,
 }
 
 impl Worker {
@@ -208,6 +213,8 @@ impl Worker {
             accept_paused_until: None,
             completions: Vec::with_capacity(MAX_COMPLETIONS),
             touched: Vec::new(),
+            wake_buf: Box::new([0; 8]),
+            wake_armed: false,
         })
     }
 
@@ -221,13 +228,22 @@ impl Worker {
         loop {
             let now = clock();
             // Quiescent point: no request is mid-routing here.
+            let mut newest = None;
             while let Ok(snapshot) = self.setup.snapshots.try_recv() {
-                self.picker.reset_for(&snapshot);
-                self.setup
-                    .metrics
-                    .snapshot_version
-                    .store(snapshot.version, Ordering::Release);
-                self.snapshot = snapshot;
+                newest = Some(snapshot);
+            }
+            if let Some(snapshot) = newest {
+                self.swap_snapshot(snapshot);
+            }
+            if !self.wake_armed {
+                let token = Token {
+                    op: Op::Wake,
+                    slot: 0,
+                    generation: 0,
+                };
+                self.ring
+                    .read_eventfd(self.setup.wake, &mut self.wake_buf, token);
+                self.wake_armed = true;
             }
             if self.setup.stopping.load(Ordering::Acquire) && stop_deadline.is_none() {
                 stop_deadline = Some(now + self.setup.shutdown_grace);
@@ -289,8 +305,38 @@ impl Worker {
         }
         self.close_pool();
         uring::close(self.setup.listener);
+        // The eventfd stays open (the engine owns it); a read still armed ends with the ring.
         self.setup.metrics.serving.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// The quiescent-point swap: new requests route on `snapshot`; requests already routed
+    /// keep their endpoint; pooled idle connections to endpoints that are gone are closed.
+    fn swap_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        self.picker.reset_for(&snapshot);
+        let live: std::collections::HashSet<SocketAddr> = snapshot
+            .backends
+            .iter()
+            .flat_map(|b| b.endpoints.iter().copied())
+            .collect();
+        let mut gone = Vec::new();
+        self.pool.retain(|endpoint, idle| {
+            if live.contains(endpoint) {
+                true
+            } else {
+                gone.append(idle);
+                false
+            }
+        });
+        for ui in gone {
+            self.close_upstream(ui);
+        }
+        self.setup
+            .metrics
+            .snapshot_version
+            .store(snapshot.version, Ordering::Release);
+        // The old snapshot is freed here if this was the last worker holding it.
+        self.snapshot = snapshot;
     }
 
     fn next_wait(&self, now: Instant) -> Duration {
@@ -324,6 +370,8 @@ impl Worker {
             Op::UpstreamConnect => self.upstream_connect(token, c, now),
             Op::UpstreamRecv => self.upstream_recv(token, c, now),
             Op::UpstreamSend => self.upstream_send(token, c, now),
+            // Re-armed at the top of the loop, where the snapshot is taken.
+            Op::Wake => self.wake_armed = false,
         }
     }
 

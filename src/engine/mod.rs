@@ -6,9 +6,10 @@ pub mod uring;
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel, sync_channel};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -43,15 +44,102 @@ impl EngineConfig {
 /// Shared between the engine, its admin server and the control side.
 pub struct EngineState {
     pub metrics: Vec<Arc<WorkerMetrics>>,
+    /// How publication went: counts and change → all-workers propagation times.
+    pub publication: Mutex<PublicationStats>,
     /// The newest published snapshot (for the admin route dump; workers have their own).
     pub snapshot: RwLock<Arc<Snapshot>>,
     pub stopping: Arc<AtomicBool>,
 }
 
+/// Publication metrics (control side only, never touched by a worker).
+pub struct PublicationStats {
+    pub published: u64,
+    /// Microseconds from a source event to every worker serving the resulting snapshot.
+    pub propagation_us: hdrhistogram::Histogram<u64>,
+    /// Snapshots not acknowledged by every worker within the wait (should stay 0).
+    pub unacknowledged: u64,
+}
+
+impl Default for PublicationStats {
+    fn default() -> Self {
+        PublicationStats {
+            published: 0,
+            propagation_us: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("valid histogram bounds"),
+            unacknowledged: 0,
+        }
+    }
+}
+
+/// Hands snapshots to every worker: the same `Arc` to each, then a wake-up through its
+/// eventfd. Cheap to clone; used by the control thread.
+#[derive(Clone)]
+pub struct Publisher {
+    senders: Vec<Sender<Arc<Snapshot>>>,
+    /// Closed when the last publisher (and so the engine) is gone.
+    wakes: Arc<Vec<OwnedFd>>,
+    state: Arc<EngineState>,
+}
+
+impl Publisher {
+    /// Publishes `snapshot`; each worker swaps it in at the top of its next loop turn.
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        if let Ok(mut current) = self.state.snapshot.write() {
+            *current = snapshot.clone();
+        }
+        for (tx, wake) in self.senders.iter().zip(self.wakes.iter()) {
+            let _ = tx.send(snapshot.clone());
+            uring::eventfd_signal(wake.as_raw_fd());
+        }
+        if let Ok(mut stats) = self.state.publication.lock() {
+            stats.published += 1;
+        }
+    }
+
+    /// Waits (polling, on the control thread) until every worker serves `version` or later,
+    /// and records the time since `since` (the source event). Returns that time, or `None`
+    /// if `timeout` passed first.
+    pub fn wait_acknowledged(
+        &self,
+        version: u64,
+        since: std::time::Instant,
+        timeout: Duration,
+    ) -> Option<Duration> {
+        loop {
+            let acked = self
+                .state
+                .metrics
+                .iter()
+                .all(|m| m.snapshot_version.load(Ordering::Acquire) >= version);
+            let elapsed = since.elapsed();
+            if acked {
+                if let Ok(mut stats) = self.state.publication.lock() {
+                    let us = u64::try_from(elapsed.as_micros())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    let _ = stats.propagation_us.record(us);
+                }
+                return Some(elapsed);
+            }
+            if elapsed >= timeout {
+                if let Ok(mut stats) = self.state.publication.lock() {
+                    stats.unacknowledged += 1;
+                }
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    pub fn state(&self) -> &Arc<EngineState> {
+        &self.state
+    }
+}
+
 /// A running data plane.
 pub struct Engine {
     workers: Vec<JoinHandle<io::Result<()>>>,
-    senders: Vec<Sender<Arc<Snapshot>>>,
+    publisher: Publisher,
     state: Arc<EngineState>,
     local_addr: SocketAddr,
     admin: Option<AdminHandle>,
@@ -85,18 +173,24 @@ impl Engine {
             .collect();
         let state = Arc::new(EngineState {
             metrics: metrics.clone(),
+            publication: Mutex::new(PublicationStats::default()),
             snapshot: RwLock::new(snapshot.clone()),
             stopping: stopping.clone(),
         });
         let mut workers = Vec::new();
         let mut senders = Vec::new();
+        let mut wakes = Vec::new();
         let mut startup_error = None;
         for (index, (core, listener)) in cfg.workers.iter().zip(listeners).enumerate() {
             let (tx, rx) = channel();
+            let wake = uring::eventfd()?;
+            let wake_fd = wake.as_raw_fd();
+            wakes.push(wake);
             let setup = WorkerSetup {
                 index,
                 core: *core,
                 listener,
+                wake: wake_fd,
                 conn: cfg.conn.clone(),
                 snapshots: rx,
                 metrics: metrics[index].clone(),
@@ -145,7 +239,11 @@ impl Engine {
         };
         Ok(Engine {
             workers,
-            senders,
+            publisher: Publisher {
+                senders,
+                wakes: Arc::new(wakes),
+                state: state.clone(),
+            },
             state,
             local_addr: addr,
             admin,
@@ -167,18 +265,21 @@ impl Engine {
 
     /// Hands `snapshot` to every worker; each swaps it in at the top of its next loop turn.
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
-        if let Ok(mut current) = self.state.snapshot.write() {
-            *current = snapshot.clone();
-        }
-        for tx in &self.senders {
-            let _ = tx.send(snapshot.clone());
-        }
+        self.publisher.publish(snapshot);
+    }
+
+    /// A handle for the control thread to publish with.
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
     }
 
     /// Graceful stop: workers stop accepting, finish what is in flight, close idle
     /// connections, and exit (at the latest after the grace period).
     pub fn stop(&self) {
         self.state.stopping.store(true, Ordering::Release);
+        for wake in self.publisher.wakes.iter() {
+            uring::eventfd_signal(wake.as_raw_fd());
+        }
     }
 
     /// Waits for every worker (and the admin server) to finish.

@@ -27,6 +27,8 @@ pub enum Op {
     UpstreamConnect = 4,
     UpstreamRecv = 5,
     UpstreamSend = 6,
+    /// The worker's eventfd: a new snapshot (or a stop request) is waiting.
+    Wake = 7,
 }
 
 impl Op {
@@ -38,6 +40,7 @@ impl Op {
             4 => Op::UpstreamConnect,
             5 => Op::UpstreamRecv,
             6 => Op::UpstreamSend,
+            7 => Op::Wake,
             _ => return None,
         })
     }
@@ -278,6 +281,15 @@ impl Ring {
     /// A connect to `addr`, which the caller must keep alive until the completion.
     pub fn connect(&mut self, fd: RawFd, addr: &SockAddr, token: Token) {
         let e = opcode::Connect::new(types::Fd(fd), addr.as_ptr(), addr.len)
+            .build()
+            .user_data(token.encode());
+        self.push(e);
+    }
+
+    /// An 8-byte read of an eventfd into `buf`, which the caller keeps alive until the
+    /// completion.
+    pub fn read_eventfd(&mut self, fd: RawFd, buf: &mut [u8; 8], token: Token) {
+        let e = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 8)
             .build()
             .user_data(token.encode());
         self.push(e);
@@ -562,5 +574,23 @@ pub fn wait_for_termination() -> i32 {
         let mut sig: libc::c_int = 0;
         libc::sigwait(&set, &mut sig);
         sig
+    }
+}
+
+/// A nonblocking eventfd, used to wake a worker from its wait. Closed when dropped.
+pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain eventfd creation; the result is checked.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds 1 to an eventfd (wakes whoever reads it).
+pub fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+    unsafe {
+        libc::write(fd, (&one as *const u64).cast(), 8);
     }
 }
