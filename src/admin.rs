@@ -192,5 +192,42 @@ pub fn metrics_text(state: &EngineState) -> String {
                 .map(|(w, m)| (format!("worker=\"{w}\""), get(m))),
         );
     }
+    if let Ok(p) = state.publication.lock() {
+        let _ = writeln!(
+            out,
+            "# HELP sluice_snapshots_published_total Route snapshots published to the workers."
+        );
+        let _ = writeln!(out, "# TYPE sluice_snapshots_published_total counter");
+        let _ = writeln!(out, "sluice_snapshots_published_total {}", p.published);
+        let _ = writeln!(
+            out,
+            "# HELP sluice_snapshots_unacknowledged_total Snapshots some worker did not take within 5 s."
+        );
+        let _ = writeln!(out, "# TYPE sluice_snapshots_unacknowledged_total counter");
+        let _ = writeln!(
+            out,
+            "sluice_snapshots_unacknowledged_total {}",
+            p.unacknowledged
+        );
+        let h = &p.propagation_us;
+        let _ = writeln!(
+            out,
+            "# HELP sluice_snapshot_propagation_seconds From a source change to every worker serving it."
+        );
+        let _ = writeln!(out, "# TYPE sluice_snapshot_propagation_seconds summary");
+        for q in [0.5, 0.9, 0.99, 1.0] {
+            let v = if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            };
+            let _ = writeln!(
+                out,
+                "sluice_snapshot_propagation_seconds{{quantile=\"{q}\"}} {}",
+                v as f64 / 1e6
+            );
+        }
+        let _ = writeln!(out, "sluice_snapshot_propagation_seconds_count {}", h.len());
+    }
     out
 }

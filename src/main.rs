@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use sluice::config::Config;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use sluice::control::compile::{Compiled, Objects, compile};
-use sluice::control::manifests::{Object, load_dir, parse_documents};
+use sluice::control::files::{FileSource, FileWatcher};
+use sluice::control::manifests::{Object, parse_documents};
 use sluice::demo;
 use sluice::engine::{Engine, uring};
 
@@ -79,19 +82,23 @@ fn load_config(args: &Args) -> Result<Config, String> {
     Ok(config)
 }
 
-/// Loads the manifests directory (if any) and compiles it; prints every problem.
-fn compile_routes(config: &Config, extra: Vec<Object>) -> Result<Compiled, String> {
-    let mut objects = extra;
-    let mut errors = Vec::new();
-    if let Some(dir) = &config.manifests {
-        let (o, e) = load_dir(dir);
-        objects.extend(o);
-        errors = e;
-    }
+/// Loads the manifests directory (if any) and compiles it with `extra`; prints every problem.
+fn compile_routes(
+    config: &Config,
+    extra: Vec<Object>,
+) -> Result<(Compiled, Option<FileSource>), String> {
+    let mut source = config.manifests.as_deref().map(FileSource::new);
+    let errors = source.as_mut().map(FileSource::refresh).unwrap_or_default();
     for e in &errors {
         eprintln!("sluice: {e}");
     }
-    let compiled = compile(&Objects::from_objects(objects), &config.compile, 1);
+    let mut objects = source.as_ref().map(FileSource::objects).unwrap_or_default();
+    let extra = Objects::from_objects(extra);
+    objects.ingresses.extend(extra.ingresses);
+    objects.classes.extend(extra.classes);
+    objects.services.extend(extra.services);
+    objects.slices.extend(extra.slices);
+    let compiled = compile(&objects, &config.compile, 1);
     for d in &compiled.diagnostics {
         eprintln!("sluice: rejected: {d}");
     }
@@ -101,13 +108,32 @@ fn compile_routes(config: &Config, extra: Vec<Object>) -> Result<Compiled, Strin
             errors.len()
         ));
     }
-    Ok(compiled)
+    Ok((compiled, source))
 }
 
-fn serve(config: &Config, compiled: Compiled, banner: Option<String>) -> Result<(), String> {
+fn serve(
+    config: &Config,
+    compiled: Compiled,
+    source: Option<FileSource>,
+    banner: Option<String>,
+) -> Result<(), String> {
     uring::block_termination_signals();
     let engine = Engine::start(config.engine_config(), Arc::new(compiled.snapshot))
         .map_err(|e| e.to_string())?;
+    let stop_watching = Arc::new(AtomicBool::new(false));
+    let watcher = match source {
+        Some(source) => Some(
+            FileWatcher::spawn(
+                source,
+                config.compile.clone(),
+                engine.publisher(),
+                1,
+                stop_watching.clone(),
+            )
+            .map_err(|e| format!("cannot watch the manifests directory: {e}"))?,
+        ),
+        None => None,
+    };
     eprintln!(
         "sluice: serving http on {} with {} worker(s); admin on {}",
         engine.local_addr(),
@@ -125,6 +151,10 @@ fn serve(config: &Config, compiled: Compiled, banner: Option<String>) -> Result<
         "sluice: signal {sig}: draining (grace {:?})",
         config.shutdown_grace
     );
+    stop_watching.store(true, Ordering::Release);
+    if let Some(w) = watcher {
+        w.join();
+    }
     engine.stop();
     engine.join().map_err(|e| e.to_string())?;
     eprintln!("sluice: stopped");
@@ -146,7 +176,7 @@ fn demo_main(args: &Args) -> Result<(), String> {
     if let Some(e) = errors.first() {
         return Err(format!("embedded demo routes: {e}"));
     }
-    let compiled = compile_routes(&config, objects)?;
+    let (compiled, source) = compile_routes(&config, objects)?;
     let h = config.http;
     let banner = format!(
         "Sluice demo: two in-process upstreams (pod-a {}, pod-b {}) behind {h}. Try:\n\
@@ -160,7 +190,7 @@ fn demo_main(args: &Args) -> Result<(), String> {
          \nCtrl-C stops it.",
         a.addr, b.addr, config.admin, config.admin
     );
-    serve(&config, compiled, Some(banner))
+    serve(&config, compiled, source, Some(banner))
 }
 
 fn main() -> ExitCode {
@@ -178,11 +208,11 @@ fn main() -> ExitCode {
     }
     let result = parse_args(argv).and_then(|args| match args.command.as_str() {
         "run" => load_config(&args).and_then(|config| {
-            let compiled = compile_routes(&config, Vec::new())?;
-            serve(&config, compiled, None)
+            let (compiled, source) = compile_routes(&config, Vec::new())?;
+            serve(&config, compiled, source, None)
         }),
         "check" => load_config(&args).and_then(|config| {
-            let compiled = compile_routes(&config, Vec::new())?;
+            let (compiled, _) = compile_routes(&config, Vec::new())?;
             print!("{}", compiled.snapshot);
             if compiled.diagnostics.is_empty() {
                 Ok(())

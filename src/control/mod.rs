@@ -2,4 +2,5 @@
 //! immutable route snapshots. Pure compilation lives in `compile`; I/O lives elsewhere.
 
 pub mod compile;
+pub mod files;
 pub mod manifests;

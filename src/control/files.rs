@@ -1,0 +1,180 @@
+//! The live file route source: a directory of Kubernetes YAML, watched with inotify. Edits,
+//! new files and deletions are compiled and published without a restart. A file that fails to
+//! parse keeps its previous objects (the error is logged with file and line); the other files
+//! keep serving. Bursts of events are coalesced: a change is applied once the directory has
+//! been quiet for a few milliseconds, and never held longer than [`MAX_HOLD`].
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use inotify::{Inotify, WatchMask};
+
+use super::compile::{CompileOptions, Compiled, Objects, compile};
+use super::manifests::{ManifestError, Object, parse_documents};
+use crate::engine::Publisher;
+
+/// The longest a change waits for the directory to go quiet before it is applied.
+pub const MAX_HOLD: Duration = Duration::from_millis(50);
+/// Quiet time that ends a burst of events.
+const QUIET: Duration = Duration::from_millis(3);
+
+/// The control thread's clock (the ban on reading clocks is for the core).
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// The objects of every manifest file, by path, with the last good parse of each.
+#[derive(Default)]
+pub struct FileSource {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, Vec<Object>>,
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == "yaml" || x == "yml")
+        && !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+}
+
+impl FileSource {
+    pub fn new(dir: &Path) -> FileSource {
+        FileSource {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Re-reads the directory. Files that parse replace their objects; files that fail keep
+    /// their previous objects (none, if new); files that are gone drop theirs. Returns the
+    /// errors of this read.
+    pub fn refresh(&mut self) -> Vec<ManifestError> {
+        let mut errors = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                // The directory itself vanished or is unreadable: keep serving what we have.
+                errors.push(ManifestError {
+                    file: self.dir.display().to_string(),
+                    line: 0,
+                    message: format!("cannot read directory: {e}"),
+                });
+                return errors;
+            }
+        };
+        let present: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_manifest(p))
+            .collect();
+        self.files.retain(|path, _| present.contains(path));
+        for path in present {
+            let name = path.display().to_string();
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let (objects, file_errors) = parse_documents(&text, &name);
+                    if file_errors.is_empty() {
+                        self.files.insert(path, objects);
+                    } else {
+                        errors.extend(file_errors);
+                    }
+                }
+                // Deleted between listing and reading: the next event handles it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(ManifestError {
+                    file: name,
+                    line: 0,
+                    message: format!("cannot read file: {e}"),
+                }),
+            }
+        }
+        errors
+    }
+
+    pub fn objects(&self) -> Objects {
+        Objects::from_objects(self.files.values().flatten().cloned())
+    }
+}
+
+/// Watches `dir` and publishes a new snapshot after every change, until `stop`.
+pub struct FileWatcher {
+    thread: JoinHandle<()>,
+}
+
+impl FileWatcher {
+    /// Starts watching. `source` is the already-loaded state (its snapshot is `version`).
+    pub fn spawn(
+        mut source: FileSource,
+        options: CompileOptions,
+        publisher: Publisher,
+        mut version: u64,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<FileWatcher> {
+        let mut inotify = Inotify::init()?;
+        inotify.watches().add(
+            &source.dir,
+            WatchMask::CLOSE_WRITE
+                | WatchMask::MOVED_TO
+                | WatchMask::MOVED_FROM
+                | WatchMask::DELETE
+                | WatchMask::CREATE
+                | WatchMask::MODIFY,
+        )?;
+        let thread = std::thread::Builder::new()
+            .name("sluice-files".into())
+            .spawn(move || {
+                let mut buf = [0u8; 8192];
+                let mut first_event: Option<Instant> = None;
+                let mut last_event = now();
+                while !stop.load(Ordering::Acquire) {
+                    let got = match inotify.read_events(&mut buf) {
+                        Ok(events) => events.count() > 0,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                        Err(e) => {
+                            eprintln!("sluice: watching {}: {e}", source.dir.display());
+                            false
+                        }
+                    };
+                    let now = self::now();
+                    if got {
+                        last_event = now;
+                        first_event.get_or_insert(now);
+                    }
+                    let Some(first) = first_event else {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    };
+                    let quiet = now.duration_since(last_event) >= QUIET;
+                    if !(quiet || now.duration_since(first) >= MAX_HOLD) {
+                        std::thread::sleep(Duration::from_micros(500));
+                        continue;
+                    }
+                    first_event = None;
+                    for e in source.refresh() {
+                        eprintln!("sluice: {e} (previous objects of this file kept)");
+                    }
+                    version += 1;
+                    let Compiled {
+                        snapshot,
+                        diagnostics,
+                    } = compile(&source.objects(), &options, version);
+                    for d in &diagnostics {
+                        eprintln!("sluice: rejected: {d}");
+                    }
+                    publisher.publish(Arc::new(snapshot));
+                    publisher.wait_acknowledged(version, first, Duration::from_secs(5));
+                }
+            })?;
+        Ok(FileWatcher { thread })
+    }
+
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
