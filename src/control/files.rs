@@ -21,7 +21,7 @@ use crate::engine::Publisher;
 /// The longest a change waits for the directory to go quiet before it is applied.
 pub const MAX_HOLD: Duration = Duration::from_millis(50);
 /// Quiet time that ends a burst of events.
-const QUIET: Duration = Duration::from_millis(3);
+const QUIET: Duration = Duration::from_millis(1);
 
 /// The control thread's clock (the ban on reading clocks is for the core).
 #[allow(clippy::disallowed_methods)]
@@ -147,12 +147,12 @@ impl FileWatcher {
                         first_event.get_or_insert(now);
                     }
                     let Some(first) = first_event else {
-                        std::thread::sleep(Duration::from_millis(1));
+                        std::thread::sleep(Duration::from_micros(500));
                         continue;
                     };
                     let quiet = now.duration_since(last_event) >= QUIET;
                     if !(quiet || now.duration_since(first) >= MAX_HOLD) {
-                        std::thread::sleep(Duration::from_micros(500));
+                        std::thread::sleep(Duration::from_micros(200));
                         continue;
                     }
                     first_event = None;
