@@ -286,3 +286,59 @@ fn an_upgraded_tunnel_survives_100_snapshot_changes() {
     drop(s);
     engine.join().unwrap();
 }
+
+#[test]
+fn every_worker_ends_on_the_newest_snapshot_and_old_ones_are_freed() {
+    let up = spawn_upstream("u", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let snapshot = |version: u64| {
+        let yaml = routes(&[up.addr], &[0], Some((version % 4) as usize));
+        let (objects, _) = sluice::control::manifests::parse_documents(&yaml, "t");
+        let objects = sluice::control::compile::Objects::from_objects(objects);
+        Arc::new(compile(&objects, &CompileOptions::default(), version).snapshot)
+    };
+    let cfg = EngineConfig {
+        workers: vec![None, None],
+        http: "127.0.0.1:0".parse().unwrap(),
+        admin: None,
+        conn: Arc::new(ConnConfig::default()),
+        upstream_max_idle: 4,
+        upstream_idle_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let engine = Engine::start(cfg, snapshot(1)).unwrap();
+    let publisher = engine.publisher();
+    // Publish in bursts faster than the workers' loop turns: some versions are never seen
+    // by a worker (coalesced), none may be lost at the end, and none may leak.
+    let mut weak = Vec::new();
+    for v in 2..=500u64 {
+        let s = snapshot(v);
+        weak.push(Arc::downgrade(&s));
+        publisher.publish(s);
+        if v % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert!(
+        publisher
+            .wait_acknowledged(500, Instant::now(), Duration::from_secs(5))
+            .is_some()
+    );
+    for m in &engine.state().metrics {
+        assert_eq!(
+            m.snapshot_version.load(Ordering::Acquire),
+            500,
+            "lost update"
+        );
+    }
+    // Every superseded snapshot is gone; only the newest (held by the workers and the
+    // admin's copy) is alive.
+    let alive: Vec<usize> = weak
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.strong_count() > 0)
+        .map(|(i, _)| i + 2)
+        .collect();
+    assert_eq!(alive, vec![500], "snapshots still alive: {alive:?}");
+    engine.stop();
+    engine.join().unwrap();
+}
