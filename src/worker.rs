@@ -314,14 +314,9 @@ impl Worker {
     /// keep their endpoint; pooled idle connections to endpoints that are gone are closed.
     fn swap_snapshot(&mut self, snapshot: Arc<Snapshot>) {
         self.picker.reset_for(&snapshot);
-        let live: std::collections::HashSet<SocketAddr> = snapshot
-            .backends
-            .iter()
-            .flat_map(|b| b.endpoints.iter().copied())
-            .collect();
         let mut gone = Vec::new();
         self.pool.retain(|endpoint, idle| {
-            if live.contains(endpoint) {
+            if snapshot.has_endpoint(endpoint) {
                 true
             } else {
                 gone.append(idle);
@@ -804,10 +799,10 @@ impl Worker {
         {
             up.state = UpState::Closed;
             up.client = None;
-            // Wakes a pending receive; the fd is closed now, the slot freed once nothing of
-            // it is in flight.
+            // Wakes a pending receive. The descriptor itself is closed only when nothing of
+            // it is in flight or queued: closing it earlier would let the kernel hand its
+            // number to a new socket that a queued operation would then act on.
             uring::shutdown(up.fd, libc::SHUT_RDWR);
-            uring::close(up.fd);
         }
         self.maybe_free_upstream(ui);
     }
@@ -817,6 +812,7 @@ impl Worker {
             && up.state == UpState::Closed
             && up.inflight == 0
         {
+            uring::close(up.fd);
             self.upstreams.remove(ui);
         }
     }
@@ -829,8 +825,8 @@ impl Worker {
             && !client.closed
         {
             client.closed = true;
+            // As for upstreams: close the descriptor once nothing of it is in flight.
             uring::shutdown(client.fd, libc::SHUT_RDWR);
-            uring::close(client.fd);
             self.setup.metrics.active.fetch_sub(1, Ordering::Relaxed);
         }
         self.maybe_free_client(slot);
@@ -841,6 +837,7 @@ impl Worker {
             && client.closed
             && client.inflight == 0
         {
+            uring::close(client.fd);
             self.clients.remove(slot);
         }
     }

@@ -148,12 +148,35 @@ fn hundreds_of_rewrites_under_keep_alive_traffic_fail_no_request() {
         })
         .collect();
 
+    // Each rewrite waits until every worker serves it, so the window in which each
+    // configuration can be in force is known exactly: from its write until every worker has
+    // taken the next one.
     const REWRITES: usize = 300;
+    let versions = |engine: &Engine| -> u64 {
+        engine
+            .state()
+            .metrics
+            .iter()
+            .map(|m| m.snapshot_version.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    };
+    let mut in_force_until: Vec<Duration> = Vec::new();
     for i in 1..=REWRITES {
         let extra = if i % 3 == 0 { Some(i % 7 + 1) } else { None };
+        let before = versions(&engine);
         history.lock().unwrap().push((epoch.elapsed(), set_of(i)));
         write_atomically(&dir, "routes.yaml", &routes(&addrs, &set_of(i), extra));
-        std::thread::sleep(Duration::from_millis(4));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while versions(&engine) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "rewrite {i} never reached every worker"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Configuration i-1 can no longer be picked by a new request from here on.
+        in_force_until.push(epoch.elapsed());
     }
     std::thread::sleep(Duration::from_millis(100));
     done.store(true, Ordering::Release);
@@ -175,8 +198,8 @@ fn hundreds_of_rewrites_under_keep_alive_traffic_fail_no_request() {
             .iter()
             .enumerate()
             .filter(|(k, (written, _))| {
-                let next = history.get(k + 1).map_or(Duration::MAX, |n| n.0);
-                *written <= *end && next.saturating_add(Duration::from_millis(50)) >= *start
+                let until = in_force_until.get(*k).copied().unwrap_or(Duration::MAX);
+                *written <= *end && until >= *start
             })
             .flat_map(|(_, (_, set))| set.iter().copied())
             .collect();

@@ -17,16 +17,16 @@ const D: BackendId = BackendId(3);
 fn table(build: impl FnOnce(&mut RouteTableBuilder)) -> Snapshot {
     let mut builder = RouteTableBuilder::default();
     build(&mut builder);
-    Snapshot {
-        version: 1,
-        table: builder.build(),
-        backends: (0..4)
+    Snapshot::new(
+        1,
+        builder.build(),
+        (0..4)
             .map(|i| Backend {
                 name: format!("ns/svc{i}:80"),
                 endpoints: vec![format!("10.0.0.{}:8080", i + 1).parse().unwrap()],
             })
             .collect(),
-    }
+    )
 }
 
 #[test]

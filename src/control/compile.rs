@@ -318,11 +318,7 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
     diagnostics.sort();
     diagnostics.dedup();
     Compiled {
-        snapshot: Snapshot {
-            version,
-            table: table.build(),
-            backends: c.backends,
-        },
+        snapshot: Snapshot::new(version, table.build(), c.backends),
         diagnostics,
     }
 }

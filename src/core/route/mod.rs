@@ -16,7 +16,7 @@
 //!    `spec.defaultBackend` of our class, else the controller's default backend);
 //! 5. nothing → `None`, answered with 404.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -271,9 +271,30 @@ pub struct Snapshot {
     pub table: RouteTable,
     /// Indexed by [`BackendId`].
     pub backends: Vec<Backend>,
+    /// Every endpoint of every backend, built once with the snapshot: a worker checks its
+    /// pooled connections against it at the swap without walking all backends.
+    endpoints: HashSet<SocketAddr>,
 }
 
 impl Snapshot {
+    pub fn new(version: u64, table: RouteTable, backends: Vec<Backend>) -> Snapshot {
+        let endpoints = backends
+            .iter()
+            .flat_map(|b| b.endpoints.iter().copied())
+            .collect();
+        Snapshot {
+            version,
+            table,
+            backends,
+            endpoints,
+        }
+    }
+
+    /// Whether any backend of this snapshot has `endpoint`.
+    pub fn has_endpoint(&self, endpoint: &SocketAddr) -> bool {
+        self.endpoints.contains(endpoint)
+    }
+
     /// Routes nothing: every request gets 404.
     pub fn empty() -> Snapshot {
         Snapshot::default()
