@@ -29,6 +29,20 @@ pub fn clock() -> Instant {
     Instant::from_nanos(origin.elapsed().as_nanos() as u64)
 }
 
+/// The worker's side of publication, run at its quiescent point: drains every snapshot
+/// waiting in its mailbox and returns the newest one if it is newer than `current`. Older ones
+/// (superseded while waiting, or sent late by a slower publisher) are dropped here, so a
+/// worker never goes back to an older version and never holds more than one snapshot.
+pub fn take_newer(mailbox: &Receiver<Arc<Snapshot>>, current: u64) -> Option<Arc<Snapshot>> {
+    let mut newest: Option<Arc<Snapshot>> = None;
+    while let Ok(snapshot) = mailbox.try_recv() {
+        if snapshot.version > newest.as_ref().map_or(current, |n| n.version) {
+            newest = Some(snapshot);
+        }
+    }
+    newest
+}
+
 /// Per-worker counters, written only by their worker, read by the admin thread.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -228,11 +242,7 @@ impl Worker {
         loop {
             let now = clock();
             // Quiescent point: no request is mid-routing here.
-            let mut newest = None;
-            while let Ok(snapshot) = self.setup.snapshots.try_recv() {
-                newest = Some(snapshot);
-            }
-            if let Some(snapshot) = newest {
+            if let Some(snapshot) = take_newer(&self.setup.snapshots, self.snapshot.version) {
                 self.swap_snapshot(snapshot);
             }
             if !self.wake_armed {
