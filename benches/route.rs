@@ -34,11 +34,7 @@ fn snapshot() -> Snapshot {
         );
     }
     t.fallback(BackendId(0));
-    Snapshot {
-        version: 1,
-        table: t.build(),
-        backends: Vec::new(),
-    }
+    Snapshot::new(1, t.build(), Vec::new())
 }
 
 fn bench_lookup(c: &mut Criterion) {

@@ -27,11 +27,10 @@ impl Picker {
         }
     }
 
-    /// Sizes the cursors for a new snapshot (backend ids are per snapshot).
-    pub fn reset_for(&mut self, snapshot: &Snapshot) {
-        self.cursors.clear();
-        self.cursors.resize(snapshot.backends.len(), self.offset);
-    }
+    /// Prepares for a new snapshot. Cursors are kept (they are only rotation offsets, and
+    /// backend ids are per snapshot anyway) and grow on first use, so a snapshot swap costs
+    /// a worker nothing proportional to the number of backends.
+    pub fn reset_for(&mut self, _snapshot: &Snapshot) {}
 
     /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
     pub fn pick(&mut self, snapshot: &Snapshot, backend: BackendId) -> Option<SocketAddr> {
