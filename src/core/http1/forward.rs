@@ -138,15 +138,7 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
     push_ip(client_ip, out);
     out.extend_from_slice(b"\r\n");
 
-    match head.framing {
-        Framing::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            push_decimal(n, out);
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::None | Framing::CloseDelimited => {}
-    }
+    push_framing(head.framing, out);
     if info.tunnel
         && let Some(proto) = head.upgrade
     {
@@ -169,6 +161,20 @@ pub fn nominating_fields<'h, 'b>(
             && !t.eq_ignore_ascii_case("upgrade")
     });
     if nominates { headers } else { &[] }
+}
+
+/// Re-states a body's framing: `Content-Length: n` or `Transfer-Encoding: chunked` (nothing
+/// for no body or a close-delimited one).
+pub(crate) fn push_framing(framing: Framing, out: &mut Vec<u8>) {
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(n, out);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::None | Framing::CloseDelimited => {}
+    }
 }
 
 pub(crate) fn push_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {

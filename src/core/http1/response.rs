@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::forward::{is_hop_by_hop, nominating_fields, push_field};
+use super::forward::{is_hop_by_hop, nominating_fields, push_field, push_framing};
 use super::local::push_decimal;
 use super::request::{TransferCodings, connection_list, parse_content_length};
 use super::{Framing, Limits, MAX_HEADERS_CAP, Version};
@@ -238,15 +238,7 @@ pub fn write_client_response(
         }
     }
 
-    match framing {
-        Framing::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            push_decimal(n, out);
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::None | Framing::CloseDelimited => {}
-    }
+    push_framing(framing, out);
     if upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if !keep_alive {
