@@ -33,7 +33,35 @@ fn now() -> Instant {
 #[derive(Default)]
 pub struct FileSource {
     dir: PathBuf,
-    files: BTreeMap<PathBuf, Vec<Object>>,
+    files: BTreeMap<PathBuf, Parsed>,
+}
+
+/// The last good parse of one file, and what the file looked like when it was read: a file
+/// whose inode, size and change times are unchanged is not read or parsed again. (An atomic
+/// rename always makes a new inode; an in-place rewrite to the same size within the same
+/// filesystem timestamp tick would be missed, so tools should write and rename.)
+struct Parsed {
+    stamp: Option<Stamp>,
+    objects: Vec<Object>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        inode: m.ino(),
+        size: m.size(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+    })
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -75,12 +103,22 @@ impl FileSource {
             .collect();
         self.files.retain(|path, _| present.contains(path));
         for path in present {
+            let now_stamp = stamp(&path);
+            if now_stamp.is_some() && self.files.get(&path).is_some_and(|p| p.stamp == now_stamp) {
+                continue; // unchanged since the last good parse
+            }
             let name = path.display().to_string();
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
                     let (objects, file_errors) = parse_documents(&text, &name);
                     if file_errors.is_empty() {
-                        self.files.insert(path, objects);
+                        self.files.insert(
+                            path,
+                            Parsed {
+                                stamp: now_stamp,
+                                objects,
+                            },
+                        );
                     } else {
                         errors.extend(file_errors);
                     }
@@ -98,7 +136,7 @@ impl FileSource {
     }
 
     pub fn objects(&self) -> Objects {
-        Objects::from_objects(self.files.values().flatten().cloned())
+        Objects::from_objects(self.files.values().flat_map(|p| p.objects.iter().cloned()))
     }
 }
 
