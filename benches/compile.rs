@@ -3,13 +3,21 @@
 
 use std::hint::black_box;
 
+use std::sync::Arc;
+
 use criterion::{Criterion, criterion_group, criterion_main};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_json::json;
 use sluice::control::compile::{CompileOptions, Objects, compile};
 
 fn objects() -> Objects {
-    let mut o = Objects::default();
-    o.classes.push(
+    let mut classes: Vec<IngressClass> = Vec::new();
+    let mut services: Vec<Service> = Vec::new();
+    let mut slices: Vec<EndpointSlice> = Vec::new();
+    let mut ingresses: Vec<Ingress> = Vec::new();
+    classes.push(
         serde_json::from_value(json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
             "metadata": {"name": "sluice"},
@@ -19,7 +27,7 @@ fn objects() -> Objects {
     );
     for s in 0..2_000 {
         let ns = format!("team-{}", s % 50);
-        o.services.push(
+        services.push(
             serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": format!("svc-{s}"), "namespace": ns},
@@ -28,7 +36,7 @@ fn objects() -> Objects {
             .unwrap(),
         );
         for part in 0..2 {
-            o.slices.push(
+            slices.push(
                 serde_json::from_value(json!({
                     "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                     "metadata": {"name": format!("svc-{s}-{part}"), "namespace": ns,
@@ -46,7 +54,7 @@ fn objects() -> Objects {
     }
     for i in 0..10_000 {
         let s = i % 2_000;
-        o.ingresses.push(
+        ingresses.push(
             serde_json::from_value(json!({
                 "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                 "metadata": {"name": format!("ing-{i}"), "namespace": format!("team-{}", s % 50),
@@ -66,7 +74,13 @@ fn objects() -> Objects {
             .unwrap(),
         );
     }
-    o
+    Objects {
+        ingresses: ingresses.into_iter().map(Arc::new).collect(),
+        classes: classes.into_iter().map(Arc::new).collect(),
+        services: services.into_iter().map(Arc::new).collect(),
+        slices: slices.into_iter().map(Arc::new).collect(),
+        secrets: Vec::new(),
+    }
 }
 
 fn bench_compile(c: &mut Criterion) {

@@ -77,6 +77,9 @@ pub struct WorkerSetup {
     pub wake: RawFd,
     pub conn: Arc<ConnConfig>,
     pub snapshots: Receiver<Arc<Snapshot>>,
+    /// Where a worker hands the snapshot it stops serving, so that freeing a large table
+    /// happens on the control thread, never on a worker.
+    pub retired: std::sync::mpsc::Sender<Arc<Snapshot>>,
     pub metrics: Arc<WorkerMetrics>,
     pub stopping: Arc<AtomicBool>,
     pub upstream_max_idle: usize,
@@ -336,12 +339,16 @@ impl Worker {
         for ui in gone {
             self.close_upstream(ui);
         }
+        let version = snapshot.version;
+        let old = std::mem::replace(&mut self.snapshot, snapshot);
+        // Freed by the control thread (if this was the last worker holding it); if the
+        // engine is gone, dropping it here is all that is left to do. Handed back before the
+        // acknowledgement, so whoever sees the acknowledgement can free it.
+        let _ = self.setup.retired.send(old);
         self.setup
             .metrics
             .snapshot_version
-            .store(snapshot.version, Ordering::Release);
-        // The old snapshot is freed here if this was the last worker holding it.
-        self.snapshot = snapshot;
+            .store(version, Ordering::Release);
     }
 
     fn next_wait(&self, now: Instant) -> Duration {

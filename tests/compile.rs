@@ -105,7 +105,11 @@ fn ingress_class_of_another_controller_with_our_name_is_not_ours() {
     let mut objs = objects(&["basic.yaml"]);
     for o in &mut objs {
         if let Object::IngressClass(class) = o {
-            class.spec.as_mut().unwrap().controller = Some("example.com/other".into());
+            std::sync::Arc::make_mut(class)
+                .spec
+                .as_mut()
+                .unwrap()
+                .controller = Some("example.com/other".into());
         }
     }
     let c = compile(&Objects::from_objects(objs), &CompileOptions::default(), 1);

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -39,11 +40,11 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Everything the compiler reads.
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
-    pub ingresses: Vec<Ingress>,
-    pub classes: Vec<IngressClass>,
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
-    pub secrets: Vec<Secret>,
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub classes: Vec<Arc<IngressClass>>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 impl Objects {
@@ -51,11 +52,11 @@ impl Objects {
         let mut all = Objects::default();
         for object in objects {
             match object {
-                Object::Ingress(o) => all.ingresses.push(*o),
-                Object::IngressClass(o) => all.classes.push(*o),
-                Object::Service(o) => all.services.push(*o),
-                Object::EndpointSlice(o) => all.slices.push(*o),
-                Object::Secret(o) => all.secrets.push(*o),
+                Object::Ingress(o) => all.ingresses.push(o),
+                Object::IngressClass(o) => all.classes.push(o),
+                Object::Service(o) => all.services.push(o),
+                Object::EndpointSlice(o) => all.slices.push(o),
+                Object::Secret(o) => all.secrets.push(o),
             }
         }
         all
@@ -152,7 +153,7 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
         services: objects
             .services
             .iter()
-            .map(|s| (meta_name(&s.metadata), s))
+            .map(|s| (meta_name(&s.metadata), &**s))
             .collect(),
         slices: index_slices(&objects.slices),
         backend_ids: HashMap::new(),
@@ -188,7 +189,7 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
 
     // Oldest first: that order decides conflicts, and makes the output independent of the
     // order objects arrived in.
-    let mut ingresses: Vec<&Ingress> = objects.ingresses.iter().collect();
+    let mut ingresses: Vec<&Ingress> = objects.ingresses.iter().map(|i| &**i).collect();
     ingresses.sort_by(|a, b| {
         a.metadata
             .creation_timestamp
@@ -359,7 +360,7 @@ fn check_host(host: &str) -> Result<(), &'static str> {
 }
 
 /// EndpointSlices by (namespace, service name).
-fn index_slices(slices: &[EndpointSlice]) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
+fn index_slices(slices: &[Arc<EndpointSlice>]) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
     let mut index: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
         let Some(service) = slice

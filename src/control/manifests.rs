@@ -5,20 +5,22 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_yaml::Value;
 
-/// One object Sluice reads.
+/// One object Sluice reads. Shared (`Arc`): sources keep the objects they parsed and hand
+/// them to every compile without copying them.
 #[derive(Clone, Debug)]
 pub enum Object {
-    Ingress(Box<Ingress>),
-    IngressClass(Box<IngressClass>),
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Secret(Box<Secret>),
+    Ingress(Arc<Ingress>),
+    IngressClass(Arc<IngressClass>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Secret(Arc<Secret>),
 }
 
 /// A document that could not be read.
@@ -109,11 +111,11 @@ pub fn parse_documents(text: &str, file: &str) -> (Vec<Object>, Vec<ManifestErro
 
 fn object_from_str(kind: &str, doc: &str) -> Result<Option<Object>, serde_yaml::Error> {
     Ok(Some(match kind {
-        "Ingress" => Object::Ingress(Box::new(serde_yaml::from_str(doc)?)),
-        "IngressClass" => Object::IngressClass(Box::new(serde_yaml::from_str(doc)?)),
-        "Service" => Object::Service(Box::new(serde_yaml::from_str(doc)?)),
-        "EndpointSlice" => Object::EndpointSlice(Box::new(serde_yaml::from_str(doc)?)),
-        "Secret" => Object::Secret(Box::new(serde_yaml::from_str(doc)?)),
+        "Ingress" => Object::Ingress(Arc::new(serde_yaml::from_str(doc)?)),
+        "IngressClass" => Object::IngressClass(Arc::new(serde_yaml::from_str(doc)?)),
+        "Service" => Object::Service(Arc::new(serde_yaml::from_str(doc)?)),
+        "EndpointSlice" => Object::EndpointSlice(Arc::new(serde_yaml::from_str(doc)?)),
+        "Secret" => Object::Secret(Arc::new(serde_yaml::from_str(doc)?)),
         // Other kinds (Deployments, ConfigMaps, …) are not ours to read.
         _ => return Ok(None),
     }))
@@ -126,11 +128,11 @@ fn object_from_value(value: Value) -> Result<Option<Object>, serde_yaml::Error> 
         .unwrap_or("")
         .to_string();
     Ok(Some(match kind.as_str() {
-        "Ingress" => Object::Ingress(Box::new(serde_yaml::from_value(value)?)),
-        "IngressClass" => Object::IngressClass(Box::new(serde_yaml::from_value(value)?)),
-        "Service" => Object::Service(Box::new(serde_yaml::from_value(value)?)),
-        "EndpointSlice" => Object::EndpointSlice(Box::new(serde_yaml::from_value(value)?)),
-        "Secret" => Object::Secret(Box::new(serde_yaml::from_value(value)?)),
+        "Ingress" => Object::Ingress(Arc::new(serde_yaml::from_value(value)?)),
+        "IngressClass" => Object::IngressClass(Arc::new(serde_yaml::from_value(value)?)),
+        "Service" => Object::Service(Arc::new(serde_yaml::from_value(value)?)),
+        "EndpointSlice" => Object::EndpointSlice(Arc::new(serde_yaml::from_value(value)?)),
+        "Secret" => Object::Secret(Arc::new(serde_yaml::from_value(value)?)),
         _ => return Ok(None),
     }))
 }

@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Sender, channel, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -76,6 +76,8 @@ impl Default for PublicationStats {
 #[derive(Clone)]
 pub struct Publisher {
     senders: Vec<Sender<Arc<Snapshot>>>,
+    /// Snapshots the workers stopped serving, dropped here (on the control thread).
+    retired: Arc<Mutex<Receiver<Arc<Snapshot>>>>,
     /// Closed when the last publisher (and so the engine) is gone.
     wakes: Arc<Vec<OwnedFd>>,
     state: Arc<EngineState>,
@@ -113,6 +115,7 @@ impl Publisher {
                 .all(|m| m.snapshot_version.load(Ordering::Acquire) >= version);
             let elapsed = since.elapsed();
             if acked {
+                self.free_retired();
                 if let Ok(mut stats) = self.state.publication.lock() {
                     let us = u64::try_from(elapsed.as_micros())
                         .unwrap_or(u64::MAX)
@@ -133,6 +136,15 @@ impl Publisher {
 
     pub fn state(&self) -> &Arc<EngineState> {
         &self.state
+    }
+
+    /// Drops the snapshots workers have handed back (freeing the last copies of old tables).
+    pub fn free_retired(&self) {
+        if let Ok(retired) = self.retired.lock() {
+            while let Ok(old) = retired.try_recv() {
+                drop(old);
+            }
+        }
     }
 }
 
@@ -180,6 +192,7 @@ impl Engine {
         let mut workers = Vec::new();
         let mut senders = Vec::new();
         let mut wakes = Vec::new();
+        let (retired_tx, retired_rx) = channel();
         let mut startup_error = None;
         for (index, (core, listener)) in cfg.workers.iter().zip(listeners).enumerate() {
             let (tx, rx) = channel();
@@ -193,6 +206,7 @@ impl Engine {
                 wake: wake_fd,
                 conn: cfg.conn.clone(),
                 snapshots: rx,
+                retired: retired_tx.clone(),
                 metrics: metrics[index].clone(),
                 stopping: stopping.clone(),
                 upstream_max_idle: cfg.upstream_max_idle,
@@ -241,6 +255,7 @@ impl Engine {
             workers,
             publisher: Publisher {
                 senders,
+                retired: Arc::new(Mutex::new(retired_rx)),
                 wakes: Arc::new(wakes),
                 state: state.clone(),
             },
