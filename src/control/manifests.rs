@@ -73,29 +73,38 @@ pub fn parse_documents(text: &str, file: &str) -> (Vec<Object>, Vec<ManifestErro
             line,
             message,
         };
-        let value: Value = match serde_yaml::from_str(&doc) {
-            Ok(v) => v,
-            Err(e) => {
-                let line = start + e.location().map_or(0, |l| l.line().saturating_sub(1));
-                errors.push(error(line, e.to_string()));
-                continue;
+        // The kind, from a top-level `kind:` line when there is one (one parse instead of
+        // two for the common case); otherwise from a generic parse.
+        let kind = match top_level_kind(&doc) {
+            Some(kind) if kind != "List" => kind.to_string(),
+            _ => {
+                let value: Value = match serde_yaml::from_str(&doc) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let line = start + e.location().map_or(0, |l| l.line().saturating_sub(1));
+                        errors.push(error(line, e.to_string()));
+                        continue;
+                    }
+                };
+                if value.is_null() {
+                    continue; // empty document (comments only)
+                }
+                let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+                if kind == "List" {
+                    let items = value.get("items").and_then(Value::as_sequence);
+                    for (i, item) in items.into_iter().flatten().enumerate() {
+                        match object_from_value(item.clone()) {
+                            Ok(Some(o)) => objects.push(o),
+                            Ok(None) => {}
+                            Err(e) => errors.push(error(start, format!("items[{i}]: {e}"))),
+                        }
+                    }
+                    continue;
+                }
+                kind.to_string()
             }
         };
-        if value.is_null() {
-            continue; // empty document (comments only)
-        }
-        let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
-        if kind == "List" {
-            let items = value.get("items").and_then(Value::as_sequence);
-            for (i, item) in items.into_iter().flatten().enumerate() {
-                match object_from_value(item.clone()) {
-                    Ok(Some(o)) => objects.push(o),
-                    Ok(None) => {}
-                    Err(e) => errors.push(error(start, format!("items[{i}]: {e}"))),
-                }
-            }
-            continue;
-        }
+        let kind = kind.as_str();
         // Typed parse from the text (not the Value) so errors carry a line.
         match object_from_str(kind, &doc) {
             Ok(Some(o)) => objects.push(o),
@@ -107,6 +116,22 @@ pub fn parse_documents(text: &str, file: &str) -> (Vec<Object>, Vec<ManifestErro
         }
     }
     (objects, errors)
+}
+
+/// The value of an unindented `kind:` line, if the document has exactly one.
+fn top_level_kind(doc: &str) -> Option<&str> {
+    let mut kinds = doc.lines().filter_map(|l| l.strip_prefix("kind:"));
+    let kind = kinds.next()?;
+    if kinds.next().is_some() {
+        return None;
+    }
+    let kind = kind
+        .split('#')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'');
+    (!kind.is_empty()).then_some(kind)
 }
 
 fn object_from_str(kind: &str, doc: &str) -> Result<Option<Object>, serde_yaml::Error> {
