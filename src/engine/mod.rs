@@ -115,13 +115,15 @@ impl Publisher {
                 .all(|m| m.snapshot_version.load(Ordering::Acquire) >= version);
             let elapsed = since.elapsed();
             if acked {
-                self.free_retired();
                 if let Ok(mut stats) = self.state.publication.lock() {
                     let us = u64::try_from(elapsed.as_micros())
                         .unwrap_or(u64::MAX)
                         .max(1);
                     let _ = stats.propagation_us.record(us);
                 }
+                // After the measurement: freeing a large old table is the control thread's
+                // time, not part of getting the change to the workers.
+                self.free_retired();
                 return Some(elapsed);
             }
             if elapsed >= timeout {
