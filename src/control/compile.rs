@@ -156,6 +156,7 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
             .map(|s| (meta_name(&s.metadata), &**s))
             .collect(),
         slices: index_slices(&objects.slices),
+        seen: HashMap::new(),
         backend_ids: HashMap::new(),
         backends: Vec::new(),
         diagnostics: Vec::new(),
@@ -198,8 +199,8 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
     });
 
     let mut table = RouteTableBuilder::default();
-    // (host, path, kind) → the Ingress that owns it, for conflict reports.
-    let mut owners: HashMap<(Option<String>, String, PathKind), String> = HashMap::new();
+    // Rule tag → the Ingress that added it, for conflict reports.
+    let mut owners: Vec<String> = Vec::new();
     let mut fallback_set = false;
 
     for ing in ingresses {
@@ -238,6 +239,8 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
         let Some(spec) = spec else {
             continue;
         };
+        let tag = owners.len() as u32;
+        owners.push(object.clone());
 
         let mut own_hosts: Vec<String> = Vec::new();
         for (i, rule) in spec.rules.iter().flatten().enumerate() {
@@ -255,14 +258,14 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
                 continue;
             };
             for (j, p) in http.paths.iter().enumerate() {
-                let field = format!("spec.rules[{i}].http.paths[{j}]");
+                let field = || format!("spec.rules[{i}].http.paths[{j}]");
                 let kind = match p.path_type.as_str() {
                     "Exact" => PathKind::Exact,
                     "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
                     other => {
                         c.diag(
                             &object,
-                            &format!("{field}.pathType"),
+                            &format!("{}.pathType", field()),
                             format!("unknown path type {other:?}"),
                         );
                         continue;
@@ -270,22 +273,19 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
                 };
                 let path = p.path.as_deref().unwrap_or("/");
                 if !path.starts_with('/') {
-                    c.diag(&object, &format!("{field}.path"), "must start with '/'");
+                    c.diag(&object, &format!("{}.path", field()), "must start with '/'");
                     continue;
                 }
-                let Some(backend) = c.backend(ns, &p.backend, &object, &format!("{field}.backend"))
-                else {
+                let backend_field = || format!("{}.backend", field());
+                let Some(backend) = c.backend(ns, &p.backend, &object, &backend_field) else {
                     continue;
                 };
-                let key = (host.clone(), path_key(path, kind), kind);
-                if table.add(host.as_deref(), path, kind, backend) {
-                    owners.insert(key, object.clone());
-                } else {
-                    let owner = owners.get(&key).cloned().unwrap_or_default();
+                if let Err(first) = table.add_tagged(host.as_deref(), path, kind, backend, tag) {
+                    let owner = owners.get(first as usize).cloned().unwrap_or_default();
                     let shown = host.as_deref().unwrap_or("*");
                     c.diag(
                         &object,
-                        &format!("{field}.path"),
+                        &format!("{}.path", field()),
                         format!("{shown} {path} is already routed by {owner} (older); ignored"),
                     );
                 }
@@ -298,7 +298,8 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
         }
 
         if let Some(default) = &spec.default_backend
-            && let Some(backend) = c.backend(ns, default, &object, "spec.defaultBackend")
+            && let Some(backend) =
+                c.backend(ns, default, &object, &|| "spec.defaultBackend".to_string())
         {
             for host in &own_hosts {
                 table.host_default(host, backend);
@@ -321,17 +322,6 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
     Compiled {
         snapshot: Snapshot::new(version, table.build(), c.backends),
         diagnostics,
-    }
-}
-
-/// How the route table keys a path (Prefix paths lose trailing slashes).
-fn path_key(path: &str, kind: PathKind) -> String {
-    match kind {
-        PathKind::Prefix => {
-            let trimmed = path.trim_end_matches('/');
-            if trimmed.is_empty() { "/" } else { trimmed }.to_string()
-        }
-        PathKind::Exact => path.to_string(),
     }
 }
 
@@ -377,15 +367,21 @@ fn index_slices(slices: &[Arc<EndpointSlice>]) -> HashMap<(&str, &str), Vec<&End
     index
 }
 
+/// A backend reference as an Ingress writes it, borrowed: namespace, service, port number,
+/// port name.
+type BorrowedRef<'a> = (&'a str, &'a str, Option<i32>, Option<&'a str>);
+
 struct Compiler<'a> {
     services: HashMap<(&'a str, &'a str), &'a Service>,
+    /// Backends already resolved, by the reference as written (no allocation to look up).
+    seen: HashMap<BorrowedRef<'a>, BackendId>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     backend_ids: HashMap<ServiceRef, BackendId>,
     backends: Vec<Backend>,
     diagnostics: Vec<Diagnostic>,
 }
 
-impl Compiler<'_> {
+impl<'a> Compiler<'a> {
     fn diag(&mut self, object: &str, field: &str, message: impl Into<String>) {
         self.diagnostics.push(Diagnostic {
             object: object.to_string(),
@@ -398,11 +394,39 @@ impl Compiler<'_> {
     /// names something we cannot route to at all.
     fn backend(
         &mut self,
+        namespace: &'a str,
+        backend: &'a IngressBackend,
+        object: &str,
+        field: &dyn Fn() -> String,
+    ) -> Option<BackendId> {
+        if let Some(service) = &backend.service
+            && backend.resource.is_none()
+        {
+            let port = service.port.as_ref();
+            let key = (
+                namespace,
+                service.name.as_str(),
+                port.and_then(|p| p.number),
+                port.and_then(|p| p.name.as_deref()),
+            );
+            if let Some(id) = self.seen.get(&key) {
+                return Some(*id);
+            }
+            let id = self.resolve(namespace, backend, object, field)?;
+            self.seen.insert(key, id);
+            return Some(id);
+        }
+        self.resolve(namespace, backend, object, field)
+    }
+
+    fn resolve(
+        &mut self,
         namespace: &str,
         backend: &IngressBackend,
         object: &str,
-        field: &str,
+        field: &dyn Fn() -> String,
     ) -> Option<BackendId> {
+        let field = field();
         if backend.resource.is_some() {
             self.diag(
                 object,

@@ -73,6 +73,8 @@ pub struct PathRule {
     pub path: String,
     pub kind: PathKind,
     pub backend: BackendId,
+    /// Who added the rule (the compiler's index of the Ingress), for conflict reports.
+    pub tag: u32,
 }
 
 impl PathRule {
@@ -194,16 +196,25 @@ pub struct RouteTableBuilder {
 
 impl RouteTableBuilder {
     fn bucket(&mut self, host: Option<&str>) -> &mut HostRoutes {
-        match host {
-            None => &mut self.table.any_host,
-            Some(host) => {
-                let host = host.to_ascii_lowercase();
-                match host.strip_prefix("*.") {
-                    Some(suffix) => self.table.wildcard.entry(suffix.into()).or_default(),
-                    None => self.table.exact.entry(host.into()).or_default(),
-                }
-            }
+        let Some(host) = host else {
+            return &mut self.table.any_host;
+        };
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let (map, key) = match host.strip_prefix("*.") {
+            Some(suffix) => (&mut self.table.wildcard, suffix),
+            None => (&mut self.table.exact, host),
+        };
+        // Look up before inserting: the entry API would allocate the key every time.
+        if !map.contains_key(key) {
+            map.insert(key.into(), HostRoutes::default());
         }
+        map.get_mut(key).expect("just inserted")
     }
 
     /// Adds a path for `host` (`None`: any host; `*.example.com`: wildcard). A `Prefix` path
@@ -216,6 +227,19 @@ impl RouteTableBuilder {
         kind: PathKind,
         backend: BackendId,
     ) -> bool {
+        self.add_tagged(host, path, kind, backend, 0).is_ok()
+    }
+
+    /// [`RouteTableBuilder::add`] with a tag naming who adds the rule; a duplicate is refused
+    /// with the tag of the rule that was there first.
+    pub fn add_tagged(
+        &mut self,
+        host: Option<&str>,
+        path: &str,
+        kind: PathKind,
+        backend: BackendId,
+        tag: u32,
+    ) -> Result<(), u32> {
         let path = match kind {
             PathKind::Prefix => {
                 let trimmed = path.trim_end_matches('/');
@@ -224,19 +248,20 @@ impl RouteTableBuilder {
             PathKind::Exact => path,
         };
         let bucket = self.bucket(host);
-        if bucket
+        if let Some(existing) = bucket
             .paths
             .iter()
-            .any(|r| r.kind == kind && r.path == path)
+            .find(|r| r.kind == kind && r.path == path)
         {
-            return false;
+            return Err(existing.tag);
         }
         bucket.paths.push(PathRule {
             path: path.to_string(),
             kind,
             backend,
+            tag,
         });
-        true
+        Ok(())
     }
 
     /// Sets the fallback of `host` when none of its paths match (first one set wins).
