@@ -273,10 +273,17 @@ def main():
         with open(path) as f:
             existing = f.read()
         marker = "## Configuration churn under load (issue 4)"
+        section = marker + "\n\n" + text + "\n"
         if marker in existing:
-            existing = existing[: existing.index(marker)].rstrip() + "\n"
+            # Replace this section only, up to the next one.
+            start = existing.index(marker)
+            nxt = existing.find("\n## ", start + len(marker))
+            rest = existing[nxt + 1:] if nxt >= 0 else ""
+            existing = existing[:start] + section + ("\n" + rest if rest else "")
+        else:
+            existing = existing.rstrip() + "\n\n" + section
         with open(path, "w") as f:
-            f.write(existing + "\n" + marker + "\n\n" + text + "\n")
+            f.write(existing)
 
 
 if __name__ == "__main__":
