@@ -238,8 +238,10 @@ impl OutBuf {
     }
 }
 
-/// Buffers larger than this are freed when a connection goes idle.
-const IDLE_KEEP_CAPACITY: usize = 4096;
+/// Buffers larger than this are freed when a connection goes idle: an idle keep-alive
+/// connection holds no buffer at all (reallocating one per request is far cheaper than the
+/// system calls of that request).
+const IDLE_KEEP_CAPACITY: usize = 0;
 
 /// What we remember of a request once its head has been forwarded.
 #[derive(Clone, Copy, Debug)]
@@ -311,14 +313,15 @@ enum State {
         first: bool,
         started: Option<Instant>,
     },
-    /// Waiting for the upstream connection.
+    /// Waiting for the upstream connection. (Exchanges are boxed: an idle connection, the
+    /// common case, then carries only a few words of state.)
     Connecting {
-        ex: Exchange,
+        ex: Box<Exchange>,
         since: Instant,
     },
     /// Request and response streaming.
     Proxying {
-        ex: Exchange,
+        ex: Box<Exchange>,
     },
     /// After a 101: bytes flow both ways untouched.
     Tunnel,
@@ -709,6 +712,10 @@ impl Conn {
             self.cin.release_if_empty();
             self.uin.release_if_empty();
             self.cout.release_if_empty();
+            self.uout.release_if_empty();
+            if !self.replay.is_empty() || self.replay.capacity() > IDLE_KEEP_CAPACITY {
+                self.replay = Vec::new();
+            }
             return false;
         }
         // Pipelined requests are answered in order: the next head waits for the previous
@@ -820,7 +827,7 @@ impl Conn {
         self.upstream_eof = false;
         self.connect(endpoint, false);
         self.state = State::Connecting {
-            ex: Exchange {
+            ex: Box::new(Exchange {
                 req,
                 endpoint,
                 reused: false,
@@ -830,7 +837,7 @@ impl Conn {
                 status: 0,
                 response_started: false,
                 waiting_since: now,
-            },
+            }),
             since: now,
         };
         true
