@@ -423,6 +423,53 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_flags_parse() {
+        let c = load_config(
+            &args(&[
+                "run",
+                "--kubeconfig",
+                "/k",
+                "--watch-namespace",
+                "shop",
+                "--ingress-class",
+                "edge",
+                "--controller-class",
+                "example.com/edge",
+                "--watch-ingress-without-class",
+                "--election-id",
+                "edge-leader",
+                "--publish-service",
+                "sluice/lb",
+                "--publish-status-address",
+                "203.0.113.1, lb.example.com",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        let k = &c.kubernetes;
+        assert!(k.enabled);
+        assert_eq!(k.kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(k.watch_namespace.as_deref(), Some("shop"));
+        assert_eq!(k.election_id, "edge-leader");
+        assert_eq!(k.publish_service, Some(("sluice".into(), "lb".into())));
+        assert_eq!(k.publish_status_address, ["203.0.113.1", "lb.example.com"]);
+        assert_eq!(c.compile.ingress_class, "edge");
+        assert_eq!(c.compile.controller, "example.com/edge");
+        assert!(c.compile.watch_without_class);
+        assert!(
+            load_config(&args(&["run", "--kubernetes"]).unwrap())
+                .unwrap()
+                .kubernetes
+                .enabled
+        );
+        assert!(load_config(&args(&["run", "--publish-service", "nope"]).unwrap()).is_err());
+        assert!(
+            load_config(&args(&["run", "--kubernetes", "--manifests", "m"]).unwrap()).is_err(),
+            "the two sources are not combined"
+        );
+    }
+
+    #[test]
     fn bad_flags_are_errors() {
         assert!(args(&["run", "--bogus"]).is_err());
         assert!(args(&["run", "--http"]).is_err());

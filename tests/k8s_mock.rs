@@ -825,3 +825,70 @@ fn only_referenced_tls_secrets_are_cached() {
     });
     r.stop();
 }
+
+#[test]
+fn the_binary_runs_and_checks_from_a_kubeconfig() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+    let mock = MockApi::start();
+    let up = upstreams(&["pod-a"]);
+    basic(&mock, up[0].addr);
+    let dir = temp_dir("binary");
+    let kubeconfig = mock.kubeconfig(&dir);
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("a.test"), "{stdout}");
+
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env("POD_NAMESPACE", "sluice")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("sluice exited early").unwrap();
+        if let Some(rest) = line.strip_prefix("sluice: serving http on ") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(who(addr, "a.test"), "pod-a");
+    mock.apply(
+        mock_api::INGRESSES,
+        ingress("more", "more.test", "web", Some("sluice")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while who(addr, "more.test") != "pod-a" {
+        assert!(Instant::now() < deadline, "the binary follows the cluster");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM drains and exits 0: {status:?}");
+}
