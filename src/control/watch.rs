@@ -45,6 +45,8 @@ pub const MAX_HOLD: Duration = Duration::from_millis(50);
 const ACK_WAIT: Duration = Duration::from_secs(5);
 /// Annotation `kubectl apply` stores the whole object in; never read, so never kept.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// How often the leader re-checks every status, retrying writes that failed.
+const STATUS_RESYNC: Duration = Duration::from_secs(30);
 /// The only Secret type we cache.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 
@@ -888,7 +890,23 @@ async fn run(
             _ = stop.changed() => return,
         }
     }
-    fetch_secrets(&client, &mut store, &tx);
+    // Referenced Secrets known only by name are read before the first snapshot, so it starts
+    // with every certificate it can have.
+    let keys: Vec<Key> = store.to_fetch.drain(..).collect();
+    let fetched = futures::future::join_all(keys.iter().map(|(ns, name)| {
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        async move { (ns, name, api.get_opt(name).await) }
+    }))
+    .await;
+    for (ns, name, result) in fetched {
+        match result {
+            Ok(Some(secret)) if secret.type_.as_deref() == Some(TLS_SECRET_TYPE) => {
+                store.apply(Msg::Secret(Event::Apply(secret)));
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("sluice: kubernetes: cannot read Secret {ns}/{name}: {e}"),
+        }
+    }
     stats.synced.store(true, Ordering::Relaxed);
     let mut version = 1;
     let compiled = compile(&store.objects(&stats), &settings.compile, version);
@@ -936,6 +954,8 @@ async fn run(
     let mut burst: Option<(TokioInstant, std::time::Instant)> = None;
     let mut last_event = TokioInstant::now();
     let mut dirty = false;
+    let mut resync = tokio::time::interval(STATUS_RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = burst.map(|(first, _)| (last_event + QUIET).min(first + MAX_HOLD));
         tokio::select! {
@@ -977,6 +997,11 @@ async fn run(
                     publisher.wait_acknowledged(version, since, ACK_WAIT);
                     unposted.extend(rejections.update(&diagnostics, &stats));
                 }
+            }
+            _ = resync.tick() => {
+                // Writes that failed are forgotten here and planned again.
+                plan.reset();
+                store.status_dirty = true;
             }
             _ = stop.changed() => break,
         }
