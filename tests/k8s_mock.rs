@@ -817,6 +817,36 @@ fn only_referenced_tls_secrets_are_cached() {
     eventually("two cached", || {
         r.stats.cached_secrets.load(Ordering::Relaxed) == 2
     });
+    // A referenced Secret modified, deleted, created again.
+    let mut renewed = tls_secret("unused");
+    renewed["data"]["tls.crt"] = json!("bmV3");
+    mock.apply(mock_api::SECRETS, renewed);
+    mock.delete(mock_api::SECRETS, "default", "used");
+    eventually("deleted Secret dropped", || {
+        r.stats.cached_secrets.load(Ordering::Relaxed) == 1
+    });
+    mock.apply(mock_api::SECRETS, tls_secret("used"));
+    eventually("re-created Secret cached", || {
+        r.stats.cached_secrets.load(Ordering::Relaxed) == 2
+    });
+    // Only TLS Secrets were ever listed or watched; single Secrets were read by name; no
+    // Secret was ever written.
+    for (path, query) in mock.reads() {
+        if path.ends_with("/secrets") {
+            assert_eq!(
+                query.get("fieldSelector").map(String::as_str),
+                Some("type=kubernetes.io/tls"),
+                "{path} {query:?}"
+            );
+        }
+    }
+    assert!(
+        mock.reads()
+            .iter()
+            .any(|(p, _)| p == "/api/v1/namespaces/default/secrets/unused"),
+        "the newly referenced Secret was read by name"
+    );
+    assert!(!mock.writes().iter().any(|w| w.path.contains("/secrets")));
     // References dropped: data dropped.
     tls["spec"]["tls"] = json!([]);
     mock.apply(mock_api::INGRESSES, tls);

@@ -117,6 +117,8 @@ struct State {
     /// Bumped to make every open watch send a BOOKMARK.
     bookmark: u64,
     uid: u64,
+    /// Every GET: path and decoded query.
+    reads: Vec<(String, BTreeMap<String, String>)>,
 }
 
 pub struct MockApi {
@@ -316,6 +318,11 @@ impl MockApi {
         self.state().watches.get(res.plural).copied().unwrap_or(0)
     }
 
+    /// Every GET so far: path and decoded query parameters.
+    pub fn reads(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        self.state().reads.clone()
+    }
+
     pub fn writes(&self) -> Vec<Write_> {
         self.state().writes.clone()
     }
@@ -504,6 +511,14 @@ fn serve(stream: TcpStream, shared: &Arc<(Mutex<State>, Condvar)>) -> std::io::R
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     while let Some(req) = read_request(&mut reader) {
+        if req.method == "GET" {
+            shared
+                .0
+                .lock()
+                .unwrap()
+                .reads
+                .push((req.path.clone(), req.query.clone()));
+        }
         let Some((res, ns, name, sub)) = route(&req.path) else {
             respond(&mut out, 404, &status_body(404, "NotFound", "no such path"))?;
             continue;
@@ -538,16 +553,38 @@ fn handle(
         }
         let mut st = lock.lock().unwrap();
         *st.lists.entry(res.plural.to_string()).or_default() += 1;
-        let items: Vec<Value> = st
+        // Pages as the API server cuts them: `limit` items, then a `continue` token (here
+        // simply the offset of the next item).
+        let offset: usize = req
+            .query
+            .get("continue")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let limit: usize = req
+            .query
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        let matching = st
             .objects
             .iter()
-            .filter(|((p, _, _), o)| p == res.plural && matches(o, ns, &req.query))
+            .filter(|((p, _, _), o)| p == res.plural && matches(o, ns, &req.query));
+        let items: Vec<Value> = matching
+            .clone()
+            .skip(offset)
+            .take(limit)
             .map(|(_, o)| o.clone())
             .collect();
+        let more = matching.count() > offset.saturating_add(items.len());
+        let mut metadata = json!({"resourceVersion": st.rv.to_string()});
+        if more {
+            metadata["continue"] = json!((offset + items.len()).to_string());
+        }
         return (
             200,
             json!({"apiVersion": res.api_version(), "kind": format!("{}List", res.kind),
-                   "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+                   "metadata": metadata, "items": items}),
         );
     }
     let key = (res.plural.to_string(), ns.to_string(), name.to_string());
@@ -703,8 +740,8 @@ fn watch(
     let mut bookmark = st.bookmark;
     let mut sent = from;
     loop {
-        let pending: Vec<Change> = st
-            .log
+        let start = st.log.partition_point(|c| c.rv <= sent);
+        let pending: Vec<Change> = st.log[start..]
             .iter()
             .filter(|c| c.rv > sent && c.res == res.plural && matches(&c.object, ns, &req.query))
             .cloned()
