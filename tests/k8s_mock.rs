@@ -922,3 +922,13 @@ fn the_binary_runs_and_checks_from_a_kubeconfig() {
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM drains and exits 0: {status:?}");
 }
+
+#[test]
+fn the_real_api_server_flow_passes_against_the_mock() {
+    let mock = MockApi::start();
+    let dir = temp_dir("real-flow");
+    support::real_flow::run(&mock.kubeconfig(&dir));
+    // It cleaned up after itself.
+    assert!(mock.list(mock_api::NAMESPACES).is_empty());
+    assert!(mock.list(mock_api::CLASSES).is_empty());
+}

@@ -66,8 +66,14 @@ pub const EVENTS: Res = Res {
     kind: "Event",
     namespaced: true,
 };
-const ALL: [Res; 7] = [
-    INGRESSES, CLASSES, SERVICES, SLICES, SECRETS, LEASES, EVENTS,
+pub const NAMESPACES: Res = Res {
+    prefix: "/api/v1",
+    plural: "namespaces",
+    kind: "Namespace",
+    namespaced: false,
+};
+const ALL: [Res; 8] = [
+    INGRESSES, CLASSES, SERVICES, SLICES, SECRETS, LEASES, EVENTS, NAMESPACES,
 ];
 
 impl Res {
