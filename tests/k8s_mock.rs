@@ -443,30 +443,80 @@ fn gone_as_an_http_status_relists_without_an_empty_moment() {
 }
 
 #[test]
-fn api_server_errors_change_nothing_that_is_served() {
+fn losing_the_api_server_changes_nothing_that_is_served() {
     let mock = MockApi::start();
-    let up = upstreams(&["pod-a"]);
+    let up = upstreams(&["pod-a", "pod-b"]);
     basic(&mock, up[0].addr);
     let dir = temp_dir("errors");
     let r = start(settings(&mock, &dir, "one"));
-    // Every watch attempt fails (and lists are slow) for a while.
-    mock.gone_http(usize::MAX);
-    mock.cut_watches();
-    eventually("watch errors counted", || {
-        r.stats.watch_errors.load(Ordering::Relaxed) >= 3
+    // The API server goes away: every list and watch is refused for a while.
+    mock.set_down(true);
+    eventually("the watchers keep retrying", || {
+        mock.refused() >= 10 && r.stats.watch_errors.load(Ordering::Relaxed) >= 5
     });
     for _ in 0..20 {
         assert_eq!(who(r.addr(), "a.test"), "pod-a");
     }
     let (status, _) = get(r.engine.admin_addr().unwrap(), "admin", "/readyz");
     assert_eq!(status, 200, "ready stays true while the API server is away");
-    mock.gone_http(0);
+    // Back, with changes made meanwhile (written while "down", as by another client of a
+    // recovering control plane): they arrive.
+    mock.apply(
+        mock_api::SLICES,
+        slice("web-1", "web", &[ready(up[1].addr)]),
+    );
     mock.apply(
         mock_api::INGRESSES,
         ingress("later", "later.test", "web", Some("sluice")),
     );
-    expect_who(&r, "later.test", "pod-a");
+    mock.set_down(false);
+    expect_who(&r, "later.test", "pod-b");
+    expect_who(&r, "a.test", "pod-b");
     r.stop();
+}
+
+#[test]
+fn the_first_sync_waits_for_the_api_server() {
+    let mock = MockApi::start();
+    let up = upstreams(&["pod-a"]);
+    basic(&mock, up[0].addr);
+    mock.set_down(true);
+    let dir = temp_dir("late");
+    let source = KubeSource::start(settings(&mock, &dir, "one")).unwrap();
+    assert!(
+        source
+            .wait_synced(Duration::from_millis(700))
+            .unwrap()
+            .is_none(),
+        "no snapshot without a complete list"
+    );
+    assert!(!source.stats().synced.load(Ordering::Relaxed));
+    mock.set_down(false);
+    let compiled = source
+        .wait_synced(Duration::from_secs(15))
+        .unwrap()
+        .expect("synced once the API server answers");
+    assert!(compiled.snapshot.lookup("a.test", "/").is_some());
+    source.stop();
+}
+
+#[test]
+fn a_broken_kubeconfig_is_a_clear_error() {
+    let dir = temp_dir("broken");
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, "this: [is not a kubeconfig").unwrap();
+    let options = KubeOptions {
+        enabled: true,
+        kubeconfig: Some(path),
+        ..KubeOptions::default()
+    };
+    let source =
+        KubeSource::start(KubeSettings::new(&options, &CompileOptions::default())).unwrap();
+    let err = source
+        .wait_synced(Duration::from_secs(10))
+        .expect_err("a broken kubeconfig is an error");
+    assert!(err.contains("kubeconfig"), "{err}");
+    source.stop();
 }
 
 #[test]
@@ -716,7 +766,13 @@ fn status_follows_the_published_service() {
     let mut s = settings(&mock, &dir, "one");
     s.options.publish_service = Some(("sluice".into(), "sluice-lb".into()));
     s.options.watch_namespace = Some("default".into());
+    // Outside the watched namespace: not served.
+    let mut elsewhere = ingress("elsewhere", "elsewhere.test", "web", Some("sluice"));
+    elsewhere["metadata"]["namespace"] = json!("other");
+    mock.apply(mock_api::INGRESSES, elsewhere);
     let r = start(s);
+    assert_eq!(who(r.addr(), "a.test"), "pod-a");
+    assert_eq!(who(r.addr(), "elsewhere.test"), "404", "--watch-namespace");
     eventually("status from the Service", || {
         lb_status(&mock, "web") == json!([{"ip": "198.51.100.1"}])
     });

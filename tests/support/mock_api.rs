@@ -125,6 +125,10 @@ struct State {
     uid: u64,
     /// Every GET: path and decoded query.
     reads: Vec<(String, BTreeMap<String, String>)>,
+    /// Close every connection without an answer (the API server is "down").
+    down: bool,
+    /// Requests answered with 503 while down.
+    refused: usize,
 }
 
 pub struct MockApi {
@@ -324,6 +328,22 @@ impl MockApi {
         self.state().watches.get(res.plural).copied().unwrap_or(0)
     }
 
+    /// Down: every connection closes without an answer and open watches end. Up again:
+    /// normal service.
+    pub fn set_down(&self, down: bool) {
+        let mut st = self.state();
+        st.down = down;
+        if down {
+            st.cut += 1;
+        }
+        self.shared.1.notify_all();
+    }
+
+    /// Requests dropped while down.
+    pub fn refused(&self) -> usize {
+        self.state().refused
+    }
+
     /// Every GET so far: path and decoded query parameters.
     pub fn reads(&self) -> Vec<(String, BTreeMap<String, String>)> {
         self.state().reads.clone()
@@ -517,13 +537,16 @@ fn serve(stream: TcpStream, shared: &Arc<(Mutex<State>, Condvar)>) -> std::io::R
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     while let Some(req) = read_request(&mut reader) {
-        if req.method == "GET" {
-            shared
-                .0
-                .lock()
-                .unwrap()
-                .reads
-                .push((req.path.clone(), req.query.clone()));
+        {
+            let mut st = shared.0.lock().unwrap();
+            if st.down {
+                // Unreachable: the connection closes without an answer.
+                st.refused += 1;
+                return Ok(());
+            }
+            if req.method == "GET" {
+                st.reads.push((req.path.clone(), req.query.clone()));
+            }
         }
         let Some((res, ns, name, sub)) = route(&req.path) else {
             respond(&mut out, 404, &status_body(404, "NotFound", "no such path"))?;
