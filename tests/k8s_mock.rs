@@ -988,3 +988,48 @@ fn the_real_api_server_flow_passes_against_the_mock() {
     assert!(mock.list(mock_api::NAMESPACES).is_empty());
     assert!(mock.list(mock_api::CLASSES).is_empty());
 }
+
+#[test]
+fn a_live_lease_is_respected_and_an_abandoned_one_taken_over() {
+    let mock = MockApi::start();
+    let up = upstreams(&["pod-a"]);
+    basic(&mock, up[0].addr);
+    let ghost = |renew: u32| {
+        json!({"metadata": {"name": "sluice-leader", "namespace": "sluice"},
+               "spec": {"holderIdentity": "ghost", "leaseDurationSeconds": 1,
+                        "renewTime": format!("2026-01-01T00:00:{:02}.000000Z", renew % 60),
+                        "leaseTransitions": 3}})
+    };
+    mock.apply(mock_api::LEASES, ghost(0));
+    let dir = temp_dir("lease");
+    let mut s = settings(&mock, &dir, "one");
+    s.options.publish_status_address = vec!["203.0.113.7".into()];
+    let r = start(s);
+    // Another replica (the "ghost") keeps renewing for 3 s: never taken over, no status.
+    for i in 1..=15 {
+        mock.apply(mock_api::LEASES, ghost(i));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!r.stats.leader.load(Ordering::Relaxed), "took a live lease");
+    }
+    assert_eq!(lb_status(&mock, "web"), Value::Null);
+    // It stops renewing (crashed): after a lease duration without change, taken over.
+    eventually("took over the abandoned lease", || {
+        r.stats.leader.load(Ordering::Relaxed)
+    });
+    let lease = mock
+        .get(mock_api::LEASES, "sluice", "sluice-leader")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "one");
+    assert_eq!(lease["spec"]["leaseTransitions"], 4);
+    eventually("status written by the new leader", || {
+        lb_status(&mock, "web") == json!([{"ip": "203.0.113.7"}])
+    });
+    r.stop();
+    let lease = mock
+        .get(mock_api::LEASES, "sluice", "sluice-leader")
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "released on stop: {lease}"
+    );
+}

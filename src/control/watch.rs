@@ -969,13 +969,20 @@ async fn run(
                 continue;
             }
             changed = leader_rx.changed() => {
-                if changed.is_err() { break; }
+                if changed.is_err() {
+                    break;
+                }
                 let now_leading = *leader_rx.borrow_and_update();
                 if now_leading != leading {
                     leading = now_leading;
                     stats.leader.store(leading, Ordering::Relaxed);
                     stats.leader_transitions.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("sluice: kubernetes: {} the status lease {}/{}", if leading { "acquired" } else { "lost" }, settings.election_namespace, settings.options.election_id);
+                    eprintln!(
+                        "sluice: kubernetes: {} the status lease {}/{}",
+                        if leading { "acquired" } else { "lost" },
+                        settings.election_namespace,
+                        settings.options.election_id
+                    );
                     plan.reset();
                     store.status_dirty = true;
                     if leading {
@@ -983,13 +990,15 @@ async fn run(
                     }
                 }
             }
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(TokioInstant::now)).await }, if deadline.is_some() => {
+            _ = sleep_until(deadline), if deadline.is_some() => {
                 let Some((_, since)) = burst.take() else { continue };
                 fetch_secrets(&client, &mut store, &tx);
                 if dirty {
                     dirty = false;
                     version += 1;
-                    let Compiled { snapshot, diagnostics } = compile(&store.objects(&stats), &settings.compile, version);
+                    let objects = store.objects(&stats);
+                    let Compiled { snapshot, diagnostics } =
+                        compile(&objects, &settings.compile, version);
                     stats.snapshots.fetch_add(1, Ordering::Relaxed);
                     publisher.publish(Arc::new(snapshot));
                     // Blocks this thread (polling) until every worker serves it; workers take
@@ -1038,6 +1047,11 @@ async fn run(
     drop(events_tx);
     // Give the Lease back so another replica takes over at once.
     let _ = tokio::time::timeout(Duration::from_secs(3), lease).await;
+}
+
+/// Sleeps until `deadline` (at once when there is none).
+async fn sleep_until(deadline: Option<TokioInstant>) {
+    tokio::time::sleep_until(deadline.unwrap_or_else(TokioInstant::now)).await
 }
 
 /// Starts a GET for every referenced Secret that is known only by name.
