@@ -159,6 +159,7 @@ fn load_config(args: &Args) -> Result<Config, String> {
 fn sync_cluster(
     config: &Config,
     signals: &std::sync::mpsc::Receiver<i32>,
+    within: Option<Duration>,
 ) -> Result<Option<(KubeSource, Compiled)>, String> {
     let settings = KubeSettings::new(&config.kubernetes, &config.compile);
     eprintln!(
@@ -166,7 +167,15 @@ fn sync_cluster(
         settings.identity, settings.election_namespace, settings.options.election_id
     );
     let source = KubeSource::start(settings).map_err(|e| e.to_string())?;
+    let mut waited = Duration::ZERO;
     loop {
+        if within.is_some_and(|limit| waited >= limit) {
+            source.stop();
+            return Err(format!(
+                "could not list the cluster within {waited:?} (is the API server reachable?)"
+            ));
+        }
+        waited += Duration::from_millis(200);
         if let Ok(sig) = signals.try_recv() {
             eprintln!("sluice: signal {sig} before the first sync: exiting");
             source.stop();
@@ -199,7 +208,8 @@ fn signal_channel() -> std::sync::mpsc::Receiver<i32> {
 /// published until a signal.
 fn serve_kube(config: &Config) -> Result<(), String> {
     let signals = signal_channel();
-    let Some((mut source, compiled)) = sync_cluster(config, &signals)? else {
+    // `run` waits for the API server as long as it takes (the pod's startup probe decides).
+    let Some((mut source, compiled)) = sync_cluster(config, &signals, None)? else {
         return Ok(());
     };
     let engine = Engine::start(config.engine_config(), Arc::new(compiled.snapshot))
@@ -365,7 +375,8 @@ fn main() -> ExitCode {
         "check" => load_config(&args).and_then(|config| {
             let compiled = if config.kubernetes.enabled {
                 let signals = signal_channel();
-                let Some((source, compiled)) = sync_cluster(&config, &signals)? else {
+                let within = Some(Duration::from_secs(30));
+                let Some((source, compiled)) = sync_cluster(&config, &signals, within)? else {
                     return Ok(());
                 };
                 source.stop();
