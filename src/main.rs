@@ -8,8 +8,9 @@ use std::sync::Arc;
 use sluice::config::Config;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sluice::control::compile::{Compiled, Objects, compile};
+use sluice::control::compile::{Compiled, Objects};
 use sluice::control::files::{FileSource, FileWatcher};
+use sluice::control::incremental::Incremental;
 use sluice::control::manifests::{Object, parse_documents};
 use sluice::demo;
 use sluice::engine::{Engine, uring};
@@ -86,7 +87,7 @@ fn load_config(args: &Args) -> Result<Config, String> {
 fn compile_routes(
     config: &Config,
     extra: Vec<Object>,
-) -> Result<(Compiled, Option<FileSource>), String> {
+) -> Result<(Incremental, Compiled, Option<FileSource>), String> {
     let mut source = config.manifests.as_deref().map(FileSource::new);
     let errors = source.as_mut().map(FileSource::refresh).unwrap_or_default();
     for e in &errors {
@@ -98,7 +99,7 @@ fn compile_routes(
     objects.classes.extend(extra.classes);
     objects.services.extend(extra.services);
     objects.slices.extend(extra.slices);
-    let compiled = compile(&objects, &config.compile, 1);
+    let (compiler, compiled) = Incremental::new(&objects, config.compile.clone(), 1);
     for d in &compiled.diagnostics {
         eprintln!("sluice: rejected: {d}");
     }
@@ -108,13 +109,12 @@ fn compile_routes(
             errors.len()
         ));
     }
-    Ok((compiled, source))
+    Ok((compiler, compiled, source))
 }
 
 fn serve(
     config: &Config,
-    compiled: Compiled,
-    source: Option<FileSource>,
+    (compiler, compiled, source): (Incremental, Compiled, Option<FileSource>),
     banner: Option<String>,
 ) -> Result<(), String> {
     uring::block_termination_signals();
@@ -125,7 +125,7 @@ fn serve(
         Some(source) => Some(
             FileWatcher::spawn(
                 source,
-                config.compile.clone(),
+                compiler,
                 engine.publisher(),
                 1,
                 stop_watching.clone(),
@@ -176,7 +176,7 @@ fn demo_main(args: &Args) -> Result<(), String> {
     if let Some(e) = errors.first() {
         return Err(format!("embedded demo routes: {e}"));
     }
-    let (compiled, source) = compile_routes(&config, objects)?;
+    let routes = compile_routes(&config, objects)?;
     let h = config.http;
     let banner = format!(
         "Sluice demo: two in-process upstreams (pod-a {}, pod-b {}) behind {h}. Try:\n\
@@ -190,7 +190,7 @@ fn demo_main(args: &Args) -> Result<(), String> {
          \nCtrl-C stops it.",
         a.addr, b.addr, config.admin, config.admin
     );
-    serve(&config, compiled, source, Some(banner))
+    serve(&config, routes, Some(banner))
 }
 
 fn main() -> ExitCode {
@@ -208,11 +208,11 @@ fn main() -> ExitCode {
     }
     let result = parse_args(argv).and_then(|args| match args.command.as_str() {
         "run" => load_config(&args).and_then(|config| {
-            let (compiled, source) = compile_routes(&config, Vec::new())?;
-            serve(&config, compiled, source, None)
+            let routes = compile_routes(&config, Vec::new())?;
+            serve(&config, routes, None)
         }),
         "check" => load_config(&args).and_then(|config| {
-            let (compiled, _) = compile_routes(&config, Vec::new())?;
+            let (_, compiled, _) = compile_routes(&config, Vec::new())?;
             print!("{}", compiled.snapshot);
             if compiled.diagnostics.is_empty() {
                 Ok(())

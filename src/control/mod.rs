@@ -3,4 +3,5 @@
 
 pub mod compile;
 pub mod files;
+pub mod incremental;
 pub mod manifests;
