@@ -403,3 +403,43 @@ fn a_large_overlay_asks_for_compaction_and_compacts() {
     );
     assert!(!inc.compaction_due());
 }
+
+/// Two objects of one name (two manifest files defining the same Ingress): the full compiler
+/// keeps both, and so does the incremental one, whichever of them is the older object.
+#[test]
+fn two_objects_of_one_name_compile_like_the_full_compiler() {
+    let spec = |host: usize| IngressSpec {
+        namespace: true,
+        created: 0,
+        class: 0,
+        rules: vec![(
+            host,
+            vec![PathSpec {
+                path: 0,
+                kind: 1,
+                service: 0,
+                named_port: false,
+            }],
+        )],
+        default: None,
+    };
+    let opts = CompileOptions::default();
+    let mut objects = World::new().objects();
+    let first = ingress(0, &spec(0));
+    objects.ingresses = vec![first.clone()];
+    let (mut inc, _) = Incremental::new(&objects, opts.clone(), 1);
+    for (version, ingresses) in [
+        (2, vec![first.clone(), ingress(0, &spec(1))]),
+        (3, vec![ingress(0, &spec(4)), first.clone()]),
+        (4, vec![first.clone()]),
+    ] {
+        objects.ingresses = ingresses;
+        let incremental = inc.update(&objects, version);
+        let full = compile(&objects, &opts, version);
+        assert_eq!(
+            incremental.snapshot.to_string(),
+            full.snapshot.to_string(),
+            "version {version}"
+        );
+    }
+}

@@ -22,8 +22,6 @@ use crate::core::route::{BackendId, RouteTable, Snapshot};
 /// What one Ingress contributes to the host index.
 struct Entry {
     ingress: Arc<Ingress>,
-    /// The `update` call that last saw this object.
-    seen: u64,
     ours: bool,
     /// Every rule host, lower-cased (`*.x` for wildcards): a superset of the hosts it routes.
     hosts: Vec<String>,
@@ -33,7 +31,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(ingress: Arc<Ingress>, seen: u64, classes: &Classes<'_>) -> Entry {
+    fn new(ingress: Arc<Ingress>, classes: &Classes<'_>) -> Entry {
         let (ours, _) = classes.is_ours(&ingress);
         let spec = ingress.spec.as_ref();
         let mut hosts = Vec::new();
@@ -49,12 +47,16 @@ impl Entry {
         let has_default = spec.is_some_and(|s| s.default_backend.is_some());
         Entry {
             ingress,
-            seen,
             ours,
             hosts,
             any_host,
             has_default,
         }
+    }
+
+    /// The object's identity.
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.ingress) as usize
     }
 }
 
@@ -69,6 +71,11 @@ pub struct Incremental {
     classes: Vec<usize>,
     /// Every Ingress by `namespace/name`.
     ingresses: HashMap<String, Entry>,
+    /// Every Ingress by identity, with the `update` call that last saw it.
+    seen: HashMap<usize, u64>,
+    /// The last full compile had two Ingresses of one name: the index cannot tell them
+    /// apart, so every compile is a full one until that is gone.
+    duplicates: bool,
     index: HostIndex,
     /// Backends that could not be resolved in the last snapshot.
     broken: HashSet<BackendId>,
@@ -144,6 +151,8 @@ impl Incremental {
             base_refs: Vec::new(),
             classes: Vec::new(),
             ingresses: HashMap::new(),
+            seen: HashMap::new(),
+            duplicates: false,
             index: HostIndex::default(),
             broken: HashSet::new(),
             calls: 0,
@@ -179,13 +188,16 @@ impl Incremental {
         diagnostics.dedup();
 
         self.ingresses.clear();
+        self.seen.clear();
+        self.duplicates = false;
         self.index = HostIndex::default();
         let mut key = String::new();
         for ing in &objects.ingresses {
             key_of(ing, &mut key);
-            let entry = Entry::new(ing.clone(), self.calls, &classes);
+            let entry = Entry::new(ing.clone(), &classes);
             self.index.add(&key, &entry);
-            self.ingresses.insert(key.clone(), entry);
+            self.seen.insert(entry.id(), self.calls);
+            self.duplicates |= self.ingresses.insert(key.clone(), entry).is_some();
         }
         self.classes = class_ids(&objects.classes);
         self.base_refs = base_refs;
@@ -202,7 +214,7 @@ impl Incremental {
     /// call. Diagnostics are those of the Ingresses that changed (and of backends that broke),
     /// not the whole set again.
     pub fn update(&mut self, objects: &Objects, version: u64) -> Compiled {
-        if class_ids(&objects.classes) != self.classes {
+        if self.duplicates || class_ids(&objects.classes) != self.classes {
             return self.full(objects, version);
         }
         self.calls += 1;
@@ -210,29 +222,44 @@ impl Incremental {
         let opts = self.opts.clone();
         let classes = Classes::new(&objects.classes, &opts);
 
-        // Which Ingresses are new, changed or gone (by identity: sources keep the Arc of an
-        // unchanged object).
+        // Which Ingresses are new, changed or gone, by identity: sources keep the Arc of an
+        // unchanged object, so the common case is one pointer lookup per Ingress.
         let mut changed: Vec<(String, Option<Entry>)> = Vec::new();
+        let mut changed_keys: HashSet<String> = HashSet::new();
+        let mut unchanged = 0usize;
         let mut key = String::new();
         for ing in &objects.ingresses {
-            key_of(ing, &mut key);
-            match self.ingresses.get_mut(key.as_str()) {
-                Some(entry) if entry.seen == calls => {
-                    // Two objects of one name: only the full compiler merges those.
-                    return self.full(objects, version);
+            match self.seen.get_mut(&(Arc::as_ptr(ing) as usize)) {
+                Some(seen) if *seen == calls => return self.full(objects, version),
+                Some(seen) => {
+                    *seen = calls;
+                    unchanged += 1;
                 }
-                Some(entry) if Arc::ptr_eq(&entry.ingress, ing) => entry.seen = calls,
-                _ => {
-                    if changed.iter().any(|(k, _)| *k == key) {
+                None => {
+                    key_of(ing, &mut key);
+                    if !changed_keys.insert(key.clone()) {
+                        // Two objects of one name: only the full compiler merges those.
                         return self.full(objects, version);
                     }
-                    changed.push((key.clone(), Some(Entry::new(ing.clone(), calls, &classes))));
+                    changed.push((key.clone(), Some(Entry::new(ing.clone(), &classes))));
                 }
             }
         }
-        for (k, entry) in &self.ingresses {
-            if entry.seen != calls && !changed.iter().any(|(c, _)| c == k) {
-                changed.push((k.clone(), None));
+        let mut replaced = 0usize;
+        for (key, _) in &changed {
+            if let Some(old) = self.ingresses.get(key) {
+                if self.seen.get(&old.id()) == Some(&calls) {
+                    // The old object of this name is still there beside the new one.
+                    return self.full(objects, version);
+                }
+                replaced += 1;
+            }
+        }
+        if unchanged + replaced < self.ingresses.len() {
+            for (k, entry) in &self.ingresses {
+                if self.seen.get(&entry.id()) != Some(&calls) && !changed_keys.contains(k) {
+                    changed.push((k.clone(), None));
+                }
             }
         }
 
@@ -241,10 +268,11 @@ impl Incremental {
         let mut any_host = false;
         let mut fallback = false;
         let mut changed_objects: HashSet<String> = HashSet::new();
-        let mut changed_keys: Vec<String> = Vec::new();
+        let mut updated: Vec<String> = Vec::new();
         for (key, new) in changed {
             if let Some(old) = self.ingresses.remove(&key) {
                 self.index.remove(&key, &old);
+                self.seen.remove(&old.id());
                 if old.ours {
                     hosts.extend(old.hosts.iter().cloned());
                     any_host |= old.any_host;
@@ -259,8 +287,9 @@ impl Incremental {
                     fallback |= new.has_default;
                 }
                 self.index.add(&key, &new);
+                self.seen.insert(new.id(), calls);
                 self.ingresses.insert(key.clone(), new);
-                changed_keys.push(key);
+                updated.push(key);
             }
         }
 
@@ -278,7 +307,7 @@ impl Incremental {
             members.extend(self.index.with_default.iter().map(String::as_str));
         }
         // Changed Ingresses that are not ours still get their class diagnostics.
-        members.extend(changed_keys.iter().map(String::as_str));
+        members.extend(updated.iter().map(String::as_str));
 
         let ingresses = &self.ingresses;
         let (part, pass) = Pass::run(
