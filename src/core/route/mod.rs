@@ -16,7 +16,10 @@
 //!    `spec.defaultBackend` of our class, else the controller's default backend);
 //! 5. nothing → `None`, answered with 404.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -132,22 +135,119 @@ fn sort_paths(paths: &mut [PathRule]) {
     });
 }
 
+/// Lower-cased host names → `V`, hashed with a key shared by every map of one table lineage,
+/// so that a lookup hashes the host once and probes the overlay and the base with that hash.
+#[derive(Clone, Debug)]
+struct Hosts<V> {
+    state: RandomState,
+    table: HashTable<(Box<str>, V)>,
+}
+
+impl<V> Hosts<V> {
+    fn with_state(state: &RandomState) -> Hosts<V> {
+        Hosts {
+            state: state.clone(),
+            table: HashTable::new(),
+        }
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        self.state.hash_one(key)
+    }
+
+    fn get_hashed(&self, hash: u64, key: &str) -> Option<&V> {
+        self.table.find(hash, |(k, _)| **k == *key).map(|(_, v)| v)
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.get_hashed(self.hash(key), key)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        let hash = self.hash(key);
+        self.table
+            .find_mut(hash, |(k, _)| **k == *key)
+            .map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Inserts or replaces.
+    fn insert(&mut self, key: &str, value: V) {
+        if let Some(slot) = self.get_mut(key) {
+            *slot = value;
+            return;
+        }
+        let state = &self.state;
+        self.table
+            .insert_unique(state.hash_one(key), (key.into(), value), |(k, _)| {
+                state.hash_one(&**k)
+            });
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Ok(entry) = self.table.find_entry(self.hash(key), |(k, _)| **k == *key) {
+            entry.remove();
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.table.iter().map(|(k, v)| (&**k, v))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.table.iter().map(|(_, v)| v)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.table.iter_mut().map(|(_, v)| v)
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
 /// Exact and wildcard hosts (wildcards keyed by the suffix after `*.`), all lower-cased.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct HostMap {
-    exact: HashMap<Box<str>, HostRoutes>,
-    wildcard: HashMap<Box<str>, HostRoutes>,
+    exact: Hosts<HostRoutes>,
+    wildcard: Hosts<HostRoutes>,
+}
+
+impl Default for HostMap {
+    fn default() -> Self {
+        let state = RandomState::new();
+        HostMap {
+            exact: Hosts::with_state(&state),
+            wildcard: Hosts::with_state(&state),
+        }
+    }
 }
 
 /// Hosts changed since a [`HostMap`] was built: `Some` replaces or adds the host, `None`
-/// removes it. Small by construction: the compiler rebuilds the base when it grows.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// removes it. Small by construction: the compiler rebuilds the base when it grows. Hashed
+/// with its base's key.
+#[derive(Clone, Debug)]
 struct Overlay {
-    exact: HashMap<Box<str>, Option<HostRoutes>>,
-    wildcard: HashMap<Box<str>, Option<HostRoutes>>,
+    exact: Hosts<Option<HostRoutes>>,
+    wildcard: Hosts<Option<HostRoutes>>,
 }
 
 impl Overlay {
+    fn over(base: &HostMap) -> Overlay {
+        Overlay {
+            exact: Hosts::with_state(&base.exact.state),
+            wildcard: Hosts::with_state(&base.exact.state),
+        }
+    }
+
     fn len(&self) -> usize {
         self.exact.len() + self.wildcard.len()
     }
@@ -159,13 +259,19 @@ impl Overlay {
 /// few hosts makes a new table that keeps the old base and carries the changed hosts in a
 /// small overlay consulted first ([`RouteTable::patched`]), so publishing it costs time in the
 /// size of the change, not of the table.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RouteTable {
     base: Arc<HostMap>,
     overlay: Overlay,
     /// Rules without a host.
     any_host: HostRoutes,
     default: Option<BackendId>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTableBuilder::default().build()
+    }
 }
 
 /// Two tables are equal when they route alike: same hosts with the same rules and defaults,
@@ -208,29 +314,31 @@ impl RouteTable {
         .or(self.default)
     }
 
+    /// One hash of the host serves the overlay and the base.
     fn exact(&self, host: &str) -> Option<&HostRoutes> {
+        let hash = self.base.exact.hash(host);
         if !self.overlay.exact.is_empty()
-            && let Some(changed) = self.overlay.exact.get(host)
+            && let Some(changed) = self.overlay.exact.get_hashed(hash, host)
         {
             return changed.as_ref();
         }
-        self.base.exact.get(host)
+        self.base.exact.get_hashed(hash, host)
     }
 
     fn wildcard(&self, suffix: &str) -> Option<&HostRoutes> {
+        let hash = self.base.wildcard.hash(suffix);
         if !self.overlay.wildcard.is_empty()
-            && let Some(changed) = self.overlay.wildcard.get(suffix)
+            && let Some(changed) = self.overlay.wildcard.get_hashed(hash, suffix)
         {
             return changed.as_ref();
         }
-        self.base.wildcard.get(suffix)
+        self.base.wildcard.get_hashed(hash, suffix)
     }
 
     /// Number of exact and wildcard hosts.
     pub fn host_count(&self) -> usize {
         let base = self.base.exact.len() + self.base.wildcard.len();
-        let changes = |overlay: &HashMap<Box<str>, Option<HostRoutes>>,
-                       base: &HashMap<Box<str>, HostRoutes>| {
+        let changes = |overlay: &Hosts<Option<HostRoutes>>, base: &Hosts<HostRoutes>| {
             overlay.iter().fold(0isize, |n, (host, routes)| {
                 match (routes.is_some(), base.contains_key(host)) {
                     (true, false) => n + 1,
@@ -260,13 +368,13 @@ impl RouteTable {
             .base
             .exact
             .iter()
-            .filter(|(h, _)| !self.overlay.exact.contains_key(*h))
+            .filter(|(h, _)| !self.overlay.exact.contains_key(h))
             .map(|(h, r)| (h.to_string(), r));
         let base_wild = self
             .base
             .wildcard
             .iter()
-            .filter(|(s, _)| !self.overlay.wildcard.contains_key(*s))
+            .filter(|(s, _)| !self.overlay.wildcard.contains_key(s))
             .map(|(s, r)| (format!("*.{s}"), r));
         let over_exact = self
             .overlay
@@ -349,7 +457,7 @@ impl RouteTable {
                 // Back to what the base has: no need to carry it.
                 map.remove(key);
             } else {
-                map.insert(key.into(), routes);
+                map.insert(key, routes);
             }
         }
         let mut any_host = any_host;
@@ -409,9 +517,8 @@ impl RouteTableBuilder {
             Some(suffix) => (&mut self.hosts.wildcard, suffix),
             None => (&mut self.hosts.exact, host),
         };
-        // Look up before inserting: the entry API would allocate the key every time.
         if !map.contains_key(key) {
-            map.insert(key.into(), HostRoutes::default());
+            map.insert(key, HostRoutes::default());
         }
         map.get_mut(key).expect("just inserted")
     }
@@ -488,8 +595,8 @@ impl RouteTableBuilder {
             }
         }
         RouteTable {
+            overlay: Overlay::over(&self.hosts),
             base: Arc::new(self.hosts),
-            overlay: Overlay::default(),
             any_host: self.any_host,
             default: self.default,
         }
