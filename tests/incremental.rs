@@ -443,3 +443,38 @@ fn two_objects_of_one_name_compile_like_the_full_compiler() {
         );
     }
 }
+
+/// An Ingress that keeps pointing at new Services (hosts unchanged) leaves unused backend ids
+/// behind; past a bound the compiler asks for the full compile that drops them.
+#[test]
+fn unused_backend_ids_ask_for_compaction() {
+    let mk = |service: usize| -> Arc<Ingress> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"ingressClassName": "sluice", "rules": [{"host": "x.test", "http": {
+                    "paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {
+                        "name": format!("svc-{service}"), "port": {"number": 80}}}}]}}]},
+            }))
+            .unwrap(),
+        )
+    };
+    let mut objects = Objects {
+        ingresses: vec![mk(0)],
+        ..Objects::default()
+    };
+    let (mut inc, _) = Incremental::new(&objects, CompileOptions::default(), 1);
+    let mut due_at = None;
+    for n in 1..2_000 {
+        objects.ingresses = vec![mk(n)];
+        let c = inc.update(&objects, n as u64 + 1);
+        assert_eq!(c.snapshot.table.overlay_len(), 1);
+        if inc.compaction_due() {
+            due_at = Some(n);
+            let compacted = inc.full(&objects, n as u64 + 1);
+            assert_eq!(compacted.snapshot.backends.len(), 1);
+            break;
+        }
+    }
+    assert_eq!(due_at, Some(1024), "1,025 ids of which one is used");
+}

@@ -79,6 +79,8 @@ pub struct Incremental {
     index: HostIndex,
     /// Backends that could not be resolved in the last snapshot.
     broken: HashSet<BackendId>,
+    /// Backend ids the last table routes to.
+    live: usize,
     calls: u64,
 }
 
@@ -155,6 +157,7 @@ impl Incremental {
             duplicates: false,
             index: HostIndex::default(),
             broken: HashSet::new(),
+            live: 0,
             calls: 0,
         };
         let compiled = inc.full(objects, version);
@@ -163,8 +166,11 @@ impl Incremental {
 
     /// Whether the table carries so many changed hosts beside its base that the next change
     /// should rebuild the base (a full compile) once the current one is published.
+    /// Also when most backend ids are no longer routed to (ids are only ever added between
+    /// full compiles, and every compile walks all of them).
     pub fn compaction_due(&self) -> bool {
         self.table.overlay_len() > 1024.max(self.table.base_len() / 8)
+            || self.ids.len() > 1024.max(2 * self.live)
     }
 
     /// Compiles everything from scratch (and rebuilds the base and the index).
@@ -183,6 +189,7 @@ impl Incremental {
         let count = pass.backend_count();
         let base_refs = backend_refs(&table, count);
         let refs = live_refs(&table, &base_refs, count);
+        self.live = refs.iter().filter(|n| **n > 0).count();
         let (backends, broken, mut diagnostics) = pass.finish(&|id| refs[id.0 as usize] > 0);
         diagnostics.sort();
         diagnostics.dedup();
@@ -337,6 +344,7 @@ impl Incremental {
 
         // Backends the new table names: the base's counts, corrected by the overlay.
         let refs = live_refs(&table, &self.base_refs, pass.backend_count());
+        self.live = refs.iter().filter(|n| **n > 0).count();
         let (backends, broken, pass_diagnostics) = pass.finish(&|id| refs[id.0 as usize] > 0);
 
         let mut diagnostics: Vec<Diagnostic> = pass_diagnostics
