@@ -104,6 +104,8 @@ pub struct CompileOptions {
     pub watch_without_class: bool,
     /// The controller's default backend, used when nothing else matches.
     pub default_backend: Option<ServiceRef>,
+    /// Certificates and HTTPS redirects (see `certs`).
+    pub tls: super::certs::TlsOptions,
 }
 
 impl Default for CompileOptions {
@@ -113,6 +115,7 @@ impl Default for CompileOptions {
             ingress_class: "sluice".to_string(),
             watch_without_class: false,
             default_backend: None,
+            tls: super::certs::TlsOptions::default(),
         }
     }
 }
@@ -202,6 +205,7 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
     // Rule tag → the Ingress that added it, for conflict reports.
     let mut owners: Vec<String> = Vec::new();
     let mut fallback_set = false;
+    let mut ours_tls: Vec<&Ingress> = Vec::new();
 
     for ing in ingresses {
         let (ns, name) = meta_name(&ing.metadata);
@@ -236,6 +240,7 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
         if !ours {
             continue;
         }
+        ours_tls.push(ing);
         let Some(spec) = spec else {
             continue;
         };
@@ -316,17 +321,24 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
         table.fallback(backend);
     }
 
+    let (certs, cert_diagnostics) = super::certs::build(
+        &ours_tls,
+        &objects.secrets,
+        &opts.tls,
+        super::certs::wall_clock(),
+    );
     let mut diagnostics = c.diagnostics;
+    diagnostics.extend(cert_diagnostics);
     diagnostics.sort();
     diagnostics.dedup();
     Compiled {
-        snapshot: Snapshot::new(version, table.build(), c.backends),
+        snapshot: Snapshot::new(version, table.build(), c.backends).with_certs(certs),
         diagnostics,
     }
 }
 
 /// A rule host: a DNS name (any case), optionally `*.` followed by one; never an IP address.
-fn check_host(host: &str) -> Result<(), &'static str> {
+pub(crate) fn check_host(host: &str) -> Result<(), &'static str> {
     let name = host.strip_prefix("*.").unwrap_or(host);
     if name.parse::<IpAddr>().is_ok() {
         return Err("must be a DNS name, not an IP address");

@@ -90,6 +90,10 @@ pub struct ConnConfig {
     /// Capacity of each direction's buffer; reading stops when it is full (backpressure).
     pub buffer_size: usize,
     pub scheme: Scheme,
+    /// `Strict-Transport-Security` value added to proxied responses (HTTPS listeners).
+    pub hsts: Option<Arc<str>>,
+    /// The HTTPS port named in redirects from a plain listener (443 is left out).
+    pub https_port: u16,
 }
 
 impl Default for ConnConfig {
@@ -99,6 +103,8 @@ impl Default for ConnConfig {
             timeouts: Timeouts::default(),
             buffer_size: 32 * 1024,
             scheme: Scheme::Http,
+            hsts: None,
+            https_port: 443,
         }
     }
 }
@@ -789,6 +795,21 @@ impl Conn {
             upgrade: head.upgrade.is_some(),
             has_body: head.framing != Framing::None,
         };
+        if self.config.scheme == Scheme::Http && router.redirect_https(head.host()) {
+            let close = req.has_body || !req.keep_alive || self.shutting_down || self.client_eof;
+            let out = &mut self.cout.queued;
+            if local::write_https_redirect(&head, self.config.https_port, close, out) {
+                self.scanner.reset();
+                self.cin.consume(len);
+                self.actions.push_back(Action::Completed { status: 308 });
+                if close {
+                    self.enter_closing(req.has_body);
+                } else {
+                    self.enter_idle(now);
+                }
+                return true;
+            }
+        }
         let decision = router.route(head.host(), head.path());
         let body = req.has_body.then(|| {
             (
@@ -1050,6 +1071,9 @@ impl Conn {
             head_request: ex.req.head_request,
         };
         let framing = write_client_response(&resp, &client, &mut self.cout.queued);
+        if let Some(hsts) = &self.config.hsts {
+            local::add_hsts(resp.headers, hsts, &mut self.cout.queued);
+        }
         ex.status = resp.status;
         ex.response_started = true;
         let upgraded = resp.status == 101;

@@ -2,7 +2,9 @@
 //! short text body and `Server: sluice`; never any peer-controlled bytes.
 
 use super::Version;
+use super::request::{RequestHead, Target};
 use crate::core::error::Status;
+use httparse::Header;
 
 /// Appends a complete error (or other locally generated) response to `out`.
 ///
@@ -42,6 +44,78 @@ pub fn write_local_response(
         out.extend_from_slice(reason.as_bytes());
         out.push(b'\n');
     }
+}
+
+/// Appends a `308 Permanent Redirect` to `https://` + the request's host and target (the
+/// method and body are kept by a 308). Returns false, writing nothing, when the host is not a
+/// plain DNS name (it is copied into `Location`, so nothing else may pass).
+pub fn write_https_redirect(
+    head: &RequestHead<'_>,
+    https_port: u16,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let host = head.host();
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let dns = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let (path, query) = match head.target {
+        Target::Origin { path, query } | Target::Absolute { path, query, .. } => (path, query),
+        Target::Asterisk => return false,
+    };
+    if !dns {
+        return false;
+    }
+    let proto: &[u8] = match head.version {
+        Version::Http10 => b"HTTP/1.0",
+        Version::Http11 => b"HTTP/1.1",
+    };
+    out.extend_from_slice(proto);
+    out.extend_from_slice(b" 308 Permanent Redirect\r\nServer: sluice\r\nLocation: https://");
+    for b in host.bytes() {
+        out.push(b.to_ascii_lowercase());
+    }
+    if https_port != 443 {
+        out.push(b':');
+        push_decimal(u64::from(https_port), out);
+    }
+    out.extend_from_slice(path.as_bytes());
+    if let Some(q) = query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    let body: &[u8] = b"308 Permanent Redirect\n";
+    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    push_decimal(body.len() as u64, out);
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if head.version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head.is_head() {
+        out.extend_from_slice(body);
+    }
+    true
+}
+
+/// Adds `Strict-Transport-Security: value` to the response head just written at the end of
+/// `out`, unless the upstream sent its own.
+pub fn add_hsts(upstream: &[Header<'_>], value: &str, out: &mut Vec<u8>) {
+    if upstream
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("strict-transport-security"))
+        || !out.ends_with(b"\r\n\r\n")
+    {
+        return;
+    }
+    out.truncate(out.len() - 2);
+    out.extend_from_slice(b"Strict-Transport-Security: ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
 }
 
 /// `HTTP/1.1 100 Continue`, sent when we start reading a body the client is waiting to send.
