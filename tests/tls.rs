@@ -1,6 +1,8 @@
 //! TLS termination end to end over real sockets: in-process rustls clients, Sluice's io_uring
 //! workers with an HTTPS listener, certificates from `kubernetes.io/tls` Secrets, and
 //! in-process upstream servers. Certificates are generated per test with rcgen.
+// The publication wait measures from a wall-clock instant (test code, not the core).
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -381,5 +383,397 @@ fn secret_with_base64_data_is_used() {
     );
     assert_eq!(presented(&tls), c.der);
     drop(tls);
+    stop(engine);
+}
+
+fn cert_with_expiry(hosts: &[&str], year: i32) -> Cert {
+    let mut params =
+        rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+    params.not_after = rcgen::date_time_ymd(year, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Cert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().to_vec(),
+    }
+}
+
+/// broken PEM, a key of another certificate, an expired certificate, a missing Secret.
+fn bad_material_yaml(up: &DemoUpstream, good: &Cert) -> String {
+    let other = cert_for(&["other.test"]);
+    let expired = cert_with_expiry(&["expired.test"], 2001);
+    // Base64 damaged in the middle of the certificate.
+    let mut lines: Vec<String> = good.cert_pem.lines().map(String::from).collect();
+    lines[2] = "!!!! not base64 !!!!".to_string();
+    let broken = lines.join("\n") + "\n";
+    let hosts = [
+        "good.test",
+        "broken.test",
+        "mismatch.test",
+        "expired.test",
+        "missing.test",
+    ];
+    upstream_yaml(up)
+        + &ingress(
+            "web",
+            "",
+            &hosts,
+            &[
+                (&["good.test"], Some("good")),
+                (&["broken.test"], Some("broken")),
+                (&["mismatch.test"], Some("mismatch")),
+                (&["expired.test"], Some("expired")),
+                (&["missing.test"], Some("missing")),
+            ],
+        )
+        + &secret("good", good)
+        + &secret_yaml("broken", &broken, &good.key_pem)
+        + &secret_yaml("mismatch", &good.cert_pem, &other.key_pem)
+        + &secret("expired", &expired)
+}
+
+#[test]
+fn bad_material_is_rejected_on_its_own_and_falls_back_to_the_default() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let default = certs::self_signed().unwrap();
+    let good = cert_for(&["good.test"]);
+    let compiled = compile_yaml(&bad_material_yaml(&up, &good), &options(&default), 1);
+    let diags: Vec<String> = compiled.diagnostics.iter().map(|d| d.to_string()).collect();
+    let has = |needle: &str| diags.iter().any(|d| d.contains(needle));
+    assert!(
+        has("Secret default/broken: data[tls.crt]: broken PEM"),
+        "{diags:#?}"
+    );
+    assert!(
+        has(
+            "Secret default/mismatch: data[tls.key]: the private key does not match the certificate"
+        ),
+        "{diags:#?}"
+    );
+    assert!(
+        has("Secret default/expired: data[tls.crt]: certificate expired"),
+        "{diags:#?}"
+    );
+    assert!(has("Secret default/missing not found"), "{diags:#?}");
+    assert_eq!(diags.len(), 4, "{diags:#?}");
+    // Routing is untouched by bad certificates.
+    assert!(compiled.snapshot.lookup("broken.test", "/").is_some());
+
+    let engine = start(compiled.snapshot, https_config(None));
+    let addr = engine.https_addr().unwrap();
+    let config = client_config(&[&rustls::version::TLS13]);
+    let default_der = default.key.cert[0].to_vec();
+    let mut tls = connect(addr, Some("good.test"), &config);
+    assert_eq!(presented(&tls), good.der);
+    assert_eq!(get(&mut tls, "good.test", "/").0, 200);
+    for host in [
+        "broken.test",
+        "mismatch.test",
+        "expired.test",
+        "missing.test",
+    ] {
+        let mut tls = connect(addr, Some(host), &config);
+        assert_eq!(presented(&tls), default_der, "{host}");
+        assert_eq!(get(&mut tls, host, "/").0, 200, "{host} still serves");
+    }
+    stop(engine);
+}
+
+#[test]
+fn sluice_check_logs_why_a_secret_is_rejected() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-tls-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = cert_for(&["good.test"]);
+    std::fs::write(dir.join("all.yaml"), bad_material_yaml(&up, &good)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--manifests"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("sluice: rejected: Secret default/broken: data[tls.crt]: broken PEM"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Secret default/expired: data[tls.crt]: certificate expired"));
+    assert!(
+        stdout.contains("tls good.test -> own certificate, http redirects to https"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("tls broken.test -> default certificate"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rotated_secret_is_used_by_the_next_handshake_while_open_connections_keep_working() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let default = certs::self_signed().unwrap();
+    let opts = options(&default);
+    let (first, second) = (cert_for(&["rot.test"]), cert_for(&["rot.test"]));
+    let yaml = |c: &Cert| {
+        upstream_yaml(&up)
+            + &ingress("web", "", &["rot.test"], &[(&["rot.test"], Some("rot"))])
+            + &secret("rot", c)
+    };
+    let engine = start(
+        compile_yaml(&yaml(&first), &opts, 1).snapshot,
+        https_config(None),
+    );
+    let addr = engine.https_addr().unwrap();
+    let config = client_config(&[&rustls::version::TLS13]);
+    let mut open = connect(addr, Some("rot.test"), &config);
+    assert_eq!(presented(&open), first.der);
+    assert_eq!(get(&mut open, "rot.test", "/before").0, 200);
+
+    engine.publish(Arc::new(compile_yaml(&yaml(&second), &opts, 2).snapshot));
+    let acked =
+        engine
+            .publisher()
+            .wait_acknowledged(2, std::time::Instant::now(), Duration::from_secs(10));
+    assert!(acked.is_some(), "the worker took the new snapshot");
+
+    // A client without the old session (resuming it would not show a certificate at all).
+    let mut fresh = connect(
+        addr,
+        Some("rot.test"),
+        &client_config(&[&rustls::version::TLS13]),
+    );
+    assert_eq!(
+        fresh.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    assert_eq!(
+        presented(&fresh),
+        second.der,
+        "next handshake: new certificate"
+    );
+    assert_eq!(get(&mut fresh, "rot.test", "/new").0, 200);
+    // The connection made before the rotation is untouched.
+    let (status, _, body) = get(&mut open, "rot.test", "/after");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("A GET /after"));
+    assert_eq!(presented(&open), first.der);
+    stop(engine);
+}
+
+fn plain_get(addr: SocketAddr, host: &str, target: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    get(&mut s, host, target)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn http_redirects_to_https_for_tls_hosts_and_https_carries_hsts() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let default = certs::self_signed().unwrap();
+    let c = cert_for(&["secure.test"]);
+    let yaml = upstream_yaml(&up)
+        + &ingress(
+            "secure",
+            "",
+            &["secure.test", "*.wild.test"],
+            &[(&["secure.test", "*.wild.test"], Some("c"))],
+        )
+        + &ingress(
+            "optout",
+            "nginx.ingress.kubernetes.io/ssl-redirect: \"false\"",
+            &["optout.test"],
+            &[(&["optout.test"], Some("c"))],
+        )
+        + &ingress(
+            "forced",
+            "sluice.dev/force-ssl-redirect: \"true\"",
+            &["forced.test"],
+            &[],
+        )
+        + &ingress(
+            "typo",
+            "nginx.ingress.kubernetes.io/ssl-redirect: \"yes\"",
+            &["typo.test"],
+            &[(&["typo.test"], None)],
+        )
+        + &ingress("plain", "", &["plain.test"], &[])
+        + &secret("c", &c);
+    let compiled = compile_yaml(&yaml, &options(&default), 1);
+    let diags: Vec<String> = compiled.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        diags,
+        [
+            "Ingress default/typo: metadata.annotations[nginx.ingress.kubernetes.io/ssl-redirect]: expected true or false, got \"yes\"; using true"
+        ]
+    );
+    let engine = start(
+        compiled.snapshot,
+        https_config(Some("max-age=31536000; includeSubDomains")),
+    );
+    let http = engine.local_addr();
+    let port = engine.https_addr().unwrap().port();
+
+    let (status, head, _) = plain_get(http, "Secure.Test", "/a/b?x=1&y=2");
+    assert_eq!(status, 308, "{head}");
+    assert_eq!(
+        header(&head, "location"),
+        Some(format!("https://secure.test:{port}/a/b?x=1&y=2").as_str())
+    );
+    let (status, head, _) = plain_get(http, "x.wild.test", "/");
+    assert_eq!(status, 308, "wildcard TLS host: {head}");
+    assert_eq!(
+        header(&head, "location"),
+        Some(format!("https://x.wild.test:{port}/").as_str())
+    );
+    let (status, head, _) = plain_get(http, "forced.test", "/f");
+    assert_eq!(status, 308, "force-ssl-redirect without TLS: {head}");
+    let (status, _, _) = plain_get(http, "typo.test", "/");
+    assert_eq!(status, 308, "a bad annotation value keeps the default");
+    for host in ["optout.test", "plain.test"] {
+        let (status, head, _) = plain_get(http, host, "/");
+        assert_eq!(status, 200, "{host}: {head}");
+        assert_eq!(
+            header(&head, "strict-transport-security"),
+            None,
+            "no HSTS over http"
+        );
+        assert_eq!(header(&head, "x-seen-x-forwarded-proto"), Some("http"));
+    }
+    // A host that only routes by wildcard with a strange label is not redirected to it.
+    let (status, _, _) = plain_get(http, "a/b@x.wild.test", "/");
+    assert_ne!(status, 308);
+
+    let config = client_config(&[&rustls::version::TLS13]);
+    let mut tls = connect(engine.https_addr().unwrap(), Some("secure.test"), &config);
+    let (status, head, _) = get(&mut tls, "secure.test", "/");
+    assert_eq!(status, 200, "no redirect over https");
+    assert_eq!(
+        header(&head, "strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(header(&head, "x-seen-x-forwarded-proto"), Some("https"));
+    stop(engine);
+}
+
+#[test]
+fn hsts_value_follows_the_config() {
+    let c = sluice::config::Config::parse("[tls]\nhsts_include_subdomains = false\n", "t.toml")
+        .unwrap();
+    assert_eq!(c.hsts_value().as_deref(), Some("max-age=31536000"));
+    let c = sluice::config::Config::parse("[tls]\nhsts = false\n", "t.toml").unwrap();
+    assert_eq!(c.hsts_value(), None);
+    let c = sluice::config::Config::default();
+    assert_eq!(
+        c.hsts_value().as_deref(),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert!(c.compile.tls.ssl_redirect && !c.compile.tls.force_ssl_redirect);
+}
+
+#[test]
+fn second_handshake_is_resumed_on_any_worker() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let default = certs::self_signed().unwrap();
+    let c = cert_for(&["res.test"]);
+    let yaml = upstream_yaml(&up)
+        + &ingress("web", "", &["res.test"], &[(&["res.test"], Some("c"))])
+        + &secret("c", &c);
+    let snapshot = compile_yaml(&yaml, &options(&default), 1).snapshot;
+    let cfg = EngineConfig {
+        workers: vec![None; 2],
+        http: "127.0.0.1:0".parse().unwrap(),
+        admin: None,
+        conn: Arc::new(ConnConfig::default()),
+        upstream_max_idle: 16,
+        upstream_idle_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let engine =
+        Engine::start_with_https(cfg, Some(https_config(None)), Arc::new(snapshot)).unwrap();
+    let addr = engine.https_addr().unwrap();
+    let tls12 = &[&rustls::version::TLS12][..];
+    let tls13 = &[&rustls::version::TLS13][..];
+    let session_id_only = {
+        let mut c = (*client_config(tls12)).clone();
+        c.resumption = rustls::client::Resumption::in_memory_sessions(16)
+            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+        Arc::new(c)
+    };
+    for (what, config) in [
+        ("TLS 1.3 ticket", client_config(tls13)),
+        ("TLS 1.2 ticket", client_config(tls12)),
+        ("TLS 1.2 session id (server cache)", session_id_only),
+    ] {
+        let mut first = connect(addr, Some("res.test"), &config);
+        assert_eq!(
+            first.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Full),
+            "{what}"
+        );
+        // Reading a response also takes in the TLS 1.3 tickets sent after the handshake.
+        assert_eq!(get(&mut first, "res.test", "/").0, 200);
+        drop(first);
+        // Several connections: SO_REUSEPORT spreads them over both workers, and every one
+        // resumes (the ticket keys and the session cache are shared).
+        for i in 0..6 {
+            let mut again = connect(addr, Some("res.test"), &config);
+            assert_eq!(
+                again.conn.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed),
+                "{what}, reconnection {i}"
+            );
+            assert_eq!(get(&mut again, "res.test", "/").0, 200);
+        }
+    }
+    stop(engine);
+}
+
+#[test]
+fn a_handshake_that_does_not_finish_in_time_is_closed() {
+    let default = certs::self_signed().unwrap();
+    let snapshot = compile_yaml("", &options(&default), 1).snapshot;
+    let mut https = https_config(None);
+    let settings = TlsSettings::new(
+        certs::provider(),
+        rustls::crypto::ring::Ticketer::new().unwrap(),
+        rustls::server::ServerSessionMemoryCache::new(16),
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    https.settings = Arc::new(settings);
+    let engine = start(snapshot, https);
+    let mut s = TcpStream::connect(engine.https_addr().unwrap()).unwrap();
+    // The first bytes of a ClientHello record, and nothing more. The request-head timeout
+    // (10 s) is far beyond the read timeout: only the handshake timeout can close this.
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the connection to be closed, got {other:?}"),
+    }
+    // A garbage "ClientHello" gets an alert and a close, and nothing else is affected.
+    let mut s = TcpStream::connect(engine.https_addr().unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        got.is_empty() || got[0] == 0x15,
+        "an alert record or nothing: {got:?}"
+    );
     stop(engine);
 }
