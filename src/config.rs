@@ -586,7 +586,7 @@ impl Config {
     /// settings with fresh session-ticket keys (rotated every 6 hours) and a session cache.
     pub fn https_config(&self) -> Result<HttpsConfig, String> {
         let provider = crate::control::certs::provider();
-        let ticketer = rustls::crypto::ring::Ticketer::new()
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
             .map_err(|e| format!("cannot make session-ticket keys: {e}"))?;
         let sessions = rustls::server::ServerSessionMemoryCache::new(self.tls.session_cache_size);
         let settings = TlsSettings::new(provider, ticketer, sessions, self.tls.handshake_timeout)

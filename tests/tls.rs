@@ -115,7 +115,7 @@ fn options(default: &certs::StaticCert) -> CompileOptions {
 fn https_config(hsts: Option<&str>) -> HttpsConfig {
     let settings = TlsSettings::new(
         certs::provider(),
-        rustls::crypto::ring::Ticketer::new().unwrap(),
+        rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
         rustls::server::ServerSessionMemoryCache::new(256),
         Duration::from_secs(10),
     )
@@ -747,7 +747,7 @@ fn a_handshake_that_does_not_finish_in_time_is_closed() {
     let mut https = https_config(None);
     let settings = TlsSettings::new(
         certs::provider(),
-        rustls::crypto::ring::Ticketer::new().unwrap(),
+        rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
         rustls::server::ServerSessionMemoryCache::new(16),
         Duration::from_millis(300),
     )

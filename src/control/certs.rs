@@ -33,12 +33,13 @@ pub const FORCE_SSL_REDIRECT: &[&str] = &[
     "nginx.ingress.kubernetes.io/force-ssl-redirect",
 ];
 
-/// The crypto provider every certificate and handshake uses: *ring* (see the commit that
-/// chose it; the same provider kube's TLS client uses, so one implementation is linked).
+/// The crypto provider every certificate and handshake uses: aws-lc-rs. Measured with
+/// `bench/tls.py` against *ring* in the same setup: full handshakes per CPU-second 1.9x
+/// better with RSA 2048 and about 1.2x with ECDSA P-256, keep-alive HTTPS about the same.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .clone()
 }
 
