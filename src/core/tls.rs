@@ -332,9 +332,11 @@ impl TlsSession {
     }
 
     /// Encrypts `buf` (the machine's output) for writing; keeps it until it is written.
+    /// rustls takes at most its buffer limit (64 KiB) at once: the buffer then comes back
+    /// from [`TlsSession::sent`] with the shorter count, as after a short socket write, and
+    /// the machine queues the rest again.
     pub fn push_plain(&mut self, buf: Vec<u8>) {
         let len = buf.len();
-        // The writer takes everything (no buffer limit is set); a short count cannot happen.
         let written = self.conn.writer().write(&buf).unwrap_or(0);
         self.plain = Some((buf, written.min(len)));
     }
