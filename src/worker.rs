@@ -55,6 +55,11 @@ pub struct WorkerMetrics {
     pub upstream_connect_errors: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// TLS handshakes completed in full, completed by resumption, and failed (bad
+    /// messages, no certificate, timed out).
+    pub tls_full: AtomicU64,
+    pub tls_resumed: AtomicU64,
+    pub tls_failed: AtomicU64,
     /// Version of the snapshot this worker serves.
     pub snapshot_version: AtomicU64,
     /// The worker's loop is running with its first snapshot.
@@ -538,9 +543,22 @@ impl Worker {
                         None => client.conn.client_data(data, now, &mut router),
                         Some(tls) => {
                             let conn = &mut client.conn;
+                            let handshaking = tls.is_handshaking();
                             let mut deliver =
                                 |plain: &[u8]| conn.client_data(plain, now, &mut router);
-                            match tls.receive(data, &mut deliver) {
+                            let result = tls.receive(data, &mut deliver);
+                            let m = &self.setup.metrics;
+                            if handshaking && result.is_err() {
+                                WorkerMetrics::add(&m.tls_failed, 1);
+                            } else if handshaking && !tls.is_handshaking() {
+                                let kind = if tls.resumed() {
+                                    &m.tls_resumed
+                                } else {
+                                    &m.tls_full
+                                };
+                                WorkerMetrics::add(kind, 1);
+                            }
+                            match result {
                                 Ok(Received::Open) => {}
                                 Ok(Received::Closed) => conn.client_eof(now, &mut router),
                                 // The alert rustls queued is written by `close_client`.
@@ -1017,6 +1035,7 @@ impl Worker {
                 .is_some_and(|d| d <= now)
             {
                 // The TLS handshake did not finish in time.
+                WorkerMetrics::add(&self.setup.metrics.tls_failed, 1);
                 self.close_client(slot);
                 continue;
             }

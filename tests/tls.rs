@@ -737,6 +737,21 @@ fn second_handshake_is_resumed_on_any_worker() {
             assert_eq!(get(&mut again, "res.test", "/").0, 200);
         }
     }
+    let sum = |f: fn(&sluice::worker::WorkerMetrics) -> u64| -> u64 {
+        engine.state().metrics.iter().map(|m| f(m)).sum()
+    };
+    assert_eq!(
+        sum(|m| m.tls_full.load(std::sync::atomic::Ordering::Relaxed)),
+        3
+    );
+    assert_eq!(
+        sum(|m| m.tls_resumed.load(std::sync::atomic::Ordering::Relaxed)),
+        18
+    );
+    assert_eq!(
+        sum(|m| m.tls_failed.load(std::sync::atomic::Ordering::Relaxed)),
+        0
+    );
     stop(engine);
 }
 
@@ -775,5 +790,12 @@ fn a_handshake_that_does_not_finish_in_time_is_closed() {
         got.is_empty() || got[0] == 0x15,
         "an alert record or nothing: {got:?}"
     );
+    let failed: u64 = engine
+        .state()
+        .metrics
+        .iter()
+        .map(|m| m.tls_failed.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert_eq!(failed, 2, "the timed-out handshake and the garbage");
     stop(engine);
 }
