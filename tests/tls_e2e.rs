@@ -36,8 +36,8 @@ struct Pki {
     key_pem: String,
 }
 
-/// A test CA and a leaf for `e2e.test` and `*.wild.e2e` signed by it.
-fn pki() -> Pki {
+/// A test CA and a leaf for `e2e.test` and `*.wild.e2e` (common name `cn`) signed by it.
+fn make_pki(cn: &str) -> Pki {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params
@@ -52,8 +52,7 @@ fn pki() -> Pki {
     let mut leaf =
         rcgen::CertificateParams::new(vec!["e2e.test".to_string(), "*.wild.e2e".to_string()])
             .unwrap();
-    leaf.distinguished_name
-        .push(rcgen::DnType::CommonName, "e2e.test");
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, cn);
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = leaf.signed_by(&key, &ca).unwrap();
     Pki {
@@ -144,7 +143,7 @@ fn curl_and_openssl_s_client_against_the_binary() {
     let dir = Dir(std::env::temp_dir().join(format!("sluice-tls-e2e-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
-    let pki = pki();
+    let pki = make_pki("e2e.test");
     let ca = dir.0.join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let routes = dir.0.join("routes");
@@ -282,6 +281,31 @@ fn curl_and_openssl_s_client_against_the_binary() {
     assert!(out.contains("New, TLSv1.2"), "{out}");
     let out = output(Command::new("openssl").args(base).args(["-sess_in", sess]));
     assert!(out.contains("Reused, TLSv1.2"), "{out}");
+
+    // Rotation through the manifests directory: the Secret file is replaced (atomic rename);
+    // the next handshake presents the new certificate, with no reload.
+    let rotated = make_pki("rotated.e2e.test");
+    let staging = dir.0.join("web.yaml");
+    manifests(&dir.0, up.addr, &rotated);
+    std::fs::rename(&staging, routes.join("web.yaml")).unwrap();
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = output(Command::new("openssl").args([
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            "e2e.test",
+        ]));
+        if seen.contains("rotated.e2e.test") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        seen.contains("rotated.e2e.test"),
+        "the new certificate is served: {seen}"
+    );
 
     // Graceful stop: SIGTERM through kill(1), then wait for a clean exit.
     let _ = Command::new("kill")
