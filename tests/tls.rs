@@ -664,6 +664,13 @@ fn http_redirects_to_https_for_tls_hosts_and_https_carries_hsts() {
         Some("max-age=31536000; includeSubDomains")
     );
     assert_eq!(header(&head, "x-seen-x-forwarded-proto"), Some("https"));
+    // Sluice's own answers over HTTPS carry it too.
+    let (status, head, _) = get(&mut tls, "nowhere.test", "/");
+    assert_eq!(status, 404);
+    assert_eq!(
+        header(&head, "strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
     stop(engine);
 }
 

@@ -868,6 +868,7 @@ impl Conn {
     fn answer_locally(&mut self, status: Status, req: RequestMeta, now: Instant) {
         // The body was not read: its end is unknown unless there was none.
         let close = req.has_body || !req.keep_alive || self.shutting_down || self.client_eof;
+        let head_start = self.cout.queued.len();
         local::write_local_response(
             status,
             req.version,
@@ -875,6 +876,9 @@ impl Conn {
             req.head_request,
             &mut self.cout.queued,
         );
+        if let Some(hsts) = &self.config.hsts {
+            local::add_hsts(&[], hsts, head_start, &mut self.cout.queued);
+        }
         self.actions
             .push_back(Action::Completed { status: status.0 });
         if close {
@@ -1070,9 +1074,10 @@ impl Conn {
                 && !self.client_eof,
             head_request: ex.req.head_request,
         };
+        let head_start = self.cout.queued.len();
         let framing = write_client_response(&resp, &client, &mut self.cout.queued);
         if let Some(hsts) = &self.config.hsts {
-            local::add_hsts(resp.headers, hsts, &mut self.cout.queued);
+            local::add_hsts(resp.headers, hsts, head_start, &mut self.cout.queued);
         }
         ex.status = resp.status;
         ex.response_started = true;
@@ -1216,6 +1221,7 @@ impl Conn {
             || self.shutting_down
             || self.client_eof;
         self.cin.consume(if close { self.cin.len() } else { 0 });
+        let head_start = self.cout.queued.len();
         local::write_local_response(
             err.status,
             req.version,
@@ -1223,6 +1229,9 @@ impl Conn {
             req.head_request,
             &mut self.cout.queued,
         );
+        if let Some(hsts) = &self.config.hsts {
+            local::add_hsts(&[], hsts, head_start, &mut self.cout.queued);
+        }
         self.actions.push_back(Action::Completed {
             status: err.status.0,
         });

@@ -102,20 +102,24 @@ pub fn write_https_redirect(
     true
 }
 
-/// Adds `Strict-Transport-Security: value` to the response head just written at the end of
-/// `out`, unless the upstream sent its own.
-pub fn add_hsts(upstream: &[Header<'_>], value: &str, out: &mut Vec<u8>) {
+/// Adds `Strict-Transport-Security: value` to the response head that starts at `head_start`
+/// in `out` (its body, if any, follows it), unless the upstream sent its own field.
+pub fn add_hsts(upstream: &[Header<'_>], value: &str, head_start: usize, out: &mut Vec<u8>) {
     if upstream
         .iter()
         .any(|h| h.name.eq_ignore_ascii_case("strict-transport-security"))
-        || !out.ends_with(b"\r\n\r\n")
     {
         return;
     }
-    out.truncate(out.len() - 2);
-    out.extend_from_slice(b"Strict-Transport-Security: ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    let Some(end) = out
+        .get(head_start..)
+        .and_then(|head| memchr::memmem::find(head, b"\r\n\r\n"))
+    else {
+        return;
+    };
+    let at = head_start + end + 2;
+    let field = [b"Strict-Transport-Security: ", value.as_bytes(), b"\r\n"].concat();
+    out.splice(at..at, field);
 }
 
 /// `HTTP/1.1 100 Continue`, sent when we start reading a body the client is waiting to send.
@@ -177,6 +181,29 @@ mod tests {
         assert!(text.contains("Content-Length: 24\r\n"));
         assert!(text.contains("Connection: keep-alive\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn hsts_goes_into_the_head_before_the_body() {
+        let mut out = b"earlier".to_vec();
+        let start = out.len();
+        write_local_response(Status::NOT_FOUND, Version::Http11, false, false, &mut out);
+        add_hsts(&[], "max-age=1", start, &mut out);
+        let text = std::str::from_utf8(&out[start..]).unwrap();
+        assert!(
+            text.ends_with(
+                "Content-Length: 14\r\nStrict-Transport-Security: max-age=1\r\n\r\n404 Not Found\n"
+            ),
+            "{text}"
+        );
+        assert!(out.starts_with(b"earlier"));
+        let upstream = [httparse::Header {
+            name: "Strict-Transport-Security",
+            value: b"max-age=5",
+        }];
+        let before = out.clone();
+        add_hsts(&upstream, "max-age=1", start, &mut out);
+        assert_eq!(out, before, "the upstream's own field is kept");
     }
 
     #[test]
