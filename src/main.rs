@@ -8,6 +8,7 @@ use std::sync::Arc;
 use sluice::config::Config;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use sluice::control::certs;
 use sluice::control::compile::{Compiled, Objects};
 use sluice::control::files::{FileSource, FileWatcher};
 use sluice::control::incremental::Incremental;
@@ -17,7 +18,8 @@ use sluice::engine::{Engine, uring};
 
 const USAGE: &str = "\
 usage:
-  sluice run   [--config FILE] [--manifests DIR] [--http ADDR] [--admin ADDR] [--workers N]
+  sluice run   [--config FILE] [--manifests DIR] [--http ADDR] [--https ADDR] [--admin ADDR]
+               [--workers N] [--default-ssl-certificate NS/NAME]
   sluice check [--config FILE] [--manifests DIR]   validate; print the compiled routes or errors
   sluice demo  [--http ADDR]                       embedded default: no cluster, no files
   sluice --version | --help";
@@ -29,6 +31,8 @@ struct Args {
     config: Option<PathBuf>,
     manifests: Option<PathBuf>,
     http: Option<String>,
+    https: Option<String>,
+    default_ssl_certificate: Option<String>,
     admin: Option<String>,
     workers: Option<String>,
 }
@@ -44,6 +48,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--config" => args.config = Some(value()?.into()),
             "--manifests" => args.manifests = Some(value()?.into()),
             "--http" => args.http = Some(value()?),
+            "--https" => args.https = Some(value()?),
+            "--default-ssl-certificate" => args.default_ssl_certificate = Some(value()?),
             "--admin" => args.admin = Some(value()?),
             "--workers" => args.workers = Some(value()?),
             other => return Err(format!("unknown flag {other}")),
@@ -65,6 +71,17 @@ fn load_config(args: &Args) -> Result<Config, String> {
             .parse()
             .map_err(|_| format!("--http: not an address: {http}"))?;
     }
+    if let Some(https) = &args.https {
+        config.https = https
+            .parse()
+            .map_err(|_| format!("--https: not an address: {https}"))?;
+    }
+    if let Some(secret) = &args.default_ssl_certificate {
+        config.compile.tls.default_secret = Some(
+            sluice::config::parse_secret_ref(secret)
+                .map_err(|e| format!("--default-ssl-certificate: {e}"))?,
+        );
+    }
     if let Some(admin) = &args.admin {
         config.admin = admin
             .parse()
@@ -84,6 +101,21 @@ fn load_config(args: &Args) -> Result<Config, String> {
 }
 
 /// Loads the manifests directory (if any) and compiles it with `extra`; prints every problem.
+/// Loads the certificates the config names (files) and makes the fallback default: the
+/// default file, else a self-signed certificate generated now.
+fn load_certificates(config: &mut Config) -> Result<(), String> {
+    let now = certs::wall_clock();
+    for f in &config.tls.certificates {
+        let cert = certs::load_files(&f.cert, &f.key, now)?;
+        config.compile.tls.files.push((f.hosts.clone(), cert));
+    }
+    config.compile.tls.default_cert = Some(match &config.tls.default_certificate_file {
+        Some(f) => certs::load_files(&f.cert, &f.key, now)?,
+        None => certs::self_signed()?,
+    });
+    Ok(())
+}
+
 fn compile_routes(
     config: &Config,
     extra: Vec<Object>,
@@ -99,6 +131,7 @@ fn compile_routes(
     objects.classes.extend(extra.classes);
     objects.services.extend(extra.services);
     objects.slices.extend(extra.slices);
+    objects.secrets.extend(extra.secrets);
     let (compiler, compiled) = Incremental::new(&objects, config.compile.clone(), 1);
     for d in &compiled.diagnostics {
         eprintln!("sluice: rejected: {d}");
@@ -118,8 +151,13 @@ fn serve(
     banner: Option<String>,
 ) -> Result<(), String> {
     uring::block_termination_signals();
-    let engine = Engine::start(config.engine_config(), Arc::new(compiled.snapshot))
-        .map_err(|e| e.to_string())?;
+    let https = config.https_config()?;
+    let engine = Engine::start_with_https(
+        config.engine_config(),
+        Some(https),
+        Arc::new(compiled.snapshot),
+    )
+    .map_err(|e| e.to_string())?;
     let stop_watching = Arc::new(AtomicBool::new(false));
     let watcher = match source {
         Some(source) => Some(
@@ -143,6 +181,9 @@ fn serve(
             .map(|a| a.to_string())
             .unwrap_or_default()
     );
+    if let Some(https) = engine.https_addr() {
+        eprintln!("sluice: serving https on {https}");
+    }
     if let Some(banner) = banner {
         println!("{banner}");
     }
@@ -169,6 +210,10 @@ fn demo_main(args: &Args) -> Result<(), String> {
     if args.admin.is_none() {
         config.admin = "127.0.0.1:10254".parse().expect("valid");
     }
+    if args.https.is_none() {
+        config.https = "127.0.0.1:8443".parse().expect("valid");
+    }
+    load_certificates(&mut config)?;
     let local = "127.0.0.1:0".parse().expect("valid");
     let a = demo::spawn_upstream("pod-a", local).map_err(|e| e.to_string())?;
     let b = demo::spawn_upstream("pod-b", local).map_err(|e| e.to_string())?;
@@ -207,11 +252,13 @@ fn main() -> ExitCode {
         _ => {}
     }
     let result = parse_args(argv).and_then(|args| match args.command.as_str() {
-        "run" => load_config(&args).and_then(|config| {
+        "run" => load_config(&args).and_then(|mut config| {
+            load_certificates(&mut config)?;
             let routes = compile_routes(&config, Vec::new())?;
             serve(&config, routes, None)
         }),
-        "check" => load_config(&args).and_then(|config| {
+        "check" => load_config(&args).and_then(|mut config| {
+            load_certificates(&mut config)?;
             let (_, compiled, _) = compile_routes(&config, Vec::new())?;
             print!("{}", compiled.snapshot);
             if compiled.diagnostics.is_empty() {

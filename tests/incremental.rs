@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use proptest::prelude::*;
@@ -41,6 +41,10 @@ struct IngressSpec {
     class: u8,
     rules: Vec<(usize, Vec<PathSpec>)>,
     default: Option<usize>,
+    /// `spec.tls`: a host and one of the Secrets `c0`, `c1`.
+    tls: Option<(usize, usize)>,
+    /// The `ssl-redirect` annotation.
+    redirect: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +57,8 @@ enum Change {
     Endpoints(usize, u8),
     /// Makes the IngressClass `sluice` the cluster default, or not.
     DefaultClass(bool),
+    /// Secret `c{i}` (in both namespaces): a valid certificate, broken PEM, or gone.
+    Secret(usize, u8),
     Nothing,
 }
 
@@ -81,14 +87,20 @@ fn ingress_spec() -> impl Strategy<Value = IngressSpec> {
             0..3,
         ),
         prop::option::of(0..SERVICES.len()),
+        prop::option::of((0..HOSTS.len() - 1, 0..2usize)),
+        prop::option::of(any::<bool>()),
     )
-        .prop_map(|(namespace, created, class, rules, default)| IngressSpec {
-            namespace,
-            created,
-            class,
-            rules,
-            default,
-        })
+        .prop_map(
+            |(namespace, created, class, rules, default, tls, redirect)| IngressSpec {
+                namespace,
+                created,
+                class,
+                rules,
+                default,
+                tls,
+                redirect,
+            },
+        )
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -98,6 +110,7 @@ fn change() -> impl Strategy<Value = Change> {
         1 => (0..3usize).prop_map(Change::ToggleService),
         1 => (0..3usize, 0u8..3).prop_map(|(i, n)| Change::Endpoints(i, n)),
         1 => any::<bool>().prop_map(Change::DefaultClass),
+        1 => (0..2usize, 0u8..3).prop_map(|(i, v)| Change::Secret(i, v)),
         1 => Just(Change::Nothing),
     ]
 }
@@ -113,11 +126,14 @@ fn backend(service: usize, named_port: bool) -> Value {
 
 fn ingress(slot: usize, spec: &IngressSpec) -> Arc<Ingress> {
     let mut annotations = json!({});
+    if let Some(r) = spec.redirect {
+        annotations["nginx.ingress.kubernetes.io/ssl-redirect"] = json!(r.to_string());
+    }
     let mut class_name = Value::Null;
     match spec.class {
         0 | 1 => class_name = json!("sluice"),
         2 => class_name = json!("other"),
-        3 => annotations = json!({"kubernetes.io/ingress.class": "sluice"}),
+        3 => annotations["kubernetes.io/ingress.class"] = json!("sluice"),
         _ => {} // no class: ours only while `sluice` is the default class
     }
     let rules: Vec<Value> = spec
@@ -144,6 +160,10 @@ fn ingress(slot: usize, spec: &IngressSpec) -> Arc<Ingress> {
     }
     if let Some(d) = spec.default {
         body["defaultBackend"] = backend(d, false);
+    }
+    if let Some((host, secret)) = spec.tls {
+        body["tls"] =
+            json!([{"hosts": [HOSTS[host].unwrap()], "secretName": format!("c{secret}")}]);
     }
     let value = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
@@ -201,6 +221,35 @@ fn class(default: bool) -> Arc<IngressClass> {
     )
 }
 
+/// One certificate and key for every valid test Secret (generated once).
+fn pem() -> &'static (String, String) {
+    static PEM: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    PEM.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    })
+}
+
+fn secret(i: usize, namespace: &str, valid: bool) -> Arc<Secret> {
+    let (cert, key) = if valid {
+        pem().clone()
+    } else {
+        ("not a certificate".to_string(), "not a key".to_string())
+    };
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("c{i}"), "namespace": namespace},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": cert, "tls.key": key},
+        }))
+        .unwrap(),
+    )
+}
+
 /// A Service in two namespaces, with its EndpointSlices.
 type ServiceObjects = (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>);
 
@@ -208,6 +257,7 @@ type ServiceObjects = (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>);
 struct World {
     ingresses: Vec<Option<Arc<Ingress>>>,
     services: Vec<Option<ServiceObjects>>,
+    secrets: Vec<Vec<Arc<Secret>>>,
     class: Arc<IngressClass>,
 }
 
@@ -216,6 +266,9 @@ impl World {
         World {
             ingresses: vec![None; SLOTS],
             services: (0..3).map(|i| Some(Self::service_objects(i, 1))).collect(),
+            secrets: (0..2)
+                .map(|i| vec![secret(i, "default", true), secret(i, "other", true)])
+                .collect(),
             class: class(false),
         }
     }
@@ -239,6 +292,13 @@ impl World {
             }
             Change::Endpoints(i, n) => self.services[*i] = Some(Self::service_objects(*i, *n)),
             Change::DefaultClass(d) => self.class = class(*d),
+            Change::Secret(i, v) => {
+                self.secrets[*i] = match v {
+                    0 => vec![secret(*i, "default", true), secret(*i, "other", true)],
+                    1 => vec![secret(*i, "default", false), secret(*i, "other", true)],
+                    _ => Vec::new(),
+                }
+            }
             Change::Nothing => {}
         }
     }
@@ -249,6 +309,7 @@ impl World {
             classes: vec![self.class.clone()],
             ..Objects::default()
         };
+        o.secrets = self.secrets.iter().flatten().cloned().collect();
         for (services, slices) in self.services.iter().flatten() {
             o.services.extend(services.iter().cloned());
             o.slices.extend(slices.iter().cloned());
@@ -422,6 +483,8 @@ fn two_objects_of_one_name_compile_like_the_full_compiler() {
             }],
         )],
         default: None,
+        tls: None,
+        redirect: None,
     };
     let opts = CompileOptions::default();
     let mut objects = World::new().objects();

@@ -29,6 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::manifests::Object;
 use crate::core::route::{Backend, BackendId, PathKind, RouteTable, RouteTableBuilder, Snapshot};
+use crate::core::tls::CertTable;
 
 /// Annotation marking the cluster's default IngressClass.
 pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
@@ -104,6 +105,8 @@ pub struct CompileOptions {
     pub watch_without_class: bool,
     /// The controller's default backend, used when nothing else matches.
     pub default_backend: Option<ServiceRef>,
+    /// Certificates and HTTPS redirects (see `certs`).
+    pub tls: super::certs::TlsOptions,
 }
 
 impl Default for CompileOptions {
@@ -113,6 +116,7 @@ impl Default for CompileOptions {
             ingress_class: "sluice".to_string(),
             watch_without_class: false,
             default_backend: None,
+            tls: super::certs::TlsOptions::default(),
         }
     }
 }
@@ -161,12 +165,54 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
     let count = pass.backend_count();
     let refs = live_refs(&table, &backend_refs(&table, count), count);
     let (backends, _, mut diagnostics) = pass.finish(&|id| refs[id.0 as usize] > 0);
+    let (certs, cert_diagnostics) = certificates(
+        objects.ingresses.iter().map(|i| &**i),
+        &classes,
+        objects,
+        opts,
+    );
+    diagnostics.extend(cert_diagnostics);
     diagnostics.sort();
     diagnostics.dedup();
     Compiled {
-        snapshot: Snapshot::new(version, table, backends),
+        snapshot: Snapshot::new(version, table, backends).with_certs(certs),
         diagnostics,
     }
+}
+
+/// The certificate table of those of `ingresses` that are ours (oldest first: the first
+/// certificate for a host wins) and the Secrets of `objects`, with its diagnostics.
+pub fn certificates<'a>(
+    ingresses: impl Iterator<Item = &'a Ingress>,
+    classes: &Classes<'_>,
+    objects: &Objects,
+    opts: &CompileOptions,
+) -> (CertTable, Vec<Diagnostic>) {
+    let mut ours: Vec<&Ingress> = ingresses.filter(|i| classes.is_ours(i).0).collect();
+    oldest_first(&mut ours);
+    super::certs::build(
+        &ours,
+        &objects.secrets,
+        &opts.tls,
+        super::certs::wall_clock(),
+    )
+}
+
+/// Whether the certificate table reads anything of `ing` (its `spec.tls`, its redirect
+/// annotations, or its rule hosts when redirects are forced everywhere).
+pub fn has_tls(ing: &Ingress, opts: &CompileOptions) -> bool {
+    let annotated = ing.metadata.annotations.as_ref().is_some_and(|a| {
+        super::certs::SSL_REDIRECT
+            .iter()
+            .chain(super::certs::FORCE_SSL_REDIRECT)
+            .any(|k| a.contains_key(*k))
+    });
+    let tls = ing
+        .spec
+        .as_ref()
+        .and_then(|s| s.tls.as_ref())
+        .is_some_and(|t| !t.is_empty());
+    tls || annotated || opts.tls.force_ssl_redirect
 }
 
 /// How often the host maps of `table`'s base name each of `count` backend ids.
@@ -446,7 +492,7 @@ impl<'a> Pass<'a> {
 }
 
 /// A rule host: a DNS name (any case), optionally `*.` followed by one; never an IP address.
-fn check_host(host: &str) -> Result<(), &'static str> {
+pub(crate) fn check_host(host: &str) -> Result<(), &'static str> {
     let name = host.strip_prefix("*.").unwrap_or(host);
     if name.parse::<IpAddr>().is_ok() {
         return Err("must be a DNS name, not an IP address");

@@ -11,13 +11,14 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::api::networking::v1::Ingress;
 
 use super::compile::{
     BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Objects, Pass, backend_refs,
-    ingress_object, live_refs,
+    certificates, has_tls, ingress_object, live_refs,
 };
 use crate::core::route::{BackendId, RouteTable, Snapshot};
+use crate::core::tls::CertTable;
 
 /// What one Ingress contributes to the host index.
 struct Entry {
@@ -28,10 +29,12 @@ struct Entry {
     /// Has rules without a host.
     any_host: bool,
     has_default: bool,
+    /// The certificate table reads it.
+    tls: bool,
 }
 
 impl Entry {
-    fn new(ingress: Arc<Ingress>, classes: &Classes<'_>) -> Entry {
+    fn new(ingress: Arc<Ingress>, classes: &Classes<'_>, opts: &CompileOptions) -> Entry {
         let (ours, _) = classes.is_ours(&ingress);
         let spec = ingress.spec.as_ref();
         let mut hosts = Vec::new();
@@ -45,12 +48,14 @@ impl Entry {
         hosts.sort();
         hosts.dedup();
         let has_default = spec.is_some_and(|s| s.default_backend.is_some());
+        let tls = has_tls(&ingress, opts);
         Entry {
             ingress,
             ours,
             hosts,
             any_host,
             has_default,
+            tls,
         }
     }
 
@@ -81,6 +86,9 @@ pub struct Incremental {
     broken: HashSet<BackendId>,
     /// Backend ids the last table routes to.
     live: usize,
+    /// The last certificate table, and the Secrets it was built from (by identity).
+    certs: Arc<CertTable>,
+    secrets: Vec<usize>,
     calls: u64,
 }
 
@@ -130,8 +138,8 @@ impl HostIndex {
     }
 }
 
-fn class_ids(classes: &[Arc<IngressClass>]) -> Vec<usize> {
-    let mut ids: Vec<usize> = classes.iter().map(|c| Arc::as_ptr(c) as usize).collect();
+fn identities<T>(objects: &[Arc<T>]) -> Vec<usize> {
+    let mut ids: Vec<usize> = objects.iter().map(|c| Arc::as_ptr(c) as usize).collect();
     ids.sort_unstable();
     ids
 }
@@ -158,6 +166,8 @@ impl Incremental {
             index: HostIndex::default(),
             broken: HashSet::new(),
             live: 0,
+            certs: Arc::default(),
+            secrets: Vec::new(),
             calls: 0,
         };
         let compiled = inc.full(objects, version);
@@ -201,18 +211,29 @@ impl Incremental {
         let mut key = String::new();
         for ing in &objects.ingresses {
             key_of(ing, &mut key);
-            let entry = Entry::new(ing.clone(), &classes);
+            let entry = Entry::new(ing.clone(), &classes, &opts);
             self.index.add(&key, &entry);
             self.seen.insert(entry.id(), self.calls);
             self.duplicates |= self.ingresses.insert(key.clone(), entry).is_some();
         }
-        self.classes = class_ids(&objects.classes);
+        self.classes = identities(&objects.classes);
         self.base_refs = base_refs;
         self.broken = broken.into_iter().map(|(id, _)| id).collect();
         self.ids = ids;
         self.table = table.clone();
+        let (certs, cert_diagnostics) = certificates(
+            objects.ingresses.iter().map(|i| &**i),
+            &classes,
+            objects,
+            &opts,
+        );
+        diagnostics.extend(cert_diagnostics);
+        diagnostics.sort();
+        diagnostics.dedup();
+        self.certs = Arc::new(certs);
+        self.secrets = identities(&objects.secrets);
         Compiled {
-            snapshot: Snapshot::new(version, table, backends),
+            snapshot: Snapshot::new(version, table, backends).with_shared_certs(self.certs.clone()),
             diagnostics,
         }
     }
@@ -221,7 +242,7 @@ impl Incremental {
     /// call. Diagnostics are those of the Ingresses that changed (and of backends that broke),
     /// not the whole set again.
     pub fn update(&mut self, objects: &Objects, version: u64) -> Compiled {
-        if self.duplicates || class_ids(&objects.classes) != self.classes {
+        if self.duplicates || identities(&objects.classes) != self.classes {
             return self.full(objects, version);
         }
         self.calls += 1;
@@ -248,7 +269,7 @@ impl Incremental {
                         // Two objects of one name: only the full compiler merges those.
                         return self.full(objects, version);
                     }
-                    changed.push((key.clone(), Some(Entry::new(ing.clone(), &classes))));
+                    changed.push((key.clone(), Some(Entry::new(ing.clone(), &classes, &opts))));
                 }
             }
         }
@@ -274,6 +295,7 @@ impl Incremental {
         let mut hosts: BTreeSet<String> = BTreeSet::new();
         let mut any_host = false;
         let mut fallback = false;
+        let mut tls = false;
         let mut changed_objects: HashSet<String> = HashSet::new();
         let mut updated: Vec<String> = Vec::new();
         for (key, new) in changed {
@@ -284,6 +306,7 @@ impl Incremental {
                     hosts.extend(old.hosts.iter().cloned());
                     any_host |= old.any_host;
                     fallback |= old.has_default;
+                    tls |= old.tls;
                 }
             }
             if let Some(new) = new {
@@ -292,6 +315,7 @@ impl Incremental {
                     hosts.extend(new.hosts.iter().cloned());
                     any_host |= new.any_host;
                     fallback |= new.has_default;
+                    tls |= new.tls;
                 }
                 self.index.add(&key, &new);
                 self.seen.insert(new.id(), calls);
@@ -365,8 +389,25 @@ impl Incremental {
         diagnostics.dedup();
         self.broken = now_broken;
         self.table = table.clone();
+
+        // The certificate table: rebuilt only when a Secret or an Ingress it reads changed;
+        // otherwise shared, so workers keep their TLS configuration.
+        let secrets = identities(&objects.secrets);
+        if tls || secrets != self.secrets {
+            let (certs, cert_diagnostics) = certificates(
+                self.ingresses.values().map(|e| &*e.ingress),
+                &classes,
+                objects,
+                &opts,
+            );
+            self.certs = Arc::new(certs);
+            self.secrets = secrets;
+            diagnostics.extend(cert_diagnostics);
+            diagnostics.sort();
+            diagnostics.dedup();
+        }
         Compiled {
-            snapshot: Snapshot::new(version, table, backends),
+            snapshot: Snapshot::new(version, table, backends).with_shared_certs(self.certs.clone()),
             diagnostics,
         }
     }

@@ -24,6 +24,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::core::tls::CertTable;
+
 use crate::core::upstream::Picker;
 
 /// Index of a backend inside one [`Snapshot`]. Only meaningful with the snapshot it came from.
@@ -50,6 +52,12 @@ pub trait Router {
     /// `host` is the request authority without port (not yet lower-cased); `path` is the path
     /// part of the target, without query.
     fn route(&mut self, host: &str, path: &str) -> RouteDecision;
+
+    /// Whether a plain-HTTP request for `host` must be redirected to HTTPS (asked only on
+    /// plain listeners, before routing).
+    fn redirect_https(&mut self, _host: &str) -> bool {
+        false
+    }
 }
 
 /// A Service port resolved to pod endpoints.
@@ -292,7 +300,7 @@ impl PartialEq for RouteTable {
 impl Eq for RouteTable {}
 
 /// Longest DNS name.
-const MAX_HOST: usize = 253;
+pub(crate) const MAX_HOST: usize = 253;
 
 impl RouteTable {
     pub fn lookup(&self, host: &str, path: &str) -> Option<BackendId> {
@@ -473,7 +481,7 @@ impl RouteTable {
 
 /// Lower-cases `host` into `buf`, dropping a `:port` and one trailing dot. `None` when it
 /// cannot be a host we route (too long, not ASCII).
-fn normalize_host<'a>(host: &str, buf: &'a mut [u8; MAX_HOST]) -> Option<&'a str> {
+pub(crate) fn normalize_host<'a>(host: &str, buf: &'a mut [u8; MAX_HOST]) -> Option<&'a str> {
     let host = if host.starts_with('[') {
         // IPv6 literal: keep the brackets, drop a port after them.
         match host.find(']') {
@@ -613,6 +621,8 @@ pub struct Snapshot {
     /// Every endpoint of every backend, built once with the snapshot: a worker checks its
     /// pooled connections against it at the swap without walking all backends.
     endpoints: HashSet<SocketAddr>,
+    /// SNI host → certificate, and which hosts redirect plain HTTP to HTTPS.
+    pub certs: Arc<CertTable>,
 }
 
 impl Snapshot {
@@ -626,7 +636,20 @@ impl Snapshot {
             table,
             backends,
             endpoints,
+            certs: Arc::default(),
         }
+    }
+
+    /// The same snapshot with `certs` as its certificate table.
+    pub fn with_certs(self, certs: CertTable) -> Snapshot {
+        self.with_shared_certs(Arc::new(certs))
+    }
+
+    /// The same snapshot sharing the certificate table `certs` (with the previous snapshot,
+    /// when no certificate changed: workers then keep their TLS configuration).
+    pub fn with_shared_certs(mut self, certs: Arc<CertTable>) -> Snapshot {
+        self.certs = certs;
+        self
     }
 
     /// Whether any backend of this snapshot has `endpoint`.
@@ -684,6 +707,9 @@ impl fmt::Display for Snapshot {
         if let Some(d) = self.table.default {
             writeln!(f, "default -> {}", describe(d))?;
         }
+        for line in self.certs.describe() {
+            writeln!(f, "{line}")?;
+        }
         Ok(())
     }
 }
@@ -703,5 +729,9 @@ impl Router for SnapshotRouter<'_> {
             Some(endpoint) => RouteDecision::Forward { backend, endpoint },
             None => RouteDecision::NoEndpoints,
         }
+    }
+
+    fn redirect_https(&mut self, host: &str) -> bool {
+        self.snapshot.certs.redirects(host)
     }
 }
