@@ -63,6 +63,43 @@ fn bench_lookup(c: &mut Criterion) {
     group.bench_function("miss-to-default", |b| {
         b.iter(|| black_box(s.lookup(black_box("unknown.example.net"), black_box("/"))))
     });
+    // The same table after a change to 1,000 hosts: they live in the overlay, which every
+    // lookup consults first.
+    let changed = {
+        let mut t = RouteTableBuilder::default();
+        for h in 0..1_000u32 {
+            t.add(
+                Some(&format!("new-{h}.apps.example.com")),
+                "/",
+                PathKind::Prefix,
+                BackendId(h),
+            );
+        }
+        t.build()
+    };
+    let changes = (0..1_000u32).map(|h| {
+        let host = format!("new-{h}.apps.example.com");
+        let routes = changed.host_routes(&host).cloned();
+        (host, routes)
+    });
+    let patched = Snapshot::new(
+        2,
+        s.table
+            .patched(changes, s.table.any_host().clone(), s.table.fallback()),
+        Vec::new(),
+    );
+    assert_eq!(patched.table.overlay_len(), 1_000);
+    group.bench_function("overlay/base-host-hit", |b| {
+        b.iter(|| {
+            black_box(patched.lookup(
+                black_box("svc-7342.apps.example.com"),
+                black_box("/api/v8/resource/42"),
+            ))
+        })
+    });
+    group.bench_function("overlay/changed-host-hit", |b| {
+        b.iter(|| black_box(patched.lookup(black_box("new-512.apps.example.com"), black_box("/x"))))
+    });
     group.finish();
 }
 

@@ -143,7 +143,25 @@ pub fn metrics_text(state: &EngineState) -> String {
             })
         }),
     );
-    let simple: [Gauge; 6] = [
+    let simple: [Gauge; 9] = [
+        (
+            "sluice_tls_handshakes_full_total",
+            "counter",
+            "TLS handshakes completed in full.",
+            |m| m.tls_full.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_tls_handshakes_resumed_total",
+            "counter",
+            "TLS handshakes completed by resumption (ticket or session id).",
+            |m| m.tls_resumed.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_tls_handshakes_failed_total",
+            "counter",
+            "TLS handshakes that failed or timed out.",
+            |m| m.tls_failed.load(Ordering::Relaxed) as i64,
+        ),
         (
             "sluice_connections_active",
             "gauge",

@@ -16,7 +16,8 @@ use crate::control::compile::{CompileOptions, PortRef, ServiceRef};
 use crate::control::watch::{KubeOptions, parse_namespaced_name};
 use crate::core::conn::{ConnConfig, Scheme, Timeouts};
 use crate::core::http1::{Limits, MAX_HEADERS_CAP};
-use crate::engine::EngineConfig;
+use crate::core::tls::TlsSettings;
+use crate::engine::{EngineConfig, HttpsConfig};
 
 /// A configuration error: where and what.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,12 +74,74 @@ struct Raw {
     upstream: RawUpstream,
     #[serde(default)]
     sources: RawSources,
+    #[serde(default)]
+    tls: RawTls,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    default_certificate: Option<Spanned<String>>,
+    default_certificate_file: Option<Spanned<RawCertFile>>,
+    #[serde(default)]
+    certificates: Vec<Spanned<RawCertFile>>,
+    handshake_timeout: Option<Spanned<String>>,
+    session_cache_size: Option<Spanned<usize>>,
+    ssl_redirect: Option<Spanned<bool>>,
+    force_ssl_redirect: Option<Spanned<bool>>,
+    hsts: Option<Spanned<bool>>,
+    hsts_max_age: Option<Spanned<u64>>,
+    hsts_include_subdomains: Option<Spanned<bool>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertFile {
+    #[serde(default)]
+    hosts: Vec<String>,
+    cert: String,
+    key: String,
+}
+
+/// A certificate and key in PEM files, with the SNI hosts it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertFile {
+    pub hosts: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The `[tls]` section (redirect defaults and the default Secret live in `compile.tls`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub default_certificate_file: Option<CertFile>,
+    pub certificates: Vec<CertFile>,
+    pub handshake_timeout: Duration,
+    pub session_cache_size: usize,
+    pub hsts: bool,
+    pub hsts_max_age: u64,
+    pub hsts_include_subdomains: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            default_certificate_file: None,
+            certificates: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            session_cache_size: 20_000,
+            hsts: true,
+            hsts_max_age: 31_536_000,
+            hsts_include_subdomains: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListen {
     http: Option<Spanned<String>>,
+    https: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
 }
 
@@ -151,6 +214,7 @@ pub struct Config {
     /// Or just a count (not pinned to specific CPUs).
     pub worker_count: Option<usize>,
     pub http: SocketAddr,
+    pub https: SocketAddr,
     pub admin: SocketAddr,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -162,6 +226,7 @@ pub struct Config {
     pub compile: CompileOptions,
     /// The Kubernetes route source (`[sources]` kubernetes keys).
     pub kubernetes: KubeOptions,
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -170,6 +235,7 @@ impl Default for Config {
             workers: None,
             worker_count: None,
             http: "0.0.0.0:80".parse().expect("valid default"),
+            https: "0.0.0.0:443".parse().expect("valid default"),
             admin: "0.0.0.0:10254".parse().expect("valid default"),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -180,6 +246,7 @@ impl Default for Config {
             manifests: None,
             compile: CompileOptions::default(),
             kubernetes: KubeOptions::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -357,6 +424,56 @@ impl Config {
             }
         }
         c.http = ctx.addr(&raw.listen.http, "listen.http", d.http)?;
+        c.https = ctx.addr(&raw.listen.https, "listen.https", d.https)?;
+        let t = &raw.tls;
+        if let Some(v) = &t.default_certificate {
+            c.compile.tls.default_secret = Some(
+                parse_secret_ref(v.get_ref())
+                    .map_err(|m| ctx.at(v.span().start, "tls.default_certificate", m))?,
+            );
+        }
+        let file = |f: &RawCertFile| CertFile {
+            hosts: f.hosts.clone(),
+            cert: PathBuf::from(&f.cert),
+            key: PathBuf::from(&f.key),
+        };
+        c.tls.default_certificate_file = t
+            .default_certificate_file
+            .as_ref()
+            .map(|f| file(f.get_ref()));
+        for (i, f) in t.certificates.iter().enumerate() {
+            if f.get_ref().hosts.is_empty() {
+                return Err(ctx.at(
+                    f.span().start,
+                    &format!("tls.certificates[{i}].hosts"),
+                    "names no host",
+                ));
+            }
+            c.tls.certificates.push(file(f.get_ref()));
+        }
+        c.tls.handshake_timeout = ctx.duration(
+            &t.handshake_timeout,
+            "tls.handshake_timeout",
+            d.tls.handshake_timeout,
+        )?;
+        if let Some(v) = &t.session_cache_size {
+            c.tls.session_cache_size = *v.get_ref();
+        }
+        if let Some(v) = &t.ssl_redirect {
+            c.compile.tls.ssl_redirect = *v.get_ref();
+        }
+        if let Some(v) = &t.force_ssl_redirect {
+            c.compile.tls.force_ssl_redirect = *v.get_ref();
+        }
+        if let Some(v) = &t.hsts {
+            c.tls.hsts = *v.get_ref();
+        }
+        if let Some(v) = &t.hsts_max_age {
+            c.tls.hsts_max_age = *v.get_ref();
+        }
+        if let Some(v) = &t.hsts_include_subdomains {
+            c.tls.hsts_include_subdomains = *v.get_ref();
+        }
         c.admin = ctx.addr(&raw.listen.admin, "listen.admin", d.admin)?;
         let l = &raw.limits;
         let dl = &d.limits;
@@ -491,7 +608,41 @@ impl Config {
             timeouts: self.timeouts.clone(),
             buffer_size: self.buffer_size,
             scheme: Scheme::Http,
+            hsts: None,
+            https_port: self.https.port(),
         }
+    }
+
+    /// The `Strict-Transport-Security` value, if HSTS is on.
+    pub fn hsts_value(&self) -> Option<Arc<str>> {
+        let t = &self.tls;
+        t.hsts.then(|| {
+            let sub = if t.hsts_include_subdomains {
+                "; includeSubDomains"
+            } else {
+                ""
+            };
+            format!("max-age={}{sub}", t.hsts_max_age).into()
+        })
+    }
+
+    /// The HTTPS listener: connection settings (`X-Forwarded-Proto: https`, HSTS) and TLS
+    /// settings with fresh session-ticket keys (rotated every 6 hours) and a session cache.
+    pub fn https_config(&self) -> Result<HttpsConfig, String> {
+        let provider = crate::control::certs::provider();
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| format!("cannot make session-ticket keys: {e}"))?;
+        let sessions = rustls::server::ServerSessionMemoryCache::new(self.tls.session_cache_size);
+        let settings = TlsSettings::new(provider, ticketer, sessions, self.tls.handshake_timeout)
+            .map_err(|e| format!("TLS settings: {e}"))?;
+        let mut conn = self.conn_config();
+        conn.scheme = Scheme::Https;
+        conn.hsts = self.hsts_value();
+        Ok(HttpsConfig {
+            addr: self.https,
+            conn: Arc::new(conn),
+            settings: Arc::new(settings),
+        })
     }
 
     pub fn engine_config(&self) -> EngineConfig {
@@ -512,6 +663,16 @@ impl Config {
             upstream_idle_timeout: self.upstream_idle_timeout,
             shutdown_grace: self.shutdown_grace,
         }
+    }
+}
+
+/// `namespace/name` of a Secret.
+pub fn parse_secret_ref(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("expected \"namespace/name\" (got {text:?})")),
     }
 }
 

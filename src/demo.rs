@@ -105,6 +105,12 @@ fn serve(stream: TcpStream, name: &str, requests: &AtomicUsize) -> io::Result<()
         if !echo_xff.is_empty() {
             head.push_str(&format!("X-Seen-{echo_xff}\r\n"));
         }
+        if let Some(proto) = headers
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("x-forwarded-proto:"))
+        {
+            head.push_str(&format!("X-Seen-{proto}\r\n"));
+        }
         if close {
             head.push_str("Connection: close\r\n");
         }

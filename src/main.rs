@@ -9,8 +9,10 @@ use std::time::Duration;
 use sluice::config::Config;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sluice::control::compile::{Compiled, Objects, compile};
+use sluice::control::certs;
+use sluice::control::compile::{Compiled, Objects};
 use sluice::control::files::{FileSource, FileWatcher};
+use sluice::control::incremental::Incremental;
 use sluice::control::manifests::{Object, parse_documents};
 use sluice::control::watch::{KubeSettings, KubeSource, parse_namespaced_name};
 use sluice::demo;
@@ -18,8 +20,8 @@ use sluice::engine::{Engine, uring};
 
 const USAGE: &str = "\
 usage:
-  sluice run   [--config FILE] [--manifests DIR] [--http ADDR] [--admin ADDR] [--workers N]
-               [KUBERNETES FLAGS]
+  sluice run   [--config FILE] [--manifests DIR] [--http ADDR] [--https ADDR] [--admin ADDR]
+               [--workers N] [--default-ssl-certificate NS/NAME] [KUBERNETES FLAGS]
   sluice check [--config FILE] [--manifests DIR] [KUBERNETES FLAGS]
                                                    validate; print the compiled routes or errors
   sluice demo  [--http ADDR]                       embedded default: no cluster, no files
@@ -43,6 +45,8 @@ struct Args {
     config: Option<PathBuf>,
     manifests: Option<PathBuf>,
     http: Option<String>,
+    https: Option<String>,
+    default_ssl_certificate: Option<String>,
     admin: Option<String>,
     workers: Option<String>,
     kubernetes: bool,
@@ -67,6 +71,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--config" => args.config = Some(value()?.into()),
             "--manifests" => args.manifests = Some(value()?.into()),
             "--http" => args.http = Some(value()?),
+            "--https" => args.https = Some(value()?),
+            "--default-ssl-certificate" => args.default_ssl_certificate = Some(value()?),
             "--admin" => args.admin = Some(value()?),
             "--workers" => args.workers = Some(value()?),
             "--kubernetes" => args.kubernetes = true,
@@ -96,6 +102,17 @@ fn load_config(args: &Args) -> Result<Config, String> {
         config.http = http
             .parse()
             .map_err(|_| format!("--http: not an address: {http}"))?;
+    }
+    if let Some(https) = &args.https {
+        config.https = https
+            .parse()
+            .map_err(|_| format!("--https: not an address: {https}"))?;
+    }
+    if let Some(secret) = &args.default_ssl_certificate {
+        config.compile.tls.default_secret = Some(
+            sluice::config::parse_secret_ref(secret)
+                .map_err(|e| format!("--default-ssl-certificate: {e}"))?,
+        );
     }
     if let Some(admin) = &args.admin {
         config.admin = admin
@@ -212,8 +229,13 @@ fn serve_kube(config: &Config) -> Result<(), String> {
     let Some((mut source, compiled)) = sync_cluster(config, &signals, None)? else {
         return Ok(());
     };
-    let engine = Engine::start(config.engine_config(), Arc::new(compiled.snapshot))
-        .map_err(|e| e.to_string())?;
+    let https = config.https_config()?;
+    let engine = Engine::start_with_https(
+        config.engine_config(),
+        Some(https),
+        Arc::new(compiled.snapshot),
+    )
+    .map_err(|e| e.to_string())?;
     let stats = source.stats();
     if let Ok(mut extra) = engine.state().extra_metrics.lock() {
         extra.push(Box::new(move |out: &mut String| stats.render(out)));
@@ -228,6 +250,9 @@ fn serve_kube(config: &Config) -> Result<(), String> {
             .map(|a| a.to_string())
             .unwrap_or_default()
     );
+    if let Some(https) = engine.https_addr() {
+        eprintln!("sluice: serving https on {https}");
+    }
     let sig = signals.recv().unwrap_or(15);
     eprintln!(
         "sluice: signal {sig}: draining (grace {:?})",
@@ -241,10 +266,25 @@ fn serve_kube(config: &Config) -> Result<(), String> {
 }
 
 /// Loads the manifests directory (if any) and compiles it with `extra`; prints every problem.
+/// Loads the certificates the config names (files) and makes the fallback default: the
+/// default file, else a self-signed certificate generated now.
+fn load_certificates(config: &mut Config) -> Result<(), String> {
+    let now = certs::wall_clock();
+    for f in &config.tls.certificates {
+        let cert = certs::load_files(&f.cert, &f.key, now)?;
+        config.compile.tls.files.push((f.hosts.clone(), cert));
+    }
+    config.compile.tls.default_cert = Some(match &config.tls.default_certificate_file {
+        Some(f) => certs::load_files(&f.cert, &f.key, now)?,
+        None => certs::self_signed()?,
+    });
+    Ok(())
+}
+
 fn compile_routes(
     config: &Config,
     extra: Vec<Object>,
-) -> Result<(Compiled, Option<FileSource>), String> {
+) -> Result<(Incremental, Compiled, Option<FileSource>), String> {
     let mut source = config.manifests.as_deref().map(FileSource::new);
     let errors = source.as_mut().map(FileSource::refresh).unwrap_or_default();
     for e in &errors {
@@ -256,7 +296,8 @@ fn compile_routes(
     objects.classes.extend(extra.classes);
     objects.services.extend(extra.services);
     objects.slices.extend(extra.slices);
-    let compiled = compile(&objects, &config.compile, 1);
+    objects.secrets.extend(extra.secrets);
+    let (compiler, compiled) = Incremental::new(&objects, config.compile.clone(), 1);
     for d in &compiled.diagnostics {
         eprintln!("sluice: rejected: {d}");
     }
@@ -266,24 +307,28 @@ fn compile_routes(
             errors.len()
         ));
     }
-    Ok((compiled, source))
+    Ok((compiler, compiled, source))
 }
 
 fn serve(
     config: &Config,
-    compiled: Compiled,
-    source: Option<FileSource>,
+    (compiler, compiled, source): (Incremental, Compiled, Option<FileSource>),
     banner: Option<String>,
 ) -> Result<(), String> {
     uring::block_termination_signals();
-    let engine = Engine::start(config.engine_config(), Arc::new(compiled.snapshot))
-        .map_err(|e| e.to_string())?;
+    let https = config.https_config()?;
+    let engine = Engine::start_with_https(
+        config.engine_config(),
+        Some(https),
+        Arc::new(compiled.snapshot),
+    )
+    .map_err(|e| e.to_string())?;
     let stop_watching = Arc::new(AtomicBool::new(false));
     let watcher = match source {
         Some(source) => Some(
             FileWatcher::spawn(
                 source,
-                config.compile.clone(),
+                compiler,
                 engine.publisher(),
                 1,
                 stop_watching.clone(),
@@ -301,6 +346,9 @@ fn serve(
             .map(|a| a.to_string())
             .unwrap_or_default()
     );
+    if let Some(https) = engine.https_addr() {
+        eprintln!("sluice: serving https on {https}");
+    }
     if let Some(banner) = banner {
         println!("{banner}");
     }
@@ -327,6 +375,10 @@ fn demo_main(args: &Args) -> Result<(), String> {
     if args.admin.is_none() {
         config.admin = "127.0.0.1:10254".parse().expect("valid");
     }
+    if args.https.is_none() {
+        config.https = "127.0.0.1:8443".parse().expect("valid");
+    }
+    load_certificates(&mut config)?;
     let local = "127.0.0.1:0".parse().expect("valid");
     let a = demo::spawn_upstream("pod-a", local).map_err(|e| e.to_string())?;
     let b = demo::spawn_upstream("pod-b", local).map_err(|e| e.to_string())?;
@@ -334,7 +386,7 @@ fn demo_main(args: &Args) -> Result<(), String> {
     if let Some(e) = errors.first() {
         return Err(format!("embedded demo routes: {e}"));
     }
-    let (compiled, source) = compile_routes(&config, objects)?;
+    let routes = compile_routes(&config, objects)?;
     let h = config.http;
     let banner = format!(
         "Sluice demo: two in-process upstreams (pod-a {}, pod-b {}) behind {h}. Try:\n\
@@ -348,7 +400,7 @@ fn demo_main(args: &Args) -> Result<(), String> {
          \nCtrl-C stops it.",
         a.addr, b.addr, config.admin, config.admin
     );
-    serve(&config, compiled, source, Some(banner))
+    serve(&config, routes, Some(banner))
 }
 
 fn main() -> ExitCode {
@@ -365,14 +417,16 @@ fn main() -> ExitCode {
         _ => {}
     }
     let result = parse_args(argv).and_then(|args| match args.command.as_str() {
-        "run" => load_config(&args).and_then(|config| {
+        "run" => load_config(&args).and_then(|mut config| {
+            load_certificates(&mut config)?;
             if config.kubernetes.enabled {
                 return serve_kube(&config);
             }
-            let (compiled, source) = compile_routes(&config, Vec::new())?;
-            serve(&config, compiled, source, None)
+            let routes = compile_routes(&config, Vec::new())?;
+            serve(&config, routes, None)
         }),
-        "check" => load_config(&args).and_then(|config| {
+        "check" => load_config(&args).and_then(|mut config| {
+            load_certificates(&mut config)?;
             let compiled = if config.kubernetes.enabled {
                 let signals = signal_channel();
                 let within = Some(Duration::from_secs(30));
@@ -382,7 +436,7 @@ fn main() -> ExitCode {
                 source.stop();
                 compiled
             } else {
-                compile_routes(&config, Vec::new())?.0
+                compile_routes(&config, Vec::new())?.1
             };
             print!("{}", compiled.snapshot);
             if compiled.diagnostics.is_empty() {

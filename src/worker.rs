@@ -17,6 +17,7 @@ use std::time::Duration;
 use crate::core::conn::{Action, ClientInfo, Conn, ConnConfig};
 use crate::core::route::{Snapshot, SnapshotRouter};
 use crate::core::time::Instant;
+use crate::core::tls::{Received, TlsSession, TlsSettings};
 use crate::core::upstream::Picker;
 use crate::engine::uring::{self, Completion, Op, Ring, SockAddr, Token};
 
@@ -54,6 +55,11 @@ pub struct WorkerMetrics {
     pub upstream_connect_errors: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// TLS handshakes completed in full, completed by resumption, and failed (bad
+    /// messages, no certificate, timed out).
+    pub tls_full: AtomicU64,
+    pub tls_resumed: AtomicU64,
+    pub tls_failed: AtomicU64,
     /// Version of the snapshot this worker serves.
     pub snapshot_version: AtomicU64,
     /// The worker's loop is running with its first snapshot.
@@ -85,7 +91,20 @@ pub struct WorkerSetup {
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// The HTTPS listener, if any.
+    pub https: Option<WorkerHttps>,
 }
+
+/// A worker's HTTPS listener: its socket, its connections' settings and the TLS settings
+/// (ticket keys and session cache are shared by every worker).
+pub struct WorkerHttps {
+    pub listener: RawFd,
+    pub conn: Arc<ConnConfig>,
+    pub settings: Arc<TlsSettings>,
+}
+
+/// The accept token's slot for the HTTPS listener (the plain one is 0).
+const HTTPS_LISTENER: u32 = 1;
 
 /// An accepted client connection.
 struct Client {
@@ -100,6 +119,21 @@ struct Client {
     inflight: u32,
     closed: bool,
     timer: Option<Instant>,
+    /// HTTPS: the TLS session between the socket and `conn`.
+    tls: Option<Box<TlsSession>>,
+    /// HTTPS: shut the write side once close_notify is written.
+    shut_after_flush: bool,
+}
+
+impl Client {
+    /// The connection machine's deadline, or the handshake's if earlier.
+    fn deadline(&self) -> Option<Instant> {
+        let tls = self.tls.as_ref().and_then(|t| t.deadline());
+        match (self.conn.deadline(), tls) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -198,6 +232,9 @@ pub struct Worker {
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     accepting: bool,
     accept_armed: bool,
+    https_accept_armed: bool,
+    /// The rustls config for new HTTPS connections, bound to the snapshot's certificates.
+    tls_config: Option<Arc<rustls::ServerConfig>>,
     accept_paused_until: Option<Instant>,
     completions: Vec<Completion>,
     /// Clients touched this turn, to drive once.
@@ -216,6 +253,10 @@ impl Worker {
             .metrics
             .snapshot_version
             .store(snapshot.version, Ordering::Release);
+        let tls_config = setup
+            .https
+            .as_ref()
+            .map(|h| h.settings.server_config(snapshot.certs.clone()));
         Ok(Worker {
             ring,
             setup,
@@ -227,6 +268,8 @@ impl Worker {
             timers: BinaryHeap::new(),
             accepting: true,
             accept_armed: false,
+            https_accept_armed: false,
+            tls_config,
             accept_paused_until: None,
             completions: Vec::with_capacity(MAX_COMPLETIONS),
             touched: Vec::new(),
@@ -303,6 +346,21 @@ impl Worker {
                     }
                 }
             }
+            if self.accepting
+                && !self.https_accept_armed
+                && self.accept_paused_until.is_none()
+                && let Some(https) = &self.setup.https
+            {
+                self.ring.accept_multi(
+                    https.listener,
+                    Token {
+                        op: Op::Accept,
+                        slot: HTTPS_LISTENER,
+                        generation: 0,
+                    },
+                );
+                self.https_accept_armed = true;
+            }
             let wait = self.next_wait(now);
             self.ring.submit_and_wait(wait)?;
             let now = clock();
@@ -318,6 +376,9 @@ impl Worker {
         }
         self.close_pool();
         uring::close(self.setup.listener);
+        if let Some(https) = &self.setup.https {
+            uring::close(https.listener);
+        }
         // The eventfd stays open (the engine owns it); a read still armed ends with the ring.
         self.setup.metrics.serving.store(false, Ordering::Release);
         Ok(())
@@ -338,6 +399,12 @@ impl Worker {
         });
         for ui in gone {
             self.close_upstream(ui);
+        }
+        if let Some(https) = &self.setup.https
+            && !Arc::ptr_eq(&snapshot.certs, &self.snapshot.certs)
+        {
+            // New handshakes use the new certificates; established sessions keep theirs.
+            self.tls_config = Some(https.settings.server_config(snapshot.certs.clone()));
         }
         let version = snapshot.version;
         let old = std::mem::replace(&mut self.snapshot, snapshot);
@@ -368,6 +435,9 @@ impl Worker {
             // Wakes the multishot accept (it completes with an error) and refuses new
             // connections from here on.
             uring::shutdown(self.setup.listener, libc::SHUT_RD);
+            if let Some(https) = &self.setup.https {
+                uring::shutdown(https.listener, libc::SHUT_RD);
+            }
         }
     }
 
@@ -376,7 +446,7 @@ impl Worker {
             return;
         };
         match token.op {
-            Op::Accept => self.accepted(c, now),
+            Op::Accept => self.accepted(token, c, now),
             Op::ClientRecv => self.client_recv(token, c, now),
             Op::ClientSend => self.client_send(token, c, now),
             Op::UpstreamConnect => self.upstream_connect(token, c, now),
@@ -387,9 +457,14 @@ impl Worker {
         }
     }
 
-    fn accepted(&mut self, c: Completion, now: Instant) {
+    fn accepted(&mut self, token: Token, c: Completion, now: Instant) {
+        let https = token.slot == HTTPS_LISTENER;
         if !c.more {
-            self.accept_armed = false;
+            if https {
+                self.https_accept_armed = false;
+            } else {
+                self.accept_armed = false;
+            }
         }
         if c.result < 0 {
             let err = -c.result;
@@ -413,7 +488,19 @@ impl Worker {
             peer: uring::peer_addr(fd).unwrap_or(unspecified),
             local: uring::local_addr(fd).unwrap_or(unspecified),
         };
-        let conn = Conn::new(info, self.setup.conn.clone(), now);
+        let (config, tls) = match (&self.setup.https, &self.tls_config) {
+            (Some(h), Some(tls_config)) if https => {
+                match TlsSession::new(tls_config.clone(), &h.settings, now) {
+                    Ok(session) => (h.conn.clone(), Some(Box::new(session))),
+                    Err(_) => {
+                        uring::close(fd);
+                        return;
+                    }
+                }
+            }
+            _ => (self.setup.conn.clone(), None),
+        };
+        let conn = Conn::new(info, config, now);
         let slot = self.clients.insert(|generation| Client {
             generation,
             fd,
@@ -424,6 +511,8 @@ impl Worker {
             inflight: 0,
             closed: false,
             timer: None,
+            tls,
+            shut_after_flush: false,
         });
         let m = &self.setup.metrics;
         WorkerMetrics::add(&m.accepted, 1);
@@ -450,7 +539,33 @@ impl Worker {
                 (n, Some(bid)) if n > 0 => {
                     let data = self.ring.received(bid, n as usize);
                     WorkerMetrics::add(&self.setup.metrics.bytes_in, n as u64);
-                    client.conn.client_data(data, now, &mut router);
+                    match &mut client.tls {
+                        None => client.conn.client_data(data, now, &mut router),
+                        Some(tls) => {
+                            let conn = &mut client.conn;
+                            let handshaking = tls.is_handshaking();
+                            let mut deliver =
+                                |plain: &[u8]| conn.client_data(plain, now, &mut router);
+                            let result = tls.receive(data, &mut deliver);
+                            let m = &self.setup.metrics;
+                            if handshaking && result.is_err() {
+                                WorkerMetrics::add(&m.tls_failed, 1);
+                            } else if handshaking && !tls.is_handshaking() {
+                                let kind = if tls.resumed() {
+                                    &m.tls_resumed
+                                } else {
+                                    &m.tls_full
+                                };
+                                WorkerMetrics::add(kind, 1);
+                            }
+                            match result {
+                                Ok(Received::Open) => {}
+                                Ok(Received::Closed) => conn.client_eof(now, &mut router),
+                                // The alert rustls queued is written by `close_client`.
+                                Err(_) => conn.client_error(now),
+                            }
+                        }
+                    }
                 }
                 (0, _) => client.conn.client_eof(now, &mut router),
                 (n, _) if n == -libc::ENOBUFS => {} // re-armed below when buffers return
@@ -478,9 +593,17 @@ impl Worker {
             };
             if c.result >= 0 {
                 WorkerMetrics::add(&self.setup.metrics.bytes_out, c.result as u64);
-                client
-                    .conn
-                    .client_sent(buf, c.result as usize, now, &mut router);
+                match &mut client.tls {
+                    None => client
+                        .conn
+                        .client_sent(buf, c.result as usize, now, &mut router),
+                    Some(tls) => {
+                        // The machine's buffer comes back once all of its ciphertext is out.
+                        if let Some((plain, len)) = tls.sent(buf, c.result as usize) {
+                            client.conn.client_sent(plain, len, now, &mut router);
+                        }
+                    }
+                }
             } else {
                 client.conn.client_error(now);
             }
@@ -641,7 +764,14 @@ impl Worker {
                     let class = usize::from(status / 100).clamp(1, 5) - 1;
                     WorkerMetrics::add(&self.setup.metrics.responses[class], 1);
                 }
-                Action::ShutdownClientWrite => uring::shutdown(client.fd, libc::SHUT_WR),
+                Action::ShutdownClientWrite => match &mut client.tls {
+                    None => uring::shutdown(client.fd, libc::SHUT_WR),
+                    Some(tls) => {
+                        // close_notify first; the FIN follows once it is written.
+                        tls.close_notify();
+                        client.shut_after_flush = true;
+                    }
+                },
                 Action::CloseClient => {
                     self.close_client(slot);
                     return;
@@ -660,12 +790,26 @@ impl Worker {
             slot: slot as u32,
             generation: client.generation,
         };
-        if client.sending.is_none()
-            && let Some(buf) = client.conn.take_client_output()
-        {
-            self.ring.send(client.fd, &buf, token(Op::ClientSend));
-            client.sending = Some(buf);
-            client.inflight += 1;
+        if client.sending.is_none() {
+            let out = match &mut client.tls {
+                None => client.conn.take_client_output(),
+                Some(tls) => {
+                    if tls.wants_plain()
+                        && let Some(plain) = client.conn.take_client_output()
+                    {
+                        tls.push_plain(plain);
+                    }
+                    tls.take_output()
+                }
+            };
+            if let Some(buf) = out {
+                self.ring.send(client.fd, &buf, token(Op::ClientSend));
+                client.sending = Some(buf);
+                client.inflight += 1;
+            } else if client.shut_after_flush {
+                client.shut_after_flush = false;
+                uring::shutdown(client.fd, libc::SHUT_WR);
+            }
         }
         if !client.recv_armed && client.conn.wants_client_read() {
             self.ring.recv(client.fd, token(Op::ClientRecv));
@@ -675,7 +819,7 @@ impl Worker {
         // One heap entry per connection at most: a later deadline is left to the armed
         // entry, which re-arms itself when it fires early (deadlines move on every event, and
         // pushing each move would grow the heap with the request rate).
-        if let Some(at) = client.conn.deadline()
+        if let Some(at) = client.deadline()
             && client.timer.is_none_or(|armed| at < armed)
         {
             client.timer = Some(at);
@@ -842,6 +986,18 @@ impl Worker {
             && !client.closed
         {
             client.closed = true;
+            // TLS: what is still queued (an alert, close_notify) is written now if no send
+            // is in flight, best effort and without waiting.
+            if client.sending.is_none()
+                && let Some(tls) = &mut client.tls
+            {
+                if !tls.is_handshaking() {
+                    tls.close_notify();
+                }
+                if let Some(out) = tls.take_output() {
+                    uring::send_now(client.fd, &out);
+                }
+            }
             // As for upstreams: close the descriptor once nothing of it is in flight.
             uring::shutdown(client.fd, libc::SHUT_RDWR);
             self.setup.metrics.active.fetch_sub(1, Ordering::Relaxed);
@@ -872,7 +1028,18 @@ impl Worker {
                 continue; // superseded by an earlier entry
             }
             client.timer = None;
-            match client.conn.deadline() {
+            if client
+                .tls
+                .as_ref()
+                .and_then(|t| t.deadline())
+                .is_some_and(|d| d <= now)
+            {
+                // The TLS handshake did not finish in time.
+                WorkerMetrics::add(&self.setup.metrics.tls_failed, 1);
+                self.close_client(slot);
+                continue;
+            }
+            match client.deadline() {
                 Some(deadline) if deadline > now => {
                     // The deadline moved on since this entry was armed: re-arm.
                     client.timer = Some(deadline);

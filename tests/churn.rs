@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use sluice::control::compile::{CompileOptions, compile};
 use sluice::control::files::{FileSource, FileWatcher};
+use sluice::control::incremental::Incremental;
 use sluice::core::conn::ConnConfig;
 use sluice::demo::spawn_upstream;
 use sluice::engine::{Engine, EngineConfig};
@@ -107,8 +108,7 @@ fn hundreds_of_rewrites_under_keep_alive_traffic_fail_no_request() {
 
     let mut source = FileSource::new(&dir);
     assert!(source.refresh().is_empty());
-    let options = CompileOptions::default();
-    let first = compile(&source.objects(), &options, 1);
+    let (compiler, first) = Incremental::new(&source.objects(), CompileOptions::default(), 1);
     let cfg = EngineConfig {
         workers: vec![None, None],
         http: "127.0.0.1:0".parse().unwrap(),
@@ -120,7 +120,8 @@ fn hundreds_of_rewrites_under_keep_alive_traffic_fail_no_request() {
     };
     let engine = Engine::start(cfg, Arc::new(first.snapshot)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = FileWatcher::spawn(source, options, engine.publisher(), 1, stop.clone()).unwrap();
+    let watcher =
+        FileWatcher::spawn(source, compiler, engine.publisher(), 1, stop.clone()).unwrap();
 
     // (time written, endpoint set) of every configuration.
     let epoch = Instant::now();

@@ -38,6 +38,8 @@ fn run_sluice(dir: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr) {
         .args([
             "--http",
             "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
             "--workers",

@@ -185,6 +185,75 @@ fn malformed_request_gets_400_over_a_real_socket() {
     engine.join().unwrap();
 }
 
+/// Every status the core answers for a malformed request, over a real socket: the exact code,
+/// a `Connection: close` answer, and nothing forwarded upstream.
+#[test]
+fn malformed_requests_get_the_core_statuses_over_real_sockets() {
+    let a = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let b = spawn_upstream("B", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut conn = ConnConfig::default();
+    conn.limits.max_body_bytes = Some(16);
+    let engine = start(&routes(&a, &b, closed_port()), 1, conn);
+    let long_target = format!("/{}", "x".repeat(9000));
+    let many_fields: String = (0..101).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let huge_field = format!("X-Big: {}\r\n", "v".repeat(33 * 1024));
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "body over max_body_bytes",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 17\r\n\r\n".to_string(),
+            413,
+        ),
+        (
+            "request line over 8 KiB",
+            format!("GET {long_target} HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+            414,
+        ),
+        (
+            "more than 100 header fields",
+            format!("GET / HTTP/1.1\r\nHost: a.test\r\n{many_fields}\r\n"),
+            431,
+        ),
+        (
+            "head over 32 KiB",
+            format!("GET / HTTP/1.1\r\nHost: a.test\r\n{huge_field}\r\n"),
+            431,
+        ),
+        (
+            "unknown transfer coding",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked2\r\n\r\n"
+                .to_string(),
+            501,
+        ),
+        (
+            "HTTP/2.0 request line",
+            "GET / HTTP/2.0\r\nHost: a.test\r\n\r\n".to_string(),
+            505,
+        ),
+        (
+            "obs-fold",
+            "GET / HTTP/1.1\r\nHost: a.test\r\nX-A: 1\r\n  folded\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            "two Host fields",
+            "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n".to_string(),
+            400,
+        ),
+    ];
+    for (what, request, want) in cases {
+        let mut s = client(&engine);
+        // The server may answer and close before reading all of a large head.
+        let _ = s.write_all(request.as_bytes());
+        let (status, head, _) = read_response(&mut s);
+        assert_eq!(status, want, "{what}: {head}");
+        assert!(head.contains("Connection: close"), "{what}: {head}");
+        assert!(head.contains("Server: sluice"), "{what}: {head}");
+    }
+    assert_eq!(a.requests.load(Ordering::Relaxed), 0, "nothing forwarded");
+    engine.stop();
+    engine.join().unwrap();
+}
+
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let a = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();

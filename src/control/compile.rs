@@ -28,7 +28,8 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::manifests::Object;
-use crate::core::route::{Backend, BackendId, PathKind, RouteTableBuilder, Snapshot};
+use crate::core::route::{Backend, BackendId, PathKind, RouteTable, RouteTableBuilder, Snapshot};
+use crate::core::tls::CertTable;
 
 /// Annotation marking the cluster's default IngressClass.
 pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
@@ -104,6 +105,8 @@ pub struct CompileOptions {
     pub watch_without_class: bool,
     /// The controller's default backend, used when nothing else matches.
     pub default_backend: Option<ServiceRef>,
+    /// Certificates and HTTPS redirects (see `certs`).
+    pub tls: super::certs::TlsOptions,
 }
 
 impl Default for CompileOptions {
@@ -113,6 +116,7 @@ impl Default for CompileOptions {
             ingress_class: "sluice".to_string(),
             watch_without_class: false,
             default_backend: None,
+            tls: super::certs::TlsOptions::default(),
         }
     }
 }
@@ -149,65 +153,182 @@ fn meta_name(meta: &ObjectMeta) -> (&str, &str) {
 
 /// Compiles `objects` into snapshot `version`.
 pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compiled {
-    let mut c = Compiler {
-        services: objects
-            .services
-            .iter()
-            .map(|s| (meta_name(&s.metadata), &**s))
-            .collect(),
-        slices: index_slices(&objects.slices),
-        seen: HashMap::new(),
-        backend_ids: HashMap::new(),
-        backends: Vec::new(),
-        diagnostics: Vec::new(),
-    };
-
-    // Our IngressClasses by name, with whether one of that name is marked the default.
-    let mut our_classes: BTreeMap<&str, bool> = BTreeMap::new();
-    for class in &objects.classes {
-        let controller = class.spec.as_ref().and_then(|s| s.controller.as_deref());
-        let Some(name) = class.metadata.name.as_deref() else {
-            continue;
-        };
-        if controller != Some(opts.controller.as_str()) {
-            continue;
-        }
-        let is_default = class
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
-            .is_some_and(|v| v == "true");
-        *our_classes.entry(name).or_default() |= is_default;
+    let mut ids = BackendIds::default();
+    let classes = Classes::new(&objects.classes, opts);
+    let (table, pass) = Pass::run(
+        objects,
+        opts,
+        &classes,
+        &mut ids,
+        objects.ingresses.iter().map(|i| &**i),
+    );
+    let count = pass.backend_count();
+    let refs = live_refs(&table, &backend_refs(&table, count), count);
+    let (backends, _, mut diagnostics) = pass.finish(&|id| refs[id.0 as usize] > 0);
+    let (certs, cert_diagnostics) = certificates(
+        objects.ingresses.iter().map(|i| &**i),
+        &classes,
+        objects,
+        opts,
+    );
+    diagnostics.extend(cert_diagnostics);
+    diagnostics.sort();
+    diagnostics.dedup();
+    Compiled {
+        snapshot: Snapshot::new(version, table, backends).with_certs(certs),
+        diagnostics,
     }
-    let default_class_is_ours = our_classes.values().any(|d| *d);
-    let class_exists = |name: &str| {
-        objects
-            .classes
+}
+
+/// The certificate table of those of `ingresses` that are ours (oldest first: the first
+/// certificate for a host wins) and the Secrets of `objects`, with its diagnostics.
+pub fn certificates<'a>(
+    ingresses: impl Iterator<Item = &'a Ingress>,
+    classes: &Classes<'_>,
+    objects: &Objects,
+    opts: &CompileOptions,
+) -> (CertTable, Vec<Diagnostic>) {
+    let mut ours: Vec<&Ingress> = ingresses.filter(|i| classes.is_ours(i).0).collect();
+    oldest_first(&mut ours);
+    super::certs::build(
+        &ours,
+        &objects.secrets,
+        &opts.tls,
+        super::certs::wall_clock(),
+    )
+}
+
+/// Whether the certificate table reads anything of `ing` (its `spec.tls`, its redirect
+/// annotations, or its rule hosts when redirects are forced everywhere).
+pub fn has_tls(ing: &Ingress, opts: &CompileOptions) -> bool {
+    let annotated = ing.metadata.annotations.as_ref().is_some_and(|a| {
+        super::certs::SSL_REDIRECT
             .iter()
-            .any(|c| c.metadata.name.as_deref() == Some(name))
-    };
-
-    // Oldest first: that order decides conflicts, and makes the output independent of the
-    // order objects arrived in.
-    let mut ingresses: Vec<&Ingress> = objects.ingresses.iter().map(|i| &**i).collect();
-    ingresses.sort_by(|a, b| {
-        a.metadata
-            .creation_timestamp
-            .cmp(&b.metadata.creation_timestamp)
-            .then_with(|| meta_name(&a.metadata).cmp(&meta_name(&b.metadata)))
+            .chain(super::certs::FORCE_SSL_REDIRECT)
+            .any(|k| a.contains_key(*k))
     });
+    let tls = ing
+        .spec
+        .as_ref()
+        .and_then(|s| s.tls.as_ref())
+        .is_some_and(|t| !t.is_empty());
+    tls || annotated || opts.tls.force_ssl_redirect
+}
 
-    let mut table = RouteTableBuilder::default();
-    // Rule tag → the Ingress that added it, for conflict reports.
-    let mut owners: Vec<String> = Vec::new();
-    let mut fallback_set = false;
+/// How often the host maps of `table`'s base name each of `count` backend ids.
+pub fn backend_refs(table: &RouteTable, count: usize) -> Vec<u32> {
+    let mut refs = vec![0u32; count];
+    let mut count_one = |id: BackendId| {
+        if let Some(n) = refs.get_mut(id.0 as usize) {
+            *n += 1;
+        }
+    };
+    for routes in table.base_hosts() {
+        routes.backends().for_each(&mut count_one);
+    }
+    refs
+}
 
-    for ing in ingresses {
-        let (ns, name) = meta_name(&ing.metadata);
-        let object = format!("Ingress {ns}/{name}");
-        let spec = ing.spec.as_ref();
-        let field_class = spec.and_then(|s| s.ingress_class_name.as_deref());
+/// How often the whole of `table` names each backend id, from the counts of its base
+/// ([`backend_refs`]): corrected by the overlay, plus the host-less rules and the fallback.
+/// Costs time in the size of the overlay.
+pub fn live_refs(table: &RouteTable, base_refs: &[u32], count: usize) -> Vec<u32> {
+    let mut refs = base_refs.to_vec();
+    refs.resize(count.max(refs.len()), 0);
+    let mut add = |id: BackendId, up: bool| {
+        if let Some(n) = refs.get_mut(id.0 as usize) {
+            *n = if up { *n + 1 } else { n.saturating_sub(1) };
+        }
+    };
+    for (below, above) in table.overlaid() {
+        for id in below.into_iter().flat_map(|r| r.backends()) {
+            add(id, false);
+        }
+        for id in above.into_iter().flat_map(|r| r.backends()) {
+            add(id, true);
+        }
+    }
+    for id in table.any_host().backends().chain(table.fallback()) {
+        add(id, true);
+    }
+    refs
+}
+
+/// Backend ids by the Service port they stand for. A fresh one per full compile; the
+/// incremental compiler keeps one across compiles so that the ids in a shared route table
+/// stay valid in the snapshots built on it.
+#[derive(Clone, Debug, Default)]
+pub struct BackendIds {
+    ids: HashMap<ServiceRef, BackendId>,
+    refs: Vec<ServiceRef>,
+}
+
+impl BackendIds {
+    fn intern(&mut self, target: &ServiceRef) -> BackendId {
+        if let Some(id) = self.ids.get(target) {
+            return *id;
+        }
+        let id = BackendId(self.refs.len() as u32);
+        self.refs.push(target.clone());
+        self.ids.insert(target.clone(), id);
+        id
+    }
+
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+}
+
+/// Which Ingresses are ours: our IngressClasses by name (with whether one of that name is
+/// marked the cluster default), and every class name that exists.
+pub struct Classes<'a> {
+    ours: BTreeMap<&'a str, bool>,
+    default_is_ours: bool,
+    all: Vec<&'a str>,
+    opts: &'a CompileOptions,
+}
+
+impl<'a> Classes<'a> {
+    pub fn new(classes: &'a [Arc<IngressClass>], opts: &'a CompileOptions) -> Classes<'a> {
+        let mut ours: BTreeMap<&str, bool> = BTreeMap::new();
+        let mut all = Vec::new();
+        for class in classes {
+            let controller = class.spec.as_ref().and_then(|s| s.controller.as_deref());
+            let Some(name) = class.metadata.name.as_deref() else {
+                continue;
+            };
+            all.push(name);
+            if controller != Some(opts.controller.as_str()) {
+                continue;
+            }
+            let is_default = class
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                .is_some_and(|v| v == "true");
+            *ours.entry(name).or_default() |= is_default;
+        }
+        let default_is_ours = ours.values().any(|d| *d);
+        Classes {
+            ours,
+            default_is_ours,
+            all,
+            opts,
+        }
+    }
+
+    /// Whether `ing` is ours, and a diagnostic when its class field and annotation disagree.
+    pub fn is_ours(&self, ing: &Ingress) -> (bool, Option<&'static str>) {
+        let opts = self.opts;
+        let field_class = ing
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref());
         let annotation_class = ing
             .metadata
             .annotations
@@ -215,118 +336,163 @@ pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compil
             .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
             .map(String::as_str);
         let field_ours = field_class.map(|class| {
-            our_classes.contains_key(class) || (!class_exists(class) && class == opts.ingress_class)
+            self.ours.contains_key(class)
+                || (!self.all.contains(&class) && class == opts.ingress_class)
         });
         let annotation_ours = annotation_class.map(|class| class == opts.ingress_class);
-        let ours = match (field_ours, annotation_ours) {
-            (Some(f), Some(a)) => {
-                if f != a {
-                    c.diag(
-                        &object,
-                        "metadata.annotations[kubernetes.io/ingress.class]",
-                        "disagrees with spec.ingressClassName; spec.ingressClassName wins",
-                    );
-                }
-                f
-            }
-            (Some(f), None) => f,
-            (None, Some(a)) => a,
-            (None, None) => default_class_is_ours || opts.watch_without_class,
-        };
-        if !ours {
-            continue;
+        match (field_ours, annotation_ours) {
+            (Some(f), Some(a)) if f != a => (
+                f,
+                Some("disagrees with spec.ingressClassName; spec.ingressClassName wins"),
+            ),
+            (Some(f), _) => (f, None),
+            (None, Some(a)) => (a, None),
+            (None, None) => (self.default_is_ours || opts.watch_without_class, None),
         }
-        let Some(spec) = spec else {
-            continue;
-        };
-        let tag = owners.len() as u32;
-        owners.push(object.clone());
+    }
+}
 
-        let mut own_hosts: Vec<String> = Vec::new();
-        for (i, rule) in spec.rules.iter().flatten().enumerate() {
-            let host = match rule.host.as_deref() {
-                None | Some("") => None,
-                Some(h) => {
-                    if let Err(why) = check_host(h) {
-                        c.diag(&object, &format!("spec.rules[{i}].host"), why);
-                        continue;
-                    }
-                    Some(h.to_ascii_lowercase())
-                }
-            };
-            let Some(http) = &rule.http else {
+/// Oldest first (creationTimestamp, then namespace/name): the order that decides conflicts,
+/// and makes the output independent of the order objects arrived in.
+pub fn oldest_first(ingresses: &mut [&Ingress]) {
+    ingresses.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+            .then_with(|| meta_name(&a.metadata).cmp(&meta_name(&b.metadata)))
+    });
+}
+
+/// `Ingress namespace/name`, as diagnostics name it.
+pub fn ingress_object(ing: &Ingress) -> String {
+    let (ns, name) = meta_name(&ing.metadata);
+    format!("Ingress {ns}/{name}")
+}
+
+/// One compilation pass over a set of Ingresses: resolves their backends (interning ids in
+/// the given [`BackendIds`]) and builds their route table.
+pub struct Pass<'a> {
+    c: Compiler<'a>,
+}
+
+impl<'a> Pass<'a> {
+    /// Compiles those of `ingresses` that are ours (any order) against the Services and
+    /// EndpointSlices of `objects`.
+    pub fn run(
+        objects: &'a Objects,
+        opts: &CompileOptions,
+        classes: &Classes<'_>,
+        ids: &'a mut BackendIds,
+        ingresses: impl Iterator<Item = &'a Ingress>,
+    ) -> (RouteTable, Pass<'a>) {
+        let mut c = Compiler {
+            services: objects
+                .services
+                .iter()
+                .map(|s| (meta_name(&s.metadata), &**s))
+                .collect(),
+            slices: index_slices(&objects.slices),
+            seen: HashMap::new(),
+            ids,
+            resolved: Vec::new(),
+            broken: HashMap::new(),
+            diagnostics: Vec::new(),
+        };
+        let mut ingresses: Vec<&Ingress> = ingresses.collect();
+        oldest_first(&mut ingresses);
+        let mut table = RouteTableBuilder::default();
+        // Rule tag → the Ingress that added it, for conflict reports.
+        let mut owners: Vec<String> = Vec::new();
+        let mut fallback_set = false;
+        for ing in ingresses {
+            let object = ingress_object(ing);
+            let (ours, disagreement) = classes.is_ours(ing);
+            if let Some(why) = disagreement {
+                c.diag(
+                    &object,
+                    "metadata.annotations[kubernetes.io/ingress.class]",
+                    why,
+                );
+            }
+            if !ours {
+                continue;
+            }
+            let Some(spec) = ing.spec.as_ref() else {
                 continue;
             };
-            for (j, p) in http.paths.iter().enumerate() {
-                let field = || format!("spec.rules[{i}].http.paths[{j}]");
-                let kind = match p.path_type.as_str() {
-                    "Exact" => PathKind::Exact,
-                    "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
-                    other => {
-                        c.diag(
-                            &object,
-                            &format!("{}.pathType", field()),
-                            format!("unknown path type {other:?}"),
-                        );
-                        continue;
-                    }
-                };
-                let path = p.path.as_deref().unwrap_or("/");
-                if !path.starts_with('/') {
-                    c.diag(&object, &format!("{}.path", field()), "must start with '/'");
-                    continue;
-                }
-                let backend_field = || format!("{}.backend", field());
-                let Some(backend) = c.backend(ns, &p.backend, &object, &backend_field) else {
-                    continue;
-                };
-                if let Err(first) = table.add_tagged(host.as_deref(), path, kind, backend, tag) {
-                    let owner = owners.get(first as usize).cloned().unwrap_or_default();
-                    let shown = host.as_deref().unwrap_or("*");
-                    c.diag(
-                        &object,
-                        &format!("{}.path", field()),
-                        format!("{shown} {path} is already routed by {owner} (older); ignored"),
-                    );
-                }
-            }
-            if let Some(h) = host
-                && !own_hosts.contains(&h)
+            let ns = meta_name(&ing.metadata).0;
+            let tag = owners.len() as u32;
+            owners.push(object.clone());
+            let own_hosts = c.rules(&mut table, ns, spec, &object, tag, &owners);
+            if let Some(default) = &spec.default_backend
+                && let Some(backend) =
+                    c.backend(ns, default, &object, &|| "spec.defaultBackend".to_string())
             {
-                own_hosts.push(h);
+                for host in &own_hosts {
+                    table.host_default(host, backend);
+                }
+                if !fallback_set {
+                    table.fallback(backend);
+                    fallback_set = true;
+                }
             }
         }
-
-        if let Some(default) = &spec.default_backend
-            && let Some(backend) =
-                c.backend(ns, default, &object, &|| "spec.defaultBackend".to_string())
-        {
-            for host in &own_hosts {
-                table.host_default(host, backend);
-            }
-            if !fallback_set {
-                table.fallback(backend);
-                fallback_set = true;
-            }
+        if let Some(default) = &opts.default_backend {
+            let backend = c.service_backend(default, "controller", "--default-backend");
+            table.fallback(backend);
         }
+        (table.build(), Pass { c })
     }
 
-    if let Some(default) = &opts.default_backend {
-        let backend = c.service_backend(default, "controller", "--default-backend");
-        table.fallback(backend);
+    /// How many backend ids exist so far (in this pass's [`BackendIds`]).
+    pub fn backend_count(&self) -> usize {
+        self.c.ids.len()
     }
 
-    let mut diagnostics = c.diagnostics;
-    diagnostics.sort();
-    diagnostics.dedup();
-    Compiled {
-        snapshot: Snapshot::new(version, table.build(), c.backends),
-        diagnostics,
+    /// Every backend id known so far with its endpoints, for the ids `live` keeps (resolved by
+    /// this pass, or now); the others (no rule routes to them) get no endpoints, so that no
+    /// worker keeps pooled connections to them. Also returns the ids whose
+    /// Service port could not be resolved, with why, and this pass's diagnostics.
+    pub fn finish(
+        self,
+        live: &dyn Fn(BackendId) -> bool,
+    ) -> (Vec<Backend>, Vec<(BackendId, String)>, Vec<Diagnostic>) {
+        let mut c = self.c;
+        let mut backends = Vec::with_capacity(c.ids.len());
+        let mut broken = Vec::new();
+        for (i, target) in c.ids.refs.iter().enumerate() {
+            let id = BackendId(i as u32);
+            let done = c.resolved.get_mut(i).and_then(Option::take);
+            let backend = match done {
+                Some(backend) if live(id) => {
+                    if let Some(why) = c.broken.get(&id) {
+                        broken.push((id, why.clone()));
+                    }
+                    backend
+                }
+                _ => {
+                    let endpoints = if live(id) {
+                        c.endpoints(target).unwrap_or_else(|why| {
+                            broken.push((id, why));
+                            Vec::new()
+                        })
+                    } else {
+                        Vec::new()
+                    };
+                    Backend {
+                        name: target.to_string(),
+                        endpoints,
+                    }
+                }
+            };
+            backends.push(backend);
+        }
+        (backends, broken, c.diagnostics)
     }
 }
 
 /// A rule host: a DNS name (any case), optionally `*.` followed by one; never an IP address.
-fn check_host(host: &str) -> Result<(), &'static str> {
+pub(crate) fn check_host(host: &str) -> Result<(), &'static str> {
     let name = host.strip_prefix("*.").unwrap_or(host);
     if name.parse::<IpAddr>().is_ok() {
         return Err("must be a DNS name, not an IP address");
@@ -376,8 +542,11 @@ struct Compiler<'a> {
     /// Backends already resolved, by the reference as written (no allocation to look up).
     seen: HashMap<BorrowedRef<'a>, BackendId>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
-    backend_ids: HashMap<ServiceRef, BackendId>,
-    backends: Vec<Backend>,
+    ids: &'a mut BackendIds,
+    /// Backends resolved by this pass, by id.
+    resolved: Vec<Option<Backend>>,
+    /// Backends of this pass whose Service port could not be resolved, with why.
+    broken: HashMap<BackendId, String>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -388,6 +557,73 @@ impl<'a> Compiler<'a> {
             field: field.to_string(),
             message: message.into(),
         });
+    }
+
+    /// Adds the rules of one Ingress (tag `tag`) to `table`; returns the hosts it has rules for.
+    fn rules(
+        &mut self,
+        table: &mut RouteTableBuilder,
+        ns: &'a str,
+        spec: &'a k8s_openapi::api::networking::v1::IngressSpec,
+        object: &str,
+        tag: u32,
+        owners: &[String],
+    ) -> Vec<String> {
+        let mut own_hosts: Vec<String> = Vec::new();
+        for (i, rule) in spec.rules.iter().flatten().enumerate() {
+            let host = match rule.host.as_deref() {
+                None | Some("") => None,
+                Some(h) => {
+                    if let Err(why) = check_host(h) {
+                        self.diag(object, &format!("spec.rules[{i}].host"), why);
+                        continue;
+                    }
+                    Some(h.to_ascii_lowercase())
+                }
+            };
+            let Some(http) = &rule.http else {
+                continue;
+            };
+            for (j, p) in http.paths.iter().enumerate() {
+                let field = || format!("spec.rules[{i}].http.paths[{j}]");
+                let kind = match p.path_type.as_str() {
+                    "Exact" => PathKind::Exact,
+                    "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
+                    other => {
+                        self.diag(
+                            object,
+                            &format!("{}.pathType", field()),
+                            format!("unknown path type {other:?}"),
+                        );
+                        continue;
+                    }
+                };
+                let path = p.path.as_deref().unwrap_or("/");
+                if !path.starts_with('/') {
+                    self.diag(object, &format!("{}.path", field()), "must start with '/'");
+                    continue;
+                }
+                let backend_field = || format!("{}.backend", field());
+                let Some(backend) = self.backend(ns, &p.backend, object, &backend_field) else {
+                    continue;
+                };
+                if let Err(first) = table.add_tagged(host.as_deref(), path, kind, backend, tag) {
+                    let owner = owners.get(first as usize).cloned().unwrap_or_default();
+                    let shown = host.as_deref().unwrap_or("*");
+                    self.diag(
+                        object,
+                        &format!("{}.path", field()),
+                        format!("{shown} {path} is already routed by {owner} (older); ignored"),
+                    );
+                }
+            }
+            if let Some(h) = host
+                && !own_hosts.contains(&h)
+            {
+                own_hosts.push(h);
+            }
+        }
+        own_hosts
     }
 
     /// The backend of an Ingress path or default, or `None` (with a diagnostic) when it
@@ -409,8 +645,14 @@ impl<'a> Compiler<'a> {
                 port.and_then(|p| p.number),
                 port.and_then(|p| p.name.as_deref()),
             );
-            if let Some(id) = self.seen.get(&key) {
-                return Some(*id);
+            if let Some(id) = self.seen.get(&key).copied() {
+                // Every Ingress that names a broken backend is told, not just the first.
+                if let Some(why) = self.broken.get(&id).cloned() {
+                    let target = &self.ids.refs[id.0 as usize];
+                    let message = format!("{target}: {why} (answers 503)");
+                    self.diag(object, &format!("{}.service", field()), message);
+                }
+                return Some(id);
             }
             let id = self.resolve(namespace, backend, object, field)?;
             self.seen.insert(key, id);
@@ -463,25 +705,33 @@ impl<'a> Compiler<'a> {
         Some(self.service_backend(&target, object, &format!("{field}.service")))
     }
 
-    /// Resolves a Service port to endpoints (once per distinct reference). Problems are
-    /// reported, and the backend then has no endpoints (503).
+    /// Resolves a Service port to endpoints (once per distinct reference and pass).
+    /// Problems are reported, and the backend then has no endpoints (503).
     fn service_backend(&mut self, target: &ServiceRef, object: &str, field: &str) -> BackendId {
-        if let Some(id) = self.backend_ids.get(target) {
-            return *id;
+        let id = self.ids.intern(target);
+        let i = id.0 as usize;
+        if self.resolved.get(i).is_some_and(Option::is_some) {
+            if let Some(why) = self.broken.get(&id) {
+                let message = format!("{target}: {why} (answers 503)");
+                self.diag(object, field, message);
+            }
+            return id;
         }
         let endpoints = match self.endpoints(target) {
             Ok(endpoints) => endpoints,
             Err(why) => {
                 self.diag(object, field, format!("{target}: {why} (answers 503)"));
+                self.broken.insert(id, why);
                 Vec::new()
             }
         };
-        let id = BackendId(self.backends.len() as u32);
-        self.backends.push(Backend {
+        if self.resolved.len() <= i {
+            self.resolved.resize(i + 1, None);
+        }
+        self.resolved[i] = Some(Backend {
             name: target.to_string(),
             endpoints,
         });
-        self.backend_ids.insert(target.clone(), id);
         id
     }
 

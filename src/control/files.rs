@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use inotify::{Inotify, WatchMask};
 
-use super::compile::{CompileOptions, Compiled, Objects, compile};
+use super::compile::{Compiled, Objects};
+use super::incremental::Incremental;
 use super::manifests::{ManifestError, Object, parse_documents};
 use crate::engine::Publisher;
 
@@ -146,10 +147,11 @@ pub struct FileWatcher {
 }
 
 impl FileWatcher {
-    /// Starts watching. `source` is the already-loaded state (its snapshot is `version`).
+    /// Starts watching. `source` is the already-loaded state, compiled by `compiler` into
+    /// snapshot `version`.
     pub fn spawn(
         mut source: FileSource,
-        options: CompileOptions,
+        mut compiler: Incremental,
         publisher: Publisher,
         mut version: u64,
         stop: Arc<AtomicBool>,
@@ -198,15 +200,25 @@ impl FileWatcher {
                         eprintln!("sluice: {e} (previous objects of this file kept)");
                     }
                     version += 1;
+                    let objects = source.objects();
                     let Compiled {
                         snapshot,
                         diagnostics,
-                    } = compile(&source.objects(), &options, version);
+                    } = compiler.update(&objects, version);
                     for d in &diagnostics {
                         eprintln!("sluice: rejected: {d}");
                     }
                     publisher.publish(Arc::new(snapshot));
                     publisher.wait_acknowledged(version, first, Duration::from_secs(5));
+                    if compiler.compaction_due() {
+                        // The same routes with the changed hosts folded into a new base, so
+                        // that lookups and later changes stay cheap. Published after the
+                        // change itself, so it never delays one; its diagnostics were
+                        // reported already.
+                        version += 1;
+                        let compacted = compiler.full(&objects, version);
+                        publisher.publish(Arc::new(compacted.snapshot));
+                    }
                 }
             })?;
         Ok(FileWatcher { thread })

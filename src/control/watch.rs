@@ -553,6 +553,7 @@ impl Store {
             .values()
             .filter(|i| judge.is_ours(i))
             .flat_map(|i| tls_secrets(i).collect::<Vec<_>>())
+            .chain(self.opts.tls.default_secret.clone())
             .collect();
         if referenced == self.referenced {
             return false;
@@ -609,6 +610,7 @@ impl Store {
                 self.classes.live.get(&key)?.metadata.uid.clone(),
             ),
             "Service" => ("v1", self.services.live.get(&key)?.metadata.uid.clone()),
+            "Secret" => ("v1", self.secrets.live.get(&key)?.metadata.uid.clone()),
             _ => return None,
         };
         Some(k8s_openapi::api::core::v1::ObjectReference {

@@ -90,6 +90,10 @@ pub struct ConnConfig {
     /// Capacity of each direction's buffer; reading stops when it is full (backpressure).
     pub buffer_size: usize,
     pub scheme: Scheme,
+    /// `Strict-Transport-Security` value added to proxied responses (HTTPS listeners).
+    pub hsts: Option<Arc<str>>,
+    /// The HTTPS port named in redirects from a plain listener (443 is left out).
+    pub https_port: u16,
 }
 
 impl Default for ConnConfig {
@@ -99,6 +103,8 @@ impl Default for ConnConfig {
             timeouts: Timeouts::default(),
             buffer_size: 32 * 1024,
             scheme: Scheme::Http,
+            hsts: None,
+            https_port: 443,
         }
     }
 }
@@ -789,6 +795,21 @@ impl Conn {
             upgrade: head.upgrade.is_some(),
             has_body: head.framing != Framing::None,
         };
+        if self.config.scheme == Scheme::Http && router.redirect_https(head.host()) {
+            let close = req.has_body || !req.keep_alive || self.shutting_down || self.client_eof;
+            let out = &mut self.cout.queued;
+            if local::write_https_redirect(&head, self.config.https_port, close, out) {
+                self.scanner.reset();
+                self.cin.consume(len);
+                self.actions.push_back(Action::Completed { status: 308 });
+                if close {
+                    self.enter_closing(req.has_body);
+                } else {
+                    self.enter_idle(now);
+                }
+                return true;
+            }
+        }
         let decision = router.route(head.host(), head.path());
         let body = req.has_body.then(|| {
             (
@@ -847,6 +868,7 @@ impl Conn {
     fn answer_locally(&mut self, status: Status, req: RequestMeta, now: Instant) {
         // The body was not read: its end is unknown unless there was none.
         let close = req.has_body || !req.keep_alive || self.shutting_down || self.client_eof;
+        let head_start = self.cout.queued.len();
         local::write_local_response(
             status,
             req.version,
@@ -854,6 +876,9 @@ impl Conn {
             req.head_request,
             &mut self.cout.queued,
         );
+        if let Some(hsts) = &self.config.hsts {
+            local::add_hsts(&[], hsts, head_start, &mut self.cout.queued);
+        }
         self.actions
             .push_back(Action::Completed { status: status.0 });
         if close {
@@ -1049,7 +1074,11 @@ impl Conn {
                 && !self.client_eof,
             head_request: ex.req.head_request,
         };
+        let head_start = self.cout.queued.len();
         let framing = write_client_response(&resp, &client, &mut self.cout.queued);
+        if let Some(hsts) = &self.config.hsts {
+            local::add_hsts(resp.headers, hsts, head_start, &mut self.cout.queued);
+        }
         ex.status = resp.status;
         ex.response_started = true;
         let upgraded = resp.status == 101;
@@ -1192,6 +1221,7 @@ impl Conn {
             || self.shutting_down
             || self.client_eof;
         self.cin.consume(if close { self.cin.len() } else { 0 });
+        let head_start = self.cout.queued.len();
         local::write_local_response(
             err.status,
             req.version,
@@ -1199,6 +1229,9 @@ impl Conn {
             req.head_request,
             &mut self.cout.queued,
         );
+        if let Some(hsts) = &self.config.hsts {
+            local::add_hsts(&[], hsts, head_start, &mut self.cout.queued);
+        }
         self.actions.push_back(Action::Completed {
             status: err.status.0,
         });

@@ -9,4 +9,5 @@ pub mod error;
 pub mod http1;
 pub mod route;
 pub mod time;
+pub mod tls;
 pub mod upstream;

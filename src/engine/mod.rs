@@ -16,7 +16,8 @@ use std::time::Duration;
 use crate::admin::{self, AdminHandle};
 use crate::core::conn::ConnConfig;
 use crate::core::route::Snapshot;
-use crate::worker::{Worker, WorkerMetrics, WorkerSetup};
+use crate::core::tls::TlsSettings;
+use crate::worker::{Worker, WorkerHttps, WorkerMetrics, WorkerSetup};
 
 /// How to run the data plane.
 #[derive(Clone, Debug)]
@@ -39,6 +40,15 @@ impl EngineConfig {
             _ => vec![None],
         }
     }
+}
+
+/// The HTTPS listener: where, how its connections behave, and their TLS settings.
+#[derive(Clone, Debug)]
+pub struct HttpsConfig {
+    pub addr: SocketAddr,
+    /// Connection settings of HTTPS connections (`X-Forwarded-Proto: https`, HSTS).
+    pub conn: Arc<ConnConfig>,
+    pub settings: Arc<TlsSettings>,
 }
 
 /// Shared between the engine, its admin server and the control side.
@@ -161,6 +171,7 @@ pub struct Engine {
     publisher: Publisher,
     state: Arc<EngineState>,
     local_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     admin: Option<AdminHandle>,
 }
 
@@ -168,7 +179,40 @@ impl Engine {
     /// Binds every worker's listener, starts the workers (each serving `snapshot`) and the
     /// admin server. Fails, with nothing left running, if io_uring is unavailable.
     pub fn start(cfg: EngineConfig, snapshot: Arc<Snapshot>) -> io::Result<Engine> {
+        Engine::start_with_https(cfg, None, snapshot)
+    }
+
+    /// [`Engine::start`] with an HTTPS listener next to the plain one (each worker has its
+    /// own SO_REUSEPORT socket for both).
+    pub fn start_with_https(
+        mut cfg: EngineConfig,
+        https: Option<HttpsConfig>,
+        snapshot: Arc<Snapshot>,
+    ) -> io::Result<Engine> {
         uring::raise_nofile_limit();
+        let mut https_addr = https.as_ref().map(|h| h.addr);
+        let mut https_listeners = Vec::new();
+        if let Some(h) = &https {
+            let mut addr = h.addr;
+            for _ in &cfg.workers {
+                let fd = uring::listen_reuseport(addr, 4096).map_err(|e| {
+                    for fd in &https_listeners {
+                        uring::close(*fd);
+                    }
+                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?;
+                if addr.port() == 0 {
+                    addr = uring::local_addr(fd).unwrap_or(addr);
+                }
+                https_listeners.push(fd);
+            }
+            https_addr = Some(addr);
+            // Redirects from the plain listener name the port really listened on.
+            let mut plain = (*cfg.conn).clone();
+            plain.https_port = addr.port();
+            cfg.conn = Arc::new(plain);
+        }
+        let mut https_listeners = https_listeners.into_iter();
         let stopping = Arc::new(AtomicBool::new(false));
         let mut addr = cfg.http;
         let mut listeners = Vec::new();
@@ -220,6 +264,13 @@ impl Engine {
                 upstream_max_idle: cfg.upstream_max_idle,
                 upstream_idle_timeout: cfg.upstream_idle_timeout,
                 shutdown_grace: cfg.shutdown_grace,
+                https: https.as_ref().and_then(|h| {
+                    Some(WorkerHttps {
+                        listener: https_listeners.next()?,
+                        conn: h.conn.clone(),
+                        settings: h.settings.clone(),
+                    })
+                }),
             };
             let (ready_tx, ready_rx) = sync_channel(1);
             let snapshot = snapshot.clone();
@@ -269,6 +320,7 @@ impl Engine {
             },
             state,
             local_addr: addr,
+            https_addr,
             admin,
         })
     }
@@ -276,6 +328,11 @@ impl Engine {
     /// The address the workers listen on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The HTTPS listener's address (with the real port), if there is one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {

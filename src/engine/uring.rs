@@ -527,6 +527,20 @@ pub fn shutdown(fd: RawFd, how: libc::c_int) {
     }
 }
 
+/// Writes what the socket takes now, without waiting (a last TLS alert before closing).
+pub fn send_now(fd: RawFd, bytes: &[u8]) {
+    // SAFETY: sends from a live slice of `bytes.len()` bytes on an fd we own; the result is
+    // ignored (best effort).
+    unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+    }
+}
+
 pub fn close(fd: RawFd) {
     // SAFETY: closes an fd we own exactly once (callers forget it afterwards).
     unsafe {

@@ -2,7 +2,9 @@
 //! short text body and `Server: sluice`; never any peer-controlled bytes.
 
 use super::Version;
+use super::request::{RequestHead, Target};
 use crate::core::error::Status;
+use httparse::Header;
 
 /// Appends a complete error (or other locally generated) response to `out`.
 ///
@@ -42,6 +44,82 @@ pub fn write_local_response(
         out.extend_from_slice(reason.as_bytes());
         out.push(b'\n');
     }
+}
+
+/// Appends a `308 Permanent Redirect` to `https://` + the request's host and target (the
+/// method and body are kept by a 308). Returns false, writing nothing, when the host is not a
+/// plain DNS name (it is copied into `Location`, so nothing else may pass).
+pub fn write_https_redirect(
+    head: &RequestHead<'_>,
+    https_port: u16,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let host = head.host();
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let dns = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let (path, query) = match head.target {
+        Target::Origin { path, query } | Target::Absolute { path, query, .. } => (path, query),
+        Target::Asterisk => return false,
+    };
+    if !dns {
+        return false;
+    }
+    let proto: &[u8] = match head.version {
+        Version::Http10 => b"HTTP/1.0",
+        Version::Http11 => b"HTTP/1.1",
+    };
+    out.extend_from_slice(proto);
+    out.extend_from_slice(b" 308 Permanent Redirect\r\nServer: sluice\r\nLocation: https://");
+    for b in host.bytes() {
+        out.push(b.to_ascii_lowercase());
+    }
+    if https_port != 443 {
+        out.push(b':');
+        push_decimal(u64::from(https_port), out);
+    }
+    out.extend_from_slice(path.as_bytes());
+    if let Some(q) = query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    let body: &[u8] = b"308 Permanent Redirect\n";
+    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    push_decimal(body.len() as u64, out);
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if head.version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head.is_head() {
+        out.extend_from_slice(body);
+    }
+    true
+}
+
+/// Adds `Strict-Transport-Security: value` to the response head that starts at `head_start`
+/// in `out` (its body, if any, follows it), unless the upstream sent its own field.
+pub fn add_hsts(upstream: &[Header<'_>], value: &str, head_start: usize, out: &mut Vec<u8>) {
+    if upstream
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("strict-transport-security"))
+    {
+        return;
+    }
+    let Some(end) = out
+        .get(head_start..)
+        .and_then(|head| memchr::memmem::find(head, b"\r\n\r\n"))
+    else {
+        return;
+    };
+    let at = head_start + end + 2;
+    let field = [b"Strict-Transport-Security: ", value.as_bytes(), b"\r\n"].concat();
+    out.splice(at..at, field);
 }
 
 /// `HTTP/1.1 100 Continue`, sent when we start reading a body the client is waiting to send.
@@ -103,6 +181,29 @@ mod tests {
         assert!(text.contains("Content-Length: 24\r\n"));
         assert!(text.contains("Connection: keep-alive\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn hsts_goes_into_the_head_before_the_body() {
+        let mut out = b"earlier".to_vec();
+        let start = out.len();
+        write_local_response(Status::NOT_FOUND, Version::Http11, false, false, &mut out);
+        add_hsts(&[], "max-age=1", start, &mut out);
+        let text = std::str::from_utf8(&out[start..]).unwrap();
+        assert!(
+            text.ends_with(
+                "Content-Length: 14\r\nStrict-Transport-Security: max-age=1\r\n\r\n404 Not Found\n"
+            ),
+            "{text}"
+        );
+        assert!(out.starts_with(b"earlier"));
+        let upstream = [httparse::Header {
+            name: "Strict-Transport-Security",
+            value: b"max-age=5",
+        }];
+        let before = out.clone();
+        add_hsts(&upstream, "max-age=1", start, &mut out);
+        assert_eq!(out, before, "the upstream's own field is kept");
     }
 
     #[test]

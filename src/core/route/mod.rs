@@ -16,9 +16,15 @@
 //!    `spec.defaultBackend` of our class, else the controller's default backend);
 //! 5. nothing → `None`, answered with 404.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::core::tls::CertTable;
 
 use crate::core::upstream::Picker;
 
@@ -46,6 +52,12 @@ pub trait Router {
     /// `host` is the request authority without port (not yet lower-cased); `path` is the path
     /// part of the target, without query.
     fn route(&mut self, host: &str, path: &str) -> RouteDecision;
+
+    /// Whether a plain-HTTP request for `host` must be redirected to HTTPS (asked only on
+    /// plain listeners, before routing).
+    fn redirect_https(&mut self, _host: &str) -> bool {
+        false
+    }
 }
 
 /// A Service port resolved to pod endpoints.
@@ -73,7 +85,8 @@ pub struct PathRule {
     pub path: String,
     pub kind: PathKind,
     pub backend: BackendId,
-    /// Who added the rule (the compiler's index of the Ingress), for conflict reports.
+    /// Who added the rule (the compiler's index of the Ingress), for conflict reports while
+    /// the table is built; always 0 in a built table, so tables compare by routing alone.
     pub tag: u32,
 }
 
@@ -112,6 +125,11 @@ impl HostRoutes {
     pub fn paths(&self) -> &[PathRule] {
         &self.paths
     }
+
+    /// Every backend these rules name (paths, then the host default), with repeats.
+    pub fn backends(&self) -> impl Iterator<Item = BackendId> + '_ {
+        self.paths.iter().map(|r| r.backend).chain(self.default)
+    }
 }
 
 /// Longest path first; on equal length Exact first; then by path text for a stable order.
@@ -125,32 +143,176 @@ fn sort_paths(paths: &mut [PathRule]) {
     });
 }
 
+/// Lower-cased host names → `V`, hashed with a key shared by every map of one table lineage,
+/// so that a lookup hashes the host once and probes the overlay and the base with that hash.
+#[derive(Clone, Debug)]
+struct Hosts<V> {
+    state: RandomState,
+    table: HashTable<(Box<str>, V)>,
+}
+
+impl<V> Hosts<V> {
+    fn with_state(state: &RandomState) -> Hosts<V> {
+        Hosts {
+            state: state.clone(),
+            table: HashTable::new(),
+        }
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        self.state.hash_one(key)
+    }
+
+    fn get_hashed(&self, hash: u64, key: &str) -> Option<&V> {
+        self.table.find(hash, |(k, _)| **k == *key).map(|(_, v)| v)
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.get_hashed(self.hash(key), key)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        let hash = self.hash(key);
+        self.table
+            .find_mut(hash, |(k, _)| **k == *key)
+            .map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Inserts or replaces.
+    fn insert(&mut self, key: &str, value: V) {
+        if let Some(slot) = self.get_mut(key) {
+            *slot = value;
+            return;
+        }
+        let state = &self.state;
+        self.table
+            .insert_unique(state.hash_one(key), (key.into(), value), |(k, _)| {
+                state.hash_one(&**k)
+            });
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Ok(entry) = self.table.find_entry(self.hash(key), |(k, _)| **k == *key) {
+            entry.remove();
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.table.iter().map(|(k, v)| (&**k, v))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.table.iter().map(|(_, v)| v)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.table.iter_mut().map(|(_, v)| v)
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+/// Exact and wildcard hosts (wildcards keyed by the suffix after `*.`), all lower-cased.
+#[derive(Clone, Debug)]
+struct HostMap {
+    exact: Hosts<HostRoutes>,
+    wildcard: Hosts<HostRoutes>,
+}
+
+impl Default for HostMap {
+    fn default() -> Self {
+        let state = RandomState::new();
+        HostMap {
+            exact: Hosts::with_state(&state),
+            wildcard: Hosts::with_state(&state),
+        }
+    }
+}
+
+/// Hosts changed since a [`HostMap`] was built: `Some` replaces or adds the host, `None`
+/// removes it. Small by construction: the compiler rebuilds the base when it grows. Hashed
+/// with its base's key.
+#[derive(Clone, Debug)]
+struct Overlay {
+    exact: Hosts<Option<HostRoutes>>,
+    wildcard: Hosts<Option<HostRoutes>>,
+}
+
+impl Overlay {
+    fn over(base: &HostMap) -> Overlay {
+        Overlay {
+            exact: Hosts::with_state(&base.exact.state),
+            wildcard: Hosts::with_state(&base.exact.state),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+}
+
 /// Host → paths, with the defaults.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// The host maps are shared (`Arc`) between the tables of successive snapshots: a change to a
+/// few hosts makes a new table that keeps the old base and carries the changed hosts in a
+/// small overlay consulted first ([`RouteTable::patched`]), so publishing it costs time in the
+/// size of the change, not of the table.
+#[derive(Clone, Debug)]
 pub struct RouteTable {
-    /// Lower-cased exact hosts.
-    exact: HashMap<Box<str>, HostRoutes>,
-    /// Wildcards by the suffix after `*.` (lower-cased).
-    wildcard: HashMap<Box<str>, HostRoutes>,
+    base: Arc<HostMap>,
+    overlay: Overlay,
     /// Rules without a host.
     any_host: HostRoutes,
     default: Option<BackendId>,
 }
 
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTableBuilder::default().build()
+    }
+}
+
+/// Two tables are equal when they route alike: same hosts with the same rules and defaults,
+/// however they are split between base and overlay.
+impl PartialEq for RouteTable {
+    fn eq(&self, other: &Self) -> bool {
+        if self.any_host != other.any_host
+            || self.default != other.default
+            || self.host_count() != other.host_count()
+        {
+            return false;
+        }
+        self.hosts()
+            .all(|(host, routes)| other.host_routes(&host) == Some(routes))
+    }
+}
+
+impl Eq for RouteTable {}
+
 /// Longest DNS name.
-const MAX_HOST: usize = 253;
+pub(crate) const MAX_HOST: usize = 253;
 
 impl RouteTable {
     pub fn lookup(&self, host: &str, path: &str) -> Option<BackendId> {
         let mut buf = [0u8; MAX_HOST];
         let host = normalize_host(host, &mut buf);
         let bucket = host.and_then(|host| {
-            self.exact.get(host).or_else(|| {
+            self.exact(host).or_else(|| {
                 let (label, suffix) = host.split_once('.')?;
                 if label.is_empty() {
                     return None;
                 }
-                self.wildcard.get(suffix)
+                self.wildcard(suffix)
             })
         });
         match bucket {
@@ -160,15 +322,166 @@ impl RouteTable {
         .or(self.default)
     }
 
+    /// One hash of the host serves the overlay and the base.
+    fn exact(&self, host: &str) -> Option<&HostRoutes> {
+        let hash = self.base.exact.hash(host);
+        if !self.overlay.exact.is_empty()
+            && let Some(changed) = self.overlay.exact.get_hashed(hash, host)
+        {
+            return changed.as_ref();
+        }
+        self.base.exact.get_hashed(hash, host)
+    }
+
+    fn wildcard(&self, suffix: &str) -> Option<&HostRoutes> {
+        let hash = self.base.wildcard.hash(suffix);
+        if !self.overlay.wildcard.is_empty()
+            && let Some(changed) = self.overlay.wildcard.get_hashed(hash, suffix)
+        {
+            return changed.as_ref();
+        }
+        self.base.wildcard.get_hashed(hash, suffix)
+    }
+
     /// Number of exact and wildcard hosts.
     pub fn host_count(&self) -> usize {
-        self.exact.len() + self.wildcard.len()
+        let base = self.base.exact.len() + self.base.wildcard.len();
+        let changes = |overlay: &Hosts<Option<HostRoutes>>, base: &Hosts<HostRoutes>| {
+            overlay.iter().fold(0isize, |n, (host, routes)| {
+                match (routes.is_some(), base.contains_key(host)) {
+                    (true, false) => n + 1,
+                    (false, true) => n - 1,
+                    _ => n,
+                }
+            })
+        };
+        let delta = changes(&self.overlay.exact, &self.base.exact)
+            + changes(&self.overlay.wildcard, &self.base.wildcard);
+        (base as isize + delta) as usize
+    }
+
+    /// The rules of one host exactly as written in a rule (`*.example.com` for a wildcard;
+    /// any case), or `None` when the table has no such host.
+    pub fn host_routes(&self, host: &str) -> Option<&HostRoutes> {
+        let host = host.to_ascii_lowercase();
+        match host.strip_prefix("*.") {
+            Some(suffix) => self.wildcard(suffix),
+            None => self.exact(&host),
+        }
+    }
+
+    /// Every host with its rules, wildcards written `*.suffix`, in no particular order.
+    pub fn hosts(&self) -> impl Iterator<Item = (String, &HostRoutes)> {
+        let base_exact = self
+            .base
+            .exact
+            .iter()
+            .filter(|(h, _)| !self.overlay.exact.contains_key(h))
+            .map(|(h, r)| (h.to_string(), r));
+        let base_wild = self
+            .base
+            .wildcard
+            .iter()
+            .filter(|(s, _)| !self.overlay.wildcard.contains_key(s))
+            .map(|(s, r)| (format!("*.{s}"), r));
+        let over_exact = self
+            .overlay
+            .exact
+            .iter()
+            .filter_map(|(h, r)| Some((h.to_string(), r.as_ref()?)));
+        let over_wild = self
+            .overlay
+            .wildcard
+            .iter()
+            .filter_map(|(s, r)| Some((format!("*.{s}"), r.as_ref()?)));
+        base_exact
+            .chain(base_wild)
+            .chain(over_exact)
+            .chain(over_wild)
+    }
+
+    /// The rules without a host.
+    pub fn any_host(&self) -> &HostRoutes {
+        &self.any_host
+    }
+
+    /// What a request that matches no host (and no host-less rule) goes to.
+    pub fn fallback(&self) -> Option<BackendId> {
+        self.default
+    }
+
+    /// Hosts carried in the overlay rather than the shared base.
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.len()
+    }
+
+    /// Hosts in the shared base.
+    pub fn base_len(&self) -> usize {
+        self.base.exact.len() + self.base.wildcard.len()
+    }
+
+    /// The rules of every host in the shared base (the overlay may hide some of them).
+    pub fn base_hosts(&self) -> impl Iterator<Item = &HostRoutes> {
+        self.base.exact.values().chain(self.base.wildcard.values())
+    }
+
+    /// Rules the overlay replaces: for each overlaid host, what the base had (if anything)
+    /// and what the overlay has instead (if anything).
+    pub fn overlaid(&self) -> impl Iterator<Item = (Option<&HostRoutes>, Option<&HostRoutes>)> {
+        let exact = self
+            .overlay
+            .exact
+            .iter()
+            .map(|(h, r)| (self.base.exact.get(h), r.as_ref()));
+        let wild = self
+            .overlay
+            .wildcard
+            .iter()
+            .map(|(s, r)| (self.base.wildcard.get(s), r.as_ref()));
+        exact.chain(wild)
+    }
+
+    /// A table sharing this one's base, with `changes` applied on top of this one's overlay
+    /// (host as written in a rule → its new rules, or `None` to remove it), and the given
+    /// host-less rules and fallback. Costs time in the size of the overlay, not the table.
+    pub fn patched(
+        &self,
+        changes: impl IntoIterator<Item = (String, Option<HostRoutes>)>,
+        any_host: HostRoutes,
+        default: Option<BackendId>,
+    ) -> RouteTable {
+        let mut overlay = self.overlay.clone();
+        for (host, routes) in changes {
+            let host = host.to_ascii_lowercase();
+            let (map, base, key) = match host.strip_prefix("*.") {
+                Some(suffix) => (&mut overlay.wildcard, &self.base.wildcard, suffix),
+                None => (&mut overlay.exact, &self.base.exact, host.as_str()),
+            };
+            let routes = routes.map(|mut r| {
+                sort_paths(&mut r.paths);
+                r
+            });
+            if base.get(key) == routes.as_ref() {
+                // Back to what the base has: no need to carry it.
+                map.remove(key);
+            } else {
+                map.insert(key, routes);
+            }
+        }
+        let mut any_host = any_host;
+        sort_paths(&mut any_host.paths);
+        RouteTable {
+            base: self.base.clone(),
+            overlay,
+            any_host,
+            default,
+        }
     }
 }
 
 /// Lower-cases `host` into `buf`, dropping a `:port` and one trailing dot. `None` when it
 /// cannot be a host we route (too long, not ASCII).
-fn normalize_host<'a>(host: &str, buf: &'a mut [u8; MAX_HOST]) -> Option<&'a str> {
+pub(crate) fn normalize_host<'a>(host: &str, buf: &'a mut [u8; MAX_HOST]) -> Option<&'a str> {
     let host = if host.starts_with('[') {
         // IPv6 literal: keep the brackets, drop a port after them.
         match host.find(']') {
@@ -191,13 +504,15 @@ fn normalize_host<'a>(host: &str, buf: &'a mut [u8; MAX_HOST]) -> Option<&'a str
 /// Builds a [`RouteTable`]; the compiler feeds it rules in any order.
 #[derive(Debug, Default)]
 pub struct RouteTableBuilder {
-    table: RouteTable,
+    hosts: HostMap,
+    any_host: HostRoutes,
+    default: Option<BackendId>,
 }
 
 impl RouteTableBuilder {
     fn bucket(&mut self, host: Option<&str>) -> &mut HostRoutes {
         let Some(host) = host else {
-            return &mut self.table.any_host;
+            return &mut self.any_host;
         };
         let lowered;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -207,12 +522,11 @@ impl RouteTableBuilder {
             host
         };
         let (map, key) = match host.strip_prefix("*.") {
-            Some(suffix) => (&mut self.table.wildcard, suffix),
-            None => (&mut self.table.exact, host),
+            Some(suffix) => (&mut self.hosts.wildcard, suffix),
+            None => (&mut self.hosts.exact, host),
         };
-        // Look up before inserting: the entry API would allocate the key every time.
         if !map.contains_key(key) {
-            map.insert(key.into(), HostRoutes::default());
+            map.insert(key, HostRoutes::default());
         }
         map.get_mut(key).expect("just inserted")
     }
@@ -272,20 +586,28 @@ impl RouteTableBuilder {
 
     /// Sets the fallback for everything (first one set wins).
     pub fn fallback(&mut self, backend: BackendId) {
-        self.table.default.get_or_insert(backend);
+        self.default.get_or_insert(backend);
     }
 
     pub fn build(mut self) -> RouteTable {
         for routes in self
-            .table
+            .hosts
             .exact
             .values_mut()
-            .chain(self.table.wildcard.values_mut())
-            .chain(std::iter::once(&mut self.table.any_host))
+            .chain(self.hosts.wildcard.values_mut())
+            .chain(std::iter::once(&mut self.any_host))
         {
             sort_paths(&mut routes.paths);
+            for rule in &mut routes.paths {
+                rule.tag = 0;
+            }
         }
-        self.table
+        RouteTable {
+            overlay: Overlay::over(&self.hosts),
+            base: Arc::new(self.hosts),
+            any_host: self.any_host,
+            default: self.default,
+        }
     }
 }
 
@@ -299,6 +621,8 @@ pub struct Snapshot {
     /// Every endpoint of every backend, built once with the snapshot: a worker checks its
     /// pooled connections against it at the swap without walking all backends.
     endpoints: HashSet<SocketAddr>,
+    /// SNI host → certificate, and which hosts redirect plain HTTP to HTTPS.
+    pub certs: Arc<CertTable>,
 }
 
 impl Snapshot {
@@ -312,7 +636,20 @@ impl Snapshot {
             table,
             backends,
             endpoints,
+            certs: Arc::default(),
         }
+    }
+
+    /// The same snapshot with `certs` as its certificate table.
+    pub fn with_certs(self, certs: CertTable) -> Snapshot {
+        self.with_shared_certs(Arc::new(certs))
+    }
+
+    /// The same snapshot sharing the certificate table `certs` (with the previous snapshot,
+    /// when no certificate changed: workers then keep their TLS configuration).
+    pub fn with_shared_certs(mut self, certs: Arc<CertTable>) -> Snapshot {
+        self.certs = certs;
+        self
     }
 
     /// Whether any backend of this snapshot has `endpoint`.
@@ -358,11 +695,8 @@ impl fmt::Display for Snapshot {
                 lines.push(format!("{host} (default) -> {}", describe(d)));
             }
         };
-        for (host, routes) in &self.table.exact {
-            host_lines(host.to_string(), routes);
-        }
-        for (suffix, routes) in &self.table.wildcard {
-            host_lines(format!("*.{suffix}"), routes);
+        for (host, routes) in self.table.hosts() {
+            host_lines(host, routes);
         }
         host_lines("*".to_string(), &self.table.any_host);
         lines.sort();
@@ -372,6 +706,9 @@ impl fmt::Display for Snapshot {
         }
         if let Some(d) = self.table.default {
             writeln!(f, "default -> {}", describe(d))?;
+        }
+        for line in self.certs.describe() {
+            writeln!(f, "{line}")?;
         }
         Ok(())
     }
@@ -392,5 +729,9 @@ impl Router for SnapshotRouter<'_> {
             Some(endpoint) => RouteDecision::Forward { backend, endpoint },
             None => RouteDecision::NoEndpoints,
         }
+    }
+
+    fn redirect_https(&mut self, host: &str) -> bool {
+        self.snapshot.certs.redirects(host)
     }
 }
