@@ -32,7 +32,8 @@ use tokio::sync::{mpsc, oneshot, watch as signal};
 use tokio::time::Instant as TokioInstant;
 
 use super::class::{Classes, tls_secrets};
-use super::compile::{CompileOptions, Compiled, Diagnostic, Objects, SERVICE_NAME_LABEL, compile};
+use super::compile::{CompileOptions, Compiled, Diagnostic, Objects, SERVICE_NAME_LABEL};
+use super::incremental::Incremental;
 use super::leader::{self, LeaseSettings};
 use super::status::{self, StatusPlan};
 use crate::engine::Publisher;
@@ -486,6 +487,11 @@ struct Store {
     to_fetch: Vec<Key>,
     /// A status-relevant change (Ingress status, classes, published Service) happened.
     status_dirty: bool,
+    /// Since the last snapshot: Ingresses changed (as diagnostics name them), and whether
+    /// something changed that the next snapshot should be compiled in full for (a re-list, an
+    /// IngressClass, Service or Secret), so that every rejection is reported afresh.
+    changed_ingresses: BTreeSet<String>,
+    needs_full: bool,
 }
 
 impl Store {
@@ -501,6 +507,8 @@ impl Store {
             referenced: BTreeSet::new(),
             to_fetch: Vec::new(),
             status_dirty: false,
+            changed_ingresses: BTreeSet::new(),
+            needs_full: false,
         }
     }
 
@@ -509,20 +517,45 @@ impl Store {
         match msg {
             Msg::Ingress(e) => {
                 self.status_dirty = true;
+                let name = match &e {
+                    Event::Apply(o) | Event::Delete(o) => Some(key_of(&o.metadata)),
+                    _ => None,
+                };
+                let relist = matches!(e, Event::InitDone);
                 let changed = self.ingresses.apply(e, strip_ingress, same_ingress);
-                changed | self.refresh_references()
+                if changed {
+                    match name {
+                        Some((ns, name)) => {
+                            self.changed_ingresses
+                                .insert(format!("Ingress {ns}/{name}"));
+                        }
+                        None => self.needs_full |= relist,
+                    }
+                }
+                let secrets = self.refresh_references();
+                self.needs_full |= secrets;
+                changed | secrets
             }
             Msg::Class(e) => {
                 self.status_dirty = true;
                 let changed = self.classes.apply(e, strip_class, |a, b| a == b);
-                changed | self.refresh_references()
+                let changed = changed | self.refresh_references();
+                self.needs_full |= changed;
+                changed
             }
-            Msg::Service(e) => self.services.apply(e, strip_service, |a, b| a == b),
+            Msg::Service(e) => {
+                let changed = self.services.apply(e, strip_service, |a, b| a == b);
+                self.needs_full |= changed;
+                changed
+            }
             Msg::Slice(e) => self.slices.apply(e, strip_slice, |a, b| a == b),
             Msg::Secret(e) => {
                 let referenced = &self.referenced;
-                self.secrets
-                    .apply(e, |s| strip_secret(s, referenced), |a, b| a == b)
+                let changed = self
+                    .secrets
+                    .apply(e, |s| strip_secret(s, referenced), |a, b| a == b);
+                self.needs_full |= changed;
+                changed
             }
             Msg::PublishService(e) => {
                 self.status_dirty = true;
@@ -911,7 +944,13 @@ async fn run(
     }
     stats.synced.store(true, Ordering::Relaxed);
     let mut version = 1;
-    let compiled = compile(&store.objects(&stats), &settings.compile, version);
+    let (mut compiler, compiled) =
+        Incremental::new(&store.objects(&stats), settings.compile.clone(), version);
+    store.changed_ingresses.clear();
+    store.needs_full = false;
+    // Whether snapshots were compiled incrementally since the last full compile (whose
+    // diagnostics are the complete set of rejections).
+    let mut since_full = false;
     stats.snapshots.fetch_add(1, Ordering::Relaxed);
     let mut rejections = Rejections::default();
     let new_rejections = rejections.update(&compiled.diagnostics, &stats);
@@ -999,20 +1038,48 @@ async fn run(
                     dirty = false;
                     version += 1;
                     let objects = store.objects(&stats);
-                    let Compiled { snapshot, diagnostics } =
-                        compile(&objects, &settings.compile, version);
+                    let full = std::mem::take(&mut store.needs_full);
+                    let redone = std::mem::take(&mut store.changed_ingresses);
+                    let Compiled { snapshot, diagnostics } = if full {
+                        compiler.full(&objects, version)
+                    } else {
+                        compiler.update(&objects, version)
+                    };
                     stats.snapshots.fetch_add(1, Ordering::Relaxed);
                     publisher.publish(Arc::new(snapshot));
                     // Blocks this thread (polling) until every worker serves it; workers take
                     // a snapshot at their next loop turn, so this is short.
                     publisher.wait_acknowledged(version, since, ACK_WAIT);
-                    unposted.extend(rejections.update(&diagnostics, &stats));
+                    if full {
+                        unposted.extend(rejections.update(&diagnostics, &stats));
+                    } else {
+                        unposted.extend(rejections.merge(&diagnostics, &redone, &stats));
+                    }
+                    since_full |= !full;
+                    if compiler.compaction_due() {
+                        // The same routes folded into a new base, published after the change
+                        // so that it never delays one.
+                        version += 1;
+                        let compacted = compiler.full(&objects, version);
+                        publisher.publish(Arc::new(compacted.snapshot));
+                        unposted.extend(rejections.update(&compacted.diagnostics, &stats));
+                        since_full = false;
+                    }
                 }
             }
             _ = resync.tick() => {
                 // Writes that failed are forgotten here and planned again.
                 plan.reset();
                 store.status_dirty = true;
+                if since_full {
+                    // Incremental compiles report only what they touched: a full one now
+                    // and then makes the set of rejections exact again (fixed ones go).
+                    since_full = false;
+                    version += 1;
+                    let compacted = compiler.full(&store.objects(&stats), version);
+                    publisher.publish(Arc::new(compacted.snapshot));
+                    unposted.extend(rejections.update(&compacted.diagnostics, &stats));
+                }
             }
             _ = stop.changed() => break,
         }
@@ -1080,7 +1147,26 @@ struct Rejections {
 }
 
 impl Rejections {
-    /// Logs new rejections and the ones that went away; returns the new ones.
+    /// After an incremental compile: the rejections of the objects in `redone` are replaced
+    /// by `diagnostics`; those of other objects are kept (plus any in `diagnostics`).
+    fn merge(
+        &mut self,
+        diagnostics: &[Diagnostic],
+        redone: &BTreeSet<String>,
+        stats: &KubeStats,
+    ) -> Vec<Diagnostic> {
+        let mut now: Vec<Diagnostic> = self
+            .current
+            .iter()
+            .filter(|d| !redone.contains(&d.object))
+            .cloned()
+            .collect();
+        now.extend(diagnostics.iter().cloned());
+        self.update(&now, stats)
+    }
+
+    /// After a full compile (`diagnostics` is every rejection): logs new rejections and the
+    /// ones that went away; returns the new ones.
     fn update(&mut self, diagnostics: &[Diagnostic], stats: &KubeStats) -> Vec<Diagnostic> {
         let now: BTreeSet<Diagnostic> = diagnostics.iter().cloned().collect();
         let new: Vec<Diagnostic> = now.difference(&self.current).cloned().collect();
