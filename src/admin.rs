@@ -247,5 +247,10 @@ pub fn metrics_text(state: &EngineState) -> String {
         }
         let _ = writeln!(out, "sluice_snapshot_propagation_seconds_count {}", h.len());
     }
+    if let Ok(extra) = state.extra_metrics.lock() {
+        for f in extra.iter() {
+            f(&mut out);
+        }
+    }
     out
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::control::compile::{CompileOptions, PortRef, ServiceRef};
+use crate::control::watch::{KubeOptions, parse_namespaced_name};
 use crate::core::conn::{ConnConfig, Scheme, Timeouts};
 use crate::core::http1::{Limits, MAX_HEADERS_CAP};
 use crate::core::tls::TlsSettings;
@@ -188,6 +189,13 @@ struct RawSources {
     controller_class: Option<Spanned<String>>,
     watch_ingress_without_class: Option<Spanned<bool>>,
     default_backend: Option<Spanned<String>>,
+    kubernetes: Option<Spanned<bool>>,
+    kubeconfig: Option<Spanned<String>>,
+    watch_namespace: Option<Spanned<String>>,
+    election_id: Option<Spanned<String>>,
+    election_namespace: Option<Spanned<String>>,
+    publish_service: Option<Spanned<String>>,
+    publish_status_address: Option<Spanned<Vec<String>>>,
 }
 
 /// A byte size: an integer, or a string with an nginx-style suffix (`"1m"`, `"512k"`, `"1g"`).
@@ -217,6 +225,8 @@ pub struct Config {
     pub manifests: Option<PathBuf>,
     pub compile: CompileOptions,
     pub tls: TlsConfig,
+    /// The Kubernetes route source (`[sources]` kubernetes keys).
+    pub kubernetes: KubeOptions,
 }
 
 impl Default for Config {
@@ -236,6 +246,7 @@ impl Default for Config {
             manifests: None,
             compile: CompileOptions::default(),
             tls: TlsConfig::default(),
+            kubernetes: KubeOptions::default(),
         }
     }
 }
@@ -553,6 +564,39 @@ impl Config {
                 parse_service_ref(v.get_ref())
                     .map_err(|m| ctx.at(v.span().start, "sources.default_backend", m))?,
             );
+        }
+        let k = &mut c.kubernetes;
+        if let Some(v) = &s.kubernetes {
+            k.enabled = *v.get_ref();
+        }
+        if let Some(v) = &s.kubeconfig {
+            k.kubeconfig = Some(PathBuf::from(v.get_ref()));
+            k.enabled = true;
+        }
+        let non_empty = |v: &Spanned<String>, field: &str| {
+            if v.get_ref().is_empty() {
+                Err(ctx.at(v.span().start, field, "must not be empty"))
+            } else {
+                Ok(v.get_ref().clone())
+            }
+        };
+        if let Some(v) = &s.watch_namespace {
+            k.watch_namespace = Some(non_empty(v, "sources.watch_namespace")?);
+        }
+        if let Some(v) = &s.election_id {
+            k.election_id = non_empty(v, "sources.election_id")?;
+        }
+        if let Some(v) = &s.election_namespace {
+            k.election_namespace = Some(non_empty(v, "sources.election_namespace")?);
+        }
+        if let Some(v) = &s.publish_service {
+            k.publish_service = Some(
+                parse_namespaced_name(v.get_ref())
+                    .map_err(|m| ctx.at(v.span().start, "sources.publish_service", m))?,
+            );
+        }
+        if let Some(v) = &s.publish_status_address {
+            k.publish_status_address = v.get_ref().clone();
         }
         Ok(c)
     }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice::config::Config;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,16 +14,29 @@ use sluice::control::compile::{Compiled, Objects};
 use sluice::control::files::{FileSource, FileWatcher};
 use sluice::control::incremental::Incremental;
 use sluice::control::manifests::{Object, parse_documents};
+use sluice::control::watch::{KubeSettings, KubeSource, parse_namespaced_name};
 use sluice::demo;
 use sluice::engine::{Engine, uring};
 
 const USAGE: &str = "\
 usage:
   sluice run   [--config FILE] [--manifests DIR] [--http ADDR] [--https ADDR] [--admin ADDR]
-               [--workers N] [--default-ssl-certificate NS/NAME]
-  sluice check [--config FILE] [--manifests DIR]   validate; print the compiled routes or errors
+               [--workers N] [--default-ssl-certificate NS/NAME] [KUBERNETES FLAGS]
+  sluice check [--config FILE] [--manifests DIR] [KUBERNETES FLAGS]
+                                                   validate; print the compiled routes or errors
   sluice demo  [--http ADDR]                       embedded default: no cluster, no files
-  sluice --version | --help";
+  sluice --version | --help
+
+kubernetes flags (route source: the cluster instead of --manifests):
+  --kubernetes                      watch the cluster (in-cluster in a pod, else kubeconfig)
+  --kubeconfig FILE                 watch the cluster FILE points at
+  --watch-namespace NS              only this namespace
+  --ingress-class NAME              default sluice
+  --controller-class NAME           default sluice.dev/ingress-controller
+  --watch-ingress-without-class     also serve Ingresses that name no class
+  --election-id NAME                status Lease name, default sluice-leader
+  --publish-service NS/NAME         status from this Service's LoadBalancer ingress
+  --publish-status-address A[,B]    status from these addresses";
 
 /// What the command line asked for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -35,6 +49,15 @@ struct Args {
     default_ssl_certificate: Option<String>,
     admin: Option<String>,
     workers: Option<String>,
+    kubernetes: bool,
+    kubeconfig: Option<PathBuf>,
+    watch_namespace: Option<String>,
+    ingress_class: Option<String>,
+    controller_class: Option<String>,
+    watch_without_class: bool,
+    election_id: Option<String>,
+    publish_service: Option<String>,
+    publish_status_address: Option<String>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -52,6 +75,15 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--default-ssl-certificate" => args.default_ssl_certificate = Some(value()?),
             "--admin" => args.admin = Some(value()?),
             "--workers" => args.workers = Some(value()?),
+            "--kubernetes" => args.kubernetes = true,
+            "--kubeconfig" => args.kubeconfig = Some(value()?.into()),
+            "--watch-namespace" => args.watch_namespace = Some(value()?),
+            "--ingress-class" => args.ingress_class = Some(value()?),
+            "--controller-class" => args.controller_class = Some(value()?),
+            "--watch-ingress-without-class" => args.watch_without_class = true,
+            "--election-id" => args.election_id = Some(value()?),
+            "--publish-service" => args.publish_service = Some(value()?),
+            "--publish-status-address" => args.publish_status_address = Some(value()?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -97,7 +129,122 @@ fn load_config(args: &Args) -> Result<Config, String> {
         config.workers = None;
         config.worker_count = Some(n);
     }
+    let k = &mut config.kubernetes;
+    k.enabled |= args.kubernetes || args.kubeconfig.is_some();
+    if let Some(path) = &args.kubeconfig {
+        k.kubeconfig = Some(path.clone());
+    }
+    let non_empty = |flag: &str, v: &Option<String>| match v {
+        Some(v) if v.is_empty() => Err(format!("{flag}: must not be empty")),
+        v => Ok(v.clone()),
+    };
+    if let Some(ns) = non_empty("--watch-namespace", &args.watch_namespace)? {
+        k.watch_namespace = Some(ns);
+    }
+    if let Some(id) = non_empty("--election-id", &args.election_id)? {
+        k.election_id = id;
+    }
+    if let Some(v) = &args.publish_service {
+        k.publish_service =
+            Some(parse_namespaced_name(v).map_err(|e| format!("--publish-service: {e}"))?);
+    }
+    if let Some(v) = &args.publish_status_address {
+        k.publish_status_address = v
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect();
+    }
+    if let Some(c) = non_empty("--ingress-class", &args.ingress_class)? {
+        config.compile.ingress_class = c;
+    }
+    if let Some(c) = non_empty("--controller-class", &args.controller_class)? {
+        config.compile.controller = c;
+    }
+    config.compile.watch_without_class |= args.watch_without_class;
+    if config.kubernetes.enabled && config.manifests.is_some() {
+        return Err(
+            "the kubernetes and manifests sources cannot be combined (yet): choose one".into(),
+        );
+    }
     Ok(config)
+}
+
+/// Starts the Kubernetes source and waits for its first complete list of the cluster,
+/// returning early (`None`) on SIGTERM/SIGINT.
+fn sync_cluster(
+    config: &Config,
+    signals: &std::sync::mpsc::Receiver<i32>,
+) -> Result<Option<(KubeSource, Compiled)>, String> {
+    let settings = KubeSettings::new(&config.kubernetes, &config.compile);
+    eprintln!(
+        "sluice: kubernetes: listing the cluster (identity {}, lease {}/{})",
+        settings.identity, settings.election_namespace, settings.options.election_id
+    );
+    let source = KubeSource::start(settings).map_err(|e| e.to_string())?;
+    loop {
+        if let Ok(sig) = signals.try_recv() {
+            eprintln!("sluice: signal {sig} before the first sync: exiting");
+            source.stop();
+            return Ok(None);
+        }
+        if let Some(compiled) = source.wait_synced(Duration::from_millis(200))? {
+            return Ok(Some((source, compiled)));
+        }
+    }
+}
+
+/// Signals, delivered on a channel by a thread of their own (all threads block them).
+fn signal_channel() -> std::sync::mpsc::Receiver<i32> {
+    uring::block_termination_signals();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("sluice-signals".into())
+        .spawn(move || {
+            loop {
+                if tx.send(uring::wait_for_termination()).is_err() {
+                    break;
+                }
+            }
+        });
+    rx
+}
+
+/// `sluice run` with the Kubernetes source: the engine starts on the first complete view of
+/// the cluster (so readiness means "synced and every worker serves it"), then every change is
+/// published until a signal.
+fn serve_kube(config: &Config) -> Result<(), String> {
+    let signals = signal_channel();
+    let Some((mut source, compiled)) = sync_cluster(config, &signals)? else {
+        return Ok(());
+    };
+    let engine = Engine::start(config.engine_config(), Arc::new(compiled.snapshot))
+        .map_err(|e| e.to_string())?;
+    let stats = source.stats();
+    if let Ok(mut extra) = engine.state().extra_metrics.lock() {
+        extra.push(Box::new(move |out: &mut String| stats.render(out)));
+    }
+    source.attach(engine.publisher());
+    eprintln!(
+        "sluice: serving http on {} with {} worker(s); admin on {}; routes from the cluster",
+        engine.local_addr(),
+        config.engine_config().workers.len(),
+        engine
+            .admin_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    let sig = signals.recv().unwrap_or(15);
+    eprintln!(
+        "sluice: signal {sig}: draining (grace {:?})",
+        config.shutdown_grace
+    );
+    source.stop();
+    engine.stop();
+    engine.join().map_err(|e| e.to_string())?;
+    eprintln!("sluice: stopped");
+    Ok(())
 }
 
 /// Loads the manifests directory (if any) and compiles it with `extra`; prints every problem.
@@ -254,12 +401,24 @@ fn main() -> ExitCode {
     let result = parse_args(argv).and_then(|args| match args.command.as_str() {
         "run" => load_config(&args).and_then(|mut config| {
             load_certificates(&mut config)?;
+            if config.kubernetes.enabled {
+                return serve_kube(&config);
+            }
             let routes = compile_routes(&config, Vec::new())?;
             serve(&config, routes, None)
         }),
         "check" => load_config(&args).and_then(|mut config| {
             load_certificates(&mut config)?;
-            let (_, compiled, _) = compile_routes(&config, Vec::new())?;
+            let compiled = if config.kubernetes.enabled {
+                let signals = signal_channel();
+                let Some((source, compiled)) = sync_cluster(&config, &signals)? else {
+                    return Ok(());
+                };
+                source.stop();
+                compiled
+            } else {
+                compile_routes(&config, Vec::new())?.1
+            };
             print!("{}", compiled.snapshot);
             if compiled.diagnostics.is_empty() {
                 Ok(())
@@ -307,6 +466,53 @@ mod tests {
         assert_eq!(c.http, "127.0.0.1:81".parse().unwrap());
         assert_eq!(c.worker_count, Some(3));
         assert_eq!(c.manifests, Some(PathBuf::from("m")));
+    }
+
+    #[test]
+    fn kubernetes_flags_parse() {
+        let c = load_config(
+            &args(&[
+                "run",
+                "--kubeconfig",
+                "/k",
+                "--watch-namespace",
+                "shop",
+                "--ingress-class",
+                "edge",
+                "--controller-class",
+                "example.com/edge",
+                "--watch-ingress-without-class",
+                "--election-id",
+                "edge-leader",
+                "--publish-service",
+                "sluice/lb",
+                "--publish-status-address",
+                "203.0.113.1, lb.example.com",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        let k = &c.kubernetes;
+        assert!(k.enabled);
+        assert_eq!(k.kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(k.watch_namespace.as_deref(), Some("shop"));
+        assert_eq!(k.election_id, "edge-leader");
+        assert_eq!(k.publish_service, Some(("sluice".into(), "lb".into())));
+        assert_eq!(k.publish_status_address, ["203.0.113.1", "lb.example.com"]);
+        assert_eq!(c.compile.ingress_class, "edge");
+        assert_eq!(c.compile.controller, "example.com/edge");
+        assert!(c.compile.watch_without_class);
+        assert!(
+            load_config(&args(&["run", "--kubernetes"]).unwrap())
+                .unwrap()
+                .kubernetes
+                .enabled
+        );
+        assert!(load_config(&args(&["run", "--publish-service", "nope"]).unwrap()).is_err());
+        assert!(
+            load_config(&args(&["run", "--kubernetes", "--manifests", "m"]).unwrap()).is_err(),
+            "the two sources are not combined"
+        );
     }
 
     #[test]

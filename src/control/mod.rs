@@ -2,7 +2,11 @@
 //! immutable route snapshots. Pure compilation lives in `compile`; I/O lives elsewhere.
 
 pub mod certs;
+pub mod class;
 pub mod compile;
 pub mod files;
 pub mod incremental;
+pub mod leader;
 pub mod manifests;
+pub mod status;
+pub mod watch;

@@ -59,7 +59,12 @@ pub struct EngineState {
     /// The newest published snapshot (for the admin route dump; workers have their own).
     pub snapshot: RwLock<Arc<Snapshot>>,
     pub stopping: Arc<AtomicBool>,
+    /// More `/metrics` text, from the control side (e.g. the Kubernetes source's counters).
+    pub extra_metrics: Mutex<Vec<MetricsFn>>,
 }
+
+/// Appends Prometheus text to `/metrics`.
+pub type MetricsFn = Box<dyn Fn(&mut String) + Send + Sync>;
 
 /// Publication metrics (control side only, never touched by a worker).
 pub struct PublicationStats {
@@ -234,6 +239,7 @@ impl Engine {
             publication: Mutex::new(PublicationStats::default()),
             snapshot: RwLock::new(snapshot.clone()),
             stopping: stopping.clone(),
+            extra_metrics: Mutex::new(Vec::new()),
         });
         let mut workers = Vec::new();
         let mut senders = Vec::new();

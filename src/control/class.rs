@@ -1,0 +1,83 @@
+//! Which Ingresses are ours, decided exactly as the compiler decides it (see the class rules in
+//! `compile`), for the parts of the control plane that act per Ingress without compiling:
+//! status updates, and which TLS Secrets to cache. Pure functions over the objects.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+
+use super::compile::{CompileOptions, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION};
+
+/// The class facts an Ingress is judged against, computed once per set of IngressClasses.
+pub struct Classes<'a> {
+    opts: &'a CompileOptions,
+    /// Names of IngressClasses whose controller is ours.
+    ours: BTreeSet<&'a str>,
+    /// Names of every IngressClass.
+    all: BTreeSet<&'a str>,
+    /// One of our IngressClasses carries the default-class annotation.
+    default_is_ours: bool,
+}
+
+impl<'a> Classes<'a> {
+    pub fn new(classes: &'a [Arc<IngressClass>], opts: &'a CompileOptions) -> Classes<'a> {
+        let mut c = Classes {
+            opts,
+            ours: BTreeSet::new(),
+            all: BTreeSet::new(),
+            default_is_ours: false,
+        };
+        for class in classes {
+            let Some(name) = class.metadata.name.as_deref() else {
+                continue;
+            };
+            c.all.insert(name);
+            let controller = class.spec.as_ref().and_then(|s| s.controller.as_deref());
+            if controller != Some(opts.controller.as_str()) {
+                continue;
+            }
+            c.ours.insert(name);
+            c.default_is_ours |= class
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                .is_some_and(|v| v == "true");
+        }
+        c
+    }
+
+    /// True when this controller serves `ing`: `spec.ingressClassName` first, then the legacy
+    /// annotation, then the default class or `watch_without_class`.
+    pub fn is_ours(&self, ing: &Ingress) -> bool {
+        let field = ing
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref());
+        if let Some(class) = field {
+            return self.ours.contains(class)
+                || (!self.all.contains(class) && class == self.opts.ingress_class);
+        }
+        let annotation = ing
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION));
+        if let Some(class) = annotation {
+            return *class == self.opts.ingress_class;
+        }
+        self.default_is_ours || self.opts.watch_without_class
+    }
+}
+
+/// `(namespace, name)` of every Secret that `ing` names in `spec.tls`.
+pub fn tls_secrets(ing: &Ingress) -> impl Iterator<Item = (String, String)> + '_ {
+    let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
+    ing.spec
+        .iter()
+        .flat_map(|s| s.tls.iter().flatten())
+        .filter_map(|t| t.secret_name.as_deref())
+        .filter(|n| !n.is_empty())
+        .map(move |n| (ns.to_string(), n.to_string()))
+}
