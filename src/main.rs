@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use sluice::config::Config;
+use sluice::config::{Config, EngineKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sluice::control::compile::{Compiled, Objects, compile};
@@ -17,6 +17,7 @@ use sluice::engine::{Engine, uring};
 const USAGE: &str = "\
 usage:
   sluice run   [--config FILE] [--manifests DIR] [--http ADDR] [--admin ADDR] [--workers N]
+               [--engine uring|userspace]
   sluice check [--config FILE] [--manifests DIR]   validate; print the compiled routes or errors
   sluice demo  [--http ADDR]                       embedded default: no cluster, no files
   sluice --version | --help";
@@ -30,6 +31,7 @@ struct Args {
     http: Option<String>,
     admin: Option<String>,
     workers: Option<String>,
+    engine: Option<String>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -45,6 +47,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--http" => args.http = Some(value()?),
             "--admin" => args.admin = Some(value()?),
             "--workers" => args.workers = Some(value()?),
+            "--engine" => args.engine = Some(value()?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -68,6 +71,9 @@ fn load_config(args: &Args) -> Result<Config, String> {
         config.admin = admin
             .parse()
             .map_err(|_| format!("--admin: not an address: {admin}"))?;
+    }
+    if let Some(engine) = &args.engine {
+        config.engine = EngineKind::parse(engine).map_err(|e| format!("--engine: {e}"))?;
     }
     if let Some(w) = &args.workers {
         let n: usize = w
@@ -118,8 +124,14 @@ fn serve(
     banner: Option<String>,
 ) -> Result<(), String> {
     uring::block_termination_signals();
-    let engine = Engine::start(config.engine_config(), Arc::new(compiled.snapshot))
-        .map_err(|e| e.to_string())?;
+    let snapshot = Arc::new(compiled.snapshot);
+    let engine = match config.engine {
+        EngineKind::Uring => Engine::start(config.engine_config(), snapshot),
+        EngineKind::Userspace => {
+            Engine::start_userspace(config.engine_config(), config.userspace.clone(), snapshot)
+        }
+    }
+    .map_err(|e| e.to_string())?;
     let stop_watching = Arc::new(AtomicBool::new(false));
     let watcher = match source {
         Some(source) => Some(
@@ -268,5 +280,8 @@ mod tests {
         assert!(args(&["run", "--http"]).is_err());
         assert!(load_config(&args(&["run", "--http", "nope"]).unwrap()).is_err());
         assert!(load_config(&args(&["run", "--workers", "0"]).unwrap()).is_err());
+        assert!(load_config(&args(&["run", "--engine", "dpdk"]).unwrap()).is_err());
+        let c = load_config(&args(&["run", "--engine", "userspace"]).unwrap()).unwrap();
+        assert_eq!(c.engine, EngineKind::Userspace);
     }
 }

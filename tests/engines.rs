@@ -1,14 +1,15 @@
 //! The end-to-end routing and framing suite, run over BOTH engines so neither can drift:
 //! `uring::*` runs Sluice's io_uring engine on loopback; `userspace::*` runs the smoltcp
 //! engine on a multi-queue TAP inside a network namespace made by the test (root needed),
-//! with the kernel on the other side of the TAP as client and as the upstream pods' host.
+//! with the kernel on the other side of the TAP as client and as the upstream pods' host;
+//! `af_packet::*` runs the same engine over AF_PACKET (PACKET_FANOUT) on one end of a veth
+//! pair in such a namespace.
 //! Every namespace and device a test makes is removed when it ends, also when it fails.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sluice::control::compile::{CompileOptions, Objects, compile};
@@ -16,9 +17,11 @@ use sluice::control::manifests::parse_documents;
 use sluice::core::conn::ConnConfig;
 use sluice::core::route::Snapshot;
 use sluice::demo::{DemoUpstream, spawn_upstream};
-use sluice::engine::userspace::sys::{NetnsReturn, enter_netns};
 use sluice::engine::userspace::{DeviceKind, UserspaceConfig};
 use sluice::engine::{Engine, EngineConfig};
+
+mod common;
+use common::{KERNEL_IP, Link, NetNs, SLUICE_IP};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -26,101 +29,6 @@ pub enum Kind {
     Userspace,
     /// The userspace engine over AF_PACKET (PACKET_FANOUT) on one end of a veth pair.
     Packet,
-}
-
-/// Kernel side of the link in the namespace (client and upstream pods live here).
-const KERNEL_IP: [u8; 4] = [10, 99, 0, 1];
-/// Sluice's own address, owned by its userspace stack.
-const SLUICE_IP: [u8; 4] = [10, 99, 0, 2];
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e} (is iproute2 installed?)"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// A network namespace with a link Sluice's stack owns one end of. Dropping it deletes the
-/// devices and the namespace and moves the thread back to where it was.
-pub struct NetNs {
-    name: String,
-    devices: Vec<String>,
-    back: NetnsReturn,
-}
-
-static NEXT_NS: AtomicUsize = AtomicUsize::new(0);
-
-impl NetNs {
-    fn new(kind: Kind) -> NetNs {
-        let name = format!(
-            "sluice-test-{}-{}",
-            std::process::id(),
-            NEXT_NS.fetch_add(1, Ordering::Relaxed)
-        );
-        ip(&["netns", "add", &name]).expect("create a network namespace (needs root)");
-        let mut ns = NetNs {
-            name: name.clone(),
-            devices: Vec::new(),
-            back: NetnsReturn::current().expect("current namespace"),
-        };
-        let n = name.as_str();
-        let kernel = format!(
-            "{}.{}.{}.{}/24",
-            KERNEL_IP[0], KERNEL_IP[1], KERNEL_IP[2], KERNEL_IP[3]
-        );
-        ip(&["-n", n, "link", "set", "lo", "up"]).unwrap();
-        match kind {
-            Kind::Userspace => {
-                ip(&[
-                    "-n",
-                    n,
-                    "tuntap",
-                    "add",
-                    "dev",
-                    "sl0",
-                    "mode",
-                    "tap",
-                    "multi_queue",
-                ])
-                .unwrap();
-                ns.devices.push("sl0".into());
-                ip(&["-n", n, "addr", "add", &kernel, "dev", "sl0"]).unwrap();
-                ip(&["-n", n, "link", "set", "sl0", "up"]).unwrap();
-            }
-            Kind::Packet => {
-                // veth pair, both ends here: the kernel owns k0, Sluice's stack owns s0's wire.
-                ip(&[
-                    "-n", n, "link", "add", "k0", "type", "veth", "peer", "name", "s0",
-                ])
-                .unwrap();
-                ns.devices.push("k0".into());
-                ip(&["-n", n, "addr", "add", &kernel, "dev", "k0"]).unwrap();
-                ip(&["-n", n, "link", "set", "k0", "up"]).unwrap();
-                ip(&["-n", n, "link", "set", "s0", "up"]).unwrap();
-            }
-            Kind::Uring => {}
-        }
-        enter_netns(std::path::Path::new(&format!("/run/netns/{name}"))).expect("enter netns");
-        ns
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = self.back.restore();
-        for dev in &self.devices {
-            let _ = ip(&["-n", &self.name, "link", "del", dev]);
-        }
-        let _ = ip(&["netns", "del", &self.name]);
-    }
 }
 
 /// One engine under test, with the addresses its peers use.
@@ -134,7 +42,8 @@ impl Harness {
     pub fn new(kind: Kind) -> Harness {
         let ns = match kind {
             Kind::Uring => None,
-            _ => Some(NetNs::new(kind)),
+            Kind::Userspace => Some(NetNs::new(Link::Tap)),
+            Kind::Packet => Some(NetNs::new(Link::Veth)),
         };
         Harness { kind, _ns: ns }
     }
@@ -587,6 +496,7 @@ macro_rules! both_engines {
     ($($name:ident),* $(,)?) => {
         mod uring { suite!(Uring: $($name),*); }
         mod userspace { suite!(Userspace: $($name),*); }
+        mod af_packet { suite!(Packet: $($name),*); }
     };
 }
 

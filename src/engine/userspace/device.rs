@@ -4,7 +4,7 @@
 
 use std::os::fd::RawFd;
 
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 /// The transmit side of a worker's device, with its counters.
@@ -18,6 +18,9 @@ pub struct Link {
     /// Frames built while set are dropped (a copy of a neighbour frame another worker
     /// received, learnt from here but answered there).
     pub mute: bool,
+    /// Verify IPv4/TCP checksums of received frames. Off for AF_PACKET: the kernel hands
+    /// over frames whose checksum was left to offload (veth, or a NIC that verified it).
+    pub verify_rx_checksums: bool,
 }
 
 impl Link {
@@ -29,6 +32,7 @@ impl Link {
             frames_out: 0,
             write_errors: 0,
             mute: false,
+            verify_rx_checksums: true,
         }
     }
 }
@@ -103,6 +107,10 @@ impl Device for Port<'_> {
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = self.link.mtu + 14;
         caps.max_burst_size = None;
+        if !self.link.verify_rx_checksums {
+            caps.checksum.ipv4 = Checksum::Tx;
+            caps.checksum.tcp = Checksum::Tx;
+        }
         caps
     }
 }

@@ -21,7 +21,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 
 use super::demux::{Class, FlowKey, classify};
 use super::device::{Link, Port};
-use super::{PollMode, UserspaceConfig, sys};
+use super::{DeviceKind, PollMode, UserspaceConfig, sys};
 use crate::core::conn::{Action, ClientInfo, Conn, ConnConfig};
 use crate::core::route::{Snapshot, SnapshotRouter};
 use crate::core::time::Instant;
@@ -245,6 +245,7 @@ impl UserspaceWorker {
     pub fn new(setup: UserspaceWorkerSetup, snapshot: Arc<Snapshot>) -> std::io::Result<Self> {
         let dev = &setup.dev;
         let mut link = Link::new(setup.queue.as_raw_fd(), dev.mtu);
+        link.verify_rx_checksums = dev.device == DeviceKind::Tap;
         let now = clock();
         let mut config = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(dev.mac)));
         config.random_seed = now.as_nanos() ^ ((setup.index as u64) << 48) ^ 0x5eed_51c3;
