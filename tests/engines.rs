@@ -17,7 +17,7 @@ use sluice::control::manifests::parse_documents;
 use sluice::core::conn::ConnConfig;
 use sluice::core::route::Snapshot;
 use sluice::demo::{DemoUpstream, spawn_upstream};
-use sluice::engine::userspace::{DeviceKind, UserspaceConfig};
+use sluice::engine::userspace::{DeviceKind, PollMode, UserspaceConfig};
 use sluice::engine::{Engine, EngineConfig};
 
 mod common;
@@ -29,6 +29,8 @@ pub enum Kind {
     Userspace,
     /// The userspace engine over AF_PACKET (PACKET_FANOUT) on one end of a veth pair.
     Packet,
+    /// The userspace engine on a TAP, busy-polling instead of sleeping.
+    Busy,
 }
 
 /// One engine under test, with the addresses its peers use.
@@ -42,7 +44,7 @@ impl Harness {
     pub fn new(kind: Kind) -> Harness {
         let ns = match kind {
             Kind::Uring => None,
-            Kind::Userspace => Some(NetNs::new(Link::Tap)),
+            Kind::Userspace | Kind::Busy => Some(NetNs::new(Link::Tap)),
             Kind::Packet => Some(NetNs::new(Link::Veth)),
         };
         Harness { kind, _ns: ns }
@@ -82,7 +84,7 @@ impl Harness {
         };
         match self.kind {
             Kind::Uring => Engine::start(cfg, snapshot(yaml, 1)).expect("engine starts"),
-            Kind::Userspace | Kind::Packet => {
+            Kind::Userspace | Kind::Packet | Kind::Busy => {
                 cfg.http = SocketAddr::new(IpAddr::from(SLUICE_IP), 80);
                 let dev = UserspaceConfig {
                     device: if self.kind == Kind::Packet {
@@ -97,6 +99,11 @@ impl Harness {
                     }
                     .into(),
                     addresses: vec![(IpAddr::from(SLUICE_IP), 24)],
+                    poll: if self.kind == Kind::Busy {
+                        PollMode::Busy
+                    } else {
+                        PollMode::Sleep
+                    },
                     ..UserspaceConfig::default()
                 };
                 Engine::start_userspace(cfg, dev, snapshot(yaml, 1))
@@ -514,3 +521,66 @@ both_engines!(
     a_new_snapshot_reaches_every_worker_without_dropping_connections,
     many_concurrent_clients,
 );
+
+// Busy polling changes only how the loop waits: a few of the suite prove it still serves,
+// times out and streams.
+mod busy_poll {
+    suite!(
+        Busy: routes_by_host_with_keep_alive_on_both_sides,
+        large_bodies_stream_both_ways,
+        slow_upstream_is_504_and_slow_client_head_is_408,
+        a_new_snapshot_reaches_every_worker_without_dropping_connections,
+    );
+}
+
+#[test]
+fn userspace_engine_serves_ipv6_clients_and_ipv6_upstreams() {
+    let _ns = NetNs::new(Link::Tap);
+    let up = spawn_upstream("V6", "[fd99::1]:0".parse().unwrap()).unwrap();
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\n\
+         spec:\n  ingressClassName: sluice\n  rules:\n  - host: v6.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
+         addressType: IPv6\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"fd99::1\"]}}]\n",
+        up.addr.port()
+    );
+    let cfg = EngineConfig {
+        workers: vec![None; 2],
+        http: "0.0.0.0:80".parse().unwrap(),
+        admin: None,
+        conn: Arc::new(ConnConfig::default()),
+        upstream_max_idle: 16,
+        upstream_idle_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(10),
+    };
+    let dev = UserspaceConfig {
+        interface: "sl0".into(),
+        addresses: vec![
+            (IpAddr::from(SLUICE_IP), 24),
+            ("fd99::2".parse().unwrap(), 64),
+        ],
+        ..UserspaceConfig::default()
+    };
+    let engine = Engine::start_userspace(cfg, dev, snapshot(&yaml, 1)).unwrap();
+    for i in 0..10 {
+        let mut s =
+            TcpStream::connect_timeout(&"[fd99::2]:80".parse().unwrap(), Duration::from_secs(10))
+                .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!("GET /{i} HTTP/1.1\r\nHost: v6.test\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let (status, head, body) = read_response(&mut s);
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(body, format!("V6 GET /{i} body=0\n").into_bytes());
+        assert!(
+            head.contains("X-Seen-X-Forwarded-For: 203.0.113.9, fd99::1"),
+            "{head}"
+        );
+    }
+    engine.stop();
+    engine.join().unwrap();
+}

@@ -19,6 +19,8 @@ pub enum Link {
 
 /// Kernel side of the link in the namespace (client and upstream pods live here).
 pub const KERNEL_IP: [u8; 4] = [10, 99, 0, 1];
+/// The kernel side's IPv6 address on the TAP (no duplicate address detection).
+pub const KERNEL_IP6: &str = "fd99::1/64";
 /// Sluice's own address, owned by its userspace stack.
 pub const SLUICE_IP: [u8; 4] = [10, 99, 0, 2];
 
@@ -82,6 +84,7 @@ impl NetNs {
                 .unwrap();
                 ns.devices.push("sl0".into());
                 ip(&["-n", n, "addr", "add", &kernel, "dev", "sl0"]).unwrap();
+                ip(&["-n", n, "addr", "add", KERNEL_IP6, "dev", "sl0", "nodad"]).unwrap();
                 ip(&["-n", n, "link", "set", "sl0", "up"]).unwrap();
             }
             Link::Veth => {
