@@ -177,8 +177,9 @@ pub fn write_frame(fd: RawFd, frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until one of `fds` is readable or `timeout` passed (zero: just look).
-pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<()> {
+/// Waits until one of `fds` is readable or `timeout` passed (zero: just look). Returns a
+/// bit per descriptor that is readable (bit i for `fds[i]`).
+pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<u32> {
     let mut pfds: [libc::pollfd; 4] = [libc::pollfd {
         fd: -1,
         events: 0,
@@ -197,8 +198,15 @@ pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<()> {
         if e.raw_os_error() != Some(libc::EINTR) {
             return Err(e);
         }
+        return Ok(0);
     }
-    Ok(())
+    let mut ready = 0;
+    for (i, p) in pfds.iter().take(n).enumerate() {
+        if p.revents != 0 {
+            ready |= 1 << i;
+        }
+    }
+    Ok(ready)
 }
 
 /// Empties an eventfd (non-blocking).

@@ -392,8 +392,10 @@ impl UserspaceWorker {
             match self.setup.dev.poll {
                 PollMode::Busy => {}
                 PollMode::Sleep => {
-                    sys::wait_readable(&[fd, self.setup.wake], wait)?;
-                    sys::drain_eventfd(self.setup.wake);
+                    let ready = sys::wait_readable(&[fd, self.setup.wake], wait)?;
+                    if ready & 2 != 0 {
+                        sys::drain_eventfd(self.setup.wake);
+                    }
                 }
             }
         }
