@@ -175,6 +175,13 @@ fn serve(
 
 fn demo_main(args: &Args) -> Result<(), String> {
     let mut config = load_config(args)?;
+    if config.engine == EngineKind::Userspace {
+        return Err(
+            "demo runs on the io_uring engine: its upstreams are on loopback, which the \
+             userspace stack cannot reach"
+                .into(),
+        );
+    }
     if args.http.is_none() {
         config.http = "127.0.0.1:8080".parse().expect("valid");
     }

@@ -1,6 +1,7 @@
 //! `sluice run --engine userspace` as a user runs it: the binary in a network namespace made
 //! by the test, owning its address on a multi-queue TAP through smoltcp, with real curl on
-//! the kernel side of the TAP; and the `[userspace]` config keys, their errors and defaults.
+//! the kernel side of the TAP, and a route change in the watched directory reaching its
+//! workers; and the `[userspace]` config keys, their errors and defaults.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -105,6 +106,28 @@ fn sluice_run_with_the_userspace_engine_serves_curl_through_a_tap() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    // A route change in the watched directory reaches the userspace workers (no reload).
+    let b = spawn_upstream("B", SocketAddr::from((KERNEL_IP, 0))).unwrap();
+    let tmp = dir.join(".app.yaml.tmp");
+    std::fs::write(&tmp, manifests(b.addr)).unwrap();
+    std::fs::rename(&tmp, dir.join("app.yaml")).unwrap();
+    let mut seen_b = false;
+    for _ in 0..100 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "curl", "-sS", "--max-time", "10"])
+            .args(["-H", "Host: app.test", "http://10.99.0.2/after"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).starts_with("B GET /after") {
+            seen_b = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        seen_b,
+        "the changed route never reached the userspace workers"
+    );
     // SIGTERM drains and exits 0.
     Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
