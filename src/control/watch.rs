@@ -32,7 +32,8 @@ use tokio::sync::{mpsc, oneshot, watch as signal};
 use tokio::time::Instant as TokioInstant;
 
 use super::class::{Classes, tls_secrets};
-use super::compile::{CompileOptions, Compiled, Diagnostic, Objects, SERVICE_NAME_LABEL, compile};
+use super::compile::{CompileOptions, Compiled, Diagnostic, Objects, SERVICE_NAME_LABEL};
+use super::incremental::Incremental;
 use super::leader::{self, LeaseSettings};
 use super::status::{self, StatusPlan};
 use crate::engine::Publisher;
@@ -311,12 +312,21 @@ impl<K: Resource<Scope: Sized> + PartialEq> Kind<K> {
                 false
             }
             Event::InitDone => {
-                let new = self.pending.take().unwrap_or_default();
+                let mut new = self.pending.take().unwrap_or_default();
                 let changed = new.len() != self.live.len()
                     || new
                         .iter()
                         .zip(self.live.iter())
                         .any(|((ka, a), (kb, b))| ka != kb || !same(a, b));
+                // Objects the re-list found exactly as they were keep their identity, so
+                // the incremental compiler sees them as unchanged.
+                for (key, object) in new.iter_mut() {
+                    if let Some(old) = self.live.get(key)
+                        && **old == **object
+                    {
+                        *object = old.clone();
+                    }
+                }
                 self.live = new;
                 self.synced = true;
                 changed
@@ -324,8 +334,12 @@ impl<K: Resource<Scope: Sized> + PartialEq> Kind<K> {
             Event::Apply(o) => {
                 let o = strip(o);
                 let key = key_of(o.meta());
-                let changed = self.live.get(&key).is_none_or(|old| !same(old, &o));
-                self.live.insert(key, Arc::new(o));
+                let old = self.live.get(&key);
+                let changed = old.is_none_or(|old| !same(old, &o));
+                // An object delivered again exactly as it is (a resync) keeps its identity.
+                if old.is_none_or(|old| **old != o) {
+                    self.live.insert(key, Arc::new(o));
+                }
                 changed
             }
             Event::Delete(o) => self.live.remove(&key_of(o.meta())).is_some(),
@@ -913,7 +927,8 @@ async fn run(
     }
     stats.synced.store(true, Ordering::Relaxed);
     let mut version = 1;
-    let compiled = compile(&store.objects(&stats), &settings.compile, version);
+    let (mut compiler, compiled) =
+        Incremental::new(&store.objects(&stats), settings.compile.clone(), version);
     stats.snapshots.fetch_add(1, Ordering::Relaxed);
     let mut rejections = Rejections::default();
     let new_rejections = rejections.update(&compiled.diagnostics, &stats);
@@ -958,6 +973,8 @@ async fn run(
     let mut burst: Option<(TokioInstant, std::time::Instant)> = None;
     let mut last_event = TokioInstant::now();
     let mut dirty = false;
+    // Something other than EndpointSlices changed: the set of rejected objects may have too.
+    let mut rejections_dirty = false;
     let mut resync = tokio::time::interval(STATUS_RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -965,7 +982,10 @@ async fn run(
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
-                dirty |= store.apply(msg);
+                let slice = matches!(msg, Msg::Slice(_));
+                let changed = store.apply(msg);
+                dirty |= changed;
+                rejections_dirty |= changed && !slice;
                 last_event = TokioInstant::now();
                 if burst.is_none() {
                     burst = Some((last_event, std_now()));
@@ -993,13 +1013,26 @@ async fn run(
                 if dirty {
                     dirty = false;
                     version += 1;
-                    let Compiled { snapshot, diagnostics } = compile(&store.objects(&stats), &settings.compile, version);
+                    let objects = store.objects(&stats);
+                    // Only what the burst touched is recompiled (control::incremental).
+                    let Compiled { snapshot, .. } = compiler.update(&objects, version);
                     stats.snapshots.fetch_add(1, Ordering::Relaxed);
                     publisher.publish(Arc::new(snapshot));
                     // Blocks this thread (polling) until every worker serves it; workers take
                     // a snapshot at their next loop turn, so this is short.
                     publisher.wait_acknowledged(version, since, ACK_WAIT);
-                    unposted.extend(rejections.update(&diagnostics, &stats));
+                    // Events, the rejected gauge and "no longer rejected" need the whole set
+                    // of rejections, which only a full compile knows: made after the change
+                    // is served (never delaying it), and published too, as the compaction of
+                    // the incremental table. EndpointSlice changes cannot reject anything.
+                    if rejections_dirty || compiler.compaction_due() {
+                        rejections_dirty = false;
+                        version += 1;
+                        let Compiled { snapshot, diagnostics } = compiler.full(&objects, version);
+                        stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                        publisher.publish(Arc::new(snapshot));
+                        unposted.extend(rejections.update(&diagnostics, &stats));
+                    }
                 }
             }
             _ = resync.tick() => {
