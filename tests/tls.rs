@@ -687,6 +687,31 @@ fn hsts_value_follows_the_config() {
         Some("max-age=31536000; includeSubDomains")
     );
     assert!(c.compile.tls.ssl_redirect && !c.compile.tls.force_ssl_redirect);
+    let c = sluice::config::Config::parse(
+        "[tls]\ndefault_certificate = \"ingress/default-tls\"\n[[tls.certificates]]\nhosts = [\"a.test\", \"*.b.test\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.compile.tls.default_secret,
+        Some(("ingress".to_string(), "default-tls".to_string()))
+    );
+    assert_eq!(c.tls.certificates[0].hosts, ["a.test", "*.b.test"]);
+    let bad = |text: &str| {
+        sluice::config::Config::parse(text, "t.toml")
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        bad("[tls]\ndefault_certificate = \"nonamespace\"\n").contains("tls.default_certificate")
+    );
+    let e = bad("[[tls.certificates]]\nhosts = [\"a..test\"]\ncert = \"c\"\nkey = \"k\"\n");
+    assert!(
+        e.contains("tls.certificates[0].hosts") && e.contains("a..test"),
+        "{e}"
+    );
+    let e = bad("[[tls.certificates]]\nhosts = []\ncert = \"c\"\nkey = \"k\"\n");
+    assert!(e.contains("names no host"), "{e}");
 }
 
 #[test]
@@ -805,4 +830,45 @@ fn a_handshake_that_does_not_finish_in_time_is_closed() {
         .sum();
     assert_eq!(failed, 2, "the timed-out handshake and the garbage");
     stop(engine);
+}
+
+#[test]
+fn certificates_from_files_serve_their_hosts_before_secrets() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-tls-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (file_cert, secret_cert) = (cert_for(&["file.test"]), cert_for(&["file.test"]));
+    std::fs::write(dir.join("c.pem"), &file_cert.cert_pem).unwrap();
+    std::fs::write(dir.join("k.pem"), &file_cert.key_pem).unwrap();
+    let now = certs::wall_clock();
+    let loaded = certs::load_files(&dir.join("c.pem"), &dir.join("k.pem"), now).unwrap();
+    let missing = certs::load_files(&dir.join("nope.pem"), &dir.join("k.pem"), now).unwrap_err();
+    assert!(missing.contains("nope.pem"), "{missing}");
+    // A key file holding a certificate is refused with a reason.
+    let wrong = certs::load_files(&dir.join("c.pem"), &dir.join("c.pem"), now).unwrap_err();
+    assert!(wrong.contains("private key"), "{wrong}");
+    let default = certs::self_signed().unwrap();
+    let mut opts = options(&default);
+    opts.tls.files = vec![(vec!["file.test".to_string()], loaded)];
+    // An Ingress also names a Secret for the same host: the file, configured by the
+    // operator, comes first.
+    let yaml = upstream_yaml(&up)
+        + &ingress("web", "", &["file.test"], &[(&["file.test"], Some("s"))])
+        + &secret("s", &secret_cert);
+    let compiled = compile_yaml(&yaml, &opts, 1);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let engine = start(compiled.snapshot, https_config(None));
+    let mut tls = connect(
+        engine.https_addr().unwrap(),
+        Some("file.test"),
+        &client_config(&[&rustls::version::TLS13]),
+    );
+    assert_eq!(presented(&tls), file_cert.der);
+    assert_eq!(get(&mut tls, "file.test", "/").0, 200);
+    stop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
 }
