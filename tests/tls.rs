@@ -457,7 +457,11 @@ fn bad_material_is_rejected_on_its_own_and_falls_back_to_the_default() {
         has("Secret default/expired: data[tls.crt]: certificate expired"),
         "{diags:#?}"
     );
-    assert!(has("Secret default/missing not found"), "{diags:#?}");
+    // Each diagnostic names a real object (for Events) and the field.
+    assert!(
+        has("Ingress default/web: spec.tls[4].secretName: Secret default/missing not found"),
+        "{diags:#?}"
+    );
     assert_eq!(diags.len(), 4, "{diags:#?}");
     // Routing is untouched by bad certificates.
     assert!(compiled.snapshot.lookup("broken.test", "/").is_some());
@@ -871,4 +875,41 @@ fn certificates_from_files_serve_their_hosts_before_secrets() {
     assert_eq!(get(&mut tls, "file.test", "/").0, 200);
     stop(engine);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn default_ssl_certificate_secret_and_its_fallback() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let fallback = certs::self_signed().unwrap();
+    let def = cert_for(&["default.test"]);
+    let mut opts = options(&fallback);
+    opts.tls.default_secret = Some(("default".to_string(), "def".to_string()));
+    let yaml = upstream_yaml(&up) + &secret("def", &def);
+    let compiled = compile_yaml(&yaml, &opts, 1);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let chosen = compiled
+        .snapshot
+        .certs
+        .select(Some("anything.test"))
+        .unwrap();
+    assert_eq!(chosen.cert[0].to_vec(), def.der);
+    assert_eq!(
+        compiled.snapshot.certs.select(None).unwrap().cert[0].to_vec(),
+        def.der
+    );
+    // The Secret gone: reported, and the fallback (file or self-signed) answers.
+    let compiled = compile_yaml(&upstream_yaml(&up), &opts, 2);
+    let diags: Vec<String> = compiled.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        diags,
+        [
+            "Secret default/def: --default-ssl-certificate: Secret default/def not found; the default certificate answers"
+        ]
+    );
+    let chosen = compiled.snapshot.certs.select(None).unwrap();
+    assert!(Arc::ptr_eq(&chosen, &fallback.key));
 }

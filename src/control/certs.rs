@@ -277,31 +277,31 @@ pub fn build(
         .collect();
     // Each Secret is parsed once, however many Ingresses name it.
     let mut loaded: HashMap<(String, String), Option<Arc<CertifiedKey>>> = HashMap::new();
-    let mut load = |ns: &str, name: &str, diags: &mut Vec<Diagnostic>, used_by: &str| {
+    // `used_by`: the object and field naming the Secret, for a "not found" (reported at each
+    // use; a bad Secret is reported once, on the Secret).
+    let mut load = |ns: &str, name: &str, diags: &mut Vec<Diagnostic>, used_by: (&str, &str)| {
+        let object = format!("Secret {ns}/{name}");
+        let Some(secret) = index.get(&(ns, name)) else {
+            diags.push(Diagnostic {
+                object: used_by.0.to_string(),
+                field: used_by.1.to_string(),
+                message: format!("{object} not found; the default certificate answers"),
+            });
+            return None;
+        };
         if let Some(k) = loaded.get(&(ns.to_string(), name.to_string())) {
             return k.clone();
         }
-        let object = format!("Secret {ns}/{name}");
-        let result = match index.get(&(ns, name)) {
-            None => {
+        let result = match load_secret(secret, now) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
                 diags.push(Diagnostic {
-                    object: used_by.to_string(),
-                    field: "secretName".to_string(),
-                    message: format!("{object} not found; the default certificate answers"),
+                    object,
+                    field: e.field().to_string(),
+                    message: format!("{e}; its hosts use the default certificate"),
                 });
                 None
             }
-            Some(secret) => match load_secret(secret, now) {
-                Ok(k) => Some(Arc::new(k)),
-                Err(e) => {
-                    diags.push(Diagnostic {
-                        object,
-                        field: e.field().to_string(),
-                        message: format!("{e}; its hosts use the default certificate"),
-                    });
-                    None
-                }
-            },
         };
         loaded.insert((ns.to_string(), name.to_string()), result.clone());
         result
@@ -332,7 +332,12 @@ pub fn build(
             let field = format!("spec.tls[{i}]");
             let cert = match tls.secret_name.as_deref() {
                 None | Some("") => None,
-                Some(secret) => load(ns, secret, &mut diags, &format!("{object} {field}")),
+                Some(secret) => load(
+                    ns,
+                    secret,
+                    &mut diags,
+                    (&object, &format!("{field}.secretName")),
+                ),
             };
             for (j, host) in tls.hosts.iter().flatten().enumerate() {
                 if let Err(why) = super::compile::check_host(host) {
@@ -360,7 +365,12 @@ pub fn build(
 
     let mut default_set = false;
     if let Some((ns, name)) = &opts.default_secret
-        && let Some(k) = load(ns, name, &mut diags, "--default-ssl-certificate")
+        && let Some(k) = load(
+            ns,
+            name,
+            &mut diags,
+            (&format!("Secret {ns}/{name}"), "--default-ssl-certificate"),
+        )
     {
         table.default_cert(k);
         default_set = true;
