@@ -913,3 +913,55 @@ fn default_ssl_certificate_secret_and_its_fallback() {
     let chosen = compiled.snapshot.certs.select(None).unwrap();
     assert!(Arc::ptr_eq(&chosen, &fallback.key));
 }
+
+#[test]
+fn large_bodies_both_ways_over_tls() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let default = certs::self_signed().unwrap();
+    let yaml = upstream_yaml(&up) + &ingress("web", "", &["big.test"], &[]);
+    let engine = start(
+        compile_yaml(&yaml, &options(&default), 1).snapshot,
+        https_config(None),
+    );
+    let config = client_config(&[&rustls::version::TLS13]);
+    let mut tls = connect(engine.https_addr().unwrap(), Some("big.test"), &config);
+    // 5 MB down: many TLS records, short socket writes, the machine's backpressure.
+    let n = 5_000_000;
+    let (status, _, body) = get(&mut tls, "big.test", &format!("/big/{n}"));
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), n);
+    assert!(body.bytes().all(|b| b == b'x'));
+    // 3 MB up (chunked), then the same connection is still good.
+    write!(
+        tls,
+        "POST /upload HTTP/1.1\r\nHost: big.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b'y'; 64 * 1024];
+    let mut sent = 0;
+    while sent < 3_000_000 {
+        write!(tls, "{:x}\r\n", chunk.len()).unwrap();
+        tls.write_all(&chunk).unwrap();
+        tls.write_all(b"\r\n").unwrap();
+        sent += chunk.len();
+    }
+    tls.write_all(b"0\r\n\r\n").unwrap();
+    tls.flush().unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(tls.read(&mut byte).unwrap(), 1);
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
+    let mut body = vec![0u8; len];
+    tls.read_exact(&mut body).unwrap();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("A POST /upload body={sent}\n")
+    );
+    assert_eq!(get(&mut tls, "big.test", "/after").0, 200);
+    stop(engine);
+}
