@@ -965,3 +965,29 @@ fn large_bodies_both_ways_over_tls() {
     assert_eq!(get(&mut tls, "big.test", "/after").0, 200);
     stop(engine);
 }
+
+#[test]
+fn an_unchanged_secret_is_parsed_once_a_changed_one_again() {
+    let default = certs::self_signed().unwrap();
+    let opts = options(&default);
+    let (first, second) = (cert_for(&["cache.test"]), cert_for(&["cache.test"]));
+    let yaml = |c: &Cert| {
+        ingress("web", "", &["cache.test"], &[(&["cache.test"], Some("s"))]) + &secret("s", c)
+    };
+    let (objects, errors) = parse_documents(&yaml(&first), "a.yaml");
+    assert!(errors.is_empty());
+    let objects = Objects::from_objects(objects);
+    let pick = |c: &Compiled| c.snapshot.certs.select(Some("cache.test")).unwrap();
+    let a = compile(&objects, &opts, 1);
+    let b = compile(&objects, &opts, 2);
+    // The same shared Secret object: the same parsed key, no second parse.
+    assert!(Arc::ptr_eq(&pick(&a), &pick(&b)));
+    assert_eq!(pick(&a).cert[0].to_vec(), first.der);
+    // A new version of the Secret (a new object) is parsed.
+    let c = compile_yaml(&yaml(&second), &opts, 3);
+    assert_eq!(pick(&c).cert[0].to_vec(), second.der);
+    // Equal text but a new object is parsed again (identity, not content, is the key).
+    let d = compile_yaml(&yaml(&first), &opts, 4);
+    assert!(!Arc::ptr_eq(&pick(&a), &pick(&d)));
+    assert_eq!(pick(&d).cert[0].to_vec(), first.der);
+}
