@@ -474,12 +474,13 @@ impl Config {
             .as_ref()
             .map(|f| file(f.get_ref()));
         for (i, f) in t.certificates.iter().enumerate() {
+            let field = format!("tls.certificates[{i}].hosts");
             if f.get_ref().hosts.is_empty() {
-                return Err(ctx.at(
-                    f.span().start,
-                    &format!("tls.certificates[{i}].hosts"),
-                    "names no host",
-                ));
+                return Err(ctx.at(f.span().start, &field, "names no host"));
+            }
+            for host in &f.get_ref().hosts {
+                crate::control::compile::check_host(host)
+                    .map_err(|why| ctx.at(f.span().start, &field, format!("{host:?}: {why}")))?;
             }
             c.tls.certificates.push(file(f.get_ref()));
         }

@@ -402,10 +402,16 @@ fn demo_main(args: &Args) -> Result<(), String> {
          \x20 curl -H 'Host: x.apps.local' http://{h}/ -s; curl -H 'Host: y.apps.local' http://{h}/ -s\n\
          \x20                                                   # wildcard host, round-robin pod-a/pod-b\n\
          \x20 curl -i -H 'Host: nowhere' http://{h}/            # 404 from Sluice\n\
+         \x20 curl -k --resolve demo.local:{p}:127.0.0.1 https://demo.local:{p}/\n\
+         \x20                                                   # HTTPS, self-signed default certificate\n\
          \x20 curl http://{}/metrics                     # Prometheus metrics\n\
          \x20 curl http://{}/routes                      # the compiled routes\n\
          \nCtrl-C stops it.",
-        a.addr, b.addr, config.admin, config.admin
+        a.addr,
+        b.addr,
+        config.admin,
+        config.admin,
+        p = config.https.port()
     );
     serve(&config, routes, Some(banner))
 }
