@@ -941,6 +941,8 @@ fn the_binary_runs_and_checks_from_a_kubeconfig() {
             "run",
             "--http",
             "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
             "--workers",
