@@ -17,6 +17,7 @@ use crate::control::watch::{KubeOptions, parse_namespaced_name};
 use crate::core::conn::{ConnConfig, Scheme, Timeouts};
 use crate::core::http1::{Limits, MAX_HEADERS_CAP};
 use crate::core::tls::TlsSettings;
+use crate::engine::userspace::{DeviceKind, PollMode, UserspaceConfig, parse_cidr, parse_mac};
 use crate::engine::{EngineConfig, HttpsConfig};
 
 /// A configuration error: where and what.
@@ -76,6 +77,8 @@ struct Raw {
     sources: RawSources,
     #[serde(default)]
     tls: RawTls,
+    #[serde(default)]
+    userspace: RawUserspace,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -135,6 +138,22 @@ impl Default for TlsConfig {
             hsts_include_subdomains: true,
         }
     }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUserspace {
+    device: Option<Spanned<String>>,
+    interface: Option<Spanned<String>>,
+    addresses: Option<Spanned<Vec<String>>>,
+    mac: Option<Spanned<String>>,
+    gateway: Option<Spanned<String>>,
+    gateway6: Option<Spanned<String>>,
+    mtu: Option<Spanned<usize>>,
+    poll: Option<Spanned<String>>,
+    tcp_buffer: Option<Spanned<Size>>,
+    backlog: Option<Spanned<usize>>,
+    fanout_group: Option<Spanned<u16>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -206,6 +225,28 @@ enum Size {
     Text(String),
 }
 
+/// Which data plane runs.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Kernel TCP through io_uring.
+    #[default]
+    Uring,
+    /// smoltcp in userspace over a TAP queue or AF_PACKET socket per worker.
+    Userspace,
+}
+
+impl EngineKind {
+    pub fn parse(text: &str) -> Result<EngineKind, String> {
+        match text {
+            "uring" => Ok(EngineKind::Uring),
+            "userspace" => Ok(EngineKind::Userspace),
+            other => Err(format!(
+                "unknown engine {other:?} (use \"uring\" or \"userspace\")"
+            )),
+        }
+    }
+}
+
 /// The effective configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -224,9 +265,12 @@ pub struct Config {
     pub upstream_idle_timeout: Duration,
     pub manifests: Option<PathBuf>,
     pub compile: CompileOptions,
+    pub tls: TlsConfig,
     /// The Kubernetes route source (`[sources]` kubernetes keys).
     pub kubernetes: KubeOptions,
-    pub tls: TlsConfig,
+    pub engine: EngineKind,
+    /// The userspace engine's device and stack (used when `engine` is `Userspace`).
+    pub userspace: UserspaceConfig,
 }
 
 impl Default for Config {
@@ -245,8 +289,10 @@ impl Default for Config {
             upstream_idle_timeout: Duration::from_secs(60),
             manifests: None,
             compile: CompileOptions::default(),
-            kubernetes: KubeOptions::default(),
             tls: TlsConfig::default(),
+            kubernetes: KubeOptions::default(),
+            engine: EngineKind::Uring,
+            userspace: UserspaceConfig::default(),
         }
     }
 }
@@ -405,24 +451,10 @@ impl Config {
             }
         }
         if let Some(engine) = &raw.engine {
-            match engine.get_ref().as_str() {
-                "uring" => {}
-                "userspace" => {
-                    return Err(ctx.at(
-                        engine.span().start,
-                        "engine",
-                        "the userspace (smoltcp) engine is not implemented yet",
-                    ));
-                }
-                other => {
-                    return Err(ctx.at(
-                        engine.span().start,
-                        "engine",
-                        format!("unknown engine {other:?} (use \"uring\")"),
-                    ));
-                }
-            }
+            c.engine = EngineKind::parse(engine.get_ref())
+                .map_err(|m| ctx.at(engine.span().start, "engine", m))?;
         }
+        parse_userspace(&ctx, &raw.userspace, &mut c.userspace)?;
         c.http = ctx.addr(&raw.listen.http, "listen.http", d.http)?;
         c.https = ctx.addr(&raw.listen.https, "listen.https", d.https)?;
         let t = &raw.tls;
@@ -442,12 +474,13 @@ impl Config {
             .as_ref()
             .map(|f| file(f.get_ref()));
         for (i, f) in t.certificates.iter().enumerate() {
+            let field = format!("tls.certificates[{i}].hosts");
             if f.get_ref().hosts.is_empty() {
-                return Err(ctx.at(
-                    f.span().start,
-                    &format!("tls.certificates[{i}].hosts"),
-                    "names no host",
-                ));
+                return Err(ctx.at(f.span().start, &field, "names no host"));
+            }
+            for host in &f.get_ref().hosts {
+                crate::control::compile::check_host(host)
+                    .map_err(|why| ctx.at(f.span().start, &field, format!("{host:?}: {why}")))?;
             }
             c.tls.certificates.push(file(f.get_ref()));
         }
@@ -674,6 +707,124 @@ pub fn parse_secret_ref(text: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("expected \"namespace/name\" (got {text:?})")),
     }
+}
+
+fn parse_userspace(
+    ctx: &Ctx<'_>,
+    raw: &RawUserspace,
+    u: &mut UserspaceConfig,
+) -> Result<(), ConfigError> {
+    if let Some(v) = &raw.device {
+        u.device = match v.get_ref().as_str() {
+            "tap" => DeviceKind::Tap,
+            "af_packet" => DeviceKind::AfPacket,
+            other => {
+                return Err(ctx.at(
+                    v.span().start,
+                    "userspace.device",
+                    format!("unknown device {other:?} (use \"tap\" or \"af_packet\")"),
+                ));
+            }
+        };
+    }
+    if let Some(v) = &raw.interface {
+        let name = v.get_ref();
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+            return Err(ctx.at(
+                v.span().start,
+                "userspace.interface",
+                format!("not an interface name: {name:?} (1 to 15 characters)"),
+            ));
+        }
+        u.interface = name.clone();
+    }
+    if let Some(v) = &raw.addresses {
+        let list = v.get_ref();
+        if list.is_empty() || list.len() > 2 {
+            return Err(ctx.at(
+                v.span().start,
+                "userspace.addresses",
+                "one or two addresses (one IPv4 and/or one IPv6)",
+            ));
+        }
+        let mut parsed = Vec::new();
+        for a in list {
+            parsed
+                .push(parse_cidr(a).map_err(|m| ctx.at(v.span().start, "userspace.addresses", m))?);
+        }
+        if parsed.len() == 2 && parsed[0].0.is_ipv4() == parsed[1].0.is_ipv4() {
+            return Err(ctx.at(
+                v.span().start,
+                "userspace.addresses",
+                "two addresses must be one IPv4 and one IPv6",
+            ));
+        }
+        u.addresses = parsed;
+    }
+    if let Some(v) = &raw.mac {
+        u.mac = parse_mac(v.get_ref()).map_err(|m| ctx.at(v.span().start, "userspace.mac", m))?;
+    }
+    for (field, raw_gw, slot, v4) in [
+        ("userspace.gateway", &raw.gateway, &mut u.gateway, true),
+        ("userspace.gateway6", &raw.gateway6, &mut u.gateway6, false),
+    ] {
+        if let Some(v) = raw_gw {
+            let ip: std::net::IpAddr = v.get_ref().parse().map_err(|_| {
+                ctx.at(
+                    v.span().start,
+                    field,
+                    format!("not an IP address: {:?}", v.get_ref()),
+                )
+            })?;
+            if ip.is_ipv4() != v4 {
+                let want = if v4 { "an IPv4" } else { "an IPv6" };
+                return Err(ctx.at(v.span().start, field, format!("must be {want} address")));
+            }
+            *slot = Some(ip);
+        }
+    }
+    if let Some(v) = &raw.mtu {
+        let mtu = *v.get_ref();
+        if !(576..=9000).contains(&mtu) {
+            return Err(ctx.at(
+                v.span().start,
+                "userspace.mtu",
+                format!("must be between 576 and 9000 (got {mtu})"),
+            ));
+        }
+        u.mtu = mtu;
+    }
+    if let Some(v) = &raw.poll {
+        u.poll = match v.get_ref().as_str() {
+            "sleep" => PollMode::Sleep,
+            "busy" => PollMode::Busy,
+            other => {
+                return Err(ctx.at(
+                    v.span().start,
+                    "userspace.poll",
+                    format!("unknown poll mode {other:?} (use \"sleep\" or \"busy\")"),
+                ));
+            }
+        };
+    }
+    if let Some(n) = ctx.size(&raw.tcp_buffer, "userspace.tcp_buffer", 1024, 16 << 20)? {
+        u.tcp_buffer = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(v) = &raw.backlog {
+        let n = *v.get_ref();
+        if n == 0 || n > 4096 {
+            return Err(ctx.at(
+                v.span().start,
+                "userspace.backlog",
+                format!("must be between 1 and 4096 (got {n})"),
+            ));
+        }
+        u.backlog = n;
+    }
+    if let Some(v) = &raw.fanout_group {
+        u.fanout_group = *v.get_ref();
+    }
+    Ok(())
 }
 
 /// `namespace/service:port` (port by number or name).

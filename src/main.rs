@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice::config::Config;
+use sluice::config::{Config, EngineKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sluice::control::certs;
@@ -21,7 +21,8 @@ use sluice::engine::{Engine, uring};
 const USAGE: &str = "\
 usage:
   sluice run   [--config FILE] [--manifests DIR] [--http ADDR] [--https ADDR] [--admin ADDR]
-               [--workers N] [--default-ssl-certificate NS/NAME] [KUBERNETES FLAGS]
+               [--workers N] [--engine uring|userspace] [--default-ssl-certificate NS/NAME]
+               [KUBERNETES FLAGS]
   sluice check [--config FILE] [--manifests DIR] [KUBERNETES FLAGS]
                                                    validate; print the compiled routes or errors
   sluice demo  [--http ADDR]                       embedded default: no cluster, no files
@@ -58,6 +59,7 @@ struct Args {
     election_id: Option<String>,
     publish_service: Option<String>,
     publish_status_address: Option<String>,
+    engine: Option<String>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -84,6 +86,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--election-id" => args.election_id = Some(value()?),
             "--publish-service" => args.publish_service = Some(value()?),
             "--publish-status-address" => args.publish_status_address = Some(value()?),
+            "--engine" => args.engine = Some(value()?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -118,6 +121,9 @@ fn load_config(args: &Args) -> Result<Config, String> {
         config.admin = admin
             .parse()
             .map_err(|_| format!("--admin: not an address: {admin}"))?;
+    }
+    if let Some(engine) = &args.engine {
+        config.engine = EngineKind::parse(engine).map_err(|e| format!("--engine: {e}"))?;
     }
     if let Some(w) = &args.workers {
         let n: usize = w
@@ -229,13 +235,7 @@ fn serve_kube(config: &Config) -> Result<(), String> {
     let Some((mut source, compiled)) = sync_cluster(config, &signals, None)? else {
         return Ok(());
     };
-    let https = config.https_config()?;
-    let engine = Engine::start_with_https(
-        config.engine_config(),
-        Some(https),
-        Arc::new(compiled.snapshot),
-    )
-    .map_err(|e| e.to_string())?;
+    let engine = start_engine(config, Arc::new(compiled.snapshot))?;
     let stats = source.stats();
     if let Ok(mut extra) = engine.state().extra_metrics.lock() {
         extra.push(Box::new(move |out: &mut String| stats.render(out)));
@@ -310,19 +310,32 @@ fn compile_routes(
     Ok((compiler, compiled, source))
 }
 
+/// Starts the configured data plane: io_uring workers with the HTTP and HTTPS listeners, or
+/// userspace-stack workers (plain HTTP only).
+fn start_engine(
+    config: &Config,
+    snapshot: Arc<sluice::core::route::Snapshot>,
+) -> Result<Engine, String> {
+    match config.engine {
+        EngineKind::Uring => Engine::start_with_https(
+            config.engine_config(),
+            Some(config.https_config()?),
+            snapshot,
+        ),
+        EngineKind::Userspace => {
+            Engine::start_userspace(config.engine_config(), config.userspace.clone(), snapshot)
+        }
+    }
+    .map_err(|e| e.to_string())
+}
+
 fn serve(
     config: &Config,
     (compiler, compiled, source): (Incremental, Compiled, Option<FileSource>),
     banner: Option<String>,
 ) -> Result<(), String> {
     uring::block_termination_signals();
-    let https = config.https_config()?;
-    let engine = Engine::start_with_https(
-        config.engine_config(),
-        Some(https),
-        Arc::new(compiled.snapshot),
-    )
-    .map_err(|e| e.to_string())?;
+    let engine = start_engine(config, Arc::new(compiled.snapshot))?;
     let stop_watching = Arc::new(AtomicBool::new(false));
     let watcher = match source {
         Some(source) => Some(
@@ -369,6 +382,13 @@ fn serve(
 
 fn demo_main(args: &Args) -> Result<(), String> {
     let mut config = load_config(args)?;
+    if config.engine == EngineKind::Userspace {
+        return Err(
+            "demo runs on the io_uring engine: its upstreams are on loopback, which the \
+             userspace stack cannot reach"
+                .into(),
+        );
+    }
     if args.http.is_none() {
         config.http = "127.0.0.1:8080".parse().expect("valid");
     }
@@ -395,10 +415,16 @@ fn demo_main(args: &Args) -> Result<(), String> {
          \x20 curl -H 'Host: x.apps.local' http://{h}/ -s; curl -H 'Host: y.apps.local' http://{h}/ -s\n\
          \x20                                                   # wildcard host, round-robin pod-a/pod-b\n\
          \x20 curl -i -H 'Host: nowhere' http://{h}/            # 404 from Sluice\n\
+         \x20 curl -k --resolve demo.local:{p}:127.0.0.1 https://demo.local:{p}/\n\
+         \x20                                                   # HTTPS, self-signed default certificate\n\
          \x20 curl http://{}/metrics                     # Prometheus metrics\n\
          \x20 curl http://{}/routes                      # the compiled routes\n\
          \nCtrl-C stops it.",
-        a.addr, b.addr, config.admin, config.admin
+        a.addr,
+        b.addr,
+        config.admin,
+        config.admin,
+        p = config.https.port()
     );
     serve(&config, routes, Some(banner))
 }
@@ -540,5 +566,8 @@ mod tests {
         assert!(args(&["run", "--http"]).is_err());
         assert!(load_config(&args(&["run", "--http", "nope"]).unwrap()).is_err());
         assert!(load_config(&args(&["run", "--workers", "0"]).unwrap()).is_err());
+        assert!(load_config(&args(&["run", "--engine", "dpdk"]).unwrap()).is_err());
+        let c = load_config(&args(&["run", "--engine", "userspace"]).unwrap()).unwrap();
+        assert_eq!(c.engine, EngineKind::Userspace);
     }
 }

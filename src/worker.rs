@@ -348,9 +348,11 @@ impl Worker {
             }
             if self.accepting
                 && !self.https_accept_armed
-                && self.accept_paused_until.is_none()
+                && self.accept_paused_until.is_none_or(|until| now >= until)
                 && let Some(https) = &self.setup.https
             {
+                // Either listener's EMFILE pauses both; whichever re-arms first ends it.
+                self.accept_paused_until = None;
                 self.ring.accept_multi(
                     https.listener,
                     Token {

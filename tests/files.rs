@@ -68,3 +68,37 @@ fn a_broken_file_keeps_its_previous_objects_and_others_follow_their_files() {
     assert!(source.refresh().is_empty());
     assert_eq!(names(&source), ["a2", "c1"]);
 }
+
+/// The watcher publishes a snapshot only when a refresh changed something: the generation
+/// moves on a changed, new or deleted file, and not on a temporary file, a non-manifest or
+/// a broken rewrite (which keeps the previous objects).
+#[test]
+fn the_generation_moves_only_when_the_objects_change() {
+    let dir = temp_dir("generation");
+    write(&dir, "a.yaml", &service("a1"));
+    let mut source = FileSource::new(&dir);
+    assert!(source.refresh().is_empty());
+    let g = source.generation();
+
+    std::fs::write(dir.join(".a.yaml.tmp"), service("a2")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
+    assert!(source.refresh().is_empty());
+    assert_eq!(source.generation(), g, "nothing that counts changed");
+
+    std::fs::write(
+        dir.join("a.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: [oops\n",
+    )
+    .unwrap();
+    assert_eq!(source.refresh().len(), 1);
+    assert_eq!(source.generation(), g, "a broken rewrite keeps the objects");
+
+    write(&dir, "a.yaml", &service("a2"));
+    assert!(source.refresh().is_empty());
+    assert!(source.generation() > g);
+    let g = source.generation();
+
+    std::fs::remove_file(dir.join("a.yaml")).unwrap();
+    assert!(source.refresh().is_empty());
+    assert!(source.generation() > g);
+}

@@ -457,7 +457,11 @@ fn bad_material_is_rejected_on_its_own_and_falls_back_to_the_default() {
         has("Secret default/expired: data[tls.crt]: certificate expired"),
         "{diags:#?}"
     );
-    assert!(has("Secret default/missing not found"), "{diags:#?}");
+    // Each diagnostic names a real object (for Events) and the field.
+    assert!(
+        has("Ingress default/web: spec.tls[4].secretName: Secret default/missing not found"),
+        "{diags:#?}"
+    );
     assert_eq!(diags.len(), 4, "{diags:#?}");
     // Routing is untouched by bad certificates.
     assert!(compiled.snapshot.lookup("broken.test", "/").is_some());
@@ -687,6 +691,31 @@ fn hsts_value_follows_the_config() {
         Some("max-age=31536000; includeSubDomains")
     );
     assert!(c.compile.tls.ssl_redirect && !c.compile.tls.force_ssl_redirect);
+    let c = sluice::config::Config::parse(
+        "[tls]\ndefault_certificate = \"ingress/default-tls\"\n[[tls.certificates]]\nhosts = [\"a.test\", \"*.b.test\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.compile.tls.default_secret,
+        Some(("ingress".to_string(), "default-tls".to_string()))
+    );
+    assert_eq!(c.tls.certificates[0].hosts, ["a.test", "*.b.test"]);
+    let bad = |text: &str| {
+        sluice::config::Config::parse(text, "t.toml")
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        bad("[tls]\ndefault_certificate = \"nonamespace\"\n").contains("tls.default_certificate")
+    );
+    let e = bad("[[tls.certificates]]\nhosts = [\"a..test\"]\ncert = \"c\"\nkey = \"k\"\n");
+    assert!(
+        e.contains("tls.certificates[0].hosts") && e.contains("a..test"),
+        "{e}"
+    );
+    let e = bad("[[tls.certificates]]\nhosts = []\ncert = \"c\"\nkey = \"k\"\n");
+    assert!(e.contains("names no host"), "{e}");
 }
 
 #[test]
@@ -805,4 +834,160 @@ fn a_handshake_that_does_not_finish_in_time_is_closed() {
         .sum();
     assert_eq!(failed, 2, "the timed-out handshake and the garbage");
     stop(engine);
+}
+
+#[test]
+fn certificates_from_files_serve_their_hosts_before_secrets() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-tls-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (file_cert, secret_cert) = (cert_for(&["file.test"]), cert_for(&["file.test"]));
+    std::fs::write(dir.join("c.pem"), &file_cert.cert_pem).unwrap();
+    std::fs::write(dir.join("k.pem"), &file_cert.key_pem).unwrap();
+    let now = certs::wall_clock();
+    let loaded = certs::load_files(&dir.join("c.pem"), &dir.join("k.pem"), now).unwrap();
+    let missing = certs::load_files(&dir.join("nope.pem"), &dir.join("k.pem"), now).unwrap_err();
+    assert!(missing.contains("nope.pem"), "{missing}");
+    // A key file holding a certificate is refused with a reason.
+    let wrong = certs::load_files(&dir.join("c.pem"), &dir.join("c.pem"), now).unwrap_err();
+    assert!(wrong.contains("private key"), "{wrong}");
+    let default = certs::self_signed().unwrap();
+    let mut opts = options(&default);
+    opts.tls.files = vec![(vec!["file.test".to_string()], loaded)];
+    // An Ingress also names a Secret for the same host: the file, configured by the
+    // operator, comes first.
+    let yaml = upstream_yaml(&up)
+        + &ingress("web", "", &["file.test"], &[(&["file.test"], Some("s"))])
+        + &secret("s", &secret_cert);
+    let compiled = compile_yaml(&yaml, &opts, 1);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let engine = start(compiled.snapshot, https_config(None));
+    let mut tls = connect(
+        engine.https_addr().unwrap(),
+        Some("file.test"),
+        &client_config(&[&rustls::version::TLS13]),
+    );
+    assert_eq!(presented(&tls), file_cert.der);
+    assert_eq!(get(&mut tls, "file.test", "/").0, 200);
+    stop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn default_ssl_certificate_secret_and_its_fallback() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let fallback = certs::self_signed().unwrap();
+    let def = cert_for(&["default.test"]);
+    let mut opts = options(&fallback);
+    opts.tls.default_secret = Some(("default".to_string(), "def".to_string()));
+    let yaml = upstream_yaml(&up) + &secret("def", &def);
+    let compiled = compile_yaml(&yaml, &opts, 1);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let chosen = compiled
+        .snapshot
+        .certs
+        .select(Some("anything.test"))
+        .unwrap();
+    assert_eq!(chosen.cert[0].to_vec(), def.der);
+    assert_eq!(
+        compiled.snapshot.certs.select(None).unwrap().cert[0].to_vec(),
+        def.der
+    );
+    // The Secret gone: reported, and the fallback (file or self-signed) answers.
+    let compiled = compile_yaml(&upstream_yaml(&up), &opts, 2);
+    let diags: Vec<String> = compiled.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        diags,
+        [
+            "Secret default/def: --default-ssl-certificate: Secret default/def not found; the default certificate answers"
+        ]
+    );
+    let chosen = compiled.snapshot.certs.select(None).unwrap();
+    assert!(Arc::ptr_eq(&chosen, &fallback.key));
+}
+
+#[test]
+fn large_bodies_both_ways_over_tls() {
+    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let default = certs::self_signed().unwrap();
+    let yaml = upstream_yaml(&up) + &ingress("web", "", &["big.test"], &[]);
+    let engine = start(
+        compile_yaml(&yaml, &options(&default), 1).snapshot,
+        https_config(None),
+    );
+    let config = client_config(&[&rustls::version::TLS13]);
+    let mut tls = connect(engine.https_addr().unwrap(), Some("big.test"), &config);
+    // 5 MB down: many TLS records, short socket writes, the machine's backpressure.
+    let n = 5_000_000;
+    let (status, _, body) = get(&mut tls, "big.test", &format!("/big/{n}"));
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), n);
+    assert!(body.bytes().all(|b| b == b'x'));
+    // 3 MB up (chunked), then the same connection is still good.
+    write!(
+        tls,
+        "POST /upload HTTP/1.1\r\nHost: big.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b'y'; 64 * 1024];
+    let mut sent = 0;
+    while sent < 3_000_000 {
+        write!(tls, "{:x}\r\n", chunk.len()).unwrap();
+        tls.write_all(&chunk).unwrap();
+        tls.write_all(b"\r\n").unwrap();
+        sent += chunk.len();
+    }
+    tls.write_all(b"0\r\n\r\n").unwrap();
+    tls.flush().unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(tls.read(&mut byte).unwrap(), 1);
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
+    let mut body = vec![0u8; len];
+    tls.read_exact(&mut body).unwrap();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("A POST /upload body={sent}\n")
+    );
+    assert_eq!(get(&mut tls, "big.test", "/after").0, 200);
+    stop(engine);
+}
+
+#[test]
+fn an_unchanged_secret_is_parsed_once_a_changed_one_again() {
+    let default = certs::self_signed().unwrap();
+    let opts = options(&default);
+    let (first, second) = (cert_for(&["cache.test"]), cert_for(&["cache.test"]));
+    let yaml = |c: &Cert| {
+        ingress("web", "", &["cache.test"], &[(&["cache.test"], Some("s"))]) + &secret("s", c)
+    };
+    let (objects, errors) = parse_documents(&yaml(&first), "a.yaml");
+    assert!(errors.is_empty());
+    let objects = Objects::from_objects(objects);
+    let pick = |c: &Compiled| c.snapshot.certs.select(Some("cache.test")).unwrap();
+    let a = compile(&objects, &opts, 1);
+    let b = compile(&objects, &opts, 2);
+    // The same shared Secret object: the same parsed key, no second parse.
+    assert!(Arc::ptr_eq(&pick(&a), &pick(&b)));
+    assert_eq!(pick(&a).cert[0].to_vec(), first.der);
+    // A new version of the Secret (a new object) is parsed.
+    let c = compile_yaml(&yaml(&second), &opts, 3);
+    assert_eq!(pick(&c).cert[0].to_vec(), second.der);
+    // Equal text but a new object is parsed again (identity, not content, is the key).
+    let d = compile_yaml(&yaml(&first), &opts, 4);
+    assert!(!Arc::ptr_eq(&pick(&a), &pick(&d)));
+    assert_eq!(pick(&d).cert[0].to_vec(), first.der);
 }

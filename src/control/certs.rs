@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -105,6 +105,28 @@ pub fn load_pem(
     key_pem: &[u8],
     now: SystemTime,
 ) -> Result<CertifiedKey, CertError> {
+    let (certified, not_after) = parse_pem(cert_pem, key_pem)?;
+    check_expiry(not_after, now)?;
+    Ok(certified)
+}
+
+fn check_expiry(not_after: SystemTime, now: SystemTime) -> Result<(), CertError> {
+    if not_after >= now {
+        return Ok(());
+    }
+    let ago = now.duration_since(not_after).unwrap_or_default().as_secs();
+    Err(CertError::Cert(format!(
+        "certificate expired {} day(s) ago (notAfter is unix time {})",
+        ago / 86_400,
+        not_after
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+    )))
+}
+
+/// [`load_pem`] without the expiry check; returns the certificate's `notAfter` with it.
+fn parse_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<(CertifiedKey, SystemTime), CertError> {
     let mut chain = Vec::new();
     for item in CertificateDer::pem_slice_iter(cert_pem) {
         chain.push(item.map_err(|e| CertError::Cert(format!("broken PEM: {e}")))?);
@@ -117,17 +139,6 @@ pub fn load_pem(
     let not_after = not_after(&chain[0]).ok_or_else(|| {
         CertError::Cert("not an X.509 certificate (cannot read its validity)".into())
     })?;
-    if not_after < now {
-        let ago = now.duration_since(not_after).unwrap_or_default().as_secs();
-        return Err(CertError::Cert(format!(
-            "certificate expired {} day(s) ago (notAfter is unix time {})",
-            ago / 86_400,
-            not_after
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-        )));
-    }
     let provider = provider();
     let signing = provider
         .key_provider
@@ -135,7 +146,7 @@ pub fn load_pem(
         .map_err(|e| CertError::Key(format!("unusable private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {
-        Ok(()) => Ok(certified),
+        Ok(()) => Ok((certified, not_after)),
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(
             CertError::Key("the private key does not match the certificate".into()),
         ),
@@ -215,14 +226,63 @@ fn secret_pem<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
         .map(|b| b.0.as_slice())
 }
 
-fn load_secret(secret: &Secret, now: SystemTime) -> Result<CertifiedKey, CertError> {
+fn parse_secret(secret: &Secret) -> Result<(CertifiedKey, SystemTime), CertError> {
     let (Some(cert), Some(key)) = (secret_pem(secret, "tls.crt"), secret_pem(secret, "tls.key"))
     else {
         return Err(CertError::Missing(
             "needs tls.crt and tls.key (a kubernetes.io/tls Secret)".into(),
         ));
     };
-    load_pem(cert, key, now)
+    parse_pem(cert, key)
+}
+
+type Parsed = Result<(Arc<CertifiedKey>, SystemTime), CertError>;
+
+/// Secrets parsed by earlier compiles, by the address of the shared object. Sources hand the
+/// same `Arc` to every compile while a Secret is unchanged, so an unchanged Secret is parsed
+/// once; the `Weak` keeps the address from being reused while the entry exists, and entries
+/// of Secrets no source holds any more are dropped at the end of each build.
+struct ParsedSecret {
+    secret: Weak<Secret>,
+    parsed: Parsed,
+}
+
+fn parsed_secrets() -> &'static Mutex<HashMap<usize, ParsedSecret>> {
+    static CACHE: OnceLock<Mutex<HashMap<usize, ParsedSecret>>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
+/// A Secret's certificate, parsed at most once per version of the object; expiry is checked
+/// against `now` every time.
+fn load_secret(secret: &Arc<Secret>, now: SystemTime) -> Result<Arc<CertifiedKey>, CertError> {
+    let id = Arc::as_ptr(secret) as usize;
+    let cached = {
+        let cache = parsed_secrets().lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(&id)
+            .filter(|e| e.secret.strong_count() > 0)
+            .map(|e| e.parsed.clone())
+    };
+    let parsed = match cached {
+        Some(parsed) => parsed,
+        None => {
+            let parsed = parse_secret(secret).map(|(k, t)| (Arc::new(k), t));
+            parsed_secrets()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    id,
+                    ParsedSecret {
+                        secret: Arc::downgrade(secret),
+                        parsed: parsed.clone(),
+                    },
+                );
+            parsed
+        }
+    };
+    let (key, not_after) = parsed?;
+    check_expiry(not_after, now)?;
+    Ok(key)
 }
 
 /// A boolean annotation, the first of `names` present. Accepts what ingress-nginx accepts
@@ -267,41 +327,41 @@ pub fn build(
 ) -> (CertTable, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut table = CertTableBuilder::default();
-    let index: HashMap<(&str, &str), &Secret> = secrets
+    let index: HashMap<(&str, &str), &Arc<Secret>> = secrets
         .iter()
         .filter_map(|s| {
             let name = s.metadata.name.as_deref()?;
             let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-            Some(((ns, name), &**s))
+            Some(((ns, name), s))
         })
         .collect();
     // Each Secret is parsed once, however many Ingresses name it.
     let mut loaded: HashMap<(String, String), Option<Arc<CertifiedKey>>> = HashMap::new();
-    let mut load = |ns: &str, name: &str, diags: &mut Vec<Diagnostic>, used_by: &str| {
+    // `used_by`: the object and field naming the Secret, for a "not found" (reported at each
+    // use; a bad Secret is reported once, on the Secret).
+    let mut load = |ns: &str, name: &str, diags: &mut Vec<Diagnostic>, used_by: (&str, &str)| {
+        let object = format!("Secret {ns}/{name}");
+        let Some(secret) = index.get(&(ns, name)) else {
+            diags.push(Diagnostic {
+                object: used_by.0.to_string(),
+                field: used_by.1.to_string(),
+                message: format!("{object} not found; the default certificate answers"),
+            });
+            return None;
+        };
         if let Some(k) = loaded.get(&(ns.to_string(), name.to_string())) {
             return k.clone();
         }
-        let object = format!("Secret {ns}/{name}");
-        let result = match index.get(&(ns, name)) {
-            None => {
+        let result = match load_secret(secret, now) {
+            Ok(k) => Some(k),
+            Err(e) => {
                 diags.push(Diagnostic {
-                    object: used_by.to_string(),
-                    field: "secretName".to_string(),
-                    message: format!("{object} not found; the default certificate answers"),
+                    object,
+                    field: e.field().to_string(),
+                    message: format!("{e}; its hosts use the default certificate"),
                 });
                 None
             }
-            Some(secret) => match load_secret(secret, now) {
-                Ok(k) => Some(Arc::new(k)),
-                Err(e) => {
-                    diags.push(Diagnostic {
-                        object,
-                        field: e.field().to_string(),
-                        message: format!("{e}; its hosts use the default certificate"),
-                    });
-                    None
-                }
-            },
         };
         loaded.insert((ns.to_string(), name.to_string()), result.clone());
         result
@@ -332,7 +392,12 @@ pub fn build(
             let field = format!("spec.tls[{i}]");
             let cert = match tls.secret_name.as_deref() {
                 None | Some("") => None,
-                Some(secret) => load(ns, secret, &mut diags, &format!("{object} {field}")),
+                Some(secret) => load(
+                    ns,
+                    secret,
+                    &mut diags,
+                    (&object, &format!("{field}.secretName")),
+                ),
             };
             for (j, host) in tls.hosts.iter().flatten().enumerate() {
                 if let Err(why) = super::compile::check_host(host) {
@@ -360,7 +425,12 @@ pub fn build(
 
     let mut default_set = false;
     if let Some((ns, name)) = &opts.default_secret
-        && let Some(k) = load(ns, name, &mut diags, "--default-ssl-certificate")
+        && let Some(k) = load(
+            ns,
+            name,
+            &mut diags,
+            (&format!("Secret {ns}/{name}"), "--default-ssl-certificate"),
+        )
     {
         table.default_cert(k);
         default_set = true;
@@ -368,6 +438,10 @@ pub fn build(
     if !default_set && let Some(c) = &opts.default_cert {
         table.default_cert(c.key.clone());
     }
+    parsed_secrets()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|_, e| e.secret.strong_count() > 0);
     (table.build(), diags)
 }
 

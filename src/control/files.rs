@@ -35,6 +35,8 @@ fn now() -> Instant {
 pub struct FileSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, Parsed>,
+    /// Bumped whenever a refresh changes the objects (a file parsed anew, or gone).
+    generation: u64,
 }
 
 /// The last good parse of one file, and what the file looked like when it was read: a file
@@ -78,6 +80,7 @@ impl FileSource {
         FileSource {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
+            generation: 0,
         }
     }
 
@@ -102,7 +105,11 @@ impl FileSource {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| is_manifest(p))
             .collect();
+        let before = self.files.len();
         self.files.retain(|path, _| present.contains(path));
+        if self.files.len() != before {
+            self.generation += 1;
+        }
         for path in present {
             let now_stamp = stamp(&path);
             if now_stamp.is_some() && self.files.get(&path).is_some_and(|p| p.stamp == now_stamp) {
@@ -113,6 +120,7 @@ impl FileSource {
                 Ok(text) => {
                     let (objects, file_errors) = parse_documents(&text, &name);
                     if file_errors.is_empty() {
+                        self.generation += 1;
                         self.files.insert(
                             path,
                             Parsed {
@@ -134,6 +142,11 @@ impl FileSource {
             }
         }
         errors
+    }
+
+    /// Changes whenever a refresh changed the objects.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn objects(&self) -> Objects {
@@ -196,8 +209,14 @@ impl FileWatcher {
                         continue;
                     }
                     first_event = None;
+                    let generation = source.generation();
                     for e in source.refresh() {
                         eprintln!("sluice: {e} (previous objects of this file kept)");
+                    }
+                    if source.generation() == generation {
+                        // Events that changed nothing (a temporary file written before its
+                        // rename, a touch): no new snapshot.
+                        continue;
                     }
                     version += 1;
                     let objects = source.objects();

@@ -312,12 +312,21 @@ impl<K: Resource<Scope: Sized> + PartialEq> Kind<K> {
                 false
             }
             Event::InitDone => {
-                let new = self.pending.take().unwrap_or_default();
+                let mut new = self.pending.take().unwrap_or_default();
                 let changed = new.len() != self.live.len()
                     || new
                         .iter()
                         .zip(self.live.iter())
                         .any(|((ka, a), (kb, b))| ka != kb || !same(a, b));
+                // Objects the re-list found exactly as they were keep their identity, so
+                // the incremental compiler sees them as unchanged.
+                for (key, object) in new.iter_mut() {
+                    if let Some(old) = self.live.get(key)
+                        && **old == **object
+                    {
+                        *object = old.clone();
+                    }
+                }
                 self.live = new;
                 self.synced = true;
                 changed
@@ -325,8 +334,12 @@ impl<K: Resource<Scope: Sized> + PartialEq> Kind<K> {
             Event::Apply(o) => {
                 let o = strip(o);
                 let key = key_of(o.meta());
-                let changed = self.live.get(&key).is_none_or(|old| !same(old, &o));
-                self.live.insert(key, Arc::new(o));
+                let old = self.live.get(&key);
+                let changed = old.is_none_or(|old| !same(old, &o));
+                // An object delivered again exactly as it is (a resync) keeps its identity.
+                if old.is_none_or(|old| **old != o) {
+                    self.live.insert(key, Arc::new(o));
+                }
                 changed
             }
             Event::Delete(o) => self.live.remove(&key_of(o.meta())).is_some(),
@@ -487,11 +500,6 @@ struct Store {
     to_fetch: Vec<Key>,
     /// A status-relevant change (Ingress status, classes, published Service) happened.
     status_dirty: bool,
-    /// Since the last snapshot: Ingresses changed (as diagnostics name them), and whether
-    /// something changed that the next snapshot should be compiled in full for (a re-list, an
-    /// IngressClass, Service or Secret), so that every rejection is reported afresh.
-    changed_ingresses: BTreeSet<String>,
-    needs_full: bool,
 }
 
 impl Store {
@@ -507,8 +515,6 @@ impl Store {
             referenced: BTreeSet::new(),
             to_fetch: Vec::new(),
             status_dirty: false,
-            changed_ingresses: BTreeSet::new(),
-            needs_full: false,
         }
     }
 
@@ -517,45 +523,20 @@ impl Store {
         match msg {
             Msg::Ingress(e) => {
                 self.status_dirty = true;
-                let name = match &e {
-                    Event::Apply(o) | Event::Delete(o) => Some(key_of(&o.metadata)),
-                    _ => None,
-                };
-                let relist = matches!(e, Event::InitDone);
                 let changed = self.ingresses.apply(e, strip_ingress, same_ingress);
-                if changed {
-                    match name {
-                        Some((ns, name)) => {
-                            self.changed_ingresses
-                                .insert(format!("Ingress {ns}/{name}"));
-                        }
-                        None => self.needs_full |= relist,
-                    }
-                }
-                let secrets = self.refresh_references();
-                self.needs_full |= secrets;
-                changed | secrets
+                changed | self.refresh_references()
             }
             Msg::Class(e) => {
                 self.status_dirty = true;
                 let changed = self.classes.apply(e, strip_class, |a, b| a == b);
-                let changed = changed | self.refresh_references();
-                self.needs_full |= changed;
-                changed
+                changed | self.refresh_references()
             }
-            Msg::Service(e) => {
-                let changed = self.services.apply(e, strip_service, |a, b| a == b);
-                self.needs_full |= changed;
-                changed
-            }
+            Msg::Service(e) => self.services.apply(e, strip_service, |a, b| a == b),
             Msg::Slice(e) => self.slices.apply(e, strip_slice, |a, b| a == b),
             Msg::Secret(e) => {
                 let referenced = &self.referenced;
-                let changed = self
-                    .secrets
-                    .apply(e, |s| strip_secret(s, referenced), |a, b| a == b);
-                self.needs_full |= changed;
-                changed
+                self.secrets
+                    .apply(e, |s| strip_secret(s, referenced), |a, b| a == b)
             }
             Msg::PublishService(e) => {
                 self.status_dirty = true;
@@ -742,6 +723,10 @@ impl Drop for KubeSource {
 }
 
 async fn make_client(options: &KubeOptions) -> Result<Client, String> {
+    // The API client's TLS uses the process-wide rustls provider; with more than one
+    // provider built in, rustls cannot pick one by itself. Ours is the one the HTTPS listener
+    // uses (an earlier install, by a test or a second source, is just as good).
+    let _ = super::certs::provider().as_ref().clone().install_default();
     let config = match &options.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -946,11 +931,6 @@ async fn run(
     let mut version = 1;
     let (mut compiler, compiled) =
         Incremental::new(&store.objects(&stats), settings.compile.clone(), version);
-    store.changed_ingresses.clear();
-    store.needs_full = false;
-    // Whether snapshots were compiled incrementally since the last full compile (whose
-    // diagnostics are the complete set of rejections).
-    let mut since_full = false;
     stats.snapshots.fetch_add(1, Ordering::Relaxed);
     let mut rejections = Rejections::default();
     let new_rejections = rejections.update(&compiled.diagnostics, &stats);
@@ -995,6 +975,8 @@ async fn run(
     let mut burst: Option<(TokioInstant, std::time::Instant)> = None;
     let mut last_event = TokioInstant::now();
     let mut dirty = false;
+    // Something other than EndpointSlices changed: the set of rejected objects may have too.
+    let mut rejections_dirty = false;
     let mut resync = tokio::time::interval(STATUS_RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1002,7 +984,10 @@ async fn run(
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
-                dirty |= store.apply(msg);
+                let slice = matches!(msg, Msg::Slice(_));
+                let changed = store.apply(msg);
+                dirty |= changed;
+                rejections_dirty |= changed && !slice;
                 last_event = TokioInstant::now();
                 if burst.is_none() {
                     burst = Some((last_event, std_now()));
@@ -1010,20 +995,13 @@ async fn run(
                 continue;
             }
             changed = leader_rx.changed() => {
-                if changed.is_err() {
-                    break;
-                }
+                if changed.is_err() { break; }
                 let now_leading = *leader_rx.borrow_and_update();
                 if now_leading != leading {
                     leading = now_leading;
                     stats.leader.store(leading, Ordering::Relaxed);
                     stats.leader_transitions.fetch_add(1, Ordering::Relaxed);
-                    eprintln!(
-                        "sluice: kubernetes: {} the status lease {}/{}",
-                        if leading { "acquired" } else { "lost" },
-                        settings.election_namespace,
-                        settings.options.election_id
-                    );
+                    eprintln!("sluice: kubernetes: {} the status lease {}/{}", if leading { "acquired" } else { "lost" }, settings.election_namespace, settings.options.election_id);
                     plan.reset();
                     store.status_dirty = true;
                     if leading {
@@ -1031,39 +1009,31 @@ async fn run(
                     }
                 }
             }
-            _ = sleep_until(deadline), if deadline.is_some() => {
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(TokioInstant::now)).await }, if deadline.is_some() => {
                 let Some((_, since)) = burst.take() else { continue };
                 fetch_secrets(&client, &mut store, &tx);
                 if dirty {
                     dirty = false;
                     version += 1;
                     let objects = store.objects(&stats);
-                    let full = std::mem::take(&mut store.needs_full);
-                    let redone = std::mem::take(&mut store.changed_ingresses);
-                    let Compiled { snapshot, diagnostics } = if full {
-                        compiler.full(&objects, version)
-                    } else {
-                        compiler.update(&objects, version)
-                    };
+                    // Only what the burst touched is recompiled (control::incremental).
+                    let Compiled { snapshot, .. } = compiler.update(&objects, version);
                     stats.snapshots.fetch_add(1, Ordering::Relaxed);
                     publisher.publish(Arc::new(snapshot));
                     // Blocks this thread (polling) until every worker serves it; workers take
                     // a snapshot at their next loop turn, so this is short.
                     publisher.wait_acknowledged(version, since, ACK_WAIT);
-                    if full {
-                        unposted.extend(rejections.update(&diagnostics, &stats));
-                    } else {
-                        unposted.extend(rejections.merge(&diagnostics, &redone, &stats));
-                    }
-                    since_full |= !full;
-                    if compiler.compaction_due() {
-                        // The same routes folded into a new base, published after the change
-                        // so that it never delays one.
+                    // Events, the rejected gauge and "no longer rejected" need the whole set
+                    // of rejections, which only a full compile knows: made after the change
+                    // is served (never delaying it), and published too, as the compaction of
+                    // the incremental table. EndpointSlice changes cannot reject anything.
+                    if rejections_dirty || compiler.compaction_due() {
+                        rejections_dirty = false;
                         version += 1;
-                        let compacted = compiler.full(&objects, version);
-                        publisher.publish(Arc::new(compacted.snapshot));
-                        unposted.extend(rejections.update(&compacted.diagnostics, &stats));
-                        since_full = false;
+                        let Compiled { snapshot, diagnostics } = compiler.full(&objects, version);
+                        stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                        publisher.publish(Arc::new(snapshot));
+                        unposted.extend(rejections.update(&diagnostics, &stats));
                     }
                 }
             }
@@ -1071,15 +1041,6 @@ async fn run(
                 // Writes that failed are forgotten here and planned again.
                 plan.reset();
                 store.status_dirty = true;
-                if since_full {
-                    // Incremental compiles report only what they touched: a full one now
-                    // and then makes the set of rejections exact again (fixed ones go).
-                    since_full = false;
-                    version += 1;
-                    let compacted = compiler.full(&store.objects(&stats), version);
-                    publisher.publish(Arc::new(compacted.snapshot));
-                    unposted.extend(rejections.update(&compacted.diagnostics, &stats));
-                }
             }
             _ = stop.changed() => break,
         }
@@ -1118,11 +1079,6 @@ async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(3), lease).await;
 }
 
-/// Sleeps until `deadline` (at once when there is none).
-async fn sleep_until(deadline: Option<TokioInstant>) {
-    tokio::time::sleep_until(deadline.unwrap_or_else(TokioInstant::now)).await
-}
-
 /// Starts a GET for every referenced Secret that is known only by name.
 fn fetch_secrets(client: &Client, store: &mut Store, tx: &mpsc::UnboundedSender<Msg>) {
     for (ns, name) in store.to_fetch.drain(..) {
@@ -1147,26 +1103,7 @@ struct Rejections {
 }
 
 impl Rejections {
-    /// After an incremental compile: the rejections of the objects in `redone` are replaced
-    /// by `diagnostics`; those of other objects are kept (plus any in `diagnostics`).
-    fn merge(
-        &mut self,
-        diagnostics: &[Diagnostic],
-        redone: &BTreeSet<String>,
-        stats: &KubeStats,
-    ) -> Vec<Diagnostic> {
-        let mut now: Vec<Diagnostic> = self
-            .current
-            .iter()
-            .filter(|d| !redone.contains(&d.object))
-            .cloned()
-            .collect();
-        now.extend(diagnostics.iter().cloned());
-        self.update(&now, stats)
-    }
-
-    /// After a full compile (`diagnostics` is every rejection): logs new rejections and the
-    /// ones that went away; returns the new ones.
+    /// Logs new rejections and the ones that went away; returns the new ones.
     fn update(&mut self, diagnostics: &[Diagnostic], stats: &KubeStats) -> Vec<Diagnostic> {
         let now: BTreeSet<Diagnostic> = diagnostics.iter().cloned().collect();
         let new: Vec<Diagnostic> = now.difference(&self.current).cloned().collect();

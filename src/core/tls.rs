@@ -230,8 +230,8 @@ impl TlsSettings {
         base.ignore_client_order = true;
         base.ticketer = ticketer;
         base.session_storage = sessions;
-        // Plaintext we have not yet handed on is bounded by the engine's receive size; what
-        // waits to be written is bounded by the connection machine's buffer.
+        // No 0-RTT data (max_early_data_size stays 0: early data is replayable) and nothing
+        // written before the client's Finished.
         base.send_half_rtt_data = false;
         Ok(TlsSettings {
             base,

@@ -3,6 +3,7 @@
 //! worker per core, each with its own SO_REUSEPORT listener, and hands snapshots to them.
 
 pub mod uring;
+pub mod userspace;
 
 use std::io;
 use std::net::SocketAddr;
@@ -323,6 +324,33 @@ impl Engine {
             https_addr,
             admin,
         })
+    }
+
+    /// Assembles a running engine from workers another engine module started (the userspace
+    /// engine): the same publication, state, stop and join as the io_uring engine.
+    pub(crate) fn from_parts(
+        workers: Vec<JoinHandle<io::Result<()>>>,
+        senders: Vec<Sender<Arc<Snapshot>>>,
+        retired: Receiver<Arc<Snapshot>>,
+        wakes: Vec<OwnedFd>,
+        state: Arc<EngineState>,
+        local_addr: SocketAddr,
+        admin: Option<AdminHandle>,
+    ) -> Engine {
+        Engine {
+            workers,
+            publisher: Publisher {
+                senders,
+                retired: Arc::new(Mutex::new(retired)),
+                wakes: Arc::new(wakes),
+                state: state.clone(),
+            },
+            state,
+            local_addr,
+            // The userspace engine serves plain HTTP only (no TLS on it yet).
+            https_addr: None,
+            admin,
+        }
     }
 
     /// The address the workers listen on (with the real port when 0 was asked for).

@@ -1,0 +1,306 @@
+//! The kernel-bypass engine: each worker owns a smoltcp TCP/IP stack over its own queue of a
+//! packet device (a multi-queue TAP, or an AF_PACKET socket in a PACKET_FANOUT group) and
+//! drives the same protocol core as the io_uring engine; no kernel TCP on the data path.
+//! Snapshots reach its workers through the same [`Publisher`](super::Publisher).
+
+mod demux;
+mod device;
+pub mod sys;
+mod worker;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use demux::{Class, FlowKey, classify};
+
+use super::{Engine, EngineConfig, EngineState, PublicationStats, uring};
+use crate::admin;
+use crate::core::route::Snapshot;
+use crate::worker::WorkerMetrics;
+use worker::{UserspaceWorker, UserspaceWorkerSetup};
+
+/// The packet device the workers share, one queue (or fanout member) per worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A TAP device (created if missing) with IFF_MULTI_QUEUE: one queue fd per worker.
+    Tap,
+    /// An existing interface, one AF_PACKET socket per worker in a PACKET_FANOUT (hash) group.
+    /// The appliance's addresses must not also be configured on that interface in the kernel.
+    AfPacket,
+}
+
+/// How a worker waits for packets.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PollMode {
+    /// poll(2) on the device and the wake-up eventfd until the next deadline.
+    Sleep,
+    /// Never sleep: look at the device again at once (a core at 100 %, as DPDK does).
+    Busy,
+}
+
+/// The userspace engine's own settings (`[userspace]` in the TOML).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserspaceConfig {
+    pub device: DeviceKind,
+    /// TAP name or interface name.
+    pub interface: String,
+    /// The appliance's addresses on that link, with prefix length (IPv4 and/or IPv6).
+    pub addresses: Vec<(IpAddr, u8)>,
+    pub mac: [u8; 6],
+    pub gateway: Option<IpAddr>,
+    pub gateway6: Option<IpAddr>,
+    /// IP MTU of the link.
+    pub mtu: usize,
+    pub poll: PollMode,
+    /// smoltcp receive and send buffer per TCP socket (each).
+    pub tcp_buffer: usize,
+    /// Listening sockets kept ready per worker (connections in the handshake at once).
+    pub backlog: usize,
+    /// PACKET_FANOUT group id (AF_PACKET only).
+    pub fanout_group: u16,
+}
+
+impl Default for UserspaceConfig {
+    fn default() -> Self {
+        UserspaceConfig {
+            device: DeviceKind::Tap,
+            interface: "sluice0".into(),
+            addresses: vec![(IpAddr::from([10, 0, 0, 2]), 24)],
+            mac: [0x02, 0x00, 0x00, 0x00, 0x00, 0x02],
+            gateway: None,
+            gateway6: None,
+            mtu: 1500,
+            poll: PollMode::Sleep,
+            tcp_buffer: 64 * 1024,
+            backlog: 64,
+            fanout_group: 0x51c,
+        }
+    }
+}
+
+/// Parses `"02:00:00:00:00:02"`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("expected a MAC address like \"02:00:00:00:00:02\" (got {text:?})");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("{text:?} is a multicast MAC address"));
+    }
+    Ok(mac)
+}
+
+/// Parses `"10.0.0.2/24"` or `"fd00::2/64"`.
+pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
+    let bad = || format!("expected an address with prefix like \"10.0.0.2/24\" (got {text:?})");
+    let (ip, len) = text.split_once('/').ok_or_else(bad)?;
+    let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if len > max || ip.is_unspecified() || ip.is_multicast() {
+        return Err(bad());
+    }
+    Ok((ip, len))
+}
+
+impl Engine {
+    /// Starts the userspace engine: opens one device queue per worker (failing, with nothing
+    /// left running, if the device cannot be opened), then the workers and the admin server.
+    /// `cfg.http`'s port is the port the workers listen on in their own stacks; its address
+    /// must be unspecified or one of `dev.addresses`.
+    pub fn start_userspace(
+        cfg: EngineConfig,
+        dev: UserspaceConfig,
+        snapshot: Arc<Snapshot>,
+    ) -> io::Result<Engine> {
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        if dev.addresses.is_empty() {
+            return Err(invalid("userspace engine: no address configured".into()));
+        }
+        if !cfg.http.ip().is_unspecified()
+            && !dev.addresses.iter().any(|(a, _)| *a == cfg.http.ip())
+        {
+            return Err(invalid(format!(
+                "userspace engine: listen address {} is not one of the appliance's addresses",
+                cfg.http.ip()
+            )));
+        }
+        if cfg.http.port() == 0 {
+            return Err(invalid(
+                "userspace engine: the listen port must be set (no ephemeral port in its own stack)"
+                    .into(),
+            ));
+        }
+        if cfg.workers.is_empty() || cfg.workers.len() > 256 {
+            return Err(invalid(
+                "userspace engine: 1 to 256 workers (each owns a share of 16384 ports)".into(),
+            ));
+        }
+        let mut queues: Vec<OwnedFd> = Vec::new();
+        for _ in &cfg.workers {
+            let fd = match dev.device {
+                DeviceKind::Tap => sys::open_tap_queue(&dev.interface),
+                DeviceKind::AfPacket => sys::open_packet_socket(&dev.interface, dev.fanout_group),
+            }
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dev.interface)))?;
+            queues.push(fd);
+        }
+        uring::raise_nofile_limit();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let metrics: Vec<Arc<WorkerMetrics>> = cfg
+            .workers
+            .iter()
+            .map(|_| Arc::new(WorkerMetrics::default()))
+            .collect();
+        let state = Arc::new(EngineState {
+            metrics: metrics.clone(),
+            publication: Mutex::new(PublicationStats::default()),
+            snapshot: RwLock::new(snapshot.clone()),
+            stopping: stopping.clone(),
+            extra_metrics: Mutex::new(Vec::new()),
+        });
+        let mut workers = Vec::new();
+        let mut senders = Vec::new();
+        let (retired_tx, retired_rx) = channel();
+        let mut startup_error = None;
+        let count = cfg.workers.len();
+        let mut wakes = Vec::new();
+        let mut inbox_tx = Vec::new();
+        let mut inbox_rx = Vec::new();
+        for _ in 0..count {
+            wakes.push(uring::eventfd()?);
+            let (tx, rx) = channel();
+            inbox_tx.push(tx);
+            inbox_rx.push(Some(rx));
+        }
+        for (index, (core, queue)) in cfg.workers.iter().zip(queues).enumerate() {
+            let (tx, rx) = channel();
+            let wake_fd = wakes[index].as_raw_fd();
+            let peers = (0..count)
+                .map(|i| (inbox_tx[i].clone(), wakes[i].as_raw_fd()))
+                .collect();
+            let Some(inbox) = inbox_rx[index].take() else {
+                continue;
+            };
+            let setup = UserspaceWorkerSetup {
+                index,
+                count,
+                core: *core,
+                queue,
+                wake: wake_fd,
+                peers,
+                inbox,
+                listen_port: cfg.http.port(),
+                dev: dev.clone(),
+                conn: cfg.conn.clone(),
+                snapshots: rx,
+                retired: retired_tx.clone(),
+                metrics: metrics[index].clone(),
+                stopping: stopping.clone(),
+                upstream_max_idle: cfg.upstream_max_idle,
+                upstream_idle_timeout: cfg.upstream_idle_timeout,
+                shutdown_grace: cfg.shutdown_grace,
+            };
+            let (ready_tx, ready_rx) = sync_channel(1);
+            let snapshot = snapshot.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-us-worker-{index}"))
+                .spawn(move || {
+                    let worker = match UserspaceWorker::new(setup, snapshot) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                            return Err(e);
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    worker.run()
+                })?;
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => startup_error = Some(e),
+                Err(_) => startup_error = Some(io::Error::other("worker died while starting")),
+            }
+            workers.push(handle);
+            senders.push(tx);
+            if startup_error.is_some() {
+                break;
+            }
+        }
+        if let Some(e) = startup_error {
+            stopping.store(true, Ordering::Release);
+            for w in &wakes {
+                uring::eventfd_signal(w.as_raw_fd());
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+            return Err(e);
+        }
+        let admin = match cfg.admin {
+            Some(admin_addr) => Some(admin::start(admin_addr, state.clone())?),
+            None => None,
+        };
+        let local = SocketAddr::new(
+            if cfg.http.ip().is_unspecified() {
+                dev.addresses[0].0
+            } else {
+                cfg.http.ip()
+            },
+            cfg.http.port(),
+        );
+        Ok(Engine::from_parts(
+            workers, senders, retired_rx, wakes, state, local, admin,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_and_cidrs_parse_strictly() {
+        assert_eq!(parse_mac("02:0a:00:00:00:ff"), Ok([2, 10, 0, 0, 0, 255]));
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0g:00:00:00:00:00",
+            "01:00:00:00:00:00",
+            "2:00:00:00:00:00",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_cidr("10.1.2.3/24"),
+            Ok(("10.1.2.3".parse().unwrap(), 24))
+        );
+        assert_eq!(
+            parse_cidr("fd00::2/64"),
+            Ok(("fd00::2".parse().unwrap(), 64))
+        );
+        for bad in [
+            "10.1.2.3",
+            "10.1.2.3/33",
+            "0.0.0.0/0",
+            "x/24",
+            "fd00::1/129",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+}

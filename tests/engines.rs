@@ -1,0 +1,586 @@
+//! The end-to-end routing and framing suite, run over BOTH engines so neither can drift:
+//! `uring::*` runs Sluice's io_uring engine on loopback; `userspace::*` runs the smoltcp
+//! engine on a multi-queue TAP inside a network namespace made by the test (root needed),
+//! with the kernel on the other side of the TAP as client and as the upstream pods' host;
+//! `af_packet::*` runs the same engine over AF_PACKET (PACKET_FANOUT) on one end of a veth
+//! pair in such a namespace.
+//! Every namespace and device a test makes is removed when it ends, also when it fails.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sluice::control::compile::{CompileOptions, Objects, compile};
+use sluice::control::manifests::parse_documents;
+use sluice::core::conn::ConnConfig;
+use sluice::core::route::Snapshot;
+use sluice::demo::{DemoUpstream, spawn_upstream};
+use sluice::engine::userspace::{DeviceKind, PollMode, UserspaceConfig};
+use sluice::engine::{Engine, EngineConfig};
+
+mod common;
+use common::{KERNEL_IP, Link, NetNs, SLUICE_IP};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Uring,
+    Userspace,
+    /// The userspace engine over AF_PACKET (PACKET_FANOUT) on one end of a veth pair.
+    Packet,
+    /// The userspace engine on a TAP, busy-polling instead of sleeping.
+    Busy,
+}
+
+/// One engine under test, with the addresses its peers use.
+pub struct Harness {
+    kind: Kind,
+    // Dropped last (after anything a test holds): the namespace goes when the test ends.
+    _ns: Option<NetNs>,
+}
+
+impl Harness {
+    pub fn new(kind: Kind) -> Harness {
+        let ns = match kind {
+            Kind::Uring => None,
+            Kind::Userspace | Kind::Busy => Some(NetNs::new(Link::Tap)),
+            Kind::Packet => Some(NetNs::new(Link::Veth)),
+        };
+        Harness { kind, _ns: ns }
+    }
+
+    /// Where upstream servers bind (the kernel side).
+    fn host_ip(&self) -> IpAddr {
+        match self.kind {
+            Kind::Uring => IpAddr::from([127, 0, 0, 1]),
+            _ => IpAddr::from(KERNEL_IP),
+        }
+    }
+
+    /// The client address Sluice sees (for X-Forwarded-For).
+    pub fn client_ip(&self) -> IpAddr {
+        self.host_ip()
+    }
+
+    pub fn upstream(&self, name: &str) -> DemoUpstream {
+        spawn_upstream(name, SocketAddr::new(self.host_ip(), 0)).unwrap()
+    }
+
+    pub fn closed_port(&self) -> SocketAddr {
+        let l = TcpListener::bind(SocketAddr::new(self.host_ip(), 0)).unwrap();
+        l.local_addr().unwrap()
+    }
+
+    pub fn start(&self, yaml: &str, workers: usize, conn: ConnConfig) -> Engine {
+        let mut cfg = EngineConfig {
+            workers: vec![None; workers],
+            http: "127.0.0.1:0".parse().unwrap(),
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            conn: Arc::new(conn),
+            upstream_max_idle: 16,
+            upstream_idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        };
+        match self.kind {
+            Kind::Uring => Engine::start(cfg, snapshot(yaml, 1)).expect("engine starts"),
+            Kind::Userspace | Kind::Packet | Kind::Busy => {
+                cfg.http = SocketAddr::new(IpAddr::from(SLUICE_IP), 80);
+                let dev = UserspaceConfig {
+                    device: if self.kind == Kind::Packet {
+                        DeviceKind::AfPacket
+                    } else {
+                        DeviceKind::Tap
+                    },
+                    interface: if self.kind == Kind::Packet {
+                        "s0"
+                    } else {
+                        "sl0"
+                    }
+                    .into(),
+                    addresses: vec![(IpAddr::from(SLUICE_IP), 24)],
+                    poll: if self.kind == Kind::Busy {
+                        PollMode::Busy
+                    } else {
+                        PollMode::Sleep
+                    },
+                    ..UserspaceConfig::default()
+                };
+                Engine::start_userspace(cfg, dev, snapshot(yaml, 1))
+                    .expect("userspace engine starts")
+            }
+        }
+    }
+}
+
+pub fn snapshot(yaml: &str, version: u64) -> Arc<Snapshot> {
+    let (objects, errors) = parse_documents(yaml, "test.yaml");
+    assert!(errors.is_empty(), "{errors:?}");
+    let compiled = compile(
+        &Objects::from_objects(objects),
+        &CompileOptions::default(),
+        version,
+    );
+    Arc::new(compiled.snapshot)
+}
+
+/// Routes `a.test` to upstream A, `b.test` to B, `empty.test` to a Service without
+/// endpoints, and `refused.test` to a port nobody listens on.
+fn routes(a: &DemoUpstream, b: &DemoUpstream, refused: SocketAddr) -> String {
+    let svc = |name: &str, addr: Option<SocketAddr>| {
+        let mut s = format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n"
+        );
+        if let Some(addr) = addr {
+            s += &format!(
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
+                addr.port(),
+                addr.ip()
+            );
+        }
+        s
+    };
+    let rule = |host: &str, path: &str, svc: &str| {
+        format!(
+            "    - host: {host}\n      http: {{paths: [{{path: {path}, pathType: Prefix, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}]}}\n"
+        )
+    };
+    let mut y = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: t, namespace: default}\nspec:\n  ingressClassName: sluice\n  rules:\n",
+    );
+    y += &rule("a.test", "/", "a");
+    y += &rule("b.test", "/", "b");
+    y += &rule("empty.test", "/", "empty");
+    y += &rule("refused.test", "/", "refused");
+    y += &svc("a", Some(a.addr));
+    y += &svc("b", Some(b.addr));
+    y += &svc("empty", None);
+    y += &svc("refused", Some(refused));
+    y
+}
+
+/// Reads one response (head + Content-Length body) from `s`.
+fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("read head");
+        assert!(
+            n > 0,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (status, head, body)
+}
+
+fn client(engine: &Engine) -> TcpStream {
+    let s = TcpStream::connect_timeout(&engine.local_addr(), Duration::from_secs(10)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn get(s: &mut TcpStream, host: &str, path: &str) -> (u16, String, Vec<u8>) {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    read_response(s)
+}
+
+fn setup(
+    kind: Kind,
+    workers: usize,
+    conn: ConnConfig,
+) -> (Harness, DemoUpstream, DemoUpstream, Engine) {
+    let h = Harness::new(kind);
+    let a = h.upstream("A");
+    let b = h.upstream("B");
+    let engine = h.start(&routes(&a, &b, h.closed_port()), workers, conn);
+    (h, a, b, engine)
+}
+
+fn routes_by_host_with_keep_alive_on_both_sides(kind: Kind) {
+    let (_h, a, b, engine) = setup(kind, 1, ConnConfig::default());
+    let mut s = client(&engine);
+    for i in 0..20 {
+        let (status, _, body) = get(&mut s, "a.test", &format!("/x/{i}"));
+        assert_eq!(status, 200);
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            format!("A GET /x/{i} body=0\n")
+        );
+        let (status, _, body) = get(&mut s, "B.TEST:80", "/y");
+        assert_eq!(status, 200);
+        assert!(String::from_utf8(body).unwrap().starts_with("B GET /y"));
+    }
+    // One client connection, and one pooled upstream connection per pod.
+    assert_eq!(a.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(b.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(a.requests.load(Ordering::Relaxed), 20);
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn local_answers_404_503_502(kind: Kind) {
+    let (_h, _a, _b, engine) = setup(kind, 1, ConnConfig::default());
+    let mut s = client(&engine);
+    let (status, head, _) = get(&mut s, "nowhere.test", "/");
+    assert_eq!(status, 404, "{head}");
+    assert!(head.contains("Server: sluice"));
+    let (status, _, _) = get(&mut s, "empty.test", "/");
+    assert_eq!(status, 503);
+    let (status, _, _) = get(&mut s, "refused.test", "/");
+    assert_eq!(status, 502);
+    // The connection survived all three.
+    let (status, _, _) = get(&mut s, "a.test", "/");
+    assert_eq!(status, 200);
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn malformed_request_gets_400_and_nothing_is_smuggled(kind: Kind) {
+    let (_h, a, _b, engine) = setup(kind, 1, ConnConfig::default());
+    let mut s = client(&engine);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let (status, head, _) = read_response(&mut s);
+    assert_eq!(status, 400);
+    assert!(head.contains("Connection: close"));
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(
+        a.requests.load(Ordering::Relaxed),
+        0,
+        "nothing smuggled upstream"
+    );
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn pipelined_requests_are_answered_in_order(kind: Kind) {
+    let (_h, _a, _b, engine) = setup(kind, 1, ConnConfig::default());
+    let mut s = client(&engine);
+    let mut batch = String::new();
+    for i in 0..10 {
+        let host = if i % 2 == 0 { "a.test" } else { "b.test" };
+        batch += &format!("GET /p{i} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    }
+    s.write_all(batch.as_bytes()).unwrap();
+    for i in 0..10 {
+        let (status, _, body) = read_response(&mut s);
+        assert_eq!(status, 200);
+        let who = if i % 2 == 0 { "A" } else { "B" };
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            format!("{who} GET /p{i} body=0\n")
+        );
+    }
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn chunked_and_content_length_bodies_reach_the_upstream(kind: Kind) {
+    let (_h, _a, _b, engine) = setup(kind, 1, ConnConfig::default());
+    let mut s = client(&engine);
+    s.write_all(b"POST /cl HTTP/1.1\r\nHost: a.test\r\nContent-Length: 11\r\n\r\nhello world")
+        .unwrap();
+    let (_, _, body) = read_response(&mut s);
+    assert_eq!(String::from_utf8(body).unwrap(), "A POST /cl body=11\n");
+    s.write_all(b"POST /ch HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        .unwrap();
+    let (_, _, body) = read_response(&mut s);
+    assert_eq!(String::from_utf8(body).unwrap(), "A POST /ch body=11\n");
+    // 100-continue: Sluice answers it once the upstream is there, then the body flows.
+    s.write_all(
+        b"PUT /e HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut cont = [0u8; 25];
+    s.read_exact(&mut cont).unwrap();
+    assert_eq!(&cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"data").unwrap();
+    let (status, _, body) = read_response(&mut s);
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(body).unwrap(), "A PUT /e body=4\n");
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn large_bodies_stream_both_ways(kind: Kind) {
+    let (_h, _a, _b, engine) = setup(kind, 1, ConnConfig::default());
+    let mut s = client(&engine);
+    // A body many times the socket buffers, up; and a response body as large, down.
+    let body = vec![b'x'; 3 << 20];
+    write!(
+        s,
+        "POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let (status, _, reply) = read_response(&mut s);
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(reply).unwrap(),
+        format!("A POST /up body={}\n", body.len())
+    );
+    let (status, _, reply) = get(&mut s, "a.test", &format!("/big/{}", 5 << 20));
+    assert_eq!(status, 200);
+    assert_eq!(reply.len(), 5 << 20);
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn forwarding_headers_reach_the_upstream(kind: Kind) {
+    let (h, _a, _b, engine) = setup(kind, 1, ConnConfig::default());
+    let mut s = client(&engine);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+        .unwrap();
+    let (_, head, _) = read_response(&mut s);
+    let expect = format!("X-Seen-X-Forwarded-For: 203.0.113.9, {}", h.client_ip());
+    assert!(head.contains(&expect), "{head}");
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn slow_upstream_is_504_and_slow_client_head_is_408(kind: Kind) {
+    let mut conn = ConnConfig::default();
+    conn.timeouts.upstream_response = Duration::from_millis(300);
+    conn.timeouts.request_head = Duration::from_millis(300);
+    let (_h, _a, _b, engine) = setup(kind, 1, conn);
+    let mut s = client(&engine);
+    let (status, _, _) = get(&mut s, "a.test", "/slow/2000");
+    assert_eq!(status, 504);
+    let mut s = client(&engine);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.t").unwrap();
+    let (status, head, _) = read_response(&mut s);
+    assert_eq!(status, 408);
+    assert!(head.contains("Connection: close"));
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn two_workers_both_receive_connections(kind: Kind) {
+    let (_h, _a, _b, engine) = setup(kind, 2, ConnConfig::default());
+    for i in 0..64 {
+        let mut s = client(&engine);
+        let (status, _, _) = get(&mut s, "a.test", &format!("/{i}"));
+        assert_eq!(status, 200);
+    }
+    let per_worker: Vec<u64> = engine
+        .state()
+        .metrics
+        .iter()
+        .map(|m| m.accepted.load(Ordering::Relaxed))
+        .collect();
+    assert_eq!(per_worker.iter().sum::<u64>(), 64);
+    assert!(
+        per_worker.iter().all(|&n| n > 0),
+        "connections are spread over the workers: {per_worker:?}"
+    );
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn admin_endpoints_answer(kind: Kind) {
+    let (_h, _a, _b, engine) = setup(kind, 1, ConnConfig::default());
+    let mut s = client(&engine);
+    get(&mut s, "a.test", "/");
+    get(&mut s, "nowhere.test", "/");
+    let admin = engine.admin_addr().unwrap();
+    let fetch = |path: &str| {
+        let mut c = TcpStream::connect(admin).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    let mut ready = fetch("/readyz");
+    for _ in 0..50 {
+        if ready.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        ready = fetch("/readyz");
+    }
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let metrics = fetch("/metrics");
+    assert!(
+        metrics.contains("sluice_responses_total{worker=\"0\",class=\"2xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_responses_total{worker=\"0\",class=\"4xx\"} 1"),
+        "{metrics}"
+    );
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn a_new_snapshot_reaches_every_worker_without_dropping_connections(kind: Kind) {
+    let h = Harness::new(kind);
+    let a = h.upstream("A");
+    let b = h.upstream("B");
+    let refused = h.closed_port();
+    let engine = h.start(&routes(&a, &b, refused), 2, ConnConfig::default());
+    let mut s = client(&engine);
+    assert_eq!(get(&mut s, "a.test", "/").0, 200);
+    // Swap A and B: the same keep-alive connection routes its next request on the new table.
+    engine.publish(snapshot(&routes(&b, &a, refused), 2));
+    let mut seen_b = false;
+    for _ in 0..50 {
+        let (status, _, body) = get(&mut s, "a.test", "/");
+        assert_eq!(status, 200);
+        if body.starts_with(b"B ") {
+            seen_b = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seen_b, "the new snapshot never took effect");
+    let acked = |engine: &Engine| {
+        engine
+            .state()
+            .metrics
+            .iter()
+            .all(|m| m.snapshot_version.load(Ordering::Acquire) == 2)
+    };
+    for _ in 0..100 {
+        if acked(&engine) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(acked(&engine));
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn many_concurrent_clients(kind: Kind) {
+    let (_h, a, _b, engine) = setup(kind, 1, ConnConfig::default());
+    let addr = engine.local_addr();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                for i in 0..25 {
+                    let (status, _, body) = get(&mut s, "a.test", &format!("/{t}/{i}"));
+                    assert_eq!(status, 200);
+                    assert_eq!(body, format!("A GET /{t}/{i} body=0\n").into_bytes());
+                }
+            })
+        })
+        .collect();
+    // The client threads were born in this thread's namespace.
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(a.requests.load(Ordering::Relaxed), 200);
+    engine.stop();
+    engine.join().unwrap();
+}
+
+macro_rules! suite {
+    ($kind:ident: $($name:ident),* $(,)?) => {
+        $( #[test] fn $name() { super::$name(super::Kind::$kind) } )*
+    };
+}
+
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod uring { suite!(Uring: $($name),*); }
+        mod userspace { suite!(Userspace: $($name),*); }
+        mod af_packet { suite!(Packet: $($name),*); }
+    };
+}
+
+both_engines!(
+    routes_by_host_with_keep_alive_on_both_sides,
+    local_answers_404_503_502,
+    malformed_request_gets_400_and_nothing_is_smuggled,
+    pipelined_requests_are_answered_in_order,
+    chunked_and_content_length_bodies_reach_the_upstream,
+    large_bodies_stream_both_ways,
+    forwarding_headers_reach_the_upstream,
+    slow_upstream_is_504_and_slow_client_head_is_408,
+    two_workers_both_receive_connections,
+    admin_endpoints_answer,
+    a_new_snapshot_reaches_every_worker_without_dropping_connections,
+    many_concurrent_clients,
+);
+
+// Busy polling changes only how the loop waits: a few of the suite prove it still serves,
+// times out and streams.
+mod busy_poll {
+    suite!(
+        Busy: routes_by_host_with_keep_alive_on_both_sides,
+        large_bodies_stream_both_ways,
+        slow_upstream_is_504_and_slow_client_head_is_408,
+        a_new_snapshot_reaches_every_worker_without_dropping_connections,
+    );
+}
+
+#[test]
+fn userspace_engine_serves_ipv6_clients_and_ipv6_upstreams() {
+    let _ns = NetNs::new(Link::Tap);
+    let up = spawn_upstream("V6", "[fd99::1]:0".parse().unwrap()).unwrap();
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\n\
+         spec:\n  ingressClassName: sluice\n  rules:\n  - host: v6.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
+         addressType: IPv6\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"fd99::1\"]}}]\n",
+        up.addr.port()
+    );
+    let cfg = EngineConfig {
+        workers: vec![None; 2],
+        http: "0.0.0.0:80".parse().unwrap(),
+        admin: None,
+        conn: Arc::new(ConnConfig::default()),
+        upstream_max_idle: 16,
+        upstream_idle_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(10),
+    };
+    let dev = UserspaceConfig {
+        interface: "sl0".into(),
+        addresses: vec![
+            (IpAddr::from(SLUICE_IP), 24),
+            ("fd99::2".parse().unwrap(), 64),
+        ],
+        ..UserspaceConfig::default()
+    };
+    let engine = Engine::start_userspace(cfg, dev, snapshot(&yaml, 1)).unwrap();
+    for i in 0..10 {
+        let mut s =
+            TcpStream::connect_timeout(&"[fd99::2]:80".parse().unwrap(), Duration::from_secs(10))
+                .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!("GET /{i} HTTP/1.1\r\nHost: v6.test\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let (status, head, body) = read_response(&mut s);
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(body, format!("V6 GET /{i} body=0\n").into_bytes());
+        assert!(
+            head.contains("X-Seen-X-Forwarded-For: 203.0.113.9, fd99::1"),
+            "{head}"
+        );
+    }
+    engine.stop();
+    engine.join().unwrap();
+}
