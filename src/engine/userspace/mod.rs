@@ -130,6 +130,18 @@ impl Engine {
         if dev.addresses.is_empty() {
             return Err(invalid("userspace engine: no address configured".into()));
         }
+        for (ip, len) in &dev.addresses {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            if *len > max || ip.is_unspecified() || ip.is_multicast() {
+                return Err(invalid(format!("userspace engine: bad address {ip}/{len}")));
+            }
+        }
+        if !(576..=9000).contains(&dev.mtu) || dev.tcp_buffer < 1024 {
+            return Err(invalid(format!(
+                "userspace engine: MTU {} (576 to 9000) or TCP buffer {} (at least 1024) out of range",
+                dev.mtu, dev.tcp_buffer
+            )));
+        }
         if !cfg.http.ip().is_unspecified()
             && !dev.addresses.iter().any(|(a, _)| *a == cfg.http.ip())
         {

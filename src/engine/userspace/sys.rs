@@ -40,8 +40,9 @@ fn ifname(name: &str) -> io::Result<[u8; libc::IFNAMSIZ]> {
 
 /// Attaches one more queue to the TAP device `name` (created if it does not exist, as a
 /// multi-queue TAP without packet information). Each call gives a new queue; the kernel
-/// spreads flows across the attached queues by hash and keeps a flow on the queue its last
-/// written packet came from.
+/// spreads the frames it sends across the attached queues by a flow hash of its own, so a
+/// flow's frames come on one queue, but not necessarily the queue of the worker that opened
+/// it (the worker hands such frames over, see the worker's `Shared`).
 pub fn open_tap_queue(name: &str) -> io::Result<OwnedFd> {
     let mut req = IfReqFlags {
         name: ifname(name)?,

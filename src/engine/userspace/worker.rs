@@ -1008,6 +1008,9 @@ impl UserspaceWorker {
         if poolable {
             up.state = UpState::Idle { since: now };
             let endpoint = up.endpoint;
+            // Its delayed ACK (and any other pending segment) still has to go out: without a
+            // turn through egress, an idle pooled connection would sit on it until reused.
+            self.egress.push(up.sock);
             self.pool.entry(endpoint).or_default().push(ui);
         } else {
             self.close_upstream(ui, now);
