@@ -58,7 +58,8 @@ pub struct UserspaceConfig {
     pub poll: PollMode,
     /// smoltcp receive and send buffer per TCP socket (each).
     pub tcp_buffer: usize,
-    /// Listening sockets kept ready per worker (connections in the handshake at once).
+    /// Listening sockets per worker. A socket that takes a SYN moves to its own set and is
+    /// replaced at once, so this is not a limit on handshakes in progress.
     pub backlog: usize,
     /// PACKET_FANOUT group id (AF_PACKET only).
     pub fanout_group: u16,
