@@ -164,7 +164,10 @@ fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut byte).expect("read head");
+        let n = match s.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.expect("read head"),
+        };
         assert!(
             n > 0,
             "connection closed mid-head: {:?}",
@@ -493,6 +496,31 @@ fn many_concurrent_clients(kind: Kind) {
     engine.join().unwrap();
 }
 
+fn stop_lets_the_request_in_flight_finish_and_refuses_new_connections(kind: Kind) {
+    let (_h, _a, _b, engine) = setup(kind, 1, ConnConfig::default());
+    let addr = engine.local_addr();
+    let mut slow = client(&engine);
+    write!(slow, "GET /slow/800 HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+    let mut idle = client(&engine);
+    assert_eq!(get(&mut idle, "b.test", "/").0, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    engine.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    // New connections are refused while the slow request drains.
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "still accepting after stop"
+    );
+    let (status, head, body) = read_response(&mut slow);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("Connection: close"), "{head}");
+    assert_eq!(body, b"A GET /slow/800 body=0\n");
+    // The idle keep-alive connection was closed at once.
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).unwrap_or(0), 0);
+    engine.join().unwrap();
+}
+
 macro_rules! suite {
     ($kind:ident: $($name:ident),* $(,)?) => {
         $( #[test] fn $name() { super::$name(super::Kind::$kind) } )*
@@ -520,6 +548,7 @@ both_engines!(
     admin_endpoints_answer,
     a_new_snapshot_reaches_every_worker_without_dropping_connections,
     many_concurrent_clients,
+    stop_lets_the_request_in_flight_finish_and_refuses_new_connections,
 );
 
 // Busy polling changes only how the loop waits: a few of the suite prove it still serves,
