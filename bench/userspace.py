@@ -121,6 +121,12 @@ def rss_kib(pid):
     return 0
 
 
+def kernel_retransmits():
+    with open("/proc/self/net/snmp") as f:
+        rows = [l.split() for l in f if l.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("RetransSegs")])
+
+
 def packets(engine):
     if engine == "userspace":
         out = json.loads(sh("ip", "-s", "-j", "link", "show", "sl0").stdout)[0]["stats64"]
@@ -296,9 +302,10 @@ def measure(tmp, binary, engine, idle, args, script):
         time.sleep(0.3)
         holders = start_holders(target, idle)
         wrk(target, 2, args.connections, script)  # warm-up: pools, caches
-        before, pk_before = cpu_ticks(proc.pid), packets(engine)
+        before, pk_before, rt_before = cpu_ticks(proc.pid), packets(engine), kernel_retransmits()
         r = wrk(target, args.duration, args.connections, script)
-        after, pk_after = cpu_ticks(proc.pid), packets(engine)
+        after, pk_after, rt_after = cpu_ticks(proc.pid), packets(engine), kernel_retransmits()
+        r["kernel_retransmits"] = rt_after - rt_before
         r["rss_mib"] = rss_kib(proc.pid) / 1024
     finally:
         stop_holders(holders)
@@ -317,7 +324,8 @@ def measure(tmp, binary, engine, idle, args, script):
              ns_per_pkt=cpu_us * 1000 / max(pk_after - pk_before, 1))
     print(f"{engine:9s} idle {idle:6d}: {r['rps']:8.0f} req/s p50 {r['p50']}us p99 {r['p99']}us "
           f"cpu {r['cpu_us_per_req']:.2f}us/req {r['pkts_per_req']:.2f} pkt/req {r['ns_per_pkt']:.0f} ns/pkt "
-          f"rss {r['rss_mib']:.0f} MiB errors {r['errors']}", file=sys.stderr)
+          f"rss {r['rss_mib']:.0f} MiB errors {r['errors']} kernel retransmits {r['kernel_retransmits']}",
+          file=sys.stderr)
     return r
 
 
@@ -340,6 +348,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "sluice")
     tmp = tempfile.mkdtemp(prefix="sluice-us-bench-")
+    print(f"logs in {tmp}", file=sys.stderr)
     script = os.path.join(tmp, "report.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)

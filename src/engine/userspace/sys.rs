@@ -164,16 +164,13 @@ pub fn read_frame(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     Ok(Some(n as usize))
 }
 
-/// Writes one frame. A full device queue drops the frame (TCP retransmits), like a NIC would.
+/// Writes one frame. A full device queue drops the frame (TCP retransmits), like a NIC would;
+/// that is an error for the caller to count.
 pub fn write_frame(fd: RawFd, frame: &[u8]) -> io::Result<()> {
     // SAFETY: reads `frame.len()` bytes from a live slice.
     let n = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
     if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR) => Ok(()),
-            _ => Err(e),
-        };
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
