@@ -613,3 +613,55 @@ fn userspace_engine_serves_ipv6_clients_and_ipv6_upstreams() {
     engine.stop();
     engine.join().unwrap();
 }
+
+#[test]
+fn userspace_engine_reaches_off_link_upstreams_through_the_gateway() {
+    let ns = NetNs::new(Link::Tap);
+    // An upstream address that is not on the TAP's subnet: reachable only via the gateway
+    // (the kernel side of the TAP, which owns it).
+    common::ip(&["-n", &ns.name, "addr", "add", "10.98.0.1/32", "dev", "lo"]).unwrap();
+    let up = spawn_upstream("GW", "10.98.0.1:0".parse().unwrap()).unwrap();
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\n\
+         spec:\n  ingressClassName: sluice\n  rules:\n  - host: gw.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
+         addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"10.98.0.1\"]}}]\n",
+        up.addr.port()
+    );
+    let mut conn = ConnConfig::default();
+    conn.timeouts.upstream_connect = Duration::from_millis(500);
+    let start = |gateway: Option<IpAddr>| {
+        let cfg = EngineConfig {
+            workers: vec![None; 1],
+            http: SocketAddr::new(IpAddr::from(SLUICE_IP), 80),
+            admin: None,
+            conn: Arc::new(conn.clone()),
+            upstream_max_idle: 16,
+            upstream_idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        };
+        let dev = UserspaceConfig {
+            interface: "sl0".into(),
+            addresses: vec![(IpAddr::from(SLUICE_IP), 24)],
+            gateway,
+            ..UserspaceConfig::default()
+        };
+        Engine::start_userspace(cfg, dev, snapshot(&yaml, 1)).unwrap()
+    };
+    // Without a gateway the upstream is unreachable: 502 (or 504), never a hang.
+    let engine = start(None);
+    let mut s = client(&engine);
+    let (status, _, _) = get(&mut s, "gw.test", "/");
+    assert!(status == 502 || status == 504, "{status}");
+    engine.stop();
+    engine.join().unwrap();
+    // With the gateway configured it is reached through it.
+    let engine = start(Some(IpAddr::from(KERNEL_IP)));
+    let mut s = client(&engine);
+    let (status, _, body) = get(&mut s, "gw.test", "/via");
+    assert_eq!(status, 200);
+    assert_eq!(body, b"GW GET /via body=0\n");
+    engine.stop();
+    engine.join().unwrap();
+}
