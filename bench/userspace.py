@@ -76,6 +76,9 @@ def make_netns():
     sh("ip", "-n", NS, "link", "set", "lo", "up")
     sh("ip", "-n", NS, "tuntap", "add", "dev", "sl0", "mode", "tap", "multi_queue")
     sh("ip", "-n", NS, "addr", "add", f"{KERNEL_IP}/24", "dev", "sl0")
+    # Source addresses for the idle-connection holders: a port space each.
+    for k in range(HOLDER_IPS):
+        sh("ip", "-n", NS, "addr", "add", f"{holder_ip(k)}/24", "dev", "sl0")
     sh("ip", "-n", NS, "link", "set", "sl0", "up")
     # This process (and everything it starts) moves into the namespace.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -84,7 +87,8 @@ def make_netns():
         raise OSError(ctypes.get_errno(), "setns")
     os.close(fd)
     with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
-        f.write("1024 65535")
+        # Clear of the fixed ports the benchmark listens on.
+        f.write("20000 65535")
 
 
 def remove_netns():
@@ -115,6 +119,12 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def kernel_retransmits():
+    with open("/proc/self/net/snmp") as f:
+        rows = [l.split() for l in f if l.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("RetransSegs")])
 
 
 def packets(engine):
@@ -193,20 +203,35 @@ addresses = ["{SLUICE_IP}/24"]
 tcp_buffer = "16k"
 backlog = 256
 """)
+    log = open(os.path.join(tmp, f"sluice-{engine}.log"), "a")
     p = subprocess.Popen(["taskset", "-c", CONTENDER_CPU, binary, "run", "--config", conf],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=log)
     target = KERNEL_IP if engine == "uring" else SLUICE_IP
-    wait_port(target, PROXY_PORT)
+    try:
+        wait_port(target, PROXY_PORT, timeout=30)
+    except RuntimeError:
+        p.kill()
+        p.wait()
+        with open(log.name) as f:
+            raise RuntimeError(f"sluice ({engine}) did not come up: {f.read()[-2000:]}")
     return p, target
 
 
-def open_idle(target, n):
+HOLDER_IPS = 8
+
+
+def holder_ip(k):
+    return f"10.99.0.{11 + k}"
+
+
+def open_idle(target, n, source=None):
     """n keep-alive connections, each used for one request (one at a time, so the upstream
     pool stays small), then left open and idle."""
     socks = []
     req = b"GET /idle HTTP/1.1\r\nHost: bench\r\n\r\n"
     for _ in range(n):
-        s = socket.create_connection((target, PROXY_PORT), timeout=10)
+        s = socket.create_connection((target, PROXY_PORT), timeout=10,
+                                     source_address=(source, 0) if source else None)
         s.sendall(req)
         got = b""
         while b"\r\n\r\n" not in got or len(got) < got.index(b"\r\n\r\n") + 4 + 1024:
@@ -223,10 +248,10 @@ def open_idle(target, n):
 HOLD_PER_PROCESS = 15000
 
 
-def hold_main(target, n):
+def hold_main(target, n, source):
     """Holder process: opens n idle connections, says so, keeps them until stdin closes."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-    socks = open_idle(target, n)
+    socks = open_idle(target, n, source)
     print("ready", flush=True)
     sys.stdin.read()
     for s in socks:
@@ -238,7 +263,8 @@ def start_holders(target, n):
     holders = []
     while n > 0:
         k = min(n, HOLD_PER_PROCESS)
-        p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--hold", f"{target}:{k}"],
+        source = holder_ip(len(holders) % HOLDER_IPS)
+        p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--hold", f"{target}:{k}:{source}"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         holders.append(p)
         n -= k
@@ -276,9 +302,10 @@ def measure(tmp, binary, engine, idle, args, script):
         time.sleep(0.3)
         holders = start_holders(target, idle)
         wrk(target, 2, args.connections, script)  # warm-up: pools, caches
-        before, pk_before = cpu_ticks(proc.pid), packets(engine)
+        before, pk_before, rt_before = cpu_ticks(proc.pid), packets(engine), kernel_retransmits()
         r = wrk(target, args.duration, args.connections, script)
-        after, pk_after = cpu_ticks(proc.pid), packets(engine)
+        after, pk_after, rt_after = cpu_ticks(proc.pid), packets(engine), kernel_retransmits()
+        r["kernel_retransmits"] = rt_after - rt_before
         r["rss_mib"] = rss_kib(proc.pid) / 1024
     finally:
         stop_holders(holders)
@@ -297,7 +324,8 @@ def measure(tmp, binary, engine, idle, args, script):
              ns_per_pkt=cpu_us * 1000 / max(pk_after - pk_before, 1))
     print(f"{engine:9s} idle {idle:6d}: {r['rps']:8.0f} req/s p50 {r['p50']}us p99 {r['p99']}us "
           f"cpu {r['cpu_us_per_req']:.2f}us/req {r['pkts_per_req']:.2f} pkt/req {r['ns_per_pkt']:.0f} ns/pkt "
-          f"rss {r['rss_mib']:.0f} MiB errors {r['errors']}", file=sys.stderr)
+          f"rss {r['rss_mib']:.0f} MiB errors {r['errors']} kernel retransmits {r['kernel_retransmits']}",
+          file=sys.stderr)
     return r
 
 
@@ -311,8 +339,8 @@ def main():
     ap.add_argument("--hold", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hold:
-        target, n = args.hold.rsplit(":", 1)
-        hold_main(target, int(n))
+        target, n, source = args.hold.split(":")
+        hold_main(target, int(n), source)
         return
     idles = [int(x) for x in args.idle.split(",")]
     ensure_tools()
@@ -320,6 +348,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "sluice")
     tmp = tempfile.mkdtemp(prefix="sluice-us-bench-")
+    print(f"logs in {tmp}", file=sys.stderr)
     script = os.path.join(tmp, "report.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)

@@ -164,7 +164,10 @@ fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut byte).expect("read head");
+        let n = match s.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.expect("read head"),
+        };
         assert!(
             n > 0,
             "connection closed mid-head: {:?}",
@@ -493,6 +496,31 @@ fn many_concurrent_clients(kind: Kind) {
     engine.join().unwrap();
 }
 
+fn stop_lets_the_request_in_flight_finish_and_refuses_new_connections(kind: Kind) {
+    let (_h, _a, _b, engine) = setup(kind, 1, ConnConfig::default());
+    let addr = engine.local_addr();
+    let mut slow = client(&engine);
+    write!(slow, "GET /slow/800 HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+    let mut idle = client(&engine);
+    assert_eq!(get(&mut idle, "b.test", "/").0, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    engine.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    // New connections are refused while the slow request drains.
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "still accepting after stop"
+    );
+    let (status, head, body) = read_response(&mut slow);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("Connection: close"), "{head}");
+    assert_eq!(body, b"A GET /slow/800 body=0\n");
+    // The idle keep-alive connection was closed at once.
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).unwrap_or(0), 0);
+    engine.join().unwrap();
+}
+
 macro_rules! suite {
     ($kind:ident: $($name:ident),* $(,)?) => {
         $( #[test] fn $name() { super::$name(super::Kind::$kind) } )*
@@ -520,6 +548,7 @@ both_engines!(
     admin_endpoints_answer,
     a_new_snapshot_reaches_every_worker_without_dropping_connections,
     many_concurrent_clients,
+    stop_lets_the_request_in_flight_finish_and_refuses_new_connections,
 );
 
 // Busy polling changes only how the loop waits: a few of the suite prove it still serves,
@@ -581,6 +610,58 @@ fn userspace_engine_serves_ipv6_clients_and_ipv6_upstreams() {
             "{head}"
         );
     }
+    engine.stop();
+    engine.join().unwrap();
+}
+
+#[test]
+fn userspace_engine_reaches_off_link_upstreams_through_the_gateway() {
+    let ns = NetNs::new(Link::Tap);
+    // An upstream address that is not on the TAP's subnet: reachable only via the gateway
+    // (the kernel side of the TAP, which owns it).
+    common::ip(&["-n", &ns.name, "addr", "add", "10.98.0.1/32", "dev", "lo"]).unwrap();
+    let up = spawn_upstream("GW", "10.98.0.1:0".parse().unwrap()).unwrap();
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\n\
+         spec:\n  ingressClassName: sluice\n  rules:\n  - host: gw.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
+         addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"10.98.0.1\"]}}]\n",
+        up.addr.port()
+    );
+    let mut conn = ConnConfig::default();
+    conn.timeouts.upstream_connect = Duration::from_millis(500);
+    let start = |gateway: Option<IpAddr>| {
+        let cfg = EngineConfig {
+            workers: vec![None; 1],
+            http: SocketAddr::new(IpAddr::from(SLUICE_IP), 80),
+            admin: None,
+            conn: Arc::new(conn.clone()),
+            upstream_max_idle: 16,
+            upstream_idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        };
+        let dev = UserspaceConfig {
+            interface: "sl0".into(),
+            addresses: vec![(IpAddr::from(SLUICE_IP), 24)],
+            gateway,
+            ..UserspaceConfig::default()
+        };
+        Engine::start_userspace(cfg, dev, snapshot(&yaml, 1)).unwrap()
+    };
+    // Without a gateway the upstream is unreachable: 502 (or 504), never a hang.
+    let engine = start(None);
+    let mut s = client(&engine);
+    let (status, _, _) = get(&mut s, "gw.test", "/");
+    assert!(status == 502 || status == 504, "{status}");
+    engine.stop();
+    engine.join().unwrap();
+    // With the gateway configured it is reached through it.
+    let engine = start(Some(IpAddr::from(KERNEL_IP)));
+    let mut s = client(&engine);
+    let (status, _, body) = get(&mut s, "gw.test", "/via");
+    assert_eq!(status, 200);
+    assert_eq!(body, b"GW GET /via body=0\n");
     engine.stop();
     engine.join().unwrap();
 }

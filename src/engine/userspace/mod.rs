@@ -58,7 +58,8 @@ pub struct UserspaceConfig {
     pub poll: PollMode,
     /// smoltcp receive and send buffer per TCP socket (each).
     pub tcp_buffer: usize,
-    /// Listening sockets kept ready per worker (connections in the handshake at once).
+    /// Listening sockets per worker. A socket that takes a SYN moves to its own set and is
+    /// replaced at once, so this is not a limit on handshakes in progress.
     pub backlog: usize,
     /// PACKET_FANOUT group id (AF_PACKET only).
     pub fanout_group: u16,
@@ -129,6 +130,18 @@ impl Engine {
         let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
         if dev.addresses.is_empty() {
             return Err(invalid("userspace engine: no address configured".into()));
+        }
+        for (ip, len) in &dev.addresses {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            if *len > max || ip.is_unspecified() || ip.is_multicast() {
+                return Err(invalid(format!("userspace engine: bad address {ip}/{len}")));
+            }
+        }
+        if !(576..=9000).contains(&dev.mtu) || dev.tcp_buffer < 1024 {
+            return Err(invalid(format!(
+                "userspace engine: MTU {} (576 to 9000) or TCP buffer {} (at least 1024) out of range",
+                dev.mtu, dev.tcp_buffer
+            )));
         }
         if !cfg.http.ip().is_unspecified()
             && !dev.addresses.iter().any(|(a, _)| *a == cfg.http.ip())

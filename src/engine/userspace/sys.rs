@@ -40,8 +40,9 @@ fn ifname(name: &str) -> io::Result<[u8; libc::IFNAMSIZ]> {
 
 /// Attaches one more queue to the TAP device `name` (created if it does not exist, as a
 /// multi-queue TAP without packet information). Each call gives a new queue; the kernel
-/// spreads flows across the attached queues by hash and keeps a flow on the queue its last
-/// written packet came from.
+/// spreads the frames it sends across the attached queues by a flow hash of its own, so a
+/// flow's frames come on one queue, but not necessarily the queue of the worker that opened
+/// it (the worker hands such frames over, see the worker's `Shared`).
 pub fn open_tap_queue(name: &str) -> io::Result<OwnedFd> {
     let mut req = IfReqFlags {
         name: ifname(name)?,
@@ -163,16 +164,13 @@ pub fn read_frame(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     Ok(Some(n as usize))
 }
 
-/// Writes one frame. A full device queue drops the frame (TCP retransmits), like a NIC would.
+/// Writes one frame. A full device queue drops the frame (TCP retransmits), like a NIC would;
+/// that is an error for the caller to count.
 pub fn write_frame(fd: RawFd, frame: &[u8]) -> io::Result<()> {
     // SAFETY: reads `frame.len()` bytes from a live slice.
     let n = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
     if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR) => Ok(()),
-            _ => Err(e),
-        };
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

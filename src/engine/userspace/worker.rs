@@ -208,6 +208,8 @@ pub struct UserspaceWorker {
     /// Sockets to transmit for at the end of the turn.
     egress: Vec<usize>,
     accepting: bool,
+    frames_in: u64,
+    handed_over: u64,
     port_base: u16,
     port_span: u16,
     next_port: u16,
@@ -307,6 +309,8 @@ impl UserspaceWorker {
             touched_socks: Vec::new(),
             egress: Vec::new(),
             accepting: true,
+            frames_in: 0,
+            handed_over: 0,
             port_base,
             port_span: span,
             next_port: 0,
@@ -381,7 +385,10 @@ impl UserspaceWorker {
                 match sys::read_frame(fd, &mut self.rx)? {
                     None => break,
                     Some(0) => continue,
-                    Some(n) => self.ingress(n, now),
+                    Some(n) => {
+                        self.frames_in += 1;
+                        self.ingress(n, now);
+                    }
                 }
             }
             self.shared_frames(now);
@@ -402,6 +409,14 @@ impl UserspaceWorker {
         self.close_pool(clock());
         self.flush_egress(clock());
         self.setup.metrics.serving.store(false, Ordering::Release);
+        eprintln!(
+            "sluice: userspace worker {}: {} frames in, {} out, {} lost on write, {} handed to other workers",
+            self.setup.index,
+            self.frames_in,
+            self.link.frames_out,
+            self.link.write_errors,
+            self.handed_over
+        );
         Ok(())
     }
 
@@ -482,6 +497,7 @@ impl UserspaceWorker {
                         && tx.send(Shared::Flow(frame.to_vec())).is_ok()
                     {
                         crate::engine::uring::eventfd_signal(*wake);
+                        self.handed_over += 1;
                     }
                 } else {
                     // Unknown flow: smoltcp answers with a reset (never to a reset).
@@ -1008,6 +1024,9 @@ impl UserspaceWorker {
         if poolable {
             up.state = UpState::Idle { since: now };
             let endpoint = up.endpoint;
+            // Its delayed ACK (and any other pending segment) still has to go out: without a
+            // turn through egress, an idle pooled connection would sit on it until reused.
+            self.egress.push(up.sock);
             self.pool.entry(endpoint).or_default().push(ui);
         } else {
             self.close_upstream(ui, now);
