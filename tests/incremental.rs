@@ -290,7 +290,15 @@ impl World {
                     None => Some(Self::service_objects(*i, 1)),
                 }
             }
-            Change::Endpoints(i, n) => self.services[*i] = Some(Self::service_objects(*i, *n)),
+            Change::Endpoints(i, n) => {
+                // New EndpointSlices, the same Service objects.
+                let services = match &self.services[*i] {
+                    Some((services, _)) => services.clone(),
+                    None => Self::service_objects(*i, *n).0,
+                };
+                let slices = Self::service_objects(*i, *n).1;
+                self.services[*i] = Some((services, slices));
+            }
             Change::DefaultClass(d) => self.class = class(*d),
             Change::Secret(i, v) => {
                 self.secrets[*i] = match v {

@@ -369,6 +369,10 @@ pub fn ingress_object(ing: &Ingress) -> String {
     format!("Ingress {ns}/{name}")
 }
 
+/// What the caller of [`Pass::finish_reusing`] still knows of a backend: its endpoints, or
+/// why it could not be resolved; `None` to resolve it.
+pub type Reuse<'a> = dyn Fn(BackendId, &ServiceRef) -> Option<Result<Backend, String>> + 'a;
+
 /// One compilation pass over a set of Ingresses: resolves their backends (interning ids in
 /// the given [`BackendIds`]) and builds their route table.
 pub struct Pass<'a> {
@@ -457,6 +461,17 @@ impl<'a> Pass<'a> {
         self,
         live: &dyn Fn(BackendId) -> bool,
     ) -> (Vec<Backend>, Vec<(BackendId, String)>, Vec<Diagnostic>) {
+        self.finish_reusing(live, &|_, _| None)
+    }
+
+    /// [`Pass::finish`], taking the backends `reuse` still knows (a live backend whose
+    /// Service and EndpointSlices did not change: its endpoints, or why it is broken) instead
+    /// of resolving them again.
+    pub fn finish_reusing(
+        self,
+        live: &dyn Fn(BackendId) -> bool,
+        reuse: &Reuse<'_>,
+    ) -> (Vec<Backend>, Vec<(BackendId, String)>, Vec<Diagnostic>) {
         let mut c = self.c;
         let mut backends = Vec::with_capacity(c.ids.len());
         let mut broken = Vec::new();
@@ -471,13 +486,16 @@ impl<'a> Pass<'a> {
                     backend
                 }
                 _ => {
-                    let endpoints = if live(id) {
-                        c.endpoints(target).unwrap_or_else(|why| {
-                            broken.push((id, why));
-                            Vec::new()
-                        })
-                    } else {
+                    let endpoints = if !live(id) {
                         Vec::new()
+                    } else {
+                        let known = reuse(id, target).map(|r| r.map(|b| b.endpoints));
+                        known
+                            .unwrap_or_else(|| c.endpoints(target))
+                            .unwrap_or_else(|why| {
+                                broken.push((id, why));
+                                Vec::new()
+                            })
                     };
                     Backend {
                         name: target.to_string(),

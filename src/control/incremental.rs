@@ -14,10 +14,10 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::Ingress;
 
 use super::compile::{
-    BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Objects, Pass, backend_refs,
-    certificates, has_tls, ingress_object, live_refs,
+    BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Objects, Pass, SERVICE_NAME_LABEL,
+    ServiceRef, backend_refs, certificates, has_tls, ingress_object, live_refs,
 };
-use crate::core::route::{BackendId, RouteTable, Snapshot};
+use crate::core::route::{Backend, BackendId, RouteTable, Snapshot};
 use crate::core::tls::CertTable;
 
 /// What one Ingress contributes to the host index.
@@ -82,10 +82,17 @@ pub struct Incremental {
     /// apart, so every compile is a full one until that is gone.
     duplicates: bool,
     index: HostIndex,
-    /// Backends that could not be resolved in the last snapshot.
-    broken: HashSet<BackendId>,
+    /// Backends that could not be resolved in the last snapshot, with why.
+    broken: HashMap<BackendId, String>,
     /// Backend ids the last table routes to.
     live: usize,
+    /// The last snapshot's backends (by id) and why the broken ones are broken, and the
+    /// Services and EndpointSlices they were resolved from (by identity, with their
+    /// `namespace/service`): a backend whose objects kept their identity is not resolved again.
+    backends: Vec<Backend>,
+    /// Which of `backends` were resolved (live) in the last snapshot.
+    resolved: Vec<bool>,
+    service_objects: HashMap<usize, (String, String)>,
     /// The last certificate table, and the Secrets it was built from (by identity).
     certs: Arc<CertTable>,
     secrets: Vec<usize>,
@@ -164,8 +171,11 @@ impl Incremental {
             seen: HashMap::new(),
             duplicates: false,
             index: HostIndex::default(),
-            broken: HashSet::new(),
+            broken: HashMap::new(),
             live: 0,
+            backends: Vec::new(),
+            resolved: Vec::new(),
+            service_objects: HashMap::new(),
             certs: Arc::default(),
             secrets: Vec::new(),
             calls: 0,
@@ -181,6 +191,47 @@ impl Incremental {
     pub fn compaction_due(&self) -> bool {
         self.table.overlay_len() > 1024.max(self.table.base_len() / 8)
             || self.ids.len() > 1024.max(2 * self.live)
+    }
+
+    /// The `(namespace, service)` of every Service and EndpointSlice that is new, changed or
+    /// gone since the last call, by identity; remembers the current ones.
+    fn changed_services(&mut self, objects: &Objects) -> HashSet<(String, String)> {
+        let mut dirty = HashSet::new();
+        let mut current: HashSet<usize> = HashSet::new();
+        let all = objects
+            .services
+            .iter()
+            .map(|s| (Arc::as_ptr(s) as usize, &s.metadata, None))
+            .chain(objects.slices.iter().map(|s| {
+                let service = s
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL));
+                (Arc::as_ptr(s) as usize, &s.metadata, Some(service))
+            }));
+        for (id, meta, slice_of) in all {
+            current.insert(id);
+            if self.service_objects.contains_key(&id) {
+                continue;
+            }
+            let ns = meta.namespace.as_deref().unwrap_or("default").to_string();
+            let name = match slice_of {
+                None => meta.name.clone().unwrap_or_default(),
+                Some(Some(service)) => service.clone(),
+                Some(None) => continue, // a slice of no Service: no backend reads it
+            };
+            dirty.insert((ns.clone(), name.clone()));
+            self.service_objects.insert(id, (ns, name));
+        }
+        self.service_objects.retain(|id, key| {
+            let keep = current.contains(id);
+            if !keep {
+                dirty.insert(key.clone());
+            }
+            keep
+        });
+        dirty
     }
 
     /// Compiles everything from scratch (and rebuilds the base and the index).
@@ -203,6 +254,9 @@ impl Incremental {
         let (backends, broken, mut diagnostics) = pass.finish(&|id| refs[id.0 as usize] > 0);
         diagnostics.sort();
         diagnostics.dedup();
+        self.resolved = refs.iter().map(|n| *n > 0).collect();
+        self.service_objects.clear();
+        self.changed_services(objects);
 
         self.ingresses.clear();
         self.seen.clear();
@@ -218,7 +272,8 @@ impl Incremental {
         }
         self.classes = identities(&objects.classes);
         self.base_refs = base_refs;
-        self.broken = broken.into_iter().map(|(id, _)| id).collect();
+        self.broken = broken.into_iter().collect();
+        self.backends = backends.clone();
         self.ids = ids;
         self.table = table.clone();
         let (certs, cert_diagnostics) = certificates(
@@ -324,6 +379,10 @@ impl Incremental {
             }
         }
 
+        // Services whose Service or EndpointSlice objects changed: only their backends are
+        // resolved again.
+        let dirty_services = self.changed_services(objects);
+
         // Every Ingress that can contribute to what is recompiled.
         let mut members: BTreeSet<&str> = BTreeSet::new();
         for host in &hosts {
@@ -369,15 +428,32 @@ impl Incremental {
         // Backends the new table names: the base's counts, corrected by the overlay.
         let refs = live_refs(&table, &self.base_refs, pass.backend_count());
         self.live = refs.iter().filter(|n| **n > 0).count();
-        let (backends, broken, pass_diagnostics) = pass.finish(&|id| refs[id.0 as usize] > 0);
+        let previous = &self.backends;
+        let resolved = &self.resolved;
+        let broken_before = &self.broken;
+        let reuse = |id: BackendId, target: &ServiceRef| {
+            let i = id.0 as usize;
+            if !resolved.get(i).copied().unwrap_or(false)
+                || dirty_services.contains(&(target.namespace.clone(), target.name.clone()))
+            {
+                return None;
+            }
+            Some(match broken_before.get(&id) {
+                Some(why) => Err(why.clone()),
+                None => Ok(previous.get(i)?.clone()),
+            })
+        };
+        let (backends, broken, pass_diagnostics) =
+            pass.finish_reusing(&|id| refs[id.0 as usize] > 0, &reuse);
+        self.resolved = refs.iter().map(|n| *n > 0).collect();
 
         let mut diagnostics: Vec<Diagnostic> = pass_diagnostics
             .into_iter()
             .filter(|d| changed_objects.contains(&d.object))
             .collect();
-        let now_broken: HashSet<BackendId> = broken.iter().map(|(id, _)| *id).collect();
+        let now_broken: HashMap<BackendId, String> = broken.iter().cloned().collect();
         for (id, why) in broken {
-            if !self.broken.contains(&id) && refs[id.0 as usize] > 0 {
+            if !self.broken.contains_key(&id) && refs[id.0 as usize] > 0 {
                 diagnostics.push(Diagnostic {
                     object: format!("Backend {}", backends[id.0 as usize].name),
                     field: "service".to_string(),
@@ -388,6 +464,7 @@ impl Incremental {
         diagnostics.sort();
         diagnostics.dedup();
         self.broken = now_broken;
+        self.backends = backends.clone();
         self.table = table.clone();
 
         // The certificate table: rebuilt only when a Secret or an Ingress it reads changed;
