@@ -12,17 +12,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
 use inotify::{Inotify, WatchMask};
 
 use super::compile::{Compiled, Objects};
 use super::incremental::Incremental;
 use super::manifests::{ManifestError, Object, parse_documents};
 use crate::engine::Publisher;
+use crate::engine::uring;
 
 /// The longest a change waits for the directory to go quiet before it is applied.
 pub const MAX_HOLD: Duration = Duration::from_millis(50);
 /// Quiet time that ends a burst of events.
 const QUIET: Duration = Duration::from_millis(1);
+/// How long an idle watcher sleeps before it looks at its stop flag again.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
 
 /// The control thread's clock (the ban on reading clocks is for the core).
 #[allow(clippy::disallowed_methods)]
@@ -200,12 +205,15 @@ impl FileWatcher {
                         first_event.get_or_insert(now);
                     }
                     let Some(first) = first_event else {
-                        std::thread::sleep(Duration::from_micros(500));
+                        // Nothing pending: sleep until an event (or a look at `stop`).
+                        uring::wait_readable(inotify.as_raw_fd(), IDLE_WAIT);
                         continue;
                     };
-                    let quiet = now.duration_since(last_event) >= QUIET;
-                    if !(quiet || now.duration_since(first) >= MAX_HOLD) {
-                        std::thread::sleep(Duration::from_micros(200));
+                    let quiet_at = last_event + QUIET;
+                    let hold_until = first + MAX_HOLD;
+                    if now < quiet_at && now < hold_until {
+                        // Until the burst has been quiet for QUIET, or another event.
+                        uring::wait_readable(inotify.as_raw_fd(), quiet_at.min(hold_until) - now);
                         continue;
                     }
                     first_event = None;

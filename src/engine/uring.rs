@@ -600,6 +600,25 @@ pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sleeps until `fd` is readable or `timeout` has passed, to the microsecond (ppoll): an
+/// event wakes the caller at once, unlike a sleep-and-look loop.
+pub fn wait_readable(fd: RawFd, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: one live pollfd and a live timespec for the duration of the call; no signal
+    // mask is changed.
+    unsafe {
+        libc::ppoll(&mut pfd, 1, &ts, std::ptr::null());
+    }
+}
+
 /// Adds 1 to an eventfd (wakes whoever reads it).
 pub fn eventfd_signal(fd: RawFd) {
     let one: u64 = 1;
