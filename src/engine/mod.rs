@@ -166,6 +166,33 @@ impl Publisher {
     }
 }
 
+/// Starts a worker thread named `name` that builds its worker with `build` and then runs
+/// it, and waits until it is built: returns the thread, and whether building succeeded (the
+/// thread has ended if not). Both engines start their workers this way.
+pub(crate) fn spawn_worker<W>(
+    name: String,
+    build: impl FnOnce() -> io::Result<W> + Send + 'static,
+    run: impl FnOnce(W) -> io::Result<()> + Send + 'static,
+) -> io::Result<(JoinHandle<io::Result<()>>, io::Result<()>)> {
+    let (ready_tx, ready_rx) = sync_channel(1);
+    let handle = std::thread::Builder::new().name(name).spawn(move || {
+        let worker = match build() {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                return Err(e);
+            }
+        };
+        let _ = ready_tx.send(Ok(()));
+        run(worker)
+    })?;
+    let started = match ready_rx.recv() {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::other("worker died while starting")),
+    };
+    Ok((handle, started))
+}
+
 /// A running data plane.
 pub struct Engine {
     workers: Vec<JoinHandle<io::Result<()>>>,
@@ -273,27 +300,13 @@ impl Engine {
                     })
                 }),
             };
-            let (ready_tx, ready_rx) = sync_channel(1);
             let snapshot = snapshot.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("sluice-worker-{index}"))
-                .spawn(move || {
-                    let worker = match Worker::new(setup, snapshot) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            uring::close(listener);
-                            let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
-                            return Err(e);
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    worker.run()
-                })?;
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => startup_error = Some(e),
-                Err(_) => startup_error = Some(io::Error::other("worker died while starting")),
-            }
+            let (handle, started) = spawn_worker(
+                format!("sluice-worker-{index}"),
+                move || Worker::new(setup, snapshot).inspect_err(|_| uring::close(listener)),
+                Worker::run,
+            )?;
+            startup_error = started.err();
             workers.push(handle);
             senders.push(tx);
             if startup_error.is_some() {

@@ -12,12 +12,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, sync_channel};
+use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use demux::{Class, FlowKey, classify};
 
-use super::{Engine, EngineConfig, EngineState, PublicationStats, uring};
+use super::{Engine, EngineConfig, EngineState, PublicationStats, spawn_worker, uring};
 use crate::admin;
 use crate::core::route::Snapshot;
 use crate::worker::WorkerMetrics;
@@ -227,26 +227,13 @@ impl Engine {
                 upstream_idle_timeout: cfg.upstream_idle_timeout,
                 shutdown_grace: cfg.shutdown_grace,
             };
-            let (ready_tx, ready_rx) = sync_channel(1);
             let snapshot = snapshot.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("sluice-us-worker-{index}"))
-                .spawn(move || {
-                    let worker = match UserspaceWorker::new(setup, snapshot) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
-                            return Err(e);
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    worker.run()
-                })?;
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => startup_error = Some(e),
-                Err(_) => startup_error = Some(io::Error::other("worker died while starting")),
-            }
+            let (handle, started) = spawn_worker(
+                format!("sluice-us-worker-{index}"),
+                move || UserspaceWorker::new(setup, snapshot),
+                UserspaceWorker::run,
+            )?;
+            startup_error = started.err();
             workers.push(handle);
             senders.push(tx);
             if startup_error.is_some() {
