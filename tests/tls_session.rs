@@ -49,6 +49,14 @@ impl ServerCertVerifier for AnyCert {
 }
 
 fn pair() -> (ClientConnection, TlsSession, TlsSettings) {
+    pair_with(certs::provider(), rustls::DEFAULT_VERSIONS)
+}
+
+/// A client with `provider`'s suites in its order and `versions`, and a server as in `pair`.
+fn pair_with(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (ClientConnection, TlsSession, TlsSettings) {
     let settings = TlsSettings::new(
         certs::provider(),
         rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
@@ -60,9 +68,8 @@ fn pair() -> (ClientConnection, TlsSession, TlsSettings) {
     table.default_cert(certs::self_signed().unwrap().key);
     let config = settings.server_config(Arc::new(table.build()));
     let server = TlsSession::new(config, &settings, Instant::from_nanos(0)).unwrap();
-    let provider = certs::provider();
     let client_config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
@@ -146,6 +153,36 @@ fn handshake_then_plaintext_both_ways() {
     client.reader().read_exact(&mut got).unwrap();
     assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\n");
     assert!(server.flushed());
+}
+
+#[test]
+fn the_server_order_picks_aes_128_gcm_over_a_client_preferring_aes_256() {
+    // rustls's stock aws-lc-rs provider lists AES-256-GCM first, as OpenSSL clients do.
+    let stock = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    assert_eq!(
+        stock.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    for (versions, expected) in [
+        (
+            &[&rustls::version::TLS13][..],
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &[&rustls::version::TLS12][..],
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+    ] {
+        let (mut client, mut server, _settings) = pair_with(stock.clone(), versions);
+        handshake(&mut client, &mut server);
+        let suite = client.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(suite, Some(expected), "{versions:?}");
+    }
+    // Every suite the provider has is still offered.
+    assert_eq!(
+        certs::provider().cipher_suites.len(),
+        stock.cipher_suites.len()
+    );
 }
 
 #[test]
