@@ -185,13 +185,43 @@ pub(crate) fn push_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
 }
 
 fn push_ip(ip: IpAddr, out: &mut Vec<u8>) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{ip}");
+    match ip {
+        // Dotted quad by hand: `fmt` costs about 1 % of an HTTPS request's CPU here.
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(u64::from(octet), out);
+            }
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 #[cfg(test)]
 mod hop_tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_std_displays_them() {
+        let addrs: [IpAddr; 6] = [
+            [0, 0, 0, 0].into(),
+            [127, 0, 0, 1].into(),
+            [10, 200, 9, 255].into(),
+            [255, 255, 255, 255].into(),
+            "2001:db8::1".parse().unwrap(),
+            "::ffff:1.2.3.4".parse().unwrap(),
+        ];
+        for ip in addrs {
+            let mut out = b"x ".to_vec();
+            push_ip(ip, &mut out);
+            assert_eq!(out, format!("x {ip}").into_bytes());
+        }
+    }
 
     #[test]
     fn connection_named_fields_are_hop_by_hop() {

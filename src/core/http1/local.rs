@@ -118,8 +118,18 @@ pub fn add_hsts(upstream: &[Header<'_>], value: &str, head_start: usize, out: &m
         return;
     };
     let at = head_start + end + 2;
-    let field = [b"Strict-Transport-Security: ", value.as_bytes(), b"\r\n"].concat();
-    out.splice(at..at, field);
+    let field_len = b"Strict-Transport-Security: \r\n".len() + value.len();
+    let old_len = out.len();
+    // Make room after the last field (when the head is all there is, only its final CRLF
+    // moves), then write the field into it: no temporary buffer.
+    out.resize(old_len + field_len, 0);
+    out.copy_within(at..old_len, at + field_len);
+    let mut slot = &mut out[at..at + field_len];
+    for part in [b"Strict-Transport-Security: ", value.as_bytes(), b"\r\n"] {
+        let (head, rest) = slot.split_at_mut(part.len());
+        head.copy_from_slice(part);
+        slot = rest;
+    }
 }
 
 /// `HTTP/1.1 100 Continue`, sent when we start reading a body the client is waiting to send.
@@ -197,6 +207,12 @@ mod tests {
             "{text}"
         );
         assert!(out.starts_with(b"earlier"));
+        let mut head_only = b"body of the last one HTTP/1.1 200 OK\r\nA: b\r\n\r\n".to_vec();
+        add_hsts(&[], "max-age=2", 21, &mut head_only);
+        assert_eq!(
+            head_only,
+            b"body of the last one HTTP/1.1 200 OK\r\nA: b\r\nStrict-Transport-Security: max-age=2\r\n\r\n"
+        );
         let upstream = [httparse::Header {
             name: "Strict-Transport-Security",
             value: b"max-age=5",
