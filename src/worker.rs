@@ -112,7 +112,10 @@ struct Client {
     fd: RawFd,
     conn: Conn,
     upstream: Option<usize>,
+    /// A multishot receive is armed (until a completion without `more`).
     recv_armed: bool,
+    /// ... and a cancel of it was asked for (the machine wants no more input for now).
+    recv_cancelling: bool,
     /// The buffer of the send in flight (the kernel's until its completion).
     sending: Option<Vec<u8>>,
     /// Operations in flight; the slot is freed only when this is 0 after closing.
@@ -153,7 +156,9 @@ struct Upstream {
     addr: Box<SockAddr>,
     state: UpState,
     client: Option<usize>,
+    /// As for [`Client`].
     recv_armed: bool,
+    recv_cancelling: bool,
     sending: Option<Vec<u8>>,
     inflight: u32,
 }
@@ -456,6 +461,7 @@ impl Worker {
             Op::UpstreamSend => self.upstream_send(token, c, now),
             // Re-armed at the top of the loop, where the snapshot is taken.
             Op::Wake => self.wake_armed = false,
+            Op::Cancel => {}
         }
     }
 
@@ -509,6 +515,7 @@ impl Worker {
             conn,
             upstream: None,
             recv_armed: false,
+            recv_cancelling: false,
             sending: None,
             inflight: 0,
             closed: false,
@@ -530,8 +537,11 @@ impl Worker {
             }
             return;
         };
-        client.inflight -= 1;
-        client.recv_armed = false;
+        if !c.more {
+            client.inflight -= 1;
+            client.recv_armed = false;
+            client.recv_cancelling = false;
+        }
         let mut router = SnapshotRouter {
             snapshot: &self.snapshot,
             picker: &mut self.picker,
@@ -570,7 +580,8 @@ impl Worker {
                     }
                 }
                 (0, _) => client.conn.client_eof(now, &mut router),
-                (n, _) if n == -libc::ENOBUFS => {} // re-armed below when buffers return
+                // Re-armed by `submit_io` when buffers return or input is wanted again.
+                (n, _) if n == -libc::ENOBUFS || n == -libc::ECANCELED => {}
                 (n, _) if n < 0 => client.conn.client_error(now),
                 _ => {}
             }
@@ -659,8 +670,12 @@ impl Worker {
             }
             return;
         };
-        up.inflight -= 1;
-        up.recv_armed = false;
+        if !c.more {
+            up.inflight -= 1;
+            up.recv_armed = false;
+            up.recv_cancelling = false;
+        }
+        let rearm = c.result == -libc::ENOBUFS || c.result == -libc::ECANCELED;
         match up.state {
             UpState::Attached => {
                 let ci = up.client;
@@ -678,7 +693,7 @@ impl Worker {
                             cl.conn.upstream_data(data, now, &mut router);
                         }
                         (0, _) => cl.conn.upstream_eof(now, &mut router),
-                        (n, _) if n == -libc::ENOBUFS => {}
+                        _ if rearm => {}
                         _ => cl.conn.upstream_error(now, &mut router),
                     }
                     self.touched.push(ci);
@@ -686,8 +701,9 @@ impl Worker {
             }
             UpState::Idle { .. } => {
                 // An idle pooled connection said something (data or EOF): it is no longer
-                // usable. Drop it from the pool.
-                if c.result != -libc::ENOBUFS {
+                // usable. Drop it from the pool. (A cancel asked for while it was attached
+                // may end here: that is no news from the peer.)
+                if !rearm {
                     let endpoint = up.endpoint;
                     if let Some(list) = self.pool.get_mut(&endpoint) {
                         list.retain(|&i| i != slot);
@@ -813,10 +829,16 @@ impl Worker {
                 uring::shutdown(client.fd, libc::SHUT_WR);
             }
         }
-        if !client.recv_armed && client.conn.wants_client_read() {
-            self.ring.recv(client.fd, token(Op::ClientRecv));
+        let wants_read = client.conn.wants_client_read();
+        if wants_read && !client.recv_armed {
+            self.ring.recv_multi(client.fd, token(Op::ClientRecv));
             client.recv_armed = true;
             client.inflight += 1;
+        } else if !wants_read && client.recv_armed && !client.recv_cancelling {
+            // Backpressure: the machine has enough buffered. What arrives before the cancel
+            // takes effect (at most one turn's worth) is still handed to it.
+            self.ring.cancel(token(Op::ClientRecv));
+            client.recv_cancelling = true;
         }
         // One heap entry per connection at most: a later deadline is left to the armed
         // entry, which re-arms itself when it fires early (deadlines move on every event, and
@@ -854,9 +876,12 @@ impl Worker {
             up.inflight += 1;
         }
         if wants_read && !up.recv_armed {
-            self.ring.recv(up.fd, utoken(Op::UpstreamRecv));
+            self.ring.recv_multi(up.fd, utoken(Op::UpstreamRecv));
             up.recv_armed = true;
             up.inflight += 1;
+        } else if !wants_read && up.recv_armed && !up.recv_cancelling {
+            self.ring.cancel(utoken(Op::UpstreamRecv));
+            up.recv_cancelling = true;
         }
     }
 
@@ -898,6 +923,7 @@ impl Worker {
             state: UpState::Connecting,
             client: Some(slot),
             recv_armed: false,
+            recv_cancelling: false,
             sending: None,
             inflight: 1,
         });
@@ -950,7 +976,7 @@ impl Worker {
                 slot: ui as u32,
                 generation: up.generation,
             };
-            self.ring.recv(up.fd, token);
+            self.ring.recv_multi(up.fd, token);
             up.recv_armed = true;
             up.inflight += 1;
         }
