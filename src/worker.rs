@@ -234,6 +234,9 @@ pub struct Worker {
     upstreams: Slab<Upstream>,
     /// Idle pooled upstream slots by endpoint, oldest first.
     pool: HashMap<SocketAddr, Vec<usize>>,
+    /// When the oldest idle pooled connection reaches the idle timeout (the pool is scanned
+    /// then, not on every loop turn).
+    pool_expiry: Option<Instant>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     accepting: bool,
     accept_armed: bool,
@@ -270,6 +273,7 @@ impl Worker {
             clients: Slab::new(),
             upstreams: Slab::new(),
             pool: HashMap::new(),
+            pool_expiry: None,
             timers: BinaryHeap::new(),
             accepting: true,
             accept_armed: false,
@@ -958,6 +962,8 @@ impl Worker {
             && self.accepting;
         if poolable {
             up.state = UpState::Idle { since: now };
+            let at = now + self.setup.upstream_idle_timeout;
+            self.pool_expiry = Some(self.pool_expiry.map_or(at, |e| e.min(at)));
             let endpoint = up.endpoint;
             self.pool.entry(endpoint).or_default().push(ui);
             // Watch the idle connection: data or EOF from it means it is gone.
@@ -1087,8 +1093,12 @@ impl Worker {
     }
 
     fn expire_pool(&mut self, now: Instant) {
+        if self.pool_expiry.is_none_or(|at| now < at) {
+            return;
+        }
         let timeout = self.setup.upstream_idle_timeout;
         let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
         for list in self.pool.values_mut() {
             list.retain(|&ui| {
                 let idle_since = match self.upstreams.items.get(ui) {
@@ -1102,10 +1112,13 @@ impl Worker {
                     expired.push(ui);
                     false
                 } else {
+                    let at = idle_since + timeout;
+                    next = Some(next.map_or(at, |n| n.min(at)));
                     true
                 }
             });
         }
+        self.pool_expiry = next;
         for ui in expired {
             self.close_upstream(ui);
         }

@@ -454,3 +454,73 @@ fn a_new_snapshot_reaches_every_worker_without_dropping_connections() {
     engine.stop();
     engine.join().unwrap();
 }
+
+#[test]
+fn idle_pooled_upstream_connections_are_closed_after_the_idle_timeout() {
+    // A hand-written upstream that counts its connections and reports when one is closed.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (events, seen) = std::sync::mpsc::channel::<&'static str>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut s = stream.unwrap();
+            let events = events.clone();
+            std::thread::spawn(move || {
+                let _ = events.send("accepted");
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = events.send("closed");
+                            return;
+                        }
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\nspec:\n  ingressClassName: sluice\n  defaultBackend: {{service: {{name: a, port: {{number: 80}}}}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: a-1, namespace: default, labels: {{kubernetes.io/service-name: a}}}}\naddressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+        addr.port()
+    );
+    let idle_timeout = Duration::from_millis(300);
+    let cfg = EngineConfig {
+        workers: vec![None; 1],
+        http: "127.0.0.1:0".parse().unwrap(),
+        admin: None,
+        conn: Arc::new(ConnConfig::default()),
+        upstream_max_idle: 16,
+        upstream_idle_timeout: idle_timeout,
+        shutdown_grace: Duration::from_secs(10),
+    };
+    let engine = Engine::start(cfg, snapshot(&yaml, 1)).expect("engine starts");
+    let wait = |what: &str| {
+        let got = seen
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no '{what}' from the upstream within 10 s"));
+        assert_eq!(got, what);
+    };
+
+    let mut s = client(&engine);
+    assert_eq!(get(&mut s, "x.test", "/").0, 200);
+    wait("accepted");
+    // Well inside the idle timeout: the pooled connection is reused.
+    assert_eq!(get(&mut s, "x.test", "/").0, 200);
+    assert!(
+        seen.try_recv().is_err(),
+        "a second upstream connection for a request that could reuse the first"
+    );
+    // Left idle, the pooled connection is closed by Sluice ...
+    wait("closed");
+    // ... and the next request opens a new one.
+    assert_eq!(get(&mut s, "x.test", "/").0, 200);
+    wait("accepted");
+    engine.stop();
+}
