@@ -232,9 +232,20 @@ pub fn load_files(cert: &Path, key: &Path, now: SystemTime) -> Result<StaticCert
 /// A self-signed ECDSA P-256 certificate for when no default is configured (what
 /// ingress-nginx calls its "fake certificate").
 pub fn self_signed() -> Result<StaticCert, String> {
-    let generated = rcgen::generate_simple_self_signed(vec!["sluice.invalid".to_string()])
-        .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
-    let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+    let failed = |e: rcgen::Error| format!("cannot generate a self-signed certificate: {e}");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["sluice.invalid".to_string()]).map_err(failed)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Sluice self-signed certificate");
+    // Valid from a day ago for a year (rcgen's default is 1975 to 4096, which scanners flag).
+    let since_epoch = wall_clock().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+    params.not_before = now - Duration::from_secs(86_400);
+    params.not_after = now + Duration::from_secs(365 * 86_400);
+    let signing_key = rcgen::KeyPair::generate().map_err(failed)?;
+    let cert = params.self_signed(&signing_key).map_err(failed)?;
+    let key = PrivateKeyDer::try_from(signing_key.serialize_der())
         .map_err(|e| format!("generated key: {e}"))?;
     let signing = provider()
         .key_provider
@@ -242,10 +253,7 @@ pub fn self_signed() -> Result<StaticCert, String> {
         .map_err(|e| format!("generated key: {e}"))?;
     Ok(StaticCert {
         name: "self-signed".to_string(),
-        key: Arc::new(CertifiedKey::new(
-            vec![generated.cert.der().clone()],
-            signing,
-        )),
+        key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)),
     })
 }
 
@@ -588,6 +596,14 @@ mod tests {
         assert_eq!(days as i64, days_from_civil(2031, 5, 17));
         assert_eq!(not_after(b"\x30\x03\x02\x01\x00"), None);
         assert_eq!(not_after(&[]), None);
+    }
+
+    #[test]
+    fn the_generated_certificate_is_valid_for_a_year_from_now() {
+        let cert = self_signed().unwrap();
+        let after = not_after(cert.key.cert[0].as_ref()).unwrap();
+        let left = after.duration_since(wall_clock()).unwrap().as_secs() / 86_400;
+        assert!((364..=365).contains(&left), "{left} days left");
     }
 
     #[test]
