@@ -26,13 +26,22 @@ fn snapshot(yaml: &str, version: u64) -> Arc<Snapshot> {
 }
 
 fn start(yaml: &str, workers: usize, conn: ConnConfig) -> Engine {
+    start_with_idle_timeout(yaml, workers, conn, Duration::from_secs(30))
+}
+
+fn start_with_idle_timeout(
+    yaml: &str,
+    workers: usize,
+    conn: ConnConfig,
+    upstream_idle_timeout: Duration,
+) -> Engine {
     let cfg = EngineConfig {
         workers: vec![None; workers],
         http: "127.0.0.1:0".parse().unwrap(),
         admin: Some("127.0.0.1:0".parse().unwrap()),
         conn: Arc::new(conn),
         upstream_max_idle: 16,
-        upstream_idle_timeout: Duration::from_secs(30),
+        upstream_idle_timeout,
         shutdown_grace: Duration::from_secs(10),
     };
     Engine::start(cfg, snapshot(yaml, 1)).expect("engine starts (io_uring available)")
@@ -490,17 +499,8 @@ fn idle_pooled_upstream_connections_are_closed_after_the_idle_timeout() {
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\nspec:\n  ingressClassName: sluice\n  defaultBackend: {{service: {{name: a, port: {{number: 80}}}}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: a-1, namespace: default, labels: {{kubernetes.io/service-name: a}}}}\naddressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
         addr.port()
     );
-    let idle_timeout = Duration::from_millis(300);
-    let cfg = EngineConfig {
-        workers: vec![None; 1],
-        http: "127.0.0.1:0".parse().unwrap(),
-        admin: None,
-        conn: Arc::new(ConnConfig::default()),
-        upstream_max_idle: 16,
-        upstream_idle_timeout: idle_timeout,
-        shutdown_grace: Duration::from_secs(10),
-    };
-    let engine = Engine::start(cfg, snapshot(&yaml, 1)).expect("engine starts");
+    let engine =
+        start_with_idle_timeout(&yaml, 1, ConnConfig::default(), Duration::from_millis(300));
     let wait = |what: &str| {
         let got = seen
             .recv_timeout(Duration::from_secs(10))
