@@ -112,10 +112,7 @@ struct Client {
     fd: RawFd,
     conn: Conn,
     upstream: Option<usize>,
-    /// A multishot receive is armed (until a completion without `more`).
-    recv_armed: bool,
-    /// ... and a cancel of it was asked for (the machine wants no more input for now).
-    recv_cancelling: bool,
+    recv: Receive,
     /// The buffer of the send in flight (the kernel's until its completion).
     sending: Option<Vec<u8>>,
     /// Operations in flight; the slot is freed only when this is 0 after closing.
@@ -139,6 +136,43 @@ impl Client {
     }
 }
 
+/// A socket's multishot receive: armed until a completion without `more`, cancelled while
+/// the connection machine wants no input.
+#[derive(Default)]
+struct Receive {
+    armed: bool,
+    /// A cancel was asked for and the receive has not ended yet.
+    cancelling: bool,
+}
+
+impl Receive {
+    /// Arms or cancels the receive to match `wanted`. True when it armed one (one more
+    /// operation in flight).
+    fn want(&mut self, wanted: bool, ring: &mut Ring, fd: RawFd, token: Token) -> bool {
+        if wanted && !self.armed {
+            ring.recv_multi(fd, token);
+            self.armed = true;
+            return true;
+        }
+        if !wanted && self.armed && !self.cancelling {
+            // Backpressure: the machine has enough buffered. What arrives before the cancel
+            // takes effect (at most one turn's worth) is still handed to it.
+            ring.cancel(token);
+            self.cancelling = true;
+        }
+        false
+    }
+
+    /// One of its completions came. True when the receive ended (one fewer in flight).
+    fn completed(&mut self, c: &Completion) -> bool {
+        if c.more {
+            return false;
+        }
+        *self = Receive::default();
+        true
+    }
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum UpState {
     Connecting,
@@ -156,9 +190,7 @@ struct Upstream {
     addr: Box<SockAddr>,
     state: UpState,
     client: Option<usize>,
-    /// As for [`Client`].
-    recv_armed: bool,
-    recv_cancelling: bool,
+    recv: Receive,
     sending: Option<Vec<u8>>,
     inflight: u32,
 }
@@ -518,8 +550,7 @@ impl Worker {
             fd,
             conn,
             upstream: None,
-            recv_armed: false,
-            recv_cancelling: false,
+            recv: Receive::default(),
             sending: None,
             inflight: 0,
             closed: false,
@@ -541,10 +572,8 @@ impl Worker {
             }
             return;
         };
-        if !c.more {
+        if client.recv.completed(&c) {
             client.inflight -= 1;
-            client.recv_armed = false;
-            client.recv_cancelling = false;
         }
         let mut router = SnapshotRouter {
             snapshot: &self.snapshot,
@@ -674,10 +703,8 @@ impl Worker {
             }
             return;
         };
-        if !c.more {
+        if up.recv.completed(&c) {
             up.inflight -= 1;
-            up.recv_armed = false;
-            up.recv_cancelling = false;
         }
         let rearm = c.result == -libc::ENOBUFS || c.result == -libc::ECANCELED;
         match up.state {
@@ -834,15 +861,11 @@ impl Worker {
             }
         }
         let wants_read = client.conn.wants_client_read();
-        if wants_read && !client.recv_armed {
-            self.ring.recv_multi(client.fd, token(Op::ClientRecv));
-            client.recv_armed = true;
+        if client
+            .recv
+            .want(wants_read, &mut self.ring, client.fd, token(Op::ClientRecv))
+        {
             client.inflight += 1;
-        } else if !wants_read && client.recv_armed && !client.recv_cancelling {
-            // Backpressure: the machine has enough buffered. What arrives before the cancel
-            // takes effect (at most one turn's worth) is still handed to it.
-            self.ring.cancel(token(Op::ClientRecv));
-            client.recv_cancelling = true;
         }
         // One heap entry per connection at most: a later deadline is left to the armed
         // entry, which re-arms itself when it fires early (deadlines move on every event, and
@@ -879,13 +902,11 @@ impl Worker {
             up.sending = Some(buf);
             up.inflight += 1;
         }
-        if wants_read && !up.recv_armed {
-            self.ring.recv_multi(up.fd, utoken(Op::UpstreamRecv));
-            up.recv_armed = true;
+        if up
+            .recv
+            .want(wants_read, &mut self.ring, up.fd, utoken(Op::UpstreamRecv))
+        {
             up.inflight += 1;
-        } else if !wants_read && up.recv_armed && !up.recv_cancelling {
-            self.ring.cancel(utoken(Op::UpstreamRecv));
-            up.recv_cancelling = true;
         }
     }
 
@@ -926,8 +947,7 @@ impl Worker {
             addr: SockAddr::new(endpoint),
             state: UpState::Connecting,
             client: Some(slot),
-            recv_armed: false,
-            recv_cancelling: false,
+            recv: Receive::default(),
             sending: None,
             inflight: 1,
         });
@@ -974,17 +994,15 @@ impl Worker {
     }
 
     fn arm_upstream_recv(&mut self, ui: usize) {
-        if let Some(up) = self.upstreams.get_any(ui)
-            && !up.recv_armed
-        {
+        if let Some(up) = self.upstreams.get_any(ui) {
             let token = Token {
                 op: Op::UpstreamRecv,
                 slot: ui as u32,
                 generation: up.generation,
             };
-            self.ring.recv_multi(up.fd, token);
-            up.recv_armed = true;
-            up.inflight += 1;
+            if up.recv.want(true, &mut self.ring, up.fd, token) {
+                up.inflight += 1;
+            }
         }
     }
 

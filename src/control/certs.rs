@@ -66,9 +66,7 @@ pub const SUITE_ORDER: &[rustls::CipherSuite] = &[
 ];
 
 /// `suites` sorted by [`SUITE_ORDER`]; suites it does not name keep their order, last.
-pub fn ordered_suites(
-    suites: &[rustls::SupportedCipherSuite],
-) -> Vec<rustls::SupportedCipherSuite> {
+fn ordered_suites(suites: &[rustls::SupportedCipherSuite]) -> Vec<rustls::SupportedCipherSuite> {
     let mut sorted = suites.to_vec();
     sorted.sort_by_key(|s| {
         SUITE_ORDER
