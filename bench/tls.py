@@ -31,7 +31,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +38,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# bench/run.py's tool discovery and process helpers, as bench/idle.py and bench/churn use them.
+from run import cpu_ticks, ensure_tools, family, tool, wait_port  # noqa: E402
 CONTENDER_CPU = "0"
 LOAD_CPU = "1"
 # Ports of their own: other benchmarks (bench/run.py) use 18000/18080.
@@ -61,48 +63,6 @@ done = function(summary, latency, requests)
     summary.duration, latency:percentile(50), latency:percentile(99)))
 end
 """
-
-
-def ensure_tools():
-    missing = [t for t in ("nginx", "haproxy", "wrk") if shutil.which(t) is None and not os.path.exists(f"/usr/sbin/{t}")]
-    if missing:
-        print(f"installing {' '.join(missing)} with apt-get", file=sys.stderr)
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-
-
-def tool(name):
-    return shutil.which(name) or f"/usr/sbin/{name}"
-
-
-def wait_port(port, timeout=10.0):
-    import socket
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def cpu_ticks(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        except FileNotFoundError:
-            pass
-    return total
-
-
-def family(pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [pid] + [int(p) for p in out.split()]
 
 
 def make_cert(tmp, kind):
@@ -269,7 +229,6 @@ class CpuLimit:
 
     def __init__(self, share):
         self.path = None
-        self.v2 = False
         quota = int(share * QUOTA_PERIOD_US)
         try:
             if os.path.isdir("/sys/fs/cgroup/cpu") and os.path.exists("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"):
@@ -286,7 +245,6 @@ class CpuLimit:
                 os.makedirs(path, exist_ok=True)
                 with open(f"{path}/cpu.max", "w") as f:
                     f.write(f"{quota} {QUOTA_PERIOD_US}")
-                self.v2 = True
             else:
                 raise OSError("no CPU cgroup controller mounted")
             self.path = path
