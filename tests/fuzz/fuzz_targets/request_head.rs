@@ -1,11 +1,12 @@
 //! Arbitrary bytes as a request head: scanning and parsing must never panic, and a head that
-//! parses must re-emit upstream without panicking.
+//! parses must re-emit upstream without panicking and without HTTP2-Settings (h2c is never
+//! relayed). Seeds: `tests/fuzz/seeds/request_head/` (see `tests/fuzz/README.md`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sluice::core::http1::forward::{ForwardInfo, write_upstream_request};
 use sluice::core::http1::scan::{HeadScanner, Scan};
-use sluice::core::http1::{Limits, MAX_HEADERS_CAP, parse_request_head};
+use sluice::core::http1::{Limits, MAX_HEADERS_CAP, Upgrades, parse_request_head};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
@@ -24,10 +25,14 @@ fuzz_target!(|data: &[u8]| {
                 client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 proto: "http",
                 port: 80,
-                tunnel: head.upgrade.is_some(),
+                tunnel: head.upgrade.is_some_and(|proto| Upgrades::default().allows(proto)),
             };
             write_upstream_request(&head, &info, &mut out);
             assert!(out.ends_with(b"\r\n\r\n"));
+            // h2c is never relayed: neither its Upgrade nor HTTP2-Settings goes upstream.
+            let lower = out.to_ascii_lowercase();
+            assert!(!lower.windows(3).any(|w| w == b"h2c") || !info.tunnel);
+            assert!(!lower.windows(15).any(|w| w == b"http2-settings:"));
         }
     }
 });
