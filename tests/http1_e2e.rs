@@ -319,9 +319,14 @@ fn h2c_and_unlisted_upgrades_reach_the_upstream_as_plain_http11() {
         .unwrap();
     let (head, _) = response(&mut c);
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    let conns = up.wait_for("three requests", |c| {
+    // HTTP2-Settings alone (no Upgrade, no Connection token) is stripped all the same.
+    c.write_all(b"GET /settings HTTP/1.1\r\nHost: app.test\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+        .unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let conns = up.wait_for("four requests", |c| {
         c.first()
-            .is_some_and(|r| String::from_utf8_lossy(&r.bytes).matches("GET ").count() == 3)
+            .is_some_and(|r| String::from_utf8_lossy(&r.bytes).matches("GET ").count() == 4)
     });
     assert_eq!(conns.len(), 1, "one kept-alive upstream connection");
     let got = String::from_utf8(conns[0].bytes.clone())
