@@ -3,7 +3,9 @@
 //!
 //! Decoders accept input split anywhere: feeding one byte at a time gives exactly the result
 //! of feeding everything at once. Chunked syntax is strict (RFC 9112 §7.1): hex sizes with
-//! overflow checks, bounded extensions, CRLF everywhere, bounded trailers.
+//! overflow checks, extensions bounded and held to the `chunk-ext` grammar, CRLF ending every
+//! line (a bare LF anywhere is an error, found as soon as it arrives), bounded trailers.
+//! Extensions are validated and dropped: the encoder never forwards one.
 
 use super::request::is_tchar;
 use super::{Framing, Limits};
@@ -401,7 +403,9 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-/// Re-frames payload for the wire.
+/// Re-frames payload for the wire. Chunks are written with their size only (never an
+/// extension), and the last chunk only by [`BodyEncoder::finish`]: a body that fails to decode
+/// never reaches the peer as a complete message.
 #[derive(Clone, Debug)]
 pub struct BodyEncoder {
     chunked: bool,
