@@ -15,7 +15,7 @@ use toml::Spanned;
 use crate::control::compile::{CompileOptions, PortRef, ServiceRef};
 use crate::control::watch::{KubeOptions, parse_namespaced_name};
 use crate::core::conn::{ConnConfig, Scheme, Timeouts};
-use crate::core::http1::{Limits, MAX_HEADERS_CAP};
+use crate::core::http1::{Limits, MAX_HEADERS_CAP, Upgrades};
 use crate::core::tls::TlsSettings;
 use crate::engine::userspace::{DeviceKind, PollMode, UserspaceConfig, parse_cidr, parse_mac};
 use crate::engine::{EngineConfig, HttpsConfig};
@@ -79,6 +79,15 @@ struct Raw {
     tls: RawTls,
     #[serde(default)]
     userspace: RawUserspace,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    server_header: Option<Spanned<String>>,
+    upgrade_protocols: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -271,6 +280,10 @@ pub struct Config {
     pub engine: EngineKind,
     /// The userspace engine's device and stack (used when `engine` is `Userspace`).
     pub userspace: UserspaceConfig,
+    /// `Server` value on every response (`[http] server_header`); `None` when set to "".
+    pub server_header: Option<Arc<str>>,
+    /// Upgrade protocols relayed as tunnels (`[http] upgrade_protocols`).
+    pub upgrades: Upgrades,
 }
 
 impl Default for Config {
@@ -293,6 +306,8 @@ impl Default for Config {
             kubernetes: KubeOptions::default(),
             engine: EngineKind::Uring,
             userspace: UserspaceConfig::default(),
+            server_header: Some("sluice".into()),
+            upgrades: Upgrades::default(),
         }
     }
 }
@@ -508,6 +523,25 @@ impl Config {
             c.tls.hsts_include_subdomains = *v.get_ref();
         }
         c.admin = ctx.addr(&raw.listen.admin, "listen.admin", d.admin)?;
+        if let Some(v) = &raw.http.server_header {
+            let value = v.get_ref();
+            // A field value we write verbatim: visible ASCII and inner spaces only.
+            let valid = value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+                && !value.starts_with(' ')
+                && !value.ends_with(' ');
+            if !valid {
+                return Err(ctx.at(
+                    v.span().start,
+                    "http.server_header",
+                    "must be visible ASCII without leading or trailing spaces",
+                ));
+            }
+            c.server_header = (!value.is_empty()).then(|| value.as_str().into());
+        }
+        if let Some(v) = &raw.http.upgrade_protocols {
+            c.upgrades = Upgrades::new(v.get_ref())
+                .map_err(|m| ctx.at(v.span().start, "http.upgrade_protocols", m))?;
+        }
         let l = &raw.limits;
         let dl = &d.limits;
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
@@ -643,6 +677,8 @@ impl Config {
             scheme: Scheme::Http,
             hsts: None,
             https_port: self.https.port(),
+            server: self.server_header.clone(),
+            upgrades: self.upgrades.clone(),
         }
     }
 

@@ -232,7 +232,7 @@ fn spawn_echo_upgrade_server() -> SocketAddr {
                         break;
                     }
                 }
-                w.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+                w.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
                     .unwrap();
                 let mut buf = [0u8; 4096];
                 loop {
@@ -275,7 +275,7 @@ fn an_upgraded_tunnel_survives_100_snapshot_changes() {
     let mut s = TcpStream::connect(engine.local_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: churn.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: churn.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )
     .unwrap();
     let mut head = Vec::new();

@@ -211,7 +211,7 @@ fn get_is_forwarded_and_answered_with_keep_alive() {
     h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-App: 1\r\n\r\nhello");
     assert_eq!(
         h.take_client(),
-        "HTTP/1.1 200 OK\r\nX-App: 1\r\nContent-Length: 5\r\n\r\nhello"
+        "HTTP/1.1 200 OK\r\nServer: sluice\r\nX-App: 1\r\nContent-Length: 5\r\n\r\nhello"
     );
     assert_eq!(
         h.take_actions(),
@@ -252,7 +252,7 @@ fn pipelined_requests_are_answered_in_order() {
     // The first answer is out and the second request already went to a new exchange.
     assert_eq!(
         h.take_client(),
-        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"
+        "HTTP/1.1 200 OK\r\nServer: sluice\r\nContent-Length: 1\r\n\r\n1"
     );
     assert_eq!(
         h.take_actions(),
@@ -267,7 +267,7 @@ fn pipelined_requests_are_answered_in_order() {
     h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2");
     assert_eq!(
         h.take_client(),
-        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"
+        "HTTP/1.1 200 OK\r\nServer: sluice\r\nContent-Length: 1\r\n\r\n2"
     );
 }
 
@@ -670,7 +670,7 @@ fn expect_100_continue_is_answered_once_connected() {
     h.upstream(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(
         h.take_client(),
-        "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+        "HTTP/1.1 201 Created\r\nServer: sluice\r\nContent-Length: 0\r\n\r\n"
     );
 }
 
@@ -707,7 +707,7 @@ fn head_response_has_no_body() {
     h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");
     assert_eq!(
         h.take_client(),
-        "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nServer: sluice\r\nContent-Length: 1234\r\n\r\n"
     );
     assert!(
         h.take_actions()
@@ -833,4 +833,318 @@ fn early_response_before_the_body_is_sent_closes_both_sides() {
     let actions = h.take_actions();
     assert!(actions.contains(&Action::ReleaseUpstream { reusable: false }));
     assert!(actions.contains(&Action::ShutdownClientWrite));
+}
+
+// ---- issue 11: Server, h2c and other upgrades, request lines, chunked framing ----
+
+fn with(f: impl FnOnce(&mut ConnConfig)) -> Harness {
+    let mut config = ConnConfig::default();
+    f(&mut config);
+    Harness::with_config(config)
+}
+
+fn field_count(out: &str, name: &str) -> usize {
+    out.split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .count()
+}
+
+#[test]
+fn server_is_added_to_proxied_answers_unless_the_upstream_sent_one() {
+    let mut h = Harness::new();
+    h.client(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let out = h.take_client();
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\nServer: sluice\r\n"),
+        "{out}"
+    );
+    assert_eq!(field_count(&out, "server"), 1, "{out}");
+    h.client(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(true);
+    h.upstream(b"HTTP/1.1 200 OK\r\nServer: echo-pod\r\nContent-Length: 0\r\n\r\n");
+    let out = h.take_client();
+    assert_eq!(field_count(&out, "server"), 1, "{out}");
+    assert!(out.contains("Server: echo-pod\r\n"), "{out}");
+}
+
+#[test]
+fn configured_server_value_is_on_every_answer() {
+    let mut h = with(|c| c.server = Some("edge".into()));
+    h.client(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.take_client().contains("\r\nServer: edge\r\n"));
+    h.client(b"GET /missing HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(out.contains("\r\nServer: edge\r\n"), "{out}");
+    h.client(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connect_failed();
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(out.contains("\r\nServer: edge\r\n"), "{out}");
+    assert_eq!(field_count(&out, "server"), 1);
+
+    let mut h = with(|c| c.server = None);
+    h.client(b"GET /missing HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.client(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(!h.take_client().contains("Server:"));
+}
+
+#[test]
+fn h2c_upgrade_is_forwarded_as_plain_http11() {
+    let mut h = Harness::new();
+    h.client(b"GET /h HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n");
+    h.connected(false);
+    assert_eq!(h.take_upstream(), upstream_get("/h"));
+    // An h2c-capable upstream would switch only if it had seen the Upgrade: answered plainly,
+    // the exchange is an ordinary one and the connection stays HTTP/1.1.
+    h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nok"), "{out}");
+    assert!(h.conn.is_idle());
+    assert!(
+        h.take_actions()
+            .contains(&Action::ReleaseUpstream { reusable: true })
+    );
+    // And if it switches anyway, that is refused: 502, and its connection is dropped.
+    h.client(
+        b"GET /h HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    );
+    h.connected(true);
+    assert_eq!(h.take_upstream(), upstream_get("/h"));
+    h.upstream(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nPRI * HTTP/2.0\r\n");
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(!out.contains("PRI"), "{out}");
+    assert!(
+        h.take_actions()
+            .contains(&Action::ReleaseUpstream { reusable: false })
+    );
+}
+
+#[test]
+fn unlisted_upgrade_is_not_tunnelled_unless_configured() {
+    let req =
+        b"GET /e HTTP/1.1\r\nHost: example.com\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+    let mut h = Harness::new();
+    h.client(req);
+    h.connected(false);
+    assert_eq!(h.take_upstream(), upstream_get("/e"));
+    h.upstream(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n");
+    assert!(h.take_client().starts_with("HTTP/1.1 502"));
+
+    let mut h = with(|c| c.upgrades = sluice::core::http1::Upgrades::new(&["echo"]).unwrap());
+    h.client(req);
+    h.connected(false);
+    let up = h.take_upstream();
+    assert!(
+        up.ends_with("Connection: upgrade\r\nUpgrade: echo\r\n\r\n"),
+        "{up}"
+    );
+    h.upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nhi",
+    );
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 101"), "{out}");
+    h.client(b"raw");
+    assert_eq!(h.take_upstream(), "raw");
+}
+
+#[test]
+fn switching_to_a_protocol_not_asked_for_is_502() {
+    let mut h = Harness::new();
+    h.client(b"GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    h.connected(false);
+    h.take_actions();
+    h.upstream(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    let actions = h.take_actions();
+    assert_eq!(actions[0], Action::ReleaseUpstream { reusable: false });
+    assert!(actions.contains(&Action::Completed { status: 502 }));
+}
+
+#[test]
+fn request_line_without_a_version_is_400_at_once() {
+    for line in [&b"GET /\r\n"[..], b"GET /index.html?q=1\r\n", b"GET\r\n"] {
+        let mut h = Harness::new();
+        h.client(line);
+        let out = h.take_client();
+        assert!(
+            out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{line:?}: {out}"
+        );
+        assert!(out.contains("Connection: close\r\n"), "{out}");
+        assert_eq!(
+            h.take_actions(),
+            vec![
+                Action::Completed { status: 400 },
+                Action::ShutdownClientWrite
+            ],
+            "{line:?}: answered and closing without waiting, nothing connected"
+        );
+    }
+    // Byte by byte: the answer comes with the line's LF, not later.
+    let mut h = Harness::new();
+    for &b in b"GET /" {
+        h.client(&[b]);
+        assert!(h.to_client.is_empty());
+    }
+    h.client(b"\r");
+    assert!(h.to_client.is_empty());
+    h.client(b"\n");
+    assert!(h.take_client().starts_with("HTTP/1.1 400"));
+}
+
+#[test]
+fn whitespace_in_the_target_is_400_not_505() {
+    for req in [
+        &b"GET /a b HTTP/1.1\r\nHost: example.com\r\n\r\n"[..],
+        b"GET /a b HTTP/2.0\r\nHost: example.com\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\n",
+    ] {
+        let mut h = Harness::new();
+        h.client(req);
+        let out = h.take_client();
+        assert!(
+            out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{req:?}: {out}"
+        );
+        assert!(h.router.seen.is_empty());
+    }
+    let mut h = Harness::new();
+    h.client(b"GET / HTTP/2.0\r\n");
+    assert!(h.take_client().starts_with("HTTP/1.1 505"));
+}
+
+/// Sends a chunked request's head (and connects), then `body` in one piece; returns the
+/// harness with what the upstream got so far.
+fn chunked_then(first: &[u8], body: &[u8]) -> Harness {
+    let mut h = Harness::new();
+    h.client(b"POST /c HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n");
+    h.connected(false);
+    h.client(first);
+    h.take_actions();
+    h.client(body);
+    h
+}
+
+/// The request failed with a 400: the client is told and its connection closes, and the
+/// upstream connection is dropped without having been sent a last chunk.
+fn assert_rejected_and_upstream_dropped(h: &mut Harness) {
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(out.contains("Connection: close\r\n"), "{out}");
+    let actions = h.take_actions();
+    assert_eq!(actions[0], Action::ReleaseUpstream { reusable: false });
+    assert!(actions.contains(&Action::Completed { status: 400 }));
+    assert!(actions.contains(&Action::ShutdownClientWrite));
+    let up = h.take_upstream();
+    assert!(!up.contains("\r\n0\r\n"), "{up:?}");
+}
+
+#[test]
+fn malformed_chunk_extension_is_400_and_nothing_completes_upstream() {
+    for bad in [
+        &b"0;a=b c\r\n\r\n"[..],
+        b"3;\r\nabc\r\n0\r\n\r\n",
+        b"3;a=\"x\r\nabc\r\n0\r\n\r\n",
+        b"3 \r\nabc\r\n0\r\n\r\n",
+        b"3;a\x01\r\nabc\r\n0\r\n\r\n",
+        b"3;a\nabc\r\n0\r\n\r\n",
+    ] {
+        let mut h = chunked_then(b"2\r\nhi\r\n", bad);
+        assert_rejected_and_upstream_dropped(&mut h);
+    }
+    // Head and body in one read, before the upstream connection exists: nothing is sent.
+    let mut h = Harness::new();
+    h.client(b"POST /c HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n2;a b\r\nhi\r\n0\r\n\r\n");
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(
+        h.take_actions(),
+        vec![
+            connect_action(false),
+            Action::ReleaseUpstream { reusable: false },
+            Action::Completed { status: 400 },
+            Action::ShutdownClientWrite
+        ]
+    );
+    assert!(h.to_upstream.is_empty());
+}
+
+#[test]
+fn chunk_extensions_are_never_forwarded() {
+    let mut h = chunked_then(b"", b"3;a=b;c=\"d e\"\r\nabc\r\n0;z\r\nX-T: 1\r\n\r\n");
+    let up = h.take_upstream();
+    assert!(
+        up.ends_with("\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"),
+        "{up:?}"
+    );
+}
+
+#[test]
+fn bare_lf_in_chunked_framing_is_400_at_once() {
+    for (first, bad) in [
+        // After the last chunk.
+        (&b"2\r\nhi\r\n0\r\n"[..], &b"\n"[..]),
+        (b"2\r\nhi\r\n", b"0\r\n\n"),
+        // Ending the trailer section, or a trailer line.
+        (b"2\r\nhi\r\n0\r\nX-T: 1\r\n", b"\n"),
+        (b"2\r\nhi\r\n0\r\n", b"X-T: 1\n"),
+        // Ending the last chunk's size line.
+        (b"2\r\nhi\r\n", b"0\n"),
+    ] {
+        let mut h = chunked_then(first, bad);
+        assert_rejected_and_upstream_dropped(&mut h);
+        assert!(h.conn.deadline().is_some());
+    }
+}
+
+#[test]
+fn malformed_upstream_chunk_is_502_while_the_head_has_not_left() {
+    let mut h = Harness::new();
+    h.client(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.take_actions();
+    h.upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n2\r\nhi\r\n3;a=b c\r\nabc\r\n0\r\n\r\n");
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
+    assert!(!out.contains("X-A") && !out.contains("hi"), "{out}");
+    let actions = h.take_actions();
+    assert_eq!(actions[0], Action::ReleaseUpstream { reusable: false });
+    assert!(actions.contains(&Action::Completed { status: 502 }));
+    assert!(
+        h.conn.is_idle(),
+        "the client's stream is intact: keep-alive"
+    );
+
+    // Once the head is out, the client connection can only be cut.
+    let mut h = Harness::new();
+    h.client(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert!(h.take_client().starts_with("HTTP/1.1 200"));
+    h.take_actions();
+    h.upstream(b"0\r\n\n");
+    assert!(h.to_client.is_empty());
+    let actions = h.take_actions();
+    assert!(actions.contains(&Action::ReleaseUpstream { reusable: false }));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Completed { .. }))
+    );
 }

@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use sluice::core::error::Culprit;
 use sluice::core::http1::{
-    ForwardInfo, Framing, HeadScanner, Limits, MAX_HEADERS_CAP, Scan, Version, parse_request_head,
-    write_upstream_request,
+    ForwardInfo, Framing, HeadScanner, Limits, MAX_HEADERS_CAP, Scan, Upgrades, Version,
+    parse_request_head, write_upstream_request,
 };
 
 /// The forwarding fields we append for the fixed client of these tests.
@@ -70,13 +70,14 @@ fn scan_bytewise(input: &[u8], limits: &Limits) -> Result<Scan, u16> {
     Ok(Scan::Partial)
 }
 
-/// Scans (both ways), parses and re-emits; `Err(status)` on refusal.
-fn run(input: &[u8], limits: &Limits, tunnel: bool) -> Result<String, u16> {
+/// Scans (both ways), parses and re-emits, tunnelling the upgrades the default policy allows
+/// (WebSocket); `Err(status)` on refusal, `Err(0)` when the scanner still waits for more.
+fn run(input: &[u8], limits: &Limits) -> Result<(String, bool), u16> {
     let whole = scan_whole(input, limits);
     assert_eq!(whole, scan_bytewise(input, limits), "bytewise scan differs");
     let len = match whole? {
         Scan::Complete(len) => len,
-        Scan::Partial => panic!("head incomplete"),
+        Scan::Partial => return Err(0),
     };
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
     let head = parse_request_head(&input[..len], limits, &mut storage[..limits.max_headers])
@@ -85,6 +86,9 @@ fn run(input: &[u8], limits: &Limits, tunnel: bool) -> Result<String, u16> {
             e.status.0
         })?;
     assert_eq!(head.len, len);
+    let tunnel = head
+        .upgrade
+        .is_some_and(|proto| Upgrades::default().allows(proto));
     let info = ForwardInfo {
         client_ip: CLIENT,
         proto: "https",
@@ -93,7 +97,7 @@ fn run(input: &[u8], limits: &Limits, tunnel: bool) -> Result<String, u16> {
     };
     let mut out = Vec::new();
     write_upstream_request(&head, &info, &mut out);
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok((String::from_utf8_lossy(&out).into_owned(), tunnel))
 }
 
 #[rustfmt::skip]
@@ -223,12 +227,12 @@ fn table() -> Vec<Case> {
         // ---- hop-by-hop ----
         "hop-by-hop stripped": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nTrailer: X-T\r\nUpgrade: websocket\r\nX-Keep: k\r\n\r\n"
             => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\nX-Keep: k\r\n", xf!("a"), "\r\n"));
-        "upgrade not tunnelled": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n"
+        "upgrade to an unlisted protocol not tunnelled": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\nSec-WebSocket-Key: k\r\n\r\n"
             => Upstream(concat!("GET /ws HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\n", xf!("a"), "\r\n"));
         "upgrade tunnelled": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n"
             => Tunnel(concat!("GET /ws HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\n", xf!("a"), "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"));
         "upgrade without Connection token": b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
-            => Tunnel(concat!("GET /ws HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+            => Upstream(concat!("GET /ws HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
 
         "two Upgrade fields": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n" => Status(400);
         "Connection: close alone": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nCookie: c=1\r\n\r\n"
@@ -250,26 +254,137 @@ fn table() -> Vec<Case> {
             => Upstream(concat!("PUT /u HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Content-Length: 3\r\n\r\n"));
         "other expectation": b"PUT /u HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 3\r\n\r\n" => Status(417);
     }
+    .into_iter()
+    .chain(issue_11_table())
+    .collect()
+}
+
+/// The classes of issue 11 (request line shape, h2c and other upgrades). Each case is also a
+/// seed of the `request_head` fuzz target (see `fuzz_seeds_hold_the_issue_11_cases`).
+#[rustfmt::skip]
+fn issue_11_table() -> Vec<Case> {
+    cases! {
+        // ---- request line without a version: 400 at once, without waiting for more ----
+        "HTTP/0.9 line alone": b"GET /\r\n" => Status(400);
+        "HTTP/0.9 line then a field": b"GET /index.html?x=1\r\nHost: a\r\n" => Status(400);
+        "HTTP/0.9 line, blank line": b"GET /\r\n\r\n" => Status(400);
+        "HTTP/0.9 after leading empty line": b"\r\nGET /x\r\n" => Status(400);
+        "method alone": b"GET\r\n" => Status(400);
+        "target then space, no version": b"GET / \r\n" => Status(400);
+        "well-formed line, unknown version, at once": b"GET / HTTP/2.0\r\n" => Status(505);
+        "h2 prior-knowledge preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" => Status(505);
+        // ---- whitespace inside the target: malformed line, 400 (never 505) ----
+        "space in target": b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "space in target, line alone": b"GET /a b HTTP/1.1\r\n" => Status(400);
+        "space in target, unknown version": b"GET /a b HTTP/2.0\r\nHost: a\r\n\r\n" => Status(400);
+        "space in absolute target": b"GET http://a/x y HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "several spaces in target": b"GET /a b c d HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "space in query": b"GET /a?b=c d HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "space after version": b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n" => Status(400);
+        "tabs as separators": b"GET\t/\tHTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "vertical tab in target": b"GET /a\x0bb HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+        "space-separated HTTP/1.1 twice": b"GET / HTTP/1.1 HTTP/1.1\r\nHost: a\r\n\r\n" => Status(400);
+
+        // ---- h2c: never relayed; Upgrade, HTTP2-Settings and their Connection tokens go ----
+        "h2c upgrade forwarded plain": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nAccept: */*\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n", xf!("a"), "\r\n"));
+        "H2C in capitals": b"GET / HTTP/1.1\r\nHost: a\r\nconnection: upgrade\r\nupgrade: H2C\r\nhttp2-settings: AAM\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "h2c first in a list with websocket": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c, websocket\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "h2c last in a list with websocket": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket,h2c\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "HTTP/2.0 as Upgrade token": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: HTTP/2.0\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "HTTP2-Settings without Upgrade": b"GET / HTTP/1.1\r\nHost: a\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nX-A: 1\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n", xf!("a"), "\r\n"));
+        "HTTP2-Settings without Upgrade, Connection token": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: HTTP2-Settings\r\nHTTP2-Settings: AAM\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "h2c without Connection token": b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nHTTP2-Settings: AAM\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "h2c on a POST keeps the body framing": b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAM\r\n\r\nabc"
+            => Upstream(concat!("POST /p HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Content-Length: 3\r\n\r\n"));
+        "h2c with websocket's Connection: keep-alive, Upgrade": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "h2c on HTTP/1.0": b"GET / HTTP/1.0\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AAM\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        // ---- other protocols: only the allowed ones (WebSocket) are tunnelled ----
+        "unlisted protocol forwarded plain": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\nX-A: 1\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n", xf!("a"), "\r\n"));
+        "websocket with an unlisted one": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket, foo/2\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "malformed Upgrade list": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket;q=1\r\n\r\n"
+            => Upstream(concat!("GET / HTTP/1.1\r\nHost: a\r\n", xf!("a"), "\r\n"));
+        "WebSocket in mixed case tunnelled": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: UPGRADE\r\nUpgrade: WebSocket\r\n\r\n"
+            => Tunnel(concat!("GET /ws HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Connection: upgrade\r\nUpgrade: WebSocket\r\n\r\n"));
+        "websocket with a version tunnelled": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket/13\r\n\r\n"
+            => Tunnel(concat!("GET /ws HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Connection: upgrade\r\nUpgrade: websocket/13\r\n\r\n"));
+        "websocket tunnel drops HTTP2-Settings": b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nHTTP2-Settings: AAM\r\n\r\n"
+            => Tunnel(concat!("GET /ws HTTP/1.1\r\nHost: a\r\n", xf!("a"), "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"));
+    }
 }
 
 #[test]
 fn wire_table() {
     let limits = limits();
     let cases = table();
-    assert!(cases.len() >= 55, "only {} cases", cases.len());
+    assert!(cases.len() >= 90, "only {} cases", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
-        let (tunnel, want) = match &case.want {
-            Status(s) => (false, Err(*s)),
-            Upstream(h) => (false, Ok(h.to_string())),
-            Tunnel(h) => (true, Ok(h.to_string())),
+        let want = match &case.want {
+            Status(s) => Err(*s),
+            Upstream(h) => Ok((h.to_string(), false)),
+            Tunnel(h) => Ok((h.to_string(), true)),
         };
-        let got = run(&case.input, &limits, tunnel);
+        let got = run(&case.input, &limits);
         if got != want {
             failures.push(format!("{}:\n  want {want:?}\n  got  {got:?}", case.name));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every issue-11 case is a seed of the `request_head` fuzz target, committed under
+/// `tests/fuzz/seeds/request_head/` (the fuzzer's own corpus directory is not tracked).
+/// `SLUICE_WRITE_SEEDS=1 cargo test --test wire_request` (re)writes them.
+#[test]
+fn fuzz_seeds_hold_the_issue_11_cases() {
+    check_seeds(
+        "request_head",
+        issue_11_table().iter().map(|c| (c.name, &c.input[..])),
+    );
+}
+
+/// Checks (or, with `SLUICE_WRITE_SEEDS` set, writes) one seed file per case.
+fn check_seeds<'a>(target: &str, cases: impl Iterator<Item = (&'a str, &'a [u8])>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz/seeds")
+        .join(target);
+    let write = std::env::var_os("SLUICE_WRITE_SEEDS").is_some();
+    let mut missing = Vec::new();
+    for (name, bytes) in cases {
+        let file: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let path = dir.join(format!("issue11-{file}"));
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+        } else if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            missing.push(path.display().to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "seeds missing or stale (SLUICE_WRITE_SEEDS=1 rewrites them): {missing:#?}"
+    );
 }
 
 // ---- limits (inputs built at run time) ----
@@ -279,7 +394,7 @@ fn request_line_too_long_is_414() {
     let mut req = b"GET /".to_vec();
     req.extend(std::iter::repeat_n(b'a', 9000));
     req.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert_eq!(run(&req, &limits(), false), Err(414));
+    assert_eq!(run(&req, &limits()), Err(414));
 }
 
 #[test]
@@ -287,7 +402,7 @@ fn head_too_large_is_431() {
     let mut req = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', 33 * 1024));
     req.extend_from_slice(b"\r\n\r\n");
-    assert_eq!(run(&req, &limits(), false), Err(431));
+    assert_eq!(run(&req, &limits()), Err(431));
 }
 
 #[test]
@@ -300,8 +415,8 @@ fn too_many_fields_is_431() {
         req.extend_from_slice(b"\r\n");
         req
     };
-    assert!(run(&build(100), &limits(), false).is_ok());
-    assert_eq!(run(&build(101), &limits(), false), Err(431));
+    assert!(run(&build(100), &limits()).is_ok());
+    assert_eq!(run(&build(101), &limits()), Err(431));
 }
 
 #[test]
@@ -315,9 +430,9 @@ fn head_of_exactly_the_limit_is_accepted() {
     req.extend(std::iter::repeat_n(b'a', pad));
     req.extend_from_slice(b"\r\n\r\n");
     assert_eq!(req.len(), 64);
-    assert!(run(&req, &limits, false).is_ok());
+    assert!(run(&req, &limits).is_ok());
     req.insert(30, b'a');
-    assert_eq!(run(&req, &limits, false), Err(431));
+    assert_eq!(run(&req, &limits), Err(431));
 }
 
 // ---- flags of the parsed head ----

@@ -26,21 +26,34 @@ const C11: ClientSide = ClientSide {
     version: Version::Http11,
     keep_alive: true,
     head_request: false,
+    server: None,
 };
 const C10: ClientSide = ClientSide {
     version: Version::Http10,
     keep_alive: true,
     head_request: false,
+    server: None,
 };
 const C11_HEAD: ClientSide = ClientSide {
     version: Version::Http11,
     keep_alive: true,
     head_request: true,
+    server: None,
 };
 const C11_CLOSE: ClientSide = ClientSide {
     version: Version::Http11,
     keep_alive: false,
     head_request: false,
+    server: None,
+};
+/// What a client of a default configuration gets: `Server: sluice` when the upstream has none.
+const C11_SERVER: ClientSide = ClientSide {
+    server: Some("sluice"),
+    ..C11
+};
+const C10_SERVER: ClientSide = ClientSide {
+    server: Some("sluice"),
+    ..C10
 };
 
 /// Scans and parses `wire` as an upstream response head, then writes it for `client`.
@@ -49,7 +62,7 @@ const C11_CLOSE: ClientSide = ClientSide {
 fn run(
     wire: &[u8],
     ctx: RequestContext,
-    client: ClientSide,
+    client: ClientSide<'_>,
 ) -> Result<(String, Framing, Framing, bool), u16> {
     let limits = Limits::default();
     let len = match HeadScanner::new().scan_response(wire, &limits) {
@@ -77,7 +90,7 @@ struct Case {
     name: &'static str,
     wire: &'static str,
     ctx: RequestContext,
-    client: ClientSide,
+    client: ClientSide<'static>,
     /// `Err(status)` or the exact client head, upstream framing, reusable.
     expect: Result<(&'static str, Framing, bool), u16>,
 }
@@ -479,6 +492,122 @@ fn cases() -> Vec<Case> {
             C11,
             Err(502),
         ),
+        // ---- issue 11: Server on every response, h2c never switched to ----
+        c(
+            "Server added when the upstream sent none",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n",
+            GET,
+            C11_SERVER,
+            ok(
+                "HTTP/1.1 200 OK\r\nServer: sluice\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n",
+                Length(2),
+                true,
+            ),
+        ),
+        c(
+            "upstream's Server kept, ours not added",
+            "HTTP/1.1 200 OK\r\nserver: pod/1.0\r\nContent-Length: 0\r\n\r\n",
+            GET,
+            C11_SERVER,
+            ok(
+                "HTTP/1.1 200 OK\r\nserver: pod/1.0\r\nContent-Length: 0\r\n\r\n",
+                Length(0),
+                true,
+            ),
+        ),
+        c(
+            "upstream's empty Server kept",
+            "HTTP/1.1 204 No Content\r\nServer:\r\n\r\n",
+            GET,
+            C11_SERVER,
+            ok("HTTP/1.1 204 No Content\r\nServer: \r\n\r\n", None, true),
+        ),
+        c(
+            "Server named by Connection is dropped, ours added",
+            "HTTP/1.1 200 OK\r\nConnection: Server\r\nServer: hidden\r\nContent-Length: 0\r\n\r\n",
+            GET,
+            C11_SERVER,
+            ok(
+                "HTTP/1.1 200 OK\r\nServer: sluice\r\nContent-Length: 0\r\n\r\n",
+                Length(0),
+                true,
+            ),
+        ),
+        c(
+            "Server on a re-chunked 1.1 answer",
+            "HTTP/1.1 200 OK\r\n\r\n",
+            GET,
+            C11_SERVER,
+            ok(
+                "HTTP/1.1 200 OK\r\nServer: sluice\r\nTransfer-Encoding: chunked\r\n\r\n",
+                CloseDelimited,
+                false,
+            ),
+        ),
+        c(
+            "Server on a 1.0 client's answer",
+            "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+            GET,
+            C10_SERVER,
+            ok(
+                "HTTP/1.0 304 Not Modified\r\nServer: sluice\r\nETag: \"x\"\r\nConnection: keep-alive\r\n\r\n",
+                None,
+                true,
+            ),
+        ),
+        c(
+            "Server on a HEAD answer",
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+            HEAD,
+            ClientSide {
+                head_request: true,
+                ..C11_SERVER
+            },
+            ok(
+                "HTTP/1.1 200 OK\r\nServer: sluice\r\nContent-Length: 9\r\n\r\n",
+                None,
+                true,
+            ),
+        ),
+        c(
+            "configured Server value",
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            GET,
+            ClientSide {
+                server: Some("edge"),
+                ..C11
+            },
+            ok(
+                "HTTP/1.1 404 Not Found\r\nServer: edge\r\nContent-Length: 0\r\n\r\n",
+                Length(0),
+                true,
+            ),
+        ),
+        c(
+            "Server on a 101",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            UPGRADE,
+            C11_SERVER,
+            ok(
+                "HTTP/1.1 101 Switching Protocols\r\nServer: sluice\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+                None,
+                false,
+            ),
+        ),
+        c(
+            "101 without an Upgrade field",
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n",
+            UPGRADE,
+            C11,
+            Err(502),
+        ),
+        c(
+            "101 to h2c without an upgrade request",
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            GET,
+            C11,
+            Err(502),
+        ),
     ]
 }
 
@@ -512,6 +641,19 @@ fn decode(
     limits: &Limits,
     step: usize,
 ) -> Result<Decoded3, u16> {
+    decode_until(wire, framing, peer, limits, step, true)
+}
+
+/// As [`decode`]; without `eof` the peer keeps its connection open after the last byte, and a
+/// body still waiting for more is `Err(0)`.
+fn decode_until(
+    wire: &[u8],
+    framing: Framing,
+    peer: Peer,
+    limits: &Limits,
+    step: usize,
+    eof: bool,
+) -> Result<Decoded3, u16> {
     let mut d = BodyDecoder::new(framing, peer, limits);
     let mut buffered = Vec::new();
     let mut body = Vec::new();
@@ -535,6 +677,9 @@ fn decode(
             }
         }
         if fed == wire.len() {
+            if !eof {
+                return Err(0);
+            }
             d.eof().map_err(|e| e.status.0)?;
             return Ok((body, d.trailers().to_vec(), buffered));
         }
@@ -688,16 +833,88 @@ fn chunk_cases() -> Vec<(&'static str, &'static str, Peer, BodyExpect)> {
             Err(400),
         ),
     ]
+    .into_iter()
+    .chain(issue_11_chunk_cases())
+    .collect()
+}
+
+/// Issue 11: chunk extensions outside RFC 9112's grammar and lines of the chunked framing
+/// that do not end in CRLF. Each is also a seed of the `chunked_body` fuzz target.
+#[rustfmt::skip]
+fn issue_11_chunk_cases() -> Vec<(&'static str, &'static str, Peer, BodyExpect)> {
+    use Peer::*;
+    vec![
+        // ---- chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] ) ----
+        ("ext: token value", "5;a=b\r\nhello\r\n0\r\n\r\n", Client, Ok(("hello", "", ""))),
+        ("ext: several", "5;a;b=c;d=\"e f\"\r\nhello\r\n0;z\r\n\r\n", Client, Ok(("hello", "", ""))),
+        ("ext: BWS everywhere allowed", "5 \t; a \t= b ;c\r\nhello\r\n0\r\n\r\n", Upstream, Ok(("hello", "", ""))),
+        ("ext: quoted pair and obs-text", "5;a=\"\\\"\\\\\u{e9}\"\r\nhello\r\n0\r\n\r\n", Client, Ok(("hello", "", ""))),
+        ("ext: empty quoted value", "5;a=\"\"\r\nhello\r\n0\r\n\r\n", Client, Ok(("hello", "", ""))),
+        ("ext: nothing after ;", "5;\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: ;; empty name", "5;;a\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: empty name before =", "5;=b\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: = without value", "5;a=\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: two values", "5;a=b=c\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: space inside token value", "5;a=b c\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: space inside name", "5;a b\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: separator in name", "5;a/b\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: separator in value", "5;a=b@c\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: comma", "5;a=b,c=d\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: non-ASCII name", "5;\u{e9}\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: DEL", "5;a=\x7f\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: NUL", "5;a\0\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: bare LF ends the line", "5;a\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: bare CR", "5;a\rb\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: unterminated quote", "5;a=\"b\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: CR LF inside quotes", "5;a=\"b\r\nc\"\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: text after closing quote", "5;a=\"b\"c\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: control byte in quotes", "5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: escaped control byte", "5;a=\"\\\x01\"\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: quoted name", "5;\"a\"\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: whitespace before CRLF", "5;a \r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: whitespace after value before CRLF", "5;a=b\t\r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("size: whitespace before CRLF", "5 \r\nhello\r\n0\r\n\r\n", Client, Err(400)),
+        ("ext: on the last chunk", "5\r\nhello\r\n0;a=b c\r\n\r\n", Client, Err(400)),
+        ("ext: upstream's malformed extension", "5;a=b c\r\nhello\r\n0\r\n\r\n", Upstream, Err(502)),
+        ("ext: upstream's bare LF", "5;a\nhello\r\n0\r\n\r\n", Upstream, Err(502)),
+        // ---- every line of the framing ends in CRLF ----
+        ("bare LF after the last chunk", "5\r\nhello\r\n0\r\n\n", Client, Err(400)),
+        ("bare LF after the last chunk, more follows", "0\r\n\nGET / HTTP/1.1\r\n", Client, Err(400)),
+        ("bare LF ending the trailers", "0\r\nX-A: 1\r\n\n", Client, Err(400)),
+        ("bare LF between trailers", "0\r\nX-A: 1\r\n\nX-B: 2\r\n\r\n", Client, Err(400)),
+        ("bare LF ending a trailer line", "0\r\nX-A: 1\nX-B: 2\r\n\r\n", Client, Err(400)),
+        ("bare LF as the last chunk's line end", "5\r\nhello\r\n0\n\r\n", Client, Err(400)),
+        ("bare CR after the last chunk", "0\r\n\rX", Client, Err(400)),
+        ("bare LF after the last chunk, upstream", "5\r\nhello\r\n0\r\n\n", Upstream, Err(502)),
+        ("bare LF ending the trailers, upstream", "0\r\nX-A: 1\r\n\n", Upstream, Err(502)),
+    ]
 }
 
 #[test]
 fn chunked_wire_table_at_every_split() {
     let limits = Limits::default();
-    for (name, wire, peer, expect) in chunk_cases() {
+    let cases = chunk_cases();
+    assert!(cases.len() >= 65, "only {} cases", cases.len());
+    for (name, wire, peer, expect) in cases {
         for step in [1, 2, 3, 7, usize::MAX] {
             let got = decode(wire.as_bytes(), Framing::Chunked, peer, &limits, step);
             match expect {
-                Err(status) => assert_eq!(got, Err(status), "{name} step {step}"),
+                Err(status) => {
+                    assert_eq!(got, Err(status), "{name} step {step}");
+                    if !name.contains("at eof") {
+                        // Found in the bytes themselves, not by the peer closing: a peer that
+                        // keeps its connection open gets the same answer, never a wait.
+                        let open = decode_until(
+                            wire.as_bytes(),
+                            Framing::Chunked,
+                            peer,
+                            &limits,
+                            step,
+                            false,
+                        );
+                        assert_eq!(open, Err(status), "{name} step {step}, connection open");
+                    }
+                }
                 Ok((body, trailers, rest)) => {
                     let (b, t, r) = got.unwrap_or_else(|s| panic!("{name} step {step}: {s}"));
                     assert_eq!(String::from_utf8(b).unwrap(), body, "{name} step {step}");
@@ -711,6 +928,61 @@ fn chunked_wire_table_at_every_split() {
             }
         }
     }
+}
+
+/// Every issue-11 body case is a seed of the `chunked_body` fuzz target, and the Server / 101
+/// response cases seeds of `response_head`, committed under `tests/fuzz/seeds/` (the fuzzer's
+/// own corpus directory is not tracked). `SLUICE_WRITE_SEEDS=1` (re)writes them.
+#[test]
+fn fuzz_seeds_hold_the_issue_11_cases() {
+    check_seeds(
+        "chunked_body",
+        issue_11_chunk_cases()
+            .into_iter()
+            .map(|(name, wire, _, _)| (name, wire.as_bytes())),
+    );
+    check_seeds(
+        "response_head",
+        cases()
+            .into_iter()
+            .filter(|c| c.name.contains("Server") || c.name.contains("101"))
+            .map(|c| (c.name, c.wire.as_bytes())),
+    );
+}
+
+/// Checks (or, with `SLUICE_WRITE_SEEDS` set, writes) one seed file per case.
+fn check_seeds<'a>(target: &str, cases: impl Iterator<Item = (&'a str, &'a [u8])>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz/seeds")
+        .join(target);
+    let write = std::env::var_os("SLUICE_WRITE_SEEDS").is_some();
+    let mut missing = Vec::new();
+    let mut count = 0;
+    for (name, bytes) in cases {
+        count += 1;
+        let file: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let path = dir.join(format!("issue11-{file}"));
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+        } else if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            missing.push(path.display().to_string());
+        }
+    }
+    assert!(count > 0, "no cases for {target}");
+    assert!(
+        missing.is_empty(),
+        "seeds missing or stale (SLUICE_WRITE_SEEDS=1 rewrites them): {missing:#?}"
+    );
 }
 
 #[test]

@@ -30,7 +30,7 @@ use crate::core::http1::response::{
     ClientSide, RequestContext, parse_response_head_uninit, write_client_response,
 };
 use crate::core::http1::scan::{HeadScanner, Scan};
-use crate::core::http1::{Framing, Limits, Version, local};
+use crate::core::http1::{Framing, Limits, Upgrades, Version, local};
 use crate::core::route::{RouteDecision, Router};
 use crate::core::time::Instant;
 
@@ -94,6 +94,12 @@ pub struct ConnConfig {
     pub hsts: Option<Arc<str>>,
     /// The HTTPS port named in redirects from a plain listener (443 is left out).
     pub https_port: u16,
+    /// `Server` value on every response: ours, and proxied ones whose upstream sent none.
+    /// `None`: no `Server` field is added.
+    pub server: Option<Arc<str>>,
+    /// Upgrade protocols relayed as tunnels (WebSocket by default, never `h2c`); a request
+    /// for any other upgrade is forwarded as plain HTTP/1.1 without its `Upgrade` field.
+    pub upgrades: Upgrades,
 }
 
 impl Default for ConnConfig {
@@ -105,6 +111,8 @@ impl Default for ConnConfig {
             scheme: Scheme::Http,
             hsts: None,
             https_port: 443,
+            server: Some("sluice".into()),
+            upgrades: Upgrades::default(),
         }
     }
 }
@@ -301,6 +309,9 @@ struct Exchange {
     status: u16,
     /// A response head has been queued for the client: errors can no longer be reported.
     response_started: bool,
+    /// Where in the client's queued output the response head starts, while the engine has
+    /// not taken it yet: until then a framing error in the body can still become a 502.
+    head_pending: Option<usize>,
     /// When we started waiting for the response head (reset by upstream progress).
     waiting_since: Instant,
 }
@@ -442,7 +453,13 @@ impl Conn {
         if matches!(self.state, State::Closed) {
             return None;
         }
-        self.cout.take()
+        let out = self.cout.take();
+        if out.is_some()
+            && let State::Proxying { ex } = &mut self.state
+        {
+            ex.head_pending = None;
+        }
+        out
     }
 
     /// A buffer from [`Conn::take_client_output`] comes back; `written` bytes of it were sent.
@@ -798,13 +815,18 @@ impl Conn {
             head_request: head.is_head(),
             keep_alive: head.keep_alive,
             expect_continue: head.expect_continue,
-            upgrade: head.upgrade.is_some(),
+            // Only an allowed protocol becomes a tunnel; any other upgrade request (h2c above
+            // all) goes upstream as plain HTTP/1.1, its Upgrade and HTTP2-Settings stripped.
+            upgrade: head
+                .upgrade
+                .is_some_and(|proto| self.config.upgrades.allows(proto)),
             has_body: head.framing != Framing::None,
         };
         if self.config.scheme == Scheme::Http && router.redirect_https(head.host()) {
             let close = req.has_body || !req.keep_alive || self.shutting_down || self.client_eof;
             let out = &mut self.cout.queued;
-            if local::write_https_redirect(&head, self.config.https_port, close, out) {
+            let server = self.config.server.as_deref();
+            if local::write_https_redirect(&head, self.config.https_port, close, server, out) {
                 self.scanner.reset();
                 self.cin.consume(len);
                 self.actions.push_back(Action::Completed { status: 308 });
@@ -862,6 +884,7 @@ impl Conn {
             response: Response::Head,
             status: 0,
             response_started: false,
+            head_pending: None,
             waiting_since: now,
         };
         let ex = match self.spare_exchange.take() {
@@ -885,6 +908,7 @@ impl Conn {
             req.version,
             close,
             req.head_request,
+            self.config.server.as_deref(),
             &mut self.cout.queued,
         );
         if let Some(hsts) = &self.config.hsts {
@@ -1007,9 +1031,17 @@ impl Conn {
                     }
                     match decoder.decode(self.uin.bytes()) {
                         Err(err) => {
-                            // Mid-body: the client already has a head, so it can only be cut.
-                            let _ = err;
-                            self.abort();
+                            if let Some(at) = ex.head_pending {
+                                // The head has not left yet: take it (and any body after it)
+                                // back and answer 502 instead.
+                                self.cout.queued.truncate(at);
+                                ex.response_started = false;
+                                self.fail(err, now, false);
+                            } else {
+                                // Mid-body: the client already has a head, so it can only be
+                                // cut.
+                                self.abort();
+                            }
                             return true;
                         }
                         Ok((used, Decoded::Data(data))) => {
@@ -1076,6 +1108,18 @@ impl Conn {
             self.uin.consume(len);
             return true;
         }
+        if resp
+            .upgrade
+            .is_some_and(|proto| !self.config.upgrades.allows(proto))
+        {
+            // We only asked for allowed protocols; the upstream may not switch to another.
+            self.fail(
+                HttpError::upstream(502, "101 to a protocol that is not relayed"),
+                now,
+                false,
+            );
+            return false;
+        }
         let client = ClientSide {
             version: ex.req.version,
             // A request body still arriving when the answer starts means we will close.
@@ -1084,6 +1128,7 @@ impl Conn {
                 && !self.shutting_down
                 && !self.client_eof,
             head_request: ex.req.head_request,
+            server: self.config.server.as_deref(),
         };
         let head_start = self.cout.queued.len();
         let framing = write_client_response(&resp, &client, &mut self.cout.queued);
@@ -1092,6 +1137,7 @@ impl Conn {
         }
         ex.status = resp.status;
         ex.response_started = true;
+        ex.head_pending = (!self.cout.sending).then_some(head_start);
         let upgraded = resp.status == 101;
         let reusable = resp.reusable;
         let upstream_framing = resp.framing;
@@ -1238,6 +1284,7 @@ impl Conn {
             req.version,
             close,
             req.head_request,
+            self.config.server.as_deref(),
             &mut self.cout.queued,
         );
         if let Some(hsts) = &self.config.hsts {

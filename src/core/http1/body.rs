@@ -3,7 +3,9 @@
 //!
 //! Decoders accept input split anywhere: feeding one byte at a time gives exactly the result
 //! of feeding everything at once. Chunked syntax is strict (RFC 9112 §7.1): hex sizes with
-//! overflow checks, bounded extensions, CRLF everywhere, bounded trailers.
+//! overflow checks, extensions bounded and held to the `chunk-ext` grammar, CRLF ending every
+//! line (a bare LF anywhere is an error, found as soon as it arrives), bounded trailers.
+//! Extensions are validated and dropped: the encoder never forwards one.
 
 use super::request::is_tchar;
 use super::{Framing, Limits};
@@ -33,15 +35,8 @@ pub enum Decoded<'a> {
 enum Chunk {
     /// Reading the hex size; `digits` so far, value so far.
     Size { digits: u8, value: u64 },
-    /// Whitespace after the size (BWS): only `;` or the line end may follow.
-    SizeWs { value: u64, ext: usize },
-    /// After the size: extensions until CR; `ext` bytes seen.
-    Ext {
-        value: u64,
-        ext: usize,
-        quoted: bool,
-        escaped: bool,
-    },
+    /// After the size: the extensions until CR (RFC 9112 §7.1.1); `ext` bytes seen so far.
+    Ext { value: u64, ext: usize, at: Ext },
     /// Saw the CR ending the size line.
     SizeLf { value: u64 },
     /// Payload bytes remaining in this chunk.
@@ -56,6 +51,29 @@ enum Chunk {
     TrailerLine { cr: bool },
     /// Saw the CR of the final empty line.
     FinalLf,
+}
+
+/// Where inside `chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )`
+/// the decoder is. Names are tokens, values tokens or quoted strings; whitespace (BWS) is only
+/// allowed next to `;` and `=`, so a line never ends in whitespace. Anything else is an error.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Ext {
+    /// Whitespace after the size or after a value: only more of it or `;` may follow.
+    BeforeSemi,
+    /// After `;` (and maybe whitespace): a name must start.
+    BeforeName,
+    /// Inside a name.
+    Name,
+    /// Whitespace after a name: `=` or `;` must follow.
+    AfterName,
+    /// After `=` (and maybe whitespace): a value must start.
+    BeforeValue,
+    /// Inside a token value.
+    Token,
+    /// Inside a quoted-string value; `escaped` right after a backslash.
+    Quoted { escaped: bool },
+    /// Right after the closing quote of a value.
+    AfterQuoted,
 }
 
 #[derive(Clone, Debug)]
@@ -172,58 +190,32 @@ impl BodyDecoder {
                         b';' => Chunk::Ext {
                             value,
                             ext: 1,
-                            quoted: false,
-                            escaped: false,
+                            at: Ext::BeforeName,
                         },
-                        b' ' | b'\t' => Chunk::SizeWs { value, ext: 1 },
+                        b' ' | b'\t' => Chunk::Ext {
+                            value,
+                            ext: 1,
+                            at: Ext::BeforeSemi,
+                        },
                         _ => return Err(self.error("invalid chunk size")),
                     },
                 },
-                Chunk::SizeWs { value, ext } => {
+                Chunk::Ext { value, ext, at } => {
                     if ext >= self.max_chunk_ext {
                         return Err(self.error("chunk extension too long"));
                     }
-                    match b {
-                        b' ' | b'\t' => Chunk::SizeWs {
-                            value,
-                            ext: ext + 1,
-                        },
-                        b';' => Chunk::Ext {
-                            value,
-                            ext: ext + 1,
-                            quoted: false,
-                            escaped: false,
-                        },
-                        b'\r' => Chunk::SizeLf { value },
-                        _ => return Err(self.error("invalid chunk size")),
-                    }
-                }
-                Chunk::Ext {
-                    value,
-                    ext,
-                    quoted,
-                    escaped,
-                } => {
-                    if ext >= self.max_chunk_ext {
-                        return Err(self.error("chunk extension too long"));
-                    }
-                    if b == b'\r' && !quoted {
+                    if b == b'\r' {
+                        if !matches!(at, Ext::Name | Ext::Token | Ext::AfterQuoted) {
+                            return Err(self.error("malformed chunk extension"));
+                        }
                         Chunk::SizeLf { value }
-                    } else if b == b'\r' || b == 0x7f || (b < 0x20 && b != b'\t') {
-                        return Err(self.error("invalid byte in chunk extension"));
                     } else {
-                        let (quoted, escaped) = match (quoted, escaped, b) {
-                            (true, true, _) => (true, false),
-                            (true, false, b'\\') => (true, true),
-                            (true, false, b'"') => (false, false),
-                            (false, _, b'"') => (true, false),
-                            (q, _, _) => (q, false),
-                        };
+                        let at = ext_step(at, b)
+                            .ok_or_else(|| self.error("malformed chunk extension"))?;
                         Chunk::Ext {
                             value,
                             ext: ext + 1,
-                            quoted,
-                            escaped,
+                            at,
                         }
                     }
                 }
@@ -274,6 +266,10 @@ impl BodyDecoder {
                 Chunk::TrailerLineStart => {
                     if b == b'\r' {
                         Chunk::FinalLf
+                    } else if b == b'\n' {
+                        // RFC 9112 §7.1: every line of the framing ends in CRLF. A bare LF
+                        // here would otherwise start a trailer line that never ends.
+                        return Err(self.error("bare LF in chunked framing"));
                     } else {
                         self.trailer_line = self.trailers.len();
                         self.push_trailer(b)?;
@@ -365,6 +361,39 @@ impl BodyDecoder {
     }
 }
 
+/// One byte of a chunk extension, not CR (which ends the line where the grammar allows it).
+/// `None` when the byte is not allowed where the extension is.
+fn ext_step(at: Ext, b: u8) -> Option<Ext> {
+    let ws = b == b' ' || b == b'\t';
+    Some(match at {
+        Ext::BeforeSemi | Ext::AfterQuoted if ws => Ext::BeforeSemi,
+        Ext::BeforeSemi | Ext::AfterQuoted | Ext::Token | Ext::Name | Ext::AfterName
+            if b == b';' =>
+        {
+            Ext::BeforeName
+        }
+        Ext::BeforeName if ws => Ext::BeforeName,
+        Ext::BeforeName | Ext::Name if is_tchar(b) => Ext::Name,
+        Ext::Name | Ext::AfterName if ws => Ext::AfterName,
+        Ext::Name | Ext::AfterName if b == b'=' => Ext::BeforeValue,
+        Ext::BeforeValue if ws => Ext::BeforeValue,
+        Ext::BeforeValue if b == b'"' => Ext::Quoted { escaped: false },
+        Ext::BeforeValue | Ext::Token if is_tchar(b) => Ext::Token,
+        Ext::Token if ws => Ext::BeforeSemi,
+        // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
+        Ext::Quoted { escaped: true } if ws || (0x21..=0x7e).contains(&b) || b >= 0x80 => {
+            Ext::Quoted { escaped: false }
+        }
+        Ext::Quoted { escaped: false } if b == b'"' => Ext::AfterQuoted,
+        Ext::Quoted { escaped: false } if b == b'\\' => Ext::Quoted { escaped: true },
+        // qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text
+        Ext::Quoted { escaped: false } if ws || (0x21..=0x7e).contains(&b) || b >= 0x80 => {
+            Ext::Quoted { escaped: false }
+        }
+        _ => return None,
+    })
+}
+
 fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -374,7 +403,9 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-/// Re-frames payload for the wire.
+/// Re-frames payload for the wire. Chunks are written with their size only (never an
+/// extension), and the last chunk only by [`BodyEncoder::finish`]: a body that fails to decode
+/// never reaches the peer as a complete message.
 #[derive(Clone, Debug)]
 pub struct BodyEncoder {
     chunked: bool,

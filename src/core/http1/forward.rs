@@ -11,15 +11,17 @@ use super::Framing;
 use super::local::push_decimal;
 use super::request::{RequestHead, Target};
 
-/// Fields that are always hop-by-hop (RFC 9110 §7.6.1), plus the legacy ones proxies strip.
-/// `Upgrade` is handled separately: kept only when tunnelling.
-const ALWAYS_HOP_BY_HOP: [&str; 6] = [
+/// Fields that are always hop-by-hop (RFC 9110 §7.6.1), plus the legacy ones proxies strip,
+/// plus `HTTP2-Settings` (RFC 7540 §3.2.1: it only ever accompanies an `h2c` upgrade, which is
+/// never relayed). `Upgrade` is handled separately: re-added by us only when tunnelling.
+const ALWAYS_HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "te",
     "trailer",
     "transfer-encoding",
+    "http2-settings",
 ];
 
 /// Tokens of every `Connection` field, trimmed and in original case (compare case-insensitively).
@@ -56,8 +58,9 @@ pub struct ForwardInfo<'a> {
     pub proto: &'a str,
     /// The listener port the client connected to.
     pub port: u16,
-    /// The request is an upgrade we are going to tunnel: keep `Connection: upgrade` and the
-    /// `Upgrade` field.
+    /// The request is an upgrade we are going to tunnel (its protocols are allowed, see
+    /// [`super::upgrade::Upgrades::allows`]): send `Connection: upgrade` and the `Upgrade`
+    /// field. Otherwise neither is sent and the request goes upstream as plain HTTP/1.1.
     pub tunnel: bool,
 }
 

@@ -1,5 +1,6 @@
-//! Responses Sluice generates itself (errors, 100 Continue). Always correctly framed, with a
-//! short text body and `Server: sluice`; never any peer-controlled bytes.
+//! Responses Sluice generates itself (errors, redirects, 100 Continue). Always correctly
+//! framed, with a short text body and the configured `Server` field (`sluice` by default);
+//! never any peer-controlled bytes.
 
 use super::Version;
 use super::request::{RequestHead, Target};
@@ -10,11 +11,13 @@ use httparse::Header;
 ///
 /// The body is `"<code> <reason>\n"`. With `close`, the response says `Connection: close` and
 /// the caller must close after writing it. `head_request` suppresses the body (not its length).
+/// `server` is the `Server` value (`None`: no such field).
 pub fn write_local_response(
     status: Status,
     version: Version,
     close: bool,
     head_request: bool,
+    server: Option<&str>,
     out: &mut Vec<u8>,
 ) {
     let reason = status.reason();
@@ -28,7 +31,9 @@ pub fn write_local_response(
     push_status_code(status.0, out);
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\nServer: sluice\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    out.extend_from_slice(b"\r\n");
+    push_server(server, out);
+    out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
     out.extend_from_slice(b"Content-Length: ");
     push_decimal(body_len as u64, out);
     out.extend_from_slice(b"\r\n");
@@ -53,6 +58,7 @@ pub fn write_https_redirect(
     head: &RequestHead<'_>,
     https_port: u16,
     close: bool,
+    server: Option<&str>,
     out: &mut Vec<u8>,
 ) -> bool {
     let host = head.host();
@@ -73,7 +79,9 @@ pub fn write_https_redirect(
         Version::Http11 => b"HTTP/1.1",
     };
     out.extend_from_slice(proto);
-    out.extend_from_slice(b" 308 Permanent Redirect\r\nServer: sluice\r\nLocation: https://");
+    out.extend_from_slice(b" 308 Permanent Redirect\r\n");
+    push_server(server, out);
+    out.extend_from_slice(b"Location: https://");
     for b in host.bytes() {
         out.push(b.to_ascii_lowercase());
     }
@@ -132,6 +140,14 @@ pub fn add_hsts(upstream: &[Header<'_>], value: &str, head_start: usize, out: &m
     }
 }
 
+fn push_server(server: Option<&str>, out: &mut Vec<u8>) {
+    if let Some(server) = server {
+        out.extend_from_slice(b"Server: ");
+        out.extend_from_slice(server.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// `HTTP/1.1 100 Continue`, sent when we start reading a body the client is waiting to send.
 pub fn write_continue(out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -168,7 +184,14 @@ mod tests {
     #[test]
     fn error_response_is_framed_and_closes() {
         let mut out = Vec::new();
-        write_local_response(Status::NOT_FOUND, Version::Http11, true, false, &mut out);
+        write_local_response(
+            Status::NOT_FOUND,
+            Version::Http11,
+            true,
+            false,
+            Some("sluice"),
+            &mut out,
+        );
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nServer: sluice\r\nContent-Type: text/plain; charset=utf-8\r\n\
@@ -184,10 +207,12 @@ mod tests {
             Version::Http10,
             false,
             true,
+            None,
             &mut out,
         );
         let text = std::str::from_utf8(&out).unwrap();
         assert!(text.starts_with("HTTP/1.0 503 Service Unavailable\r\n"));
+        assert!(!text.contains("Server:"), "{text}");
         assert!(text.contains("Content-Length: 24\r\n"));
         assert!(text.contains("Connection: keep-alive\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
@@ -197,7 +222,14 @@ mod tests {
     fn hsts_goes_into_the_head_before_the_body() {
         let mut out = b"earlier".to_vec();
         let start = out.len();
-        write_local_response(Status::NOT_FOUND, Version::Http11, false, false, &mut out);
+        write_local_response(
+            Status::NOT_FOUND,
+            Version::Http11,
+            false,
+            false,
+            Some("edge"),
+            &mut out,
+        );
         add_hsts(&[], "max-age=1", start, &mut out);
         let text = std::str::from_utf8(&out[start..]).unwrap();
         assert!(

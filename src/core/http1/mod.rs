@@ -11,6 +11,7 @@ pub mod local;
 pub mod request;
 pub mod response;
 pub mod scan;
+pub mod upgrade;
 
 /// Upper bound on the configurable number of header fields (the size of the stack array that
 /// httparse fills).
@@ -69,3 +70,4 @@ pub enum Framing {
 pub use forward::{ForwardInfo, write_upstream_request};
 pub use request::{RequestHead, Target, parse_request_head};
 pub use scan::{HeadScanner, Scan};
+pub use upgrade::Upgrades;

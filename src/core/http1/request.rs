@@ -48,8 +48,9 @@ pub struct RequestHead<'b> {
     pub keep_alive: bool,
     /// The client waits for `100 Continue` before sending its body (HTTP/1.1, with a body).
     pub expect_continue: bool,
-    /// The protocol asked for when the request is an upgrade (`Connection: upgrade` plus an
-    /// `Upgrade` field, HTTP/1.1 only).
+    /// The `Upgrade` field's value when the request asks for an upgrade (`Connection: upgrade`
+    /// plus an `Upgrade` field, HTTP/1.1 only). Whether it is relayed is the caller's choice
+    /// ([`super::Upgrades::allows`]); the parser only reports it.
     pub upgrade: Option<&'b str>,
     /// Length of the head in bytes, including tolerated leading empty lines and the final CRLF.
     pub len: usize,
@@ -256,34 +257,69 @@ fn finish_request<'b>(
 fn map_parse_error(e: httparse::Error, head: &[u8]) -> HttpError {
     match e {
         httparse::Error::TooManyHeaders => HttpError::client(431, "too many header fields"),
-        httparse::Error::Version if looks_like_http_version(head) => {
-            HttpError::client(505, "unsupported HTTP version")
+        // httparse stops at the first space after the target: the line decides 400 or 505.
+        httparse::Error::Version | httparse::Error::Token => {
+            match check_request_line(first_line(head)) {
+                Err(err) => err,
+                Ok(()) if e == httparse::Error::Version => {
+                    HttpError::client(400, "malformed HTTP version")
+                }
+                Ok(()) => HttpError::client(400, "malformed request line"),
+            }
         }
-        httparse::Error::Version => HttpError::client(400, "malformed HTTP version"),
         httparse::Error::HeaderName => HttpError::client(400, "invalid header field name"),
         httparse::Error::HeaderValue => HttpError::client(400, "invalid header field value"),
         httparse::Error::NewLine => HttpError::client(400, "invalid line ending"),
-        httparse::Error::Token => HttpError::client(400, "malformed request line"),
         _ => HttpError::client(400, "malformed request head"),
     }
 }
 
-/// True when the request line ends in a syntactically valid version we do not speak
-/// (`HTTP/2.0`, `HTTP/1.2`): that is a 505, anything else a 400.
-fn looks_like_http_version(head: &[u8]) -> bool {
+/// The start line of `head`, after tolerated leading empty lines, without its CRLF.
+fn first_line(head: &[u8]) -> &[u8] {
     let start = head
         .iter()
         .position(|&b| b != b'\r' && b != b'\n')
         .unwrap_or(head.len());
     let rest = &head[start..];
-    let line_end = rest.iter().position(|&b| b == b'\r').unwrap_or(rest.len());
-    let line = &rest[..line_end];
-    let version = match line.iter().rposition(|&b| b == b' ') {
-        Some(sp) => &line[sp + 1..],
-        None => return false,
+    let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The shape of a request line (RFC 9112 §3): `method SP request-target SP HTTP-version`,
+/// exactly one space each, the method a token, the target without whitespace or control
+/// bytes. Checked as soon as the line is complete, before the field section arrives.
+///
+/// A line without a version (HTTP/0.9's `GET /`) or with whitespace inside the target is
+/// malformed: 400. Only a well-formed line naming a version we do not speak (`HTTP/2.0`,
+/// `HTTP/1.2`) is a 505. The finer rules of the target (forms, `#`, non-ASCII) are
+/// [`parse_target`]'s.
+pub(crate) fn check_request_line(line: &[u8]) -> Result<(), HttpError> {
+    let Some(sp) = memchr::memchr(b' ', line) else {
+        return Err(HttpError::client(400, "request line without a target"));
     };
-    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-        if major.is_ascii_digit() && minor.is_ascii_digit())
+    let (method, rest) = (&line[..sp], &line[sp + 1..]);
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        return Err(HttpError::client(400, "malformed method"));
+    }
+    let Some(sp) = memchr::memrchr(b' ', rest) else {
+        return Err(HttpError::client(400, "request line without a version"));
+    };
+    let (target, version) = (&rest[..sp], &rest[sp + 1..]);
+    if target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err(HttpError::client(
+            400,
+            "whitespace or control byte in request target",
+        ));
+    }
+    match version {
+        b"HTTP/1.1" | b"HTTP/1.0" => Ok(()),
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Err(HttpError::client(505, "unsupported HTTP version"))
+        }
+        _ => Err(HttpError::client(400, "malformed HTTP version")),
+    }
 }
 
 /// Splits and checks the request target (RFC 9112 §3.2). No normalization.
@@ -677,12 +713,36 @@ mod tests {
     }
 
     #[test]
-    fn version_classification() {
-        assert!(looks_like_http_version(b"GET / HTTP/2.0\r\n\r\n"));
-        assert!(looks_like_http_version(b"\r\nGET / HTTP/1.2\r\n\r\n"));
-        assert!(!looks_like_http_version(b"GET / http/1.1\r\n\r\n"));
-        assert!(!looks_like_http_version(b"GET / HTTP/1.10\r\n\r\n"));
-        assert!(!looks_like_http_version(b"GET /\r\n\r\n"));
+    fn request_line_classification() {
+        let status = |line: &[u8]| check_request_line(line).map_err(|e| e.status.0);
+        for ok in [
+            &b"GET / HTTP/1.1"[..],
+            b"X /a?b HTTP/1.0",
+            b"OPTIONS * HTTP/1.1",
+        ] {
+            assert_eq!(status(ok), Ok(()), "{ok:?}");
+        }
+        for v505 in [&b"GET / HTTP/2.0"[..], b"GET / HTTP/1.2", b"PRI * HTTP/2.0"] {
+            assert_eq!(status(v505), Err(505), "{v505:?}");
+        }
+        for bad in [
+            &b"GET /"[..],
+            b"GET",
+            b"",
+            b"GET /a b HTTP/1.1",
+            b"GET /a b HTTP/2.0",
+            b"GET  / HTTP/1.1",
+            b"GET HTTP/1.1",
+            b"GET /a\tb HTTP/1.1",
+            b"GET / http/1.1",
+            b"GET / HTTP/1.10",
+            b"GET / HTTP/1.1 ",
+            b"GE(T / HTTP/1.1",
+            b" GET / HTTP/1.1",
+        ] {
+            assert_eq!(status(bad), Err(400), "{bad:?}");
+        }
+        assert_eq!(first_line(b"\r\nGET / HTTP/1.2\r\n\r\n"), b"GET / HTTP/1.2");
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct ResponseHead<'b> {
     pub framing: Framing,
     /// The upstream connection can carry another request after this response.
     pub reusable: bool,
+    /// The `Upgrade` field of a 101 (always present: a 101 without one is refused); `None`
+    /// for every other status. The caller checks it names a protocol it relays.
+    pub upgrade: Option<&'b str>,
     /// Length of the head in bytes.
     pub len: usize,
 }
@@ -106,6 +109,17 @@ fn finish_response<'b>(
     if status == 101 && !req.upgrade_requested {
         return Err(bad("101 without an upgrade request"));
     }
+    let upgrade = if status == 101 {
+        // RFC 9110 §15.2.2: a 101 names the protocol switched to; we must know which it is.
+        let value = headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .ok_or_else(|| bad("101 without an Upgrade field"))?;
+        Some(value)
+    } else {
+        None
+    };
 
     let mut content_length: Option<u64> = None;
     let mut codings = TransferCodings::default();
@@ -169,17 +183,20 @@ fn finish_response<'b>(
         headers,
         framing,
         reusable: persistent && framing != Framing::CloseDelimited && status != 101,
+        upgrade,
         len,
     })
 }
 
 /// The client a response goes to.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct ClientSide {
+pub struct ClientSide<'a> {
     pub version: Version,
     /// The client wants its connection kept and we are willing.
     pub keep_alive: bool,
     pub head_request: bool,
+    /// `Server` value added when the upstream sent none (`None`: add nothing).
+    pub server: Option<&'a str>,
 }
 
 /// How the body is framed towards the client, and whether its connection stays open.
@@ -191,13 +208,14 @@ pub struct ClientFraming {
 
 /// Appends the response head for the client and says how its body must be framed.
 ///
-/// The status line carries the client's version with the upstream's code and reason; every
+/// The status line carries the client's version with the upstream's code and reason; then
+/// `Server: <client.server>` unless the upstream sent its own `Server` (which is kept); every
 /// end-to-end field follows in original order and bytes; hop-by-hop fields are dropped and the
 /// framing is re-stated last: a chunked or close-delimited body is chunked for an HTTP/1.1
 /// client and close-delimited for HTTP/1.0 (which then cannot keep its connection).
 pub fn write_client_response(
     resp: &ResponseHead<'_>,
-    client: &ClientSide,
+    client: &ClientSide<'_>,
     out: &mut Vec<u8>,
 ) -> ClientFraming {
     let (framing, keep_alive) = match (resp.framing, client.version) {
@@ -224,6 +242,14 @@ pub fn write_client_response(
     out.extend_from_slice(b"\r\n");
 
     let connection = nominating_fields(resp.headers);
+    if let Some(server) = client.server
+        && !resp
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("server") && !is_hop_by_hop(h.name, connection))
+    {
+        push_field(b"Server", server.as_bytes(), out);
+    }
     for h in resp.headers {
         let name = h.name;
         let keep = if name.eq_ignore_ascii_case("content-length") {

@@ -5,6 +5,7 @@
 //! (CRLF only: no bare LF, no bare CR, no NUL) and the size limits before anything is parsed.
 
 use super::Limits;
+use super::request::check_request_line;
 use crate::core::error::HttpError;
 
 /// Empty lines (CRLF) tolerated before the start line (RFC 9112 §2.2 asks for at least one).
@@ -77,7 +78,9 @@ impl HeadScanner {
     }
 
     /// Scans a request head. Errors are the client's: 414 (request line too long), 431 (head
-    /// too long), 400 (bare CR, bare LF, NUL, too many leading empty lines).
+    /// too long), 400 (bare CR, bare LF, NUL, too many leading empty lines, a malformed request
+    /// line), 505 (a well-formed request line naming a version we do not speak). The request
+    /// line is checked as soon as its CRLF arrives.
     pub fn scan_request(&mut self, buf: &[u8], limits: &Limits) -> Result<Scan, HttpError> {
         self.scan(buf, limits, Side::Request)
     }
@@ -121,7 +124,14 @@ impl HeadScanner {
                             return Err(fail(400, "too many empty lines before the start line"));
                         }
                     }
-                    Phase::StartLine(_) => self.phase = Phase::Fields(i + 1),
+                    Phase::StartLine(line_start) => {
+                        if side == Side::Request {
+                            // A malformed request line is answered now, not after the field
+                            // section (which an HTTP/0.9-style `GET /` never sends).
+                            check_request_line(&buf[line_start..i - 1])?;
+                        }
+                        self.phase = Phase::Fields(i + 1);
+                    }
                     Phase::Fields(line_start) => {
                         if line_start + 1 == i {
                             // Empty line: end of the head.

@@ -1,5 +1,6 @@
 //! Arbitrary bytes as a chunked body, fed in arbitrary pieces: never a panic, never more data
-//! out than came in, and the decoder never consumes more than it was given.
+//! out than came in, and the decoder never consumes more than it was given. Seeds (chunk
+//! extensions, bare LF in the framing): `tests/fuzz/seeds/chunked_body/`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

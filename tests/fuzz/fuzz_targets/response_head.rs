@@ -1,5 +1,5 @@
 //! Arbitrary bytes as an upstream response head: never a panic, and re-emission towards a
-//! client of either version works for whatever parses.
+//! client of either version works for whatever parses. Seeds: `tests/fuzz/seeds/response_head/`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -24,9 +24,12 @@ fuzz_target!(|data: &[u8]| {
             version: if flags & 4 != 0 { Version::Http10 } else { Version::Http11 },
             keep_alive: flags & 8 != 0,
             head_request: ctx.head_request,
+            server: (flags & 16 != 0).then_some("sluice"),
         };
         let mut out = Vec::new();
         write_client_response(&resp, &client, &mut out);
         assert!(out.ends_with(b"\r\n\r\n"));
+        // A 101 always names its protocol.
+        assert_eq!(resp.status == 101, resp.upgrade.is_some());
     }
 });
