@@ -548,6 +548,10 @@ fn serve(stream: TcpStream, shared: &Arc<(Mutex<State>, Condvar)>) -> std::io::R
                 st.reads.push((req.path.clone(), req.query.clone()));
             }
         }
+        if req.path == "/readyz" {
+            respond(&mut out, 200, &json!("ok"))?;
+            continue;
+        }
         let Some((res, ns, name, sub)) = route(&req.path) else {
             respond(&mut out, 404, &status_body(404, "NotFound", "no such path"))?;
             continue;
