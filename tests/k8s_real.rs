@@ -16,7 +16,13 @@
 
 mod support;
 
-use support::real_flow::real_kubeconfig;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::real_flow::{
+    DeadServer, Load, Pods, PrivateApi, Replica, World, answer, endpoints, real_kubeconfig,
+    service, settings, within,
+};
 
 #[test]
 fn routes_status_and_endpoints_follow_a_real_api_server() {
@@ -25,4 +31,102 @@ fn routes_status_and_endpoints_follow_a_real_api_server() {
         return;
     };
     support::real_flow::run(&kubeconfig);
+}
+
+/// `down.sh` for `SLUICE_OUTAGE_SECS` (60 s by default; longer by hand) under steady load, then
+/// `up.sh`: no request fails, the Lease holder stops leading once it cannot renew, the control
+/// thread does not spin and knocks on the dead server's port only a few times a second, and a
+/// change made once the server is back is served within 5 s.
+#[test]
+fn an_api_outage_fails_no_request_and_later_changes_are_served_within_5_s() {
+    let test = "an_api_outage_fails_no_request_and_later_changes_are_served_within_5_s";
+    if real_kubeconfig(test).is_none() {
+        return;
+    }
+    let outage = Duration::from_secs(
+        std::env::var("SLUICE_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let mut api = PrivateApi::start("outage", 16443, "");
+    let world = World::new(&api.kubeconfig, "outage");
+    let mut pods = Pods::new();
+    let a = pods.spawn("pod-a");
+    let b = pods.spawn("pod-b");
+    world.create_all(&[
+        service("web"),
+        endpoints("web-1", "web", &[(a, true, true, false)]),
+        world.ingress("web", "a.test", "web"),
+    ]);
+    let r = Replica::start(
+        settings(&api.kubeconfig, &world, "one"),
+        Duration::from_secs(60),
+    );
+    within(Duration::from_secs(15), "a.test served by pod-a", || {
+        answer(r.addr(), "a.test") == "pod-a"
+    });
+    within(Duration::from_secs(15), "status written", || {
+        world.lb_ips("web") == ["192.0.2.10"]
+    });
+    assert!(r.stats.leader.load(Ordering::Relaxed));
+    let load = Load::start(r.addr(), "a.test", &["pod-a", "pod-b"], 100);
+
+    api.down();
+    let dead = DeadServer::start(api.port);
+    let (cpu0, start) = (r.control_cpu(), Instant::now());
+    std::thread::sleep(outage);
+    let (cpu, secs) = (r.control_cpu() - cpu0, start.elapsed().as_secs_f64());
+    let knocks = dead.stop();
+    let served_during = load.ok.load(Ordering::Relaxed);
+    let leading_after = r.stats.leader.load(Ordering::Relaxed);
+    let status_writes = r.stats.status_updates.load(Ordering::Relaxed);
+
+    api.up();
+    // Changes made once the server is back (the test's client retries its first request,
+    // whose pooled connection died with the server).
+    within(
+        Duration::from_secs(10),
+        "the test's own writes work",
+        || {
+            world
+                .rt
+                .block_on(world.apply_async(world.ingress("later", "later.test", "web")))
+                .is_ok()
+        },
+    );
+    world.apply(endpoints("web-1", "web", &[(b, true, true, false)]));
+    let took = within(Duration::from_secs(5), "later.test served by pod-b", || {
+        answer(r.addr(), "later.test") == "pod-b"
+    });
+    within(
+        Duration::from_secs(20),
+        "leading again, status of later",
+        || world.lb_ips("later") == ["192.0.2.10"],
+    );
+    let failures = load.failures.lock().unwrap().clone();
+    let (ok, failed) = load.stop();
+    println!(
+        "outage {secs:.0} s: {ok} requests ok ({served_during} by the end of the outage), \
+         {failed} failed {failures:?}; control thread CPU {:.3} s ({:.2} % of a core); \
+         {knocks} connections to the dead API port ({:.2}/s); status writes before/after the \
+         outage {status_writes}; a change after up.sh served in {took:?}",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 100.0 / secs,
+        knocks as f64 / secs,
+    );
+    assert_eq!(failed, 0, "requests failed during the outage: {failures:?}");
+    assert!(
+        !leading_after,
+        "a holder that lost the API server stopped leading"
+    );
+    assert!(
+        (knocks as f64) / secs < 5.0,
+        "{knocks} connections in {secs:.0} s: hammering a dead server"
+    );
+    assert!(
+        cpu.as_secs_f64() / secs < 0.05,
+        "control thread used {cpu:?} in {secs:.0} s: a busy loop"
+    );
+    r.stop();
 }

@@ -187,6 +187,9 @@ pub struct KubeStats {
     pub leader_transitions: AtomicU64,
     /// TLS Secrets cached with their data (the ones our Ingresses reference).
     pub cached_secrets: AtomicU64,
+    /// The control thread's Linux thread id (`/proc/self/task/<id>`), to measure its CPU and
+    /// memory from outside; 0 until it runs.
+    pub control_thread: AtomicU64,
 }
 
 impl KubeStats {
@@ -699,6 +702,12 @@ impl KubeSource {
         let thread = std::thread::Builder::new()
             .name("sluice-kube".into())
             .spawn(move || {
+                // "/proc/thread-self" links to "<pid>/task/<tid>".
+                let tid = std::fs::read_link("/proc/thread-self")
+                    .ok()
+                    .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+                    .unwrap_or(0);
+                thread_stats.control_thread.store(tid, Ordering::Relaxed);
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -15,17 +15,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice::control::compile::CompileOptions;
-use sluice::control::watch::{KubeOptions, KubeSettings, KubeSource};
+use sluice::control::watch::{KubeOptions, KubeSettings, KubeSource, KubeStats};
 use sluice::core::conn::ConnConfig;
 use sluice::demo::{DemoUpstream, spawn_upstream};
 use sluice::engine::{Engine, EngineConfig};
@@ -219,7 +219,11 @@ impl PrivateApi {
                 .to_string()
         });
         let etcd = std::fs::read_to_string(Path::new(&main_dir).join("etcd.path"));
-        if let Some(bin) = etcd.as_ref().ok().and_then(|e| Path::new(e.trim()).parent()) {
+        if let Some(bin) = etcd
+            .as_ref()
+            .ok()
+            .and_then(|e| Path::new(e.trim()).parent())
+        {
             let path = std::env::var("PATH").unwrap_or_default();
             env.push(("PATH".to_string(), format!("{}:{path}", bin.display())));
         }
@@ -234,6 +238,7 @@ impl PrivateApi {
     }
 
     fn script(&self, name: &str, args: &[&str]) -> String {
+        let start = Instant::now();
         let out = Command::new(k8s_scripts().join(name))
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -241,6 +246,12 @@ impl PrivateApi {
             .output()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(out.status.success(), "{name} failed");
+        let _ = writeln!(
+            std::io::stderr(),
+            "{name} ({}): {:.1?}",
+            self.dir.display(),
+            start.elapsed()
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -424,4 +435,415 @@ pub fn run(kubeconfig: &std::path::Path) {
         let nss: Api<Namespace> = Api::all(client.clone());
         let _ = nss.delete(&ns, &DeleteParams::default()).await;
     });
+}
+
+// ---- Helpers for the real-server tests ----
+
+/// One Sluice replica: the Kubernetes source and the io_uring engine (2 workers, loopback).
+pub struct Replica {
+    pub source: KubeSource,
+    pub engine: Engine,
+    pub stats: Arc<KubeStats>,
+}
+
+impl Replica {
+    /// Starts the source, waits for its first sync (up to `sync`), then the engine.
+    pub fn start(settings: KubeSettings, sync: Duration) -> Replica {
+        let mut source = KubeSource::start(settings).unwrap();
+        let compiled = source
+            .wait_synced(sync)
+            .expect("source works")
+            .expect("initial sync in time");
+        let engine = Engine::start(
+            EngineConfig {
+                workers: vec![None; 2],
+                http: "127.0.0.1:0".parse().unwrap(),
+                admin: Some("127.0.0.1:0".parse().unwrap()),
+                conn: Arc::new(ConnConfig::default()),
+                upstream_max_idle: 4,
+                upstream_idle_timeout: Duration::from_secs(30),
+                shutdown_grace: Duration::from_secs(5),
+            },
+            Arc::new(compiled.snapshot),
+        )
+        .unwrap();
+        source.attach(engine.publisher());
+        let stats = source.stats();
+        Replica {
+            source,
+            engine,
+            stats,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.engine.local_addr()
+    }
+
+    pub fn stop(self) {
+        self.source.stop();
+        self.engine.stop();
+        self.engine.join().unwrap();
+    }
+
+    /// CPU time (user + system) the control thread has used so far.
+    pub fn control_cpu(&self) -> Duration {
+        let tid = self.stats.control_thread.load(Ordering::Relaxed);
+        thread_cpu(tid)
+    }
+}
+
+/// CPU time of thread `tid` of this process, from /proc (clock ticks of 10 ms).
+pub fn thread_cpu(tid: u64) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Settings for a replica of the test's world: watches `ns` only, our class and controller,
+/// writes `192.0.2.10` as status, Lease `lease` in `ns`.
+pub fn settings(kubeconfig: &Path, world: &World, identity: &str) -> KubeSettings {
+    let options = KubeOptions {
+        enabled: true,
+        kubeconfig: Some(kubeconfig.to_path_buf()),
+        watch_namespace: Some(world.ns.clone()),
+        election_id: "sluice-leader".into(),
+        election_namespace: Some(world.ns.clone()),
+        publish_status_address: vec!["192.0.2.10".into()],
+        ..KubeOptions::default()
+    };
+    let compile = CompileOptions {
+        controller: world.controller.clone(),
+        ingress_class: world.class.clone(),
+        ..CompileOptions::default()
+    };
+    let mut s = KubeSettings::new(&options, &compile);
+    s.identity = identity.to_string();
+    s
+}
+
+/// The test's objects on the API server: a namespace, an IngressClass with a controller name
+/// of its own (so tests running together and leftovers never see each other's Ingresses).
+pub struct World {
+    pub client: Client,
+    pub rt: tokio::runtime::Runtime,
+    pub ns: String,
+    pub class: String,
+    pub controller: String,
+}
+
+impl World {
+    pub fn new(kubeconfig: &Path, name: &str) -> World {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(client(kubeconfig));
+        let id = format!("{name}-{}", std::process::id());
+        let w = World {
+            client,
+            rt,
+            ns: format!("s13-{id}"),
+            class: format!("s13-{id}"),
+            controller: format!("sluice.dev/s13-{id}"),
+        };
+        w.create_all(&[
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": w.ns}}),
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                   "metadata": {"name": w.class}, "spec": {"controller": w.controller}}),
+        ]);
+        w
+    }
+
+    /// Creates (or replaces) `object` (kind from its `kind`; namespace: ours when it has one).
+    pub fn apply(&self, object: Value) {
+        self.rt.block_on(self.apply_async(object)).unwrap();
+    }
+
+    pub async fn apply_async(&self, mut object: Value) -> Result<(), kube::Error> {
+        let kind = object["kind"].as_str().unwrap().to_string();
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        let cluster = matches!(kind.as_str(), "Namespace" | "IngressClass");
+        if !cluster {
+            object["metadata"]["namespace"] = json!(self.ns);
+        }
+        let pp = PatchParams::apply("s13-test").force();
+        let patch = Patch::Apply(&object);
+        let ns = &self.ns;
+        let c = self.client.clone();
+        match kind.as_str() {
+            "Namespace" => Api::<Namespace>::all(c)
+                .patch(&name, &pp, &patch)
+                .await
+                .map(drop),
+            "IngressClass" => Api::<IngressClass>::all(c)
+                .patch(&name, &pp, &patch)
+                .await
+                .map(drop),
+            "Service" => Api::<Service>::namespaced(c, ns)
+                .patch(&name, &pp, &patch)
+                .await
+                .map(drop),
+            "EndpointSlice" => Api::<EndpointSlice>::namespaced(c, ns)
+                .patch(&name, &pp, &patch)
+                .await
+                .map(drop),
+            "Ingress" => Api::<Ingress>::namespaced(c, ns)
+                .patch(&name, &pp, &patch)
+                .await
+                .map(drop),
+            "Secret" => Api::<Secret>::namespaced(c, ns)
+                .patch(&name, &pp, &patch)
+                .await
+                .map(drop),
+            other => panic!("World::apply: kind {other}"),
+        }
+    }
+
+    pub fn create_all(&self, objects: &[Value]) {
+        for o in objects {
+            self.apply(o.clone());
+        }
+    }
+
+    pub fn delete(&self, kind: &str, name: &str) {
+        let dp = DeleteParams::default();
+        let (c, ns) = (self.client.clone(), &self.ns);
+        let r = self.rt.block_on(async {
+            match kind {
+                "Service" => Api::<Service>::namespaced(c, ns)
+                    .delete(name, &dp)
+                    .await
+                    .map(drop),
+                "EndpointSlice" => Api::<EndpointSlice>::namespaced(c, ns)
+                    .delete(name, &dp)
+                    .await
+                    .map(drop),
+                "Ingress" => Api::<Ingress>::namespaced(c, ns)
+                    .delete(name, &dp)
+                    .await
+                    .map(drop),
+                "IngressClass" => Api::<IngressClass>::all(c)
+                    .delete(name, &dp)
+                    .await
+                    .map(drop),
+                other => panic!("World::delete: kind {other}"),
+            }
+        });
+        r.unwrap();
+    }
+
+    /// `.status.loadBalancer.ingress` IPs of Ingress `name`.
+    pub fn lb_ips(&self, name: &str) -> Vec<String> {
+        let ings: Api<Ingress> = Api::namespaced(self.client.clone(), &self.ns);
+        self.rt
+            .block_on(ings.get(name))
+            .ok()
+            .and_then(|i| i.status?.load_balancer?.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|l| l.ip)
+            .collect()
+    }
+
+    /// An Ingress of our class: `host` → Service `svc` port 80.
+    pub fn ingress(&self, name: &str, host: &str, svc: &str) -> Value {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name},
+            "spec": {"ingressClassName": self.class, "rules": [{"host": host, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix",
+                 "backend": {"service": {"name": svc, "port": {"number": 80}}}}]}}]}})
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let c = self.client.clone();
+        let (class, ns) = (self.class.clone(), self.ns.clone());
+        let _ = self.rt.block_on(async move {
+            let _ = Api::<IngressClass>::all(c.clone())
+                .delete(&class, &DeleteParams::default())
+                .await;
+            // Namespaces are never finalized here (no controllers): delete what is in it.
+            let dp = DeleteParams::default();
+            let lp = kube::api::ListParams::default();
+            let _ = Api::<Ingress>::namespaced(c.clone(), &ns)
+                .delete_collection(&dp, &lp)
+                .await;
+            let _ = Api::<EndpointSlice>::namespaced(c.clone(), &ns)
+                .delete_collection(&dp, &lp)
+                .await;
+            let _ = Api::<Namespace>::all(c).delete(&ns, &dp).await;
+        });
+    }
+}
+
+/// A Service `name` with port `http` 80.
+pub fn service(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+}
+
+/// An EndpointSlice of Service `svc`: (address, ready, serving, terminating) per endpoint.
+pub fn endpoints(name: &str, svc: &str, eps: &[(SocketAddr, bool, bool, bool)]) -> Value {
+    let list: Vec<Value> = eps
+        .iter()
+        .map(|(a, r, s, t)| {
+            json!({"addresses": [a.ip().to_string()],
+                   "conditions": {"ready": r, "serving": s, "terminating": t}})
+        })
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": name, "labels": {"kubernetes.io/service-name": svc}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": list})
+}
+
+/// One request with `Connection: close`; (status, body) — (0, error) when it failed.
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, "connect failed".into());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// Who answers `host`: the pod's name, or the status code Sluice answered with.
+pub fn answer(addr: SocketAddr, host: &str) -> String {
+    let (status, body) = get(addr, host, "/");
+    if status == 200 {
+        body.split_whitespace().next().unwrap_or("").to_string()
+    } else {
+        status.to_string()
+    }
+}
+
+/// Polls `f` every 20 ms for up to `limit`; returns how long it took, panics after.
+pub fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("not within {limit:?}: {what}");
+}
+
+/// Steady load on `host` from a thread until stopped: counts answers from `want` pods and
+/// anything else (a failure), at about `rate` requests per second.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    pub failures: Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, host: &str, want: &[&str], rate: u32) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, o, f, fl) = (stop.clone(), ok.clone(), failed.clone(), failures.clone());
+        let host = host.to_string();
+        let want: Vec<String> = want.iter().map(|w| w.to_string()).collect();
+        let pause = Duration::from_secs(1) / rate;
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let got = answer(addr, &host);
+                if want.contains(&got) {
+                    o.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    f.fetch_add(1, Ordering::Relaxed);
+                    let mut list = fl.lock().unwrap();
+                    if list.len() < 10 {
+                        list.push(got);
+                    }
+                }
+                std::thread::sleep(pause);
+            }
+        });
+        Load {
+            stop,
+            ok,
+            failed,
+            failures,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops; returns (ok, failed).
+    pub fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Stands in for a dead API server on its port: accepts each connection and closes it at
+/// once, counting them, so a test can measure how often a client knocks while it is away.
+pub struct DeadServer {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeadServer {
+    pub fn start(port: u16) -> DeadServer {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let (s, c) = (stop.clone(), count.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        drop(conn);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        DeadServer {
+            stop,
+            count,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops listening; returns the connections it saw.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.count.load(Ordering::Relaxed)
+    }
 }
