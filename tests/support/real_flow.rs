@@ -663,7 +663,7 @@ impl Drop for World {
     fn drop(&mut self) {
         let c = self.client.clone();
         let (class, ns) = (self.class.clone(), self.ns.clone());
-        let _ = self.rt.block_on(async move {
+        self.rt.block_on(async move {
             let _ = Api::<IngressClass>::all(c.clone())
                 .delete(&class, &DeleteParams::default())
                 .await;
