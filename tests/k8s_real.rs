@@ -130,3 +130,61 @@ fn an_api_outage_fails_no_request_and_later_changes_are_served_within_5_s() {
     );
     r.stop();
 }
+
+/// A private API server with the watch cache off and etcd compacted every 10 s; Sluice's
+/// watches end every 5 s (`timeoutSeconds`) and resume from their resourceVersion, which soon
+/// is compacted away: the API server answers 410 Gone, the watchers re-list. Under steady load
+/// no request fails (the routes never go empty while the new list comes in), and changes are
+/// followed afterwards.
+#[test]
+fn watches_expired_by_compaction_relist_without_a_failed_request() {
+    let test = "watches_expired_by_compaction_relist_without_a_failed_request";
+    if real_kubeconfig(test).is_none() {
+        return;
+    }
+    let api = PrivateApi::start(
+        "gone",
+        17443,
+        "--watch-cache=false --etcd-compaction-interval=10s",
+    );
+    let world = World::new(&api.kubeconfig, "gone");
+    let mut pods = Pods::new();
+    let a = pods.spawn("pod-a");
+    let b = pods.spawn("pod-b");
+    world.create_all(&[
+        service("web"),
+        endpoints("web-1", "web", &[(a, true, true, false)]),
+        world.ingress("web", "a.test", "web"),
+    ]);
+    let mut s = settings(&api.kubeconfig, &world, "one");
+    s.watch_timeout = Some(5);
+    let r = Replica::start(s, Duration::from_secs(60));
+    within(Duration::from_secs(15), "a.test served by pod-a", || {
+        answer(r.addr(), "a.test") == "pod-a"
+    });
+    let load = Load::start(r.addr(), "a.test", &["pod-a"], 100);
+    // The Lease renewals (every 2 s) move etcd's revision on; nothing we watch changes.
+    let took = within(Duration::from_secs(90), "a 410 Gone and a re-list", || {
+        r.stats.gone.load(Ordering::Relaxed) >= 1 && r.stats.relists.load(Ordering::Relaxed) >= 1
+    });
+    // Let the other kinds' watchers expire too, still under load.
+    std::thread::sleep(Duration::from_secs(10));
+    let failures = load.failures.lock().unwrap().clone();
+    let (ok, failed) = load.stop();
+    let (gone, relists) = (
+        r.stats.gone.load(Ordering::Relaxed),
+        r.stats.relists.load(Ordering::Relaxed),
+    );
+    println!(
+        "410 Gone: first after {took:?}; {gone} expired watches, {relists} re-lists; \
+         {ok} requests ok, {failed} failed {failures:?}"
+    );
+    assert_eq!(failed, 0, "requests failed while re-listing: {failures:?}");
+    // The re-listed watchers still follow changes.
+    world.apply(endpoints("web-1", "web", &[(b, true, true, false)]));
+    world.apply(world.ingress("later", "later.test", "web"));
+    within(Duration::from_secs(15), "later.test served by pod-b", || {
+        answer(r.addr(), "later.test") == "pod-b"
+    });
+    r.stop();
+}
