@@ -20,8 +20,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::real_flow::{
-    DeadServer, Load, Pods, PrivateApi, Replica, World, answer, endpoints, real_kubeconfig,
-    service, settings, within,
+    DeadServer, Load, Pods, PrivateApi, Replica, SluiceProcess, StatusRecorder, World, answer,
+    endpoints, real_kubeconfig, service, settings, within,
 };
 
 #[test]
@@ -187,4 +187,76 @@ fn watches_expired_by_compaction_relist_without_a_failed_request() {
         answer(r.addr(), "later.test") == "pod-b"
     });
     r.stop();
+}
+
+/// Two `sluice` processes elect a status writer with the Lease: only the holder writes
+/// status (the other's counter stays 0); SIGTERM of the holder gives the Lease back, and the
+/// other takes it within the renew deadline (10 s); the Ingress status is never changed
+/// along the way (no flap), and the new holder writes the status of an Ingress made after.
+#[test]
+fn two_processes_hand_the_lease_over_on_sigterm_without_flapping_status() {
+    let test = "two_processes_hand_the_lease_over_on_sigterm_without_flapping_status";
+    let Some(kubeconfig) = real_kubeconfig(test) else {
+        return;
+    };
+    let world = World::new(&kubeconfig, "lease");
+    let mut pods = Pods::new();
+    let a = pods.spawn("pod-a");
+    world.create_all(&[
+        service("web"),
+        endpoints("web-1", "web", &[(a, true, true, false)]),
+        world.ingress("web", "a.test", "web"),
+    ]);
+    let first = SluiceProcess::start(&kubeconfig, &world, "sluice-a", 18080);
+    within(Duration::from_secs(30), "sluice-a leads", || {
+        first.metric("sluice_kube_leader") == 1
+    });
+    let second = SluiceProcess::start(&kubeconfig, &world, "sluice-b", 18090);
+    within(Duration::from_secs(30), "both serve a.test", || {
+        answer(first.http, "a.test") == "pod-a" && answer(second.http, "a.test") == "pod-a"
+    });
+    within(Duration::from_secs(15), "status written", || {
+        world.lb_ips("web") == ["192.0.2.10"]
+    });
+    let recorder = StatusRecorder::start(&kubeconfig, &world.ns, "web");
+    // A few renewals: the follower neither leads nor writes.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(second.metric("sluice_kube_leader"), 0);
+    assert_eq!(second.metric("sluice_kube_status_updates_total"), 0);
+    assert!(first.metric("sluice_kube_status_updates_total") >= 1);
+
+    let start = Instant::now();
+    first.signal(libc::SIGTERM);
+    let handover = within(Duration::from_secs(10), "sluice-b takes the Lease", || {
+        second.metric("sluice_kube_leader") == 1
+    });
+    let lease: k8s_openapi::api::coordination::v1::Lease = world
+        .rt
+        .block_on(
+            kube::Api::namespaced(world.client.clone(), &world.ns).get("sluice-leader"),
+        )
+        .unwrap();
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some("sluice-b"));
+    let mut first = first;
+    let code = first.child.wait().unwrap().code();
+    let exited = start.elapsed();
+    world.apply(world.ingress("later", "later.test", "web"));
+    within(Duration::from_secs(15), "the new holder writes later's status", || {
+        world.lb_ips("later") == ["192.0.2.10"]
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = recorder.stop();
+    println!(
+        "lease handover after SIGTERM: {handover:?} (holder exited {code:?} after {exited:?}); \
+         statuses of web seen: {seen:?}; writes by the new holder: {}",
+        second.metric("sluice_kube_status_updates_total")
+    );
+    assert_eq!(code, Some(0), "{}", first.log());
+    assert_eq!(seen, vec![vec!["192.0.2.10".to_string()]], "status flapped");
+    within(Duration::from_secs(5), "sluice-b serves later.test", || {
+        answer(second.http, "later.test") == "pod-a"
+    });
+    let log = second.log();
+    assert_eq!(second.stop(), Some(0), "{log}");
 }

@@ -847,3 +847,140 @@ impl DeadServer {
         self.count.load(Ordering::Relaxed)
     }
 }
+
+/// A `sluice run` process against a cluster, with its admin server on `admin`.
+pub struct SluiceProcess {
+    pub child: std::process::Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl SluiceProcess {
+    /// `sluice run --kubeconfig ...` for `world`, as pod `name` (the Lease identity), status
+    /// address 192.0.2.10, one worker; `port` and `port + 1` for HTTP and admin, `port + 2`
+    /// for HTTPS. Extra `env` for the process (e.g. a kubeconfig of other credentials).
+    pub fn start(kubeconfig: &Path, world: &World, name: &str, port: u16) -> SluiceProcess {
+        let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
+        let https = format!("127.0.0.1:{}", port + 2);
+        let log = std::env::temp_dir().join(format!("s13-{}-{name}.log", std::process::id()));
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--workers", "1", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args(["--watch-namespace", &world.ns])
+            .args(["--ingress-class", &world.class])
+            .args(["--controller-class", &world.controller])
+            .args(["--publish-status-address", "192.0.2.10"])
+            .args(["--http", &http.to_string(), "--https", &https])
+            .args(["--admin", &admin.to_string()])
+            .env("POD_NAME", name)
+            .env("POD_NAMESPACE", &world.ns)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        SluiceProcess {
+            child,
+            http,
+            admin,
+            log,
+        }
+    }
+
+    /// The value of metric `name` (0 when not shown yet).
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, body) = get(self.admin, "admin", "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        sh("kill", &[&format!("-{signal}"), &pid.to_string()]).unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for SluiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records every `.status.loadBalancer.ingress` IP list Ingress `name` in `world` goes through,
+/// from a watch of its own (a thread with a runtime and client of its own).
+pub struct StatusRecorder {
+    pub seen: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatusRecorder {
+    pub fn start(kubeconfig: &Path, ns: &str, name: &str) -> StatusRecorder {
+        use futures::StreamExt;
+        use kube::runtime::watcher;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (kubeconfig, ns, name) = (kubeconfig.to_path_buf(), ns.to_string(), name.to_string());
+        let (s, st) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let api: Api<Ingress> = Api::namespaced(client(&kubeconfig).await, &ns);
+                let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+                let mut stream = watcher::watcher(api, config).boxed();
+                while !st.load(Ordering::Relaxed) {
+                    let next =
+                        tokio::time::timeout(Duration::from_millis(100), stream.next()).await;
+                    let Ok(Some(Ok(event))) = next else { continue };
+                    let objects: Vec<Ingress> = match event {
+                        watcher::Event::Apply(i) | watcher::Event::InitApply(i) => vec![i],
+                        _ => continue,
+                    };
+                    for i in objects {
+                        let ips: Vec<String> = i
+                            .status
+                            .and_then(|s| s.load_balancer?.ingress)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|l| l.ip)
+                            .collect();
+                        let mut list = s.lock().unwrap();
+                        if list.last() != Some(&ips) {
+                            list.push(ips);
+                        }
+                    }
+                }
+            });
+        });
+        StatusRecorder {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops; every distinct status in order.
+    pub fn stop(mut self) -> Vec<Vec<String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
