@@ -16,12 +16,14 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::real_flow::{
     DeadServer, Load, Pods, PrivateApi, Replica, SluiceProcess, StatusRecorder, World, answer,
-    endpoints, real_kubeconfig, service, settings, within,
+    apply_object, endpoints, real_kubeconfig, service, settings, token_kubeconfig, within,
+    yaml_documents,
 };
 
 #[test]
@@ -183,9 +185,11 @@ fn watches_expired_by_compaction_relist_without_a_failed_request() {
     // The re-listed watchers still follow changes.
     world.apply(endpoints("web-1", "web", &[(b, true, true, false)]));
     world.apply(world.ingress("later", "later.test", "web"));
-    within(Duration::from_secs(15), "later.test served by pod-b", || {
-        answer(r.addr(), "later.test") == "pod-b"
-    });
+    within(
+        Duration::from_secs(15),
+        "later.test served by pod-b",
+        || answer(r.addr(), "later.test") == "pod-b",
+    );
     r.stop();
 }
 
@@ -232,9 +236,7 @@ fn two_processes_hand_the_lease_over_on_sigterm_without_flapping_status() {
     });
     let lease: k8s_openapi::api::coordination::v1::Lease = world
         .rt
-        .block_on(
-            kube::Api::namespaced(world.client.clone(), &world.ns).get("sluice-leader"),
-        )
+        .block_on(kube::Api::namespaced(world.client.clone(), &world.ns).get("sluice-leader"))
         .unwrap();
     let holder = lease.spec.and_then(|s| s.holder_identity);
     assert_eq!(holder.as_deref(), Some("sluice-b"));
@@ -242,9 +244,11 @@ fn two_processes_hand_the_lease_over_on_sigterm_without_flapping_status() {
     let code = first.child.wait().unwrap().code();
     let exited = start.elapsed();
     world.apply(world.ingress("later", "later.test", "web"));
-    within(Duration::from_secs(15), "the new holder writes later's status", || {
-        world.lb_ips("later") == ["192.0.2.10"]
-    });
+    within(
+        Duration::from_secs(15),
+        "the new holder writes later's status",
+        || world.lb_ips("later") == ["192.0.2.10"],
+    );
     std::thread::sleep(Duration::from_secs(2));
     let seen = recorder.stop();
     println!(
@@ -259,4 +263,180 @@ fn two_processes_hand_the_lease_over_on_sigterm_without_flapping_status() {
     });
     let log = second.log();
     assert_eq!(second.stop(), Some(0), "{log}");
+}
+
+/// Events (events.k8s.io/v1) with reason `Rejected` about object `name` in `world`'s namespace.
+fn rejected_events(world: &World, name: &str) -> usize {
+    use k8s_openapi::api::events::v1::Event;
+    let api: kube::Api<Event> = kube::Api::namespaced(world.client.clone(), &world.ns);
+    world
+        .rt
+        .block_on(api.list(&Default::default()))
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some("Rejected")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn clear_status(world: &World, name: &str) {
+    let api: kube::Api<k8s_openapi::api::networking::v1::Ingress> =
+        kube::Api::namespaced(world.client.clone(), &world.ns);
+    let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": null}}});
+    world
+        .rt
+        .block_on(api.patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        ))
+        .unwrap();
+}
+
+/// Sluice runs with a ServiceAccount token (TokenRequest API) bound exactly by
+/// `manifests/10-rbac.yaml`: it lists, serves, leads, writes status and posts Events. Then each
+/// rule is removed in turn (the rest applied as they are): the feature it grants breaks, and
+/// the log names it (a "forbidden" line from the part that needs the rule).
+#[test]
+fn the_rbac_manifest_is_enough_and_every_rule_is_needed() {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let test = "the_rbac_manifest_is_enough_and_every_rule_is_needed";
+    let Some(kubeconfig) = real_kubeconfig(test) else {
+        return;
+    };
+    let world = World::new(&kubeconfig, "rbac");
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let read = |f: &str| yaml_documents(&std::fs::read_to_string(manifests.join(f)).unwrap());
+    let rbac = read("10-rbac.yaml");
+    let apply = |objects: &[serde_json::Value]| {
+        for o in objects {
+            world
+                .rt
+                .block_on(apply_object(&world.client, o, false))
+                .unwrap();
+        }
+    };
+    apply(&read("00-namespace.yaml"));
+    apply(&rbac);
+    let sa: kube::Api<ServiceAccount> = kube::Api::namespaced(world.client.clone(), "sluice");
+    let request: TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"expirationSeconds": 3600}})).unwrap();
+    let answered = world
+        .rt
+        .block_on(sa.create_token_request("sluice", &Default::default(), &request))
+        .unwrap();
+    let token = serde_json::to_value(&answered).unwrap()["status"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sa_kubeconfig =
+        std::env::temp_dir().join(format!("s13-{}-sa.kubeconfig", std::process::id()));
+    token_kubeconfig(&kubeconfig, &token, &sa_kubeconfig);
+
+    let mut pods = Pods::new();
+    let a = pods.spawn("pod-a");
+    world.create_all(&[
+        service("web"),
+        endpoints("web-1", "web", &[(a, true, true, false)]),
+        world.ingress("web", "a.test", "web"),
+        // Valid for the API server, rejected by Sluice (no such Service): an Event.
+        world.ingress("bad", "bad.test", "nope"),
+    ]);
+    let election = format!("s13-rbac-{}", std::process::id());
+    let run = |name: &str| {
+        SluiceProcess::start_with(&sa_kubeconfig, &world, name, 18100, "sluice", &election)
+    };
+
+    // The whole role: everything works, nothing is forbidden.
+    let p = run("sluice-rbac");
+    within(Duration::from_secs(30), "serves a.test", || {
+        answer(p.http, "a.test") == "pod-a"
+    });
+    within(Duration::from_secs(15), "leads, writes status", || {
+        world.lb_ips("web") == ["192.0.2.10"]
+    });
+    within(
+        Duration::from_secs(15),
+        "posts an Event for the rejected Ingress",
+        || rejected_events(&world, "bad") >= 1,
+    );
+    let log = p.log();
+    assert_eq!(p.stop(), Some(0));
+    assert!(!log.contains("forbidden"), "{log}");
+
+    // Without each rule: (role, rule index, the feature, what the log says).
+    let role_index = rbac
+        .iter()
+        .position(|o| o["kind"] == "ClusterRole")
+        .unwrap();
+    let lease_index = rbac.iter().position(|o| o["kind"] == "Role").unwrap();
+    let cases: &[(usize, usize, &str, &str)] = &[
+        (
+            role_index,
+            0,
+            "listing Ingresses and IngressClasses",
+            "IngressClass: ",
+        ),
+        (
+            role_index,
+            1,
+            "writing Ingress status",
+            "cannot update status of Ingress",
+        ),
+        (role_index, 2, "listing Services", "Service: "),
+        (role_index, 3, "listing EndpointSlices", "EndpointSlice: "),
+        (role_index, 4, "reading TLS Secrets", "Secret: "),
+        (role_index, 5, "posting Events", "cannot post an Event"),
+        (
+            lease_index,
+            0,
+            "the status Lease",
+            &format!("lease {election}: "),
+        ),
+    ];
+    assert_eq!(
+        rbac[role_index]["rules"].as_array().unwrap().len(),
+        6,
+        "a rule was added to the ClusterRole: add its case here"
+    );
+    let mut report = Vec::new();
+    for (object, rule, feature, line) in cases {
+        let mut less = rbac[*object].clone();
+        less["rules"].as_array_mut().unwrap().remove(*rule);
+        apply(&[less]);
+        clear_status(&world, "web");
+        let p = run("sluice-rbac");
+        let found = within(Duration::from_secs(20), feature, || {
+            p.log()
+                .lines()
+                .any(|l| l.contains(line) && l.contains("forbidden"))
+        });
+        let log = p.log();
+        let shown = log
+            .lines()
+            .find(|l| l.contains(line) && l.contains("forbidden"))
+            .unwrap_or("")
+            .to_string();
+        // The feature is really gone: a list that is refused never syncs (no admin server
+        // yet), a refused status write leaves the status empty, a refused Lease never leads.
+        match *feature {
+            "writing Ingress status" | "the status Lease" => {
+                assert!(world.lb_ips("web").is_empty(), "{feature}: status written");
+            }
+            "posting Events" => {}
+            _ => assert_eq!(p.metric("sluice_kube_synced"), 0, "{feature}: synced"),
+        }
+        assert_eq!(p.stop(), Some(0), "{log}");
+        apply(&[rbac[*object].clone()]);
+        report.push(format!(
+            "without rule {rule} ({feature}) after {found:?}: {shown}"
+        ));
+    }
+    println!("{}", report.join("\n"));
 }

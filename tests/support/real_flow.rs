@@ -861,6 +861,18 @@ impl SluiceProcess {
     /// address 192.0.2.10, one worker; `port` and `port + 1` for HTTP and admin, `port + 2`
     /// for HTTPS. Extra `env` for the process (e.g. a kubeconfig of other credentials).
     pub fn start(kubeconfig: &Path, world: &World, name: &str, port: u16) -> SluiceProcess {
+        Self::start_with(kubeconfig, world, name, port, &world.ns, "sluice-leader")
+    }
+
+    /// As [`SluiceProcess::start`], with the Lease `election_id` in `lease_namespace`.
+    pub fn start_with(
+        kubeconfig: &Path,
+        world: &World,
+        name: &str,
+        port: u16,
+        lease_namespace: &str,
+        election_id: &str,
+    ) -> SluiceProcess {
         let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
         let https = format!("127.0.0.1:{}", port + 2);
@@ -874,8 +886,9 @@ impl SluiceProcess {
             .args(["--publish-status-address", "192.0.2.10"])
             .args(["--http", &http.to_string(), "--https", &https])
             .args(["--admin", &admin.to_string()])
+            .args(["--election-id", election_id])
             .env("POD_NAME", name)
-            .env("POD_NAMESPACE", &world.ns)
+            .env("POD_NAMESPACE", lease_namespace)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -983,4 +996,67 @@ impl StatusRecorder {
         }
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// The documents of a YAML file (multi-document), as JSON values; `kind: List` is flattened.
+pub fn yaml_documents(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        if value.is_null() {
+            continue;
+        }
+        let json: Value = serde_json::to_value(value).unwrap();
+        if json["kind"] == "List" {
+            out.extend(json["items"].as_array().cloned().unwrap_or_default());
+        } else {
+            out.push(json);
+        }
+    }
+    out
+}
+
+/// Server-side apply of one object of any kind (found by discovery), as field manager
+/// `s13-test`; `dry_run` asks the server to validate and admit it without storing it
+/// (`kubectl apply --server-side --dry-run=server`). Err: the server's reason.
+pub async fn apply_object(client: &Client, object: &Value, dry_run: bool) -> Result<(), String> {
+    use kube::api::DynamicObject;
+    use kube::core::GroupVersionKind;
+    use kube::discovery::{Scope, pinned_kind};
+    let api_version = object["apiVersion"].as_str().unwrap_or("");
+    let kind = object["kind"].as_str().unwrap_or("");
+    let name = object["metadata"]["name"].as_str().unwrap_or("");
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (resource, caps) = pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("{api_version} {kind}: {e}"))?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Namespaced => {
+            let ns = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default");
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    let mut params = PatchParams::apply("s13-test").force();
+    params.dry_run = dry_run;
+    api.patch(name, &params, &Patch::Apply(object))
+        .await
+        .map(drop)
+        .map_err(|e| format!("{kind} {name}: {e}"))
+}
+
+/// A kubeconfig at `path` for the API server of `admin` with a bearer `token` instead.
+pub fn token_kubeconfig(admin: &Path, token: &str, path: &Path) {
+    let text = std::fs::read_to_string(admin).unwrap();
+    let mut kc: Value =
+        serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap()).unwrap();
+    kc["users"] = json!([{"name": "token", "user": {"token": token}}]);
+    let cluster = kc["clusters"][0]["name"].clone();
+    kc["contexts"] = json!([{"name": "token", "context": {"cluster": cluster, "user": "token"}}]);
+    kc["current-context"] = json!("token");
+    std::fs::write(path, serde_yaml::to_string(&kc).unwrap()).unwrap();
 }
