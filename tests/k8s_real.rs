@@ -549,3 +549,245 @@ fn manifests_and_fixtures_pass_server_side_validation() {
         reasons.join("\n")
     );
 }
+
+/// Who answers `host` through `r`, polled until it is `want` (15 s).
+fn expect(r: &Replica, host: &str, want: &str) {
+    let mut last = String::new();
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        within(Duration::from_secs(15), host, || {
+            last = answer(r.addr(), host);
+            last == want
+        })
+    }));
+    assert!(ok.is_ok(), "{host}: wanted {want}, still {last}");
+}
+
+/// The mock's `initial_sync_then_every_kind_changes_are_followed`, endpoint conditions and
+/// class semantics, on the real server: every kind added, modified and deleted is followed.
+#[test]
+fn every_kind_classes_and_endpoint_conditions_follow_a_real_api_server() {
+    let test = "every_kind_classes_and_endpoint_conditions_follow_a_real_api_server";
+    let Some(kubeconfig) = real_kubeconfig(test) else {
+        return;
+    };
+    let world = World::new(&kubeconfig, "kinds");
+    let mut pods = Pods::new();
+    let (a, b, c) = (
+        pods.spawn("pod-a"),
+        pods.spawn("pod-b"),
+        pods.spawn("pod-c"),
+    );
+    let ready = |addr| (addr, true, true, false);
+    let mut legacy = world.ingress("legacy", "legacy.test", "web");
+    legacy["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ingressClassName");
+    legacy["metadata"]["annotations"] =
+        serde_json::json!({"kubernetes.io/ingress.class": world.class});
+    let mut classless = world.ingress("none", "none.test", "web");
+    classless["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ingressClassName");
+    let mut theirs = world.ingress("theirs", "theirs.test", "web");
+    theirs["spec"]["ingressClassName"] = serde_json::json!("nginx");
+    world.create_all(&[
+        service("web"),
+        endpoints("web-1", "web", &[ready(a)]),
+        world.ingress("web", "a.test", "web"),
+        legacy,
+        classless,
+        theirs,
+    ]);
+    let r = Replica::start(
+        settings(&kubeconfig, &world, "one"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(answer(r.addr(), "a.test"), "pod-a", "served from the list");
+    assert_eq!(
+        answer(r.addr(), "legacy.test"),
+        "pod-a",
+        "legacy annotation"
+    );
+    assert_eq!(answer(r.addr(), "theirs.test"), "404", "another class");
+    assert_eq!(answer(r.addr(), "none.test"), "404", "class-less");
+
+    // EndpointSlices: modified, a second one merged, one deleted.
+    world.apply(endpoints("web-1", "web", &[ready(b)]));
+    expect(&r, "a.test", "pod-b");
+    world.apply(endpoints("web-2", "web", &[ready(c)]));
+    within(Duration::from_secs(15), "both slices serve", || {
+        let seen: std::collections::BTreeSet<String> =
+            (0..8).map(|_| answer(r.addr(), "a.test")).collect();
+        seen.contains("pod-b") && seen.contains("pod-c")
+    });
+    world.delete("EndpointSlice", "web-1");
+    within(Duration::from_secs(15), "only pod-c", || {
+        (0..6).all(|_| answer(r.addr(), "a.test") == "pod-c")
+    });
+    // Ingresses: added, host moved, deleted.
+    world.apply(world.ingress("second", "b.test", "web"));
+    expect(&r, "b.test", "pod-c");
+    world.apply(world.ingress("second", "c.test", "web"));
+    expect(&r, "c.test", "pod-c");
+    expect(&r, "b.test", "404");
+    world.delete("Ingress", "second");
+    expect(&r, "c.test", "404");
+    // Service: port renamed (the slice's port no longer matches) → 503; back; deleted → 503.
+    let mut renamed = service("web");
+    renamed["spec"]["ports"][0]["name"] = serde_json::json!("other");
+    world.apply(renamed);
+    expect(&r, "a.test", "503");
+    world.apply(service("web"));
+    expect(&r, "a.test", "pod-c");
+    world.delete("Service", "web");
+    expect(&r, "a.test", "503");
+    world.apply(service("web"));
+    expect(&r, "a.test", "pod-c");
+    // Endpoint conditions: a ready one wins over a serving-but-terminating one; with nothing
+    // ready the terminating ones serve; with nothing serving, 503.
+    world.apply(endpoints(
+        "web-2",
+        "web",
+        &[ready(a), (b, false, true, true)],
+    ));
+    within(Duration::from_secs(15), "only the ready pod-a", || {
+        (0..6).all(|_| answer(r.addr(), "a.test") == "pod-a")
+    });
+    world.apply(endpoints(
+        "web-2",
+        "web",
+        &[(a, false, true, true), (b, false, true, true)],
+    ));
+    within(Duration::from_secs(15), "both terminating serve", || {
+        let seen: std::collections::BTreeSet<String> =
+            (0..8).map(|_| answer(r.addr(), "a.test")).collect();
+        seen.contains("pod-a") && seen.contains("pod-b")
+    });
+    world.apply(endpoints("web-2", "web", &[(a, false, false, true)]));
+    expect(&r, "a.test", "503");
+    world.apply(endpoints("web-2", "web", &[ready(b)]));
+    expect(&r, "a.test", "pod-b");
+    // IngressClass: ours becomes the cluster default (class-less Ingresses become ours), then
+    // goes to another controller (ours by name no longer), then is deleted (ours by name).
+    let class = |controller: &str, default: bool| {
+        serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": world.class, "annotations":
+                {"ingressclass.kubernetes.io/is-default-class": default.to_string()}},
+            "spec": {"controller": controller}})
+    };
+    world.apply(class(&world.controller, true));
+    expect(&r, "none.test", "pod-b");
+    world.apply(class(&world.controller, false));
+    expect(&r, "none.test", "404");
+    world.delete("IngressClass", &world.class);
+    world.apply(class("example.com/other", false));
+    expect(&r, "a.test", "404");
+    world.delete("IngressClass", &world.class);
+    expect(&r, "a.test", "pod-b");
+    r.stop();
+}
+
+/// The mock's published-Service status, TLS Secret caching and `sluice check`, on the real
+/// server (which validates the Secrets' type and keys, and Service status subresources).
+#[test]
+fn published_service_status_tls_secrets_and_check_on_a_real_api_server() {
+    let test = "published_service_status_tls_secrets_and_check_on_a_real_api_server";
+    let Some(kubeconfig) = real_kubeconfig(test) else {
+        return;
+    };
+    let world = World::new(&kubeconfig, "publish");
+    let mut pods = Pods::new();
+    let a = pods.spawn("pod-a");
+    let secret = |name: &str, kind: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "type": kind, "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}})
+    };
+    let mut lb = service("lb");
+    lb["spec"]["type"] = serde_json::json!("LoadBalancer");
+    let mut tls = world.ingress("tls", "tls.test", "web");
+    tls["spec"]["tls"] = serde_json::json!([{"hosts": ["tls.test"], "secretName": "used"}]);
+    world.create_all(&[
+        service("web"),
+        endpoints("web-1", "web", &[(a, true, true, false)]),
+        world.ingress("web", "a.test", "web"),
+        lb,
+    ]);
+    let lb_status = |ip: &str| {
+        let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(world.client.clone(), &world.ns);
+        let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}});
+        world
+            .rt
+            .block_on(api.patch_status(
+                "lb",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            ))
+            .unwrap();
+    };
+    lb_status("198.51.100.1");
+
+    // `sluice check` lists the cluster once and prints the routes.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args([
+            "--watch-namespace",
+            &world.ns,
+            "--ingress-class",
+            &world.class,
+        ])
+        .args(["--controller-class", &world.controller])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("a.test"), "{stdout}");
+    // Not real certificates: Sluice reports them and serves the rest (cached all the same).
+    world.create_all(&[
+        secret("used", "kubernetes.io/tls"),
+        secret("unused", "kubernetes.io/tls"),
+        secret("opaque", "Opaque"),
+        tls.clone(),
+    ]);
+
+    let mut s = settings(&kubeconfig, &world, "one");
+    s.options.publish_status_address.clear();
+    s.options.publish_service = Some((world.ns.clone(), "lb".into()));
+    let r = Replica::start(s, Duration::from_secs(30));
+    assert_eq!(answer(r.addr(), "a.test"), "pod-a");
+    within(Duration::from_secs(15), "status from the Service", || {
+        world.lb_ips("web") == ["198.51.100.1"]
+    });
+    lb_status("198.51.100.2");
+    within(
+        Duration::from_secs(15),
+        "status follows the Service",
+        || world.lb_ips("web") == ["198.51.100.2"] && world.lb_ips("tls") == ["198.51.100.2"],
+    );
+
+    let cached = || r.stats.cached_secrets.load(Ordering::Relaxed);
+    within(Duration::from_secs(15), "one cached", || cached() == 1);
+    tls["spec"]["tls"] = serde_json::json!([{"secretName": "used"}, {"secretName": "unused"}]);
+    world.apply(tls.clone());
+    within(Duration::from_secs(15), "two cached", || cached() == 2);
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(world.client.clone(), &world.ns);
+    world
+        .rt
+        .block_on(api.delete("used", &Default::default()))
+        .unwrap();
+    within(Duration::from_secs(15), "deleted Secret dropped", || {
+        cached() == 1
+    });
+    world.apply(secret("used", "kubernetes.io/tls"));
+    within(Duration::from_secs(15), "re-created Secret cached", || {
+        cached() == 2
+    });
+    tls["spec"]["tls"] = serde_json::json!([]);
+    world.apply(tls);
+    within(Duration::from_secs(15), "none cached", || cached() == 0);
+    r.stop();
+}
