@@ -803,6 +803,28 @@ where
     }
 }
 
+/// One line for an API client error: the API server's answer as "403 Forbidden: <its
+/// message>" (its message names the user, verb and resource), else the client's own error.
+pub fn api_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
+        other => other.to_string(),
+    }
+}
+
+/// One line for a watcher error (see [`api_error`]).
+fn watch_error(e: &watcher::Error) -> String {
+    match e {
+        watcher::Error::InitialListFailed(e) => format!("list failed: {}", api_error(e)),
+        watcher::Error::WatchStartFailed(e) => format!("watch failed: {}", api_error(e)),
+        watcher::Error::WatchFailed(e) => format!("watch stream failed: {}", api_error(e)),
+        watcher::Error::WatchError(s) => {
+            format!("watch error: {} {}: {}", s.code, s.reason, s.message)
+        }
+        other => other.to_string(),
+    }
+}
+
 /// A random duration in `[d / 2, d]`, so replicas (and the watchers of one replica) that lost
 /// the API server together do not come back in lockstep.
 fn jitter(d: Duration) -> Duration {
@@ -920,7 +942,8 @@ fn spawn_watch<K>(
                             );
                         } else {
                             eprintln!(
-                                "sluice: kubernetes: {what}: {e}; retrying in {wait:.1?} (still serving the last good routes)"
+                                "sluice: kubernetes: {what}: {}; retrying in {wait:.1?} (still serving the last good routes)",
+                                watch_error(&e)
                             );
                             trouble.notify_one();
                         }
@@ -1069,7 +1092,10 @@ async fn run(
                 store.apply(Msg::Secret(Event::Apply(secret)));
             }
             Ok(_) => {}
-            Err(e) => eprintln!("sluice: kubernetes: cannot read Secret {ns}/{name}: {e}"),
+            Err(e) => eprintln!(
+                "sluice: kubernetes: cannot read Secret {ns}/{name}: {}",
+                api_error(&e)
+            ),
         }
     }
     stats.synced.store(true, Ordering::Relaxed);
@@ -1235,7 +1261,10 @@ fn fetch_secrets(client: &Client, store: &mut Store, tx: &mpsc::UnboundedSender<
                     let _ = tx.send(Msg::Secret(Event::Apply(secret)));
                 }
                 Ok(_) => {}
-                Err(e) => eprintln!("sluice: kubernetes: cannot read Secret {ns}/{name}: {e}"),
+                Err(e) => eprintln!(
+                    "sluice: kubernetes: cannot read Secret {ns}/{name}: {}",
+                    api_error(&e)
+                ),
             }
         });
     }
