@@ -77,12 +77,22 @@ fn an_api_outage_fails_no_request_and_later_changes_are_served_within_5_s() {
     api.down();
     let dead = DeadServer::start(api.port);
     let (cpu0, start) = (r.control_cpu(), Instant::now());
-    std::thread::sleep(outage);
+    // Past the renew deadline (10 s) the holder has stepped down: from then on it attempts
+    // no status write at all (each attempt ends as an update or an error).
+    let writes = || {
+        r.stats.status_updates.load(Ordering::Relaxed)
+            + r.stats.status_errors.load(Ordering::Relaxed)
+    };
+    std::thread::sleep(outage.min(Duration::from_secs(15)));
+    let leading_mid = r.stats.leader.load(Ordering::Relaxed);
+    let writes_mid = writes();
+    std::thread::sleep(outage.saturating_sub(start.elapsed()));
     let (cpu, secs) = (r.control_cpu() - cpu0, start.elapsed().as_secs_f64());
     let knocks = dead.stop();
     let served_during = load.ok.load(Ordering::Relaxed);
     let leading_after = r.stats.leader.load(Ordering::Relaxed);
     let status_writes = r.stats.status_updates.load(Ordering::Relaxed);
+    let writes_after = writes();
 
     api.up();
     // Changes made once the server is back (the test's client retries its first request,
@@ -122,6 +132,13 @@ fn an_api_outage_fails_no_request_and_later_changes_are_served_within_5_s() {
         !leading_after,
         "a holder that lost the API server stopped leading"
     );
+    if outage >= Duration::from_secs(15) {
+        assert!(!leading_mid, "stepped down within the renew deadline");
+        assert_eq!(
+            writes_mid, writes_after,
+            "no status write attempted once stepped down"
+        );
+    }
     assert!(
         (knocks as f64) / secs < 5.0,
         "{knocks} connections in {secs:.0} s: hammering a dead server"
