@@ -432,6 +432,9 @@ pub fn run(kubeconfig: &std::path::Path) {
     rt.block_on(async {
         let classes: Api<IngressClass> = Api::all(client.clone());
         let _ = classes.delete(&class_name, &DeleteParams::default()).await;
+        // A real server never finalizes the namespace here; the Service holds a ClusterIP.
+        let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let _ = svcs.delete("web", &DeleteParams::default()).await;
         let nss: Api<Namespace> = Api::all(client.clone());
         let _ = nss.delete(&ns, &DeleteParams::default()).await;
     });
@@ -676,6 +679,14 @@ impl Drop for World {
             let _ = Api::<EndpointSlice>::namespaced(c.clone(), &ns)
                 .delete_collection(&dp, &lp)
                 .await;
+            // One by one (no deletecollection for Services in v1.28): each holds a ClusterIP
+            // of the test server's /24.
+            let svcs = Api::<Service>::namespaced(c.clone(), &ns);
+            if let Ok(list) = svcs.list_metadata(&lp).await {
+                for name in list.items.into_iter().filter_map(|s| s.metadata.name) {
+                    let _ = svcs.delete(&name, &dp).await;
+                }
+            }
             let _ = Api::<Namespace>::all(c).delete(&ns, &dp).await;
         });
     }
