@@ -1295,3 +1295,33 @@ impl Rejections {
         new
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_wait_and_varies() {
+        let d = Duration::from_secs(8);
+        let waits: BTreeSet<Duration> = (0..64).map(|_| jitter(d)).collect();
+        assert!(waits.iter().all(|w| *w >= d / 2 && *w <= d), "{waits:?}");
+        assert!(waits.len() > 32, "not random: {waits:?}");
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn api_errors_are_one_line_with_the_servers_reason() {
+        let status = kube::core::Status::failure(
+            "secrets is forbidden: User \"x\" cannot list resource \"secrets\"",
+            "Forbidden",
+        )
+        .with_code(403);
+        let line = watch_error(&watcher::Error::InitialListFailed(kube::Error::Api(
+            Box::new(status),
+        )));
+        assert_eq!(
+            line,
+            "list failed: 403 Forbidden: secrets is forbidden: User \"x\" cannot list resource \"secrets\""
+        );
+    }
+}
