@@ -866,6 +866,9 @@ async fn probe(
             let Ok(request) = request else { return };
             match client.request_text(request).await {
                 Ok(_) => break,
+                // It answers, but may not tell us whether it is ready (a cluster that does not
+                // grant /readyz to every authenticated user): answering is enough.
+                Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => break,
                 Err(_) => {
                     failures += 1;
                     stats.probe_failures.fetch_add(1, Ordering::Relaxed);
