@@ -808,3 +808,76 @@ fn published_service_status_tls_secrets_and_check_on_a_real_api_server() {
     within(Duration::from_secs(15), "none cached", || cached() == 0);
     r.stop();
 }
+
+/// Another holder's Lease that is being renewed is respected (no leadership, no status
+/// write); once it stops renewing, Sluice takes it over after the lease duration and writes.
+#[test]
+fn a_renewed_lease_is_respected_and_an_abandoned_one_taken_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let test = "a_renewed_lease_is_respected_and_an_abandoned_one_taken_over";
+    let Some(kubeconfig) = real_kubeconfig(test) else {
+        return;
+    };
+    let world = World::new(&kubeconfig, "ghost");
+    let mut pods = Pods::new();
+    let a = pods.spawn("pod-a");
+    world.create_all(&[
+        service("web"),
+        endpoints("web-1", "web", &[(a, true, true, false)]),
+        world.ingress("web", "a.test", "web"),
+    ]);
+    let leases: kube::Api<Lease> = kube::Api::namespaced(world.client.clone(), &world.ns);
+    let now = || serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap();
+    let ghost: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sluice-leader"},
+        "spec": {"holderIdentity": "ghost", "leaseDurationSeconds": 2,
+                 "acquireTime": now(), "renewTime": now(), "leaseTransitions": 0}}))
+    .unwrap();
+    world
+        .rt
+        .block_on(leases.create(&Default::default(), &ghost))
+        .unwrap();
+    let mut s = settings(&kubeconfig, &world, "one");
+    s.lease = sluice::control::leader::LeaseSettings {
+        duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry: Duration::from_millis(200),
+    };
+    let r = Replica::start(s, Duration::from_secs(30));
+    // The ghost renews every 500 ms for 5 s: never ours.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let patch = serde_json::json!({"spec": {"renewTime": now()}});
+        world
+            .rt
+            .block_on(leases.patch(
+                "sluice-leader",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            ))
+            .unwrap();
+        assert!(!r.stats.leader.load(Ordering::Relaxed), "took a live Lease");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(r.stats.status_updates.load(Ordering::Relaxed), 0);
+    assert!(world.lb_ips("web").is_empty(), "a follower wrote status");
+    // Abandoned: taken over after the lease duration, then status is written.
+    let stopped = Instant::now();
+    within(Duration::from_secs(10), "takes the abandoned Lease", || {
+        r.stats.leader.load(Ordering::Relaxed)
+    });
+    let took = stopped.elapsed();
+    let lease = world.rt.block_on(leases.get("sluice-leader")).unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("one"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    assert!(
+        took >= Duration::from_millis(1500),
+        "taken before it expired: {took:?}"
+    );
+    within(Duration::from_secs(10), "status written", || {
+        world.lb_ips("web") == ["192.0.2.10"]
+    });
+    r.stop();
+}
