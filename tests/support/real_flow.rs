@@ -849,6 +849,11 @@ impl DeadServer {
         }
     }
 
+    /// Connections seen so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     /// Stops listening; returns the connections it saw.
     pub fn stop(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
