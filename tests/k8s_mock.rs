@@ -3,7 +3,9 @@
 //! says, through real sockets, to in-process upstreams standing in for pods. Covers initial
 //! sync, add/modify/delete of every kind, a cut watch stream (resumed, no event lost), 410 Gone
 //! (re-listed, never an empty moment), class filtering, endpoint transitions, leader-only
-//! status writes, Events for rejected objects, and which Secrets are cached.
+//! status writes, Events for rejected objects, and which Secrets are cached. The same
+//! behaviours are tested against a real API server in `tests/k8s_real.rs`; the mock stays for
+//! the faults a real one cannot produce on demand (see `support/mock_api.rs`).
 // Wall-clock instants only bound waits; nothing here asserts on speed.
 #![allow(clippy::disallowed_methods)]
 

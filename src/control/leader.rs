@@ -168,7 +168,11 @@ pub async fn run(
             }
             Ok(false) => false,
             Err(err) => {
-                eprintln!("sluice: kubernetes: lease {}: {err}", e.name);
+                eprintln!(
+                    "sluice: kubernetes: lease {}: {} (not writing status past the renew deadline)",
+                    e.name,
+                    super::watch::api_error(&err)
+                );
                 // Keep leading through short API trouble, never past the renew deadline.
                 last_renew.is_some_and(|t| t.elapsed() < e.settings.renew_deadline)
             }

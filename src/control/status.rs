@@ -16,7 +16,7 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 
 use super::compile::Diagnostic;
-use super::watch::{Key, KubeStats};
+use super::watch::{Key, KubeStats, api_error};
 
 /// One address of the status: an IP or a host name.
 pub type Address = (Option<String>, Option<String>);
@@ -188,8 +188,10 @@ pub async fn write_statuses(
             Err(e) => {
                 stats.status_errors.fetch_add(1, Ordering::Relaxed);
                 eprintln!(
-                    "sluice: kubernetes: cannot update status of Ingress {}/{}: {e}",
-                    w.namespace, w.name
+                    "sluice: kubernetes: cannot update status of Ingress {}/{}: {}",
+                    w.namespace,
+                    w.name,
+                    api_error(&e)
                 );
             }
         }
@@ -233,8 +235,9 @@ pub async fn post_events(
             Err(e) => {
                 stats.event_errors.fetch_add(1, Ordering::Relaxed);
                 eprintln!(
-                    "sluice: kubernetes: cannot post an Event for {}: {e}",
-                    d.object
+                    "sluice: kubernetes: cannot post an Event for {}: {}",
+                    d.object,
+                    api_error(&e)
                 );
             }
         }

@@ -1,4 +1,12 @@
-//! A mock Kubernetes API server for the tests: plain HTTP/1.1 on 127.0.0.1:0, speaking the real
+//! A mock Kubernetes API server, kept for the faults a real API server cannot be made to
+//! produce on demand: malformed objects, watch streams cut half-way or at a chosen event,
+//! reconnects held, history compacted at an exact point, slow list pages, an API server that
+//! drops every connection for a chosen while. Everything a real server can show is tested
+//! against one (`tests/k8s_real.rs`, `../shared/k8s/`), which is the reference: this mock is
+//! more permissive (it accepts loopback endpoint addresses and objects the real validation
+//! refuses), so a behaviour seen only here proves nothing about a cluster.
+//!
+//! Plain HTTP/1.1 on 127.0.0.1:0, speaking the real
 //! list and watch protocol (JSON lists with `metadata.resourceVersion`; chunked watch streams of
 //! ADDED/MODIFIED/DELETED/BOOKMARK/ERROR events; 410 Gone for a resourceVersion older than the
 //! compaction point, as an ERROR event or as the HTTP status). Writes (POST/PUT/PATCH/DELETE)
@@ -547,6 +555,10 @@ fn serve(stream: TcpStream, shared: &Arc<(Mutex<State>, Condvar)>) -> std::io::R
             if req.method == "GET" {
                 st.reads.push((req.path.clone(), req.query.clone()));
             }
+        }
+        if req.path == "/readyz" {
+            respond(&mut out, 200, &json!("ok"))?;
+            continue;
         }
         let Some((res, ns, name, sub)) = route(&req.path) else {
             respond(&mut out, 404, &status_body(404, "NotFound", "no such path"))?;
