@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 
 use sluice::core::route::{RouteTable, Snapshot};
-use sluice::worker::take_newer;
+use sluice::engine::publish::take_newer;
 
 #[derive(Clone, Copy, Debug)]
 enum Step {

@@ -1,7 +1,13 @@
-//! Engines move bytes between the kernel and the protocol core. `uring` is the io_uring edge;
-//! the per-core loop that drives connections lives in `crate::worker`. [`Engine`] starts one
-//! worker per core, each with its own SO_REUSEPORT listener, and hands snapshots to them.
+//! Everything per core that is not protocol. [`driver`] is the one engine-neutral per-core
+//! driver (connections, TLS sessions, upstream pool, timers, snapshot swap, metrics); `uring`
+//! (io_uring) and `userspace` (smoltcp over TAP or AF_PACKET) are the transports under it.
+//! [`Engine`] starts one worker per core and hands snapshots to them ([`publish`]); `sys`
+//! holds the system calls that are neither io_uring nor a packet device.
 
+pub mod driver;
+pub mod metrics;
+pub mod publish;
+pub mod sys;
 pub mod uring;
 pub mod userspace;
 
@@ -14,11 +20,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::admin::{self, AdminHandle};
 use crate::core::conn::ConnConfig;
 use crate::core::route::Snapshot;
 use crate::core::tls::TlsSettings;
-use crate::worker::{Worker, WorkerHttps, WorkerMetrics, WorkerSetup};
+use driver::{Driver, DriverSetup, HttpsSide};
+use metrics::WorkerMetrics;
+pub use publish::{EngineState, MetricsFn, PublicationStats, Publisher};
+use uring::worker::{Worker, WorkerSetup};
 
 /// How to run the data plane.
 #[derive(Clone, Debug)]
@@ -26,7 +34,6 @@ pub struct EngineConfig {
     /// One worker per entry, pinned to that core (`None`: not pinned).
     pub workers: Vec<Option<usize>>,
     pub http: SocketAddr,
-    pub admin: Option<SocketAddr>,
     pub conn: Arc<ConnConfig>,
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
@@ -52,117 +59,30 @@ pub struct HttpsConfig {
     pub settings: Arc<TlsSettings>,
 }
 
-/// Shared between the engine, its admin server and the control side.
-pub struct EngineState {
-    pub metrics: Vec<Arc<WorkerMetrics>>,
-    /// How publication went: counts and change → all-workers propagation times.
-    pub publication: Mutex<PublicationStats>,
-    /// The newest published snapshot (for the admin route dump; workers have their own).
-    pub snapshot: RwLock<Arc<Snapshot>>,
-    pub stopping: Arc<AtomicBool>,
-    /// More `/metrics` text, from the control side (e.g. the Kubernetes source's counters).
-    pub extra_metrics: Mutex<Vec<MetricsFn>>,
-}
-
-/// Appends Prometheus text to `/metrics`.
-pub type MetricsFn = Box<dyn Fn(&mut String) + Send + Sync>;
-
-/// Publication metrics (control side only, never touched by a worker).
-pub struct PublicationStats {
-    pub published: u64,
-    /// Microseconds from a source event to every worker serving the resulting snapshot.
-    pub propagation_us: hdrhistogram::Histogram<u64>,
-    /// Snapshots not acknowledged by every worker within the wait (should stay 0).
-    pub unacknowledged: u64,
-}
-
-impl Default for PublicationStats {
-    fn default() -> Self {
-        PublicationStats {
-            published: 0,
-            propagation_us: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
-                .expect("valid histogram bounds"),
-            unacknowledged: 0,
-        }
-    }
-}
-
-/// Hands snapshots to every worker: the same `Arc` to each, then a wake-up through its
-/// eventfd. Cheap to clone; used by the control thread.
-#[derive(Clone)]
-pub struct Publisher {
-    senders: Vec<Sender<Arc<Snapshot>>>,
-    /// Snapshots the workers stopped serving, dropped here (on the control thread).
-    retired: Arc<Mutex<Receiver<Arc<Snapshot>>>>,
-    /// Closed when the last publisher (and so the engine) is gone.
-    wakes: Arc<Vec<OwnedFd>>,
-    state: Arc<EngineState>,
-}
-
-impl Publisher {
-    /// Publishes `snapshot`; each worker swaps it in at the top of its next loop turn.
-    pub fn publish(&self, snapshot: Arc<Snapshot>) {
-        if let Ok(mut current) = self.state.snapshot.write() {
-            *current = snapshot.clone();
-        }
-        for (tx, wake) in self.senders.iter().zip(self.wakes.iter()) {
-            let _ = tx.send(snapshot.clone());
-            uring::eventfd_signal(wake.as_raw_fd());
-        }
-        if let Ok(mut stats) = self.state.publication.lock() {
-            stats.published += 1;
-        }
-    }
-
-    /// Waits (polling, on the control thread) until every worker serves `version` or later,
-    /// and records the time since `since` (the source event). Returns that time, or `None`
-    /// if `timeout` passed first.
-    pub fn wait_acknowledged(
-        &self,
-        version: u64,
-        since: std::time::Instant,
-        timeout: Duration,
-    ) -> Option<Duration> {
-        loop {
-            let acked = self
-                .state
-                .metrics
-                .iter()
-                .all(|m| m.snapshot_version.load(Ordering::Acquire) >= version);
-            let elapsed = since.elapsed();
-            if acked {
-                if let Ok(mut stats) = self.state.publication.lock() {
-                    let us = u64::try_from(elapsed.as_micros())
-                        .unwrap_or(u64::MAX)
-                        .max(1);
-                    let _ = stats.propagation_us.record(us);
-                }
-                // After the measurement: freeing a large old table is the control thread's
-                // time, not part of getting the change to the workers.
-                self.free_retired();
-                return Some(elapsed);
-            }
-            if elapsed >= timeout {
-                if let Ok(mut stats) = self.state.publication.lock() {
-                    stats.unacknowledged += 1;
-                }
-                return None;
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
-    }
-
-    pub fn state(&self) -> &Arc<EngineState> {
-        &self.state
-    }
-
-    /// Drops the snapshots workers have handed back (freeing the last copies of old tables).
-    pub fn free_retired(&self) {
-        if let Ok(retired) = self.retired.lock() {
-            while let Ok(old) = retired.try_recv() {
-                drop(old);
-            }
-        }
+/// A worker's driver setup, the same for every engine.
+pub(crate) fn driver_setup(
+    index: usize,
+    cfg: &EngineConfig,
+    https: Option<&HttpsConfig>,
+    snapshots: Receiver<Arc<Snapshot>>,
+    retired: Sender<Arc<Snapshot>>,
+    metrics: Arc<WorkerMetrics>,
+    stopping: Arc<AtomicBool>,
+) -> DriverSetup {
+    DriverSetup {
+        index,
+        conn: cfg.conn.clone(),
+        https: https.map(|h| HttpsSide {
+            conn: h.conn.clone(),
+            settings: h.settings.clone(),
+        }),
+        snapshots,
+        retired,
+        metrics,
+        stopping,
+        upstream_max_idle: cfg.upstream_max_idle,
+        upstream_idle_timeout: cfg.upstream_idle_timeout,
+        shutdown_grace: cfg.shutdown_grace,
     }
 }
 
@@ -200,7 +120,6 @@ pub struct Engine {
     state: Arc<EngineState>,
     local_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
-    admin: Option<AdminHandle>,
 }
 
 impl Engine {
@@ -217,7 +136,7 @@ impl Engine {
         https: Option<HttpsConfig>,
         snapshot: Arc<Snapshot>,
     ) -> io::Result<Engine> {
-        uring::raise_nofile_limit();
+        sys::raise_nofile_limit();
         let mut https_addr = https.as_ref().map(|h| h.addr);
         let mut https_listeners = Vec::new();
         if let Some(h) = &https {
@@ -276,34 +195,36 @@ impl Engine {
         let mut startup_error = None;
         for (index, (core, listener)) in cfg.workers.iter().zip(listeners).enumerate() {
             let (tx, rx) = channel();
-            let wake = uring::eventfd()?;
+            let wake = sys::eventfd()?;
             let wake_fd = wake.as_raw_fd();
             wakes.push(wake);
+            let https_listener = https_listeners.next();
             let setup = WorkerSetup {
-                index,
                 core: *core,
                 listener,
+                https_listener,
                 wake: wake_fd,
-                conn: cfg.conn.clone(),
-                snapshots: rx,
-                retired: retired_tx.clone(),
-                metrics: metrics[index].clone(),
-                stopping: stopping.clone(),
-                upstream_max_idle: cfg.upstream_max_idle,
-                upstream_idle_timeout: cfg.upstream_idle_timeout,
-                shutdown_grace: cfg.shutdown_grace,
-                https: https.as_ref().and_then(|h| {
-                    Some(WorkerHttps {
-                        listener: https_listeners.next()?,
-                        conn: h.conn.clone(),
-                        settings: h.settings.clone(),
-                    })
-                }),
             };
+            let driver = driver_setup(
+                index,
+                &cfg,
+                https.as_ref(),
+                rx,
+                retired_tx.clone(),
+                metrics[index].clone(),
+                stopping.clone(),
+            );
             let snapshot = snapshot.clone();
             let (handle, started) = spawn_worker(
                 format!("sluice-worker-{index}"),
-                move || Worker::new(setup, snapshot).inspect_err(|_| uring::close(listener)),
+                move || {
+                    Worker::new(setup, Driver::new(driver, snapshot)).inspect_err(|_| {
+                        uring::close(listener);
+                        if let Some(fd) = https_listener {
+                            uring::close(fd);
+                        }
+                    })
+                },
                 Worker::run,
             )?;
             startup_error = started.err();
@@ -320,10 +241,6 @@ impl Engine {
             }
             return Err(e);
         }
-        let admin = match cfg.admin {
-            Some(admin_addr) => Some(admin::start(admin_addr, state.clone())?),
-            None => None,
-        };
         Ok(Engine {
             workers,
             publisher: Publisher {
@@ -335,7 +252,6 @@ impl Engine {
             state,
             local_addr: addr,
             https_addr,
-            admin,
         })
     }
 
@@ -348,7 +264,7 @@ impl Engine {
         wakes: Vec<OwnedFd>,
         state: Arc<EngineState>,
         local_addr: SocketAddr,
-        admin: Option<AdminHandle>,
+        https_addr: Option<SocketAddr>,
     ) -> Engine {
         Engine {
             workers,
@@ -360,9 +276,7 @@ impl Engine {
             },
             state,
             local_addr,
-            // The userspace engine serves plain HTTP only (no TLS on it yet).
-            https_addr: None,
-            admin,
+            https_addr,
         }
     }
 
@@ -374,10 +288,6 @@ impl Engine {
     /// The HTTPS listener's address (with the real port), if there is one.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https_addr
-    }
-
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(AdminHandle::local_addr)
     }
 
     pub fn state(&self) -> &Arc<EngineState> {
@@ -399,11 +309,11 @@ impl Engine {
     pub fn stop(&self) {
         self.state.stopping.store(true, Ordering::Release);
         for wake in self.publisher.wakes.iter() {
-            uring::eventfd_signal(wake.as_raw_fd());
+            sys::eventfd_signal(wake.as_raw_fd());
         }
     }
 
-    /// Waits for every worker (and the admin server) to finish.
+    /// Waits for every worker to finish.
     pub fn join(self) -> io::Result<()> {
         let mut result = Ok(());
         for w in self.workers {
@@ -412,9 +322,6 @@ impl Engine {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(io::Error::other("a worker panicked")),
             }
-        }
-        if let Some(admin) = self.admin {
-            admin.join();
         }
         result
     }

@@ -5,7 +5,7 @@
 
 mod demux;
 mod device;
-pub mod sys;
+pub mod packet;
 mod worker;
 
 use std::io;
@@ -17,10 +17,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use demux::{Class, FlowKey, classify};
 
-use super::{Engine, EngineConfig, EngineState, PublicationStats, spawn_worker, uring};
-use crate::admin;
+use super::driver::Driver;
+use super::metrics::WorkerMetrics;
+use super::{
+    Engine, EngineConfig, EngineState, HttpsConfig, PublicationStats, driver_setup, spawn_worker,
+    sys,
+};
 use crate::core::route::Snapshot;
-use crate::worker::WorkerMetrics;
 use worker::{UserspaceWorker, UserspaceWorkerSetup};
 
 /// The packet device the workers share, one queue (or fanout member) per worker.
@@ -127,6 +130,17 @@ impl Engine {
         dev: UserspaceConfig,
         snapshot: Arc<Snapshot>,
     ) -> io::Result<Engine> {
+        Engine::start_userspace_with_https(cfg, None, dev, snapshot)
+    }
+
+    /// [`Engine::start_userspace`] with HTTPS served too, on `https.addr`'s port of the same
+    /// stack (same certificates, SNI, redirects, HSTS and resumption as the io_uring engine).
+    pub fn start_userspace_with_https(
+        mut cfg: EngineConfig,
+        https: Option<HttpsConfig>,
+        dev: UserspaceConfig,
+        snapshot: Arc<Snapshot>,
+    ) -> io::Result<Engine> {
         let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
         if dev.addresses.is_empty() {
             return Err(invalid("userspace engine: no address configured".into()));
@@ -162,16 +176,34 @@ impl Engine {
                 "userspace engine: 1 to 256 workers (each owns a share of 16384 ports)".into(),
             ));
         }
+        let https_port = match &https {
+            None => None,
+            Some(h) if h.addr.port() == 0 || h.addr.port() == cfg.http.port() => {
+                return Err(invalid(format!(
+                    "userspace engine: the HTTPS port must be set and differ from HTTP's (got {})",
+                    h.addr.port()
+                )));
+            }
+            Some(h) => {
+                // Redirects from the plain listener name the HTTPS port.
+                let mut plain = (*cfg.conn).clone();
+                plain.https_port = h.addr.port();
+                cfg.conn = Arc::new(plain);
+                Some(h.addr.port())
+            }
+        };
         let mut queues: Vec<OwnedFd> = Vec::new();
         for _ in &cfg.workers {
             let fd = match dev.device {
-                DeviceKind::Tap => sys::open_tap_queue(&dev.interface),
-                DeviceKind::AfPacket => sys::open_packet_socket(&dev.interface, dev.fanout_group),
+                DeviceKind::Tap => packet::open_tap_queue(&dev.interface),
+                DeviceKind::AfPacket => {
+                    packet::open_packet_socket(&dev.interface, dev.fanout_group)
+                }
             }
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dev.interface)))?;
             queues.push(fd);
         }
-        uring::raise_nofile_limit();
+        sys::raise_nofile_limit();
         let stopping = Arc::new(AtomicBool::new(false));
         let metrics: Vec<Arc<WorkerMetrics>> = cfg
             .workers
@@ -194,7 +226,7 @@ impl Engine {
         let mut inbox_tx = Vec::new();
         let mut inbox_rx = Vec::new();
         for _ in 0..count {
-            wakes.push(uring::eventfd()?);
+            wakes.push(sys::eventfd()?);
             let (tx, rx) = channel();
             inbox_tx.push(tx);
             inbox_rx.push(Some(rx));
@@ -217,20 +249,23 @@ impl Engine {
                 peers,
                 inbox,
                 listen_port: cfg.http.port(),
+                https_port,
                 dev: dev.clone(),
-                conn: cfg.conn.clone(),
-                snapshots: rx,
-                retired: retired_tx.clone(),
-                metrics: metrics[index].clone(),
-                stopping: stopping.clone(),
-                upstream_max_idle: cfg.upstream_max_idle,
-                upstream_idle_timeout: cfg.upstream_idle_timeout,
-                shutdown_grace: cfg.shutdown_grace,
+                linger: cfg.conn.timeouts.linger,
             };
+            let driver = driver_setup(
+                index,
+                &cfg,
+                https.as_ref(),
+                rx,
+                retired_tx.clone(),
+                metrics[index].clone(),
+                stopping.clone(),
+            );
             let snapshot = snapshot.clone();
             let (handle, started) = spawn_worker(
                 format!("sluice-us-worker-{index}"),
-                move || UserspaceWorker::new(setup, snapshot),
+                move || UserspaceWorker::new(setup, Driver::new(driver, snapshot)),
                 UserspaceWorker::run,
             )?;
             startup_error = started.err();
@@ -243,17 +278,13 @@ impl Engine {
         if let Some(e) = startup_error {
             stopping.store(true, Ordering::Release);
             for w in &wakes {
-                uring::eventfd_signal(w.as_raw_fd());
+                sys::eventfd_signal(w.as_raw_fd());
             }
             for w in workers {
                 let _ = w.join();
             }
             return Err(e);
         }
-        let admin = match cfg.admin {
-            Some(admin_addr) => Some(admin::start(admin_addr, state.clone())?),
-            None => None,
-        };
         let local = SocketAddr::new(
             if cfg.http.ip().is_unspecified() {
                 dev.addresses[0].0
@@ -262,8 +293,9 @@ impl Engine {
             },
             cfg.http.port(),
         );
+        let https_addr = https_port.map(|port| SocketAddr::new(local.ip(), port));
         Ok(Engine::from_parts(
-            workers, senders, retired_rx, wakes, state, local, admin,
+            workers, senders, retired_rx, wakes, state, local, https_addr,
         ))
     }
 }
