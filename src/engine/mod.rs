@@ -59,31 +59,93 @@ pub struct HttpsConfig {
     pub settings: Arc<TlsSettings>,
 }
 
-/// A worker's driver setup, the same for every engine.
-pub(crate) fn driver_setup(
-    index: usize,
+/// A worker an engine can run: built on its thread from the engine's per-worker setup and the
+/// driver, then run until stopped.
+pub(crate) trait EngineWorker: Sized + 'static {
+    type Setup: Send + 'static;
+    fn build(setup: Self::Setup, driver: Driver) -> io::Result<Self>;
+    fn run(self) -> io::Result<()>;
+}
+
+/// Workers started by [`launch`], with what publication needs.
+pub(crate) struct Launched {
+    workers: Vec<JoinHandle<io::Result<()>>>,
+    senders: Vec<Sender<Arc<Snapshot>>>,
+    retired: Receiver<Arc<Snapshot>>,
+    wakes: Vec<OwnedFd>,
+    state: Arc<EngineState>,
+}
+
+/// What every engine's start shares: the engine state and per-worker metrics, then one
+/// thread per `(setup, wake-up eventfd)` named `name-N`, each with its driver (mailbox,
+/// retirement channel, metrics, stop flag), waiting for each to be built. If one fails to
+/// build, the ones started are stopped and joined and its error is returned.
+pub(crate) fn launch<W: EngineWorker>(
     cfg: &EngineConfig,
     https: Option<&HttpsConfig>,
-    snapshots: Receiver<Arc<Snapshot>>,
-    retired: Sender<Arc<Snapshot>>,
-    metrics: Arc<WorkerMetrics>,
-    stopping: Arc<AtomicBool>,
-) -> DriverSetup {
-    DriverSetup {
-        index,
-        conn: cfg.conn.clone(),
-        https: https.map(|h| HttpsSide {
-            conn: h.conn.clone(),
-            settings: h.settings.clone(),
-        }),
-        snapshots,
+    snapshot: &Arc<Snapshot>,
+    setups: Vec<(W::Setup, OwnedFd)>,
+    name: &str,
+) -> io::Result<Launched> {
+    sys::raise_nofile_limit();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let metrics: Vec<Arc<WorkerMetrics>> = setups
+        .iter()
+        .map(|_| Arc::new(WorkerMetrics::default()))
+        .collect();
+    let state = Arc::new(EngineState {
+        metrics: metrics.clone(),
+        publication: Mutex::new(PublicationStats::default()),
+        snapshot: RwLock::new(snapshot.clone()),
+        stopping: stopping.clone(),
+        extra_metrics: Mutex::new(Vec::new()),
+    });
+    let (retired_tx, retired) = channel();
+    let mut launched = Launched {
+        workers: Vec::new(),
+        senders: Vec::new(),
         retired,
-        metrics,
-        stopping,
-        upstream_max_idle: cfg.upstream_max_idle,
-        upstream_idle_timeout: cfg.upstream_idle_timeout,
-        shutdown_grace: cfg.shutdown_grace,
+        wakes: Vec::new(),
+        state,
+    };
+    for (index, (setup, wake)) in setups.into_iter().enumerate() {
+        let (tx, rx) = channel();
+        let driver = DriverSetup {
+            index,
+            conn: cfg.conn.clone(),
+            https: https.map(|h| HttpsSide {
+                conn: h.conn.clone(),
+                settings: h.settings.clone(),
+            }),
+            snapshots: rx,
+            retired: retired_tx.clone(),
+            metrics: metrics[index].clone(),
+            stopping: stopping.clone(),
+            upstream_max_idle: cfg.upstream_max_idle,
+            upstream_idle_timeout: cfg.upstream_idle_timeout,
+            shutdown_grace: cfg.shutdown_grace,
+        };
+        let snapshot = snapshot.clone();
+        let (handle, started) = spawn_worker(
+            format!("{name}-{index}"),
+            move || W::build(setup, Driver::new(driver, snapshot)),
+            W::run,
+        )?;
+        launched.workers.push(handle);
+        launched.senders.push(tx);
+        launched.wakes.push(wake);
+        if let Err(e) = started {
+            stopping.store(true, Ordering::Release);
+            for w in &launched.wakes {
+                sys::eventfd_signal(w.as_raw_fd());
+            }
+            for w in launched.workers {
+                let _ = w.join();
+            }
+            return Err(e);
+        }
     }
+    Ok(launched)
 }
 
 /// Starts a worker thread named `name` that builds its worker with `build` and then runs
@@ -136,145 +198,54 @@ impl Engine {
         https: Option<HttpsConfig>,
         snapshot: Arc<Snapshot>,
     ) -> io::Result<Engine> {
-        sys::raise_nofile_limit();
-        let mut https_addr = https.as_ref().map(|h| h.addr);
+        let n = cfg.workers.len();
+        let mut https_addr = None;
         let mut https_listeners = Vec::new();
         if let Some(h) = &https {
-            let mut addr = h.addr;
-            for _ in &cfg.workers {
-                let fd = uring::listen_reuseport(addr, 4096).map_err(|e| {
-                    for fd in &https_listeners {
-                        uring::close(*fd);
-                    }
-                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-                })?;
-                if addr.port() == 0 {
-                    addr = uring::local_addr(fd).unwrap_or(addr);
-                }
-                https_listeners.push(fd);
-            }
+            let (fds, addr) = uring::listen_all(h.addr, n)?;
+            https_listeners = fds;
             https_addr = Some(addr);
             // Redirects from the plain listener name the port really listened on.
             let mut plain = (*cfg.conn).clone();
             plain.https_port = addr.port();
             cfg.conn = Arc::new(plain);
         }
-        let mut https_listeners = https_listeners.into_iter();
-        let stopping = Arc::new(AtomicBool::new(false));
-        let mut addr = cfg.http;
-        let mut listeners = Vec::new();
-        for _ in &cfg.workers {
-            let fd = uring::listen_reuseport(addr, 4096).map_err(|e| {
-                for fd in &listeners {
-                    uring::close(*fd);
-                }
-                io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-            })?;
-            if addr.port() == 0 {
-                // Port 0: the first worker picks it, the others share it.
-                addr = uring::local_addr(fd).unwrap_or(addr);
+        let (listeners, addr) = uring::listen_all(cfg.http, n).inspect_err(|_| {
+            for fd in &https_listeners {
+                uring::close(*fd);
             }
-            listeners.push(fd);
-        }
-        let metrics: Vec<Arc<WorkerMetrics>> = cfg
-            .workers
-            .iter()
-            .map(|_| Arc::new(WorkerMetrics::default()))
-            .collect();
-        let state = Arc::new(EngineState {
-            metrics: metrics.clone(),
-            publication: Mutex::new(PublicationStats::default()),
-            snapshot: RwLock::new(snapshot.clone()),
-            stopping: stopping.clone(),
-            extra_metrics: Mutex::new(Vec::new()),
-        });
-        let mut workers = Vec::new();
-        let mut senders = Vec::new();
-        let mut wakes = Vec::new();
-        let (retired_tx, retired_rx) = channel();
-        let mut startup_error = None;
-        for (index, (core, listener)) in cfg.workers.iter().zip(listeners).enumerate() {
-            let (tx, rx) = channel();
+        })?;
+        let mut https_listeners = https_listeners.into_iter();
+        let mut setups = Vec::new();
+        for (core, listener) in cfg.workers.iter().zip(listeners) {
             let wake = sys::eventfd()?;
-            let wake_fd = wake.as_raw_fd();
-            wakes.push(wake);
-            let https_listener = https_listeners.next();
             let setup = WorkerSetup {
                 core: *core,
                 listener,
-                https_listener,
-                wake: wake_fd,
+                https_listener: https_listeners.next(),
+                wake: wake.as_raw_fd(),
             };
-            let driver = driver_setup(
-                index,
-                &cfg,
-                https.as_ref(),
-                rx,
-                retired_tx.clone(),
-                metrics[index].clone(),
-                stopping.clone(),
-            );
-            let snapshot = snapshot.clone();
-            let (handle, started) = spawn_worker(
-                format!("sluice-worker-{index}"),
-                move || {
-                    Worker::new(setup, Driver::new(driver, snapshot)).inspect_err(|_| {
-                        uring::close(listener);
-                        if let Some(fd) = https_listener {
-                            uring::close(fd);
-                        }
-                    })
-                },
-                Worker::run,
-            )?;
-            startup_error = started.err();
-            workers.push(handle);
-            senders.push(tx);
-            if startup_error.is_some() {
-                break;
-            }
+            setups.push((setup, wake));
         }
-        if let Some(e) = startup_error {
-            stopping.store(true, Ordering::Release);
-            for w in workers {
-                let _ = w.join();
-            }
-            return Err(e);
-        }
-        Ok(Engine {
-            workers,
-            publisher: Publisher {
-                senders,
-                retired: Arc::new(Mutex::new(retired_rx)),
-                wakes: Arc::new(wakes),
-                state: state.clone(),
-            },
-            state,
-            local_addr: addr,
-            https_addr,
-        })
+        let workers = launch::<Worker>(&cfg, https.as_ref(), &snapshot, setups, "sluice-worker")?;
+        Ok(Engine::assemble(workers, addr, https_addr))
     }
 
-    /// Assembles a running engine from workers another engine module started (the userspace
-    /// engine): the same publication, state, stop and join as the io_uring engine.
-    pub(crate) fn from_parts(
-        workers: Vec<JoinHandle<io::Result<()>>>,
-        senders: Vec<Sender<Arc<Snapshot>>>,
-        retired: Receiver<Arc<Snapshot>>,
-        wakes: Vec<OwnedFd>,
-        state: Arc<EngineState>,
+    /// A running engine from the workers [`launch`] started.
+    pub(crate) fn assemble(
+        w: Launched,
         local_addr: SocketAddr,
         https_addr: Option<SocketAddr>,
     ) -> Engine {
         Engine {
-            workers,
+            workers: w.workers,
             publisher: Publisher {
-                senders,
-                retired: Arc::new(Mutex::new(retired)),
-                wakes: Arc::new(wakes),
-                state: state.clone(),
+                senders: w.senders,
+                retired: Arc::new(Mutex::new(w.retired)),
+                wakes: Arc::new(w.wakes),
+                state: w.state.clone(),
             },
-            state,
+            state: w.state,
             local_addr,
             https_addr,
         }

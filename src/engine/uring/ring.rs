@@ -17,6 +17,8 @@ use std::time::Duration;
 use io_uring::types::{BufRingEntry, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
+use crate::engine::sys::check;
+
 /// What a completion is for. Encoded in the 64-bit user data with a slot and a generation,
 /// so a completion for a slot that has since been reused is recognised and dropped.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -570,14 +572,6 @@ impl SockAddr {
     }
 }
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
 fn set_int_opt(
     fd: RawFd,
     level: libc::c_int,
@@ -622,6 +616,27 @@ pub fn listen_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<RawFd> {
         return Err(e);
     }
     Ok(fd)
+}
+
+/// `n` listening sockets on `addr` (see [`listen_reuseport`]), one per worker, and the
+/// address they listen on: with port 0, the first picks a port and the others share it. On
+/// an error, those already made are closed.
+pub fn listen_all(addr: SocketAddr, n: usize) -> io::Result<(Vec<RawFd>, SocketAddr)> {
+    let mut addr = addr;
+    let mut fds = Vec::with_capacity(n);
+    for _ in 0..n {
+        let fd = listen_reuseport(addr, 4096).map_err(|e| {
+            for fd in &fds {
+                close(*fd);
+            }
+            io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+        })?;
+        if addr.port() == 0 {
+            addr = local_addr(fd).unwrap_or(addr);
+        }
+        fds.push(fd);
+    }
+    Ok((fds, addr))
 }
 
 /// A nonblocking TCP socket for an upstream connection, with TCP_NODELAY.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::ring::{self as uring, Completion, Op, Ring, Token};
 use crate::core::conn::ClientInfo;
 use crate::core::time::Instant;
+use crate::engine::EngineWorker;
 use crate::engine::driver::{Driver, Flow, Owner, Sent, Slab, Transport, clock};
 
 /// What an io_uring worker is given besides its driver's setup.
@@ -347,9 +348,19 @@ pub struct Worker {
     completions: Vec<Completion>,
 }
 
-impl Worker {
-    pub fn new(setup: WorkerSetup, driver: Driver) -> std::io::Result<Worker> {
-        let ring = Ring::new(4096, 1024, 16 * 1024)?;
+impl EngineWorker for Worker {
+    type Setup = WorkerSetup;
+
+    /// Makes the ring; if that fails, the listeners are closed (nothing else owns them yet).
+    fn build(setup: WorkerSetup, driver: Driver) -> std::io::Result<Worker> {
+        let ring = Ring::new(4096, 1024, 16 * 1024).inspect_err(|_| {
+            for fd in [Some(setup.listener), setup.https_listener]
+                .into_iter()
+                .flatten()
+            {
+                uring::close(fd);
+            }
+        })?;
         Ok(Worker {
             net: UringNet {
                 ring,
@@ -368,7 +379,7 @@ impl Worker {
     }
 
     /// Runs until stopped and drained (or the grace period ends).
-    pub fn run(mut self) -> std::io::Result<()> {
+    fn run(mut self) -> std::io::Result<()> {
         if let Some(core) = self.core {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
@@ -413,7 +424,9 @@ impl Worker {
         // The eventfd stays open (the engine owns it); a read still armed ends with the ring.
         Ok(())
     }
+}
 
+impl Worker {
     fn next_wait(&self, now: Instant) -> Duration {
         let mut wait = MAX_WAIT;
         if let Some(at) = self.driver.next_deadline() {

@@ -11,18 +11,12 @@ mod worker;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::sync::mpsc::channel;
-use std::sync::{Arc, Mutex, RwLock};
 
 pub use demux::{Class, FlowKey, classify};
 
-use super::driver::Driver;
-use super::metrics::WorkerMetrics;
-use super::{
-    Engine, EngineConfig, EngineState, HttpsConfig, PublicationStats, driver_setup, spawn_worker,
-    sys,
-};
+use super::{Engine, EngineConfig, HttpsConfig, launch, sys};
 use crate::core::route::Snapshot;
 use worker::{UserspaceWorker, UserspaceWorkerSetup};
 
@@ -203,24 +197,6 @@ impl Engine {
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dev.interface)))?;
             queues.push(fd);
         }
-        sys::raise_nofile_limit();
-        let stopping = Arc::new(AtomicBool::new(false));
-        let metrics: Vec<Arc<WorkerMetrics>> = cfg
-            .workers
-            .iter()
-            .map(|_| Arc::new(WorkerMetrics::default()))
-            .collect();
-        let state = Arc::new(EngineState {
-            metrics: metrics.clone(),
-            publication: Mutex::new(PublicationStats::default()),
-            snapshot: RwLock::new(snapshot.clone()),
-            stopping: stopping.clone(),
-            extra_metrics: Mutex::new(Vec::new()),
-        });
-        let mut workers = Vec::new();
-        let mut senders = Vec::new();
-        let (retired_tx, retired_rx) = channel();
-        let mut startup_error = None;
         let count = cfg.workers.len();
         let mut wakes = Vec::new();
         let mut inbox_tx = Vec::new();
@@ -229,62 +205,33 @@ impl Engine {
             wakes.push(sys::eventfd()?);
             let (tx, rx) = channel();
             inbox_tx.push(tx);
-            inbox_rx.push(Some(rx));
+            inbox_rx.push(rx);
         }
-        for (index, (core, queue)) in cfg.workers.iter().zip(queues).enumerate() {
-            let (tx, rx) = channel();
-            let wake_fd = wakes[index].as_raw_fd();
-            let peers = (0..count)
-                .map(|i| (inbox_tx[i].clone(), wakes[i].as_raw_fd()))
-                .collect();
-            let Some(inbox) = inbox_rx[index].take() else {
-                continue;
-            };
+        let peers: Vec<_> = inbox_tx
+            .into_iter()
+            .zip(&wakes)
+            .map(|(tx, w)| (tx, w.as_raw_fd()))
+            .collect();
+        let mut setups = Vec::new();
+        let parts = cfg.workers.iter().zip(queues).zip(inbox_rx).zip(wakes);
+        for (index, (((core, queue), inbox), wake)) in parts.enumerate() {
             let setup = UserspaceWorkerSetup {
                 index,
                 count,
                 core: *core,
                 queue,
-                wake: wake_fd,
-                peers,
+                wake: wake.as_raw_fd(),
+                peers: peers.clone(),
                 inbox,
                 listen_port: cfg.http.port(),
                 https_port,
                 dev: dev.clone(),
                 linger: cfg.conn.timeouts.linger,
             };
-            let driver = driver_setup(
-                index,
-                &cfg,
-                https.as_ref(),
-                rx,
-                retired_tx.clone(),
-                metrics[index].clone(),
-                stopping.clone(),
-            );
-            let snapshot = snapshot.clone();
-            let (handle, started) = spawn_worker(
-                format!("sluice-us-worker-{index}"),
-                move || UserspaceWorker::new(setup, Driver::new(driver, snapshot)),
-                UserspaceWorker::run,
-            )?;
-            startup_error = started.err();
-            workers.push(handle);
-            senders.push(tx);
-            if startup_error.is_some() {
-                break;
-            }
+            setups.push((setup, wake));
         }
-        if let Some(e) = startup_error {
-            stopping.store(true, Ordering::Release);
-            for w in &wakes {
-                sys::eventfd_signal(w.as_raw_fd());
-            }
-            for w in workers {
-                let _ = w.join();
-            }
-            return Err(e);
-        }
+        let workers =
+            launch::<UserspaceWorker>(&cfg, https.as_ref(), &snapshot, setups, "sluice-us-worker")?;
         let local = SocketAddr::new(
             if cfg.http.ip().is_unspecified() {
                 dev.addresses[0].0
@@ -294,9 +241,7 @@ impl Engine {
             cfg.http.port(),
         );
         let https_addr = https_port.map(|port| SocketAddr::new(local.ip(), port));
-        Ok(Engine::from_parts(
-            workers, senders, retired_rx, wakes, state, local, https_addr,
-        ))
+        Ok(Engine::assemble(workers, local, https_addr))
     }
 }
 

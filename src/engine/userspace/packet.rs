@@ -8,13 +8,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
+use crate::engine::sys::check;
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (a short) in the union.
 #[repr(C)]

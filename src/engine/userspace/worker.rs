@@ -25,6 +25,7 @@ use super::device::{Link, Port};
 use super::{DeviceKind, PollMode, UserspaceConfig, packet};
 use crate::core::conn::ClientInfo;
 use crate::core::time::Instant;
+use crate::engine::EngineWorker;
 use crate::engine::driver::{Driver, Flow, Owner, Sent, Slab, Transport, clock};
 use crate::engine::sys;
 
@@ -700,8 +701,10 @@ pub struct UserspaceWorker {
     driver: Driver,
 }
 
-impl UserspaceWorker {
-    pub fn new(setup: UserspaceWorkerSetup, driver: Driver) -> std::io::Result<Self> {
+impl EngineWorker for UserspaceWorker {
+    type Setup = UserspaceWorkerSetup;
+
+    fn build(setup: UserspaceWorkerSetup, driver: Driver) -> std::io::Result<Self> {
         Ok(UserspaceWorker {
             net: SmolNet::new(setup)?,
             driver,
@@ -709,7 +712,7 @@ impl UserspaceWorker {
     }
 
     /// Runs until stopped and drained (or the grace period ends).
-    pub fn run(mut self) -> std::io::Result<()> {
+    fn run(mut self) -> std::io::Result<()> {
         let Self { net, driver } = &mut self;
         if let Some(core) = net.setup.core {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
