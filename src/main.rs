@@ -313,7 +313,7 @@ fn compile_routes(
 /// the HTTP and HTTPS listeners), then the admin server over the engine's state.
 fn start_engine(
     config: &Config,
-    snapshot: Arc<sluice::core::route::Snapshot>,
+    snapshot: Arc<sluice::core::snapshot::Snapshot>,
 ) -> Result<(Engine, AdminHandle), String> {
     let https = Some(config.https_config()?);
     let engine = match config.engine {

@@ -20,7 +20,7 @@ use sluice::control::certs;
 use sluice::control::compile::{CompileOptions, Objects, compile};
 use sluice::control::manifests::parse_documents;
 use sluice::core::conn::ConnConfig;
-use sluice::core::route::Snapshot;
+use sluice::core::snapshot::Snapshot;
 use sluice::demo::{DemoUpstream, spawn_upstream};
 use sluice::engine::userspace::{DeviceKind, PollMode, UserspaceConfig};
 use sluice::engine::{Engine, EngineConfig, HttpsConfig};
@@ -100,7 +100,11 @@ impl Harness {
     }
 
     /// One worker with an HTTPS listener next to the plain one.
-    pub fn start_tls(&self, snapshot: sluice::core::route::Snapshot, https: HttpsConfig) -> Engine {
+    pub fn start_tls(
+        &self,
+        snapshot: sluice::core::snapshot::Snapshot,
+        https: HttpsConfig,
+    ) -> Engine {
         let conn = ConnConfig::default();
         let idle = Duration::from_secs(30);
         self.start_with(Arc::new(snapshot), 1, conn, idle, Some(https))

@@ -138,6 +138,52 @@ fn engine_imports_only_core_and_config() {
     assert!(all.is_empty(), "layering violations:\n{}", all.join("\n"));
 }
 
+/// Inside `core`, dependencies point one way (`host` <- `route`, `tls` <- `snapshot` <-
+/// `upstream`): each module, and what it must not import.
+const CORE_ORDER: &[(&str, &[&str])] = &[
+    (
+        "host.rs",
+        &[
+            "core::route",
+            "core::tls",
+            "core::snapshot",
+            "core::upstream",
+        ],
+    ),
+    ("route", &["core::tls", "core::snapshot", "core::upstream"]),
+    (
+        "tls.rs",
+        &["core::route", "core::snapshot", "core::upstream"],
+    ),
+    ("snapshot.rs", &["core::upstream"]),
+];
+
+#[test]
+fn core_modules_depend_one_way() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+    let mut all = Vec::new();
+    for (module, forbidden) in CORE_ORDER {
+        let path = root.join(module);
+        let mut files = Vec::new();
+        if path.is_dir() {
+            rust_files(&path, &mut files);
+        } else {
+            files.push(path);
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("read source");
+            for (n, code) in code_lines(&text) {
+                for pattern in *forbidden {
+                    if code.contains(pattern) {
+                        all.push(format!("{}:{n}: {pattern}", file.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(all.is_empty(), "import circle in core:\n{}", all.join("\n"));
+}
+
 #[test]
 fn the_checkers_catch_violations_and_ignore_comments() {
     let bad =

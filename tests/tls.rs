@@ -14,7 +14,7 @@ use sluice::control::certs;
 use sluice::control::compile::{Compiled, Objects, compile};
 use sluice::control::manifests::parse_documents;
 use sluice::core::conn::ConnConfig;
-use sluice::core::route::Snapshot;
+use sluice::core::snapshot::Snapshot;
 use sluice::core::tls::TlsSettings;
 use sluice::demo::{DemoUpstream, spawn_upstream};
 use sluice::engine::{Engine, EngineConfig, HttpsConfig};

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::core::conn::ConnConfig;
-use crate::core::route::Snapshot;
+use crate::core::snapshot::Snapshot;
 use crate::core::tls::TlsSettings;
 use driver::{Driver, DriverSetup, HttpsSide};
 use metrics::WorkerMetrics;

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::core::route::Snapshot;
+use crate::core::snapshot::Snapshot;
 use crate::engine::metrics::WorkerMetrics;
 use crate::engine::sys;
 

@@ -42,10 +42,11 @@ use std::time::Duration;
 pub use slab::Slab;
 
 use crate::core::conn::{Action, ClientInfo, Conn, ConnConfig};
-use crate::core::route::{Snapshot, SnapshotRouter};
+use crate::core::snapshot::Snapshot;
 use crate::core::time::Instant;
 use crate::core::tls::{Received, TlsSession, TlsSettings};
 use crate::core::upstream::Picker;
+use crate::core::upstream::SnapshotRouter;
 use crate::engine::metrics::WorkerMetrics;
 use crate::engine::publish::take_newer;
 

@@ -17,7 +17,7 @@ use std::sync::mpsc::channel;
 pub use demux::{Class, FlowKey, classify};
 
 use super::{Engine, EngineConfig, HttpsConfig, launch, sys};
-use crate::core::route::Snapshot;
+use crate::core::snapshot::Snapshot;
 use worker::{UserspaceWorker, UserspaceWorkerSetup};
 
 /// The packet device the workers share, one queue (or fanout member) per worker.
