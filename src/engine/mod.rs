@@ -185,8 +185,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Binds every worker's listener, starts the workers (each serving `snapshot`) and the
-    /// admin server. Fails, with nothing left running, if io_uring is unavailable.
+    /// Binds every worker's listener and starts the workers (each serving `snapshot`); the
+    /// admin server is `main`'s to start over [`Engine::state`]. Fails, with nothing left
+    /// running, if io_uring is unavailable.
     pub fn start(cfg: EngineConfig, snapshot: Arc<Snapshot>) -> io::Result<Engine> {
         Engine::start_with_https(cfg, None, snapshot)
     }

@@ -28,7 +28,7 @@ pub fn take_newer(mailbox: &Receiver<Arc<Snapshot>>, current: u64) -> Option<Arc
     newest
 }
 
-/// Shared between the engine, its admin server and the control side.
+/// Shared between the engine, the admin server and the control side.
 pub struct EngineState {
     pub metrics: Vec<Arc<WorkerMetrics>>,
     /// How publication went: counts and change → all-workers propagation times.

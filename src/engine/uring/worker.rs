@@ -253,6 +253,18 @@ impl UringNet {
     }
 }
 
+impl Drop for UringNet {
+    /// Closes the descriptors of sockets whose last operations never completed (the worker
+    /// stopped first); the ring, and the memory those operations use, goes after them.
+    fn drop(&mut self) {
+        for i in 0..self.socks.capacity() {
+            if let Some(s) = self.socks.remove(i) {
+                uring::close(s.fd);
+            }
+        }
+    }
+}
+
 impl Transport for UringNet {
     fn send(&mut self, sock: usize, buf: Vec<u8>) -> Sent {
         let token = self.token(Op::Send, sock);

@@ -1,7 +1,10 @@
 //! The kernel-bypass engine: each worker owns a smoltcp TCP/IP stack over its own queue of a
-//! packet device (a multi-queue TAP, or an AF_PACKET socket in a PACKET_FANOUT group) and
-//! drives the same protocol core as the io_uring engine; no kernel TCP on the data path.
-//! Snapshots reach its workers through the same [`Publisher`](super::Publisher).
+//! packet device (a multi-queue TAP, or an AF_PACKET socket in a PACKET_FANOUT group) and is a
+//! transport under the same engine-neutral driver as the io_uring engine (so HTTP and HTTPS
+//! behave the same on both); no kernel TCP on the data path. `demux` classifies frames by
+//! 4-tuple, `device` is smoltcp's `phy::Device` over one descriptor, `packet` the device's
+//! system calls, `worker` the transport and the loop. Snapshots reach its workers through the
+//! same [`Publisher`](super::Publisher).
 
 mod demux;
 mod device;
@@ -116,7 +119,7 @@ pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
 
 impl Engine {
     /// Starts the userspace engine: opens one device queue per worker (failing, with nothing
-    /// left running, if the device cannot be opened), then the workers and the admin server.
+    /// left running, if the device cannot be opened), then the workers (`main` starts the admin server).
     /// `cfg.http`'s port is the port the workers listen on in their own stacks; its address
     /// must be unspecified or one of `dev.addresses`.
     pub fn start_userspace(
