@@ -1040,3 +1040,6 @@ impl Driver {
         self.serving(false);
     }
 }
+
+#[cfg(test)]
+mod tests;

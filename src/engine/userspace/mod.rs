@@ -181,6 +181,15 @@ impl Engine {
                     h.addr.port()
                 )));
             }
+            Some(h)
+                if !h.addr.ip().is_unspecified()
+                    && !dev.addresses.iter().any(|(a, _)| *a == h.addr.ip()) =>
+            {
+                return Err(invalid(format!(
+                    "userspace engine: HTTPS address {} is not one of the appliance's addresses",
+                    h.addr.ip()
+                )));
+            }
             Some(h) => {
                 // Redirects from the plain listener name the HTTPS port.
                 let mut plain = (*cfg.conn).clone();
