@@ -102,6 +102,22 @@ fn info() -> ClientInfo {
 
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
+/// A driver after one exchange on a new client and a new upstream connection (now pooled).
+fn one_exchange() -> (Driver, MemNet, Instant, Owner, Owner) {
+    let mut d = driver();
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    let client = d.accept(1, info(), false, now).expect("accepted");
+    d.received(client, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", now);
+    d.drive(&mut net, now);
+    let (_, upstream) = net.connects[0];
+    d.connected(upstream, true, now);
+    d.drive(&mut net, now);
+    d.received(upstream, RESPONSE, now);
+    d.drive(&mut net, now);
+    (d, net, now, client, upstream)
+}
+
 #[test]
 fn a_request_goes_upstream_and_its_connection_is_pooled_and_reused() {
     let mut d = driver();
@@ -147,17 +163,7 @@ fn a_request_goes_upstream_and_its_connection_is_pooled_and_reused() {
 
 #[test]
 fn an_idle_pooled_connection_that_speaks_is_closed_and_a_stale_owner_is_ignored() {
-    let mut d = driver();
-    let mut net = MemNet::default();
-    let now = Instant::from_nanos(1_000_000_000);
-    let client = d.accept(1, info(), false, now).expect("accepted");
-    d.received(client, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", now);
-    d.drive(&mut net, now);
-    let (_, upstream) = net.connects[0];
-    d.connected(upstream, true, now);
-    d.drive(&mut net, now);
-    d.received(upstream, RESPONSE, now);
-    d.drive(&mut net, now);
+    let (mut d, mut net, now, client, upstream) = one_exchange();
     assert!(net.closed.is_empty());
     // Idle in the pool, the upstream closes: the driver closes its socket.
     d.eof(upstream, now);
@@ -176,17 +182,7 @@ fn an_idle_pooled_connection_that_speaks_is_closed_and_a_stale_owner_is_ignored(
 
 #[test]
 fn idle_pooled_connections_expire_and_a_refused_connect_is_a_502() {
-    let mut d = driver();
-    let mut net = MemNet::default();
-    let now = Instant::from_nanos(1_000_000_000);
-    let client = d.accept(1, info(), false, now).expect("accepted");
-    d.received(client, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", now);
-    d.drive(&mut net, now);
-    let (_, upstream) = net.connects[0];
-    d.connected(upstream, true, now);
-    d.drive(&mut net, now);
-    d.received(upstream, RESPONSE, now);
-    d.drive(&mut net, now);
+    let (mut d, mut net, now, client, _) = one_exchange();
     net.take(1);
     let expiry = d.next_deadline().expect("a deadline");
     assert!(expiry > now);
