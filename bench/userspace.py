@@ -14,7 +14,10 @@ fixed time. Reported: requests/s, p50/p99, Sluice's CPU time per request (utime+
 userspace engine, TCP segments sent in the namespace for the io_uring engine; both count
 every segment of the client and upstream legs once), and Sluice's resident memory.
 
-Usage: python3 bench/userspace.py [--duration 10] [--idle 100,50000] [--rounds 1] [--write-results]
+With --https, wrk speaks HTTPS (TLS 1.3, keep-alive) to each engine's HTTPS listener instead
+(Sluice's generated self-signed certificate; the upstream leg stays plain HTTP).
+
+Usage: python3 bench/userspace.py [--duration 10] [--idle 100,50000] [--rounds 1] [--https] [--write-results]
 Needs root; installs nginx and wrk with apt-get if they are missing.
 """
 
@@ -39,6 +42,7 @@ KERNEL_IP = "10.99.0.1"
 SLUICE_IP = "10.99.0.2"
 UPSTREAM_PORT = 18000
 PROXY_PORT = 18080
+HTTPS_PORT = 18443
 ADMIN_PORT = 18081
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NS = f"sluice-bench-{os.getpid()}"
@@ -161,7 +165,7 @@ http {{
     return p
 
 
-def start_sluice(tmp, binary, engine):
+def start_sluice(tmp, binary, engine, https=False):
     manifests = os.path.join(tmp, "manifests")
     os.makedirs(manifests, exist_ok=True)
     with open(os.path.join(manifests, "bench.yaml"), "w") as f:
@@ -185,12 +189,14 @@ ports: [{{port: {UPSTREAM_PORT}}}]
 endpoints: [{{addresses: ["{KERNEL_IP}"]}}]
 """)
     http = f"{KERNEL_IP}:{PROXY_PORT}" if engine == "uring" else f"0.0.0.0:{PROXY_PORT}"
+    https_addr = f"{KERNEL_IP}:{HTTPS_PORT}" if engine == "uring" else f"0.0.0.0:{HTTPS_PORT}"
     conf = os.path.join(tmp, f"sluice-{engine}.toml")
     with open(conf, "w") as f:
         f.write(f"""workers = [{CONTENDER_CPU}]
 engine = "{engine}"
 [listen]
 http = "{http}"
+https = "{https_addr}"
 admin = "127.0.0.1:{ADMIN_PORT}"
 [timeouts]
 keep_alive = "600s"
@@ -208,7 +214,7 @@ backlog = 256
                          stdout=subprocess.DEVNULL, stderr=log)
     target = KERNEL_IP if engine == "uring" else SLUICE_IP
     try:
-        wait_port(target, PROXY_PORT, timeout=30)
+        wait_port(target, HTTPS_PORT if https else PROXY_PORT, timeout=30)
     except RuntimeError:
         p.kill()
         p.wait()
@@ -287,23 +293,24 @@ def fd_limit():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
-def wrk(target, duration, connections, script):
+def wrk(target, duration, connections, script, https=False):
+    url = f"https://{target}:{HTTPS_PORT}/" if https else f"http://{target}:{PROXY_PORT}/"
     cmd = ["taskset", "-c", LOAD_CPU, tool("wrk"), "-t1", f"-c{connections}", f"-d{duration}s",
-           "-s", script, f"http://{target}:{PROXY_PORT}/"]
+           "-s", script, url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = [l for l in out.splitlines() if l.startswith("{")][-1]
     return json.loads(line)
 
 
 def measure(tmp, binary, engine, idle, args, script):
-    proc, target = start_sluice(tmp, binary, engine)
+    proc, target = start_sluice(tmp, binary, engine, args.https)
     holders = []
     try:
         time.sleep(0.3)
         holders = start_holders(target, idle)
-        wrk(target, 2, args.connections, script)  # warm-up: pools, caches
+        wrk(target, 2, args.connections, script, args.https)  # warm-up: pools, caches
         before, pk_before, rt_before = cpu_ticks(proc.pid), packets(engine), kernel_retransmits()
-        r = wrk(target, args.duration, args.connections, script)
+        r = wrk(target, args.duration, args.connections, script, args.https)
         after, pk_after, rt_after = cpu_ticks(proc.pid), packets(engine), kernel_retransmits()
         r["kernel_retransmits"] = rt_after - rt_before
         r["rss_mib"] = rss_kib(proc.pid) / 1024
@@ -335,6 +342,8 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--idle", default="100,50000")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--https", action="store_true",
+                    help="drive HTTPS keep-alive connections instead of plain HTTP")
     ap.add_argument("--write-results", action="store_true")
     ap.add_argument("--hold", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -381,7 +390,8 @@ def main():
         f"{args.duration} s) and the upstream (nginx, 1 KiB body) on CPU {LOAD_CPU}; all in a network namespace "
         "made by the script, the userspace engine on a multi-queue TAP (1 queue), smoltcp buffers 16 KiB.",
         "",
-        f"Command: `python3 bench/userspace.py --duration {args.duration} --idle {args.idle} --rounds {args.rounds}`",
+        f"Command: `python3 bench/userspace.py --duration {args.duration} --idle {args.idle} --rounds {args.rounds}"
+        + (" --https`" if args.https else "`"),
         "",
         "| engine | idle connections | requests/s | p50 | p99 | CPU per request | packets per request | CPU per packet | RSS | errors |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -4,7 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice::core::route::{BackendId, PathKind, RouteTableBuilder, Snapshot};
+use sluice::core::route::{BackendId, PathKind, RouteTableBuilder};
+use sluice::core::snapshot::Snapshot;
 
 fn snapshot() -> Snapshot {
     let mut t = RouteTableBuilder::default();

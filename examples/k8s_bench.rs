@@ -109,7 +109,6 @@ fn propagation(ingresses: usize, changes: usize) {
         EngineConfig {
             workers: vec![None; workers],
             http: "127.0.0.1:0".parse().unwrap(),
-            admin: None,
             conn: Arc::new(ConnConfig::default()),
             upstream_max_idle: 4,
             upstream_idle_timeout: Duration::from_secs(30),

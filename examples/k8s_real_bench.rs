@@ -256,7 +256,6 @@ fn main() {
         EngineConfig {
             workers: vec![None; 2],
             http: "127.0.0.1:0".parse().unwrap(),
-            admin: None,
             conn: Arc::new(ConnConfig::default()),
             upstream_max_idle: 4,
             upstream_idle_timeout: Duration::from_secs(30),

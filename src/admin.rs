@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::engine::EngineState;
-use crate::worker::WorkerMetrics;
+use crate::engine::metrics::WorkerMetrics;
 
 pub struct AdminHandle {
     addr: SocketAddr,

@@ -726,7 +726,6 @@ impl Config {
         EngineConfig {
             workers,
             http: self.http,
-            admin: Some(self.admin),
             conn: Arc::new(self.conn_config()),
             upstream_max_idle: self.upstream_max_idle,
             upstream_idle_timeout: self.upstream_idle_timeout,

@@ -10,4 +10,3 @@ pub mod control;
 pub mod core;
 pub mod demo;
 pub mod engine;
-pub mod worker;

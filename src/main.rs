@@ -9,6 +9,7 @@ use std::time::Duration;
 use sluice::config::{Config, EngineKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use sluice::admin::{self, AdminHandle};
 use sluice::control::certs;
 use sluice::control::compile::{Compiled, Objects};
 use sluice::control::files::{FileSource, FileWatcher};
@@ -16,7 +17,7 @@ use sluice::control::incremental::Incremental;
 use sluice::control::manifests::{Object, parse_documents};
 use sluice::control::watch::{KubeSettings, KubeSource, parse_namespaced_name};
 use sluice::demo;
-use sluice::engine::{Engine, uring};
+use sluice::engine::{Engine, sys};
 
 const USAGE: &str = "\
 usage:
@@ -212,13 +213,13 @@ fn sync_cluster(
 
 /// Signals, delivered on a channel by a thread of their own (all threads block them).
 fn signal_channel() -> std::sync::mpsc::Receiver<i32> {
-    uring::block_termination_signals();
+    sys::block_termination_signals();
     let (tx, rx) = std::sync::mpsc::channel();
     let _ = std::thread::Builder::new()
         .name("sluice-signals".into())
         .spawn(move || {
             loop {
-                if tx.send(uring::wait_for_termination()).is_err() {
+                if tx.send(sys::wait_for_termination()).is_err() {
                     break;
                 }
             }
@@ -235,7 +236,7 @@ fn serve_kube(config: &Config) -> Result<(), String> {
     let Some((mut source, compiled)) = sync_cluster(config, &signals, None)? else {
         return Ok(());
     };
-    let engine = start_engine(config, Arc::new(compiled.snapshot))?;
+    let (engine, admin) = start_engine(config, Arc::new(compiled.snapshot))?;
     let stats = source.stats();
     if let Ok(mut extra) = engine.state().extra_metrics.lock() {
         extra.push(Box::new(move |out: &mut String| stats.render(out)));
@@ -245,10 +246,7 @@ fn serve_kube(config: &Config) -> Result<(), String> {
         "sluice: serving http on {} with {} worker(s); admin on {}; routes from the cluster",
         engine.local_addr(),
         config.engine_config().workers.len(),
-        engine
-            .admin_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
+        admin.local_addr()
     );
     if let Some(https) = engine.https_addr() {
         eprintln!("sluice: serving https on {https}");
@@ -261,6 +259,7 @@ fn serve_kube(config: &Config) -> Result<(), String> {
     source.stop();
     engine.stop();
     engine.join().map_err(|e| e.to_string())?;
+    admin.join();
     eprintln!("sluice: stopped");
     Ok(())
 }
@@ -310,23 +309,31 @@ fn compile_routes(
     Ok((compiler, compiled, source))
 }
 
-/// Starts the configured data plane: io_uring workers with the HTTP and HTTPS listeners, or
-/// userspace-stack workers (plain HTTP only).
+/// Starts the configured data plane (io_uring workers, or userspace-stack workers, each with
+/// the HTTP and HTTPS listeners), then the admin server over the engine's state.
 fn start_engine(
     config: &Config,
-    snapshot: Arc<sluice::core::route::Snapshot>,
-) -> Result<Engine, String> {
-    match config.engine {
-        EngineKind::Uring => Engine::start_with_https(
+    snapshot: Arc<sluice::core::snapshot::Snapshot>,
+) -> Result<(Engine, AdminHandle), String> {
+    let https = Some(config.https_config()?);
+    let engine = match config.engine {
+        EngineKind::Uring => Engine::start_with_https(config.engine_config(), https, snapshot),
+        EngineKind::Userspace => Engine::start_userspace_with_https(
             config.engine_config(),
-            Some(config.https_config()?),
+            https,
+            config.userspace.clone(),
             snapshot,
         ),
-        EngineKind::Userspace => {
-            Engine::start_userspace(config.engine_config(), config.userspace.clone(), snapshot)
+    }
+    .map_err(|e| e.to_string())?;
+    match admin::start(config.admin, engine.state().clone()) {
+        Ok(admin) => Ok((engine, admin)),
+        Err(e) => {
+            engine.stop();
+            let _ = engine.join();
+            Err(e.to_string())
         }
     }
-    .map_err(|e| e.to_string())
 }
 
 fn serve(
@@ -334,8 +341,8 @@ fn serve(
     (compiler, compiled, source): (Incremental, Compiled, Option<FileSource>),
     banner: Option<String>,
 ) -> Result<(), String> {
-    uring::block_termination_signals();
-    let engine = start_engine(config, Arc::new(compiled.snapshot))?;
+    sys::block_termination_signals();
+    let (engine, admin) = start_engine(config, Arc::new(compiled.snapshot))?;
     let stop_watching = Arc::new(AtomicBool::new(false));
     let watcher = match source {
         Some(source) => Some(
@@ -354,10 +361,7 @@ fn serve(
         "sluice: serving http on {} with {} worker(s); admin on {}",
         engine.local_addr(),
         config.engine_config().workers.len(),
-        engine
-            .admin_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
+        admin.local_addr()
     );
     if let Some(https) = engine.https_addr() {
         eprintln!("sluice: serving https on {https}");
@@ -365,7 +369,7 @@ fn serve(
     if let Some(banner) = banner {
         println!("{banner}");
     }
-    let sig = uring::wait_for_termination();
+    let sig = sys::wait_for_termination();
     eprintln!(
         "sluice: signal {sig}: draining (grace {:?})",
         config.shutdown_grace
@@ -376,6 +380,7 @@ fn serve(
     }
     engine.stop();
     engine.join().map_err(|e| e.to_string())?;
+    admin.join();
     eprintln!("sluice: stopped");
     Ok(())
 }

@@ -112,7 +112,6 @@ fn hundreds_of_rewrites_under_keep_alive_traffic_fail_no_request() {
     let cfg = EngineConfig {
         workers: vec![None, None],
         http: "127.0.0.1:0".parse().unwrap(),
-        admin: None,
         conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 16,
         upstream_idle_timeout: Duration::from_secs(30),
@@ -265,7 +264,6 @@ fn an_upgraded_tunnel_survives_100_snapshot_changes() {
     let cfg = EngineConfig {
         workers: vec![None],
         http: "127.0.0.1:0".parse().unwrap(),
-        admin: None,
         conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 4,
         upstream_idle_timeout: Duration::from_secs(30),
@@ -323,7 +321,6 @@ fn every_worker_ends_on_the_newest_snapshot_and_old_ones_are_freed() {
     let cfg = EngineConfig {
         workers: vec![None, None],
         http: "127.0.0.1:0".parse().unwrap(),
-        admin: None,
         conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 4,
         upstream_idle_timeout: Duration::from_secs(30),

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use sluice::control::compile::{CompileOptions, Compiled, Objects, PortRef, ServiceRef, compile};
 use sluice::control::manifests::{Object, load_dir, parse_documents};
-use sluice::core::route::Snapshot;
+use sluice::core::snapshot::Snapshot;
 
 fn objects(fixtures: &[&str]) -> Vec<Object> {
     let mut all = Vec::new();

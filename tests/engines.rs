@@ -1,10 +1,14 @@
-//! The end-to-end routing and framing suite, run over BOTH engines so neither can drift:
+//! The end-to-end engine suite (routing, framing, pooling, drain, publication, admin, and
+//! TLS: SNI, certificate rotation, redirects and HSTS), run over EVERY engine so none can
+//! drift:
 //! `uring::*` runs Sluice's io_uring engine on loopback; `userspace::*` runs the smoltcp
 //! engine on a multi-queue TAP inside a network namespace made by the test (root needed),
 //! with the kernel on the other side of the TAP as client and as the upstream pods' host;
 //! `af_packet::*` runs the same engine over AF_PACKET (PACKET_FANOUT) on one end of a veth
 //! pair in such a namespace.
 //! Every namespace and device a test makes is removed when it ends, also when it fails.
+// The publication wait measures from a wall-clock instant (test code, not the core).
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -12,16 +16,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use sluice::control::certs;
 use sluice::control::compile::{CompileOptions, Objects, compile};
 use sluice::control::manifests::parse_documents;
 use sluice::core::conn::ConnConfig;
-use sluice::core::route::Snapshot;
+use sluice::core::snapshot::Snapshot;
 use sluice::demo::{DemoUpstream, spawn_upstream};
 use sluice::engine::userspace::{DeviceKind, PollMode, UserspaceConfig};
-use sluice::engine::{Engine, EngineConfig};
+use sluice::engine::{Engine, EngineConfig, HttpsConfig};
 
-mod common;
-use common::{KERNEL_IP, Link, NetNs, SLUICE_IP};
+mod support;
+use support::netns::{KERNEL_IP, Link, NetNs, SLUICE_IP};
+use support::tls::{
+    Cert, cert_for, client_config, compile_yaml, connect, get as tls_get, header, https_config,
+    ingress, options, plain_get, presented, secret, upstream_yaml,
+};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -73,17 +82,52 @@ impl Harness {
     }
 
     pub fn start(&self, yaml: &str, workers: usize, conn: ConnConfig) -> Engine {
+        self.start_with(
+            snapshot(yaml, 1),
+            workers,
+            conn,
+            Duration::from_secs(30),
+            None,
+        )
+    }
+
+    /// Where the HTTPS listener goes (in the userspace engine's stack: its own address).
+    pub fn https_addr(&self) -> SocketAddr {
+        match self.kind {
+            Kind::Uring => "127.0.0.1:0".parse().unwrap(),
+            _ => SocketAddr::new(IpAddr::from(SLUICE_IP), 443),
+        }
+    }
+
+    /// One worker with an HTTPS listener next to the plain one.
+    pub fn start_tls(
+        &self,
+        snapshot: sluice::core::snapshot::Snapshot,
+        https: HttpsConfig,
+    ) -> Engine {
+        let conn = ConnConfig::default();
+        let idle = Duration::from_secs(30);
+        self.start_with(Arc::new(snapshot), 1, conn, idle, Some(https))
+    }
+
+    pub fn start_with(
+        &self,
+        snapshot: Arc<Snapshot>,
+        workers: usize,
+        conn: ConnConfig,
+        upstream_idle_timeout: Duration,
+        https: Option<HttpsConfig>,
+    ) -> Engine {
         let mut cfg = EngineConfig {
             workers: vec![None; workers],
             http: "127.0.0.1:0".parse().unwrap(),
-            admin: Some("127.0.0.1:0".parse().unwrap()),
             conn: Arc::new(conn),
             upstream_max_idle: 16,
-            upstream_idle_timeout: Duration::from_secs(30),
+            upstream_idle_timeout,
             shutdown_grace: Duration::from_secs(10),
         };
         match self.kind {
-            Kind::Uring => Engine::start(cfg, snapshot(yaml, 1)).expect("engine starts"),
+            Kind::Uring => Engine::start_with_https(cfg, https, snapshot).expect("engine starts"),
             Kind::Userspace | Kind::Packet | Kind::Busy => {
                 cfg.http = SocketAddr::new(IpAddr::from(SLUICE_IP), 80);
                 let dev = UserspaceConfig {
@@ -106,7 +150,7 @@ impl Harness {
                     },
                     ..UserspaceConfig::default()
                 };
-                Engine::start_userspace(cfg, dev, snapshot(yaml, 1))
+                Engine::start_userspace_with_https(cfg, https, dev, snapshot)
                     .expect("userspace engine starts")
             }
         }
@@ -402,9 +446,11 @@ fn admin_endpoints_answer(kind: Kind) {
     let mut s = client(&engine);
     get(&mut s, "a.test", "/");
     get(&mut s, "nowhere.test", "/");
-    let admin = engine.admin_addr().unwrap();
+    let admin = sluice::admin::start("127.0.0.1:0".parse().unwrap(), engine.state().clone())
+        .expect("admin server starts");
+    let admin_addr = admin.local_addr();
     let fetch = |path: &str| {
-        let mut c = TcpStream::connect(admin).unwrap();
+        let mut c = TcpStream::connect(admin_addr).unwrap();
         write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut out = String::new();
         c.read_to_string(&mut out).unwrap();
@@ -430,6 +476,7 @@ fn admin_endpoints_answer(kind: Kind) {
     );
     engine.stop();
     engine.join().unwrap();
+    admin.join();
 }
 
 fn a_new_snapshot_reaches_every_worker_without_dropping_connections(kind: Kind) {
@@ -521,6 +568,361 @@ fn stop_lets_the_request_in_flight_finish_and_refuses_new_connections(kind: Kind
     engine.join().unwrap();
 }
 
+/// Every status the core answers for a malformed request, over a real socket: the exact code,
+/// a `Connection: close` answer, and nothing forwarded upstream.
+fn malformed_requests_get_the_core_statuses(kind: Kind) {
+    let h = Harness::new(kind);
+    let a = h.upstream("A");
+    let b = h.upstream("B");
+    let mut conn = ConnConfig::default();
+    conn.limits.max_body_bytes = Some(16);
+    let engine = h.start(&routes(&a, &b, h.closed_port()), 1, conn);
+    let long_target = format!("/{}", "x".repeat(9000));
+    let many_fields: String = (0..101).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let huge_field = format!("X-Big: {}\r\n", "v".repeat(33 * 1024));
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "body over max_body_bytes",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 17\r\n\r\n".to_string(),
+            413,
+        ),
+        (
+            "request line over 8 KiB",
+            format!("GET {long_target} HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+            414,
+        ),
+        (
+            "more than 100 header fields",
+            format!("GET / HTTP/1.1\r\nHost: a.test\r\n{many_fields}\r\n"),
+            431,
+        ),
+        (
+            "head over 32 KiB",
+            format!("GET / HTTP/1.1\r\nHost: a.test\r\n{huge_field}\r\n"),
+            431,
+        ),
+        (
+            "unknown transfer coding",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked2\r\n\r\n"
+                .to_string(),
+            501,
+        ),
+        (
+            "HTTP/2.0 request line",
+            "GET / HTTP/2.0\r\nHost: a.test\r\n\r\n".to_string(),
+            505,
+        ),
+        (
+            "obs-fold",
+            "GET / HTTP/1.1\r\nHost: a.test\r\nX-A: 1\r\n  folded\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            "two Host fields",
+            "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n".to_string(),
+            400,
+        ),
+    ];
+    for (what, request, want) in cases {
+        let mut s = client(&engine);
+        // The server may answer and close before reading all of a large head.
+        let _ = s.write_all(request.as_bytes());
+        let (status, head, _) = read_response(&mut s);
+        assert_eq!(status, want, "{what}: {head}");
+        assert!(head.contains("Connection: close"), "{what}: {head}");
+        assert!(head.contains("Server: sluice"), "{what}: {head}");
+    }
+    assert_eq!(a.requests.load(Ordering::Relaxed), 0, "nothing forwarded");
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn idle_pooled_upstream_connections_are_closed_after_the_idle_timeout(kind: Kind) {
+    let h = Harness::new(kind);
+    // A hand-written upstream that counts its connections and reports when one is closed.
+    let listener = TcpListener::bind(SocketAddr::new(h.host_ip(), 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (events, seen) = std::sync::mpsc::channel::<&'static str>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut s = stream.unwrap();
+            let events = events.clone();
+            std::thread::spawn(move || {
+                let _ = events.send("accepted");
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = events.send("closed");
+                            return;
+                        }
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\nspec:\n  ingressClassName: sluice\n  defaultBackend: {{service: {{name: a, port: {{number: 80}}}}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: a-1, namespace: default, labels: {{kubernetes.io/service-name: a}}}}\naddressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
+        addr.port(),
+        addr.ip()
+    );
+    let idle = Duration::from_millis(300);
+    let engine = h.start_with(snapshot(&yaml, 1), 1, ConnConfig::default(), idle, None);
+    let wait = |what: &str| {
+        let got = seen
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no '{what}' from the upstream within 10 s"));
+        assert_eq!(got, what);
+    };
+
+    let mut s = client(&engine);
+    assert_eq!(get(&mut s, "x.test", "/").0, 200);
+    wait("accepted");
+    // Well inside the idle timeout: the pooled connection is reused.
+    assert_eq!(get(&mut s, "x.test", "/").0, 200);
+    assert!(
+        seen.try_recv().is_err(),
+        "a second upstream connection for a request that could reuse the first"
+    );
+    // Left idle, the pooled connection is closed by Sluice ...
+    wait("closed");
+    // ... and the next request opens a new one.
+    assert_eq!(get(&mut s, "x.test", "/").0, 200);
+    wait("accepted");
+    engine.stop();
+    engine.join().unwrap();
+}
+
+// TLS: the same certificates, SNI, redirects and HSTS on every engine.
+
+fn sni_picks_exact_then_wildcard_then_default(kind: Kind) {
+    let h = Harness::new(kind);
+    let up = h.upstream("A");
+    let default = certs::self_signed().unwrap();
+    let (a, w, x) = (
+        cert_for(&["a.test"]),
+        cert_for(&["*.w.test"]),
+        cert_for(&["x.w.test"]),
+    );
+    let yaml = upstream_yaml(&up)
+        + &ingress(
+            "web",
+            "",
+            &["a.test", "*.w.test", "x.w.test", "plain.test"],
+            &[
+                (&["a.test"], Some("a")),
+                (&["*.w.test"], Some("w")),
+                (&["x.w.test"], Some("x")),
+            ],
+        )
+        + &secret("a", &a)
+        + &secret("w", &w)
+        + &secret("x", &x);
+    let compiled = compile_yaml(&yaml, &options(&default), 1);
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    let engine = h.start_tls(compiled.snapshot, https_config(h.https_addr(), None));
+    let addr = engine.https_addr().unwrap();
+    let default_der = default.key.cert[0].to_vec();
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let config = client_config(versions);
+        let cases: [(Option<&str>, &[u8]); 6] = [
+            (Some("a.test"), &a.der),
+            (Some("A.TEST"), &a.der),
+            (Some("y.w.test"), &w.der),
+            (Some("x.w.test"), &x.der),
+            (Some("other.test"), &default_der),
+            (None, &default_der),
+        ];
+        for (sni, want) in cases {
+            let mut tls = connect(addr, sni, &config);
+            assert_eq!(presented(&tls), want, "SNI {sni:?}");
+            assert_eq!(
+                tls.conn.alpn_protocol(),
+                Some(&b"http/1.1"[..]),
+                "no h2 yet"
+            );
+            let host = "a.test";
+            let (status, head, body) = tls_get(&mut tls, host, "/hello");
+            assert_eq!(status, 200, "{head}");
+            assert!(body.starts_with("A GET /hello"), "{body}");
+            assert!(head.contains("X-Seen-X-Forwarded-Proto: https"), "{head}");
+            // Keep-alive over TLS.
+            let (status, _, _) = tls_get(&mut tls, host, "/again");
+            assert_eq!(status, 200);
+        }
+    }
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn rotated_secret_is_used_by_the_next_handshake_while_open_connections_keep_working(kind: Kind) {
+    let h = Harness::new(kind);
+    let up = h.upstream("A");
+    let default = certs::self_signed().unwrap();
+    let opts = options(&default);
+    let (first, second) = (cert_for(&["rot.test"]), cert_for(&["rot.test"]));
+    let yaml = |c: &Cert| {
+        upstream_yaml(&up)
+            + &ingress("web", "", &["rot.test"], &[(&["rot.test"], Some("rot"))])
+            + &secret("rot", c)
+    };
+    let engine = h.start_tls(
+        compile_yaml(&yaml(&first), &opts, 1).snapshot,
+        https_config(h.https_addr(), None),
+    );
+    let addr = engine.https_addr().unwrap();
+    let config = client_config(&[&rustls::version::TLS13]);
+    let mut open = connect(addr, Some("rot.test"), &config);
+    assert_eq!(presented(&open), first.der);
+    assert_eq!(tls_get(&mut open, "rot.test", "/before").0, 200);
+
+    engine.publish(Arc::new(compile_yaml(&yaml(&second), &opts, 2).snapshot));
+    let acked =
+        engine
+            .publisher()
+            .wait_acknowledged(2, std::time::Instant::now(), Duration::from_secs(10));
+    assert!(acked.is_some(), "the worker took the new snapshot");
+
+    // A client without the old session (resuming it would not show a certificate at all).
+    let mut fresh = connect(
+        addr,
+        Some("rot.test"),
+        &client_config(&[&rustls::version::TLS13]),
+    );
+    assert_eq!(
+        fresh.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    assert_eq!(
+        presented(&fresh),
+        second.der,
+        "next handshake: new certificate"
+    );
+    assert_eq!(tls_get(&mut fresh, "rot.test", "/new").0, 200);
+    // The connection made before the rotation is untouched.
+    let (status, _, body) = tls_get(&mut open, "rot.test", "/after");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("A GET /after"));
+    assert_eq!(presented(&open), first.der);
+    engine.stop();
+    engine.join().unwrap();
+}
+
+fn http_redirects_to_https_for_tls_hosts_and_https_carries_hsts(kind: Kind) {
+    let h = Harness::new(kind);
+    let up = h.upstream("A");
+    let default = certs::self_signed().unwrap();
+    let c = cert_for(&["secure.test"]);
+    let yaml = upstream_yaml(&up)
+        + &ingress(
+            "secure",
+            "",
+            &["secure.test", "*.wild.test"],
+            &[(&["secure.test", "*.wild.test"], Some("c"))],
+        )
+        + &ingress(
+            "optout",
+            "nginx.ingress.kubernetes.io/ssl-redirect: \"false\"",
+            &["optout.test"],
+            &[(&["optout.test"], Some("c"))],
+        )
+        + &ingress(
+            "forced",
+            "sluice.dev/force-ssl-redirect: \"true\"",
+            &["forced.test"],
+            &[],
+        )
+        + &ingress(
+            "typo",
+            "nginx.ingress.kubernetes.io/ssl-redirect: \"yes\"",
+            &["typo.test"],
+            &[(&["typo.test"], None)],
+        )
+        + &ingress("plain", "", &["plain.test"], &[])
+        + &secret("c", &c);
+    let compiled = compile_yaml(&yaml, &options(&default), 1);
+    let diags: Vec<String> = compiled.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        diags,
+        [
+            "Ingress default/typo: metadata.annotations[nginx.ingress.kubernetes.io/ssl-redirect]: expected true or false, got \"yes\"; using true"
+        ]
+    );
+    let engine = h.start_tls(
+        compiled.snapshot,
+        https_config(h.https_addr(), Some("max-age=31536000; includeSubDomains")),
+    );
+    let http = engine.local_addr();
+    // The port is named in redirects unless it is 443 (the userspace engines listen there).
+    let port = match engine.https_addr().unwrap().port() {
+        443 => String::new(),
+        port => format!(":{port}"),
+    };
+
+    let (status, head, _) = plain_get(http, "Secure.Test", "/a/b?x=1&y=2");
+    assert_eq!(status, 308, "{head}");
+    assert_eq!(
+        header(&head, "location"),
+        Some(format!("https://secure.test{port}/a/b?x=1&y=2").as_str())
+    );
+    let (status, head, _) = plain_get(http, "x.wild.test", "/");
+    assert_eq!(status, 308, "wildcard TLS host: {head}");
+    assert_eq!(
+        header(&head, "location"),
+        Some(format!("https://x.wild.test{port}/").as_str())
+    );
+    let (status, head, _) = plain_get(http, "forced.test", "/f");
+    assert_eq!(status, 308, "force-ssl-redirect without TLS: {head}");
+    let (status, _, _) = plain_get(http, "typo.test", "/");
+    assert_eq!(status, 308, "a bad annotation value keeps the default");
+    for host in ["optout.test", "plain.test"] {
+        let (status, head, _) = plain_get(http, host, "/");
+        assert_eq!(status, 200, "{host}: {head}");
+        assert_eq!(
+            header(&head, "strict-transport-security"),
+            None,
+            "no HSTS over http"
+        );
+        assert_eq!(header(&head, "x-seen-x-forwarded-proto"), Some("http"));
+    }
+    // A host that only routes by wildcard with a strange label is not redirected to it.
+    let (status, _, _) = plain_get(http, "a/b@x.wild.test", "/");
+    assert_ne!(status, 308);
+
+    let config = client_config(&[&rustls::version::TLS13]);
+    let mut tls = connect(engine.https_addr().unwrap(), Some("secure.test"), &config);
+    let (status, head, _) = tls_get(&mut tls, "secure.test", "/");
+    assert_eq!(status, 200, "no redirect over https");
+    assert_eq!(
+        header(&head, "strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(header(&head, "x-seen-x-forwarded-proto"), Some("https"));
+    // Sluice's own answers over HTTPS carry it too.
+    let (status, head, _) = tls_get(&mut tls, "nowhere.test", "/");
+    assert_eq!(status, 404);
+    assert_eq!(
+        header(&head, "strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    engine.stop();
+    engine.join().unwrap();
+}
+
 macro_rules! suite {
     ($kind:ident: $($name:ident),* $(,)?) => {
         $( #[test] fn $name() { super::$name(super::Kind::$kind) } )*
@@ -549,6 +951,11 @@ both_engines!(
     a_new_snapshot_reaches_every_worker_without_dropping_connections,
     many_concurrent_clients,
     stop_lets_the_request_in_flight_finish_and_refuses_new_connections,
+    malformed_requests_get_the_core_statuses,
+    idle_pooled_upstream_connections_are_closed_after_the_idle_timeout,
+    sni_picks_exact_then_wildcard_then_default,
+    rotated_secret_is_used_by_the_next_handshake_while_open_connections_keep_working,
+    http_redirects_to_https_for_tls_hosts_and_https_carries_hsts,
 );
 
 // Busy polling changes only how the loop waits: a few of the suite prove it still serves,
@@ -577,7 +984,6 @@ fn userspace_engine_serves_ipv6_clients_and_ipv6_upstreams() {
     let cfg = EngineConfig {
         workers: vec![None; 2],
         http: "0.0.0.0:80".parse().unwrap(),
-        admin: None,
         conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 16,
         upstream_idle_timeout: Duration::from_secs(30),
@@ -619,7 +1025,7 @@ fn userspace_engine_reaches_off_link_upstreams_through_the_gateway() {
     let ns = NetNs::new(Link::Tap);
     // An upstream address that is not on the TAP's subnet: reachable only via the gateway
     // (the kernel side of the TAP, which owns it).
-    common::ip(&["-n", &ns.name, "addr", "add", "10.98.0.1/32", "dev", "lo"]).unwrap();
+    support::netns::ip(&["-n", &ns.name, "addr", "add", "10.98.0.1/32", "dev", "lo"]).unwrap();
     let up = spawn_upstream("GW", "10.98.0.1:0".parse().unwrap()).unwrap();
     let yaml = format!(
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\n\
@@ -635,7 +1041,6 @@ fn userspace_engine_reaches_off_link_upstreams_through_the_gateway() {
         let cfg = EngineConfig {
             workers: vec![None; 1],
             http: SocketAddr::new(IpAddr::from(SLUICE_IP), 80),
-            admin: None,
             conn: Arc::new(conn.clone()),
             upstream_max_idle: 16,
             upstream_idle_timeout: Duration::from_secs(30),

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sluice::admin::{self, AdminHandle};
 use sluice::control::compile::CompileOptions;
 use sluice::control::leader::LeaseSettings;
 use sluice::control::watch::{KubeOptions, KubeSettings, KubeSource, KubeStats};
@@ -104,6 +105,7 @@ fn settings(mock: &MockApi, dir: &std::path::Path, identity: &str) -> KubeSettin
 struct Replica {
     source: KubeSource,
     engine: Engine,
+    admin: AdminHandle,
     stats: Arc<KubeStats>,
 }
 
@@ -116,6 +118,7 @@ impl Replica {
         self.source.stop();
         self.engine.stop();
         self.engine.join().unwrap();
+        self.admin.join();
     }
 }
 
@@ -128,7 +131,6 @@ fn start(settings: KubeSettings) -> Replica {
     let cfg = EngineConfig {
         workers: vec![None; 2],
         http: "127.0.0.1:0".parse().unwrap(),
-        admin: Some("127.0.0.1:0".parse().unwrap()),
         conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 4,
         upstream_idle_timeout: Duration::from_secs(30),
@@ -144,9 +146,12 @@ fn start(settings: KubeSettings) -> Replica {
         .unwrap()
         .push(Box::new(move |out: &mut String| s.render(out)));
     source.attach(engine.publisher());
+    let admin = admin::start("127.0.0.1:0".parse().unwrap(), engine.state().clone())
+        .expect("admin server starts");
     Replica {
         source,
         engine,
+        admin,
         stats,
     }
 }
@@ -459,7 +464,7 @@ fn losing_the_api_server_changes_nothing_that_is_served() {
     for _ in 0..20 {
         assert_eq!(who(r.addr(), "a.test"), "pod-a");
     }
-    let (status, _) = get(r.engine.admin_addr().unwrap(), "admin", "/readyz");
+    let (status, _) = get(r.admin.local_addr(), "admin", "/readyz");
     assert_eq!(status, 200, "ready stays true while the API server is away");
     // Back, with changes made meanwhile (written while "down", as by another client of a
     // recovering control plane): they arrive.
@@ -818,7 +823,7 @@ fn a_rejected_ingress_gets_an_event_a_log_line_and_a_metric_and_nothing_else_cha
     eventually("the event counted", || {
         r.stats.events_posted.load(Ordering::Relaxed) == 1
     });
-    let (_, metrics) = get(r.engine.admin_addr().unwrap(), "admin", "/metrics");
+    let (_, metrics) = get(r.admin.local_addr(), "admin", "/metrics");
     assert!(
         metrics.contains("sluice_kube_rejected_objects 1\n"),
         "{metrics}"

@@ -217,7 +217,6 @@ fn certificates_come_from_referenced_cluster_secrets() {
         EngineConfig {
             workers: vec![None; 2],
             http: "127.0.0.1:0".parse().unwrap(),
-            admin: None,
             conn: Arc::new(ConnConfig::default()),
             upstream_max_idle: 4,
             upstream_idle_timeout: Duration::from_secs(30),

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 
-use sluice::core::route::{RouteTable, Snapshot};
-use sluice::worker::take_newer;
+use sluice::core::route::RouteTable;
+use sluice::core::snapshot::Snapshot;
+use sluice::engine::publish::take_newer;
 
 #[derive(Clone, Copy, Debug)]
 enum Step {

@@ -3,7 +3,8 @@
 //! Ingress precedence (exact host over wildcard, longer path, Exact over Prefix).
 
 use proptest::prelude::*;
-use sluice::core::route::{BackendId, PathKind, RouteTableBuilder, Snapshot};
+use sluice::core::route::{BackendId, PathKind, RouteTableBuilder};
+use sluice::core::snapshot::Snapshot;
 
 #[derive(Clone, Debug)]
 struct Rule {

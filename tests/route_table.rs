@@ -3,11 +3,10 @@
 
 use std::net::SocketAddr;
 
-use sluice::core::route::{
-    Backend, BackendId, PathKind, RouteDecision, RouteTableBuilder, Router, Snapshot,
-    SnapshotRouter,
-};
+use sluice::core::route::{Backend, BackendId, PathKind, RouteDecision, RouteTableBuilder, Router};
+use sluice::core::snapshot::Snapshot;
 use sluice::core::upstream::Picker;
+use sluice::core::upstream::SnapshotRouter;
 
 const A: BackendId = BackendId(0);
 const B: BackendId = BackendId(1);

@@ -1,6 +1,7 @@
 //! TLS termination end to end over real sockets: in-process rustls clients, Sluice's io_uring
 //! workers with an HTTPS listener, certificates from `kubernetes.io/tls` Secrets, and
-//! in-process upstream servers. Certificates are generated per test with rcgen.
+//! in-process upstream servers. Certificates are generated per test with rcgen. (SNI,
+//! rotation and redirects run on every engine in `tests/engines.rs`.)
 // The publication wait measures from a wall-clock instant (test code, not the core).
 #![allow(clippy::disallowed_methods)]
 
@@ -9,134 +10,26 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
-use sluice::control::certs::{self, TlsOptions};
-use sluice::control::compile::{CompileOptions, Compiled, Objects, compile};
+use sluice::control::certs;
+use sluice::control::compile::{Compiled, Objects, compile};
 use sluice::control::manifests::parse_documents;
-use sluice::core::conn::{ConnConfig, Scheme};
-use sluice::core::route::Snapshot;
+use sluice::core::conn::ConnConfig;
+use sluice::core::snapshot::Snapshot;
 use sluice::core::tls::TlsSettings;
 use sluice::demo::{DemoUpstream, spawn_upstream};
 use sluice::engine::{Engine, EngineConfig, HttpsConfig};
 
-/// A generated certificate: PEM for the Secret, DER to recognise it on the wire.
-struct Cert {
-    cert_pem: String,
-    key_pem: String,
-    der: Vec<u8>,
-}
+mod support;
+use support::tls::*;
 
-fn cert_for(hosts: &[&str]) -> Cert {
-    let mut params =
-        rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Cert {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().to_vec(),
-    }
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("      {l}\n")).collect()
-}
-
-fn secret_yaml(name: &str, cert_pem: &str, key_pem: &str) -> String {
-    format!(
-        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-        indent(cert_pem),
-        indent(key_pem)
-    )
-}
-
-fn secret(name: &str, c: &Cert) -> String {
-    secret_yaml(name, &c.cert_pem, &c.key_pem)
-}
-
-fn upstream_yaml(up: &DemoUpstream) -> String {
-    format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
-         addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
-        up.addr.port(),
-        up.addr.ip()
-    )
-}
-
-/// An Ingress routing `hosts` to the upstream, with `tls` entries (hosts, secret).
-fn ingress(
-    name: &str,
-    annotations: &str,
-    hosts: &[&str],
-    tls: &[(&[&str], Option<&str>)],
-) -> String {
-    let mut y = format!(
-        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: default\n  annotations: {{{annotations}}}\nspec:\n  ingressClassName: sluice\n  rules:\n"
-    );
-    for h in hosts {
-        y += &format!(
-            "  - host: \"{h}\"\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n"
-        );
-    }
-    if !tls.is_empty() {
-        y += "  tls:\n";
-        for (hosts, secret) in tls {
-            let list: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
-            y += &format!("  - hosts: [{}]\n", list.join(", "));
-            if let Some(s) = secret {
-                y += &format!("    secretName: {s}\n");
-            }
-        }
-    }
-    y
-}
-
-fn compile_yaml(yaml: &str, opts: &CompileOptions, version: u64) -> Compiled {
-    let (objects, errors) = parse_documents(yaml, "test.yaml");
-    assert!(errors.is_empty(), "{errors:?}");
-    compile(&Objects::from_objects(objects), opts, version)
-}
-
-fn options(default: &certs::StaticCert) -> CompileOptions {
-    CompileOptions {
-        tls: TlsOptions {
-            default_cert: Some(default.clone()),
-            ..TlsOptions::default()
-        },
-        ..CompileOptions::default()
-    }
-}
-
-fn https_config(hsts: Option<&str>) -> HttpsConfig {
-    let settings = TlsSettings::new(
-        certs::provider(),
-        rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
-        rustls::server::ServerSessionMemoryCache::new(256),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    let conn = ConnConfig {
-        scheme: Scheme::Https,
-        hsts: hsts.map(Into::into),
-        ..ConnConfig::default()
-    };
-    HttpsConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        conn: Arc::new(conn),
-        settings: Arc::new(settings),
-    }
-}
+/// The HTTPS listener on loopback, any port.
+const LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 fn start(snapshot: Snapshot, https: HttpsConfig) -> Engine {
     let cfg = EngineConfig {
         workers: vec![None; 1],
         http: "127.0.0.1:0".parse().unwrap(),
-        admin: None,
         conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 16,
         upstream_idle_timeout: Duration::from_secs(30),
@@ -146,193 +39,9 @@ fn start(snapshot: Snapshot, https: HttpsConfig) -> Engine {
         .expect("engine starts (io_uring available)")
 }
 
-/// Accepts any server certificate (the tests check which one was presented) but verifies
-/// the handshake signatures with it.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn client_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
-    let provider = certs::provider();
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-/// Connects and completes the handshake; `sni` None sends no SNI (an IP server name).
-fn connect(addr: SocketAddr, sni: Option<&str>, config: &Arc<ClientConfig>) -> Tls {
-    let name: ServerName<'static> = match sni {
-        Some(h) => ServerName::try_from(h.to_string()).unwrap(),
-        None => ServerName::IpAddress(addr.ip().into()),
-    };
-    let conn = ClientConnection::new(config.clone(), name).unwrap();
-    let sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut tls = StreamOwned::new(conn, sock);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock).expect("handshake");
-    }
-    tls
-}
-
-fn presented(tls: &Tls) -> Vec<u8> {
-    tls.conn.peer_certificates().expect("a certificate")[0].to_vec()
-}
-
-/// Sends a GET and reads one Content-Length response: (status, head, body).
-fn get(s: &mut impl ReadWrite, host: &str, path: &str) -> (u16, String, String) {
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
-    s.flush().unwrap();
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut byte).expect("read head");
-        assert!(
-            n > 0,
-            "closed mid-head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8(buf).unwrap();
-    let status = head[9..12].parse().unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    (status, head, String::from_utf8(body).unwrap())
-}
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
-
 fn stop(engine: Engine) {
     engine.stop();
     engine.join().unwrap();
-}
-
-#[test]
-fn sni_picks_exact_then_wildcard_then_default() {
-    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
-    let default = certs::self_signed().unwrap();
-    let (a, w, x) = (
-        cert_for(&["a.test"]),
-        cert_for(&["*.w.test"]),
-        cert_for(&["x.w.test"]),
-    );
-    let yaml = upstream_yaml(&up)
-        + &ingress(
-            "web",
-            "",
-            &["a.test", "*.w.test", "x.w.test", "plain.test"],
-            &[
-                (&["a.test"], Some("a")),
-                (&["*.w.test"], Some("w")),
-                (&["x.w.test"], Some("x")),
-            ],
-        )
-        + &secret("a", &a)
-        + &secret("w", &w)
-        + &secret("x", &x);
-    let compiled = compile_yaml(&yaml, &options(&default), 1);
-    assert!(
-        compiled.diagnostics.is_empty(),
-        "{:?}",
-        compiled.diagnostics
-    );
-    let engine = start(compiled.snapshot, https_config(None));
-    let addr = engine.https_addr().unwrap();
-    let default_der = default.key.cert[0].to_vec();
-    for versions in [
-        &[&rustls::version::TLS13][..],
-        &[&rustls::version::TLS12][..],
-    ] {
-        let config = client_config(versions);
-        let cases: [(Option<&str>, &[u8]); 6] = [
-            (Some("a.test"), &a.der),
-            (Some("A.TEST"), &a.der),
-            (Some("y.w.test"), &w.der),
-            (Some("x.w.test"), &x.der),
-            (Some("other.test"), &default_der),
-            (None, &default_der),
-        ];
-        for (sni, want) in cases {
-            let mut tls = connect(addr, sni, &config);
-            assert_eq!(presented(&tls), want, "SNI {sni:?}");
-            assert_eq!(
-                tls.conn.alpn_protocol(),
-                Some(&b"http/1.1"[..]),
-                "no h2 yet"
-            );
-            let host = "a.test";
-            let (status, head, body) = get(&mut tls, host, "/hello");
-            assert_eq!(status, 200, "{head}");
-            assert!(body.starts_with("A GET /hello"), "{body}");
-            assert!(head.contains("X-Seen-X-Forwarded-Proto: https"), "{head}");
-            // Keep-alive over TLS.
-            let (status, _, _) = get(&mut tls, host, "/again");
-            assert_eq!(status, 200);
-        }
-    }
-    stop(engine);
 }
 
 #[test]
@@ -375,7 +84,7 @@ fn secret_with_base64_data_is_used() {
         "{:?}",
         compiled.diagnostics
     );
-    let engine = start(compiled.snapshot, https_config(None));
+    let engine = start(compiled.snapshot, https_config(LOOPBACK, None));
     let tls = connect(
         engine.https_addr().unwrap(),
         Some("data.test"),
@@ -466,7 +175,7 @@ fn bad_material_is_rejected_on_its_own_and_falls_back_to_the_default() {
     // Routing is untouched by bad certificates.
     assert!(compiled.snapshot.lookup("broken.test", "/").is_some());
 
-    let engine = start(compiled.snapshot, https_config(None));
+    let engine = start(compiled.snapshot, https_config(LOOPBACK, None));
     let addr = engine.https_addr().unwrap();
     let config = client_config(&[&rustls::version::TLS13]);
     let default_der = default.key.cert[0].to_vec();
@@ -515,167 +224,6 @@ fn sluice_check_logs_why_a_secret_is_rejected() {
         "{stdout}"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-fn rotated_secret_is_used_by_the_next_handshake_while_open_connections_keep_working() {
-    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
-    let default = certs::self_signed().unwrap();
-    let opts = options(&default);
-    let (first, second) = (cert_for(&["rot.test"]), cert_for(&["rot.test"]));
-    let yaml = |c: &Cert| {
-        upstream_yaml(&up)
-            + &ingress("web", "", &["rot.test"], &[(&["rot.test"], Some("rot"))])
-            + &secret("rot", c)
-    };
-    let engine = start(
-        compile_yaml(&yaml(&first), &opts, 1).snapshot,
-        https_config(None),
-    );
-    let addr = engine.https_addr().unwrap();
-    let config = client_config(&[&rustls::version::TLS13]);
-    let mut open = connect(addr, Some("rot.test"), &config);
-    assert_eq!(presented(&open), first.der);
-    assert_eq!(get(&mut open, "rot.test", "/before").0, 200);
-
-    engine.publish(Arc::new(compile_yaml(&yaml(&second), &opts, 2).snapshot));
-    let acked =
-        engine
-            .publisher()
-            .wait_acknowledged(2, std::time::Instant::now(), Duration::from_secs(10));
-    assert!(acked.is_some(), "the worker took the new snapshot");
-
-    // A client without the old session (resuming it would not show a certificate at all).
-    let mut fresh = connect(
-        addr,
-        Some("rot.test"),
-        &client_config(&[&rustls::version::TLS13]),
-    );
-    assert_eq!(
-        fresh.conn.handshake_kind(),
-        Some(rustls::HandshakeKind::Full)
-    );
-    assert_eq!(
-        presented(&fresh),
-        second.der,
-        "next handshake: new certificate"
-    );
-    assert_eq!(get(&mut fresh, "rot.test", "/new").0, 200);
-    // The connection made before the rotation is untouched.
-    let (status, _, body) = get(&mut open, "rot.test", "/after");
-    assert_eq!(status, 200);
-    assert!(body.starts_with("A GET /after"));
-    assert_eq!(presented(&open), first.der);
-    stop(engine);
-}
-
-fn plain_get(addr: SocketAddr, host: &str, target: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    get(&mut s, host, target)
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-#[test]
-fn http_redirects_to_https_for_tls_hosts_and_https_carries_hsts() {
-    let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
-    let default = certs::self_signed().unwrap();
-    let c = cert_for(&["secure.test"]);
-    let yaml = upstream_yaml(&up)
-        + &ingress(
-            "secure",
-            "",
-            &["secure.test", "*.wild.test"],
-            &[(&["secure.test", "*.wild.test"], Some("c"))],
-        )
-        + &ingress(
-            "optout",
-            "nginx.ingress.kubernetes.io/ssl-redirect: \"false\"",
-            &["optout.test"],
-            &[(&["optout.test"], Some("c"))],
-        )
-        + &ingress(
-            "forced",
-            "sluice.dev/force-ssl-redirect: \"true\"",
-            &["forced.test"],
-            &[],
-        )
-        + &ingress(
-            "typo",
-            "nginx.ingress.kubernetes.io/ssl-redirect: \"yes\"",
-            &["typo.test"],
-            &[(&["typo.test"], None)],
-        )
-        + &ingress("plain", "", &["plain.test"], &[])
-        + &secret("c", &c);
-    let compiled = compile_yaml(&yaml, &options(&default), 1);
-    let diags: Vec<String> = compiled.diagnostics.iter().map(|d| d.to_string()).collect();
-    assert_eq!(
-        diags,
-        [
-            "Ingress default/typo: metadata.annotations[nginx.ingress.kubernetes.io/ssl-redirect]: expected true or false, got \"yes\"; using true"
-        ]
-    );
-    let engine = start(
-        compiled.snapshot,
-        https_config(Some("max-age=31536000; includeSubDomains")),
-    );
-    let http = engine.local_addr();
-    let port = engine.https_addr().unwrap().port();
-
-    let (status, head, _) = plain_get(http, "Secure.Test", "/a/b?x=1&y=2");
-    assert_eq!(status, 308, "{head}");
-    assert_eq!(
-        header(&head, "location"),
-        Some(format!("https://secure.test:{port}/a/b?x=1&y=2").as_str())
-    );
-    let (status, head, _) = plain_get(http, "x.wild.test", "/");
-    assert_eq!(status, 308, "wildcard TLS host: {head}");
-    assert_eq!(
-        header(&head, "location"),
-        Some(format!("https://x.wild.test:{port}/").as_str())
-    );
-    let (status, head, _) = plain_get(http, "forced.test", "/f");
-    assert_eq!(status, 308, "force-ssl-redirect without TLS: {head}");
-    let (status, _, _) = plain_get(http, "typo.test", "/");
-    assert_eq!(status, 308, "a bad annotation value keeps the default");
-    for host in ["optout.test", "plain.test"] {
-        let (status, head, _) = plain_get(http, host, "/");
-        assert_eq!(status, 200, "{host}: {head}");
-        assert_eq!(
-            header(&head, "strict-transport-security"),
-            None,
-            "no HSTS over http"
-        );
-        assert_eq!(header(&head, "x-seen-x-forwarded-proto"), Some("http"));
-    }
-    // A host that only routes by wildcard with a strange label is not redirected to it.
-    let (status, _, _) = plain_get(http, "a/b@x.wild.test", "/");
-    assert_ne!(status, 308);
-
-    let config = client_config(&[&rustls::version::TLS13]);
-    let mut tls = connect(engine.https_addr().unwrap(), Some("secure.test"), &config);
-    let (status, head, _) = get(&mut tls, "secure.test", "/");
-    assert_eq!(status, 200, "no redirect over https");
-    assert_eq!(
-        header(&head, "strict-transport-security"),
-        Some("max-age=31536000; includeSubDomains")
-    );
-    assert_eq!(header(&head, "x-seen-x-forwarded-proto"), Some("https"));
-    // Sluice's own answers over HTTPS carry it too.
-    let (status, head, _) = get(&mut tls, "nowhere.test", "/");
-    assert_eq!(status, 404);
-    assert_eq!(
-        header(&head, "strict-transport-security"),
-        Some("max-age=31536000; includeSubDomains")
-    );
-    stop(engine);
 }
 
 #[test]
@@ -730,14 +278,14 @@ fn second_handshake_is_resumed_on_any_worker() {
     let cfg = EngineConfig {
         workers: vec![None; 2],
         http: "127.0.0.1:0".parse().unwrap(),
-        admin: None,
         conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 16,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
     };
     let engine =
-        Engine::start_with_https(cfg, Some(https_config(None)), Arc::new(snapshot)).unwrap();
+        Engine::start_with_https(cfg, Some(https_config(LOOPBACK, None)), Arc::new(snapshot))
+            .unwrap();
     let addr = engine.https_addr().unwrap();
     let tls12 = &[&rustls::version::TLS12][..];
     let tls13 = &[&rustls::version::TLS13][..];
@@ -773,7 +321,7 @@ fn second_handshake_is_resumed_on_any_worker() {
             assert_eq!(get(&mut again, "res.test", "/").0, 200);
         }
     }
-    let sum = |f: fn(&sluice::worker::WorkerMetrics) -> u64| -> u64 {
+    let sum = |f: fn(&sluice::engine::metrics::WorkerMetrics) -> u64| -> u64 {
         engine.state().metrics.iter().map(|m| f(m)).sum()
     };
     assert_eq!(
@@ -795,7 +343,7 @@ fn second_handshake_is_resumed_on_any_worker() {
 fn a_handshake_that_does_not_finish_in_time_is_closed() {
     let default = certs::self_signed().unwrap();
     let snapshot = compile_yaml("", &options(&default), 1).snapshot;
-    let mut https = https_config(None);
+    let mut https = https_config(LOOPBACK, None);
     let settings = TlsSettings::new(
         certs::provider(),
         rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
@@ -865,7 +413,7 @@ fn certificates_from_files_serve_their_hosts_before_secrets() {
         "{:?}",
         compiled.diagnostics
     );
-    let engine = start(compiled.snapshot, https_config(None));
+    let engine = start(compiled.snapshot, https_config(LOOPBACK, None));
     let mut tls = connect(
         engine.https_addr().unwrap(),
         Some("file.test"),
@@ -921,7 +469,7 @@ fn large_bodies_both_ways_over_tls() {
     let yaml = upstream_yaml(&up) + &ingress("web", "", &["big.test"], &[]);
     let engine = start(
         compile_yaml(&yaml, &options(&default), 1).snapshot,
-        https_config(None),
+        https_config(LOOPBACK, None),
     );
     let config = client_config(&[&rustls::version::TLS13]);
     let mut tls = connect(engine.https_addr().unwrap(), Some("big.test"), &config);

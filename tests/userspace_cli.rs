@@ -12,8 +12,8 @@ use sluice::config::{Config, EngineKind};
 use sluice::demo::spawn_upstream;
 use sluice::engine::userspace::{DeviceKind, PollMode};
 
-mod common;
-use common::{KERNEL_IP, Link, NetNs};
+mod support;
+use support::netns::{KERNEL_IP, Link, NetNs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 

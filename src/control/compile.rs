@@ -28,7 +28,8 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::manifests::Object;
-use crate::core::route::{Backend, BackendId, PathKind, RouteTable, RouteTableBuilder, Snapshot};
+use crate::core::route::{Backend, BackendId, PathKind, RouteTable, RouteTableBuilder};
+use crate::core::snapshot::Snapshot;
 use crate::core::tls::CertTable;
 
 /// Annotation marking the cluster's default IngressClass.

@@ -20,7 +20,7 @@ use super::compile::{Compiled, Objects};
 use super::incremental::Incremental;
 use super::manifests::{ManifestError, Object, parse_documents};
 use crate::engine::Publisher;
-use crate::engine::uring;
+use crate::engine::sys;
 
 /// The longest a change waits for the directory to go quiet before it is applied.
 pub const MAX_HOLD: Duration = Duration::from_millis(50);
@@ -206,14 +206,17 @@ impl FileWatcher {
                     }
                     let Some(first) = first_event else {
                         // Nothing pending: sleep until an event (or a look at `stop`).
-                        uring::wait_readable(inotify.as_raw_fd(), IDLE_WAIT);
+                        let _ = sys::wait_readable(&[inotify.as_raw_fd()], IDLE_WAIT);
                         continue;
                     };
                     let quiet_at = last_event + QUIET;
                     let hold_until = first + MAX_HOLD;
                     if now < quiet_at && now < hold_until {
                         // Until the burst has been quiet for QUIET, or another event.
-                        uring::wait_readable(inotify.as_raw_fd(), quiet_at.min(hold_until) - now);
+                        let _ = sys::wait_readable(
+                            &[inotify.as_raw_fd()],
+                            quiet_at.min(hold_until) - now,
+                        );
                         continue;
                     }
                     first_event = None;

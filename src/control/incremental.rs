@@ -17,7 +17,8 @@ use super::compile::{
     BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Objects, Pass, SERVICE_NAME_LABEL,
     ServiceRef, backend_refs, certificates, has_tls, ingress_object, live_refs,
 };
-use crate::core::route::{Backend, BackendId, RouteTable, Snapshot};
+use crate::core::route::{Backend, BackendId, RouteTable};
+use crate::core::snapshot::Snapshot;
 use crate::core::tls::CertTable;
 
 /// What one Ingress contributes to the host index.

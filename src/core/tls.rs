@@ -18,7 +18,7 @@ use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresSer
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::core::route::normalize_host;
+use crate::core::host::{MAX_HOST, normalize_host};
 use crate::core::time::Instant;
 
 /// What one SNI host (exact or `*.suffix`) has.
@@ -69,7 +69,7 @@ impl Eq for CertTable {}
 impl CertTable {
     /// The exact and the wildcard entry for `host` (any case, port ignored).
     fn entries(&self, host: &str) -> (Option<&HostTls>, Option<&HostTls>) {
-        let mut buf = [0u8; crate::core::route::MAX_HOST];
+        let mut buf = [0u8; MAX_HOST];
         let Some(host) = normalize_host(host, &mut buf) else {
             return (None, None);
         };

@@ -1,7 +1,13 @@
-//! Engines move bytes between the kernel and the protocol core. `uring` is the io_uring edge;
-//! the per-core loop that drives connections lives in `crate::worker`. [`Engine`] starts one
-//! worker per core, each with its own SO_REUSEPORT listener, and hands snapshots to them.
+//! Everything per core that is not protocol. [`driver`] is the one engine-neutral per-core
+//! driver (connections, TLS sessions, upstream pool, timers, snapshot swap, metrics); `uring`
+//! (io_uring) and `userspace` (smoltcp over TAP or AF_PACKET) are the transports under it.
+//! [`Engine`] starts one worker per core and hands snapshots to them ([`publish`]); `sys`
+//! holds the system calls that are neither io_uring nor a packet device.
 
+pub mod driver;
+pub mod metrics;
+pub mod publish;
+pub mod sys;
 pub mod uring;
 pub mod userspace;
 
@@ -14,11 +20,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::admin::{self, AdminHandle};
 use crate::core::conn::ConnConfig;
-use crate::core::route::Snapshot;
+use crate::core::snapshot::Snapshot;
 use crate::core::tls::TlsSettings;
-use crate::worker::{Worker, WorkerHttps, WorkerMetrics, WorkerSetup};
+use driver::{Driver, DriverSetup, HttpsSide};
+use metrics::WorkerMetrics;
+pub use publish::{EngineState, MetricsFn, PublicationStats, Publisher};
+use uring::worker::{Worker, WorkerSetup};
 
 /// How to run the data plane.
 #[derive(Clone, Debug)]
@@ -26,7 +34,6 @@ pub struct EngineConfig {
     /// One worker per entry, pinned to that core (`None`: not pinned).
     pub workers: Vec<Option<usize>>,
     pub http: SocketAddr,
-    pub admin: Option<SocketAddr>,
     pub conn: Arc<ConnConfig>,
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
@@ -52,118 +59,93 @@ pub struct HttpsConfig {
     pub settings: Arc<TlsSettings>,
 }
 
-/// Shared between the engine, its admin server and the control side.
-pub struct EngineState {
-    pub metrics: Vec<Arc<WorkerMetrics>>,
-    /// How publication went: counts and change → all-workers propagation times.
-    pub publication: Mutex<PublicationStats>,
-    /// The newest published snapshot (for the admin route dump; workers have their own).
-    pub snapshot: RwLock<Arc<Snapshot>>,
-    pub stopping: Arc<AtomicBool>,
-    /// More `/metrics` text, from the control side (e.g. the Kubernetes source's counters).
-    pub extra_metrics: Mutex<Vec<MetricsFn>>,
+/// A worker an engine can run: built on its thread from the engine's per-worker setup and the
+/// driver, then run until stopped.
+pub(crate) trait EngineWorker: Sized + 'static {
+    type Setup: Send + 'static;
+    fn build(setup: Self::Setup, driver: Driver) -> io::Result<Self>;
+    fn run(self) -> io::Result<()>;
 }
 
-/// Appends Prometheus text to `/metrics`.
-pub type MetricsFn = Box<dyn Fn(&mut String) + Send + Sync>;
-
-/// Publication metrics (control side only, never touched by a worker).
-pub struct PublicationStats {
-    pub published: u64,
-    /// Microseconds from a source event to every worker serving the resulting snapshot.
-    pub propagation_us: hdrhistogram::Histogram<u64>,
-    /// Snapshots not acknowledged by every worker within the wait (should stay 0).
-    pub unacknowledged: u64,
-}
-
-impl Default for PublicationStats {
-    fn default() -> Self {
-        PublicationStats {
-            published: 0,
-            propagation_us: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
-                .expect("valid histogram bounds"),
-            unacknowledged: 0,
-        }
-    }
-}
-
-/// Hands snapshots to every worker: the same `Arc` to each, then a wake-up through its
-/// eventfd. Cheap to clone; used by the control thread.
-#[derive(Clone)]
-pub struct Publisher {
+/// Workers started by [`launch`], with what publication needs.
+pub(crate) struct Launched {
+    workers: Vec<JoinHandle<io::Result<()>>>,
     senders: Vec<Sender<Arc<Snapshot>>>,
-    /// Snapshots the workers stopped serving, dropped here (on the control thread).
-    retired: Arc<Mutex<Receiver<Arc<Snapshot>>>>,
-    /// Closed when the last publisher (and so the engine) is gone.
-    wakes: Arc<Vec<OwnedFd>>,
+    retired: Receiver<Arc<Snapshot>>,
+    wakes: Vec<OwnedFd>,
     state: Arc<EngineState>,
 }
 
-impl Publisher {
-    /// Publishes `snapshot`; each worker swaps it in at the top of its next loop turn.
-    pub fn publish(&self, snapshot: Arc<Snapshot>) {
-        if let Ok(mut current) = self.state.snapshot.write() {
-            *current = snapshot.clone();
-        }
-        for (tx, wake) in self.senders.iter().zip(self.wakes.iter()) {
-            let _ = tx.send(snapshot.clone());
-            uring::eventfd_signal(wake.as_raw_fd());
-        }
-        if let Ok(mut stats) = self.state.publication.lock() {
-            stats.published += 1;
-        }
-    }
-
-    /// Waits (polling, on the control thread) until every worker serves `version` or later,
-    /// and records the time since `since` (the source event). Returns that time, or `None`
-    /// if `timeout` passed first.
-    pub fn wait_acknowledged(
-        &self,
-        version: u64,
-        since: std::time::Instant,
-        timeout: Duration,
-    ) -> Option<Duration> {
-        loop {
-            let acked = self
-                .state
-                .metrics
-                .iter()
-                .all(|m| m.snapshot_version.load(Ordering::Acquire) >= version);
-            let elapsed = since.elapsed();
-            if acked {
-                if let Ok(mut stats) = self.state.publication.lock() {
-                    let us = u64::try_from(elapsed.as_micros())
-                        .unwrap_or(u64::MAX)
-                        .max(1);
-                    let _ = stats.propagation_us.record(us);
-                }
-                // After the measurement: freeing a large old table is the control thread's
-                // time, not part of getting the change to the workers.
-                self.free_retired();
-                return Some(elapsed);
+/// What every engine's start shares: the engine state and per-worker metrics, then one
+/// thread per `(setup, wake-up eventfd)` named `name-N`, each with its driver (mailbox,
+/// retirement channel, metrics, stop flag), waiting for each to be built. If one fails to
+/// build, the ones started are stopped and joined and its error is returned.
+pub(crate) fn launch<W: EngineWorker>(
+    cfg: &EngineConfig,
+    https: Option<&HttpsConfig>,
+    snapshot: &Arc<Snapshot>,
+    setups: Vec<(W::Setup, OwnedFd)>,
+    name: &str,
+) -> io::Result<Launched> {
+    sys::raise_nofile_limit();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let metrics: Vec<Arc<WorkerMetrics>> = setups
+        .iter()
+        .map(|_| Arc::new(WorkerMetrics::default()))
+        .collect();
+    let state = Arc::new(EngineState {
+        metrics: metrics.clone(),
+        publication: Mutex::new(PublicationStats::default()),
+        snapshot: RwLock::new(snapshot.clone()),
+        stopping: stopping.clone(),
+        extra_metrics: Mutex::new(Vec::new()),
+    });
+    let (retired_tx, retired) = channel();
+    let mut launched = Launched {
+        workers: Vec::new(),
+        senders: Vec::new(),
+        retired,
+        wakes: Vec::new(),
+        state,
+    };
+    for (index, (setup, wake)) in setups.into_iter().enumerate() {
+        let (tx, rx) = channel();
+        let driver = DriverSetup {
+            index,
+            conn: cfg.conn.clone(),
+            https: https.map(|h| HttpsSide {
+                conn: h.conn.clone(),
+                settings: h.settings.clone(),
+            }),
+            snapshots: rx,
+            retired: retired_tx.clone(),
+            metrics: metrics[index].clone(),
+            stopping: stopping.clone(),
+            upstream_max_idle: cfg.upstream_max_idle,
+            upstream_idle_timeout: cfg.upstream_idle_timeout,
+            shutdown_grace: cfg.shutdown_grace,
+        };
+        let snapshot = snapshot.clone();
+        let (handle, started) = spawn_worker(
+            format!("{name}-{index}"),
+            move || W::build(setup, Driver::new(driver, snapshot)),
+            W::run,
+        )?;
+        launched.workers.push(handle);
+        launched.senders.push(tx);
+        launched.wakes.push(wake);
+        if let Err(e) = started {
+            stopping.store(true, Ordering::Release);
+            for w in &launched.wakes {
+                sys::eventfd_signal(w.as_raw_fd());
             }
-            if elapsed >= timeout {
-                if let Ok(mut stats) = self.state.publication.lock() {
-                    stats.unacknowledged += 1;
-                }
-                return None;
+            for w in launched.workers {
+                let _ = w.join();
             }
-            std::thread::sleep(Duration::from_micros(50));
+            return Err(e);
         }
     }
-
-    pub fn state(&self) -> &Arc<EngineState> {
-        &self.state
-    }
-
-    /// Drops the snapshots workers have handed back (freeing the last copies of old tables).
-    pub fn free_retired(&self) {
-        if let Ok(retired) = self.retired.lock() {
-            while let Ok(old) = retired.try_recv() {
-                drop(old);
-            }
-        }
-    }
+    Ok(launched)
 }
 
 /// Starts a worker thread named `name` that builds its worker with `build` and then runs
@@ -200,12 +182,12 @@ pub struct Engine {
     state: Arc<EngineState>,
     local_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
-    admin: Option<AdminHandle>,
 }
 
 impl Engine {
-    /// Binds every worker's listener, starts the workers (each serving `snapshot`) and the
-    /// admin server. Fails, with nothing left running, if io_uring is unavailable.
+    /// Binds every worker's listener and starts the workers (each serving `snapshot`); the
+    /// admin server is `main`'s to start over [`Engine::state`]. Fails, with nothing left
+    /// running, if io_uring is unavailable.
     pub fn start(cfg: EngineConfig, snapshot: Arc<Snapshot>) -> io::Result<Engine> {
         Engine::start_with_https(cfg, None, snapshot)
     }
@@ -217,152 +199,56 @@ impl Engine {
         https: Option<HttpsConfig>,
         snapshot: Arc<Snapshot>,
     ) -> io::Result<Engine> {
-        uring::raise_nofile_limit();
-        let mut https_addr = https.as_ref().map(|h| h.addr);
+        let n = cfg.workers.len();
+        let mut https_addr = None;
         let mut https_listeners = Vec::new();
         if let Some(h) = &https {
-            let mut addr = h.addr;
-            for _ in &cfg.workers {
-                let fd = uring::listen_reuseport(addr, 4096).map_err(|e| {
-                    for fd in &https_listeners {
-                        uring::close(*fd);
-                    }
-                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-                })?;
-                if addr.port() == 0 {
-                    addr = uring::local_addr(fd).unwrap_or(addr);
-                }
-                https_listeners.push(fd);
-            }
+            let (fds, addr) = uring::listen_all(h.addr, n)?;
+            https_listeners = fds;
             https_addr = Some(addr);
             // Redirects from the plain listener name the port really listened on.
             let mut plain = (*cfg.conn).clone();
             plain.https_port = addr.port();
             cfg.conn = Arc::new(plain);
         }
-        let mut https_listeners = https_listeners.into_iter();
-        let stopping = Arc::new(AtomicBool::new(false));
-        let mut addr = cfg.http;
-        let mut listeners = Vec::new();
-        for _ in &cfg.workers {
-            let fd = uring::listen_reuseport(addr, 4096).map_err(|e| {
-                for fd in &listeners {
-                    uring::close(*fd);
-                }
-                io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-            })?;
-            if addr.port() == 0 {
-                // Port 0: the first worker picks it, the others share it.
-                addr = uring::local_addr(fd).unwrap_or(addr);
+        let (listeners, addr) = uring::listen_all(cfg.http, n).inspect_err(|_| {
+            for fd in &https_listeners {
+                uring::close(*fd);
             }
-            listeners.push(fd);
-        }
-        let metrics: Vec<Arc<WorkerMetrics>> = cfg
-            .workers
-            .iter()
-            .map(|_| Arc::new(WorkerMetrics::default()))
-            .collect();
-        let state = Arc::new(EngineState {
-            metrics: metrics.clone(),
-            publication: Mutex::new(PublicationStats::default()),
-            snapshot: RwLock::new(snapshot.clone()),
-            stopping: stopping.clone(),
-            extra_metrics: Mutex::new(Vec::new()),
-        });
-        let mut workers = Vec::new();
-        let mut senders = Vec::new();
-        let mut wakes = Vec::new();
-        let (retired_tx, retired_rx) = channel();
-        let mut startup_error = None;
-        for (index, (core, listener)) in cfg.workers.iter().zip(listeners).enumerate() {
-            let (tx, rx) = channel();
-            let wake = uring::eventfd()?;
-            let wake_fd = wake.as_raw_fd();
-            wakes.push(wake);
+        })?;
+        let mut https_listeners = https_listeners.into_iter();
+        let mut setups = Vec::new();
+        for (core, listener) in cfg.workers.iter().zip(listeners) {
+            let wake = sys::eventfd()?;
             let setup = WorkerSetup {
-                index,
                 core: *core,
                 listener,
-                wake: wake_fd,
-                conn: cfg.conn.clone(),
-                snapshots: rx,
-                retired: retired_tx.clone(),
-                metrics: metrics[index].clone(),
-                stopping: stopping.clone(),
-                upstream_max_idle: cfg.upstream_max_idle,
-                upstream_idle_timeout: cfg.upstream_idle_timeout,
-                shutdown_grace: cfg.shutdown_grace,
-                https: https.as_ref().and_then(|h| {
-                    Some(WorkerHttps {
-                        listener: https_listeners.next()?,
-                        conn: h.conn.clone(),
-                        settings: h.settings.clone(),
-                    })
-                }),
+                https_listener: https_listeners.next(),
+                wake: wake.as_raw_fd(),
             };
-            let snapshot = snapshot.clone();
-            let (handle, started) = spawn_worker(
-                format!("sluice-worker-{index}"),
-                move || Worker::new(setup, snapshot).inspect_err(|_| uring::close(listener)),
-                Worker::run,
-            )?;
-            startup_error = started.err();
-            workers.push(handle);
-            senders.push(tx);
-            if startup_error.is_some() {
-                break;
-            }
+            setups.push((setup, wake));
         }
-        if let Some(e) = startup_error {
-            stopping.store(true, Ordering::Release);
-            for w in workers {
-                let _ = w.join();
-            }
-            return Err(e);
-        }
-        let admin = match cfg.admin {
-            Some(admin_addr) => Some(admin::start(admin_addr, state.clone())?),
-            None => None,
-        };
-        Ok(Engine {
-            workers,
-            publisher: Publisher {
-                senders,
-                retired: Arc::new(Mutex::new(retired_rx)),
-                wakes: Arc::new(wakes),
-                state: state.clone(),
-            },
-            state,
-            local_addr: addr,
-            https_addr,
-            admin,
-        })
+        let workers = launch::<Worker>(&cfg, https.as_ref(), &snapshot, setups, "sluice-worker")?;
+        Ok(Engine::assemble(workers, addr, https_addr))
     }
 
-    /// Assembles a running engine from workers another engine module started (the userspace
-    /// engine): the same publication, state, stop and join as the io_uring engine.
-    pub(crate) fn from_parts(
-        workers: Vec<JoinHandle<io::Result<()>>>,
-        senders: Vec<Sender<Arc<Snapshot>>>,
-        retired: Receiver<Arc<Snapshot>>,
-        wakes: Vec<OwnedFd>,
-        state: Arc<EngineState>,
+    /// A running engine from the workers [`launch`] started.
+    pub(crate) fn assemble(
+        w: Launched,
         local_addr: SocketAddr,
-        admin: Option<AdminHandle>,
+        https_addr: Option<SocketAddr>,
     ) -> Engine {
         Engine {
-            workers,
+            workers: w.workers,
             publisher: Publisher {
-                senders,
-                retired: Arc::new(Mutex::new(retired)),
-                wakes: Arc::new(wakes),
-                state: state.clone(),
+                senders: w.senders,
+                retired: Arc::new(Mutex::new(w.retired)),
+                wakes: Arc::new(w.wakes),
+                state: w.state.clone(),
             },
-            state,
+            state: w.state,
             local_addr,
-            // The userspace engine serves plain HTTP only (no TLS on it yet).
-            https_addr: None,
-            admin,
+            https_addr,
         }
     }
 
@@ -374,10 +260,6 @@ impl Engine {
     /// The HTTPS listener's address (with the real port), if there is one.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https_addr
-    }
-
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(AdminHandle::local_addr)
     }
 
     pub fn state(&self) -> &Arc<EngineState> {
@@ -399,11 +281,11 @@ impl Engine {
     pub fn stop(&self) {
         self.state.stopping.store(true, Ordering::Release);
         for wake in self.publisher.wakes.iter() {
-            uring::eventfd_signal(wake.as_raw_fd());
+            sys::eventfd_signal(wake.as_raw_fd());
         }
     }
 
-    /// Waits for every worker (and the admin server) to finish.
+    /// Waits for every worker to finish.
     pub fn join(self) -> io::Result<()> {
         let mut result = Ok(());
         for w in self.workers {
@@ -412,9 +294,6 @@ impl Engine {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(io::Error::other("a worker panicked")),
             }
-        }
-        if let Some(admin) = self.admin {
-            admin.join();
         }
         result
     }

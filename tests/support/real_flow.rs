@@ -394,7 +394,6 @@ pub fn run(kubeconfig: &std::path::Path) {
         EngineConfig {
             workers: vec![None; 2],
             http: "127.0.0.1:0".parse().unwrap(),
-            admin: None,
             conn: Arc::new(ConnConfig::default()),
             upstream_max_idle: 4,
             upstream_idle_timeout: Duration::from_secs(30),
@@ -461,7 +460,6 @@ impl Replica {
             EngineConfig {
                 workers: vec![None; 2],
                 http: "127.0.0.1:0".parse().unwrap(),
-                admin: Some("127.0.0.1:0".parse().unwrap()),
                 conn: Arc::new(ConnConfig::default()),
                 upstream_max_idle: 4,
                 upstream_idle_timeout: Duration::from_secs(30),

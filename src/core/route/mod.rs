@@ -1,5 +1,5 @@
-//! Immutable route table with exact Kubernetes Ingress v1 semantics, and the snapshot that
-//! carries it (with backends and their endpoints) from the control thread to every worker.
+//! Immutable route table with exact Kubernetes Ingress v1 semantics. (The snapshot that
+//! carries it to every worker is `core::snapshot`.)
 //!
 //! Lookup by (host, path) allocates nothing: one hash lookup for the host (a second, for the
 //! wildcard, only if the exact host misses) plus a walk over that host's paths, which are
@@ -16,17 +16,13 @@
 //!    `spec.defaultBackend` of our class, else the controller's default backend);
 //! 5. nothing → `None`, answered with 404.
 
-use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::core::tls::CertTable;
-
-use crate::core::upstream::Picker;
+use crate::core::host::{MAX_HOST, normalize_host};
 
 /// Index of a backend inside one [`Snapshot`]. Only meaningful with the snapshot it came from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,6 +116,11 @@ impl HostRoutes {
             .iter()
             .find(|r| r.matches(path))
             .map(|r| r.backend)
+    }
+
+    /// The host's default backend (when no path matches), if any.
+    pub fn default_backend(&self) -> Option<BackendId> {
+        self.default
     }
 
     pub fn paths(&self) -> &[PathRule] {
@@ -299,9 +300,6 @@ impl PartialEq for RouteTable {
 
 impl Eq for RouteTable {}
 
-/// Longest DNS name.
-pub(crate) const MAX_HOST: usize = 253;
-
 impl RouteTable {
     pub fn lookup(&self, host: &str, path: &str) -> Option<BackendId> {
         let mut buf = [0u8; MAX_HOST];
@@ -401,6 +399,11 @@ impl RouteTable {
     }
 
     /// The rules without a host.
+    /// The table's default backend (no host matches), if any.
+    pub fn default_backend(&self) -> Option<BackendId> {
+        self.default
+    }
+
     pub fn any_host(&self) -> &HostRoutes {
         &self.any_host
     }
@@ -477,28 +480,6 @@ impl RouteTable {
             default,
         }
     }
-}
-
-/// Lower-cases `host` into `buf`, dropping a `:port` and one trailing dot. `None` when it
-/// cannot be a host we route (too long, not ASCII).
-pub(crate) fn normalize_host<'a>(host: &str, buf: &'a mut [u8; MAX_HOST]) -> Option<&'a str> {
-    let host = if host.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop a port after them.
-        match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        }
-    } else {
-        host.split_once(':').map_or(host, |(h, _)| h)
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.len() > MAX_HOST || !host.is_ascii() {
-        return None;
-    }
-    let out = &mut buf[..host.len()];
-    out.copy_from_slice(host.as_bytes());
-    out.make_ascii_lowercase();
-    std::str::from_utf8(out).ok()
 }
 
 /// Builds a [`RouteTable`]; the compiler feeds it rules in any order.
@@ -608,130 +589,5 @@ impl RouteTableBuilder {
             any_host: self.any_host,
             default: self.default,
         }
-    }
-}
-
-/// Everything a worker needs to route, immutable and shared by `Arc` between all workers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    pub version: u64,
-    pub table: RouteTable,
-    /// Indexed by [`BackendId`].
-    pub backends: Vec<Backend>,
-    /// Every endpoint of every backend, built once with the snapshot: a worker checks its
-    /// pooled connections against it at the swap without walking all backends.
-    endpoints: HashSet<SocketAddr>,
-    /// SNI host → certificate, and which hosts redirect plain HTTP to HTTPS.
-    pub certs: Arc<CertTable>,
-}
-
-impl Snapshot {
-    pub fn new(version: u64, table: RouteTable, backends: Vec<Backend>) -> Snapshot {
-        let endpoints = backends
-            .iter()
-            .flat_map(|b| b.endpoints.iter().copied())
-            .collect();
-        Snapshot {
-            version,
-            table,
-            backends,
-            endpoints,
-            certs: Arc::default(),
-        }
-    }
-
-    /// The same snapshot with `certs` as its certificate table.
-    pub fn with_certs(self, certs: CertTable) -> Snapshot {
-        self.with_shared_certs(Arc::new(certs))
-    }
-
-    /// The same snapshot sharing the certificate table `certs` (with the previous snapshot,
-    /// when no certificate changed: workers then keep their TLS configuration).
-    pub fn with_shared_certs(mut self, certs: Arc<CertTable>) -> Snapshot {
-        self.certs = certs;
-        self
-    }
-
-    /// Whether any backend of this snapshot has `endpoint`.
-    pub fn has_endpoint(&self, endpoint: &SocketAddr) -> bool {
-        self.endpoints.contains(endpoint)
-    }
-
-    /// Routes nothing: every request gets 404.
-    pub fn empty() -> Snapshot {
-        Snapshot::default()
-    }
-
-    pub fn lookup(&self, host: &str, path: &str) -> Option<BackendId> {
-        self.table.lookup(host, path)
-    }
-
-    pub fn backend(&self, id: BackendId) -> Option<&Backend> {
-        self.backends.get(id.0 as usize)
-    }
-}
-
-/// The route dump (`sluice check`, `/routes`): one line per host and path, sorted.
-impl fmt::Display for Snapshot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let describe = |id: BackendId| match self.backend(id) {
-            Some(b) => format!("{} ({} endpoints)", b.name, b.endpoints.len()),
-            None => format!("backend #{}", id.0),
-        };
-        let mut lines = Vec::new();
-        let mut host_lines = |host: String, routes: &HostRoutes| {
-            for r in &routes.paths {
-                let kind = match r.kind {
-                    PathKind::Exact => "Exact",
-                    PathKind::Prefix => "Prefix",
-                };
-                lines.push(format!(
-                    "{host} {} {kind} -> {}",
-                    r.path,
-                    describe(r.backend)
-                ));
-            }
-            if let Some(d) = routes.default {
-                lines.push(format!("{host} (default) -> {}", describe(d)));
-            }
-        };
-        for (host, routes) in self.table.hosts() {
-            host_lines(host, routes);
-        }
-        host_lines("*".to_string(), &self.table.any_host);
-        lines.sort();
-        writeln!(f, "snapshot version {}", self.version)?;
-        for line in lines {
-            writeln!(f, "{line}")?;
-        }
-        if let Some(d) = self.table.default {
-            writeln!(f, "default -> {}", describe(d))?;
-        }
-        for line in self.certs.describe() {
-            writeln!(f, "{line}")?;
-        }
-        Ok(())
-    }
-}
-
-/// The worker's router: the current snapshot plus its own load-balancing state.
-pub struct SnapshotRouter<'a> {
-    pub snapshot: &'a Snapshot,
-    pub picker: &'a mut Picker,
-}
-
-impl Router for SnapshotRouter<'_> {
-    fn route(&mut self, host: &str, path: &str) -> RouteDecision {
-        let Some(backend) = self.snapshot.lookup(host, path) else {
-            return RouteDecision::NotFound;
-        };
-        match self.picker.pick(self.snapshot, backend) {
-            Some(endpoint) => RouteDecision::Forward { backend, endpoint },
-            None => RouteDecision::NoEndpoints,
-        }
-    }
-
-    fn redirect_https(&mut self, host: &str) -> bool {
-        self.snapshot.certs.redirects(host)
     }
 }

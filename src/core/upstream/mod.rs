@@ -1,9 +1,11 @@
-//! Upstream selection: load-balancing pickers over a snapshot's endpoints. Pickers hold
-//! per-worker state (cursors) and are never shared between cores.
+//! Upstream selection: load-balancing pickers over a snapshot's endpoints, and the worker's
+//! router (snapshot + picker). Pickers hold per-worker state (cursors) and are never shared
+//! between cores.
 
 use std::net::SocketAddr;
 
-use crate::core::route::{BackendId, Snapshot};
+use crate::core::route::{BackendId, RouteDecision, Router};
+use crate::core::snapshot::Snapshot;
 
 /// Round-robin over each backend's endpoints, one cursor per backend.
 #[derive(Clone, Debug, Default)]
@@ -47,5 +49,27 @@ impl Picker {
         let endpoint = endpoints[*cursor as usize % endpoints.len()];
         *cursor = cursor.wrapping_add(1);
         Some(endpoint)
+    }
+}
+
+/// The worker's router: the current snapshot plus its own load-balancing state.
+pub struct SnapshotRouter<'a> {
+    pub snapshot: &'a Snapshot,
+    pub picker: &'a mut Picker,
+}
+
+impl Router for SnapshotRouter<'_> {
+    fn route(&mut self, host: &str, path: &str) -> RouteDecision {
+        let Some(backend) = self.snapshot.lookup(host, path) else {
+            return RouteDecision::NotFound;
+        };
+        match self.picker.pick(self.snapshot, backend) {
+            Some(endpoint) => RouteDecision::Forward { backend, endpoint },
+            None => RouteDecision::NoEndpoints,
+        }
+    }
+
+    fn redirect_https(&mut self, host: &str) -> bool {
+        self.snapshot.certs.redirects(host)
     }
 }

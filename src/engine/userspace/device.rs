@@ -75,7 +75,7 @@ impl phy::TxToken for Tx<'_> {
         if link.mute {
             return r;
         }
-        match super::sys::write_frame(link.fd, &link.tx[..len]) {
+        match super::packet::write_frame(link.fd, &link.tx[..len]) {
             Ok(()) => link.frames_out += 1,
             Err(_) => link.write_errors += 1,
         }

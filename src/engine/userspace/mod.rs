@@ -1,26 +1,26 @@
 //! The kernel-bypass engine: each worker owns a smoltcp TCP/IP stack over its own queue of a
-//! packet device (a multi-queue TAP, or an AF_PACKET socket in a PACKET_FANOUT group) and
-//! drives the same protocol core as the io_uring engine; no kernel TCP on the data path.
-//! Snapshots reach its workers through the same [`Publisher`](super::Publisher).
+//! packet device (a multi-queue TAP, or an AF_PACKET socket in a PACKET_FANOUT group) and is a
+//! transport under the same engine-neutral driver as the io_uring engine (so HTTP and HTTPS
+//! behave the same on both); no kernel TCP on the data path. `demux` classifies frames by
+//! 4-tuple, `device` is smoltcp's `phy::Device` over one descriptor, `packet` the device's
+//! system calls, `worker` the transport and the loop. Snapshots reach its workers through the
+//! same [`Publisher`](super::Publisher).
 
 mod demux;
 mod device;
-pub mod sys;
+pub mod packet;
 mod worker;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::sync::mpsc::channel;
-use std::sync::{Arc, Mutex, RwLock};
 
 pub use demux::{Class, FlowKey, classify};
 
-use super::{Engine, EngineConfig, EngineState, PublicationStats, spawn_worker, uring};
-use crate::admin;
-use crate::core::route::Snapshot;
-use crate::worker::WorkerMetrics;
+use super::{Engine, EngineConfig, HttpsConfig, launch, sys};
+use crate::core::snapshot::Snapshot;
 use worker::{UserspaceWorker, UserspaceWorkerSetup};
 
 /// The packet device the workers share, one queue (or fanout member) per worker.
@@ -119,11 +119,22 @@ pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
 
 impl Engine {
     /// Starts the userspace engine: opens one device queue per worker (failing, with nothing
-    /// left running, if the device cannot be opened), then the workers and the admin server.
+    /// left running, if the device cannot be opened), then the workers (`main` starts the admin server).
     /// `cfg.http`'s port is the port the workers listen on in their own stacks; its address
     /// must be unspecified or one of `dev.addresses`.
     pub fn start_userspace(
         cfg: EngineConfig,
+        dev: UserspaceConfig,
+        snapshot: Arc<Snapshot>,
+    ) -> io::Result<Engine> {
+        Engine::start_userspace_with_https(cfg, None, dev, snapshot)
+    }
+
+    /// [`Engine::start_userspace`] with HTTPS served too, on `https.addr`'s port of the same
+    /// stack (same certificates, SNI, redirects, HSTS and resumption as the io_uring engine).
+    pub fn start_userspace_with_https(
+        mut cfg: EngineConfig,
+        https: Option<HttpsConfig>,
         dev: UserspaceConfig,
         snapshot: Arc<Snapshot>,
     ) -> io::Result<Engine> {
@@ -162,98 +173,77 @@ impl Engine {
                 "userspace engine: 1 to 256 workers (each owns a share of 16384 ports)".into(),
             ));
         }
+        let https_port = match &https {
+            None => None,
+            Some(h) if h.addr.port() == 0 || h.addr.port() == cfg.http.port() => {
+                return Err(invalid(format!(
+                    "userspace engine: the HTTPS port must be set and differ from HTTP's (got {})",
+                    h.addr.port()
+                )));
+            }
+            Some(h)
+                if !h.addr.ip().is_unspecified()
+                    && !dev.addresses.iter().any(|(a, _)| *a == h.addr.ip()) =>
+            {
+                return Err(invalid(format!(
+                    "userspace engine: HTTPS address {} is not one of the appliance's addresses",
+                    h.addr.ip()
+                )));
+            }
+            Some(h) => {
+                // Redirects from the plain listener name the HTTPS port.
+                let mut plain = (*cfg.conn).clone();
+                plain.https_port = h.addr.port();
+                cfg.conn = Arc::new(plain);
+                Some(h.addr.port())
+            }
+        };
         let mut queues: Vec<OwnedFd> = Vec::new();
         for _ in &cfg.workers {
             let fd = match dev.device {
-                DeviceKind::Tap => sys::open_tap_queue(&dev.interface),
-                DeviceKind::AfPacket => sys::open_packet_socket(&dev.interface, dev.fanout_group),
+                DeviceKind::Tap => packet::open_tap_queue(&dev.interface),
+                DeviceKind::AfPacket => {
+                    packet::open_packet_socket(&dev.interface, dev.fanout_group)
+                }
             }
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dev.interface)))?;
             queues.push(fd);
         }
-        uring::raise_nofile_limit();
-        let stopping = Arc::new(AtomicBool::new(false));
-        let metrics: Vec<Arc<WorkerMetrics>> = cfg
-            .workers
-            .iter()
-            .map(|_| Arc::new(WorkerMetrics::default()))
-            .collect();
-        let state = Arc::new(EngineState {
-            metrics: metrics.clone(),
-            publication: Mutex::new(PublicationStats::default()),
-            snapshot: RwLock::new(snapshot.clone()),
-            stopping: stopping.clone(),
-            extra_metrics: Mutex::new(Vec::new()),
-        });
-        let mut workers = Vec::new();
-        let mut senders = Vec::new();
-        let (retired_tx, retired_rx) = channel();
-        let mut startup_error = None;
         let count = cfg.workers.len();
         let mut wakes = Vec::new();
         let mut inbox_tx = Vec::new();
         let mut inbox_rx = Vec::new();
         for _ in 0..count {
-            wakes.push(uring::eventfd()?);
+            wakes.push(sys::eventfd()?);
             let (tx, rx) = channel();
             inbox_tx.push(tx);
-            inbox_rx.push(Some(rx));
+            inbox_rx.push(rx);
         }
-        for (index, (core, queue)) in cfg.workers.iter().zip(queues).enumerate() {
-            let (tx, rx) = channel();
-            let wake_fd = wakes[index].as_raw_fd();
-            let peers = (0..count)
-                .map(|i| (inbox_tx[i].clone(), wakes[i].as_raw_fd()))
-                .collect();
-            let Some(inbox) = inbox_rx[index].take() else {
-                continue;
-            };
+        let peers: Vec<_> = inbox_tx
+            .into_iter()
+            .zip(&wakes)
+            .map(|(tx, w)| (tx, w.as_raw_fd()))
+            .collect();
+        let mut setups = Vec::new();
+        let parts = cfg.workers.iter().zip(queues).zip(inbox_rx).zip(wakes);
+        for (index, (((core, queue), inbox), wake)) in parts.enumerate() {
             let setup = UserspaceWorkerSetup {
                 index,
                 count,
                 core: *core,
                 queue,
-                wake: wake_fd,
-                peers,
+                wake: wake.as_raw_fd(),
+                peers: peers.clone(),
                 inbox,
                 listen_port: cfg.http.port(),
+                https_port,
                 dev: dev.clone(),
-                conn: cfg.conn.clone(),
-                snapshots: rx,
-                retired: retired_tx.clone(),
-                metrics: metrics[index].clone(),
-                stopping: stopping.clone(),
-                upstream_max_idle: cfg.upstream_max_idle,
-                upstream_idle_timeout: cfg.upstream_idle_timeout,
-                shutdown_grace: cfg.shutdown_grace,
+                linger: cfg.conn.timeouts.linger,
             };
-            let snapshot = snapshot.clone();
-            let (handle, started) = spawn_worker(
-                format!("sluice-us-worker-{index}"),
-                move || UserspaceWorker::new(setup, snapshot),
-                UserspaceWorker::run,
-            )?;
-            startup_error = started.err();
-            workers.push(handle);
-            senders.push(tx);
-            if startup_error.is_some() {
-                break;
-            }
+            setups.push((setup, wake));
         }
-        if let Some(e) = startup_error {
-            stopping.store(true, Ordering::Release);
-            for w in &wakes {
-                uring::eventfd_signal(w.as_raw_fd());
-            }
-            for w in workers {
-                let _ = w.join();
-            }
-            return Err(e);
-        }
-        let admin = match cfg.admin {
-            Some(admin_addr) => Some(admin::start(admin_addr, state.clone())?),
-            None => None,
-        };
+        let workers =
+            launch::<UserspaceWorker>(&cfg, https.as_ref(), &snapshot, setups, "sluice-us-worker")?;
         let local = SocketAddr::new(
             if cfg.http.ip().is_unspecified() {
                 dev.addresses[0].0
@@ -262,9 +252,8 @@ impl Engine {
             },
             cfg.http.port(),
         );
-        Ok(Engine::from_parts(
-            workers, senders, retired_rx, wakes, state, local, admin,
-        ))
+        let https_addr = https_port.map(|port| SocketAddr::new(local.ip(), port));
+        Ok(Engine::assemble(workers, local, https_addr))
     }
 }
 

@@ -1,11 +1,12 @@
 //! The io_uring edge: the ring, the provided-buffer ring that receives land in, typed
-//! completion tokens, and the socket system calls the engine needs. All of the crate's
-//! `unsafe` lives here, each block with the invariant that makes it sound.
+//! completion tokens, and the socket system calls the engine needs. All of the io_uring
+//! engine's `unsafe` lives here, each block with the invariant that makes it sound.
 //!
 //! Ownership rule: memory the kernel reads or writes for an operation in flight (a send
-//! buffer, a connect address, the buffer ring) must outlive that operation. The worker keeps
-//! send buffers and addresses in its slots until their completion arrives; the buffer ring
-//! lives as long as the ring.
+//! buffer, a connect address, the eventfd read's buffer, the buffer ring) must outlive that
+//! operation. The [`Ring`] owns all of it: a send takes its buffer and hands it back with
+//! [`Ring::take_sent`] once it has completed, a connect keeps its address until its
+//! completion, and the safe methods cannot be used to let the kernel touch freed memory.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -16,17 +17,17 @@ use std::time::Duration;
 use io_uring::types::{BufRingEntry, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
+use crate::engine::sys::check;
+
 /// What a completion is for. Encoded in the 64-bit user data with a slot and a generation,
 /// so a completion for a slot that has since been reused is recognised and dropped.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Op {
     Accept = 1,
-    ClientRecv = 2,
-    ClientSend = 3,
-    UpstreamConnect = 4,
-    UpstreamRecv = 5,
-    UpstreamSend = 6,
+    Recv = 2,
+    Send = 3,
+    Connect = 4,
     /// The worker's eventfd: a new snapshot (or a stop request) is waiting.
     Wake = 7,
     /// The completion of a cancel request (the cancelled operation completes on its own).
@@ -37,11 +38,9 @@ impl Op {
     fn from_u8(v: u8) -> Option<Op> {
         Some(match v {
             1 => Op::Accept,
-            2 => Op::ClientRecv,
-            3 => Op::ClientSend,
-            4 => Op::UpstreamConnect,
-            5 => Op::UpstreamRecv,
-            6 => Op::UpstreamSend,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::Connect,
             7 => Op::Wake,
             8 => Op::Cancel,
             _ => return None,
@@ -182,11 +181,24 @@ impl Drop for BufRing {
     }
 }
 
-/// A worker's ring: submission helpers, the wait, and the receive buffers.
+/// Memory an operation of one slot (a socket of the worker) lends the kernel: at most one
+/// send and one connect in flight per slot.
+#[derive(Default)]
+struct Lent {
+    send: Option<Vec<u8>>,
+    sending: bool,
+    addr: Option<Box<SockAddr>>,
+}
+
+/// A worker's ring: submission helpers, the wait, and the memory operations in flight use.
 pub struct Ring {
     // Field order matters: the ring (which the kernel uses the buffers through) drops first.
     ring: IoUring,
     bufs: BufRing,
+    /// By token slot: send buffers and connect addresses of operations in flight.
+    lent: Vec<Lent>,
+    /// The eventfd read's buffer.
+    wake_buf: Box<[u8; 8]>,
     pending: Vec<squeue::Entry>,
 }
 
@@ -225,6 +237,8 @@ impl Ring {
         let mut ring = Ring {
             ring,
             bufs,
+            lent: Vec::new(),
+            wake_buf: Box::new([0; 8]),
             pending: Vec::new(),
         };
         ring.probe_multishot_recv().map_err(|e| {
@@ -301,8 +315,9 @@ impl Ring {
         let mut sq = self.ring.submission();
         let mut taken = 0;
         for entry in &self.pending {
-            // SAFETY: every entry was built by the methods below, whose callers keep the
-            // memory the entry points to alive until its completion.
+            // SAFETY: every entry was built by the methods below; the memory it points to is
+            // owned by this ring (`lent`, `wake_buf`, `bufs`) until its completion is reaped
+            // (sends, connects) or for the ring's life (the others).
             if unsafe { sq.push(entry) }.is_err() {
                 break;
             }
@@ -347,28 +362,77 @@ impl Ring {
         self.push(e);
     }
 
-    /// A send of `buf`, which the caller must keep alive and untouched until the completion.
-    pub fn send(&mut self, fd: RawFd, buf: &[u8], token: Token) {
+    fn lent(&mut self, slot: u32) -> &mut Lent {
+        let i = slot as usize;
+        if self.lent.len() <= i {
+            self.lent.resize_with(i + 1, Lent::default);
+        }
+        &mut self.lent[i]
+    }
+
+    /// A send of `buf` ([`Op::Send`] with `token.slot`). The ring keeps the buffer until the
+    /// send completes; [`Ring::take_sent`] hands it back then. A slot has one send in flight
+    /// at most: a second one is refused and its buffer returned.
+    pub fn send(&mut self, fd: RawFd, buf: Vec<u8>, token: Token) -> Result<(), Vec<u8>> {
+        let lent = self.lent(token.slot);
+        if lent.sending {
+            return Err(buf);
+        }
         let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
+        let ptr = buf.as_ptr();
+        // The heap block does not move when the Vec does.
+        lent.send = Some(buf);
+        lent.sending = true;
+        let e = opcode::Send::new(types::Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-            .user_data(token.encode());
+            .user_data(
+                Token {
+                    op: Op::Send,
+                    ..token
+                }
+                .encode(),
+            );
         self.push(e);
+        Ok(())
     }
 
-    /// A connect to `addr`, which the caller must keep alive until the completion.
-    pub fn connect(&mut self, fd: RawFd, addr: &SockAddr, token: Token) {
-        let e = opcode::Connect::new(types::Fd(fd), addr.as_ptr(), addr.len)
+    /// The buffer of slot `slot`'s completed send (call on its [`Op::Send`] completion).
+    pub fn take_sent(&mut self, slot: u32) -> Option<Vec<u8>> {
+        let lent = self.lent.get_mut(slot as usize)?;
+        if lent.sending {
+            return None;
+        }
+        lent.send.take()
+    }
+
+    /// A connect to `addr` ([`Op::Connect`] with `token.slot`); the ring keeps the address
+    /// until the completion.
+    pub fn connect(&mut self, fd: RawFd, addr: SocketAddr, token: Token) {
+        let addr = SockAddr::new(addr);
+        let (ptr, len) = (addr.as_ptr(), addr.len);
+        // The boxed address does not move when the Box does; a connect still in flight for
+        // this slot (none: one socket per slot) would keep its own.
+        let lent = self.lent(token.slot);
+        if lent.addr.is_some() {
+            return;
+        }
+        lent.addr = Some(addr);
+        let e = opcode::Connect::new(types::Fd(fd), ptr, len)
             .build()
-            .user_data(token.encode());
+            .user_data(
+                Token {
+                    op: Op::Connect,
+                    ..token
+                }
+                .encode(),
+            );
         self.push(e);
     }
 
-    /// An 8-byte read of an eventfd into `buf`, which the caller keeps alive until the
-    /// completion.
-    pub fn read_eventfd(&mut self, fd: RawFd, buf: &mut [u8; 8], token: Token) {
-        let e = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 8)
+    /// An 8-byte read of an eventfd into the ring's own buffer (one at a time).
+    pub fn read_eventfd(&mut self, fd: RawFd, token: Token) {
+        let e = opcode::Read::new(types::Fd(fd), self.wake_buf.as_mut_ptr(), 8)
             .build()
             .user_data(token.encode());
         self.push(e);
@@ -405,8 +469,29 @@ impl Ring {
     pub fn completions(&mut self, out: &mut Vec<Completion>, max: usize) {
         out.clear();
         for cqe in self.ring.completion().take(max) {
+            let token = Token::decode(cqe.user_data());
+            // The kernel is done with what the operation borrowed.
+            match token {
+                Some(Token {
+                    op: Op::Send, slot, ..
+                }) => {
+                    if let Some(lent) = self.lent.get_mut(slot as usize) {
+                        lent.sending = false;
+                    }
+                }
+                Some(Token {
+                    op: Op::Connect,
+                    slot,
+                    ..
+                }) => {
+                    if let Some(lent) = self.lent.get_mut(slot as usize) {
+                        lent.addr = None;
+                    }
+                }
+                _ => {}
+            }
             out.push(Completion {
-                token: Token::decode(cqe.user_data()),
+                token,
                 result: cqe.result(),
                 buffer: cqueue::buffer_select(cqe.flags()),
                 more: cqueue::more(cqe.flags()),
@@ -487,14 +572,6 @@ impl SockAddr {
     }
 }
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
 fn set_int_opt(
     fd: RawFd,
     level: libc::c_int,
@@ -539,6 +616,27 @@ pub fn listen_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<RawFd> {
         return Err(e);
     }
     Ok(fd)
+}
+
+/// `n` listening sockets on `addr` (see [`listen_reuseport`]), one per worker, and the
+/// address they listen on: with port 0, the first picks a port and the others share it. On
+/// an error, those already made are closed.
+pub fn listen_all(addr: SocketAddr, n: usize) -> io::Result<(Vec<RawFd>, SocketAddr)> {
+    let mut addr = addr;
+    let mut fds = Vec::with_capacity(n);
+    for _ in 0..n {
+        let fd = listen_reuseport(addr, 4096).map_err(|e| {
+            for fd in &fds {
+                close(*fd);
+            }
+            io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+        })?;
+        if addr.port() == 0 {
+            addr = local_addr(fd).unwrap_or(addr);
+        }
+        fds.push(fd);
+    }
+    Ok((fds, addr))
 }
 
 /// A nonblocking TCP socket for an upstream connection, with TCP_NODELAY.
@@ -624,85 +722,5 @@ pub fn close(fd: RawFd) {
     // SAFETY: closes an fd we own exactly once (callers forget it afterwards).
     unsafe {
         libc::close(fd);
-    }
-}
-
-/// Raises RLIMIT_NOFILE to the hard limit; returns the new soft limit.
-pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: get/setrlimit with a pointer to a live struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-    lim.rlim_cur
-}
-
-/// Blocks SIGTERM and SIGINT in the calling thread (and the threads it spawns afterwards), so
-/// that [`wait_for_termination`] can take them synchronously.
-pub fn block_termination_signals() {
-    // SAFETY: builds a signal set on the stack and applies it to this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-/// Waits for SIGTERM or SIGINT (blocked beforehand) and returns its number.
-pub fn wait_for_termination() -> i32 {
-    // SAFETY: sigwait on a set of signals this thread has blocked.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        let mut sig: libc::c_int = 0;
-        libc::sigwait(&set, &mut sig);
-        sig
-    }
-}
-
-/// A nonblocking eventfd, used to wake a worker from its wait. Closed when dropped.
-pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain eventfd creation; the result is checked.
-    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sleeps until `fd` is readable or `timeout` has passed, to the microsecond (ppoll): an
-/// event wakes the caller at once, unlike a sleep-and-look loop.
-pub fn wait_readable(fd: RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-    };
-    // SAFETY: one live pollfd and a live timespec for the duration of the call; no signal
-    // mask is changed.
-    unsafe {
-        libc::ppoll(&mut pfd, 1, &ts, std::ptr::null());
-    }
-}
-
-/// Adds 1 to an eventfd (wakes whoever reads it).
-pub fn eventfd_signal(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
-    unsafe {
-        libc::write(fd, (&one as *const u64).cast(), 8);
     }
 }

@@ -1,21 +1,14 @@
-//! The system calls the userspace engine needs: opening one queue of a multi-queue TAP
-//! device, an AF_PACKET socket in a PACKET_FANOUT group, reading and writing whole Ethernet
-//! frames, waiting on descriptors, and entering a network namespace. All of the engine's
+//! The packet device's system calls: opening one queue of a multi-queue TAP device, an
+//! AF_PACKET socket in a PACKET_FANOUT group, reading and writing whole Ethernet frames.
+//! (Waiting, eventfds and namespaces are in `engine::sys`.) All of the userspace engine's
 //! `unsafe` lives here, each block with the invariant that makes it sound.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
+use crate::engine::sys::check;
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (a short) in the union.
 #[repr(C)]
@@ -173,74 +166,4 @@ pub fn write_frame(fd: RawFd, frame: &[u8]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Waits until one of `fds` is readable or `timeout` passed (zero: just look). Returns a
-/// bit per descriptor that is readable (bit i for `fds[i]`).
-pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<u32> {
-    let mut pfds: [libc::pollfd; 4] = [libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    }; 4];
-    let n = fds.len().min(pfds.len());
-    for (p, fd) in pfds.iter_mut().zip(fds) {
-        p.fd = *fd;
-        p.events = libc::POLLIN;
-    }
-    let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-    // SAFETY: `pfds` holds `n` initialised pollfd entries and lives across the call.
-    let r = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
-        }
-        return Ok(0);
-    }
-    let mut ready = 0;
-    for (i, p) in pfds.iter().take(n).enumerate() {
-        if p.revents != 0 {
-            ready |= 1 << i;
-        }
-    }
-    Ok(ready)
-}
-
-/// Empties an eventfd (non-blocking).
-pub fn drain_eventfd(fd: RawFd) {
-    let mut v = 0u64;
-    // SAFETY: reads 8 bytes into a live u64.
-    unsafe {
-        libc::read(fd, (&mut v as *mut u64).cast(), 8);
-    }
-}
-
-/// Moves the calling thread into the network namespace at `path` (`/run/netns/NAME`).
-/// Threads it starts afterwards are born there; sockets it opens belong to it.
-pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    // SAFETY: `file` is an open namespace descriptor for the duration of the call.
-    check(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) })
-        .map_err(|e| io::Error::new(e.kind(), format!("setns {}: {e}", path.display())))?;
-    Ok(())
-}
-
-/// The calling thread's network namespace, to come back to with [`NetnsReturn::restore`].
-pub struct NetnsReturn(std::fs::File);
-
-impl NetnsReturn {
-    pub fn current() -> io::Result<NetnsReturn> {
-        Ok(NetnsReturn(std::fs::File::open(
-            "/proc/thread-self/ns/net",
-        )?))
-    }
-
-    /// Moves the calling thread back into the namespace saved by [`NetnsReturn::current`].
-    pub fn restore(&self) -> io::Result<()> {
-        // SAFETY: `self.0` is an open namespace descriptor for the duration of the call.
-        check(unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) })?;
-        Ok(())
-    }
 }

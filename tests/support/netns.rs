@@ -1,12 +1,11 @@
 //! Test helper: a network namespace made by the test, with a TAP or a veth pair in it, and
 //! the calling thread moved into it. Dropping it removes the devices and the namespace and
 //! moves the thread back, also when the test fails.
-#![allow(dead_code)]
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sluice::engine::userspace::sys::{NetnsReturn, enter_netns};
+use sluice::engine::sys::{NetnsReturn, enter_netns};
 
 /// What link the namespace gets.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

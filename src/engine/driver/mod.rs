@@ -1,0 +1,1045 @@
+//! The engine-neutral per-core driver: everything a worker does that is not moving bytes.
+//! It owns the slab of `core::conn::Conn` machines, the TLS sessions between the transport
+//! and those machines, the upstream connections and their keep-alive pool (with its expiry),
+//! the connection deadlines, the route snapshot and picker (swapped and acknowledged at the
+//! quiescent point), the dispatch of every [`Action`] a machine asks for, and the worker's
+//! metrics. It is written once; the io_uring and the userspace (smoltcp) engines are thin
+//! [`Transport`]s under it.
+//!
+//! From accept to upstream response: the transport accepts a socket and calls
+//! [`Driver::accept`], which makes a `Conn` (and a `TlsSession` on the HTTPS listener).
+//! Bytes the transport receives go in through [`Driver::received`] (decrypted first, for
+//! HTTPS); the machine routes the head on the snapshot and asks for `Connect`, which the
+//! driver serves from the pool or by [`Transport::connect`]; once [`Driver::connected`] says
+//! so, the machine's request bytes go out through [`Transport::send`], the upstream's answer
+//! comes back through [`Driver::received`], and the response goes to the client the same way
+//! (encrypted for HTTPS). `ReleaseUpstream` puts the upstream connection back into the pool,
+//! `CloseClient` ends with [`Transport::close`].
+//!
+//! Why the seam is here. smoltcp's `phy::Device` is the model: the device only hands over
+//! and takes frames (with tokens that lend buffers), while everything that has state lives
+//! above it, once. monoio splits its runtime the same way: drivers (io_uring, epoll) own the
+//! buffers the kernel holds and complete operations; everything else is shared. Pingora
+//! names its request phases and keeps them apart from the connectors underneath. Here the
+//! transport owns sockets and buffers at the edge (io_uring's in-flight send buffers and
+//! provided receive buffers; smoltcp's socket buffers and frames) and reports events
+//! (accepted, received, sent, connected, EOF, error); the driver owns every decision. A
+//! send is either completed at once (smoltcp copies into its socket buffer) or later (the
+//! kernel owns an io_uring send buffer until its completion): [`Sent`] says which, so both
+//! fit one interface without a per-event `dyn` call: the driver is generic over its
+//! transport.
+
+mod slab;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
+
+pub use slab::Slab;
+
+use crate::core::conn::{Action, ClientInfo, Conn, ConnConfig};
+use crate::core::snapshot::Snapshot;
+use crate::core::time::Instant;
+use crate::core::tls::{Received, TlsSession, TlsSettings};
+use crate::core::upstream::Picker;
+use crate::core::upstream::SnapshotRouter;
+use crate::engine::metrics::WorkerMetrics;
+use crate::engine::publish::take_newer;
+
+/// The engine's one clock read: monotonic time as the core's `Instant`.
+#[allow(clippy::disallowed_methods)]
+pub fn clock() -> Instant {
+    use std::sync::OnceLock;
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    Instant::from_nanos(origin.elapsed().as_nanos() as u64)
+}
+
+/// Which driver object a transport socket belongs to. The transport keeps it with the socket
+/// and hands it back with every event; a stale one (the slot was reused) is ignored.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Client { slot: u32, generation: u32 },
+    Upstream { slot: u32, generation: u32 },
+}
+
+/// What became of a buffer handed to [`Transport::send`].
+pub enum Sent {
+    /// The transport holds it until the write completes, then reports [`Driver::sent`].
+    Pending,
+    /// Written (`written` bytes of it, maybe 0) at once; `closed`: the socket can take no
+    /// more, ever (reported once).
+    Done {
+        buf: Vec<u8>,
+        written: usize,
+        closed: bool,
+    },
+}
+
+/// What an engine implements under the driver: sockets and their bytes. Indexes are the
+/// transport's own socket handles.
+pub trait Transport {
+    /// Hands `buf` to socket `sock` for writing (at most one send in flight per socket).
+    fn send(&mut self, sock: usize, buf: Vec<u8>) -> Sent;
+    /// Whether the driver wants input from `sock` now (backpressure when not).
+    fn set_read(&mut self, sock: usize, wanted: bool);
+    /// Opens a connection to `endpoint` for `owner`; reports [`Driver::connected`] later.
+    fn connect(&mut self, endpoint: SocketAddr, owner: Owner) -> std::io::Result<usize>;
+    /// Whether an upstream socket can go back to the keep-alive pool (nothing queued, nothing
+    /// unread, still open).
+    fn reusable(&mut self, sock: usize) -> bool;
+    /// Half-closes the write side (FIN) after what was sent.
+    fn shutdown_write(&mut self, sock: usize);
+    /// Closes `sock` (after writing `last` if it can, best effort); no event for it follows.
+    fn close(&mut self, sock: usize, last: Option<&[u8]>);
+    /// Stops accepting and refuses new connections.
+    fn stop_accepting(&mut self);
+}
+
+/// The HTTPS side of a worker: its connections' settings and the TLS settings (ticket keys and
+/// session cache are shared by every worker).
+pub struct HttpsSide {
+    pub conn: Arc<ConnConfig>,
+    pub settings: Arc<TlsSettings>,
+}
+
+/// What a driver is given.
+pub struct DriverSetup {
+    pub index: usize,
+    pub conn: Arc<ConnConfig>,
+    pub https: Option<HttpsSide>,
+    pub snapshots: Receiver<Arc<Snapshot>>,
+    /// Where the driver hands the snapshot it stops serving, so that freeing a large table
+    /// happens on the control thread, never on a worker.
+    pub retired: Sender<Arc<Snapshot>>,
+    pub metrics: Arc<WorkerMetrics>,
+    pub stopping: Arc<AtomicBool>,
+    pub upstream_max_idle: usize,
+    pub upstream_idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Rounds of actions and output per connection per drive (a transport that writes at once
+/// may let a machine make progress several times).
+const MAX_ROUNDS: usize = 16;
+
+/// An accepted client connection.
+struct Client {
+    sock: usize,
+    conn: Conn,
+    upstream: Option<usize>,
+    /// A send of the transport is in flight.
+    sending: bool,
+    timer: Option<Instant>,
+    /// HTTPS: the TLS session between the socket and `conn`.
+    tls: Option<Box<TlsSession>>,
+    /// HTTPS: shut the write side once close_notify is written.
+    shut_after_flush: bool,
+}
+
+impl Client {
+    /// The connection machine's deadline, or the handshake's if earlier.
+    fn deadline(&self) -> Option<Instant> {
+        let tls = self.tls.as_ref().and_then(|t| t.deadline());
+        match (self.conn.deadline(), tls) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum UpState {
+    Connecting,
+    Attached,
+    Idle { since: Instant },
+}
+
+/// A connection to a pod endpoint: attached to one client, or idle in the pool.
+struct Upstream {
+    sock: usize,
+    endpoint: SocketAddr,
+    state: UpState,
+    client: Option<usize>,
+    sending: bool,
+}
+
+/// Whether the worker's loop goes on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Run,
+    /// Stopped and drained (or the grace period is over): leave the loop.
+    Exit,
+}
+
+pub struct Driver {
+    setup: DriverSetup,
+    snapshot: Arc<Snapshot>,
+    picker: Picker,
+    clients: Slab<Client>,
+    upstreams: Slab<Upstream>,
+    /// Idle pooled upstream slots by endpoint, oldest first.
+    pool: HashMap<SocketAddr, Vec<usize>>,
+    /// When the oldest idle pooled connection reaches the idle timeout (the pool is scanned
+    /// then, not on every loop turn).
+    pool_expiry: Option<Instant>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// The rustls config for new HTTPS connections, bound to the snapshot's certificates.
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    accepting: bool,
+    stop_deadline: Option<Instant>,
+    /// Clients touched since the last drive.
+    touched: Vec<usize>,
+    /// Upstreams to close at the next drive (an event found them unusable).
+    doomed: Vec<usize>,
+}
+
+fn client_owner(slot: usize, generation: u32) -> Owner {
+    Owner::Client {
+        slot: slot as u32,
+        generation,
+    }
+}
+
+impl Driver {
+    pub fn new(setup: DriverSetup, snapshot: Arc<Snapshot>) -> Driver {
+        let mut picker = Picker::with_offset(setup.index as u32);
+        picker.reset_for(&snapshot);
+        setup
+            .metrics
+            .snapshot_version
+            .store(snapshot.version, Ordering::Release);
+        let tls_config = setup
+            .https
+            .as_ref()
+            .map(|h| h.settings.server_config(snapshot.certs.clone()));
+        Driver {
+            setup,
+            snapshot,
+            picker,
+            clients: Slab::default(),
+            upstreams: Slab::default(),
+            pool: HashMap::new(),
+            pool_expiry: None,
+            timers: BinaryHeap::new(),
+            tls_config,
+            accepting: true,
+            stop_deadline: None,
+            touched: Vec::new(),
+            doomed: Vec::new(),
+        }
+    }
+
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.setup.metrics
+    }
+
+    pub fn index(&self) -> usize {
+        self.setup.index
+    }
+
+    pub fn accepting(&self) -> bool {
+        self.accepting
+    }
+
+    /// The loop is running: the worker serves (readiness).
+    pub fn serving(&self, on: bool) {
+        self.setup.metrics.serving.store(on, Ordering::Release);
+    }
+
+    /// The quiescent point, at the top of every loop turn: takes a newer snapshot if one is
+    /// waiting, and runs the graceful stop (stop accepting, let machines finish, close what is
+    /// left at the end of the grace period). Returns [`Flow::Exit`] once no client is left.
+    pub fn quiescent<T: Transport>(&mut self, t: &mut T, now: Instant) -> Flow {
+        if let Some(snapshot) = take_newer(&self.setup.snapshots, self.snapshot.version) {
+            self.swap_snapshot(t, snapshot);
+        }
+        if self.setup.stopping.load(Ordering::Acquire) && self.stop_deadline.is_none() {
+            self.stop_deadline = Some(now + self.setup.shutdown_grace);
+            if self.accepting {
+                self.accepting = false;
+                t.stop_accepting();
+            }
+            for i in 0..self.clients.capacity() {
+                if let Some(c) = self.clients.get_any(i) {
+                    c.conn.begin_shutdown(now);
+                    self.touched.push(i);
+                }
+            }
+            self.drive(t, now);
+        }
+        let Some(deadline) = self.stop_deadline else {
+            return Flow::Run;
+        };
+        if now >= deadline {
+            for i in 0..self.clients.capacity() {
+                self.close_client(t, i);
+            }
+        }
+        if self.clients.is_empty() {
+            Flow::Exit
+        } else {
+            Flow::Run
+        }
+    }
+
+    /// The quiescent-point swap: new requests route on `snapshot`; requests already routed
+    /// keep their endpoint; pooled idle connections to endpoints that are gone are closed.
+    fn swap_snapshot<T: Transport>(&mut self, t: &mut T, snapshot: Arc<Snapshot>) {
+        self.picker.reset_for(&snapshot);
+        let mut gone = Vec::new();
+        self.pool.retain(|endpoint, idle| {
+            if snapshot.has_endpoint(endpoint) {
+                true
+            } else {
+                gone.append(idle);
+                false
+            }
+        });
+        for ui in gone {
+            self.close_upstream(t, ui);
+        }
+        if let Some(https) = &self.setup.https
+            && !Arc::ptr_eq(&snapshot.certs, &self.snapshot.certs)
+        {
+            // New handshakes use the new certificates; established sessions keep theirs.
+            self.tls_config = Some(https.settings.server_config(snapshot.certs.clone()));
+        }
+        let version = snapshot.version;
+        let old = std::mem::replace(&mut self.snapshot, snapshot);
+        // Freed by the control thread (if this was the last worker holding it); if the
+        // engine is gone, dropping it here is all that is left to do. Handed back before the
+        // acknowledgement, so whoever sees the acknowledgement can free it.
+        let _ = self.setup.retired.send(old);
+        self.setup
+            .metrics
+            .snapshot_version
+            .store(version, Ordering::Release);
+    }
+
+    /// The earliest deadline the driver has (a connection timer or the pool's expiry).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        match (timer, self.pool_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Work is waiting for the next [`Driver::drive`] (the caller should not sleep).
+    pub fn has_work(&self) -> bool {
+        !self.touched.is_empty() || !self.doomed.is_empty()
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// A new connection on a listener (`https`: the HTTPS one). Returns its owner for the
+    /// transport to keep, or `None` when it is refused (the transport closes it).
+    pub fn accept(
+        &mut self,
+        sock: usize,
+        info: ClientInfo,
+        https: bool,
+        now: Instant,
+    ) -> Option<Owner> {
+        if !self.accepting {
+            return None;
+        }
+        let (config, tls) = match (&self.setup.https, &self.tls_config) {
+            (Some(h), Some(tls_config)) if https => {
+                let session = TlsSession::new(tls_config.clone(), &h.settings, now).ok()?;
+                (h.conn.clone(), Some(Box::new(session)))
+            }
+            _ if https => return None,
+            _ => (self.setup.conn.clone(), None),
+        };
+        let conn = Conn::new(info, config, now);
+        let slot = self.clients.insert(|_| Client {
+            sock,
+            conn,
+            upstream: None,
+            sending: false,
+            timer: None,
+            tls,
+            shut_after_flush: false,
+        });
+        let m = &self.setup.metrics;
+        WorkerMetrics::add(&m.accepted, 1);
+        m.active.fetch_add(1, Ordering::Relaxed);
+        self.touched.push(slot);
+        Some(client_owner(slot, self.clients.generation(slot)))
+    }
+
+    /// Whether `owner` wants input now (for transports that pull what they received).
+    pub fn wants_read(&mut self, owner: Owner) -> bool {
+        match owner {
+            Owner::Client { slot, generation } => self
+                .clients
+                .get(slot as usize, generation)
+                .is_some_and(|c| c.conn.wants_client_read()),
+            Owner::Upstream { slot, generation } => {
+                let Some(up) = self.upstreams.get(slot as usize, generation) else {
+                    return false;
+                };
+                match (up.state, up.client) {
+                    // Watched: anything from an idle connection means it is gone.
+                    (UpState::Idle { .. }, _) => true,
+                    (UpState::Attached, Some(ci)) => self
+                        .clients
+                        .get_any(ci)
+                        .is_some_and(|c| c.conn.wants_upstream_read()),
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    /// Something happened on `owner`'s socket that may let it make progress (room to send).
+    pub fn touch(&mut self, owner: Owner) {
+        match owner {
+            Owner::Client { slot, generation } => {
+                if self.clients.get(slot as usize, generation).is_some() {
+                    self.touched.push(slot as usize);
+                }
+            }
+            Owner::Upstream { slot, generation } => {
+                if let Some(up) = self.upstreams.get(slot as usize, generation)
+                    && let Some(ci) = up.client
+                {
+                    self.touched.push(ci);
+                }
+            }
+        }
+    }
+
+    /// The attached client of upstream `slot`/`generation`, or `None` (after dooming an idle
+    /// one that spoke: it is no longer usable).
+    fn upstream_client(&mut self, slot: u32, generation: u32) -> Option<usize> {
+        let up = self.upstreams.get(slot as usize, generation)?;
+        match up.state {
+            UpState::Attached => up.client,
+            UpState::Idle { .. } => {
+                // An idle pooled connection said something (data, EOF, an error): drop it.
+                let endpoint = up.endpoint;
+                if let Some(list) = self.pool.get_mut(&endpoint) {
+                    list.retain(|&i| i != slot as usize);
+                }
+                self.doomed.push(slot as usize);
+                None
+            }
+            UpState::Connecting => None,
+        }
+    }
+
+    /// Bytes received on `owner`'s socket (none: nothing happens).
+    pub fn received(&mut self, owner: Owner, data: &[u8], now: Instant) {
+        if data.is_empty() {
+            return;
+        }
+        match owner {
+            Owner::Client { slot, generation } => {
+                let Some(client) = self.clients.get(slot as usize, generation) else {
+                    return;
+                };
+                let mut router = SnapshotRouter {
+                    snapshot: &self.snapshot,
+                    picker: &mut self.picker,
+                };
+                let m = &self.setup.metrics;
+                WorkerMetrics::add(&m.bytes_in, data.len() as u64);
+                self.touched.push(slot as usize);
+                let conn = &mut client.conn;
+                let Some(tls) = &mut client.tls else {
+                    conn.client_data(data, now, &mut router);
+                    return;
+                };
+                let handshaking = tls.is_handshaking();
+                let mut deliver = |plain: &[u8]| conn.client_data(plain, now, &mut router);
+                let result = tls.receive(data, &mut deliver);
+                if handshaking && result.is_err() {
+                    WorkerMetrics::add(&m.tls_failed, 1);
+                } else if handshaking && !tls.is_handshaking() {
+                    let kind = if tls.resumed() {
+                        &m.tls_resumed
+                    } else {
+                        &m.tls_full
+                    };
+                    WorkerMetrics::add(kind, 1);
+                }
+                match result {
+                    Ok(Received::Open) => {}
+                    Ok(Received::Closed) => conn.client_eof(now, &mut router),
+                    // The alert rustls queued is written by `close_client`.
+                    Err(_) => conn.client_error(now),
+                }
+            }
+            Owner::Upstream { slot, generation } => {
+                let Some(ci) = self.upstream_client(slot, generation) else {
+                    return;
+                };
+                let mut router = SnapshotRouter {
+                    snapshot: &self.snapshot,
+                    picker: &mut self.picker,
+                };
+                if let Some(client) = self.clients.get_any(ci) {
+                    client.conn.upstream_data(data, now, &mut router);
+                    self.touched.push(ci);
+                }
+            }
+        }
+    }
+
+    /// The peer of `owner`'s socket finished sending (FIN).
+    pub fn eof(&mut self, owner: Owner, now: Instant) {
+        self.ended(owner, true, now);
+    }
+
+    /// `owner`'s socket failed (reset, or a receive error).
+    pub fn failed(&mut self, owner: Owner, now: Instant) {
+        self.ended(owner, false, now);
+    }
+
+    fn ended(&mut self, owner: Owner, eof: bool, now: Instant) {
+        match owner {
+            Owner::Client { slot, generation } => {
+                let Some(client) = self.clients.get(slot as usize, generation) else {
+                    return;
+                };
+                let mut router = SnapshotRouter {
+                    snapshot: &self.snapshot,
+                    picker: &mut self.picker,
+                };
+                if eof {
+                    client.conn.client_eof(now, &mut router);
+                } else {
+                    client.conn.client_error(now);
+                }
+                self.touched.push(slot as usize);
+            }
+            Owner::Upstream { slot, generation } => {
+                let Some(ci) = self.upstream_client(slot, generation) else {
+                    return;
+                };
+                let mut router = SnapshotRouter {
+                    snapshot: &self.snapshot,
+                    picker: &mut self.picker,
+                };
+                if let Some(client) = self.clients.get_any(ci) {
+                    if eof {
+                        client.conn.upstream_eof(now, &mut router);
+                    } else {
+                        client.conn.upstream_error(now, &mut router);
+                    }
+                    self.touched.push(ci);
+                }
+            }
+        }
+    }
+
+    /// A send the transport held ([`Sent::Pending`]) completed: `written` bytes of `buf`, or
+    /// it failed (`None`).
+    pub fn sent(&mut self, owner: Owner, buf: Vec<u8>, written: Option<usize>, now: Instant) {
+        match owner {
+            Owner::Client { slot, generation } => {
+                if let Some(client) = self.clients.get(slot as usize, generation) {
+                    client.sending = false;
+                    self.client_written(slot as usize, buf, written.unwrap_or(0), now);
+                    if written.is_none() {
+                        self.ended(owner, false, now);
+                    }
+                }
+            }
+            Owner::Upstream { slot, generation } => {
+                if let Some(up) = self.upstreams.get(slot as usize, generation) {
+                    up.sending = false;
+                    if up.state == UpState::Attached
+                        && let Some(ci) = up.client
+                    {
+                        self.upstream_written(ci, buf, written, now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn client_written(&mut self, slot: usize, buf: Vec<u8>, written: usize, now: Instant) {
+        let Some(client) = self.clients.get_any(slot) else {
+            return;
+        };
+        WorkerMetrics::add(&self.setup.metrics.bytes_out, written as u64);
+        let mut router = SnapshotRouter {
+            snapshot: &self.snapshot,
+            picker: &mut self.picker,
+        };
+        match &mut client.tls {
+            None => client.conn.client_sent(buf, written, now, &mut router),
+            Some(tls) => {
+                // The machine's buffer comes back once all of its ciphertext is out.
+                if let Some((plain, len)) = tls.sent(buf, written) {
+                    client.conn.client_sent(plain, len, now, &mut router);
+                }
+            }
+        }
+        self.touched.push(slot);
+    }
+
+    fn upstream_written(&mut self, ci: usize, buf: Vec<u8>, written: Option<usize>, now: Instant) {
+        let Some(client) = self.clients.get_any(ci) else {
+            return;
+        };
+        let mut router = SnapshotRouter {
+            snapshot: &self.snapshot,
+            picker: &mut self.picker,
+        };
+        match written {
+            Some(n) => client.conn.upstream_sent(buf, n, now, &mut router),
+            None => client.conn.upstream_error(now, &mut router),
+        }
+        self.touched.push(ci);
+    }
+
+    /// An upstream connection this driver asked for is established (`ok`) or failed.
+    pub fn connected(&mut self, owner: Owner, ok: bool, now: Instant) {
+        let Owner::Upstream { slot, generation } = owner else {
+            return;
+        };
+        let ui = slot as usize;
+        let Some(up) = self.upstreams.get(ui, generation) else {
+            return;
+        };
+        if up.state != UpState::Connecting {
+            return;
+        }
+        let client = up.client;
+        if ok {
+            up.state = UpState::Attached;
+        } else {
+            WorkerMetrics::add(&self.setup.metrics.upstream_connect_errors, 1);
+            self.doomed.push(ui);
+        }
+        let mut router = SnapshotRouter {
+            snapshot: &self.snapshot,
+            picker: &mut self.picker,
+        };
+        if let Some(ci) = client
+            && let Some(cl) = self.clients.get_any(ci)
+        {
+            if ok {
+                cl.conn.upstream_connected(now, false, &mut router);
+            } else {
+                cl.upstream = None;
+                cl.conn.upstream_connect_failed(now, &mut router);
+            }
+            self.touched.push(ci);
+        }
+    }
+
+    /// Fires due connection timers and expires idle pooled connections.
+    pub fn timers<T: Transport>(&mut self, t: &mut T, now: Instant) {
+        while let Some(Reverse((at, slot, generation))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(client) = self.clients.get(slot, generation) else {
+                continue;
+            };
+            if client.timer != Some(at) {
+                continue; // superseded by an earlier entry
+            }
+            client.timer = None;
+            if client
+                .tls
+                .as_ref()
+                .and_then(|t| t.deadline())
+                .is_some_and(|d| d <= now)
+            {
+                // The TLS handshake did not finish in time.
+                WorkerMetrics::add(&self.setup.metrics.tls_failed, 1);
+                self.close_client(t, slot);
+                continue;
+            }
+            match client.deadline() {
+                Some(deadline) if deadline > now => {
+                    // The deadline moved on since this entry was armed: re-arm.
+                    client.timer = Some(deadline);
+                    self.timers.push(Reverse((deadline, slot, generation)));
+                }
+                Some(_) => {
+                    let mut router = SnapshotRouter {
+                        snapshot: &self.snapshot,
+                        picker: &mut self.picker,
+                    };
+                    client.conn.timer(now, &mut router);
+                    self.touched.push(slot);
+                }
+                None => {}
+            }
+        }
+        self.expire_pool(t, now);
+    }
+
+    fn expire_pool<T: Transport>(&mut self, t: &mut T, now: Instant) {
+        if self.pool_expiry.is_none_or(|at| now < at) {
+            return;
+        }
+        let timeout = self.setup.upstream_idle_timeout;
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for list in self.pool.values_mut() {
+            list.retain(|&ui| {
+                let idle_since = match self.upstreams.peek(ui) {
+                    Some(Upstream {
+                        state: UpState::Idle { since },
+                        ..
+                    }) => *since,
+                    _ => return false,
+                };
+                if now.saturating_since(idle_since) >= timeout {
+                    expired.push(ui);
+                    false
+                } else {
+                    let at = idle_since + timeout;
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    true
+                }
+            });
+        }
+        self.pool_expiry = next;
+        for ui in expired {
+            self.close_upstream(t, ui);
+        }
+    }
+
+    /// Carries out what the touched machines ask for and hands their output to the transport.
+    pub fn drive<T: Transport>(&mut self, t: &mut T, now: Instant) {
+        for ui in std::mem::take(&mut self.doomed) {
+            self.close_upstream(t, ui);
+        }
+        // Driving may touch more (a pooled connection handed over completes at once): a few
+        // passes, the rest waits for the next turn.
+        for _ in 0..4 {
+            if self.touched.is_empty() {
+                break;
+            }
+            let mut touched = std::mem::take(&mut self.touched);
+            touched.sort_unstable();
+            touched.dedup();
+            for &slot in &touched {
+                self.drive_one(t, slot, now);
+            }
+            touched.clear();
+            if self.touched.is_empty() {
+                self.touched = touched;
+            }
+            for ui in std::mem::take(&mut self.doomed) {
+                self.close_upstream(t, ui);
+            }
+        }
+    }
+
+    /// Carries out what one machine asks for, then moves its output, until nothing changes
+    /// (bounded); then sets its read interest and arms its timer.
+    fn drive_one<T: Transport>(&mut self, t: &mut T, slot: usize, now: Instant) {
+        for _ in 0..MAX_ROUNDS {
+            let mut progress = false;
+            loop {
+                let Some(client) = self.clients.get_any(slot) else {
+                    return;
+                };
+                let Some(action) = client.conn.poll_action() else {
+                    break;
+                };
+                progress = true;
+                match action {
+                    Action::Connect { endpoint, fresh } => {
+                        self.connect(t, slot, endpoint, fresh, now)
+                    }
+                    Action::ReleaseUpstream { reusable } => {
+                        self.release_upstream(t, slot, reusable, now)
+                    }
+                    Action::Completed { status } => {
+                        let class = usize::from(status / 100).clamp(1, 5) - 1;
+                        WorkerMetrics::add(&self.setup.metrics.responses[class], 1);
+                    }
+                    Action::ShutdownClientWrite => match &mut client.tls {
+                        None => t.shutdown_write(client.sock),
+                        Some(tls) => {
+                            // close_notify first; the FIN follows once it is written.
+                            tls.close_notify();
+                            client.shut_after_flush = true;
+                        }
+                    },
+                    Action::CloseClient => {
+                        self.close_client(t, slot);
+                        return;
+                    }
+                }
+            }
+            progress |= self.client_output(t, slot, now);
+            progress |= self.upstream_output(t, slot, now);
+            if !progress {
+                break;
+            }
+        }
+        let Some(client) = self.clients.get_any(slot) else {
+            return;
+        };
+        t.set_read(client.sock, client.conn.wants_client_read());
+        // One heap entry per connection at most: a later deadline is left to the armed
+        // entry, which re-arms itself when it fires early (deadlines move on every event, and
+        // pushing each move would grow the heap with the request rate).
+        if let Some(at) = client.deadline()
+            && client.timer.is_none_or(|armed| at < armed)
+        {
+            client.timer = Some(at);
+            self.timers
+                .push(Reverse((at, slot, self.clients.generation(slot))));
+        }
+        let Some(client) = self.clients.get_any(slot) else {
+            return;
+        };
+        let wants = client.conn.wants_upstream_read();
+        if let Some(ui) = client.upstream
+            && let Some(up) = self.upstreams.get_any(ui)
+            && up.state == UpState::Attached
+        {
+            t.set_read(up.sock, wants);
+        }
+    }
+
+    /// Hands the client's next output to the transport. True when something was written at
+    /// once (the machine may go on).
+    fn client_output<T: Transport>(&mut self, t: &mut T, slot: usize, now: Instant) -> bool {
+        let Some(client) = self.clients.get_any(slot) else {
+            return false;
+        };
+        if client.sending {
+            return false;
+        }
+        let out = match &mut client.tls {
+            None => client.conn.take_client_output(),
+            Some(tls) => {
+                if tls.wants_plain()
+                    && let Some(plain) = client.conn.take_client_output()
+                {
+                    tls.push_plain(plain);
+                }
+                tls.take_output()
+            }
+        };
+        let Some(buf) = out else {
+            if client.shut_after_flush {
+                client.shut_after_flush = false;
+                t.shutdown_write(client.sock);
+            }
+            return false;
+        };
+        match t.send(client.sock, buf) {
+            Sent::Pending => {
+                client.sending = true;
+                false
+            }
+            Sent::Done {
+                buf,
+                written,
+                closed,
+            } => {
+                self.client_written(slot, buf, written, now);
+                if closed {
+                    // The client can no longer take what we have for it.
+                    if let Some(client) = self.clients.get_any(slot) {
+                        client.conn.client_error(now);
+                    }
+                }
+                written > 0 || closed
+            }
+        }
+    }
+
+    /// Hands the machine's next upstream output to the transport (as [`Self::client_output`]).
+    fn upstream_output<T: Transport>(&mut self, t: &mut T, slot: usize, now: Instant) -> bool {
+        let Some(client) = self.clients.get_any(slot) else {
+            return false;
+        };
+        let Some(ui) = client.upstream else {
+            return false;
+        };
+        let Some(up) = self.upstreams.get_any(ui) else {
+            return false;
+        };
+        if up.state != UpState::Attached || up.sending {
+            return false;
+        }
+        let Some(buf) = client.conn.take_upstream_output() else {
+            return false;
+        };
+        match t.send(up.sock, buf) {
+            Sent::Pending => {
+                up.sending = true;
+                false
+            }
+            Sent::Done {
+                buf,
+                written,
+                closed,
+            } => {
+                self.upstream_written(slot, buf, Some(written), now);
+                if closed {
+                    self.upstream_written(slot, Vec::new(), None, now);
+                }
+                written > 0 || closed
+            }
+        }
+    }
+
+    fn connect<T: Transport>(
+        &mut self,
+        t: &mut T,
+        slot: usize,
+        endpoint: SocketAddr,
+        fresh: bool,
+        now: Instant,
+    ) {
+        let mut router = SnapshotRouter {
+            snapshot: &self.snapshot,
+            picker: &mut self.picker,
+        };
+        if !fresh && let Some(ui) = self.pool.get_mut(&endpoint).and_then(Vec::pop) {
+            if let Some(up) = self.upstreams.get_any(ui) {
+                up.state = UpState::Attached;
+                up.client = Some(slot);
+            }
+            if let Some(client) = self.clients.get_any(slot) {
+                client.upstream = Some(ui);
+                client.conn.upstream_connected(now, true, &mut router);
+            }
+            return;
+        }
+        // The slot is taken first so that the transport can be told its owner.
+        let ui = self.upstreams.insert(|_| Upstream {
+            sock: usize::MAX,
+            endpoint,
+            state: UpState::Connecting,
+            client: Some(slot),
+            sending: false,
+        });
+        let owner = Owner::Upstream {
+            slot: ui as u32,
+            generation: self.upstreams.generation(ui),
+        };
+        match t.connect(endpoint, owner) {
+            Ok(sock) => {
+                if let Some(up) = self.upstreams.get_any(ui) {
+                    up.sock = sock;
+                }
+                if let Some(client) = self.clients.get_any(slot) {
+                    client.upstream = Some(ui);
+                }
+            }
+            Err(_) => {
+                self.upstreams.remove(ui);
+                WorkerMetrics::add(&self.setup.metrics.upstream_connect_errors, 1);
+                if let Some(client) = self.clients.get_any(slot) {
+                    client.conn.upstream_connect_failed(now, &mut router);
+                }
+            }
+        }
+    }
+
+    fn release_upstream<T: Transport>(
+        &mut self,
+        t: &mut T,
+        slot: usize,
+        reusable: bool,
+        now: Instant,
+    ) {
+        let Some(client) = self.clients.get_any(slot) else {
+            return;
+        };
+        let Some(ui) = client.upstream.take() else {
+            return;
+        };
+        let Some(up) = self.upstreams.get_any(ui) else {
+            return;
+        };
+        up.client = None;
+        let list_len = self.pool.get(&up.endpoint).map_or(0, Vec::len);
+        let poolable = reusable
+            && up.state == UpState::Attached
+            && !up.sending
+            && list_len < self.setup.upstream_max_idle
+            && self.accepting
+            && t.reusable(up.sock);
+        if !poolable {
+            self.close_upstream(t, ui);
+            return;
+        }
+        up.state = UpState::Idle { since: now };
+        let at = now + self.setup.upstream_idle_timeout;
+        self.pool_expiry = Some(self.pool_expiry.map_or(at, |e| e.min(at)));
+        self.pool.entry(up.endpoint).or_default().push(ui);
+        // Watch the idle connection: data or EOF from it means it is gone.
+        t.set_read(up.sock, true);
+    }
+
+    fn close_upstream<T: Transport>(&mut self, t: &mut T, ui: usize) {
+        let Some(up) = self.upstreams.remove(ui) else {
+            return;
+        };
+        if let UpState::Idle { .. } = up.state
+            && let Some(list) = self.pool.get_mut(&up.endpoint)
+        {
+            list.retain(|&i| i != ui);
+        }
+        if let Some(ci) = up.client
+            && let Some(client) = self.clients.get_any(ci)
+            && client.upstream == Some(ui)
+        {
+            client.upstream = None;
+        }
+        if up.sock != usize::MAX {
+            t.close(up.sock, None);
+        }
+    }
+
+    fn close_client<T: Transport>(&mut self, t: &mut T, slot: usize) {
+        if let Some(ui) = self.clients.get_any(slot).and_then(|c| c.upstream.take()) {
+            self.close_upstream(t, ui);
+        }
+        let Some(mut client) = self.clients.remove(slot) else {
+            return;
+        };
+        // TLS: what is still queued (an alert, close_notify) is written now if no send is in
+        // flight, best effort and without waiting.
+        let mut last = None;
+        if !client.sending
+            && let Some(tls) = &mut client.tls
+        {
+            if !tls.is_handshaking() {
+                tls.close_notify();
+            }
+            last = tls.take_output();
+        }
+        t.close(client.sock, last.as_deref());
+        self.setup.metrics.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// At the end: closes the idle pooled connections and says the worker no longer serves.
+    pub fn finish<T: Transport>(&mut self, t: &mut T) {
+        let all: Vec<usize> = self.pool.drain().flat_map(|(_, v)| v).collect();
+        for ui in all {
+            self.close_upstream(t, ui);
+        }
+        self.serving(false);
+    }
+}
+
+#[cfg(test)]
+mod tests;

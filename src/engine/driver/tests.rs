@@ -1,0 +1,204 @@
+//! The driver without a kernel, as smoltcp tests its TCP socket without a device: an in-memory
+//! transport (a test double that records what the driver asks of it and writes everything at
+//! once) and typed events in; the recorded calls and the bytes written are asserted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+use super::*;
+use crate::core::route::{Backend, BackendId, PathKind, RouteTableBuilder};
+
+const POD: &str = "10.0.0.1:8080";
+
+/// Records what the driver does; sockets are numbered in order of creation.
+#[derive(Default)]
+struct MemNet {
+    /// Bytes written per socket.
+    written: HashMap<usize, Vec<u8>>,
+    connects: Vec<(SocketAddr, Owner)>,
+    closed: Vec<usize>,
+    reading: HashMap<usize, bool>,
+    next: usize,
+}
+
+impl Transport for MemNet {
+    fn send(&mut self, sock: usize, buf: Vec<u8>) -> Sent {
+        self.written
+            .entry(sock)
+            .or_default()
+            .extend_from_slice(&buf);
+        let written = buf.len();
+        Sent::Done {
+            buf,
+            written,
+            closed: false,
+        }
+    }
+
+    fn set_read(&mut self, sock: usize, wanted: bool) {
+        self.reading.insert(sock, wanted);
+    }
+
+    fn connect(&mut self, endpoint: SocketAddr, owner: Owner) -> std::io::Result<usize> {
+        self.connects.push((endpoint, owner));
+        self.next += 1;
+        Ok(1000 + self.next)
+    }
+
+    fn reusable(&mut self, _sock: usize) -> bool {
+        true
+    }
+
+    fn shutdown_write(&mut self, _sock: usize) {}
+
+    fn close(&mut self, sock: usize, _last: Option<&[u8]>) {
+        self.closed.push(sock);
+    }
+
+    fn stop_accepting(&mut self) {}
+}
+
+impl MemNet {
+    fn take(&mut self, sock: usize) -> String {
+        String::from_utf8(self.written.remove(&sock).unwrap_or_default()).unwrap()
+    }
+}
+
+fn driver() -> Driver {
+    let mut routes = RouteTableBuilder::default();
+    routes.add(Some("a.test"), "/", PathKind::Prefix, BackendId(0));
+    let backends = vec![Backend {
+        name: "default/a:80".into(),
+        endpoints: vec![POD.parse().unwrap()],
+    }];
+    let snapshot = Arc::new(Snapshot::new(1, routes.build(), backends));
+    let (_tx, snapshots) = channel();
+    let (retired, _rx) = channel();
+    let setup = DriverSetup {
+        index: 0,
+        conn: Arc::new(ConnConfig::default()),
+        https: None,
+        snapshots,
+        retired,
+        metrics: Arc::new(WorkerMetrics::default()),
+        stopping: Arc::new(AtomicBool::new(false)),
+        upstream_max_idle: 4,
+        upstream_idle_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(1),
+    };
+    Driver::new(setup, snapshot)
+}
+
+fn info() -> ClientInfo {
+    ClientInfo {
+        peer: "192.0.2.1:40000".parse().unwrap(),
+        local: "192.0.2.2:80".parse().unwrap(),
+    }
+}
+
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// A driver after one exchange on a new client and a new upstream connection (now pooled).
+fn one_exchange() -> (Driver, MemNet, Instant, Owner, Owner) {
+    let mut d = driver();
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    let client = d.accept(1, info(), false, now).expect("accepted");
+    d.received(client, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", now);
+    d.drive(&mut net, now);
+    let (_, upstream) = net.connects[0];
+    d.connected(upstream, true, now);
+    d.drive(&mut net, now);
+    d.received(upstream, RESPONSE, now);
+    d.drive(&mut net, now);
+    (d, net, now, client, upstream)
+}
+
+#[test]
+fn a_request_goes_upstream_and_its_connection_is_pooled_and_reused() {
+    let mut d = driver();
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    let client = d.accept(1, info(), false, now).expect("accepted");
+    d.drive(&mut net, now);
+    assert_eq!(net.reading.get(&1), Some(&true), "the client is read");
+
+    d.received(client, b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n", now);
+    d.drive(&mut net, now);
+    assert_eq!(net.connects.len(), 1, "one upstream connection asked for");
+    let (endpoint, upstream) = net.connects[0];
+    assert_eq!(endpoint, POD.parse().unwrap());
+    d.connected(upstream, true, now);
+    d.drive(&mut net, now);
+    let head = net.take(1001);
+    assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
+    assert_eq!(net.reading.get(&1001), Some(&true), "the response is read");
+
+    d.received(upstream, RESPONSE, now);
+    d.drive(&mut net, now);
+    let answer = net.take(1);
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ok"),
+        "{answer}"
+    );
+    assert!(
+        net.closed.is_empty(),
+        "the upstream connection went to the pool"
+    );
+    assert_eq!(d.metrics().responses[1].load(Ordering::Relaxed), 1);
+
+    // The next request reuses it: no new connect.
+    d.received(client, b"GET /y HTTP/1.1\r\nHost: a.test\r\n\r\n", now);
+    d.drive(&mut net, now);
+    assert_eq!(net.connects.len(), 1, "the pooled connection was reused");
+    assert!(net.take(1001).starts_with("GET /y HTTP/1.1\r\n"));
+    d.received(upstream, RESPONSE, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1).ends_with("ok"));
+}
+
+#[test]
+fn an_idle_pooled_connection_that_speaks_is_closed_and_a_stale_owner_is_ignored() {
+    let (mut d, mut net, now, client, upstream) = one_exchange();
+    assert!(net.closed.is_empty());
+    // Idle in the pool, the upstream closes: the driver closes its socket.
+    d.eof(upstream, now);
+    d.drive(&mut net, now);
+    assert_eq!(net.closed, [1001]);
+    // Events for it after that are stale and change nothing.
+    d.received(upstream, b"late", now);
+    d.connected(upstream, true, now);
+    d.drive(&mut net, now);
+    assert_eq!(net.closed, [1001]);
+    // The next request needs a new connection.
+    d.received(client, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", now);
+    d.drive(&mut net, now);
+    assert_eq!(net.connects.len(), 2);
+}
+
+#[test]
+fn idle_pooled_connections_expire_and_a_refused_connect_is_a_502() {
+    let (mut d, mut net, now, client, _) = one_exchange();
+    net.take(1);
+    let expiry = d.next_deadline().expect("a deadline");
+    assert!(expiry > now);
+    d.timers(&mut net, now + Duration::from_secs(31));
+    assert_eq!(net.closed, [1001], "expired after the idle timeout");
+
+    let later = now + Duration::from_secs(31);
+    d.received(client, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", later);
+    d.drive(&mut net, later);
+    let (_, second) = net.connects[1];
+    d.connected(second, false, later);
+    d.drive(&mut net, later);
+    let answer = net.take(1);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert_eq!(
+        d.metrics().upstream_connect_errors.load(Ordering::Relaxed),
+        1
+    );
+}

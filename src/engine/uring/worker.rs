@@ -1,0 +1,452 @@
+//! One io_uring worker: its ring, its listen sockets (SO_REUSEPORT, plain and HTTPS), and the
+//! engine-neutral [`Driver`] that owns the connections. [`UringNet`] is the transport: it
+//! keeps one slot per socket (descriptor, multishot receive, operations in flight), turns
+//! completions into driver events and the driver's sends, connects, shutdowns and closes
+//! into submissions. A run-to-completion loop: the driver's quiescent point (snapshot swap,
+//! graceful stop), arm accepts, submit and wait, hand the completions to the driver, fire
+//! its timers, let it drive what was touched.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use super::ring::{self as uring, Completion, Op, Ring, Token};
+use crate::core::conn::ClientInfo;
+use crate::core::time::Instant;
+use crate::engine::EngineWorker;
+use crate::engine::driver::{Driver, Flow, Owner, Sent, Slab, Transport, clock};
+
+/// What an io_uring worker is given besides its driver's setup.
+pub struct WorkerSetup {
+    /// The core to pin to, if any.
+    pub core: Option<usize>,
+    pub listener: RawFd,
+    /// The HTTPS listener, if any.
+    pub https_listener: Option<RawFd>,
+    /// Signalled when a snapshot or a stop request is waiting.
+    pub wake: RawFd,
+}
+
+/// The accept token's slot for the HTTPS listener (the plain one is 0).
+const HTTPS_LISTENER: u32 = 1;
+/// Accepting is paused until this time after EMFILE/ENFILE, instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest the loop sleeps without a timer, so stop requests and new snapshots are seen.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+/// Completions handled per turn (bounded work per turn).
+const MAX_COMPLETIONS: usize = 1024;
+
+/// A socket's multishot receive: armed until a completion without `more`, cancelled while
+/// the driver wants no input.
+#[derive(Default)]
+struct Receive {
+    armed: bool,
+    /// A cancel was asked for and the receive has not ended yet.
+    cancelling: bool,
+}
+
+impl Receive {
+    /// Arms or cancels the receive to match `wanted`. True when it armed one (one more
+    /// operation in flight).
+    fn want(&mut self, wanted: bool, ring: &mut Ring, fd: RawFd, token: Token) -> bool {
+        if wanted && !self.armed {
+            ring.recv_multi(fd, token);
+            self.armed = true;
+            return true;
+        }
+        if !wanted && self.armed && !self.cancelling {
+            // Backpressure: the machine has enough buffered. What arrives before the cancel
+            // takes effect (at most one turn's worth) is still handed to it.
+            ring.cancel(token);
+            self.cancelling = true;
+        }
+        false
+    }
+
+    /// One of its completions came. True when the receive ended (one fewer in flight).
+    fn completed(&mut self, c: &Completion) -> bool {
+        if c.more {
+            return false;
+        }
+        *self = Receive::default();
+        true
+    }
+}
+
+/// A client or upstream socket.
+struct Socket {
+    fd: RawFd,
+    /// Whose it is; `None` once the driver closed it.
+    owner: Option<Owner>,
+    recv: Receive,
+    /// The driver's last word on input.
+    read_wanted: bool,
+    /// Operations in flight; the slot (and descriptor) is freed only when this is 0 after
+    /// closing: closing it earlier would let the kernel hand its number to a new socket that
+    /// a queued operation would then act on.
+    inflight: u32,
+}
+
+/// The io_uring transport.
+pub struct UringNet {
+    ring: Ring,
+    socks: Slab<Socket>,
+    listeners: [Option<RawFd>; 2],
+    accept_armed: [bool; 2],
+    accepting: bool,
+    accept_paused_until: Option<Instant>,
+}
+
+impl UringNet {
+    fn token(&self, op: Op, slot: usize) -> Token {
+        Token {
+            op,
+            slot: slot as u32,
+            generation: self.socks.generation(slot),
+        }
+    }
+
+    fn maybe_free(&mut self, slot: usize) {
+        if let Some(s) = self.socks.get_any(slot)
+            && s.owner.is_none()
+            && s.inflight == 0
+        {
+            uring::close(s.fd);
+            self.socks.remove(slot);
+        }
+    }
+
+    /// Arms the multishot accept of each listener that is not armed (unless paused).
+    fn arm_accepts(&mut self, now: Instant) {
+        if !self.accepting || self.accept_paused_until.is_some_and(|until| now < until) {
+            return;
+        }
+        // Either listener's EMFILE pauses both; whichever re-arms first ends it.
+        self.accept_paused_until = None;
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if let Some(fd) = listener
+                && !self.accept_armed[i]
+            {
+                let token = Token {
+                    op: Op::Accept,
+                    slot: i as u32,
+                    generation: 0,
+                };
+                self.ring.accept_multi(*fd, token);
+                self.accept_armed[i] = true;
+            }
+        }
+    }
+
+    fn complete(&mut self, c: Completion, driver: &mut Driver, now: Instant) {
+        let Some(token) = c.token else {
+            return;
+        };
+        match token.op {
+            Op::Accept => self.accepted(token, c, driver, now),
+            Op::Recv => self.received(token, c, driver, now),
+            Op::Send => {
+                let slot = token.slot as usize;
+                let buf = self.ring.take_sent(token.slot);
+                let Some(s) = self.socks.get(slot, token.generation) else {
+                    return;
+                };
+                s.inflight -= 1;
+                if let Some(owner) = s.owner {
+                    let written = usize::try_from(c.result).ok();
+                    driver.sent(owner, buf.unwrap_or_default(), written, now);
+                }
+                self.maybe_free(slot);
+            }
+            Op::Connect => {
+                let slot = token.slot as usize;
+                let Some(s) = self.socks.get(slot, token.generation) else {
+                    return;
+                };
+                s.inflight -= 1;
+                if let Some(owner) = s.owner {
+                    driver.connected(owner, c.result == 0, now);
+                }
+                self.maybe_free(slot);
+            }
+            Op::Wake | Op::Cancel => {}
+        }
+    }
+
+    fn accepted(&mut self, token: Token, c: Completion, driver: &mut Driver, now: Instant) {
+        let https = token.slot == HTTPS_LISTENER;
+        if !c.more {
+            self.accept_armed[token.slot as usize & 1] = false;
+        }
+        if c.result < 0 {
+            let err = -c.result;
+            if err == libc::EMFILE
+                || err == libc::ENFILE
+                || err == libc::ENOBUFS
+                || err == libc::ENOMEM
+            {
+                self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+            }
+            return;
+        }
+        let fd = c.result;
+        if !self.accepting {
+            uring::close(fd);
+            return;
+        }
+        uring::set_nodelay(fd);
+        let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let info = ClientInfo {
+            peer: uring::peer_addr(fd).unwrap_or(unspecified),
+            local: uring::local_addr(fd).unwrap_or(unspecified),
+        };
+        let slot = self.socks.insert(|_| Socket {
+            fd,
+            owner: None,
+            recv: Receive::default(),
+            read_wanted: false,
+            inflight: 0,
+        });
+        let owner = driver.accept(slot, info, https, now);
+        if let Some(s) = self.socks.get_any(slot) {
+            s.owner = owner;
+        }
+        self.maybe_free(slot);
+    }
+
+    fn received(&mut self, token: Token, c: Completion, driver: &mut Driver, now: Instant) {
+        let slot = token.slot as usize;
+        let Some(s) = self.socks.get(slot, token.generation) else {
+            if let Some(bid) = c.buffer {
+                self.ring.recycle(bid);
+            }
+            return;
+        };
+        if s.recv.completed(&c) {
+            s.inflight -= 1;
+        }
+        if let Some(owner) = s.owner {
+            match (c.result, c.buffer) {
+                (n, Some(bid)) if n > 0 => {
+                    driver.received(owner, self.ring.received(bid, n as usize), now)
+                }
+                (0, _) => driver.eof(owner, now),
+                // No news from the peer: out of buffers, or our cancel. Armed again if the
+                // driver still wants input.
+                (n, _) if n == -libc::ENOBUFS || n == -libc::ECANCELED => {
+                    let (fd, wanted) = (s.fd, s.read_wanted);
+                    let token = self.token(Op::Recv, slot);
+                    if let Some(s) = self.socks.get_any(slot)
+                        && s.recv.want(wanted, &mut self.ring, fd, token)
+                    {
+                        s.inflight += 1;
+                    }
+                }
+                (n, _) if n < 0 => driver.failed(owner, now),
+                _ => {}
+            }
+        }
+        if let Some(bid) = c.buffer {
+            self.ring.recycle(bid);
+        }
+        self.maybe_free(slot);
+    }
+}
+
+impl Drop for UringNet {
+    /// Closes the descriptors of sockets whose last operations never completed (the worker
+    /// stopped first); the ring, and the memory those operations use, goes after them.
+    fn drop(&mut self) {
+        for i in 0..self.socks.capacity() {
+            if let Some(s) = self.socks.remove(i) {
+                uring::close(s.fd);
+            }
+        }
+    }
+}
+
+impl Transport for UringNet {
+    fn send(&mut self, sock: usize, buf: Vec<u8>) -> Sent {
+        let token = self.token(Op::Send, sock);
+        let Some(s) = self.socks.get_any(sock) else {
+            return Sent::Done {
+                buf,
+                written: 0,
+                closed: true,
+            };
+        };
+        match self.ring.send(s.fd, buf, token) {
+            Ok(()) => {
+                s.inflight += 1;
+                Sent::Pending
+            }
+            Err(buf) => Sent::Done {
+                buf,
+                written: 0,
+                closed: true,
+            },
+        }
+    }
+
+    fn set_read(&mut self, sock: usize, wanted: bool) {
+        let token = self.token(Op::Recv, sock);
+        if let Some(s) = self.socks.get_any(sock) {
+            s.read_wanted = wanted;
+            if s.recv.want(wanted, &mut self.ring, s.fd, token) {
+                s.inflight += 1;
+            }
+        }
+    }
+
+    fn connect(&mut self, endpoint: SocketAddr, owner: Owner) -> std::io::Result<usize> {
+        let fd = uring::upstream_socket(endpoint)?;
+        let slot = self.socks.insert(|_| Socket {
+            fd,
+            owner: Some(owner),
+            recv: Receive::default(),
+            read_wanted: false,
+            inflight: 1,
+        });
+        let token = self.token(Op::Connect, slot);
+        self.ring.connect(fd, endpoint, token);
+        Ok(slot)
+    }
+
+    fn reusable(&mut self, _sock: usize) -> bool {
+        // Nothing is queued in user space (the driver checked that no send is in flight);
+        // a peer that closed says so on the watching receive.
+        true
+    }
+
+    fn shutdown_write(&mut self, sock: usize) {
+        if let Some(s) = self.socks.get_any(sock) {
+            uring::shutdown(s.fd, libc::SHUT_WR);
+        }
+    }
+
+    fn close(&mut self, sock: usize, last: Option<&[u8]>) {
+        let Some(s) = self.socks.get_any(sock) else {
+            return;
+        };
+        if s.owner.take().is_none() {
+            return;
+        }
+        if let Some(bytes) = last {
+            uring::send_now(s.fd, bytes);
+        }
+        // Wakes a pending receive; the descriptor is closed once nothing of it is in flight.
+        uring::shutdown(s.fd, libc::SHUT_RDWR);
+        self.maybe_free(sock);
+    }
+
+    fn stop_accepting(&mut self) {
+        if self.accepting {
+            self.accepting = false;
+            // Wakes the multishot accept (it completes with an error) and refuses new
+            // connections from here on.
+            for fd in self.listeners.iter().flatten() {
+                uring::shutdown(*fd, libc::SHUT_RD);
+            }
+        }
+    }
+}
+
+pub struct Worker {
+    net: UringNet,
+    driver: Driver,
+    core: Option<usize>,
+    wake: RawFd,
+    wake_armed: bool,
+    completions: Vec<Completion>,
+}
+
+impl EngineWorker for Worker {
+    type Setup = WorkerSetup;
+
+    /// Makes the ring; if that fails, the listeners are closed (nothing else owns them yet).
+    fn build(setup: WorkerSetup, driver: Driver) -> std::io::Result<Worker> {
+        let ring = Ring::new(4096, 1024, 16 * 1024).inspect_err(|_| {
+            for fd in [Some(setup.listener), setup.https_listener]
+                .into_iter()
+                .flatten()
+            {
+                uring::close(fd);
+            }
+        })?;
+        Ok(Worker {
+            net: UringNet {
+                ring,
+                socks: Slab::default(),
+                listeners: [Some(setup.listener), setup.https_listener],
+                accept_armed: [false; 2],
+                accepting: true,
+                accept_paused_until: None,
+            },
+            driver,
+            core: setup.core,
+            wake: setup.wake,
+            wake_armed: false,
+            completions: Vec::with_capacity(MAX_COMPLETIONS),
+        })
+    }
+
+    /// Runs until stopped and drained (or the grace period ends).
+    fn run(mut self) -> std::io::Result<()> {
+        if let Some(core) = self.core {
+            core_affinity::set_for_current(core_affinity::CoreId { id: core });
+        }
+        self.driver.serving(true);
+        loop {
+            let now = clock();
+            // Quiescent point: no request is mid-routing here.
+            if self.driver.quiescent(&mut self.net, now) == Flow::Exit {
+                break;
+            }
+            if !self.wake_armed {
+                let token = Token {
+                    op: Op::Wake,
+                    slot: 0,
+                    generation: 0,
+                };
+                self.net.ring.read_eventfd(self.wake, token);
+                self.wake_armed = true;
+            }
+            self.net.arm_accepts(now);
+            let wait = self.next_wait(now);
+            self.net.ring.submit_and_wait(wait)?;
+            let now = clock();
+            let mut completions = std::mem::take(&mut self.completions);
+            self.net.ring.completions(&mut completions, MAX_COMPLETIONS);
+            for c in &completions {
+                if c.token.is_some_and(|t| t.op == Op::Wake) {
+                    // Re-armed at the top of the loop, where the snapshot is taken.
+                    self.wake_armed = false;
+                    continue;
+                }
+                self.net.complete(*c, &mut self.driver, now);
+            }
+            self.completions = completions;
+            self.driver.timers(&mut self.net, now);
+            self.driver.drive(&mut self.net, now);
+        }
+        self.driver.finish(&mut self.net);
+        for fd in self.net.listeners.iter().flatten() {
+            uring::close(*fd);
+        }
+        // The eventfd stays open (the engine owns it); a read still armed ends with the ring.
+        Ok(())
+    }
+}
+
+impl Worker {
+    fn next_wait(&self, now: Instant) -> Duration {
+        let mut wait = MAX_WAIT;
+        if let Some(at) = self.driver.next_deadline() {
+            wait = wait.min(at.saturating_since(now));
+        }
+        if let Some(until) = self.net.accept_paused_until {
+            wait = wait.min(until.saturating_since(now));
+        }
+        wait.max(Duration::from_micros(1))
+    }
+}
