@@ -21,7 +21,10 @@ STAGE=target/image
 PROFILE=manifests/seccomp/sluice-io-uring.json
 # overlay needs a kernel and file system that allow it; vfs works everywhere (copies layers).
 export STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
-PODMAN=(podman --storage-driver "$STORAGE_DRIVER" --cgroup-manager cgroupfs)
+# runc: Debian 12's crun 1.8 refuses a cgroup v1/v2 hybrid host ("cgroups in hybrid mode not
+# supported"), which this CI machine is.
+PODMAN=(podman --runtime "${PODMAN_RUNTIME:-runc}" --storage-driver "$STORAGE_DRIVER"
+    --cgroup-manager cgroupfs)
 
 say() { echo "image.sh: $*" >&2; }
 fail() { say "FAIL: $*"; exit 1; }
@@ -50,7 +53,7 @@ chmod 1777 "$STAGE/rootfs/tmp"
 cp "$BIN" "$STAGE/rootfs/usr/local/bin/sluice"
 strip "$STAGE/rootfs/usr/local/bin/sluice" 2>/dev/null || true
 # Exactly the shared objects the binary links, at the paths the loader looks them up.
-ldd "$BIN" | awk '/=> \//{print $3} /^\s*\//{print $1}' | while read -r so; do
+ldd "$BIN" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | while read -r so; do
     mkdir -p "$STAGE/rootfs$(dirname "$so")"
     cp -L "$so" "$STAGE/rootfs$so"
 done
@@ -86,8 +89,13 @@ ip netns add "$NETNS"
 ip -n "$NETNS" link set lo up
 in_ns() { ip netns exec "$NETNS" "$@"; }
 
+# podman raises RLIMIT_NOFILE and RLIMIT_NPROC to its defaults; a sandbox with lower hard
+# limits refuses that ("setrlimit: Operation not permitted"), so ask for what we have (nproc:
+# a modest fixed value; the sandbox here refused even its own hard limit).
+nofile=$(ulimit -Hn)
+[[ $nofile == unlimited ]] && nofile=1048576
 run_args=(--name "$NAME" --network "ns:/run/netns/$NETNS" --read-only --user 65532:65532
-    --cap-drop ALL --cap-add NET_BIND_SERVICE)
+    --cap-drop ALL --cap-add NET_BIND_SERVICE --ulimit "nofile=$nofile:$nofile" --ulimit nproc=4096:4096)
 demo_args=(demo --http 0.0.0.0:80 --https 0.0.0.0:443 --admin 0.0.0.0:10254 --workers 2)
 
 say "podman run (seccomp=$PROFILE, read-only, user 65532, caps: NET_BIND_SERVICE)"

@@ -254,6 +254,7 @@ fn serve_kube(config: &Config) -> Result<(), String> {
         eprintln!("sluice: serving https on {https}");
     }
     let sig = signals.recv().unwrap_or(15);
+    shutdown_delay(&engine.state().metrics, config.shutdown_delay);
     eprintln!(
         "sluice: signal {sig}: draining (grace {:?})",
         config.shutdown_grace
@@ -366,6 +367,7 @@ fn serve(
         println!("{banner}");
     }
     let sig = uring::wait_for_termination();
+    shutdown_delay(&engine.state().metrics, config.shutdown_delay);
     eprintln!(
         "sluice: signal {sig}: draining (grace {:?})",
         config.shutdown_grace
@@ -378,6 +380,19 @@ fn serve(
     engine.join().map_err(|e| e.to_string())?;
     eprintln!("sluice: stopped");
     Ok(())
+}
+
+/// `timeouts.shutdown_delay`: `/readyz` fails while the workers still accept, so a balancer
+/// health-checking it stops sending new connections before the drain closes the listeners.
+fn shutdown_delay(workers: &[Arc<sluice::worker::WorkerMetrics>], delay: Duration) {
+    if delay.is_zero() {
+        return;
+    }
+    for m in workers {
+        m.serving.store(false, Ordering::Release);
+    }
+    eprintln!("sluice: /readyz fails; still accepting for {delay:?} (timeouts.shutdown_delay)");
+    std::thread::sleep(delay);
 }
 
 fn demo_main(args: &Args) -> Result<(), String> {
