@@ -137,7 +137,7 @@ http {{
         conf = os.path.join(self.dir, "haproxy.cfg")
         with open(conf, "w") as f:
             f.write(f"""global
-    maxconn 20000
+    maxconn 4000
     stats socket {self.dir}/haproxy.sock mode 600 level admin
 defaults
     mode tcp

@@ -82,6 +82,10 @@ say "built $IMAGE in $((SECONDS - start)) s: $((size / 1024)) KiB ($size bytes)"
 "${PODMAN[@]}" image inspect --format '{{json .Labels}}' "$IMAGE" >&2
 [[ $("${PODMAN[@]}" image inspect --format '{{.Config.User}}' "$IMAGE") == 65532:65532 ]] ||
     fail "image does not run as 65532"
+# For machines without a registry (the Vagrant lab imports it into containerd).
+rm -f "$STAGE/sluice.tar"
+"${PODMAN[@]}" save --quiet -o "$STAGE/sluice.tar" "$IMAGE"
+say "saved $STAGE/sluice.tar (ctr -n k8s.io images import, or podman load)"
 
 # --- 4. run it under Sluice's seccomp profile ----------------------------------------------
 ip netns del "$NETNS" 2>/dev/null || true
@@ -142,7 +146,7 @@ set +e
 out=$("${PODMAN[@]}" run --rm "${run_args[@]}" "$IMAGE" "${demo_args[@]}" 2>&1)
 rc=$?
 set -e
-echo "$out" | sed 's/^/    /' >&2
+printf "    %s\n" "${out//$'\n'/$'\n    '}" >&2
 [[ $rc != 0 ]] || fail "it started under the default seccomp profile: the check is stale"
 echo "$out" | grep -q 'seccomp' || fail "the start-up error does not name seccomp"
 say "default profile: exit $rc, and the message names the seccomp profile"

@@ -46,9 +46,9 @@ grep -q "image: localhost/sluice:$version\$" manifests/40-daemonset.yaml ||
 status=0
 for k in 1.30.0 1.37.0; do
     "$VENV/bin/kubernetes-validate" --strict --quiet -k "$k" manifests/*.yaml \
-        "$overlay/40-daemonset-userspace.yaml" || status=1
+        "$overlay/40-daemonset-userspace.yaml" vagrant/apps.yaml || status=1
 done
 if [[ $status == 0 ]]; then
-    echo "validate-manifests: $(ls manifests/*.yaml | wc -l) files + the userspace overlay valid against Kubernetes 1.30 and 1.37 (strict)"
+    echo "validate-manifests: $(find manifests -maxdepth 1 -name "*.yaml" | wc -l) files, the userspace overlay and vagrant/apps.yaml valid against Kubernetes 1.30 and 1.37 (strict)"
 fi
 exit $status
