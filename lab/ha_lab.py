@@ -201,8 +201,15 @@ backend ingress
         return "\n".join(out)
 
     def stop_all(self):
-        for key, p in self.procs.items():
+        # SIGTERM first: nginx's and HAProxy's masters take their workers with them (a
+        # SIGKILLed master leaves its workers behind).
+        for p in self.procs.values():
             if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
         self.procs.clear()
