@@ -67,10 +67,25 @@ def locust_result(prefix):
     raise RuntimeError("no Aggregated row in " + prefix + "_stats.csv")
 
 
+DEBIAN_JMETER = "/usr/share/jmeter/bin/ApacheJMeter.jar"
+
+
+def jmeter_exe(tmp):
+    """JMETER=path, else Debian's JMeter 2.13 through DebianJMeter.java (see there), else PATH."""
+    if os.environ.get("JMETER"):
+        return [os.environ["JMETER"]]
+    if os.path.exists(DEBIAN_JMETER) and shutil.which("javac"):
+        classes = os.path.join(tmp, "jmeter-launcher")
+        if not os.path.exists(os.path.join(classes, "DebianJMeter.class")):
+            subprocess.run(["javac", "-cp", DEBIAN_JMETER, "-d", classes,
+                            os.path.join(HERE, "DebianJMeter.java")], check=True)
+        return ["java", "-cp", f"{classes}:{DEBIAN_JMETER}", "-Djmeter.home=/usr/share/jmeter", "DebianJMeter"]
+    return [shutil.which("jmeter")]
+
+
 def jmeter_cmd(args, tmp, name):
-    exe = os.environ.get("JMETER") or shutil.which("jmeter")
     jtl = os.path.join(tmp, f"jmeter-{name}.jtl")
-    cmd = [exe, "-n", "-t", os.path.join(HERE, "two-hosts.jmx"), "-l", jtl, "-j", jtl + ".log",
+    cmd = [*jmeter_exe(tmp), "-n", "-t", os.path.join(HERE, "two-hosts.jmx"), "-l", jtl, "-j", jtl + ".log",
            f"-Jport={PROXY}", f"-Jthreads={args.users}", f"-Jduration={args.duration}",
            "-Jjmeter.save.saveservice.output_format=csv",
            "-Jjmeter.save.saveservice.print_field_names=true"]
@@ -78,12 +93,18 @@ def jmeter_cmd(args, tmp, name):
 
 
 def jmeter_result(jtl):
+    """Samples and failed samples from the .jtl (CSV; the `success` column, the 8th by default)."""
     total = failed = 0
     with open(jtl) as f:
-        for row in csv.DictReader(f):
-            total += 1
-            if row.get("success", "").strip().lower() != "true":
-                failed += 1
+        rows = list(csv.reader(f))
+    column = 7
+    if rows and rows[0] and rows[0][0] == "timeStamp":
+        column = rows[0].index("success")
+        rows = rows[1:]
+    for row in rows:
+        total += 1
+        if row[column].strip().lower() != "true":
+            failed += 1
     return total, failed
 
 
