@@ -269,7 +269,9 @@ impl Guide {
                 "longest path wins: demo.local/api goes to pod-b",
             ),
             (
-                format!("curl -H 'Host: x.apps.local' http://{h}/; curl -H 'Host: y.apps.local' http://{h}/"),
+                format!(
+                    "curl -H 'Host: x.apps.local' http://{h}/; curl -H 'Host: y.apps.local' http://{h}/"
+                ),
                 "wildcard host *.apps.local, round-robin over pod-a and pod-b",
             ),
             (
@@ -281,7 +283,10 @@ impl Guide {
                 "HTTPS with the self-signed default certificate",
             ),
             (format!("curl http://{a}/metrics"), "Prometheus metrics"),
-            (format!("curl http://{a}/routes"), "the compiled route table"),
+            (
+                format!("curl http://{a}/routes"),
+                "the compiled route table",
+            ),
         ]
     }
 
@@ -291,8 +296,16 @@ impl Guide {
         vec![
             ("demo.local", "/ (Prefix)", format!("web -> pod-a {a}")),
             ("demo.local", "/api (Prefix)", format!("api -> pod-b {b}")),
-            ("*.apps.local", "/ (Prefix)", format!("both -> pod-a {a}, pod-b {b}")),
-            ("any other host", "/ (Exact)", "guide -> this page".to_string()),
+            (
+                "*.apps.local",
+                "/ (Prefix)",
+                format!("both -> pod-a {a}, pod-b {b}"),
+            ),
+            (
+                "any other host",
+                "/ (Exact)",
+                "guide -> this page".to_string(),
+            ),
         ]
     }
 

@@ -424,7 +424,11 @@ fn demo_main(args: &Args) -> Result<(), String> {
         pod_a: a.addr,
         pod_b: b.addr,
     };
-    let banner = format!("{}\nOpen http://{}/ for this list. Ctrl-C stops it.", guide.text(), config.http);
+    let banner = format!(
+        "{}\nOpen http://{}/ for this list. Ctrl-C stops it.",
+        guide.text(),
+        config.http
+    );
     let g = demo::spawn_guide(local, guide).map_err(|e| e.to_string())?;
     let (objects, errors) = parse_documents(&demo::manifests(a.addr, b.addr, g), "demo");
     if let Some(e) = errors.first() {

@@ -83,7 +83,9 @@ fn root_answers_with_the_guide_text_for_curl_and_html_for_browsers() {
     assert!(body.contains("demo.local"), "{body}");
     assert!(body.contains("*.apps.local"), "{body}");
     assert!(
-        body.contains(&format!("curl -H 'Host: demo.local' http://{host}/api/users")),
+        body.contains(&format!(
+            "curl -H 'Host: demo.local' http://{host}/api/users"
+        )),
         "{body}"
     );
 

@@ -274,7 +274,10 @@ fn the_seccomp_profile_allows_io_uring_and_reaches_the_node() {
     );
     let init = &pod.init_containers.unwrap()[0];
     let script = init.command.as_ref().unwrap().join(" ");
-    assert!(script.contains("/host-seccomp/sluice/io-uring.json"), "{script}");
+    assert!(
+        script.contains("/host-seccomp/sluice/io-uring.json"),
+        "{script}"
+    );
     let host = pod
         .volumes
         .unwrap()
