@@ -91,7 +91,10 @@ fn readyz_fails_first_while_new_connections_are_still_served() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(sent.elapsed() >= Duration::from_millis(1500));
-    assert!(get(http, "app.test", "/").is_err(), "still accepting after the drain");
+    assert!(
+        get(http, "app.test", "/").is_err(),
+        "still accepting after the drain"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&config);
 }
