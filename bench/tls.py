@@ -379,8 +379,8 @@ def main():
     ap.add_argument("--certs", default="ecdsa,rsa")
     args = ap.parse_args()
     ensure_tools()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "sluice")
+    subprocess.run(["cargo", "build", "--profile", "dist", "--quiet"], cwd=ROOT, check=True)
+    binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "dist", "sluice")
     tmp = tempfile.mkdtemp(prefix="sluice-tls-bench-")
     script = os.path.join(tmp, "report.lua")
     with open(script, "w") as f:

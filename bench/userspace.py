@@ -354,8 +354,8 @@ def main():
     idles = [int(x) for x in args.idle.split(",")]
     ensure_tools()
     limit = fd_limit()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "sluice")
+    subprocess.run(["cargo", "build", "--profile", "dist", "--quiet"], cwd=ROOT, check=True)
+    binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "dist", "sluice")
     tmp = tempfile.mkdtemp(prefix="sluice-us-bench-")
     print(f"logs in {tmp}", file=sys.stderr)
     script = os.path.join(tmp, "report.lua")

@@ -194,6 +194,7 @@ struct RawTimeouts {
     body_idle: Option<Spanned<String>>,
     linger: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    shutdown_delay: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -269,6 +270,9 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
+    /// SIGTERM: how long `/readyz` fails while Sluice still accepts, before the drain starts
+    /// (so a load balancer health-checking `/readyz` stops sending first).
+    pub shutdown_delay: Duration,
     pub buffer_size: usize,
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
@@ -297,6 +301,7 @@ impl Default for Config {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_secs(240),
+            shutdown_delay: Duration::ZERO,
             buffer_size: 32 * 1024,
             upstream_max_idle: 64,
             upstream_idle_timeout: Duration::from_secs(60),
@@ -603,6 +608,11 @@ impl Config {
             &t.shutdown_grace,
             "timeouts.shutdown_grace",
             d.shutdown_grace,
+        )?;
+        c.shutdown_delay = ctx.duration(
+            &t.shutdown_delay,
+            "timeouts.shutdown_delay",
+            d.shutdown_delay,
         )?;
         if let Some(size) = ctx.size(&raw.buffers.size, "buffers.size", 1024, 16 << 20)? {
             c.buffer_size = as_usize(size);

@@ -1,6 +1,8 @@
 //! `sluice demo`: Sluice on its embedded default, no cluster and no files. Two small
 //! in-process upstream servers stand in for pods, and a few Ingress routes send traffic to
 //! them by host and path. The upstream servers are also what the integration tests proxy to.
+//! A third one, the guide, answers `/` for any host no rule names: a page (HTML for browsers,
+//! text for curl) that lists the routes and the commands to try them.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -149,8 +151,9 @@ fn read_chunked(reader: &mut impl BufRead) -> io::Result<usize> {
 }
 
 /// The demo's routes, as Kubernetes objects: `demo.local/` and `demo.local/api` on two
-/// Services, a wildcard host, and a Service with two endpoints to show load balancing.
-pub fn manifests(a: SocketAddr, b: SocketAddr) -> String {
+/// Services, a wildcard host, a Service with two endpoints to show load balancing, and a
+/// host-less rule sending exactly `/` to the guide (`guide`) for every other host.
+pub fn manifests(a: SocketAddr, b: SocketAddr, guide: SocketAddr) -> String {
     format!(
         r#"apiVersion: networking.k8s.io/v1
 kind: IngressClass
@@ -172,6 +175,21 @@ spec:
       http:
         paths:
           - {{path: /, pathType: Prefix, backend: {{service: {{name: both, port: {{number: 80}}}}}}}}
+    - http:
+        paths:
+          - {{path: /, pathType: Exact, backend: {{service: {{name: guide, port: {{number: 80}}}}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: guide, namespace: default}}
+spec: {{ports: [{{port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: guide-1, namespace: default, labels: {{kubernetes.io/service-name: guide}}}}
+addressType: IPv4
+ports: [{{port: {pg}}}]
+endpoints: [{{addresses: ["{ig}"]}}]
 ---
 apiVersion: v1
 kind: Service
@@ -220,5 +238,194 @@ endpoints: [{{addresses: ["{ib}"]}}]
         pa = a.port(),
         ib = b.ip(),
         pb = b.port(),
+        ig = guide.ip(),
+        pg = guide.port(),
     )
+}
+
+/// What the demo serves and how to try it: the text printed at start and the page behind `/`.
+pub struct Guide {
+    /// Sluice's plain-HTTP listener.
+    pub http: SocketAddr,
+    /// Sluice's HTTPS listener.
+    pub https: SocketAddr,
+    /// The admin server (`/metrics`, `/routes`, `/healthz`, `/readyz`).
+    pub admin: SocketAddr,
+    pub pod_a: SocketAddr,
+    pub pod_b: SocketAddr,
+}
+
+impl Guide {
+    /// (command, what it shows), in the order a newcomer should try them.
+    fn commands(&self) -> Vec<(String, &'static str)> {
+        let (h, a, p) = (self.http, self.admin, self.https.port());
+        vec![
+            (
+                format!("curl -H 'Host: demo.local' http://{h}/"),
+                "host routing: demo.local/ goes to pod-a",
+            ),
+            (
+                format!("curl -H 'Host: demo.local' http://{h}/api/users"),
+                "longest path wins: demo.local/api goes to pod-b",
+            ),
+            (
+                format!(
+                    "curl -H 'Host: x.apps.local' http://{h}/; curl -H 'Host: y.apps.local' http://{h}/"
+                ),
+                "wildcard host *.apps.local, round-robin over pod-a and pod-b",
+            ),
+            (
+                format!("curl -i -H 'Host: nowhere' http://{h}/nothing-here"),
+                "no route: a 404 from Sluice itself",
+            ),
+            (
+                format!("curl -k --resolve demo.local:{p}:127.0.0.1 https://demo.local:{p}/"),
+                "HTTPS with the self-signed default certificate",
+            ),
+            (format!("curl http://{a}/metrics"), "Prometheus metrics"),
+            (
+                format!("curl http://{a}/routes"),
+                "the compiled route table",
+            ),
+        ]
+    }
+
+    /// The routes, as (host, path, where it goes).
+    fn routes(&self) -> Vec<(&'static str, &'static str, String)> {
+        let (a, b) = (self.pod_a, self.pod_b);
+        vec![
+            ("demo.local", "/ (Prefix)", format!("web -> pod-a {a}")),
+            ("demo.local", "/api (Prefix)", format!("api -> pod-b {b}")),
+            (
+                "*.apps.local",
+                "/ (Prefix)",
+                format!("both -> pod-a {a}, pod-b {b}"),
+            ),
+            (
+                "any other host",
+                "/ (Exact)",
+                "guide -> this page".to_string(),
+            ),
+        ]
+    }
+
+    /// Plain text, for curl and the start-up banner.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "Sluice demo: two in-process upstreams (pod-a {}, pod-b {}) behind {}.\n\nRoutes:\n",
+            self.pod_a, self.pod_b, self.http
+        );
+        for (host, path, to) in self.routes() {
+            out.push_str(&format!("  {host:<16} {path:<15} {to}\n"));
+        }
+        out.push_str("\nTry:\n");
+        for (cmd, what) in self.commands() {
+            out.push_str(&format!("  {cmd}\n      # {what}\n"));
+        }
+        out
+    }
+
+    /// The same, as a small HTML page for browsers.
+    pub fn html(&self) -> String {
+        let mut out = String::from(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <title>Sluice demo</title><style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}\
+             code,pre{background:#f3f3f3;padding:.1em .3em}td,th{padding:.2em .8em;text-align:left}</style></head><body>\n\
+             <h1>Sluice demo</h1>\n<p>Sluice, a thread-per-core Kubernetes ingress proxy, is running on ",
+        );
+        out.push_str(&format!(
+            "<code>{}</code> in front of two in-process upstreams standing in for pods. \
+             This page is served through Sluice by a host-less route.</p>\n<h2>Routes</h2>\n\
+             <table><tr><th>host</th><th>path</th><th>backend</th></tr>\n",
+            self.http
+        ));
+        for (host, path, to) in self.routes() {
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(host),
+                escape(path),
+                escape(&to)
+            ));
+        }
+        out.push_str("</table>\n<h2>Try</h2>\n<dl>\n");
+        for (cmd, what) in self.commands() {
+            out.push_str(&format!(
+                "<dt><pre>{}</pre></dt><dd>{}</dd>\n",
+                escape(&cmd),
+                escape(what)
+            ));
+        }
+        out.push_str("</dl>\n</body></html>\n");
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Starts the guide: an upstream that answers every request with `guide`'s page, HTML when
+/// the request's `Accept` names `text/html` (a browser), plain text otherwise (curl).
+pub fn spawn_guide(bind: SocketAddr, guide: Guide) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(bind)?;
+    let addr = listener.local_addr()?;
+    let pages = Arc::new((guide.text(), guide.html()));
+    std::thread::Builder::new()
+        .name("upstream-guide".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let pages = pages.clone();
+                let _ = std::thread::Builder::new().spawn(move || {
+                    let _ = serve_guide(stream, &pages.0, &pages.1);
+                });
+            }
+        })?;
+    Ok(addr)
+}
+
+fn serve_guide(stream: TcpStream, text: &str, html: &str) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let head_only = line.starts_with("HEAD ");
+        let mut wants_html = false;
+        let mut content_length = 0u64;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            if h == "\r\n" || h == "\n" {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("accept:") {
+                wants_html = v.contains("text/html");
+            }
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        io::copy(&mut (&mut reader).take(content_length), &mut io::sink())?;
+        let (body, kind) = if wants_html {
+            (html, "text/html; charset=utf-8")
+        } else {
+            (text, "text/plain; charset=utf-8")
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nVary: Accept\r\nX-Upstream: guide\r\n\r\n",
+            body.len()
+        );
+        out.write_all(head.as_bytes())?;
+        if !head_only {
+            out.write_all(body.as_bytes())?;
+        }
+    }
 }

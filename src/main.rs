@@ -252,6 +252,7 @@ fn serve_kube(config: &Config) -> Result<(), String> {
         eprintln!("sluice: serving https on {https}");
     }
     let sig = signals.recv().unwrap_or(15);
+    shutdown_delay(&engine.state().metrics, config.shutdown_delay);
     eprintln!(
         "sluice: signal {sig}: draining (grace {:?})",
         config.shutdown_grace
@@ -370,6 +371,7 @@ fn serve(
         println!("{banner}");
     }
     let sig = sys::wait_for_termination();
+    shutdown_delay(&engine.state().metrics, config.shutdown_delay);
     eprintln!(
         "sluice: signal {sig}: draining (grace {:?})",
         config.shutdown_grace
@@ -383,6 +385,19 @@ fn serve(
     admin.join();
     eprintln!("sluice: stopped");
     Ok(())
+}
+
+/// `timeouts.shutdown_delay`: `/readyz` fails while the workers still accept, so a balancer
+/// health-checking it stops sending new connections before the drain closes the listeners.
+fn shutdown_delay(workers: &[Arc<sluice::engine::metrics::WorkerMetrics>], delay: Duration) {
+    if delay.is_zero() {
+        return;
+    }
+    for m in workers {
+        m.serving.store(false, Ordering::Release);
+    }
+    eprintln!("sluice: /readyz fails; still accepting for {delay:?} (timeouts.shutdown_delay)");
+    std::thread::sleep(delay);
 }
 
 fn demo_main(args: &Args) -> Result<(), String> {
@@ -407,30 +422,24 @@ fn demo_main(args: &Args) -> Result<(), String> {
     let local = "127.0.0.1:0".parse().expect("valid");
     let a = demo::spawn_upstream("pod-a", local).map_err(|e| e.to_string())?;
     let b = demo::spawn_upstream("pod-b", local).map_err(|e| e.to_string())?;
-    let (objects, errors) = parse_documents(&demo::manifests(a.addr, b.addr), "demo");
+    let guide = demo::Guide {
+        http: config.http,
+        https: config.https,
+        admin: config.admin,
+        pod_a: a.addr,
+        pod_b: b.addr,
+    };
+    let banner = format!(
+        "{}\nOpen http://{}/ for this list. Ctrl-C stops it.",
+        guide.text(),
+        config.http
+    );
+    let g = demo::spawn_guide(local, guide).map_err(|e| e.to_string())?;
+    let (objects, errors) = parse_documents(&demo::manifests(a.addr, b.addr, g), "demo");
     if let Some(e) = errors.first() {
         return Err(format!("embedded demo routes: {e}"));
     }
     let routes = compile_routes(&config, objects)?;
-    let h = config.http;
-    let banner = format!(
-        "Sluice demo: two in-process upstreams (pod-a {}, pod-b {}) behind {h}. Try:\n\
-         \n  curl -H 'Host: demo.local' http://{h}/            # host routing -> pod-a\n\
-         \x20 curl -H 'Host: demo.local' http://{h}/api/users   # longest path -> pod-b\n\
-         \x20 curl -H 'Host: x.apps.local' http://{h}/ -s; curl -H 'Host: y.apps.local' http://{h}/ -s\n\
-         \x20                                                   # wildcard host, round-robin pod-a/pod-b\n\
-         \x20 curl -i -H 'Host: nowhere' http://{h}/            # 404 from Sluice\n\
-         \x20 curl -k --resolve demo.local:{p}:127.0.0.1 https://demo.local:{p}/\n\
-         \x20                                                   # HTTPS, self-signed default certificate\n\
-         \x20 curl http://{}/metrics                     # Prometheus metrics\n\
-         \x20 curl http://{}/routes                      # the compiled routes\n\
-         \nCtrl-C stops it.",
-        a.addr,
-        b.addr,
-        config.admin,
-        config.admin,
-        p = config.https.port()
-    );
     serve(&config, routes, Some(banner))
 }
 

@@ -508,14 +508,6 @@ fn manifests_and_fixtures_pass_server_side_validation() {
             "must match `ingressClassName`",
         ),
     ];
-    // Known, not wanted: v1.28 has no `lifecycle.preStop.sleep` (beta and on by default
-    // from v1.30); manifests/40-daemonset.yaml uses it. Reported, not failed, until the
-    // DaemonSet's owner decides (exec sleep needs a sleep binary in the image).
-    let known: &[(&str, &str, &str)] = &[(
-        "manifests/40-daemonset.yaml",
-        "sluice",
-        "lifecycle.preStop.sleep: field not declared in schema",
-    )];
     files.push(root.join("tests/fixtures/invalid.yaml"));
     let mut checked = 0;
     let mut problems = Vec::new();
@@ -542,16 +534,13 @@ fn manifests_and_fixtures_pass_server_side_validation() {
             let name = o["metadata"]["name"].as_str().unwrap_or("");
             let result = world.rt.block_on(apply_object(&world.client, o, true));
             let expected = must_refuse.iter().find(|(f, n, _)| *f == rel && *n == name);
-            let allowed = known.iter().find(|(f, n, _)| *f == rel && *n == name);
-            match (result, expected, allowed) {
-                (Ok(()), None, _) => {}
-                (Ok(()), Some(_), _) => problems.push(format!("{rel}: {name}: accepted")),
-                (Err(e), Some((_, _, why)), _) | (Err(e), None, Some((_, _, why)))
-                    if e.contains(why) =>
-                {
+            match (result, expected) {
+                (Ok(()), None) => {}
+                (Ok(()), Some(_)) => problems.push(format!("{rel}: {name}: accepted")),
+                (Err(e), Some((_, _, why))) if e.contains(why) => {
                     reasons.push(format!("{rel}: {name}: refused: {why}"));
                 }
-                (Err(e), _, _) => problems.push(format!("{rel}: {e}")),
+                (Err(e), _) => problems.push(format!("{rel}: {e}")),
             }
         }
     }
@@ -564,8 +553,7 @@ fn manifests_and_fixtures_pass_server_side_validation() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     println!(
-        "{checked} objects from {} files checked with dry-run=server; refused as expected or \
-         known:\n{}",
+        "{checked} objects from {} files checked with dry-run=server; refused as expected:\n{}",
         files.len(),
         reasons.join("\n")
     );

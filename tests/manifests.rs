@@ -9,6 +9,7 @@ use std::path::Path;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::IngressClass;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Deserialize;
 use serde_json::Value;
@@ -83,6 +84,7 @@ fn every_manifest_parses_with_the_kubernetes_types() {
             "ConfigMap" => drop(typed::<ConfigMap>(&file, &v)),
             "DaemonSet" => drop(typed::<DaemonSet>(&file, &v)),
             "Service" => drop(typed::<Service>(&file, &v)),
+            "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(&file, &v)),
             other => panic!("{file}: no test knows kind {other:?}; add it here"),
         }
         kinds.insert(kind);
@@ -96,6 +98,7 @@ fn every_manifest_parses_with_the_kubernetes_types() {
         "ConfigMap",
         "DaemonSet",
         "Service",
+        "PodDisruptionBudget",
     ] {
         assert!(kinds.contains(k), "no {k} in manifests/");
     }
@@ -183,7 +186,9 @@ fn the_daemonset_runs_on_ingress_nodes_unprivileged_and_drains() {
     let sc = c.security_context.as_ref().unwrap();
     assert_eq!(sc.run_as_non_root, Some(true));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
-    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    // A non-root process gets NET_BIND_SERVICE only from the binary's file capability,
+    // which no_new_privs (allowPrivilegeEscalation: false) would make the kernel ignore.
+    assert_eq!(sc.allow_privilege_escalation, Some(true));
     let caps = sc.capabilities.as_ref().unwrap();
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     assert_eq!(
@@ -205,12 +210,15 @@ fn the_daemonset_runs_on_ingress_nodes_unprivileged_and_drains() {
         probe_port(&c.readiness_probe),
         ("/readyz".into(), serde_json::json!(10254))
     );
-    assert!(c.lifecycle.as_ref().unwrap().pre_stop.is_some());
-    // The drain must fit in the grace period.
+    // The SLB's health check needs time to see the node go (the shutdown delay, in Sluice
+    // itself: a preStop sleep action is refused by API servers before 1.30), and the delay
+    // plus the drain must fit in the grace period.
     let cm: ConfigMap = one("ConfigMap");
     let toml = cm.data.unwrap()["sluice.toml"].clone();
     let config = sluice::config::Config::parse(&toml, "30-configmap.yaml").unwrap();
-    assert!(config.shutdown_grace.as_secs() + 15 < 300);
+    assert!(config.shutdown_delay >= std::time::Duration::from_secs(10));
+    let grace = pod.termination_grace_period_seconds.unwrap() as u64;
+    assert!(config.shutdown_delay.as_secs() + config.shutdown_grace.as_secs() < grace);
     assert!(config.kubernetes.enabled);
     let svc: Service = one("Service");
     assert_eq!(
@@ -226,4 +234,58 @@ fn the_daemonset_runs_on_ingress_nodes_unprivileged_and_drains() {
         class.spec.unwrap().controller.as_deref(),
         Some(config.compile.controller.as_str())
     );
+    // The image is the one scripts/image.sh builds, tagged with the crate version.
+    assert_eq!(
+        c.image.as_deref(),
+        Some(format!("localhost/sluice:{}", env!("CARGO_PKG_VERSION")).as_str())
+    );
+}
+
+#[test]
+fn the_seccomp_profile_allows_io_uring_and_reaches_the_node() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let json = std::fs::read_to_string(dir.join("seccomp/sluice-io-uring.json")).unwrap();
+    let profile: Value = serde_json::from_str(&json).unwrap();
+    let allowed: BTreeSet<&str> = profile["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "SCMP_ACT_ALLOW" && r.get("args").is_none())
+        .flat_map(|r| r["names"].as_array().unwrap().iter())
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for call in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+        assert!(allowed.contains(call), "{call} not allowed");
+    }
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+    // The ConfigMap the init container copies from carries exactly the file's bytes.
+    let cm: ConfigMap = documents()
+        .into_iter()
+        .find(|(_, k, v)| k == "ConfigMap" && v["metadata"]["name"] == "sluice-seccomp")
+        .map(|(f, _, v)| typed(&f, &v))
+        .expect("ConfigMap sluice-seccomp");
+    assert_eq!(cm.data.unwrap()["io-uring.json"], json);
+    // The sluice container runs under it, by the path the init container writes.
+    let ds: DaemonSet = one("DaemonSet");
+    let pod = ds.spec.template.spec.unwrap();
+    let sc = pod.containers[0].security_context.clone().unwrap();
+    let seccomp = sc.seccomp_profile.unwrap();
+    assert_eq!(seccomp.type_, "Localhost");
+    assert_eq!(
+        seccomp.localhost_profile.as_deref(),
+        Some("sluice/io-uring.json")
+    );
+    let init = &pod.init_containers.unwrap()[0];
+    let script = init.command.as_ref().unwrap().join(" ");
+    assert!(
+        script.contains("/host-seccomp/sluice/io-uring.json"),
+        "{script}"
+    );
+    let host = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find_map(|v| v.host_path)
+        .unwrap();
+    assert_eq!(host.path, "/var/lib/kubelet/seccomp");
 }

@@ -223,7 +223,14 @@ impl Ring {
             .map_err(|e| {
                 io::Error::new(
                     e.kind(),
-                    format!("io_uring is not available on this kernel or sandbox: {e}"),
+                    format!(
+                        "io_uring is not available on this kernel or sandbox: {e} (needs \
+                         Linux 5.19+; in a container the likely cause is a seccomp profile \
+                         that blocks io_uring_setup, io_uring_enter and io_uring_register, \
+                         as podman's, Docker's and containerd's defaults do: run it under \
+                         Sluice's profile manifests/seccomp/sluice-io-uring.json, see the \
+                         README's \"io_uring and seccomp\")"
+                    ),
                 )
             })?;
         let bufs = BufRing::new(&ring, buffers, buffer_size).map_err(|e| {
