@@ -362,6 +362,31 @@ impl SmolNet {
         }
     }
 
+    /// Gives `tcp` a socket set of its own, a slot, and its entry in the flow table (an accepted
+    /// connection, or an upstream connect when `connecting`).
+    fn adopt(
+        &mut self,
+        tcp: tcp::Socket<'static>,
+        key: FlowKey,
+        owner: SockOwner,
+        connecting: bool,
+    ) -> usize {
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(tcp);
+        let si = self.socks.insert(|_| Sock {
+            set,
+            handle,
+            key,
+            owner,
+            timer: None,
+            input_done: false,
+            connecting,
+            read_wanted: false,
+        });
+        self.flows.insert(key, si);
+        si
+    }
+
     /// Moves listening sockets that took a SYN into their own sets, each given to the driver.
     fn accept_new(&mut self, driver: &mut Driver, now: Instant) {
         for i in 0..self.listen_handles.len() {
@@ -381,19 +406,7 @@ impl SmolNet {
                 continue;
             }
             let key = FlowKey { local, remote };
-            let mut set = SocketSet::new(Vec::with_capacity(1));
-            let handle = set.add(tcp);
-            let si = self.socks.insert(|_| Sock {
-                set,
-                handle,
-                key,
-                owner: SockOwner::Closing { until: now },
-                timer: None,
-                input_done: false,
-                connecting: false,
-                read_wanted: false,
-            });
-            self.flows.insert(key, si);
+            let si = self.adopt(tcp, key, SockOwner::Closing { until: now }, false);
             let info = ClientInfo {
                 peer: std_addr(remote),
                 local: std_addr(local),
@@ -624,19 +637,7 @@ impl Transport for SmolNet {
         .map_err(|_| failed())?;
         let local = tcp.local_endpoint().ok_or_else(failed)?;
         let key = FlowKey { local, remote };
-        let mut set = SocketSet::new(Vec::with_capacity(1));
-        let handle = set.add(tcp);
-        let si = self.socks.insert(|_| Sock {
-            set,
-            handle,
-            key,
-            owner: SockOwner::Driver(owner),
-            timer: None,
-            input_done: false,
-            connecting: true,
-            read_wanted: false,
-        });
-        self.flows.insert(key, si);
+        let si = self.adopt(tcp, key, SockOwner::Driver(owner), true);
         self.egress.push(si);
         Ok(si)
     }
