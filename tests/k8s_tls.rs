@@ -7,15 +7,12 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 use serde_json::json;
 use sluice::control::certs::{self, TlsOptions};
 use sluice::control::compile::CompileOptions;
@@ -25,24 +22,7 @@ use sluice::core::tls::TlsSettings;
 use sluice::demo::spawn_upstream;
 use sluice::engine::{Engine, EngineConfig, HttpsConfig};
 use support::mock_api::{self, MockApi};
-
-struct Cert {
-    cert_pem: String,
-    key_pem: String,
-    der: Vec<u8>,
-}
-
-fn cert_for(host: &str) -> Cert {
-    let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
-    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Cert {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().to_vec(),
-    }
-}
+use support::tls::{self, Cert, cert_for};
 
 fn secret(name: &str, c: &Cert) -> serde_json::Value {
     let s = Secret {
@@ -66,72 +46,10 @@ fn secret(name: &str, c: &Cert) -> serde_json::Value {
     serde_json::to_value(s).unwrap()
 }
 
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The certificate presented for `sni`.
 fn presented(addr: SocketAddr, sni: &str) -> Vec<u8> {
-    let provider = certs::provider();
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    let name = ServerName::try_from(sni.to_string()).unwrap();
-    let mut conn = ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).expect("handshake");
-    }
-    conn.peer_certificates().expect("a certificate")[0].to_vec()
+    let config = tls::client_config(rustls::DEFAULT_VERSIONS);
+    tls::presented(&tls::connect(addr, Some(sni), &config))
 }
 
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
@@ -164,7 +82,7 @@ fn certificates_come_from_referenced_cluster_secrets() {
                "addressType": "IPv4", "ports": [{"port": up.addr.port()}],
                "endpoints": [{"addresses": ["127.0.0.1"]}]}),
     );
-    let first = cert_for("tls.test");
+    let first = cert_for(&["tls.test"]);
     mock.apply(mock_api::SECRETS, secret("tls-test", &first));
     let ingress = |tls: bool| {
         let mut i = json!({"metadata": {"name": "web", "namespace": "default"},
@@ -235,7 +153,7 @@ fn certificates_come_from_referenced_cluster_secrets() {
     );
 
     // The Secret is rotated: the next handshake presents the new certificate.
-    let second = cert_for("tls.test");
+    let second = cert_for(&["tls.test"]);
     mock.apply(mock_api::SECRETS, secret("tls-test", &second));
     eventually("rotated certificate", || {
         presented(addr, "tls.test") == second.der
