@@ -17,12 +17,13 @@ step() {
     echo "<== $name: $((SECONDS - start)) s"
 }
 
+# apt waits for another apt (unattended-upgrades on a fresh machine) instead of failing.
 install_tools() {
-    apt-get update -qq
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
     # buildah/podman (+ runc: Debian 12's crun refuses cgroup-hybrid hosts), setcap for the
     # image's file capability, curl for the checks, wrk/haproxy/nginx/iproute2 for the lab,
     # the Vagrant lab's checks (the linter and ruby), gcc for aws-lc-rs.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
         buildah podman runc golang-github-containers-common uidmap libcap2-bin curl \
         ca-certificates wrk haproxy nginx-light iproute2 shellcheck ruby gcc libc6-dev >/dev/null
 }
