@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice::core::conn::{Action, ClientInfo, Conn, ConnConfig};
-use sluice::core::route::{BackendId, RouteDecision, Router};
+use sluice::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
 use sluice::core::time::Instant;
 
 /// Routes `/missing…` to nothing (404), `/empty…` to a backend without endpoints (503), and
@@ -14,6 +14,8 @@ use sluice::core::time::Instant;
 struct TestRouter {
     endpoint: SocketAddr,
     seen: Vec<(String, String)>,
+    /// The policy of the routes under `/p`.
+    policy: Option<Arc<RoutePolicy>>,
 }
 
 impl Router for TestRouter {
@@ -27,6 +29,11 @@ impl Router for TestRouter {
             RouteDecision::Forward {
                 backend: BackendId(0),
                 endpoint: self.endpoint,
+                policy: if path.starts_with("/p") {
+                    self.policy.clone()
+                } else {
+                    None
+                },
             }
         }
     }
@@ -65,6 +72,7 @@ impl Harness {
             router: TestRouter {
                 endpoint: UPSTREAM.parse().unwrap(),
                 seen: Vec::new(),
+                policy: None,
             },
             now,
             to_client: Vec::new(),
@@ -960,6 +968,54 @@ fn unlisted_upgrade_is_not_tunnelled_unless_configured() {
     assert!(out.starts_with("HTTP/1.1 101"), "{out}");
     h.client(b"raw");
     assert_eq!(h.take_upstream(), "raw");
+}
+
+#[test]
+fn a_routes_upgrade_list_replaces_the_listeners() {
+    let echo = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+    };
+    let policy = RoutePolicy {
+        upgrades: Some(sluice::core::http1::Upgrades::new(&["echo"]).unwrap()),
+    };
+    let routed = || {
+        let mut h = Harness::new();
+        h.router.policy = Some(Arc::new(policy.clone()));
+        h
+    };
+    // The route allows echo: tunnelled.
+    let mut h = routed();
+    h.client(echo("/p").as_bytes());
+    h.connected(false);
+    let up = h.take_upstream();
+    assert!(
+        up.ends_with("Connection: upgrade\r\nUpgrade: echo\r\n\r\n"),
+        "{up}"
+    );
+    h.upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nhi",
+    );
+    assert!(h.take_client().starts_with("HTTP/1.1 101"));
+    h.client(b"raw");
+    assert_eq!(h.take_upstream(), "raw");
+
+    // Another route of the same listener: plain HTTP/1.1, Upgrade stripped.
+    let mut h = routed();
+    h.client(echo("/e").as_bytes());
+    h.connected(false);
+    assert_eq!(h.take_upstream(), upstream_get("/e"));
+
+    // The route's list replaces the default: websocket is not relayed on it.
+    let mut h = routed();
+    h.client(b"GET /p HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    h.connected(false);
+    assert_eq!(h.take_upstream(), upstream_get("/p"));
+    h.upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    assert!(h.take_client().starts_with("HTTP/1.1 502"));
 }
 
 #[test]

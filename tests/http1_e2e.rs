@@ -153,6 +153,11 @@ fn temp_dir(name: &str) -> PathBuf {
 /// body timeouts are long (30 s), so an answer within the client's 5 s read timeout is not one
 /// of them.
 fn sluice(name: &str, upstream: SocketAddr, config: &str) -> Sluice {
+    sluice_with(name, upstream, config, "")
+}
+
+/// [`sluice`] with more manifests (`extra`, YAML) next to the `app.test` ones.
+fn sluice_with(name: &str, upstream: SocketAddr, config: &str, extra: &str) -> Sluice {
     let dir = temp_dir(name);
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
@@ -169,6 +174,9 @@ fn sluice(name: &str, upstream: SocketAddr, config: &str) -> Sluice {
         ),
     )
     .unwrap();
+    if !extra.is_empty() {
+        std::fs::write(manifests.join("extra.yaml"), extra).unwrap();
+    }
     let config_path = dir.join("sluice.toml");
     std::fs::write(
         &config_path,
@@ -355,6 +363,60 @@ fn h2c_and_unlisted_upgrades_reach_the_upstream_as_plain_http11() {
     let mut echo = [0u8; 4];
     c.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"ping");
+}
+
+/// An Ingress for `tunnel.test` (same backend as `app.test`) whose routes relay `foo`.
+const TUNNEL_INGRESS: &str = "apiVersion: networking.k8s.io/v1\nkind: Ingress\n\
+metadata: {name: tunnel, namespace: default, annotations: {sluice.dev/upgrade-protocols: foo}}\n\
+spec:\n  ingressClassName: sluice\n  rules:\n  - host: tunnel.test\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}]}\n";
+
+#[test]
+fn a_route_relays_the_upgrades_its_ingress_allows_and_no_other_route_does() {
+    let up = Upstream::start();
+    let s = sluice_with("route-upgrade", up.addr, "", TUNNEL_INGRESS);
+    // The annotated route: `foo` becomes a tunnel.
+    let mut c = client(&s);
+    c.write_all(
+        b"GET /t HTTP/1.1\r\nHost: tunnel.test\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+    )
+    .unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c.write_all(b"raw bytes").unwrap();
+    let conns = up.wait_for("the tunnelled bytes", |c| {
+        c.iter()
+            .any(|r| String::from_utf8_lossy(&r.bytes).ends_with("\r\n\r\nraw bytes"))
+    });
+    let got = String::from_utf8_lossy(&conns[0].bytes).to_ascii_lowercase();
+    assert!(got.contains("\r\nupgrade: foo\r\n"), "{got}");
+
+    // Another route of the same listener and backend: plain HTTP/1.1, Upgrade stripped.
+    let mut c = client(&s);
+    c.write_all(
+        b"GET /p HTTP/1.1\r\nHost: app.test\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body, b"plain");
+    // The route's list replaces the default one: WebSocket is not relayed on it.
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: tunnel.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body, b"plain");
+    let conns = up.wait_for("two plain requests", |c| {
+        c.iter()
+            .any(|r| String::from_utf8_lossy(&r.bytes).matches("GET ").count() == 2)
+    });
+    let plain = conns
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.bytes).to_ascii_lowercase())
+        .find(|b| b.starts_with("get /p "))
+        .unwrap();
+    assert!(!plain.contains("upgrade"), "{plain}");
 }
 
 #[test]

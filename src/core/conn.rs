@@ -31,7 +31,7 @@ use crate::core::http1::response::{
 };
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, Upgrades, Version, local};
-use crate::core::route::{RouteDecision, Router};
+use crate::core::route::{RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
 
 /// Timeouts of one connection. Defaults follow what ingress-nginx users are used to.
@@ -115,6 +115,14 @@ impl Default for ConnConfig {
             upgrades: Upgrades::default(),
         }
     }
+}
+
+/// The upgrade protocols relayed for a request: its route's list, else the listener's.
+fn upgrades_of<'a>(config: &'a ConnConfig, policy: &'a Option<Arc<RoutePolicy>>) -> &'a Upgrades {
+    policy
+        .as_deref()
+        .and_then(|p| p.upgrades.as_ref())
+        .unwrap_or(&config.upgrades)
 }
 
 /// Addresses of an accepted connection.
@@ -303,6 +311,8 @@ struct Exchange {
     reused: bool,
     /// Already retried once on a fresh connection.
     retried: bool,
+    /// The matched route's policy (`None`: the listener's settings).
+    policy: Option<Arc<RoutePolicy>>,
     /// The request body still streaming to the upstream; `None` once finished (or absent).
     body: Option<(BodyDecoder, BodyEncoder)>,
     response: Response,
@@ -815,11 +825,8 @@ impl Conn {
             head_request: head.is_head(),
             keep_alive: head.keep_alive,
             expect_continue: head.expect_continue,
-            // Only an allowed protocol becomes a tunnel; any other upgrade request (h2c above
-            // all) goes upstream as plain HTTP/1.1, its Upgrade and HTTP2-Settings stripped.
-            upgrade: head
-                .upgrade
-                .is_some_and(|proto| self.config.upgrades.allows(proto)),
+            // Decided once the route is known (its policy may allow other protocols).
+            upgrade: false,
             has_body: head.framing != Framing::None,
         };
         if self.config.scheme == Scheme::Http && router.redirect_https(head.host()) {
@@ -838,7 +845,17 @@ impl Conn {
                 return true;
             }
         }
-        let decision = router.route(head.host(), head.path());
+        let mut decision = router.route(head.host(), head.path());
+        let mut req = req;
+        let policy = match &mut decision {
+            RouteDecision::Forward { policy, .. } => policy.take(),
+            _ => None,
+        };
+        // Only an allowed protocol becomes a tunnel; any other upgrade request (h2c above
+        // all) goes upstream as plain HTTP/1.1, its Upgrade and HTTP2-Settings stripped.
+        req.upgrade = head
+            .upgrade
+            .is_some_and(|proto| upgrades_of(&self.config, &policy).allows(proto));
         let body = req.has_body.then(|| {
             (
                 BodyDecoder::new(head.framing, Peer::Client, limits),
@@ -880,6 +897,7 @@ impl Conn {
             endpoint,
             reused: false,
             retried: false,
+            policy,
             body,
             response: Response::Head,
             status: 0,
@@ -1110,7 +1128,7 @@ impl Conn {
         }
         if resp
             .upgrade
-            .is_some_and(|proto| !self.config.upgrades.allows(proto))
+            .is_some_and(|proto| !upgrades_of(&self.config, &ex.policy).allows(proto))
         {
             // We only asked for allowed protocols; the upstream may not switch to another.
             self.fail(

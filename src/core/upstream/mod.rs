@@ -60,11 +60,16 @@ pub struct SnapshotRouter<'a> {
 
 impl Router for SnapshotRouter<'_> {
     fn route(&mut self, host: &str, path: &str) -> RouteDecision {
-        let Some(backend) = self.snapshot.lookup(host, path) else {
+        let Some((backend, policy)) = self.snapshot.table.route(host, path) else {
             return RouteDecision::NotFound;
         };
         match self.picker.pick(self.snapshot, backend) {
-            Some(endpoint) => RouteDecision::Forward { backend, endpoint },
+            Some(endpoint) => RouteDecision::Forward {
+                backend,
+                endpoint,
+                // A reference count, only for routes whose Ingress set a policy.
+                policy: policy.cloned(),
+            },
             None => RouteDecision::NoEndpoints,
         }
     }
