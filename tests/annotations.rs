@@ -73,6 +73,7 @@ fn policy(s: &Snapshot, host: &str) -> Option<RoutePolicy> {
 fn upgrades(names: &[&str]) -> Option<RoutePolicy> {
     Some(RoutePolicy {
         upgrades: Some(Upgrades::new(names).unwrap()),
+        ..RoutePolicy::default()
     })
 }
 
@@ -239,4 +240,71 @@ fn incremental_compile_follows_annotation_changes() {
     assert_eq!(policy(&next.snapshot, "ws.example"), None);
     assert_eq!(next.diagnostics.len(), 1, "{:#?}", next.diagnostics);
     assert_eq!(next.snapshot, compile(&objects, &opts, 2).snapshot);
+}
+
+#[test]
+fn timeouts_and_body_size_parse_as_ingress_nginx_writes_them() {
+    use std::time::Duration;
+    let c = compile_docs(&[
+        ingress(
+            "t",
+            "t.example",
+            r#"nginx.ingress.kubernetes.io/proxy-connect-timeout: "3", nginx.ingress.kubernetes.io/proxy-read-timeout: "120", sluice.dev/proxy-send-timeout: 500ms, nginx.ingress.kubernetes.io/client-body-timeout: "2m", nginx.ingress.kubernetes.io/proxy-body-size: 8m"#,
+        ),
+        ingress(
+            "unlimited",
+            "unlimited.example",
+            r#"nginx.ingress.kubernetes.io/proxy-body-size: "0""#,
+        ),
+        // Each bad value loses only its own field; the good one next to it is kept.
+        ingress(
+            "bad",
+            "bad.example",
+            r#"nginx.ingress.kubernetes.io/proxy-read-timeout: abc, nginx.ingress.kubernetes.io/proxy-connect-timeout: "0", nginx.ingress.kubernetes.io/proxy-body-size: 8mb, nginx.ingress.kubernetes.io/proxy-send-timeout: "7""#,
+        ),
+    ]);
+    let s = &c.snapshot;
+    assert_eq!(
+        policy(s, "t.example"),
+        Some(RoutePolicy {
+            connect_timeout: Some(Duration::from_secs(3)),
+            read_timeout: Some(Duration::from_secs(120)),
+            send_timeout: Some(Duration::from_millis(500)),
+            client_body_timeout: Some(Duration::from_secs(120)),
+            max_body_bytes: Some(Some(8 << 20)),
+            ..RoutePolicy::default()
+        })
+    );
+    assert_eq!(
+        policy(s, "unlimited.example"),
+        Some(RoutePolicy {
+            max_body_bytes: Some(None),
+            ..RoutePolicy::default()
+        })
+    );
+    assert_eq!(
+        policy(s, "bad.example"),
+        Some(RoutePolicy {
+            send_timeout: Some(Duration::from_secs(7)),
+            ..RoutePolicy::default()
+        })
+    );
+    let fields: Vec<&str> = c.diagnostics.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "metadata.annotations[nginx.ingress.kubernetes.io/proxy-body-size]",
+            "metadata.annotations[nginx.ingress.kubernetes.io/proxy-connect-timeout]",
+            "metadata.annotations[nginx.ingress.kubernetes.io/proxy-read-timeout]",
+        ],
+        "{:#?}",
+        c.diagnostics
+    );
+    assert!(
+        c.diagnostics
+            .iter()
+            .all(|d| d.object == "Ingress default/bad"),
+        "{:#?}",
+        c.diagnostics
+    );
 }

@@ -401,6 +401,110 @@ fn response_timeout_is_504() {
     assert!(h.take_client().starts_with("HTTP/1.1 504"));
 }
 
+/// A harness whose routes under `/p` carry `policy`.
+fn with_route_policy(config: ConnConfig, policy: RoutePolicy) -> Harness {
+    let mut h = Harness::with_config(config);
+    h.router.policy = Some(Arc::new(policy));
+    h
+}
+
+#[test]
+fn a_routes_timeouts_replace_the_listeners() {
+    let policy = RoutePolicy {
+        connect_timeout: Some(Duration::from_secs(1)),
+        read_timeout: Some(Duration::from_secs(2)),
+        client_body_timeout: Some(Duration::from_secs(3)),
+        ..RoutePolicy::default()
+    };
+    // proxy-connect-timeout.
+    let mut h = with_route_policy(ConnConfig::default(), policy.clone());
+    h.client(b"GET /p HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let start = h.now;
+    assert_eq!(
+        h.fire_deadline().saturating_since(start),
+        Duration::from_secs(1)
+    );
+    assert!(h.take_client().starts_with("HTTP/1.1 504"));
+    // proxy-read-timeout: for the response head, then between reads of the body.
+    let mut h = with_route_policy(ConnConfig::default(), policy.clone());
+    h.client(b"GET /p HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    let sent = h.now;
+    assert_eq!(
+        h.fire_deadline().saturating_since(sent),
+        Duration::from_secs(2)
+    );
+    assert!(h.take_client().starts_with("HTTP/1.1 504"));
+    let mut h = with_route_policy(ConnConfig::default(), policy.clone());
+    h.client(b"GET /p HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+    let read = h.now;
+    assert_eq!(
+        h.conn.deadline().unwrap().saturating_since(read),
+        Duration::from_secs(2)
+    );
+    // client-body-timeout, while the request body streams.
+    let mut h = with_route_policy(ConnConfig::default(), policy.clone());
+    h.client(b"POST /p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\n\r\nab");
+    h.connected(false);
+    let read = h.now;
+    assert_eq!(
+        h.fire_deadline().saturating_since(read),
+        Duration::from_secs(3)
+    );
+    // The client stalled, not the upstream: 408.
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    // Other routes keep the listener's.
+    let mut h = with_route_policy(ConnConfig::default(), policy);
+    h.client(b"GET /other HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let start = h.now;
+    assert_eq!(
+        h.fire_deadline().saturating_since(start),
+        Duration::from_secs(5)
+    );
+}
+
+#[test]
+fn a_routes_body_size_replaces_the_listeners() {
+    let small = RoutePolicy {
+        max_body_bytes: Some(Some(4)),
+        ..RoutePolicy::default()
+    };
+    // Content-Length over the route's limit: 413 before anything goes upstream.
+    let mut h = with_route_policy(ConnConfig::default(), small.clone());
+    h.client(b"POST /p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(h.to_upstream.is_empty());
+    // Chunked: cut when the decoded body passes it.
+    let mut h = with_route_policy(ConnConfig::default(), small.clone());
+    h.client(b"POST /p HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+    h.connected(false);
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    // Another route: the listener's (unlimited by default).
+    let mut h = with_route_policy(ConnConfig::default(), small);
+    h.client(b"POST /q HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+    h.connected(false);
+    assert!(h.take_upstream().ends_with("\r\n\r\nhello"));
+    // A route may also lift the listener's limit ("0": unlimited).
+    let mut config = ConnConfig::default();
+    config.limits.max_body_bytes = Some(4);
+    let unlimited = RoutePolicy {
+        max_body_bytes: Some(None),
+        ..RoutePolicy::default()
+    };
+    let mut h = with_route_policy(config.clone(), unlimited.clone());
+    h.client(b"POST /p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+    h.connected(false);
+    assert!(h.take_upstream().ends_with("\r\n\r\nhello"));
+    let mut h = with_route_policy(config, unlimited);
+    h.client(b"POST /q HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+    assert!(h.take_client().starts_with("HTTP/1.1 413"));
+}
+
 #[test]
 fn slow_request_head_is_408() {
     let mut h = Harness::new();
@@ -979,6 +1083,7 @@ fn a_routes_upgrade_list_replaces_the_listeners() {
     };
     let policy = RoutePolicy {
         upgrades: Some(sluice::core::http1::Upgrades::new(&["echo"]).unwrap()),
+        ..RoutePolicy::default()
     };
     let routed = || {
         let mut h = Harness::new();

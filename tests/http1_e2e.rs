@@ -23,7 +23,7 @@ type Log = Arc<Mutex<Vec<Arc<Mutex<Received>>>>>;
 /// An upstream pod that records everything. It answers each complete request (a head, plus a
 /// Content-Length or chunked body): an `Upgrade: h2c` or `Upgrade: foo` with a 101 (as an
 /// h2c-capable server would), `Upgrade: websocket` with a 101 and then an echo, `/server` with
-/// its own `Server` field, `/badchunk` with a chunk extension outside the grammar, anything
+/// its own `Server` field, `/hang` with nothing at all, `/badchunk` with a chunk extension outside the grammar, anything
 /// else with `200 plain` and no `Server`.
 struct Upstream {
     addr: SocketAddr,
@@ -89,6 +89,9 @@ fn serve(mut stream: TcpStream, rec: Arc<Mutex<Received>>) {
         while let Some(len) = complete_request(&buf) {
             let head = String::from_utf8_lossy(&buf[..len]).to_ascii_lowercase();
             buf.drain(..len);
+            if head.starts_with("get /hang") {
+                continue;
+            }
             let answer: &[u8] = if head.contains("\r\nupgrade: h2c") {
                 b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
             } else if head.contains("\r\nupgrade: foo") {
@@ -417,6 +420,83 @@ fn a_route_relays_the_upgrades_its_ingress_allows_and_no_other_route_does() {
         .find(|b| b.starts_with("get /p "))
         .unwrap();
     assert!(!plain.contains("upgrade"), "{plain}");
+}
+
+/// An Ingress for `limits.test` (same backend as `app.test`) with short timeouts and a 1k
+/// body limit.
+const LIMITS_INGRESS: &str = "apiVersion: networking.k8s.io/v1\nkind: Ingress\n\
+metadata: {name: limits, namespace: default, annotations: {\
+nginx.ingress.kubernetes.io/proxy-read-timeout: \"1\", \
+nginx.ingress.kubernetes.io/client-body-timeout: \"1\", \
+nginx.ingress.kubernetes.io/proxy-body-size: 1k}}\n\
+spec:\n  ingressClassName: sluice\n  rules:\n  - host: limits.test\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}]}\n";
+
+#[test]
+fn a_routes_timeouts_and_body_limit_apply_to_it_alone() {
+    let up = Upstream::start();
+    let s = sluice_with("route-limits", up.addr, "", LIMITS_INGRESS);
+    // proxy-read-timeout 1 s: 504 long before the listener's 60 s.
+    let mut c = client(&s);
+    c.write_all(b"GET /hang HTTP/1.1\r\nHost: limits.test\r\n\r\n")
+        .unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    // The same upstream path on another route is still waited for.
+    let mut c = client(&s);
+    c.write_all(b"GET /hang HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let err = c.read(&mut byte).expect_err("no answer yet");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+
+    // proxy-body-size 1k: 413 without reaching the upstream; another route takes it.
+    let body = vec![b'x'; 2000];
+    let post = |host: &str| {
+        let mut req = format!(
+            "POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        req
+    };
+    let mut c = client(&s);
+    c.write_all(&post("limits.test")).unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_closed(&mut c);
+    let mut c = client(&s);
+    c.write_all(&post("app.test")).unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let conns = up.wait_for("the allowed upload", |c| {
+        c.iter()
+            .any(|r| String::from_utf8_lossy(&r.bytes).contains("POST /upload"))
+    });
+    let uploads: usize = conns
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(&r.bytes)
+                .matches("POST /upload")
+                .count()
+        })
+        .sum();
+    assert_eq!(uploads, 1, "the refused upload reached the upstream");
+
+    // client-body-timeout 1 s: a client that stops sending its body gets 408.
+    let mut c = client(&s);
+    c.write_all(b"POST /slow HTTP/1.1\r\nHost: limits.test\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::networking::v1::Ingress;
 
@@ -23,6 +24,13 @@ pub const NGINX: &str = "nginx.ingress.kubernetes.io/";
 
 /// Upgrade protocols relayed on the Ingress's routes (ours only: ingress-nginx has none).
 pub const UPGRADE_PROTOCOLS: &str = "upgrade-protocols";
+
+/// Per-route timeouts (ingress-nginx: whole seconds) and the request body limit.
+pub const PROXY_CONNECT_TIMEOUT: &str = "proxy-connect-timeout";
+pub const PROXY_READ_TIMEOUT: &str = "proxy-read-timeout";
+pub const PROXY_SEND_TIMEOUT: &str = "proxy-send-timeout";
+pub const CLIENT_BODY_TIMEOUT: &str = "client-body-timeout";
+pub const PROXY_BODY_SIZE: &str = "proxy-body-size";
 
 /// The annotations of one Ingress, with the object name its diagnostics carry.
 pub struct Annotations<'a> {
@@ -115,6 +123,52 @@ pub fn parse_bool(value: &str) -> Result<bool, String> {
     }
 }
 
+/// A timeout as ingress-nginx writes one: whole seconds (`"120"`); also with nginx's units
+/// (`"500ms"`, `"30s"`, `"2m"`, `"1h"`). Zero is refused (nginx would time out at once).
+pub fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("expected seconds like \"60\" (or \"500ms\", \"30s\", \"2m\"), got {value:?}");
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (num, unit) = value.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(bad()),
+    }
+    .filter(|ms| *ms <= 24 * 3_600_000)
+    .ok_or_else(|| format!("{value:?} is longer than a day"))?;
+    if ms == 0 {
+        return Err(format!("{value:?}: a timeout must be positive"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// A size as nginx writes one (`client_max_body_size`): bytes, or with `k`, `m` or `g`
+/// (either case). `0` means unlimited (`None`).
+pub fn parse_body_size(value: &str) -> Result<Option<u64>, String> {
+    let bad =
+        || format!("expected a size like \"8m\", \"512k\" or \"0\" (unlimited), got {value:?}");
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (num, unit) = value.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" | "K" => 1 << 10,
+        "m" | "M" => 1 << 20,
+        "g" | "G" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let bytes = n.checked_mul(mult).ok_or_else(bad)?;
+    Ok((bytes > 0).then_some(bytes))
+}
+
 /// A comma-separated list of upgrade protocol names (empty: none may be relayed).
 pub fn parse_upgrades(value: &str) -> Result<Upgrades, String> {
     let names: Vec<&str> = value
@@ -138,6 +192,36 @@ pub fn route_policy(
             UPGRADE_PROTOCOLS,
             parse_upgrades,
             &"the listener's [http] upgrade_protocols",
+            diags,
+        ),
+        connect_timeout: a.get(
+            PROXY_CONNECT_TIMEOUT,
+            parse_timeout,
+            &"the listener's timeouts.upstream_connect",
+            diags,
+        ),
+        read_timeout: a.get(
+            PROXY_READ_TIMEOUT,
+            parse_timeout,
+            &"the listener's timeouts",
+            diags,
+        ),
+        send_timeout: a.get(
+            PROXY_SEND_TIMEOUT,
+            parse_timeout,
+            &"the listener's timeouts.body_idle",
+            diags,
+        ),
+        client_body_timeout: a.get(
+            CLIENT_BODY_TIMEOUT,
+            parse_timeout,
+            &"the listener's timeouts.body_idle",
+            diags,
+        ),
+        max_body_bytes: a.get(
+            PROXY_BODY_SIZE,
+            parse_body_size,
+            &"the listener's limits.max_body_bytes",
             diags,
         ),
     };

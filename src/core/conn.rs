@@ -125,6 +125,24 @@ fn upgrades_of<'a>(config: &'a ConnConfig, policy: &'a Option<Arc<RoutePolicy>>)
         .unwrap_or(&config.upgrades)
 }
 
+/// How long a streaming exchange may make no progress: while the request body streams, the
+/// route's `client-body-timeout` / `proxy-send-timeout` (the shorter when both are set); once
+/// it is done, its `proxy-read-timeout`; the listener's `body_idle` for what it does not set.
+fn idle_timeout(t: &Timeouts, policy: Option<&RoutePolicy>, request_done: bool) -> Duration {
+    let Some(p) = policy else {
+        return t.body_idle;
+    };
+    let route = if request_done {
+        p.read_timeout
+    } else {
+        match (p.client_body_timeout, p.send_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    };
+    route.unwrap_or(t.body_idle)
+}
+
 /// Addresses of an accepted connection.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ClientInfo {
@@ -602,6 +620,15 @@ impl Conn {
                     false,
                 );
             }
+            State::Proxying { ex }
+                if !ex.request_done()
+                    && self.uout.is_flushed()
+                    && matches!(ex.response, Response::Head) =>
+            {
+                // Everything the client sent is upstream: it is the client that stalls.
+                let err = HttpError::client(408, "request body not received in time");
+                self.fail(err, now, true);
+            }
             State::Proxying { ex } => {
                 let detail = if matches!(ex.response, Response::Head) {
                     "upstream did not respond in time"
@@ -637,13 +664,25 @@ impl Conn {
                     Some(*idle_since + t.keep_alive)
                 }
             }
-            State::Connecting { since, .. } => Some(*since + t.upstream_connect),
-            State::Proxying { ex } => match ex.response {
-                Response::Head if self.uout.is_flushed() && ex.request_done() => {
-                    Some(ex.waiting_since + t.upstream_response)
+            State::Connecting { since, ex } => {
+                let p = ex.policy.as_deref();
+                Some(
+                    *since
+                        + p.and_then(|p| p.connect_timeout)
+                            .unwrap_or(t.upstream_connect),
+                )
+            }
+            State::Proxying { ex } => {
+                let p = ex.policy.as_deref();
+                match ex.response {
+                    Response::Head if self.uout.is_flushed() && ex.request_done() => Some(
+                        ex.waiting_since
+                            + p.and_then(|p| p.read_timeout)
+                                .unwrap_or(t.upstream_response),
+                    ),
+                    _ => Some(self.last_activity + idle_timeout(t, p, ex.request_done())),
                 }
-                _ => Some(self.last_activity + t.body_idle),
-            },
+            }
             State::Tunnel => Some(self.last_activity + t.body_idle),
             State::Closing {
                 linger_until: Some(until),
@@ -802,7 +841,11 @@ impl Conn {
         now: Instant,
         router: &mut dyn Router,
     ) -> bool {
-        let limits = &self.config.limits;
+        // The body limit is the route's: checked once the route is known.
+        let limits = &Limits {
+            max_body_bytes: None,
+            ..self.config.limits.clone()
+        };
         let mut storage = uninit_headers();
         let parsed = match scanned {
             None => match parse_whole_request_head(self.cin.bytes(), limits, &mut storage) {
@@ -856,6 +899,20 @@ impl Conn {
         req.upgrade = head
             .upgrade
             .is_some_and(|proto| upgrades_of(&self.config, &policy).allows(proto));
+        let max_body = match policy.as_deref().and_then(|p| p.max_body_bytes) {
+            Some(route) => route,
+            None => self.config.limits.max_body_bytes,
+        };
+        if let (RouteDecision::Forward { .. }, Framing::Length(n)) = (&decision, head.framing)
+            && max_body.is_some_and(|max| n > max)
+        {
+            self.fail(HttpError::client(413, "request body too large"), now, true);
+            return true;
+        }
+        let limits = &Limits {
+            max_body_bytes: max_body,
+            ..limits.clone()
+        };
         let body = req.has_body.then(|| {
             (
                 BodyDecoder::new(head.framing, Peer::Client, limits),

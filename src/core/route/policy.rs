@@ -3,6 +3,7 @@
 //! [`super::PathRule`]), so the common route costs nothing extra per request.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::core::http1::upgrade::Upgrades;
 
@@ -13,6 +14,17 @@ pub struct RoutePolicy {
     /// Upgrade protocols relayed as tunnels on this route (`sluice.dev/upgrade-protocols`);
     /// replaces the listener's `[http] upgrade_protocols` for the route.
     pub upgrades: Option<Upgrades>,
+    /// Establishing the upstream connection (`proxy-connect-timeout`) → 504.
+    pub connect_timeout: Option<Duration>,
+    /// Waiting for the response head, and between two reads of the response body
+    /// (`proxy-read-timeout`) → 504 / cut.
+    pub read_timeout: Option<Duration>,
+    /// Between two writes of the request body to the upstream (`proxy-send-timeout`).
+    pub send_timeout: Option<Duration>,
+    /// Between two reads of the request body from the client (`client-body-timeout`).
+    pub client_body_timeout: Option<Duration>,
+    /// Largest request body (`proxy-body-size`) → 413; `Some(None)`: unlimited.
+    pub max_body_bytes: Option<Option<u64>>,
 }
 
 impl RoutePolicy {
@@ -25,8 +37,30 @@ impl RoutePolicy {
 /// For the route dump: `upgrade=websocket,foo` and so on, space-separated.
 impl fmt::Display for RoutePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        let mut item = |f: &mut fmt::Formatter<'_>, args: fmt::Arguments<'_>| {
+            let r = write!(f, "{sep}{args}");
+            sep = " ";
+            r
+        };
         if let Some(u) = &self.upgrades {
-            write!(f, "upgrade={u}")?;
+            item(f, format_args!("upgrade={u}"))?;
+        }
+        let timeouts = [
+            ("connect", self.connect_timeout),
+            ("read", self.read_timeout),
+            ("send", self.send_timeout),
+            ("client-body", self.client_body_timeout),
+        ];
+        for (name, t) in timeouts {
+            if let Some(t) = t {
+                item(f, format_args!("{name}-timeout={t:?}"))?;
+            }
+        }
+        match self.max_body_bytes {
+            Some(Some(n)) => item(f, format_args!("body-size={n}"))?,
+            Some(None) => item(f, format_args!("body-size=unlimited"))?,
+            None => {}
         }
         Ok(())
     }
