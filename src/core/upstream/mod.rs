@@ -4,6 +4,9 @@
 
 use std::net::SocketAddr;
 
+pub mod balance;
+pub mod hash;
+
 use crate::core::route::{BackendId, RouteDecision, Router};
 use crate::core::snapshot::Snapshot;
 
