@@ -308,3 +308,48 @@ fn timeouts_and_body_size_parse_as_ingress_nginx_writes_them() {
         c.diagnostics
     );
 }
+
+#[test]
+fn balancing_and_hash_keys_compile_into_the_route() {
+    use sluice::core::upstream::Balance;
+    use sluice::core::upstream::hash::HashKey;
+    let c = compile_docs(&[
+        ingress(
+            "lr",
+            "lr.example",
+            r#"nginx.ingress.kubernetes.io/load-balance: least_request"#,
+        ),
+        ingress(
+            "ewma",
+            "ewma.example",
+            r#"nginx.ingress.kubernetes.io/load-balance: ewma"#,
+        ),
+        // The hash key wins over load-balance, as in ingress-nginx.
+        ingress(
+            "hash",
+            "hash.example",
+            r#"nginx.ingress.kubernetes.io/load-balance: ewma, nginx.ingress.kubernetes.io/upstream-hash-by: "$host$request_uri""#,
+        ),
+        ingress(
+            "bad",
+            "bad.example",
+            r#"nginx.ingress.kubernetes.io/load-balance: random, nginx.ingress.kubernetes.io/upstream-hash-by: "$nope""#,
+        ),
+    ]);
+    let balance = |host: &str| policy(&c.snapshot, host).and_then(|p| p.balance);
+    assert_eq!(balance("lr.example"), Some(Balance::LeastRequest));
+    assert_eq!(balance("ewma.example"), Some(Balance::Ewma));
+    assert_eq!(
+        balance("hash.example"),
+        Some(Balance::Hash(HashKey::parse("$host$request_uri").unwrap()))
+    );
+    assert_eq!(balance("bad.example"), None);
+    let bad = diagnostic_for(&c, "Ingress default/bad");
+    assert_eq!(bad.len(), 2, "{bad:#?}");
+    assert!(
+        bad.iter()
+            .any(|d| d.message.contains("unknown variable $nope"))
+    );
+    assert!(bad.iter().any(|d| d.message.contains("got \"random\"")));
+    assert_eq!(c.diagnostics.len(), 2, "{:#?}", c.diagnostics);
+}

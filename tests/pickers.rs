@@ -133,21 +133,20 @@ proptest! {
         prop_assert!((moved as f64) >= expected - 5.0 * sd, "moved {} of {}, expected ~{}", moved, keys, expected);
     }
 
-    /// P2C least-request never picks the busier of its two draws: over many picks with
-    /// uneven load, the busiest endpoint is never chosen while a strictly idler one exists
-    /// among two or more endpoints... and never picks out of range.
+    /// P2C least-request never picks the busier of its two draws: with one busiest endpoint
+    /// and any idler one, the busiest is never chosen; never out of range.
     #[test]
     fn least_request_prefers_fewer_in_flight(loads in prop::collection::vec(0u32..20, 2..12), seed in any::<u64>()) {
+        let eps = endpoints(loads.len());
         let mut stats = EndpointStats::default();
-        stats.resize(loads.len());
-        for (i, l) in loads.iter().enumerate() {
-            for _ in 0..*l { stats.started(i); }
+        for (ep, l) in eps.iter().zip(&loads) {
+            for _ in 0..*l { stats.started(*ep); }
         }
         let max = *loads.iter().max().unwrap();
         let unique_max = loads.iter().filter(|l| **l == max).count() == 1;
         let mut rng = Rng::new(seed);
         for _ in 0..200 {
-            let i = stats.least_request(&mut rng).unwrap();
+            let i = stats.least_request(&eps, &mut rng).unwrap();
             prop_assert!(i < loads.len());
             if unique_max && loads.iter().any(|l| *l < max) {
                 prop_assert!(loads[i] < max, "picked the busiest endpoint");
@@ -158,46 +157,47 @@ proptest! {
 
 #[test]
 fn least_request_spreads_and_follows_completions() {
+    let eps = endpoints(4);
     let mut stats = EndpointStats::default();
-    stats.resize(4);
     let mut rng = Rng::new(1);
     // Requests that never finish: P2C keeps the spread within a small margin.
     for _ in 0..400 {
-        let i = stats.least_request(&mut rng).unwrap();
-        stats.started(i);
+        let i = stats.least_request(&eps, &mut rng).unwrap();
+        stats.started(eps[i]);
     }
-    let loads: Vec<u32> = (0..4).map(|i| stats.in_flight(i)).collect();
+    let loads: Vec<u32> = eps.iter().map(|e| stats.in_flight(e)).collect();
     let (min, max) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
     assert!(max - min <= 3, "{loads:?}");
-    stats.finished(2, None, Instant::ZERO);
-    assert_eq!(stats.in_flight(2), loads[2] - 1);
+    stats.finished(&eps[2], None, Instant::ZERO);
+    assert_eq!(stats.in_flight(&eps[2]), loads[2] - 1);
 }
 
 #[test]
 fn ewma_avoids_the_slow_endpoint_and_forgets_in_time() {
+    let eps = endpoints(3);
     let mut stats = EndpointStats::default();
-    stats.resize(3);
     let mut now = Instant::from_millis(1_000);
     for (i, ms) in [(0, 10), (1, 500), (2, 12)] {
-        stats.started(i);
-        stats.finished(i, Some(Duration::from_millis(ms)), now);
+        stats.started(eps[i]);
+        stats.finished(&eps[i], Some(Duration::from_millis(ms)), now);
     }
     let mut rng = Rng::new(7);
     let mut picks = [0u32; 3];
     for _ in 0..300 {
-        picks[stats.ewma(&mut rng, now).unwrap()] += 1;
+        picks[stats.ewma(&eps, &mut rng, now).unwrap()] += 1;
     }
     // The slow one only wins a draw against itself, which P2C never makes.
     assert_eq!(picks[1], 0, "{picks:?}");
     assert!(picks[0] > 0 && picks[2] > 0, "{picks:?}");
     // Peak: one slow answer counts at once.
-    stats.started(0);
-    stats.finished(0, Some(Duration::from_millis(900)), now);
-    assert!(stats.cost(0, now) > stats.cost(1, now));
+    stats.started(eps[0]);
+    stats.finished(&eps[0], Some(Duration::from_millis(900)), now);
+    assert!(stats.cost(&eps[0], now) > stats.cost(&eps[1], now));
     // Idle for a long time: every cost decays towards zero (the endpoint is tried again).
     now = now + Duration::from_secs(120);
-    assert!(stats.cost(0, now) < 1_000_000.0);
-    // A changed endpoint count starts afresh.
-    stats.resize(4);
-    assert_eq!(stats.cost(0, now), 0.0);
+    assert!(stats.cost(&eps[0], now) < 1_000_000.0);
+    // Endpoints gone from the snapshot are forgotten.
+    stats.retain(|ep| *ep != eps[0]);
+    assert_eq!(stats.cost(&eps[0], now), 0.0);
+    assert_eq!(stats.len(), 2);
 }

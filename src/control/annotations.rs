@@ -16,6 +16,8 @@ use k8s_openapi::api::networking::v1::Ingress;
 use super::compile::Diagnostic;
 use crate::core::http1::Upgrades;
 use crate::core::route::RoutePolicy;
+use crate::core::upstream::Balance;
+use crate::core::upstream::hash::HashKey;
 
 /// Our own prefix; wins over ingress-nginx's.
 pub const OURS: &str = "sluice.dev/";
@@ -31,6 +33,9 @@ pub const PROXY_READ_TIMEOUT: &str = "proxy-read-timeout";
 pub const PROXY_SEND_TIMEOUT: &str = "proxy-send-timeout";
 pub const CLIENT_BODY_TIMEOUT: &str = "client-body-timeout";
 pub const PROXY_BODY_SIZE: &str = "proxy-body-size";
+/// Balancing: `round_robin`, `least_request`, `ewma`; a hash key wins over it.
+pub const LOAD_BALANCE: &str = "load-balance";
+pub const UPSTREAM_HASH_BY: &str = "upstream-hash-by";
 
 /// The annotations of one Ingress, with the object name its diagnostics carry.
 pub struct Annotations<'a> {
@@ -169,6 +174,18 @@ pub fn parse_body_size(value: &str) -> Result<Option<u64>, String> {
     Ok((bytes > 0).then_some(bytes))
 }
 
+/// A `load-balance` value.
+pub fn parse_balance(value: &str) -> Result<Balance, String> {
+    match value {
+        "round_robin" => Ok(Balance::RoundRobin),
+        "least_request" => Ok(Balance::LeastRequest),
+        "ewma" => Ok(Balance::Ewma),
+        other => Err(format!(
+            "expected round_robin, least_request or ewma, got {other:?}"
+        )),
+    }
+}
+
 /// A comma-separated list of upgrade protocol names (empty: none may be relayed).
 pub fn parse_upgrades(value: &str) -> Result<Upgrades, String> {
     let names: Vec<&str> = value
@@ -187,7 +204,15 @@ pub fn route_policy(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Arc<RoutePolicy>> {
     let a = Annotations::of(ing, object);
+    let balance = a.get(LOAD_BALANCE, parse_balance, &"round_robin", diags);
+    let hash = a.get(
+        UPSTREAM_HASH_BY,
+        HashKey::parse,
+        &"no hashing (load-balance)",
+        diags,
+    );
     let policy = RoutePolicy {
+        balance: hash.map(Balance::Hash).or(balance),
         upgrades: a.get_ours(
             UPGRADE_PROTOCOLS,
             parse_upgrades,

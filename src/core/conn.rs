@@ -30,9 +30,10 @@ use crate::core::http1::response::{
     ClientSide, RequestContext, parse_response_head_uninit, write_client_response,
 };
 use crate::core::http1::scan::{HeadScanner, Scan};
-use crate::core::http1::{Framing, Limits, Upgrades, Version, local};
+use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::route::{RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
+use crate::core::upstream::hash::KeySource;
 
 /// Timeouts of one connection. Defaults follow what ingress-nginx users are used to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +142,38 @@ fn idle_timeout(t: &Timeouts, policy: Option<&RoutePolicy>, request_done: bool) 
         }
     };
     route.unwrap_or(t.body_idle)
+}
+
+/// What a hash key (`upstream-hash-by`) reads of a request: its head and the client address.
+struct RequestKey<'a, 'b> {
+    head: &'a RequestHead<'b>,
+    ip: std::net::IpAddr,
+}
+
+impl KeySource for RequestKey<'_, '_> {
+    fn remote_ip(&self) -> std::net::IpAddr {
+        self.ip
+    }
+
+    fn host(&self) -> &str {
+        self.head.host()
+    }
+
+    fn path(&self) -> &str {
+        self.head.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.head.query()
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
 }
 
 /// Addresses of an accepted connection.
@@ -888,7 +921,11 @@ impl Conn {
                 return true;
             }
         }
-        let mut decision = router.route(head.host(), head.path());
+        let key = RequestKey {
+            head: &head,
+            ip: self.info.peer.ip(),
+        };
+        let mut decision = router.route_request(head.host(), head.path(), &key, now);
         let mut req = req;
         let policy = match &mut decision {
             RouteDecision::Forward { policy, .. } => policy.take(),

@@ -54,6 +54,18 @@ pub trait Router {
     /// part of the target, without query.
     fn route(&mut self, host: &str, path: &str) -> RouteDecision;
 
+    /// [`Router::route`] for a whole request: a route's balancing may read it (hash keys)
+    /// and the time (latency averages). By default, the request is not looked at.
+    fn route_request(
+        &mut self,
+        host: &str,
+        path: &str,
+        _req: &dyn crate::core::upstream::hash::KeySource,
+        _now: crate::core::time::Instant,
+    ) -> RouteDecision {
+        self.route(host, path)
+    }
+
     /// Whether a plain-HTTP request for `host` must be redirected to HTTPS (asked only on
     /// plain listeners, before routing).
     fn redirect_https(&mut self, _host: &str) -> bool {

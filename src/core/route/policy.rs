@@ -6,6 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::core::http1::upgrade::Upgrades;
+use crate::core::upstream::Balance;
 
 /// What one Ingress's annotations say about the routes it adds. Every field is `None` when
 /// the annotation is absent (or did not parse): the listener's setting applies.
@@ -25,6 +26,8 @@ pub struct RoutePolicy {
     pub client_body_timeout: Option<Duration>,
     /// Largest request body (`proxy-body-size`) → 413; `Some(None)`: unlimited.
     pub max_body_bytes: Option<Option<u64>>,
+    /// How requests spread over the backend's endpoints (`load-balance`, `upstream-hash-by`).
+    pub balance: Option<Balance>,
 }
 
 impl RoutePolicy {
@@ -56,6 +59,9 @@ impl fmt::Display for RoutePolicy {
             if let Some(t) = t {
                 item(f, format_args!("{name}-timeout={t:?}"))?;
             }
+        }
+        if let Some(b) = &self.balance {
+            item(f, format_args!("balance={b}"))?;
         }
         match self.max_body_bytes {
             Some(Some(n)) => item(f, format_args!("body-size={n}"))?,

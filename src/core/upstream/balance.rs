@@ -2,10 +2,12 @@
 //! power-of-two choices (P2C). Sans-IO: the caller passes time in and reports each request's
 //! start and end. Nothing allocates per pick; state grows only when a backend gains endpoints.
 //!
-//! Endpoints are named by their index in the backend's (sorted) endpoint list of the current
-//! snapshot; a snapshot swap that changes the list calls [`EndpointStats::resize`], which
-//! keeps nothing it cannot trust (state is advisory: it steers, it never pins).
+//! Statistics are kept by endpoint address, so they survive snapshot swaps; a swap drops
+//! those of endpoints no longer in the snapshot ([`EndpointStats::retain`]). State is
+//! advisory: it steers, it never pins.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::core::time::Instant;
@@ -57,20 +59,16 @@ struct Stat {
     stamp: Instant,
 }
 
-/// Per-worker statistics of one backend's endpoints, and the two P2C pickers over them.
+/// Per-worker statistics of endpoints, and the two P2C pickers over a backend's endpoints.
 #[derive(Clone, Debug, Default)]
 pub struct EndpointStats {
-    stats: Vec<Stat>,
+    stats: HashMap<SocketAddr, Stat>,
 }
 
 impl EndpointStats {
-    /// Fits the statistics to a backend of `n` endpoints. A changed count clears them (the
-    /// indices may name other endpoints now); in-flight requests then finish unseen.
-    pub fn resize(&mut self, n: usize) {
-        if self.stats.len() != n {
-            self.stats.clear();
-            self.stats.resize(n, Stat::default());
-        }
+    /// Keeps only the endpoints `keep` says are still there.
+    pub fn retain(&mut self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.stats.retain(|ep, s| s.in_flight > 0 || keep(ep));
     }
 
     pub fn len(&self) -> usize {
@@ -81,21 +79,20 @@ impl EndpointStats {
         self.stats.is_empty()
     }
 
-    /// Requests in flight to endpoint `i`.
-    pub fn in_flight(&self, i: usize) -> u32 {
-        self.stats.get(i).map_or(0, |s| s.in_flight)
+    /// Requests in flight to `ep`.
+    pub fn in_flight(&self, ep: &SocketAddr) -> u32 {
+        self.stats.get(ep).map_or(0, |s| s.in_flight)
     }
 
-    /// A request to endpoint `i` starts.
-    pub fn started(&mut self, i: usize) {
-        if let Some(s) = self.stats.get_mut(i) {
-            s.in_flight = s.in_flight.saturating_add(1);
-        }
+    /// A request to `ep` starts.
+    pub fn started(&mut self, ep: SocketAddr) {
+        let s = self.stats.entry(ep).or_default();
+        s.in_flight = s.in_flight.saturating_add(1);
     }
 
-    /// A request to endpoint `i` ended after `latency` (`None`: failed, not measured).
-    pub fn finished(&mut self, i: usize, latency: Option<Duration>, now: Instant) {
-        let Some(s) = self.stats.get_mut(i) else {
+    /// A request to `ep` ended after `latency` (`None`: failed, not measured).
+    pub fn finished(&mut self, ep: &SocketAddr, latency: Option<Duration>, now: Instant) {
+        let Some(s) = self.stats.get_mut(ep) else {
             return;
         };
         s.in_flight = s.in_flight.saturating_sub(1);
@@ -114,11 +111,11 @@ impl EndpointStats {
         s.stamp = now;
     }
 
-    /// The peak-EWMA cost of endpoint `i`: its latency average, decayed towards zero while
-    /// it is idle, times its in-flight requests plus one. An unmeasured endpoint costs the
-    /// least, so new endpoints are tried.
-    pub fn cost(&self, i: usize, now: Instant) -> f64 {
-        let Some(s) = self.stats.get(i) else {
+    /// The peak-EWMA cost of `ep`: its latency average, decayed towards zero while it is
+    /// idle, times its in-flight requests plus one. An unmeasured endpoint costs the least,
+    /// so new endpoints are tried.
+    pub fn cost(&self, ep: &SocketAddr, now: Instant) -> f64 {
+        let Some(s) = self.stats.get(ep) else {
             return 0.0;
         };
         let dt = now.saturating_since(s.stamp).as_secs_f64();
@@ -126,31 +123,30 @@ impl EndpointStats {
         decayed * f64::from(s.in_flight + 1)
     }
 
-    /// `least_request`: of two endpoints drawn at random, the one with fewer requests in
+    /// `least_request`: of two of `eps` drawn at random, the one with fewer requests in
     /// flight (the first on a tie). `None` when there are none.
-    pub fn least_request(&self, rng: &mut Rng) -> Option<usize> {
-        match self.stats.len() {
-            0 => None,
-            1 => Some(0),
-            n => {
-                let (a, b) = two(rng, n);
-                Some(if self.stats[b].in_flight < self.stats[a].in_flight {
-                    b
-                } else {
-                    a
-                })
-            }
-        }
+    pub fn least_request(&self, eps: &[SocketAddr], rng: &mut Rng) -> Option<usize> {
+        self.p2c(eps, rng, |ep| f64::from(self.in_flight(ep)))
     }
 
-    /// `ewma`: of two endpoints drawn at random, the one with the lower [`cost`](Self::cost).
-    pub fn ewma(&self, rng: &mut Rng, now: Instant) -> Option<usize> {
-        match self.stats.len() {
+    /// `ewma`: of two of `eps` drawn at random, the one with the lower
+    /// [`cost`](Self::cost).
+    pub fn ewma(&self, eps: &[SocketAddr], rng: &mut Rng, now: Instant) -> Option<usize> {
+        self.p2c(eps, rng, |ep| self.cost(ep, now))
+    }
+
+    fn p2c(
+        &self,
+        eps: &[SocketAddr],
+        rng: &mut Rng,
+        score: impl Fn(&SocketAddr) -> f64,
+    ) -> Option<usize> {
+        match eps.len() {
             0 => None,
             1 => Some(0),
             n => {
                 let (a, b) = two(rng, n);
-                Some(if self.cost(b, now) < self.cost(a, now) {
+                Some(if score(&eps[b]) < score(&eps[a]) {
                     b
                 } else {
                     a
