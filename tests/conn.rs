@@ -467,6 +467,32 @@ fn a_routes_timeouts_replace_the_listeners() {
 }
 
 #[test]
+fn a_routes_read_timeout_keeps_its_upgraded_tunnels_open() {
+    let ws = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+    };
+    let policy = RoutePolicy {
+        read_timeout: Some(Duration::from_secs(3600)),
+        ..RoutePolicy::default()
+    };
+    for (path, idle) in [("/p", 3600), ("/other", 60)] {
+        let mut h = with_route_policy(ConnConfig::default(), policy.clone());
+        h.client(ws(path).as_bytes());
+        h.connected(false);
+        h.upstream(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(h.take_client().starts_with("HTTP/1.1 101"));
+        let quiet = h.now;
+        assert_eq!(
+            h.conn.deadline().unwrap().saturating_since(quiet),
+            Duration::from_secs(idle),
+            "{path}"
+        );
+    }
+}
+
+#[test]
 fn a_routes_body_size_replaces_the_listeners() {
     let small = RoutePolicy {
         max_body_bytes: Some(Some(4)),

@@ -401,8 +401,12 @@ enum State {
     Proxying {
         ex: Box<Exchange>,
     },
-    /// After a 101: bytes flow both ways untouched.
-    Tunnel,
+    /// After a 101: bytes flow both ways untouched, until neither side has sent anything for
+    /// `idle` (the route's `proxy-read-timeout`, else its `proxy-send-timeout`, else the
+    /// listener's `body_idle`).
+    Tunnel {
+        idle: Duration,
+    },
     /// Flushing the last output, then FIN, then reading until the client closes (linger).
     Closing {
         shut: bool,
@@ -497,7 +501,7 @@ impl Conn {
                     self.abort();
                 }
             }
-            State::Tunnel => self.abort(),
+            State::Tunnel { .. } => self.abort(),
             State::Closing { .. } => {}
         }
         self.drive(now, router);
@@ -581,7 +585,7 @@ impl Conn {
             return;
         }
         match self.state {
-            State::Proxying { .. } | State::Tunnel => {}
+            State::Proxying { .. } | State::Tunnel { .. } => {}
             _ => return,
         }
         self.last_activity = now;
@@ -602,7 +606,7 @@ impl Conn {
     /// Bytes to send upstream, if any and if no send of ours is in flight.
     pub fn take_upstream_output(&mut self) -> Option<Vec<u8>> {
         match self.state {
-            State::Proxying { .. } | State::Tunnel => self.uout.take(),
+            State::Proxying { .. } | State::Tunnel { .. } => self.uout.take(),
             _ => None,
         }
     }
@@ -670,7 +674,7 @@ impl Conn {
                 };
                 self.fail(HttpError::upstream(504, detail), now, true);
             }
-            State::Tunnel => self.abort(),
+            State::Tunnel { .. } => self.abort(),
             State::Closing { .. } => self.close_now(),
             State::Closed => {}
         }
@@ -716,7 +720,7 @@ impl Conn {
                     _ => Some(self.last_activity + idle_timeout(t, p, ex.request_done())),
                 }
             }
-            State::Tunnel => Some(self.last_activity + t.body_idle),
+            State::Tunnel { idle } => Some(self.last_activity + *idle),
             State::Closing {
                 linger_until: Some(until),
                 ..
@@ -740,7 +744,7 @@ impl Conn {
             State::Closed => false,
             State::Closing { .. } => true,
             State::Head { .. } => self.cin.len() <= cap.max(self.config.limits.max_head_bytes),
-            State::Connecting { .. } | State::Proxying { .. } | State::Tunnel => {
+            State::Connecting { .. } | State::Proxying { .. } | State::Tunnel { .. } => {
                 self.cin.len() < cap
             }
         }
@@ -748,7 +752,9 @@ impl Conn {
 
     pub fn wants_upstream_read(&self) -> bool {
         match self.state {
-            State::Proxying { .. } | State::Tunnel => self.uin.len() < self.config.buffer_size,
+            State::Proxying { .. } | State::Tunnel { .. } => {
+                self.uin.len() < self.config.buffer_size
+            }
             _ => false,
         }
     }
@@ -798,7 +804,7 @@ impl Conn {
                 State::Head { .. } => self.try_start_request(now, router),
                 State::Connecting { .. } => self.pump_request_body(),
                 State::Proxying { .. } => self.pump(now),
-                State::Tunnel => self.pump_tunnel(),
+                State::Tunnel { .. } => self.pump_tunnel(),
                 State::Closing { .. } => {
                     self.drive_closing();
                     false
@@ -1256,7 +1262,11 @@ impl Conn {
         self.uin.consume(len);
         if upgraded {
             self.actions.push_back(Action::Completed { status: 101 });
-            self.state = State::Tunnel;
+            let p = ex.policy.as_deref();
+            let idle = p
+                .and_then(|p| p.read_timeout.or(p.send_timeout))
+                .unwrap_or(self.config.timeouts.body_idle);
+            self.state = State::Tunnel { idle };
             return true;
         }
         ex.response = Response::Body {
@@ -1350,7 +1360,7 @@ impl Conn {
                     ),
                 }
             }
-            State::Tunnel => {
+            State::Tunnel { .. } => {
                 // Deliver what the upstream said last, then close.
                 self.pump_tunnel();
                 self.release_upstream(false);
