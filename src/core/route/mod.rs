@@ -24,8 +24,9 @@ use std::sync::Arc;
 
 use crate::core::host::{MAX_HOST, normalize_host};
 
+pub mod key;
 mod policy;
-pub use policy::RoutePolicy;
+pub use policy::{Balance, RoutePolicy};
 
 /// Index of a backend inside one [`Snapshot`]. Only meaningful with the snapshot it came from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,7 +61,7 @@ pub trait Router {
         &mut self,
         host: &str,
         path: &str,
-        _req: &dyn crate::core::upstream::hash::KeySource,
+        _req: &dyn key::KeySource,
         _now: crate::core::time::Instant,
     ) -> RouteDecision {
         self.route(host, path)

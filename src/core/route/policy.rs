@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::key::HashKey;
 use crate::core::http1::upgrade::Upgrades;
-use crate::core::upstream::Balance;
 
 /// What one Ingress's annotations say about the routes it adds. Every field is `None` when
 /// the annotation is absent (or did not parse): the listener's setting applies.
@@ -69,5 +69,30 @@ impl fmt::Display for RoutePolicy {
             None => {}
         }
         Ok(())
+    }
+}
+
+/// How a route spreads its requests over its backend's endpoints (`load-balance`,
+/// `upstream-hash-by`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// P2C on the worker's in-flight requests per endpoint.
+    LeastRequest,
+    /// P2C on peak-EWMA latency times in-flight requests.
+    Ewma,
+    /// Rendezvous hashing of the key: the same endpoint on every worker and replica.
+    Hash(HashKey),
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Balance::RoundRobin => f.write_str("round_robin"),
+            Balance::LeastRequest => f.write_str("least_request"),
+            Balance::Ewma => f.write_str("ewma"),
+            Balance::Hash(_) => f.write_str("hash"),
+        }
     }
 }

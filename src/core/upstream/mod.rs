@@ -7,37 +7,13 @@ use std::net::SocketAddr;
 pub mod balance;
 pub mod hash;
 
+pub use crate::core::route::Balance;
 use crate::core::route::{BackendId, RouteDecision, Router};
 use crate::core::snapshot::Snapshot;
 use crate::core::time::Instant;
 
 use balance::{EndpointStats, Rng};
-use hash::{HashKey, KeySource, rendezvous};
-
-/// How a route spreads its requests over its backend's endpoints (`load-balance`,
-/// `upstream-hash-by`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Balance {
-    #[default]
-    RoundRobin,
-    /// P2C on the worker's in-flight requests per endpoint.
-    LeastRequest,
-    /// P2C on peak-EWMA latency times in-flight requests.
-    Ewma,
-    /// Rendezvous hashing of the key: the same endpoint on every worker and replica.
-    Hash(HashKey),
-}
-
-impl std::fmt::Display for Balance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Balance::RoundRobin => f.write_str("round_robin"),
-            Balance::LeastRequest => f.write_str("least_request"),
-            Balance::Ewma => f.write_str("ewma"),
-            Balance::Hash(_) => f.write_str("hash"),
-        }
-    }
-}
+use hash::{KeySource, rendezvous};
 
 /// Round-robin over each backend's endpoints, one cursor per backend.
 #[derive(Clone, Debug, Default)]
