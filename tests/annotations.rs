@@ -344,6 +344,11 @@ fn balancing_and_hash_keys_compile_into_the_route() {
         Some(Balance::Hash(HashKey::parse("$host$request_uri").unwrap()))
     );
     assert_eq!(balance("bad.example"), None);
+    let dump = c.snapshot.to_string();
+    assert!(
+        dump.contains("hash.example / Prefix -> default/app:80 (1 endpoints) [balance=hash($host$request_uri)]"),
+        "{dump}"
+    );
     let bad = diagnostic_for(&c, "Ingress default/bad");
     assert_eq!(bad.len(), 2, "{bad:#?}");
     assert!(

@@ -31,6 +31,14 @@ pub enum Part {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HashKey {
     parts: Vec<Part>,
+    /// The template as written, for the route dump.
+    source: Box<str>,
+}
+
+impl std::fmt::Display for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.source)
+    }
 }
 
 /// What a key reads of a request.
@@ -77,7 +85,10 @@ impl HashKey {
         if parts.is_empty() {
             return Err("empty key".to_string());
         }
-        Ok(HashKey { parts })
+        Ok(HashKey {
+            parts,
+            source: template.into(),
+        })
     }
 
     pub fn parts(&self) -> &[Part] {

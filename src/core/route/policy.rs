@@ -92,7 +92,7 @@ impl std::fmt::Display for Balance {
             Balance::RoundRobin => f.write_str("round_robin"),
             Balance::LeastRequest => f.write_str("least_request"),
             Balance::Ewma => f.write_str("ewma"),
-            Balance::Hash(_) => f.write_str("hash"),
+            Balance::Hash(key) => write!(f, "hash({key})"),
         }
     }
 }
