@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice::core::conn::{Action, ClientInfo, Conn, ConnConfig};
-use sluice::core::route::{BackendId, RouteDecision, Router};
+use sluice::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
 use sluice::core::time::Instant;
 
 /// Routes `/missing…` to nothing (404), `/empty…` to a backend without endpoints (503), and
@@ -14,6 +14,8 @@ use sluice::core::time::Instant;
 struct TestRouter {
     endpoint: SocketAddr,
     seen: Vec<(String, String)>,
+    /// The policy of the routes under `/p`.
+    policy: Option<Arc<RoutePolicy>>,
 }
 
 impl Router for TestRouter {
@@ -27,6 +29,11 @@ impl Router for TestRouter {
             RouteDecision::Forward {
                 backend: BackendId(0),
                 endpoint: self.endpoint,
+                policy: if path.starts_with("/p") {
+                    self.policy.clone()
+                } else {
+                    None
+                },
             }
         }
     }
@@ -65,6 +72,7 @@ impl Harness {
             router: TestRouter {
                 endpoint: UPSTREAM.parse().unwrap(),
                 seen: Vec::new(),
+                policy: None,
             },
             now,
             to_client: Vec::new(),
@@ -391,6 +399,136 @@ fn response_timeout_is_504() {
     let deadline = h.fire_deadline();
     assert_eq!(deadline.saturating_since(sent), Duration::from_secs(60));
     assert!(h.take_client().starts_with("HTTP/1.1 504"));
+}
+
+/// A harness whose routes under `/p` carry `policy`.
+fn with_route_policy(config: ConnConfig, policy: RoutePolicy) -> Harness {
+    let mut h = Harness::with_config(config);
+    h.router.policy = Some(Arc::new(policy));
+    h
+}
+
+#[test]
+fn a_routes_timeouts_replace_the_listeners() {
+    let policy = RoutePolicy {
+        connect_timeout: Some(Duration::from_secs(1)),
+        read_timeout: Some(Duration::from_secs(2)),
+        client_body_timeout: Some(Duration::from_secs(3)),
+        ..RoutePolicy::default()
+    };
+    // proxy-connect-timeout.
+    let mut h = with_route_policy(ConnConfig::default(), policy.clone());
+    h.client(b"GET /p HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let start = h.now;
+    assert_eq!(
+        h.fire_deadline().saturating_since(start),
+        Duration::from_secs(1)
+    );
+    assert!(h.take_client().starts_with("HTTP/1.1 504"));
+    // proxy-read-timeout: for the response head, then between reads of the body.
+    let mut h = with_route_policy(ConnConfig::default(), policy.clone());
+    h.client(b"GET /p HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    let sent = h.now;
+    assert_eq!(
+        h.fire_deadline().saturating_since(sent),
+        Duration::from_secs(2)
+    );
+    assert!(h.take_client().starts_with("HTTP/1.1 504"));
+    let mut h = with_route_policy(ConnConfig::default(), policy.clone());
+    h.client(b"GET /p HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+    let read = h.now;
+    assert_eq!(
+        h.conn.deadline().unwrap().saturating_since(read),
+        Duration::from_secs(2)
+    );
+    // client-body-timeout, while the request body streams.
+    let mut h = with_route_policy(ConnConfig::default(), policy.clone());
+    h.client(b"POST /p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\n\r\nab");
+    h.connected(false);
+    let read = h.now;
+    assert_eq!(
+        h.fire_deadline().saturating_since(read),
+        Duration::from_secs(3)
+    );
+    // The client stalled, not the upstream: 408.
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    // Other routes keep the listener's.
+    let mut h = with_route_policy(ConnConfig::default(), policy);
+    h.client(b"GET /other HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let start = h.now;
+    assert_eq!(
+        h.fire_deadline().saturating_since(start),
+        Duration::from_secs(5)
+    );
+}
+
+#[test]
+fn a_routes_read_timeout_keeps_its_upgraded_tunnels_open() {
+    let ws = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+    };
+    let policy = RoutePolicy {
+        read_timeout: Some(Duration::from_secs(3600)),
+        ..RoutePolicy::default()
+    };
+    for (path, idle) in [("/p", 3600), ("/other", 60)] {
+        let mut h = with_route_policy(ConnConfig::default(), policy.clone());
+        h.client(ws(path).as_bytes());
+        h.connected(false);
+        h.upstream(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(h.take_client().starts_with("HTTP/1.1 101"));
+        let quiet = h.now;
+        assert_eq!(
+            h.conn.deadline().unwrap().saturating_since(quiet),
+            Duration::from_secs(idle),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_routes_body_size_replaces_the_listeners() {
+    let small = RoutePolicy {
+        max_body_bytes: Some(Some(4)),
+        ..RoutePolicy::default()
+    };
+    // Content-Length over the route's limit: 413 before anything goes upstream.
+    let mut h = with_route_policy(ConnConfig::default(), small.clone());
+    h.client(b"POST /p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(h.to_upstream.is_empty());
+    // Chunked: cut when the decoded body passes it.
+    let mut h = with_route_policy(ConnConfig::default(), small.clone());
+    h.client(b"POST /p HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+    h.connected(false);
+    let out = h.take_client();
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    // Another route: the listener's (unlimited by default).
+    let mut h = with_route_policy(ConnConfig::default(), small);
+    h.client(b"POST /q HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+    h.connected(false);
+    assert!(h.take_upstream().ends_with("\r\n\r\nhello"));
+    // A route may also lift the listener's limit ("0": unlimited).
+    let mut config = ConnConfig::default();
+    config.limits.max_body_bytes = Some(4);
+    let unlimited = RoutePolicy {
+        max_body_bytes: Some(None),
+        ..RoutePolicy::default()
+    };
+    let mut h = with_route_policy(config.clone(), unlimited.clone());
+    h.client(b"POST /p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+    h.connected(false);
+    assert!(h.take_upstream().ends_with("\r\n\r\nhello"));
+    let mut h = with_route_policy(config, unlimited);
+    h.client(b"POST /q HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+    assert!(h.take_client().starts_with("HTTP/1.1 413"));
 }
 
 #[test]
@@ -960,6 +1098,55 @@ fn unlisted_upgrade_is_not_tunnelled_unless_configured() {
     assert!(out.starts_with("HTTP/1.1 101"), "{out}");
     h.client(b"raw");
     assert_eq!(h.take_upstream(), "raw");
+}
+
+#[test]
+fn a_routes_upgrade_list_replaces_the_listeners() {
+    let echo = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+    };
+    let policy = RoutePolicy {
+        upgrades: Some(sluice::core::http1::Upgrades::new(&["echo"]).unwrap()),
+        ..RoutePolicy::default()
+    };
+    let routed = || {
+        let mut h = Harness::new();
+        h.router.policy = Some(Arc::new(policy.clone()));
+        h
+    };
+    // The route allows echo: tunnelled.
+    let mut h = routed();
+    h.client(echo("/p").as_bytes());
+    h.connected(false);
+    let up = h.take_upstream();
+    assert!(
+        up.ends_with("Connection: upgrade\r\nUpgrade: echo\r\n\r\n"),
+        "{up}"
+    );
+    h.upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nhi",
+    );
+    assert!(h.take_client().starts_with("HTTP/1.1 101"));
+    h.client(b"raw");
+    assert_eq!(h.take_upstream(), "raw");
+
+    // Another route of the same listener: plain HTTP/1.1, Upgrade stripped.
+    let mut h = routed();
+    h.client(echo("/e").as_bytes());
+    h.connected(false);
+    assert_eq!(h.take_upstream(), upstream_get("/e"));
+
+    // The route's list replaces the default: websocket is not relayed on it.
+    let mut h = routed();
+    h.client(b"GET /p HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    h.connected(false);
+    assert_eq!(h.take_upstream(), upstream_get("/p"));
+    h.upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    assert!(h.take_client().starts_with("HTTP/1.1 502"));
 }
 
 #[test]

@@ -24,6 +24,7 @@ impl Router for TlsRouter {
         RouteDecision::Forward {
             backend: BackendId(0),
             endpoint: "10.0.0.7:8080".parse().unwrap(),
+            policy: None,
         }
     }
 

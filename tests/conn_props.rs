@@ -22,6 +22,7 @@ impl Router for CyclingRouter {
             _ => RouteDecision::Forward {
                 backend: BackendId(0),
                 endpoint: "127.0.0.1:9".parse().unwrap(),
+                policy: None,
             },
         }
     }

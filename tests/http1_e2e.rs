@@ -23,7 +23,7 @@ type Log = Arc<Mutex<Vec<Arc<Mutex<Received>>>>>;
 /// An upstream pod that records everything. It answers each complete request (a head, plus a
 /// Content-Length or chunked body): an `Upgrade: h2c` or `Upgrade: foo` with a 101 (as an
 /// h2c-capable server would), `Upgrade: websocket` with a 101 and then an echo, `/server` with
-/// its own `Server` field, `/badchunk` with a chunk extension outside the grammar, anything
+/// its own `Server` field, `/hang` with nothing at all, `/badchunk` with a chunk extension outside the grammar, anything
 /// else with `200 plain` and no `Server`.
 struct Upstream {
     addr: SocketAddr,
@@ -89,6 +89,9 @@ fn serve(mut stream: TcpStream, rec: Arc<Mutex<Received>>) {
         while let Some(len) = complete_request(&buf) {
             let head = String::from_utf8_lossy(&buf[..len]).to_ascii_lowercase();
             buf.drain(..len);
+            if head.starts_with("get /hang") {
+                continue;
+            }
             let answer: &[u8] = if head.contains("\r\nupgrade: h2c") {
                 b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
             } else if head.contains("\r\nupgrade: foo") {
@@ -153,6 +156,11 @@ fn temp_dir(name: &str) -> PathBuf {
 /// body timeouts are long (30 s), so an answer within the client's 5 s read timeout is not one
 /// of them.
 fn sluice(name: &str, upstream: SocketAddr, config: &str) -> Sluice {
+    sluice_with(name, upstream, config, "")
+}
+
+/// [`sluice`] with more manifests (`extra`, YAML) next to the `app.test` ones.
+fn sluice_with(name: &str, upstream: SocketAddr, config: &str, extra: &str) -> Sluice {
     let dir = temp_dir(name);
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
@@ -169,6 +177,9 @@ fn sluice(name: &str, upstream: SocketAddr, config: &str) -> Sluice {
         ),
     )
     .unwrap();
+    if !extra.is_empty() {
+        std::fs::write(manifests.join("extra.yaml"), extra).unwrap();
+    }
     let config_path = dir.join("sluice.toml");
     std::fs::write(
         &config_path,
@@ -355,6 +366,137 @@ fn h2c_and_unlisted_upgrades_reach_the_upstream_as_plain_http11() {
     let mut echo = [0u8; 4];
     c.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"ping");
+}
+
+/// An Ingress for `tunnel.test` (same backend as `app.test`) whose routes relay `foo`.
+const TUNNEL_INGRESS: &str = "apiVersion: networking.k8s.io/v1\nkind: Ingress\n\
+metadata: {name: tunnel, namespace: default, annotations: {sluice.dev/upgrade-protocols: foo}}\n\
+spec:\n  ingressClassName: sluice\n  rules:\n  - host: tunnel.test\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}]}\n";
+
+#[test]
+fn a_route_relays_the_upgrades_its_ingress_allows_and_no_other_route_does() {
+    let up = Upstream::start();
+    let s = sluice_with("route-upgrade", up.addr, "", TUNNEL_INGRESS);
+    // The annotated route: `foo` becomes a tunnel.
+    let mut c = client(&s);
+    c.write_all(
+        b"GET /t HTTP/1.1\r\nHost: tunnel.test\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+    )
+    .unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c.write_all(b"raw bytes").unwrap();
+    let conns = up.wait_for("the tunnelled bytes", |c| {
+        c.iter()
+            .any(|r| String::from_utf8_lossy(&r.bytes).ends_with("\r\n\r\nraw bytes"))
+    });
+    let got = String::from_utf8_lossy(&conns[0].bytes).to_ascii_lowercase();
+    assert!(got.contains("\r\nupgrade: foo\r\n"), "{got}");
+
+    // Another route of the same listener and backend: plain HTTP/1.1, Upgrade stripped.
+    let mut c = client(&s);
+    c.write_all(
+        b"GET /p HTTP/1.1\r\nHost: app.test\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body, b"plain");
+    // The route's list replaces the default one: WebSocket is not relayed on it.
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: tunnel.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body, b"plain");
+    let conns = up.wait_for("two plain requests", |c| {
+        c.iter()
+            .any(|r| String::from_utf8_lossy(&r.bytes).matches("GET ").count() == 2)
+    });
+    let plain = conns
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.bytes).to_ascii_lowercase())
+        .find(|b| b.starts_with("get /p "))
+        .unwrap();
+    assert!(!plain.contains("upgrade"), "{plain}");
+}
+
+/// An Ingress for `limits.test` (same backend as `app.test`) with short timeouts and a 1k
+/// body limit.
+const LIMITS_INGRESS: &str = "apiVersion: networking.k8s.io/v1\nkind: Ingress\n\
+metadata: {name: limits, namespace: default, annotations: {\
+nginx.ingress.kubernetes.io/proxy-read-timeout: \"1\", \
+nginx.ingress.kubernetes.io/client-body-timeout: \"1\", \
+nginx.ingress.kubernetes.io/proxy-body-size: 1k}}\n\
+spec:\n  ingressClassName: sluice\n  rules:\n  - host: limits.test\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}]}\n";
+
+#[test]
+fn a_routes_timeouts_and_body_limit_apply_to_it_alone() {
+    let up = Upstream::start();
+    let s = sluice_with("route-limits", up.addr, "", LIMITS_INGRESS);
+    // proxy-read-timeout 1 s: 504 long before the listener's 60 s.
+    let mut c = client(&s);
+    c.write_all(b"GET /hang HTTP/1.1\r\nHost: limits.test\r\n\r\n")
+        .unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    // The same upstream path on another route is still waited for.
+    let mut c = client(&s);
+    c.write_all(b"GET /hang HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let err = c.read(&mut byte).expect_err("no answer yet");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+
+    // proxy-body-size 1k: 413 without reaching the upstream; another route takes it.
+    let body = vec![b'x'; 2000];
+    let post = |host: &str| {
+        let mut req = format!(
+            "POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        req
+    };
+    let mut c = client(&s);
+    c.write_all(&post("limits.test")).unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_closed(&mut c);
+    let mut c = client(&s);
+    c.write_all(&post("app.test")).unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let conns = up.wait_for("the allowed upload", |c| {
+        c.iter()
+            .any(|r| String::from_utf8_lossy(&r.bytes).contains("POST /upload"))
+    });
+    let uploads: usize = conns
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(&r.bytes)
+                .matches("POST /upload")
+                .count()
+        })
+        .sum();
+    assert_eq!(uploads, 1, "the refused upload reached the upstream");
+
+    // client-body-timeout 1 s: a client that stops sending its body gets 408.
+    let mut c = client(&s);
+    c.write_all(b"POST /slow HTTP/1.1\r\nHost: limits.test\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
+    let (head, _) = response(&mut c);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
 }
 
 #[test]

@@ -219,7 +219,8 @@ fn router_answers_not_found_no_endpoints_and_forward() {
         router.route("h", "/a"),
         RouteDecision::Forward {
             backend: A,
-            endpoint: "10.0.0.1:8080".parse().unwrap()
+            endpoint: "10.0.0.1:8080".parse().unwrap(),
+            policy: None,
         }
     );
 }

@@ -19,6 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+use super::annotations::Annotations;
 use super::compile::Diagnostic;
 use crate::core::tls::{CertTable, CertTableBuilder};
 
@@ -327,38 +328,6 @@ fn load_secret(secret: &Arc<Secret>, now: SystemTime) -> Result<Arc<CertifiedKey
     Ok(key)
 }
 
-/// A boolean annotation, the first of `names` present. Accepts what ingress-nginx accepts
-/// (Go's `strconv.ParseBool`); anything else is reported and the default is used.
-fn bool_annotation(
-    ing: &Ingress,
-    names: &[&str],
-    default: bool,
-    object: &str,
-    diags: &mut Vec<Diagnostic>,
-) -> bool {
-    let Some(annotations) = ing.metadata.annotations.as_ref() else {
-        return default;
-    };
-    for name in names {
-        let Some(value) = annotations.get(*name) else {
-            continue;
-        };
-        return match value.trim() {
-            "1" | "t" | "T" | "true" | "TRUE" | "True" => true,
-            "0" | "f" | "F" | "false" | "FALSE" | "False" => false,
-            other => {
-                diags.push(Diagnostic {
-                    object: object.to_string(),
-                    field: format!("metadata.annotations[{name}]"),
-                    message: format!("expected true or false, got {other:?}; using {default}"),
-                });
-                default
-            }
-        };
-    }
-    default
-}
-
 /// Builds the certificate table from our Ingresses (oldest first: the first certificate for
 /// a host wins), the Secrets, and the options. Pure given `now` (used for expiry).
 pub fn build(
@@ -419,14 +388,9 @@ pub fn build(
         let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
         let name = ing.metadata.name.as_deref().unwrap_or("");
         let object = format!("Ingress {ns}/{name}");
-        let redirect = bool_annotation(ing, SSL_REDIRECT, opts.ssl_redirect, &object, &mut diags);
-        let force = bool_annotation(
-            ing,
-            FORCE_SSL_REDIRECT,
-            opts.force_ssl_redirect,
-            &object,
-            &mut diags,
-        );
+        let annotations = Annotations::of(ing, &object);
+        let redirect = annotations.bool("ssl-redirect", opts.ssl_redirect, &mut diags);
+        let force = annotations.bool("force-ssl-redirect", opts.force_ssl_redirect, &mut diags);
         let Some(spec) = ing.spec.as_ref() else {
             continue;
         };

@@ -28,7 +28,9 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::manifests::Object;
-use crate::core::route::{Backend, BackendId, PathKind, RouteTable, RouteTableBuilder};
+use crate::core::route::{
+    Backend, BackendId, PathKind, RoutePolicy, RouteTable, RouteTableBuilder,
+};
 use crate::core::snapshot::Snapshot;
 use crate::core::tls::CertTable;
 
@@ -428,7 +430,9 @@ impl<'a> Pass<'a> {
             let ns = meta_name(&ing.metadata).0;
             let tag = owners.len() as u32;
             owners.push(object.clone());
-            let own_hosts = c.rules(&mut table, ns, spec, &object, tag, &owners);
+            let policy = super::annotations::route_policy(ing, &object, &mut c.diagnostics);
+            let added_by = AddedBy { tag, policy };
+            let own_hosts = c.rules(&mut table, ns, spec, &object, &added_by, &owners);
             if let Some(default) = &spec.default_backend
                 && let Some(backend) =
                     c.backend(ns, default, &object, &|| "spec.defaultBackend".to_string())
@@ -556,6 +560,13 @@ fn index_slices(slices: &[Arc<EndpointSlice>]) -> HashMap<(&str, &str), Vec<&End
 /// port name.
 type BorrowedRef<'a> = (&'a str, &'a str, Option<i32>, Option<&'a str>);
 
+/// What every rule of one Ingress carries: the Ingress's index (for conflict reports) and
+/// the route policy of its annotations.
+struct AddedBy {
+    tag: u32,
+    policy: Option<Arc<RoutePolicy>>,
+}
+
 struct Compiler<'a> {
     services: HashMap<(&'a str, &'a str), &'a Service>,
     /// Backends already resolved, by the reference as written (no allocation to look up).
@@ -585,7 +596,7 @@ impl<'a> Compiler<'a> {
         ns: &'a str,
         spec: &'a k8s_openapi::api::networking::v1::IngressSpec,
         object: &str,
-        tag: u32,
+        added_by: &AddedBy,
         owners: &[String],
     ) -> Vec<String> {
         let mut own_hosts: Vec<String> = Vec::new();
@@ -626,7 +637,14 @@ impl<'a> Compiler<'a> {
                 let Some(backend) = self.backend(ns, &p.backend, object, &backend_field) else {
                     continue;
                 };
-                if let Err(first) = table.add_tagged(host.as_deref(), path, kind, backend, tag) {
+                if let Err(first) = table.add_tagged(
+                    host.as_deref(),
+                    path,
+                    kind,
+                    backend,
+                    added_by.policy.clone(),
+                    added_by.tag,
+                ) {
                     let owner = owners.get(first as usize).cloned().unwrap_or_default();
                     let shown = host.as_deref().unwrap_or("*");
                     self.diag(

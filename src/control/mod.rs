@@ -1,6 +1,7 @@
 //! The control side: turns Kubernetes objects (from the cluster or from YAML files) into
 //! immutable route snapshots. Pure compilation lives in `compile`; I/O lives elsewhere.
 
+pub mod annotations;
 pub mod certs;
 pub mod class;
 pub mod compile;

@@ -30,9 +30,10 @@ use crate::core::http1::response::{
     ClientSide, RequestContext, parse_response_head_uninit, write_client_response,
 };
 use crate::core::http1::scan::{HeadScanner, Scan};
-use crate::core::http1::{Framing, Limits, Upgrades, Version, local};
-use crate::core::route::{RouteDecision, Router};
+use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
+use crate::core::route::{RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
+use crate::core::upstream::hash::KeySource;
 
 /// Timeouts of one connection. Defaults follow what ingress-nginx users are used to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +115,64 @@ impl Default for ConnConfig {
             server: Some("sluice".into()),
             upgrades: Upgrades::default(),
         }
+    }
+}
+
+/// The upgrade protocols relayed for a request: its route's list, else the listener's.
+fn upgrades_of<'a>(config: &'a ConnConfig, policy: &'a Option<Arc<RoutePolicy>>) -> &'a Upgrades {
+    policy
+        .as_deref()
+        .and_then(|p| p.upgrades.as_ref())
+        .unwrap_or(&config.upgrades)
+}
+
+/// How long a streaming exchange may make no progress: while the request body streams, the
+/// route's `client-body-timeout` / `proxy-send-timeout` (the shorter when both are set); once
+/// it is done, its `proxy-read-timeout`; the listener's `body_idle` for what it does not set.
+fn idle_timeout(t: &Timeouts, policy: Option<&RoutePolicy>, request_done: bool) -> Duration {
+    let Some(p) = policy else {
+        return t.body_idle;
+    };
+    let route = if request_done {
+        p.read_timeout
+    } else {
+        match (p.client_body_timeout, p.send_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    };
+    route.unwrap_or(t.body_idle)
+}
+
+/// What a hash key (`upstream-hash-by`) reads of a request: its head and the client address.
+struct RequestKey<'a, 'b> {
+    head: &'a RequestHead<'b>,
+    ip: std::net::IpAddr,
+}
+
+impl KeySource for RequestKey<'_, '_> {
+    fn remote_ip(&self) -> std::net::IpAddr {
+        self.ip
+    }
+
+    fn host(&self) -> &str {
+        self.head.host()
+    }
+
+    fn path(&self) -> &str {
+        self.head.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.head.query()
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
     }
 }
 
@@ -303,6 +362,8 @@ struct Exchange {
     reused: bool,
     /// Already retried once on a fresh connection.
     retried: bool,
+    /// The matched route's policy (`None`: the listener's settings).
+    policy: Option<Arc<RoutePolicy>>,
     /// The request body still streaming to the upstream; `None` once finished (or absent).
     body: Option<(BodyDecoder, BodyEncoder)>,
     response: Response,
@@ -340,8 +401,12 @@ enum State {
     Proxying {
         ex: Box<Exchange>,
     },
-    /// After a 101: bytes flow both ways untouched.
-    Tunnel,
+    /// After a 101: bytes flow both ways untouched, until neither side has sent anything for
+    /// `idle` (the route's `proxy-read-timeout`, else its `proxy-send-timeout`, else the
+    /// listener's `body_idle`).
+    Tunnel {
+        idle: Duration,
+    },
     /// Flushing the last output, then FIN, then reading until the client closes (linger).
     Closing {
         shut: bool,
@@ -436,7 +501,7 @@ impl Conn {
                     self.abort();
                 }
             }
-            State::Tunnel => self.abort(),
+            State::Tunnel { .. } => self.abort(),
             State::Closing { .. } => {}
         }
         self.drive(now, router);
@@ -520,7 +585,7 @@ impl Conn {
             return;
         }
         match self.state {
-            State::Proxying { .. } | State::Tunnel => {}
+            State::Proxying { .. } | State::Tunnel { .. } => {}
             _ => return,
         }
         self.last_activity = now;
@@ -541,7 +606,7 @@ impl Conn {
     /// Bytes to send upstream, if any and if no send of ours is in flight.
     pub fn take_upstream_output(&mut self) -> Option<Vec<u8>> {
         match self.state {
-            State::Proxying { .. } | State::Tunnel => self.uout.take(),
+            State::Proxying { .. } | State::Tunnel { .. } => self.uout.take(),
             _ => None,
         }
     }
@@ -592,6 +657,15 @@ impl Conn {
                     false,
                 );
             }
+            State::Proxying { ex }
+                if !ex.request_done()
+                    && self.uout.is_flushed()
+                    && matches!(ex.response, Response::Head) =>
+            {
+                // Everything the client sent is upstream: it is the client that stalls.
+                let err = HttpError::client(408, "request body not received in time");
+                self.fail(err, now, true);
+            }
             State::Proxying { ex } => {
                 let detail = if matches!(ex.response, Response::Head) {
                     "upstream did not respond in time"
@@ -600,7 +674,7 @@ impl Conn {
                 };
                 self.fail(HttpError::upstream(504, detail), now, true);
             }
-            State::Tunnel => self.abort(),
+            State::Tunnel { .. } => self.abort(),
             State::Closing { .. } => self.close_now(),
             State::Closed => {}
         }
@@ -627,14 +701,26 @@ impl Conn {
                     Some(*idle_since + t.keep_alive)
                 }
             }
-            State::Connecting { since, .. } => Some(*since + t.upstream_connect),
-            State::Proxying { ex } => match ex.response {
-                Response::Head if self.uout.is_flushed() && ex.request_done() => {
-                    Some(ex.waiting_since + t.upstream_response)
+            State::Connecting { since, ex } => {
+                let p = ex.policy.as_deref();
+                Some(
+                    *since
+                        + p.and_then(|p| p.connect_timeout)
+                            .unwrap_or(t.upstream_connect),
+                )
+            }
+            State::Proxying { ex } => {
+                let p = ex.policy.as_deref();
+                match ex.response {
+                    Response::Head if self.uout.is_flushed() && ex.request_done() => Some(
+                        ex.waiting_since
+                            + p.and_then(|p| p.read_timeout)
+                                .unwrap_or(t.upstream_response),
+                    ),
+                    _ => Some(self.last_activity + idle_timeout(t, p, ex.request_done())),
                 }
-                _ => Some(self.last_activity + t.body_idle),
-            },
-            State::Tunnel => Some(self.last_activity + t.body_idle),
+            }
+            State::Tunnel { idle } => Some(self.last_activity + *idle),
             State::Closing {
                 linger_until: Some(until),
                 ..
@@ -658,7 +744,7 @@ impl Conn {
             State::Closed => false,
             State::Closing { .. } => true,
             State::Head { .. } => self.cin.len() <= cap.max(self.config.limits.max_head_bytes),
-            State::Connecting { .. } | State::Proxying { .. } | State::Tunnel => {
+            State::Connecting { .. } | State::Proxying { .. } | State::Tunnel { .. } => {
                 self.cin.len() < cap
             }
         }
@@ -666,7 +752,9 @@ impl Conn {
 
     pub fn wants_upstream_read(&self) -> bool {
         match self.state {
-            State::Proxying { .. } | State::Tunnel => self.uin.len() < self.config.buffer_size,
+            State::Proxying { .. } | State::Tunnel { .. } => {
+                self.uin.len() < self.config.buffer_size
+            }
             _ => false,
         }
     }
@@ -716,7 +804,7 @@ impl Conn {
                 State::Head { .. } => self.try_start_request(now, router),
                 State::Connecting { .. } => self.pump_request_body(),
                 State::Proxying { .. } => self.pump(now),
-                State::Tunnel => self.pump_tunnel(),
+                State::Tunnel { .. } => self.pump_tunnel(),
                 State::Closing { .. } => {
                     self.drive_closing();
                     false
@@ -792,7 +880,11 @@ impl Conn {
         now: Instant,
         router: &mut dyn Router,
     ) -> bool {
-        let limits = &self.config.limits;
+        // The body limit is the route's: checked once the route is known.
+        let limits = &Limits {
+            max_body_bytes: None,
+            ..self.config.limits.clone()
+        };
         let mut storage = uninit_headers();
         let parsed = match scanned {
             None => match parse_whole_request_head(self.cin.bytes(), limits, &mut storage) {
@@ -815,11 +907,8 @@ impl Conn {
             head_request: head.is_head(),
             keep_alive: head.keep_alive,
             expect_continue: head.expect_continue,
-            // Only an allowed protocol becomes a tunnel; any other upgrade request (h2c above
-            // all) goes upstream as plain HTTP/1.1, its Upgrade and HTTP2-Settings stripped.
-            upgrade: head
-                .upgrade
-                .is_some_and(|proto| self.config.upgrades.allows(proto)),
+            // Decided once the route is known (its policy may allow other protocols).
+            upgrade: false,
             has_body: head.framing != Framing::None,
         };
         if self.config.scheme == Scheme::Http && router.redirect_https(head.host()) {
@@ -838,7 +927,35 @@ impl Conn {
                 return true;
             }
         }
-        let decision = router.route(head.host(), head.path());
+        let key = RequestKey {
+            head: &head,
+            ip: self.info.peer.ip(),
+        };
+        let mut decision = router.route_request(head.host(), head.path(), &key, now);
+        let mut req = req;
+        let policy = match &mut decision {
+            RouteDecision::Forward { policy, .. } => policy.take(),
+            _ => None,
+        };
+        // Only an allowed protocol becomes a tunnel; any other upgrade request (h2c above
+        // all) goes upstream as plain HTTP/1.1, its Upgrade and HTTP2-Settings stripped.
+        req.upgrade = head
+            .upgrade
+            .is_some_and(|proto| upgrades_of(&self.config, &policy).allows(proto));
+        let max_body = match policy.as_deref().and_then(|p| p.max_body_bytes) {
+            Some(route) => route,
+            None => self.config.limits.max_body_bytes,
+        };
+        if let (RouteDecision::Forward { .. }, Framing::Length(n)) = (&decision, head.framing)
+            && max_body.is_some_and(|max| n > max)
+        {
+            self.fail(HttpError::client(413, "request body too large"), now, true);
+            return true;
+        }
+        let limits = &Limits {
+            max_body_bytes: max_body,
+            ..limits.clone()
+        };
         let body = req.has_body.then(|| {
             (
                 BodyDecoder::new(head.framing, Peer::Client, limits),
@@ -880,6 +997,7 @@ impl Conn {
             endpoint,
             reused: false,
             retried: false,
+            policy,
             body,
             response: Response::Head,
             status: 0,
@@ -1110,7 +1228,7 @@ impl Conn {
         }
         if resp
             .upgrade
-            .is_some_and(|proto| !self.config.upgrades.allows(proto))
+            .is_some_and(|proto| !upgrades_of(&self.config, &ex.policy).allows(proto))
         {
             // We only asked for allowed protocols; the upstream may not switch to another.
             self.fail(
@@ -1144,7 +1262,11 @@ impl Conn {
         self.uin.consume(len);
         if upgraded {
             self.actions.push_back(Action::Completed { status: 101 });
-            self.state = State::Tunnel;
+            let p = ex.policy.as_deref();
+            let idle = p
+                .and_then(|p| p.read_timeout.or(p.send_timeout))
+                .unwrap_or(self.config.timeouts.body_idle);
+            self.state = State::Tunnel { idle };
             return true;
         }
         ex.response = Response::Body {
@@ -1238,7 +1360,7 @@ impl Conn {
                     ),
                 }
             }
-            State::Tunnel => {
+            State::Tunnel { .. } => {
                 // Deliver what the upstream said last, then close.
                 self.pump_tunnel();
                 self.release_upstream(false);

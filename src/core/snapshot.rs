@@ -85,8 +85,12 @@ impl fmt::Display for Snapshot {
                     PathKind::Exact => "Exact",
                     PathKind::Prefix => "Prefix",
                 };
+                let policy = match &r.policy {
+                    Some(p) => format!(" [{p}]"),
+                    None => String::new(),
+                };
                 lines.push(format!(
-                    "{host} {} {kind} -> {}",
+                    "{host} {} {kind} -> {}{policy}",
                     r.path,
                     describe(r.backend)
                 ));

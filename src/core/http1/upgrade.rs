@@ -80,6 +80,22 @@ impl Upgrades {
     }
 }
 
+/// The names, comma-separated (`-` when none).
+impl std::fmt::Display for Upgrades {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.names.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, name) in self.names.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(name)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,17 +24,23 @@ use std::sync::Arc;
 
 use crate::core::host::{MAX_HOST, normalize_host};
 
+pub mod key;
+mod policy;
+pub use policy::{Balance, RoutePolicy};
+
 /// Index of a backend inside one [`Snapshot`]. Only meaningful with the snapshot it came from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendId(pub u32);
 
 /// What the router decided for one request.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteDecision {
-    /// Send the request to this pod endpoint.
+    /// Send the request to this pod endpoint, with the matched route's policy (`None`: the
+    /// listener's settings apply).
     Forward {
         backend: BackendId,
         endpoint: SocketAddr,
+        policy: Option<Arc<RoutePolicy>>,
     },
     /// No rule and no default backend matched: answer 404.
     NotFound,
@@ -48,6 +54,18 @@ pub trait Router {
     /// `host` is the request authority without port (not yet lower-cased); `path` is the path
     /// part of the target, without query.
     fn route(&mut self, host: &str, path: &str) -> RouteDecision;
+
+    /// [`Router::route`] for a whole request: a route's balancing may read it (hash keys)
+    /// and the time (latency averages). By default, the request is not looked at.
+    fn route_request(
+        &mut self,
+        host: &str,
+        path: &str,
+        _req: &dyn key::KeySource,
+        _now: crate::core::time::Instant,
+    ) -> RouteDecision {
+        self.route(host, path)
+    }
 
     /// Whether a plain-HTTP request for `host` must be redirected to HTTPS (asked only on
     /// plain listeners, before routing).
@@ -66,6 +84,9 @@ pub struct Backend {
     pub endpoints: Vec<SocketAddr>,
 }
 
+/// A matched route: its backend and, when its Ingress set any, its policy.
+pub type Matched<'a> = (BackendId, Option<&'a Arc<RoutePolicy>>);
+
 /// How a rule's path matches.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PathKind {
@@ -81,6 +102,8 @@ pub struct PathRule {
     pub path: String,
     pub kind: PathKind,
     pub backend: BackendId,
+    /// The Ingress's per-route properties; `None` when its annotations set none.
+    pub policy: Option<Arc<RoutePolicy>>,
     /// Who added the rule (the compiler's index of the Ingress), for conflict reports while
     /// the table is built; always 0 in a built table, so tables compare by routing alone.
     pub tag: u32,
@@ -111,11 +134,11 @@ pub struct HostRoutes {
 }
 
 impl HostRoutes {
-    fn lookup(&self, path: &str) -> Option<BackendId> {
+    fn lookup(&self, path: &str) -> Option<Matched<'_>> {
         self.paths
             .iter()
             .find(|r| r.matches(path))
-            .map(|r| r.backend)
+            .map(|r| (r.backend, r.policy.as_ref()))
     }
 
     /// The host's default backend (when no path matches), if any.
@@ -302,6 +325,11 @@ impl Eq for RouteTable {}
 
 impl RouteTable {
     pub fn lookup(&self, host: &str, path: &str) -> Option<BackendId> {
+        self.route(host, path).map(|(backend, _)| backend)
+    }
+
+    /// [`RouteTable::lookup`], with the matched path rule's policy (`None` for defaults).
+    pub fn route(&self, host: &str, path: &str) -> Option<Matched<'_>> {
         let mut buf = [0u8; MAX_HOST];
         let host = normalize_host(host, &mut buf);
         let bucket = host.and_then(|host| {
@@ -314,10 +342,10 @@ impl RouteTable {
             })
         });
         match bucket {
-            Some(routes) => routes.lookup(path).or(routes.default),
+            Some(routes) => routes.lookup(path).or(routes.default.map(|b| (b, None))),
             None => self.any_host.lookup(path),
         }
-        .or(self.default)
+        .or(self.default.map(|b| (b, None)))
     }
 
     /// One hash of the host serves the overlay and the base.
@@ -522,17 +550,18 @@ impl RouteTableBuilder {
         kind: PathKind,
         backend: BackendId,
     ) -> bool {
-        self.add_tagged(host, path, kind, backend, 0).is_ok()
+        self.add_tagged(host, path, kind, backend, None, 0).is_ok()
     }
 
-    /// [`RouteTableBuilder::add`] with a tag naming who adds the rule; a duplicate is refused
-    /// with the tag of the rule that was there first.
+    /// [`RouteTableBuilder::add`] with the rule's policy and a tag naming who adds the rule;
+    /// a duplicate is refused with the tag of the rule that was there first.
     pub fn add_tagged(
         &mut self,
         host: Option<&str>,
         path: &str,
         kind: PathKind,
         backend: BackendId,
+        policy: Option<Arc<RoutePolicy>>,
         tag: u32,
     ) -> Result<(), u32> {
         let path = match kind {
@@ -554,6 +583,7 @@ impl RouteTableBuilder {
             path: path.to_string(),
             kind,
             backend,
+            policy,
             tag,
         });
         Ok(())

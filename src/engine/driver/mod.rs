@@ -139,6 +139,9 @@ struct Client {
     tls: Option<Box<TlsSession>>,
     /// HTTPS: shut the write side once close_notify is written.
     shut_after_flush: bool,
+    /// The endpoint of the request in flight and when it was sent there, for the picker's
+    /// in-flight counts and latency averages (least_request, ewma).
+    in_flight: Option<(SocketAddr, Instant)>,
 }
 
 impl Client {
@@ -368,6 +371,7 @@ impl Driver {
             timer: None,
             tls,
             shut_after_flush: false,
+            in_flight: None,
         });
         let m = &self.setup.metrics;
         WorkerMetrics::add(&m.accepted, 1);
@@ -759,9 +763,18 @@ impl Driver {
                 progress = true;
                 match action {
                     Action::Connect { endpoint, fresh } => {
+                        if let Some((previous, _)) = client.in_flight.replace((endpoint, now)) {
+                            self.picker.stats.finished(&previous, None, now);
+                        }
+                        self.picker.stats.started(endpoint);
                         self.connect(t, slot, endpoint, fresh, now)
                     }
                     Action::ReleaseUpstream { reusable } => {
+                        if let Some((endpoint, since)) = client.in_flight.take() {
+                            // A clean end measures the exchange; a failed one only ends it.
+                            let latency = reusable.then(|| now.saturating_since(since));
+                            self.picker.stats.finished(&endpoint, latency, now);
+                        }
                         self.release_upstream(t, slot, reusable, now)
                     }
                     Action::Completed { status } => {
@@ -1010,6 +1023,9 @@ impl Driver {
     }
 
     fn close_client<T: Transport>(&mut self, t: &mut T, slot: usize) {
+        if let Some((endpoint, _)) = self.clients.get_any(slot).and_then(|c| c.in_flight.take()) {
+            self.picker.stats.finished(&endpoint, None, Instant::ZERO);
+        }
         if let Some(ui) = self.clients.get_any(slot).and_then(|c| c.upstream.take()) {
             self.close_upstream(t, ui);
         }

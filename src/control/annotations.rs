@@ -1,0 +1,254 @@
+//! Typed reading of Ingress annotations: `sluice.dev/<name>` and
+//! `nginx.ingress.kubernetes.io/<name>`, ours winning when both are set.
+//!
+//! A value is parsed once, here, into a typed value; nothing downstream ever sees the text.
+//! A value that does not parse (or holds a CR or LF, whatever the annotation) rejects only
+//! that field: the caller gets `None` and uses its default, and a [`Diagnostic`] naming the
+//! annotation says why (it reaches the log, the Ingress's Events and `sluice check`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::networking::v1::Ingress;
+
+use super::compile::Diagnostic;
+use crate::core::http1::Upgrades;
+use crate::core::route::RoutePolicy;
+use crate::core::upstream::Balance;
+use crate::core::upstream::hash::HashKey;
+
+/// Our own prefix; wins over ingress-nginx's.
+pub const OURS: &str = "sluice.dev/";
+/// ingress-nginx's prefix, read for the annotations it defines.
+pub const NGINX: &str = "nginx.ingress.kubernetes.io/";
+
+/// Upgrade protocols relayed on the Ingress's routes (ours only: ingress-nginx has none).
+pub const UPGRADE_PROTOCOLS: &str = "upgrade-protocols";
+
+/// Per-route timeouts (ingress-nginx: whole seconds) and the request body limit.
+pub const PROXY_CONNECT_TIMEOUT: &str = "proxy-connect-timeout";
+pub const PROXY_READ_TIMEOUT: &str = "proxy-read-timeout";
+pub const PROXY_SEND_TIMEOUT: &str = "proxy-send-timeout";
+pub const CLIENT_BODY_TIMEOUT: &str = "client-body-timeout";
+pub const PROXY_BODY_SIZE: &str = "proxy-body-size";
+/// Balancing: `round_robin`, `least_request`, `ewma`; a hash key wins over it.
+pub const LOAD_BALANCE: &str = "load-balance";
+pub const UPSTREAM_HASH_BY: &str = "upstream-hash-by";
+
+/// The annotations of one Ingress, with the object name its diagnostics carry.
+pub struct Annotations<'a> {
+    map: Option<&'a BTreeMap<String, String>>,
+    object: &'a str,
+}
+
+impl<'a> Annotations<'a> {
+    pub fn of(ing: &'a Ingress, object: &'a str) -> Annotations<'a> {
+        Annotations {
+            map: ing.metadata.annotations.as_ref(),
+            object,
+        }
+    }
+
+    /// The key and value of `name`: ours if set, else ingress-nginx's (when `nginx`).
+    fn raw(&self, name: &str, nginx: bool) -> Option<(String, &'a str)> {
+        let map = self.map?;
+        let prefixes: &[&str] = if nginx { &[OURS, NGINX] } else { &[OURS] };
+        prefixes.iter().find_map(|prefix| {
+            let key = format!("{prefix}{name}");
+            let value = map.get(&key)?;
+            Some((key, value.as_str()))
+        })
+    }
+
+    /// `name` (either prefix) parsed by `parse`, or `None` when absent or invalid; an invalid
+    /// value is reported, saying that `default` is used instead.
+    pub fn get<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+        default: &dyn fmt::Display,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<T> {
+        self.read(name, true, parse, default, diags)
+    }
+
+    /// [`Annotations::get`] for an annotation of ours only (`sluice.dev/<name>`).
+    pub fn get_ours<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+        default: &dyn fmt::Display,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<T> {
+        self.read(name, false, parse, default, diags)
+    }
+
+    /// A boolean, as ingress-nginx reads one (Go's `strconv.ParseBool`).
+    pub fn bool(&self, name: &str, default: bool, diags: &mut Vec<Diagnostic>) -> bool {
+        self.get(name, parse_bool, &default, diags)
+            .unwrap_or(default)
+    }
+
+    fn read<T>(
+        &self,
+        name: &str,
+        nginx: bool,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+        default: &dyn fmt::Display,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<T> {
+        let (key, value) = self.raw(name, nginx)?;
+        let parsed = if value.contains(['\r', '\n']) {
+            Err("contains a CR or LF".to_string())
+        } else {
+            parse(value.trim())
+        };
+        match parsed {
+            Ok(v) => Some(v),
+            Err(why) => {
+                diags.push(Diagnostic {
+                    object: self.object.to_string(),
+                    field: format!("metadata.annotations[{key}]"),
+                    message: format!("{why}; using {default}"),
+                });
+                None
+            }
+        }
+    }
+}
+
+/// Go's `strconv.ParseBool`, which ingress-nginx uses.
+pub fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
+/// A timeout as ingress-nginx writes one: whole seconds (`"120"`); also with nginx's units
+/// (`"500ms"`, `"30s"`, `"2m"`, `"1h"`). Zero is refused (nginx would time out at once).
+pub fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("expected seconds like \"60\" (or \"500ms\", \"30s\", \"2m\"), got {value:?}");
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (num, unit) = value.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(bad()),
+    }
+    .filter(|ms| *ms <= 24 * 3_600_000)
+    .ok_or_else(|| format!("{value:?} is longer than a day"))?;
+    if ms == 0 {
+        return Err(format!("{value:?}: a timeout must be positive"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// A size as nginx writes one (`client_max_body_size`): bytes, or with `k`, `m` or `g`
+/// (either case). `0` means unlimited (`None`).
+pub fn parse_body_size(value: &str) -> Result<Option<u64>, String> {
+    let bad =
+        || format!("expected a size like \"8m\", \"512k\" or \"0\" (unlimited), got {value:?}");
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (num, unit) = value.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" | "K" => 1 << 10,
+        "m" | "M" => 1 << 20,
+        "g" | "G" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let bytes = n.checked_mul(mult).ok_or_else(bad)?;
+    Ok((bytes > 0).then_some(bytes))
+}
+
+/// A `load-balance` value.
+pub fn parse_balance(value: &str) -> Result<Balance, String> {
+    match value {
+        "round_robin" => Ok(Balance::RoundRobin),
+        "least_request" => Ok(Balance::LeastRequest),
+        "ewma" => Ok(Balance::Ewma),
+        other => Err(format!(
+            "expected round_robin, least_request or ewma, got {other:?}"
+        )),
+    }
+}
+
+/// A comma-separated list of upgrade protocol names (empty: none may be relayed).
+pub fn parse_upgrades(value: &str) -> Result<Upgrades, String> {
+    let names: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    Upgrades::new(&names)
+}
+
+/// The per-route properties of `ing`'s annotations, `None` when it sets none (or none
+/// parsed); problems go to `diags`.
+pub fn route_policy(
+    ing: &Ingress,
+    object: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Arc<RoutePolicy>> {
+    let a = Annotations::of(ing, object);
+    let balance = a.get(LOAD_BALANCE, parse_balance, &"round_robin", diags);
+    let hash = a.get(
+        UPSTREAM_HASH_BY,
+        HashKey::parse,
+        &"no hashing (load-balance)",
+        diags,
+    );
+    let policy = RoutePolicy {
+        balance: hash.map(Balance::Hash).or(balance),
+        upgrades: a.get_ours(
+            UPGRADE_PROTOCOLS,
+            parse_upgrades,
+            &"the listener's [http] upgrade_protocols",
+            diags,
+        ),
+        connect_timeout: a.get(
+            PROXY_CONNECT_TIMEOUT,
+            parse_timeout,
+            &"the listener's timeouts.upstream_connect",
+            diags,
+        ),
+        read_timeout: a.get(
+            PROXY_READ_TIMEOUT,
+            parse_timeout,
+            &"the listener's timeouts",
+            diags,
+        ),
+        send_timeout: a.get(
+            PROXY_SEND_TIMEOUT,
+            parse_timeout,
+            &"the listener's timeouts.body_idle",
+            diags,
+        ),
+        client_body_timeout: a.get(
+            CLIENT_BODY_TIMEOUT,
+            parse_timeout,
+            &"the listener's timeouts.body_idle",
+            diags,
+        ),
+        max_body_bytes: a.get(
+            PROXY_BODY_SIZE,
+            parse_body_size,
+            &"the listener's limits.max_body_bytes",
+            diags,
+        ),
+    };
+    (!policy.is_empty()).then(|| Arc::new(policy))
+}

@@ -1,0 +1,203 @@
+//! The `upstream-hash-by` key of a route: a template in ingress-nginx's variable syntax,
+//! compiled once into typed parts, hashed per request with FNV-1a (fixed, no per-process
+//! seed: the same on every worker and replica) without allocating. The pick over endpoints is
+//! `core::upstream::hash`.
+
+use std::net::IpAddr;
+
+/// One piece of a key template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Part {
+    Text(Box<str>),
+    /// `$remote_addr`: the client address as text.
+    RemoteAddr,
+    /// `$binary_remote_addr`: its 4 or 16 bytes.
+    BinaryRemoteAddr,
+    /// `$request_uri`: path and query as received.
+    RequestUri,
+    /// `$uri`: the path, without query (nginx's is normalised; ours is as received).
+    Uri,
+    /// `$host`: the host, lower-cased, without port.
+    Host,
+    /// `$http_<name>`: a request field (`_` stands for `-`, any case); empty when absent.
+    Header(Box<str>),
+    /// `$cookie_<name>`: a cookie's value.
+    Cookie(Box<str>),
+    /// `$arg_<name>`: a query argument's value (as received, not decoded).
+    Arg(Box<str>),
+}
+
+/// A compiled `upstream-hash-by` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashKey {
+    parts: Vec<Part>,
+    /// The template as written, for the route dump.
+    source: Box<str>,
+}
+
+impl std::fmt::Display for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// What a key reads of a request.
+pub trait KeySource {
+    fn remote_ip(&self) -> IpAddr;
+    fn host(&self) -> &str;
+    fn path(&self) -> &str;
+    fn query(&self) -> Option<&str>;
+    /// The first field named `name` (ASCII case-insensitive).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl HashKey {
+    /// Parses `$var`, `${var}` and literal text mixed (`$host$request_uri`, `user-${arg_id}`).
+    /// An unknown variable is refused, naming it.
+    pub fn parse(template: &str) -> Result<HashKey, String> {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut rest = template;
+        while let Some(at) = rest.find('$') {
+            text.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
+                let end = braced
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed ${{ in {template:?}"))?;
+                (&braced[..end], &braced[end + 1..])
+            } else {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            };
+            if !text.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut text).into()));
+            }
+            parts.push(variable(name)?);
+            rest = tail;
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            parts.push(Part::Text(text.into()));
+        }
+        if parts.is_empty() {
+            return Err("empty key".to_string());
+        }
+        Ok(HashKey {
+            parts,
+            source: template.into(),
+        })
+    }
+
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
+    }
+
+    /// The key's hash for `req`: FNV-1a over the key as nginx would build it.
+    pub fn hash(&self, req: &dyn KeySource) -> u64 {
+        let mut h = Fnv::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => h.write(t.as_bytes()),
+                Part::RemoteAddr => {
+                    let mut buf = [0u8; 64];
+                    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+                    let _ =
+                        std::io::Write::write_fmt(&mut cursor, format_args!("{}", req.remote_ip()));
+                    let n = cursor.position() as usize;
+                    h.write(&buf[..n]);
+                }
+                Part::BinaryRemoteAddr => match req.remote_ip() {
+                    IpAddr::V4(v4) => h.write(&v4.octets()),
+                    IpAddr::V6(v6) => h.write(&v6.octets()),
+                },
+                Part::RequestUri => {
+                    h.write(req.path().as_bytes());
+                    if let Some(q) = req.query() {
+                        h.write(b"?");
+                        h.write(q.as_bytes());
+                    }
+                }
+                Part::Uri => h.write(req.path().as_bytes()),
+                Part::Host => {
+                    for b in req.host().bytes() {
+                        h.write(&[b.to_ascii_lowercase()]);
+                    }
+                }
+                Part::Header(name) => h.write(req.header(name).unwrap_or(b"")),
+                Part::Cookie(name) => {
+                    let cookies = req.header("cookie").unwrap_or(b"");
+                    h.write(pair_value(cookies, b';', name.as_bytes()).unwrap_or(b""));
+                }
+                Part::Arg(name) => {
+                    let query = req.query().unwrap_or("").as_bytes();
+                    h.write(pair_value(query, b'&', name.as_bytes()).unwrap_or(b""));
+                }
+            }
+        }
+        h.finish()
+    }
+}
+
+fn variable(name: &str) -> Result<Part, String> {
+    let field = |prefix: &str| {
+        name.strip_prefix(prefix)
+            .filter(|n| !n.is_empty())
+            .map(Box::<str>::from)
+    };
+    Ok(match name {
+        "remote_addr" => Part::RemoteAddr,
+        "binary_remote_addr" => Part::BinaryRemoteAddr,
+        "request_uri" => Part::RequestUri,
+        "uri" => Part::Uri,
+        "host" => Part::Host,
+        _ => {
+            if let Some(h) = field("http_") {
+                Part::Header(h.replace('_', "-").into())
+            } else if let Some(c) = field("cookie_") {
+                Part::Cookie(c)
+            } else if let Some(a) = field("arg_") {
+                Part::Arg(a)
+            } else {
+                return Err(format!("unknown variable ${name}"));
+            }
+        }
+    })
+}
+
+/// The value of `name` in a `sep`-separated list of `name=value` pairs (cookies, query).
+fn pair_value<'a>(list: &'a [u8], sep: u8, name: &[u8]) -> Option<&'a [u8]> {
+    list.split(|b| *b == sep).find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+    })
+}
+
+/// FNV-1a, 64 bits: fixed, fast on short keys, the same everywhere.
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv::new()
+    }
+}
+
+impl Fnv {
+    pub fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}

@@ -1,0 +1,98 @@
+//! Per-route properties compiled from an Ingress's annotations: typed values, never text
+//! that is interpreted later. A route without any carries no policy at all (`None` in its
+//! [`super::PathRule`]), so the common route costs nothing extra per request.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::key::HashKey;
+use crate::core::http1::upgrade::Upgrades;
+
+/// What one Ingress's annotations say about the routes it adds. Every field is `None` when
+/// the annotation is absent (or did not parse): the listener's setting applies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Upgrade protocols relayed as tunnels on this route (`sluice.dev/upgrade-protocols`);
+    /// replaces the listener's `[http] upgrade_protocols` for the route.
+    pub upgrades: Option<Upgrades>,
+    /// Establishing the upstream connection (`proxy-connect-timeout`) → 504.
+    pub connect_timeout: Option<Duration>,
+    /// Waiting for the response head, and between two reads of the response body
+    /// (`proxy-read-timeout`) → 504 / cut.
+    pub read_timeout: Option<Duration>,
+    /// Between two writes of the request body to the upstream (`proxy-send-timeout`).
+    pub send_timeout: Option<Duration>,
+    /// Between two reads of the request body from the client (`client-body-timeout`).
+    pub client_body_timeout: Option<Duration>,
+    /// Largest request body (`proxy-body-size`) → 413; `Some(None)`: unlimited.
+    pub max_body_bytes: Option<Option<u64>>,
+    /// How requests spread over the backend's endpoints (`load-balance`, `upstream-hash-by`).
+    pub balance: Option<Balance>,
+}
+
+impl RoutePolicy {
+    /// True when nothing is set: such a route carries no policy.
+    pub fn is_empty(&self) -> bool {
+        *self == RoutePolicy::default()
+    }
+}
+
+/// For the route dump: `upgrade=websocket,foo` and so on, space-separated.
+impl fmt::Display for RoutePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        let mut item = |f: &mut fmt::Formatter<'_>, args: fmt::Arguments<'_>| {
+            let r = write!(f, "{sep}{args}");
+            sep = " ";
+            r
+        };
+        if let Some(u) = &self.upgrades {
+            item(f, format_args!("upgrade={u}"))?;
+        }
+        let timeouts = [
+            ("connect", self.connect_timeout),
+            ("read", self.read_timeout),
+            ("send", self.send_timeout),
+            ("client-body", self.client_body_timeout),
+        ];
+        for (name, t) in timeouts {
+            if let Some(t) = t {
+                item(f, format_args!("{name}-timeout={t:?}"))?;
+            }
+        }
+        if let Some(b) = &self.balance {
+            item(f, format_args!("balance={b}"))?;
+        }
+        match self.max_body_bytes {
+            Some(Some(n)) => item(f, format_args!("body-size={n}"))?,
+            Some(None) => item(f, format_args!("body-size=unlimited"))?,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// How a route spreads its requests over its backend's endpoints (`load-balance`,
+/// `upstream-hash-by`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// P2C on the worker's in-flight requests per endpoint.
+    LeastRequest,
+    /// P2C on peak-EWMA latency times in-flight requests.
+    Ewma,
+    /// Rendezvous hashing of the key: the same endpoint on every worker and replica.
+    Hash(HashKey),
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Balance::RoundRobin => f.write_str("round_robin"),
+            Balance::LeastRequest => f.write_str("least_request"),
+            Balance::Ewma => f.write_str("ewma"),
+            Balance::Hash(key) => write!(f, "hash({key})"),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Load-balancing pickers that keep per-worker state: least-request and peak-EWMA, both with
+//! power-of-two choices (P2C). Sans-IO: the caller passes time in and reports each request's
+//! start and end. Nothing allocates per pick; state grows only when a backend gains endpoints.
+//!
+//! Statistics are kept by endpoint address, so they survive snapshot swaps; a swap drops
+//! those of endpoints no longer in the snapshot ([`EndpointStats::retain`]). State is
+//! advisory: it steers, it never pins.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::core::time::Instant;
+
+/// A small, fast, seedable generator (xorshift64*): P2C needs two cheap random indices, not
+/// cryptographic quality. Each worker seeds its own.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // Zero is xorshift's fixed point.
+        Rng((seed ^ 0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n > 0`), by multiply-shift (no modulo bias worth the name).
+    pub fn below(&mut self, n: usize) -> usize {
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
+    }
+}
+
+/// Two distinct indices in `0..n` (`n >= 2`).
+fn two(rng: &mut Rng, n: usize) -> (usize, usize) {
+    let a = rng.below(n);
+    let b = rng.below(n - 1);
+    (a, if b >= a { b + 1 } else { b })
+}
+
+/// Decay time of the latency average, as ingress-nginx's ewma balancer (10 s).
+pub const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// What one worker knows of one endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Stat {
+    /// Requests sent and not yet finished.
+    in_flight: u32,
+    /// Peak-EWMA of the response latency, in nanoseconds (0: nothing measured yet).
+    ewma_ns: f64,
+    /// When `ewma_ns` was last updated.
+    stamp: Instant,
+}
+
+/// Per-worker statistics of endpoints, and the two P2C pickers over a backend's endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointStats {
+    stats: HashMap<SocketAddr, Stat>,
+}
+
+impl EndpointStats {
+    /// Keeps only the endpoints `keep` says are still there.
+    pub fn retain(&mut self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.stats.retain(|ep, s| s.in_flight > 0 || keep(ep));
+    }
+
+    pub fn len(&self) -> usize {
+        self.stats.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
+    }
+
+    /// Requests in flight to `ep`.
+    pub fn in_flight(&self, ep: &SocketAddr) -> u32 {
+        self.stats.get(ep).map_or(0, |s| s.in_flight)
+    }
+
+    /// A request to `ep` starts.
+    pub fn started(&mut self, ep: SocketAddr) {
+        let s = self.stats.entry(ep).or_default();
+        s.in_flight = s.in_flight.saturating_add(1);
+    }
+
+    /// A request to `ep` ended after `latency` (`None`: failed, not measured).
+    pub fn finished(&mut self, ep: &SocketAddr, latency: Option<Duration>, now: Instant) {
+        let Some(s) = self.stats.get_mut(ep) else {
+            return;
+        };
+        s.in_flight = s.in_flight.saturating_sub(1);
+        let Some(latency) = latency else {
+            return;
+        };
+        let rtt = latency.as_nanos() as f64;
+        if s.ewma_ns == 0.0 || rtt > s.ewma_ns {
+            // Peak: a slower response counts at once; recovery is gradual.
+            s.ewma_ns = rtt;
+        } else {
+            let dt = now.saturating_since(s.stamp).as_secs_f64();
+            let w = (-dt / EWMA_DECAY.as_secs_f64()).exp();
+            s.ewma_ns = s.ewma_ns * w + rtt * (1.0 - w);
+        }
+        s.stamp = now;
+    }
+
+    /// The peak-EWMA cost of `ep`: its latency average, decayed towards zero while it is
+    /// idle, times its in-flight requests plus one. An unmeasured endpoint costs the least,
+    /// so new endpoints are tried.
+    pub fn cost(&self, ep: &SocketAddr, now: Instant) -> f64 {
+        let Some(s) = self.stats.get(ep) else {
+            return 0.0;
+        };
+        let dt = now.saturating_since(s.stamp).as_secs_f64();
+        let decayed = s.ewma_ns * (-dt / EWMA_DECAY.as_secs_f64()).exp();
+        decayed * f64::from(s.in_flight + 1)
+    }
+
+    /// `least_request`: of two of `eps` drawn at random, the one with fewer requests in
+    /// flight (the first on a tie). `None` when there are none.
+    pub fn least_request(&self, eps: &[SocketAddr], rng: &mut Rng) -> Option<usize> {
+        self.p2c(eps, rng, |ep| f64::from(self.in_flight(ep)))
+    }
+
+    /// `ewma`: of two of `eps` drawn at random, the one with the lower
+    /// [`cost`](Self::cost).
+    pub fn ewma(&self, eps: &[SocketAddr], rng: &mut Rng, now: Instant) -> Option<usize> {
+        self.p2c(eps, rng, |ep| self.cost(ep, now))
+    }
+
+    fn p2c(
+        &self,
+        eps: &[SocketAddr],
+        rng: &mut Rng,
+        score: impl Fn(&SocketAddr) -> f64,
+    ) -> Option<usize> {
+        match eps.len() {
+            0 => None,
+            1 => Some(0),
+            n => {
+                let (a, b) = two(rng, n);
+                Some(if score(&eps[b]) < score(&eps[a]) {
+                    b
+                } else {
+                    a
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Consistent hashing for `upstream-hash-by`: rendezvous (highest-random-weight) hashing of
+//! a route's key ([`crate::core::route::key`]) over a backend's endpoints.
+//!
+//! Deterministic by construction: FNV-1a and a fixed mixer, no per-process seed, so every
+//! worker and every Sluice replica sends the same key to the same endpoint for the same
+//! endpoint set, whatever order the endpoints are listed in. Adding one endpoint to N moves
+//! only the keys the new one wins (about 1/(N+1) of them); removing one moves only its own.
+//! A pick costs one hash of the key plus one mix per endpoint, and allocates nothing.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::core::route::key::Fnv;
+pub use crate::core::route::key::{HashKey, KeySource, Part};
+
+/// splitmix64's finaliser: spreads a combined hash over all 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The hash of an endpoint's address and port (its identity on every replica).
+pub fn endpoint_hash(endpoint: &SocketAddr) -> u64 {
+    let mut h = Fnv::new();
+    match endpoint.ip() {
+        IpAddr::V4(v4) => h.write(&v4.octets()),
+        IpAddr::V6(v6) => h.write(&v6.octets()),
+    }
+    h.write(&endpoint.port().to_be_bytes());
+    h.finish()
+}
+
+/// Rendezvous hashing: the index of the endpoint with the highest score for `key` (ties to
+/// the lower address), or `None` when there are none.
+pub fn rendezvous(key: u64, endpoints: &[SocketAddr]) -> Option<usize> {
+    endpoints
+        .iter()
+        .enumerate()
+        .max_by(|(_, a), (_, b)| {
+            let sa = mix(key ^ endpoint_hash(a));
+            let sb = mix(key ^ endpoint_hash(b));
+            sa.cmp(&sb).then_with(|| b.cmp(a))
+        })
+        .map(|(i, _)| i)
+}

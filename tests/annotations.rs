@@ -1,0 +1,360 @@
+//! Ingress annotations compiled into typed route properties: ours (`sluice.dev/`) over
+//! ingress-nginx's, a bad value rejecting only its own field (reported, default used), CR/LF
+//! refused in any value.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::Ingress;
+use sluice::control::annotations::Annotations;
+use sluice::control::compile::{CompileOptions, Compiled, Diagnostic, Objects, compile};
+use sluice::control::incremental::Incremental;
+use sluice::control::manifests::{Object, parse_documents};
+use sluice::core::http1::Upgrades;
+use sluice::core::route::RoutePolicy;
+use sluice::core::snapshot::Snapshot;
+
+const BACKEND: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: default}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: app-1, namespace: default, labels: {kubernetes.io/service-name: app}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: ["10.4.0.1"]}]
+"#;
+
+/// An Ingress `name` routing `host` `/` to `app:80`, with `annotations` (YAML flow map body).
+fn ingress(name: &str, host: &str, annotations: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {name}
+  namespace: default
+  annotations: {{{annotations}}}
+spec:
+  ingressClassName: sluice
+  rules:
+    - host: {host}
+      http:
+        paths:
+          - {{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}
+"#
+    )
+}
+
+fn load(docs: &[String]) -> Vec<Object> {
+    let text = docs.join("\n---\n");
+    let (objects, errors) = parse_documents(&format!("{BACKEND}\n---\n{text}"), "test");
+    assert!(errors.is_empty(), "{errors:?}");
+    objects
+}
+
+fn compile_docs(docs: &[String]) -> Compiled {
+    compile(
+        &Objects::from_objects(load(docs)),
+        &CompileOptions::default(),
+        1,
+    )
+}
+
+/// The policy of the route serving `host` `/`, and that it is served at all.
+fn policy(s: &Snapshot, host: &str) -> Option<RoutePolicy> {
+    let (backend, policy) = s.table.route(host, "/").expect("routed");
+    assert_eq!(s.backend(backend).unwrap().endpoints.len(), 1, "{host}");
+    policy.map(|p| (**p).clone())
+}
+
+fn upgrades(names: &[&str]) -> Option<RoutePolicy> {
+    Some(RoutePolicy {
+        upgrades: Some(Upgrades::new(names).unwrap()),
+        ..RoutePolicy::default()
+    })
+}
+
+fn diagnostic_for<'a>(c: &'a Compiled, object: &str) -> Vec<&'a Diagnostic> {
+    c.diagnostics
+        .iter()
+        .filter(|d| d.object == object)
+        .collect()
+}
+
+#[test]
+fn upgrade_protocols_become_a_route_property() {
+    let c = compile_docs(&[
+        ingress(
+            "ws",
+            "ws.example",
+            r#"sluice.dev/upgrade-protocols: " echo, websocket""#,
+        ),
+        ingress(
+            "none",
+            "none.example",
+            r#"sluice.dev/upgrade-protocols: """#,
+        ),
+        // ingress-nginx has no such annotation: its prefix is not read for ours.
+        ingress(
+            "nginx",
+            "nginx.example",
+            r#"nginx.ingress.kubernetes.io/upgrade-protocols: echo"#,
+        ),
+        ingress("plain", "plain.example", ""),
+    ]);
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    let s = &c.snapshot;
+    assert_eq!(policy(s, "ws.example"), upgrades(&["echo", "websocket"]));
+    assert_eq!(policy(s, "none.example"), upgrades(&[]));
+    assert_eq!(policy(s, "nginx.example"), None);
+    assert_eq!(policy(s, "plain.example"), None);
+    // `sluice check` shows it.
+    let dump = s.to_string();
+    assert!(
+        dump.contains(
+            "ws.example / Prefix -> default/app:80 (1 endpoints) [upgrade=echo,websocket]"
+        ),
+        "{dump}"
+    );
+}
+
+#[test]
+fn a_bad_value_rejects_only_its_field_and_is_reported() {
+    let c = compile_docs(&[
+        ingress(
+            "h2c",
+            "h2c.example",
+            r#"sluice.dev/upgrade-protocols: "websocket, h2c""#,
+        ),
+        ingress(
+            "junk",
+            "junk.example",
+            r#"sluice.dev/upgrade-protocols: "a b""#,
+        ),
+        ingress(
+            "crlf",
+            "crlf.example",
+            r#"sluice.dev/upgrade-protocols: "echo\r\nX-Evil: 1", sluice.dev/ssl-redirect: "true\n""#,
+        ),
+        ingress(
+            "good",
+            "good.example",
+            r#"sluice.dev/upgrade-protocols: echo"#,
+        ),
+    ]);
+    let s = &c.snapshot;
+    // Served, with the default for the bad field.
+    for host in ["h2c.example", "junk.example", "crlf.example"] {
+        assert_eq!(policy(s, host), None, "{host}");
+    }
+    assert_eq!(policy(s, "good.example"), upgrades(&["echo"]));
+
+    let h2c = diagnostic_for(&c, "Ingress default/h2c");
+    assert_eq!(h2c.len(), 1, "{h2c:#?}");
+    assert_eq!(
+        h2c[0].field,
+        "metadata.annotations[sluice.dev/upgrade-protocols]"
+    );
+    assert!(h2c[0].message.contains("h2c smuggling"), "{}", h2c[0]);
+    assert!(
+        h2c[0].message.contains("using the listener's"),
+        "{}",
+        h2c[0]
+    );
+    assert_eq!(diagnostic_for(&c, "Ingress default/junk").len(), 1);
+    let crlf = diagnostic_for(&c, "Ingress default/crlf");
+    let fields: Vec<&str> = crlf.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "metadata.annotations[sluice.dev/ssl-redirect]",
+            "metadata.annotations[sluice.dev/upgrade-protocols]",
+        ],
+        "{crlf:#?}"
+    );
+    assert!(crlf.iter().all(|d| d.message.contains("CR or LF")));
+    assert!(diagnostic_for(&c, "Ingress default/good").is_empty());
+}
+
+#[test]
+fn ours_wins_over_ingress_nginx() {
+    let docs = [ingress(
+        "both",
+        "both.example",
+        r#"sluice.dev/ssl-redirect: "false", nginx.ingress.kubernetes.io/ssl-redirect: "yes", nginx.ingress.kubernetes.io/force-ssl-redirect: "nope""#,
+    )];
+    let objects = load(&docs);
+    let ing: Arc<Ingress> = objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Ingress(i) => Some(i.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let mut diags = Vec::new();
+    let a = Annotations::of(&ing, "Ingress default/both");
+    // Ours is read; ingress-nginx's invalid "yes" is never looked at.
+    assert!(!a.bool("ssl-redirect", true, &mut diags));
+    assert!(diags.is_empty(), "{diags:?}");
+    // Only ingress-nginx's set: read, and its bad value reported with the default used.
+    assert!(a.bool("force-ssl-redirect", true, &mut diags));
+    assert_eq!(diags.len(), 1);
+    assert_eq!(
+        diags[0].to_string(),
+        "Ingress default/both: metadata.annotations[nginx.ingress.kubernetes.io/force-ssl-redirect]: expected true or false, got \"nope\"; using true"
+    );
+}
+
+#[test]
+fn incremental_compile_follows_annotation_changes() {
+    let before = load(&[
+        ingress("ws", "ws.example", r#"sluice.dev/upgrade-protocols: echo"#),
+        ingress("other", "other.example", ""),
+    ]);
+    let opts = CompileOptions::default();
+    let (mut inc, first) =
+        Incremental::new(&Objects::from_objects(before.clone()), opts.clone(), 1);
+    assert_eq!(policy(&first.snapshot, "ws.example"), upgrades(&["echo"]));
+    // The same objects, the annotated Ingress replaced by a new version.
+    let changed = load(&[ingress(
+        "ws",
+        "ws.example",
+        r#"sluice.dev/upgrade-protocols: "h2c""#,
+    )]);
+    let new_ws = changed
+        .into_iter()
+        .find(|o| matches!(o, Object::Ingress(_)))
+        .unwrap();
+    let after: Vec<Object> = before
+        .into_iter()
+        .map(|o| match &o {
+            Object::Ingress(i) if i.metadata.name.as_deref() == Some("ws") => new_ws.clone(),
+            _ => o,
+        })
+        .collect();
+    let objects = Objects::from_objects(after);
+    let next = inc.update(&objects, 2);
+    assert_eq!(policy(&next.snapshot, "ws.example"), None);
+    assert_eq!(next.diagnostics.len(), 1, "{:#?}", next.diagnostics);
+    assert_eq!(next.snapshot, compile(&objects, &opts, 2).snapshot);
+}
+
+#[test]
+fn timeouts_and_body_size_parse_as_ingress_nginx_writes_them() {
+    use std::time::Duration;
+    let c = compile_docs(&[
+        ingress(
+            "t",
+            "t.example",
+            r#"nginx.ingress.kubernetes.io/proxy-connect-timeout: "3", nginx.ingress.kubernetes.io/proxy-read-timeout: "120", sluice.dev/proxy-send-timeout: 500ms, nginx.ingress.kubernetes.io/client-body-timeout: "2m", nginx.ingress.kubernetes.io/proxy-body-size: 8m"#,
+        ),
+        ingress(
+            "unlimited",
+            "unlimited.example",
+            r#"nginx.ingress.kubernetes.io/proxy-body-size: "0""#,
+        ),
+        // Each bad value loses only its own field; the good one next to it is kept.
+        ingress(
+            "bad",
+            "bad.example",
+            r#"nginx.ingress.kubernetes.io/proxy-read-timeout: abc, nginx.ingress.kubernetes.io/proxy-connect-timeout: "0", nginx.ingress.kubernetes.io/proxy-body-size: 8mb, nginx.ingress.kubernetes.io/proxy-send-timeout: "7""#,
+        ),
+    ]);
+    let s = &c.snapshot;
+    assert_eq!(
+        policy(s, "t.example"),
+        Some(RoutePolicy {
+            connect_timeout: Some(Duration::from_secs(3)),
+            read_timeout: Some(Duration::from_secs(120)),
+            send_timeout: Some(Duration::from_millis(500)),
+            client_body_timeout: Some(Duration::from_secs(120)),
+            max_body_bytes: Some(Some(8 << 20)),
+            ..RoutePolicy::default()
+        })
+    );
+    assert_eq!(
+        policy(s, "unlimited.example"),
+        Some(RoutePolicy {
+            max_body_bytes: Some(None),
+            ..RoutePolicy::default()
+        })
+    );
+    assert_eq!(
+        policy(s, "bad.example"),
+        Some(RoutePolicy {
+            send_timeout: Some(Duration::from_secs(7)),
+            ..RoutePolicy::default()
+        })
+    );
+    let fields: Vec<&str> = c.diagnostics.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "metadata.annotations[nginx.ingress.kubernetes.io/proxy-body-size]",
+            "metadata.annotations[nginx.ingress.kubernetes.io/proxy-connect-timeout]",
+            "metadata.annotations[nginx.ingress.kubernetes.io/proxy-read-timeout]",
+        ],
+        "{:#?}",
+        c.diagnostics
+    );
+    assert!(
+        c.diagnostics
+            .iter()
+            .all(|d| d.object == "Ingress default/bad"),
+        "{:#?}",
+        c.diagnostics
+    );
+}
+
+#[test]
+fn balancing_and_hash_keys_compile_into_the_route() {
+    use sluice::core::upstream::Balance;
+    use sluice::core::upstream::hash::HashKey;
+    let c = compile_docs(&[
+        ingress(
+            "lr",
+            "lr.example",
+            r#"nginx.ingress.kubernetes.io/load-balance: least_request"#,
+        ),
+        ingress(
+            "ewma",
+            "ewma.example",
+            r#"nginx.ingress.kubernetes.io/load-balance: ewma"#,
+        ),
+        // The hash key wins over load-balance, as in ingress-nginx.
+        ingress(
+            "hash",
+            "hash.example",
+            r#"nginx.ingress.kubernetes.io/load-balance: ewma, nginx.ingress.kubernetes.io/upstream-hash-by: "$host$request_uri""#,
+        ),
+        ingress(
+            "bad",
+            "bad.example",
+            r#"nginx.ingress.kubernetes.io/load-balance: random, nginx.ingress.kubernetes.io/upstream-hash-by: "$nope""#,
+        ),
+    ]);
+    let balance = |host: &str| policy(&c.snapshot, host).and_then(|p| p.balance);
+    assert_eq!(balance("lr.example"), Some(Balance::LeastRequest));
+    assert_eq!(balance("ewma.example"), Some(Balance::Ewma));
+    assert_eq!(
+        balance("hash.example"),
+        Some(Balance::Hash(HashKey::parse("$host$request_uri").unwrap()))
+    );
+    assert_eq!(balance("bad.example"), None);
+    let dump = c.snapshot.to_string();
+    assert!(
+        dump.contains("hash.example / Prefix -> default/app:80 (1 endpoints) [balance=hash($host$request_uri)]"),
+        "{dump}"
+    );
+    let bad = diagnostic_for(&c, "Ingress default/bad");
+    assert_eq!(bad.len(), 2, "{bad:#?}");
+    assert!(
+        bad.iter()
+            .any(|d| d.message.contains("unknown variable $nope"))
+    );
+    assert!(bad.iter().any(|d| d.message.contains("got \"random\"")));
+    assert_eq!(c.diagnostics.len(), 2, "{:#?}", c.diagnostics);
+}

@@ -1,0 +1,242 @@
+//! Balancing through real sockets: several in-process upstream pods behind `sluice run`.
+//! `upstream-hash-by` sends a key to the same pod from every worker and from a second Sluice
+//! process; `least_request` steers around a pod that is busy with a request.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// Pods on 127.0.0.1..=n, one port: each answers `pod-<i>` to every request except
+/// `/hang…` (never answered), and records the paths it got.
+struct Pods {
+    port: u16,
+    n: usize,
+    seen: Arc<Mutex<Vec<(usize, String)>>>,
+}
+
+impl Pods {
+    fn start(n: usize) -> Pods {
+        for _ in 0..20 {
+            let first = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = first.local_addr().unwrap().port();
+            let mut listeners = vec![first];
+            for i in 2..=n {
+                match TcpListener::bind(format!("127.0.0.{i}:{port}")) {
+                    Ok(l) => listeners.push(l),
+                    Err(_) => break,
+                }
+            }
+            if listeners.len() < n {
+                continue;
+            }
+            let seen: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+            for (i, listener) in listeners.into_iter().enumerate() {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    for stream in listener.incoming().flatten() {
+                        let seen = seen.clone();
+                        std::thread::spawn(move || serve(i + 1, stream, seen));
+                    }
+                });
+            }
+            return Pods { port, n, seen };
+        }
+        panic!("no common free port on 127.0.0.1..={n}");
+    }
+
+    fn manifests(&self, ingresses: &str) -> String {
+        let addresses: Vec<String> = (1..=self.n).map(|i| format!("\"127.0.0.{i}\"")).collect();
+        format!(
+            "{ingresses}\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
+             addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [{}]}}]\n",
+            self.port,
+            addresses.join(", ")
+        )
+    }
+
+    /// Which pod received a request for `path`.
+    fn who_got(&self, path: &str) -> Option<usize> {
+        for _ in 0..500 {
+            if let Some((pod, _)) = self.seen.lock().unwrap().iter().find(|(_, p)| p == path) {
+                return Some(*pod);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+fn serve(pod: usize, mut stream: TcpStream, seen: Arc<Mutex<Vec<(usize, String)>>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            buf.drain(..end + 4);
+            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+            seen.lock().unwrap().push((pod, path.clone()));
+            if path.starts_with("/hang") {
+                continue;
+            }
+            let body = format!("pod-{pod}");
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if stream.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn ingress(name: &str, host: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\n\
+         metadata: {{name: {name}, namespace: default, annotations: {{{annotations}}}}}\n\
+         spec:\n  ingressClassName: sluice\n  rules:\n  - host: {host}\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n"
+    )
+}
+
+struct Sluice {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-bal-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sluice(name: &str, manifests_yaml: &str, workers: u32) -> Sluice {
+    let dir = temp_dir(name);
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("app.yaml"), manifests_yaml).unwrap();
+    let config_path = dir.join("sluice.toml");
+    std::fs::write(
+        &config_path,
+        "[timeouts]\nrequest_head = \"30s\"\nbody_idle = \"30s\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--manifests"])
+        .arg(&manifests)
+        .arg("--config")
+        .arg(&config_path)
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            &workers.to_string(),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("sluice exited early").unwrap();
+        if let Some(rest) = line.strip_prefix("sluice: serving http on ") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Sluice { child, addr }
+}
+
+/// One request on a fresh connection (so that it may land on any worker); the body.
+fn get(s: &Sluice, host: &str, path: &str, extra: &str) -> String {
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+}
+
+#[test]
+fn a_hash_key_picks_the_same_pod_on_every_worker_and_every_replica() {
+    let pods = Pods::start(3);
+    let yaml = pods.manifests(&format!(
+        "{}---\n{}",
+        ingress(
+            "hash",
+            "hash.test",
+            "nginx.ingress.kubernetes.io/upstream-hash-by: \"$http_x_user\""
+        ),
+        ingress("rr", "rr.test", "")
+    ));
+    let a = sluice("hash-a", &yaml, 2);
+    let b = sluice("hash-b", &yaml, 2);
+    let mut used = std::collections::BTreeSet::new();
+    for user in 0..24 {
+        let header = format!("X-User: user-{user}\r\n");
+        let first = get(&a, "hash.test", "/", &header);
+        for s in [&a, &b, &a, &b] {
+            assert_eq!(get(s, "hash.test", "/x", &header), first, "user {user}");
+        }
+        used.insert(first);
+    }
+    // Keys spread over the pods (24 keys over 3 pods all on one: a broken hash).
+    assert!(used.len() >= 2, "{used:?}");
+    // The route without the annotation still rotates.
+    let rotated: std::collections::BTreeSet<String> =
+        (0..6).map(|_| get(&a, "rr.test", "/", "")).collect();
+    assert!(rotated.len() >= 2, "{rotated:?}");
+}
+
+#[test]
+fn least_request_keeps_new_requests_off_a_busy_pod() {
+    let pods = Pods::start(3);
+    let yaml = pods.manifests(&ingress(
+        "lr",
+        "lr.test",
+        "nginx.ingress.kubernetes.io/load-balance: least_request",
+    ));
+    let s = sluice("least-request", &yaml, 1);
+    // A request that the pod never answers keeps one request in flight there.
+    let mut hanging = TcpStream::connect(s.addr).unwrap();
+    hanging
+        .write_all(b"GET /hang HTTP/1.1\r\nHost: lr.test\r\n\r\n")
+        .unwrap();
+    let busy = pods
+        .who_got("/hang")
+        .expect("the hanging request reached a pod");
+    // Each P2C draw of two distinct pods has an idle one: the busy pod never wins.
+    for i in 0..24 {
+        let body = get(&s, "lr.test", &format!("/n{i}"), "");
+        assert_ne!(body, format!("pod-{busy}"), "request {i}");
+    }
+    drop(hanging);
+}
