@@ -2,9 +2,14 @@
 //! `/readyz` (every worker serves a route snapshot), `/metrics` (Prometheus text, summed from
 //! the per-worker counters, with per-worker labels) and `/routes` (the current route dump).
 //! One request per connection; never on the data path.
+//!
+//! On an edge node the admin port is reachable from outside: the probe and scrape endpoints
+//! answer everyone, `/routes` (hosts, Services, pod addresses) only loopback peers, or peers
+//! that present the bearer token of [`AdminAccess::token_file`].
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -28,7 +33,54 @@ impl AdminHandle {
     }
 }
 
+/// Who may read the endpoints that disclose the cluster (`/routes`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminAccess {
+    /// A file holding the bearer token for peers that are not on loopback; `None`: loopback
+    /// only. Read on every such request (a rotated Secret applies without a restart).
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminAccess {
+    /// Whether a request from `peer` with this `Authorization` value may read `/routes`.
+    fn allows(&self, peer: SocketAddr, authorization: Option<&str>) -> bool {
+        if peer.ip().is_loopback() {
+            return true;
+        }
+        let (Some(file), Some(auth)) = (&self.token_file, authorization) else {
+            return false;
+        };
+        let Some(given) = auth.trim().strip_prefix("Bearer ") else {
+            return false;
+        };
+        match std::fs::read_to_string(file) {
+            Ok(token) => {
+                let token = token.trim();
+                !token.is_empty() && constant_time_eq(token.as_bytes(), given.trim().as_bytes())
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot read the admin token file");
+                false
+            }
+        }
+    }
+}
+
+/// Compares without returning early on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Starts the admin server with `/routes` for loopback peers only.
 pub fn start(addr: SocketAddr, state: Arc<EngineState>) -> io::Result<AdminHandle> {
+    start_with(addr, state, AdminAccess::default())
+}
+
+pub fn start_with(
+    addr: SocketAddr,
+    state: Arc<EngineState>,
+    access: AdminAccess,
+) -> io::Result<AdminHandle> {
     let listener = TcpListener::bind(addr).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -42,8 +94,8 @@ pub fn start(addr: SocketAddr, state: Arc<EngineState>) -> io::Result<AdminHandl
         .spawn(move || {
             while !state.stopping.load(Ordering::Acquire) {
                 match listener.accept() {
-                    Ok((stream, _)) => {
-                        let _ = serve(stream, &state);
+                    Ok((stream, peer)) => {
+                        let _ = serve(stream, peer, &state, &access);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
@@ -55,7 +107,12 @@ pub fn start(addr: SocketAddr, state: Arc<EngineState>) -> io::Result<AdminHandl
     Ok(AdminHandle { addr, thread })
 }
 
-fn serve(mut stream: TcpStream, state: &EngineState) -> io::Result<()> {
+fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: &EngineState,
+    access: &AdminAccess,
+) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = [0u8; 2048];
@@ -72,6 +129,12 @@ fn serve(mut stream: TcpStream, state: &EngineState) -> io::Result<()> {
     }
     let line = std::str::from_utf8(&buf[..len]).unwrap_or("");
     let path = line.split_whitespace().nth(1).unwrap_or("");
+    let authorization = line.split("\r\n").skip(1).find_map(|h| {
+        let (name, value) = h.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then_some(value)
+    });
     let (status, content_type, body) = match path {
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
         "/readyz" => {
@@ -90,6 +153,12 @@ fn serve(mut stream: TcpStream, state: &EngineState) -> io::Result<()> {
             }
         }
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(state)),
+        "/routes" if !access.allows(peer, authorization) => (
+            "403 Forbidden",
+            "text/plain",
+            "forbidden: /routes answers loopback, or a bearer token (listen.admin_token_file)\n"
+                .to_string(),
+        ),
         "/routes" => {
             let dump = state
                 .snapshot
@@ -253,4 +322,40 @@ pub fn metrics_text(state: &EngineState) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdminAccess;
+
+    #[test]
+    fn routes_need_loopback_or_the_token_from_the_file() {
+        let local = "127.0.0.1:5000".parse().unwrap();
+        let local6 = "[::1]:5000".parse().unwrap();
+        let edge = "203.0.113.7:5000".parse().unwrap();
+        let closed = AdminAccess::default();
+        assert!(closed.allows(local, None));
+        assert!(closed.allows(local6, None));
+        assert!(!closed.allows(edge, None));
+        assert!(!closed.allows(edge, Some(" Bearer anything")));
+
+        let file = std::env::temp_dir().join(format!("sluice-admin-token-{}", std::process::id()));
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let open = AdminAccess {
+            token_file: Some(file.clone()),
+        };
+        assert!(open.allows(edge, Some(" Bearer s3cret")));
+        assert!(!open.allows(edge, Some(" Bearer s3cre")));
+        assert!(!open.allows(edge, Some(" Basic s3cret")));
+        assert!(!open.allows(edge, None));
+        // Rotated: the new token applies at once, the old one no longer.
+        std::fs::write(&file, "rotated").unwrap();
+        assert!(!open.allows(edge, Some(" Bearer s3cret")));
+        assert!(open.allows(edge, Some(" Bearer rotated")));
+        // An empty or missing file opens nothing.
+        std::fs::write(&file, "\n").unwrap();
+        assert!(!open.allows(edge, Some(" Bearer ")));
+        std::fs::remove_file(&file).unwrap();
+        assert!(!open.allows(edge, Some(" Bearer rotated")));
+    }
 }

@@ -171,6 +171,7 @@ struct RawListen {
     http: Option<Spanned<String>>,
     https: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -267,6 +268,9 @@ pub struct Config {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: SocketAddr,
+    /// `listen.admin_token_file`: a file (a mounted Secret) holding the bearer token that
+    /// opens `/routes` to peers that are not on loopback; without it only loopback sees it.
+    pub admin_token_file: Option<PathBuf>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
@@ -298,6 +302,7 @@ impl Default for Config {
             http: "0.0.0.0:80".parse().expect("valid default"),
             https: "0.0.0.0:443".parse().expect("valid default"),
             admin: "0.0.0.0:10254".parse().expect("valid default"),
+            admin_token_file: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_secs(240),
@@ -528,6 +533,16 @@ impl Config {
             c.tls.hsts_include_subdomains = *v.get_ref();
         }
         c.admin = ctx.addr(&raw.listen.admin, "listen.admin", d.admin)?;
+        if let Some(v) = &raw.listen.admin_token_file {
+            if v.get_ref().is_empty() {
+                return Err(ctx.at(
+                    v.span().start,
+                    "listen.admin_token_file",
+                    "must not be empty".to_string(),
+                ));
+            }
+            c.admin_token_file = Some(PathBuf::from(v.get_ref()));
+        }
         if let Some(v) = &raw.http.server_header {
             let value = v.get_ref();
             // A field value we write verbatim: visible ASCII and inner spaces only.
