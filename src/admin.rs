@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::engine::EngineState;
-use crate::engine::metrics::WorkerMetrics;
+use crate::engine::metrics::{BUCKETS_US, Histogram, HistogramValues, WorkerMetrics};
 
 pub struct AdminHandle {
     addr: SocketAddr,
@@ -186,32 +186,146 @@ type Gauge = (
     fn(&WorkerMetrics) -> i64,
 );
 
-/// Prometheus text exposition of every worker's counters.
+/// Reads one of a worker's histograms.
+type HistogramOf = fn(&WorkerMetrics) -> &Histogram;
+
+/// Upper bounds (µs) of the propagation histogram's buckets (finer than request latency:
+/// a change usually reaches every core in well under a millisecond).
+const PROPAGATION_BUCKETS_US: [u64; 15] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000,
+];
+
+/// Prometheus text exposition (format 0.0.4), one family at a time: `# HELP`, `# TYPE`,
+/// then its samples. Histograms get cumulative `_bucket{le}` lines, `_sum` and `_count`.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        use std::fmt::Write as _;
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        use std::fmt::Write as _;
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// One histogram's samples: `per_bucket` counts (not cumulative) for each bound in µs and
+    /// a last one for +Inf; `sum_us` in µs.
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &str,
+        bounds_us: &[u64],
+        per_bucket: &[u64],
+        sum_us: u64,
+    ) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0u64;
+        for (i, n) in per_bucket.iter().enumerate() {
+            cumulative += n;
+            let le = match bounds_us.get(i) {
+                Some(us) => (*us as f64 / 1e6).to_string(),
+                None => "+Inf".to_string(),
+            };
+            self.sample(
+                &format!("{name}_bucket"),
+                &format!("{labels}{sep}le=\"{le}\""),
+                cumulative,
+            );
+        }
+        self.sample(&format!("{name}_sum"), labels, sum_us as f64 / 1e6);
+        self.sample(&format!("{name}_count"), labels, cumulative);
+    }
+
+    fn latency(&mut self, name: &str, labels: &str, v: &HistogramValues) {
+        self.histogram(name, labels, &BUCKETS_US, &v.counts, v.sum_us);
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Prometheus text exposition of every worker's counters, read and summed at scrape time.
 pub fn metrics_text(state: &EngineState) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let mut family =
-        |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, i64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, v) in values {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        };
+    let mut x = Exposition { out: String::new() };
     let m = &state.metrics;
-    family(
+    x.family(
         "sluice_responses_total",
         "counter",
         "Completed exchanges by status class and worker.",
-        &mut m.iter().enumerate().flat_map(|(w, m)| {
-            (0..5).map(move |c| {
-                (
-                    format!("worker=\"{w}\",class=\"{}xx\"", c + 1),
-                    m.responses[c].load(Ordering::Relaxed) as i64,
-                )
-            })
-        }),
     );
+    for (w, wm) in m.iter().enumerate() {
+        for (c, class) in CLASSES.iter().enumerate() {
+            x.sample(
+                "sluice_responses_total",
+                &format!("worker=\"{w}\",class=\"{class}\""),
+                wm.responses[c].load(Ordering::Relaxed),
+            );
+        }
+    }
+    // Request duration: per status class over all workers, and per worker.
+    let per_worker: Vec<[HistogramValues; 5]> = m
+        .iter()
+        .map(|wm| std::array::from_fn(|c| wm.request_duration[c].read()))
+        .collect();
+    x.family(
+        "sluice_request_duration_seconds",
+        "histogram",
+        "From the request's first byte to its response's completion, by status class (all workers).",
+    );
+    for (c, class) in CLASSES.iter().enumerate() {
+        let mut all = HistogramValues::default();
+        for w in &per_worker {
+            all.merge(&w[c]);
+        }
+        x.latency(
+            "sluice_request_duration_seconds",
+            &format!("class=\"{class}\""),
+            &all,
+        );
+    }
+    x.family(
+        "sluice_worker_request_duration_seconds",
+        "histogram",
+        "From the request's first byte to its response's completion, by worker and status class.",
+    );
+    for (w, hs) in per_worker.iter().enumerate() {
+        for (c, class) in CLASSES.iter().enumerate() {
+            x.latency(
+                "sluice_worker_request_duration_seconds",
+                &format!("worker=\"{w}\",class=\"{class}\""),
+                &hs[c],
+            );
+        }
+    }
+    let upstream: [(&str, &str, HistogramOf); 2] = [
+        (
+            "sluice_upstream_connect_duration_seconds",
+            "Connects of new upstream connections, from the connect to established (all workers).",
+            |wm| &wm.upstream_connect,
+        ),
+        (
+            "sluice_upstream_response_duration_seconds",
+            "From asking for an upstream connection (pooled or new) to the response's completion (all workers).",
+            |wm| &wm.upstream_response,
+        ),
+    ];
+    for (name, help, get) in upstream {
+        let mut all = HistogramValues::default();
+        for wm in m.iter() {
+            all.merge(&get(wm).read());
+        }
+        x.family(name, "histogram", help);
+        x.latency(name, "", &all);
+    }
     let simple: [Gauge; 9] = [
         (
             "sluice_tls_handshakes_full_total",
@@ -269,53 +383,74 @@ pub fn metrics_text(state: &EngineState) -> String {
         ),
     ];
     for (name, kind, help, get) in simple {
-        family(
-            name,
-            kind,
-            help,
-            &mut m
-                .iter()
-                .enumerate()
-                .map(|(w, m)| (format!("worker=\"{w}\""), get(m))),
-        );
+        x.family(name, kind, help);
+        for (w, wm) in m.iter().enumerate() {
+            x.sample(name, &format!("worker=\"{w}\""), get(wm));
+        }
     }
     if let Ok(p) = state.publication.lock() {
-        let _ = writeln!(
-            out,
-            "# HELP sluice_snapshots_published_total Route snapshots published to the workers."
+        x.family(
+            "sluice_snapshots_published_total",
+            "counter",
+            "Route snapshots published to the workers.",
         );
-        let _ = writeln!(out, "# TYPE sluice_snapshots_published_total counter");
-        let _ = writeln!(out, "sluice_snapshots_published_total {}", p.published);
-        let _ = writeln!(
-            out,
-            "# HELP sluice_snapshots_unacknowledged_total Snapshots some worker did not take within 5 s."
+        x.sample("sluice_snapshots_published_total", "", p.published);
+        x.family(
+            "sluice_snapshots_unacknowledged_total",
+            "counter",
+            "Snapshots some worker did not take within 5 s.",
         );
-        let _ = writeln!(out, "# TYPE sluice_snapshots_unacknowledged_total counter");
-        let _ = writeln!(
-            out,
-            "sluice_snapshots_unacknowledged_total {}",
-            p.unacknowledged
+        x.sample(
+            "sluice_snapshots_unacknowledged_total",
+            "",
+            p.unacknowledged,
         );
         let h = &p.propagation_us;
-        let _ = writeln!(
-            out,
-            "# HELP sluice_snapshot_propagation_seconds From a source change to every worker serving it."
+        let mut per_bucket = [0u64; PROPAGATION_BUCKETS_US.len() + 1];
+        let mut below = 0u64;
+        for (i, bound) in PROPAGATION_BUCKETS_US.iter().enumerate() {
+            let upto = if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, *bound)
+            };
+            per_bucket[i] = upto.saturating_sub(below);
+            below = below.max(upto);
+        }
+        per_bucket[PROPAGATION_BUCKETS_US.len()] = h.len().saturating_sub(below);
+        // hdrhistogram keeps no exact sum: its mean (3 significant digits) times the count.
+        let sum_us = (h.mean() * h.len() as f64).round() as u64;
+        x.family(
+            "sluice_snapshot_propagation_seconds",
+            "histogram",
+            "From a source change to every worker serving it.",
         );
-        let _ = writeln!(out, "# TYPE sluice_snapshot_propagation_seconds summary");
+        x.histogram(
+            "sluice_snapshot_propagation_seconds",
+            "",
+            &PROPAGATION_BUCKETS_US,
+            &per_bucket,
+            sum_us,
+        );
+        // The same measurements as exact quantiles (hdrhistogram), for the churn benchmarks.
+        let name = "sluice_snapshot_propagation_quantile_seconds";
+        x.family(
+            name,
+            "summary",
+            "From a source change to every worker serving it (quantiles).",
+        );
         for q in [0.5, 0.9, 0.99, 1.0] {
             let v = if h.is_empty() {
                 0
             } else {
                 h.value_at_quantile(q)
             };
-            let _ = writeln!(
-                out,
-                "sluice_snapshot_propagation_seconds{{quantile=\"{q}\"}} {}",
-                v as f64 / 1e6
-            );
+            x.sample(name, &format!("quantile=\"{q}\""), v as f64 / 1e6);
         }
-        let _ = writeln!(out, "sluice_snapshot_propagation_seconds_count {}", h.len());
+        x.sample(&format!("{name}_sum"), "", sum_us as f64 / 1e6);
+        x.sample(&format!("{name}_count"), "", h.len());
     }
+    let mut out = x.out;
     if let Ok(extra) = state.extra_metrics.lock() {
         for f in extra.iter() {
             f(&mut out);

@@ -139,6 +139,11 @@ struct Client {
     tls: Option<Box<TlsSession>>,
     /// HTTPS: shut the write side once close_notify is written.
     shut_after_flush: bool,
+    /// When the first byte of the current request was read (None between requests; a
+    /// pipelined request already buffered counts from its predecessor's completion).
+    request_start: Option<Instant>,
+    /// When the current request asked for an upstream connection.
+    upstream_start: Option<Instant>,
 }
 
 impl Client {
@@ -166,6 +171,8 @@ struct Upstream {
     state: UpState,
     client: Option<usize>,
     sending: bool,
+    /// When the connect was started (the connect-time histogram).
+    connect_start: Instant,
 }
 
 /// Whether the worker's loop goes on.
@@ -368,6 +375,8 @@ impl Driver {
             timer: None,
             tls,
             shut_after_flush: false,
+            request_start: None,
+            upstream_start: None,
         });
         let m = &self.setup.metrics;
         WorkerMetrics::add(&m.accepted, 1);
@@ -453,6 +462,7 @@ impl Driver {
                 };
                 let m = &self.setup.metrics;
                 WorkerMetrics::add(&m.bytes_in, data.len() as u64);
+                client.request_start.get_or_insert(now);
                 self.touched.push(slot as usize);
                 let conn = &mut client.conn;
                 let Some(tls) = &mut client.tls else {
@@ -619,6 +629,8 @@ impl Driver {
         let client = up.client;
         if ok {
             up.state = UpState::Attached;
+            let took = now.saturating_since(up.connect_start);
+            self.setup.metrics.upstream_connect.observe(took);
         } else {
             WorkerMetrics::add(&self.setup.metrics.upstream_connect_errors, 1);
             self.doomed.push(ui);
@@ -766,7 +778,13 @@ impl Driver {
                     }
                     Action::Completed { status } => {
                         let class = usize::from(status / 100).clamp(1, 5) - 1;
-                        WorkerMetrics::add(&self.setup.metrics.responses[class], 1);
+                        let m = &self.setup.metrics;
+                        WorkerMetrics::add(&m.responses[class], 1);
+                        let start = client.request_start.take().unwrap_or(now);
+                        m.request_duration[class].observe(now.saturating_since(start));
+                        if let Some(at) = client.upstream_start.take() {
+                            m.upstream_response.observe(now.saturating_since(at));
+                        }
                     }
                     Action::ShutdownClientWrite => match &mut client.tls {
                         None => t.shutdown_write(client.sock),
@@ -911,6 +929,10 @@ impl Driver {
             snapshot: &self.snapshot,
             picker: &mut self.picker,
         };
+        if let Some(client) = self.clients.get_any(slot) {
+            // A retry on a fresh connection keeps the first attempt's start.
+            client.upstream_start.get_or_insert(now);
+        }
         if !fresh && let Some(ui) = self.pool.get_mut(&endpoint).and_then(Vec::pop) {
             if let Some(up) = self.upstreams.get_any(ui) {
                 up.state = UpState::Attached;
@@ -929,6 +951,7 @@ impl Driver {
             state: UpState::Connecting,
             client: Some(slot),
             sending: false,
+            connect_start: now,
         });
         let owner = Owner::Upstream {
             slot: ui as u32,
