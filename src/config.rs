@@ -704,6 +704,7 @@ impl Config {
             https_port: self.https.port(),
             server: self.server_header.clone(),
             upgrades: self.upgrades.clone(),
+            request_id_seed: Some(random_seed()),
         }
     }
 
@@ -904,4 +905,11 @@ pub fn parse_service_ref(text: &str) -> Result<ServiceRef, String> {
         name: name.to_string(),
         port,
     })
+}
+
+/// A seed that differs between processes (std's randomly keyed hasher, itself seeded from
+/// the OS), for the ids the workers generate.
+fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x5115_u64)
 }

@@ -31,6 +31,7 @@ use crate::core::http1::response::{
 };
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, Upgrades, Version, local};
+use crate::core::request_id;
 use crate::core::route::{RouteDecision, Router};
 use crate::core::time::Instant;
 
@@ -100,6 +101,10 @@ pub struct ConnConfig {
     /// Upgrade protocols relayed as tunnels (WebSocket by default, never `h2c`); a request
     /// for any other upgrade is forwarded as plain HTTP/1.1 without its `Upgrade` field.
     pub upgrades: Upgrades,
+    /// `X-Request-ID` upstream (the client's, else one generated from this seed, random per
+    /// process: see `config::Config::conn_config`); `None`: the client's field passes like
+    /// any other and none is generated (the in-memory tests' exact heads).
+    pub request_id_seed: Option<u64>,
 }
 
 impl Default for ConnConfig {
@@ -113,6 +118,7 @@ impl Default for ConnConfig {
             https_port: 443,
             server: Some("sluice".into()),
             upgrades: Upgrades::default(),
+            request_id_seed: None,
         }
     }
 }
@@ -353,6 +359,9 @@ enum State {
 
 /// One client connection and, while a request is in flight, its upstream connection.
 pub struct Conn {
+    /// Base and count of this connection's generated `X-Request-ID`s.
+    request_id_base: Option<u64>,
+    requests: u64,
     info: ClientInfo,
     config: Arc<ConnConfig>,
     state: State,
@@ -381,6 +390,10 @@ pub struct Conn {
 impl Conn {
     pub fn new(info: ClientInfo, config: Arc<ConnConfig>, now: Instant) -> Conn {
         Conn {
+            request_id_base: config
+                .request_id_seed
+                .map(|seed| request_id::connection_base(seed, info.peer, info.local, now)),
+            requests: 0,
             info,
             config,
             state: State::Head {
@@ -846,11 +859,19 @@ impl Conn {
             )
         });
         if let RouteDecision::Forward { .. } = decision {
+            let mut generated = [0u8; 32];
+            let request_id = match self.request_id_base {
+                None => "",
+                Some(base) => request_id::incoming(head.headers)
+                    .unwrap_or_else(|| request_id::generate(base, self.requests, &mut generated)),
+            };
+            self.requests += 1;
             let info = ForwardInfo {
                 client_ip: self.info.peer.ip(),
                 proto: self.config.scheme.as_str(),
                 port: self.info.local.port(),
                 tunnel: req.upgrade,
+                request_id,
             };
             self.uout.reset();
             write_upstream_request(&head, &info, &mut self.uout.queued);
