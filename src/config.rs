@@ -81,6 +81,32 @@ struct Raw {
     userspace: RawUserspace,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    access: Option<Spanned<bool>>,
+    format: Option<Spanned<String>>,
+}
+
+/// The `[log]` section: the access log (the process log is set by `--log-level/-format`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// One line per request on stdout (on by default, as in ingress-nginx).
+    pub access: bool,
+    pub format: crate::engine::access_log::Format,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            access: true,
+            format: crate::engine::access_log::Format::Text,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -271,6 +297,8 @@ pub struct Config {
     /// `listen.admin_token_file`: a file (a mounted Secret) holding the bearer token that
     /// opens `/routes` to peers that are not on loopback; without it only loopback sees it.
     pub admin_token_file: Option<PathBuf>,
+    /// `[log]`: the access log.
+    pub log: LogConfig,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
@@ -303,6 +331,7 @@ impl Default for Config {
             https: "0.0.0.0:443".parse().expect("valid default"),
             admin: "0.0.0.0:10254".parse().expect("valid default"),
             admin_token_file: None,
+            log: LogConfig::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_secs(240),
@@ -533,6 +562,22 @@ impl Config {
             c.tls.hsts_include_subdomains = *v.get_ref();
         }
         c.admin = ctx.addr(&raw.listen.admin, "listen.admin", d.admin)?;
+        if let Some(v) = &raw.log.access {
+            c.log.access = *v.get_ref();
+        }
+        if let Some(v) = &raw.log.format {
+            c.log.format = match v.get_ref().as_str() {
+                "text" => crate::engine::access_log::Format::Text,
+                "json" => crate::engine::access_log::Format::Json,
+                other => {
+                    return Err(ctx.at(
+                        v.span().start,
+                        "log.format",
+                        format!("expected \"text\" or \"json\" (got {other:?})"),
+                    ));
+                }
+            };
+        }
         if let Some(v) = &raw.listen.admin_token_file {
             if v.get_ref().is_empty() {
                 return Err(ctx.at(
@@ -705,6 +750,7 @@ impl Config {
             server: self.server_header.clone(),
             upgrades: self.upgrades.clone(),
             request_id_seed: Some(random_seed()),
+            record_requests: self.log.access,
         }
     }
 

@@ -16,6 +16,7 @@ use sluice::control::incremental::Incremental;
 use sluice::control::manifests::{Object, parse_documents};
 use sluice::control::watch::{KubeSettings, KubeSource};
 use sluice::demo;
+use sluice::engine::access_log::{self, AccessLog};
 use sluice::engine::{Engine, sys};
 
 mod cli;
@@ -229,6 +230,11 @@ fn start_engine(
     snapshot: Arc<sluice::core::snapshot::Snapshot>,
 ) -> Result<(Engine, AdminHandle), String> {
     let https = Some(config.https_config()?);
+    if config.log.access && access_log::installed().is_none() {
+        let log = AccessLog::start(Box::new(std::io::stdout()), config.log.format, 64)
+            .map_err(|e| format!("cannot start the access log: {e}"))?;
+        access_log::install(log);
+    }
     let engine = match config.engine {
         EngineKind::Uring => Engine::start_with_https(config.engine_config(), https, snapshot),
         EngineKind::Userspace => Engine::start_userspace_with_https(
@@ -239,6 +245,32 @@ fn start_engine(
         ),
     }
     .map_err(|e| e.to_string())?;
+    if let Some(log) = access_log::installed()
+        && let Ok(mut extra) = engine.state().extra_metrics.lock()
+    {
+        let stats = log.stats.clone();
+        extra.push(Box::new(move |out: &mut String| {
+            use std::fmt::Write as _;
+            for (name, help, value) in [
+                (
+                    "sluice_access_log_written_lines_total",
+                    "Access log lines written.",
+                    &stats.written_lines,
+                ),
+                (
+                    "sluice_access_log_dropped_lines_total",
+                    "Access log lines dropped because the logger was behind (workers never wait).",
+                    &stats.dropped_lines,
+                ),
+            ] {
+                let v = value.load(Ordering::Relaxed);
+                let _ = write!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+                );
+            }
+        }));
+    }
     let access = admin::AdminAccess {
         token_file: config.admin_token_file.clone(),
     };

@@ -1,6 +1,7 @@
-//! `X-Request-ID` end to end through `sluice run`: a client's id reaches the upstream as it
-//! was sent; without one, Sluice makes a 32-hex-digit id, a different one per request; a
-//! client cannot smuggle a second one next to it.
+//! `X-Request-ID` and the access log end to end through `sluice run`: a client's id reaches
+//! the upstream as it was sent; without one, Sluice makes a 32-hex-digit id, a different one
+//! per request; a client cannot smuggle a second one next to it. Each request's access log
+//! line (stdout; text and JSON) carries the same id and the request's fields.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -81,24 +82,44 @@ fn seen_ids(addr: SocketAddr, extra: &str) -> String {
     out.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
-#[test]
-fn request_ids_pass_through_or_are_generated_and_reach_the_upstream() {
-    let up = echo_upstream();
-    let dir = std::env::temp_dir().join(format!("sluice-reqid-{}", std::process::id()));
+/// `sluice run` with `[log] format = FORMAT`: the process, its HTTP address, and its
+/// access log lines (stdout) as they come.
+fn start(
+    name: &str,
+    format: &str,
+    up: SocketAddr,
+) -> (Running, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let dir = std::env::temp_dir().join(format!("sluice-reqid-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("app.yaml"), manifests(up)).unwrap();
+    // dead.test: a port nothing listens on (502).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let dead_yaml = manifests(SocketAddr::from(([127, 0, 0, 1], dead_port)))
+        .replace("name: t,", "name: dead,")
+        .replace("app.test", "dead.test")
+        .replace("name: app", "name: dead")
+        .replace("service-name: app", "service-name: dead");
+    std::fs::write(dir.join("dead.yaml"), dead_yaml).unwrap();
+    let config =
+        std::env::temp_dir().join(format!("sluice-reqid-{}-{name}.toml", std::process::id()));
+    std::fs::write(&config, format!("[log]\nformat = \"{format}\"\n")).unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "--workers", "1", "--manifests"])
         .arg(&dir)
+        .arg("--config")
+        .arg(&config)
         .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
         .args(["--admin", "127.0.0.1:0"])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let _running = Running(child);
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let running = Running(child);
     let http: SocketAddr = loop {
         let line = lines.next().expect("sluice exited early").unwrap();
         if let Some((_, rest)) = line.split_once("serving http on ") {
@@ -106,12 +127,43 @@ fn request_ids_pass_through_or_are_generated_and_reach_the_upstream() {
         }
     };
     std::thread::spawn(move || for _ in lines {});
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (running, http, rx)
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<String>) -> String {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("an access log line")
+}
+
+#[test]
+fn request_ids_pass_through_or_are_generated_and_reach_the_upstream() {
+    let up = echo_upstream();
+    let (_running, http, log) = start("text", "text", up);
 
     // Passed through as sent.
     assert_eq!(
         seen_ids(http, "X-Request-ID: client-id-42\r\n"),
         "X-Request-ID: client-id-42"
     );
+    // Its access log line, field by field (text: upstreaminfo-like).
+    let line = next_line(&log);
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!(f[0], "127.0.0.1", "{line}");
+    assert_eq!(f[1], "-", "{line}");
+    assert!(f[2].starts_with('[') && f[2].ends_with("Z]"), "{line}");
+    assert_eq!(f[3], "\"GET", "{line}");
+    assert_eq!(f[4], "app.test/\"", "{line}");
+    assert_eq!(f[5], "200", "{line}");
+    assert!(f[6].parse::<f64>().is_ok(), "{line}");
+    assert_eq!(f[7], up.to_string(), "{line}");
+    assert!(f[8].parse::<f64>().is_ok(), "{line}");
+    assert_eq!(f[9], "client-id-42", "{line}");
     // Generated: 32 lowercase hex digits, one field, new for every request.
     let a = seen_ids(http, "");
     let b = seen_ids(http, "");
@@ -126,9 +178,72 @@ fn request_ids_pass_through_or_are_generated_and_reach_the_upstream() {
         );
     }
     assert_ne!(a, b);
+    // The generated ids are the ones logged.
+    for id in [&a, &b] {
+        let line = next_line(&log);
+        assert!(
+            line.ends_with(id.strip_prefix("X-Request-ID: ").unwrap()),
+            "{line} {id}"
+        );
+    }
     // Two ids from the client: neither is trusted, one generated id replaces both.
     let c = seen_ids(http, "X-Request-ID: one\r\nX-Request-ID: two\r\n");
     assert_eq!(c.lines().count(), 1, "{c}");
     assert!(!c.contains("one") && !c.contains("two"), "{c}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn json_access_log_lines_for_a_proxied_request_a_404_and_a_502() {
+    let get = |http: SocketAddr, host: &str, path: &str| {
+        let mut s = TcpStream::connect(http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let up = echo_upstream();
+    let (_running, http, log) = start("json", "json", up);
+    seen_ids(http, "X-Request-ID: j-1\r\n");
+    let v: serde_json::Value = serde_json::from_str(&next_line(&log)).unwrap();
+    assert_eq!(v["client"], "127.0.0.1", "{v}");
+    assert_eq!(v["method"], "GET", "{v}");
+    assert_eq!(v["host"], "app.test", "{v}");
+    assert_eq!(v["path"], "/", "{v}");
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(v["request_time"].as_f64().is_some(), "{v}");
+    assert_eq!(v["upstream"], up.to_string(), "{v}");
+    assert!(v["upstream_time"].as_f64().is_some(), "{v}");
+    assert_eq!(v["request_id"], "j-1", "{v}");
+    assert!(v["time"].as_str().unwrap().ends_with('Z'), "{v}");
+    // A 404 answered locally: no upstream.
+    let mut s = TcpStream::connect(http).unwrap();
+    write!(
+        s,
+        "GET /x?q=1 HTTP/1.1\r\nHost: nowhere.test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&next_line(&log)).unwrap();
+    assert_eq!(v["status"], 404, "{v}");
+    assert_eq!(v["host"], "nowhere.test", "{v}");
+    assert_eq!(v["path"], "/x", "{v}");
+    assert_eq!(v["upstream"], serde_json::Value::Null, "{v}");
+    // A 502: the upstream refused the connection; the address tried is logged.
+    let out = get(http, "dead.test", "/d");
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&next_line(&log)).unwrap();
+    assert_eq!(v["status"], 502, "{v}");
+    assert_eq!(v["host"], "dead.test", "{v}");
+    assert!(
+        v["upstream"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{v}"
+    );
+    assert_eq!(v["request_id"].as_str().unwrap().len(), 32, "{v}");
 }

@@ -105,6 +105,19 @@ pub struct ConnConfig {
     /// process: see `config::Config::conn_config`); `None`: the client's field passes like
     /// any other and none is generated (the in-memory tests' exact heads).
     pub request_id_seed: Option<u64>,
+    /// Keep a [`RequestRecord`] of each request for the access log.
+    pub record_requests: bool,
+}
+
+/// What the access log says about the current (or last) request of a connection; kept
+/// only with [`ConnConfig::record_requests`], its strings reused from request to request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    /// The `X-Request-ID` sent upstream (empty for a request answered locally).
+    pub request_id: String,
 }
 
 impl Default for ConnConfig {
@@ -119,6 +132,7 @@ impl Default for ConnConfig {
             server: Some("sluice".into()),
             upgrades: Upgrades::default(),
             request_id_seed: None,
+            record_requests: false,
         }
     }
 }
@@ -362,6 +376,7 @@ pub struct Conn {
     /// Base and count of this connection's generated `X-Request-ID`s.
     request_id_base: Option<u64>,
     requests: u64,
+    record: RequestRecord,
     info: ClientInfo,
     config: Arc<ConnConfig>,
     state: State,
@@ -388,12 +403,19 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The current (or last) request, for the access log (empty unless
+    /// [`ConnConfig::record_requests`]).
+    pub fn request_record(&self) -> &RequestRecord {
+        &self.record
+    }
+
     pub fn new(info: ClientInfo, config: Arc<ConnConfig>, now: Instant) -> Conn {
         Conn {
             request_id_base: config
                 .request_id_seed
                 .map(|seed| request_id::connection_base(seed, info.peer, info.local, now)),
             requests: 0,
+            record: RequestRecord::default(),
             info,
             config,
             state: State::Head {
@@ -817,12 +839,25 @@ impl Conn {
         let head = match parsed {
             Ok(head) => head,
             Err(err) => {
+                if self.config.record_requests {
+                    self.record = RequestRecord::default();
+                }
                 self.fail(err, now, true);
                 return true;
             }
         };
         let len = scanned.unwrap_or(head.len);
         self.scanner.reset();
+        if self.config.record_requests {
+            let r = &mut self.record;
+            r.method.clear();
+            r.method.push_str(head.method);
+            r.host.clear();
+            r.host.push_str(head.host());
+            r.path.clear();
+            r.path.push_str(head.path());
+            r.request_id.clear();
+        }
         let req = RequestMeta {
             version: head.version,
             head_request: head.is_head(),
@@ -866,6 +901,9 @@ impl Conn {
                     .unwrap_or_else(|| request_id::generate(base, self.requests, &mut generated)),
             };
             self.requests += 1;
+            if self.config.record_requests {
+                self.record.request_id.push_str(request_id);
+            }
             let info = ForwardInfo {
                 client_ip: self.info.peer.ip(),
                 proto: self.config.scheme.as_str(),

@@ -47,8 +47,15 @@ use crate::core::time::Instant;
 use crate::core::tls::{Received, TlsSession, TlsSettings};
 use crate::core::upstream::Picker;
 use crate::core::upstream::SnapshotRouter;
+use crate::engine::access_log::{Entry, WorkerLog};
 use crate::engine::metrics::WorkerMetrics;
 use crate::engine::publish::take_newer;
+
+/// Wall-clock time for the access log's timestamps.
+#[allow(clippy::disallowed_methods)]
+fn wall_clock() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}
 
 /// The engine's one clock read: monotonic time as the core's `Instant`.
 #[allow(clippy::disallowed_methods)]
@@ -121,6 +128,8 @@ pub struct DriverSetup {
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// This worker's side of the access log (`None`: off).
+    pub access_log: Option<WorkerLog>,
 }
 
 /// Rounds of actions and output per connection per drive (a transport that writes at once
@@ -142,8 +151,11 @@ struct Client {
     /// When the first byte of the current request was read (None between requests; a
     /// pipelined request already buffered counts from its predecessor's completion).
     request_start: Option<Instant>,
-    /// When the current request asked for an upstream connection.
+    /// When the current request asked for an upstream connection, and where to.
     upstream_start: Option<Instant>,
+    upstream_addr: Option<SocketAddr>,
+    /// The client's address (the access log).
+    peer: SocketAddr,
 }
 
 impl Client {
@@ -262,6 +274,10 @@ impl Driver {
     /// waiting, and runs the graceful stop (stop accepting, let machines finish, close what is
     /// left at the end of the grace period). Returns [`Flow::Exit`] once no client is left.
     pub fn quiescent<T: Transport>(&mut self, t: &mut T, now: Instant) -> Flow {
+        if let Some(log) = &mut self.setup.access_log {
+            // The last turn's lines go to the logger thread (never waiting for it).
+            log.flush();
+        }
         if let Some(snapshot) = take_newer(&self.setup.snapshots, self.snapshot.version) {
             self.swap_snapshot(t, snapshot);
         }
@@ -377,6 +393,8 @@ impl Driver {
             shut_after_flush: false,
             request_start: None,
             upstream_start: None,
+            upstream_addr: None,
+            peer: info.peer,
         });
         let m = &self.setup.metrics;
         WorkerMetrics::add(&m.accepted, 1);
@@ -781,9 +799,29 @@ impl Driver {
                         let m = &self.setup.metrics;
                         WorkerMetrics::add(&m.responses[class], 1);
                         let start = client.request_start.take().unwrap_or(now);
-                        m.request_duration[class].observe(now.saturating_since(start));
-                        if let Some(at) = client.upstream_start.take() {
-                            m.upstream_response.observe(now.saturating_since(at));
+                        let request_time = now.saturating_since(start);
+                        m.request_duration[class].observe(request_time);
+                        let upstream_time = client
+                            .upstream_start
+                            .take()
+                            .map(|at| now.saturating_since(at));
+                        if let Some(d) = upstream_time {
+                            m.upstream_response.observe(d);
+                        }
+                        if let Some(log) = &mut self.setup.access_log {
+                            let r = client.conn.request_record();
+                            log.record(&Entry {
+                                time: wall_clock(),
+                                client: client.peer,
+                                method: &r.method,
+                                host: &r.host,
+                                path: &r.path,
+                                status,
+                                request_time,
+                                upstream: client.upstream_addr.take(),
+                                upstream_time,
+                                request_id: &r.request_id,
+                            });
                         }
                     }
                     Action::ShutdownClientWrite => match &mut client.tls {
@@ -932,6 +970,7 @@ impl Driver {
         if let Some(client) = self.clients.get_any(slot) {
             // A retry on a fresh connection keeps the first attempt's start.
             client.upstream_start.get_or_insert(now);
+            client.upstream_addr = Some(endpoint);
         }
         if !fresh && let Some(ui) = self.pool.get_mut(&endpoint).and_then(Vec::pop) {
             if let Some(up) = self.upstreams.get_any(ui) {

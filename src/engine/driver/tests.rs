@@ -79,6 +79,7 @@ fn driver() -> Driver {
     let (_tx, snapshots) = channel();
     let (retired, _rx) = channel();
     let setup = DriverSetup {
+        access_log: None,
         index: 0,
         conn: Arc::new(ConnConfig::default()),
         https: None,
