@@ -174,6 +174,10 @@ fn serve_kube(config: &Config, pod_name: Option<&str>) -> Result<(), String> {
     engine.stop();
     engine.join().map_err(|e| e.to_string())?;
     admin.join();
+    if let Some(log) = access_log::installed() {
+        // The workers' last lines are with the logger thread: let it write them.
+        log.drain(Duration::from_secs(2));
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -328,6 +332,10 @@ fn serve(
     engine.stop();
     engine.join().map_err(|e| e.to_string())?;
     admin.join();
+    if let Some(log) = access_log::installed() {
+        // The workers' last lines are with the logger thread: let it write them.
+        log.drain(Duration::from_secs(2));
+    }
     tracing::info!("stopped");
     Ok(())
 }

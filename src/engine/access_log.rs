@@ -58,8 +58,12 @@ pub struct Entry<'a> {
 /// Counters shared by the workers and the logger (read at scrape time).
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Lines handed to the logger (written or failed later).
+    pub queued_lines: AtomicU64,
     pub written_lines: AtomicU64,
     pub dropped_lines: AtomicU64,
+    /// Of the queued lines, those the destination refused (also counted as dropped).
+    pub failed_lines: AtomicU64,
 }
 
 /// The logger thread and what the workers need to reach it.
@@ -85,9 +89,10 @@ impl AccessLog {
             .spawn(move || {
                 for (buf, lines) in rx {
                     if dest.write_all(&buf).and_then(|()| dest.flush()).is_ok() {
-                        s.written_lines.fetch_add(lines, Ordering::Relaxed);
+                        s.written_lines.fetch_add(lines, Ordering::Release);
                     } else {
-                        s.dropped_lines.fetch_add(lines, Ordering::Relaxed);
+                        s.dropped_lines.fetch_add(lines, Ordering::Release);
+                        s.failed_lines.fetch_add(lines, Ordering::Release);
                     }
                 }
             })?;
@@ -107,6 +112,20 @@ impl AccessLog {
             lines: 0,
             tx: self.tx.clone(),
             stats: self.stats.clone(),
+        }
+    }
+
+    /// Waits (at most `limit`) until the logger has written, or failed to write, every line
+    /// handed to it: at exit, after the workers are gone (their buffers flushed on drop).
+    pub fn drain(&self, limit: Duration) {
+        let s = &self.stats;
+        let mut waited = Duration::ZERO;
+        while s.written_lines.load(Ordering::Acquire) + s.failed_lines.load(Ordering::Acquire)
+            < s.queued_lines.load(Ordering::Acquire)
+            && waited < limit
+        {
+            std::thread::sleep(Duration::from_millis(5));
+            waited += Duration::from_millis(5);
         }
     }
 
@@ -155,9 +174,12 @@ impl WorkerLog {
         }
         let full = std::mem::replace(&mut self.buf, Vec::with_capacity(FLUSH_AT * 2));
         let lines = std::mem::take(&mut self.lines);
+        // Counted before the send, so that `drain` never sees a line written but not queued.
+        self.stats.queued_lines.fetch_add(lines, Ordering::Release);
         match self.tx.try_send((full, lines)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.stats.queued_lines.fetch_sub(lines, Ordering::Release);
                 self.stats.dropped_lines.fetch_add(lines, Ordering::Relaxed);
             }
         }
@@ -377,5 +399,34 @@ mod tests {
             "every line is written or counted as dropped"
         );
         assert_eq!(lines as u64, stats.written_lines.load(Ordering::Relaxed));
+    }
+
+    /// A destination that takes its time with every write.
+    struct Slow(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Slow {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(30));
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn drain_waits_for_the_lines_already_handed_over() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let log = AccessLog::start(Box::new(Slow(out.clone())), Format::Json, 8).unwrap();
+        let mut w = log.worker();
+        for _ in 0..3 {
+            w.record(&entry());
+            w.flush();
+        }
+        drop(w);
+        log.drain(Duration::from_secs(10));
+        assert_eq!(log.stats.written_lines.load(Ordering::Relaxed), 3);
+        assert_eq!(out.lock().unwrap().split(|&b| b == b'\n').count() - 1, 3);
     }
 }
