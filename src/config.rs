@@ -90,6 +90,7 @@ struct Raw {
 struct RawLog {
     access: Option<Spanned<bool>>,
     format: Option<Spanned<String>>,
+    access_path: Option<Spanned<String>>,
 }
 
 /// The `[log]` section: the access log (the process log is set by `--log-level/-format`).
@@ -98,6 +99,8 @@ pub struct LogConfig {
     /// One line per request on stdout (on by default, as in ingress-nginx).
     pub access: bool,
     pub format: crate::engine::access_log::Format,
+    /// A file to append to (reopened on SIGUSR1); `None`: stdout.
+    pub access_path: Option<PathBuf>,
 }
 
 impl Default for LogConfig {
@@ -105,6 +108,7 @@ impl Default for LogConfig {
         LogConfig {
             access: true,
             format: crate::engine::access_log::Format::Text,
+            access_path: None,
         }
     }
 }
@@ -564,6 +568,16 @@ impl Config {
         c.admin = ctx.addr(&raw.listen.admin, "listen.admin", d.admin)?;
         if let Some(v) = &raw.log.access {
             c.log.access = *v.get_ref();
+        }
+        if let Some(v) = &raw.log.access_path {
+            if v.get_ref().is_empty() {
+                return Err(ctx.at(
+                    v.span().start,
+                    "log.access_path",
+                    "must not be empty".to_string(),
+                ));
+            }
+            c.log.access_path = Some(PathBuf::from(v.get_ref()));
         }
         if let Some(v) = &raw.log.format {
             c.log.format = match v.get_ref().as_str() {

@@ -126,6 +126,15 @@ fn sync_cluster(
     }
 }
 
+/// Waits for SIGTERM/SIGINT; SIGUSR1 in between reopens the access log file (logrotate).
+fn wait_for_stop() -> i32 {
+    sys::wait_for_termination_or_usr1(&|| {
+        if let Some(log) = access_log::installed() {
+            log.reopen();
+        }
+    })
+}
+
 /// Signals, delivered on a channel by a thread of their own (all threads block them).
 fn signal_channel() -> std::sync::mpsc::Receiver<i32> {
     sys::block_termination_signals();
@@ -134,7 +143,7 @@ fn signal_channel() -> std::sync::mpsc::Receiver<i32> {
         .name("sluice-signals".into())
         .spawn(move || {
             loop {
-                if tx.send(sys::wait_for_termination()).is_err() {
+                if tx.send(wait_for_stop()).is_err() {
                     break;
                 }
             }
@@ -235,8 +244,11 @@ fn start_engine(
 ) -> Result<(Engine, AdminHandle), String> {
     let https = Some(config.https_config()?);
     if config.log.access && access_log::installed().is_none() {
-        let log = AccessLog::start(Box::new(std::io::stdout()), config.log.format, 64)
-            .map_err(|e| format!("cannot start the access log: {e}"))?;
+        let log = match &config.log.access_path {
+            Some(path) => AccessLog::start_file(path.clone(), config.log.format, 64),
+            None => AccessLog::start(Box::new(std::io::stdout()), config.log.format, 64),
+        }
+        .map_err(|e| format!("cannot start the access log: {e}"))?;
         access_log::install(log);
     }
     let engine = match config.engine {
@@ -322,7 +334,7 @@ fn serve(
     if let Some(banner) = banner {
         println!("{banner}");
     }
-    let sig = sys::wait_for_termination();
+    let sig = wait_for_stop();
     shutdown_delay(&engine.state().metrics, config.shutdown_delay);
     tracing::info!(signal = sig, grace = ?config.shutdown_grace, "draining");
     stop_watching.store(true, Ordering::Release);

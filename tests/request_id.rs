@@ -82,11 +82,11 @@ fn seen_ids(addr: SocketAddr, extra: &str) -> String {
     out.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
-/// `sluice run` with `[log] format = FORMAT`: the process, its HTTP address, and its
+/// `sluice run` with `config_toml`: the process, its HTTP address, and its
 /// access log lines (stdout) as they come.
 fn start(
     name: &str,
-    format: &str,
+    config_toml: &str,
     up: SocketAddr,
 ) -> (Running, SocketAddr, std::sync::mpsc::Receiver<String>) {
     let dir = std::env::temp_dir().join(format!("sluice-reqid-{}-{name}", std::process::id()));
@@ -105,7 +105,7 @@ fn start(
     std::fs::write(dir.join("dead.yaml"), dead_yaml).unwrap();
     let config =
         std::env::temp_dir().join(format!("sluice-reqid-{}-{name}.toml", std::process::id()));
-    std::fs::write(&config, format!("[log]\nformat = \"{format}\"\n")).unwrap();
+    std::fs::write(&config, config_toml).unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "--workers", "1", "--manifests"])
         .arg(&dir)
@@ -144,7 +144,7 @@ fn next_line(rx: &std::sync::mpsc::Receiver<String>) -> String {
 #[test]
 fn request_ids_pass_through_or_are_generated_and_reach_the_upstream() {
     let up = echo_upstream();
-    let (_running, http, log) = start("text", "text", up);
+    let (_running, http, log) = start("text", "[log]\nformat = \"text\"\n", up);
 
     // Passed through as sent.
     assert_eq!(
@@ -207,7 +207,7 @@ fn json_access_log_lines_for_a_proxied_request_a_404_and_a_502() {
         out
     };
     let up = echo_upstream();
-    let (_running, http, log) = start("json", "json", up);
+    let (_running, http, log) = start("json", "[log]\nformat = \"json\"\n", up);
     seen_ids(http, "X-Request-ID: j-1\r\n");
     let v: serde_json::Value = serde_json::from_str(&next_line(&log)).unwrap();
     assert_eq!(v["client"], "127.0.0.1", "{v}");
@@ -246,4 +246,54 @@ fn json_access_log_lines_for_a_proxied_request_a_404_and_a_502() {
         "{v}"
     );
     assert_eq!(v["request_id"].as_str().unwrap().len(), 32, "{v}");
+}
+
+#[test]
+fn sigusr1_reopens_the_access_log_file_after_logrotate_moved_it() {
+    let up = echo_upstream();
+    let path = std::env::temp_dir().join(format!("sluice-reqid-{}-access.log", std::process::id()));
+    let rotated = path.with_extension("log.1");
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&rotated);
+    let config = format!("[log]\naccess_path = \"{}\"\n", path.display());
+    let (running, http, stdout) = start("file", &config, up);
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().map(String::from).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let wait_for = |p: &std::path::Path, n: usize| {
+        for _ in 0..200 {
+            if lines(p).len() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("{} has {:?}", p.display(), lines(p));
+    };
+    seen_ids(http, "X-Request-ID: before\r\n");
+    wait_for(&path, 1);
+    std::fs::rename(&path, &rotated).unwrap();
+    Command::new("kill")
+        .args(["-USR1", &running.0.id().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    seen_ids(http, "X-Request-ID: after\r\n");
+    wait_for(&path, 1);
+    assert!(running_alive(&running), "SIGUSR1 does not end the process");
+    let old = lines(&rotated);
+    let new = lines(&path);
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert!(old[0].ends_with(" before"), "{old:?}");
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].ends_with(" after"), "{new:?}");
+    assert!(stdout.try_recv().is_err(), "nothing on stdout with a file");
+    drop(running);
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&rotated);
+}
+
+fn running_alive(r: &Running) -> bool {
+    std::path::Path::new(&format!("/proc/{}", r.0.id())).exists()
 }

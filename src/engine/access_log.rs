@@ -55,6 +55,9 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
 }
 
+/// Opens the access log file again.
+type Reopener = Box<dyn Fn() -> std::io::Result<Box<dyn Write + Send>> + Send>;
+
 /// Counters shared by the workers and the logger (read at scrape time).
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -69,18 +72,53 @@ pub struct Stats {
 /// The logger thread and what the workers need to reach it.
 pub struct AccessLog {
     tx: SyncSender<(Vec<u8>, u64)>,
+    reopen: Arc<std::sync::atomic::AtomicBool>,
     pub stats: Arc<Stats>,
     pub format: Format,
     thread: JoinHandle<()>,
 }
 
 impl AccessLog {
-    /// Starts the logger thread writing to `dest`; at most `queue` buffers wait for it.
-    pub fn start(
-        mut dest: Box<dyn Write + Send>,
+    /// Starts the logger thread appending to the file at `path` (created if missing), which
+    /// [`AccessLog::reopen`] reopens before the next write (after logrotate moved it).
+    pub fn start_file(
+        path: std::path::PathBuf,
         format: Format,
         queue: usize,
     ) -> std::io::Result<AccessLog> {
+        let open = move || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map(|f| Box::new(f) as Box<dyn Write + Send>)
+        };
+        let first = open()?;
+        Self::start_with(first, Some(Box::new(open)), format, queue)
+    }
+
+    /// Starts the logger thread writing to `dest`; at most `queue` buffers wait for it.
+    pub fn start(
+        dest: Box<dyn Write + Send>,
+        format: Format,
+        queue: usize,
+    ) -> std::io::Result<AccessLog> {
+        Self::start_with(dest, None, format, queue)
+    }
+
+    /// Asks the logger to reopen its file before its next write (SIGUSR1); no-op on stdout.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    fn start_with(
+        mut dest: Box<dyn Write + Send>,
+        reopener: Option<Reopener>,
+        format: Format,
+        queue: usize,
+    ) -> std::io::Result<AccessLog> {
+        let reopen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = reopen.clone();
         let (tx, rx): (_, Receiver<(Vec<u8>, u64)>) = sync_channel(queue);
         let stats = Arc::new(Stats::default());
         let s = stats.clone();
@@ -88,6 +126,16 @@ impl AccessLog {
             .name("sluice-access-log".into())
             .spawn(move || {
                 for (buf, lines) in rx {
+                    if flag.swap(false, Ordering::AcqRel)
+                        && let Some(open) = &reopener
+                    {
+                        match open() {
+                            Ok(d) => dest = d,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot reopen the access log; writing to the old file")
+                            }
+                        }
+                    }
                     if dest.write_all(&buf).and_then(|()| dest.flush()).is_ok() {
                         s.written_lines.fetch_add(lines, Ordering::Release);
                     } else {
@@ -98,6 +146,7 @@ impl AccessLog {
             })?;
         Ok(AccessLog {
             tx,
+            reopen,
             stats,
             format,
             thread,
