@@ -89,6 +89,21 @@ fn start(
     config_toml: &str,
     up: SocketAddr,
 ) -> (Running, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let (running, http, _, log) = start_https(name, config_toml, up);
+    (running, http, log)
+}
+
+/// [`start`], also returning the HTTPS address.
+fn start_https(
+    name: &str,
+    config_toml: &str,
+    up: SocketAddr,
+) -> (
+    Running,
+    SocketAddr,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
     let dir = std::env::temp_dir().join(format!("sluice-reqid-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -103,6 +118,21 @@ fn start(
         .replace("name: app", "name: dead")
         .replace("service-name: app", "service-name: dead");
     std::fs::write(dir.join("dead.yaml"), dead_yaml).unwrap();
+    // slow.test: accepts and never answers (504 with a short upstream_response timeout).
+    let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let slow_port = slow.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in slow.incoming() {
+            held.push(s);
+        }
+    });
+    let slow_yaml = manifests(SocketAddr::from(([127, 0, 0, 1], slow_port)))
+        .replace("name: t,", "name: slow,")
+        .replace("app.test", "slow.test")
+        .replace("name: app", "name: slow")
+        .replace("service-name: app", "service-name: slow");
+    std::fs::write(dir.join("slow.yaml"), slow_yaml).unwrap();
     let config =
         std::env::temp_dir().join(format!("sluice-reqid-{}-{name}.toml", std::process::id()));
     std::fs::write(&config, config_toml).unwrap();
@@ -120,12 +150,17 @@ fn start(
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let running = Running(child);
-    let http: SocketAddr = loop {
+    let mut http: Option<SocketAddr> = None;
+    let https: SocketAddr = loop {
         let line = lines.next().expect("sluice exited early").unwrap();
         if let Some((_, rest)) = line.split_once("serving http on ") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+            http = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if let Some((_, rest)) = line.split_once("serving https on ") {
+            break rest.trim().parse().unwrap();
         }
     };
+    let http = http.expect("http before https");
     std::thread::spawn(move || for _ in lines {});
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -133,7 +168,7 @@ fn start(
             let _ = tx.send(line);
         }
     });
-    (running, http, rx)
+    (running, http, https, rx)
 }
 
 fn next_line(rx: &std::sync::mpsc::Receiver<String>) -> String {
@@ -193,7 +228,7 @@ fn request_ids_pass_through_or_are_generated_and_reach_the_upstream() {
 }
 
 #[test]
-fn json_access_log_lines_for_a_proxied_request_a_404_and_a_502() {
+fn json_access_log_lines_for_a_proxied_request_a_404_a_502_a_504_and_tls() {
     let get = |http: SocketAddr, host: &str, path: &str| {
         let mut s = TcpStream::connect(http).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -207,7 +242,11 @@ fn json_access_log_lines_for_a_proxied_request_a_404_and_a_502() {
         out
     };
     let up = echo_upstream();
-    let (_running, http, log) = start("json", "[log]\nformat = \"json\"\n", up);
+    let (_running, http, https, log) = start_https(
+        "json",
+        "[log]\nformat = \"json\"\n[timeouts]\nupstream_response = \"300ms\"\n",
+        up,
+    );
     seen_ids(http, "X-Request-ID: j-1\r\n");
     let v: serde_json::Value = serde_json::from_str(&next_line(&log)).unwrap();
     assert_eq!(v["client"], "127.0.0.1", "{v}");
@@ -246,6 +285,28 @@ fn json_access_log_lines_for_a_proxied_request_a_404_and_a_502() {
         "{v}"
     );
     assert_eq!(v["request_id"].as_str().unwrap().len(), 32, "{v}");
+    // A 504: the upstream took the request and never answered.
+    let out = get(http, "slow.test", "/s");
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&next_line(&log)).unwrap();
+    assert_eq!(v["status"], 504, "{v}");
+    assert_eq!(v["host"], "slow.test", "{v}");
+    assert!(v["request_time"].as_f64().unwrap() >= 0.3, "{v}");
+    assert!(v["upstream_time"].as_f64().unwrap() >= 0.3, "{v}");
+    // Over TLS (the self-signed default certificate), with the client's id.
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "10", "-H", "X-Request-ID: tls-7"])
+        .arg("--resolve")
+        .arg(format!("app.test:{}:127.0.0.1", https.port()))
+        .arg(format!("https://app.test:{}/t", https.port()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "X-Request-ID: tls-7");
+    let v: serde_json::Value = serde_json::from_str(&next_line(&log)).unwrap();
+    assert_eq!(v["scheme"], "https", "{v}");
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["path"], "/t", "{v}");
+    assert_eq!(v["request_id"], "tls-7", "{v}");
 }
 
 #[test]

@@ -44,6 +44,8 @@ pub struct Entry<'a> {
     /// When the response completed (wall clock).
     pub time: SystemTime,
     pub client: SocketAddr,
+    /// The request came over TLS.
+    pub tls: bool,
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
@@ -311,7 +313,11 @@ fn write_json(e: &Entry<'_>, out: &mut Vec<u8>) {
     push_time(e.time, out);
     out.extend_from_slice(b"\",\"client\":");
     s(out, &e.client.ip().to_string());
-    out.extend_from_slice(b",\"method\":");
+    out.extend_from_slice(if e.tls {
+        b",\"scheme\":\"https\",\"method\":"
+    } else {
+        b",\"scheme\":\"http\",\"method\":"
+    });
     s(out, e.method);
     out.extend_from_slice(b",\"host\":");
     s(out, e.host);
@@ -343,6 +349,7 @@ mod tests {
         Entry {
             time: UNIX_EPOCH + Duration::from_millis(1_796_415_000_123),
             client: "192.0.2.7:5555".parse().unwrap(),
+            tls: true,
             method: "GET",
             host: "app.test",
             path: "/a\"b",
@@ -387,6 +394,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["time"], "2026-12-04T20:10:00.123Z");
         assert_eq!(v["client"], "192.0.2.7");
+        assert_eq!(v["scheme"], "https");
         assert_eq!(v["method"], "GET");
         assert_eq!(v["host"], "app.test");
         assert_eq!(v["path"], "/a\"b");

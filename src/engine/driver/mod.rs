@@ -813,6 +813,7 @@ impl Driver {
                             log.record(&Entry {
                                 time: wall_clock(),
                                 client: client.peer,
+                                tls: client.tls.is_some(),
                                 method: &r.method,
                                 host: &r.host,
                                 path: &r.path,
