@@ -163,5 +163,8 @@ fn a_live_scrape_after_traffic_passes_promtool_and_counts_the_requests() {
     assert!(sample(body, "sluice_upstream_response_duration_seconds_count ") >= 11.0);
     assert!(body.contains("# TYPE sluice_snapshot_propagation_seconds histogram"));
     assert!(body.contains("sluice_snapshot_propagation_seconds_sum "));
+    // The access log (on by default) reports its lines; none dropped at this rate.
+    assert!(body.contains("# TYPE sluice_access_log_dropped_lines_total counter"));
+    assert_eq!(sample(body, "sluice_access_log_dropped_lines_total "), 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }

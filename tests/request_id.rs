@@ -358,3 +358,14 @@ fn sigusr1_reopens_the_access_log_file_after_logrotate_moved_it() {
 fn running_alive(r: &Running) -> bool {
     std::path::Path::new(&format!("/proc/{}", r.0.id())).exists()
 }
+
+#[test]
+fn access_false_switches_the_access_log_off() {
+    let up = echo_upstream();
+    let (_running, http, log) = start("off", "[log]\naccess = false\n", up);
+    seen_ids(http, "");
+    assert!(
+        log.recv_timeout(Duration::from_millis(500)).is_err(),
+        "no access log line with log.access = false"
+    );
+}
