@@ -324,7 +324,11 @@ fn serve(
     tracing::info!(
         workers = config.engine_config().workers.len(),
         admin = %admin.local_addr(),
-        routes = if config.manifests.is_some() { "files" } else { "none" },
+        routes = match (&config.manifests, &banner) {
+            (Some(_), _) => "files",
+            (None, Some(_)) => "demo",
+            (None, None) => "none",
+        },
         "serving http on {}",
         engine.local_addr(),
     );
