@@ -78,6 +78,7 @@ fn bench_parse(c: &mut Criterion) {
         proto: "http",
         port: 80,
         tunnel: false,
+        request_id: "",
     };
     let mut out = Vec::with_capacity(1024);
     group.bench_function("whole-head+emit", |b| {

@@ -2,16 +2,21 @@
 //! `/readyz` (every worker serves a route snapshot), `/metrics` (Prometheus text, summed from
 //! the per-worker counters, with per-worker labels) and `/routes` (the current route dump).
 //! One request per connection; never on the data path.
+//!
+//! On an edge node the admin port is reachable from outside: the probe and scrape endpoints
+//! answer everyone, `/routes` (hosts, Services, pod addresses) only loopback peers, or peers
+//! that present the bearer token of [`AdminAccess::token_file`].
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::engine::EngineState;
-use crate::engine::metrics::WorkerMetrics;
+use crate::engine::metrics::{BUCKETS_US, Histogram, HistogramValues, WorkerMetrics};
 
 pub struct AdminHandle {
     addr: SocketAddr,
@@ -28,7 +33,54 @@ impl AdminHandle {
     }
 }
 
+/// Who may read the endpoints that disclose the cluster (`/routes`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminAccess {
+    /// A file holding the bearer token for peers that are not on loopback; `None`: loopback
+    /// only. Read on every such request (a rotated Secret applies without a restart).
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminAccess {
+    /// Whether a request from `peer` with this `Authorization` value may read `/routes`.
+    fn allows(&self, peer: SocketAddr, authorization: Option<&str>) -> bool {
+        if peer.ip().is_loopback() {
+            return true;
+        }
+        let (Some(file), Some(auth)) = (&self.token_file, authorization) else {
+            return false;
+        };
+        let Some(given) = auth.trim().strip_prefix("Bearer ") else {
+            return false;
+        };
+        match std::fs::read_to_string(file) {
+            Ok(token) => {
+                let token = token.trim();
+                !token.is_empty() && constant_time_eq(token.as_bytes(), given.trim().as_bytes())
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot read the admin token file");
+                false
+            }
+        }
+    }
+}
+
+/// Compares without returning early on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Starts the admin server with `/routes` for loopback peers only.
 pub fn start(addr: SocketAddr, state: Arc<EngineState>) -> io::Result<AdminHandle> {
+    start_with(addr, state, AdminAccess::default())
+}
+
+pub fn start_with(
+    addr: SocketAddr,
+    state: Arc<EngineState>,
+    access: AdminAccess,
+) -> io::Result<AdminHandle> {
     let listener = TcpListener::bind(addr).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -42,8 +94,8 @@ pub fn start(addr: SocketAddr, state: Arc<EngineState>) -> io::Result<AdminHandl
         .spawn(move || {
             while !state.stopping.load(Ordering::Acquire) {
                 match listener.accept() {
-                    Ok((stream, _)) => {
-                        let _ = serve(stream, &state);
+                    Ok((stream, peer)) => {
+                        let _ = serve(stream, peer, &state, &access);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
@@ -55,7 +107,12 @@ pub fn start(addr: SocketAddr, state: Arc<EngineState>) -> io::Result<AdminHandl
     Ok(AdminHandle { addr, thread })
 }
 
-fn serve(mut stream: TcpStream, state: &EngineState) -> io::Result<()> {
+fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: &EngineState,
+    access: &AdminAccess,
+) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = [0u8; 2048];
@@ -72,6 +129,12 @@ fn serve(mut stream: TcpStream, state: &EngineState) -> io::Result<()> {
     }
     let line = std::str::from_utf8(&buf[..len]).unwrap_or("");
     let path = line.split_whitespace().nth(1).unwrap_or("");
+    let authorization = line.split("\r\n").skip(1).find_map(|h| {
+        let (name, value) = h.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then_some(value)
+    });
     let (status, content_type, body) = match path {
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
         "/readyz" => {
@@ -90,6 +153,12 @@ fn serve(mut stream: TcpStream, state: &EngineState) -> io::Result<()> {
             }
         }
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(state)),
+        "/routes" if !access.allows(peer, authorization) => (
+            "403 Forbidden",
+            "text/plain",
+            "forbidden: /routes answers loopback, or a bearer token (listen.admin_token_file)\n"
+                .to_string(),
+        ),
         "/routes" => {
             let dump = state
                 .snapshot
@@ -117,32 +186,146 @@ type Gauge = (
     fn(&WorkerMetrics) -> i64,
 );
 
-/// Prometheus text exposition of every worker's counters.
+/// Reads one of a worker's histograms.
+type HistogramOf = fn(&WorkerMetrics) -> &Histogram;
+
+/// Upper bounds (µs) of the propagation histogram's buckets (finer than request latency:
+/// a change usually reaches every core in well under a millisecond).
+const PROPAGATION_BUCKETS_US: [u64; 15] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000,
+];
+
+/// Prometheus text exposition (format 0.0.4), one family at a time: `# HELP`, `# TYPE`,
+/// then its samples. Histograms get cumulative `_bucket{le}` lines, `_sum` and `_count`.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        use std::fmt::Write as _;
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        use std::fmt::Write as _;
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// One histogram's samples: `per_bucket` counts (not cumulative) for each bound in µs and
+    /// a last one for +Inf; `sum_us` in µs.
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &str,
+        bounds_us: &[u64],
+        per_bucket: &[u64],
+        sum_us: u64,
+    ) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0u64;
+        for (i, n) in per_bucket.iter().enumerate() {
+            cumulative += n;
+            let le = match bounds_us.get(i) {
+                Some(us) => (*us as f64 / 1e6).to_string(),
+                None => "+Inf".to_string(),
+            };
+            self.sample(
+                &format!("{name}_bucket"),
+                &format!("{labels}{sep}le=\"{le}\""),
+                cumulative,
+            );
+        }
+        self.sample(&format!("{name}_sum"), labels, sum_us as f64 / 1e6);
+        self.sample(&format!("{name}_count"), labels, cumulative);
+    }
+
+    fn latency(&mut self, name: &str, labels: &str, v: &HistogramValues) {
+        self.histogram(name, labels, &BUCKETS_US, &v.counts, v.sum_us);
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Prometheus text exposition of every worker's counters, read and summed at scrape time.
 pub fn metrics_text(state: &EngineState) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let mut family =
-        |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, i64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, v) in values {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        };
+    let mut x = Exposition { out: String::new() };
     let m = &state.metrics;
-    family(
+    x.family(
         "sluice_responses_total",
         "counter",
         "Completed exchanges by status class and worker.",
-        &mut m.iter().enumerate().flat_map(|(w, m)| {
-            (0..5).map(move |c| {
-                (
-                    format!("worker=\"{w}\",class=\"{}xx\"", c + 1),
-                    m.responses[c].load(Ordering::Relaxed) as i64,
-                )
-            })
-        }),
     );
+    for (w, wm) in m.iter().enumerate() {
+        for (c, class) in CLASSES.iter().enumerate() {
+            x.sample(
+                "sluice_responses_total",
+                &format!("worker=\"{w}\",class=\"{class}\""),
+                wm.responses[c].load(Ordering::Relaxed),
+            );
+        }
+    }
+    // Request duration: per status class over all workers, and per worker.
+    let per_worker: Vec<[HistogramValues; 5]> = m
+        .iter()
+        .map(|wm| std::array::from_fn(|c| wm.request_duration[c].read()))
+        .collect();
+    x.family(
+        "sluice_request_duration_seconds",
+        "histogram",
+        "From the request's first byte to its response's completion, by status class (all workers).",
+    );
+    for (c, class) in CLASSES.iter().enumerate() {
+        let mut all = HistogramValues::default();
+        for w in &per_worker {
+            all.merge(&w[c]);
+        }
+        x.latency(
+            "sluice_request_duration_seconds",
+            &format!("class=\"{class}\""),
+            &all,
+        );
+    }
+    x.family(
+        "sluice_worker_request_duration_seconds",
+        "histogram",
+        "From the request's first byte to its response's completion, by worker and status class.",
+    );
+    for (w, hs) in per_worker.iter().enumerate() {
+        for (c, class) in CLASSES.iter().enumerate() {
+            x.latency(
+                "sluice_worker_request_duration_seconds",
+                &format!("worker=\"{w}\",class=\"{class}\""),
+                &hs[c],
+            );
+        }
+    }
+    let upstream: [(&str, &str, HistogramOf); 2] = [
+        (
+            "sluice_upstream_connect_duration_seconds",
+            "Connects of new upstream connections, from the connect to established (all workers).",
+            |wm| &wm.upstream_connect,
+        ),
+        (
+            "sluice_upstream_response_duration_seconds",
+            "From asking for an upstream connection (pooled or new) to the response's completion (all workers).",
+            |wm| &wm.upstream_response,
+        ),
+    ];
+    for (name, help, get) in upstream {
+        let mut all = HistogramValues::default();
+        for wm in m.iter() {
+            all.merge(&get(wm).read());
+        }
+        x.family(name, "histogram", help);
+        x.latency(name, "", &all);
+    }
     let simple: [Gauge; 9] = [
         (
             "sluice_tls_handshakes_full_total",
@@ -200,57 +383,114 @@ pub fn metrics_text(state: &EngineState) -> String {
         ),
     ];
     for (name, kind, help, get) in simple {
-        family(
-            name,
-            kind,
-            help,
-            &mut m
-                .iter()
-                .enumerate()
-                .map(|(w, m)| (format!("worker=\"{w}\""), get(m))),
-        );
+        x.family(name, kind, help);
+        for (w, wm) in m.iter().enumerate() {
+            x.sample(name, &format!("worker=\"{w}\""), get(wm));
+        }
     }
     if let Ok(p) = state.publication.lock() {
-        let _ = writeln!(
-            out,
-            "# HELP sluice_snapshots_published_total Route snapshots published to the workers."
+        x.family(
+            "sluice_snapshots_published_total",
+            "counter",
+            "Route snapshots published to the workers.",
         );
-        let _ = writeln!(out, "# TYPE sluice_snapshots_published_total counter");
-        let _ = writeln!(out, "sluice_snapshots_published_total {}", p.published);
-        let _ = writeln!(
-            out,
-            "# HELP sluice_snapshots_unacknowledged_total Snapshots some worker did not take within 5 s."
+        x.sample("sluice_snapshots_published_total", "", p.published);
+        x.family(
+            "sluice_snapshots_unacknowledged_total",
+            "counter",
+            "Snapshots some worker did not take within 5 s.",
         );
-        let _ = writeln!(out, "# TYPE sluice_snapshots_unacknowledged_total counter");
-        let _ = writeln!(
-            out,
-            "sluice_snapshots_unacknowledged_total {}",
-            p.unacknowledged
+        x.sample(
+            "sluice_snapshots_unacknowledged_total",
+            "",
+            p.unacknowledged,
         );
         let h = &p.propagation_us;
-        let _ = writeln!(
-            out,
-            "# HELP sluice_snapshot_propagation_seconds From a source change to every worker serving it."
+        let mut per_bucket = [0u64; PROPAGATION_BUCKETS_US.len() + 1];
+        let mut below = 0u64;
+        for (i, bound) in PROPAGATION_BUCKETS_US.iter().enumerate() {
+            let upto = if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, *bound)
+            };
+            per_bucket[i] = upto.saturating_sub(below);
+            below = below.max(upto);
+        }
+        per_bucket[PROPAGATION_BUCKETS_US.len()] = h.len().saturating_sub(below);
+        // hdrhistogram keeps no exact sum: its mean (3 significant digits) times the count.
+        let sum_us = (h.mean() * h.len() as f64).round() as u64;
+        x.family(
+            "sluice_snapshot_propagation_seconds",
+            "histogram",
+            "From a source change to every worker serving it.",
         );
-        let _ = writeln!(out, "# TYPE sluice_snapshot_propagation_seconds summary");
+        x.histogram(
+            "sluice_snapshot_propagation_seconds",
+            "",
+            &PROPAGATION_BUCKETS_US,
+            &per_bucket,
+            sum_us,
+        );
+        // The same measurements as exact quantiles (hdrhistogram), for the churn benchmarks.
+        let name = "sluice_snapshot_propagation_quantile_seconds";
+        x.family(
+            name,
+            "summary",
+            "From a source change to every worker serving it (quantiles).",
+        );
         for q in [0.5, 0.9, 0.99, 1.0] {
             let v = if h.is_empty() {
                 0
             } else {
                 h.value_at_quantile(q)
             };
-            let _ = writeln!(
-                out,
-                "sluice_snapshot_propagation_seconds{{quantile=\"{q}\"}} {}",
-                v as f64 / 1e6
-            );
+            x.sample(name, &format!("quantile=\"{q}\""), v as f64 / 1e6);
         }
-        let _ = writeln!(out, "sluice_snapshot_propagation_seconds_count {}", h.len());
+        x.sample(&format!("{name}_sum"), "", sum_us as f64 / 1e6);
+        x.sample(&format!("{name}_count"), "", h.len());
     }
+    let mut out = x.out;
     if let Ok(extra) = state.extra_metrics.lock() {
         for f in extra.iter() {
             f(&mut out);
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdminAccess;
+
+    #[test]
+    fn routes_need_loopback_or_the_token_from_the_file() {
+        let local = "127.0.0.1:5000".parse().unwrap();
+        let local6 = "[::1]:5000".parse().unwrap();
+        let edge = "203.0.113.7:5000".parse().unwrap();
+        let closed = AdminAccess::default();
+        assert!(closed.allows(local, None));
+        assert!(closed.allows(local6, None));
+        assert!(!closed.allows(edge, None));
+        assert!(!closed.allows(edge, Some(" Bearer anything")));
+
+        let file = std::env::temp_dir().join(format!("sluice-admin-token-{}", std::process::id()));
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let open = AdminAccess {
+            token_file: Some(file.clone()),
+        };
+        assert!(open.allows(edge, Some(" Bearer s3cret")));
+        assert!(!open.allows(edge, Some(" Bearer s3cre")));
+        assert!(!open.allows(edge, Some(" Basic s3cret")));
+        assert!(!open.allows(edge, None));
+        // Rotated: the new token applies at once, the old one no longer.
+        std::fs::write(&file, "rotated").unwrap();
+        assert!(!open.allows(edge, Some(" Bearer s3cret")));
+        assert!(open.allows(edge, Some(" Bearer rotated")));
+        // An empty or missing file opens nothing.
+        std::fs::write(&file, "\n").unwrap();
+        assert!(!open.allows(edge, Some(" Bearer ")));
+        std::fs::remove_file(&file).unwrap();
+        assert!(!open.allows(edge, Some(" Bearer rotated")));
+    }
 }

@@ -81,6 +81,36 @@ struct Raw {
     userspace: RawUserspace,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    access: Option<Spanned<bool>>,
+    format: Option<Spanned<String>>,
+    access_path: Option<Spanned<String>>,
+}
+
+/// The `[log]` section: the access log (the process log is set by `--log-level/-format`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// One line per request on stdout (on by default, as in ingress-nginx).
+    pub access: bool,
+    pub format: crate::engine::access_log::Format,
+    /// A file to append to (reopened on SIGUSR1); `None`: stdout.
+    pub access_path: Option<PathBuf>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            access: true,
+            format: crate::engine::access_log::Format::Text,
+            access_path: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -171,6 +201,7 @@ struct RawListen {
     http: Option<Spanned<String>>,
     https: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -267,6 +298,11 @@ pub struct Config {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: SocketAddr,
+    /// `listen.admin_token_file`: a file (a mounted Secret) holding the bearer token that
+    /// opens `/routes` to peers that are not on loopback; without it only loopback sees it.
+    pub admin_token_file: Option<PathBuf>,
+    /// `[log]`: the access log.
+    pub log: LogConfig,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
@@ -298,6 +334,8 @@ impl Default for Config {
             http: "0.0.0.0:80".parse().expect("valid default"),
             https: "0.0.0.0:443".parse().expect("valid default"),
             admin: "0.0.0.0:10254".parse().expect("valid default"),
+            admin_token_file: None,
+            log: LogConfig::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_secs(240),
@@ -528,6 +566,42 @@ impl Config {
             c.tls.hsts_include_subdomains = *v.get_ref();
         }
         c.admin = ctx.addr(&raw.listen.admin, "listen.admin", d.admin)?;
+        if let Some(v) = &raw.log.access {
+            c.log.access = *v.get_ref();
+        }
+        if let Some(v) = &raw.log.access_path {
+            if v.get_ref().is_empty() {
+                return Err(ctx.at(
+                    v.span().start,
+                    "log.access_path",
+                    "must not be empty".to_string(),
+                ));
+            }
+            c.log.access_path = Some(PathBuf::from(v.get_ref()));
+        }
+        if let Some(v) = &raw.log.format {
+            c.log.format = match v.get_ref().as_str() {
+                "text" => crate::engine::access_log::Format::Text,
+                "json" => crate::engine::access_log::Format::Json,
+                other => {
+                    return Err(ctx.at(
+                        v.span().start,
+                        "log.format",
+                        format!("expected \"text\" or \"json\" (got {other:?})"),
+                    ));
+                }
+            };
+        }
+        if let Some(v) = &raw.listen.admin_token_file {
+            if v.get_ref().is_empty() {
+                return Err(ctx.at(
+                    v.span().start,
+                    "listen.admin_token_file",
+                    "must not be empty".to_string(),
+                ));
+            }
+            c.admin_token_file = Some(PathBuf::from(v.get_ref()));
+        }
         if let Some(v) = &raw.http.server_header {
             let value = v.get_ref();
             // A field value we write verbatim: visible ASCII and inner spaces only.
@@ -689,6 +763,8 @@ impl Config {
             https_port: self.https.port(),
             server: self.server_header.clone(),
             upgrades: self.upgrades.clone(),
+            request_id_seed: Some(random_seed()),
+            record_requests: self.log.access,
         }
     }
 
@@ -889,4 +965,11 @@ pub fn parse_service_ref(text: &str) -> Result<ServiceRef, String> {
         name: name.to_string(),
         port,
     })
+}
+
+/// A seed that differs between processes (std's randomly keyed hasher, itself seeded from
+/// the OS), for the ids the workers generate.
+fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x5115_u64)
 }

@@ -1,7 +1,6 @@
 //! The `sluice` binary: parse arguments, load config and routes, start the engine, wait for
 //! SIGTERM/SIGINT, drain, exit.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,86 +14,17 @@ use sluice::control::compile::{Compiled, Objects};
 use sluice::control::files::{FileSource, FileWatcher};
 use sluice::control::incremental::Incremental;
 use sluice::control::manifests::{Object, parse_documents};
-use sluice::control::watch::{KubeSettings, KubeSource, parse_namespaced_name};
+use sluice::control::watch::{KubeSettings, KubeSource};
 use sluice::demo;
+use sluice::engine::access_log::{self, AccessLog};
 use sluice::engine::{Engine, sys};
 
-const USAGE: &str = "\
-usage:
-  sluice run   [--config FILE] [--manifests DIR] [--http ADDR] [--https ADDR] [--admin ADDR]
-               [--workers N] [--engine uring|userspace] [--default-ssl-certificate NS/NAME]
-               [KUBERNETES FLAGS]
-  sluice check [--config FILE] [--manifests DIR] [KUBERNETES FLAGS]
-                                                   validate; print the compiled routes or errors
-  sluice demo  [--http ADDR]                       embedded default: no cluster, no files
-  sluice --version | --help
+mod cli;
+use clap::Parser;
+use cli::{Cli, Command, Flags, LogArgs, LogFormat};
 
-kubernetes flags (route source: the cluster instead of --manifests):
-  --kubernetes                      watch the cluster (in-cluster in a pod, else kubeconfig)
-  --kubeconfig FILE                 watch the cluster FILE points at
-  --watch-namespace NS              only this namespace
-  --ingress-class NAME              default sluice
-  --controller-class NAME           default sluice.dev/ingress-controller
-  --watch-ingress-without-class     also serve Ingresses that name no class
-  --election-id NAME                status Lease name, default sluice-leader
-  --publish-service NS/NAME         status from this Service's LoadBalancer ingress
-  --publish-status-address A[,B]    status from these addresses";
-
-/// What the command line asked for.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Args {
-    command: String,
-    config: Option<PathBuf>,
-    manifests: Option<PathBuf>,
-    http: Option<String>,
-    https: Option<String>,
-    default_ssl_certificate: Option<String>,
-    admin: Option<String>,
-    workers: Option<String>,
-    kubernetes: bool,
-    kubeconfig: Option<PathBuf>,
-    watch_namespace: Option<String>,
-    ingress_class: Option<String>,
-    controller_class: Option<String>,
-    watch_without_class: bool,
-    election_id: Option<String>,
-    publish_service: Option<String>,
-    publish_status_address: Option<String>,
-    engine: Option<String>,
-}
-
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut args = Args {
-        command: it.next().ok_or("no command given")?,
-        ..Args::default()
-    };
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--config" => args.config = Some(value()?.into()),
-            "--manifests" => args.manifests = Some(value()?.into()),
-            "--http" => args.http = Some(value()?),
-            "--https" => args.https = Some(value()?),
-            "--default-ssl-certificate" => args.default_ssl_certificate = Some(value()?),
-            "--admin" => args.admin = Some(value()?),
-            "--workers" => args.workers = Some(value()?),
-            "--kubernetes" => args.kubernetes = true,
-            "--kubeconfig" => args.kubeconfig = Some(value()?.into()),
-            "--watch-namespace" => args.watch_namespace = Some(value()?),
-            "--ingress-class" => args.ingress_class = Some(value()?),
-            "--controller-class" => args.controller_class = Some(value()?),
-            "--watch-ingress-without-class" => args.watch_without_class = true,
-            "--election-id" => args.election_id = Some(value()?),
-            "--publish-service" => args.publish_service = Some(value()?),
-            "--publish-status-address" => args.publish_status_address = Some(value()?),
-            "--engine" => args.engine = Some(value()?),
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(args)
-}
-
-fn load_config(args: &Args) -> Result<Config, String> {
+/// The config file, then the flags over it (a flag always wins over its key in the file).
+fn load_config(args: &Flags) -> Result<Config, String> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
         None => Config::default(),
@@ -102,72 +32,51 @@ fn load_config(args: &Args) -> Result<Config, String> {
     if let Some(dir) = &args.manifests {
         config.manifests = Some(dir.clone());
     }
-    if let Some(http) = &args.http {
-        config.http = http
-            .parse()
-            .map_err(|_| format!("--http: not an address: {http}"))?;
+    if let Some(http) = args.http {
+        config.http = http;
     }
-    if let Some(https) = &args.https {
-        config.https = https
-            .parse()
-            .map_err(|_| format!("--https: not an address: {https}"))?;
+    if let Some(https) = args.https {
+        config.https = https;
     }
     if let Some(secret) = &args.default_ssl_certificate {
-        config.compile.tls.default_secret = Some(
-            sluice::config::parse_secret_ref(secret)
-                .map_err(|e| format!("--default-ssl-certificate: {e}"))?,
-        );
+        config.compile.tls.default_secret = Some(secret.clone());
     }
-    if let Some(admin) = &args.admin {
-        config.admin = admin
-            .parse()
-            .map_err(|_| format!("--admin: not an address: {admin}"))?;
+    if let Some(admin) = args.admin {
+        config.admin = admin;
     }
-    if let Some(engine) = &args.engine {
-        config.engine = EngineKind::parse(engine).map_err(|e| format!("--engine: {e}"))?;
+    if let Some(engine) = args.engine {
+        config.engine = engine;
     }
-    if let Some(w) = &args.workers {
-        let n: usize = w
-            .parse()
-            .map_err(|_| format!("--workers: not a number: {w}"))?;
-        if n == 0 {
-            return Err("--workers: must be at least 1".into());
-        }
+    if let Some(n) = args.workers {
         config.workers = None;
-        config.worker_count = Some(n);
+        config.worker_count = Some(n.get());
     }
     let k = &mut config.kubernetes;
     k.enabled |= args.kubernetes || args.kubeconfig.is_some();
     if let Some(path) = &args.kubeconfig {
         k.kubeconfig = Some(path.clone());
     }
-    let non_empty = |flag: &str, v: &Option<String>| match v {
-        Some(v) if v.is_empty() => Err(format!("{flag}: must not be empty")),
-        v => Ok(v.clone()),
-    };
-    if let Some(ns) = non_empty("--watch-namespace", &args.watch_namespace)? {
-        k.watch_namespace = Some(ns);
+    if let Some(ns) = &args.watch_namespace {
+        k.watch_namespace = Some(ns.clone());
     }
-    if let Some(id) = non_empty("--election-id", &args.election_id)? {
-        k.election_id = id;
+    if let Some(id) = &args.election_id {
+        k.election_id = id.clone();
     }
     if let Some(v) = &args.publish_service {
-        k.publish_service =
-            Some(parse_namespaced_name(v).map_err(|e| format!("--publish-service: {e}"))?);
+        k.publish_service = Some(v.clone());
     }
     if let Some(v) = &args.publish_status_address {
-        k.publish_status_address = v
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .map(String::from)
-            .collect();
+        k.publish_status_address = v.0.clone();
     }
-    if let Some(c) = non_empty("--ingress-class", &args.ingress_class)? {
-        config.compile.ingress_class = c;
+    // `$POD_NAMESPACE` (or --pod-namespace) is the fallback: the file's key wins over it.
+    if k.election_namespace.is_none() {
+        k.election_namespace = args.pod_namespace.clone();
     }
-    if let Some(c) = non_empty("--controller-class", &args.controller_class)? {
-        config.compile.controller = c;
+    if let Some(c) = &args.ingress_class {
+        config.compile.ingress_class = c.clone();
+    }
+    if let Some(c) = &args.controller_class {
+        config.compile.controller = c.clone();
     }
     config.compile.watch_without_class |= args.watch_without_class;
     if config.kubernetes.enabled && config.manifests.is_some() {
@@ -182,13 +91,19 @@ fn load_config(args: &Args) -> Result<Config, String> {
 /// returning early (`None`) on SIGTERM/SIGINT.
 fn sync_cluster(
     config: &Config,
+    pod_name: Option<&str>,
     signals: &std::sync::mpsc::Receiver<i32>,
     within: Option<Duration>,
 ) -> Result<Option<(KubeSource, Compiled)>, String> {
-    let settings = KubeSettings::new(&config.kubernetes, &config.compile);
-    eprintln!(
-        "sluice: kubernetes: listing the cluster (identity {}, lease {}/{})",
-        settings.identity, settings.election_namespace, settings.options.election_id
+    let mut settings = KubeSettings::new(&config.kubernetes, &config.compile);
+    if let Some(name) = pod_name {
+        settings.identity = name.to_string();
+    }
+    tracing::info!(
+        identity = %settings.identity,
+        namespace = %settings.election_namespace,
+        lease = %settings.options.election_id,
+        "kubernetes: listing the cluster"
     );
     let source = KubeSource::start(settings).map_err(|e| e.to_string())?;
     let mut waited = Duration::ZERO;
@@ -201,7 +116,7 @@ fn sync_cluster(
         }
         waited += Duration::from_millis(200);
         if let Ok(sig) = signals.try_recv() {
-            eprintln!("sluice: signal {sig} before the first sync: exiting");
+            tracing::info!(signal = sig, "signal before the first sync: exiting");
             source.stop();
             return Ok(None);
         }
@@ -209,6 +124,15 @@ fn sync_cluster(
             return Ok(Some((source, compiled)));
         }
     }
+}
+
+/// Waits for SIGTERM/SIGINT; SIGUSR1 in between reopens the access log file (logrotate).
+fn wait_for_stop() -> i32 {
+    sys::wait_for_termination_or_usr1(&|| {
+        if let Some(log) = access_log::installed() {
+            log.reopen();
+        }
+    })
 }
 
 /// Signals, delivered on a channel by a thread of their own (all threads block them).
@@ -219,7 +143,7 @@ fn signal_channel() -> std::sync::mpsc::Receiver<i32> {
         .name("sluice-signals".into())
         .spawn(move || {
             loop {
-                if tx.send(sys::wait_for_termination()).is_err() {
+                if tx.send(wait_for_stop()).is_err() {
                     break;
                 }
             }
@@ -230,10 +154,10 @@ fn signal_channel() -> std::sync::mpsc::Receiver<i32> {
 /// `sluice run` with the Kubernetes source: the engine starts on the first complete view of
 /// the cluster (so readiness means "synced and every worker serves it"), then every change is
 /// published until a signal.
-fn serve_kube(config: &Config) -> Result<(), String> {
+fn serve_kube(config: &Config, pod_name: Option<&str>) -> Result<(), String> {
     let signals = signal_channel();
     // `run` waits for the API server as long as it takes (the pod's startup probe decides).
-    let Some((mut source, compiled)) = sync_cluster(config, &signals, None)? else {
+    let Some((mut source, compiled)) = sync_cluster(config, pod_name, &signals, None)? else {
         return Ok(());
     };
     let (engine, admin) = start_engine(config, Arc::new(compiled.snapshot))?;
@@ -242,26 +166,28 @@ fn serve_kube(config: &Config) -> Result<(), String> {
         extra.push(Box::new(move |out: &mut String| stats.render(out)));
     }
     source.attach(engine.publisher());
-    eprintln!(
-        "sluice: serving http on {} with {} worker(s); admin on {}; routes from the cluster",
+    tracing::info!(
+        workers = config.engine_config().workers.len(),
+        admin = %admin.local_addr(),
+        routes = "kubernetes",
+        "serving http on {}",
         engine.local_addr(),
-        config.engine_config().workers.len(),
-        admin.local_addr()
     );
     if let Some(https) = engine.https_addr() {
-        eprintln!("sluice: serving https on {https}");
+        tracing::info!("serving https on {https}");
     }
     let sig = signals.recv().unwrap_or(15);
     shutdown_delay(&engine.state().metrics, config.shutdown_delay);
-    eprintln!(
-        "sluice: signal {sig}: draining (grace {:?})",
-        config.shutdown_grace
-    );
+    tracing::info!(signal = sig, grace = ?config.shutdown_grace, "draining");
     source.stop();
     engine.stop();
     engine.join().map_err(|e| e.to_string())?;
     admin.join();
-    eprintln!("sluice: stopped");
+    if let Some(log) = access_log::installed() {
+        // The workers' last lines are with the logger thread: let it write them.
+        log.drain(Duration::from_secs(2));
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -288,7 +214,7 @@ fn compile_routes(
     let mut source = config.manifests.as_deref().map(FileSource::new);
     let errors = source.as_mut().map(FileSource::refresh).unwrap_or_default();
     for e in &errors {
-        eprintln!("sluice: {e}");
+        tracing::error!(error = %e, "{e}");
     }
     let mut objects = source.as_ref().map(FileSource::objects).unwrap_or_default();
     let extra = Objects::from_objects(extra);
@@ -299,7 +225,7 @@ fn compile_routes(
     objects.secrets.extend(extra.secrets);
     let (compiler, compiled) = Incremental::new(&objects, config.compile.clone(), 1);
     for d in &compiled.diagnostics {
-        eprintln!("sluice: rejected: {d}");
+        sluice::control::report::rejected(d);
     }
     if !errors.is_empty() {
         return Err(format!(
@@ -317,6 +243,14 @@ fn start_engine(
     snapshot: Arc<sluice::core::snapshot::Snapshot>,
 ) -> Result<(Engine, AdminHandle), String> {
     let https = Some(config.https_config()?);
+    if config.log.access && access_log::installed().is_none() {
+        let log = match &config.log.access_path {
+            Some(path) => AccessLog::start_file(path.clone(), config.log.format, 64),
+            None => AccessLog::start(Box::new(std::io::stdout()), config.log.format, 64),
+        }
+        .map_err(|e| format!("cannot start the access log: {e}"))?;
+        access_log::install(log);
+    }
     let engine = match config.engine {
         EngineKind::Uring => Engine::start_with_https(config.engine_config(), https, snapshot),
         EngineKind::Userspace => Engine::start_userspace_with_https(
@@ -327,7 +261,36 @@ fn start_engine(
         ),
     }
     .map_err(|e| e.to_string())?;
-    match admin::start(config.admin, engine.state().clone()) {
+    if let Some(log) = access_log::installed()
+        && let Ok(mut extra) = engine.state().extra_metrics.lock()
+    {
+        let stats = log.stats.clone();
+        extra.push(Box::new(move |out: &mut String| {
+            use std::fmt::Write as _;
+            for (name, help, value) in [
+                (
+                    "sluice_access_log_written_lines_total",
+                    "Access log lines written.",
+                    &stats.written_lines,
+                ),
+                (
+                    "sluice_access_log_dropped_lines_total",
+                    "Access log lines dropped because the logger was behind (workers never wait).",
+                    &stats.dropped_lines,
+                ),
+            ] {
+                let v = value.load(Ordering::Relaxed);
+                let _ = write!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+                );
+            }
+        }));
+    }
+    let access = admin::AdminAccess {
+        token_file: config.admin_token_file.clone(),
+    };
+    match admin::start_with(config.admin, engine.state().clone(), access) {
         Ok(admin) => Ok((engine, admin)),
         Err(e) => {
             engine.stop();
@@ -358,24 +321,26 @@ fn serve(
         ),
         None => None,
     };
-    eprintln!(
-        "sluice: serving http on {} with {} worker(s); admin on {}",
+    tracing::info!(
+        workers = config.engine_config().workers.len(),
+        admin = %admin.local_addr(),
+        routes = match (&config.manifests, &banner) {
+            (Some(_), _) => "files",
+            (None, Some(_)) => "demo",
+            (None, None) => "none",
+        },
+        "serving http on {}",
         engine.local_addr(),
-        config.engine_config().workers.len(),
-        admin.local_addr()
     );
     if let Some(https) = engine.https_addr() {
-        eprintln!("sluice: serving https on {https}");
+        tracing::info!("serving https on {https}");
     }
     if let Some(banner) = banner {
         println!("{banner}");
     }
-    let sig = sys::wait_for_termination();
+    let sig = wait_for_stop();
     shutdown_delay(&engine.state().metrics, config.shutdown_delay);
-    eprintln!(
-        "sluice: signal {sig}: draining (grace {:?})",
-        config.shutdown_grace
-    );
+    tracing::info!(signal = sig, grace = ?config.shutdown_grace, "draining");
     stop_watching.store(true, Ordering::Release);
     if let Some(w) = watcher {
         w.join();
@@ -383,7 +348,11 @@ fn serve(
     engine.stop();
     engine.join().map_err(|e| e.to_string())?;
     admin.join();
-    eprintln!("sluice: stopped");
+    if let Some(log) = access_log::installed() {
+        // The workers' last lines are with the logger thread: let it write them.
+        log.drain(Duration::from_secs(2));
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -396,11 +365,11 @@ fn shutdown_delay(workers: &[Arc<sluice::engine::metrics::WorkerMetrics>], delay
     for m in workers {
         m.serving.store(false, Ordering::Release);
     }
-    eprintln!("sluice: /readyz fails; still accepting for {delay:?} (timeouts.shutdown_delay)");
+    tracing::info!(delay = ?delay, "/readyz fails; still accepting (timeouts.shutdown_delay)");
     std::thread::sleep(delay);
 }
 
-fn demo_main(args: &Args) -> Result<(), String> {
+fn demo_main(args: &Flags) -> Result<(), String> {
     let mut config = load_config(args)?;
     if config.engine == EngineKind::Userspace {
         return Err(
@@ -443,34 +412,47 @@ fn demo_main(args: &Args) -> Result<(), String> {
     serve(&config, routes, Some(banner))
 }
 
-fn main() -> ExitCode {
-    let mut argv = std::env::args().skip(1).peekable();
-    match argv.peek().map(String::as_str) {
-        None | Some("--help") | Some("-h") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Some("--version") => {
-            println!("sluice {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        _ => {}
-    }
-    let result = parse_args(argv).and_then(|args| match args.command.as_str() {
-        "run" => load_config(&args).and_then(|mut config| {
+/// Installs the process log (not the access log): `--log-level` filter, `--log-format`, to
+/// stderr.
+fn init_logging(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&log.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match log.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+fn run_command(command: &Command) -> Result<(), String> {
+    let flags = command.flags();
+    match command {
+        Command::Run(_) => load_config(flags).and_then(|mut config| {
             load_certificates(&mut config)?;
             if config.kubernetes.enabled {
-                return serve_kube(&config);
+                return serve_kube(&config, flags.pod_name.as_deref());
             }
             let routes = compile_routes(&config, Vec::new())?;
             serve(&config, routes, None)
         }),
-        "check" => load_config(&args).and_then(|mut config| {
+        Command::Check(_) => load_config(flags).and_then(|mut config| {
             load_certificates(&mut config)?;
             let compiled = if config.kubernetes.enabled {
                 let signals = signal_channel();
                 let within = Some(Duration::from_secs(30));
-                let Some((source, compiled)) = sync_cluster(&config, &signals, within)? else {
+                let pod_name = flags.pod_name.as_deref();
+                let Some((source, compiled)) = sync_cluster(&config, pod_name, &signals, within)?
+                else {
                     return Ok(());
                 };
                 source.stop();
@@ -488,10 +470,14 @@ fn main() -> ExitCode {
                 ))
             }
         }),
-        "demo" => demo_main(&args),
-        other => Err(format!("unknown command {other:?}\n{USAGE}")),
-    });
-    match result {
+        Command::Demo(_) => demo_main(flags),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match run_command(&cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e}");
@@ -503,9 +489,11 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
-    fn args(list: &[&str]) -> Result<Args, String> {
-        parse_args(list.iter().map(|s| s.to_string()))
+    fn args(list: &[&str]) -> Result<Flags, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("sluice").chain(list.iter().copied()))?;
+        Ok(cli.command.flags().clone())
     }
 
     #[test]
@@ -520,7 +508,6 @@ mod tests {
             "3",
         ])
         .unwrap();
-        assert_eq!(a.command, "run");
         let c = load_config(&a).unwrap();
         assert_eq!(c.http, "127.0.0.1:81".parse().unwrap());
         assert_eq!(c.worker_count, Some(3));
@@ -567,7 +554,7 @@ mod tests {
                 .kubernetes
                 .enabled
         );
-        assert!(load_config(&args(&["run", "--publish-service", "nope"]).unwrap()).is_err());
+        assert!(args(&["run", "--publish-service", "nope"]).is_err());
         assert!(
             load_config(&args(&["run", "--kubernetes", "--manifests", "m"]).unwrap()).is_err(),
             "the two sources are not combined"
@@ -575,13 +562,41 @@ mod tests {
     }
 
     #[test]
-    fn bad_flags_are_errors() {
-        assert!(args(&["run", "--bogus"]).is_err());
-        assert!(args(&["run", "--http"]).is_err());
-        assert!(load_config(&args(&["run", "--http", "nope"]).unwrap()).is_err());
-        assert!(load_config(&args(&["run", "--workers", "0"]).unwrap()).is_err());
-        assert!(load_config(&args(&["run", "--engine", "dpdk"]).unwrap()).is_err());
+    fn bad_flags_are_errors_that_name_the_flag() {
+        for (list, flag) in [
+            (&["run", "--bogus"][..], "--bogus"),
+            (&["run", "--http"][..], "--http"),
+            (&["run", "--http", "nope"][..], "--http"),
+            (&["run", "--workers", "0"][..], "--workers"),
+            (&["run", "--engine", "dpdk"][..], "--engine"),
+            (&["run", "--watch-namespace", ""][..], "--watch-namespace"),
+        ] {
+            let e = args(list).expect_err(&format!("{list:?}")).to_string();
+            assert!(e.contains(flag), "{list:?}: {e}");
+        }
         let c = load_config(&args(&["run", "--engine", "userspace"]).unwrap()).unwrap();
         assert_eq!(c.engine, EngineKind::Userspace);
+    }
+
+    #[test]
+    fn pod_namespace_is_a_fallback_below_the_config_file() {
+        let a = args(&["run", "--pod-namespace", "ingress"]).unwrap();
+        let c = load_config(&a).unwrap();
+        assert_eq!(c.kubernetes.election_namespace.as_deref(), Some("ingress"));
+        let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s.toml");
+        std::fs::write(&file, "[sources]\nelection_namespace = \"edge\"\n").unwrap();
+        let mut a = a;
+        a.config = Some(file);
+        let c = load_config(&a).unwrap();
+        assert_eq!(c.kubernetes.election_namespace.as_deref(), Some("edge"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -54,7 +54,7 @@ fn run_sluice(dir: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr) {
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
         let line = lines.next().expect("sluice exited early").unwrap();
-        if let Some(rest) = line.strip_prefix("sluice: serving http on ") {
+        if let Some(rest) = line.split_once("serving http on ").map(|(_, rest)| rest) {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
     };
@@ -281,4 +281,88 @@ fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     drop(idle);
+}
+
+#[test]
+fn help_version_and_bad_flags_behave_as_clap_users_expect() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for sub in ["run", "check", "demo", "help"] {
+        assert!(help.contains(&format!("  {sub} ")), "{help}");
+    }
+    let out = Command::new(BIN)
+        .args(["help", "run"])
+        .env_remove("POD_NAMESPACE")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--manifests <DIR>",
+        "--http <ADDR>",
+        "--log-format",
+        "[env: POD_NAMESPACE=]",
+    ] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("sluice {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(BIN).args(["run", "--bogus"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("unexpected argument '--bogus'"), "{stderr}");
+    let out = Command::new(BIN)
+        .args(["run", "--http", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("invalid value 'nope' for '--http <ADDR>'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn json_logs_carry_the_rejections_fields() {
+    let dir = temp_dir("json-log");
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: shop}\n\
+         spec:\n  ingressClassName: sluice\n  rules:\n  - host: app.test\n    http: {paths: [{path: nope, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}]}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--log-format", "json", "--manifests"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let event: serde_json::Value = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["kind"] == "Ingress")
+        .unwrap_or_else(|| panic!("no JSON rejection event in {stderr}"));
+    assert_eq!(event["level"], "WARN", "{event}");
+    assert_eq!(event["namespace"], "shop", "{event}");
+    assert_eq!(event["name"], "web", "{event}");
+    assert!(event["field"].as_str().unwrap().contains("path"), "{event}");
+    assert!(!event["reason"].as_str().unwrap().is_empty(), "{event}");
+    // --log-level error hides the warning.
+    let out = Command::new(BIN)
+        .args(["check", "--log-level", "error", "--manifests"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("rejected: Ingress"), "{stderr}");
+    assert!(
+        stderr.contains("1 object(s) or field(s) rejected"),
+        "{stderr}"
+    );
 }

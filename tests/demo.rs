@@ -43,7 +43,7 @@ fn start_demo() -> Demo {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     loop {
         let line = lines.next().expect("sluice demo exited early").unwrap();
-        if line.starts_with("sluice: serving http on ") {
+        if line.contains("serving http on ") {
             break;
         }
     }

@@ -208,7 +208,7 @@ fn sluice_with(name: &str, upstream: SocketAddr, config: &str, extra: &str) -> S
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("sluice exited early").unwrap();
-        if let Some(rest) = line.strip_prefix("sluice: serving http on ") {
+        if let Some(rest) = line.split_once("serving http on ").map(|(_, rest)| rest) {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
     };

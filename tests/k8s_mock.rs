@@ -964,7 +964,7 @@ fn the_binary_runs_and_checks_from_a_kubeconfig() {
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let addr: SocketAddr = loop {
         let line = lines.next().expect("sluice exited early").unwrap();
-        if let Some(rest) = line.strip_prefix("sluice: serving http on ") {
+        if let Some(rest) = line.split_once("serving http on ").map(|(_, rest)| rest) {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
     };

@@ -61,10 +61,15 @@ fn readyz_fails_first_while_new_connections_are_still_served() {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (http, admin): (SocketAddr, SocketAddr) = loop {
         let line = lines.next().expect("sluice exited early").unwrap();
-        if let Some(rest) = line.strip_prefix("sluice: serving http on ") {
+        if let Some(rest) = line.split_once("serving http on ").map(|(_, rest)| rest) {
             let mut words = rest.split_whitespace();
             let http = words.next().unwrap().parse().unwrap();
-            let admin = rest.rsplit(' ').next().unwrap().parse().unwrap();
+            let admin = rest
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("admin="))
+                .unwrap()
+                .parse()
+                .unwrap();
             break (http, admin);
         }
     };

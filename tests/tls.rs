@@ -211,7 +211,7 @@ fn sluice_check_logs_why_a_secret_is_rejected() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("sluice: rejected: Secret default/broken: data[tls.crt]: broken PEM"),
+        stderr.contains("rejected: Secret default/broken: data[tls.crt]: broken PEM"),
         "{stderr}"
     );
     assert!(stderr.contains("Secret default/expired: data[tls.crt]: certificate expired"));

@@ -108,10 +108,10 @@ fn run_sluice(dir: &Path) -> (Child, SocketAddr, SocketAddr) {
     let mut http = None;
     let https = loop {
         let line = lines.next().expect("sluice exited early").unwrap();
-        if let Some(rest) = line.strip_prefix("sluice: serving http on ") {
+        if let Some(rest) = line.split_once("serving http on ").map(|(_, rest)| rest) {
             http = rest.split_whitespace().next().and_then(|a| a.parse().ok());
         }
-        if let Some(rest) = line.strip_prefix("sluice: serving https on ") {
+        if let Some(rest) = line.split_once("serving https on ").map(|(_, rest)| rest) {
             break rest.trim().parse().unwrap();
         }
     };

@@ -69,7 +69,7 @@ fn sluice_run_with_the_userspace_engine_serves_curl_through_a_tap() {
     let mut lines = BufReader::new(stderr).lines();
     let served = loop {
         let line = lines.next().expect("sluice exited early").unwrap();
-        if let Some(rest) = line.strip_prefix("sluice: serving http on ") {
+        if let Some(rest) = line.split_once("serving http on ").map(|(_, rest)| rest) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };

@@ -94,6 +94,7 @@ fn run(input: &[u8], limits: &Limits) -> Result<(String, bool), u16> {
         proto: "https",
         port: 443,
         tunnel,
+        request_id: "",
     };
     let mut out = Vec::new();
     write_upstream_request(&head, &info, &mut out);
@@ -541,6 +542,7 @@ fn ipv6_client_and_mapped_addresses() {
             proto: "http",
             port: 80,
             tunnel: false,
+            request_id: "",
         };
         let mut out = Vec::new();
         write_upstream_request(&head, &info, &mut out);
@@ -646,7 +648,7 @@ mod fuzz {
             if let Ok(Scan::Complete(len)) = whole {
                 let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
                 if let Ok(head) = parse_request_head(&input[..len], &limits, &mut storage[..100]) {
-                    let info = ForwardInfo { client_ip: CLIENT, proto: "http", port: 80, tunnel: true };
+                    let info = ForwardInfo { client_ip: CLIENT, proto: "http", port: 80, tunnel: true, request_id: "" };
                     let mut out = Vec::new();
                     write_upstream_request(&head, &info, &mut out);
                     // What we emit is itself a valid head that parses to the same framing.

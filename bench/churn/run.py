@@ -168,7 +168,7 @@ def churn(name, apply_change, duration, script):
 def sluice_propagation():
     text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/metrics", timeout=5).read().decode()
     q = {m.group(1): float(m.group(2)) * 1e3 for m in
-         re.finditer(r'sluice_snapshot_propagation_seconds\{quantile="([0-9.]+)"\} ([0-9.e+-]+)', text)}
+         re.finditer(r'sluice_snapshot_propagation_quantile_seconds\{quantile="([0-9.]+)"\} ([0-9.e+-]+)', text)}
     count = int(re.search(r"sluice_snapshot_propagation_seconds_count (\d+)", text).group(1))
     unacked = int(re.search(r"sluice_snapshots_unacknowledged_total (\d+)", text).group(1))
     return q, count, unacked

@@ -80,7 +80,7 @@ def main():
         time.sleep(1.5)
     text = metrics()
     q = {m.group(1): float(m.group(2)) * 1e3 for m in
-         re.finditer(r'sluice_snapshot_propagation_seconds\{quantile="([0-9.]+)"\} ([0-9.e+-]+)', text)}
+         re.finditer(r'sluice_snapshot_propagation_quantile_seconds\{quantile="([0-9.]+)"\} ([0-9.e+-]+)', text)}
     count = re.search(r"sluice_snapshot_propagation_seconds_count (\d+)", text).group(1)
     with open(f"/proc/{p.pid}/status") as fh:
         rss = [l for l in fh if l.startswith("VmRSS")][0].split()[1]

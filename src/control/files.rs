@@ -195,7 +195,7 @@ impl FileWatcher {
                         Ok(events) => events.count() > 0,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
                         Err(e) => {
-                            eprintln!("sluice: watching {}: {e}", source.dir.display());
+                            tracing::error!(dir = %source.dir.display(), error = %e, "cannot watch the manifests directory");
                             false
                         }
                     };
@@ -222,7 +222,7 @@ impl FileWatcher {
                     first_event = None;
                     let generation = source.generation();
                     for e in source.refresh() {
-                        eprintln!("sluice: {e} (previous objects of this file kept)");
+                        tracing::warn!(error = %e, "{e} (previous objects of this file kept)");
                     }
                     if source.generation() == generation {
                         // Events that changed nothing (a temporary file written before its
@@ -236,7 +236,7 @@ impl FileWatcher {
                         diagnostics,
                     } = compiler.update(&objects, version);
                     for d in &diagnostics {
-                        eprintln!("sluice: rejected: {d}");
+                        super::report::rejected(d);
                     }
                     publisher.publish(Arc::new(snapshot));
                     publisher.wait_acknowledged(version, first, Duration::from_secs(5));

@@ -168,10 +168,10 @@ pub async fn run(
             }
             Ok(false) => false,
             Err(err) => {
-                eprintln!(
-                    "sluice: kubernetes: lease {}: {} (not writing status past the renew deadline)",
-                    e.name,
-                    super::watch::api_error(&err)
+                tracing::warn!(
+                    lease = %e.name,
+                    error = %super::watch::api_error(&err),
+                    "kubernetes: cannot renew the status lease (not writing status past the renew deadline)"
                 );
                 // Keep leading through short API trouble, never past the renew deadline.
                 last_renew.is_some_and(|t| t.elapsed() < e.settings.renew_deadline)

@@ -9,5 +9,6 @@ pub mod files;
 pub mod incremental;
 pub mod leader;
 pub mod manifests;
+pub mod report;
 pub mod status;
 pub mod watch;

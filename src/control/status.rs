@@ -187,11 +187,12 @@ pub async fn write_statuses(
             }
             Err(e) => {
                 stats.status_errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "sluice: kubernetes: cannot update status of Ingress {}/{}: {}",
-                    w.namespace,
-                    w.name,
-                    api_error(&e)
+                tracing::warn!(
+                    kind = "Ingress",
+                    namespace = %w.namespace,
+                    name = %w.name,
+                    error = %api_error(&e),
+                    "kubernetes: cannot update the status of an Ingress"
                 );
             }
         }
@@ -234,10 +235,13 @@ pub async fn post_events(
             }
             Err(e) => {
                 stats.event_errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "sluice: kubernetes: cannot post an Event for {}: {}",
-                    d.object,
-                    api_error(&e)
+                let (kind, namespace, name) = super::report::object_parts(&d.object);
+                tracing::warn!(
+                    kind,
+                    namespace,
+                    name,
+                    error = %api_error(&e),
+                    "kubernetes: cannot post an Event"
                 );
             }
         }

@@ -877,8 +877,9 @@ async fn probe(
         }
         if failures > 0 {
             stats.recoveries.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
-                "sluice: kubernetes: the API server answers again (after {failures} failed probes); watchers retry now"
+            tracing::info!(
+                failures,
+                "kubernetes: the API server answers again; watchers retry now"
             );
             recovered.send_modify(|generation| *generation += 1);
         }
@@ -940,13 +941,16 @@ fn spawn_watch<K>(
                         let wait = jitter(delay);
                         if gone {
                             stats.gone.fetch_add(1, Ordering::Relaxed);
-                            eprintln!(
-                                "sluice: kubernetes: {what}: resourceVersion expired (410 Gone); re-listing (routes kept until the new list is complete)"
+                            tracing::warn!(
+                                watcher = %what,
+                                "kubernetes: resourceVersion expired (410 Gone); re-listing (routes kept until the new list is complete)"
                             );
                         } else {
-                            eprintln!(
-                                "sluice: kubernetes: {what}: {}; retrying in {wait:.1?} (still serving the last good routes)",
-                                watch_error(&e)
+                            tracing::warn!(
+                                watcher = %what,
+                                error = %watch_error(&e),
+                                retry_in = ?wait,
+                                "kubernetes: watch failed; retrying (still serving the last good routes)"
                             );
                             trouble.notify_one();
                         }
@@ -1095,9 +1099,12 @@ async fn run(
                 store.apply(Msg::Secret(Event::Apply(secret)));
             }
             Ok(_) => {}
-            Err(e) => eprintln!(
-                "sluice: kubernetes: cannot read Secret {ns}/{name}: {}",
-                api_error(&e)
+            Err(e) => tracing::warn!(
+                kind = "Secret",
+                namespace = %ns,
+                name = %name,
+                error = %api_error(&e),
+                "kubernetes: cannot read a Secret"
             ),
         }
     }
@@ -1175,7 +1182,7 @@ async fn run(
                     leading = now_leading;
                     stats.leader.store(leading, Ordering::Relaxed);
                     stats.leader_transitions.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("sluice: kubernetes: {} the status lease {}/{}", if leading { "acquired" } else { "lost" }, settings.election_namespace, settings.options.election_id);
+                    tracing::info!(leading, namespace = %settings.election_namespace, lease = %settings.options.election_id, "kubernetes: {} the status lease", if leading { "acquired" } else { "lost" });
                     plan.reset();
                     store.status_dirty = true;
                     if leading {
@@ -1264,9 +1271,12 @@ fn fetch_secrets(client: &Client, store: &mut Store, tx: &mpsc::UnboundedSender<
                     let _ = tx.send(Msg::Secret(Event::Apply(secret)));
                 }
                 Ok(_) => {}
-                Err(e) => eprintln!(
-                    "sluice: kubernetes: cannot read Secret {ns}/{name}: {}",
-                    api_error(&e)
+                Err(e) => tracing::warn!(
+                    kind = "Secret",
+                    namespace = %ns,
+                    name = %name,
+                    error = %api_error(&e),
+                    "kubernetes: cannot read a Secret"
                 ),
             }
         });
@@ -1285,10 +1295,10 @@ impl Rejections {
         let now: BTreeSet<Diagnostic> = diagnostics.iter().cloned().collect();
         let new: Vec<Diagnostic> = now.difference(&self.current).cloned().collect();
         for d in &new {
-            eprintln!("sluice: rejected: {d}");
+            super::report::rejected(d);
         }
         for d in self.current.difference(&now) {
-            eprintln!("sluice: no longer rejected: {d}");
+            super::report::no_longer_rejected(d);
         }
         stats.rejected.store(now.len() as u64, Ordering::Relaxed);
         stats

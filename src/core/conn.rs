@@ -31,6 +31,7 @@ use crate::core::http1::response::{
 };
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
+use crate::core::request_id;
 use crate::core::route::{RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
 use crate::core::upstream::hash::KeySource;
@@ -101,6 +102,23 @@ pub struct ConnConfig {
     /// Upgrade protocols relayed as tunnels (WebSocket by default, never `h2c`); a request
     /// for any other upgrade is forwarded as plain HTTP/1.1 without its `Upgrade` field.
     pub upgrades: Upgrades,
+    /// `X-Request-ID` upstream (the client's, else one generated from this seed, random per
+    /// process: see `config::Config::conn_config`); `None`: the client's field passes like
+    /// any other and none is generated (the in-memory tests' exact heads).
+    pub request_id_seed: Option<u64>,
+    /// Keep a [`RequestRecord`] of each request for the access log.
+    pub record_requests: bool,
+}
+
+/// What the access log says about the current (or last) request of a connection; kept
+/// only with [`ConnConfig::record_requests`], its strings reused from request to request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    /// The `X-Request-ID` sent upstream (empty for a request answered locally).
+    pub request_id: String,
 }
 
 impl Default for ConnConfig {
@@ -114,6 +132,8 @@ impl Default for ConnConfig {
             https_port: 443,
             server: Some("sluice".into()),
             upgrades: Upgrades::default(),
+            request_id_seed: None,
+            record_requests: false,
         }
     }
 }
@@ -418,6 +438,10 @@ enum State {
 
 /// One client connection and, while a request is in flight, its upstream connection.
 pub struct Conn {
+    /// Base and count of this connection's generated `X-Request-ID`s.
+    request_id_base: Option<u64>,
+    requests: u64,
+    record: RequestRecord,
     info: ClientInfo,
     config: Arc<ConnConfig>,
     state: State,
@@ -444,8 +468,19 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The current (or last) request, for the access log (empty unless
+    /// [`ConnConfig::record_requests`]).
+    pub fn request_record(&self) -> &RequestRecord {
+        &self.record
+    }
+
     pub fn new(info: ClientInfo, config: Arc<ConnConfig>, now: Instant) -> Conn {
         Conn {
+            request_id_base: config
+                .request_id_seed
+                .map(|seed| request_id::connection_base(seed, info.peer, info.local, now)),
+            requests: 0,
+            record: RequestRecord::default(),
             info,
             config,
             state: State::Head {
@@ -896,12 +931,25 @@ impl Conn {
         let head = match parsed {
             Ok(head) => head,
             Err(err) => {
+                if self.config.record_requests {
+                    self.record = RequestRecord::default();
+                }
                 self.fail(err, now, true);
                 return true;
             }
         };
         let len = scanned.unwrap_or(head.len);
         self.scanner.reset();
+        if self.config.record_requests {
+            let r = &mut self.record;
+            r.method.clear();
+            r.method.push_str(head.method);
+            r.host.clear();
+            r.host.push_str(head.host());
+            r.path.clear();
+            r.path.push_str(head.path());
+            r.request_id.clear();
+        }
         let req = RequestMeta {
             version: head.version,
             head_request: head.is_head(),
@@ -963,11 +1011,22 @@ impl Conn {
             )
         });
         if let RouteDecision::Forward { .. } = decision {
+            let mut generated = [0u8; 32];
+            let request_id = match self.request_id_base {
+                None => "",
+                Some(base) => request_id::incoming(head.headers)
+                    .unwrap_or_else(|| request_id::generate(base, self.requests, &mut generated)),
+            };
+            self.requests += 1;
+            if self.config.record_requests {
+                self.record.request_id.push_str(request_id);
+            }
             let info = ForwardInfo {
                 client_ip: self.info.peer.ip(),
                 proto: self.config.scheme.as_str(),
                 port: self.info.local.port(),
                 tunnel: req.upgrade,
+                request_id,
             };
             self.uout.reset();
             write_upstream_request(&head, &info, &mut self.uout.queued);

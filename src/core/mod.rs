@@ -11,6 +11,7 @@ pub mod conn;
 pub mod error;
 pub mod host;
 pub mod http1;
+pub mod request_id;
 pub mod route;
 pub mod snapshot;
 pub mod time;

@@ -4,6 +4,7 @@
 //! [`Engine`] starts one worker per core and hands snapshots to them ([`publish`]); `sys`
 //! holds the system calls that are neither io_uring nor a packet device.
 
+pub mod access_log;
 pub mod driver;
 pub mod metrics;
 pub mod publish;
@@ -124,6 +125,7 @@ pub(crate) fn launch<W: EngineWorker>(
             upstream_max_idle: cfg.upstream_max_idle,
             upstream_idle_timeout: cfg.upstream_idle_timeout,
             shutdown_grace: cfg.shutdown_grace,
+            access_log: access_log::installed().map(access_log::AccessLog::worker),
         };
         let snapshot = snapshot.clone();
         let (handle, started) = spawn_worker(

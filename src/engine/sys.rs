@@ -78,7 +78,32 @@ pub fn block_termination_signals() {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        // SIGUSR1 (reopen the access log) is taken by sigwait too, never by a handler; its
+        // default action would end the process.
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (blocked beforehand) and returns its number; on each SIGUSR1
+/// in between, calls `on_usr1`.
+pub fn wait_for_termination_or_usr1(on_usr1: &dyn Fn()) -> i32 {
+    loop {
+        // SAFETY: sigwait on a set of signals this thread has blocked.
+        let sig = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            let mut sig: libc::c_int = 0;
+            libc::sigwait(&set, &mut sig);
+            sig
+        };
+        if sig != libc::SIGUSR1 {
+            return sig;
+        }
+        on_usr1();
     }
 }
 

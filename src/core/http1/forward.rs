@@ -62,6 +62,9 @@ pub struct ForwardInfo<'a> {
     /// [`super::upgrade::Upgrades::allows`]): send `Connection: upgrade` and the `Upgrade`
     /// field. Otherwise neither is sent and the request goes upstream as plain HTTP/1.1.
     pub tunnel: bool,
+    /// `X-Request-ID` sent upstream in place of any the client sent; empty: none is added
+    /// and the client's field passes like any other.
+    pub request_id: &'a str,
 }
 
 /// Fields we replace with our own values, never forwarding what the client sent.
@@ -79,7 +82,7 @@ const REPLACED: [&str; 5] = [
 /// hop-by-hop fields, `Host`, `Content-Length`, `Transfer-Encoding`, `Expect` and the
 /// forwarding fields); `X-Forwarded-For` (the client's values, then `client_ip`);
 /// `X-Forwarded-Proto`, `X-Forwarded-Host` (unless the authority is empty),
-/// `X-Forwarded-Port`, `X-Real-IP`; the body framing; `Connection: upgrade` and `Upgrade`
+/// `X-Forwarded-Port`, `X-Real-IP`; `X-Request-ID` (when `info` has one); the body framing; `Connection: upgrade` and `Upgrade`
 /// when tunnelling; the final CRLF. Allocates nothing except by growing `out`.
 pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(head.method.as_bytes());
@@ -109,6 +112,7 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
             || name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("expect")
             || REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r))
+            || (!info.request_id.is_empty() && name.eq_ignore_ascii_case("x-request-id"))
             || is_hop_by_hop(name, connection)
         {
             continue;
@@ -140,6 +144,9 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
     out.extend_from_slice(b"\r\nX-Real-IP: ");
     push_ip(client_ip, out);
     out.extend_from_slice(b"\r\n");
+    if !info.request_id.is_empty() {
+        push_field(b"X-Request-ID", info.request_id.as_bytes(), out);
+    }
 
     push_framing(head.framing, out);
     if info.tunnel

@@ -47,8 +47,15 @@ use crate::core::time::Instant;
 use crate::core::tls::{Received, TlsSession, TlsSettings};
 use crate::core::upstream::Picker;
 use crate::core::upstream::SnapshotRouter;
+use crate::engine::access_log::{Entry, WorkerLog};
 use crate::engine::metrics::WorkerMetrics;
 use crate::engine::publish::take_newer;
+
+/// Wall-clock time for the access log's timestamps.
+#[allow(clippy::disallowed_methods)]
+fn wall_clock() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}
 
 /// The engine's one clock read: monotonic time as the core's `Instant`.
 #[allow(clippy::disallowed_methods)]
@@ -121,6 +128,8 @@ pub struct DriverSetup {
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// This worker's side of the access log (`None`: off).
+    pub access_log: Option<WorkerLog>,
 }
 
 /// Rounds of actions and output per connection per drive (a transport that writes at once
@@ -142,6 +151,14 @@ struct Client {
     /// The endpoint of the request in flight and when it was sent there, for the picker's
     /// in-flight counts and latency averages (least_request, ewma).
     in_flight: Option<(SocketAddr, Instant)>,
+    /// When the first byte of the current request was read (None between requests; a
+    /// pipelined request already buffered counts from its predecessor's completion).
+    request_start: Option<Instant>,
+    /// When the current request asked for an upstream connection, and where to.
+    upstream_start: Option<Instant>,
+    upstream_addr: Option<SocketAddr>,
+    /// The client's address (the access log).
+    peer: SocketAddr,
 }
 
 impl Client {
@@ -169,6 +186,8 @@ struct Upstream {
     state: UpState,
     client: Option<usize>,
     sending: bool,
+    /// When the connect was started (the connect-time histogram).
+    connect_start: Instant,
 }
 
 /// Whether the worker's loop goes on.
@@ -258,6 +277,10 @@ impl Driver {
     /// waiting, and runs the graceful stop (stop accepting, let machines finish, close what is
     /// left at the end of the grace period). Returns [`Flow::Exit`] once no client is left.
     pub fn quiescent<T: Transport>(&mut self, t: &mut T, now: Instant) -> Flow {
+        if let Some(log) = &mut self.setup.access_log {
+            // The last turn's lines go to the logger thread (never waiting for it).
+            log.flush();
+        }
         if let Some(snapshot) = take_newer(&self.setup.snapshots, self.snapshot.version) {
             self.swap_snapshot(t, snapshot);
         }
@@ -372,6 +395,10 @@ impl Driver {
             tls,
             shut_after_flush: false,
             in_flight: None,
+            request_start: None,
+            upstream_start: None,
+            upstream_addr: None,
+            peer: info.peer,
         });
         let m = &self.setup.metrics;
         WorkerMetrics::add(&m.accepted, 1);
@@ -457,6 +484,7 @@ impl Driver {
                 };
                 let m = &self.setup.metrics;
                 WorkerMetrics::add(&m.bytes_in, data.len() as u64);
+                client.request_start.get_or_insert(now);
                 self.touched.push(slot as usize);
                 let conn = &mut client.conn;
                 let Some(tls) = &mut client.tls else {
@@ -623,6 +651,8 @@ impl Driver {
         let client = up.client;
         if ok {
             up.state = UpState::Attached;
+            let took = now.saturating_since(up.connect_start);
+            self.setup.metrics.upstream_connect.observe(took);
         } else {
             WorkerMetrics::add(&self.setup.metrics.upstream_connect_errors, 1);
             self.doomed.push(ui);
@@ -779,7 +809,34 @@ impl Driver {
                     }
                     Action::Completed { status } => {
                         let class = usize::from(status / 100).clamp(1, 5) - 1;
-                        WorkerMetrics::add(&self.setup.metrics.responses[class], 1);
+                        let m = &self.setup.metrics;
+                        WorkerMetrics::add(&m.responses[class], 1);
+                        let start = client.request_start.take().unwrap_or(now);
+                        let request_time = now.saturating_since(start);
+                        m.request_duration[class].observe(request_time);
+                        let upstream_time = client
+                            .upstream_start
+                            .take()
+                            .map(|at| now.saturating_since(at));
+                        if let Some(d) = upstream_time {
+                            m.upstream_response.observe(d);
+                        }
+                        if let Some(log) = &mut self.setup.access_log {
+                            let r = client.conn.request_record();
+                            log.record(&Entry {
+                                time: wall_clock(),
+                                client: client.peer,
+                                tls: client.tls.is_some(),
+                                method: &r.method,
+                                host: &r.host,
+                                path: &r.path,
+                                status,
+                                request_time,
+                                upstream: client.upstream_addr.take(),
+                                upstream_time,
+                                request_id: &r.request_id,
+                            });
+                        }
                     }
                     Action::ShutdownClientWrite => match &mut client.tls {
                         None => t.shutdown_write(client.sock),
@@ -924,6 +981,11 @@ impl Driver {
             snapshot: &self.snapshot,
             picker: &mut self.picker,
         };
+        if let Some(client) = self.clients.get_any(slot) {
+            // A retry on a fresh connection keeps the first attempt's start.
+            client.upstream_start.get_or_insert(now);
+            client.upstream_addr = Some(endpoint);
+        }
         if !fresh && let Some(ui) = self.pool.get_mut(&endpoint).and_then(Vec::pop) {
             if let Some(up) = self.upstreams.get_any(ui) {
                 up.state = UpState::Attached;
@@ -942,6 +1004,7 @@ impl Driver {
             state: UpState::Connecting,
             client: Some(slot),
             sending: false,
+            connect_start: now,
         });
         let owner = Owner::Upstream {
             slot: ui as u32,

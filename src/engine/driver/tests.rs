@@ -79,6 +79,7 @@ fn driver() -> Driver {
     let (_tx, snapshots) = channel();
     let (retired, _rx) = channel();
     let setup = DriverSetup {
+        access_log: None,
         index: 0,
         conn: Arc::new(ConnConfig::default()),
         https: None,
@@ -200,5 +201,43 @@ fn idle_pooled_connections_expire_and_a_refused_connect_is_a_502() {
     assert_eq!(
         d.metrics().upstream_connect_errors.load(Ordering::Relaxed),
         1
+    );
+}
+
+#[test]
+fn latency_histograms_time_the_request_the_connect_and_the_upstream() {
+    use crate::engine::metrics::BUCKETS_US;
+    let mut d = driver();
+    let mut net = MemNet::default();
+    let t0 = Instant::from_nanos(1_000_000_000);
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    let client = d.accept(1, info(), false, t0).expect("accepted");
+    d.received(client, b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n", ms(1));
+    d.drive(&mut net, ms(1));
+    let (_, upstream) = net.connects[0];
+    d.connected(upstream, true, ms(4));
+    d.drive(&mut net, ms(4));
+    d.received(upstream, RESPONSE, ms(41));
+    d.drive(&mut net, ms(41));
+    let bucket = |us: u64| BUCKETS_US.iter().position(|&b| us <= b).unwrap();
+    let m = d.metrics();
+    let request = m.request_duration[1].read();
+    assert_eq!(request.count(), 1);
+    assert_eq!(request.sum_us, 40_000, "first request byte to completion");
+    assert_eq!(request.counts[bucket(40_000)], 1);
+    assert_eq!(m.upstream_connect.read().sum_us, 3_000);
+    assert_eq!(m.upstream_response.read().sum_us, 40_000);
+    // The next request on the same connection is timed from its own first byte.
+    d.received(client, b"GET /y HTTP/1.1\r\nHost: a.test\r\n\r\n", ms(100));
+    d.drive(&mut net, ms(100));
+    d.received(upstream, RESPONSE, ms(102));
+    d.drive(&mut net, ms(102));
+    let request = d.metrics().request_duration[1].read();
+    assert_eq!(request.count(), 2);
+    assert_eq!(request.sum_us, 42_000);
+    assert_eq!(
+        d.metrics().upstream_connect.read().count(),
+        1,
+        "pooled: no connect"
     );
 }

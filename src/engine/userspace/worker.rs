@@ -773,13 +773,13 @@ impl EngineWorker for UserspaceWorker {
         driver.finish(net);
         net.now = clock();
         net.flush_egress(net.now);
-        eprintln!(
-            "sluice: userspace worker {}: {} frames in, {} out, {} lost on write, {} handed to other workers",
-            net.setup.index,
-            net.frames_in,
-            net.link.frames_out,
-            net.link.write_errors,
-            net.handed_over
+        tracing::info!(
+            worker = net.setup.index,
+            frames_in = net.frames_in,
+            frames_out = net.link.frames_out,
+            lost_on_write = net.link.write_errors,
+            handed_over = net.handed_over,
+            "userspace worker stopped"
         );
         Ok(())
     }

@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
                 proto: "http",
                 port: 80,
                 tunnel: head.upgrade.is_some_and(|proto| Upgrades::default().allows(proto)),
+                request_id: "",
             };
             write_upstream_request(&head, &info, &mut out);
             assert!(out.ends_with(b"\r\n\r\n"));

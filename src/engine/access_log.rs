@@ -1,0 +1,489 @@
+//! The access log: one line per completed request, formatted by its worker into a buffer of
+//! its own and handed, a buffer at a time, to one logger thread that writes it out. A worker
+//! never waits: when the logger is behind (its queue of buffers is full) the buffer's lines
+//! are dropped and counted (`sluice_access_log_dropped_lines_total`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The process's access log, installed by `main` before the engine starts (each worker
+/// takes its [`WorkerLog`] from it at launch); engines started without it log nothing.
+static INSTALLED: std::sync::OnceLock<AccessLog> = std::sync::OnceLock::new();
+
+/// Installs the process's access log (once; a second call is ignored).
+pub fn install(log: AccessLog) -> &'static AccessLog {
+    let _ = INSTALLED.set(log);
+    INSTALLED.get().expect("just set")
+}
+
+pub fn installed() -> Option<&'static AccessLog> {
+    INSTALLED.get()
+}
+
+/// A worker hands its buffer over once it holds this much (and at the end of each turn).
+pub const FLUSH_AT: usize = 32 * 1024;
+
+/// Line format (`log.format`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// ingress-nginx `upstreaminfo`-like text.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// What one line says.
+#[derive(Clone, Debug)]
+pub struct Entry<'a> {
+    /// When the response completed (wall clock).
+    pub time: SystemTime,
+    pub client: SocketAddr,
+    /// The request came over TLS.
+    pub tls: bool,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    /// First request byte to completion.
+    pub request_time: Duration,
+    pub upstream: Option<SocketAddr>,
+    pub upstream_time: Option<Duration>,
+    pub request_id: &'a str,
+}
+
+/// Opens the access log file again.
+type Reopener = Box<dyn Fn() -> std::io::Result<Box<dyn Write + Send>> + Send>;
+
+/// Counters shared by the workers and the logger (read at scrape time).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Lines handed to the logger (written or failed later).
+    pub queued_lines: AtomicU64,
+    pub written_lines: AtomicU64,
+    pub dropped_lines: AtomicU64,
+    /// Of the queued lines, those the destination refused (also counted as dropped).
+    pub failed_lines: AtomicU64,
+}
+
+/// The logger thread and what the workers need to reach it.
+pub struct AccessLog {
+    tx: SyncSender<(Vec<u8>, u64)>,
+    reopen: Arc<std::sync::atomic::AtomicBool>,
+    pub stats: Arc<Stats>,
+    pub format: Format,
+    thread: JoinHandle<()>,
+}
+
+impl AccessLog {
+    /// Starts the logger thread appending to the file at `path` (created if missing), which
+    /// [`AccessLog::reopen`] reopens before the next write (after logrotate moved it).
+    pub fn start_file(
+        path: std::path::PathBuf,
+        format: Format,
+        queue: usize,
+    ) -> std::io::Result<AccessLog> {
+        let open = move || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map(|f| Box::new(f) as Box<dyn Write + Send>)
+        };
+        let first = open()?;
+        Self::start_with(first, Some(Box::new(open)), format, queue)
+    }
+
+    /// Starts the logger thread writing to `dest`; at most `queue` buffers wait for it.
+    pub fn start(
+        dest: Box<dyn Write + Send>,
+        format: Format,
+        queue: usize,
+    ) -> std::io::Result<AccessLog> {
+        Self::start_with(dest, None, format, queue)
+    }
+
+    /// Asks the logger to reopen its file before its next write (SIGUSR1); no-op on stdout.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    fn start_with(
+        mut dest: Box<dyn Write + Send>,
+        reopener: Option<Reopener>,
+        format: Format,
+        queue: usize,
+    ) -> std::io::Result<AccessLog> {
+        let reopen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = reopen.clone();
+        let (tx, rx): (_, Receiver<(Vec<u8>, u64)>) = sync_channel(queue);
+        let stats = Arc::new(Stats::default());
+        let s = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-access-log".into())
+            .spawn(move || {
+                for (buf, lines) in rx {
+                    if flag.swap(false, Ordering::AcqRel)
+                        && let Some(open) = &reopener
+                    {
+                        match open() {
+                            Ok(d) => dest = d,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot reopen the access log; writing to the old file")
+                            }
+                        }
+                    }
+                    if dest.write_all(&buf).and_then(|()| dest.flush()).is_ok() {
+                        s.written_lines.fetch_add(lines, Ordering::Release);
+                    } else {
+                        s.dropped_lines.fetch_add(lines, Ordering::Release);
+                        s.failed_lines.fetch_add(lines, Ordering::Release);
+                    }
+                }
+            })?;
+        Ok(AccessLog {
+            tx,
+            reopen,
+            stats,
+            format,
+            thread,
+        })
+    }
+
+    /// A worker's side.
+    pub fn worker(&self) -> WorkerLog {
+        WorkerLog {
+            format: self.format,
+            buf: Vec::with_capacity(FLUSH_AT * 2),
+            lines: 0,
+            tx: self.tx.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Waits (at most `limit`) until the logger has written, or failed to write, every line
+    /// handed to it: at exit, after the workers are gone (their buffers flushed on drop).
+    pub fn drain(&self, limit: Duration) {
+        let s = &self.stats;
+        let mut waited = Duration::ZERO;
+        while s.written_lines.load(Ordering::Acquire) + s.failed_lines.load(Ordering::Acquire)
+            < s.queued_lines.load(Ordering::Acquire)
+            && waited < limit
+        {
+            std::thread::sleep(Duration::from_millis(5));
+            waited += Duration::from_millis(5);
+        }
+    }
+
+    /// Waits for the logger to write what it was handed (every `WorkerLog` must be gone).
+    pub fn join(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+/// One worker's buffer; formatting and handing over never block.
+pub struct WorkerLog {
+    format: Format,
+    buf: Vec<u8>,
+    lines: u64,
+    tx: SyncSender<(Vec<u8>, u64)>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for WorkerLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerLog")
+            .field("format", &self.format)
+            .field("buffered_lines", &self.lines)
+            .finish()
+    }
+}
+
+impl WorkerLog {
+    pub fn record(&mut self, e: &Entry<'_>) {
+        match self.format {
+            Format::Text => write_text(e, &mut self.buf),
+            Format::Json => write_json(e, &mut self.buf),
+        }
+        self.lines += 1;
+        if self.buf.len() >= FLUSH_AT {
+            self.flush();
+        }
+    }
+
+    /// Hands the buffer to the logger, or drops (and counts) its lines when the logger is
+    /// behind.
+    pub fn flush(&mut self) {
+        if self.lines == 0 {
+            return;
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(FLUSH_AT * 2));
+        let lines = std::mem::take(&mut self.lines);
+        // Counted before the send, so that `drain` never sees a line written but not queued.
+        self.stats.queued_lines.fetch_add(lines, Ordering::Release);
+        match self.tx.try_send((full, lines)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.stats.queued_lines.fetch_sub(lines, Ordering::Release);
+                self.stats.dropped_lines.fetch_add(lines, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for WorkerLog {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// `2026-12-04T20:10:00.123Z`
+fn push_time(t: SystemTime, out: &mut Vec<u8>) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+}
+
+fn push_secs(d: Duration, out: &mut Vec<u8>) {
+    let _ = write!(out, "{:.3}", d.as_secs_f64());
+}
+
+/// `client - [time] "METHOD host path" status request_time upstream upstream_time req_id`,
+/// `-` for what is absent (ingress-nginx's upstreaminfo order, reduced to what we know).
+fn write_text(e: &Entry<'_>, out: &mut Vec<u8>) {
+    let _ = write!(out, "{} - [", e.client.ip());
+    push_time(e.time, out);
+    let _ = write!(
+        out,
+        "] \"{} {}{}\" {} ",
+        e.method,
+        e.host,
+        e.path.escape_debug(),
+        e.status
+    );
+    push_secs(e.request_time, out);
+    match e.upstream {
+        Some(a) => {
+            let _ = write!(out, " {a} ");
+        }
+        None => out.extend_from_slice(b" - "),
+    }
+    match e.upstream_time {
+        Some(d) => push_secs(d, out),
+        None => out.push(b'-'),
+    }
+    out.push(b' ');
+    out.extend_from_slice(if e.request_id.is_empty() {
+        b"-"
+    } else {
+        e.request_id.as_bytes()
+    });
+    out.push(b'\n');
+}
+
+fn write_json(e: &Entry<'_>, out: &mut Vec<u8>) {
+    let s = |out: &mut Vec<u8>, v: &str| {
+        let _ = serde_json::to_writer(&mut *out, v);
+    };
+    out.extend_from_slice(b"{\"time\":\"");
+    push_time(e.time, out);
+    out.extend_from_slice(b"\",\"client\":");
+    s(out, &e.client.ip().to_string());
+    out.extend_from_slice(if e.tls {
+        b",\"scheme\":\"https\",\"method\":"
+    } else {
+        b",\"scheme\":\"http\",\"method\":"
+    });
+    s(out, e.method);
+    out.extend_from_slice(b",\"host\":");
+    s(out, e.host);
+    out.extend_from_slice(b",\"path\":");
+    s(out, e.path);
+    let _ = write!(out, ",\"status\":{},\"request_time\":", e.status);
+    push_secs(e.request_time, out);
+    out.extend_from_slice(b",\"upstream\":");
+    match e.upstream {
+        Some(a) => s(out, &a.to_string()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"upstream_time\":");
+    match e.upstream_time {
+        Some(d) => push_secs(d, out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"request_id\":");
+    s(out, e.request_id);
+    out.extend_from_slice(b"}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            time: UNIX_EPOCH + Duration::from_millis(1_796_415_000_123),
+            client: "192.0.2.7:5555".parse().unwrap(),
+            tls: true,
+            method: "GET",
+            host: "app.test",
+            path: "/a\"b",
+            status: 502,
+            request_time: Duration::from_millis(1234),
+            upstream: Some("10.0.0.7:8080".parse().unwrap()),
+            upstream_time: Some(Duration::from_millis(1200)),
+            request_id: "0123456789abcdef0123456789abcdef",
+        }
+    }
+
+    #[test]
+    fn text_lines_carry_every_field_in_order() {
+        let mut out = Vec::new();
+        write_text(&entry(), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "192.0.2.7 - [2026-12-04T20:10:00.123Z] \"GET app.test/a\\\"b\" 502 1.234 \
+             10.0.0.7:8080 1.200 0123456789abcdef0123456789abcdef\n"
+        );
+        let mut out = Vec::new();
+        let local = Entry {
+            status: 404,
+            upstream: None,
+            upstream_time: None,
+            request_id: "",
+            ..entry()
+        };
+        write_text(&local, &mut out);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("\" 404 1.234 - - -\n"),
+            "absent fields are -"
+        );
+    }
+
+    #[test]
+    fn json_lines_parse_and_carry_every_field() {
+        let mut out = Vec::new();
+        write_json(&entry(), &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["time"], "2026-12-04T20:10:00.123Z");
+        assert_eq!(v["client"], "192.0.2.7");
+        assert_eq!(v["scheme"], "https");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["host"], "app.test");
+        assert_eq!(v["path"], "/a\"b");
+        assert_eq!(v["status"], 502);
+        assert_eq!(v["request_time"], 1.234);
+        assert_eq!(v["upstream"], "10.0.0.7:8080");
+        assert_eq!(v["upstream_time"], 1.2);
+        assert_eq!(v["request_id"], "0123456789abcdef0123456789abcdef");
+        assert!(out.ends_with(b"}\n"));
+    }
+
+    /// A destination that blocks every write until the test lets it go.
+    struct Blocked(Arc<Mutex<()>>, Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Blocked {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let _gate = self.0.lock().unwrap();
+            self.1.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_blocked_destination_drops_and_counts_lines_and_never_blocks_the_worker() {
+        let gate = Arc::new(Mutex::new(()));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let held = gate.lock().unwrap();
+        let log = AccessLog::start(
+            Box::new(Blocked(gate.clone(), written.clone())),
+            Format::Text,
+            2,
+        )
+        .unwrap();
+        let mut w = log.worker();
+        // A flood: 100 turns of 50 lines each, every turn flushed; the logger is stuck on
+        // its first write, so at most 1 + 2 buffers get through, the rest is dropped.
+        // (Were a worker to wait for the logger, this loop would never end: the gate is held.)
+        for _ in 0..100 {
+            for _ in 0..50 {
+                w.record(&entry());
+            }
+            w.flush();
+        }
+        let dropped = log.stats.dropped_lines.load(Ordering::Relaxed);
+        assert!(dropped >= 97 * 50, "dropped {dropped}");
+        drop(held);
+        drop(w);
+        let stats = log.stats.clone();
+        log.join();
+        let lines = written.lock().unwrap().split(|&b| b == b'\n').count() - 1;
+        let total = stats.written_lines.load(Ordering::Relaxed)
+            + stats.dropped_lines.load(Ordering::Relaxed);
+        assert_eq!(
+            total,
+            100 * 50,
+            "every line is written or counted as dropped"
+        );
+        assert_eq!(lines as u64, stats.written_lines.load(Ordering::Relaxed));
+    }
+
+    /// A destination that takes its time with every write.
+    struct Slow(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Slow {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(30));
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn drain_waits_for_the_lines_already_handed_over() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let log = AccessLog::start(Box::new(Slow(out.clone())), Format::Json, 8).unwrap();
+        let mut w = log.worker();
+        for _ in 0..3 {
+            w.record(&entry());
+            w.flush();
+        }
+        drop(w);
+        log.drain(Duration::from_secs(10));
+        assert_eq!(log.stats.written_lines.load(Ordering::Relaxed), 3);
+        assert_eq!(out.lock().unwrap().split(|&b| b == b'\n').count() - 1, 3);
+    }
+}
