@@ -162,7 +162,7 @@ fn sluice(name: &str, manifests_yaml: &str, workers: u32) -> Sluice {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("sluice exited early").unwrap();
-        if let Some(rest) = line.strip_prefix("sluice: serving http on ") {
+        if let Some(rest) = line.split_once("serving http on ").map(|(_, rest)| rest) {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
     };
