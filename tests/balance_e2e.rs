@@ -2,14 +2,14 @@
 //! `upstream-hash-by` sends a key to the same pod from every worker and from a second Sluice
 //! process; `least_request` steers around a pod that is busy with a request.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+use support::binary::{self, Sluice};
+
+mod support;
 
 /// Pods on 127.0.0.1..=n, one port: each answers `pod-<i>` to every request except
 /// `/hang…` (never answered), and records the paths it got.
@@ -110,64 +110,13 @@ fn ingress(name: &str, host: &str, annotations: &str) -> String {
     )
 }
 
-struct Sluice {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-bal-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn sluice(name: &str, manifests_yaml: &str, workers: u32) -> Sluice {
-    let dir = temp_dir(name);
-    let manifests = dir.join("manifests");
-    std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(manifests.join("app.yaml"), manifests_yaml).unwrap();
-    let config_path = dir.join("sluice.toml");
-    std::fs::write(
-        &config_path,
-        "[timeouts]\nrequest_head = \"30s\"\nbody_idle = \"30s\"\n",
+    binary::start(
+        &format!("bal-{name}"),
+        &[("app.yaml", manifests_yaml)],
+        "",
+        workers,
     )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--manifests"])
-        .arg(&manifests)
-        .arg("--config")
-        .arg(&config_path)
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--https",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            &workers.to_string(),
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("sluice exited early").unwrap();
-        if let Some(rest) = line.split_once("serving http on ").map(|(_, rest)| rest) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Sluice { child, addr }
 }
 
 /// One request on a fresh connection (so that it may land on any worker); the body.

@@ -2,14 +2,14 @@
 //! recording upstream that shows every byte it received (and whether its connection was
 //! closed). Each test starts its own Sluice, so no pooled upstream connection is shared.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+use support::binary::{self, Sluice};
+
+mod support;
 
 /// What one upstream connection received, and whether the proxy closed it.
 #[derive(Clone, Debug, Default)]
@@ -132,26 +132,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A running `sluice run` in front of `upstream` for `app.test`; killed when dropped.
-struct Sluice {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-e2e11-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Starts Sluice with `config` (TOML) routing `app.test` to `upstream`. The request-head and
 /// body timeouts are long (30 s), so an answer within the client's 5 s read timeout is not one
 /// of them.
@@ -161,59 +141,20 @@ fn sluice(name: &str, upstream: SocketAddr, config: &str) -> Sluice {
 
 /// [`sluice`] with more manifests (`extra`, YAML) next to the `app.test` ones.
 fn sluice_with(name: &str, upstream: SocketAddr, config: &str, extra: &str) -> Sluice {
-    let dir = temp_dir(name);
-    let manifests = dir.join("manifests");
-    std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(
-        manifests.join("app.yaml"),
-        format!(
-            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\n\
-             spec:\n  ingressClassName: sluice\n  rules:\n  - host: app.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n\
-             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
-             addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
-            upstream.port(),
-            upstream.ip()
-        ),
-    )
-    .unwrap();
+    let app = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\n\
+         spec:\n  ingressClassName: sluice\n  rules:\n  - host: app.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
+         addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
+        upstream.port(),
+        upstream.ip()
+    );
+    let mut files = vec![("app.yaml", app.as_str())];
     if !extra.is_empty() {
-        std::fs::write(manifests.join("extra.yaml"), extra).unwrap();
+        files.push(("extra.yaml", extra));
     }
-    let config_path = dir.join("sluice.toml");
-    std::fs::write(
-        &config_path,
-        format!("[timeouts]\nrequest_head = \"30s\"\nbody_idle = \"30s\"\n{config}"),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--manifests"])
-        .arg(&manifests)
-        .arg("--config")
-        .arg(&config_path)
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--https",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("sluice exited early").unwrap();
-        if let Some(rest) = line.split_once("serving http on ").map(|(_, rest)| rest) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Sluice { child, addr }
+    binary::start(&format!("e2e11-{name}"), &files, config, 1)
 }
 
 fn client(s: &Sluice) -> TcpStream {
