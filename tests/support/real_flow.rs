@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use sluice::control::compile::CompileOptions;
 use sluice::control::watch::{KubeOptions, KubeSettings, KubeSource, KubeStats};
 use sluice::core::conn::ConnConfig;
+use sluice::core::snapshot::Snapshot;
 use sluice::demo::{DemoUpstream, spawn_upstream};
 use sluice::engine::{Engine, EngineConfig};
 
@@ -390,18 +391,7 @@ pub fn run(kubeconfig: &std::path::Path) {
         .wait_synced(Duration::from_secs(60))
         .unwrap()
         .expect("synced within 60 s");
-    let engine = Engine::start(
-        EngineConfig {
-            workers: vec![None; 2],
-            http: "127.0.0.1:0".parse().unwrap(),
-            conn: Arc::new(ConnConfig::default()),
-            upstream_max_idle: 4,
-            upstream_idle_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(5),
-        },
-        Arc::new(compiled.snapshot),
-    )
-    .unwrap();
+    let engine = loopback_engine(compiled.snapshot);
     source.attach(engine.publisher());
     let addr = engine.local_addr();
     eventually("traffic reaches pod-a", || {
@@ -456,18 +446,7 @@ impl Replica {
             .wait_synced(sync)
             .expect("source works")
             .expect("initial sync in time");
-        let engine = Engine::start(
-            EngineConfig {
-                workers: vec![None; 2],
-                http: "127.0.0.1:0".parse().unwrap(),
-                conn: Arc::new(ConnConfig::default()),
-                upstream_max_idle: 4,
-                upstream_idle_timeout: Duration::from_secs(30),
-                shutdown_grace: Duration::from_secs(5),
-            },
-            Arc::new(compiled.snapshot),
-        )
-        .unwrap();
+        let engine = loopback_engine(compiled.snapshot);
         source.attach(engine.publisher());
         let stats = source.stats();
         Replica {
@@ -743,6 +722,23 @@ pub fn answer(addr: SocketAddr, host: &str) -> String {
     } else {
         status.to_string()
     }
+}
+
+/// Two unpinned workers on a loopback ephemeral port serving `snapshot` (the engine every
+/// real-server test routes through).
+pub fn loopback_engine(snapshot: Snapshot) -> Engine {
+    Engine::start(
+        EngineConfig {
+            workers: vec![None; 2],
+            http: "127.0.0.1:0".parse().unwrap(),
+            conn: Arc::new(ConnConfig::default()),
+            upstream_max_idle: 4,
+            upstream_idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+        },
+        Arc::new(snapshot),
+    )
+    .unwrap()
 }
 
 /// Polls `f` every 20 ms for up to `limit`; returns how long it took, panics after.
