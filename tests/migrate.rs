@@ -47,7 +47,10 @@ fn json(out: &Output) -> Value {
 }
 
 /// Per Ingress of class nginx: (namespace/name, changes behaviour, [(annotation, fate)]).
-const EXPECTED: &[(&str, bool, &[(&str, &str)])] = &[
+/// `(annotation without prefix, fate)`.
+type Fates = &'static [(&'static str, &'static str)];
+
+const EXPECTED: &[(&str, bool, Fates)] = &[
     ("shop/storefront", false, &[]),
     ("legacy/legacy-class", false, &[]),
     ("shop/healthz", false, &[]),
