@@ -402,7 +402,7 @@ fn text_report_names_each_ingress_its_routes_fates_and_the_summary() {
         "Ingress shop/config-snippet: CHANGES BEHAVIOUR\n",
         "    refused   nginx.ingress.kubernetes.io/configuration-snippet = \"more_set_headers \\\"X-Frame-Options: DENY\\\";…\": nginx configuration text",
         "    not-yet   nginx.ingress.kubernetes.io/affinity = \"cookie\": cookie session affinity\n",
-        "    unknown   nginx.ingress.kubernetes.io/proxy-read-timout = \"60\": ingress-nginx does not document it\n",
+        "    unknown   nginx.ingress.kubernetes.io/proxy-read-timout = \"60\": no such annotation (misspelt?)\n",
         "    differs   nginx.ingress.kubernetes.io/upstream-hash-by = \"$request_uri\"",
         "  changes behaviour: shop/waf\n",
     ] {
@@ -769,4 +769,161 @@ fn migrate_reads_the_ingresses_of_a_real_api_server() {
         text.contains(&format!("Ingress {ns}/config-snippet: CHANGES BEHAVIOUR")),
         "{text}"
     );
+}
+
+/// Against the real API server: `sluice run` serving an Ingress with `configuration-snippet`
+/// and `affinity` publishes a Warning Event (reason `Rejected`) per ignored annotation and logs
+/// each once, and not again while the object keeps them.
+///
+/// Two things outside this change shape what the API server shows: kube's event `Recorder`
+/// keys its series by (type, reason, action, object), not by note, so the two rejections of one
+/// Ingress arrive as one Event with `series.count` 2 (the first note kept); and the cluster
+/// watcher strips `metadata.generation` (`watch::strip_meta`), so reports cannot name it. When
+/// the watcher keeps it, each report ends with `(generation N)` and a new generation is
+/// reported again: the second half checks whichever of the two the binary does.
+#[test]
+fn ignored_annotations_become_warning_events_once_per_object_version() {
+    use k8s_openapi::api::events::v1::Event;
+    let test = "ignored_annotations_become_warning_events_once_per_object_version";
+    let Some(kubeconfig) = support::real_flow::real_kubeconfig(test) else {
+        return;
+    };
+    let ns = format!("migrate-events-{}", std::process::id());
+    let ingress = |path: &str| {
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "app", "namespace": ns, "annotations": {
+                "nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"X: y\";\n",
+                "nginx.ingress.kubernetes.io/affinity": "cookie"}},
+            "spec": {"ingressClassName": "sluice", "rules": [{"host": "app.example.com", "http": {"paths": [
+                {"path": path, "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}
+        })
+    };
+    let text = std::fs::read_to_string(fixtures().join("01-services.yaml")).unwrap();
+    let mut objects = vec![
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "sluice"}, "spec": {"controller": "sluice.dev/ingress-controller"}}),
+    ];
+    for mut doc in support::real_flow::yaml_documents(&text) {
+        if doc["metadata"]["name"] == "web" || doc["metadata"]["name"] == "web-1" {
+            doc["metadata"]["namespace"] = Value::String(ns.clone());
+            objects.push(doc);
+        }
+    }
+    objects.push(ingress("/"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(support::real_flow::client(&kubeconfig));
+    rt.block_on(async {
+        for o in &objects {
+            support::real_flow::apply_object(&client, o, false)
+                .await
+                .unwrap_or_else(|e| panic!("apply {}: {e}", o["metadata"]["name"]));
+        }
+    });
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "--watch-namespace",
+            &ns,
+            "--pod-namespace",
+            &ns,
+            "--pod-name",
+            "migrate-test",
+        ])
+        .args(["--election-id", &format!("sluice-{ns}")])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let events: kube::Api<Event> = kube::Api::namespaced(client.clone(), &ns);
+    // (publications counted with their series, the notes) of our Warning Events about `app`.
+    let published = || -> (i32, Vec<String>) {
+        let list = rt.block_on(events.list(&Default::default())).unwrap();
+        let ours: Vec<Event> = list
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("Rejected")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("app")
+            })
+            .collect();
+        let count = ours
+            .iter()
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .sum();
+        (count, ours.into_iter().filter_map(|e| e.note).collect())
+    };
+    let wait_for = |want: i32, what: &str| -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (n, notes) = published();
+            if n >= want || Instant::now() > deadline {
+                assert_eq!(n, want, "{what}: {notes:#?}\n{:#?}", log.lock().unwrap());
+                return notes;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let snippet = "metadata.annotations[nginx.ingress.kubernetes.io/configuration-snippet]: refused for safety: nginx configuration text";
+    let affinity = "metadata.annotations[nginx.ingress.kubernetes.io/affinity]: not supported yet: cookie session affinity";
+    let notes = wait_for(2, "first version");
+    assert!(
+        notes
+            .iter()
+            .all(|n| n.starts_with(snippet) || n.starts_with(affinity)),
+        "{notes:#?}"
+    );
+    let tagged = notes.iter().all(|n| n.ends_with("(generation 1)"));
+    // Not again for the same object (resyncs, a status write by the leader).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(published().0, 2);
+    // A new generation (a spec change).
+    rt.block_on(support::real_flow::apply_object(
+        &client,
+        &ingress("/v2"),
+        false,
+    ))
+    .unwrap();
+    if tagged {
+        wait_for(4, "second generation");
+    } else {
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(published().0, 2);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.lock().unwrap();
+    let rejected = |needle: &str| {
+        log.iter()
+            .filter(|l| l.contains("WARN rejected: ") && l.contains(needle))
+            .count()
+    };
+    let per_annotation = if tagged { 2 } else { 1 };
+    assert_eq!(rejected(snippet), per_annotation, "{log:#?}");
+    assert_eq!(rejected(affinity), per_annotation, "{log:#?}");
 }

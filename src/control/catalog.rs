@@ -294,7 +294,7 @@ pub fn judge(key: &str, value: &str) -> Option<Judged> {
         Some(e) => (e.fate, e.note),
         // Our own annotations are checked by the reader that defines them.
         None if ours => return None,
-        None => (Fate::Unknown, "ingress-nginx does not document it"),
+        None => (Fate::Unknown, "no such annotation (misspelt?)"),
     };
     Some(Judged {
         key: key.to_string(),
@@ -514,6 +514,60 @@ mod tests {
             judge("sluice.dev/configuration-snippet", "x").map(|j| j.fate),
             Some(Refused)
         );
+    }
+
+    fn ingress(generation: Option<i64>, annotations: &[(&str, &str)]) -> Ingress {
+        let mut ing = Ingress::default();
+        ing.metadata.generation = generation;
+        ing.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (format!("{NGINX}{k}"), v.to_string()))
+                .collect(),
+        );
+        ing
+    }
+
+    #[test]
+    fn ignored_annotations_are_reported_with_the_version_and_counted_once_per_version() {
+        let object = "Ingress catalog-test/counted";
+        let before = ignored_total(Fate::Unknown);
+        let v1 = ingress(
+            Some(1),
+            &[("catalog-test-unknown", "x"), ("proxy-body-size", "1m")],
+        );
+        let mut diags = Vec::new();
+        report_ignored(&v1, object, &mut diags);
+        report_ignored(&v1, object, &mut diags);
+        assert_eq!(diags.len(), 2, "{diags:?}");
+        assert_eq!(
+            diags[0].field,
+            "metadata.annotations[nginx.ingress.kubernetes.io/catalog-test-unknown]"
+        );
+        assert_eq!(
+            diags[0].message,
+            "not documented by ingress-nginx: no such annotation (misspelt?); \
+             the Ingress is served without it (generation 1)"
+        );
+        assert_eq!(ignored_total(Fate::Unknown) - before, 1);
+        // A new version counts again; dropping the annotation forgets the object.
+        let v2 = ingress(Some(2), &[("catalog-test-unknown", "x")]);
+        report_ignored(&v2, object, &mut Vec::new());
+        assert_eq!(ignored_total(Fate::Unknown) - before, 2);
+        report_ignored(&ingress(Some(3), &[]), object, &mut Vec::new());
+        assert!(SEEN.lock().unwrap().get(object).is_none());
+        // Without a version (a manifest file): counted once while unchanged.
+        let plain = ingress(None, &[("catalog-test-unknown", "x")]);
+        let mut diags = Vec::new();
+        report_ignored(&plain, "Ingress catalog-test/plain", &mut diags);
+        report_ignored(&plain, "Ingress catalog-test/plain", &mut Vec::new());
+        assert!(diags[0].message.ends_with("served without it"));
+        assert_eq!(ignored_total(Fate::Unknown) - before, 3);
+        let mut text = String::new();
+        render_metrics(&mut text);
+        assert!(text.contains("# TYPE sluice_annotations_ignored_total counter\n"));
+        assert!(text.contains("sluice_annotations_ignored_total{fate=\"refused\"} "));
+        assert!(!text.contains("fate=\"supported\""));
     }
 
     /// The only way `docs/annotations.md` is written: `SLUICE_BLESS=1` rewrites it, otherwise
