@@ -55,8 +55,9 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
     ("legacy/legacy-class", false, &[]),
     ("shop/healthz", false, &[]),
     (
+        // Its /reports path is taken by the canary api-canary-header (older by name here).
         "shop/timeouts",
-        false,
+        true,
         &[
             ("proxy-connect-timeout", "supported"),
             ("proxy-read-timeout", "supported"),
@@ -355,6 +356,12 @@ fn json_report_gives_every_ingress_of_the_class_its_fates_and_the_summary() {
     assert_eq!(secure["rules"][0]["paths"][0]["backend"], "web:80");
     let timeouts = by_name["shop/timeouts"]["routes"][0].as_str().unwrap();
     assert!(timeouts.contains("read-timeout=120s"), "{timeouts}");
+    // A canary Ingress is served as an ordinary one: the conflict is reported on the loser.
+    let lost = &by_name["shop/timeouts"]["problems"][0]["message"];
+    assert_eq!(
+        lost,
+        "api.example.com /reports is already routed by Ingress shop/api-canary-header (older); ignored"
+    );
     // A value the reader rejects is a problem and a change of behaviour.
     let bad = &by_name["shop/bad-timeout"]["problems"][0];
     assert_eq!(

@@ -270,9 +270,54 @@ pub fn report(objects: &Objects, ingress_class: &str, controller: &str) -> Repor
         .filter(|i| classes.is_ours(i).0)
         .collect();
     selected.sort_by_key(|i| key(i));
+    // All of them together too: what only shows between Ingresses (the same host and path in
+    // two of them: the older wins) is added to each one's problems.
+    let together = compile::compile(
+        &Objects {
+            ingresses: selected.iter().map(|i| Arc::clone(i)).collect(),
+            ..objects.clone()
+        },
+        &opts,
+        1,
+    );
+    // Canary Ingresses: Sluice serves them as ordinary ones, so a path one of them wins from
+    // its main Ingress changes the main one's behaviour too.
+    let canaries: Vec<String> = selected
+        .iter()
+        .filter(|i| {
+            catalog::judge_all(i)
+                .iter()
+                .any(|j| j.key.ends_with("/canary") && j.fate.is_ignored())
+        })
+        .map(|i| compile::ingress_object(i))
+        .collect();
     let ingresses: Vec<IngressReport> = selected
         .into_iter()
-        .map(|ing| one(ing, objects, &opts))
+        .map(|ing| {
+            let mut r = one(ing, objects, &opts);
+            let object = compile::ingress_object(ing);
+            for d in together.diagnostics.iter().filter(|d| d.object == object) {
+                let known = r
+                    .problems
+                    .iter()
+                    .any(|p| p.field == d.field && p.message == d.message);
+                let ignored = r.annotations.iter().any(|a| {
+                    a.fate != "supported"
+                        && a.fate != "differs"
+                        && d.field == format!("metadata.annotations[{}]", a.key)
+                });
+                if !known && !ignored {
+                    let lost_to = |c: &String| d.message.contains(&format!("routed by {c} "));
+                    r.changes_behaviour |= canaries.iter().any(lost_to);
+                    r.problems.push(Problem {
+                        object: d.object.clone(),
+                        field: d.field.clone(),
+                        message: d.message.clone(),
+                    });
+                }
+            }
+            r
+        })
         .collect();
     let mut annotations: BTreeMap<&'static str, usize> =
         Fate::ALL.iter().map(|f| (f.as_str(), 0)).collect();
