@@ -261,6 +261,10 @@ pub const CATALOG: &[Entry] = &[
     e("stream-snippet", Refused, &[], SNIPPET),
 ];
 
+/// Annotations of ours that ingress-nginx has no counterpart for: only `sluice.dev/<name>` is
+/// read, so the ingress-nginx prefix on one is reported.
+pub const OURS_ONLY: &[&str] = &[super::annotations::UPGRADE_PROTOCOLS];
+
 /// The row for `name` (without prefix).
 pub fn lookup(name: &str) -> Option<&'static Entry> {
     CATALOG.iter().find(|e| e.name == name)
@@ -294,6 +298,10 @@ pub fn judge(key: &str, value: &str) -> Option<Judged> {
         Some(e) => (e.fate, e.note),
         // Our own annotations are checked by the reader that defines them.
         None if ours => return None,
+        None if OURS_ONLY.contains(&name) => (
+            Fate::Unknown,
+            "a Sluice annotation: only its sluice.dev/ form is read",
+        ),
         None => (Fate::Unknown, "no such annotation (misspelt?)"),
     };
     Some(Judged {
@@ -509,6 +517,11 @@ mod tests {
         let unknown = format!("{NGINX}no-such-thing");
         assert_eq!(judge(&unknown, "x").map(|j| j.fate), Some(Fate::Unknown));
         assert_eq!(judge("sluice.dev/upgrade-protocols", "websocket"), None);
+        let nginx_ours = format!("{NGINX}upgrade-protocols");
+        assert_eq!(
+            judge(&nginx_ours, "websocket").map(|j| j.fate),
+            Some(Fate::Unknown)
+        );
         assert_eq!(judge("kubernetes.io/ingress.class", "nginx"), None);
         assert_eq!(
             judge("sluice.dev/configuration-snippet", "x").map(|j| j.fate),

@@ -255,7 +255,8 @@ fn arcs<T>(items: Vec<T>) -> Vec<Arc<T>> {
 }
 
 /// The report for the Ingresses of `objects` that class `ingress_class` (or an IngressClass of
-/// `controller`) selects, each compiled alone against all Services, EndpointSlices and Secrets.
+/// `controller`) selects, each compiled alone against all Services, EndpointSlices and Secrets
+/// (its routes), and all of them together (the conflicts between them).
 pub fn report(objects: &Objects, ingress_class: &str, controller: &str) -> Report {
     let opts = CompileOptions {
         controller: controller.to_string(),
