@@ -30,12 +30,69 @@ pub enum Command {
     Check(Flags),
     /// Embedded example: two upstreams and their routes, no cluster, no files.
     Demo(Flags),
+    /// Report what Sluice would do with ingress-nginx's Ingresses (exit 0: nothing changes,
+    /// 1: some Ingress would change behaviour, 2: input unreadable).
+    Migrate(MigrateArgs),
+}
+
+/// `sluice migrate`: the Ingresses of one class, from --manifests DIR or --kubeconfig FILE.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// Read the Ingresses (and their Services, EndpointSlices, Secrets, IngressClasses) here.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "kubeconfig",
+        required_unless_present = "kubeconfig"
+    )]
+    pub manifests: Option<PathBuf>,
+    /// Read them from the cluster FILE points at.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Only this namespace (with --kubeconfig).
+    #[arg(long, value_name = "NS", value_parser = NonEmptyStringValueParser::new())]
+    pub watch_namespace: Option<String>,
+    /// IngressClass name (spec.ingressClassName or kubernetes.io/ingress.class) to read.
+    #[arg(long, value_name = "NAME", default_value = "nginx", value_parser = NonEmptyStringValueParser::new())]
+    pub ingress_class: String,
+    /// IngressClasses with this controller are read too.
+    #[arg(long, value_name = "NAME", default_value = sluice::control::migrate::NGINX_CONTROLLER, value_parser = NonEmptyStringValueParser::new())]
+    pub controller_class: String,
+    /// `text` for people, `json` for tools (shape in the README).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = MigrateFormat::Text)]
+    pub format: MigrateFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrateFormat {
+    Text,
+    Json,
+}
+
+impl MigrateArgs {
+    pub fn options(&self) -> sluice::control::migrate::Options {
+        use sluice::control::migrate::{Format, Options};
+        Options {
+            manifests: self.manifests.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            namespace: self.watch_namespace.clone(),
+            ingress_class: self.ingress_class.clone(),
+            controller_class: self.controller_class.clone(),
+            format: match self.format {
+                MigrateFormat::Text => Format::Text,
+                MigrateFormat::Json => Format::Json,
+            },
+        }
+    }
 }
 
 impl Command {
+    /// The flags of `run`, `check` and `demo` (`migrate` has its own: all defaults here).
     pub fn flags(&self) -> &Flags {
+        static NONE: std::sync::LazyLock<Flags> = std::sync::LazyLock::new(Flags::default);
         match self {
             Command::Run(f) | Command::Check(f) | Command::Demo(f) => f,
+            Command::Migrate(_) => &NONE,
         }
     }
 }

@@ -261,6 +261,9 @@ fn start_engine(
         ),
     }
     .map_err(|e| e.to_string())?;
+    if let Ok(mut extra) = engine.state().extra_metrics.lock() {
+        extra.push(Box::new(sluice::control::catalog::render_metrics));
+    }
     if let Some(log) = access_log::installed()
         && let Ok(mut extra) = engine.state().extra_metrics.lock()
     {
@@ -471,12 +474,16 @@ fn run_command(command: &Command) -> Result<(), String> {
             }
         }),
         Command::Demo(_) => demo_main(flags),
+        Command::Migrate(_) => Ok(()), // handled in main: it has its own exit statuses
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    if let Command::Migrate(m) = &cli.command {
+        return ExitCode::from(sluice::control::migrate::run(&m.options()));
+    }
     match run_command(&cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

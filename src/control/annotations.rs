@@ -203,6 +203,7 @@ pub fn route_policy(
     object: &str,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Arc<RoutePolicy>> {
+    super::catalog::report_ignored(ing, object, diags);
     let a = Annotations::of(ing, object);
     let balance = a.get(LOAD_BALANCE, parse_balance, &"round_robin", diags);
     let hash = a.get(

@@ -2,6 +2,7 @@
 //! immutable route snapshots. Pure compilation lives in `compile`; I/O lives elsewhere.
 
 pub mod annotations;
+pub mod catalog;
 pub mod certs;
 pub mod class;
 pub mod compile;
@@ -9,6 +10,7 @@ pub mod files;
 pub mod incremental;
 pub mod leader;
 pub mod manifests;
+pub mod migrate;
 pub mod report;
 pub mod status;
 pub mod watch;
