@@ -10,5 +10,6 @@ pub mod incremental;
 pub mod leader;
 pub mod manifests;
 pub mod report;
+pub mod request_annotations;
 pub mod status;
 pub mod watch;

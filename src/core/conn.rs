@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::core::error::{HttpError, Status};
 use crate::core::http1::body::{BodyDecoder, BodyEncoder, Decoded, Peer};
-use crate::core::http1::forward::{ForwardInfo, write_upstream_request};
+use crate::core::http1::forward::{ForwardInfo, UpstreamEdits, write_upstream_request_edited};
 use crate::core::http1::request::{
     parse_request_head_uninit, parse_whole_request_head, uninit_headers,
 };
@@ -32,6 +32,7 @@ use crate::core::http1::response::{
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::request_id;
+use crate::core::route::request_policy::{RequestView, Verdict};
 use crate::core::route::{RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
 use crate::core::upstream::hash::KeySource;
@@ -194,6 +195,13 @@ impl KeySource for RequestKey<'_, '_> {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
     }
+}
+
+/// The client address that request policies (`allowlist-source-range`,
+/// `denylist-source-range`) are evaluated on: the direct peer for now. The one place to
+/// switch to the real client address (trusted X-Forwarded-For, PROXY protocol).
+fn policy_client_ip(info: &ClientInfo) -> std::net::IpAddr {
+    info.peer.ip()
 }
 
 /// Addresses of an accepted connection.
@@ -395,6 +403,8 @@ struct Exchange {
     head_pending: Option<usize>,
     /// When we started waiting for the response head (reset by upstream progress).
     waiting_since: Instant,
+    /// The route's CORS applies: `Access-Control-Allow-Origin` for the response.
+    cors_origin: Option<Box<str>>,
 }
 
 impl Exchange {
@@ -990,6 +1000,34 @@ impl Conn {
         req.upgrade = head
             .upgrade
             .is_some_and(|proto| upgrades_of(&self.config, &policy).allows(proto));
+        // Request policy (redirects, preflights, address lists): may answer here.
+        let request_policy = policy.as_ref().and_then(|p| p.request.clone());
+        let mut cors_origin = None;
+        let mut rewritten = None;
+        if let (Some(rp), RouteDecision::Forward { .. }) = (request_policy.as_deref(), &decision) {
+            let origin = head
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("origin"))
+                .map(|h| h.value);
+            let view = RequestView {
+                method: head.method,
+                host: head.host(),
+                path: head.path(),
+                query: head.query(),
+                scheme: self.config.scheme.as_str(),
+                origin,
+                client: policy_client_ip(&self.info),
+            };
+            let verdict = rp.verdict(&view);
+            if verdict != Verdict::Pass {
+                self.cin.consume(len);
+                self.answer_policy(verdict, rp, req, now);
+                return true;
+            }
+            cors_origin = rp.cors.as_ref().and_then(|c| c.allow_origin(origin));
+            rewritten = rp.rewrite(head.path(), head.query());
+        }
         let max_body = match policy.as_deref().and_then(|p| p.max_body_bytes) {
             Some(route) => route,
             None => self.config.limits.max_body_bytes,
@@ -1029,7 +1067,13 @@ impl Conn {
                 request_id,
             };
             self.uout.reset();
-            write_upstream_request(&head, &info, &mut self.uout.queued);
+            let edits = UpstreamEdits {
+                target: rewritten.as_deref(),
+                forwarded_prefix: request_policy
+                    .as_deref()
+                    .and_then(|p| p.forwarded_prefix.as_deref()),
+            };
+            write_upstream_request_edited(&head, &info, &edits, &mut self.uout.queued);
         }
         self.cin.consume(len);
 
@@ -1063,6 +1107,7 @@ impl Conn {
             response_started: false,
             head_pending: None,
             waiting_since: now,
+            cors_origin,
         };
         let ex = match self.spare_exchange.take() {
             Some(mut spare) => {
@@ -1073,6 +1118,50 @@ impl Conn {
         };
         self.state = State::Connecting { ex, since: now };
         true
+    }
+
+    /// A route's request policy answers the request itself (its head is consumed).
+    fn answer_policy(
+        &mut self,
+        verdict: Verdict,
+        rp: &crate::core::route::request_policy::RequestPolicy,
+        req: RequestMeta,
+        now: Instant,
+    ) {
+        let close = req.has_body || !req.keep_alive || self.shutting_down || self.client_eof;
+        let head_start = self.cout.queued.len();
+        let server = self.config.server.as_deref();
+        let out = &mut self.cout.queued;
+        let status = match verdict {
+            Verdict::Pass => return,
+            Verdict::Forbidden => return self.answer_locally(Status(403), req, now),
+            Verdict::Redirect { code, location } => {
+                local::write_redirect(
+                    code,
+                    &location,
+                    req.version,
+                    close,
+                    req.head_request,
+                    server,
+                    out,
+                );
+                code
+            }
+            Verdict::Preflight { allow_origin } => {
+                let fields = rp.cors.as_ref().map_or("", |c| c.fields.as_str());
+                local::write_preflight(&allow_origin, fields, req.version, close, server, out);
+                204
+            }
+        };
+        if let Some(hsts) = &self.config.hsts {
+            local::add_hsts(&[], hsts, head_start, &mut self.cout.queued);
+        }
+        self.actions.push_back(Action::Completed { status });
+        if close {
+            self.enter_closing(req.has_body);
+        } else {
+            self.enter_idle(now);
+        }
     }
 
     /// A response we generate for a request that was parsed but not forwarded (404, 503).
@@ -1311,6 +1400,21 @@ impl Conn {
         let framing = write_client_response(&resp, &client, &mut self.cout.queued);
         if let Some(hsts) = &self.config.hsts {
             local::add_hsts(resp.headers, hsts, head_start, &mut self.cout.queued);
+        }
+        if let Some(origin) = &ex.cors_origin
+            && let Some(cors) = ex
+                .policy
+                .as_deref()
+                .and_then(|p| p.request.as_deref())
+                .and_then(|r| r.cors.as_ref())
+        {
+            let block = format!("Access-Control-Allow-Origin: {origin}\r\n{}", cors.fields);
+            local::set_fields(
+                &mut self.cout.queued,
+                head_start,
+                &crate::core::route::request_policy::CORS_FIELDS,
+                block.as_bytes(),
+            );
         }
         ex.status = resp.status;
         ex.response_started = true;
