@@ -629,3 +629,45 @@ fn cors_preflight_and_response_fields() {
     );
     assert_eq!(a.header("access-control-allow-origin"), None);
 }
+
+/// Local answers keep the connection: a redirect, a 403 and a preflight, then a proxied
+/// request, pipelined on one keep-alive connection, answered in order.
+#[test]
+fn local_answers_keep_the_connection_alive() {
+    let s = sluice(
+        "keepalive",
+        &[
+            ing(
+                "root",
+                "ka.test",
+                ROOT,
+                &[ann("app-root", "/app"), ann("enable-cors", "true")],
+            ),
+            ing(
+                "deny",
+                "deny.ka.test",
+                ROOT,
+                &[ann("denylist-source-range", "127.0.0.1")],
+            ),
+        ],
+    );
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        b"GET / HTTP/1.1\r\nHost: ka.test\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: deny.ka.test\r\n\r\n\
+          OPTIONS /x HTTP/1.1\r\nHost: ka.test\r\n\r\n\
+          GET /app HTTP/1.1\r\nHost: ka.test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let statuses: Vec<&str> = out
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .filter_map(|r| r.get(..3))
+        .filter(|code| code.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(statuses, ["302", "403", "204", "200"], "{out}");
+    assert!(out.contains("GET /app HTTP/1.1\r\n"), "{out}");
+}
