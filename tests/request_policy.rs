@@ -163,3 +163,50 @@ fn regexes_are_compiled_with_the_table_and_shared() {
     );
     assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
 }
+
+#[test]
+fn basic_auth_reports_bad_secrets_without_their_hashes() {
+    let secret = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: users, namespace: default}
+type: Opaque
+data:
+  auth: Zm9vOiRhcHIxJGFiY2RlZmdoJGg5RldnVXozbjlZeHlsS0xsUjVTUS8Kc2VjcmV0bGluZTpodW50ZXIyCg==
+"#;
+    let c = compile_docs(&[
+        secret.to_string(),
+        ingress(
+            "auth",
+            "auth.test",
+            "/",
+            &[
+                ("auth-type", "basic"),
+                ("auth-secret", "users"),
+                ("auth-realm", "bad \" realm"),
+            ],
+        ),
+        ingress(
+            "other-ns",
+            "other.test",
+            "/",
+            &[("auth-type", "basic"), ("auth-secret", "kube-system/users")],
+        ),
+    ]);
+    let p = request(&c, "auth.test", "/").unwrap();
+    let auth = p.auth.unwrap();
+    assert_eq!(auth.realm, "");
+    assert_eq!(auth.users.unwrap().len(), 1);
+    let other = request(&c, "other.test", "/").unwrap().auth.unwrap();
+    assert_eq!(other.users, None, "503: the Secret is not read");
+    let messages: Vec<String> = c.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(messages.len(), 3, "{messages:#?}");
+    assert!(
+        messages.iter().all(|m| !m.contains("hunter2")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("line 2")),
+        "{messages:#?}"
+    );
+}

@@ -671,3 +671,112 @@ fn local_answers_keep_the_connection_alive() {
     assert_eq!(statuses, ["302", "403", "204", "200"], "{out}");
     assert!(out.contains("GET /app HTTP/1.1\r\n"), "{out}");
 }
+
+fn secret(name: &str, data: &[(&str, &str)]) -> String {
+    use base64::Engine as _;
+    let data: Vec<String> = data
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "  {k}: {}\n",
+                base64::engine::general_purpose::STANDARD.encode(v)
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: Opaque\ndata:\n{}---\n",
+        data.concat()
+    )
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+// auth.go: "should return status code 200 when no authentication is configured", "… 503
+// when authentication is configured with an invalid secret", "… 401 … but Authorization
+// header is not configured", "… 401 … sent with invalid credentials", "… 200 … and
+// Authorization header is sent", "… 200 … configured with a map …", "… 401 … with invalid
+// content …".
+#[test]
+fn basic_auth_from_secrets() {
+    let bcrypt_hash = bcrypt::hash("bar", 5).unwrap().replacen("$2b$", "$2y$", 1);
+    let file = format!(
+        "foo:$apr1$abcdefgh$h9FWgUz3n9YxylKLlR5SQ/\nsha:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=\nbc:{bcrypt_hash}\n"
+    );
+    let auth = |secret: &str, kind: &str| {
+        vec![
+            ann("auth-type", "basic"),
+            ann("auth-secret", secret),
+            ann("auth-secret-type", kind),
+            ann("auth-realm", "test auth"),
+        ]
+    };
+    let s = sluice(
+        "basic-auth",
+        &[
+            secret("file", &[("auth", &file)]),
+            secret("map", &[("foo", &bcrypt_hash)]),
+            secret("invalid", &[("auth", "foo:bar")]),
+            ing("file", "auth", ROOT, &auth("file", "auth-file")),
+            ing("map", "map.auth", ROOT, &auth("map", "auth-map")),
+            ing(
+                "missing",
+                "missing.auth",
+                ROOT,
+                &auth("something", "auth-file"),
+            ),
+            ing(
+                "invalid",
+                "invalid.auth",
+                ROOT,
+                &auth("invalid", "auth-file"),
+            ),
+            ing("open", "open.auth", ROOT, &[]),
+        ],
+    );
+    assert_eq!(get(&s, "/", "open.auth").status, 200);
+    let a = get(&s, "/", "auth");
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        a.header("www-authenticate"),
+        Some("Basic realm=\"test auth\"")
+    );
+    assert_eq!(
+        send(&s, "GET", "/", "auth", &basic("foo", "wrong")).status,
+        401
+    );
+    assert_eq!(
+        send(&s, "GET", "/", "auth", &basic("nobody", "secret")).status,
+        401
+    );
+    assert_eq!(
+        send(&s, "GET", "/", "auth", &basic("foo", "secret")).status,
+        200
+    );
+    assert_eq!(
+        send(&s, "GET", "/", "auth", &basic("sha", "secret")).status,
+        200
+    );
+    assert_eq!(
+        send(&s, "GET", "/", "auth", &basic("bc", "bar")).status,
+        200
+    );
+    assert_eq!(
+        send(&s, "GET", "/", "map.auth", &basic("foo", "bar")).status,
+        200
+    );
+    assert_eq!(
+        send(&s, "GET", "/", "map.auth", &basic("foo", "baz")).status,
+        401
+    );
+    assert_eq!(get(&s, "/", "missing.auth").status, 503);
+    assert_eq!(
+        send(&s, "GET", "/", "invalid.auth", &basic("foo", "bar")).status,
+        401
+    );
+}

@@ -1018,6 +1018,11 @@ impl Conn {
                 scheme: self.config.scheme.as_str(),
                 origin,
                 client: policy_client_ip(&self.info),
+                authorization: head
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                    .map(|h| h.value),
             };
             let verdict = rp.verdict(&view);
             if verdict != Verdict::Pass {
@@ -1135,6 +1140,14 @@ impl Conn {
         let status = match verdict {
             Verdict::Pass => return,
             Verdict::Forbidden => return self.answer_locally(Status(403), req, now),
+            Verdict::Unavailable => {
+                return self.answer_locally(Status::SERVICE_UNAVAILABLE, req, now);
+            }
+            Verdict::Unauthorized => {
+                let realm = rp.auth.as_ref().map_or("", |a| a.realm.as_str());
+                local::write_unauthorized(realm, req.version, close, req.head_request, server, out);
+                401
+            }
             Verdict::Redirect { code, location } => {
                 local::write_redirect(
                     code,

@@ -204,6 +204,31 @@ pub fn write_redirect(
     }
 }
 
+/// Appends `401 Unauthorized` with `WWW-Authenticate: Basic realm="<realm>"` (the realm was
+/// checked at compile time: visible ASCII and spaces, no `"` or `\\`).
+pub fn write_unauthorized(
+    realm: &str,
+    version: Version,
+    close: bool,
+    head_request: bool,
+    server: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    let body: &[u8] = b"401 Unauthorized\n";
+    push_status_line(version, 401, "Unauthorized", out);
+    push_server(server, out);
+    out.extend_from_slice(b"WWW-Authenticate: Basic realm=\"");
+    out.extend_from_slice(realm.as_bytes());
+    out.extend_from_slice(b"\"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    push_decimal(body.len() as u64, out);
+    out.extend_from_slice(b"\r\n");
+    push_connection(version, close, out);
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        out.extend_from_slice(body);
+    }
+}
+
 /// Appends the answer to a CORS preflight as ingress-nginx gives it: `204 No Content` with
 /// `Access-Control-Allow-Origin: allow_origin`, the route's other CORS `fields` (each ending
 /// in CRLF), `Content-Type: text/plain charset=UTF-8` and `Content-Length: 0`.

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use crate::core::host::{MAX_HOST, normalize_host};
 
+pub mod basic_auth;
 pub mod key;
 mod policy;
 pub mod request_policy;

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use regex::Regex;
 
+use super::basic_auth::{AuthOutcome, BasicAuth};
+
 /// What one Ingress's request-policy annotations say. `None` / `false`: not set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestPolicy {
@@ -40,6 +42,8 @@ pub struct RequestPolicy {
     pub deny: Option<CidrSet>,
     /// `enable-cors` and the `cors-*` settings.
     pub cors: Option<Cors>,
+    /// `auth-type: basic` with `auth-secret`, `auth-secret-type`, `auth-realm`.
+    pub auth: Option<BasicAuth>,
 }
 
 /// A redirect answered by Sluice: status and `Location` as written in the annotation.
@@ -308,6 +312,8 @@ pub struct RequestView<'a> {
     pub origin: Option<&'a [u8]>,
     /// The client's address (see `Conn`'s one accessor for it).
     pub client: IpAddr,
+    /// The `Authorization` field, if any.
+    pub authorization: Option<&'a [u8]>,
 }
 
 /// What a policy decides for a request before it is forwarded.
@@ -321,6 +327,10 @@ pub enum Verdict {
     Preflight { allow_origin: Box<str> },
     /// The client's address is not allowed: 403.
     Forbidden,
+    /// Basic authentication failed: 401 with `WWW-Authenticate: Basic realm="<realm>"`.
+    Unauthorized,
+    /// Basic authentication cannot be checked (its Secret is missing): 503.
+    Unavailable,
 }
 
 /// True when `host` is a plain DNS name (so it may be copied into a `Location`).
@@ -344,7 +354,7 @@ impl RequestPolicy {
 
     /// The decision, in the order nginx takes them: the `www` alias and `app-root` (server
     /// level), the redirect, the CORS preflight (rewrite phase), then the address lists
-    /// (access phase).
+    /// (access phase), then basic authentication.
     pub fn verdict(&self, req: &RequestView<'_>) -> Verdict {
         let host = req.host.strip_suffix('.').unwrap_or(req.host);
         if let Some(hosts) = &self.from_to_www
@@ -399,7 +409,11 @@ impl RequestPolicy {
         {
             return Verdict::Forbidden;
         }
-        Verdict::Pass
+        match self.auth.as_ref().map(|a| a.check(req.authorization)) {
+            Some(AuthOutcome::Challenge) => Verdict::Unauthorized,
+            Some(AuthOutcome::Unavailable) => Verdict::Unavailable,
+            Some(AuthOutcome::Allowed) | None => Verdict::Pass,
+        }
     }
 
     /// The target to send upstream instead of the request's (`rewrite-target`), or `None` to
@@ -485,6 +499,9 @@ impl fmt::Display for RequestPolicy {
         if self.cors.is_some() {
             parts.push("cors".into());
         }
+        if self.auth.is_some() {
+            parts.push("basic-auth".into());
+        }
         f.write_str(&parts.join(" "))
     }
 }
@@ -568,6 +585,7 @@ mod tests {
             scheme: "http",
             origin: None,
             client: ip("10.0.0.1"),
+            authorization: None,
         }
     }
 
