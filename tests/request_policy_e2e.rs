@@ -780,3 +780,24 @@ fn basic_auth_from_secrets() {
         401
     );
 }
+
+// A redirect-only Ingress often names a Service with no endpoints (or none at all):
+// ingress-nginx answers its `return` before proxying, so the redirect still works.
+#[test]
+fn redirects_need_no_endpoints() {
+    let yaml = format!(
+        "{}{}",
+        ing(
+            "redirect-only",
+            "old.example.com",
+            ROOT,
+            &[ann("permanent-redirect", "https://new.example.com/")],
+        )
+        .replace("name: app,", "name: nothing-here,"),
+        backend(echo_upstream())
+    );
+    let s = binary::start("reqpol-no-endpoints", &[("app.yaml", &yaml)], "", 1);
+    let a = get(&s, "/x", "old.example.com");
+    assert_eq!(a.status, 301, "{}", a.body);
+    assert_eq!(a.header("location"), Some("https://new.example.com/"));
+}

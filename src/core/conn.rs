@@ -993,7 +993,8 @@ impl Conn {
         let mut req = req;
         let policy = match &mut decision {
             RouteDecision::Forward { policy, .. } => policy.take(),
-            _ => None,
+            RouteDecision::NoEndpoints => router.policy_of(head.host(), head.path()),
+            RouteDecision::NotFound => None,
         };
         // Only an allowed protocol becomes a tunnel; any other upgrade request (h2c above
         // all) goes upstream as plain HTTP/1.1, its Upgrade and HTTP2-Settings stripped.
@@ -1004,7 +1005,7 @@ impl Conn {
         let request_policy = policy.as_ref().and_then(|p| p.request.clone());
         let mut cors_origin = None;
         let mut rewritten = None;
-        if let (Some(rp), RouteDecision::Forward { .. }) = (request_policy.as_deref(), &decision) {
+        if let Some(rp) = request_policy.as_deref() {
             let origin = head
                 .headers
                 .iter()

@@ -75,6 +75,14 @@ pub trait Router {
         self.route(host, path)
     }
 
+    /// The policy of the route `host` `path` matches, asked only when [`Router::route`]
+    /// answered [`RouteDecision::NoEndpoints`]: a route's redirects and other local answers
+    /// apply without an endpoint (ingress-nginx answers them before proxying). By default
+    /// none.
+    fn policy_of(&mut self, _host: &str, _path: &str) -> Option<Arc<RoutePolicy>> {
+        None
+    }
+
     /// Whether a plain-HTTP request for `host` must be redirected to HTTPS (asked only on
     /// plain listeners, before routing).
     fn redirect_https(&mut self, _host: &str) -> bool {
