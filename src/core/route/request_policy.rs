@@ -267,34 +267,44 @@ impl OriginPattern {
     }
 
     /// Case-insensitive; the whole origin must match (ingress-nginx anchors only the end).
+    /// Allocates nothing.
     pub fn matches(&self, origin: &str) -> bool {
-        let origin = origin.to_ascii_lowercase();
-        match &self.after {
-            None => origin == self.before,
-            Some(after) => {
-                let Some(middle) = origin
-                    .strip_prefix(self.before.as_str())
-                    .and_then(|r| r.strip_suffix(after.as_str()))
-                else {
-                    return false;
-                };
-                // With no scheme in the pattern, the origin's scheme is part of `middle`.
-                let middle = if self.before.is_empty() {
-                    middle
-                        .strip_prefix("https://")
-                        .or_else(|| middle.strip_prefix("http://"))
-                        .unwrap_or(middle)
-                } else {
-                    middle
-                };
-                !middle.is_empty()
-                    && middle
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                    && !middle.starts_with('.')
-                    && !middle.ends_with('.')
-            }
+        let Some(after) = &self.after else {
+            return origin.eq_ignore_ascii_case(&self.before);
+        };
+        let (b, a) = (self.before.len(), after.len());
+        if origin.len() < b + a
+            || !origin.is_char_boundary(b)
+            || !origin.is_char_boundary(origin.len() - a)
+            || !origin[..b].eq_ignore_ascii_case(&self.before)
+            || !origin[origin.len() - a..].eq_ignore_ascii_case(after)
+        {
+            return false;
         }
+        let middle = &origin[b..origin.len() - a];
+        // With no scheme in the pattern, the origin's scheme is part of `middle`.
+        let middle = if self.before.is_empty() {
+            let lower_start = |p: &str| {
+                middle
+                    .get(..p.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(p))
+            };
+            if lower_start("https://") {
+                &middle[8..]
+            } else if lower_start("http://") {
+                &middle[7..]
+            } else {
+                middle
+            }
+        } else {
+            middle
+        };
+        !middle.is_empty()
+            && middle
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !middle.starts_with('.')
+            && !middle.ends_with('.')
     }
 }
 
@@ -568,6 +578,9 @@ mod tests {
         assert!(!p.matches("https://foo.com"));
         assert!(!p.matches("http://a.foo.com"));
         assert!(!p.matches("https://evil.com/.foo.com"));
+        let p = OriginPattern::parse("*.bar.com").unwrap();
+        assert!(p.matches("http://a.bar.com") && p.matches("a.BAR.com"));
+        assert!(!p.matches("https://.bar.com") && !p.matches("https://a.bar.com.x"));
         let p = OriginPattern::parse("https://origin.cors.com:8080").unwrap();
         assert!(p.matches("https://origin.cors.com:8080"));
         assert!(!p.matches("https://origin.cors.com"));
