@@ -801,3 +801,60 @@ fn redirects_need_no_endpoints() {
     assert_eq!(a.status, 301, "{}", a.body);
     assert_eq!(a.header("location"), Some("https://new.example.com/"));
 }
+
+// ingress-nginx: a location's `return` (permanent-redirect, app-root, the CORS preflight)
+// runs in nginx's rewrite phase, before the SSL redirect (rewrite_by_lua) and before the
+// access phase (source ranges, auth). A plain-HTTP request to a TLS host gets the route's
+// redirect; an address list still sees HTTPS first.
+#[test]
+fn route_redirects_come_before_the_ssl_redirect() {
+    let cert = support::tls::cert_for(&["tls.example.com", "root.example.com", "deny.example.com"]);
+    let with_tls = |yaml: String, host: &str| {
+        yaml.replace(
+            "spec:\n  ingressClassName: sluice\n",
+            &format!(
+                "spec:\n  ingressClassName: sluice\n  tls:\n    - hosts: [{host}]\n      secretName: tls\n"
+            ),
+        )
+    };
+    let s = sluice(
+        "ssl-redirect",
+        &[
+            format!(
+                "{}\n---\n",
+                support::tls::secret("tls", &cert).trim_start_matches("---\n")
+            ),
+            with_tls(
+                ing(
+                    "redirect",
+                    "tls.example.com",
+                    ROOT,
+                    &[ann("permanent-redirect", "https://new.example.com/")],
+                ),
+                "tls.example.com",
+            ),
+            with_tls(
+                ing("root", "root.example.com", ROOT, &[ann("app-root", "/app")]),
+                "root.example.com",
+            ),
+            with_tls(
+                ing(
+                    "deny",
+                    "deny.example.com",
+                    ROOT,
+                    &[ann("denylist-source-range", "127.0.0.1")],
+                ),
+                "deny.example.com",
+            ),
+        ],
+    );
+    let a = get(&s, "/x", "tls.example.com");
+    assert_eq!(a.status, 301, "{}", a.body);
+    assert_eq!(a.header("location"), Some("https://new.example.com/"));
+    let a = get(&s, "/", "root.example.com");
+    assert_eq!(a.status, 302);
+    assert_eq!(a.header("location"), Some("http://root.example.com/app"));
+    // Not the root: the SSL redirect.
+    assert_eq!(get(&s, "/other", "root.example.com").status, 308);
+    assert_eq!(get(&s, "/", "deny.example.com").status, 308);
+}

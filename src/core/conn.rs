@@ -204,6 +204,30 @@ fn policy_client_ip(info: &ClientInfo) -> std::net::IpAddr {
     info.peer.ip()
 }
 
+/// What a route's request policy reads of a request.
+fn request_view<'h>(
+    head: &RequestHead<'h>,
+    scheme: &'h str,
+    client: std::net::IpAddr,
+) -> RequestView<'h> {
+    let field = |name: &str| {
+        head.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    RequestView {
+        method: head.method,
+        host: head.host(),
+        path: head.path(),
+        query: head.query(),
+        scheme,
+        origin: field("origin"),
+        client,
+        authorization: field("authorization"),
+    }
+}
+
 /// Addresses of an accepted connection.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ClientInfo {
@@ -970,6 +994,23 @@ impl Conn {
             has_body: head.framing != Framing::None,
         };
         if self.config.scheme == Scheme::Http && router.redirect_https(head.host()) {
+            // ingress-nginx answers a location's `return` (redirects, app-root, the CORS
+            // preflight) before its SSL redirect; address lists and auth come after it.
+            if let Some(rp) = router
+                .policy_of(head.host(), head.path())
+                .and_then(|p| p.request.clone())
+            {
+                let client = policy_client_ip(&self.info);
+                let verdict = rp.verdict(&request_view(&head, self.config.scheme.as_str(), client));
+                if matches!(
+                    verdict,
+                    Verdict::Redirect { .. } | Verdict::Preflight { .. }
+                ) {
+                    self.cin.consume(len);
+                    self.answer_policy(verdict, &rp, req, now);
+                    return true;
+                }
+            }
             let close = req.has_body || !req.keep_alive || self.shutting_down || self.client_eof;
             let out = &mut self.cout.queued;
             let server = self.config.server.as_deref();
@@ -1006,32 +1047,18 @@ impl Conn {
         let mut cors_origin = None;
         let mut rewritten = None;
         if let Some(rp) = request_policy.as_deref() {
-            let origin = head
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("origin"))
-                .map(|h| h.value);
-            let view = RequestView {
-                method: head.method,
-                host: head.host(),
-                path: head.path(),
-                query: head.query(),
-                scheme: self.config.scheme.as_str(),
-                origin,
-                client: policy_client_ip(&self.info),
-                authorization: head
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-                    .map(|h| h.value),
-            };
+            let view = request_view(
+                &head,
+                self.config.scheme.as_str(),
+                policy_client_ip(&self.info),
+            );
             let verdict = rp.verdict(&view);
             if verdict != Verdict::Pass {
                 self.cin.consume(len);
                 self.answer_policy(verdict, rp, req, now);
                 return true;
             }
-            cors_origin = rp.cors.as_ref().and_then(|c| c.allow_origin(origin));
+            cors_origin = rp.cors.as_ref().and_then(|c| c.allow_origin(view.origin));
             rewritten = rp.rewrite(head.path(), head.query());
         }
         let max_body = match policy.as_deref().and_then(|p| p.max_body_bytes) {

@@ -76,8 +76,9 @@ pub trait Router {
     }
 
     /// The policy of the route `host` `path` matches, asked only when [`Router::route`]
-    /// answered [`RouteDecision::NoEndpoints`]: a route's redirects and other local answers
-    /// apply without an endpoint (ingress-nginx answers them before proxying). By default
+    /// answered [`RouteDecision::NoEndpoints`] (a route's redirects and other local answers
+    /// apply without an endpoint: ingress-nginx answers them before proxying), and before
+    /// redirecting a plain-HTTP request to HTTPS (they come first there too). By default
     /// none.
     fn policy_of(&mut self, _host: &str, _path: &str) -> Option<Arc<RoutePolicy>> {
         None
