@@ -1166,6 +1166,7 @@ impl Conn {
         let server = self.config.server.as_deref();
         let out = &mut self.cout.queued;
         let status = match verdict {
+            // Callers answer only other verdicts.
             Verdict::Pass => return,
             Verdict::Forbidden => return self.answer_locally(Status(403), req, now),
             Verdict::Unavailable => {
