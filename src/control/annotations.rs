@@ -250,6 +250,7 @@ pub fn route_policy(
             &"the listener's limits.max_body_bytes",
             diags,
         ),
+        request: super::request_annotations::request_policy(&a, ing, object, diags),
     };
     (!policy.is_empty()).then(|| Arc::new(policy))
 }

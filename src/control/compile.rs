@@ -431,6 +431,13 @@ impl<'a> Pass<'a> {
             let tag = owners.len() as u32;
             owners.push(object.clone());
             let policy = super::annotations::route_policy(ing, &object, &mut c.diagnostics);
+            let policy = super::request_annotations::with_basic_auth(
+                policy,
+                ing,
+                &object,
+                &objects.secrets,
+                &mut c.diagnostics,
+            );
             let added_by = AddedBy { tag, policy };
             let own_hosts = c.rules(&mut table, ns, spec, &object, &added_by, &owners);
             if let Some(default) = &spec.default_backend

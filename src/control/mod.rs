@@ -12,5 +12,6 @@ pub mod leader;
 pub mod manifests;
 pub mod migrate;
 pub mod report;
+pub mod request_annotations;
 pub mod status;
 pub mod watch;

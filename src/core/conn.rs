@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::core::error::{HttpError, Status};
 use crate::core::http1::body::{BodyDecoder, BodyEncoder, Decoded, Peer};
-use crate::core::http1::forward::{ForwardInfo, write_upstream_request};
+use crate::core::http1::forward::{ForwardInfo, UpstreamEdits, write_upstream_request_edited};
 use crate::core::http1::request::{
     parse_request_head_uninit, parse_whole_request_head, uninit_headers,
 };
@@ -32,6 +32,7 @@ use crate::core::http1::response::{
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::request_id;
+use crate::core::route::request_policy::{RequestView, Verdict};
 use crate::core::route::{RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
 use crate::core::upstream::hash::KeySource;
@@ -193,6 +194,37 @@ impl KeySource for RequestKey<'_, '_> {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
+    }
+}
+
+/// The client address that request policies (`allowlist-source-range`,
+/// `denylist-source-range`) are evaluated on: the direct peer for now. The one place to
+/// switch to the real client address (trusted X-Forwarded-For, PROXY protocol).
+fn policy_client_ip(info: &ClientInfo) -> std::net::IpAddr {
+    info.peer.ip()
+}
+
+/// What a route's request policy reads of a request.
+fn request_view<'h>(
+    head: &RequestHead<'h>,
+    scheme: &'h str,
+    client: std::net::IpAddr,
+) -> RequestView<'h> {
+    let field = |name: &str| {
+        head.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    RequestView {
+        method: head.method,
+        host: head.host(),
+        path: head.path(),
+        query: head.query(),
+        scheme,
+        origin: field("origin"),
+        client,
+        authorization: field("authorization"),
     }
 }
 
@@ -395,6 +427,8 @@ struct Exchange {
     head_pending: Option<usize>,
     /// When we started waiting for the response head (reset by upstream progress).
     waiting_since: Instant,
+    /// The route's CORS applies: `Access-Control-Allow-Origin` for the response.
+    cors_origin: Option<Box<str>>,
 }
 
 impl Exchange {
@@ -960,6 +994,23 @@ impl Conn {
             has_body: head.framing != Framing::None,
         };
         if self.config.scheme == Scheme::Http && router.redirect_https(head.host()) {
+            // ingress-nginx answers a location's `return` (redirects, app-root, the CORS
+            // preflight) before its SSL redirect; address lists and auth come after it.
+            if let Some(rp) = router
+                .policy_of(head.host(), head.path())
+                .and_then(|p| p.request.clone())
+            {
+                let client = policy_client_ip(&self.info);
+                let verdict = rp.verdict(&request_view(&head, self.config.scheme.as_str(), client));
+                if matches!(
+                    verdict,
+                    Verdict::Redirect { .. } | Verdict::Preflight { .. }
+                ) {
+                    self.cin.consume(len);
+                    self.answer_policy(verdict, &rp, req, now);
+                    return true;
+                }
+            }
             let close = req.has_body || !req.keep_alive || self.shutting_down || self.client_eof;
             let out = &mut self.cout.queued;
             let server = self.config.server.as_deref();
@@ -983,13 +1034,33 @@ impl Conn {
         let mut req = req;
         let policy = match &mut decision {
             RouteDecision::Forward { policy, .. } => policy.take(),
-            _ => None,
+            RouteDecision::NoEndpoints => router.policy_of(head.host(), head.path()),
+            RouteDecision::NotFound => None,
         };
         // Only an allowed protocol becomes a tunnel; any other upgrade request (h2c above
         // all) goes upstream as plain HTTP/1.1, its Upgrade and HTTP2-Settings stripped.
         req.upgrade = head
             .upgrade
             .is_some_and(|proto| upgrades_of(&self.config, &policy).allows(proto));
+        // Request policy (redirects, preflights, address lists): may answer here.
+        let request_policy = policy.as_ref().and_then(|p| p.request.clone());
+        let mut cors_origin = None;
+        let mut rewritten = None;
+        if let Some(rp) = request_policy.as_deref() {
+            let view = request_view(
+                &head,
+                self.config.scheme.as_str(),
+                policy_client_ip(&self.info),
+            );
+            let verdict = rp.verdict(&view);
+            if verdict != Verdict::Pass {
+                self.cin.consume(len);
+                self.answer_policy(verdict, rp, req, now);
+                return true;
+            }
+            cors_origin = rp.cors.as_ref().and_then(|c| c.allow_origin(view.origin));
+            rewritten = rp.rewrite(head.path(), head.query());
+        }
         let max_body = match policy.as_deref().and_then(|p| p.max_body_bytes) {
             Some(route) => route,
             None => self.config.limits.max_body_bytes,
@@ -1029,7 +1100,13 @@ impl Conn {
                 request_id,
             };
             self.uout.reset();
-            write_upstream_request(&head, &info, &mut self.uout.queued);
+            let edits = UpstreamEdits {
+                target: rewritten.as_deref(),
+                forwarded_prefix: request_policy
+                    .as_deref()
+                    .and_then(|p| p.forwarded_prefix.as_deref()),
+            };
+            write_upstream_request_edited(&head, &info, &edits, &mut self.uout.queued);
         }
         self.cin.consume(len);
 
@@ -1063,6 +1140,7 @@ impl Conn {
             response_started: false,
             head_pending: None,
             waiting_since: now,
+            cors_origin,
         };
         let ex = match self.spare_exchange.take() {
             Some(mut spare) => {
@@ -1073,6 +1151,59 @@ impl Conn {
         };
         self.state = State::Connecting { ex, since: now };
         true
+    }
+
+    /// A route's request policy answers the request itself (its head is consumed).
+    fn answer_policy(
+        &mut self,
+        verdict: Verdict,
+        rp: &crate::core::route::request_policy::RequestPolicy,
+        req: RequestMeta,
+        now: Instant,
+    ) {
+        let close = req.has_body || !req.keep_alive || self.shutting_down || self.client_eof;
+        let head_start = self.cout.queued.len();
+        let server = self.config.server.as_deref();
+        let out = &mut self.cout.queued;
+        let status = match verdict {
+            // Callers answer only other verdicts.
+            Verdict::Pass => return,
+            Verdict::Forbidden => return self.answer_locally(Status(403), req, now),
+            Verdict::Unavailable => {
+                return self.answer_locally(Status::SERVICE_UNAVAILABLE, req, now);
+            }
+            Verdict::Unauthorized => {
+                let realm = rp.auth.as_ref().map_or("", |a| a.realm.as_str());
+                local::write_unauthorized(realm, req.version, close, req.head_request, server, out);
+                401
+            }
+            Verdict::Redirect { code, location } => {
+                local::write_redirect(
+                    code,
+                    &location,
+                    req.version,
+                    close,
+                    req.head_request,
+                    server,
+                    out,
+                );
+                code
+            }
+            Verdict::Preflight { allow_origin } => {
+                let fields = rp.cors.as_ref().map_or("", |c| c.fields.as_str());
+                local::write_preflight(&allow_origin, fields, req.version, close, server, out);
+                204
+            }
+        };
+        if let Some(hsts) = &self.config.hsts {
+            local::add_hsts(&[], hsts, head_start, &mut self.cout.queued);
+        }
+        self.actions.push_back(Action::Completed { status });
+        if close {
+            self.enter_closing(req.has_body);
+        } else {
+            self.enter_idle(now);
+        }
     }
 
     /// A response we generate for a request that was parsed but not forwarded (404, 503).
@@ -1311,6 +1442,21 @@ impl Conn {
         let framing = write_client_response(&resp, &client, &mut self.cout.queued);
         if let Some(hsts) = &self.config.hsts {
             local::add_hsts(resp.headers, hsts, head_start, &mut self.cout.queued);
+        }
+        if let Some(origin) = &ex.cors_origin
+            && let Some(cors) = ex
+                .policy
+                .as_deref()
+                .and_then(|p| p.request.as_deref())
+                .and_then(|r| r.cors.as_ref())
+        {
+            let block = format!("Access-Control-Allow-Origin: {origin}\r\n{}", cors.fields);
+            local::set_fields(
+                &mut self.cout.queued,
+                head_start,
+                &crate::core::route::request_policy::CORS_FIELDS,
+                block.as_bytes(),
+            );
         }
         ex.status = resp.status;
         ex.response_started = true;

@@ -85,9 +85,31 @@ const REPLACED: [&str; 5] = [
 /// `X-Forwarded-Port`, `X-Real-IP`; `X-Request-ID` (when `info` has one); the body framing; `Connection: upgrade` and `Upgrade`
 /// when tunnelling; the final CRLF. Allocates nothing except by growing `out`.
 pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, out: &mut Vec<u8>) {
+    write_upstream_request_edited(head, info, &UpstreamEdits::default(), out);
+}
+
+/// What a route's request policy changes in the head sent upstream.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamEdits<'a> {
+    /// Path and query sent instead of the request's (`rewrite-target`); visible ASCII.
+    pub target: Option<&'a str>,
+    /// `X-Forwarded-Prefix` sent in place of any the client sent (`x-forwarded-prefix`).
+    pub forwarded_prefix: Option<&'a str>,
+}
+
+/// [`write_upstream_request`] with a route's `edits`.
+pub fn write_upstream_request_edited(
+    head: &RequestHead<'_>,
+    info: &ForwardInfo<'_>,
+    edits: &UpstreamEdits<'_>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     match head.target {
+        _ if edits.target.is_some() => {
+            out.extend_from_slice(edits.target.unwrap_or_default().as_bytes());
+        }
         Target::Origin { path, query } | Target::Absolute { path, query, .. } => {
             out.extend_from_slice(path.as_bytes());
             if let Some(query) = query {
@@ -113,6 +135,7 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
             || name.eq_ignore_ascii_case("expect")
             || REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r))
             || (!info.request_id.is_empty() && name.eq_ignore_ascii_case("x-request-id"))
+            || (edits.forwarded_prefix.is_some() && name.eq_ignore_ascii_case("x-forwarded-prefix"))
             || is_hop_by_hop(name, connection)
         {
             continue;
@@ -146,6 +169,9 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
     out.extend_from_slice(b"\r\n");
     if !info.request_id.is_empty() {
         push_field(b"X-Request-ID", info.request_id.as_bytes(), out);
+    }
+    if let Some(prefix) = edits.forwarded_prefix {
+        push_field(b"X-Forwarded-Prefix", prefix.as_bytes(), out);
     }
 
     push_framing(head.framing, out);

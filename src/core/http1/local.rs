@@ -140,6 +140,147 @@ pub fn add_hsts(upstream: &[Header<'_>], value: &str, head_start: usize, out: &m
     }
 }
 
+fn redirect_reason(code: u16) -> &'static str {
+    match code {
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        _ => "Redirect",
+    }
+}
+
+fn push_status_line(version: Version, code: u16, reason: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(match version {
+        Version::Http10 => b"HTTP/1.0 ",
+        Version::Http11 => b"HTTP/1.1 ",
+    });
+    push_status_code(code, out);
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_connection(version: Version, close: bool, out: &mut Vec<u8>) {
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+}
+
+/// Appends a redirect (`code` 300–308, from a route's request policy) to `location`, which
+/// the compiler checked to be visible ASCII (or which we built from a checked host and the
+/// parsed path). The body is `"<code> <reason>\n"`, suppressed for HEAD.
+#[allow(clippy::too_many_arguments)]
+pub fn write_redirect(
+    code: u16,
+    location: &str,
+    version: Version,
+    close: bool,
+    head_request: bool,
+    server: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    let reason = redirect_reason(code);
+    push_status_line(version, code, reason, out);
+    push_server(server, out);
+    out.extend_from_slice(b"Location: ");
+    out.extend_from_slice(location.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    push_decimal((3 + 1 + reason.len() + 1) as u64, out);
+    out.extend_from_slice(b"\r\n");
+    push_connection(version, close, out);
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        push_status_code(code, out);
+        out.push(b' ');
+        out.extend_from_slice(reason.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+/// Appends `401 Unauthorized` with `WWW-Authenticate: Basic realm="<realm>"` (the realm was
+/// checked at compile time: visible ASCII and spaces, no `"` or `\\`).
+pub fn write_unauthorized(
+    realm: &str,
+    version: Version,
+    close: bool,
+    head_request: bool,
+    server: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    let body: &[u8] = b"401 Unauthorized\n";
+    push_status_line(version, 401, "Unauthorized", out);
+    push_server(server, out);
+    out.extend_from_slice(b"WWW-Authenticate: Basic realm=\"");
+    out.extend_from_slice(realm.as_bytes());
+    out.extend_from_slice(b"\"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    push_decimal(body.len() as u64, out);
+    out.extend_from_slice(b"\r\n");
+    push_connection(version, close, out);
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Appends the answer to a CORS preflight as ingress-nginx gives it: `204 No Content` with
+/// `Access-Control-Allow-Origin: allow_origin`, the route's other CORS `fields` (each ending
+/// in CRLF), `Content-Type: text/plain charset=UTF-8` and `Content-Length: 0`.
+pub fn write_preflight(
+    allow_origin: &str,
+    fields: &str,
+    version: Version,
+    close: bool,
+    server: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    push_status_line(version, 204, "No Content", out);
+    push_server(server, out);
+    out.extend_from_slice(b"Access-Control-Allow-Origin: ");
+    out.extend_from_slice(allow_origin.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(fields.as_bytes());
+    out.extend_from_slice(b"Content-Type: text/plain charset=UTF-8\r\nContent-Length: 0\r\n");
+    push_connection(version, close, out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// In the response head that starts at `head_start` in `out` (its body, if any, follows),
+/// removes every field named in `names` (lower-case) and adds `block` (complete fields, each
+/// ending in CRLF) at the end of the head: nginx's `more_set_headers`.
+pub fn set_fields(out: &mut Vec<u8>, head_start: usize, names: &[&str], block: &[u8]) {
+    let Some(end) = out
+        .get(head_start..)
+        .and_then(|head| memchr::memmem::find(head, b"\r\n\r\n"))
+    else {
+        return;
+    };
+    let head_end = head_start + end + 2;
+    let tail = out.split_off(head_end);
+    let head = out.split_off(head_start);
+    let mut lines = head.split_inclusive(|&b| b == b'\n');
+    if let Some(status) = lines.next() {
+        out.extend_from_slice(status);
+    }
+    for line in lines {
+        let name = line.split(|&b| b == b':').next().unwrap_or(line);
+        let drop = names
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
+        if !drop {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(block);
+    out.extend_from_slice(&tail);
+}
+
 fn push_server(server: Option<&str>, out: &mut Vec<u8>) {
     if let Some(server) = server {
         out.extend_from_slice(b"Server: ");
@@ -252,6 +393,52 @@ mod tests {
         let before = out.clone();
         add_hsts(&upstream, "max-age=1", start, &mut out);
         assert_eq!(out, before, "the upstream's own field is kept");
+    }
+
+    #[test]
+    fn redirects_preflights_and_set_fields() {
+        let mut out = Vec::new();
+        write_redirect(
+            302,
+            "http://a.example/foo",
+            Version::Http11,
+            false,
+            false,
+            None,
+            &mut out,
+        );
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "HTTP/1.1 302 Found\r\nLocation: http://a.example/foo\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 10\r\n\r\n302 Found\n"
+        );
+        let mut out = Vec::new();
+        write_preflight(
+            "*",
+            "Access-Control-Max-Age: 5\r\n",
+            Version::Http11,
+            true,
+            None,
+            &mut out,
+        );
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Max-Age: 5\r\n"), "{text}");
+        assert!(
+            text.ends_with("Content-Length: 0\r\nConnection: close\r\n\r\n"),
+            "{text}"
+        );
+        let mut out =
+            b"x HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: evil\r\nA: b\r\n\r\nbody".to_vec();
+        set_fields(
+            &mut out,
+            2,
+            &["access-control-allow-origin"],
+            b"Access-Control-Allow-Origin: *\r\n",
+        );
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "x HTTP/1.1 200 OK\r\nA: b\r\nAccess-Control-Allow-Origin: *\r\n\r\nbody"
+        );
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! 4. no host matches → rules without a host, then the table default (the oldest Ingress
 //!    `spec.defaultBackend` of our class, else the controller's default backend);
 //! 5. nothing → `None`, answered with 404.
+//!
+//! Regex paths (ingress-nginx's `use-regex` / `rewrite-target` on any Ingress of a host):
+//! every path of that host becomes a case-insensitive regex anchored at the start, tried
+//! longest path first, the first match winning (see `prepare`). A host that matches nothing
+//! may still be the `www.` twin of a host with `from-to-www-redirect` (see `www_alias`).
 
 use std::hash::{BuildHasher, RandomState};
 
@@ -24,9 +29,12 @@ use std::sync::Arc;
 
 use crate::core::host::{MAX_HOST, normalize_host};
 
+pub mod basic_auth;
 pub mod key;
 mod policy;
+pub mod request_policy;
 pub use policy::{Balance, RoutePolicy};
+use request_policy::PathRegex;
 
 /// Index of a backend inside one [`Snapshot`]. Only meaningful with the snapshot it came from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +73,15 @@ pub trait Router {
         _now: crate::core::time::Instant,
     ) -> RouteDecision {
         self.route(host, path)
+    }
+
+    /// The policy of the route `host` `path` matches, asked only when [`Router::route`]
+    /// answered [`RouteDecision::NoEndpoints`] (a route's redirects and other local answers
+    /// apply without an endpoint: ingress-nginx answers them before proxying), and before
+    /// redirecting a plain-HTTP request to HTTPS (they come first there too). By default
+    /// none.
+    fn policy_of(&mut self, _host: &str, _path: &str) -> Option<Arc<RoutePolicy>> {
+        None
     }
 
     /// Whether a plain-HTTP request for `host` must be redirected to HTTPS (asked only on
@@ -107,10 +124,17 @@ pub struct PathRule {
     /// Who added the rule (the compiler's index of the Ingress), for conflict reports while
     /// the table is built; always 0 in a built table, so tables compare by routing alone.
     pub tag: u32,
+    /// Set when the host's paths are regexes (`use-regex` or `rewrite-target` on any of its
+    /// Ingresses, as in ingress-nginx): the path as a case-insensitive regex anchored at the
+    /// start, whatever the path type. Compiled when the table is built.
+    pub regex: Option<PathRegex>,
 }
 
 impl PathRule {
     fn matches(&self, path: &str) -> bool {
+        if let Some(regex) = &self.regex {
+            return regex.is_match(path);
+        }
         match self.kind {
             PathKind::Exact => path == self.path,
             PathKind::Prefix => {
@@ -153,6 +177,44 @@ impl HostRoutes {
     /// Every backend these rules name (paths, then the host default), with repeats.
     pub fn backends(&self) -> impl Iterator<Item = BackendId> + '_ {
         self.paths.iter().map(|r| r.backend).chain(self.default)
+    }
+}
+
+/// Sorts a host's paths and, when any of its rules asks for regex paths, compiles every
+/// path as a regex (ingress-nginx: "use-regex on any Ingress of a host enforces the
+/// case-insensitive regex modifier on all paths of that host"). Regex locations are tried in
+/// the same order, longest path first, and the first match wins, as nginx does with
+/// ingress-nginx's length-sorted locations. A path that is not a valid regex (its Ingress
+/// got a diagnostic) is matched literally, case-insensitively.
+fn prepare(routes: &mut HostRoutes) {
+    sort_paths(&mut routes.paths);
+    let regex_host = routes.paths.iter().any(|r| {
+        r.policy
+            .as_ref()
+            .and_then(|p| p.request.as_ref())
+            .is_some_and(|q| q.regex_paths())
+    });
+    for rule in &mut routes.paths {
+        if !regex_host {
+            rule.regex = None;
+            continue;
+        }
+        let regex = match &rule.regex {
+            Some(r) => r.clone(),
+            None => {
+                PathRegex::compile(&rule.path).unwrap_or_else(|_| PathRegex::literal(&rule.path))
+            }
+        };
+        if let Some(policy) = &rule.policy
+            && let Some(request) = &policy.request
+            && let Some(copy) = request.for_rule(&regex)
+        {
+            rule.policy = Some(Arc::new(RoutePolicy {
+                request: Some(Arc::new(copy)),
+                ..(**policy).clone()
+            }));
+        }
+        rule.regex = Some(regex);
     }
 }
 
@@ -341,11 +403,42 @@ impl RouteTable {
                 self.wildcard(suffix)
             })
         });
+        if bucket.is_none()
+            && let Some(aliased) = host.and_then(|h| self.www_alias(h))
+        {
+            return Some(aliased);
+        }
         match bucket {
             Some(routes) => routes.lookup(path).or(routes.default.map(|b| (b, None))),
             None => self.any_host.lookup(path),
         }
         .or(self.default.map(|b| (b, None)))
+    }
+
+    /// `from-to-www-redirect`: a host we do not serve whose `www.` twin (or bare name) is
+    /// served by an Ingress with the annotation matches that Ingress's first rule; its
+    /// request policy answers 308 to the twin. Asked only when the host matched nothing.
+    fn www_alias(&self, host: &str) -> Option<Matched<'_>> {
+        let mut buf = [0u8; MAX_HOST + 4];
+        let twin = match host.strip_prefix("www.") {
+            Some(bare) => bare,
+            None => {
+                let with = buf.get_mut(..host.len() + 4)?;
+                with[..4].copy_from_slice(b"www.");
+                with[4..].copy_from_slice(host.as_bytes());
+                std::str::from_utf8(with).ok()?
+            }
+        };
+        self.exact(twin)?
+            .paths
+            .iter()
+            .find(|r| {
+                r.policy
+                    .as_ref()
+                    .and_then(|p| p.request.as_ref())
+                    .is_some_and(|q| q.from_to_www.is_some())
+            })
+            .map(|r| (r.backend, r.policy.as_ref()))
     }
 
     /// One hash of the host serves the overlay and the base.
@@ -489,7 +582,7 @@ impl RouteTable {
                 None => (&mut overlay.exact, &self.base.exact, host.as_str()),
             };
             let routes = routes.map(|mut r| {
-                sort_paths(&mut r.paths);
+                prepare(&mut r);
                 r
             });
             if base.get(key) == routes.as_ref() {
@@ -500,7 +593,7 @@ impl RouteTable {
             }
         }
         let mut any_host = any_host;
-        sort_paths(&mut any_host.paths);
+        prepare(&mut any_host);
         RouteTable {
             base: self.base.clone(),
             overlay,
@@ -585,6 +678,7 @@ impl RouteTableBuilder {
             backend,
             policy,
             tag,
+            regex: None,
         });
         Ok(())
     }
@@ -608,7 +702,7 @@ impl RouteTableBuilder {
             .chain(self.hosts.wildcard.values_mut())
             .chain(std::iter::once(&mut self.any_host))
         {
-            sort_paths(&mut routes.paths);
+            prepare(routes);
             for rule in &mut routes.paths {
                 rule.tag = 0;
             }

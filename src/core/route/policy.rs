@@ -6,7 +6,9 @@ use std::fmt;
 use std::time::Duration;
 
 use super::key::HashKey;
+use super::request_policy::RequestPolicy;
 use crate::core::http1::upgrade::Upgrades;
+use std::sync::Arc;
 
 /// What one Ingress's annotations say about the routes it adds. Every field is `None` when
 /// the annotation is absent (or did not parse): the listener's setting applies.
@@ -28,6 +30,8 @@ pub struct RoutePolicy {
     pub max_body_bytes: Option<Option<u64>>,
     /// How requests spread over the backend's endpoints (`load-balance`, `upstream-hash-by`).
     pub balance: Option<Balance>,
+    /// Redirects, rewrites, address lists and CORS (`src/core/route/request_policy.rs`).
+    pub request: Option<Arc<RequestPolicy>>,
 }
 
 impl RoutePolicy {
@@ -67,6 +71,9 @@ impl fmt::Display for RoutePolicy {
             Some(Some(n)) => item(f, format_args!("body-size={n}"))?,
             Some(None) => item(f, format_args!("body-size=unlimited"))?,
             None => {}
+        }
+        if let Some(r) = &self.request {
+            item(f, format_args!("{r}"))?;
         }
         Ok(())
     }

@@ -138,6 +138,14 @@ impl Router for SnapshotRouter<'_> {
         }
     }
 
+    fn policy_of(
+        &mut self,
+        host: &str,
+        path: &str,
+    ) -> Option<std::sync::Arc<crate::core::route::RoutePolicy>> {
+        self.snapshot.table.route(host, path)?.1.cloned()
+    }
+
     fn redirect_https(&mut self, host: &str) -> bool {
         self.snapshot.certs.redirects(host)
     }

@@ -1,0 +1,459 @@
+//! Reads the request-policy annotations of an Ingress (redirects, `app-root`,
+//! `from-to-www-redirect`, `x-forwarded-prefix`, `use-regex`, `rewrite-target`, the source
+//! ranges and CORS) into a typed [`RequestPolicy`], with the [`Annotations`] reader: either
+//! prefix, ours winning; a bad value rejects only its field and is reported.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::Ingress;
+
+use super::annotations::Annotations;
+use super::compile::Diagnostic;
+use crate::core::route::RoutePolicy;
+use crate::core::route::basic_auth::{BasicAuth, PasswordHash, parse_htpasswd};
+use crate::core::route::request_policy::{
+    CORS_HEADERS, CORS_MAX_AGE, CORS_METHODS, CidrSet, Cors, OriginPattern, PathRegex, Redirect,
+    RequestPolicy,
+};
+
+pub const PERMANENT_REDIRECT: &str = "permanent-redirect";
+pub const PERMANENT_REDIRECT_CODE: &str = "permanent-redirect-code";
+pub const TEMPORAL_REDIRECT: &str = "temporal-redirect";
+pub const TEMPORAL_REDIRECT_CODE: &str = "temporal-redirect-code";
+pub const APP_ROOT: &str = "app-root";
+pub const FROM_TO_WWW_REDIRECT: &str = "from-to-www-redirect";
+pub const X_FORWARDED_PREFIX: &str = "x-forwarded-prefix";
+pub const USE_REGEX: &str = "use-regex";
+pub const REWRITE_TARGET: &str = "rewrite-target";
+pub const ALLOWLIST_SOURCE_RANGE: &str = "allowlist-source-range";
+pub const WHITELIST_SOURCE_RANGE: &str = "whitelist-source-range";
+pub const DENYLIST_SOURCE_RANGE: &str = "denylist-source-range";
+pub const ENABLE_CORS: &str = "enable-cors";
+pub const CORS_ALLOW_ORIGIN: &str = "cors-allow-origin";
+pub const CORS_ALLOW_METHODS: &str = "cors-allow-methods";
+pub const CORS_ALLOW_HEADERS: &str = "cors-allow-headers";
+pub const CORS_ALLOW_CREDENTIALS: &str = "cors-allow-credentials";
+pub const CORS_MAX_AGE_NAME: &str = "cors-max-age";
+pub const CORS_EXPOSE_HEADERS: &str = "cors-expose-headers";
+pub const AUTH_TYPE: &str = "auth-type";
+pub const AUTH_SECRET: &str = "auth-secret";
+pub const AUTH_SECRET_TYPE: &str = "auth-secret-type";
+pub const AUTH_REALM: &str = "auth-realm";
+
+/// The request policy of `ing`'s annotations, `None` when none is set (or none parsed).
+pub fn request_policy(
+    a: &Annotations<'_>,
+    ing: &Ingress,
+    object: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Arc<RequestPolicy>> {
+    let temporal = a.get(TEMPORAL_REDIRECT, parse_url, &"no redirect", diags);
+    let permanent = a.get(PERMANENT_REDIRECT, parse_url, &"no redirect", diags);
+    // ingress-nginx: the temporal redirect wins when both are set.
+    let redirect = match (temporal, permanent) {
+        (Some(url), _) => Some(Redirect {
+            code: a
+                .get(TEMPORAL_REDIRECT_CODE, parse_redirect_code, &302, diags)
+                .unwrap_or(302),
+            url,
+        }),
+        (None, Some(url)) => Some(Redirect {
+            code: a
+                .get(PERMANENT_REDIRECT_CODE, parse_redirect_code, &301, diags)
+                .unwrap_or(301),
+            url,
+        }),
+        (None, None) => None,
+    };
+    let hosts: Vec<String> = ing
+        .spec
+        .iter()
+        .flat_map(|s| s.rules.iter().flatten())
+        .filter_map(|r| r.host.as_deref())
+        .filter(|h| !h.is_empty() && !h.starts_with("*."))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let from_to_www =
+        (a.bool(FROM_TO_WWW_REDIRECT, false, diags) && !hosts.is_empty()).then_some(hosts);
+    let use_regex = a.bool(USE_REGEX, false, diags);
+    let rewrite_target = a.get(REWRITE_TARGET, parse_target, &"no rewrite", diags);
+    if use_regex || rewrite_target.is_some() {
+        check_regex_paths(ing, object, diags);
+    }
+    let allow = a
+        .get(ALLOWLIST_SOURCE_RANGE, parse_ranges, &"no allowlist", diags)
+        .or_else(|| a.get(WHITELIST_SOURCE_RANGE, parse_ranges, &"no allowlist", diags));
+    let policy = RequestPolicy {
+        redirect,
+        app_root: a.get(APP_ROOT, parse_app_root, &"no app-root", diags),
+        from_to_www,
+        forwarded_prefix: a.get(X_FORWARDED_PREFIX, parse_field_value, &"none", diags),
+        use_regex,
+        rewrite_target,
+        path_regex: None,
+        allow,
+        deny: a.get(DENYLIST_SOURCE_RANGE, parse_ranges, &"no denylist", diags),
+        cors: cors(a, diags),
+        auth: None,
+    };
+    (!policy.is_empty()).then(|| Arc::new(policy))
+}
+
+/// `policy` with basic authentication added when `ing` asks for it (`auth-type: basic`): the
+/// users come from `auth-secret` in the Ingress's namespace, among `secrets`. A missing
+/// Secret makes every request 503 (as in ingress-nginx); a bad htpasswd line is reported
+/// (never with its hash) and skipped.
+///
+/// Not done: a change to the Secret alone is not picked up by an incremental compile until
+/// the Ingress changes or the next full compile (the compiler does not track this
+/// dependency yet).
+pub fn with_basic_auth(
+    policy: Option<Arc<RoutePolicy>>,
+    ing: &Ingress,
+    object: &str,
+    secrets: &[Arc<Secret>],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Arc<RoutePolicy>> {
+    let a = Annotations::of(ing, object);
+    let kind = a.get(AUTH_TYPE, parse_auth_type, &"no authentication", diags);
+    if kind != Some(AuthType::Basic) {
+        return policy;
+    }
+    let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
+    let realm = a
+        .get(AUTH_REALM, parse_realm, &"an empty realm", diags)
+        .unwrap_or_default();
+    let map = a
+        .get(AUTH_SECRET_TYPE, parse_secret_type, &"auth-file", diags)
+        .unwrap_or(false);
+    let name = a.get(
+        AUTH_SECRET,
+        |v| parse_secret_ref(v, ns),
+        &"none (every request answered 503)",
+        diags,
+    );
+    let mut report = |message: String| {
+        diags.push(Diagnostic {
+            object: object.to_string(),
+            field: format!("metadata.annotations[{AUTH_SECRET}]"),
+            message,
+        })
+    };
+    let secret = name.as_deref().and_then(|name| {
+        let found = secrets.iter().find(|s| {
+            s.metadata.name.as_deref() == Some(name)
+                && s.metadata.namespace.as_deref().unwrap_or("default") == ns
+        });
+        if found.is_none() {
+            report(format!(
+                "Secret {ns}/{name} not found; every request is answered 503"
+            ));
+        }
+        found
+    });
+    let users = secret.map(|secret| {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let data = secret.data.iter().flatten();
+        let mut users = Vec::new();
+        if map {
+            for (user, hash) in data {
+                match std::str::from_utf8(&hash.0)
+                    .map_err(|_| "not UTF-8".to_string())
+                    .and_then(|h| PasswordHash::parse(h.trim()))
+                {
+                    Ok(h) => users.push((user.clone(), h)),
+                    Err(why) => report(format!(
+                        "Secret {ns}/{name} user {user:?}: {why}; user ignored"
+                    )),
+                }
+            }
+        } else {
+            match data.into_iter().find(|(k, _)| k.as_str() == "auth") {
+                None => report(format!(
+                    "Secret {ns}/{name} has no key \"auth\"; no user can log in"
+                )),
+                Some((_, file)) => {
+                    let (parsed, bad) = parse_htpasswd(&String::from_utf8_lossy(&file.0));
+                    for (line, why) in bad {
+                        report(format!(
+                            "Secret {ns}/{name} key auth line {line}: {why}; line ignored"
+                        ));
+                    }
+                    users = parsed;
+                }
+            }
+        }
+        users
+    });
+    let auth = BasicAuth { realm, users };
+    let mut route = policy.as_deref().cloned().unwrap_or_default();
+    let mut request = route.request.as_deref().cloned().unwrap_or_default();
+    request.auth = Some(auth);
+    route.request = Some(Arc::new(request));
+    Some(Arc::new(route))
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum AuthType {
+    Basic,
+}
+
+fn parse_auth_type(value: &str) -> Result<AuthType, String> {
+    match value {
+        "basic" => Ok(AuthType::Basic),
+        "digest" => Err("digest authentication is not supported".to_string()),
+        other => Err(format!("expected basic, got {other:?}")),
+    }
+}
+
+/// `auth-file` (false) or `auth-map` (true).
+fn parse_secret_type(value: &str) -> Result<bool, String> {
+    match value {
+        "auth-file" => Ok(false),
+        "auth-map" => Ok(true),
+        other => Err(format!("expected auth-file or auth-map, got {other:?}")),
+    }
+}
+
+/// Goes inside a quoted string of a header: printable ASCII, no `"` or `\`.
+fn parse_realm(value: &str) -> Result<String, String> {
+    if value
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "a realm is printable ASCII without '\"' or '\\', got {value:?}"
+        ))
+    }
+}
+
+/// `name` or `namespace/name` in the Ingress's own namespace.
+fn parse_secret_ref(value: &str, ns: &str) -> Result<String, String> {
+    let name = match value.split_once('/') {
+        Some((other, _)) if other != ns => {
+            return Err(format!(
+                "a Secret of another namespace ({other}) is not read"
+            ));
+        }
+        Some((_, name)) => name,
+        None => value,
+    };
+    if name.is_empty() {
+        return Err("an empty Secret name".to_string());
+    }
+    Ok(name.to_string())
+}
+
+fn cors(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<Cors> {
+    if !a.bool(ENABLE_CORS, false, diags) {
+        return None;
+    }
+    let origins = a
+        .get(CORS_ALLOW_ORIGIN, parse_origins, &"*", diags)
+        .unwrap_or(None);
+    let methods = a.get(
+        CORS_ALLOW_METHODS,
+        |v| parse_token_list(v, false),
+        &CORS_METHODS,
+        diags,
+    );
+    let headers = a.get(
+        CORS_ALLOW_HEADERS,
+        |v| parse_token_list(v, false),
+        &CORS_HEADERS,
+        diags,
+    );
+    let expose = a.get(
+        CORS_EXPOSE_HEADERS,
+        |v| parse_token_list(v, true),
+        &"none",
+        diags,
+    );
+    let credentials = a.bool(CORS_ALLOW_CREDENTIALS, true, diags);
+    let max_age = a
+        .get(
+            CORS_MAX_AGE_NAME,
+            |v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("expected seconds, got {v:?}"))
+            },
+            &CORS_MAX_AGE,
+            diags,
+        )
+        .unwrap_or(CORS_MAX_AGE);
+    Some(Cors::new(
+        origins,
+        methods.as_deref().unwrap_or(CORS_METHODS),
+        headers.as_deref().unwrap_or(CORS_HEADERS),
+        credentials,
+        expose.as_deref(),
+        max_age,
+    ))
+}
+
+/// Every path of the Ingress must compile as a regex once its host's paths are regexes; one
+/// that does not is reported (the route table then matches it literally).
+fn check_regex_paths(ing: &Ingress, object: &str, diags: &mut Vec<Diagnostic>) {
+    let rules = ing.spec.iter().flat_map(|s| s.rules.iter().flatten());
+    for (i, rule) in rules.enumerate() {
+        let paths = rule.http.iter().flat_map(|h| h.paths.iter());
+        for (j, p) in paths.enumerate() {
+            let path = p.path.as_deref().unwrap_or("/");
+            if let Err(why) = PathRegex::compile(path) {
+                diags.push(Diagnostic {
+                    object: object.to_string(),
+                    field: format!("spec.rules[{i}].http.paths[{j}].path"),
+                    message: format!("{why}; matched literally (use-regex/rewrite-target)"),
+                });
+            }
+        }
+    }
+}
+
+/// Visible ASCII only: the value goes into a request line or a header as is.
+fn visible(value: &str, what: &str) -> Result<(), String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{what} must be non-empty visible ASCII without spaces, got {value:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// A redirect URL: absolute `http(s)://…` (ingress-nginx refuses other schemes). nginx
+/// variables (`$request_uri`…) are not interpreted, so a `$` is refused.
+pub fn parse_url(value: &str) -> Result<String, String> {
+    visible(value, "a redirect URL")?;
+    let lower = value.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) || value.len() <= 8 {
+        return Err(format!(
+            "expected an http:// or https:// URL, got {value:?}"
+        ));
+    }
+    if value.contains('$') {
+        return Err(format!(
+            "nginx variables are not interpreted, got {value:?}"
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// A redirect status: 300 to 308, as ingress-nginx accepts.
+pub fn parse_redirect_code(value: &str) -> Result<u16, String> {
+    match value.parse::<u16>() {
+        Ok(code @ 300..=308) => Ok(code),
+        _ => Err(format!(
+            "expected a redirect status 300 to 308, got {value:?}"
+        )),
+    }
+}
+
+fn parse_app_root(value: &str) -> Result<String, String> {
+    visible(value, "app-root")?;
+    if !value.starts_with('/') || value.starts_with("//") {
+        return Err(format!("expected a path starting with '/', got {value:?}"));
+    }
+    Ok(value.to_string())
+}
+
+fn parse_target(value: &str) -> Result<String, String> {
+    visible(value, "rewrite-target")?;
+    if value.contains('#') {
+        return Err(format!("a request target has no fragment, got {value:?}"));
+    }
+    Ok(value.to_string())
+}
+
+fn parse_field_value(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.bytes().any(|b| b.is_ascii_control()) {
+        return Err(format!("expected a header value, got {value:?}"));
+    }
+    Ok(value.to_string())
+}
+
+/// A comma-separated list of networks (`10.0.0.0/8`) or addresses (`192.168.1.7`, one
+/// address), IPv4 or IPv6.
+pub fn parse_ranges(value: &str) -> Result<CidrSet, String> {
+    let mut nets = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let net = match entry.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) => match entry.parse::<IpAddr>() {
+                Ok(ip) => IpNet::from(ip),
+                Err(_) => {
+                    return Err(format!(
+                        "{entry:?} is not a network like 10.0.0.0/8 or an address"
+                    ));
+                }
+            },
+        };
+        nets.push(net);
+    }
+    if nets.is_empty() {
+        return Err("an empty list".to_string());
+    }
+    Ok(CidrSet::new(&nets))
+}
+
+/// `*` (`None`: any origin) or a comma-separated list of origins.
+fn parse_origins(value: &str) -> Result<Option<Vec<OriginPattern>>, String> {
+    let entries: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.is_empty() || entries.contains(&"*") {
+        return Ok(None);
+    }
+    entries
+        .into_iter()
+        .map(OriginPattern::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A list of methods or field names (letters, digits, `-`, `_`; `*` when `star`), separated
+/// by commas and spaces; kept as written.
+fn parse_token_list(value: &str, star: bool) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.split(',').all(|t| {
+            let t = t.trim();
+            !t.is_empty()
+                && (star && t == "*"
+                    || t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        });
+    if !ok {
+        return Err(format!(
+            "expected a comma-separated list of names, got {value:?}"
+        ));
+    }
+    Ok(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values() {
+        assert!(parse_url("http://redirect.example.com").is_ok());
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("https://x.example$request_uri").is_err());
+        assert!(parse_url("https://x.example/a b").is_err());
+        assert_eq!(parse_redirect_code("308"), Ok(308));
+        assert!(parse_redirect_code("200").is_err());
+        assert!(parse_ranges("10.0.0.0/8, 192.168.1.7,2001:db8::/32").is_ok());
+        assert!(parse_ranges("10.0.0.0/33").is_err());
+        assert!(parse_ranges("").is_err());
+        assert!(parse_token_list("GET, POST", false).is_ok());
+        assert!(parse_token_list("GET;POST", false).is_err());
+        assert_eq!(parse_origins("*"), Ok(None));
+        assert!(parse_app_root("//evil.example").is_err());
+    }
+}
