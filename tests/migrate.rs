@@ -122,7 +122,7 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
     ),
     (
         "shop/basic-auth",
-        true,
+        false,
         &[
             ("auth-realm", "supported"),
             ("auth-secret", "differs"),

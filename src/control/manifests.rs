@@ -140,7 +140,7 @@ fn object_from_str(kind: &str, doc: &str) -> Result<Option<Object>, serde_yaml::
         "IngressClass" => Object::IngressClass(Arc::new(serde_yaml::from_str(doc)?)),
         "Service" => Object::Service(Arc::new(serde_yaml::from_str(doc)?)),
         "EndpointSlice" => Object::EndpointSlice(Arc::new(serde_yaml::from_str(doc)?)),
-        "Secret" => Object::Secret(Arc::new(serde_yaml::from_str(doc)?)),
+        "Secret" => secret(serde_yaml::from_str(doc)?),
         // Other kinds (Deployments, ConfigMaps, …) are not ours to read.
         _ => return Ok(None),
     }))
@@ -157,9 +157,21 @@ fn object_from_value(value: Value) -> Result<Option<Object>, serde_yaml::Error> 
         "IngressClass" => Object::IngressClass(Arc::new(serde_yaml::from_value(value)?)),
         "Service" => Object::Service(Arc::new(serde_yaml::from_value(value)?)),
         "EndpointSlice" => Object::EndpointSlice(Arc::new(serde_yaml::from_value(value)?)),
-        "Secret" => Object::Secret(Arc::new(serde_yaml::from_value(value)?)),
+        "Secret" => secret(serde_yaml::from_value(value)?),
         _ => return Ok(None),
     }))
+}
+
+/// A Secret as the API server would store it: `stringData` (a write-only convenience) merged
+/// into `data`, winning over a key of the same name.
+fn secret(mut s: Secret) -> Object {
+    if let Some(strings) = s.string_data.take() {
+        let data = s.data.get_or_insert_with(Default::default);
+        for (k, v) in strings {
+            data.insert(k, k8s_openapi::ByteString(v.into_bytes()));
+        }
+    }
+    Object::Secret(Arc::new(s))
 }
 
 /// Reads every `*.yaml` / `*.yml` file of `dir` (not recursive), in name order.
@@ -198,4 +210,24 @@ pub fn load_dir(dir: &Path) -> (Vec<Object>, Vec<ManifestError>) {
         }
     }
     (objects, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_data_is_merged_into_data_as_the_api_server_does() {
+        let doc = "apiVersion: v1\nkind: Secret\nmetadata: {name: auth, namespace: shop}\n\
+                   data: {auth: b2xk, keep: a2VlcA==}\nstringData: {auth: \"foo:{PLAIN}bar\"}\n";
+        let (objects, errors) = parse_documents(doc, "s.yaml");
+        assert!(errors.is_empty(), "{errors:?}");
+        let [Object::Secret(s)] = objects.as_slice() else {
+            panic!("one Secret expected")
+        };
+        assert!(s.string_data.is_none());
+        let data = s.data.as_ref().unwrap();
+        assert_eq!(data["auth"].0, b"foo:{PLAIN}bar", "stringData wins");
+        assert_eq!(data["keep"].0, b"keep");
+    }
 }
