@@ -358,3 +358,56 @@ fn balancing_and_hash_keys_compile_into_the_route() {
     assert!(bad.iter().any(|d| d.message.contains("got \"random\"")));
     assert_eq!(c.diagnostics.len(), 2, "{:#?}", c.diagnostics);
 }
+
+#[test]
+fn retry_annotations_compile_into_the_route() {
+    use sluice::core::upstream::retry::{Conditions, Failure, NextUpstream};
+    let c = compile_docs(&[
+        ingress(
+            "list",
+            "list.example",
+            r#"nginx.ingress.kubernetes.io/proxy-next-upstream: "error http_502 non_idempotent", nginx.ingress.kubernetes.io/proxy-next-upstream-tries: "5", nginx.ingress.kubernetes.io/proxy-next-upstream-timeout: "10""#,
+        ),
+        // One key alone keeps the other two at ingress-nginx's defaults.
+        ingress(
+            "tries",
+            "tries.example",
+            r#"nginx.ingress.kubernetes.io/proxy-next-upstream-tries: "0""#,
+        ),
+        ingress(
+            "off",
+            "off.example",
+            r#"sluice.dev/proxy-next-upstream: "off", nginx.ingress.kubernetes.io/proxy-next-upstream: "error""#,
+        ),
+        ingress(
+            "bad",
+            "bad.example",
+            r#"nginx.ingress.kubernetes.io/proxy-next-upstream: "error http_418", nginx.ingress.kubernetes.io/proxy-next-upstream-tries: "-1", nginx.ingress.kubernetes.io/proxy-next-upstream-timeout: "soon""#,
+        ),
+    ]);
+    let retry = |host: &str| policy(&c.snapshot, host).and_then(|p| p.next_upstream);
+    let list = retry("list.example").unwrap();
+    assert!(list.conditions.covers(Failure::Status(502)));
+    assert!(list.conditions.non_idempotent());
+    assert!(!list.conditions.covers(Failure::Timeout));
+    assert_eq!(list.tries, 5);
+    assert_eq!(list.timeout, Some(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        retry("tries.example"),
+        Some(NextUpstream {
+            tries: 0,
+            ..NextUpstream::DEFAULT
+        })
+    );
+    assert_eq!(retry("off.example").unwrap().conditions, Conditions::OFF);
+    assert_eq!(retry("bad.example"), None);
+    let dump = c.snapshot.to_string();
+    assert!(
+        dump.contains("[next-upstream=error,http_502,non_idempotent/tries=5/timeout=10s]"),
+        "{dump}"
+    );
+    let bad = diagnostic_for(&c, "Ingress default/bad");
+    assert_eq!(bad.len(), 3, "{bad:#?}");
+    assert!(bad.iter().any(|d| d.message.contains("\"http_418\"")));
+    assert_eq!(c.diagnostics.len(), 3, "{:#?}", c.diagnostics);
+}

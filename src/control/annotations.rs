@@ -18,6 +18,7 @@ use crate::core::http1::Upgrades;
 use crate::core::route::RoutePolicy;
 use crate::core::upstream::Balance;
 use crate::core::upstream::hash::HashKey;
+use crate::core::upstream::retry::{Conditions, NextUpstream};
 
 /// Our own prefix; wins over ingress-nginx's.
 pub const OURS: &str = "sluice.dev/";
@@ -36,6 +37,10 @@ pub const PROXY_BODY_SIZE: &str = "proxy-body-size";
 /// Balancing: `round_robin`, `least_request`, `ewma`; a hash key wins over it.
 pub const LOAD_BALANCE: &str = "load-balance";
 pub const UPSTREAM_HASH_BY: &str = "upstream-hash-by";
+/// Retries to another endpoint: the failures retried, the attempts in all, the time limit.
+pub const PROXY_NEXT_UPSTREAM: &str = "proxy-next-upstream";
+pub const PROXY_NEXT_UPSTREAM_TRIES: &str = "proxy-next-upstream-tries";
+pub const PROXY_NEXT_UPSTREAM_TIMEOUT: &str = "proxy-next-upstream-timeout";
 
 /// The annotations of one Ingress, with the object name its diagnostics carry.
 pub struct Annotations<'a> {
@@ -186,6 +191,52 @@ pub fn parse_balance(value: &str) -> Result<Balance, String> {
     }
 }
 
+/// `proxy-next-upstream-tries`: attempts in all, the first included; `0`: no limit.
+pub fn parse_tries(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 100)
+        .ok_or_else(|| {
+            format!("expected a number of attempts (0: no limit, at most 100), got {value:?}")
+        })
+}
+
+/// `proxy-next-upstream-timeout`: as [`parse_timeout`], but `0` means no limit (`None`).
+pub fn parse_retry_timeout(value: &str) -> Result<Option<Duration>, String> {
+    if value == "0" {
+        return Ok(None);
+    }
+    parse_timeout(value).map(Some)
+}
+
+/// The retry annotations together, `None` when none is set (or none parsed): each one that
+/// is absent or invalid keeps ingress-nginx's default.
+fn next_upstream(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<NextUpstream> {
+    let conditions = a.get(
+        PROXY_NEXT_UPSTREAM,
+        Conditions::parse,
+        &"error timeout",
+        diags,
+    );
+    let tries = a.get(PROXY_NEXT_UPSTREAM_TRIES, parse_tries, &"3", diags);
+    let timeout = a.get(
+        PROXY_NEXT_UPSTREAM_TIMEOUT,
+        parse_retry_timeout,
+        &"0 (no limit)",
+        diags,
+    );
+    if conditions.is_none() && tries.is_none() && timeout.is_none() {
+        return None;
+    }
+    let d = NextUpstream::DEFAULT;
+    Some(NextUpstream {
+        conditions: conditions.unwrap_or(d.conditions),
+        tries: tries.unwrap_or(d.tries),
+        timeout: timeout.unwrap_or(d.timeout),
+    })
+}
+
 /// A comma-separated list of upgrade protocol names (empty: none may be relayed).
 pub fn parse_upgrades(value: &str) -> Result<Upgrades, String> {
     let names: Vec<&str> = value
@@ -213,6 +264,7 @@ pub fn route_policy(
     );
     let policy = RoutePolicy {
         balance: hash.map(Balance::Hash).or(balance),
+        next_upstream: next_upstream(&a, diags),
         upgrades: a.get_ours(
             UPGRADE_PROTOCOLS,
             parse_upgrades,

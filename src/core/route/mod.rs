@@ -67,6 +67,17 @@ pub trait Router {
         self.route(host, path)
     }
 
+    /// For a retry (`proxy-next-upstream`): another endpoint of `backend`, not one of
+    /// `tried`; `None` when none is left (then there is no retry). By default there is none.
+    fn retry_pick(
+        &mut self,
+        _backend: BackendId,
+        _tried: &[std::net::SocketAddr],
+        _now: crate::core::time::Instant,
+    ) -> Option<std::net::SocketAddr> {
+        None
+    }
+
     /// Whether a plain-HTTP request for `host` must be redirected to HTTPS (asked only on
     /// plain listeners, before routing).
     fn redirect_https(&mut self, _host: &str) -> bool {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::key::HashKey;
 use crate::core::http1::upgrade::Upgrades;
+use crate::core::upstream::retry::NextUpstream;
 
 /// What one Ingress's annotations say about the routes it adds. Every field is `None` when
 /// the annotation is absent (or did not parse): the listener's setting applies.
@@ -28,6 +29,9 @@ pub struct RoutePolicy {
     pub max_body_bytes: Option<Option<u64>>,
     /// How requests spread over the backend's endpoints (`load-balance`, `upstream-hash-by`).
     pub balance: Option<Balance>,
+    /// Retries to another endpoint (`proxy-next-upstream`, `-tries`, `-timeout`); `None`:
+    /// ingress-nginx's defaults ([`NextUpstream::DEFAULT`]).
+    pub next_upstream: Option<NextUpstream>,
 }
 
 impl RoutePolicy {
@@ -62,6 +66,9 @@ impl fmt::Display for RoutePolicy {
         }
         if let Some(b) = &self.balance {
             item(f, format_args!("balance={b}"))?;
+        }
+        if let Some(n) = &self.next_upstream {
+            item(f, format_args!("next-upstream={n}"))?;
         }
         match self.max_body_bytes {
             Some(Some(n)) => item(f, format_args!("body-size={n}"))?,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 pub mod balance;
 pub mod hash;
+pub mod retry;
 
 pub use crate::core::route::Balance;
 use crate::core::route::{BackendId, RouteDecision, Router};
@@ -73,6 +74,21 @@ impl Picker {
         Some(endpoints[i])
     }
 
+    /// For a retry: the next endpoint of `backend` in its rotation that is not in `tried`,
+    /// whatever the route's balancing (the balancer's choice already failed; rotating
+    /// spreads retries), or `None` when every endpoint was tried.
+    pub fn pick_other(
+        &mut self,
+        snapshot: &Snapshot,
+        backend: BackendId,
+        tried: &[SocketAddr],
+    ) -> Option<SocketAddr> {
+        let n = snapshot.backend(backend)?.endpoints.len();
+        (0..n)
+            .filter_map(|_| self.pick(snapshot, backend))
+            .find(|ep| !tried.contains(ep))
+    }
+
     /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
     pub fn pick(&mut self, snapshot: &Snapshot, backend: BackendId) -> Option<SocketAddr> {
         let endpoints = &snapshot.backend(backend)?.endpoints;
@@ -136,6 +152,15 @@ impl Router for SnapshotRouter<'_> {
             },
             None => RouteDecision::NoEndpoints,
         }
+    }
+
+    fn retry_pick(
+        &mut self,
+        backend: BackendId,
+        tried: &[SocketAddr],
+        _now: Instant,
+    ) -> Option<SocketAddr> {
+        self.picker.pick_other(self.snapshot, backend, tried)
     }
 
     fn redirect_https(&mut self, host: &str) -> bool {
