@@ -35,6 +35,7 @@ use crate::core::request_id;
 use crate::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
 use crate::core::upstream::hash::KeySource;
+use crate::core::upstream::health::OutlierConfig;
 use crate::core::upstream::retry::{self, Attempts, Failure, NextUpstream};
 
 /// Timeouts of one connection. Defaults follow what ingress-nginx users are used to.
@@ -109,6 +110,8 @@ pub struct ConnConfig {
     pub request_id_seed: Option<u64>,
     /// Keep a [`RequestRecord`] of each request for the access log.
     pub record_requests: bool,
+    /// Passive health of endpoints (`[outlier]`); the driver gives it to its worker's picker.
+    pub outlier: OutlierConfig,
 }
 
 /// What the access log says about the current (or last) request of a connection; kept
@@ -135,6 +138,7 @@ impl Default for ConnConfig {
             upgrades: Upgrades::default(),
             request_id_seed: None,
             record_requests: false,
+            outlier: OutlierConfig::default(),
         }
     }
 }
@@ -1355,6 +1359,9 @@ impl Conn {
                     return false;
                 }
             };
+        if !resp.is_interim() {
+            self.report(resp.status < 500, now, router);
+        }
         // A status the route retries: the head is dropped before the client sees any of it.
         if !resp.is_interim()
             && let Some(endpoint) = self.retry_target(Failure::Status(resp.status), now, router)
@@ -1530,13 +1537,22 @@ impl Conn {
 
     /// Passes the failed attempt to another endpoint if the route's `proxy-next-upstream`
     /// and the request allow it ([`retry::decide`]); false (nothing changed) otherwise.
+    /// The attempt failed: this is also reported to passive health.
     fn try_retry(&mut self, failure: Failure, now: Instant, router: &mut dyn Router) -> bool {
+        self.report(false, now, router);
         match self.retry_target(failure, now, router) {
             Some(endpoint) => {
                 self.retry_to(endpoint, now);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Tells passive health (outlier ejection) how the current attempt went.
+    fn report(&self, ok: bool, now: Instant, router: &mut dyn Router) {
+        if let State::Connecting { ex, .. } | State::Proxying { ex } = &self.state {
+            router.report(ex.endpoint, ok, now);
         }
     }
 

@@ -78,6 +78,17 @@ pub trait Router {
         None
     }
 
+    /// How an exchange with `endpoint` went (passive health): `ok` for a response head that
+    /// is not a 5xx; not for a connection that could not be made or broke before the head,
+    /// a timeout, an unparsable head or a 5xx. By default nobody listens.
+    fn report(
+        &mut self,
+        _endpoint: std::net::SocketAddr,
+        _ok: bool,
+        _now: crate::core::time::Instant,
+    ) {
+    }
+
     /// Whether a plain-HTTP request for `host` must be redirected to HTTPS (asked only on
     /// plain listeners, before routing).
     fn redirect_https(&mut self, _host: &str) -> bool {

@@ -33,9 +33,20 @@ pub fn endpoint_hash(endpoint: &SocketAddr) -> u64 {
 /// Rendezvous hashing: the index of the endpoint with the highest score for `key` (ties to
 /// the lower address), or `None` when there are none.
 pub fn rendezvous(key: u64, endpoints: &[SocketAddr]) -> Option<usize> {
+    rendezvous_where(key, endpoints, |_| true)
+}
+
+/// [`rendezvous`] over the endpoints `keep` accepts (outlier ejection): the keys of a left-out
+/// endpoint go to their second choice, the others stay where they are.
+pub fn rendezvous_where(
+    key: u64,
+    endpoints: &[SocketAddr],
+    keep: impl Fn(&SocketAddr) -> bool,
+) -> Option<usize> {
     endpoints
         .iter()
         .enumerate()
+        .filter(|(_, ep)| keep(ep))
         .max_by(|(_, a), (_, b)| {
             let sa = mix(key ^ endpoint_hash(a));
             let sb = mix(key ^ endpoint_hash(b));

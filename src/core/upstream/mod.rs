@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 pub mod balance;
 pub mod hash;
+pub mod health;
 pub mod retry;
 
 pub use crate::core::route::Balance;
@@ -14,7 +15,8 @@ use crate::core::snapshot::Snapshot;
 use crate::core::time::Instant;
 
 use balance::{EndpointStats, Rng};
-use hash::{KeySource, rendezvous};
+use hash::{KeySource, rendezvous_where};
+use health::{OutlierConfig, Outliers};
 
 /// Round-robin over each backend's endpoints, one cursor per backend.
 #[derive(Clone, Debug, Default)]
@@ -22,6 +24,9 @@ pub struct Picker {
     cursors: Vec<u32>,
     /// In-flight requests and latency per endpoint (least_request, ewma), fed by the driver.
     pub stats: EndpointStats,
+    /// Passive health: endpoints left out after failures (fed by the connection machines
+    /// through [`Router::report`]).
+    pub outliers: Outliers,
     rng: Option<Rng>,
     /// Where every cursor starts: workers use their index, so N workers spread their first
     /// requests over N endpoints instead of all starting on the first.
@@ -39,8 +44,15 @@ impl Picker {
             cursors: Vec::new(),
             offset,
             stats: EndpointStats::default(),
+            outliers: Outliers::default(),
             rng: Some(Rng::new(u64::from(offset))),
         }
+    }
+
+    /// With outlier ejection as `config` says (else [`OutlierConfig::default`]).
+    pub fn with_outliers(mut self, config: OutlierConfig) -> Picker {
+        self.outliers = Outliers::new(config);
+        self
     }
 
     /// Prepares for a new snapshot. Cursors are kept (they are only rotation offsets, and
@@ -50,6 +62,7 @@ impl Picker {
     /// snapshots); those of endpoints gone from `snapshot` are dropped once idle.
     pub fn reset_for(&mut self, snapshot: &Snapshot) {
         self.stats.retain(|ep| snapshot.has_endpoint(ep));
+        self.outliers.retain(|ep| snapshot.has_endpoint(ep));
     }
 
     /// An endpoint of `backend` chosen by `balance` for the request `req`.
@@ -62,31 +75,55 @@ impl Picker {
         now: Instant,
     ) -> Option<SocketAddr> {
         let endpoints = &snapshot.backend(backend)?.endpoints;
+        // Ejected endpoints are skipped, unless too many are (panic threshold).
+        let filter = self.outliers.filters(endpoints, now);
+        let outliers = &self.outliers;
+        let usable = |ep: &SocketAddr| !filter || !outliers.is_ejected(ep, now);
         let rng = self
             .rng
             .get_or_insert_with(|| Rng::new(u64::from(self.offset)));
         let i = match balance {
-            Balance::RoundRobin => return self.pick(snapshot, backend),
+            Balance::RoundRobin => None,
             Balance::LeastRequest => self.stats.least_request(endpoints, rng),
             Balance::Ewma => self.stats.ewma(endpoints, rng, now),
-            Balance::Hash(key) => rendezvous(key.hash(req), endpoints),
-        }?;
-        Some(endpoints[i])
+            Balance::Hash(key) => rendezvous_where(key.hash(req), endpoints, usable),
+        };
+        match i {
+            Some(i) if usable(&endpoints[i]) => Some(endpoints[i]),
+            // Round robin, or a P2C draw that landed on an ejected endpoint: the rotation,
+            // past the ejected ones.
+            _ if filter => self.pick_other(snapshot, backend, &[], now),
+            _ => self.pick(snapshot, backend),
+        }
     }
 
-    /// For a retry: the next endpoint of `backend` in its rotation that is not in `tried`,
-    /// whatever the route's balancing (the balancer's choice already failed; rotating
-    /// spreads retries), or `None` when every endpoint was tried.
+    /// The next endpoint of `backend` in its rotation that is not in `tried` and, unless too
+    /// many are (panic threshold), not ejected; a retry's choice whatever the route's
+    /// balancing (the balancer's choice already failed; rotating spreads retries). `None`
+    /// when every endpoint was tried.
     pub fn pick_other(
         &mut self,
         snapshot: &Snapshot,
         backend: BackendId,
         tried: &[SocketAddr],
+        now: Instant,
     ) -> Option<SocketAddr> {
-        let n = snapshot.backend(backend)?.endpoints.len();
-        (0..n)
-            .filter_map(|_| self.pick(snapshot, backend))
-            .find(|ep| !tried.contains(ep))
+        let endpoints = &snapshot.backend(backend)?.endpoints;
+        let n = endpoints.len();
+        let filter = self.outliers.filters(endpoints, now);
+        let mut fallback = None;
+        for _ in 0..n {
+            let ep = self.pick(snapshot, backend)?;
+            if tried.contains(&ep) {
+                continue;
+            }
+            if filter && self.outliers.is_ejected(&ep, now) {
+                fallback = fallback.or(Some(ep));
+                continue;
+            }
+            return Some(ep);
+        }
+        fallback
     }
 
     /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
@@ -140,10 +177,10 @@ impl Router for SnapshotRouter<'_> {
             return RouteDecision::NotFound;
         };
         let balance = policy.and_then(|p| p.balance.as_ref());
-        let picked = match balance {
-            None => self.picker.pick(self.snapshot, backend),
-            Some(b) => self.picker.pick_by(self.snapshot, backend, b, req, now),
-        };
+        let balance = balance.unwrap_or(&Balance::RoundRobin);
+        let picked = self
+            .picker
+            .pick_by(self.snapshot, backend, balance, req, now);
         match picked {
             Some(endpoint) => RouteDecision::Forward {
                 backend,
@@ -158,9 +195,17 @@ impl Router for SnapshotRouter<'_> {
         &mut self,
         backend: BackendId,
         tried: &[SocketAddr],
-        _now: Instant,
+        now: Instant,
     ) -> Option<SocketAddr> {
-        self.picker.pick_other(self.snapshot, backend, tried)
+        self.picker.pick_other(self.snapshot, backend, tried, now)
+    }
+
+    fn report(&mut self, endpoint: SocketAddr, ok: bool, now: Instant) {
+        if ok {
+            self.picker.outliers.success(&endpoint, now);
+        } else {
+            self.picker.outliers.failure(endpoint, now);
+        }
     }
 
     fn redirect_https(&mut self, host: &str) -> bool {

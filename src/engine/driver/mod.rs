@@ -229,7 +229,7 @@ fn client_owner(slot: usize, generation: u32) -> Owner {
 
 impl Driver {
     pub fn new(setup: DriverSetup, snapshot: Arc<Snapshot>) -> Driver {
-        let mut picker = Picker::with_offset(setup.index as u32);
+        let mut picker = Picker::with_offset(setup.index as u32).with_outliers(setup.conn.outlier);
         picker.reset_for(&snapshot);
         setup
             .metrics
