@@ -411,3 +411,51 @@ fn retry_annotations_compile_into_the_route() {
     assert!(bad.iter().any(|d| d.message.contains("\"http_418\"")));
     assert_eq!(c.diagnostics.len(), 3, "{:#?}", c.diagnostics);
 }
+
+#[test]
+fn affinity_annotations_compile_into_the_route() {
+    use sluice::core::upstream::affinity::{Mode, SameSite};
+    let c = compile_docs(&[
+        ingress(
+            "sticky",
+            "sticky.example",
+            r#"nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/affinity-mode: persistent, nginx.ingress.kubernetes.io/session-cookie-name: SERVERID, nginx.ingress.kubernetes.io/session-cookie-max-age: "60", nginx.ingress.kubernetes.io/session-cookie-samesite: Lax, nginx.ingress.kubernetes.io/session-cookie-change-on-failure: "true""#,
+        ),
+        // Cookie attributes without `affinity: cookie` mean nothing.
+        ingress(
+            "none",
+            "none.example",
+            r#"nginx.ingress.kubernetes.io/session-cookie-name: SERVERID"#,
+        ),
+        ingress(
+            "bad",
+            "bad.example",
+            r#"nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/session-cookie-name: "a b", nginx.ingress.kubernetes.io/session-cookie-path: "/x; Domain=evil", nginx.ingress.kubernetes.io/session-cookie-samesite: Sometimes, nginx.ingress.kubernetes.io/affinity-mode: sticky"#,
+        ),
+        ingress(
+            "wrong",
+            "wrong.example",
+            r#"nginx.ingress.kubernetes.io/affinity: ip"#,
+        ),
+    ]);
+    let aff = |host: &str| policy(&c.snapshot, host).and_then(|p| p.affinity);
+    let a = aff("sticky.example").unwrap();
+    assert_eq!(a.mode, Mode::Persistent);
+    assert_eq!(&*a.name, "SERVERID");
+    assert_eq!(a.max_age, Some(60));
+    assert_eq!(a.samesite, Some(SameSite::Lax));
+    assert!(a.change_on_failure && !a.secure);
+    assert_eq!(aff("none.example"), None);
+    // Each bad attribute keeps its default; affinity itself stays on.
+    let b = aff("bad.example").unwrap();
+    assert_eq!(&*b.name, "INGRESSCOOKIE");
+    assert_eq!((b.path, b.samesite, b.mode), (None, None, Mode::Balanced));
+    assert_eq!(aff("wrong.example"), None);
+    assert_eq!(diagnostic_for(&c, "Ingress default/bad").len(), 4);
+    assert_eq!(diagnostic_for(&c, "Ingress default/wrong").len(), 1);
+    let dump = c.snapshot.to_string();
+    assert!(
+        dump.contains("affinity=cookie(SERVERID,persistent)"),
+        "{dump}"
+    );
+}

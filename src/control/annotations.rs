@@ -17,6 +17,7 @@ use super::compile::Diagnostic;
 use crate::core::http1::Upgrades;
 use crate::core::route::RoutePolicy;
 use crate::core::upstream::Balance;
+use crate::core::upstream::affinity::{self, Affinity};
 use crate::core::upstream::hash::HashKey;
 use crate::core::upstream::retry::{Conditions, NextUpstream};
 
@@ -41,6 +42,19 @@ pub const UPSTREAM_HASH_BY: &str = "upstream-hash-by";
 pub const PROXY_NEXT_UPSTREAM: &str = "proxy-next-upstream";
 pub const PROXY_NEXT_UPSTREAM_TRIES: &str = "proxy-next-upstream-tries";
 pub const PROXY_NEXT_UPSTREAM_TIMEOUT: &str = "proxy-next-upstream-timeout";
+/// Cookie session affinity and its cookie's attributes.
+pub const AFFINITY: &str = "affinity";
+pub const AFFINITY_MODE: &str = "affinity-mode";
+pub const SESSION_COOKIE_NAME: &str = "session-cookie-name";
+pub const SESSION_COOKIE_PATH: &str = "session-cookie-path";
+pub const SESSION_COOKIE_DOMAIN: &str = "session-cookie-domain";
+pub const SESSION_COOKIE_MAX_AGE: &str = "session-cookie-max-age";
+pub const SESSION_COOKIE_EXPIRES: &str = "session-cookie-expires";
+pub const SESSION_COOKIE_SAMESITE: &str = "session-cookie-samesite";
+pub const SESSION_COOKIE_SECURE: &str = "session-cookie-secure";
+pub const SESSION_COOKIE_CONDITIONAL_SAMESITE_NONE: &str =
+    "session-cookie-conditional-samesite-none";
+pub const SESSION_COOKIE_CHANGE_ON_FAILURE: &str = "session-cookie-change-on-failure";
 
 /// The annotations of one Ingress, with the object name its diagnostics carry.
 pub struct Annotations<'a> {
@@ -237,6 +251,73 @@ fn next_upstream(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<Nex
     })
 }
 
+/// `affinity`: only `cookie` exists.
+fn parse_affinity_kind(value: &str) -> Result<(), String> {
+    match value {
+        "cookie" => Ok(()),
+        other => Err(format!("expected cookie, got {other:?}")),
+    }
+}
+
+fn parse_affinity_mode(value: &str) -> Result<affinity::Mode, String> {
+    match value {
+        "balanced" => Ok(affinity::Mode::Balanced),
+        "persistent" => Ok(affinity::Mode::Persistent),
+        other => Err(format!("expected balanced or persistent, got {other:?}")),
+    }
+}
+
+/// Whole seconds (`session-cookie-max-age`, `-expires`).
+fn parse_seconds(value: &str) -> Result<u64, String> {
+    value
+        .parse::<u64>()
+        .map_err(|_| format!("expected whole seconds like \"172800\", got {value:?}"))
+}
+
+/// The affinity annotations together; `None` unless `affinity: cookie`. Each cookie
+/// attribute that is invalid keeps its default.
+fn affinity(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<Affinity> {
+    a.get(AFFINITY, parse_affinity_kind, &"no affinity", diags)?;
+    let d = Affinity::new();
+    let flag = |name: &str, diags: &mut Vec<Diagnostic>| a.bool(name, false, diags);
+    Some(Affinity {
+        mode: a
+            .get(AFFINITY_MODE, parse_affinity_mode, &"balanced", diags)
+            .unwrap_or(d.mode),
+        name: a
+            .get(
+                SESSION_COOKIE_NAME,
+                affinity::parse_name,
+                &Affinity::DEFAULT_NAME,
+                diags,
+            )
+            .unwrap_or(d.name),
+        path: a.get(
+            SESSION_COOKIE_PATH,
+            affinity::parse_attribute,
+            &"the rule's path",
+            diags,
+        ),
+        domain: a.get(
+            SESSION_COOKIE_DOMAIN,
+            affinity::parse_attribute,
+            &"no Domain",
+            diags,
+        ),
+        max_age: a.get(SESSION_COOKIE_MAX_AGE, parse_seconds, &"no Max-Age", diags),
+        expires: a.get(SESSION_COOKIE_EXPIRES, parse_seconds, &"no Expires", diags),
+        samesite: a.get(
+            SESSION_COOKIE_SAMESITE,
+            affinity::SameSite::parse,
+            &"no SameSite",
+            diags,
+        ),
+        secure: flag(SESSION_COOKIE_SECURE, diags),
+        conditional_samesite_none: flag(SESSION_COOKIE_CONDITIONAL_SAMESITE_NONE, diags),
+        change_on_failure: flag(SESSION_COOKIE_CHANGE_ON_FAILURE, diags),
+    })
+}
+
 /// A comma-separated list of upgrade protocol names (empty: none may be relayed).
 pub fn parse_upgrades(value: &str) -> Result<Upgrades, String> {
     let names: Vec<&str> = value
@@ -265,6 +346,7 @@ pub fn route_policy(
     let policy = RoutePolicy {
         balance: hash.map(Balance::Hash).or(balance),
         next_upstream: next_upstream(&a, diags),
+        affinity: affinity(&a, diags),
         upgrades: a.get_ours(
             UPGRADE_PROTOCOLS,
             parse_upgrades,

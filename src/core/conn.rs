@@ -34,6 +34,7 @@ use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local}
 use crate::core::request_id;
 use crate::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
+use crate::core::upstream::affinity;
 use crate::core::upstream::hash::KeySource;
 use crate::core::upstream::health::OutlierConfig;
 use crate::core::upstream::retry::{self, Attempts, Failure, NextUpstream};
@@ -400,6 +401,12 @@ struct Exchange {
     attempts: Attempts,
     /// `100 Continue` was written for this request (not again after a retry).
     continued: bool,
+    /// Cookie affinity: the endpoint id the request's cookie named, if any.
+    sticky: Option<u64>,
+    /// Cookie affinity: the matched rule's path (the cookie's default `Path`); reused.
+    sticky_path: String,
+    /// Cookie affinity: the client mishandles `SameSite=None`.
+    old_client: bool,
     /// The upstream connection came from the keep-alive pool.
     reused: bool,
     /// Already retried once on a fresh connection.
@@ -1029,6 +1036,24 @@ impl Conn {
             RouteDecision::Forward { policy, .. } => policy.take(),
             _ => None,
         };
+        // Cookie affinity: what the request's cookie named, the rule's path, the client.
+        let sticky = match policy.as_deref().and_then(|p| p.affinity.as_ref()) {
+            Some(a) => (
+                a.requested(key.header("cookie")),
+                match a.path {
+                    Some(_) => String::new(),
+                    None => router
+                        .rule_path(head.host(), head.path())
+                        .unwrap_or("/")
+                        .to_string(),
+                },
+                a.conditional_samesite_none
+                    && key
+                        .header("user-agent")
+                        .is_some_and(affinity::samesite_none_incompatible),
+            ),
+            None => (None, String::new(), false),
+        };
         // Only an allowed protocol becomes a tunnel; any other upgrade request (h2c above
         // all) goes upstream as plain HTTP/1.1, its Upgrade and HTTP2-Settings stripped.
         req.upgrade = head
@@ -1102,12 +1127,19 @@ impl Conn {
             self.replay.extend_from_slice(&self.uout.queued);
         }
         self.replayable = keep;
-        let mut attempts = self
+        let (mut attempts, mut sticky_path) = self
             .spare_exchange
             .as_mut()
-            .map(|spare| std::mem::take(&mut spare.attempts))
+            .map(|spare| {
+                (
+                    std::mem::take(&mut spare.attempts),
+                    std::mem::take(&mut spare.sticky_path),
+                )
+            })
             .unwrap_or_default();
         attempts.start(endpoint, now);
+        sticky_path.clear();
+        sticky_path.push_str(&sticky.1);
         self.uin.clear();
         self.upstream_eof = false;
         self.connect(endpoint, false);
@@ -1117,6 +1149,9 @@ impl Conn {
             endpoint,
             attempts,
             continued: false,
+            sticky: sticky.0,
+            sticky_path,
+            old_client: sticky.2,
             reused: false,
             retried: false,
             policy,
@@ -1403,6 +1438,26 @@ impl Conn {
         let framing = write_client_response(&resp, &client, &mut self.cout.queued);
         if let Some(hsts) = &self.config.hsts {
             local::add_hsts(resp.headers, hsts, head_start, &mut self.cout.queued);
+        }
+        if let Some(a) = ex.policy.as_deref().and_then(|p| p.affinity.as_ref())
+            && resp.status != 101
+        {
+            // A new cookie unless the client's already names this endpoint (or, after a
+            // retry without `change-on-failure`, the endpoint it was pinned to).
+            let id = affinity::endpoint_id(&ex.endpoint);
+            let first = ex.attempts.tried().first().map(affinity::endpoint_id);
+            let keep = ex.sticky == Some(id)
+                || ex.sticky.is_some() && ex.sticky == first && !a.change_on_failure;
+            if !keep {
+                let ctx = affinity::CookieContext {
+                    rule_path: &ex.sticky_path,
+                    https: self.config.scheme == Scheme::Https,
+                    unix_now: router.unix_time(now),
+                    old_client: ex.old_client,
+                };
+                let value = affinity::set_cookie(a, &ex.endpoint, &ctx);
+                affinity::insert_field(&mut self.cout.queued, head_start, "Set-Cookie", &value);
+            }
         }
         ex.status = resp.status;
         ex.response_started = true;

@@ -89,6 +89,17 @@ pub trait Router {
     ) {
     }
 
+    /// The path of the rule `host` and `path` match (the affinity cookie's default `Path`);
+    /// `None` for a default backend or when unknown.
+    fn rule_path(&mut self, _host: &str, _path: &str) -> Option<&str> {
+        None
+    }
+
+    /// Seconds since the Unix epoch at `now` (affinity cookies' `Expires`), when known.
+    fn unix_time(&self, _now: crate::core::time::Instant) -> Option<u64> {
+        None
+    }
+
     /// Whether a plain-HTTP request for `host` must be redirected to HTTPS (asked only on
     /// plain listeners, before routing).
     fn redirect_https(&mut self, _host: &str) -> bool {
@@ -348,6 +359,28 @@ impl Eq for RouteTable {}
 impl RouteTable {
     pub fn lookup(&self, host: &str, path: &str) -> Option<BackendId> {
         self.route(host, path).map(|(backend, _)| backend)
+    }
+
+    /// The path of the rule that [`RouteTable::route`] matches for `host` and `path` (`None`
+    /// when a default backend answers, or nothing).
+    pub fn rule_path(&self, host: &str, path: &str) -> Option<&str> {
+        let mut buf = [0u8; MAX_HOST];
+        let host = normalize_host(host, &mut buf);
+        let bucket = host.and_then(|host| {
+            self.exact(host).or_else(|| {
+                let (label, suffix) = host.split_once('.')?;
+                if label.is_empty() {
+                    return None;
+                }
+                self.wildcard(suffix)
+            })
+        });
+        let routes = bucket.unwrap_or(&self.any_host);
+        routes
+            .paths
+            .iter()
+            .find(|r| r.matches(path))
+            .map(|r| r.path.as_str())
     }
 
     /// [`RouteTable::lookup`], with the matched path rule's policy (`None` for defaults).

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::key::HashKey;
 use crate::core::http1::upgrade::Upgrades;
+use crate::core::upstream::affinity::Affinity;
 use crate::core::upstream::retry::NextUpstream;
 
 /// What one Ingress's annotations say about the routes it adds. Every field is `None` when
@@ -32,6 +33,8 @@ pub struct RoutePolicy {
     /// Retries to another endpoint (`proxy-next-upstream`, `-tries`, `-timeout`); `None`:
     /// ingress-nginx's defaults ([`NextUpstream::DEFAULT`]).
     pub next_upstream: Option<NextUpstream>,
+    /// Cookie session affinity (`affinity: cookie`, `session-cookie-*`).
+    pub affinity: Option<Affinity>,
 }
 
 impl RoutePolicy {
@@ -66,6 +69,9 @@ impl fmt::Display for RoutePolicy {
         }
         if let Some(b) = &self.balance {
             item(f, format_args!("balance={b}"))?;
+        }
+        if let Some(a) = &self.affinity {
+            item(f, format_args!("affinity={a}"))?;
         }
         if let Some(n) = &self.next_upstream {
             item(f, format_args!("next-upstream={n}"))?;

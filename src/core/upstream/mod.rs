@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+pub mod affinity;
 pub mod balance;
 pub mod hash;
 pub mod health;
@@ -27,6 +28,9 @@ pub struct Picker {
     /// Passive health: endpoints left out after failures (fed by the connection machines
     /// through [`Router::report`]).
     pub outliers: Outliers,
+    /// The wall clock at one monotonic instant (set by the driver), for affinity cookies'
+    /// `Expires`: seconds since the Unix epoch at that instant.
+    pub wall: Option<(Instant, u64)>,
     rng: Option<Rng>,
     /// Where every cursor starts: workers use their index, so N workers spread their first
     /// requests over N endpoints instead of all starting on the first.
@@ -45,6 +49,7 @@ impl Picker {
             offset,
             stats: EndpointStats::default(),
             outliers: Outliers::default(),
+            wall: None,
             rng: Some(Rng::new(u64::from(offset))),
         }
     }
@@ -126,6 +131,22 @@ impl Picker {
         fallback
     }
 
+    /// The endpoint of `backend` whose affinity id is `id`, unless it is gone or ejected
+    /// (then the balancer picks, and the client gets a new cookie).
+    pub fn pinned(
+        &self,
+        snapshot: &Snapshot,
+        backend: BackendId,
+        id: u64,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let endpoints = &snapshot.backend(backend)?.endpoints;
+        let endpoint = endpoints[affinity::find(endpoints, id)?];
+        let ejected =
+            self.outliers.filters(endpoints, now) && self.outliers.is_ejected(&endpoint, now);
+        (!ejected).then_some(endpoint)
+    }
+
     /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
     pub fn pick(&mut self, snapshot: &Snapshot, backend: BackendId) -> Option<SocketAddr> {
         let endpoints = &snapshot.backend(backend)?.endpoints;
@@ -176,6 +197,17 @@ impl Router for SnapshotRouter<'_> {
         let Some((backend, policy)) = self.snapshot.table.route(host, path) else {
             return RouteDecision::NotFound;
         };
+        // A cookie that names a usable endpoint of the backend pins the request to it.
+        if let Some(affinity) = policy.and_then(|p| p.affinity.as_ref())
+            && let Some(id) = affinity.requested(req.header("cookie"))
+            && let Some(endpoint) = self.picker.pinned(self.snapshot, backend, id, now)
+        {
+            return RouteDecision::Forward {
+                backend,
+                endpoint,
+                policy: policy.cloned(),
+            };
+        }
         let balance = policy.and_then(|p| p.balance.as_ref());
         let balance = balance.unwrap_or(&Balance::RoundRobin);
         let picked = self
@@ -206,6 +238,15 @@ impl Router for SnapshotRouter<'_> {
         } else {
             self.picker.outliers.failure(endpoint, now);
         }
+    }
+
+    fn rule_path(&mut self, host: &str, path: &str) -> Option<&str> {
+        self.snapshot.table.rule_path(host, path)
+    }
+
+    fn unix_time(&self, now: Instant) -> Option<u64> {
+        let (at, secs) = self.picker.wall?;
+        Some(secs + now.saturating_since(at).as_secs())
     }
 
     fn redirect_https(&mut self, host: &str) -> bool {
