@@ -189,3 +189,62 @@ fn least_request_keeps_new_requests_off_a_busy_pod() {
     }
     drop(hanging);
 }
+
+#[test]
+fn upstream_vhost_replaces_the_host_sent_upstream() {
+    // One pod that answers with the Host and X-Forwarded-Host it received.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let field = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .unwrap_or("-")
+                        .trim()
+                        .to_string()
+                };
+                let body = format!("{}|{}", field("Host:"), field("X-Forwarded-Host:"));
+                let _ = stream.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            });
+        }
+    });
+    let yaml = format!(
+        "{}---\n{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
+         addressType: IPv4\nports: [{{port: {port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+        ingress(
+            "vhost",
+            "vhost.test",
+            "nginx.ingress.kubernetes.io/upstream-vhost: upstreamvhost.bar.com"
+        ),
+        ingress(
+            "bad",
+            "bad.test",
+            "nginx.ingress.kubernetes.io/upstream-vhost: \"$host\""
+        ),
+    );
+    let s = sluice("vhost", &yaml, 1);
+    assert_eq!(
+        get(&s, "vhost.test", "/", ""),
+        "upstreamvhost.bar.com|vhost.test"
+    );
+    // A value Sluice cannot honour is reported and the client's Host is sent.
+    assert_eq!(get(&s, "bad.test", "/", ""), "bad.test|bad.test");
+}

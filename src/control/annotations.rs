@@ -20,6 +20,7 @@ use crate::core::upstream::Balance;
 use crate::core::upstream::affinity::{self, Affinity};
 use crate::core::upstream::hash::HashKey;
 use crate::core::upstream::retry::{Conditions, NextUpstream};
+use crate::core::upstream::vhost;
 
 /// Our own prefix; wins over ingress-nginx's.
 pub const OURS: &str = "sluice.dev/";
@@ -55,6 +56,8 @@ pub const SESSION_COOKIE_SECURE: &str = "session-cookie-secure";
 pub const SESSION_COOKIE_CONDITIONAL_SAMESITE_NONE: &str =
     "session-cookie-conditional-samesite-none";
 pub const SESSION_COOKIE_CHANGE_ON_FAILURE: &str = "session-cookie-change-on-failure";
+/// The `Host` field sent upstream.
+pub const UPSTREAM_VHOST: &str = "upstream-vhost";
 
 /// The annotations of one Ingress, with the object name its diagnostics carry.
 pub struct Annotations<'a> {
@@ -347,6 +350,7 @@ pub fn route_policy(
         balance: hash.map(Balance::Hash).or(balance),
         next_upstream: next_upstream(&a, diags),
         affinity: affinity(&a, diags),
+        upstream_vhost: a.get(UPSTREAM_VHOST, vhost::parse, &"the client's Host", diags),
         upgrades: a.get_ours(
             UPGRADE_PROTOCOLS,
             parse_upgrades,

@@ -38,6 +38,7 @@ use crate::core::upstream::affinity;
 use crate::core::upstream::hash::KeySource;
 use crate::core::upstream::health::OutlierConfig;
 use crate::core::upstream::retry::{self, Attempts, Failure, NextUpstream};
+use crate::core::upstream::vhost;
 
 /// Timeouts of one connection. Defaults follow what ingress-nginx users are used to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1099,6 +1100,9 @@ impl Conn {
             };
             self.uout.reset();
             write_upstream_request(&head, &info, &mut self.uout.queued);
+            if let Some(host) = policy.as_deref().and_then(|p| p.upstream_vhost.as_deref()) {
+                vhost::replace_host(&mut self.uout.queued, 0, host);
+            }
         }
         self.cin.consume(len);
 

@@ -35,6 +35,8 @@ pub struct RoutePolicy {
     pub next_upstream: Option<NextUpstream>,
     /// Cookie session affinity (`affinity: cookie`, `session-cookie-*`).
     pub affinity: Option<Affinity>,
+    /// `Host` sent upstream instead of the client's (`upstream-vhost`).
+    pub upstream_vhost: Option<std::sync::Arc<str>>,
 }
 
 impl RoutePolicy {
@@ -72,6 +74,9 @@ impl fmt::Display for RoutePolicy {
         }
         if let Some(a) = &self.affinity {
             item(f, format_args!("affinity={a}"))?;
+        }
+        if let Some(h) = &self.upstream_vhost {
+            item(f, format_args!("upstream-vhost={h}"))?;
         }
         if let Some(n) = &self.next_upstream {
             item(f, format_args!("next-upstream={n}"))?;

@@ -9,6 +9,7 @@ pub mod balance;
 pub mod hash;
 pub mod health;
 pub mod retry;
+pub mod vhost;
 
 pub use crate::core::route::Balance;
 use crate::core::route::{BackendId, RouteDecision, Router};
