@@ -459,3 +459,43 @@ fn affinity_annotations_compile_into_the_route() {
         "{dump}"
     );
 }
+
+#[test]
+fn backend_protocols_other_than_http_are_refused_with_a_reason() {
+    let mut docs = vec![ingress(
+        "http",
+        "http.example",
+        r#"nginx.ingress.kubernetes.io/backend-protocol: HTTP"#,
+    )];
+    for (i, proto) in ["HTTPS", "GRPC", "GRPCS", "H2C", "AJP", "FCGI", "SPDY"]
+        .iter()
+        .enumerate()
+    {
+        docs.push(ingress(
+            &format!("p{i}"),
+            &format!("p{i}.example"),
+            &format!("nginx.ingress.kubernetes.io/backend-protocol: {proto}"),
+        ));
+    }
+    let c = compile_docs(&docs);
+    assert!(diagnostic_for(&c, "Ingress default/http").is_empty());
+    for (i, why) in [
+        "HTTPS to pods",
+        "need HTTP/2",
+        "need HTTP/2",
+        "need HTTP/2",
+        "AJP and FastCGI",
+        "AJP and FastCGI",
+        "expected HTTP, HTTPS",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let d = diagnostic_for(&c, &format!("Ingress default/p{i}"));
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert!(d[0].message.contains(why), "{}", d[0].message);
+        assert!(d[0].message.ends_with("; using HTTP"), "{}", d[0].message);
+        // Still served (over HTTP/1.1).
+        assert_eq!(policy(&c.snapshot, &format!("p{i}.example")), None);
+    }
+}

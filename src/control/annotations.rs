@@ -58,6 +58,8 @@ pub const SESSION_COOKIE_CONDITIONAL_SAMESITE_NONE: &str =
 pub const SESSION_COOKIE_CHANGE_ON_FAILURE: &str = "session-cookie-change-on-failure";
 /// The `Host` field sent upstream.
 pub const UPSTREAM_VHOST: &str = "upstream-vhost";
+/// The protocol spoken to the pods: only `HTTP` (HTTP/1.1) so far.
+pub const BACKEND_PROTOCOL: &str = "backend-protocol";
 
 /// The annotations of one Ingress, with the object name its diagnostics carry.
 pub struct Annotations<'a> {
@@ -254,6 +256,25 @@ fn next_upstream(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<Nex
     })
 }
 
+/// `backend-protocol`: `HTTP` is what Sluice speaks to pods; every other ingress-nginx value
+/// is refused with the reason (the route is then served over HTTP/1.1, and reported).
+pub fn parse_backend_protocol(value: &str) -> Result<(), String> {
+    let why = match value.to_ascii_uppercase().as_str() {
+        "HTTP" => return Ok(()),
+        "HTTPS" => "HTTPS to pods (a TLS client towards the upstream) is not supported yet",
+        "GRPC" | "GRPCS" | "H2C" => {
+            "gRPC and HTTP/2 to pods need HTTP/2, which Sluice does not speak yet"
+        }
+        "AJP" | "FCGI" => "AJP and FastCGI are not supported",
+        _ => {
+            return Err(format!(
+                "expected HTTP, HTTPS, GRPC, GRPCS, H2C, AJP or FCGI, got {value:?}"
+            ));
+        }
+    };
+    Err(format!("{value:?}: {why}"))
+}
+
 /// `affinity`: only `cookie` exists.
 fn parse_affinity_kind(value: &str) -> Result<(), String> {
     match value {
@@ -339,6 +360,8 @@ pub fn route_policy(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Arc<RoutePolicy>> {
     let a = Annotations::of(ing, object);
+    // Only HTTP is spoken to pods: another value is reported and the routes stay HTTP.
+    a.get(BACKEND_PROTOCOL, parse_backend_protocol, &"HTTP", diags);
     let balance = a.get(LOAD_BALANCE, parse_balance, &"round_robin", diags);
     let hash = a.get(
         UPSTREAM_HASH_BY,
