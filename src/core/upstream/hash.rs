@@ -43,14 +43,20 @@ pub fn rendezvous_where(
     endpoints: &[SocketAddr],
     keep: impl Fn(&SocketAddr) -> bool,
 ) -> Option<usize> {
-    endpoints
-        .iter()
-        .enumerate()
-        .filter(|(_, ep)| keep(ep))
-        .max_by(|(_, a), (_, b)| {
-            let sa = mix(key ^ endpoint_hash(a));
-            let sb = mix(key ^ endpoint_hash(b));
-            sa.cmp(&sb).then_with(|| b.cmp(a))
-        })
-        .map(|(i, _)| i)
+    // One score per endpoint (not one per comparison).
+    let mut best: Option<(u64, usize)> = None;
+    for (i, ep) in endpoints.iter().enumerate() {
+        if !keep(ep) {
+            continue;
+        }
+        let score = mix(key ^ endpoint_hash(ep));
+        let wins = match best {
+            None => true,
+            Some((s, b)) => score > s || score == s && *ep < endpoints[b],
+        };
+        if wins {
+            best = Some((score, i));
+        }
+    }
+    best.map(|(_, i)| i)
 }

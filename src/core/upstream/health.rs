@@ -59,6 +59,9 @@ struct Health {
 pub struct Outliers {
     config: OutlierConfig,
     records: HashMap<SocketAddr, Health>,
+    /// The endpoints ejected now (or until recently), with the end of their ejection: a
+    /// short list, so that a pick checks it without hashing.
+    ejected: Vec<(SocketAddr, Instant)>,
     /// The latest end of any ejection: while `now` is past it, nothing is ejected and picks
     /// skip every check.
     latest: Option<Instant>,
@@ -69,6 +72,7 @@ impl Outliers {
         Outliers {
             config,
             records: HashMap::new(),
+            ejected: Vec::new(),
             latest: None,
         }
     }
@@ -119,6 +123,8 @@ impl Outliers {
         let until = now + length;
         h.until = Some(until);
         self.latest = Some(self.latest.map_or(until, |l| l.max(until)));
+        self.ejected.retain(|(e, end)| *e != ep && now < *end);
+        self.ejected.push((ep, until));
         true
     }
 
@@ -126,10 +132,9 @@ impl Outliers {
     pub fn is_ejected(&self, ep: &SocketAddr, now: Instant) -> bool {
         self.active(now)
             && self
-                .records
-                .get(ep)
-                .and_then(|h| h.until)
-                .is_some_and(|until| now < until)
+                .ejected
+                .iter()
+                .any(|(e, until)| e == ep && now < *until)
     }
 
     /// Whether any endpoint may be ejected at `now` (cheap; false for a healthy worker).
@@ -143,9 +148,10 @@ impl Outliers {
         if !self.active(now) || endpoints.len() < 2 {
             return false;
         }
-        let ejected = endpoints
+        let ejected = self
+            .ejected
             .iter()
-            .filter(|ep| self.is_ejected(ep, now))
+            .filter(|(e, until)| now < *until && endpoints.contains(e))
             .count();
         let allowed = (endpoints.len() * usize::from(self.config.max_ejected_percent) / 100)
             .clamp(1, endpoints.len() - 1);
@@ -155,6 +161,7 @@ impl Outliers {
     /// Forgets endpoints `keep` says are gone (snapshot swap).
     pub fn retain(&mut self, keep: impl Fn(&SocketAddr) -> bool) {
         self.records.retain(|ep, _| keep(ep));
+        self.ejected.retain(|(ep, _)| keep(ep));
     }
 
     /// How many endpoints have a record (tests).
