@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 use crate::core::host::{MAX_HOST, normalize_host};
 
+pub mod affinity;
 pub mod key;
+pub mod next_upstream;
 mod policy;
 pub use policy::{Balance, RoutePolicy};
 

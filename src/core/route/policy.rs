@@ -5,10 +5,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::affinity::Affinity;
 use super::key::HashKey;
+use super::next_upstream::NextUpstream;
 use crate::core::http1::upgrade::Upgrades;
-use crate::core::upstream::affinity::Affinity;
-use crate::core::upstream::retry::NextUpstream;
 
 /// What one Ingress's annotations say about the routes it adds. Every field is `None` when
 /// the annotation is absent (or did not parse): the listener's setting applies.
