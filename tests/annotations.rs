@@ -499,3 +499,32 @@ fn backend_protocols_other_than_http_are_refused_with_a_reason() {
         assert_eq!(policy(&c.snapshot, &format!("p{i}.example")), None);
     }
 }
+
+#[test]
+fn hash_subset_annotations_compile_into_the_route() {
+    use sluice::core::upstream::Balance;
+    use sluice::core::upstream::hash::HashKey;
+    let c = compile_docs(&[
+        ingress(
+            "subset",
+            "subset.example",
+            r#"nginx.ingress.kubernetes.io/upstream-hash-by: "$remote_addr", nginx.ingress.kubernetes.io/upstream-hash-by-subset: "true", nginx.ingress.kubernetes.io/upstream-hash-by-subset-size: "5""#,
+        ),
+        ingress(
+            "default-size",
+            "default.example",
+            r#"nginx.ingress.kubernetes.io/upstream-hash-by: "$remote_addr", nginx.ingress.kubernetes.io/upstream-hash-by-subset: "true", nginx.ingress.kubernetes.io/upstream-hash-by-subset-size: "0""#,
+        ),
+    ]);
+    let key = HashKey::parse("$remote_addr").unwrap();
+    let balance = |host: &str| policy(&c.snapshot, host).and_then(|p| p.balance);
+    assert_eq!(
+        balance("subset.example"),
+        Some(Balance::HashSubset(key.clone(), 5))
+    );
+    assert_eq!(
+        balance("default.example"),
+        Some(Balance::HashSubset(key, 3))
+    );
+    assert_eq!(diagnostic_for(&c, "Ingress default/default-size").len(), 1);
+}

@@ -248,3 +248,38 @@ fn upstream_vhost_replaces_the_host_sent_upstream() {
     // A value Sluice cannot honour is reported and the client's Host is sent.
     assert_eq!(get(&s, "bad.test", "/", ""), "bad.test|bad.test");
 }
+
+#[test]
+fn a_hash_subset_keeps_a_key_within_one_group_of_pods_on_every_replica() {
+    let pods = Pods::start(6);
+    let yaml = pods.manifests(&ingress(
+        "subset",
+        "subset.test",
+        "nginx.ingress.kubernetes.io/upstream-hash-by: \"$http_x_user\", \
+         nginx.ingress.kubernetes.io/upstream-hash-by-subset: \"true\", \
+         nginx.ingress.kubernetes.io/upstream-hash-by-subset-size: \"3\"",
+    ));
+    let a = sluice("subset-a", &yaml, 2);
+    let b = sluice("subset-b", &yaml, 1);
+    let mut spread = false;
+    let mut groups = std::collections::BTreeSet::new();
+    for user in 0..8 {
+        let header = format!("X-User: user-{user}\r\n");
+        let seen: std::collections::BTreeSet<usize> = (0..12)
+            .map(|i| {
+                let s = if i % 2 == 0 { &a } else { &b };
+                let body = get(s, "subset.test", "/", &header);
+                body.strip_prefix("pod-").unwrap().parse().unwrap()
+            })
+            .collect();
+        // The endpoints sorted (127.0.0.1..6) in groups of three: {1,2,3} and {4,5,6}.
+        let low = seen.iter().all(|p| *p <= 3);
+        let high = seen.iter().all(|p| *p >= 4);
+        assert!(low || high, "user {user}: {seen:?}");
+        groups.insert(low);
+        spread |= seen.len() >= 2;
+    }
+    // Within its group a key is spread; keys use both groups.
+    assert!(spread);
+    assert_eq!(groups.len(), 2, "8 keys all in one group");
+}

@@ -39,6 +39,8 @@ pub const PROXY_BODY_SIZE: &str = "proxy-body-size";
 /// Balancing: `round_robin`, `least_request`, `ewma`; a hash key wins over it.
 pub const LOAD_BALANCE: &str = "load-balance";
 pub const UPSTREAM_HASH_BY: &str = "upstream-hash-by";
+pub const UPSTREAM_HASH_BY_SUBSET: &str = "upstream-hash-by-subset";
+pub const UPSTREAM_HASH_BY_SUBSET_SIZE: &str = "upstream-hash-by-subset-size";
 /// Retries to another endpoint: the failures retried, the attempts in all, the time limit.
 pub const PROXY_NEXT_UPSTREAM: &str = "proxy-next-upstream";
 pub const PROXY_NEXT_UPSTREAM_TRIES: &str = "proxy-next-upstream-tries";
@@ -210,6 +212,15 @@ pub fn parse_balance(value: &str) -> Result<Balance, String> {
     }
 }
 
+/// `upstream-hash-by-subset-size`: endpoints per subset (ingress-nginx's default: 3).
+pub fn parse_subset_size(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| format!("expected a subset size from 1 to 1000, got {value:?}"))
+}
+
 /// `proxy-next-upstream-tries`: attempts in all, the first included; `0`: no limit.
 pub fn parse_tries(value: &str) -> Result<u32, String> {
     value
@@ -369,8 +380,19 @@ pub fn route_policy(
         &"no hashing (load-balance)",
         diags,
     );
+    let subset = hash.is_some() && a.bool(UPSTREAM_HASH_BY_SUBSET, false, diags);
+    let subset_size = match subset {
+        true => a
+            .get(UPSTREAM_HASH_BY_SUBSET_SIZE, parse_subset_size, &"3", diags)
+            .unwrap_or(3),
+        false => 3,
+    };
+    let hash = hash.map(|key| match subset {
+        true => Balance::HashSubset(key, subset_size),
+        false => Balance::Hash(key),
+    });
     let policy = RoutePolicy {
-        balance: hash.map(Balance::Hash).or(balance),
+        balance: hash.or(balance),
         next_upstream: next_upstream(&a, diags),
         affinity: affinity(&a, diags),
         upstream_vhost: a.get(UPSTREAM_VHOST, vhost::parse, &"the client's Host", diags),

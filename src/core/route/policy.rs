@@ -102,6 +102,9 @@ pub enum Balance {
     Ewma,
     /// Rendezvous hashing of the key: the same endpoint on every worker and replica.
     Hash(HashKey),
+    /// `upstream-hash-by-subset`: the key picks a subset of this many endpoints (the same on
+    /// every worker and replica), then a random endpoint of it.
+    HashSubset(HashKey, u32),
 }
 
 impl std::fmt::Display for Balance {
@@ -111,6 +114,7 @@ impl std::fmt::Display for Balance {
             Balance::LeastRequest => f.write_str("least_request"),
             Balance::Ewma => f.write_str("ewma"),
             Balance::Hash(key) => write!(f, "hash({key})"),
+            Balance::HashSubset(key, size) => write!(f, "hash-subset({key},{size})"),
         }
     }
 }

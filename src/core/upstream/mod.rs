@@ -17,7 +17,7 @@ use crate::core::snapshot::Snapshot;
 use crate::core::time::Instant;
 
 use balance::{EndpointStats, Rng};
-use hash::{KeySource, rendezvous_where};
+use hash::{KeySource, rendezvous_where, subset};
 use health::{OutlierConfig, Outliers};
 
 /// Round-robin over each backend's endpoints, one cursor per backend.
@@ -93,6 +93,17 @@ impl Picker {
             Balance::LeastRequest => self.stats.least_request(endpoints, rng),
             Balance::Ewma => self.stats.ewma(endpoints, rng, now),
             Balance::Hash(key) => rendezvous_where(key.hash(req), endpoints, usable),
+            Balance::HashSubset(key, size) => {
+                // A random endpoint of the key's group; an ejected one gives way to the
+                // next usable one of the group.
+                subset(key.hash(req), endpoints, *size as usize).and_then(|group| {
+                    let n = group.len();
+                    let first = rng.below(n);
+                    (0..n)
+                        .map(|k| group.start + (first + k) % n)
+                        .find(|i| usable(&endpoints[*i]))
+                })
+            }
         };
         match i {
             Some(i) if usable(&endpoints[i]) => Some(endpoints[i]),
