@@ -17,6 +17,7 @@ use crate::control::watch::{KubeOptions, parse_namespaced_name};
 use crate::core::conn::{ConnConfig, Scheme, Timeouts};
 use crate::core::http1::{Limits, MAX_HEADERS_CAP, Upgrades};
 use crate::core::tls::TlsSettings;
+use crate::core::upstream::health::OutlierConfig;
 use crate::engine::userspace::{DeviceKind, PollMode, UserspaceConfig, parse_cidr, parse_mac};
 use crate::engine::{EngineConfig, HttpsConfig};
 
@@ -73,6 +74,8 @@ struct Raw {
     buffers: RawBuffers,
     #[serde(default)]
     upstream: RawUpstream,
+    #[serde(default)]
+    outlier: RawOutlier,
     #[serde(default)]
     sources: RawSources,
     #[serde(default)]
@@ -241,6 +244,17 @@ struct RawUpstream {
     idle_timeout: Option<Spanned<String>>,
 }
 
+/// The `[outlier]` section: passive health (outlier ejection) of pod endpoints, per worker.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    enabled: Option<Spanned<bool>>,
+    consecutive_failures: Option<Spanned<u32>>,
+    base_ejection: Option<Spanned<String>>,
+    max_ejection: Option<Spanned<String>>,
+    max_ejected_percent: Option<Spanned<u8>>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSources {
@@ -312,6 +326,8 @@ pub struct Config {
     pub buffer_size: usize,
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
+    /// `[outlier]`: passive health of pod endpoints.
+    pub outlier: OutlierConfig,
     pub manifests: Option<PathBuf>,
     pub compile: CompileOptions,
     pub tls: TlsConfig,
@@ -343,6 +359,7 @@ impl Default for Config {
             buffer_size: 32 * 1024,
             upstream_max_idle: 64,
             upstream_idle_timeout: Duration::from_secs(60),
+            outlier: OutlierConfig::default(),
             manifests: None,
             compile: CompileOptions::default(),
             tls: TlsConfig::default(),
@@ -699,6 +716,46 @@ impl Config {
             "upstream.idle_timeout",
             d.upstream_idle_timeout,
         )?;
+        let o = &raw.outlier;
+        let od = &d.outlier;
+        c.outlier = OutlierConfig {
+            enabled: o.enabled.as_ref().map_or(od.enabled, |v| *v.get_ref()),
+            consecutive_failures: match &o.consecutive_failures {
+                None => od.consecutive_failures,
+                Some(v) if *v.get_ref() == 0 => {
+                    return Err(ctx.at(
+                        v.span().start,
+                        "outlier.consecutive_failures",
+                        "must be at least 1 (use enabled = false to turn ejection off)",
+                    ));
+                }
+                Some(v) => *v.get_ref(),
+            },
+            base_ejection: ctx.duration(
+                &o.base_ejection,
+                "outlier.base_ejection",
+                od.base_ejection,
+            )?,
+            max_ejection: ctx.duration(&o.max_ejection, "outlier.max_ejection", od.max_ejection)?,
+            max_ejected_percent: match &o.max_ejected_percent {
+                None => od.max_ejected_percent,
+                Some(v) if *v.get_ref() > 100 => {
+                    return Err(ctx.at(
+                        v.span().start,
+                        "outlier.max_ejected_percent",
+                        format!("must be between 0 and 100 (got {})", v.get_ref()),
+                    ));
+                }
+                Some(v) => *v.get_ref(),
+            },
+        };
+        if c.outlier.max_ejection < c.outlier.base_ejection {
+            return Err(ctx.at(
+                0,
+                "outlier.max_ejection",
+                "must not be shorter than outlier.base_ejection",
+            ));
+        }
         let s = &raw.sources;
         c.manifests = s.manifests.as_ref().map(|m| PathBuf::from(m.get_ref()));
         if let Some(v) = &s.ingress_class {
@@ -765,6 +822,7 @@ impl Config {
             upgrades: self.upgrades.clone(),
             request_id_seed: Some(random_seed()),
             record_requests: self.log.access,
+            outlier: self.outlier,
         }
     }
 

@@ -367,3 +367,173 @@ fn balancing_and_hash_keys_compile_into_the_route() {
     assert!(bad.iter().any(|d| d.message.contains("got \"random\"")));
     assert_eq!(c.diagnostics.len(), 2, "{:#?}", c.diagnostics);
 }
+
+#[test]
+fn retry_annotations_compile_into_the_route() {
+    use sluice::core::upstream::retry::{Conditions, Failure, NextUpstream};
+    let c = compile_docs(&[
+        ingress(
+            "list",
+            "list.example",
+            r#"nginx.ingress.kubernetes.io/proxy-next-upstream: "error http_502 non_idempotent", nginx.ingress.kubernetes.io/proxy-next-upstream-tries: "5", nginx.ingress.kubernetes.io/proxy-next-upstream-timeout: "10""#,
+        ),
+        // One key alone keeps the other two at ingress-nginx's defaults.
+        ingress(
+            "tries",
+            "tries.example",
+            r#"nginx.ingress.kubernetes.io/proxy-next-upstream-tries: "0""#,
+        ),
+        ingress(
+            "off",
+            "off.example",
+            r#"sluice.dev/proxy-next-upstream: "off", nginx.ingress.kubernetes.io/proxy-next-upstream: "error""#,
+        ),
+        ingress(
+            "bad",
+            "bad.example",
+            r#"nginx.ingress.kubernetes.io/proxy-next-upstream: "error http_418", nginx.ingress.kubernetes.io/proxy-next-upstream-tries: "-1", nginx.ingress.kubernetes.io/proxy-next-upstream-timeout: "soon""#,
+        ),
+    ]);
+    let retry = |host: &str| policy(&c.snapshot, host).and_then(|p| p.next_upstream);
+    let list = retry("list.example").unwrap();
+    assert!(list.conditions.covers(Failure::Status(502)));
+    assert!(list.conditions.non_idempotent());
+    assert!(!list.conditions.covers(Failure::Timeout));
+    assert_eq!(list.tries, 5);
+    assert_eq!(list.timeout, Some(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        retry("tries.example"),
+        Some(NextUpstream {
+            tries: 0,
+            ..NextUpstream::DEFAULT
+        })
+    );
+    assert_eq!(retry("off.example").unwrap().conditions, Conditions::OFF);
+    assert_eq!(retry("bad.example"), None);
+    let dump = c.snapshot.to_string();
+    assert!(
+        dump.contains("[next-upstream=error,http_502,non_idempotent/tries=5/timeout=10s]"),
+        "{dump}"
+    );
+    let bad = diagnostic_for(&c, "Ingress default/bad");
+    assert_eq!(bad.len(), 3, "{bad:#?}");
+    assert!(bad.iter().any(|d| d.message.contains("\"http_418\"")));
+    assert_eq!(c.diagnostics.len(), 3, "{:#?}", c.diagnostics);
+}
+
+#[test]
+fn affinity_annotations_compile_into_the_route() {
+    use sluice::core::upstream::affinity::{Mode, SameSite};
+    let c = compile_docs(&[
+        ingress(
+            "sticky",
+            "sticky.example",
+            r#"nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/affinity-mode: persistent, nginx.ingress.kubernetes.io/session-cookie-name: SERVERID, nginx.ingress.kubernetes.io/session-cookie-max-age: "60", nginx.ingress.kubernetes.io/session-cookie-samesite: Lax, nginx.ingress.kubernetes.io/session-cookie-change-on-failure: "true""#,
+        ),
+        // Cookie attributes without `affinity: cookie` mean nothing.
+        ingress(
+            "none",
+            "none.example",
+            r#"nginx.ingress.kubernetes.io/session-cookie-name: SERVERID"#,
+        ),
+        ingress(
+            "bad",
+            "bad.example",
+            r#"nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/session-cookie-name: "a b", nginx.ingress.kubernetes.io/session-cookie-path: "/x; Domain=evil", nginx.ingress.kubernetes.io/session-cookie-samesite: Sometimes, nginx.ingress.kubernetes.io/affinity-mode: sticky"#,
+        ),
+        ingress(
+            "wrong",
+            "wrong.example",
+            r#"nginx.ingress.kubernetes.io/affinity: ip"#,
+        ),
+    ]);
+    let aff = |host: &str| policy(&c.snapshot, host).and_then(|p| p.affinity);
+    let a = aff("sticky.example").unwrap();
+    assert_eq!(a.mode, Mode::Persistent);
+    assert_eq!(&*a.name, "SERVERID");
+    assert_eq!(a.max_age, Some(60));
+    assert_eq!(a.samesite, Some(SameSite::Lax));
+    assert!(a.change_on_failure && !a.secure);
+    assert_eq!(aff("none.example"), None);
+    // Each bad attribute keeps its default; affinity itself stays on.
+    let b = aff("bad.example").unwrap();
+    assert_eq!(&*b.name, "INGRESSCOOKIE");
+    assert_eq!((b.path, b.samesite, b.mode), (None, None, Mode::Balanced));
+    assert_eq!(aff("wrong.example"), None);
+    assert_eq!(diagnostic_for(&c, "Ingress default/bad").len(), 4);
+    assert_eq!(diagnostic_for(&c, "Ingress default/wrong").len(), 1);
+    let dump = c.snapshot.to_string();
+    assert!(
+        dump.contains("affinity=cookie(SERVERID,persistent)"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn backend_protocols_other_than_http_are_refused_with_a_reason() {
+    let mut docs = vec![ingress(
+        "http",
+        "http.example",
+        r#"nginx.ingress.kubernetes.io/backend-protocol: HTTP"#,
+    )];
+    for (i, proto) in ["HTTPS", "GRPC", "GRPCS", "H2C", "AJP", "FCGI", "SPDY"]
+        .iter()
+        .enumerate()
+    {
+        docs.push(ingress(
+            &format!("p{i}"),
+            &format!("p{i}.example"),
+            &format!("nginx.ingress.kubernetes.io/backend-protocol: {proto}"),
+        ));
+    }
+    let c = compile_docs(&docs);
+    assert!(diagnostic_for(&c, "Ingress default/http").is_empty());
+    for (i, why) in [
+        "HTTPS to pods",
+        "need HTTP/2",
+        "need HTTP/2",
+        "need HTTP/2",
+        "AJP and FastCGI",
+        "AJP and FastCGI",
+        "expected HTTP, HTTPS",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let d = diagnostic_for(&c, &format!("Ingress default/p{i}"));
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert!(d[0].message.contains(why), "{}", d[0].message);
+        assert!(d[0].message.ends_with("; using HTTP"), "{}", d[0].message);
+        // Still served (over HTTP/1.1).
+        assert_eq!(policy(&c.snapshot, &format!("p{i}.example")), None);
+    }
+}
+
+#[test]
+fn hash_subset_annotations_compile_into_the_route() {
+    use sluice::core::upstream::Balance;
+    use sluice::core::upstream::hash::HashKey;
+    let c = compile_docs(&[
+        ingress(
+            "subset",
+            "subset.example",
+            r#"nginx.ingress.kubernetes.io/upstream-hash-by: "$remote_addr", nginx.ingress.kubernetes.io/upstream-hash-by-subset: "true", nginx.ingress.kubernetes.io/upstream-hash-by-subset-size: "5""#,
+        ),
+        ingress(
+            "default-size",
+            "default.example",
+            r#"nginx.ingress.kubernetes.io/upstream-hash-by: "$remote_addr", nginx.ingress.kubernetes.io/upstream-hash-by-subset: "true", nginx.ingress.kubernetes.io/upstream-hash-by-subset-size: "0""#,
+        ),
+    ]);
+    let key = HashKey::parse("$remote_addr").unwrap();
+    let balance = |host: &str| policy(&c.snapshot, host).and_then(|p| p.balance);
+    assert_eq!(
+        balance("subset.example"),
+        Some(Balance::HashSubset(key.clone(), 5))
+    );
+    assert_eq!(
+        balance("default.example"),
+        Some(Balance::HashSubset(key, 3))
+    );
+    assert_eq!(diagnostic_for(&c, "Ingress default/default-size").len(), 1);
+}

@@ -189,3 +189,97 @@ fn least_request_keeps_new_requests_off_a_busy_pod() {
     }
     drop(hanging);
 }
+
+#[test]
+fn upstream_vhost_replaces_the_host_sent_upstream() {
+    // One pod that answers with the Host and X-Forwarded-Host it received.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let field = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .unwrap_or("-")
+                        .trim()
+                        .to_string()
+                };
+                let body = format!("{}|{}", field("Host:"), field("X-Forwarded-Host:"));
+                let _ = stream.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            });
+        }
+    });
+    let yaml = format!(
+        "{}---\n{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
+         addressType: IPv4\nports: [{{port: {port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+        ingress(
+            "vhost",
+            "vhost.test",
+            "nginx.ingress.kubernetes.io/upstream-vhost: upstreamvhost.bar.com"
+        ),
+        ingress(
+            "bad",
+            "bad.test",
+            "nginx.ingress.kubernetes.io/upstream-vhost: \"$host\""
+        ),
+    );
+    let s = sluice("vhost", &yaml, 1);
+    assert_eq!(
+        get(&s, "vhost.test", "/", ""),
+        "upstreamvhost.bar.com|vhost.test"
+    );
+    // A value Sluice cannot honour is reported and the client's Host is sent.
+    assert_eq!(get(&s, "bad.test", "/", ""), "bad.test|bad.test");
+}
+
+#[test]
+fn a_hash_subset_keeps_a_key_within_one_group_of_pods_on_every_replica() {
+    let pods = Pods::start(6);
+    let yaml = pods.manifests(&ingress(
+        "subset",
+        "subset.test",
+        "nginx.ingress.kubernetes.io/upstream-hash-by: \"$http_x_user\", \
+         nginx.ingress.kubernetes.io/upstream-hash-by-subset: \"true\", \
+         nginx.ingress.kubernetes.io/upstream-hash-by-subset-size: \"3\"",
+    ));
+    let a = sluice("subset-a", &yaml, 2);
+    let b = sluice("subset-b", &yaml, 1);
+    let mut spread = false;
+    let mut groups = std::collections::BTreeSet::new();
+    for user in 0..8 {
+        let header = format!("X-User: user-{user}\r\n");
+        let seen: std::collections::BTreeSet<usize> = (0..12)
+            .map(|i| {
+                let s = if i % 2 == 0 { &a } else { &b };
+                let body = get(s, "subset.test", "/", &header);
+                body.strip_prefix("pod-").unwrap().parse().unwrap()
+            })
+            .collect();
+        // The endpoints sorted (127.0.0.1..6) in groups of three: {1,2,3} and {4,5,6}.
+        let low = seen.iter().all(|p| *p <= 3);
+        let high = seen.iter().all(|p| *p >= 4);
+        assert!(low || high, "user {user}: {seen:?}");
+        groups.insert(low);
+        spread |= seen.len() >= 2;
+    }
+    // Within its group a key is spread; keys use both groups.
+    assert!(spread);
+    assert_eq!(groups.len(), 2, "8 keys all in one group");
+}

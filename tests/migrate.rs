@@ -199,23 +199,23 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
     ),
     (
         "shop/sticky",
-        true,
+        false,
         &[
-            ("affinity", "not-yet"),
-            ("session-cookie-max-age", "not-yet"),
-            ("session-cookie-name", "not-yet"),
-            ("session-cookie-samesite", "not-yet"),
+            ("affinity", "supported"),
+            ("session-cookie-max-age", "supported"),
+            ("session-cookie-name", "supported"),
+            ("session-cookie-samesite", "supported"),
         ],
     ),
     (
         "shop/retries",
-        true,
+        false,
         &[
-            ("proxy-next-upstream", "not-yet"),
-            ("proxy-next-upstream-tries", "not-yet"),
+            ("proxy-next-upstream", "differs"),
+            ("proxy-next-upstream-tries", "supported"),
         ],
     ),
-    ("shop/vhost", true, &[("upstream-vhost", "not-yet")]),
+    ("shop/vhost", false, &[("upstream-vhost", "differs")]),
     (
         "shop/rate-limited",
         true,
@@ -233,12 +233,12 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
             ("limit-rate", "supported"),
         ],
     ),
-    ("shop/grpc", true, &[("backend-protocol", "not-yet")]),
+    ("shop/grpc", true, &[("backend-protocol", "differs")]),
     (
         "shop/https-backend",
         true,
         &[
-            ("backend-protocol", "not-yet"),
+            ("backend-protocol", "differs"),
             ("proxy-ssl-verify", "supported"),
         ],
     ),
@@ -412,7 +412,7 @@ fn text_report_names_each_ingress_its_routes_fates_and_the_summary() {
         "Ingress shop/storefront: same behaviour\n  serves:\n    shop.example.com / Prefix -> shop/web:80 (1 endpoints)\n",
         "Ingress shop/config-snippet: CHANGES BEHAVIOUR\n",
         "    refused   nginx.ingress.kubernetes.io/configuration-snippet = \"more_set_headers \\\"X-Frame-Options: DENY\\\";…\": nginx configuration text",
-        "    not-yet   nginx.ingress.kubernetes.io/affinity = \"cookie\": cookie session affinity\n",
+        "    not-yet   nginx.ingress.kubernetes.io/canary-weight = \"20\": canary routing\n",
         "    unknown   nginx.ingress.kubernetes.io/proxy-read-timout = \"60\": no such annotation (misspelt?)\n",
         "    differs   nginx.ingress.kubernetes.io/upstream-hash-by = \"$request_uri\"",
         "  changes behaviour: shop/waf\n",
@@ -560,7 +560,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// An Ingress Sluice serves with `configuration-snippet` (refused) and `affinity` (documented
+/// An Ingress Sluice serves with `configuration-snippet` (refused) and `mirror-target` (documented
 /// by ingress-nginx, not supported yet): both are logged with their fate, once, counted in
 /// `/metrics`, and the Ingress is still served; `sluice check` lists them too.
 #[test]
@@ -596,7 +596,7 @@ metadata:
   annotations:
     nginx.ingress.kubernetes.io/configuration-snippet: |
       more_set_headers \"X-Served-By: nginx\";
-    nginx.ingress.kubernetes.io/affinity: cookie
+    nginx.ingress.kubernetes.io/mirror-target: http://mirror.shop.svc
     nginx.ingress.kubernetes.io/proxy-read-timeout: \"30\"
 spec:
   ingressClassName: sluice
@@ -610,7 +610,7 @@ spec:
     )
     .unwrap();
     let snippet = "metadata.annotations[nginx.ingress.kubernetes.io/configuration-snippet]: refused for safety: nginx configuration text";
-    let affinity = "metadata.annotations[nginx.ingress.kubernetes.io/affinity]: not supported yet: cookie session affinity; the Ingress is served without it";
+    let mirror = "metadata.annotations[nginx.ingress.kubernetes.io/mirror-target]: not supported yet: request mirroring; the Ingress is served without it";
 
     // sluice check: the routes, and both annotations reported (so it exits non-zero).
     let check = Command::new(BIN)
@@ -625,7 +625,7 @@ spec:
         "{stdout}"
     );
     assert!(stderr.contains(snippet), "{stderr}");
-    assert!(stderr.contains(affinity), "{stderr}");
+    assert!(stderr.contains(mirror), "{stderr}");
     assert!(!check.status.success());
 
     // sluice run: served, logged once, counted.
@@ -685,7 +685,7 @@ spec:
     log.extend(lines.map_while(Result::ok));
     let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
     assert_eq!(count(snippet), 1, "{log:#?}");
-    assert_eq!(count(affinity), 1, "{log:#?}");
+    assert_eq!(count(mirror), 1, "{log:#?}");
 }
 
 /// Against the real API server: a few of the fixture's Ingresses (in a fresh namespace, with

@@ -17,7 +17,10 @@ use super::compile::Diagnostic;
 use crate::core::http1::Upgrades;
 use crate::core::route::RoutePolicy;
 use crate::core::upstream::Balance;
+use crate::core::upstream::affinity::{self, Affinity};
 use crate::core::upstream::hash::HashKey;
+use crate::core::upstream::retry::{Conditions, NextUpstream};
+use crate::core::upstream::vhost;
 
 /// Our own prefix; wins over ingress-nginx's.
 pub const OURS: &str = "sluice.dev/";
@@ -36,6 +39,29 @@ pub const PROXY_BODY_SIZE: &str = "proxy-body-size";
 /// Balancing: `round_robin`, `least_request`, `ewma`; a hash key wins over it.
 pub const LOAD_BALANCE: &str = "load-balance";
 pub const UPSTREAM_HASH_BY: &str = "upstream-hash-by";
+pub const UPSTREAM_HASH_BY_SUBSET: &str = "upstream-hash-by-subset";
+pub const UPSTREAM_HASH_BY_SUBSET_SIZE: &str = "upstream-hash-by-subset-size";
+/// Retries to another endpoint: the failures retried, the attempts in all, the time limit.
+pub const PROXY_NEXT_UPSTREAM: &str = "proxy-next-upstream";
+pub const PROXY_NEXT_UPSTREAM_TRIES: &str = "proxy-next-upstream-tries";
+pub const PROXY_NEXT_UPSTREAM_TIMEOUT: &str = "proxy-next-upstream-timeout";
+/// Cookie session affinity and its cookie's attributes.
+pub const AFFINITY: &str = "affinity";
+pub const AFFINITY_MODE: &str = "affinity-mode";
+pub const SESSION_COOKIE_NAME: &str = "session-cookie-name";
+pub const SESSION_COOKIE_PATH: &str = "session-cookie-path";
+pub const SESSION_COOKIE_DOMAIN: &str = "session-cookie-domain";
+pub const SESSION_COOKIE_MAX_AGE: &str = "session-cookie-max-age";
+pub const SESSION_COOKIE_EXPIRES: &str = "session-cookie-expires";
+pub const SESSION_COOKIE_SAMESITE: &str = "session-cookie-samesite";
+pub const SESSION_COOKIE_SECURE: &str = "session-cookie-secure";
+pub const SESSION_COOKIE_CONDITIONAL_SAMESITE_NONE: &str =
+    "session-cookie-conditional-samesite-none";
+pub const SESSION_COOKIE_CHANGE_ON_FAILURE: &str = "session-cookie-change-on-failure";
+/// The `Host` field sent upstream.
+pub const UPSTREAM_VHOST: &str = "upstream-vhost";
+/// The protocol spoken to the pods: only `HTTP` (HTTP/1.1) so far.
+pub const BACKEND_PROTOCOL: &str = "backend-protocol";
 
 /// The annotations of one Ingress, with the object name its diagnostics carry.
 pub struct Annotations<'a> {
@@ -186,6 +212,147 @@ pub fn parse_balance(value: &str) -> Result<Balance, String> {
     }
 }
 
+/// `upstream-hash-by-subset-size`: endpoints per subset (ingress-nginx's default: 3).
+pub fn parse_subset_size(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| format!("expected a subset size from 1 to 1000, got {value:?}"))
+}
+
+/// `proxy-next-upstream-tries`: attempts in all, the first included; `0`: no limit.
+pub fn parse_tries(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 100)
+        .ok_or_else(|| {
+            format!("expected a number of attempts (0: no limit, at most 100), got {value:?}")
+        })
+}
+
+/// `proxy-next-upstream-timeout`: as [`parse_timeout`], but `0` means no limit (`None`).
+pub fn parse_retry_timeout(value: &str) -> Result<Option<Duration>, String> {
+    if value == "0" {
+        return Ok(None);
+    }
+    parse_timeout(value).map(Some)
+}
+
+/// The retry annotations together, `None` when none is set (or none parsed): each one that
+/// is absent or invalid keeps ingress-nginx's default.
+fn next_upstream(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<NextUpstream> {
+    let conditions = a.get(
+        PROXY_NEXT_UPSTREAM,
+        Conditions::parse,
+        &"error timeout",
+        diags,
+    );
+    let tries = a.get(PROXY_NEXT_UPSTREAM_TRIES, parse_tries, &"3", diags);
+    let timeout = a.get(
+        PROXY_NEXT_UPSTREAM_TIMEOUT,
+        parse_retry_timeout,
+        &"0 (no limit)",
+        diags,
+    );
+    if conditions.is_none() && tries.is_none() && timeout.is_none() {
+        return None;
+    }
+    let d = NextUpstream::DEFAULT;
+    Some(NextUpstream {
+        conditions: conditions.unwrap_or(d.conditions),
+        tries: tries.unwrap_or(d.tries),
+        timeout: timeout.unwrap_or(d.timeout),
+    })
+}
+
+/// `backend-protocol`: `HTTP` is what Sluice speaks to pods; every other ingress-nginx value
+/// is refused with the reason (the route is then served over HTTP/1.1, and reported).
+pub fn parse_backend_protocol(value: &str) -> Result<(), String> {
+    let why = match value.to_ascii_uppercase().as_str() {
+        "HTTP" => return Ok(()),
+        "HTTPS" => "HTTPS to pods (a TLS client towards the upstream) is not supported yet",
+        "GRPC" | "GRPCS" | "H2C" => {
+            "gRPC and HTTP/2 to pods need HTTP/2, which Sluice does not speak yet"
+        }
+        "AJP" | "FCGI" => "AJP and FastCGI are not supported",
+        _ => {
+            return Err(format!(
+                "expected HTTP, HTTPS, GRPC, GRPCS, H2C, AJP or FCGI, got {value:?}"
+            ));
+        }
+    };
+    Err(format!("{value:?}: {why}"))
+}
+
+/// `affinity`: only `cookie` exists.
+fn parse_affinity_kind(value: &str) -> Result<(), String> {
+    match value {
+        "cookie" => Ok(()),
+        other => Err(format!("expected cookie, got {other:?}")),
+    }
+}
+
+fn parse_affinity_mode(value: &str) -> Result<affinity::Mode, String> {
+    match value {
+        "balanced" => Ok(affinity::Mode::Balanced),
+        "persistent" => Ok(affinity::Mode::Persistent),
+        other => Err(format!("expected balanced or persistent, got {other:?}")),
+    }
+}
+
+/// Whole seconds (`session-cookie-max-age`, `-expires`).
+fn parse_seconds(value: &str) -> Result<u64, String> {
+    value
+        .parse::<u64>()
+        .map_err(|_| format!("expected whole seconds like \"172800\", got {value:?}"))
+}
+
+/// The affinity annotations together; `None` unless `affinity: cookie`. Each cookie
+/// attribute that is invalid keeps its default.
+fn affinity(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<Affinity> {
+    a.get(AFFINITY, parse_affinity_kind, &"no affinity", diags)?;
+    let d = Affinity::new();
+    let flag = |name: &str, diags: &mut Vec<Diagnostic>| a.bool(name, false, diags);
+    Some(Affinity {
+        mode: a
+            .get(AFFINITY_MODE, parse_affinity_mode, &"balanced", diags)
+            .unwrap_or(d.mode),
+        name: a
+            .get(
+                SESSION_COOKIE_NAME,
+                affinity::parse_name,
+                &Affinity::DEFAULT_NAME,
+                diags,
+            )
+            .unwrap_or(d.name),
+        path: a.get(
+            SESSION_COOKIE_PATH,
+            affinity::parse_attribute,
+            &"the rule's path",
+            diags,
+        ),
+        domain: a.get(
+            SESSION_COOKIE_DOMAIN,
+            affinity::parse_attribute,
+            &"no Domain",
+            diags,
+        ),
+        max_age: a.get(SESSION_COOKIE_MAX_AGE, parse_seconds, &"no Max-Age", diags),
+        expires: a.get(SESSION_COOKIE_EXPIRES, parse_seconds, &"no Expires", diags),
+        samesite: a.get(
+            SESSION_COOKIE_SAMESITE,
+            affinity::SameSite::parse,
+            &"no SameSite",
+            diags,
+        ),
+        secure: flag(SESSION_COOKIE_SECURE, diags),
+        conditional_samesite_none: flag(SESSION_COOKIE_CONDITIONAL_SAMESITE_NONE, diags),
+        change_on_failure: flag(SESSION_COOKIE_CHANGE_ON_FAILURE, diags),
+    })
+}
+
 /// A comma-separated list of upgrade protocol names (empty: none may be relayed).
 pub fn parse_upgrades(value: &str) -> Result<Upgrades, String> {
     let names: Vec<&str> = value
@@ -205,6 +372,8 @@ pub fn route_policy(
 ) -> Option<Arc<RoutePolicy>> {
     super::catalog::report_ignored(ing, object, diags);
     let a = Annotations::of(ing, object);
+    // Only HTTP is spoken to pods: another value is reported and the routes stay HTTP.
+    a.get(BACKEND_PROTOCOL, parse_backend_protocol, &"HTTP", diags);
     let balance = a.get(LOAD_BALANCE, parse_balance, &"round_robin", diags);
     let hash = a.get(
         UPSTREAM_HASH_BY,
@@ -212,8 +381,22 @@ pub fn route_policy(
         &"no hashing (load-balance)",
         diags,
     );
+    let subset = hash.is_some() && a.bool(UPSTREAM_HASH_BY_SUBSET, false, diags);
+    let subset_size = match subset {
+        true => a
+            .get(UPSTREAM_HASH_BY_SUBSET_SIZE, parse_subset_size, &"3", diags)
+            .unwrap_or(3),
+        false => 3,
+    };
+    let hash = hash.map(|key| match subset {
+        true => Balance::HashSubset(key, subset_size),
+        false => Balance::Hash(key),
+    });
     let policy = RoutePolicy {
-        balance: hash.map(Balance::Hash).or(balance),
+        balance: hash.or(balance),
+        next_upstream: next_upstream(&a, diags),
+        affinity: affinity(&a, diags),
+        upstream_vhost: a.get(UPSTREAM_VHOST, vhost::parse, &"the client's Host", diags),
         upgrades: a.get_ours(
             UPGRADE_PROTOCOLS,
             parse_upgrades,

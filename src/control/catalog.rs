@@ -129,7 +129,7 @@ pub const CATALOG: &[Entry] = &[
     e("auth-tls-pass-certificate-to-upstream", NotYet, &["false"], "client-certificate authentication"),
     e("auth-tls-match-cn", NotYet, &[], "client-certificate authentication"),
     // Backends
-    e("backend-protocol", NotYet, &["http"], "only HTTP/1.1 over plain TCP to upstreams (HTTPS, GRPC, GRPCS, AJP, FCGI are not)"),
+    e("backend-protocol", Differs, &["http"], "HTTP only: HTTPS, GRPC, GRPCS, H2C, AJP and FCGI are refused with a reason and the route is served over HTTP/1.1"),
     e("proxy-ssl-secret", NotYet, &[], "TLS to upstreams"),
     e("proxy-ssl-ciphers", NotYet, &[], "TLS to upstreams"),
     e("proxy-ssl-name", NotYet, &[], "TLS to upstreams"),
@@ -138,31 +138,31 @@ pub const CATALOG: &[Entry] = &[
     e("proxy-ssl-verify-depth", NotYet, &[], "TLS to upstreams"),
     e("proxy-ssl-server-name", NotYet, &["off"], "TLS to upstreams"),
     e("proxy-http-version", Differs, &["1.1"], "upstream requests are always HTTP/1.1"),
-    e("upstream-vhost", NotYet, &[], "Host header sent upstream"),
+    e("upstream-vhost", Differs, &[], "nginx variables ($host...) are not interpreted: a value with $ is refused"),
     e("service-upstream", NotYet, &["false"], "Sluice always balances over the EndpointSlice endpoints"),
     e("load-balance", Differs, &[], "round_robin, ewma (and least_request); attaches to the Ingress's routes, not to the Service backend"),
     e("upstream-hash-by", Differs, &[], "rendezvous hashing (not ketama): another pod than ingress-nginx's for the same key; a subset of nginx variables"),
-    e("upstream-hash-by-subset", NotYet, &["false"], "subset hashing"),
-    e("upstream-hash-by-subset-size", NotYet, &[], "subset hashing"),
+    e("upstream-hash-by-subset", Differs, &["false"], "subsets picked by rendezvous hashing, not ingress-nginx's ketama ring: the same key may land on other pods than ingress-nginx would pick"),
+    e("upstream-hash-by-subset-size", Supported, &[], "subset hashing"),
     e("default-backend", NotYet, &[], "per-Ingress default backend (spec.defaultBackend is supported)"),
     e("custom-http-errors", NotYet, &[], "intercepting upstream error statuses"),
     e("disable-proxy-intercept-errors", NotYet, &[], "intercepting upstream error statuses"),
     // Retries, affinity, canary
-    e("proxy-next-upstream", NotYet, &[], "retries (one silent retry of an idempotent request on a stale pooled connection only)"),
-    e("proxy-next-upstream-timeout", NotYet, &[], "retries"),
-    e("proxy-next-upstream-tries", NotYet, &[], "retries"),
-    e("affinity", NotYet, &[], "cookie session affinity"),
-    e("affinity-mode", NotYet, &[], "cookie session affinity"),
+    e("proxy-next-upstream", Differs, &[], "a request is kept for a retry up to buffers.size (32 KiB): a larger body is not retried (nginx buffers the whole body by default)"),
+    e("proxy-next-upstream-timeout", Supported, &[], "retries"),
+    e("proxy-next-upstream-tries", Supported, &[], "retries"),
+    e("affinity", Supported, &[], "cookie session affinity"),
+    e("affinity-mode", Differs, &[], "balanced behaves as persistent: adding pods never moves existing sessions"),
     e("affinity-canary-behavior", NotYet, &[], "cookie session affinity"),
-    e("session-cookie-name", NotYet, &[], "cookie session affinity"),
-    e("session-cookie-path", NotYet, &[], "cookie session affinity"),
-    e("session-cookie-domain", NotYet, &[], "cookie session affinity"),
-    e("session-cookie-max-age", NotYet, &[], "cookie session affinity"),
-    e("session-cookie-expires", NotYet, &[], "cookie session affinity"),
-    e("session-cookie-secure", NotYet, &[], "cookie session affinity"),
-    e("session-cookie-samesite", NotYet, &[], "cookie session affinity"),
-    e("session-cookie-conditional-samesite-none", NotYet, &[], "cookie session affinity"),
-    e("session-cookie-change-on-failure", NotYet, &[], "cookie session affinity"),
+    e("session-cookie-name", Supported, &[], "cookie session affinity"),
+    e("session-cookie-path", Supported, &[], "cookie session affinity"),
+    e("session-cookie-domain", Supported, &[], "cookie session affinity"),
+    e("session-cookie-max-age", Supported, &[], "cookie session affinity"),
+    e("session-cookie-expires", Supported, &[], "cookie session affinity"),
+    e("session-cookie-secure", Supported, &[], "cookie session affinity"),
+    e("session-cookie-samesite", Supported, &[], "cookie session affinity"),
+    e("session-cookie-conditional-samesite-none", Supported, &[], "cookie session affinity"),
+    e("session-cookie-change-on-failure", Supported, &[], "cookie session affinity"),
     e("canary", NotYet, &["false"], "canary Ingresses: a canary Ingress would be served as an ordinary one"),
     e("canary-by-header", NotYet, &[], "canary routing"),
     e("canary-by-header-value", NotYet, &[], "canary routing"),
@@ -511,9 +511,12 @@ mod tests {
 
     #[test]
     fn values_sluice_already_behaves_like_count_as_supported() {
+        let key = format!("{NGINX}service-upstream");
+        assert_eq!(judge(&key, "false").map(|j| j.fate), Some(Supported));
+        assert_eq!(judge(&key, "true").map(|j| j.fate), Some(NotYet));
+        // A value the reader itself refuses is its own report, not the catalog's.
         let key = format!("{NGINX}backend-protocol");
-        assert_eq!(judge(&key, "HTTP").map(|j| j.fate), Some(Supported));
-        assert_eq!(judge(&key, "GRPC").map(|j| j.fate), Some(NotYet));
+        assert_eq!(judge(&key, "GRPC").map(|j| j.fate), Some(Differs));
         let unknown = format!("{NGINX}no-such-thing");
         assert_eq!(judge(&unknown, "x").map(|j| j.fate), Some(Fate::Unknown));
         assert_eq!(judge("sluice.dev/upgrade-protocols", "websocket"), None);

@@ -33,9 +33,13 @@ use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::request_id;
 use crate::core::route::request_policy::{RequestView, Verdict};
-use crate::core::route::{RouteDecision, RoutePolicy, Router};
+use crate::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
+use crate::core::upstream::affinity;
 use crate::core::upstream::hash::KeySource;
+use crate::core::upstream::health::OutlierConfig;
+use crate::core::upstream::retry::{self, Attempts, Failure, NextUpstream};
+use crate::core::upstream::vhost;
 
 /// Timeouts of one connection. Defaults follow what ingress-nginx users are used to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +113,8 @@ pub struct ConnConfig {
     pub request_id_seed: Option<u64>,
     /// Keep a [`RequestRecord`] of each request for the access log.
     pub record_requests: bool,
+    /// Passive health of endpoints (`[outlier]`); the driver gives it to its worker's picker.
+    pub outlier: OutlierConfig,
 }
 
 /// What the access log says about the current (or last) request of a connection; kept
@@ -135,6 +141,7 @@ impl Default for ConnConfig {
             upgrades: Upgrades::default(),
             request_id_seed: None,
             record_requests: false,
+            outlier: OutlierConfig::default(),
         }
     }
 }
@@ -150,6 +157,14 @@ fn upgrades_of<'a>(config: &'a ConnConfig, policy: &'a Option<Arc<RoutePolicy>>)
 /// How long a streaming exchange may make no progress: while the request body streams, the
 /// route's `client-body-timeout` / `proxy-send-timeout` (the shorter when both are set); once
 /// it is done, its `proxy-read-timeout`; the listener's `body_idle` for what it does not set.
+/// The route's retry settings, or ingress-nginx's defaults.
+fn next_upstream(policy: &Option<Arc<RoutePolicy>>) -> &NextUpstream {
+    policy
+        .as_deref()
+        .and_then(|p| p.next_upstream.as_ref())
+        .unwrap_or(&NextUpstream::DEFAULT)
+}
+
 fn idle_timeout(t: &Timeouts, policy: Option<&RoutePolicy>, request_done: bool) -> Duration {
     let Some(p) = policy else {
         return t.body_idle;
@@ -377,6 +392,8 @@ struct RequestMeta {
     expect_continue: bool,
     upgrade: bool,
     has_body: bool,
+    /// Not POST, LOCK or PATCH (retries).
+    idempotent: bool,
 }
 
 impl RequestMeta {
@@ -388,6 +405,7 @@ impl RequestMeta {
         expect_continue: false,
         upgrade: false,
         has_body: false,
+        idempotent: true,
     };
 }
 
@@ -409,7 +427,19 @@ enum Response {
 /// One request in flight towards one upstream endpoint.
 struct Exchange {
     req: RequestMeta,
+    /// The matched backend (a retry picks another of its endpoints).
+    backend: BackendId,
     endpoint: SocketAddr,
+    /// The endpoints tried for this request, and when the first attempt started.
+    attempts: Attempts,
+    /// `100 Continue` was written for this request (not again after a retry).
+    continued: bool,
+    /// Cookie affinity: the endpoint id the request's cookie named, if any.
+    sticky: Option<u64>,
+    /// Cookie affinity: the matched rule's path (the cookie's default `Path`); reused.
+    sticky_path: String,
+    /// Cookie affinity: the client mishandles `SameSite=None`.
+    old_client: bool,
     /// The upstream connection came from the keep-alive pool.
     reused: bool,
     /// Already retried once on a fresh connection.
@@ -488,7 +518,11 @@ pub struct Conn {
     head_fresh: bool,
     /// The upstream head of a bodiless request, kept to replay it once on a fresh connection
     /// when a pooled connection turns out to be dead. Reused across requests.
+    /// For retries to another endpoint it also holds the head and body of other requests,
+    /// up to `buffer_size` bytes (see [`retry::REPLAY_NOTE`]).
     replay: Vec<u8>,
+    /// `replay` holds every byte of the current request sent (or queued) upstream.
+    replayable: bool,
     /// The last exchange's box, reused by the next request (one allocation fewer each).
     spare_exchange: Option<Box<Exchange>>,
     actions: VecDeque<Action>,
@@ -529,6 +563,7 @@ impl Conn {
             scanner: HeadScanner::new(),
             head_fresh: true,
             replay: Vec::new(),
+            replayable: false,
             spare_exchange: None,
             actions: VecDeque::new(),
             last_activity: now,
@@ -624,11 +659,13 @@ impl Conn {
         ex.waiting_since = now;
         // The client waits for our go-ahead before sending its body; only now is it useful.
         if ex.req.expect_continue
+            && !ex.continued
             && !ex.request_done()
             && ex.req.version == Version::Http11
             && self.cin.is_empty()
         {
             local::write_continue(&mut self.cout.queued);
+            ex.continued = true;
         }
         self.state = State::Proxying { ex };
         self.last_activity = now;
@@ -638,6 +675,10 @@ impl Conn {
     /// The upstream connection asked for could not be made.
     pub fn upstream_connect_failed(&mut self, now: Instant, router: &mut dyn Router) {
         if let State::Connecting { .. } = self.state {
+            if self.try_retry(Failure::Error, now, router) {
+                self.drive(now, router);
+                return;
+            }
             self.uout.reset();
             self.fail(
                 HttpError::upstream(502, "could not connect to the upstream"),
@@ -704,6 +745,16 @@ impl Conn {
         match self.deadline() {
             Some(deadline) if now >= deadline => {}
             _ => return,
+        }
+        // Connecting, or waiting for the head of a response to a whole request: `timeout`.
+        let retryable = match &self.state {
+            State::Connecting { .. } => true,
+            State::Proxying { ex } => matches!(ex.response, Response::Head) && ex.request_done(),
+            _ => false,
+        };
+        if retryable && self.try_retry(Failure::Timeout, now, router) {
+            self.drive(now, router);
+            return;
         }
         match &self.state {
             State::Head {
@@ -872,7 +923,7 @@ impl Conn {
             let progressed = match self.state {
                 State::Head { .. } => self.try_start_request(now, router),
                 State::Connecting { .. } => self.pump_request_body(),
-                State::Proxying { .. } => self.pump(now),
+                State::Proxying { .. } => self.pump(now, router),
                 State::Tunnel { .. } => self.pump_tunnel(),
                 State::Closing { .. } => {
                     self.drive_closing();
@@ -992,6 +1043,7 @@ impl Conn {
             // Decided once the route is known (its policy may allow other protocols).
             upgrade: false,
             has_body: head.framing != Framing::None,
+            idempotent: retry::idempotent(head.method),
         };
         if self.config.scheme == Scheme::Http && router.redirect_https(head.host()) {
             // ingress-nginx answers a location's `return` (redirects, app-root, the CORS
@@ -1036,6 +1088,24 @@ impl Conn {
             RouteDecision::Forward { policy, .. } => policy.take(),
             RouteDecision::NoEndpoints => router.policy_of(head.host(), head.path()),
             RouteDecision::NotFound => None,
+        };
+        // Cookie affinity: what the request's cookie named, the rule's path, the client.
+        let sticky = match policy.as_deref().and_then(|p| p.affinity.as_ref()) {
+            Some(a) => (
+                a.requested(key.header("cookie")),
+                match a.path {
+                    Some(_) => String::new(),
+                    None => router
+                        .rule_path(head.host(), head.path())
+                        .unwrap_or("/")
+                        .to_string(),
+                },
+                a.conditional_samesite_none
+                    && key
+                        .header("user-agent")
+                        .is_some_and(affinity::samesite_none_incompatible),
+            ),
+            None => (None, String::new(), false),
         };
         // Only an allowed protocol becomes a tunnel; any other upgrade request (h2c above
         // all) goes upstream as plain HTTP/1.1, its Upgrade and HTTP2-Settings stripped.
@@ -1107,11 +1177,16 @@ impl Conn {
                     .and_then(|p| p.forwarded_prefix.as_deref()),
             };
             write_upstream_request_edited(&head, &info, &edits, &mut self.uout.queued);
+            if let Some(host) = policy.as_deref().and_then(|p| p.upstream_vhost.as_deref()) {
+                vhost::replace_host(&mut self.uout.queued, 0, host);
+            }
         }
         self.cin.consume(len);
 
-        let endpoint = match decision {
-            RouteDecision::Forward { endpoint, .. } => endpoint,
+        let (backend, endpoint) = match decision {
+            RouteDecision::Forward {
+                backend, endpoint, ..
+            } => (backend, endpoint),
             RouteDecision::NotFound => {
                 self.answer_locally(Status::NOT_FOUND, req, now);
                 return true;
@@ -1121,16 +1196,43 @@ impl Conn {
                 return true;
             }
         };
+        // Kept for a replay on a fresh connection, or a retry elsewhere: a bodiless head
+        // always; a head with a body only when the route may retry (its body follows, in
+        // `pump_request_body`, up to `buffer_size`).
         self.replay.clear();
-        if !req.has_body && !req.upgrade {
+        let retries = next_upstream(&policy);
+        let keep = !req.upgrade
+            && (!req.has_body || !retries.conditions.is_off() && retries.tries != 1)
+            && self.uout.queued.len() <= self.config.buffer_size;
+        if keep {
             self.replay.extend_from_slice(&self.uout.queued);
         }
+        self.replayable = keep;
+        let (mut attempts, mut sticky_path) = self
+            .spare_exchange
+            .as_mut()
+            .map(|spare| {
+                (
+                    std::mem::take(&mut spare.attempts),
+                    std::mem::take(&mut spare.sticky_path),
+                )
+            })
+            .unwrap_or_default();
+        attempts.start(endpoint, now);
+        sticky_path.clear();
+        sticky_path.push_str(&sticky.1);
         self.uin.clear();
         self.upstream_eof = false;
         self.connect(endpoint, false);
         let exchange = Exchange {
             req,
+            backend,
             endpoint,
+            attempts,
+            continued: false,
+            sticky: sticky.0,
+            sticky_path,
+            old_client: sticky.2,
             reused: false,
             retried: false,
             policy,
@@ -1243,6 +1345,7 @@ impl Conn {
         };
         let mut progressed = false;
         let mut failure = None;
+        let before = self.uout.queued.len();
         while self.uout.pending() < cap {
             match decoder.decode(self.cin.bytes()) {
                 Err(err) => {
@@ -1268,6 +1371,16 @@ impl Conn {
                 }
             }
         }
+        if self.replayable {
+            // Keep what was added for a retry, while it fits (see `retry::REPLAY_NOTE`).
+            let added = &self.uout.queued[before..];
+            if self.replay.len() + added.len() <= cap {
+                self.replay.extend_from_slice(added);
+            } else {
+                self.replayable = false;
+                self.replay.clear();
+            }
+        }
         if let Some(err) = failure {
             let now = self.last_activity;
             self.fail(err, now, true);
@@ -1277,12 +1390,12 @@ impl Conn {
     }
 
     /// Stage 2 while proxying: both directions, then completion.
-    fn pump(&mut self, now: Instant) -> bool {
+    fn pump(&mut self, now: Instant, router: &mut dyn Router) -> bool {
         let mut progressed = self.pump_request_body();
         if !matches!(self.state, State::Proxying { .. }) {
             return progressed;
         }
-        progressed |= self.pump_response(now);
+        progressed |= self.pump_response(now, router);
         let State::Proxying { ex } = &self.state else {
             return progressed;
         };
@@ -1298,7 +1411,7 @@ impl Conn {
         progressed
     }
 
-    fn pump_response(&mut self, now: Instant) -> bool {
+    fn pump_response(&mut self, now: Instant, router: &mut dyn Router) -> bool {
         let cap = self.config.buffer_size;
         let mut progressed = false;
         loop {
@@ -1318,12 +1431,15 @@ impl Conn {
                         Ok(Scan::Partial) => return progressed,
                         Ok(Scan::Complete(len)) => len,
                         Err(err) => {
-                            self.fail(err, now, false);
+                            self.scanner.reset();
+                            if !self.try_retry(Failure::InvalidHeader, now, router) {
+                                self.fail(err, now, false);
+                            }
                             return true;
                         }
                     };
                     self.scanner.reset();
-                    if !self.start_response(len, now) {
+                    if !self.start_response(len, now, router) {
                         return true;
                     }
                     progressed = true;
@@ -1393,8 +1509,8 @@ impl Conn {
     }
 
     /// The response head is complete in `uin[..len]`. Returns false if the exchange failed.
-    fn start_response(&mut self, len: usize, now: Instant) -> bool {
-        let State::Proxying { ex } = &mut self.state else {
+    fn start_response(&mut self, len: usize, now: Instant, router: &mut dyn Router) -> bool {
+        let State::Proxying { ex } = &self.state else {
             return false;
         };
         let limits = &self.config.limits;
@@ -1407,10 +1523,25 @@ impl Conn {
             match parse_response_head_uninit(&self.uin.bytes()[..len], limits, &mut storage, ctx) {
                 Ok(resp) => resp,
                 Err(err) => {
-                    self.fail(err, now, false);
+                    if !self.try_retry(Failure::InvalidHeader, now, router) {
+                        self.fail(err, now, false);
+                    }
                     return false;
                 }
             };
+        if !resp.is_interim() {
+            self.report(resp.status < 500, now, router);
+        }
+        // A status the route retries: the head is dropped before the client sees any of it.
+        if !resp.is_interim()
+            && let Some(endpoint) = self.retry_target(Failure::Status(resp.status), now, router)
+        {
+            self.retry_to(endpoint, now);
+            return false;
+        }
+        let State::Proxying { ex } = &mut self.state else {
+            return false;
+        };
         if resp.is_interim() {
             // 100 Continue and friends: we answered the client's expectation ourselves.
             self.uin.consume(len);
@@ -1457,6 +1588,26 @@ impl Conn {
                 &crate::core::route::request_policy::CORS_FIELDS,
                 block.as_bytes(),
             );
+        }
+        if let Some(a) = ex.policy.as_deref().and_then(|p| p.affinity.as_ref())
+            && resp.status != 101
+        {
+            // A new cookie unless the client's already names this endpoint (or, after a
+            // retry without `change-on-failure`, the endpoint it was pinned to).
+            let id = affinity::endpoint_id(&ex.endpoint);
+            let first = ex.attempts.tried().first().map(affinity::endpoint_id);
+            let keep = ex.sticky == Some(id)
+                || ex.sticky.is_some() && ex.sticky == first && !a.change_on_failure;
+            if !keep {
+                let ctx = affinity::CookieContext {
+                    rule_path: &ex.sticky_path,
+                    https: self.config.scheme == Scheme::Https,
+                    unix_now: router.unix_time(now),
+                    old_client: ex.old_client,
+                };
+                let value = affinity::set_cookie(a, &ex.endpoint, &ctx);
+                affinity::insert_field(&mut self.cout.queued, head_start, "Set-Cookie", &value);
+            }
         }
         ex.status = resp.status;
         ex.response_started = true;
@@ -1537,7 +1688,12 @@ impl Conn {
         match &mut self.state {
             State::Proxying { ex } => {
                 let nothing_received = matches!(ex.response, Response::Head) && self.uin.is_empty();
-                if nothing_received && ex.reused && !ex.retried && !self.replay.is_empty() {
+                if nothing_received
+                    && ex.reused
+                    && !ex.retried
+                    && !ex.req.has_body
+                    && !self.replay.is_empty()
+                {
                     // A pooled connection the upstream had already closed: the request never
                     // reached it. Replay it once on a fresh connection.
                     ex.retried = true;
@@ -1552,6 +1708,14 @@ impl Conn {
                     self.state = State::Connecting { ex, since: now };
                     return;
                 }
+                let head_pending = matches!(ex.response, Response::Head);
+                if head_pending && self.try_retry(Failure::Error, now, router) {
+                    self.drive(now, router);
+                    return;
+                }
+                let State::Proxying { ex } = &mut self.state else {
+                    return;
+                };
                 match ex.response {
                     Response::Body { .. } if clean_eof => self.upstream_eof = true,
                     Response::Body { .. } => self.abort(),
@@ -1574,6 +1738,78 @@ impl Conn {
             _ => return,
         }
         self.drive(now, router);
+    }
+
+    /// Passes the failed attempt to another endpoint if the route's `proxy-next-upstream`
+    /// and the request allow it ([`retry::decide`]); false (nothing changed) otherwise.
+    /// The attempt failed: this is also reported to passive health.
+    fn try_retry(&mut self, failure: Failure, now: Instant, router: &mut dyn Router) -> bool {
+        self.report(false, now, router);
+        match self.retry_target(failure, now, router) {
+            Some(endpoint) => {
+                self.retry_to(endpoint, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tells passive health (outlier ejection) how the current attempt went.
+    fn report(&self, ok: bool, now: Instant, router: &mut dyn Router) {
+        if let State::Connecting { ex, .. } | State::Proxying { ex } = &self.state {
+            router.report(ex.endpoint, ok, now);
+        }
+    }
+
+    /// The endpoint a retry of the current exchange goes to, if it may be retried.
+    fn retry_target(
+        &self,
+        failure: Failure,
+        now: Instant,
+        router: &mut dyn Router,
+    ) -> Option<SocketAddr> {
+        let (ex, sent) = match &self.state {
+            State::Connecting { ex, .. } => (ex, false),
+            State::Proxying { ex } => (ex, true),
+            _ => return None,
+        };
+        let policy = next_upstream(&ex.policy);
+        if !policy.conditions.covers(failure) {
+            return None;
+        }
+        let facts = retry::Facts {
+            idempotent: ex.req.idempotent,
+            sent,
+            response_started: ex.response_started,
+            replayable: self.replayable && !ex.req.upgrade,
+        };
+        retry::decide(policy, &ex.attempts, failure, facts, now).ok()?;
+        router.retry_pick(ex.backend, ex.attempts.tried(), now)
+    }
+
+    /// Drops the current upstream connection and sends the request again, from `replay`,
+    /// to `endpoint`.
+    fn retry_to(&mut self, endpoint: SocketAddr, now: Instant) {
+        self.release_upstream(false);
+        self.scanner.reset();
+        let ex = match std::mem::replace(&mut self.state, State::Closed) {
+            State::Connecting { ex, .. } | State::Proxying { ex } => ex,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        let mut ex = ex;
+        ex.attempts.add(endpoint);
+        ex.endpoint = endpoint;
+        ex.reused = false;
+        ex.response = Response::Head;
+        ex.status = 0;
+        ex.head_pending = None;
+        ex.waiting_since = now;
+        self.uout.queued.extend_from_slice(&self.replay);
+        self.connect(endpoint, false);
+        self.state = State::Connecting { ex, since: now };
     }
 
     /// Report `err` to the client if it still can be, and go on or close.

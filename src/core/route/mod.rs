@@ -29,8 +29,10 @@ use std::sync::Arc;
 
 use crate::core::host::{MAX_HOST, normalize_host};
 
+pub mod affinity;
 pub mod basic_auth;
 pub mod key;
+pub mod next_upstream;
 mod policy;
 pub mod request_policy;
 pub use policy::{Balance, RoutePolicy};
@@ -81,6 +83,39 @@ pub trait Router {
     /// redirecting a plain-HTTP request to HTTPS (they come first there too). By default
     /// none.
     fn policy_of(&mut self, _host: &str, _path: &str) -> Option<Arc<RoutePolicy>> {
+        None
+    }
+
+    /// For a retry (`proxy-next-upstream`): another endpoint of `backend`, not one of
+    /// `tried`; `None` when none is left (then there is no retry). By default there is none.
+    fn retry_pick(
+        &mut self,
+        _backend: BackendId,
+        _tried: &[std::net::SocketAddr],
+        _now: crate::core::time::Instant,
+    ) -> Option<std::net::SocketAddr> {
+        None
+    }
+
+    /// How an exchange with `endpoint` went (passive health): `ok` for a response head that
+    /// is not a 5xx; not for a connection that could not be made or broke before the head,
+    /// a timeout, an unparsable head or a 5xx. By default nobody listens.
+    fn report(
+        &mut self,
+        _endpoint: std::net::SocketAddr,
+        _ok: bool,
+        _now: crate::core::time::Instant,
+    ) {
+    }
+
+    /// The path of the rule `host` and `path` match (the affinity cookie's default `Path`);
+    /// `None` for a default backend or when unknown.
+    fn rule_path(&mut self, _host: &str, _path: &str) -> Option<&str> {
+        None
+    }
+
+    /// Seconds since the Unix epoch at `now` (affinity cookies' `Expires`), when known.
+    fn unix_time(&self, _now: crate::core::time::Instant) -> Option<u64> {
         None
     }
 
@@ -388,6 +423,28 @@ impl Eq for RouteTable {}
 impl RouteTable {
     pub fn lookup(&self, host: &str, path: &str) -> Option<BackendId> {
         self.route(host, path).map(|(backend, _)| backend)
+    }
+
+    /// The path of the rule that [`RouteTable::route`] matches for `host` and `path` (`None`
+    /// when a default backend answers, or nothing).
+    pub fn rule_path(&self, host: &str, path: &str) -> Option<&str> {
+        let mut buf = [0u8; MAX_HOST];
+        let host = normalize_host(host, &mut buf);
+        let bucket = host.and_then(|host| {
+            self.exact(host).or_else(|| {
+                let (label, suffix) = host.split_once('.')?;
+                if label.is_empty() {
+                    return None;
+                }
+                self.wildcard(suffix)
+            })
+        });
+        let routes = bucket.unwrap_or(&self.any_host);
+        routes
+            .paths
+            .iter()
+            .find(|r| r.matches(path))
+            .map(|r| r.path.as_str())
     }
 
     /// [`RouteTable::lookup`], with the matched path rule's policy (`None` for defaults).

@@ -3,12 +3,14 @@
 //! [`super::PathRule`]), so the common route costs nothing extra per request.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::affinity::Affinity;
 use super::key::HashKey;
+use super::next_upstream::NextUpstream;
 use super::request_policy::RequestPolicy;
 use crate::core::http1::upgrade::Upgrades;
-use std::sync::Arc;
 
 /// What one Ingress's annotations say about the routes it adds. Every field is `None` when
 /// the annotation is absent (or did not parse): the listener's setting applies.
@@ -30,6 +32,13 @@ pub struct RoutePolicy {
     pub max_body_bytes: Option<Option<u64>>,
     /// How requests spread over the backend's endpoints (`load-balance`, `upstream-hash-by`).
     pub balance: Option<Balance>,
+    /// Retries to another endpoint (`proxy-next-upstream`, `-tries`, `-timeout`); `None`:
+    /// ingress-nginx's defaults ([`NextUpstream::DEFAULT`]).
+    pub next_upstream: Option<NextUpstream>,
+    /// Cookie session affinity (`affinity: cookie`, `session-cookie-*`).
+    pub affinity: Option<Affinity>,
+    /// `Host` sent upstream instead of the client's (`upstream-vhost`).
+    pub upstream_vhost: Option<Arc<str>>,
     /// Redirects, rewrites, address lists and CORS (`src/core/route/request_policy.rs`).
     pub request: Option<Arc<RequestPolicy>>,
 }
@@ -67,6 +76,15 @@ impl fmt::Display for RoutePolicy {
         if let Some(b) = &self.balance {
             item(f, format_args!("balance={b}"))?;
         }
+        if let Some(a) = &self.affinity {
+            item(f, format_args!("affinity={a}"))?;
+        }
+        if let Some(h) = &self.upstream_vhost {
+            item(f, format_args!("upstream-vhost={h}"))?;
+        }
+        if let Some(n) = &self.next_upstream {
+            item(f, format_args!("next-upstream={n}"))?;
+        }
         match self.max_body_bytes {
             Some(Some(n)) => item(f, format_args!("body-size={n}"))?,
             Some(None) => item(f, format_args!("body-size=unlimited"))?,
@@ -91,6 +109,9 @@ pub enum Balance {
     Ewma,
     /// Rendezvous hashing of the key: the same endpoint on every worker and replica.
     Hash(HashKey),
+    /// `upstream-hash-by-subset`: the key picks a subset of this many endpoints (the same on
+    /// every worker and replica), then a random endpoint of it.
+    HashSubset(HashKey, u32),
 }
 
 impl std::fmt::Display for Balance {
@@ -100,6 +121,7 @@ impl std::fmt::Display for Balance {
             Balance::LeastRequest => f.write_str("least_request"),
             Balance::Ewma => f.write_str("ewma"),
             Balance::Hash(key) => write!(f, "hash({key})"),
+            Balance::HashSubset(key, size) => write!(f, "hash-subset({key},{size})"),
         }
     }
 }

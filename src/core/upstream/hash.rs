@@ -33,13 +33,64 @@ pub fn endpoint_hash(endpoint: &SocketAddr) -> u64 {
 /// Rendezvous hashing: the index of the endpoint with the highest score for `key` (ties to
 /// the lower address), or `None` when there are none.
 pub fn rendezvous(key: u64, endpoints: &[SocketAddr]) -> Option<usize> {
-    endpoints
-        .iter()
-        .enumerate()
-        .max_by(|(_, a), (_, b)| {
-            let sa = mix(key ^ endpoint_hash(a));
-            let sb = mix(key ^ endpoint_hash(b));
-            sa.cmp(&sb).then_with(|| b.cmp(a))
-        })
-        .map(|(i, _)| i)
+    rendezvous_where(key, endpoints, |_| true)
+}
+
+/// `upstream-hash-by-subset`: the endpoints (sorted, as snapshots hold them) in groups of
+/// `size`, the last one possibly smaller; the group whose first endpoint scores highest for
+/// `key` (rendezvous over groups). Every worker and replica picks the same group for the
+/// same key and endpoint set. `None` when there are no endpoints.
+pub fn subset(key: u64, endpoints: &[SocketAddr], size: usize) -> Option<std::ops::Range<usize>> {
+    let size = size.max(1);
+    let groups = endpoints.len().div_ceil(size);
+    let best = (0..groups).max_by_key(|g| mix(key ^ endpoint_hash(&endpoints[g * size])))?;
+    let start = best * size;
+    Some(start..(start + size).min(endpoints.len()))
+}
+
+/// [`rendezvous`] over the endpoints `keep` accepts (outlier ejection): the keys of a left-out
+/// endpoint go to their second choice, the others stay where they are.
+pub fn rendezvous_where(
+    key: u64,
+    endpoints: &[SocketAddr],
+    keep: impl Fn(&SocketAddr) -> bool,
+) -> Option<usize> {
+    // One score per endpoint (not one per comparison).
+    let mut best: Option<(u64, usize)> = None;
+    for (i, ep) in endpoints.iter().enumerate() {
+        if !keep(ep) {
+            continue;
+        }
+        let score = mix(key ^ endpoint_hash(ep));
+        let wins = match best {
+            None => true,
+            Some((s, b)) => score > s || score == s && *ep < endpoints[b],
+        };
+        if wins {
+            best = Some((score, i));
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_are_groups_of_the_sorted_endpoints() {
+        let eps: Vec<SocketAddr> = (1..=7)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 80)))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for key in 0..200u64 {
+            let g = subset(mix(key), &eps, 3).unwrap();
+            assert!([0..3, 3..6, 6..7].contains(&g), "{g:?}");
+            // Deterministic.
+            assert_eq!(subset(mix(key), &eps, 3), Some(g.clone()));
+            seen.insert(g.start);
+        }
+        assert_eq!(seen.len(), 3);
+        assert_eq!(subset(1, &[], 3), None);
+    }
 }

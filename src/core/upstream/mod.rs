@@ -4,8 +4,12 @@
 
 use std::net::SocketAddr;
 
+pub mod affinity;
 pub mod balance;
 pub mod hash;
+pub mod health;
+pub mod retry;
+pub mod vhost;
 
 pub use crate::core::route::Balance;
 use crate::core::route::{BackendId, RouteDecision, Router};
@@ -13,7 +17,8 @@ use crate::core::snapshot::Snapshot;
 use crate::core::time::Instant;
 
 use balance::{EndpointStats, Rng};
-use hash::{KeySource, rendezvous};
+use hash::{KeySource, rendezvous_where, subset};
+use health::{OutlierConfig, Outliers};
 
 /// Round-robin over each backend's endpoints, one cursor per backend.
 #[derive(Clone, Debug, Default)]
@@ -21,6 +26,12 @@ pub struct Picker {
     cursors: Vec<u32>,
     /// In-flight requests and latency per endpoint (least_request, ewma), fed by the driver.
     pub stats: EndpointStats,
+    /// Passive health: endpoints left out after failures (fed by the connection machines
+    /// through [`Router::report`]).
+    pub outliers: Outliers,
+    /// The wall clock at one monotonic instant (set by the driver), for affinity cookies'
+    /// `Expires`: seconds since the Unix epoch at that instant.
+    pub wall: Option<(Instant, u64)>,
     rng: Option<Rng>,
     /// Where every cursor starts: workers use their index, so N workers spread their first
     /// requests over N endpoints instead of all starting on the first.
@@ -38,8 +49,16 @@ impl Picker {
             cursors: Vec::new(),
             offset,
             stats: EndpointStats::default(),
+            outliers: Outliers::default(),
+            wall: None,
             rng: Some(Rng::new(u64::from(offset))),
         }
+    }
+
+    /// With outlier ejection as `config` says (else [`OutlierConfig::default`]).
+    pub fn with_outliers(mut self, config: OutlierConfig) -> Picker {
+        self.outliers = Outliers::new(config);
+        self
     }
 
     /// Prepares for a new snapshot. Cursors are kept (they are only rotation offsets, and
@@ -49,6 +68,7 @@ impl Picker {
     /// snapshots); those of endpoints gone from `snapshot` are dropped once idle.
     pub fn reset_for(&mut self, snapshot: &Snapshot) {
         self.stats.retain(|ep| snapshot.has_endpoint(ep));
+        self.outliers.retain(|ep| snapshot.has_endpoint(ep));
     }
 
     /// An endpoint of `backend` chosen by `balance` for the request `req`.
@@ -61,16 +81,82 @@ impl Picker {
         now: Instant,
     ) -> Option<SocketAddr> {
         let endpoints = &snapshot.backend(backend)?.endpoints;
+        // Ejected endpoints are skipped, unless too many are (panic threshold).
+        let filter = self.outliers.filters(endpoints, now);
+        let outliers = &self.outliers;
+        let usable = |ep: &SocketAddr| !filter || !outliers.is_ejected(ep, now);
         let rng = self
             .rng
             .get_or_insert_with(|| Rng::new(u64::from(self.offset)));
         let i = match balance {
-            Balance::RoundRobin => return self.pick(snapshot, backend),
+            Balance::RoundRobin => None,
             Balance::LeastRequest => self.stats.least_request(endpoints, rng),
             Balance::Ewma => self.stats.ewma(endpoints, rng, now),
-            Balance::Hash(key) => rendezvous(key.hash(req), endpoints),
-        }?;
-        Some(endpoints[i])
+            Balance::Hash(key) => rendezvous_where(key.hash(req), endpoints, usable),
+            Balance::HashSubset(key, size) => {
+                // A random endpoint of the key's group; an ejected one gives way to the
+                // next usable one of the group.
+                subset(key.hash(req), endpoints, *size as usize).and_then(|group| {
+                    let n = group.len();
+                    let first = rng.below(n);
+                    (0..n)
+                        .map(|k| group.start + (first + k) % n)
+                        .find(|i| usable(&endpoints[*i]))
+                })
+            }
+        };
+        match i {
+            Some(i) if usable(&endpoints[i]) => Some(endpoints[i]),
+            // Round robin, or a P2C draw that landed on an ejected endpoint: the rotation,
+            // past the ejected ones.
+            _ if filter => self.pick_other(snapshot, backend, &[], now),
+            _ => self.pick(snapshot, backend),
+        }
+    }
+
+    /// The next endpoint of `backend` in its rotation that is not in `tried` and, unless too
+    /// many are (panic threshold), not ejected; a retry's choice whatever the route's
+    /// balancing (the balancer's choice already failed; rotating spreads retries). `None`
+    /// when every endpoint was tried.
+    pub fn pick_other(
+        &mut self,
+        snapshot: &Snapshot,
+        backend: BackendId,
+        tried: &[SocketAddr],
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let endpoints = &snapshot.backend(backend)?.endpoints;
+        let n = endpoints.len();
+        let filter = self.outliers.filters(endpoints, now);
+        let mut fallback = None;
+        for _ in 0..n {
+            let ep = self.pick(snapshot, backend)?;
+            if tried.contains(&ep) {
+                continue;
+            }
+            if filter && self.outliers.is_ejected(&ep, now) {
+                fallback = fallback.or(Some(ep));
+                continue;
+            }
+            return Some(ep);
+        }
+        fallback
+    }
+
+    /// The endpoint of `backend` whose affinity id is `id`, unless it is gone or ejected
+    /// (then the balancer picks, and the client gets a new cookie).
+    pub fn pinned(
+        &self,
+        snapshot: &Snapshot,
+        backend: BackendId,
+        id: u64,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let endpoints = &snapshot.backend(backend)?.endpoints;
+        let endpoint = endpoints[affinity::find(endpoints, id)?];
+        let ejected =
+            self.outliers.filters(endpoints, now) && self.outliers.is_ejected(&endpoint, now);
+        (!ejected).then_some(endpoint)
     }
 
     /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
@@ -123,11 +209,22 @@ impl Router for SnapshotRouter<'_> {
         let Some((backend, policy)) = self.snapshot.table.route(host, path) else {
             return RouteDecision::NotFound;
         };
+        // A cookie that names a usable endpoint of the backend pins the request to it.
+        if let Some(affinity) = policy.and_then(|p| p.affinity.as_ref())
+            && let Some(id) = affinity.requested(req.header("cookie"))
+            && let Some(endpoint) = self.picker.pinned(self.snapshot, backend, id, now)
+        {
+            return RouteDecision::Forward {
+                backend,
+                endpoint,
+                policy: policy.cloned(),
+            };
+        }
         let balance = policy.and_then(|p| p.balance.as_ref());
-        let picked = match balance {
-            None => self.picker.pick(self.snapshot, backend),
-            Some(b) => self.picker.pick_by(self.snapshot, backend, b, req, now),
-        };
+        let balance = balance.unwrap_or(&Balance::RoundRobin);
+        let picked = self
+            .picker
+            .pick_by(self.snapshot, backend, balance, req, now);
         match picked {
             Some(endpoint) => RouteDecision::Forward {
                 backend,
@@ -144,6 +241,32 @@ impl Router for SnapshotRouter<'_> {
         path: &str,
     ) -> Option<std::sync::Arc<crate::core::route::RoutePolicy>> {
         self.snapshot.table.route(host, path)?.1.cloned()
+    }
+
+    fn retry_pick(
+        &mut self,
+        backend: BackendId,
+        tried: &[SocketAddr],
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        self.picker.pick_other(self.snapshot, backend, tried, now)
+    }
+
+    fn report(&mut self, endpoint: SocketAddr, ok: bool, now: Instant) {
+        if ok {
+            self.picker.outliers.success(&endpoint, now);
+        } else {
+            self.picker.outliers.failure(endpoint, now);
+        }
+    }
+
+    fn rule_path(&mut self, host: &str, path: &str) -> Option<&str> {
+        self.snapshot.table.rule_path(host, path)
+    }
+
+    fn unix_time(&self, now: Instant) -> Option<u64> {
+        let (at, secs) = self.picker.wall?;
+        Some(secs + now.saturating_since(at).as_secs())
     }
 
     fn redirect_https(&mut self, host: &str) -> bool {

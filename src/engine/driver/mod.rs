@@ -57,6 +57,15 @@ fn wall_clock() -> std::time::SystemTime {
     std::time::SystemTime::now()
 }
 
+/// Seconds since the Unix epoch at the monotonic instant `now` (affinity cookies' `Expires`).
+fn wall_at(now: Instant) -> Option<(Instant, u64)> {
+    let secs = wall_clock()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some((now, secs))
+}
+
 /// The engine's one clock read: monotonic time as the core's `Instant`.
 #[allow(clippy::disallowed_methods)]
 pub fn clock() -> Instant {
@@ -229,8 +238,9 @@ fn client_owner(slot: usize, generation: u32) -> Owner {
 
 impl Driver {
     pub fn new(setup: DriverSetup, snapshot: Arc<Snapshot>) -> Driver {
-        let mut picker = Picker::with_offset(setup.index as u32);
+        let mut picker = Picker::with_offset(setup.index as u32).with_outliers(setup.conn.outlier);
         picker.reset_for(&snapshot);
+        picker.wall = wall_at(clock());
         setup
             .metrics
             .snapshot_version
@@ -317,6 +327,8 @@ impl Driver {
     /// keep their endpoint; pooled idle connections to endpoints that are gone are closed.
     fn swap_snapshot<T: Transport>(&mut self, t: &mut T, snapshot: Arc<Snapshot>) {
         self.picker.reset_for(&snapshot);
+        // Re-anchored now and then, so that wall-clock steps reach affinity cookies' Expires.
+        self.picker.wall = wall_at(clock());
         let mut gone = Vec::new();
         self.pool.retain(|endpoint, idle| {
             if snapshot.has_endpoint(endpoint) {
