@@ -9,6 +9,7 @@ pub mod files;
 pub mod incremental;
 pub mod leader;
 pub mod manifests;
+pub mod pipeline;
 pub mod report;
 pub mod status;
 pub mod watch;

@@ -31,21 +31,16 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch as signal};
-use tokio::time::Instant as TokioInstant;
 
 use super::class::{Classes, tls_secrets};
 use super::compile::{CompileOptions, Compiled, Diagnostic, Objects, SERVICE_NAME_LABEL};
 use super::incremental::Incremental;
 use super::leader::{self, LeaseSettings};
+use super::pipeline::{Change, Pipeline, Report};
 use super::status::{self, StatusPlan};
 use crate::engine::Publisher;
 
-/// Quiet time that ends a burst of changes (as for the file source).
-const QUIET: Duration = Duration::from_millis(1);
-/// The longest a change waits for the burst to end.
-pub const MAX_HOLD: Duration = Duration::from_millis(50);
-/// How long the control thread waits for every worker to take a snapshot.
-const ACK_WAIT: Duration = Duration::from_secs(5);
+pub use super::pipeline::MAX_HOLD;
 /// Annotation `kubectl apply` stores the whole object in; never read, so never kept.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// How often the leader re-checks every status, retrying writes that failed.
@@ -56,12 +51,6 @@ const STATUS_RESYNC: Duration = Duration::from_secs(30);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// The only Secret type we cache.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
-
-/// The control thread's clock (the ban on reading clocks is for the core).
-#[allow(clippy::disallowed_methods)]
-fn std_now() -> std::time::Instant {
-    std::time::Instant::now()
-}
 
 /// The `[sources]` keys of the Kubernetes source, as configured (flags override the file).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1109,8 +1098,8 @@ async fn run(
         }
     }
     stats.synced.store(true, Ordering::Relaxed);
-    let mut version = 1;
-    let (mut compiler, compiled) =
+    let version = 1;
+    let (compiler, compiled) =
         Incremental::new(&store.objects(&stats), settings.compile.clone(), version);
     stats.snapshots.fetch_add(1, Ordering::Relaxed);
     let mut rejections = Rejections::default();
@@ -1152,28 +1141,54 @@ async fn run(
     // Rejections found before we lead are posted when we do.
     let mut unposted: Vec<Diagnostic> = new_rejections;
 
-    // Phase 2: every burst of changes → one snapshot.
-    let mut burst: Option<(TokioInstant, std::time::Instant)> = None;
-    let mut last_event = TokioInstant::now();
-    let mut dirty = false;
-    // Something other than EndpointSlices changed: the set of rejected objects may have too.
-    let mut rejections_dirty = false;
+    // Phase 2: every change → the update pipeline, which coalesces, compiles, publishes and
+    // waits for the workers on its own thread (never blocking this runtime: the watchers and
+    // the Lease renewal keep running), and reports full compiles back for the rejections.
+    let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let pipeline_stats = stats.clone();
+    let pipeline = match Pipeline::spawn(compiler, publisher, version, move |report| {
+        pipeline_stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        if let Report::Full { diagnostics, .. } = report {
+            let _ = reports_tx.send(diagnostics);
+        }
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "kubernetes: cannot start the update pipeline");
+            return;
+        }
+    };
+    let feed = pipeline.feed();
     let mut resync = tokio::time::interval(STATUS_RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let deadline = burst.map(|(first, _)| (last_event + QUIET).min(first + MAX_HOLD));
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
-                let slice = matches!(msg, Msg::Slice(_));
-                let changed = store.apply(msg);
-                dirty |= changed;
-                rejections_dirty |= changed && !slice;
-                last_event = TokioInstant::now();
-                if burst.is_none() {
-                    burst = Some((last_event, std_now()));
+                let seen = super::pipeline::now();
+                // Everything already queued is one change.
+                let mut dirty = false;
+                // Something other than EndpointSlices changed: the set of rejected objects
+                // may have too.
+                let mut recheck = false;
+                let mut next = Some(msg);
+                while let Some(msg) = next {
+                    let slice = matches!(msg, Msg::Slice(_));
+                    let changed = store.apply(msg);
+                    dirty |= changed;
+                    recheck |= changed && !slice;
+                    next = rx.try_recv().ok();
                 }
-                continue;
+                fetch_secrets(&client, &mut store, &tx);
+                if dirty {
+                    let objects = store.objects(&stats);
+                    if !feed.send(Change { objects, seen, recheck }) {
+                        break;
+                    }
+                }
+            }
+            Some(diagnostics) = reports.recv() => {
+                unposted.extend(rejections.update(&diagnostics, &stats));
             }
             changed = leader_rx.changed() => {
                 if changed.is_err() { break; }
@@ -1187,34 +1202,6 @@ async fn run(
                     store.status_dirty = true;
                     if leading {
                         unposted = rejections.current.iter().cloned().collect();
-                    }
-                }
-            }
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(TokioInstant::now)).await }, if deadline.is_some() => {
-                let Some((_, since)) = burst.take() else { continue };
-                fetch_secrets(&client, &mut store, &tx);
-                if dirty {
-                    dirty = false;
-                    version += 1;
-                    let objects = store.objects(&stats);
-                    // Only what the burst touched is recompiled (control::incremental).
-                    let Compiled { snapshot, .. } = compiler.update(&objects, version);
-                    stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                    publisher.publish(Arc::new(snapshot));
-                    // Blocks this thread (polling) until every worker serves it; workers take
-                    // a snapshot at their next loop turn, so this is short.
-                    publisher.wait_acknowledged(version, since, ACK_WAIT);
-                    // Events, the rejected gauge and "no longer rejected" need the whole set
-                    // of rejections, which only a full compile knows: made after the change
-                    // is served (never delaying it), and published too, as the compaction of
-                    // the incremental table. EndpointSlice changes cannot reject anything.
-                    if rejections_dirty || compiler.compaction_due() {
-                        rejections_dirty = false;
-                        version += 1;
-                        let Compiled { snapshot, diagnostics } = compiler.full(&objects, version);
-                        stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                        publisher.publish(Arc::new(snapshot));
-                        unposted.extend(rejections.update(&diagnostics, &stats));
                     }
                 }
             }
@@ -1256,6 +1243,8 @@ async fn run(
     }
     drop(status_tx);
     drop(events_tx);
+    drop(feed);
+    let _ = tokio::task::spawn_blocking(move || pipeline.finish()).await;
     // Give the Lease back so another replica takes over at once.
     let _ = tokio::time::timeout(Duration::from_secs(3), lease).await;
 }
