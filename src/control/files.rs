@@ -2,7 +2,7 @@
 //! new files and deletions are compiled and published without a restart. A file that fails to
 //! parse keeps its previous objects (the error is logged with file and line); the other files
 //! keep serving. The directory is read again once a file is complete (closed after writing,
-//! moved, created or deleted); the objects then go to the update pipeline
+//! moved, linked or deleted), never while it is being written; the objects then go to the update pipeline
 //! ([`super::pipeline`]), which coalesces bursts (never holding a change longer than
 //! [`MAX_HOLD`]), compiles, publishes and waits for the workers.
 
@@ -159,13 +159,21 @@ pub struct FileWatcher {
     pipeline: Pipeline,
 }
 
-/// Events after which a file is complete (written and closed, moved, linked, gone); a
-/// `MODIFY` alone only marks the start of a change.
+/// Events after which a file is complete (written and closed, moved in or out, gone). A
+/// `MODIFY` only marks the start of a change, and so does the `CREATE` of a new file (its
+/// writer closes it later); see [`linked`] for the `CREATE` that completes a change.
 const COMPLETE: EventMask = EventMask::CLOSE_WRITE
     .union(EventMask::MOVED_TO)
     .union(EventMask::MOVED_FROM)
-    .union(EventMask::DELETE)
-    .union(EventMask::CREATE);
+    .union(EventMask::DELETE);
+
+/// Whether `name` in `dir` was created complete: a symbolic link, or a hard link to a file
+/// that exists elsewhere (no writer will close it here).
+fn linked(dir: &Path, name: &std::ffi::OsStr) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir.join(name))
+        .is_ok_and(|m| m.file_type().is_symlink() || (m.is_file() && m.nlink() > 1))
+}
 
 impl FileWatcher {
     /// Starts watching. `source` is the already-loaded state, compiled by `compiler` into
@@ -207,7 +215,9 @@ impl FileWatcher {
                             let mut complete = false;
                             for event in events {
                                 first_event.get_or_insert_with(now);
-                                complete |= event.mask.intersects(COMPLETE);
+                                complete |= event.mask.intersects(COMPLETE)
+                                    || (event.mask.contains(EventMask::CREATE)
+                                        && event.name.is_some_and(|n| linked(&source.dir, n)));
                             }
                             complete
                         }
