@@ -17,7 +17,7 @@
 //! * `spec.defaultBackend`: the fallback for the Ingress's own hosts, and (from the oldest
 //!   Ingress that has one) for requests nothing else matches; then the controller default.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -34,10 +34,7 @@ use crate::core::route::{
 use crate::core::snapshot::Snapshot;
 use crate::core::tls::CertTable;
 
-/// Annotation marking the cluster's default IngressClass.
-pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
-/// The legacy class annotation, still widely used.
-pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+pub use super::class::{Classes, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION};
 /// Label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -191,7 +188,7 @@ pub fn certificates<'a>(
     objects: &Objects,
     opts: &CompileOptions,
 ) -> (CertTable, Vec<Diagnostic>) {
-    let mut ours: Vec<&Ingress> = ingresses.filter(|i| classes.is_ours(i).0).collect();
+    let mut ours: Vec<&Ingress> = ingresses.filter(|i| classes.is_ours(i)).collect();
     oldest_first(&mut ours);
     super::certs::build(
         &ours,
@@ -286,75 +283,6 @@ impl BackendIds {
     }
 }
 
-/// Which Ingresses are ours: our IngressClasses by name (with whether one of that name is
-/// marked the cluster default), and every class name that exists.
-pub struct Classes<'a> {
-    ours: BTreeMap<&'a str, bool>,
-    default_is_ours: bool,
-    all: Vec<&'a str>,
-    opts: &'a CompileOptions,
-}
-
-impl<'a> Classes<'a> {
-    pub fn new(classes: &'a [Arc<IngressClass>], opts: &'a CompileOptions) -> Classes<'a> {
-        let mut ours: BTreeMap<&str, bool> = BTreeMap::new();
-        let mut all = Vec::new();
-        for class in classes {
-            let controller = class.spec.as_ref().and_then(|s| s.controller.as_deref());
-            let Some(name) = class.metadata.name.as_deref() else {
-                continue;
-            };
-            all.push(name);
-            if controller != Some(opts.controller.as_str()) {
-                continue;
-            }
-            let is_default = class
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
-                .is_some_and(|v| v == "true");
-            *ours.entry(name).or_default() |= is_default;
-        }
-        let default_is_ours = ours.values().any(|d| *d);
-        Classes {
-            ours,
-            default_is_ours,
-            all,
-            opts,
-        }
-    }
-
-    /// Whether `ing` is ours, and a diagnostic when its class field and annotation disagree.
-    pub fn is_ours(&self, ing: &Ingress) -> (bool, Option<&'static str>) {
-        let opts = self.opts;
-        let field_class = ing
-            .spec
-            .as_ref()
-            .and_then(|s| s.ingress_class_name.as_deref());
-        let annotation_class = ing
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
-            .map(String::as_str);
-        let field_ours = field_class.map(|class| {
-            self.ours.contains_key(class)
-                || (!self.all.contains(&class) && class == opts.ingress_class)
-        });
-        let annotation_ours = annotation_class.map(|class| class == opts.ingress_class);
-        match (field_ours, annotation_ours) {
-            (Some(f), Some(a)) if f != a => (
-                f,
-                Some("disagrees with spec.ingressClassName; spec.ingressClassName wins"),
-            ),
-            (Some(f), _) => (f, None),
-            (None, Some(a)) => (a, None),
-            (None, None) => (self.default_is_ours || opts.watch_without_class, None),
-        }
-    }
-}
-
 /// Oldest first (creationTimestamp, then namespace/name): the order that decides conflicts,
 /// and makes the output independent of the order objects arrived in.
 pub fn oldest_first(ingresses: &mut [&Ingress]) {
@@ -413,7 +341,7 @@ impl<'a> Pass<'a> {
         let mut fallback_set = false;
         for ing in ingresses {
             let object = ingress_object(ing);
-            let (ours, disagreement) = classes.is_ours(ing);
+            let (ours, disagreement) = classes.verdict(ing);
             if let Some(why) = disagreement {
                 c.diag(
                     &object,

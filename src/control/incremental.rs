@@ -36,7 +36,7 @@ struct Entry {
 
 impl Entry {
     fn new(ingress: Arc<Ingress>, classes: &Classes<'_>, opts: &CompileOptions) -> Entry {
-        let (ours, _) = classes.is_ours(&ingress);
+        let ours = classes.is_ours(&ingress);
         let spec = ingress.spec.as_ref();
         let mut hosts = Vec::new();
         let mut any_host = false;
