@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -151,56 +152,40 @@ fn meta_name(meta: &ObjectMeta) -> (&str, &str) {
     )
 }
 
-/// Compiles `objects` into snapshot `version`.
+/// Compiles `objects` into snapshot `version`, judging certificate expiry at `now`: the
+/// first (full) compile of the incremental compiler ([`super::incremental::Incremental`]),
+/// which is the one compiler. Pure: same input, same output.
+pub fn compile_at(
+    objects: &Objects,
+    opts: &CompileOptions,
+    version: u64,
+    now: SystemTime,
+) -> Compiled {
+    super::incremental::Incremental::new_at(objects, opts.clone(), version, now).1
+}
+
+/// [`compile_at`] at the wall clock, for callers without a clock of their own (tools, tests).
 pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compiled {
-    let mut ids = BackendIds::default();
-    let classes = Classes::new(&objects.classes, opts);
-    let (table, pass) = Pass::run(
-        objects,
-        opts,
-        &classes,
-        &mut ids,
-        objects.ingresses.iter().map(|i| &**i),
-    );
-    let count = pass.backend_count();
-    let refs = live_refs(&table, &backend_refs(&table, count), count);
-    let (backends, _, mut diagnostics) = pass.finish(&|id| refs[id.0 as usize] > 0);
-    let (certs, cert_diagnostics) = certificates(
-        objects.ingresses.iter().map(|i| &**i),
-        &classes,
-        objects,
-        opts,
-    );
-    diagnostics.extend(cert_diagnostics);
-    diagnostics.sort();
-    diagnostics.dedup();
-    Compiled {
-        snapshot: Snapshot::new(version, table, backends).with_certs(certs),
-        diagnostics,
-    }
+    compile_at(objects, opts, version, super::certs::wall_clock())
 }
 
 /// The certificate table of those of `ingresses` that are ours (oldest first: the first
 /// certificate for a host wins) and the Secrets of `objects`, with its diagnostics.
-pub fn certificates<'a>(
+pub(super) fn certificates<'a>(
     ingresses: impl Iterator<Item = &'a Ingress>,
     classes: &Classes<'_>,
     objects: &Objects,
     opts: &CompileOptions,
+    now: SystemTime,
 ) -> (CertTable, Vec<Diagnostic>) {
     let mut ours: Vec<&Ingress> = ingresses.filter(|i| classes.is_ours(i)).collect();
     oldest_first(&mut ours);
-    super::certs::build(
-        &ours,
-        &objects.secrets,
-        &opts.tls,
-        super::certs::wall_clock(),
-    )
+    super::certs::build(&ours, &objects.secrets, &opts.tls, now)
 }
 
 /// Whether the certificate table reads anything of `ing` (its `spec.tls`, its redirect
 /// annotations, or its rule hosts when redirects are forced everywhere).
-pub fn has_tls(ing: &Ingress, opts: &CompileOptions) -> bool {
+pub(super) fn has_tls(ing: &Ingress, opts: &CompileOptions) -> bool {
     let annotated = ing.metadata.annotations.as_ref().is_some_and(|a| {
         super::certs::SSL_REDIRECT
             .iter()
@@ -216,7 +201,7 @@ pub fn has_tls(ing: &Ingress, opts: &CompileOptions) -> bool {
 }
 
 /// How often the host maps of `table`'s base name each of `count` backend ids.
-pub fn backend_refs(table: &RouteTable, count: usize) -> Vec<u32> {
+pub(super) fn backend_refs(table: &RouteTable, count: usize) -> Vec<u32> {
     let mut refs = vec![0u32; count];
     let mut count_one = |id: BackendId| {
         if let Some(n) = refs.get_mut(id.0 as usize) {
@@ -232,7 +217,7 @@ pub fn backend_refs(table: &RouteTable, count: usize) -> Vec<u32> {
 /// How often the whole of `table` names each backend id, from the counts of its base
 /// ([`backend_refs`]): corrected by the overlay, plus the host-less rules and the fallback.
 /// Costs time in the size of the overlay.
-pub fn live_refs(table: &RouteTable, base_refs: &[u32], count: usize) -> Vec<u32> {
+pub(super) fn live_refs(table: &RouteTable, base_refs: &[u32], count: usize) -> Vec<u32> {
     let mut refs = base_refs.to_vec();
     refs.resize(count.max(refs.len()), 0);
     let mut add = |id: BackendId, up: bool| {
@@ -258,7 +243,7 @@ pub fn live_refs(table: &RouteTable, base_refs: &[u32], count: usize) -> Vec<u32
 /// incremental compiler keeps one across compiles so that the ids in a shared route table
 /// stay valid in the snapshots built on it.
 #[derive(Clone, Debug, Default)]
-pub struct BackendIds {
+pub(super) struct BackendIds {
     ids: HashMap<ServiceRef, BackendId>,
     refs: Vec<ServiceRef>,
 }
@@ -277,15 +262,11 @@ impl BackendIds {
     pub fn len(&self) -> usize {
         self.refs.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.refs.is_empty()
-    }
 }
 
 /// Oldest first (creationTimestamp, then namespace/name): the order that decides conflicts,
 /// and makes the output independent of the order objects arrived in.
-pub fn oldest_first(ingresses: &mut [&Ingress]) {
+pub(super) fn oldest_first(ingresses: &mut [&Ingress]) {
     ingresses.sort_by(|a, b| {
         a.metadata
             .creation_timestamp
@@ -295,18 +276,18 @@ pub fn oldest_first(ingresses: &mut [&Ingress]) {
 }
 
 /// `Ingress namespace/name`, as diagnostics name it.
-pub fn ingress_object(ing: &Ingress) -> String {
+pub(super) fn ingress_object(ing: &Ingress) -> String {
     let (ns, name) = meta_name(&ing.metadata);
     format!("Ingress {ns}/{name}")
 }
 
 /// What the caller of [`Pass::finish_reusing`] still knows of a backend: its endpoints, or
 /// why it could not be resolved; `None` to resolve it.
-pub type Reuse<'a> = dyn Fn(BackendId, &ServiceRef) -> Option<Result<Backend, String>> + 'a;
+pub(super) type Reuse<'a> = dyn Fn(BackendId, &ServiceRef) -> Option<Result<Backend, String>> + 'a;
 
 /// One compilation pass over a set of Ingresses: resolves their backends (interning ids in
 /// the given [`BackendIds`]) and builds their route table.
-pub struct Pass<'a> {
+pub(super) struct Pass<'a> {
     c: Compiler<'a>,
 }
 

@@ -4,15 +4,19 @@
 //! every Ingress with rules for those hosts, and publishes a table that shares the untouched
 //! hosts with the previous snapshot ([`RouteTable::patched`]). Service and EndpointSlice
 //! changes re-resolve endpoints and touch no host at all. The result routes exactly as a full
-//! [`compile`](super::compile::compile) of the same objects would (tests/incremental.rs checks this against the full
-//! compiler); IngressClass changes, duplicate Ingress names and an overlay grown past
-//! [`Incremental::compaction_due`] take the full path.
+//! compile of the same objects would (tests/incremental.rs checks this with a proptest);
+//! IngressClass changes, duplicate Ingress names and an overlay grown past
+//! [`Incremental::compaction_due`] take the full path. This is the one compiler: a full
+//! compile ([`super::compile::compile_at`]) is its first step, and every entry point takes the
+//! time certificates are judged at (`*_at`; the others read the wall clock for tools and tests).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use k8s_openapi::api::networking::v1::Ingress;
 
+use super::certs::wall_clock;
 use super::compile::{
     BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Objects, Pass, SERVICE_NAME_LABEL,
     ServiceRef, backend_refs, certificates, has_tls, ingress_object, live_refs,
@@ -160,8 +164,19 @@ fn key_of(ing: &Ingress, key: &mut String) {
 }
 
 impl Incremental {
-    /// A full compile of `objects` as snapshot `version`, kept as the base of the next ones.
+    /// [`Incremental::new_at`] at the wall clock.
     pub fn new(objects: &Objects, opts: CompileOptions, version: u64) -> (Incremental, Compiled) {
+        Incremental::new_at(objects, opts, version, wall_clock())
+    }
+
+    /// A full compile of `objects` as snapshot `version` at `now` (certificate expiry is judged
+    /// against it), kept as the base of the next ones.
+    pub fn new_at(
+        objects: &Objects,
+        opts: CompileOptions,
+        version: u64,
+        now: SystemTime,
+    ) -> (Incremental, Compiled) {
         let mut inc = Incremental {
             opts,
             ids: BackendIds::default(),
@@ -181,7 +196,7 @@ impl Incremental {
             secrets: Vec::new(),
             calls: 0,
         };
-        let compiled = inc.full(objects, version);
+        let compiled = inc.full_at(objects, version, now);
         (inc, compiled)
     }
 
@@ -235,8 +250,13 @@ impl Incremental {
         dirty
     }
 
-    /// Compiles everything from scratch (and rebuilds the base and the index).
+    /// [`Incremental::full_at`] at the wall clock.
     pub fn full(&mut self, objects: &Objects, version: u64) -> Compiled {
+        self.full_at(objects, version, wall_clock())
+    }
+
+    /// Compiles everything from scratch at `now` (and rebuilds the base and the index).
+    pub fn full_at(&mut self, objects: &Objects, version: u64, now: SystemTime) -> Compiled {
         self.calls += 1;
         let mut ids = BackendIds::default();
         let opts = self.opts.clone();
@@ -282,6 +302,7 @@ impl Incremental {
             &classes,
             objects,
             &opts,
+            now,
         );
         diagnostics.extend(cert_diagnostics);
         diagnostics.sort();
@@ -298,8 +319,14 @@ impl Incremental {
     /// call. Diagnostics are those of the Ingresses that changed (and of backends that broke),
     /// not the whole set again.
     pub fn update(&mut self, objects: &Objects, version: u64) -> Compiled {
+        self.update_at(objects, version, wall_clock())
+    }
+
+    /// [`Incremental::update`] at `now` (certificate expiry is judged against it whenever the
+    /// certificate table is rebuilt).
+    pub fn update_at(&mut self, objects: &Objects, version: u64, now: SystemTime) -> Compiled {
         if self.duplicates || identities(&objects.classes) != self.classes {
-            return self.full(objects, version);
+            return self.full_at(objects, version, now);
         }
         self.calls += 1;
         let calls = self.calls;
@@ -477,6 +504,7 @@ impl Incremental {
                 &classes,
                 objects,
                 &opts,
+                now,
             );
             self.certs = Arc::new(certs);
             self.secrets = secrets;

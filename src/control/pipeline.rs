@@ -12,6 +12,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::certs::wall_clock;
 use super::compile::{Diagnostic, Objects};
 use super::incremental::Incremental;
 use crate::engine::Publisher;
@@ -195,7 +196,7 @@ fn run(
             continue;
         };
         version += 1;
-        let compiled = compiler.update(&objects, version);
+        let compiled = compiler.update_at(&objects, version, wall_clock());
         publisher.publish(Arc::new(compiled.snapshot));
         // Blocks this thread only (polling) until every worker serves it; workers take a
         // snapshot at their next loop turn, so this is short.
@@ -210,7 +211,7 @@ fn run(
             // later changes stay cheap; and the whole set of rejections, which only a full
             // compile knows. Published after the change itself is served, never delaying it.
             version += 1;
-            let full = compiler.full(&objects, version);
+            let full = compiler.full_at(&objects, version, wall_clock());
             publisher.publish(Arc::new(full.snapshot));
             report(Report::Full {
                 version,
