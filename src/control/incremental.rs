@@ -341,7 +341,7 @@ impl Incremental {
         let mut key = String::new();
         for ing in &objects.ingresses {
             match self.seen.get_mut(&(Arc::as_ptr(ing) as usize)) {
-                Some(seen) if *seen == calls => return self.full(objects, version),
+                Some(seen) if *seen == calls => return self.full_at(objects, version, now),
                 Some(seen) => {
                     *seen = calls;
                     unchanged += 1;
@@ -350,7 +350,7 @@ impl Incremental {
                     key_of(ing, &mut key);
                     if !changed_keys.insert(key.clone()) {
                         // Two objects of one name: only the full compiler merges those.
-                        return self.full(objects, version);
+                        return self.full_at(objects, version, now);
                     }
                     changed.push((key.clone(), Some(Entry::new(ing.clone(), &classes, &opts))));
                 }
@@ -361,7 +361,7 @@ impl Incremental {
             if let Some(old) = self.ingresses.get(key) {
                 if self.seen.get(&old.id()) == Some(&calls) {
                     // The old object of this name is still there beside the new one.
-                    return self.full(objects, version);
+                    return self.full_at(objects, version, now);
                 }
                 replaced += 1;
             }
