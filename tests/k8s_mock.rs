@@ -522,7 +522,11 @@ fn a_broken_kubeconfig_is_a_clear_error() {
     let err = source
         .wait_synced(Duration::from_secs(10))
         .expect_err("a broken kubeconfig is an error");
-    assert!(err.contains("kubeconfig"), "{err}");
+    assert!(
+        matches!(err, sluice::control::watch::KubeError::Kubeconfig { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("kubeconfig"), "{err}");
     source.stop();
 }
 

@@ -8,14 +8,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::store::Msg;
-use super::{KubeOptions, KubeStats};
+use super::{KubeError, KubeOptions, KubeStats};
 use futures::StreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch as signal};
 
-pub(super) async fn make_client(options: &KubeOptions) -> Result<Client, String> {
+pub(super) async fn make_client(options: &KubeOptions) -> Result<Client, KubeError> {
     // The API client's TLS uses the process-wide rustls provider; with more than one
     // provider built in, rustls cannot pick one by itself. Ours is the one the HTTPS listener
     // uses (an earlier install, by a test or a second source, is just as good).
@@ -25,20 +25,23 @@ pub(super) async fn make_client(options: &KubeOptions) -> Result<Client, String>
         .install_default();
     let config = match &options.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            let bad = |source| KubeError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+                .map_err(bad)?
         }
         None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-            kube::Config::incluster().map_err(|e| format!("in-cluster configuration: {e}"))?
+            kube::Config::incluster().map_err(KubeError::InCluster)?
         }
         None => kube::Config::infer()
             .await
-            .map_err(|e| format!("no cluster configuration (in-cluster or kubeconfig): {e}"))?,
+            .map_err(KubeError::NoConfiguration)?,
     };
-    Client::try_from(config).map_err(|e| format!("cannot build the Kubernetes client: {e}"))
+    Client::try_from(config).map_err(KubeError::Client)
 }
 
 pub(super) fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>

@@ -33,10 +33,33 @@ use crate::engine::Publisher;
 
 pub use super::pipeline::MAX_HOLD;
 pub use client::api_error;
-pub use options::{BACKOFF_MAX, KubeOptions, KubeSettings, parse_namespaced_name};
+pub use options::{
+    BACKOFF_MAX, BadNamespacedName, KubeOptions, KubeSettings, parse_namespaced_name,
+};
 use run::run;
 pub use stats::KubeStats;
 pub use store::Key;
+
+/// Why the Kubernetes source cannot work (as opposed to an API server that is away, which it
+/// waits out).
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("kubeconfig {}: {source}", path.display())]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster configuration: {0}")]
+    InCluster(kube::config::InClusterError),
+    #[error("no cluster configuration (in-cluster or kubeconfig): {0}")]
+    NoConfiguration(kube::config::InferConfigError),
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(kube::Error),
+    #[error("cannot start the control runtime: {0}")]
+    Runtime(io::Error),
+    #[error("the Kubernetes control thread stopped")]
+    Stopped,
+}
 
 /// The only Secret type we cache.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
@@ -44,7 +67,7 @@ pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 /// The Kubernetes source: a control thread that watches the cluster and publishes snapshots.
 pub struct KubeSource {
     thread: Option<JoinHandle<()>>,
-    first: Receiver<Result<Compiled, String>>,
+    first: Receiver<Result<Compiled, KubeError>>,
     publisher: Option<oneshot::Sender<Publisher>>,
     stop: signal::Sender<bool>,
     stats: Arc<KubeStats>,
@@ -75,8 +98,7 @@ impl KubeSource {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ =
-                            first_tx.send(Err(format!("cannot start the control runtime: {e}")));
+                        let _ = first_tx.send(Err(KubeError::Runtime(e)));
                         return;
                     }
                 };
@@ -94,13 +116,11 @@ impl KubeSource {
     /// Waits up to `timeout` for the first complete view of the cluster, compiled as
     /// snapshot version 1. `Ok(None)`: not yet (the API server may be unreachable; the
     /// control thread keeps trying). `Err`: the source cannot work (bad kubeconfig).
-    pub fn wait_synced(&self, timeout: Duration) -> Result<Option<Compiled>, String> {
+    pub fn wait_synced(&self, timeout: Duration) -> Result<Option<Compiled>, KubeError> {
         match self.first.recv_timeout(timeout) {
             Ok(result) => result.map(Some),
             Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err("the Kubernetes control thread stopped".into())
-            }
+            Err(RecvTimeoutError::Disconnected) => Err(KubeError::Stopped),
         }
     }
 

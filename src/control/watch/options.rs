@@ -47,13 +47,18 @@ impl Default for KubeOptions {
     }
 }
 
+/// A `NAMESPACE/NAME` value that is not one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("expected \"namespace/name\" (got {0:?})")]
+pub struct BadNamespacedName(pub String);
+
 /// Parses `NAMESPACE/NAME`.
-pub fn parse_namespaced_name(text: &str) -> Result<(String, String), String> {
+pub fn parse_namespaced_name(text: &str) -> Result<(String, String), BadNamespacedName> {
     match text.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
             Ok((ns.to_string(), name.to_string()))
         }
-        _ => Err(format!("expected \"namespace/name\" (got {text:?})")),
+        _ => Err(BadNamespacedName(text.to_string())),
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch as signal};
 
 use super::client::{Recovery, api, api_error, make_client, probe, spawn_watch};
 use super::store::{Key, Msg, Store};
-use super::{KubeSettings, KubeStats, TLS_SECRET_TYPE};
+use super::{KubeError, KubeSettings, KubeStats, TLS_SECRET_TYPE};
 use crate::control::class::Classes;
 use crate::control::compile::{Compiled, Diagnostic};
 use crate::control::incremental::Incremental;
@@ -31,7 +31,7 @@ const STATUS_RESYNC: Duration = Duration::from_secs(30);
 /// The control loop.
 pub(super) async fn run(
     settings: KubeSettings,
-    first_tx: std::sync::mpsc::SyncSender<Result<Compiled, String>>,
+    first_tx: std::sync::mpsc::SyncSender<Result<Compiled, KubeError>>,
     publisher_rx: oneshot::Receiver<Publisher>,
     mut stop: signal::Receiver<bool>,
     stats: Arc<KubeStats>,
