@@ -17,7 +17,7 @@
 //! * `spec.defaultBackend`: the fallback for the Ingress's own hosts, and (from the oldest
 //!   Ingress that has one) for requests nothing else matches; then the controller default.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -281,9 +281,42 @@ pub(super) fn ingress_object(ing: &Ingress) -> String {
     format!("Ingress {ns}/{name}")
 }
 
-/// What the caller of [`Pass::finish_reusing`] still knows of a backend: its endpoints, or
-/// why it could not be resolved; `None` to resolve it.
-pub(super) type Reuse<'a> = dyn Fn(BackendId, &ServiceRef) -> Option<Result<Backend, String>> + 'a;
+/// What the incremental compiler still knows from its last snapshot, handed down to
+/// [`Pass::finish`] as data: a backend that was resolved then and whose Service and
+/// EndpointSlices did not change since keeps its endpoints (or why it is broken) instead of
+/// being resolved again.
+pub(super) struct Known<'a> {
+    /// The last snapshot's backends, by id.
+    pub backends: &'a [Backend],
+    /// Which of them were resolved (routed to).
+    pub resolved: &'a [bool],
+    /// Why the broken ones are broken.
+    pub broken: &'a HashMap<BackendId, String>,
+    /// `(namespace, service)` of every Service whose objects changed since.
+    pub changed: &'a HashSet<(String, String)>,
+}
+
+impl Known<'_> {
+    /// The endpoints of `id` (standing for `target`) as last resolved, if still valid.
+    fn endpoints(
+        &self,
+        id: BackendId,
+        target: &ServiceRef,
+    ) -> Option<Result<Vec<SocketAddr>, String>> {
+        let i = id.0 as usize;
+        if !self.resolved.get(i).copied().unwrap_or(false)
+            || self
+                .changed
+                .contains(&(target.namespace.clone(), target.name.clone()))
+        {
+            return None;
+        }
+        Some(match self.broken.get(&id) {
+            Some(why) => Err(why.clone()),
+            None => Ok(self.backends.get(i)?.endpoints.clone()),
+        })
+    }
+}
 
 /// One compilation pass over a set of Ingresses: resolves their backends (interning ids in
 /// the given [`BackendIds`]) and builds their route table.
@@ -367,25 +400,17 @@ impl<'a> Pass<'a> {
         self.c.ids.len()
     }
 
-    /// Every backend id known so far with its endpoints, for the ids `live` keeps (resolved by
-    /// this pass, or now); the others (no rule routes to them) get no endpoints, so that no
-    /// worker keeps pooled connections to them. Also returns the ids whose
-    /// Service port could not be resolved, with why, and this pass's diagnostics.
+    /// Every backend id known so far with its endpoints, for the ids `refs` counts as routed
+    /// to (resolved by this pass, taken from `known`, or resolved now); the others (no rule
+    /// routes to them) get no endpoints, so that no worker keeps pooled connections to them.
+    /// Also returns the ids whose Service port could not be resolved, with why, and this
+    /// pass's diagnostics.
     pub fn finish(
         self,
-        live: &dyn Fn(BackendId) -> bool,
+        refs: &[u32],
+        known: Option<&Known<'_>>,
     ) -> (Vec<Backend>, Vec<(BackendId, String)>, Vec<Diagnostic>) {
-        self.finish_reusing(live, &|_, _| None)
-    }
-
-    /// [`Pass::finish`], taking the backends `reuse` still knows (a live backend whose
-    /// Service and EndpointSlices did not change: its endpoints, or why it is broken) instead
-    /// of resolving them again.
-    pub fn finish_reusing(
-        self,
-        live: &dyn Fn(BackendId) -> bool,
-        reuse: &Reuse<'_>,
-    ) -> (Vec<Backend>, Vec<(BackendId, String)>, Vec<Diagnostic>) {
+        let live = |id: BackendId| refs.get(id.0 as usize).is_some_and(|n| *n > 0);
         let mut c = self.c;
         let mut backends = Vec::with_capacity(c.ids.len());
         let mut broken = Vec::new();
@@ -403,8 +428,8 @@ impl<'a> Pass<'a> {
                     let endpoints = if !live(id) {
                         Vec::new()
                     } else {
-                        let known = reuse(id, target).map(|r| r.map(|b| b.endpoints));
                         known
+                            .and_then(|k| k.endpoints(id, target))
                             .unwrap_or_else(|| c.endpoints(target))
                             .unwrap_or_else(|why| {
                                 broken.push((id, why));

@@ -18,8 +18,8 @@ use k8s_openapi::api::networking::v1::Ingress;
 
 use super::certs::wall_clock;
 use super::compile::{
-    BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Objects, Pass, SERVICE_NAME_LABEL,
-    ServiceRef, backend_refs, certificates, has_tls, ingress_object, live_refs,
+    BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Known, Objects, Pass,
+    SERVICE_NAME_LABEL, backend_refs, certificates, has_tls, ingress_object, live_refs,
 };
 use crate::core::route::{Backend, BackendId, RouteTable};
 use crate::core::snapshot::Snapshot;
@@ -272,7 +272,7 @@ impl Incremental {
         let base_refs = backend_refs(&table, count);
         let refs = live_refs(&table, &base_refs, count);
         self.live = refs.iter().filter(|n| **n > 0).count();
-        let (backends, broken, mut diagnostics) = pass.finish(&|id| refs[id.0 as usize] > 0);
+        let (backends, broken, mut diagnostics) = pass.finish(&refs, None);
         diagnostics.sort();
         diagnostics.dedup();
         self.resolved = refs.iter().map(|n| *n > 0).collect();
@@ -456,23 +456,13 @@ impl Incremental {
         // Backends the new table names: the base's counts, corrected by the overlay.
         let refs = live_refs(&table, &self.base_refs, pass.backend_count());
         self.live = refs.iter().filter(|n| **n > 0).count();
-        let previous = &self.backends;
-        let resolved = &self.resolved;
-        let broken_before = &self.broken;
-        let reuse = |id: BackendId, target: &ServiceRef| {
-            let i = id.0 as usize;
-            if !resolved.get(i).copied().unwrap_or(false)
-                || dirty_services.contains(&(target.namespace.clone(), target.name.clone()))
-            {
-                return None;
-            }
-            Some(match broken_before.get(&id) {
-                Some(why) => Err(why.clone()),
-                None => Ok(previous.get(i)?.clone()),
-            })
+        let known = Known {
+            backends: &self.backends,
+            resolved: &self.resolved,
+            broken: &self.broken,
+            changed: &dirty_services,
         };
-        let (backends, broken, pass_diagnostics) =
-            pass.finish_reusing(&|id| refs[id.0 as usize] > 0, &reuse);
+        let (backends, broken, pass_diagnostics) = pass.finish(&refs, Some(&known));
         self.resolved = refs.iter().map(|n| *n > 0).collect();
 
         let mut diagnostics: Vec<Diagnostic> = pass_diagnostics
