@@ -1,5 +1,7 @@
 //! The control side: turns Kubernetes objects (from the cluster or from YAML files) into
-//! immutable route snapshots. Pure compilation lives in `compile`; I/O lives elsewhere.
+//! immutable route snapshots. Pure compilation lives in `compile` (driven by `incremental`);
+//! both sources (`files`, `watch`) hand their objects to the one update `pipeline`, which
+//! compiles, publishes and waits for the workers on its own thread.
 
 pub mod annotations;
 pub mod certs;
