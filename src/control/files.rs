@@ -2,9 +2,10 @@
 //! new files and deletions are compiled and published without a restart. A file that fails to
 //! parse keeps its previous objects (the error is logged with file and line); the other files
 //! keep serving. The directory is read again once a file is complete (closed after writing,
-//! moved, linked or deleted), never while it is being written; the objects then go to the update pipeline
-//! ([`super::pipeline`]), which coalesces bursts (never holding a change longer than
-//! [`MAX_HOLD`]), compiles, publishes and waits for the workers.
+//! moved, linked or deleted), never while it is being written; the objects then go to the
+//! update pipeline's [`Updater`](super::pipeline::Updater), driven on this watcher's thread
+//! (no hand-over to another thread on a busy core), which coalesces bursts (never holding a
+//! change longer than [`MAX_HOLD`]), compiles, publishes and waits for the workers.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -21,7 +22,7 @@ use inotify::{EventMask, Inotify, WatchMask};
 use super::compile::Objects;
 use super::incremental::Incremental;
 use super::manifests::{ManifestError, Object, parse_documents};
-use super::pipeline::{Change, Pipeline, Report, now};
+use super::pipeline::{Change, Report, Updater, now};
 use crate::engine::Publisher;
 use crate::engine::sys;
 
@@ -156,7 +157,6 @@ impl FileSource {
 /// Watches `dir` and hands every change to the update pipeline, until `stop`.
 pub struct FileWatcher {
     thread: JoinHandle<()>,
-    pipeline: Pipeline,
 }
 
 /// Events after which a file is complete (written and closed, moved in or out, gone). A
@@ -195,14 +195,14 @@ impl FileWatcher {
                 | WatchMask::CREATE
                 | WatchMask::MODIFY,
         )?;
-        let pipeline = Pipeline::spawn(compiler, publisher, version, |report| {
+        let report = |report| {
             if let Report::Update { diagnostics, .. } = report {
                 for d in &diagnostics {
                     super::report::rejected(d);
                 }
             }
-        })?;
-        let feed = pipeline.feed();
+        };
+        let mut updater = Updater::new(compiler, publisher, version, report);
         let thread = std::thread::Builder::new()
             .name("sluice-files".into())
             .spawn(move || {
@@ -210,56 +210,55 @@ impl FileWatcher {
                 // The first event since the last read of the directory.
                 let mut first_event: Option<Instant> = None;
                 while !stop.load(Ordering::Acquire) {
-                    let complete = match inotify.read_events(&mut buf) {
+                    let (got, complete) = match inotify.read_events(&mut buf) {
                         Ok(events) => {
-                            let mut complete = false;
+                            let (mut got, mut complete) = (false, false);
                             for event in events {
+                                got = true;
                                 first_event.get_or_insert_with(now);
                                 complete |= event.mask.intersects(COMPLETE)
                                     || (event.mask.contains(EventMask::CREATE)
                                         && event.name.is_some_and(|n| linked(&source.dir, n)));
                             }
-                            complete
+                            (got, complete)
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, false),
                         Err(e) => {
                             tracing::error!(dir = %source.dir.display(), error = %e, "cannot watch the manifests directory");
-                            false
+                            (false, false)
                         }
                     };
-                    if !complete {
-                        // Until an event (or a look at `stop`).
-                        let _ = sys::wait_readable(&[inotify.as_raw_fd()], IDLE_WAIT);
-                        continue;
-                    }
-                    let Some(seen) = first_event.take() else {
-                        continue;
-                    };
-                    let generation = source.generation();
-                    for e in source.refresh() {
-                        tracing::warn!(error = %e, "{e} (previous objects of this file kept)");
-                    }
-                    if source.generation() == generation {
+                    if complete && let Some(seen) = first_event.take() {
+                        let generation = source.generation();
+                        for e in source.refresh() {
+                            tracing::warn!(error = %e, "{e} (previous objects of this file kept)");
+                        }
                         // Events that changed nothing (a temporary file written before its
-                        // rename, a touch): no new snapshot.
-                        continue;
+                        // rename, a touch) make no new snapshot.
+                        if source.generation() != generation {
+                            let change = Change {
+                                objects: source.objects(),
+                                seen,
+                                recheck: false,
+                            };
+                            updater.offer(change, now());
+                        }
                     }
-                    let change = Change {
-                        objects: source.objects(),
-                        seen,
-                        recheck: false,
-                    };
-                    if !feed.send(change) {
-                        return;
+                    updater.apply_due(now());
+                    if !got {
+                        // Until an event, the pending change is due, or a look at `stop`.
+                        let wait = updater.deadline().map_or(IDLE_WAIT, |d| {
+                            d.saturating_duration_since(now()).min(IDLE_WAIT)
+                        });
+                        let _ = sys::wait_readable(&[inotify.as_raw_fd()], wait);
                     }
                 }
             })?;
-        Ok(FileWatcher { thread, pipeline })
+        Ok(FileWatcher { thread })
     }
 
-    /// Waits for the watcher (after `stop`) and then the pipeline to end.
+    /// Waits for the watcher to end (after `stop`).
     pub fn join(self) {
         let _ = self.thread.join();
-        self.pipeline.finish();
     }
 }

@@ -3,8 +3,9 @@
 //! coalesces a burst (applied once it has been quiet for [`QUIET`], never held longer than
 //! [`MAX_HOLD`]), compiles it incrementally, publishes the snapshot, waits until every worker
 //! serves it, and then folds the changes into a new base when compaction is due (or when the
-//! source asked for the whole set of rejections). All of it runs on the pipeline's own thread,
-//! so no source (and no async task of the Kubernetes source) ever blocks on the workers.
+//! source asked for the whole set of rejections). The work is one [`Updater`]: the Kubernetes
+//! source feeds it on the pipeline's own thread ([`Pipeline`]), so none of its async tasks
+//! ever blocks on the workers; the file source, whose thread may block, drives it inline.
 
 use std::io;
 use std::sync::Arc;
@@ -132,7 +133,7 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("sluice-pipeline".into())
-            .spawn(move || run(rx, compiler, publisher, version, report))?;
+            .spawn(move || run(rx, Updater::new(compiler, publisher, version, report)))?;
         Ok(Pipeline {
             feed: Some(Feed { tx }),
             thread: Some(thread),
@@ -160,63 +161,98 @@ impl Drop for Pipeline {
     }
 }
 
-fn run(
-    rx: mpsc::Receiver<Change>,
-    mut compiler: Incremental,
+/// The pipeline's work, driven by a loop that owns it: the pipeline thread (fed through a
+/// channel), or a source's own thread when that thread may block (the file source, so that a
+/// change needs no hand-over to another thread on a busy core).
+pub struct Updater<R: FnMut(Report)> {
+    compiler: Incremental,
     publisher: Publisher,
-    mut version: u64,
-    mut report: impl FnMut(Report),
-) {
-    let mut debounce = Debounce::new(QUIET, MAX_HOLD);
-    // The latest objects of the pending burst, when its first change was seen, and whether
-    // any change of it asked for a recheck.
-    let mut pending: Option<(Objects, Instant, bool)> = None;
-    loop {
-        let next = match debounce.deadline() {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(deadline) => rx.recv_timeout(deadline.saturating_duration_since(now())),
-        };
-        match next {
-            Ok(change) => {
-                debounce.note(now());
-                let (seen, recheck) = match pending.take() {
-                    Some((_, seen, recheck)) => (seen.min(change.seen), recheck),
-                    None => (change.seen, false),
-                };
-                pending = Some((change.objects, seen, recheck || change.recheck));
-                continue;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+    version: u64,
+    report: R,
+    debounce: Debounce,
+    /// The latest objects of the pending burst, when its first change was seen, and whether
+    /// any change of it asked for a recheck.
+    pending: Option<(Objects, Instant, bool)>,
+}
+
+impl<R: FnMut(Report)> Updater<R> {
+    /// `compiler` has compiled the source's current objects as snapshot `version` (already
+    /// published); every later change is published as the next version. `report` is called
+    /// after each publication.
+    pub fn new(compiler: Incremental, publisher: Publisher, version: u64, report: R) -> Self {
+        Updater {
+            compiler,
+            publisher,
+            version,
+            report,
+            debounce: Debounce::new(QUIET, MAX_HOLD),
+            pending: None,
         }
-        if !debounce.take_due(now()) {
-            continue;
-        }
-        let Some((objects, seen, recheck)) = pending.take() else {
-            continue;
+    }
+
+    /// A change arrived at `now`; it joins the pending burst (its objects replace the
+    /// burst's).
+    pub fn offer(&mut self, change: Change, now: Instant) {
+        self.debounce.note(now);
+        let (seen, recheck) = match self.pending.take() {
+            Some((_, seen, recheck)) => (seen.min(change.seen), recheck),
+            None => (change.seen, false),
         };
-        version += 1;
-        let compiled = compiler.update_at(&objects, version, wall_clock());
-        publisher.publish(Arc::new(compiled.snapshot));
-        // Blocks this thread only (polling) until every worker serves it; workers take a
-        // snapshot at their next loop turn, so this is short.
-        let propagation = publisher.wait_acknowledged(version, seen, ACK_WAIT);
-        report(Report::Update {
+        self.pending = Some((change.objects, seen, recheck || change.recheck));
+    }
+
+    /// When the pending burst is due (`None`: nothing pending).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.debounce.deadline()
+    }
+
+    /// Applies the pending burst if it is due at `now`: compiles it incrementally, publishes
+    /// it, waits (blocking the calling thread) until every worker serves it, then compacts or
+    /// rechecks with a full compile if due.
+    pub fn apply_due(&mut self, now: Instant) {
+        if !self.debounce.take_due(now) {
+            return;
+        }
+        let Some((objects, seen, recheck)) = self.pending.take() else {
+            return;
+        };
+        self.version += 1;
+        let version = self.version;
+        let compiled = self.compiler.update_at(&objects, version, wall_clock());
+        self.publisher.publish(Arc::new(compiled.snapshot));
+        // Workers take a snapshot at their next loop turn, so this is short.
+        let propagation = self.publisher.wait_acknowledged(version, seen, ACK_WAIT);
+        (self.report)(Report::Update {
             version,
             diagnostics: compiled.diagnostics,
             propagation,
         });
-        if recheck || compiler.compaction_due() {
+        if recheck || self.compiler.compaction_due() {
             // The same routes with the changes folded into a new base, so that lookups and
             // later changes stay cheap; and the whole set of rejections, which only a full
             // compile knows. Published after the change itself is served, never delaying it.
-            version += 1;
-            let full = compiler.full_at(&objects, version, wall_clock());
-            publisher.publish(Arc::new(full.snapshot));
-            report(Report::Full {
+            self.version += 1;
+            let version = self.version;
+            let full = self.compiler.full_at(&objects, version, wall_clock());
+            self.publisher.publish(Arc::new(full.snapshot));
+            (self.report)(Report::Full {
                 version,
                 diagnostics: full.diagnostics,
             });
+        }
+    }
+}
+
+fn run(rx: mpsc::Receiver<Change>, mut updater: Updater<impl FnMut(Report)>) {
+    loop {
+        let next = match updater.deadline() {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(deadline) => rx.recv_timeout(deadline.saturating_duration_since(now())),
+        };
+        match next {
+            Ok(change) => updater.offer(change, now()),
+            Err(RecvTimeoutError::Timeout) => updater.apply_due(now()),
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
