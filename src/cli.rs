@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use sluice::config::EngineKind;
+use sluice::config::{EngineKind, ValueError};
+use sluice::control::watch::BadNamespacedName;
 
 /// Sluice: a thread-per-core Kubernetes ingress proxy.
 #[derive(Debug, Parser)]
@@ -114,22 +115,21 @@ pub enum LogFormat {
     Json,
 }
 
-fn parse_filter(text: &str) -> Result<String, String> {
+fn parse_filter(text: &str) -> Result<String, tracing_subscriber::filter::ParseError> {
     tracing_subscriber::EnvFilter::builder()
         .parse(text)
         .map(|_| text.to_string())
-        .map_err(|e| e.to_string())
 }
 
-fn parse_engine(text: &str) -> Result<EngineKind, String> {
+fn parse_engine(text: &str) -> Result<EngineKind, ValueError> {
     EngineKind::parse(text)
 }
 
-fn parse_secret(text: &str) -> Result<(String, String), String> {
+fn parse_secret(text: &str) -> Result<(String, String), ValueError> {
     sluice::config::parse_secret_ref(text)
 }
 
-fn parse_namespaced(text: &str) -> Result<(String, String), String> {
+fn parse_namespaced(text: &str) -> Result<(String, String), BadNamespacedName> {
     sluice::control::watch::parse_namespaced_name(text)
 }
 
@@ -137,7 +137,7 @@ fn parse_namespaced(text: &str) -> Result<(String, String), String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Addresses(pub Vec<String>);
 
-fn parse_addresses(text: &str) -> Result<Addresses, String> {
+fn parse_addresses(text: &str) -> Result<Addresses, std::convert::Infallible> {
     Ok(Addresses(
         text.split(',')
             .map(str::trim)

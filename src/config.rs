@@ -13,7 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::control::compile::{CompileOptions, PortRef, ServiceRef};
-use crate::control::watch::{KubeOptions, parse_namespaced_name};
+use crate::control::watch::{BadNamespacedName, KubeOptions, parse_namespaced_name};
 use crate::core::conn::{ConnConfig, Scheme, Timeouts};
 use crate::core::http1::{Limits, MAX_HEADERS_CAP, Upgrades};
 use crate::core::tls::TlsSettings;
@@ -50,6 +50,37 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// A flag or config value that does not parse (the config file adds where it is, as a
+/// [`ConfigError`]; clap adds which flag).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error(transparent)]
+    NamespacedName(#[from] BadNamespacedName),
+    #[error("expected \"namespace/service:port\" (got {0:?})")]
+    ServiceRef(String),
+    #[error("expected a duration like \"10s\" or \"500ms\" (got {0:?})")]
+    Duration(String),
+    #[error("unknown duration unit in {0:?} (use ms, s, m or h)")]
+    DurationUnit(String),
+    #[error("expected a size like 1048576, \"512k\" or \"1m\" (got {0:?})")]
+    Size(String),
+    #[error("unknown size unit in {0:?} (use k, m or g)")]
+    SizeUnit(String),
+    #[error("size {0:?} is too large")]
+    SizeTooLarge(String),
+    #[error("unknown engine {0:?} (use \"uring\" or \"userspace\")")]
+    Engine(String),
+}
+
+/// Why the HTTPS listener's TLS settings could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpsError {
+    #[error("cannot make session-ticket keys: {0}")]
+    Tickets(rustls::Error),
+    #[error("TLS settings: {0}")]
+    Settings(rustls::Error),
+}
 
 /// `workers = 4` or `workers = [0, 2]` (CPU ids).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -291,13 +322,11 @@ pub enum EngineKind {
 }
 
 impl EngineKind {
-    pub fn parse(text: &str) -> Result<EngineKind, String> {
+    pub fn parse(text: &str) -> Result<EngineKind, ValueError> {
         match text {
             "uring" => Ok(EngineKind::Uring),
             "userspace" => Ok(EngineKind::Userspace),
-            other => Err(format!(
-                "unknown engine {other:?} (use \"uring\" or \"userspace\")"
-            )),
+            other => Err(ValueError::Engine(other.to_string())),
         }
     }
 }
@@ -373,29 +402,27 @@ impl Default for Config {
 }
 
 /// Parses `"500ms"`, `"10s"`, `"5m"`, `"1h"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("expected a duration like \"10s\" or \"500ms\" (got {text:?})"))?;
+        .map_err(|_| ValueError::Duration(text.to_string()))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
         _ => {
-            return Err(format!(
-                "unknown duration unit in {text:?} (use ms, s, m or h)"
-            ));
+            return Err(ValueError::DurationUnit(text.to_string()));
         }
     };
     Ok(d)
 }
 
 /// Parses `123`, `"64k"`, `"1m"`, `"2g"` (powers of 1024, as nginx does).
-fn parse_size(size: &Size) -> Result<u64, String> {
+fn parse_size(size: &Size) -> Result<u64, ValueError> {
     let text = match size {
         Size::Bytes(n) => return Ok(*n),
         Size::Text(t) => t.trim().to_ascii_lowercase(),
@@ -404,18 +431,15 @@ fn parse_size(size: &Size) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a size like 1048576, \"512k\" or \"1m\" (got {text:?})"))?;
+    let n: u64 = num.parse().map_err(|_| ValueError::Size(text.clone()))?;
     let mult = match unit {
         "" => 1,
         "k" => 1 << 10,
         "m" => 1 << 20,
         "g" => 1 << 30,
-        _ => return Err(format!("unknown size unit in {text:?} (use k, m or g)")),
+        _ => return Err(ValueError::SizeUnit(text)),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {text:?} is too large"))
+    n.checked_mul(mult).ok_or(ValueError::SizeTooLarge(text))
 }
 
 struct Ctx<'a> {
@@ -424,7 +448,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn at(&self, offset: usize, field: &str, message: impl Into<String>) -> ConfigError {
+    fn at(&self, offset: usize, field: &str, message: impl fmt::Display) -> ConfigError {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.rfind('\n').map_or(offset + 1, |nl| offset - nl);
@@ -433,7 +457,7 @@ impl Ctx<'_> {
             line,
             column,
             field: field.to_string(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 
@@ -841,13 +865,12 @@ impl Config {
 
     /// The HTTPS listener: connection settings (`X-Forwarded-Proto: https`, HSTS) and TLS
     /// settings with fresh session-ticket keys (rotated every 6 hours) and a session cache.
-    pub fn https_config(&self) -> Result<HttpsConfig, String> {
+    pub fn https_config(&self) -> Result<HttpsConfig, HttpsError> {
         let provider = crate::control::certs::provider();
-        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-            .map_err(|e| format!("cannot make session-ticket keys: {e}"))?;
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(HttpsError::Tickets)?;
         let sessions = rustls::server::ServerSessionMemoryCache::new(self.tls.session_cache_size);
         let settings = TlsSettings::new(provider, ticketer, sessions, self.tls.handshake_timeout)
-            .map_err(|e| format!("TLS settings: {e}"))?;
+            .map_err(HttpsError::Settings)?;
         let mut conn = self.conn_config();
         conn.scheme = Scheme::Https;
         conn.hsts = self.hsts_value();
@@ -879,13 +902,8 @@ impl Config {
 }
 
 /// `namespace/name` of a Secret.
-pub fn parse_secret_ref(text: &str) -> Result<(String, String), String> {
-    match text.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok((ns.to_string(), name.to_string()))
-        }
-        _ => Err(format!("expected \"namespace/name\" (got {text:?})")),
-    }
+pub fn parse_secret_ref(text: &str) -> Result<(String, String), ValueError> {
+    Ok(parse_namespaced_name(text)?)
 }
 
 fn parse_userspace(
@@ -1007,8 +1025,8 @@ fn parse_userspace(
 }
 
 /// `namespace/service:port` (port by number or name).
-pub fn parse_service_ref(text: &str) -> Result<ServiceRef, String> {
-    let bad = || format!("expected \"namespace/service:port\" (got {text:?})");
+pub fn parse_service_ref(text: &str) -> Result<ServiceRef, ValueError> {
+    let bad = || ValueError::ServiceRef(text.to_string());
     let (ns, rest) = text.split_once('/').ok_or_else(bad)?;
     let (name, port) = rest.split_once(':').ok_or_else(bad)?;
     if ns.is_empty() || name.is_empty() || port.is_empty() {

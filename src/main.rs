@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice::config::{Config, EngineKind};
+use sluice::config::{Config, ConfigError, EngineKind, HttpsError};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sluice::admin::{self, AdminHandle};
@@ -13,8 +13,8 @@ use sluice::control::certs;
 use sluice::control::compile::{Compiled, Objects};
 use sluice::control::files::{FileSource, FileWatcher};
 use sluice::control::incremental::Incremental;
-use sluice::control::manifests::{Object, parse_documents};
-use sluice::control::watch::{KubeSettings, KubeSource};
+use sluice::control::manifests::{ManifestError, Object, parse_documents};
+use sluice::control::watch::{KubeError, KubeSettings, KubeSource};
 use sluice::demo;
 use sluice::engine::access_log::{self, AccessLog};
 use sluice::engine::{Engine, sys};
@@ -23,10 +23,48 @@ mod cli;
 use clap::Parser;
 use cli::{Cli, Command, Flags, LogArgs, LogFormat};
 
+/// Why `sluice` stops with an error; `main` prints it once.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the kubernetes and manifests sources cannot be combined (yet): choose one")]
+    SourcesCombined,
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error("could not list the cluster within {0:?} (is the API server reachable?)")]
+    SyncTimeout(Duration),
+    /// A certificate file (control::certs words the reason).
+    #[error("{0}")]
+    Certificate(String),
+    #[error("{0} manifest document(s) could not be read")]
+    Manifests(usize),
+    #[error(transparent)]
+    Https(#[from] HttpsError),
+    #[error("cannot start the access log: {0}")]
+    AccessLog(std::io::Error),
+    #[error("{0}")]
+    Engine(std::io::Error),
+    #[error("{0}")]
+    Admin(std::io::Error),
+    #[error("cannot watch the manifests directory: {0}")]
+    Watch(std::io::Error),
+    #[error(
+        "demo runs on the io_uring engine: its upstreams are on loopback, which the userspace stack cannot reach"
+    )]
+    DemoNeedsUring,
+    #[error("{0}")]
+    Demo(std::io::Error),
+    #[error("embedded demo routes: {0}")]
+    DemoRoutes(ManifestError),
+    #[error("{0} object(s) or field(s) rejected")]
+    Rejected(usize),
+}
+
 /// The config file, then the flags over it (a flag always wins over its key in the file).
-fn load_config(args: &Flags) -> Result<Config, String> {
+fn load_config(args: &Flags) -> Result<Config, Error> {
     let mut config = match &args.config {
-        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
     if let Some(dir) = &args.manifests {
@@ -80,9 +118,7 @@ fn load_config(args: &Flags) -> Result<Config, String> {
     }
     config.compile.watch_without_class |= args.watch_without_class;
     if config.kubernetes.enabled && config.manifests.is_some() {
-        return Err(
-            "the kubernetes and manifests sources cannot be combined (yet): choose one".into(),
-        );
+        return Err(Error::SourcesCombined);
     }
     Ok(config)
 }
@@ -94,7 +130,7 @@ fn sync_cluster(
     pod_name: Option<&str>,
     signals: &std::sync::mpsc::Receiver<i32>,
     within: Option<Duration>,
-) -> Result<Option<(KubeSource, Compiled)>, String> {
+) -> Result<Option<(KubeSource, Compiled)>, Error> {
     let mut settings = KubeSettings::new(&config.kubernetes, &config.compile);
     if let Some(name) = pod_name {
         settings.identity = name.to_string();
@@ -105,14 +141,12 @@ fn sync_cluster(
         lease = %settings.options.election_id,
         "kubernetes: listing the cluster"
     );
-    let source = KubeSource::start(settings).map_err(|e| e.to_string())?;
+    let source = KubeSource::start(settings).map_err(|e| Error::Kube(KubeError::Runtime(e)))?;
     let mut waited = Duration::ZERO;
     loop {
         if within.is_some_and(|limit| waited >= limit) {
             source.stop();
-            return Err(format!(
-                "could not list the cluster within {waited:?} (is the API server reachable?)"
-            ));
+            return Err(Error::SyncTimeout(waited));
         }
         waited += Duration::from_millis(200);
         if let Ok(sig) = signals.try_recv() {
@@ -154,7 +188,7 @@ fn signal_channel() -> std::sync::mpsc::Receiver<i32> {
 /// `sluice run` with the Kubernetes source: the engine starts on the first complete view of
 /// the cluster (so readiness means "synced and every worker serves it"), then every change is
 /// published until a signal.
-fn serve_kube(config: &Config, pod_name: Option<&str>) -> Result<(), String> {
+fn serve_kube(config: &Config, pod_name: Option<&str>) -> Result<(), Error> {
     let signals = signal_channel();
     // `run` waits for the API server as long as it takes (the pod's startup probe decides).
     let Some((mut source, compiled)) = sync_cluster(config, pod_name, &signals, None)? else {
@@ -181,7 +215,7 @@ fn serve_kube(config: &Config, pod_name: Option<&str>) -> Result<(), String> {
     tracing::info!(signal = sig, grace = ?config.shutdown_grace, "draining");
     source.stop();
     engine.stop();
-    engine.join().map_err(|e| e.to_string())?;
+    engine.join().map_err(Error::Engine)?;
     admin.join();
     if let Some(log) = access_log::installed() {
         // The workers' last lines are with the logger thread: let it write them.
@@ -194,15 +228,15 @@ fn serve_kube(config: &Config, pod_name: Option<&str>) -> Result<(), String> {
 /// Loads the manifests directory (if any) and compiles it with `extra`; prints every problem.
 /// Loads the certificates the config names (files) and makes the fallback default: the
 /// default file, else a self-signed certificate generated now.
-fn load_certificates(config: &mut Config) -> Result<(), String> {
+fn load_certificates(config: &mut Config) -> Result<(), Error> {
     let now = certs::wall_clock();
     for f in &config.tls.certificates {
-        let cert = certs::load_files(&f.cert, &f.key, now)?;
+        let cert = certs::load_files(&f.cert, &f.key, now).map_err(Error::Certificate)?;
         config.compile.tls.files.push((f.hosts.clone(), cert));
     }
     config.compile.tls.default_cert = Some(match &config.tls.default_certificate_file {
-        Some(f) => certs::load_files(&f.cert, &f.key, now)?,
-        None => certs::self_signed()?,
+        Some(f) => certs::load_files(&f.cert, &f.key, now).map_err(Error::Certificate)?,
+        None => certs::self_signed().map_err(Error::Certificate)?,
     });
     Ok(())
 }
@@ -210,7 +244,7 @@ fn load_certificates(config: &mut Config) -> Result<(), String> {
 fn compile_routes(
     config: &Config,
     extra: Vec<Object>,
-) -> Result<(Incremental, Compiled, Option<FileSource>), String> {
+) -> Result<(Incremental, Compiled, Option<FileSource>), Error> {
     let mut source = config.manifests.as_deref().map(FileSource::new);
     let errors = source.as_mut().map(FileSource::refresh).unwrap_or_default();
     for e in &errors {
@@ -228,10 +262,7 @@ fn compile_routes(
         sluice::control::report::rejected(d);
     }
     if !errors.is_empty() {
-        return Err(format!(
-            "{} manifest document(s) could not be read",
-            errors.len()
-        ));
+        return Err(Error::Manifests(errors.len()));
     }
     Ok((compiler, compiled, source))
 }
@@ -241,14 +272,14 @@ fn compile_routes(
 fn start_engine(
     config: &Config,
     snapshot: Arc<sluice::core::snapshot::Snapshot>,
-) -> Result<(Engine, AdminHandle), String> {
+) -> Result<(Engine, AdminHandle), Error> {
     let https = Some(config.https_config()?);
     if config.log.access && access_log::installed().is_none() {
         let log = match &config.log.access_path {
             Some(path) => AccessLog::start_file(path.clone(), config.log.format, 64),
             None => AccessLog::start(Box::new(std::io::stdout()), config.log.format, 64),
         }
-        .map_err(|e| format!("cannot start the access log: {e}"))?;
+        .map_err(Error::AccessLog)?;
         access_log::install(log);
     }
     let engine = match config.engine {
@@ -260,7 +291,7 @@ fn start_engine(
             snapshot,
         ),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(Error::Engine)?;
     if let Ok(mut extra) = engine.state().extra_metrics.lock() {
         extra.push(Box::new(sluice::control::catalog::render_metrics));
     }
@@ -298,7 +329,7 @@ fn start_engine(
         Err(e) => {
             engine.stop();
             let _ = engine.join();
-            Err(e.to_string())
+            Err(Error::Admin(e))
         }
     }
 }
@@ -307,7 +338,7 @@ fn serve(
     config: &Config,
     (compiler, compiled, source): (Incremental, Compiled, Option<FileSource>),
     banner: Option<String>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     sys::block_termination_signals();
     let (engine, admin) = start_engine(config, Arc::new(compiled.snapshot))?;
     let stop_watching = Arc::new(AtomicBool::new(false));
@@ -320,7 +351,7 @@ fn serve(
                 1,
                 stop_watching.clone(),
             )
-            .map_err(|e| format!("cannot watch the manifests directory: {e}"))?,
+            .map_err(Error::Watch)?,
         ),
         None => None,
     };
@@ -349,7 +380,7 @@ fn serve(
         w.join();
     }
     engine.stop();
-    engine.join().map_err(|e| e.to_string())?;
+    engine.join().map_err(Error::Engine)?;
     admin.join();
     if let Some(log) = access_log::installed() {
         // The workers' last lines are with the logger thread: let it write them.
@@ -372,14 +403,10 @@ fn shutdown_delay(workers: &[Arc<sluice::engine::metrics::WorkerMetrics>], delay
     std::thread::sleep(delay);
 }
 
-fn demo_main(args: &Flags) -> Result<(), String> {
+fn demo_main(args: &Flags) -> Result<(), Error> {
     let mut config = load_config(args)?;
     if config.engine == EngineKind::Userspace {
-        return Err(
-            "demo runs on the io_uring engine: its upstreams are on loopback, which the \
-             userspace stack cannot reach"
-                .into(),
-        );
+        return Err(Error::DemoNeedsUring);
     }
     if args.http.is_none() {
         config.http = "127.0.0.1:8080".parse().expect("valid");
@@ -392,8 +419,8 @@ fn demo_main(args: &Flags) -> Result<(), String> {
     }
     load_certificates(&mut config)?;
     let local = "127.0.0.1:0".parse().expect("valid");
-    let a = demo::spawn_upstream("pod-a", local).map_err(|e| e.to_string())?;
-    let b = demo::spawn_upstream("pod-b", local).map_err(|e| e.to_string())?;
+    let a = demo::spawn_upstream("pod-a", local).map_err(Error::Demo)?;
+    let b = demo::spawn_upstream("pod-b", local).map_err(Error::Demo)?;
     let guide = demo::Guide {
         http: config.http,
         https: config.https,
@@ -406,10 +433,10 @@ fn demo_main(args: &Flags) -> Result<(), String> {
         guide.text(),
         config.http
     );
-    let g = demo::spawn_guide(local, guide).map_err(|e| e.to_string())?;
+    let g = demo::spawn_guide(local, guide).map_err(Error::Demo)?;
     let (objects, errors) = parse_documents(&demo::manifests(a.addr, b.addr, g), "demo");
-    if let Some(e) = errors.first() {
-        return Err(format!("embedded demo routes: {e}"));
+    if let Some(e) = errors.into_iter().next() {
+        return Err(Error::DemoRoutes(e));
     }
     let routes = compile_routes(&config, objects)?;
     serve(&config, routes, Some(banner))
@@ -437,7 +464,7 @@ fn init_logging(log: &LogArgs) {
     };
 }
 
-fn run_command(command: &Command) -> Result<(), String> {
+fn run_command(command: &Command) -> Result<(), Error> {
     let flags = command.flags();
     match command {
         Command::Run(_) => load_config(flags).and_then(|mut config| {
@@ -467,10 +494,7 @@ fn run_command(command: &Command) -> Result<(), String> {
             if compiled.diagnostics.is_empty() {
                 Ok(())
             } else {
-                Err(format!(
-                    "{} object(s) or field(s) rejected",
-                    compiled.diagnostics.len()
-                ))
+                Err(Error::Rejected(compiled.diagnostics.len()))
             }
         }),
         Command::Demo(_) => demo_main(flags),

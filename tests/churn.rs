@@ -363,3 +363,72 @@ fn every_worker_ends_on_the_newest_snapshot_and_old_ones_are_freed() {
     engine.stop();
     engine.join().unwrap();
 }
+
+/// A file written in two parts (its first Ingress complete and valid on its own) is read once
+/// it is closed: the workers never serve the half-written file, and the whole file is one new
+/// snapshot.
+#[test]
+fn a_file_being_written_is_read_once_it_is_closed() {
+    let up = spawn_upstream("u", "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dir = temp_dir("half-written");
+    let mut source = FileSource::new(&dir);
+    assert!(source.refresh().is_empty());
+    let (compiler, first) = Incremental::new(&source.objects(), CompileOptions::default(), 1);
+    let cfg = EngineConfig {
+        workers: vec![None],
+        http: "127.0.0.1:0".parse().unwrap(),
+        conn: Arc::new(ConnConfig::default()),
+        upstream_max_idle: 4,
+        upstream_idle_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let engine = Engine::start(cfg, Arc::new(first.snapshot)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher =
+        FileWatcher::spawn(source, compiler, engine.publisher(), 1, stop.clone()).unwrap();
+    let version = || {
+        engine.state().metrics[0]
+            .snapshot_version
+            .load(Ordering::Acquire)
+    };
+
+    let whole = routes(&[up.addr], &[0], Some(2));
+    // The first part ends after the Ingress and the Service: valid YAML on its own.
+    let cut = whole.find("---\napiVersion: discovery").unwrap();
+    let mut file = std::fs::File::create(dir.join("routes.yaml")).unwrap();
+    file.write_all(&whole.as_bytes()[..cut]).unwrap();
+    file.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(version(), 1, "a file still being written was read");
+    file.write_all(&whole.as_bytes()[cut..]).unwrap();
+    drop(file);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while version() == 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // One snapshot for the whole file (no second one follows).
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(version(), 2);
+    let mut s = TcpStream::connect(engine.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: churn.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A symbolic link created in the directory is complete at once (no writer closes it).
+    let outside = temp_dir("half-written-target").join("more.yaml");
+    std::fs::write(&outside, whole.replace("churn.test", "linked.test")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("linked.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while version() == 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(version(), 3, "the symbolic link was not read");
+
+    stop.store(true, Ordering::Release);
+    watcher.join();
+    engine.stop();
+    engine.join().unwrap();
+}

@@ -366,3 +366,36 @@ fn json_logs_carry_the_rejections_fields() {
         "{stderr}"
     );
 }
+
+/// Values that do not parse are typed errors (a variant per mistake) whose text keeps what
+/// was given; the config file wraps them with file, line and field.
+#[test]
+fn value_errors_are_typed_and_keep_their_text() {
+    use sluice::config::{Config, EngineKind, ValueError, parse_duration, parse_service_ref};
+    use sluice::control::watch::{BadNamespacedName, parse_namespaced_name};
+
+    assert_eq!(
+        parse_duration("10x"),
+        Err(ValueError::DurationUnit("10x".into()))
+    );
+    assert_eq!(
+        parse_duration("soon").unwrap_err().to_string(),
+        "expected a duration like \"10s\" or \"500ms\" (got \"soon\")"
+    );
+    assert_eq!(
+        EngineKind::parse("dpdk"),
+        Err(ValueError::Engine("dpdk".into()))
+    );
+    assert_eq!(
+        parse_service_ref("web:80"),
+        Err(ValueError::ServiceRef("web:80".into()))
+    );
+    assert_eq!(
+        parse_namespaced_name("a/b/c"),
+        Err(BadNamespacedName("a/b/c".into()))
+    );
+    let e = Config::parse("[timeouts]\nshutdown_grace = \"3 weeks\"\n", "sluice.toml").unwrap_err();
+    assert_eq!((e.file.as_str(), e.line), ("sluice.toml", 2));
+    assert_eq!(e.field, "timeouts.shutdown_grace");
+    assert!(e.message.contains("\"3 weeks\""), "{e}");
+}

@@ -298,3 +298,46 @@ fn a_directory_loads_every_yaml_file_in_name_order() {
         "{errors:?}"
     );
 }
+
+/// The compiler reads no clock: certificate expiry is judged at the `now` it is given, and the
+/// same objects at the same `now` compile to the same result.
+#[test]
+fn certificate_expiry_is_judged_at_the_time_the_compiler_is_given() {
+    use sluice::control::compile::compile_at;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    let mut params = rcgen::CertificateParams::new(vec!["dated.test".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: web, namespace: default}}\n\
+         spec:\n  ingressClassName: sluice\n  tls: [{{hosts: [dated.test], secretName: dated}}]\n  rules:\n\
+         \x20 - host: dated.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n\
+         ---\napiVersion: v1\nkind: Secret\nmetadata: {{name: dated, namespace: default}}\ntype: kubernetes.io/tls\n\
+         stringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(&cert.pem()),
+        indent(&key.serialize_pem())
+    );
+    let (parsed, errors) = parse_documents(&yaml, "dated.yaml");
+    assert!(errors.is_empty(), "{errors:?}");
+    let objects = Objects::from_objects(parsed);
+    let at = |year: u64| UNIX_EPOCH + Duration::from_secs((year - 1970) * 365 * 86_400);
+    let expired = |now: SystemTime| {
+        compile_at(&objects, &CompileOptions::default(), 1, now)
+            .diagnostics
+            .iter()
+            .any(|d| d.to_string().contains("certificate expired"))
+    };
+    assert!(!expired(at(2025)));
+    assert!(expired(at(2031)));
+    let once = compile_at(&objects, &CompileOptions::default(), 1, at(2031)).diagnostics;
+    let again = compile_at(&objects, &CompileOptions::default(), 1, at(2031)).diagnostics;
+    assert_eq!(once, again);
+}

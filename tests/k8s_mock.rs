@@ -522,7 +522,11 @@ fn a_broken_kubeconfig_is_a_clear_error() {
     let err = source
         .wait_synced(Duration::from_secs(10))
         .expect_err("a broken kubeconfig is an error");
-    assert!(err.contains("kubeconfig"), "{err}");
+    assert!(
+        matches!(err, sluice::control::watch::KubeError::Kubeconfig { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("kubeconfig"), "{err}");
     source.stop();
 }
 
@@ -1041,4 +1045,78 @@ fn a_live_lease_is_respected_and_an_abandoned_one_taken_over() {
         lease["spec"]["holderIdentity"].is_null(),
         "released on stop: {lease}"
     );
+}
+
+/// Waiting for the workers to acknowledge a snapshot never stalls the watchers, the Lease
+/// renewal or the status writer: with workers that never acknowledge (a stopped engine), a
+/// change's publication waits the whole acknowledgement timeout, and meanwhile the
+/// published Service's new address still reaches the Ingress status and the Lease is kept.
+/// (Before the update pipeline, that wait blocked the source's tokio runtime.)
+#[test]
+fn an_unacknowledged_snapshot_stalls_neither_watchers_nor_lease_nor_status() {
+    let mock = MockApi::start();
+    let up = upstreams(&["pod-a"]);
+    basic(&mock, up[0].addr);
+    let mut lb = service("sluice-lb");
+    lb["metadata"]["namespace"] = json!("sluice");
+    lb["spec"]["type"] = json!("LoadBalancer");
+    lb["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}});
+    mock.apply(mock_api::SERVICES, lb.clone());
+    let dir = temp_dir("unacknowledged");
+    let mut s = settings(&mock, &dir, "one");
+    s.options.publish_service = Some(("sluice".into(), "sluice-lb".into()));
+    let mut source = KubeSource::start(s).unwrap();
+    let compiled = source
+        .wait_synced(Duration::from_secs(20))
+        .unwrap()
+        .expect("initial sync");
+    let cfg = EngineConfig {
+        workers: vec![None],
+        http: "127.0.0.1:0".parse().unwrap(),
+        conn: Arc::new(ConnConfig::default()),
+        upstream_max_idle: 4,
+        upstream_idle_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(1),
+    };
+    let engine = Engine::start(cfg, Arc::new(compiled.snapshot)).unwrap();
+    let publisher = engine.publisher();
+    let state = engine.state().clone();
+    engine.stop();
+    engine.join().unwrap();
+    // Nobody will ever acknowledge what this publisher publishes.
+    source.attach(publisher);
+    let stats = source.stats();
+    eventually("leader", || stats.leader.load(Ordering::Relaxed));
+    eventually("first status", || {
+        lb_status(&mock, "web") == json!([{"ip": "198.51.100.1"}])
+    });
+    let transitions = stats.leader_transitions.load(Ordering::Relaxed);
+    let unacknowledged = || state.publication.lock().unwrap().unacknowledged;
+    let published = || state.publication.lock().unwrap().published;
+    let before = published();
+
+    mock.apply(
+        mock_api::INGRESSES,
+        ingress("more", "more.test", "web", Some("sluice")),
+    );
+    eventually("the change published", || published() > before);
+    lb["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.2"}]}});
+    mock.apply(mock_api::SERVICES, lb);
+    eventually("status follows the Service", || {
+        lb_status(&mock, "web") == json!([{"ip": "198.51.100.2"}])
+    });
+    // All of that happened while the publication was still waiting for its workers.
+    assert_eq!(
+        unacknowledged(),
+        0,
+        "the status waited for the acknowledgement"
+    );
+    assert!(stats.leader.load(Ordering::Relaxed));
+    assert_eq!(
+        stats.leader_transitions.load(Ordering::Relaxed),
+        transitions,
+        "the Lease was lost meanwhile"
+    );
+    eventually("the wait gives up", || unacknowledged() == 1);
+    source.stop();
 }

@@ -35,6 +35,7 @@ import run as base  # noqa: E402  (bench/run.py: tool discovery, upstream helper
 UP = [18000, 18001]
 PROXY = 18080
 ADMIN = 18081
+HTTPS = 18443
 SETS = [[0], [1], [0, 1]]
 
 WRK_SCRIPT = """
@@ -165,6 +166,23 @@ def churn(name, apply_change, duration, script):
     return r
 
 
+def free_port(port):
+    """Fails when something already listens on `port` (another bench on this machine): the
+    contender would not start, and wrk would measure whoever holds the port."""
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return
+    raise RuntimeError(f"port {port} is taken (another benchmark running?)")
+
+
+def started(p, port):
+    base.wait_port(port)
+    if p.poll() is not None:
+        raise RuntimeError(f"the contender exited (code {p.returncode}) before serving on {port}")
+
+
 def sluice_propagation():
     text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/metrics", timeout=5).read().decode()
     q = {m.group(1): float(m.group(2)) * 1e3 for m in
@@ -186,6 +204,8 @@ def main():
     script = os.path.join(tmp, "report.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
+    for port in UP + [PROXY, ADMIN, HTTPS]:
+        free_port(port)
     ups = start_upstreams(tmp)
     results = []
     try:
@@ -195,11 +215,12 @@ def main():
         write_atomic(os.path.join(mdir, "routes.yaml"), sluice_routes(0))
         conf = os.path.join(tmp, "sluice.toml")
         with open(conf, "w") as f:
-            f.write(f'workers = [0]\n[listen]\nhttp = "127.0.0.1:{PROXY}"\nadmin = "127.0.0.1:{ADMIN}"\n'
+            f.write(f'workers = [0]\n[listen]\nhttp = "127.0.0.1:{PROXY}"\nhttps = "127.0.0.1:{HTTPS}"\n'
+                    f'admin = "127.0.0.1:{ADMIN}"\n'
                     f'[sources]\nmanifests = "{mdir}"\n')
         p = subprocess.Popen(["taskset", "-c", "0", binary, "run", "--config", conf],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base.wait_port(PROXY)
+        started(p, PROXY)
         r = churn("sluice", lambda c: write_atomic(os.path.join(mdir, "routes.yaml"), sluice_routes(c)),
                   args.duration, script)
         r["propagation_ms"], r["published"], r["unacked"] = sluice_propagation()
@@ -214,7 +235,7 @@ def main():
             f.write(nginx_conf(tmp, 0))
         p = subprocess.Popen(["taskset", "-c", "0", base.tool("nginx"), "-c", nconf, "-p", tmp, "-g", "daemon off;"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base.wait_port(PROXY)
+        started(p, PROXY)
 
         def nginx_change(c):
             with open(nconf, "w") as f:
@@ -231,7 +252,7 @@ def main():
             f.write(haproxy_conf(0))
         p = subprocess.Popen(["taskset", "-c", "0", base.tool("haproxy"), "-W", "-db", "-f", hconf],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base.wait_port(PROXY)
+        started(p, PROXY)
 
         def haproxy_change(c):
             with open(hconf, "w") as f:

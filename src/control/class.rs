@@ -1,13 +1,18 @@
-//! Which Ingresses are ours, decided exactly as the compiler decides it (see the class rules in
-//! `compile`), for the parts of the control plane that act per Ingress without compiling:
-//! status updates, and which TLS Secrets to cache. Pure functions over the objects.
+//! Which Ingresses are ours: the one implementation of the class rules, used by the compiler
+//! and by the parts of the control plane that act per Ingress without compiling (status
+//! updates, which TLS Secrets to cache). Pure functions over the objects.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
-use super::compile::{CompileOptions, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION};
+use super::compile::CompileOptions;
+
+/// Annotation marking the cluster's default IngressClass.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// The legacy class annotation, still widely used.
+pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
 /// The class facts an Ingress is judged against, computed once per set of IngressClasses.
 pub struct Classes<'a> {
@@ -48,26 +53,40 @@ impl<'a> Classes<'a> {
         c
     }
 
-    /// True when this controller serves `ing`: `spec.ingressClassName` first, then the legacy
-    /// annotation, then the default class or `watch_without_class`.
+    /// True when this controller serves `ing` (see [`Classes::verdict`]).
     pub fn is_ours(&self, ing: &Ingress) -> bool {
-        let field = ing
+        self.verdict(ing).0
+    }
+
+    /// Whether this controller serves `ing`: `spec.ingressClassName` first (one of our
+    /// classes, or a class that does not exist but has our configured name), then the legacy
+    /// annotation, then the default class or `watch_without_class`. With a diagnostic when
+    /// the field and the annotation disagree.
+    pub fn verdict(&self, ing: &Ingress) -> (bool, Option<&'static str>) {
+        let opts = self.opts;
+        let field_class = ing
             .spec
             .as_ref()
             .and_then(|s| s.ingress_class_name.as_deref());
-        if let Some(class) = field {
-            return self.ours.contains(class)
-                || (!self.all.contains(class) && class == self.opts.ingress_class);
-        }
-        let annotation = ing
+        let annotation_class = ing
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION));
-        if let Some(class) = annotation {
-            return *class == self.opts.ingress_class;
+            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
+            .map(String::as_str);
+        let field_ours = field_class.map(|class| {
+            self.ours.contains(class) || (!self.all.contains(class) && class == opts.ingress_class)
+        });
+        let annotation_ours = annotation_class.map(|class| class == opts.ingress_class);
+        match (field_ours, annotation_ours) {
+            (Some(f), Some(a)) if f != a => (
+                f,
+                Some("disagrees with spec.ingressClassName; spec.ingressClassName wins"),
+            ),
+            (Some(f), _) => (f, None),
+            (None, Some(a)) => (a, None),
+            (None, None) => (self.default_is_ours || opts.watch_without_class, None),
         }
-        self.default_is_ours || self.opts.watch_without_class
     }
 }
 

@@ -17,10 +17,11 @@
 //! * `spec.defaultBackend`: the fallback for the Ingress's own hosts, and (from the oldest
 //!   Ingress that has one) for requests nothing else matches; then the controller default.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -34,10 +35,7 @@ use crate::core::route::{
 use crate::core::snapshot::Snapshot;
 use crate::core::tls::CertTable;
 
-/// Annotation marking the cluster's default IngressClass.
-pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
-/// The legacy class annotation, still widely used.
-pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+pub use super::class::{Classes, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION};
 /// Label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -154,56 +152,40 @@ fn meta_name(meta: &ObjectMeta) -> (&str, &str) {
     )
 }
 
-/// Compiles `objects` into snapshot `version`.
+/// Compiles `objects` into snapshot `version`, judging certificate expiry at `now`: the
+/// first (full) compile of the incremental compiler ([`super::incremental::Incremental`]),
+/// which is the one compiler. Pure: same input, same output.
+pub fn compile_at(
+    objects: &Objects,
+    opts: &CompileOptions,
+    version: u64,
+    now: SystemTime,
+) -> Compiled {
+    super::incremental::Incremental::new_at(objects, opts.clone(), version, now).1
+}
+
+/// [`compile_at`] at the wall clock, for callers without a clock of their own (tools, tests).
 pub fn compile(objects: &Objects, opts: &CompileOptions, version: u64) -> Compiled {
-    let mut ids = BackendIds::default();
-    let classes = Classes::new(&objects.classes, opts);
-    let (table, pass) = Pass::run(
-        objects,
-        opts,
-        &classes,
-        &mut ids,
-        objects.ingresses.iter().map(|i| &**i),
-    );
-    let count = pass.backend_count();
-    let refs = live_refs(&table, &backend_refs(&table, count), count);
-    let (backends, _, mut diagnostics) = pass.finish(&|id| refs[id.0 as usize] > 0);
-    let (certs, cert_diagnostics) = certificates(
-        objects.ingresses.iter().map(|i| &**i),
-        &classes,
-        objects,
-        opts,
-    );
-    diagnostics.extend(cert_diagnostics);
-    diagnostics.sort();
-    diagnostics.dedup();
-    Compiled {
-        snapshot: Snapshot::new(version, table, backends).with_certs(certs),
-        diagnostics,
-    }
+    compile_at(objects, opts, version, super::certs::wall_clock())
 }
 
 /// The certificate table of those of `ingresses` that are ours (oldest first: the first
 /// certificate for a host wins) and the Secrets of `objects`, with its diagnostics.
-pub fn certificates<'a>(
+pub(super) fn certificates<'a>(
     ingresses: impl Iterator<Item = &'a Ingress>,
     classes: &Classes<'_>,
     objects: &Objects,
     opts: &CompileOptions,
+    now: SystemTime,
 ) -> (CertTable, Vec<Diagnostic>) {
-    let mut ours: Vec<&Ingress> = ingresses.filter(|i| classes.is_ours(i).0).collect();
+    let mut ours: Vec<&Ingress> = ingresses.filter(|i| classes.is_ours(i)).collect();
     oldest_first(&mut ours);
-    super::certs::build(
-        &ours,
-        &objects.secrets,
-        &opts.tls,
-        super::certs::wall_clock(),
-    )
+    super::certs::build(&ours, &objects.secrets, &opts.tls, now)
 }
 
 /// Whether the certificate table reads anything of `ing` (its `spec.tls`, its redirect
 /// annotations, or its rule hosts when redirects are forced everywhere).
-pub fn has_tls(ing: &Ingress, opts: &CompileOptions) -> bool {
+pub(super) fn has_tls(ing: &Ingress, opts: &CompileOptions) -> bool {
     let annotated = ing.metadata.annotations.as_ref().is_some_and(|a| {
         super::certs::SSL_REDIRECT
             .iter()
@@ -219,7 +201,7 @@ pub fn has_tls(ing: &Ingress, opts: &CompileOptions) -> bool {
 }
 
 /// How often the host maps of `table`'s base name each of `count` backend ids.
-pub fn backend_refs(table: &RouteTable, count: usize) -> Vec<u32> {
+pub(super) fn backend_refs(table: &RouteTable, count: usize) -> Vec<u32> {
     let mut refs = vec![0u32; count];
     let mut count_one = |id: BackendId| {
         if let Some(n) = refs.get_mut(id.0 as usize) {
@@ -235,7 +217,7 @@ pub fn backend_refs(table: &RouteTable, count: usize) -> Vec<u32> {
 /// How often the whole of `table` names each backend id, from the counts of its base
 /// ([`backend_refs`]): corrected by the overlay, plus the host-less rules and the fallback.
 /// Costs time in the size of the overlay.
-pub fn live_refs(table: &RouteTable, base_refs: &[u32], count: usize) -> Vec<u32> {
+pub(super) fn live_refs(table: &RouteTable, base_refs: &[u32], count: usize) -> Vec<u32> {
     let mut refs = base_refs.to_vec();
     refs.resize(count.max(refs.len()), 0);
     let mut add = |id: BackendId, up: bool| {
@@ -261,7 +243,7 @@ pub fn live_refs(table: &RouteTable, base_refs: &[u32], count: usize) -> Vec<u32
 /// incremental compiler keeps one across compiles so that the ids in a shared route table
 /// stay valid in the snapshots built on it.
 #[derive(Clone, Debug, Default)]
-pub struct BackendIds {
+pub(super) struct BackendIds {
     ids: HashMap<ServiceRef, BackendId>,
     refs: Vec<ServiceRef>,
 }
@@ -280,84 +262,11 @@ impl BackendIds {
     pub fn len(&self) -> usize {
         self.refs.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.refs.is_empty()
-    }
-}
-
-/// Which Ingresses are ours: our IngressClasses by name (with whether one of that name is
-/// marked the cluster default), and every class name that exists.
-pub struct Classes<'a> {
-    ours: BTreeMap<&'a str, bool>,
-    default_is_ours: bool,
-    all: Vec<&'a str>,
-    opts: &'a CompileOptions,
-}
-
-impl<'a> Classes<'a> {
-    pub fn new(classes: &'a [Arc<IngressClass>], opts: &'a CompileOptions) -> Classes<'a> {
-        let mut ours: BTreeMap<&str, bool> = BTreeMap::new();
-        let mut all = Vec::new();
-        for class in classes {
-            let controller = class.spec.as_ref().and_then(|s| s.controller.as_deref());
-            let Some(name) = class.metadata.name.as_deref() else {
-                continue;
-            };
-            all.push(name);
-            if controller != Some(opts.controller.as_str()) {
-                continue;
-            }
-            let is_default = class
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
-                .is_some_and(|v| v == "true");
-            *ours.entry(name).or_default() |= is_default;
-        }
-        let default_is_ours = ours.values().any(|d| *d);
-        Classes {
-            ours,
-            default_is_ours,
-            all,
-            opts,
-        }
-    }
-
-    /// Whether `ing` is ours, and a diagnostic when its class field and annotation disagree.
-    pub fn is_ours(&self, ing: &Ingress) -> (bool, Option<&'static str>) {
-        let opts = self.opts;
-        let field_class = ing
-            .spec
-            .as_ref()
-            .and_then(|s| s.ingress_class_name.as_deref());
-        let annotation_class = ing
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
-            .map(String::as_str);
-        let field_ours = field_class.map(|class| {
-            self.ours.contains_key(class)
-                || (!self.all.contains(&class) && class == opts.ingress_class)
-        });
-        let annotation_ours = annotation_class.map(|class| class == opts.ingress_class);
-        match (field_ours, annotation_ours) {
-            (Some(f), Some(a)) if f != a => (
-                f,
-                Some("disagrees with spec.ingressClassName; spec.ingressClassName wins"),
-            ),
-            (Some(f), _) => (f, None),
-            (None, Some(a)) => (a, None),
-            (None, None) => (self.default_is_ours || opts.watch_without_class, None),
-        }
-    }
 }
 
 /// Oldest first (creationTimestamp, then namespace/name): the order that decides conflicts,
 /// and makes the output independent of the order objects arrived in.
-pub fn oldest_first(ingresses: &mut [&Ingress]) {
+pub(super) fn oldest_first(ingresses: &mut [&Ingress]) {
     ingresses.sort_by(|a, b| {
         a.metadata
             .creation_timestamp
@@ -367,18 +276,51 @@ pub fn oldest_first(ingresses: &mut [&Ingress]) {
 }
 
 /// `Ingress namespace/name`, as diagnostics name it.
-pub fn ingress_object(ing: &Ingress) -> String {
+pub(super) fn ingress_object(ing: &Ingress) -> String {
     let (ns, name) = meta_name(&ing.metadata);
     format!("Ingress {ns}/{name}")
 }
 
-/// What the caller of [`Pass::finish_reusing`] still knows of a backend: its endpoints, or
-/// why it could not be resolved; `None` to resolve it.
-pub type Reuse<'a> = dyn Fn(BackendId, &ServiceRef) -> Option<Result<Backend, String>> + 'a;
+/// What the incremental compiler still knows from its last snapshot, handed down to
+/// [`Pass::finish`] as data: a backend that was resolved then and whose Service and
+/// EndpointSlices did not change since keeps its endpoints (or why it is broken) instead of
+/// being resolved again.
+pub(super) struct Known<'a> {
+    /// The last snapshot's backends, by id.
+    pub backends: &'a [Backend],
+    /// Which of them were resolved (routed to).
+    pub resolved: &'a [bool],
+    /// Why the broken ones are broken.
+    pub broken: &'a HashMap<BackendId, String>,
+    /// `(namespace, service)` of every Service whose objects changed since.
+    pub changed: &'a HashSet<(String, String)>,
+}
+
+impl Known<'_> {
+    /// The endpoints of `id` (standing for `target`) as last resolved, if still valid.
+    fn endpoints(
+        &self,
+        id: BackendId,
+        target: &ServiceRef,
+    ) -> Option<Result<Vec<SocketAddr>, String>> {
+        let i = id.0 as usize;
+        if !self.resolved.get(i).copied().unwrap_or(false)
+            || self
+                .changed
+                .contains(&(target.namespace.clone(), target.name.clone()))
+        {
+            return None;
+        }
+        Some(match self.broken.get(&id) {
+            Some(why) => Err(why.clone()),
+            None => Ok(self.backends.get(i)?.endpoints.clone()),
+        })
+    }
+}
 
 /// One compilation pass over a set of Ingresses: resolves their backends (interning ids in
 /// the given [`BackendIds`]) and builds their route table.
-pub struct Pass<'a> {
+pub(super) struct Pass<'a> {
     c: Compiler<'a>,
 }
 
@@ -413,7 +355,7 @@ impl<'a> Pass<'a> {
         let mut fallback_set = false;
         for ing in ingresses {
             let object = ingress_object(ing);
-            let (ours, disagreement) = classes.is_ours(ing);
+            let (ours, disagreement) = classes.verdict(ing);
             if let Some(why) = disagreement {
                 c.diag(
                     &object,
@@ -465,25 +407,17 @@ impl<'a> Pass<'a> {
         self.c.ids.len()
     }
 
-    /// Every backend id known so far with its endpoints, for the ids `live` keeps (resolved by
-    /// this pass, or now); the others (no rule routes to them) get no endpoints, so that no
-    /// worker keeps pooled connections to them. Also returns the ids whose
-    /// Service port could not be resolved, with why, and this pass's diagnostics.
+    /// Every backend id known so far with its endpoints, for the ids `refs` counts as routed
+    /// to (resolved by this pass, taken from `known`, or resolved now); the others (no rule
+    /// routes to them) get no endpoints, so that no worker keeps pooled connections to them.
+    /// Also returns the ids whose Service port could not be resolved, with why, and this
+    /// pass's diagnostics.
     pub fn finish(
         self,
-        live: &dyn Fn(BackendId) -> bool,
+        refs: &[u32],
+        known: Option<&Known<'_>>,
     ) -> (Vec<Backend>, Vec<(BackendId, String)>, Vec<Diagnostic>) {
-        self.finish_reusing(live, &|_, _| None)
-    }
-
-    /// [`Pass::finish`], taking the backends `reuse` still knows (a live backend whose
-    /// Service and EndpointSlices did not change: its endpoints, or why it is broken) instead
-    /// of resolving them again.
-    pub fn finish_reusing(
-        self,
-        live: &dyn Fn(BackendId) -> bool,
-        reuse: &Reuse<'_>,
-    ) -> (Vec<Backend>, Vec<(BackendId, String)>, Vec<Diagnostic>) {
+        let live = |id: BackendId| refs.get(id.0 as usize).is_some_and(|n| *n > 0);
         let mut c = self.c;
         let mut backends = Vec::with_capacity(c.ids.len());
         let mut broken = Vec::new();
@@ -501,8 +435,8 @@ impl<'a> Pass<'a> {
                     let endpoints = if !live(id) {
                         Vec::new()
                     } else {
-                        let known = reuse(id, target).map(|r| r.map(|b| b.endpoints));
                         known
+                            .and_then(|k| k.endpoints(id, target))
                             .unwrap_or_else(|| c.endpoints(target))
                             .unwrap_or_else(|why| {
                                 broken.push((id, why));

@@ -1,8 +1,11 @@
 //! The live file route source: a directory of Kubernetes YAML, watched with inotify. Edits,
 //! new files and deletions are compiled and published without a restart. A file that fails to
 //! parse keeps its previous objects (the error is logged with file and line); the other files
-//! keep serving. Bursts of events are coalesced: a change is applied once the directory has
-//! been quiet for a few milliseconds, and never held longer than [`MAX_HOLD`].
+//! keep serving. The directory is read again once a file is complete (closed after writing,
+//! moved, linked or deleted), never while it is being written; the objects then go to the
+//! update pipeline's [`Updater`](super::pipeline::Updater), driven on this watcher's thread
+//! (no hand-over to another thread on a busy core), which coalesces bursts (never holding a
+//! change longer than [`MAX_HOLD`]), compiles, publishes and waits for the workers.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -14,26 +17,18 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::AsRawFd;
 
-use inotify::{Inotify, WatchMask};
+use inotify::{EventMask, Inotify, WatchMask};
 
-use super::compile::{Compiled, Objects};
+use super::compile::Objects;
 use super::incremental::Incremental;
 use super::manifests::{ManifestError, Object, parse_documents};
+use super::pipeline::{Change, Report, Updater, now};
 use crate::engine::Publisher;
 use crate::engine::sys;
 
-/// The longest a change waits for the directory to go quiet before it is applied.
-pub const MAX_HOLD: Duration = Duration::from_millis(50);
-/// Quiet time that ends a burst of events.
-const QUIET: Duration = Duration::from_millis(1);
+pub use super::pipeline::MAX_HOLD;
 /// How long an idle watcher sleeps before it looks at its stop flag again.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
-
-/// The control thread's clock (the ban on reading clocks is for the core).
-#[allow(clippy::disallowed_methods)]
-fn now() -> Instant {
-    Instant::now()
-}
 
 /// The objects of every manifest file, by path, with the last good parse of each.
 #[derive(Default)]
@@ -159,9 +154,25 @@ impl FileSource {
     }
 }
 
-/// Watches `dir` and publishes a new snapshot after every change, until `stop`.
+/// Watches `dir` and hands every change to the update pipeline, until `stop`.
 pub struct FileWatcher {
     thread: JoinHandle<()>,
+}
+
+/// Events after which a file is complete (written and closed, moved in or out, gone). A
+/// `MODIFY` only marks the start of a change, and so does the `CREATE` of a new file (its
+/// writer closes it later); see [`linked`] for the `CREATE` that completes a change.
+const COMPLETE: EventMask = EventMask::CLOSE_WRITE
+    .union(EventMask::MOVED_TO)
+    .union(EventMask::MOVED_FROM)
+    .union(EventMask::DELETE);
+
+/// Whether `name` in `dir` was created complete: a symbolic link, or a hard link to a file
+/// that exists elsewhere (no writer will close it here).
+fn linked(dir: &Path, name: &std::ffi::OsStr) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir.join(name))
+        .is_ok_and(|m| m.file_type().is_symlink() || (m.is_file() && m.nlink() > 1))
 }
 
 impl FileWatcher {
@@ -169,9 +180,9 @@ impl FileWatcher {
     /// snapshot `version`.
     pub fn spawn(
         mut source: FileSource,
-        mut compiler: Incremental,
+        compiler: Incremental,
         publisher: Publisher,
-        mut version: u64,
+        version: u64,
         stop: Arc<AtomicBool>,
     ) -> io::Result<FileWatcher> {
         let mut inotify = Inotify::init()?;
@@ -184,76 +195,69 @@ impl FileWatcher {
                 | WatchMask::CREATE
                 | WatchMask::MODIFY,
         )?;
+        let report = |report| {
+            if let Report::Update { diagnostics, .. } = report {
+                for d in &diagnostics {
+                    super::report::rejected(d);
+                }
+            }
+        };
+        let mut updater = Updater::new(compiler, publisher, version, report);
         let thread = std::thread::Builder::new()
             .name("sluice-files".into())
             .spawn(move || {
                 let mut buf = [0u8; 8192];
+                // The first event since the last read of the directory.
                 let mut first_event: Option<Instant> = None;
-                let mut last_event = now();
                 while !stop.load(Ordering::Acquire) {
-                    let got = match inotify.read_events(&mut buf) {
-                        Ok(events) => events.count() > 0,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                    let (got, complete) = match inotify.read_events(&mut buf) {
+                        Ok(events) => {
+                            let (mut got, mut complete) = (false, false);
+                            for event in events {
+                                got = true;
+                                first_event.get_or_insert_with(now);
+                                complete |= event.mask.intersects(COMPLETE)
+                                    || (event.mask.contains(EventMask::CREATE)
+                                        && event.name.is_some_and(|n| linked(&source.dir, n)));
+                            }
+                            (got, complete)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, false),
                         Err(e) => {
                             tracing::error!(dir = %source.dir.display(), error = %e, "cannot watch the manifests directory");
-                            false
+                            (false, false)
                         }
                     };
-                    let now = self::now();
-                    if got {
-                        last_event = now;
-                        first_event.get_or_insert(now);
-                    }
-                    let Some(first) = first_event else {
-                        // Nothing pending: sleep until an event (or a look at `stop`).
-                        let _ = sys::wait_readable(&[inotify.as_raw_fd()], IDLE_WAIT);
-                        continue;
-                    };
-                    let quiet_at = last_event + QUIET;
-                    let hold_until = first + MAX_HOLD;
-                    if now < quiet_at && now < hold_until {
-                        // Until the burst has been quiet for QUIET, or another event.
-                        let _ = sys::wait_readable(
-                            &[inotify.as_raw_fd()],
-                            quiet_at.min(hold_until) - now,
-                        );
-                        continue;
-                    }
-                    first_event = None;
-                    let generation = source.generation();
-                    for e in source.refresh() {
-                        tracing::warn!(error = %e, "{e} (previous objects of this file kept)");
-                    }
-                    if source.generation() == generation {
+                    if complete && let Some(seen) = first_event.take() {
+                        let generation = source.generation();
+                        for e in source.refresh() {
+                            tracing::warn!(error = %e, "{e} (previous objects of this file kept)");
+                        }
                         // Events that changed nothing (a temporary file written before its
-                        // rename, a touch): no new snapshot.
-                        continue;
+                        // rename, a touch) make no new snapshot.
+                        if source.generation() != generation {
+                            let change = Change {
+                                objects: source.objects(),
+                                seen,
+                                recheck: false,
+                            };
+                            updater.offer(change, now());
+                        }
                     }
-                    version += 1;
-                    let objects = source.objects();
-                    let Compiled {
-                        snapshot,
-                        diagnostics,
-                    } = compiler.update(&objects, version);
-                    for d in &diagnostics {
-                        super::report::rejected(d);
-                    }
-                    publisher.publish(Arc::new(snapshot));
-                    publisher.wait_acknowledged(version, first, Duration::from_secs(5));
-                    if compiler.compaction_due() {
-                        // The same routes with the changed hosts folded into a new base, so
-                        // that lookups and later changes stay cheap. Published after the
-                        // change itself, so it never delays one; its diagnostics were
-                        // reported already.
-                        version += 1;
-                        let compacted = compiler.full(&objects, version);
-                        publisher.publish(Arc::new(compacted.snapshot));
+                    updater.apply_due(now());
+                    if !got {
+                        // Until an event, the pending change is due, or a look at `stop`.
+                        let wait = updater.deadline().map_or(IDLE_WAIT, |d| {
+                            d.saturating_duration_since(now()).min(IDLE_WAIT)
+                        });
+                        let _ = sys::wait_readable(&[inotify.as_raw_fd()], wait);
                     }
                 }
             })?;
         Ok(FileWatcher { thread })
     }
 
+    /// Waits for the watcher to end (after `stop`).
     pub fn join(self) {
         let _ = self.thread.join();
     }

@@ -4,18 +4,22 @@
 //! every Ingress with rules for those hosts, and publishes a table that shares the untouched
 //! hosts with the previous snapshot ([`RouteTable::patched`]). Service and EndpointSlice
 //! changes re-resolve endpoints and touch no host at all. The result routes exactly as a full
-//! [`compile`](super::compile::compile) of the same objects would (tests/incremental.rs checks this against the full
-//! compiler); IngressClass changes, duplicate Ingress names and an overlay grown past
-//! [`Incremental::compaction_due`] take the full path.
+//! compile of the same objects would (tests/incremental.rs checks this with a proptest);
+//! IngressClass changes, duplicate Ingress names and an overlay grown past
+//! [`Incremental::compaction_due`] take the full path. This is the one compiler: a full
+//! compile ([`super::compile::compile_at`]) is its first step, and every entry point takes the
+//! time certificates are judged at (`*_at`; the others read the wall clock for tools and tests).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use k8s_openapi::api::networking::v1::Ingress;
 
+use super::certs::wall_clock;
 use super::compile::{
-    BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Objects, Pass, SERVICE_NAME_LABEL,
-    ServiceRef, backend_refs, certificates, has_tls, ingress_object, live_refs,
+    BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Known, Objects, Pass,
+    SERVICE_NAME_LABEL, backend_refs, certificates, has_tls, ingress_object, live_refs,
 };
 use crate::core::route::{Backend, BackendId, RouteTable};
 use crate::core::snapshot::Snapshot;
@@ -36,7 +40,7 @@ struct Entry {
 
 impl Entry {
     fn new(ingress: Arc<Ingress>, classes: &Classes<'_>, opts: &CompileOptions) -> Entry {
-        let (ours, _) = classes.is_ours(&ingress);
+        let ours = classes.is_ours(&ingress);
         let spec = ingress.spec.as_ref();
         let mut hosts = Vec::new();
         let mut any_host = false;
@@ -160,8 +164,19 @@ fn key_of(ing: &Ingress, key: &mut String) {
 }
 
 impl Incremental {
-    /// A full compile of `objects` as snapshot `version`, kept as the base of the next ones.
+    /// [`Incremental::new_at`] at the wall clock.
     pub fn new(objects: &Objects, opts: CompileOptions, version: u64) -> (Incremental, Compiled) {
+        Incremental::new_at(objects, opts, version, wall_clock())
+    }
+
+    /// A full compile of `objects` as snapshot `version` at `now` (certificate expiry is judged
+    /// against it), kept as the base of the next ones.
+    pub fn new_at(
+        objects: &Objects,
+        opts: CompileOptions,
+        version: u64,
+        now: SystemTime,
+    ) -> (Incremental, Compiled) {
         let mut inc = Incremental {
             opts,
             ids: BackendIds::default(),
@@ -181,7 +196,7 @@ impl Incremental {
             secrets: Vec::new(),
             calls: 0,
         };
-        let compiled = inc.full(objects, version);
+        let compiled = inc.full_at(objects, version, now);
         (inc, compiled)
     }
 
@@ -235,8 +250,13 @@ impl Incremental {
         dirty
     }
 
-    /// Compiles everything from scratch (and rebuilds the base and the index).
+    /// [`Incremental::full_at`] at the wall clock.
     pub fn full(&mut self, objects: &Objects, version: u64) -> Compiled {
+        self.full_at(objects, version, wall_clock())
+    }
+
+    /// Compiles everything from scratch at `now` (and rebuilds the base and the index).
+    pub fn full_at(&mut self, objects: &Objects, version: u64, now: SystemTime) -> Compiled {
         self.calls += 1;
         let mut ids = BackendIds::default();
         let opts = self.opts.clone();
@@ -252,7 +272,7 @@ impl Incremental {
         let base_refs = backend_refs(&table, count);
         let refs = live_refs(&table, &base_refs, count);
         self.live = refs.iter().filter(|n| **n > 0).count();
-        let (backends, broken, mut diagnostics) = pass.finish(&|id| refs[id.0 as usize] > 0);
+        let (backends, broken, mut diagnostics) = pass.finish(&refs, None);
         diagnostics.sort();
         diagnostics.dedup();
         self.resolved = refs.iter().map(|n| *n > 0).collect();
@@ -282,6 +302,7 @@ impl Incremental {
             &classes,
             objects,
             &opts,
+            now,
         );
         diagnostics.extend(cert_diagnostics);
         diagnostics.sort();
@@ -298,8 +319,14 @@ impl Incremental {
     /// call. Diagnostics are those of the Ingresses that changed (and of backends that broke),
     /// not the whole set again.
     pub fn update(&mut self, objects: &Objects, version: u64) -> Compiled {
+        self.update_at(objects, version, wall_clock())
+    }
+
+    /// [`Incremental::update`] at `now` (certificate expiry is judged against it whenever the
+    /// certificate table is rebuilt).
+    pub fn update_at(&mut self, objects: &Objects, version: u64, now: SystemTime) -> Compiled {
         if self.duplicates || identities(&objects.classes) != self.classes {
-            return self.full(objects, version);
+            return self.full_at(objects, version, now);
         }
         self.calls += 1;
         let calls = self.calls;
@@ -314,7 +341,7 @@ impl Incremental {
         let mut key = String::new();
         for ing in &objects.ingresses {
             match self.seen.get_mut(&(Arc::as_ptr(ing) as usize)) {
-                Some(seen) if *seen == calls => return self.full(objects, version),
+                Some(seen) if *seen == calls => return self.full_at(objects, version, now),
                 Some(seen) => {
                     *seen = calls;
                     unchanged += 1;
@@ -323,7 +350,7 @@ impl Incremental {
                     key_of(ing, &mut key);
                     if !changed_keys.insert(key.clone()) {
                         // Two objects of one name: only the full compiler merges those.
-                        return self.full(objects, version);
+                        return self.full_at(objects, version, now);
                     }
                     changed.push((key.clone(), Some(Entry::new(ing.clone(), &classes, &opts))));
                 }
@@ -334,7 +361,7 @@ impl Incremental {
             if let Some(old) = self.ingresses.get(key) {
                 if self.seen.get(&old.id()) == Some(&calls) {
                     // The old object of this name is still there beside the new one.
-                    return self.full(objects, version);
+                    return self.full_at(objects, version, now);
                 }
                 replaced += 1;
             }
@@ -429,23 +456,13 @@ impl Incremental {
         // Backends the new table names: the base's counts, corrected by the overlay.
         let refs = live_refs(&table, &self.base_refs, pass.backend_count());
         self.live = refs.iter().filter(|n| **n > 0).count();
-        let previous = &self.backends;
-        let resolved = &self.resolved;
-        let broken_before = &self.broken;
-        let reuse = |id: BackendId, target: &ServiceRef| {
-            let i = id.0 as usize;
-            if !resolved.get(i).copied().unwrap_or(false)
-                || dirty_services.contains(&(target.namespace.clone(), target.name.clone()))
-            {
-                return None;
-            }
-            Some(match broken_before.get(&id) {
-                Some(why) => Err(why.clone()),
-                None => Ok(previous.get(i)?.clone()),
-            })
+        let known = Known {
+            backends: &self.backends,
+            resolved: &self.resolved,
+            broken: &self.broken,
+            changed: &dirty_services,
         };
-        let (backends, broken, pass_diagnostics) =
-            pass.finish_reusing(&|id| refs[id.0 as usize] > 0, &reuse);
+        let (backends, broken, pass_diagnostics) = pass.finish(&refs, Some(&known));
         self.resolved = refs.iter().map(|n| *n > 0).collect();
 
         let mut diagnostics: Vec<Diagnostic> = pass_diagnostics
@@ -477,6 +494,7 @@ impl Incremental {
                 &classes,
                 objects,
                 &opts,
+                now,
             );
             self.certs = Arc::new(certs);
             self.secrets = secrets;

@@ -268,7 +268,7 @@ pub fn report(objects: &Objects, ingress_class: &str, controller: &str) -> Repor
     let mut selected: Vec<&Arc<Ingress>> = objects
         .ingresses
         .iter()
-        .filter(|i| classes.is_ours(i).0)
+        .filter(|i| classes.is_ours(i))
         .collect();
     selected.sort_by_key(|i| key(i));
     // All of them together too: what only shows between Ingresses (the same host and path in
