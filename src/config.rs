@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::control::compile::{CompileOptions, PortRef, ServiceRef};
 use crate::control::watch::{KubeOptions, parse_namespaced_name};
+use crate::core::client_addr::ForwardedTrust;
 use crate::core::conn::{ConnConfig, Scheme, Timeouts};
 use crate::core::http1::{Limits, MAX_HEADERS_CAP, Upgrades};
 use crate::core::tls::TlsSettings;
@@ -91,6 +92,8 @@ struct RawLog {
     access: Option<Spanned<bool>>,
     format: Option<Spanned<String>>,
     access_path: Option<Spanned<String>>,
+    access_sample: Option<Spanned<f64>>,
+    backend_metrics_cap: Option<Spanned<usize>>,
 }
 
 /// The `[log]` section: the access log (the process log is set by `--log-level/-format`).
@@ -101,6 +104,11 @@ pub struct LogConfig {
     pub format: crate::engine::access_log::Format,
     /// A file to append to (reopened on SIGUSR1); `None`: stdout.
     pub access_path: Option<PathBuf>,
+    /// `access_sample`: the share of requests logged, in millionths (1.0 = every request).
+    pub access_sample_ppm: u32,
+    /// `backend_metrics_cap`: how many backends get their own
+    /// `sluice_backend_requests_total` series; the rest share `backend="other"`.
+    pub backend_metrics_cap: usize,
 }
 
 impl Default for LogConfig {
@@ -109,6 +117,8 @@ impl Default for LogConfig {
             access: true,
             format: crate::engine::access_log::Format::Text,
             access_path: None,
+            access_sample_ppm: 1_000_000,
+            backend_metrics_cap: 200,
         }
     }
 }
@@ -118,6 +128,8 @@ impl Default for LogConfig {
 struct RawHttp {
     server_header: Option<Spanned<String>>,
     upgrade_protocols: Option<Spanned<Vec<String>>>,
+    use_forwarded_headers: Option<Spanned<bool>>,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -202,6 +214,7 @@ struct RawListen {
     https: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<String>>,
+    proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -324,6 +337,11 @@ pub struct Config {
     pub server_header: Option<Arc<str>>,
     /// Upgrade protocols relayed as tunnels (`[http] upgrade_protocols`).
     pub upgrades: Upgrades,
+    /// Whose `X-Forwarded-For` names the real client (`[http] use_forwarded_headers`,
+    /// `trusted_proxies`).
+    pub forwarded: ForwardedTrust,
+    /// Both listeners expect a PROXY protocol header first (`[listen] proxy_protocol`).
+    pub proxy_protocol: bool,
 }
 
 impl Default for Config {
@@ -351,6 +369,8 @@ impl Default for Config {
             userspace: UserspaceConfig::default(),
             server_header: Some("sluice".into()),
             upgrades: Upgrades::default(),
+            forwarded: ForwardedTrust::none(),
+            proxy_protocol: false,
         }
     }
 }
@@ -621,6 +641,57 @@ impl Config {
             c.upgrades = Upgrades::new(v.get_ref())
                 .map_err(|m| ctx.at(v.span().start, "http.upgrade_protocols", m))?;
         }
+        let use_forwarded = raw
+            .http
+            .use_forwarded_headers
+            .as_ref()
+            .is_some_and(|v| *v.get_ref());
+        let mut nets = Vec::new();
+        if let Some(v) = &raw.http.trusted_proxies {
+            for text in v.get_ref() {
+                let net = text
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        ctx.at(
+                            v.span().start,
+                            "http.trusted_proxies",
+                            format!("not a CIDR or an IP address: {text:?}"),
+                        )
+                    })?;
+                nets.push(net.trunc());
+            }
+        }
+        // A list alone turns the header on; `use_forwarded_headers` alone trusts every peer
+        // (ingress-nginx's default `proxy-real-ip-cidr` of 0.0.0.0/0).
+        if use_forwarded || !nets.is_empty() {
+            c.forwarded = ForwardedTrust::from_nets(nets);
+        }
+        if let Some(v) = &raw.listen.proxy_protocol {
+            c.proxy_protocol = *v.get_ref();
+        }
+        if let Some(v) = &raw.log.access_sample {
+            let share = *v.get_ref();
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(ctx.at(
+                    v.span().start,
+                    "log.access_sample",
+                    format!("must be above 0 and at most 1 (got {share}); use log.access = false to turn the log off"),
+                ));
+            }
+            c.log.access_sample_ppm = ((share * 1e6).round() as u32).max(1);
+        }
+        if let Some(v) = &raw.log.backend_metrics_cap {
+            let n = *v.get_ref();
+            if !(1..=100_000).contains(&n) {
+                return Err(ctx.at(
+                    v.span().start,
+                    "log.backend_metrics_cap",
+                    format!("must be between 1 and 100000 (got {n})"),
+                ));
+            }
+            c.log.backend_metrics_cap = n;
+        }
         let l = &raw.limits;
         let dl = &d.limits;
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
@@ -765,6 +836,8 @@ impl Config {
             upgrades: self.upgrades.clone(),
             request_id_seed: Some(random_seed()),
             record_requests: self.log.access,
+            forwarded: self.forwarded.clone(),
+            proxy_protocol: self.proxy_protocol,
         }
     }
 

@@ -20,9 +20,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::core::client_addr::ForwardedTrust;
 use crate::core::error::{HttpError, Status};
 use crate::core::http1::body::{BodyDecoder, BodyEncoder, Decoded, Peer};
-use crate::core::http1::forward::{ForwardInfo, write_upstream_request};
+use crate::core::http1::forward::{ForwardInfo, write_upstream_request_as};
 use crate::core::http1::request::{
     parse_request_head_uninit, parse_whole_request_head, uninit_headers,
 };
@@ -108,6 +109,11 @@ pub struct ConnConfig {
     pub request_id_seed: Option<u64>,
     /// Keep a [`RequestRecord`] of each request for the access log.
     pub record_requests: bool,
+    /// Peers whose `X-Forwarded-For` names the real client ([`Conn::client_addr`]).
+    pub forwarded: ForwardedTrust,
+    /// Connections start with a PROXY protocol header (read by the engine before anything
+    /// else, then given to [`Conn::set_proxied`]); one without it is closed.
+    pub proxy_protocol: bool,
 }
 
 /// What the access log says about the current (or last) request of a connection; kept
@@ -117,8 +123,25 @@ pub struct RequestRecord {
     pub method: String,
     pub host: String,
     pub path: String,
+    /// The query, without `?` (empty: none).
+    pub query: String,
+    /// `HTTP/1.1` or `HTTP/1.0` (empty before a head was parsed).
+    pub protocol: &'static str,
+    pub referer: String,
+    pub user_agent: String,
     /// The `X-Request-ID` sent upstream (empty for a request answered locally).
     pub request_id: String,
+    /// Request bytes read from the client (head and body, after TLS).
+    pub bytes_in: u64,
+    /// Response bytes queued for the client (head and body, before TLS).
+    pub bytes_out: u64,
+    /// The status the upstream answered (`None`: Sluice answered itself).
+    pub upstream_status: Option<u16>,
+    /// Response bytes read from the upstream (with `upstream_status`).
+    pub upstream_bytes: u64,
+    /// The matched backend, `namespace/service:port` (empty: none matched). Kept even
+    /// without [`ConnConfig::record_requests`] (the per-backend counters read it).
+    pub route: String,
 }
 
 impl Default for ConnConfig {
@@ -134,6 +157,8 @@ impl Default for ConnConfig {
             upgrades: Upgrades::default(),
             request_id_seed: None,
             record_requests: false,
+            forwarded: ForwardedTrust::none(),
+            proxy_protocol: false,
         }
     }
 }
@@ -227,6 +252,8 @@ pub enum Action {
 struct InBuf {
     data: Vec<u8>,
     pos: usize,
+    /// Bytes consumed since the connection opened (the access log's bytes in).
+    consumed: u64,
 }
 
 impl InBuf {
@@ -243,7 +270,9 @@ impl InBuf {
     }
 
     fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.data.len());
+        let n = n.min(self.data.len() - self.pos);
+        self.consumed += n as u64;
+        self.pos += n;
         if self.pos == self.data.len() {
             self.data.clear();
             self.pos = 0;
@@ -277,6 +306,8 @@ struct OutBuf {
     queued: Vec<u8>,
     in_flight: usize,
     sending: bool,
+    /// Bytes acknowledged as written since the connection opened.
+    written: u64,
 }
 
 impl OutBuf {
@@ -297,6 +328,7 @@ impl OutBuf {
         self.sending = false;
         self.in_flight = 0;
         let written = written.min(buf.len());
+        self.written += written as u64;
         if written < buf.len() {
             buf.drain(..written);
             buf.extend_from_slice(&self.queued);
@@ -306,6 +338,11 @@ impl OutBuf {
             self.queued = buf;
         }
         written
+    }
+
+    /// Bytes ever queued: written, in flight or waiting (the access log's bytes out).
+    fn total(&self) -> u64 {
+        self.written + self.pending() as u64
     }
 
     /// Bytes not yet acknowledged as written.
@@ -443,6 +480,14 @@ pub struct Conn {
     requests: u64,
     record: RequestRecord,
     info: ClientInfo,
+    /// The source a PROXY protocol header named (`None`: the socket's peer stands).
+    proxied: Option<SocketAddr>,
+    /// The current request's real client ([`Conn::client_addr`]).
+    client_ip: std::net::IpAddr,
+    /// Where the current request's bytes in and out started counting.
+    in_mark: u64,
+    out_mark: u64,
+    upstream_mark: u64,
     config: Arc<ConnConfig>,
     state: State,
     cin: InBuf,
@@ -474,6 +519,36 @@ impl Conn {
         &self.record
     }
 
+    /// The connection's peer as far as Sluice can tell: the source its PROXY protocol
+    /// header named, else the socket's peer.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.proxied.unwrap_or(self.info.peer)
+    }
+
+    /// The real client of the current (or last) request: [`Conn::peer_addr`], or what a
+    /// trusted proxy's `X-Forwarded-For` says ([`ConnConfig::forwarded`]). The one address
+    /// features that act on the client (allowlists, hashing, `X-Real-IP`) read.
+    pub fn client_addr(&self) -> std::net::IpAddr {
+        self.client_ip
+    }
+
+    /// The connection's PROXY protocol header named `source` as the client: it replaces the
+    /// socket's peer from now on (call before any request byte).
+    pub fn set_proxied(&mut self, source: SocketAddr) {
+        self.proxied = Some(source);
+        self.client_ip = source.ip().to_canonical();
+    }
+
+    /// Queues `Completed`, with the record's byte counts and upstream status.
+    fn completed(&mut self, status: u16, upstream_status: Option<u16>) {
+        let r = &mut self.record;
+        r.bytes_in = self.cin.consumed - self.in_mark;
+        r.bytes_out = self.cout.total() - self.out_mark;
+        r.upstream_status = upstream_status;
+        r.upstream_bytes = self.uin.consumed - self.upstream_mark;
+        self.actions.push_back(Action::Completed { status });
+    }
+
     pub fn new(info: ClientInfo, config: Arc<ConnConfig>, now: Instant) -> Conn {
         Conn {
             request_id_base: config
@@ -482,6 +557,11 @@ impl Conn {
             requests: 0,
             record: RequestRecord::default(),
             info,
+            proxied: None,
+            client_ip: info.peer.ip().to_canonical(),
+            in_mark: 0,
+            out_mark: 0,
+            upstream_mark: 0,
             config,
             state: State::Head {
                 idle_since: now,
@@ -879,6 +959,20 @@ impl Conn {
             && started.is_none()
         {
             *started = Some(now);
+            self.in_mark = self.cin.consumed;
+            self.out_mark = self.cout.total();
+            // A new request: nothing of the last one's record may be logged for it (a head
+            // that times out or fails to parse is logged with empty fields).
+            let r = &mut self.record;
+            r.method.clear();
+            r.host.clear();
+            r.path.clear();
+            r.query.clear();
+            r.protocol = "";
+            r.referer.clear();
+            r.user_agent.clear();
+            r.request_id.clear();
+            r.route.clear();
         }
         // Fast path: a head that arrived whole is parsed in one pass, no incremental scan.
         if self.head_fresh {
@@ -948,8 +1042,40 @@ impl Conn {
             r.host.push_str(head.host());
             r.path.clear();
             r.path.push_str(head.path());
+            r.query.clear();
+            r.query.push_str(head.query().unwrap_or(""));
+            r.protocol = match head.version {
+                Version::Http10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            };
+            r.referer.clear();
+            r.user_agent.clear();
+            for h in head.headers.iter() {
+                let field = if h.name.eq_ignore_ascii_case("referer") {
+                    &mut r.referer
+                } else if h.name.eq_ignore_ascii_case("user-agent") {
+                    &mut r.user_agent
+                } else {
+                    continue;
+                };
+                if field.is_empty() {
+                    field.push_str(&String::from_utf8_lossy(h.value));
+                }
+            }
             r.request_id.clear();
         }
+        self.record.route.clear();
+        let peer = self.peer_addr().ip().to_canonical();
+        self.client_ip = if self.config.forwarded.enabled() {
+            let xff = head
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+                .map(|h| h.value);
+            self.config.forwarded.client(peer, xff)
+        } else {
+            peer
+        };
         let req = RequestMeta {
             version: head.version,
             head_request: head.is_head(),
@@ -966,7 +1092,7 @@ impl Conn {
             if local::write_https_redirect(&head, self.config.https_port, close, server, out) {
                 self.scanner.reset();
                 self.cin.consume(len);
-                self.actions.push_back(Action::Completed { status: 308 });
+                self.completed(308, None);
                 if close {
                     self.enter_closing(req.has_body);
                 } else {
@@ -977,12 +1103,19 @@ impl Conn {
         }
         let key = RequestKey {
             head: &head,
-            ip: self.info.peer.ip(),
+            ip: self.client_ip,
         };
         let mut decision = router.route_request(head.host(), head.path(), &key, now);
         let mut req = req;
         let policy = match &mut decision {
-            RouteDecision::Forward { policy, .. } => policy.take(),
+            RouteDecision::Forward {
+                policy, backend, ..
+            } => {
+                if let Some(name) = router.backend_name(*backend) {
+                    self.record.route.push_str(name);
+                }
+                policy.take()
+            }
             _ => None,
         };
         // Only an allowed protocol becomes a tunnel; any other upgrade request (h2c above
@@ -1022,14 +1155,14 @@ impl Conn {
                 self.record.request_id.push_str(request_id);
             }
             let info = ForwardInfo {
-                client_ip: self.info.peer.ip(),
+                client_ip: peer,
                 proto: self.config.scheme.as_str(),
                 port: self.info.local.port(),
                 tunnel: req.upgrade,
                 request_id,
             };
             self.uout.reset();
-            write_upstream_request(&head, &info, &mut self.uout.queued);
+            write_upstream_request_as(&head, &info, self.client_ip, &mut self.uout.queued);
         }
         self.cin.consume(len);
 
@@ -1049,6 +1182,7 @@ impl Conn {
             self.replay.extend_from_slice(&self.uout.queued);
         }
         self.uin.clear();
+        self.upstream_mark = self.uin.consumed;
         self.upstream_eof = false;
         self.connect(endpoint, false);
         let exchange = Exchange {
@@ -1091,8 +1225,7 @@ impl Conn {
         if let Some(hsts) = &self.config.hsts {
             local::add_hsts(&[], hsts, head_start, &mut self.cout.queued);
         }
-        self.actions
-            .push_back(Action::Completed { status: status.0 });
+        self.completed(status.0, None);
         if close {
             self.enter_closing(req.has_body);
         } else {
@@ -1320,6 +1453,11 @@ impl Conn {
         let upstream_framing = resp.framing;
         self.uin.consume(len);
         if upgraded {
+            let r = &mut self.record;
+            r.bytes_in = self.cin.consumed - self.in_mark;
+            r.bytes_out = self.cout.total() - self.out_mark;
+            r.upstream_status = Some(101);
+            r.upstream_bytes = self.uin.consumed - self.upstream_mark;
             self.actions.push_back(Action::Completed { status: 101 });
             let p = ex.policy.as_deref();
             let idle = p
@@ -1355,7 +1493,7 @@ impl Conn {
         // response: its connection is in an unknown state.
         let reusable = reusable && request_done && self.uout.is_flushed() && self.uin.is_empty();
         self.release_upstream(reusable);
-        self.actions.push_back(Action::Completed { status });
+        self.completed(status, Some(status));
         if keep_alive && request_done && !self.shutting_down && !self.client_eof {
             self.enter_idle(now);
         } else {
@@ -1471,9 +1609,7 @@ impl Conn {
         if let Some(hsts) = &self.config.hsts {
             local::add_hsts(&[], hsts, head_start, &mut self.cout.queued);
         }
-        self.actions.push_back(Action::Completed {
-            status: err.status.0,
-        });
+        self.completed(err.status.0, None);
         if close {
             self.enter_closing(client_stream_doubtful || in_exchange && !request_done);
         } else {

@@ -85,6 +85,18 @@ const REPLACED: [&str; 5] = [
 /// `X-Forwarded-Port`, `X-Real-IP`; `X-Request-ID` (when `info` has one); the body framing; `Connection: upgrade` and `Upgrade`
 /// when tunnelling; the final CRLF. Allocates nothing except by growing `out`.
 pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, out: &mut Vec<u8>) {
+    write_upstream_request_as(head, info, info.client_ip, out);
+}
+
+/// [`write_upstream_request`] with `real_ip` as `X-Real-IP` (the real client, when a trusted
+/// proxy's `X-Forwarded-For` or a PROXY protocol header named one); `X-Forwarded-For` still
+/// ends with `info.client_ip`, the address that connected to us.
+pub fn write_upstream_request_as(
+    head: &RequestHead<'_>,
+    info: &ForwardInfo<'_>,
+    real_ip: IpAddr,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     match head.target {
@@ -142,7 +154,7 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
     out.extend_from_slice(b"X-Forwarded-Port: ");
     push_decimal(u64::from(info.port), out);
     out.extend_from_slice(b"\r\nX-Real-IP: ");
-    push_ip(client_ip, out);
+    push_ip(real_ip.to_canonical(), out);
     out.extend_from_slice(b"\r\n");
     if !info.request_id.is_empty() {
         push_field(b"X-Request-ID", info.request_id.as_bytes(), out);
