@@ -1046,3 +1046,63 @@ fn random_seed() -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(0x5115_u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "sluice.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn real_client_and_access_log_keys() {
+        let c = parse("").unwrap();
+        assert!(!c.forwarded.enabled());
+        assert!(!c.proxy_protocol);
+        assert_eq!(c.log.access_sample_ppm, 1_000_000);
+        assert_eq!(c.log.backend_metrics_cap, 200);
+
+        let c = parse(
+            "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\"]\n\
+             [listen]\nproxy_protocol = true\n\
+             [log]\naccess_sample = 0.1\nbackend_metrics_cap = 5\n",
+        )
+        .unwrap();
+        assert!(c.forwarded.trusts("10.9.9.9".parse().unwrap()));
+        assert!(c.forwarded.trusts("192.0.2.7".parse().unwrap()));
+        assert!(!c.forwarded.trusts("192.0.2.8".parse().unwrap()));
+        assert!(c.proxy_protocol);
+        assert!(c.conn_config().proxy_protocol);
+        assert_eq!(c.log.access_sample_ppm, 100_000);
+        assert_eq!(c.log.backend_metrics_cap, 5);
+        // use_forwarded_headers alone: every peer (ingress-nginx's default 0.0.0.0/0).
+        let c = parse("[http]\nuse_forwarded_headers = true\n").unwrap();
+        assert!(c.forwarded.trusts("198.51.100.1".parse().unwrap()));
+        let c = parse("[log]\naccess_sample = 1\n").unwrap();
+        assert_eq!(c.log.access_sample_ppm, 1_000_000);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            (
+                "[http]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+                "http.trusted_proxies",
+            ),
+            (
+                "[http]\ntrusted_proxies = [\"nope\"]\n",
+                "http.trusted_proxies",
+            ),
+            ("[log]\naccess_sample = 0\n", "log.access_sample"),
+            ("[log]\naccess_sample = 1.5\n", "log.access_sample"),
+            (
+                "[log]\nbackend_metrics_cap = 0\n",
+                "log.backend_metrics_cap",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+}
