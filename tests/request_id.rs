@@ -526,13 +526,13 @@ fn x_forwarded_for_names_the_client_only_from_a_trusted_peer() {
 /// `[listen] proxy_protocol = true`: the PROXY header's source is the client (log, the peer
 /// field, `X-Real-IP`, the end of `X-Forwarded-For`), over plain HTTP (v1 and v2, written by
 /// hand) and TLS (curl's `--haproxy-protocol`); a connection without the header is closed
-/// unanswered, and so is one with a malformed header.
+/// unanswered, and so is one with a malformed header or one that does not finish in time.
 #[test]
 fn the_proxy_protocol_names_the_client_and_is_required() {
     let up = echo_upstream();
     let started = start_full(
         "proxy",
-        "[log]\nformat = \"json\"\n[listen]\nproxy_protocol = true\n",
+        "[log]\nformat = \"json\"\n[listen]\nproxy_protocol = true\n[timeouts]\nrequest_head = \"1s\"\n",
         up,
         true,
     );
@@ -612,6 +612,13 @@ fn the_proxy_protocol_names_the_client_and_is_required() {
         .output()
         .unwrap();
     assert!(!curl.status.success(), "TLS without the header fails");
+    // A header that never completes: closed after `timeouts.request_head`.
+    let mut s = TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.5 ").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(out.is_empty(), "{out:?}");
     assert!(log.recv_timeout(Duration::from_millis(300)).is_err());
     let metrics = exchange(
         started.admin,
@@ -622,7 +629,7 @@ fn the_proxy_protocol_names_the_client_and_is_required() {
         .filter(|l| l.starts_with("sluice_proxy_protocol_errors_total{"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
-    assert_eq!(errors, 4, "{metrics}");
+    assert_eq!(errors, 5, "{metrics}");
 }
 
 /// `log.access_sample = 0.25` logs one request in four (the 4th, 8th, ...: deterministic);
