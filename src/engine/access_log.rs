@@ -11,6 +11,8 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::core::time::Instant;
+
 /// The process's access log, installed by `main` before the engine starts (each worker
 /// takes its [`WorkerLog`] from it at launch); engines started without it log nothing.
 static INSTALLED: std::sync::OnceLock<AccessLog> = std::sync::OnceLock::new();
@@ -28,8 +30,14 @@ pub fn installed() -> Option<&'static AccessLog> {
 /// `sample_ppm` of a log that keeps every line.
 pub const SAMPLE_ALL: u32 = 1_000_000;
 
-/// A worker hands its buffer over once it holds this much (and at the end of each turn).
+/// A worker hands its buffer over once it holds this much, or once its oldest line has
+/// waited [`FLUSH_AFTER`]: not every loop turn, so that the logger thread is woken (a futex
+/// wake and a context switch, often on the worker's own core) a few times per 32 KiB or per
+/// 50 ms rather than once per turn.
 pub const FLUSH_AT: usize = 32 * 1024;
+
+/// The longest a line waits in its worker's buffer (the driver's loop wakes up for it).
+pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 /// Line format (`log.format`).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -194,6 +202,7 @@ impl AccessLog {
             format: self.format,
             sample_ppm: self.sample_ppm,
             credit: 0,
+            oldest: None,
             buf: Vec::with_capacity(FLUSH_AT * 2),
             lines: 0,
             tx: self.tx.clone(),
@@ -228,6 +237,8 @@ pub struct WorkerLog {
     sample_ppm: u32,
     /// Sampling: each request adds `sample_ppm`; a line is written when it reaches a million.
     credit: u32,
+    /// When the oldest buffered line was recorded.
+    oldest: Option<Instant>,
     buf: Vec<u8>,
     lines: u64,
     tx: SyncSender<(Vec<u8>, u64)>,
@@ -259,7 +270,9 @@ impl WorkerLog {
         }
     }
 
-    pub fn record(&mut self, e: &Entry<'_>) {
+    /// Buffers `e`'s line (recorded at `now`); hands the buffer over once it is large.
+    pub fn record(&mut self, e: &Entry<'_>, now: Instant) {
+        self.oldest.get_or_insert(now);
         match self.format {
             Format::Text => write_text(e, &mut self.buf),
             Format::Json => write_json(e, &mut self.buf),
@@ -270,9 +283,22 @@ impl WorkerLog {
         }
     }
 
+    /// When the buffer must be handed over ([`FLUSH_AFTER`] after its oldest line).
+    pub fn due(&self) -> Option<Instant> {
+        self.oldest.map(|at| at + FLUSH_AFTER)
+    }
+
+    /// Hands the buffer over if it is due at `now`.
+    pub fn flush_if_due(&mut self, now: Instant) {
+        if self.due().is_some_and(|at| at <= now) {
+            self.flush();
+        }
+    }
+
     /// Hands the buffer to the logger, or drops (and counts) its lines when the logger is
     /// behind.
     pub fn flush(&mut self) {
+        self.oldest = None;
         if self.lines == 0 {
             return;
         }
@@ -645,6 +671,30 @@ mod tests {
     }
 
     #[test]
+    fn lines_wait_for_a_full_buffer_or_their_age() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let log = AccessLog::start(Box::new(Slow(out.clone())), Format::Text, 8).unwrap();
+        let mut w = log.worker();
+        let t0 = Instant::from_nanos(1_000_000_000);
+        assert_eq!(w.due(), None);
+        w.record(&entry(), t0);
+        w.record(&entry(), t0 + Duration::from_millis(10));
+        assert_eq!(w.due(), Some(t0 + FLUSH_AFTER), "from the oldest line");
+        w.flush_if_due(t0 + (FLUSH_AFTER - Duration::from_millis(1)));
+        assert_eq!(log.stats.queued_lines.load(Ordering::Relaxed), 0);
+        w.flush_if_due(t0 + FLUSH_AFTER);
+        assert_eq!(log.stats.queued_lines.load(Ordering::Relaxed), 2);
+        assert_eq!(w.due(), None);
+        // A full buffer goes at once.
+        let mut n = 0;
+        while log.stats.queued_lines.load(Ordering::Relaxed) == 2 {
+            w.record(&entry(), t0);
+            n += 1;
+        }
+        assert!(n > 10, "{n} lines before a full buffer");
+    }
+
+    #[test]
     fn sampling_keeps_an_even_deterministic_share() {
         let log = AccessLog::start(Box::new(std::io::sink()), Format::Text, 2)
             .unwrap()
@@ -690,7 +740,7 @@ mod tests {
         // (Were a worker to wait for the logger, this loop would never end: the gate is held.)
         for _ in 0..100 {
             for _ in 0..50 {
-                w.record(&entry());
+                w.record(&entry(), Instant::from_nanos(1));
             }
             w.flush();
         }
@@ -731,7 +781,7 @@ mod tests {
         let log = AccessLog::start(Box::new(Slow(out.clone())), Format::Json, 8).unwrap();
         let mut w = log.worker();
         for _ in 0..3 {
-            w.record(&entry());
+            w.record(&entry(), Instant::from_nanos(1));
             w.flush();
         }
         drop(w);

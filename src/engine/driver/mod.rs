@@ -287,8 +287,8 @@ impl Driver {
     /// left at the end of the grace period). Returns [`Flow::Exit`] once no client is left.
     pub fn quiescent<T: Transport>(&mut self, t: &mut T, now: Instant) -> Flow {
         if let Some(log) = &mut self.setup.access_log {
-            // The last turn's lines go to the logger thread (never waiting for it).
-            log.flush();
+            // Lines that have waited long enough go to the logger thread (never waiting for it).
+            log.flush_if_due(now);
         }
         if let Some(snapshot) = take_newer(&self.setup.snapshots, self.snapshot.version) {
             self.swap_snapshot(t, snapshot);
@@ -359,10 +359,8 @@ impl Driver {
     /// The earliest deadline the driver has (a connection timer or the pool's expiry).
     pub fn next_deadline(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        match (timer, self.pool_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let log = self.setup.access_log.as_ref().and_then(WorkerLog::due);
+        [timer, self.pool_expiry, log].into_iter().flatten().min()
     }
 
     /// Work is waiting for the next [`Driver::drive`] (the caller should not sleep).
@@ -884,29 +882,32 @@ impl Driver {
                         if let Some(log) = &mut self.setup.access_log
                             && log.sampled()
                         {
-                            log.record(&Entry {
-                                time: wall_clock(),
-                                peer: client.conn.peer_addr(),
-                                client: client.conn.client_addr(),
-                                tls: client.tls.is_some(),
-                                method: &r.method,
-                                host: &r.host,
-                                path: &r.path,
-                                query: &r.query,
-                                protocol: r.protocol,
-                                status,
-                                bytes_in: r.bytes_in,
-                                bytes_out: r.bytes_out,
-                                referer: &r.referer,
-                                user_agent: &r.user_agent,
-                                request_time,
-                                route: &r.route,
-                                upstream,
-                                upstream_status: r.upstream_status,
-                                upstream_bytes: r.upstream_bytes,
-                                upstream_time,
-                                request_id: &r.request_id,
-                            });
+                            log.record(
+                                &Entry {
+                                    time: wall_clock(),
+                                    peer: client.conn.peer_addr(),
+                                    client: client.conn.client_addr(),
+                                    tls: client.tls.is_some(),
+                                    method: &r.method,
+                                    host: &r.host,
+                                    path: &r.path,
+                                    query: &r.query,
+                                    protocol: r.protocol,
+                                    status,
+                                    bytes_in: r.bytes_in,
+                                    bytes_out: r.bytes_out,
+                                    referer: &r.referer,
+                                    user_agent: &r.user_agent,
+                                    request_time,
+                                    route: &r.route,
+                                    upstream,
+                                    upstream_status: r.upstream_status,
+                                    upstream_bytes: r.upstream_bytes,
+                                    upstream_time,
+                                    request_id: &r.request_id,
+                                },
+                                now,
+                            );
                         }
                     }
                     Action::ShutdownClientWrite => match &mut client.tls {
