@@ -335,42 +335,51 @@ fn civil(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+thread_local! {
+    /// The last second formatted by this thread (a worker logs many lines a second): its
+    /// Unix time, `2026-12-04T20:10:00` and `04/Dec/2026:20:10:00 +0000`.
+    static SECOND: std::cell::RefCell<(u64, String, String)> =
+        const { std::cell::RefCell::new((u64::MAX, String::new(), String::new())) };
+}
+
+/// Appends second `secs`'s ISO 8601 (`iso`) or nginx `$time_local` (UTC) form.
+fn push_second(secs: u64, iso: bool, out: &mut Vec<u8>) {
+    SECOND.with_borrow_mut(|(cached, iso_text, local_text)| {
+        if *cached != secs {
+            const MONTHS: [&str; 12] = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (year, month, day) = civil(days as i64);
+            let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+            *iso_text = format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}");
+            *local_text = format!(
+                "{day:02}/{}/{year:04}:{h:02}:{m:02}:{s:02} +0000",
+                MONTHS[(month - 1) as usize]
+            );
+            *cached = secs;
+        }
+        out.extend_from_slice(if iso { iso_text } else { local_text }.as_bytes());
+    });
+}
+
 /// `2026-12-04T20:10:00.123Z` (JSON's `time`).
 fn push_time(t: SystemTime, out: &mut Vec<u8>) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil(days as i64);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    );
+    push_second(d.as_secs(), true, out);
+    let _ = write!(out, ".{:03}Z", d.subsec_millis());
 }
 
 /// `04/Dec/2026:20:10:00 +0000`: nginx's `$time_local` (in UTC) for the text line.
 fn push_time_local(t: SystemTime, out: &mut Vec<u8>) {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
     let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil(days as i64);
-    let _ = write!(
-        out,
-        "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
+    push_second(secs, false, out);
 }
 
+/// Seconds with millisecond resolution, `1.234` (integer arithmetic, no float formatting).
 fn push_secs(d: Duration, out: &mut Vec<u8>) {
-    let _ = write!(out, "{:.3}", d.as_secs_f64());
+    let ms = d.as_millis();
+    let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
 }
 
 /// Text from the request (untrusted): printable ASCII as is, except `"` and `\`, and every
