@@ -9,6 +9,10 @@ over the run, divided by the requests wrk completed) and the ratios against ngin
 
 Usage: python3 bench/run.py [--duration 10] [--connections 64] [--write-results]
 Installs nginx, haproxy and wrk with apt-get if they are missing (needs root).
+
+With --access-log, the contenders are Sluice with its access log on (text lines appended to a
+file, the logger thread on the same core) and Sluice with `log.access = false`, interleaved the
+same way; the result is the on/off ratio of requests/s (section "Access log on vs off").
 """
 
 import argparse
@@ -164,7 +168,9 @@ backend pods
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_sluice(tmp, binary):
+def start_sluice(tmp, binary, access_log=None):
+    """`access_log`: None leaves the default (on, to stdout, here /dev/null); True appends to a
+    file; False turns it off."""
     manifests = os.path.join(tmp, "manifests")
     os.makedirs(manifests, exist_ok=True)
     with open(os.path.join(manifests, "bench.yaml"), "w") as f:
@@ -196,6 +202,10 @@ admin = "127.0.0.1:{PROXY_PORT + 1}"
 [sources]
 manifests = "{manifests}"
 """)
+        if access_log is True:
+            f.write(f'[log]\naccess = true\naccess_path = "{tmp}/access.log"\n')
+        elif access_log is False:
+            f.write("[log]\naccess = false\n")
     return subprocess.Popen(["taskset", "-c", CONTENDER_CPU, binary, "run", "--config", conf],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -239,6 +249,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3,
                     help="contenders are interleaved over this many rounds; the median round counts")
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--access-log", action="store_true",
+                    help="Sluice with the access log on (to a file) vs off, instead of the three proxies")
     args = ap.parse_args()
     ensure_tools()
     subprocess.run(["cargo", "build", "--profile", "dist", "--quiet"], cwd=ROOT, check=True)
@@ -248,13 +260,25 @@ def main():
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
     upstream = start_upstream(tmp)
-    starters = [("sluice", lambda: start_sluice(tmp, binary)), ("nginx", lambda: start_nginx(tmp)),
-                ("haproxy", lambda: start_haproxy(tmp))]
+    if args.access_log:
+        starters = [("log-on", lambda: start_sluice(tmp, binary, True)),
+                    ("log-off", lambda: start_sluice(tmp, binary, False))]
+    else:
+        starters = [("sluice", lambda: start_sluice(tmp, binary)), ("nginx", lambda: start_nginx(tmp)),
+                    ("haproxy", lambda: start_haproxy(tmp))]
     runs = {name: [] for name, _ in starters}
+    logged = 0
     try:
-        for _ in range(args.rounds):
-            for name, start in starters:
+        for round_no in range(args.rounds):
+            order = starters
+            if args.access_log and round_no % 2 == 1:
+                # Alternate who goes first: the second run of a round must not always be the
+                # one that meets the machine after the first (page cache, writeback).
+                order = list(reversed(starters))
+            for name, start in order:
                 runs[name].append(measure(name, start(), args, script))
+                if args.access_log:
+                    logged += drop_access_log(tmp)
     finally:
         upstream.terminate()
         upstream.wait()
@@ -265,6 +289,9 @@ def main():
         median = dict(ordered[len(ordered) // 2])
         median["all_rps"] = [round(r["rps"]) for r in runs[name]]
         results.append(median)
+    if args.access_log:
+        access_log_report(args, results, logged)
+        return
     s, n, h = results
     lines = [
         f"Date: {datetime.date.today()}. Machine: {os.cpu_count()} vCPU, {os.uname().release}. "
@@ -290,21 +317,75 @@ def main():
     text = "\n".join(lines)
     print(text)
     if args.write_results:
-        path = os.path.join(ROOT, "bench", "RESULTS.md")
-        with open(path) as f:
-            existing = f.read()
-        marker = "## Proxy throughput: Sluice vs nginx vs HAProxy (issue 3)"
-        section = marker + "\n\n" + text + "\n"
-        if marker in existing:
-            # Replace this section only, up to the next one.
-            start = existing.index(marker)
-            nxt = existing.find("\n## ", start + len(marker))
-            rest = existing[nxt + 1:] if nxt >= 0 else ""
-            existing = existing[:start] + section + ("\n" + rest if rest else "")
-        else:
-            existing = existing.rstrip() + "\n\n" + section
-        with open(path, "w") as f:
-            f.write(existing)
+        write_section("## Proxy throughput: Sluice vs nginx vs HAProxy (issue 3)", text)
+
+
+def drop_access_log(tmp):
+    """Counts the lines of the log-on run's file, deletes it and writes back what is dirty, so
+    that the next run does not pay for this one's writeback."""
+    path = os.path.join(tmp, "access.log")
+    try:
+        with open(path, "rb") as f:
+            lines = sum(1 for _ in f)
+        os.remove(path)
+    except FileNotFoundError:
+        lines = 0
+    os.sync()
+    time.sleep(0.5)
+    return lines
+
+
+def access_log_report(args, results, logged):
+    on, off = results
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    ratios = [a / b for a, b in zip(on["all_rps"], off["all_rps"])]
+    lines = [
+        f"Date: {datetime.date.today()}. Machine: {os.cpu_count()} vCPU, {os.uname().release}, "
+        f"load average at the end {load} (other builds were running). One Sluice worker pinned to "
+        f"CPU {CONTENDER_CPU} (its logger thread too); wrk (1 thread, {args.connections} keep-alive "
+        f"connections, {args.duration} s) and the upstream (nginx, 1 KiB body) on CPU {LOAD_CPU}.",
+        "",
+        f"Command: `python3 bench/run.py --access-log --duration {args.duration} --connections {args.connections} "
+        f"--rounds {args.rounds}` (on and off interleaved over {args.rounds} rounds, alternating which goes "
+        "first; the file is deleted and `sync`ed after each run; the median round of each, and every "
+        "round's requests/s).",
+        "",
+        "| access log | requests/s | p50 | p99 | p99.9 | CPU per request | errors | all rounds (req/s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r, label in ((on, "on (text, to a file)"), (off, "off (`log.access = false`)")):
+        lines.append(f"| {label} | {r['rps']:.0f} | {r['p50']} µs | {r['p99']} µs | {r['p999']} µs | "
+                     f"{r['cpu_us_per_req']:.2f} µs | {r['errors']} | {', '.join(map(str, r['all_rps']))} |")
+    lines += [
+        "",
+        f"On/off requests/s (medians): **{on['rps'] / off['rps']:.2f}** (goal: at least 0.90); "
+        f"round by round: {', '.join(f'{x:.2f}' for x in ratios)}. "
+        f"CPU per request on/off: {on['cpu_us_per_req'] / off['cpu_us_per_req']:.2f}. "
+        f"Lines written to the log files: {logged}.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_results:
+        write_section("## Access log on vs off (issue 15)", text)
+
+
+def write_section(marker, text):
+    """Writes `text` under `marker` in bench/RESULTS.md, replacing that section only."""
+    path = os.path.join(ROOT, "bench", "RESULTS.md")
+    with open(path) as f:
+        existing = f.read()
+    section = marker + "\n\n" + text + "\n"
+    if marker in existing:
+        # Replace this section only, up to the next one.
+        start = existing.index(marker)
+        nxt = existing.find("\n## ", start + len(marker))
+        rest = existing[nxt + 1:] if nxt >= 0 else ""
+        existing = existing[:start] + section + ("\n" + rest if rest else "")
+    else:
+        existing = existing.rstrip() + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(existing)
 
 
 if __name__ == "__main__":

@@ -253,6 +253,69 @@ impl Exposition {
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// A label value as the text format wants it (`\\`, `\"` and `\n` escaped).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `sluice_backend_requests_total{backend, class}` summed over the workers (slots claimed
+/// twice for one name are summed too), `backend="other"` past the cap, and how many requests
+/// went there.
+fn backend_series(x: &mut Exposition, m: &[std::sync::Arc<WorkerMetrics>]) {
+    let Some(first) = m.first() else {
+        return;
+    };
+    let names = &first.backends.names;
+    let mut by_name: std::collections::BTreeMap<&str, [u64; 5]> = Default::default();
+    let mut other = [0u64; 5];
+    for wm in m {
+        for slot in 0..names.cap() {
+            let Some(name) = names.name(slot) else {
+                continue;
+            };
+            let counts = wm.backends.read(slot);
+            let row = by_name.entry(name).or_default();
+            for (a, b) in row.iter_mut().zip(counts) {
+                *a += b;
+            }
+        }
+        for (a, b) in other.iter_mut().zip(wm.backends.read(wm.backends.other())) {
+            *a += b;
+        }
+    }
+    let name = "sluice_backend_requests_total";
+    x.family(
+        name,
+        "counter",
+        "Completed requests by backend (namespace/service:port) and status class; past the cap (log.backend_metrics_cap) backends share backend=\"other\".",
+    );
+    let rows = by_name
+        .iter()
+        .map(|(n, c)| (label_value(n), c))
+        .chain(std::iter::once(("other".to_string(), &other)));
+    for (backend, counts) in rows {
+        for (c, class) in CLASSES.iter().enumerate() {
+            x.sample(
+                name,
+                &format!("backend=\"{backend}\",class=\"{class}\""),
+                counts[c],
+            );
+        }
+    }
+    x.family(
+        "sluice_backend_series_overflow_requests_total",
+        "counter",
+        "Requests counted under backend=\"other\" because every per-backend series was taken.",
+    );
+    x.sample(
+        "sluice_backend_series_overflow_requests_total",
+        "",
+        other.iter().sum::<u64>(),
+    );
+}
+
 /// Prometheus text exposition of every worker's counters, read and summed at scrape time.
 pub fn metrics_text(state: &EngineState) -> String {
     let mut x = Exposition { out: String::new() };
@@ -326,7 +389,7 @@ pub fn metrics_text(state: &EngineState) -> String {
         x.family(name, "histogram", help);
         x.latency(name, "", &all);
     }
-    let simple: [Gauge; 9] = [
+    let simple: [Gauge; 11] = [
         (
             "sluice_tls_handshakes_full_total",
             "counter",
@@ -344,6 +407,18 @@ pub fn metrics_text(state: &EngineState) -> String {
             "counter",
             "TLS handshakes that failed or timed out.",
             |m| m.tls_failed.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_tls_handshakes_timed_out_total",
+            "counter",
+            "Of the failed TLS handshakes, those that did not finish in time (the others broke the protocol).",
+            |m| m.tls_failed_timeout.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_proxy_protocol_errors_total",
+            "counter",
+            "Connections closed for a missing, malformed or late PROXY protocol header.",
+            |m| m.proxy_protocol_errors.load(Ordering::Relaxed) as i64,
         ),
         (
             "sluice_connections_active",
@@ -450,6 +525,7 @@ pub fn metrics_text(state: &EngineState) -> String {
         x.sample(&format!("{name}_sum"), "", sum_us as f64 / 1e6);
         x.sample(&format!("{name}_count"), "", h.len());
     }
+    backend_series(&mut x, m);
     let mut out = x.out;
     if let Ok(extra) = state.extra_metrics.lock() {
         for f in extra.iter() {

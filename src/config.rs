@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::control::compile::{CompileOptions, PortRef, ServiceRef};
 use crate::control::watch::{BadNamespacedName, KubeOptions, parse_namespaced_name};
+use crate::core::client_addr::ForwardedTrust;
 use crate::core::conn::{ConnConfig, Scheme, Timeouts};
 use crate::core::http1::{Limits, MAX_HEADERS_CAP, Upgrades};
 use crate::core::tls::TlsSettings;
@@ -125,6 +126,8 @@ struct RawLog {
     access: Option<Spanned<bool>>,
     format: Option<Spanned<String>>,
     access_path: Option<Spanned<String>>,
+    access_sample: Option<Spanned<f64>>,
+    backend_metrics_cap: Option<Spanned<usize>>,
 }
 
 /// The `[log]` section: the access log (the process log is set by `--log-level/-format`).
@@ -135,6 +138,11 @@ pub struct LogConfig {
     pub format: crate::engine::access_log::Format,
     /// A file to append to (reopened on SIGUSR1); `None`: stdout.
     pub access_path: Option<PathBuf>,
+    /// `access_sample`: the share of requests logged, in millionths (1.0 = every request).
+    pub access_sample_ppm: u32,
+    /// `backend_metrics_cap`: how many backends get their own
+    /// `sluice_backend_requests_total` series; the rest share `backend="other"`.
+    pub backend_metrics_cap: usize,
 }
 
 impl Default for LogConfig {
@@ -143,6 +151,8 @@ impl Default for LogConfig {
             access: true,
             format: crate::engine::access_log::Format::Text,
             access_path: None,
+            access_sample_ppm: 1_000_000,
+            backend_metrics_cap: 200,
         }
     }
 }
@@ -152,6 +162,8 @@ impl Default for LogConfig {
 struct RawHttp {
     server_header: Option<Spanned<String>>,
     upgrade_protocols: Option<Spanned<Vec<String>>>,
+    use_forwarded_headers: Option<Spanned<bool>>,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -236,6 +248,7 @@ struct RawListen {
     https: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<String>>,
+    proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -369,6 +382,11 @@ pub struct Config {
     pub server_header: Option<Arc<str>>,
     /// Upgrade protocols relayed as tunnels (`[http] upgrade_protocols`).
     pub upgrades: Upgrades,
+    /// Whose `X-Forwarded-For` names the real client (`[http] use_forwarded_headers`,
+    /// `trusted_proxies`).
+    pub forwarded: ForwardedTrust,
+    /// Both listeners expect a PROXY protocol header first (`[listen] proxy_protocol`).
+    pub proxy_protocol: bool,
 }
 
 impl Default for Config {
@@ -397,6 +415,8 @@ impl Default for Config {
             userspace: UserspaceConfig::default(),
             server_header: Some("sluice".into()),
             upgrades: Upgrades::default(),
+            forwarded: ForwardedTrust::none(),
+            proxy_protocol: false,
         }
     }
 }
@@ -662,6 +682,57 @@ impl Config {
             c.upgrades = Upgrades::new(v.get_ref())
                 .map_err(|m| ctx.at(v.span().start, "http.upgrade_protocols", m))?;
         }
+        let use_forwarded = raw
+            .http
+            .use_forwarded_headers
+            .as_ref()
+            .is_some_and(|v| *v.get_ref());
+        let mut nets = Vec::new();
+        if let Some(v) = &raw.http.trusted_proxies {
+            for text in v.get_ref() {
+                let net = text
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        ctx.at(
+                            v.span().start,
+                            "http.trusted_proxies",
+                            format!("not a CIDR or an IP address: {text:?}"),
+                        )
+                    })?;
+                nets.push(net.trunc());
+            }
+        }
+        // A list alone turns the header on; `use_forwarded_headers` alone trusts every peer
+        // (ingress-nginx's default `proxy-real-ip-cidr` of 0.0.0.0/0).
+        if use_forwarded || !nets.is_empty() {
+            c.forwarded = ForwardedTrust::from_nets(nets);
+        }
+        if let Some(v) = &raw.listen.proxy_protocol {
+            c.proxy_protocol = *v.get_ref();
+        }
+        if let Some(v) = &raw.log.access_sample {
+            let share = *v.get_ref();
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(ctx.at(
+                    v.span().start,
+                    "log.access_sample",
+                    format!("must be above 0 and at most 1 (got {share}); use log.access = false to turn the log off"),
+                ));
+            }
+            c.log.access_sample_ppm = ((share * 1e6).round() as u32).max(1);
+        }
+        if let Some(v) = &raw.log.backend_metrics_cap {
+            let n = *v.get_ref();
+            if !(1..=100_000).contains(&n) {
+                return Err(ctx.at(
+                    v.span().start,
+                    "log.backend_metrics_cap",
+                    format!("must be between 1 and 100000 (got {n})"),
+                ));
+            }
+            c.log.backend_metrics_cap = n;
+        }
         let l = &raw.limits;
         let dl = &d.limits;
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
@@ -847,6 +918,8 @@ impl Config {
             request_id_seed: Some(random_seed()),
             record_requests: self.log.access,
             outlier: self.outlier,
+            forwarded: self.forwarded.clone(),
+            proxy_protocol: self.proxy_protocol,
         }
     }
 
@@ -1048,4 +1121,64 @@ pub fn parse_service_ref(text: &str) -> Result<ServiceRef, ValueError> {
 fn random_seed() -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(0x5115_u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "sluice.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn real_client_and_access_log_keys() {
+        let c = parse("").unwrap();
+        assert!(!c.forwarded.enabled());
+        assert!(!c.proxy_protocol);
+        assert_eq!(c.log.access_sample_ppm, 1_000_000);
+        assert_eq!(c.log.backend_metrics_cap, 200);
+
+        let c = parse(
+            "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\"]\n\
+             [listen]\nproxy_protocol = true\n\
+             [log]\naccess_sample = 0.1\nbackend_metrics_cap = 5\n",
+        )
+        .unwrap();
+        assert!(c.forwarded.trusts("10.9.9.9".parse().unwrap()));
+        assert!(c.forwarded.trusts("192.0.2.7".parse().unwrap()));
+        assert!(!c.forwarded.trusts("192.0.2.8".parse().unwrap()));
+        assert!(c.proxy_protocol);
+        assert!(c.conn_config().proxy_protocol);
+        assert_eq!(c.log.access_sample_ppm, 100_000);
+        assert_eq!(c.log.backend_metrics_cap, 5);
+        // use_forwarded_headers alone: every peer (ingress-nginx's default 0.0.0.0/0).
+        let c = parse("[http]\nuse_forwarded_headers = true\n").unwrap();
+        assert!(c.forwarded.trusts("198.51.100.1".parse().unwrap()));
+        let c = parse("[log]\naccess_sample = 1\n").unwrap();
+        assert_eq!(c.log.access_sample_ppm, 1_000_000);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            (
+                "[http]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+                "http.trusted_proxies",
+            ),
+            (
+                "[http]\ntrusted_proxies = [\"nope\"]\n",
+                "http.trusted_proxies",
+            ),
+            ("[log]\naccess_sample = 0\n", "log.access_sample"),
+            ("[log]\naccess_sample = 1.5\n", "log.access_sample"),
+            (
+                "[log]\nbackend_metrics_cap = 0\n",
+                "log.backend_metrics_cap",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
 }

@@ -279,9 +279,11 @@ fn start_engine(
             Some(path) => AccessLog::start_file(path.clone(), config.log.format, 64),
             None => AccessLog::start(Box::new(std::io::stdout()), config.log.format, 64),
         }
-        .map_err(Error::AccessLog)?;
+        .map_err(Error::AccessLog)?
+        .with_sample(config.log.access_sample_ppm);
         access_log::install(log);
     }
+    sluice::engine::metrics::set_backend_cap(config.log.backend_metrics_cap);
     let engine = match config.engine {
         EngineKind::Uring => Engine::start_with_https(config.engine_config(), https, snapshot),
         EngineKind::Userspace => Engine::start_userspace_with_https(

@@ -1,7 +1,8 @@
 //! `/metrics` of a running `sluice run` after traffic (200s, a generated 404, a 502 from a
 //! dead endpoint) passes `promtool check metrics` (Debian package `prometheus`), and its
 //! histograms count what was sent: request duration per status class (all workers and per
-//! worker), upstream connect and response times.
+//! worker), upstream connect and response times, and the per-backend counters under their
+//! cap (`log.backend_metrics_cap`; the rest under `backend="other"`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -69,12 +70,19 @@ fn a_live_scrape_after_traffic_passes_promtool_and_counts_the_requests() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("apps.yaml"),
-        ingress("app.test", "app", up.addr.port()) + &ingress("dead.test", "dead", dead_port),
+        ingress("app.test", "app", up.addr.port())
+            + &ingress("dead.test", "dead", dead_port)
+            + &ingress("third.test", "third", up.addr.port()),
     )
     .unwrap();
+    // Two backends get series of their own; the third counts under backend="other".
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, "[log]\nbackend_metrics_cap = 2\n").unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "--workers", "2", "--manifests"])
         .arg(&dir)
+        .arg("--config")
+        .arg(&config)
         .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
         .args(["--admin", "127.0.0.1:0"])
         .stdout(Stdio::null())
@@ -106,6 +114,10 @@ fn a_live_scrape_after_traffic_passes_promtool_and_counts_the_requests() {
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
     let r = get(http, "dead.test", "/");
     assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    for _ in 0..2 {
+        let r = get(http, "third.test", "/");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
 
     let text = get(admin, "admin", "/metrics");
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -138,14 +150,14 @@ fn a_live_scrape_after_traffic_passes_promtool_and_counts_the_requests() {
             &format!("sluice_request_duration_seconds_count{{class=\"{class}\"}} "),
         )
     };
-    assert_eq!(count("2xx"), 10.0);
+    assert_eq!(count("2xx"), 12.0);
     assert_eq!(count("4xx"), 1.0);
     assert_eq!(count("5xx"), 1.0);
     let inf = sample(
         body,
         "sluice_request_duration_seconds_bucket{class=\"2xx\",le=\"+Inf\"} ",
     );
-    assert_eq!(inf, 10.0);
+    assert_eq!(inf, 12.0);
     // Per worker: the two workers' 2xx counts add up to the aggregate.
     let per_worker: f64 = (0..2)
         .map(|w| {
@@ -157,7 +169,24 @@ fn a_live_scrape_after_traffic_passes_promtool_and_counts_the_requests() {
             )
         })
         .sum();
-    assert_eq!(per_worker, 10.0);
+    assert_eq!(per_worker, 12.0);
+    // Per backend, capped at two series: the first two backends met, then "other".
+    let backend = |name: &str, class: &str| {
+        sample(
+            body,
+            &format!("sluice_backend_requests_total{{backend=\"{name}\",class=\"{class}\"}} "),
+        )
+    };
+    assert_eq!(backend("default/app:80", "2xx"), 10.0);
+    assert_eq!(backend("default/dead:80", "5xx"), 1.0);
+    assert_eq!(backend("other", "2xx"), 2.0);
+    assert!(!body.contains("backend=\"default/third:80\""), "{body}");
+    assert_eq!(
+        sample(body, "sluice_backend_series_overflow_requests_total "),
+        2.0
+    );
+    assert!(body.contains("# TYPE sluice_tls_handshakes_timed_out_total counter"));
+    assert!(body.contains("# TYPE sluice_proxy_protocol_errors_total counter"));
     assert!(sample(body, "sluice_upstream_connect_duration_seconds_count ") >= 1.0);
     // 10 answered by the upstream, plus the 502's attempts.
     assert!(sample(body, "sluice_upstream_response_duration_seconds_count ") >= 11.0);
@@ -167,4 +196,5 @@ fn a_live_scrape_after_traffic_passes_promtool_and_counts_the_requests() {
     assert!(body.contains("# TYPE sluice_access_log_dropped_lines_total counter"));
     assert_eq!(sample(body, "sluice_access_log_dropped_lines_total "), 0.0);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&config);
 }

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::core::client_addr::ForwardedTrust;
 use crate::core::error::{HttpError, Status};
 use crate::core::http1::body::{BodyDecoder, BodyEncoder, Decoded, Peer};
 use crate::core::http1::forward::{ForwardInfo, UpstreamEdits, write_upstream_request_edited};
@@ -115,6 +116,11 @@ pub struct ConnConfig {
     pub record_requests: bool,
     /// Passive health of endpoints (`[outlier]`); the driver gives it to its worker's picker.
     pub outlier: OutlierConfig,
+    /// Peers whose `X-Forwarded-For` names the real client ([`Conn::client_addr`]).
+    pub forwarded: ForwardedTrust,
+    /// Connections start with a PROXY protocol header (read by the engine before anything
+    /// else, then given to [`Conn::set_proxied`]); one without it is closed.
+    pub proxy_protocol: bool,
 }
 
 /// What the access log says about the current (or last) request of a connection; kept
@@ -124,8 +130,25 @@ pub struct RequestRecord {
     pub method: String,
     pub host: String,
     pub path: String,
+    /// The query, without `?` (empty: none).
+    pub query: String,
+    /// `HTTP/1.1` or `HTTP/1.0` (empty before a head was parsed).
+    pub protocol: &'static str,
+    pub referer: String,
+    pub user_agent: String,
     /// The `X-Request-ID` sent upstream (empty for a request answered locally).
     pub request_id: String,
+    /// Request bytes read from the client (head and body, after TLS).
+    pub bytes_in: u64,
+    /// Response bytes queued for the client (head and body, before TLS).
+    pub bytes_out: u64,
+    /// The status the upstream answered (`None`: Sluice answered itself).
+    pub upstream_status: Option<u16>,
+    /// Response bytes read from the upstream (with `upstream_status`).
+    pub upstream_bytes: u64,
+    /// The matched backend, `namespace/service:port` (empty: none matched). Kept even
+    /// without [`ConnConfig::record_requests`] (the per-backend counters read it).
+    pub route: String,
 }
 
 impl Default for ConnConfig {
@@ -142,6 +165,8 @@ impl Default for ConnConfig {
             request_id_seed: None,
             record_requests: false,
             outlier: OutlierConfig::default(),
+            forwarded: ForwardedTrust::none(),
+            proxy_protocol: false,
         }
     }
 }
@@ -212,13 +237,6 @@ impl KeySource for RequestKey<'_, '_> {
     }
 }
 
-/// The client address that request policies (`allowlist-source-range`,
-/// `denylist-source-range`) are evaluated on: the direct peer for now. The one place to
-/// switch to the real client address (trusted X-Forwarded-For, PROXY protocol).
-fn policy_client_ip(info: &ClientInfo) -> std::net::IpAddr {
-    info.peer.ip()
-}
-
 /// What a route's request policy reads of a request.
 fn request_view<'h>(
     head: &RequestHead<'h>,
@@ -274,6 +292,8 @@ pub enum Action {
 struct InBuf {
     data: Vec<u8>,
     pos: usize,
+    /// Bytes consumed since the connection opened (the access log's bytes in).
+    consumed: u64,
 }
 
 impl InBuf {
@@ -290,7 +310,9 @@ impl InBuf {
     }
 
     fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.data.len());
+        let n = n.min(self.data.len() - self.pos);
+        self.consumed += n as u64;
+        self.pos += n;
         if self.pos == self.data.len() {
             self.data.clear();
             self.pos = 0;
@@ -324,6 +346,8 @@ struct OutBuf {
     queued: Vec<u8>,
     in_flight: usize,
     sending: bool,
+    /// Bytes acknowledged as written since the connection opened.
+    written: u64,
 }
 
 impl OutBuf {
@@ -344,6 +368,7 @@ impl OutBuf {
         self.sending = false;
         self.in_flight = 0;
         let written = written.min(buf.len());
+        self.written += written as u64;
         if written < buf.len() {
             buf.drain(..written);
             buf.extend_from_slice(&self.queued);
@@ -353,6 +378,11 @@ impl OutBuf {
             self.queued = buf;
         }
         written
+    }
+
+    /// Bytes ever queued: written, in flight or waiting (the access log's bytes out).
+    fn total(&self) -> u64 {
+        self.written + self.pending() as u64
     }
 
     /// Bytes not yet acknowledged as written.
@@ -507,6 +537,14 @@ pub struct Conn {
     requests: u64,
     record: RequestRecord,
     info: ClientInfo,
+    /// The source a PROXY protocol header named (`None`: the socket's peer stands).
+    proxied: Option<SocketAddr>,
+    /// The current request's real client ([`Conn::client_addr`]).
+    client_ip: std::net::IpAddr,
+    /// Where the current request's bytes in and out started counting.
+    in_mark: u64,
+    out_mark: u64,
+    upstream_mark: u64,
     config: Arc<ConnConfig>,
     state: State,
     cin: InBuf,
@@ -542,6 +580,36 @@ impl Conn {
         &self.record
     }
 
+    /// The connection's peer as far as Sluice can tell: the source its PROXY protocol
+    /// header named, else the socket's peer.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.proxied.unwrap_or(self.info.peer)
+    }
+
+    /// The real client of the current (or last) request: [`Conn::peer_addr`], or what a
+    /// trusted proxy's `X-Forwarded-For` says ([`ConnConfig::forwarded`]). The one address
+    /// features that act on the client (allowlists, hashing, `X-Real-IP`) read.
+    pub fn client_addr(&self) -> std::net::IpAddr {
+        self.client_ip
+    }
+
+    /// The connection's PROXY protocol header named `source` as the client: it replaces the
+    /// socket's peer from now on (call before any request byte).
+    pub fn set_proxied(&mut self, source: SocketAddr) {
+        self.proxied = Some(source);
+        self.client_ip = source.ip().to_canonical();
+    }
+
+    /// Queues `Completed`, with the record's byte counts and upstream status.
+    fn completed(&mut self, status: u16, upstream_status: Option<u16>) {
+        let r = &mut self.record;
+        r.bytes_in = self.cin.consumed - self.in_mark;
+        r.bytes_out = self.cout.total() - self.out_mark;
+        r.upstream_status = upstream_status;
+        r.upstream_bytes = self.uin.consumed - self.upstream_mark;
+        self.actions.push_back(Action::Completed { status });
+    }
+
     pub fn new(info: ClientInfo, config: Arc<ConnConfig>, now: Instant) -> Conn {
         Conn {
             request_id_base: config
@@ -550,6 +618,11 @@ impl Conn {
             requests: 0,
             record: RequestRecord::default(),
             info,
+            proxied: None,
+            client_ip: info.peer.ip().to_canonical(),
+            in_mark: 0,
+            out_mark: 0,
+            upstream_mark: 0,
             config,
             state: State::Head {
                 idle_since: now,
@@ -964,6 +1037,20 @@ impl Conn {
             && started.is_none()
         {
             *started = Some(now);
+            self.in_mark = self.cin.consumed;
+            self.out_mark = self.cout.total();
+            // A new request: nothing of the last one's record may be logged for it (a head
+            // that times out or fails to parse is logged with empty fields).
+            let r = &mut self.record;
+            r.method.clear();
+            r.host.clear();
+            r.path.clear();
+            r.query.clear();
+            r.protocol = "";
+            r.referer.clear();
+            r.user_agent.clear();
+            r.request_id.clear();
+            r.route.clear();
         }
         // Fast path: a head that arrived whole is parsed in one pass, no incremental scan.
         if self.head_fresh {
@@ -1033,8 +1120,40 @@ impl Conn {
             r.host.push_str(head.host());
             r.path.clear();
             r.path.push_str(head.path());
+            r.query.clear();
+            r.query.push_str(head.query().unwrap_or(""));
+            r.protocol = match head.version {
+                Version::Http10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            };
+            r.referer.clear();
+            r.user_agent.clear();
+            for h in head.headers.iter() {
+                let field = if h.name.eq_ignore_ascii_case("referer") {
+                    &mut r.referer
+                } else if h.name.eq_ignore_ascii_case("user-agent") {
+                    &mut r.user_agent
+                } else {
+                    continue;
+                };
+                if field.is_empty() {
+                    field.push_str(&String::from_utf8_lossy(h.value));
+                }
+            }
             r.request_id.clear();
         }
+        self.record.route.clear();
+        let peer = self.peer_addr().ip().to_canonical();
+        self.client_ip = if self.config.forwarded.enabled() {
+            let xff = head
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+                .map(|h| h.value);
+            self.config.forwarded.client(peer, xff)
+        } else {
+            peer
+        };
         let req = RequestMeta {
             version: head.version,
             head_request: head.is_head(),
@@ -1052,7 +1171,7 @@ impl Conn {
                 .policy_of(head.host(), head.path())
                 .and_then(|p| p.request.clone())
             {
-                let client = policy_client_ip(&self.info);
+                let client = self.client_ip;
                 let verdict = rp.verdict(&request_view(&head, self.config.scheme.as_str(), client));
                 if matches!(
                     verdict,
@@ -1069,7 +1188,7 @@ impl Conn {
             if local::write_https_redirect(&head, self.config.https_port, close, server, out) {
                 self.scanner.reset();
                 self.cin.consume(len);
-                self.actions.push_back(Action::Completed { status: 308 });
+                self.completed(308, None);
                 if close {
                     self.enter_closing(req.has_body);
                 } else {
@@ -1080,12 +1199,19 @@ impl Conn {
         }
         let key = RequestKey {
             head: &head,
-            ip: self.info.peer.ip(),
+            ip: self.client_ip,
         };
         let mut decision = router.route_request(head.host(), head.path(), &key, now);
         let mut req = req;
         let policy = match &mut decision {
-            RouteDecision::Forward { policy, .. } => policy.take(),
+            RouteDecision::Forward {
+                policy, backend, ..
+            } => {
+                if let Some(name) = router.backend_name(*backend) {
+                    self.record.route.push_str(name);
+                }
+                policy.take()
+            }
             RouteDecision::NoEndpoints => router.policy_of(head.host(), head.path()),
             RouteDecision::NotFound => None,
         };
@@ -1117,11 +1243,7 @@ impl Conn {
         let mut cors_origin = None;
         let mut rewritten = None;
         if let Some(rp) = request_policy.as_deref() {
-            let view = request_view(
-                &head,
-                self.config.scheme.as_str(),
-                policy_client_ip(&self.info),
-            );
+            let view = request_view(&head, self.config.scheme.as_str(), self.client_ip);
             let verdict = rp.verdict(&view);
             if verdict != Verdict::Pass {
                 self.cin.consume(len);
@@ -1163,7 +1285,7 @@ impl Conn {
                 self.record.request_id.push_str(request_id);
             }
             let info = ForwardInfo {
-                client_ip: self.info.peer.ip(),
+                client_ip: peer,
                 proto: self.config.scheme.as_str(),
                 port: self.info.local.port(),
                 tunnel: req.upgrade,
@@ -1175,6 +1297,7 @@ impl Conn {
                 forwarded_prefix: request_policy
                     .as_deref()
                     .and_then(|p| p.forwarded_prefix.as_deref()),
+                real_ip: Some(self.client_ip),
             };
             write_upstream_request_edited(&head, &info, &edits, &mut self.uout.queued);
             if let Some(host) = policy.as_deref().and_then(|p| p.upstream_vhost.as_deref()) {
@@ -1222,6 +1345,7 @@ impl Conn {
         sticky_path.clear();
         sticky_path.push_str(&sticky.1);
         self.uin.clear();
+        self.upstream_mark = self.uin.consumed;
         self.upstream_eof = false;
         self.connect(endpoint, false);
         let exchange = Exchange {
@@ -1324,8 +1448,7 @@ impl Conn {
         if let Some(hsts) = &self.config.hsts {
             local::add_hsts(&[], hsts, head_start, &mut self.cout.queued);
         }
-        self.actions
-            .push_back(Action::Completed { status: status.0 });
+        self.completed(status.0, None);
         if close {
             self.enter_closing(req.has_body);
         } else {
@@ -1617,6 +1740,11 @@ impl Conn {
         let upstream_framing = resp.framing;
         self.uin.consume(len);
         if upgraded {
+            let r = &mut self.record;
+            r.bytes_in = self.cin.consumed - self.in_mark;
+            r.bytes_out = self.cout.total() - self.out_mark;
+            r.upstream_status = Some(101);
+            r.upstream_bytes = self.uin.consumed - self.upstream_mark;
             self.actions.push_back(Action::Completed { status: 101 });
             let p = ex.policy.as_deref();
             let idle = p
@@ -1652,7 +1780,7 @@ impl Conn {
         // response: its connection is in an unknown state.
         let reusable = reusable && request_done && self.uout.is_flushed() && self.uin.is_empty();
         self.release_upstream(reusable);
-        self.actions.push_back(Action::Completed { status });
+        self.completed(status, Some(status));
         if keep_alive && request_done && !self.shutting_down && !self.client_eof {
             self.enter_idle(now);
         } else {
@@ -1853,9 +1981,7 @@ impl Conn {
         if let Some(hsts) = &self.config.hsts {
             local::add_hsts(&[], hsts, head_start, &mut self.cout.queued);
         }
-        self.actions.push_back(Action::Completed {
-            status: err.status.0,
-        });
+        self.completed(err.status.0, None);
         if close {
             self.enter_closing(client_stream_doubtful || in_exchange && !request_done);
         } else {

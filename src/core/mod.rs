@@ -7,10 +7,12 @@
 //! trait. Nothing here may import `engine`, `control`, `admin`, tokio, io-uring, smoltcp or
 //! kube (enforced by `tests/layering.rs`).
 
+pub mod client_addr;
 pub mod conn;
 pub mod error;
 pub mod host;
 pub mod http1;
+pub mod proxy_protocol;
 pub mod request_id;
 pub mod route;
 pub mod snapshot;

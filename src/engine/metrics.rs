@@ -2,8 +2,108 @@
 //! read-modify-write) and that the admin thread reads and sums. Engine-neutral: the driver
 //! counts for every engine.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// How many backends get series of their own (`log.backend_metrics_cap`), read when the
+/// workers' metrics are made; `main` sets it from the config before the engine starts.
+static BACKEND_CAP: AtomicUsize = AtomicUsize::new(200);
+
+pub fn set_backend_cap(cap: usize) {
+    BACKEND_CAP.store(cap.max(1), Ordering::Relaxed);
+}
+
+/// The names of the per-backend series, shared by every worker. A worker that meets a
+/// backend for the first time looks for its name here and, if missing, claims the next slot
+/// (one atomic increment, once per backend and worker; never on later requests, which find
+/// the slot in the worker's own map). Slots are never reused, so a series never changes
+/// meaning; once all are claimed, further backends count under `backend="other"`.
+#[derive(Debug)]
+pub struct BackendNames {
+    names: Box<[OnceLock<Box<str>>]>,
+    next: AtomicUsize,
+}
+
+impl BackendNames {
+    pub fn new(cap: usize) -> BackendNames {
+        BackendNames {
+            names: (0..cap.max(1)).map(|_| OnceLock::new()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn cap(&self) -> usize {
+        self.names.len()
+    }
+
+    /// The slot of `name`, claiming one if it has none; `None` when all are taken. (Two
+    /// workers meeting a new backend at once may claim two slots for it: the exposition
+    /// sums slots by name.)
+    pub fn slot(&self, name: &str) -> Option<usize> {
+        let claimed = self.next.load(Ordering::Acquire).min(self.cap());
+        if let Some(i) = (0..claimed).find(|&i| self.name(i) == Some(name)) {
+            return Some(i);
+        }
+        let i = self.next.fetch_add(1, Ordering::AcqRel);
+        let cell = self.names.get(i)?;
+        let _ = cell.set(name.into());
+        Some(i)
+    }
+
+    /// The name of slot `i`, once claimed.
+    pub fn name(&self, i: usize) -> Option<&str> {
+        self.names.get(i)?.get().map(|s| &**s)
+    }
+}
+
+impl Default for BackendNames {
+    fn default() -> Self {
+        BackendNames::new(BACKEND_CAP.load(Ordering::Relaxed))
+    }
+}
+
+/// One worker's per-backend request counts by status class: one row per slot of its
+/// [`BackendNames`], and a last row for `other`.
+#[derive(Debug)]
+pub struct BackendCounts {
+    pub names: Arc<BackendNames>,
+    rows: Box<[[AtomicU64; 5]]>,
+}
+
+impl BackendCounts {
+    pub fn new(names: Arc<BackendNames>) -> BackendCounts {
+        let rows = (0..=names.cap()).map(|_| Default::default()).collect();
+        BackendCounts { names, rows }
+    }
+
+    /// The row of `other`.
+    pub fn other(&self) -> usize {
+        self.names.cap()
+    }
+
+    /// Counts one response of status class `class` (0 = 1xx … 4 = 5xx) in `row` (single
+    /// writer).
+    pub fn count(&self, row: usize, class: usize) {
+        if let Some(c) = self.rows.get(row).and_then(|r| r.get(class)) {
+            WorkerMetrics::add(c, 1);
+        }
+    }
+
+    /// Row `row`'s counts.
+    pub fn read(&self, row: usize) -> [u64; 5] {
+        match self.rows.get(row) {
+            Some(r) => std::array::from_fn(|c| r[c].load(Ordering::Relaxed)),
+            None => [0; 5],
+        }
+    }
+}
+
+impl Default for BackendCounts {
+    fn default() -> Self {
+        BackendCounts::new(Arc::new(BackendNames::default()))
+    }
+}
 
 /// Upper bounds (µs) of the latency histograms' buckets: 0.5 ms … 10 s, then +Inf.
 pub const BUCKETS_US: [u64; 14] = [
@@ -78,6 +178,13 @@ pub struct WorkerMetrics {
     pub tls_full: AtomicU64,
     pub tls_resumed: AtomicU64,
     pub tls_failed: AtomicU64,
+    /// Of `tls_failed`, the handshakes that did not finish in time (the rest broke the
+    /// protocol: bad messages, no certificate for the name, an alert).
+    pub tls_failed_timeout: AtomicU64,
+    /// Connections closed for a missing, malformed or late PROXY protocol header.
+    pub proxy_protocol_errors: AtomicU64,
+    /// Requests by backend and status class.
+    pub backends: BackendCounts,
     /// Version of the snapshot this worker serves.
     pub snapshot_version: AtomicU64,
     /// The worker's loop is running with its first snapshot.
@@ -93,6 +200,14 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
+    /// A worker's metrics whose per-backend series share `names` with the other workers'.
+    pub fn with_backends(names: Arc<BackendNames>) -> WorkerMetrics {
+        WorkerMetrics {
+            backends: BackendCounts::new(names),
+            ..WorkerMetrics::default()
+        }
+    }
+
     /// Adds `n` to a counter of this worker's (single writer).
     pub fn add(counter: &AtomicU64, n: u64) {
         // Single writer: a relaxed load+store is enough and cheaper than an RMW.
@@ -103,6 +218,23 @@ impl WorkerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_slots_are_claimed_once_shared_and_capped() {
+        let names = Arc::new(BackendNames::new(2));
+        let a = WorkerMetrics::with_backends(names.clone());
+        let b = WorkerMetrics::with_backends(names.clone());
+        assert_eq!(names.slot("ns/a:80"), Some(0));
+        assert_eq!(names.slot("ns/b:80"), Some(1));
+        assert_eq!(names.slot("ns/a:80"), Some(0), "found, not claimed again");
+        assert_eq!(names.slot("ns/c:80"), None, "full: other");
+        assert_eq!(names.name(1), Some("ns/b:80"));
+        a.backends.count(0, 1);
+        b.backends.count(0, 1);
+        b.backends.count(b.backends.other(), 4);
+        assert_eq!(a.backends.read(0), [0, 1, 0, 0, 0]);
+        assert_eq!(b.backends.read(2), [0, 0, 0, 0, 1]);
+    }
 
     #[test]
     fn observations_land_in_the_first_bucket_that_holds_them() {

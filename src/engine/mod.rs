@@ -90,9 +90,11 @@ pub(crate) fn launch<W: EngineWorker>(
 ) -> io::Result<Launched> {
     sys::raise_nofile_limit();
     let stopping = Arc::new(AtomicBool::new(false));
+    // One set of per-backend series names for all workers (see `metrics::BackendNames`).
+    let backend_names = Arc::new(metrics::BackendNames::default());
     let metrics: Vec<Arc<WorkerMetrics>> = setups
         .iter()
-        .map(|_| Arc::new(WorkerMetrics::default()))
+        .map(|_| Arc::new(WorkerMetrics::with_backends(backend_names.clone())))
         .collect();
     let state = Arc::new(EngineState {
         metrics: metrics.clone(),

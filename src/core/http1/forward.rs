@@ -88,16 +88,21 @@ pub fn write_upstream_request(head: &RequestHead<'_>, info: &ForwardInfo<'_>, ou
     write_upstream_request_edited(head, info, &UpstreamEdits::default(), out);
 }
 
-/// What a route's request policy changes in the head sent upstream.
+/// What the head sent upstream changes from the request's: a route's request policy, and
+/// the real client.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct UpstreamEdits<'a> {
     /// Path and query sent instead of the request's (`rewrite-target`); visible ASCII.
     pub target: Option<&'a str>,
     /// `X-Forwarded-Prefix` sent in place of any the client sent (`x-forwarded-prefix`).
     pub forwarded_prefix: Option<&'a str>,
+    /// `X-Real-IP`: the real client, when a trusted proxy's `X-Forwarded-For` or a PROXY
+    /// protocol header named one; `None`: `info.client_ip`. `X-Forwarded-For` still ends with
+    /// `info.client_ip`, the address that connected to us.
+    pub real_ip: Option<IpAddr>,
 }
 
-/// [`write_upstream_request`] with a route's `edits`.
+/// [`write_upstream_request`] with `edits`.
 pub fn write_upstream_request_edited(
     head: &RequestHead<'_>,
     info: &ForwardInfo<'_>,
@@ -165,7 +170,7 @@ pub fn write_upstream_request_edited(
     out.extend_from_slice(b"X-Forwarded-Port: ");
     push_decimal(u64::from(info.port), out);
     out.extend_from_slice(b"\r\nX-Real-IP: ");
-    push_ip(client_ip, out);
+    push_ip(edits.real_ip.unwrap_or(info.client_ip).to_canonical(), out);
     out.extend_from_slice(b"\r\n");
     if !info.request_id.is_empty() {
         push_field(b"X-Request-ID", info.request_id.as_bytes(), out);

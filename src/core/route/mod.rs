@@ -124,6 +124,12 @@ pub trait Router {
     fn redirect_https(&mut self, _host: &str) -> bool {
         false
     }
+
+    /// A backend's `namespace/service:port` (for the access log and the per-backend
+    /// counters); `None` when unknown.
+    fn backend_name(&self, _backend: BackendId) -> Option<&str> {
+        None
+    }
 }
 
 /// A Service port resolved to pod endpoints.

@@ -272,4 +272,11 @@ impl Router for SnapshotRouter<'_> {
     fn redirect_https(&mut self, host: &str) -> bool {
         self.snapshot.certs.redirects(host)
     }
+
+    fn backend_name(&self, backend: BackendId) -> Option<&str> {
+        self.snapshot
+            .backends
+            .get(backend.0 as usize)
+            .map(|b| b.name.as_str())
+    }
 }

@@ -42,6 +42,7 @@ use std::time::Duration;
 pub use slab::Slab;
 
 use crate::core::conn::{Action, ClientInfo, Conn, ConnConfig};
+use crate::core::proxy_protocol;
 use crate::core::snapshot::Snapshot;
 use crate::core::time::Instant;
 use crate::core::tls::{Received, TlsSession, TlsSettings};
@@ -166,13 +167,17 @@ struct Client {
     /// When the current request asked for an upstream connection, and where to.
     upstream_start: Option<Instant>,
     upstream_addr: Option<SocketAddr>,
-    /// The client's address (the access log).
-    peer: SocketAddr,
+    /// A listener with `proxy_protocol`: the header being read (nothing else is, until it
+    /// is complete) and when it must be complete by.
+    proxy: Option<(Box<proxy_protocol::Reader>, Instant)>,
 }
 
 impl Client {
     /// The connection machine's deadline, or the handshake's if earlier.
     fn deadline(&self) -> Option<Instant> {
+        if let Some((_, at)) = &self.proxy {
+            return Some(*at);
+        }
         let tls = self.tls.as_ref().and_then(|t| t.deadline());
         match (self.conn.deadline(), tls) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -227,6 +232,9 @@ pub struct Driver {
     touched: Vec<usize>,
     /// Upstreams to close at the next drive (an event found them unusable).
     doomed: Vec<usize>,
+    /// Backend name → its row in the per-backend counters (bounded: past 4× the cap,
+    /// unknown names go to `other` without being remembered).
+    backend_rows: HashMap<Box<str>, usize>,
 }
 
 fn client_owner(slot: usize, generation: u32) -> Owner {
@@ -263,6 +271,7 @@ impl Driver {
             stop_deadline: None,
             touched: Vec::new(),
             doomed: Vec::new(),
+            backend_rows: HashMap::new(),
         }
     }
 
@@ -288,8 +297,8 @@ impl Driver {
     /// left at the end of the grace period). Returns [`Flow::Exit`] once no client is left.
     pub fn quiescent<T: Transport>(&mut self, t: &mut T, now: Instant) -> Flow {
         if let Some(log) = &mut self.setup.access_log {
-            // The last turn's lines go to the logger thread (never waiting for it).
-            log.flush();
+            // Lines that have waited long enough go to the logger thread (never waiting for it).
+            log.flush_if_due(now);
         }
         if let Some(snapshot) = take_newer(&self.setup.snapshots, self.snapshot.version) {
             self.swap_snapshot(t, snapshot);
@@ -362,10 +371,8 @@ impl Driver {
     /// The earliest deadline the driver has (a connection timer or the pool's expiry).
     pub fn next_deadline(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        match (timer, self.pool_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let log = self.setup.access_log.as_ref().and_then(WorkerLog::due);
+        [timer, self.pool_expiry, log].into_iter().flatten().min()
     }
 
     /// Work is waiting for the next [`Driver::drive`] (the caller should not sleep).
@@ -397,6 +404,9 @@ impl Driver {
             _ if https => return None,
             _ => (self.setup.conn.clone(), None),
         };
+        let proxy = config
+            .proxy_protocol
+            .then(|| (Box::default(), now + config.timeouts.request_head));
         let conn = Conn::new(info, config, now);
         let slot = self.clients.insert(|_| Client {
             sock,
@@ -410,7 +420,7 @@ impl Driver {
             request_start: None,
             upstream_start: None,
             upstream_addr: None,
-            peer: info.peer,
+            proxy,
         });
         let m = &self.setup.metrics;
         WorkerMetrics::add(&m.accepted, 1);
@@ -496,8 +506,33 @@ impl Driver {
                 };
                 let m = &self.setup.metrics;
                 WorkerMetrics::add(&m.bytes_in, data.len() as u64);
-                client.request_start.get_or_insert(now);
                 self.touched.push(slot as usize);
+                let after_header;
+                let data = match &mut client.proxy {
+                    None => data,
+                    Some((reader, _)) => match reader.feed(data) {
+                        Ok(None) => return,
+                        Ok(Some((header, rest))) => {
+                            client.proxy = None;
+                            if let Some(source) = header.source {
+                                client.conn.set_proxied(source);
+                            }
+                            if rest.is_empty() {
+                                return;
+                            }
+                            after_header = rest;
+                            &after_header[..]
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %client.conn.peer_addr(), error = %e, "connection closed");
+                            WorkerMetrics::add(&m.proxy_protocol_errors, 1);
+                            client.proxy = None;
+                            client.conn.client_error(now);
+                            return;
+                        }
+                    },
+                };
+                client.request_start.get_or_insert(now);
                 let conn = &mut client.conn;
                 let Some(tls) = &mut client.tls else {
                     conn.client_data(data, now, &mut router);
@@ -700,6 +735,12 @@ impl Driver {
                 continue; // superseded by an earlier entry
             }
             client.timer = None;
+            if client.proxy.as_ref().is_some_and(|(_, at)| *at <= now) {
+                // No complete PROXY header in time.
+                WorkerMetrics::add(&self.setup.metrics.proxy_protocol_errors, 1);
+                self.close_client(t, slot);
+                continue;
+            }
             if client
                 .tls
                 .as_ref()
@@ -708,6 +749,7 @@ impl Driver {
             {
                 // The TLS handshake did not finish in time.
                 WorkerMetrics::add(&self.setup.metrics.tls_failed, 1);
+                WorkerMetrics::add(&self.setup.metrics.tls_failed_timeout, 1);
                 self.close_client(t, slot);
                 continue;
             }
@@ -833,21 +875,51 @@ impl Driver {
                         if let Some(d) = upstream_time {
                             m.upstream_response.observe(d);
                         }
-                        if let Some(log) = &mut self.setup.access_log {
-                            let r = client.conn.request_record();
-                            log.record(&Entry {
-                                time: wall_clock(),
-                                client: client.peer,
-                                tls: client.tls.is_some(),
-                                method: &r.method,
-                                host: &r.host,
-                                path: &r.path,
-                                status,
-                                request_time,
-                                upstream: client.upstream_addr.take(),
-                                upstream_time,
-                                request_id: &r.request_id,
-                            });
+                        let r = client.conn.request_record();
+                        if !r.route.is_empty() {
+                            let row = match self.backend_rows.get(r.route.as_str()) {
+                                Some(&row) => row,
+                                None => {
+                                    let b = &m.backends;
+                                    let row = b.names.slot(&r.route).unwrap_or(b.other());
+                                    if self.backend_rows.len() < 4 * b.names.cap() {
+                                        self.backend_rows.insert(r.route.as_str().into(), row);
+                                    }
+                                    row
+                                }
+                            };
+                            m.backends.count(row, class);
+                        }
+                        let upstream = client.upstream_addr.take();
+                        if let Some(log) = &mut self.setup.access_log
+                            && log.sampled()
+                        {
+                            log.record(
+                                &Entry {
+                                    time: wall_clock(),
+                                    peer: client.conn.peer_addr(),
+                                    client: client.conn.client_addr(),
+                                    tls: client.tls.is_some(),
+                                    method: &r.method,
+                                    host: &r.host,
+                                    path: &r.path,
+                                    query: &r.query,
+                                    protocol: r.protocol,
+                                    status,
+                                    bytes_in: r.bytes_in,
+                                    bytes_out: r.bytes_out,
+                                    referer: &r.referer,
+                                    user_agent: &r.user_agent,
+                                    request_time,
+                                    route: &r.route,
+                                    upstream,
+                                    upstream_status: r.upstream_status,
+                                    upstream_bytes: r.upstream_bytes,
+                                    upstream_time,
+                                    request_id: &r.request_id,
+                                },
+                                now,
+                            );
                         }
                     }
                     Action::ShutdownClientWrite => match &mut client.tls {

@@ -69,6 +69,10 @@ impl MemNet {
 }
 
 fn driver() -> Driver {
+    driver_with(ConnConfig::default())
+}
+
+fn driver_with(conn: ConnConfig) -> Driver {
     let mut routes = RouteTableBuilder::default();
     routes.add(Some("a.test"), "/", PathKind::Prefix, BackendId(0));
     let backends = vec![Backend {
@@ -81,7 +85,7 @@ fn driver() -> Driver {
     let setup = DriverSetup {
         access_log: None,
         index: 0,
-        conn: Arc::new(ConnConfig::default()),
+        conn: Arc::new(conn),
         https: None,
         snapshots,
         retired,
@@ -240,4 +244,65 @@ fn latency_histograms_time_the_request_the_connect_and_the_upstream() {
         1,
         "pooled: no connect"
     );
+}
+
+fn proxied_driver() -> Driver {
+    driver_with(ConnConfig {
+        proxy_protocol: true,
+        ..ConnConfig::default()
+    })
+}
+
+#[test]
+fn a_proxy_protocol_header_in_pieces_names_the_client_upstream_and_counts_the_backend() {
+    let mut d = proxied_driver();
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    let client = d.accept(1, info(), false, now).expect("accepted");
+    for b in b"PROXY TCP4 203.0.113.5 192.0.2.2 4000 80\r\n" {
+        d.received(client, &[*b], now);
+        d.drive(&mut net, now);
+    }
+    assert!(net.connects.is_empty() && net.closed.is_empty());
+    d.received(client, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", now);
+    d.drive(&mut net, now);
+    let (_, upstream) = net.connects[0];
+    d.connected(upstream, true, now);
+    d.drive(&mut net, now);
+    let head = net.take(1001);
+    assert!(head.contains("X-Real-IP: 203.0.113.5\r\n"), "{head}");
+    assert!(head.contains("X-Forwarded-For: 203.0.113.5\r\n"), "{head}");
+    d.received(upstream, RESPONSE, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1).starts_with("HTTP/1.1 200"));
+    let b = &d.metrics().backends;
+    assert_eq!(b.names.name(0), Some("default/a:80"));
+    assert_eq!(b.read(0), [0, 1, 0, 0, 0]);
+}
+
+#[test]
+fn a_missing_malformed_or_late_proxy_header_closes_the_connection_unanswered() {
+    let mut d = proxied_driver();
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    for (sock, bytes) in [
+        (1, &b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"[..]),
+        (2, b"PROXY TCP4 203.0.113.5 192.0.2.2 04000 80\r\n"),
+    ] {
+        let client = d.accept(sock, info(), false, now).expect("accepted");
+        d.received(client, bytes, now);
+        d.drive(&mut net, now);
+        assert!(net.closed.contains(&sock), "{sock}");
+        assert_eq!(net.take(sock), "");
+    }
+    let client = d.accept(3, info(), false, now).expect("accepted");
+    d.received(client, b"PROXY TCP4 ", now);
+    d.drive(&mut net, now);
+    d.timers(&mut net, now + Duration::from_secs(9));
+    d.drive(&mut net, now);
+    assert!(!net.closed.contains(&3), "still within request_head");
+    d.timers(&mut net, now + Duration::from_secs(10));
+    assert!(net.closed.contains(&3));
+    assert!(net.connects.is_empty());
+    assert_eq!(d.metrics().proxy_protocol_errors.load(Ordering::Relaxed), 3);
 }
