@@ -118,6 +118,7 @@ impl Default for LogConfig {
 struct RawHttp {
     server_header: Option<Spanned<String>>,
     upgrade_protocols: Option<Spanned<Vec<String>>>,
+    limit_req_status_code: Option<Spanned<u16>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -324,6 +325,9 @@ pub struct Config {
     pub server_header: Option<Arc<str>>,
     /// Upgrade protocols relayed as tunnels (`[http] upgrade_protocols`).
     pub upgrades: Upgrades,
+    /// Status for a request refused by a route's rate or connection limit
+    /// (`[http] limit_req_status_code`, ingress-nginx's `limit-req-status-code`; 503).
+    pub limit_status: u16,
 }
 
 impl Default for Config {
@@ -351,6 +355,7 @@ impl Default for Config {
             userspace: UserspaceConfig::default(),
             server_header: Some("sluice".into()),
             upgrades: Upgrades::default(),
+            limit_status: 503,
         }
     }
 }
@@ -621,6 +626,17 @@ impl Config {
             c.upgrades = Upgrades::new(v.get_ref())
                 .map_err(|m| ctx.at(v.span().start, "http.upgrade_protocols", m))?;
         }
+        if let Some(v) = &raw.http.limit_req_status_code {
+            let code = *v.get_ref();
+            if !(400..=599).contains(&code) {
+                return Err(ctx.at(
+                    v.span().start,
+                    "http.limit_req_status_code",
+                    "must be an error status from 400 to 599",
+                ));
+            }
+            c.limit_status = code;
+        }
         let l = &raw.limits;
         let dl = &d.limits;
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
@@ -765,6 +781,7 @@ impl Config {
             upgrades: self.upgrades.clone(),
             request_id_seed: Some(random_seed()),
             record_requests: self.log.access,
+            limit_status: self.limit_status,
         }
     }
 

@@ -32,6 +32,7 @@ use crate::core::http1::response::{
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::request_id;
+use crate::core::route::rate_limit::ConnTicket;
 use crate::core::route::request_policy::{RequestView, Verdict};
 use crate::core::route::{RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
@@ -109,6 +110,9 @@ pub struct ConnConfig {
     pub request_id_seed: Option<u64>,
     /// Keep a [`RequestRecord`] of each request for the access log.
     pub record_requests: bool,
+    /// Status answered to a request refused by a route's `limit-rps`, `limit-rpm` or
+    /// `limit-connections` (`[http] limit_req_status_code`; 503 as in ingress-nginx).
+    pub limit_status: u16,
 }
 
 /// What the access log says about the current (or last) request of a connection; kept
@@ -135,6 +139,7 @@ impl Default for ConnConfig {
             upgrades: Upgrades::default(),
             request_id_seed: None,
             record_requests: false,
+            limit_status: 503,
         }
     }
 }
@@ -499,6 +504,9 @@ pub struct Conn {
     /// An upstream connection is ours (asked for and not yet released).
     has_upstream: bool,
     shutting_down: bool,
+    /// The client's unit of its route's `limit-connections`, held while its request is in
+    /// flight (given back in `enter_idle`, `enter_closing`, `close_now` or on drop).
+    limit_ticket: Option<ConnTicket>,
 }
 
 impl Conn {
@@ -536,6 +544,7 @@ impl Conn {
             upstream_eof: false,
             has_upstream: false,
             shutting_down: false,
+            limit_ticket: None,
         }
     }
 
@@ -1053,6 +1062,23 @@ impl Conn {
                 policy_client_ip(&self.info),
             );
             let verdict = rp.verdict(&view);
+            // Rate and connection limits run after the rewrite phase's answers (redirects,
+            // preflight) and before the access phase (address lists, auth), as nginx's
+            // limit_req / limit_conn (preaccess phase).
+            if !matches!(
+                verdict,
+                Verdict::Redirect { .. } | Verdict::Preflight { .. }
+            ) && let Some(limits) = &rp.limits
+            {
+                match limits.admit(view.client, now) {
+                    Ok(ticket) => self.limit_ticket = ticket,
+                    Err(_) => {
+                        self.cin.consume(len);
+                        self.answer_locally(Status(self.config.limit_status), req, now);
+                        return true;
+                    }
+                }
+            }
             if verdict != Verdict::Pass {
                 self.cin.consume(len);
                 self.answer_policy(verdict, rp, req, now);
@@ -1652,6 +1678,7 @@ impl Conn {
     }
 
     fn enter_idle(&mut self, now: Instant) {
+        self.limit_ticket = None;
         self.scanner.reset();
         self.head_fresh = true;
         let done = std::mem::replace(
@@ -1671,6 +1698,7 @@ impl Conn {
     /// body we did not read, pipelined requests): after our FIN we keep reading and dropping
     /// its bytes for a while, so a reset does not destroy the response it has not read yet.
     fn enter_closing(&mut self, linger: bool) {
+        self.limit_ticket = None;
         if matches!(self.state, State::Closed | State::Closing { .. }) {
             return;
         }
@@ -1711,6 +1739,7 @@ impl Conn {
     }
 
     fn close_now(&mut self) {
+        self.limit_ticket = None;
         if matches!(self.state, State::Closed) {
             return;
         }
