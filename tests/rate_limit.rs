@@ -297,3 +297,21 @@ fn connections_in_flight_are_limited() {
     assert_eq!(status, 200);
     assert!(burst(&s, "lim.test", 10).iter().all(|s| *s == 200));
 }
+
+/// `[http] limit_req_status_code` takes an error status only; the example config documents
+/// the default.
+#[test]
+fn the_status_key_is_checked() {
+    let dir = std::env::temp_dir().join(format!("sluice-ratelimit-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, "[http]\nlimit_req_status_code = 200\n").unwrap();
+    let err = sluice::config::Config::from_file(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("http.limit_req_status_code"), "{err}");
+    std::fs::write(&path, "[http]\nlimit_req_status_code = 429\n").unwrap();
+    let c = sluice::config::Config::from_file(&path).unwrap();
+    assert_eq!(c.conn_config().limit_status, 429);
+    assert_eq!(sluice::config::Config::default().limit_status, 503);
+}
