@@ -270,3 +270,31 @@ fn limit_values_are_checked_one_by_one() {
     assert!(c.diagnostics.is_empty());
     assert!(request(&c, "z.test", "/").is_none_or(|p| p.limits.is_none()));
 }
+
+#[test]
+fn a_contested_alias_goes_to_the_oldest_ingress_then_to_the_next_claimant() {
+    use sluice::control::incremental::Incremental;
+    let objects = |a1_alias: &str| {
+        // No creation times: the older is the first by namespace/name (a1).
+        let docs = [
+            ingress("a1", "a1.test", "/a", &[("server-alias", a1_alias)]),
+            ingress("b1", "b1.test", "/b", &[("server-alias", "x.test")]),
+        ];
+        let (objects, errors) =
+            parse_documents(&format!("{BACKEND}\n---\n{}", docs.join("\n---\n")), "t");
+        assert!(errors.is_empty(), "{errors:?}");
+        Objects::from_objects(objects)
+    };
+    let (mut inc, first) = Incremental::new(&objects("x.test"), CompileOptions::default(), 1);
+    let t = &first.snapshot.table;
+    assert!(t.lookup("x.test", "/a").is_some());
+    assert!(t.lookup("x.test", "/b").is_none());
+    // a1 lets the alias go: b1's claim takes over, in an incremental compile too.
+    let next = inc.update(&objects("y.test"), 2);
+    let t = &next.snapshot.table;
+    assert!(t.lookup("x.test", "/b").is_some());
+    assert!(t.lookup("x.test", "/a").is_none());
+    assert!(t.lookup("y.test", "/a").is_some());
+    let full = compile(&objects("y.test"), &CompileOptions::default(), 3);
+    assert!(full.snapshot.table == *t);
+}

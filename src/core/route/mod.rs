@@ -618,6 +618,8 @@ impl RouteTable {
     ) -> RouteTable {
         let mut overlay = self.overlay.clone();
         let mut aliases = self.aliases.clone();
+        // Aliases whose host changed: another host may claim them too.
+        let mut released: Vec<Box<str>> = Vec::new();
         for (host, routes) in changes {
             let host = host.to_ascii_lowercase();
             let before = self.host_routes(&host);
@@ -627,7 +629,13 @@ impl RouteTable {
                 .is_some_and(|r| aliases_of(r).next().is_some());
             if had || has {
                 let map = Arc::make_mut(&mut aliases);
-                map.retain(|_, target| **target != *host);
+                map.retain(|alias, target| {
+                    let keep = **target != *host;
+                    if !keep {
+                        released.push(alias.clone());
+                    }
+                    keep
+                });
                 if let Some(r) = &routes {
                     add_aliases(map, &host, r);
                 }
@@ -649,13 +657,32 @@ impl RouteTable {
         }
         let mut any_host = any_host;
         prepare(&mut any_host);
-        RouteTable {
+        let mut table = RouteTable {
             base: self.base.clone(),
             overlay,
             any_host,
             default,
             aliases,
+        };
+        released.retain(|alias| !table.aliases.contains_key(alias));
+        if !released.is_empty() {
+            // Rare (an alias lost its host): one pass over the table for other claimants,
+            // the smaller host name winning (the ages of Ingresses are not known here).
+            let mut claims: Vec<(Box<str>, String)> = Vec::new();
+            for (host, routes) in table.hosts() {
+                for alias in aliases_of(routes) {
+                    if alias != host && released.iter().any(|r| **r == *alias) {
+                        claims.push((alias.into(), host.clone()));
+                    }
+                }
+            }
+            claims.sort();
+            let map = Arc::make_mut(&mut table.aliases);
+            for (alias, host) in claims {
+                map.entry(alias).or_insert_with(|| host.into());
+            }
         }
+        table
     }
 }
 
