@@ -164,6 +164,7 @@ struct RawHttp {
     upgrade_protocols: Option<Spanned<Vec<String>>>,
     use_forwarded_headers: Option<Spanned<bool>>,
     trusted_proxies: Option<Spanned<Vec<String>>>,
+    limit_req_status_code: Option<Spanned<u16>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -387,6 +388,9 @@ pub struct Config {
     pub forwarded: ForwardedTrust,
     /// Both listeners expect a PROXY protocol header first (`[listen] proxy_protocol`).
     pub proxy_protocol: bool,
+    /// Status for a request refused by a route's rate or connection limit
+    /// (`[http] limit_req_status_code`, ingress-nginx's `limit-req-status-code`; 503).
+    pub limit_status: u16,
 }
 
 impl Default for Config {
@@ -417,6 +421,7 @@ impl Default for Config {
             upgrades: Upgrades::default(),
             forwarded: ForwardedTrust::none(),
             proxy_protocol: false,
+            limit_status: 503,
         }
     }
 }
@@ -733,6 +738,17 @@ impl Config {
             }
             c.log.backend_metrics_cap = n;
         }
+        if let Some(v) = &raw.http.limit_req_status_code {
+            let code = *v.get_ref();
+            if !(400..=599).contains(&code) {
+                return Err(ctx.at(
+                    v.span().start,
+                    "http.limit_req_status_code",
+                    "must be an error status from 400 to 599",
+                ));
+            }
+            c.limit_status = code;
+        }
         let l = &raw.limits;
         let dl = &d.limits;
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
@@ -920,6 +936,7 @@ impl Config {
             outlier: self.outlier,
             forwarded: self.forwarded.clone(),
             proxy_protocol: self.proxy_protocol,
+            limit_status: self.limit_status,
         }
     }
 

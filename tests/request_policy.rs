@@ -210,3 +210,91 @@ data:
         "{messages:#?}"
     );
 }
+
+#[test]
+fn server_alias_is_resolved_by_the_table_and_follows_incremental_updates() {
+    use sluice::control::incremental::Incremental;
+    let objects = |alias: &str| {
+        let docs = [
+            ingress("foo", "foo.test", "/", &[("server-alias", alias)]),
+            ingress("other", "other.test", "/", &[]),
+        ];
+        let (objects, errors) =
+            parse_documents(&format!("{BACKEND}\n---\n{}", docs.join("\n---\n")), "t");
+        assert!(errors.is_empty(), "{errors:?}");
+        Objects::from_objects(objects)
+    };
+    let (mut inc, first) =
+        Incremental::new(&objects("a.test, b.test"), CompileOptions::default(), 1);
+    let t = &first.snapshot.table;
+    assert_eq!(t.lookup("A.test", "/x"), t.lookup("foo.test", "/x"));
+    assert!(t.lookup("b.test", "/").is_some());
+    assert!(t.lookup("c.test", "/").is_none());
+    // Only foo's host is recompiled: the alias map follows it.
+    let next = inc.update(&objects("c.test"), 2);
+    let t = &next.snapshot.table;
+    assert!(t.lookup("a.test", "/").is_none());
+    assert!(t.lookup("c.test", "/").is_some());
+    let full = compile(&objects("c.test"), &CompileOptions::default(), 3);
+    assert!(
+        full.snapshot.table == *t,
+        "incremental and full compiles route alike"
+    );
+}
+
+#[test]
+fn limit_values_are_checked_one_by_one() {
+    let c = compile_docs(&[ingress(
+        "lim",
+        "lim.test",
+        "/",
+        &[
+            ("limit-rps", "-1"),
+            ("limit-rpm", "120"),
+            ("limit-connections", "1.5"),
+            ("limit-burst-multiplier", "0"),
+            ("limit-whitelist", "10.0.0.0/8, nope"),
+        ],
+    )]);
+    let mut fields: Vec<&str> = c.diagnostics.iter().map(|d| d.field.as_str()).collect();
+    fields.sort();
+    assert_eq!(fields.len(), 4, "{:?}", c.diagnostics);
+    assert!(fields.iter().all(|f| f.contains("limit-")), "{fields:?}");
+    let limits = request(&c, "lim.test", "/").unwrap().limits.unwrap();
+    assert!(limits.rps.is_none() && limits.connections.is_none());
+    assert_eq!(limits.rpm.unwrap().count, 120);
+    assert_eq!(limits.burst_multiplier, 5);
+    assert!(limits.whitelist.is_none());
+    // Zero is "no limit", as in ingress-nginx.
+    let c = compile_docs(&[ingress("z", "z.test", "/", &[("limit-rps", "0")])]);
+    assert!(c.diagnostics.is_empty());
+    assert!(request(&c, "z.test", "/").is_none_or(|p| p.limits.is_none()));
+}
+
+#[test]
+fn a_contested_alias_goes_to_the_oldest_ingress_then_to_the_next_claimant() {
+    use sluice::control::incremental::Incremental;
+    let objects = |a1_alias: &str| {
+        // No creation times: the older is the first by namespace/name (a1).
+        let docs = [
+            ingress("a1", "a1.test", "/a", &[("server-alias", a1_alias)]),
+            ingress("b1", "b1.test", "/b", &[("server-alias", "x.test")]),
+        ];
+        let (objects, errors) =
+            parse_documents(&format!("{BACKEND}\n---\n{}", docs.join("\n---\n")), "t");
+        assert!(errors.is_empty(), "{errors:?}");
+        Objects::from_objects(objects)
+    };
+    let (mut inc, first) = Incremental::new(&objects("x.test"), CompileOptions::default(), 1);
+    let t = &first.snapshot.table;
+    assert!(t.lookup("x.test", "/a").is_some());
+    assert!(t.lookup("x.test", "/b").is_none());
+    // a1 lets the alias go: b1's claim takes over, in an incremental compile too.
+    let next = inc.update(&objects("y.test"), 2);
+    let t = &next.snapshot.table;
+    assert!(t.lookup("x.test", "/b").is_some());
+    assert!(t.lookup("x.test", "/a").is_none());
+    assert!(t.lookup("y.test", "/a").is_some());
+    let full = compile(&objects("y.test"), &CompileOptions::default(), 3);
+    assert!(full.snapshot.table == *t);
+}

@@ -209,3 +209,61 @@ fn cors_preflight_is_local_and_responses_get_the_fields() {
         "{out}"
     );
 }
+
+/// `limit-connections`: two connections of one client, one route; the unit is held while
+/// the first request is in flight and given back when its response is done. A limit
+/// answer keeps the connection (and uses the configured status), and a redirect comes
+/// before the limits (nginx's rewrite phase precedes limit_conn's preaccess phase).
+#[test]
+fn limit_connections_holds_a_unit_per_request_in_flight() {
+    use sluice::core::route::rate_limit::RateLimits;
+    let limits = RateLimits::new(None, None, Some(1), 5, None).unwrap();
+    let policy = RequestPolicy {
+        limits: Some(limits),
+        ..RequestPolicy::default()
+    };
+    let mut a = Run::new(policy.clone());
+    let mut b = Run::new(policy);
+    // b shares a's route (one policy, one table of counters), with a 429 config.
+    b.router.policy = a.router.policy.clone();
+    b.conn = Conn::new(
+        ClientInfo {
+            peer: "192.0.2.10:50001".parse().unwrap(),
+            local: "192.0.2.1:80".parse().unwrap(),
+        },
+        Arc::new(ConnConfig {
+            limit_status: 429,
+            ..ConnConfig::default()
+        }),
+        b.now,
+    );
+    a.client("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(a.connected());
+    let out = b.client("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(
+        out.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{out}"
+    );
+    assert!(!b.connected());
+    assert!(b.actions.contains(&Action::Completed { status: 429 }));
+    let out = a.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    // a's request is over: b's next request (same connection) passes.
+    b.client("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(b.connected());
+
+    // A redirect is answered before any limit is looked at.
+    use sluice::core::route::rate_limit::Rate;
+    let mut r = Run::new(RequestPolicy {
+        redirect: Some(Redirect {
+            code: 302,
+            url: "https://elsewhere.example/".into(),
+        }),
+        limits: RateLimits::new(None, Some(Rate::per_minute(1)), None, 1, None),
+        ..RequestPolicy::default()
+    });
+    for _ in 0..5 {
+        let out = r.client("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 302"), "{out}");
+    }
+}

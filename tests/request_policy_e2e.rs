@@ -858,3 +858,44 @@ fn route_redirects_come_before_the_ssl_redirect() {
     assert_eq!(get(&s, "/other", "root.example.com").status, 308);
     assert_eq!(get(&s, "/", "deny.example.com").status, 308);
 }
+
+/// ingress-nginx test/e2e/annotations/serveralias.go: the aliases reach the Ingress's rules
+/// (200 for `foo` and its aliases, 404 for a name nobody serves), and an alias never takes a
+/// host another Ingress defines explicitly (that host keeps its own rules only).
+#[test]
+fn server_alias_reaches_the_ingress_but_never_an_explicit_host() {
+    let s = sluice(
+        "alias",
+        &[
+            ing(
+                "foo",
+                "foo",
+                &[("/", "Prefix")],
+                &[ann("server-alias", "bar, Baz.Example.com")],
+            ),
+            // Defines "bar" itself, with one exact path.
+            ing("bar", "bar", &[("/only-bar", "Exact")], &[]),
+            ing(
+                "bad",
+                "qux",
+                &[("/", "Prefix")],
+                &[ann("server-alias", "*.wild.example, good.example")],
+            ),
+        ],
+    );
+    assert_eq!(upstream_line(&get(&s, "/x", "foo")), "GET /x HTTP/1.1");
+    let via_alias = get(&s, "/x", "baz.example.com:80");
+    assert_eq!(upstream_line(&via_alias), "GET /x HTTP/1.1");
+    assert!(
+        via_alias.body.contains("baz.example.com"),
+        "{}",
+        via_alias.body
+    );
+    assert_eq!(get(&s, "/x", "bernard").status, 404);
+    // "bar" is an Ingress host: its own rules, not foo's.
+    assert_eq!(get(&s, "/only-bar", "bar").status, 200);
+    assert_eq!(get(&s, "/x", "bar").status, 404);
+    // A bad alias list is rejected as a whole (reported); the Ingress is still served.
+    assert_eq!(get(&s, "/", "qux").status, 200);
+    assert_eq!(get(&s, "/", "good.example").status, 404);
+}

@@ -14,6 +14,7 @@ use super::annotations::Annotations;
 use super::compile::Diagnostic;
 use crate::core::route::RoutePolicy;
 use crate::core::route::basic_auth::{BasicAuth, PasswordHash, parse_htpasswd};
+use crate::core::route::rate_limit::{DEFAULT_BURST_MULTIPLIER, Rate, RateLimits};
 use crate::core::route::request_policy::{
     CORS_HEADERS, CORS_MAX_AGE, CORS_METHODS, CidrSet, Cors, OriginPattern, PathRegex, Redirect,
     RequestPolicy,
@@ -42,6 +43,12 @@ pub const AUTH_TYPE: &str = "auth-type";
 pub const AUTH_SECRET: &str = "auth-secret";
 pub const AUTH_SECRET_TYPE: &str = "auth-secret-type";
 pub const AUTH_REALM: &str = "auth-realm";
+pub const SERVER_ALIAS: &str = "server-alias";
+pub const LIMIT_RPS: &str = "limit-rps";
+pub const LIMIT_RPM: &str = "limit-rpm";
+pub const LIMIT_CONNECTIONS: &str = "limit-connections";
+pub const LIMIT_BURST_MULTIPLIER: &str = "limit-burst-multiplier";
+pub const LIMIT_WHITELIST: &str = "limit-whitelist";
 
 /// The request policy of `ing`'s annotations, `None` when none is set (or none parsed).
 pub fn request_policy(
@@ -98,6 +105,8 @@ pub fn request_policy(
         deny: a.get(DENYLIST_SOURCE_RANGE, parse_ranges, &"no denylist", diags),
         cors: cors(a, diags),
         auth: None,
+        aliases: a.get(SERVER_ALIAS, parse_aliases, &"no alias", diags),
+        limits: limits(a, diags),
     };
     (!policy.is_empty()).then(|| Arc::new(policy))
 }
@@ -400,6 +409,67 @@ pub fn parse_ranges(value: &str) -> Result<CidrSet, String> {
     Ok(CidrSet::new(&nets))
 }
 
+/// `server-alias`: comma-separated exact host names, lower-cased.
+fn parse_aliases(value: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        if entry.starts_with("*.") {
+            return Err(format!("{entry:?}: an alias must be an exact host name"));
+        }
+        super::compile::check_host(entry).map_err(|why| format!("{entry:?}: {why}"))?;
+        let lower = entry.to_ascii_lowercase();
+        if !out.contains(&lower) {
+            out.push(lower);
+        }
+    }
+    if out.is_empty() {
+        return Err("an empty list".to_string());
+    }
+    Ok(out)
+}
+
+/// A count for `limit-*`: a non-negative integer (0: no limit, as in ingress-nginx).
+pub fn parse_limit(value: &str) -> Result<u32, String> {
+    value
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("expected a whole number of requests, got {value:?}"))
+}
+
+/// `limit-burst-multiplier`: a positive integer.
+fn parse_multiplier(value: &str) -> Result<u32, String> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from 1, got {value:?}")),
+    }
+}
+
+/// The rate and connection limits, `None` when none is set (or none parsed).
+fn limits(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<RateLimits> {
+    let rps = a.get(LIMIT_RPS, parse_limit, &"no limit", diags);
+    let rpm = a.get(LIMIT_RPM, parse_limit, &"no limit", diags);
+    let conns = a.get(LIMIT_CONNECTIONS, parse_limit, &"no limit", diags);
+    if rps.unwrap_or(0) == 0 && rpm.unwrap_or(0) == 0 && conns.unwrap_or(0) == 0 {
+        return None;
+    }
+    let multiplier = a
+        .get(
+            LIMIT_BURST_MULTIPLIER,
+            parse_multiplier,
+            &DEFAULT_BURST_MULTIPLIER,
+            diags,
+        )
+        .unwrap_or(DEFAULT_BURST_MULTIPLIER);
+    let whitelist = a.get(LIMIT_WHITELIST, parse_ranges, &"none", diags);
+    RateLimits::new(
+        rps.map(Rate::per_second),
+        rpm.map(Rate::per_minute),
+        conns,
+        multiplier,
+        whitelist,
+    )
+}
+
 /// `*` (`None`: any origin) or a comma-separated list of origins.
 fn parse_origins(value: &str) -> Result<Option<Vec<OriginPattern>>, String> {
     let entries: Vec<&str> = value
@@ -455,5 +525,21 @@ mod tests {
         assert!(parse_token_list("GET;POST", false).is_err());
         assert_eq!(parse_origins("*"), Ok(None));
         assert!(parse_app_root("//evil.example").is_err());
+        assert_eq!(parse_limit("5"), Ok(5));
+        assert_eq!(parse_limit("0"), Ok(0));
+        for bad in ["-1", "1.5", "five", "", "99999999999"] {
+            assert!(parse_limit(bad).is_err(), "{bad}");
+        }
+        assert!(parse_multiplier("0").is_err());
+        assert_eq!(
+            parse_aliases("Foo.example.com, bar.example.com,foo.example.com"),
+            Ok(vec![
+                "foo.example.com".to_string(),
+                "bar.example.com".to_string()
+            ])
+        );
+        assert!(parse_aliases("*.example.com").is_err());
+        assert!(parse_aliases("a b.example").is_err());
+        assert!(parse_aliases("x.example\r\nSet-Cookie: a").is_err());
     }
 }

@@ -33,6 +33,7 @@ use crate::core::http1::response::{
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::request_id;
+use crate::core::route::rate_limit::ConnTicket;
 use crate::core::route::request_policy::{RequestView, Verdict};
 use crate::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
@@ -121,6 +122,9 @@ pub struct ConnConfig {
     /// Connections start with a PROXY protocol header (read by the engine before anything
     /// else, then given to [`Conn::set_proxied`]); one without it is closed.
     pub proxy_protocol: bool,
+    /// Status answered to a request refused by a route's `limit-rps`, `limit-rpm` or
+    /// `limit-connections` (`[http] limit_req_status_code`; 503 as in ingress-nginx).
+    pub limit_status: u16,
 }
 
 /// What the access log says about the current (or last) request of a connection; kept
@@ -167,6 +171,7 @@ impl Default for ConnConfig {
             outlier: OutlierConfig::default(),
             forwarded: ForwardedTrust::none(),
             proxy_protocol: false,
+            limit_status: 503,
         }
     }
 }
@@ -571,6 +576,9 @@ pub struct Conn {
     /// An upstream connection is ours (asked for and not yet released).
     has_upstream: bool,
     shutting_down: bool,
+    /// The client's unit of its route's `limit-connections`, held while its request is in
+    /// flight (given back in `enter_idle`, `enter_closing`, `close_now` or on drop).
+    limit_ticket: Option<ConnTicket>,
 }
 
 impl Conn {
@@ -644,6 +652,7 @@ impl Conn {
             upstream_eof: false,
             has_upstream: false,
             shutting_down: false,
+            limit_ticket: None,
         }
     }
 
@@ -1245,6 +1254,23 @@ impl Conn {
         if let Some(rp) = request_policy.as_deref() {
             let view = request_view(&head, self.config.scheme.as_str(), self.client_ip);
             let verdict = rp.verdict(&view);
+            // Rate and connection limits run after the rewrite phase's answers (redirects,
+            // preflight) and before the access phase (address lists, auth), as nginx's
+            // limit_req / limit_conn (preaccess phase).
+            if !matches!(
+                verdict,
+                Verdict::Redirect { .. } | Verdict::Preflight { .. }
+            ) && let Some(limits) = &rp.limits
+            {
+                match limits.admit(view.client, now) {
+                    Ok(ticket) => self.limit_ticket = ticket,
+                    Err(_) => {
+                        self.cin.consume(len);
+                        self.answer_locally(Status(self.config.limit_status), req, now);
+                        return true;
+                    }
+                }
+            }
             if verdict != Verdict::Pass {
                 self.cin.consume(len);
                 self.answer_policy(verdict, rp, req, now);
@@ -2014,6 +2040,7 @@ impl Conn {
     }
 
     fn enter_idle(&mut self, now: Instant) {
+        self.limit_ticket = None;
         self.scanner.reset();
         self.head_fresh = true;
         let done = std::mem::replace(
@@ -2033,6 +2060,7 @@ impl Conn {
     /// body we did not read, pipelined requests): after our FIN we keep reading and dropping
     /// its bytes for a while, so a reset does not destroy the response it has not read yet.
     fn enter_closing(&mut self, linger: bool) {
+        self.limit_ticket = None;
         if matches!(self.state, State::Closed | State::Closing { .. }) {
             return;
         }
@@ -2073,6 +2101,7 @@ impl Conn {
     }
 
     fn close_now(&mut self) {
+        self.limit_ticket = None;
         if matches!(self.state, State::Closed) {
             return;
         }

@@ -34,6 +34,7 @@ pub mod basic_auth;
 pub mod key;
 pub mod next_upstream;
 mod policy;
+pub mod rate_limit;
 pub mod request_policy;
 pub use policy::{Balance, RoutePolicy};
 use request_policy::PathRegex;
@@ -401,6 +402,31 @@ pub struct RouteTable {
     /// Rules without a host.
     any_host: HostRoutes,
     default: Option<BackendId>,
+    /// `server-alias`: alias → the host (as a rule writes it) whose rules it reaches.
+    aliases: Arc<Aliases>,
+}
+
+/// `server-alias` names, alias → target host as a rule writes it (`*.suffix` for a wildcard).
+type Aliases = std::collections::HashMap<Box<str>, Box<str>>;
+
+/// The aliases the rules of one host ask for (on any of their Ingresses' policies).
+fn aliases_of(routes: &HostRoutes) -> impl Iterator<Item = &str> {
+    routes
+        .paths
+        .iter()
+        .filter_map(|r| r.policy.as_ref()?.request.as_ref()?.aliases.as_ref())
+        .flatten()
+        .map(String::as_str)
+}
+
+/// Adds `host`'s aliases to `map`; an alias already taken keeps its first host (the oldest
+/// Ingress's, since the compiler adds rules oldest first).
+fn add_aliases(map: &mut Aliases, host: &str, routes: &HostRoutes) {
+    for alias in aliases_of(routes) {
+        if alias != host {
+            map.entry(alias.into()).or_insert_with(|| host.into());
+        }
+    }
 }
 
 impl Default for RouteTable {
@@ -415,6 +441,7 @@ impl PartialEq for RouteTable {
     fn eq(&self, other: &Self) -> bool {
         if self.any_host != other.any_host
             || self.default != other.default
+            || self.aliases != other.aliases
             || self.host_count() != other.host_count()
         {
             return false;
@@ -458,7 +485,7 @@ impl RouteTable {
         let mut buf = [0u8; MAX_HOST];
         let host = normalize_host(host, &mut buf);
         let bucket = host.and_then(|host| {
-            self.exact(host).or_else(|| {
+            self.exact(host).or_else(|| self.alias(host)).or_else(|| {
                 let (label, suffix) = host.split_once('.')?;
                 if label.is_empty() {
                     return None;
@@ -476,6 +503,21 @@ impl RouteTable {
             None => self.any_host.lookup(path),
         }
         .or(self.default.map(|b| (b, None)))
+    }
+
+    /// `server-alias`: the rules of the host `host` is an alias of. Asked only when no rule
+    /// names `host` exactly, so an alias never hides a host another Ingress defines (as in
+    /// ingress-nginx, where a server of that name takes precedence over an alias); it beats a
+    /// wildcard, as an exact `server_name` does in nginx.
+    fn alias(&self, host: &str) -> Option<&HostRoutes> {
+        if self.aliases.is_empty() {
+            return None;
+        }
+        let target = self.aliases.get(host)?;
+        match target.strip_prefix("*.") {
+            Some(suffix) => self.wildcard(suffix),
+            None => self.exact(target),
+        }
     }
 
     /// `from-to-www-redirect`: a host we do not serve whose `www.` twin (or bare name) is
@@ -638,8 +680,29 @@ impl RouteTable {
         default: Option<BackendId>,
     ) -> RouteTable {
         let mut overlay = self.overlay.clone();
+        let mut aliases = self.aliases.clone();
+        // Aliases whose host changed: another host may claim them too.
+        let mut released: Vec<Box<str>> = Vec::new();
         for (host, routes) in changes {
             let host = host.to_ascii_lowercase();
+            let before = self.host_routes(&host);
+            let had = before.is_some_and(|r| aliases_of(r).next().is_some());
+            let has = routes
+                .as_ref()
+                .is_some_and(|r| aliases_of(r).next().is_some());
+            if had || has {
+                let map = Arc::make_mut(&mut aliases);
+                map.retain(|alias, target| {
+                    let keep = **target != *host;
+                    if !keep {
+                        released.push(alias.clone());
+                    }
+                    keep
+                });
+                if let Some(r) = &routes {
+                    add_aliases(map, &host, r);
+                }
+            }
             let (map, base, key) = match host.strip_prefix("*.") {
                 Some(suffix) => (&mut overlay.wildcard, &self.base.wildcard, suffix),
                 None => (&mut overlay.exact, &self.base.exact, host.as_str()),
@@ -657,12 +720,32 @@ impl RouteTable {
         }
         let mut any_host = any_host;
         prepare(&mut any_host);
-        RouteTable {
+        let mut table = RouteTable {
             base: self.base.clone(),
             overlay,
             any_host,
             default,
+            aliases,
+        };
+        released.retain(|alias| !table.aliases.contains_key(alias));
+        if !released.is_empty() {
+            // Rare (an alias lost its host): one pass over the table for other claimants,
+            // the smaller host name winning (the ages of Ingresses are not known here).
+            let mut claims: Vec<(Box<str>, String)> = Vec::new();
+            for (host, routes) in table.hosts() {
+                for alias in aliases_of(routes) {
+                    if alias != host && released.iter().any(|r| **r == *alias) {
+                        claims.push((alias.into(), host.clone()));
+                    }
+                }
+            }
+            claims.sort();
+            let map = Arc::make_mut(&mut table.aliases);
+            for (alias, host) in claims {
+                map.entry(alias).or_insert_with(|| host.into());
+            }
         }
+        table
     }
 }
 
@@ -758,6 +841,37 @@ impl RouteTableBuilder {
     }
 
     pub fn build(mut self) -> RouteTable {
+        // Aliases before the tags are cleared: on a conflict the oldest Ingress's host wins
+        // (the smallest tag), then the smaller host name.
+        let mut claims: Vec<(String, u32, String)> = Vec::new();
+        let exact = self.hosts.exact.iter().map(|(h, r)| (h.to_string(), r));
+        let wild = self
+            .hosts
+            .wildcard
+            .iter()
+            .map(|(s, r)| (format!("*.{s}"), r));
+        for (host, routes) in exact.chain(wild) {
+            for rule in &routes.paths {
+                let Some(list) = rule
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.request.as_ref())
+                    .and_then(|q| q.aliases.as_ref())
+                else {
+                    continue;
+                };
+                for alias in list {
+                    if *alias != host {
+                        claims.push((alias.clone(), rule.tag, host.clone()));
+                    }
+                }
+            }
+        }
+        claims.sort();
+        let mut aliases = Aliases::new();
+        for (alias, _, host) in claims {
+            aliases.entry(alias.into()).or_insert_with(|| host.into());
+        }
         for routes in self
             .hosts
             .exact
@@ -771,6 +885,7 @@ impl RouteTableBuilder {
             }
         }
         RouteTable {
+            aliases: Arc::new(aliases),
             overlay: Overlay::over(&self.hosts),
             base: Arc::new(self.hosts),
             any_host: self.any_host,

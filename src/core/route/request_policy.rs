@@ -44,6 +44,12 @@ pub struct RequestPolicy {
     pub cors: Option<Cors>,
     /// `auth-type: basic` with `auth-secret`, `auth-secret-type`, `auth-realm`.
     pub auth: Option<BasicAuth>,
+    /// `server-alias`: more host names (lower-case, exact) that reach the hosts of the
+    /// Ingress's rules; resolved by the route table, never over a host some rule names.
+    pub aliases: Option<Vec<String>>,
+    /// `limit-rps`, `limit-rpm`, `limit-connections` (with `limit-burst-multiplier` and
+    /// `limit-whitelist`): checked by the connection machine before the address lists.
+    pub limits: Option<super::rate_limit::RateLimits>,
 }
 
 /// A redirect answered by Sluice: status and `Location` as written in the annotation.
@@ -511,6 +517,12 @@ impl fmt::Display for RequestPolicy {
         }
         if self.auth.is_some() {
             parts.push("basic-auth".into());
+        }
+        if let Some(aliases) = &self.aliases {
+            parts.push(format!("server-alias={}", aliases.join(",")));
+        }
+        if let Some(l) = &self.limits {
+            parts.push(l.to_string());
         }
         f.write_str(&parts.join(" "))
     }
