@@ -146,12 +146,12 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
     (
         "shop/office-only",
         false,
-        &[("whitelist-source-range", "differs")],
+        &[("whitelist-source-range", "supported")],
     ),
     (
         "shop/deny-bad",
         false,
-        &[("denylist-source-range", "differs")],
+        &[("denylist-source-range", "supported")],
     ),
     (
         "shop/cors-api",
@@ -218,18 +218,18 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
     ("shop/vhost", false, &[("upstream-vhost", "differs")]),
     (
         "shop/rate-limited",
-        true,
+        false,
         &[
-            ("limit-burst-multiplier", "not-yet"),
-            ("limit-rps", "not-yet"),
-            ("limit-whitelist", "not-yet"),
+            ("limit-burst-multiplier", "supported"),
+            ("limit-rps", "supported"),
+            ("limit-whitelist", "supported"),
         ],
     ),
     (
         "shop/conn-limited",
-        true,
+        false,
         &[
-            ("limit-connections", "not-yet"),
+            ("limit-connections", "supported"),
             ("limit-rate", "supported"),
         ],
     ),

@@ -178,7 +178,8 @@ fn the_status_comes_from_the_config() {
     assert_eq!(count(&statuses, 503), 0, "{statuses:?}");
 }
 
-/// `limit-whitelist`: our client (127.0.0.1) is in one host's list and not in the other's.
+/// `limit-whitelist` (and its newer name `limit-allowlist`): our client (127.0.0.1) is in one
+/// host's list and not in the other's.
 #[test]
 fn a_whitelisted_address_is_never_limited() {
     let (s, _) = sluice(
@@ -198,11 +199,22 @@ fn a_whitelisted_address_is_never_limited() {
                 "unlisted.test",
                 &[("limit-rpm", "1"), ("limit-whitelist", "10.0.0.0/8")],
             ),
+            // The newer name wins over the older one.
+            ingress(
+                "allowed",
+                "allowed.test",
+                &[
+                    ("limit-rpm", "1"),
+                    ("limit-allowlist", "127.0.0.1"),
+                    ("limit-whitelist", "10.0.0.0/8"),
+                ],
+            ),
         ],
         "",
         1,
     );
     assert!(burst(&s, "listed.test", 30).iter().all(|s| *s == 200));
+    assert!(burst(&s, "allowed.test", 30).iter().all(|s| *s == 200));
     let statuses = burst(&s, "unlisted.test", 30);
     assert!(count(&statuses, 503) >= 20, "{statuses:?}");
 }

@@ -49,6 +49,8 @@ pub const LIMIT_RPM: &str = "limit-rpm";
 pub const LIMIT_CONNECTIONS: &str = "limit-connections";
 pub const LIMIT_BURST_MULTIPLIER: &str = "limit-burst-multiplier";
 pub const LIMIT_WHITELIST: &str = "limit-whitelist";
+/// The newer name of `limit-whitelist` in ingress-nginx; wins when both are set.
+pub const LIMIT_ALLOWLIST: &str = "limit-allowlist";
 
 /// The request policy of `ing`'s annotations, `None` when none is set (or none parsed).
 pub fn request_policy(
@@ -460,7 +462,9 @@ fn limits(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<RateLimits
             diags,
         )
         .unwrap_or(DEFAULT_BURST_MULTIPLIER);
-    let whitelist = a.get(LIMIT_WHITELIST, parse_ranges, &"none", diags);
+    let whitelist = a
+        .get(LIMIT_ALLOWLIST, parse_ranges, &"none", diags)
+        .or_else(|| a.get(LIMIT_WHITELIST, parse_ranges, &"none", diags));
     RateLimits::new(
         rps.map(Rate::per_second),
         rpm.map(Rate::per_minute),
