@@ -783,7 +783,7 @@ fn migrate_reads_the_ingresses_of_a_real_api_server() {
 }
 
 /// Against the real API server: `sluice run` serving an Ingress with `configuration-snippet`
-/// and `affinity` publishes a Warning Event (reason `Rejected`) per ignored annotation and logs
+/// and `mirror-target` publishes a Warning Event (reason `Rejected`) per ignored annotation and logs
 /// each once, and not again while the object keeps them.
 ///
 /// Two things outside this change shape what the API server shows: kube's event `Recorder`
@@ -805,7 +805,7 @@ fn ignored_annotations_become_warning_events_once_per_object_version() {
             "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
             "metadata": {"name": "app", "namespace": ns, "annotations": {
                 "nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"X: y\";\n",
-                "nginx.ingress.kubernetes.io/affinity": "cookie"}},
+                "nginx.ingress.kubernetes.io/mirror-target": "http://mirror.shop.svc"}},
             "spec": {"ingressClassName": "sluice", "rules": [{"host": "app.example.com", "http": {"paths": [
                 {"path": path, "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}
         })
@@ -901,12 +901,12 @@ fn ignored_annotations_become_warning_events_once_per_object_version() {
         }
     };
     let snippet = "metadata.annotations[nginx.ingress.kubernetes.io/configuration-snippet]: refused for safety: nginx configuration text";
-    let affinity = "metadata.annotations[nginx.ingress.kubernetes.io/affinity]: not supported yet: cookie session affinity";
+    let mirror = "metadata.annotations[nginx.ingress.kubernetes.io/mirror-target]: not supported yet: request mirroring";
     let notes = wait_for(2, "first version");
     assert!(
         notes
             .iter()
-            .all(|n| n.starts_with(snippet) || n.starts_with(affinity)),
+            .all(|n| n.starts_with(snippet) || n.starts_with(mirror)),
         "{notes:#?}"
     );
     let tagged = notes.iter().all(|n| n.ends_with("(generation 1)"));
@@ -936,5 +936,5 @@ fn ignored_annotations_become_warning_events_once_per_object_version() {
     };
     let per_annotation = if tagged { 2 } else { 1 };
     assert_eq!(rejected(snippet), per_annotation, "{log:#?}");
-    assert_eq!(rejected(affinity), per_annotation, "{log:#?}");
+    assert_eq!(rejected(mirror), per_annotation, "{log:#?}");
 }
