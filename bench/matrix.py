@@ -1,0 +1,411 @@
+#!/usr/bin/env python3
+"""The performance matrix: Sluice vs nginx vs HAProxy over upstream kinds, body sizes,
+connection counts and connection reuse, with what each proxy costs its peers.
+
+Cells: upstream kind x body size x client connections x (keep-alive | a new connection per
+request). Upstream kinds:
+  memory   nginx `return 200` from memory (bodies up to 1 KiB: nginx's configuration parser
+           caps a quoted string at 4 KiB, so larger bodies come from bench_upstream's `memory`
+           shape, one write of head and body, and the table says so)
+  static   nginx serving a file of that size with sendfile and tcp_nopush on (the common pod)
+  split    bench_upstream: head and body in two writes with a pause between (Go/Node-like)
+  chunked  bench_upstream: Transfer-Encoding chunked, the body in two chunks, three writes
+
+For every cell and contender: requests/s, p50/p99 (wrk), the proxy's CPU per request
+(utime+stime of its processes), the load side's CPU per request (whole-CPU accounting of the
+other core from /proc/stat: wrk, the upstream, and the kernel work they cause), system calls
+per request of the proxy (perf stat, raw_syscalls:sys_enter), and context switches per request
+of the proxy and of the upstream (/proc/PID/task/*/status). An io_uring proxy's operations are
+not system calls: Sluice's count is its io_uring_enter calls plus the rest, so compare its
+context switches and load-side CPU rather than this column alone.
+
+As in bench/run.py: one proxy worker pinned to CPU 0; wrk (one thread) and the upstream pinned
+to CPU 1. Contenders are interleaved within each cell, over --rounds rounds; the median round
+counts.
+
+Usage:
+  python3 bench/matrix.py --quick                 # 4 kinds x 1 KiB x 64 conns x both reuses
+  python3 bench/matrix.py [--kinds static,split] [--sizes 0,1k] [--connections 64,1000]
+                          [--modes keepalive,close] [--duration 5] [--rounds 1] [--write-results]
+Needs root (perf, sysctl, taskset), nginx, haproxy, wrk and perf (installed with apt-get if
+missing). For new-connection cells it sets net.ipv4.tcp_tw_reuse=1 and widens
+ip_local_port_range (restored at exit): without them the client runs out of ports.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as base  # noqa: E402
+
+ROOT = base.ROOT
+CPU, LOAD = base.CONTENDER_CPU, base.LOAD_CPU
+UP, PROXY = base.UPSTREAM_PORT, base.PROXY_PORT
+KINDS = ["memory", "static", "split", "chunked"]
+SIZES = {"0": 0, "1k": 1024, "16k": 16 * 1024, "1m": 1024 * 1024}
+NGINX_RETURN_MAX = 4000
+
+
+def start_nginx_upstream(tmp, kind, size):
+    root = os.path.join(tmp, "www")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "body"), "wb") as f:
+        f.write(b"x" * size)
+    if kind == "memory":
+        location = f'default_type text/plain; return 200 "{"x" * size}";'
+    else:
+        location = "default_type text/plain; sendfile on; tcp_nopush on; try_files /body =404;"
+    conf = os.path.join(tmp, "upstream.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+worker_rlimit_nofile 100000;
+daemon off;
+pid {tmp}/upstream.pid;
+error_log {tmp}/upstream-error.log;
+events {{ worker_connections 30000; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{UP} reuseport backlog=4096;
+    root {root};
+    location / {{ {location} }}
+  }}
+}}
+""")
+    return subprocess.Popen(["taskset", "-c", LOAD, base.tool("nginx"), "-c", conf, "-p", tmp],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_upstream(tmp, kind, size, upstream_bin):
+    """The upstream for one (kind, size), and how the table names it."""
+    if kind == "static" or (kind == "memory" and size <= NGINX_RETURN_MAX):
+        p, label = start_nginx_upstream(tmp, kind, size), f"nginx {kind}"
+    else:
+        shape = "memory" if kind == "memory" else kind
+        p = subprocess.Popen(["taskset", "-c", LOAD, upstream_bin, "--listen", f"127.0.0.1:{UP}",
+                              "--shape", shape, "--body", str(size)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        label = f"bench_upstream {shape}"
+    base.wait_port(UP)
+    return p, label
+
+
+def start_nginx(tmp):
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+worker_cpu_affinity 01;
+worker_rlimit_nofile 100000;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 30000; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream pods {{ server 127.0.0.1:{UP}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{PROXY} reuseport backlog=4096;
+    location / {{
+      proxy_pass http://pods;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+  }}
+}}
+""")
+    return subprocess.Popen(["taskset", "-c", CPU, base.tool("nginx"), "-c", conf, "-p", tmp],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_haproxy(tmp, maxconn):
+    """HAProxy needs about two descriptors per connection and refuses to start without them."""
+    conf = os.path.join(tmp, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""
+global
+  nbthread 1
+  cpu-map 1/1 {CPU}
+  maxconn {maxconn}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{PROXY} backlog 4096
+  default_backend pods
+backend pods
+  server pod1 127.0.0.1:{UP}
+""")
+    return subprocess.Popen(["taskset", "-c", CPU, base.tool("haproxy"), "-f", conf, "-db"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def proc_ticks_and_switches(pids):
+    """utime+stime ticks and voluntary+involuntary context switches of these processes."""
+    switches = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")  # every thread: Sluice's workers are threads
+        except FileNotFoundError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            switches += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+    return base.cpu_ticks(pids), switches
+
+
+def core_busy_ticks(cpu):
+    """Busy ticks of one CPU (everything but idle and iowait) from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return sum(v) - v[3] - v[4]
+    raise RuntimeError(f"cpu{cpu} not in /proc/stat")
+
+
+def wrk(duration, connections, script, close):
+    cmd = ["taskset", "-c", LOAD, base.tool("wrk"), "-t1", f"-c{connections}", f"-d{duration}s",
+           "--timeout", "5s", "-s", script]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    cmd.append(f"http://127.0.0.1:{PROXY}/")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = [l for l in out.splitlines() if l.startswith("{")][-1]
+    return json.loads(line)
+
+
+def measure(name, proc, upstream, cell, args, script):
+    base.wait_port(PROXY)
+    time.sleep(0.3)
+    wrk(1, cell["connections"], script, cell["close"])  # warm-up: pools, caches
+    pids = base.family(proc.pid)
+    up_pids = base.family(upstream.pid)
+    perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter",
+                             "-p", ",".join(map(str, pids))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p_ticks0, p_cs0 = proc_ticks_and_switches(pids)
+    _, u_cs0 = proc_ticks_and_switches(up_pids)
+    load0 = core_busy_ticks(LOAD)
+    r = wrk(args.duration, cell["connections"], script, cell["close"])
+    load1 = core_busy_ticks(LOAD)
+    p_ticks1, p_cs1 = proc_ticks_and_switches(pids)
+    _, u_cs1 = proc_ticks_and_switches(up_pids)
+    perf.send_signal(signal.SIGINT)
+    syscalls = 0
+    for line in perf.communicate(timeout=10)[1].splitlines():
+        parts = line.split(",")
+        if len(parts) > 2 and parts[2] == "raw_syscalls:sys_enter" and parts[0].isdigit():
+            syscalls = int(parts[0])
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    time.sleep(0.3)
+    n = max(r["requests"], 1)
+    tick_us = 1e6 / base.CLK_TCK
+    r.update(
+        name=name,
+        rps=r["requests"] / (r["duration_us"] / 1e6),
+        cpu_us=(p_ticks1 - p_ticks0) * tick_us / n,
+        load_us=(load1 - load0) * tick_us / n,
+        syscalls=syscalls / n,
+        proxy_cs=(p_cs1 - p_cs0) / n,
+        upstream_cs=(u_cs1 - u_cs0) / n,
+    )
+    print(f"  {name:8s} {r['rps']:9.0f} req/s p50 {r['p50']}us p99 {r['p99']}us cpu {r['cpu_us']:.2f}us "
+          f"load {r['load_us']:.2f}us sys {r['syscalls']:.2f} cs {r['proxy_cs']:.3f}/{r['upstream_cs']:.3f} "
+          f"errors {r['errors']}", file=sys.stderr)
+    return r
+
+
+def set_sysctl(name, value):
+    path = "/proc/sys/" + name.replace(".", "/")
+    with open(path) as f:
+        old = f.read().strip()
+    with open(path, "w") as f:
+        f.write(value)
+    return path, old
+
+
+def build(args):
+    if args.no_build:
+        return
+    subprocess.run(["cargo", "build", "--profile", args.profile, "--quiet", "--bin", "sluice",
+                    "--example", "bench_upstream"], cwd=ROOT, check=True)
+
+
+def cells(args):
+    for kind in args.kinds:
+        for size in args.sizes:
+            for conns in args.connections:
+                for mode in args.modes:
+                    yield {"kind": kind, "size": size, "connections": conns, "mode": mode,
+                           "close": mode == "close"}
+
+
+def table(results, args):
+    lines = [
+        f"Date: {datetime.date.today()}. Machine: {os.cpu_count()} vCPU, {os.uname().release}. "
+        f"One proxy worker each pinned to CPU {CPU}; wrk (1 thread) and the upstream on CPU {LOAD}; "
+        f"{args.duration} s per measurement, median of {args.rounds} interleaved round(s).",
+        "",
+        f"Command: `python3 bench/matrix.py {' '.join(sys.argv[1:])}`",
+        "",
+        "Columns: req/s; p50/p99 (µs); proxy CPU µs per request; load-side (other core, whole) CPU "
+        "µs per request; proxy system calls per request; context switches per request of the proxy "
+        "and of the upstream. Ratios are Sluice's over the contender's (req/s: above 1 is better; "
+        "CPU: below 1 is better).",
+        "",
+        "| upstream | body | conns | reuse | contender | req/s | p50 | p99 | proxy CPU | load CPU | "
+        "syscalls | proxy cs | upstream cs | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ratios = []
+    for cell, label, runs in results:
+        for r in runs:
+            lines.append(
+                f"| {label} | {cell['size_name']} | {cell['connections']} | {cell['mode']} | {r['name']} | "
+                f"{r['rps']:.0f} | {r['p50']} | {r['p99']} | {r['cpu_us']:.2f} | {r['load_us']:.2f} | "
+                f"{r['syscalls']:.2f} | {r['proxy_cs']:.3f} | {r['upstream_cs']:.3f} | {r['errors']} |")
+        by = {r["name"]: r for r in runs}
+        s = by.get("sluice")
+        if s:
+            parts = []
+            for other in ("nginx", "haproxy"):
+                o = by.get(other)
+                if o and o["rps"] and o["cpu_us"] and o["load_us"]:
+                    parts.append(f"{other}: req/s {s['rps'] / o['rps']:.2f}, CPU {s['cpu_us'] / o['cpu_us']:.2f}, "
+                                 f"load CPU {s['load_us'] / o['load_us']:.2f}")
+            ratios.append(f"- {label}, {cell['size_name']}, {cell['connections']} conns, {cell['mode']}: "
+                          + "; ".join(parts))
+    return "\n".join(lines + ["", "Sluice's ratios per cell:", ""] + ratios)
+
+
+def write_results(text):
+    path = os.path.join(ROOT, "bench", "RESULTS.md")
+    marker = "## Performance matrix (issue 18)"
+    with open(path) as f:
+        existing = f.read()
+    section = marker + "\n\n" + text + "\n"
+    if marker in existing:
+        start = existing.index(marker)
+        nxt = existing.find("\n## ", start + len(marker))
+        rest = existing[nxt + 1:] if nxt >= 0 else ""
+        existing = existing[:start] + section + ("\n" + rest if rest else "")
+    else:
+        existing = existing.rstrip() + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(existing)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--sizes", default=",".join(SIZES))
+    ap.add_argument("--connections", default="64,1000,10000")
+    ap.add_argument("--modes", default="keepalive,close")
+    ap.add_argument("--contenders", default="sluice,nginx,haproxy")
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="every kind, 1 KiB, 64 connections, both reuses")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    ap.add_argument("--profile", default="dist",
+                    help="cargo profile of the binaries (dist for figures; dev only checks the harness)")
+    ap.add_argument("--write-results", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.connections = "1k", "64"
+    args.kinds = args.kinds.split(",")
+    for k in args.kinds:
+        if k not in KINDS:
+            ap.error(f"--kinds: unknown kind {k!r} (one of {', '.join(KINDS)})")
+    for s in args.sizes.split(","):
+        if s not in SIZES:
+            ap.error(f"--sizes: unknown size {s!r} (one of {', '.join(SIZES)})")
+    size_names = args.sizes.split(",")
+    args.sizes = [SIZES[s] for s in size_names]
+    args.connections = [int(c) for c in args.connections.split(",")]
+    args.modes = args.modes.split(",")
+    contenders = args.contenders.split(",")
+
+    base.ensure_tools()
+    build(args)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    out = os.path.join(target, "debug" if args.profile == "dev" else args.profile)
+    binary = os.path.join(out, "sluice")
+    upstream_bin = os.path.join(out, "examples", "bench_upstream")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # 10,000 client connections need 10,000 descriptors in wrk and twice that in a proxy at
+    # worst; the soft limit goes up to the hard one (raising the hard one needs CAP_SYS_RESOURCE).
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if max(args.connections) * 2 + 100 > hard:
+        print(f"warning: open-file limit {hard} is below what {max(args.connections)} connections "
+              "may need in a proxy", file=sys.stderr)
+    restore = [set_sysctl("net.ipv4.tcp_tw_reuse", "1"),
+               set_sysctl("net.ipv4.ip_local_port_range", "1024\t65000")]
+    tmp = tempfile.mkdtemp(prefix="sluice-matrix-")
+    os.chmod(tmp, 0o755)  # nginx's workers (www-data) read the upstream's files from here
+    script = os.path.join(tmp, "report.lua")
+    with open(script, "w") as f:
+        f.write(base.WRK_SCRIPT)
+    starters = {"sluice": lambda: base.start_sluice(tmp, binary), "nginx": lambda: start_nginx(tmp),
+                "haproxy": lambda: start_haproxy(tmp, (hard - 300) // 2)}
+    results = []
+    try:
+        for cell in cells(args):
+            cell["size_name"] = size_names[args.sizes.index(cell["size"])]
+            upstream, label = start_upstream(tmp, cell["kind"], cell["size"], upstream_bin)
+            print(f"{label}, {cell['size_name']}, {cell['connections']} conns, {cell['mode']}", file=sys.stderr)
+            try:
+                rounds = {name: [] for name in contenders}
+                for _ in range(args.rounds):
+                    for name in contenders:
+                        rounds[name].append(measure(name, starters[name](), upstream, cell, args, script))
+            finally:
+                upstream.terminate()
+                upstream.wait()
+                time.sleep(0.3)
+            runs = []
+            for name in contenders:
+                ordered = sorted(rounds[name], key=lambda r: r["rps"])
+                runs.append(ordered[len(ordered) // 2])
+            results.append((cell, label, runs))
+    finally:
+        for path, old in restore:
+            with open(path, "w") as f:
+                f.write(old)
+    text = table(results, args)
+    print(text)
+    if args.write_results:
+        write_results(text)
+
+
+if __name__ == "__main__":
+    main()
