@@ -4,7 +4,7 @@
 //! cookie) when its pod leaves the EndpointSlice.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use support::binary::{self, Sluice};
@@ -18,42 +18,20 @@ struct Pods {
 
 impl Pods {
     fn start(n: usize) -> Pods {
-        for _ in 0..20 {
-            let first = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = first.local_addr().unwrap().port();
-            let mut listeners = vec![first];
-            for i in 2..=n {
-                match TcpListener::bind(format!("127.0.0.{i}:{port}")) {
-                    Ok(l) => listeners.push(l),
-                    Err(_) => break,
+        let (port, listeners) = support::pods::bind(n);
+        for (i, listener) in listeners.into_iter().enumerate() {
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    std::thread::spawn(move || serve(i + 1, stream));
                 }
-            }
-            if listeners.len() < n {
-                continue;
-            }
-            for (i, listener) in listeners.into_iter().enumerate() {
-                std::thread::spawn(move || {
-                    for stream in listener.incoming().flatten() {
-                        std::thread::spawn(move || serve(i + 1, stream));
-                    }
-                });
-            }
-            return Pods { port };
+            });
         }
-        panic!("no common free port on 127.0.0.1..={n}");
+        Pods { port }
     }
 
     /// The Service and its EndpointSlice with the pods `pods` (1-based), after `ingresses`.
     fn manifests(&self, ingresses: &str, pods: &[usize]) -> String {
-        let addresses: Vec<String> = pods.iter().map(|i| format!("\"127.0.0.{i}\"")).collect();
-        format!(
-            "{ingresses}\
-             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
-             addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [{}]}}]\n",
-            self.port,
-            addresses.join(", ")
-        )
+        support::pods::manifests(ingresses, self.port, pods.iter().copied())
     }
 }
 

@@ -21,44 +21,22 @@ struct Pods {
 
 impl Pods {
     fn start(n: usize) -> Pods {
-        for _ in 0..20 {
-            let first = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = first.local_addr().unwrap().port();
-            let mut listeners = vec![first];
-            for i in 2..=n {
-                match TcpListener::bind(format!("127.0.0.{i}:{port}")) {
-                    Ok(l) => listeners.push(l),
-                    Err(_) => break,
+        let (port, listeners) = support::pods::bind(n);
+        let seen: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let seen = seen.clone();
+                    std::thread::spawn(move || serve(i + 1, stream, seen));
                 }
-            }
-            if listeners.len() < n {
-                continue;
-            }
-            let seen: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
-            for (i, listener) in listeners.into_iter().enumerate() {
-                let seen = seen.clone();
-                std::thread::spawn(move || {
-                    for stream in listener.incoming().flatten() {
-                        let seen = seen.clone();
-                        std::thread::spawn(move || serve(i + 1, stream, seen));
-                    }
-                });
-            }
-            return Pods { port, n, seen };
+            });
         }
-        panic!("no common free port on 127.0.0.1..={n}");
+        Pods { port, n, seen }
     }
 
     fn manifests(&self, ingresses: &str) -> String {
-        let addresses: Vec<String> = (1..=self.n).map(|i| format!("\"127.0.0.{i}\"")).collect();
-        format!(
-            "{ingresses}\
-             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
-             addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [{}]}}]\n",
-            self.port,
-            addresses.join(", ")
-        )
+        support::pods::manifests(ingresses, self.port, 1..=self.n)
     }
 
     /// Which pod received a request for `path`.

@@ -4,7 +4,7 @@
 //! an ejected pod comes back by itself. Plus the `[outlier]` config keys.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -26,56 +26,37 @@ struct Pods {
 impl Pods {
     fn start(refuse: &[bool]) -> Pods {
         let n = refuse.len();
-        for _ in 0..20 {
-            let first = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = first.local_addr().unwrap().port();
-            let mut listeners = vec![first];
-            for i in 2..=n {
-                match TcpListener::bind(format!("127.0.0.{i}:{port}")) {
-                    Ok(l) => listeners.push(l),
-                    Err(_) => break,
-                }
-            }
-            if listeners.len() < n {
+        let (port, listeners) = support::pods::bind(n);
+        let healthy: Vec<_> = (0..n).map(|_| Arc::new(AtomicBool::new(true))).collect();
+        let hits: Vec<_> = (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            if refuse[i] {
+                drop(listener);
                 continue;
             }
-            let healthy: Vec<_> = (0..n).map(|_| Arc::new(AtomicBool::new(true))).collect();
-            let hits: Vec<_> = (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect();
-            for (i, listener) in listeners.into_iter().enumerate() {
-                if refuse[i] {
-                    drop(listener);
-                    continue;
+            let (healthy, hits) = (healthy[i].clone(), hits[i].clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let (healthy, hits) = (healthy.clone(), hits.clone());
+                    std::thread::spawn(move || serve(i, stream, &healthy, &hits));
                 }
-                let (healthy, hits) = (healthy[i].clone(), hits[i].clone());
-                std::thread::spawn(move || {
-                    for stream in listener.incoming().flatten() {
-                        let (healthy, hits) = (healthy.clone(), hits.clone());
-                        std::thread::spawn(move || serve(i, stream, &healthy, &hits));
-                    }
-                });
-            }
-            return Pods {
-                port,
-                n,
-                healthy,
-                hits,
-            };
+            });
         }
-        panic!("no common free port on 127.0.0.1..={n}");
+        Pods {
+            port,
+            n,
+            healthy,
+            hits,
+        }
     }
 
     fn manifests(&self, annotations: &str) -> String {
-        let addresses: Vec<String> = (1..=self.n).map(|i| format!("\"127.0.0.{i}\"")).collect();
-        format!(
+        let ingress = format!(
             "apiVersion: networking.k8s.io/v1\nkind: Ingress\n\
              metadata: {{name: app, namespace: default, annotations: {{{annotations}}}}}\n\
-             spec:\n  ingressClassName: sluice\n  rules:\n  - host: app.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n\
-             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
-             addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [{}]}}]\n",
-            self.port,
-            addresses.join(", ")
-        )
+             spec:\n  ingressClassName: sluice\n  rules:\n  - host: app.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: app, port: {{number: 80}}}}}}}}]}}\n"
+        );
+        support::pods::manifests(&ingress, self.port, 1..=self.n)
     }
 }
 

@@ -6,7 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,50 +42,28 @@ struct Pods {
 impl Pods {
     fn start(kinds: &[Pod]) -> Pods {
         let n = kinds.len();
-        for _ in 0..20 {
-            let first = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = first.local_addr().unwrap().port();
-            let mut listeners = vec![first];
-            for i in 2..=n {
-                match TcpListener::bind(format!("127.0.0.{i}:{port}")) {
-                    Ok(l) => listeners.push(l),
-                    Err(_) => break,
-                }
-            }
-            if listeners.len() < n {
+        let (port, listeners) = support::pods::bind(n);
+        let hits: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(vec![Vec::new(); n]));
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let kind = kinds[i];
+            if kind == Pod::Refuse {
+                // Closed: the address now refuses connections.
+                drop(listener);
                 continue;
             }
-            let hits: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(vec![Vec::new(); n]));
-            for (i, listener) in listeners.into_iter().enumerate() {
-                let kind = kinds[i];
-                if kind == Pod::Refuse {
-                    // Closed: the address now refuses connections.
-                    drop(listener);
-                    continue;
+            let hits = hits.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let hits = hits.clone();
+                    std::thread::spawn(move || serve(i, kind, stream, hits));
                 }
-                let hits = hits.clone();
-                std::thread::spawn(move || {
-                    for stream in listener.incoming().flatten() {
-                        let hits = hits.clone();
-                        std::thread::spawn(move || serve(i, kind, stream, hits));
-                    }
-                });
-            }
-            return Pods { port, n, hits };
+            });
         }
-        panic!("no common free port on 127.0.0.1..={n}");
+        Pods { port, n, hits }
     }
 
     fn manifests(&self, ingresses: &str) -> String {
-        let addresses: Vec<String> = (1..=self.n).map(|i| format!("\"127.0.0.{i}\"")).collect();
-        format!(
-            "{ingresses}\
-             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: default, labels: {{kubernetes.io/service-name: app}}}}\n\
-             addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [{}]}}]\n",
-            self.port,
-            addresses.join(", ")
-        )
+        support::pods::manifests(ingresses, self.port, 1..=self.n)
     }
 
     /// Requests received by each pod so far.
