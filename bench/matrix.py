@@ -100,64 +100,6 @@ def start_upstream(tmp, kind, size, upstream_bin):
     return p, label
 
 
-def start_nginx(tmp):
-    conf = os.path.join(tmp, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes 1;
-worker_cpu_affinity 01;
-worker_rlimit_nofile 100000;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 30000; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  upstream pods {{ server 127.0.0.1:{UP}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{PROXY} reuseport backlog=4096;
-    location / {{
-      proxy_pass http://pods;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Real-IP $remote_addr;
-      proxy_set_header X-Forwarded-Proto $scheme;
-    }}
-  }}
-}}
-""")
-    return subprocess.Popen(["taskset", "-c", CPU, base.tool("nginx"), "-c", conf, "-p", tmp],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def start_haproxy(tmp, maxconn):
-    """HAProxy needs about two descriptors per connection and refuses to start without them."""
-    conf = os.path.join(tmp, "haproxy.cfg")
-    with open(conf, "w") as f:
-        f.write(f"""
-global
-  nbthread 1
-  cpu-map 1/1 {CPU}
-  maxconn {maxconn}
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option forwardfor
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{PROXY} backlog 4096
-  default_backend pods
-backend pods
-  server pod1 127.0.0.1:{UP}
-""")
-    return subprocess.Popen(["taskset", "-c", CPU, base.tool("haproxy"), "-f", conf, "-db"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
 
 def proc_ticks_and_switches(pids):
     """utime+stime ticks and voluntary+involuntary context switches of these processes."""
@@ -308,22 +250,6 @@ def table(results, args):
     return "\n".join(lines + ["", "Sluice's ratios per cell:", ""] + ratios)
 
 
-def write_results(text):
-    path = os.path.join(ROOT, "bench", "RESULTS.md")
-    marker = "## Performance matrix (issue 18)"
-    with open(path) as f:
-        existing = f.read()
-    section = marker + "\n\n" + text + "\n"
-    if marker in existing:
-        start = existing.index(marker)
-        nxt = existing.find("\n## ", start + len(marker))
-        rest = existing[nxt + 1:] if nxt >= 0 else ""
-        existing = existing[:start] + section + ("\n" + rest if rest else "")
-    else:
-        existing = existing.rstrip() + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(existing)
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -375,8 +301,9 @@ def main():
     script = os.path.join(tmp, "report.lua")
     with open(script, "w") as f:
         f.write(base.WRK_SCRIPT)
-    starters = {"sluice": lambda: base.start_sluice(tmp, binary), "nginx": lambda: start_nginx(tmp),
-                "haproxy": lambda: start_haproxy(tmp, (hard - 300) // 2)}
+    starters = {"sluice": lambda: base.start_sluice(tmp, binary),
+                "nginx": lambda: base.start_nginx(tmp, connections=hard - 100),
+                "haproxy": lambda: base.start_haproxy(tmp, maxconn=(hard - 300) // 2)}
     results = []
     try:
         for cell in cells(args):
@@ -404,7 +331,7 @@ def main():
     text = table(results, args)
     print(text)
     if args.write_results:
-        write_results(text)
+        base.write_section("## Performance matrix (issue 18)", text)
 
 
 if __name__ == "__main__":

@@ -111,16 +111,18 @@ http {{
     return p
 
 
-def start_nginx(tmp):
+def start_nginx(tmp, connections=4096):
+    """nginx as a proxy; `connections` per worker (clients and upstream connections together)."""
     conf = os.path.join(tmp, "nginx.conf")
     with open(conf, "w") as f:
         f.write(f"""
 worker_processes 1;
 worker_cpu_affinity 01;
+worker_rlimit_nofile {connections + 100};
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
@@ -143,14 +145,16 @@ http {{
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_haproxy(tmp):
+def start_haproxy(tmp, maxconn=4000):
+    """HAProxy as a proxy; it needs about two descriptors per connection and refuses to start
+    without them."""
     conf = os.path.join(tmp, "haproxy.cfg")
     with open(conf, "w") as f:
         f.write(f"""
 global
   nbthread 1
   cpu-map 1/1 {CONTENDER_CPU}
-  maxconn 4000
+  maxconn {maxconn}
 defaults
   mode http
   timeout connect 5s
@@ -159,7 +163,7 @@ defaults
   option forwardfor
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{PROXY_PORT}
+  bind 127.0.0.1:{PROXY_PORT} backlog 4096
   default_backend pods
 backend pods
   server pod1 127.0.0.1:{UPSTREAM_PORT}

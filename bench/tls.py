@@ -40,7 +40,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # bench/run.py's tool discovery and process helpers, as bench/idle.py and bench/churn use them.
-from run import cpu_ticks, ensure_tools, family, tool, wait_port  # noqa: E402
+from run import cpu_ticks, ensure_tools, family, tool, wait_port, write_section  # noqa: E402
 CONTENDER_CPU = "0"
 LOAD_CPU = "1"
 # Ports of their own: other benchmarks (bench/run.py) use 18000/18080.
@@ -455,20 +455,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if args.write_results:
-        path = os.path.join(ROOT, "bench", "RESULTS.md")
-        with open(path) as f:
-            existing = f.read()
-        marker = "## TLS: Sluice (rustls) vs nginx and HAProxy (OpenSSL) (issue 6)"
-        section = marker + "\n\n" + text + "\n"
-        if marker in existing:
-            start = existing.index(marker)
-            nxt = existing.find("\n## ", start + len(marker))
-            rest = existing[nxt + 1:] if nxt >= 0 else ""
-            existing = existing[:start] + section + ("\n" + rest if rest else "")
-        else:
-            existing = existing.rstrip() + "\n\n" + section
-        with open(path, "w") as f:
-            f.write(existing)
+        write_section("## TLS: Sluice (rustls) vs nginx and HAProxy (OpenSSL) (issue 6)", text)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import write_section  # noqa: E402  (bench/run.py: one writer of RESULTS.md sections)
 CONTENDER_CPU = "0"
 LOAD_CPU = "1"
 KERNEL_IP = "10.99.0.1"
@@ -422,20 +424,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if args.write_results:
-        path = os.path.join(ROOT, "bench", "RESULTS.md")
-        with open(path) as f:
-            existing = f.read()
-        marker = "## Userspace engine vs io_uring engine (issue 7)"
-        section = marker + "\n\n" + text + "\n"
-        if marker in existing:
-            start = existing.index(marker)
-            nxt = existing.find("\n## ", start + len(marker))
-            rest = existing[nxt + 1:] if nxt >= 0 else ""
-            existing = existing[:start] + section + ("\n" + rest if rest else "")
-        else:
-            existing = existing.rstrip() + "\n\n" + section
-        with open(path, "w") as f:
-            f.write(existing)
+        write_section("## Userspace engine vs io_uring engine (issue 7)", text)
 
 
 if __name__ == "__main__":

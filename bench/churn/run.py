@@ -290,21 +290,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if args.write_results:
-        path = os.path.join(ROOT, "bench", "RESULTS.md")
-        with open(path) as f:
-            existing = f.read()
-        marker = "## Configuration churn under load (issue 4)"
-        section = marker + "\n\n" + text + "\n"
-        if marker in existing:
-            # Replace this section only, up to the next one.
-            start = existing.index(marker)
-            nxt = existing.find("\n## ", start + len(marker))
-            rest = existing[nxt + 1:] if nxt >= 0 else ""
-            existing = existing[:start] + section + ("\n" + rest if rest else "")
-        else:
-            existing = existing.rstrip() + "\n\n" + section
-        with open(path, "w") as f:
-            f.write(existing)
+        base.write_section("## Configuration churn under load (issue 4)", text)
 
 
 if __name__ == "__main__":
