@@ -133,7 +133,7 @@ pub fn run(opts: &Options) -> u8 {
     let objects = match load(opts) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("sluice migrate: {e}");
+            tracing::error!("sluice migrate: {e}");
             return EXIT_ERROR;
         }
     };
@@ -143,7 +143,7 @@ pub fn run(opts: &Options) -> u8 {
         Format::Json => match serde_json::to_string_pretty(&report) {
             Ok(json) => println!("{json}"),
             Err(e) => {
-                eprintln!("sluice migrate: {e}");
+                tracing::error!("sluice migrate: {e}");
                 return EXIT_ERROR;
             }
         },
@@ -235,7 +235,10 @@ async fn load_cluster(
     let tls = ListParams::default().fields("type=kubernetes.io/tls");
     match secrets.list(&tls).await {
         Ok(list) => objects.secrets = arcs(list.items),
-        Err(e) => eprintln!("sluice migrate: {}", list_error("TLS Secrets", e)),
+        Err(e) => tracing::warn!(
+            "sluice migrate: {}; the report is made without TLS Secrets",
+            list_error("TLS Secrets", e)
+        ),
     }
     Ok(objects)
 }
