@@ -74,7 +74,13 @@ fn readyz_fails_first_while_new_connections_are_still_served() {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    assert_eq!(get(admin, "x", "/readyz").unwrap(), "HTTP/1.1 200 OK");
+    // Ready once every worker has acknowledged the first snapshot, which may come just after
+    // the "serving" line.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(admin, "x", "/readyz").unwrap() != "HTTP/1.1 200 OK" {
+        assert!(Instant::now() < deadline, "/readyz never turned 200");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let sent = Instant::now();
     Command::new("kill")
