@@ -260,10 +260,11 @@ fn label_value(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// `sluice_backend_requests_total{backend, class}` summed over the workers (slots claimed
-/// twice for one name are summed too), `backend="other"` past the cap, and how many requests
-/// went there.
-fn backend_series(x: &mut Exposition, m: &[std::sync::Arc<WorkerMetrics>]) {
+/// `sluice_ingress_requests_total{namespace, ingress, service, class}` summed over the workers
+/// (slots claimed twice for one route are summed too), `ingress="other"` past the cap, and how
+/// many requests went there. A worker names a route `namespace/ingress/service:port`, or
+/// `namespace/service:port` for a default backend without an Ingress (`ingress=""`).
+fn route_series(x: &mut Exposition, m: &[std::sync::Arc<WorkerMetrics>]) {
     let Some(first) = m.first() else {
         return;
     };
@@ -285,32 +286,41 @@ fn backend_series(x: &mut Exposition, m: &[std::sync::Arc<WorkerMetrics>]) {
             *a += b;
         }
     }
-    let name = "sluice_backend_requests_total";
+    let name = "sluice_ingress_requests_total";
     x.family(
         name,
         "counter",
-        "Completed requests by backend (namespace/service:port) and status class; past the cap (log.backend_metrics_cap) backends share backend=\"other\".",
+        "Completed requests by Ingress, Service port and status class; past the cap (log.backend_metrics_cap) routes share ingress=\"other\".",
     );
+    let labels = |route: &str| {
+        let (namespace, rest) = route.split_once('/').unwrap_or(("", route));
+        let (ingress, service) = rest.split_once('/').unwrap_or(("", rest));
+        format!(
+            "namespace=\"{}\",ingress=\"{}\",service=\"{}\"",
+            label_value(namespace),
+            label_value(ingress),
+            label_value(service)
+        )
+    };
     let rows = by_name
         .iter()
-        .map(|(n, c)| (label_value(n), c))
-        .chain(std::iter::once(("other".to_string(), &other)));
-    for (backend, counts) in rows {
+        .map(|(n, c)| (labels(n), c))
+        .chain(std::iter::once((
+            "namespace=\"\",ingress=\"other\",service=\"\"".to_string(),
+            &other,
+        )));
+    for (route, counts) in rows {
         for (c, class) in CLASSES.iter().enumerate() {
-            x.sample(
-                name,
-                &format!("backend=\"{backend}\",class=\"{class}\""),
-                counts[c],
-            );
+            x.sample(name, &format!("{route},class=\"{class}\""), counts[c]);
         }
     }
     x.family(
-        "sluice_backend_series_overflow_requests_total",
+        "sluice_ingress_series_overflow_requests_total",
         "counter",
-        "Requests counted under backend=\"other\" because every per-backend series was taken.",
+        "Requests counted under ingress=\"other\" because every per-route series was taken.",
     );
     x.sample(
-        "sluice_backend_series_overflow_requests_total",
+        "sluice_ingress_series_overflow_requests_total",
         "",
         other.iter().sum::<u64>(),
     );
@@ -525,7 +535,7 @@ pub fn metrics_text(state: &EngineState) -> String {
         x.sample(&format!("{name}_sum"), "", sum_us as f64 / 1e6);
         x.sample(&format!("{name}_count"), "", h.len());
     }
-    backend_series(&mut x, m);
+    route_series(&mut x, m);
     let mut out = x.out;
     if let Ok(extra) = state.extra_metrics.lock() {
         for f in extra.iter() {

@@ -140,8 +140,8 @@ pub struct LogConfig {
     pub access_path: Option<PathBuf>,
     /// `access_sample`: the share of requests logged, in millionths (1.0 = every request).
     pub access_sample_ppm: u32,
-    /// `backend_metrics_cap`: how many backends get their own
-    /// `sluice_backend_requests_total` series; the rest share `backend="other"`.
+    /// `backend_metrics_cap`: how many routes (Ingress and Service port) get their own
+    /// `sluice_ingress_requests_total` series; the rest share `ingress="other"`.
     pub backend_metrics_cap: usize,
 }
 

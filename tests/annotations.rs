@@ -65,7 +65,7 @@ fn compile_docs(docs: &[String]) -> Compiled {
 
 /// The policy of the route serving `host` `/`, and that it is served at all.
 fn policy(s: &Snapshot, host: &str) -> Option<RoutePolicy> {
-    let (backend, policy) = s.table.route(host, "/").expect("routed");
+    let (backend, policy, _) = s.table.route(host, "/").expect("routed");
     assert_eq!(s.backend(backend).unwrap().endpoints.len(), 1, "{host}");
     policy.map(|p| (**p).clone())
 }

@@ -170,19 +170,23 @@ fn a_live_scrape_after_traffic_passes_promtool_and_counts_the_requests() {
         })
         .sum();
     assert_eq!(per_worker, 12.0);
-    // Per backend, capped at two series: the first two backends met, then "other".
-    let backend = |name: &str, class: &str| {
+    // Per route (Ingress and Service port), capped at two series: the first two met, then
+    // "other". Each Ingress here is named after its Service.
+    let route = |ingress: &str, service: &str, class: &str| {
         sample(
             body,
-            &format!("sluice_backend_requests_total{{backend=\"{name}\",class=\"{class}\"}} "),
+            &format!(
+                "sluice_ingress_requests_total{{namespace=\"{}\",ingress=\"{ingress}\",service=\"{service}\",class=\"{class}\"}} ",
+                if ingress == "other" { "" } else { "default" }
+            ),
         )
     };
-    assert_eq!(backend("default/app:80", "2xx"), 10.0);
-    assert_eq!(backend("default/dead:80", "5xx"), 1.0);
-    assert_eq!(backend("other", "2xx"), 2.0);
-    assert!(!body.contains("backend=\"default/third:80\""), "{body}");
+    assert_eq!(route("app", "app:80", "2xx"), 10.0);
+    assert_eq!(route("dead", "dead:80", "5xx"), 1.0);
+    assert_eq!(route("other", "", "2xx"), 2.0);
+    assert!(!body.contains("ingress=\"third\""), "{body}");
     assert_eq!(
-        sample(body, "sluice_backend_series_overflow_requests_total "),
+        sample(body, "sluice_ingress_series_overflow_requests_total "),
         2.0
     );
     assert!(body.contains("# TYPE sluice_tls_handshakes_timed_out_total counter"));

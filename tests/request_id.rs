@@ -265,7 +265,7 @@ fn request_ids_pass_through_or_are_generated_and_reach_the_upstream() {
     assert_eq!(f[11], "\"test-agent/1\"", "{line}");
     assert_eq!(f[12], request.len().to_string(), "bytes in: {line}");
     assert!(f[13].parse::<f64>().is_ok(), "{line}");
-    assert_eq!(f[14], "[default/app:80]", "{line}");
+    assert_eq!(f[14], "[default/t/app:80]", "{line}");
     assert_eq!(f[15], "[]", "{line}");
     assert_eq!(f[16], up.to_string(), "{line}");
     let body = response.split_once("\r\n\r\n").unwrap().1;
@@ -356,7 +356,7 @@ fn json_access_log_lines_for_a_proxied_request_a_404_a_502_a_504_and_tls() {
     assert_eq!(v["referer"], serde_json::Value::Null, "{v}");
     assert_eq!(v["user_agent"], serde_json::Value::Null, "{v}");
     assert!(v["request_time"].as_f64().is_some(), "{v}");
-    assert_eq!(v["route"], "default/app:80", "{v}");
+    assert_eq!(v["route"], "default/t/app:80", "{v}");
     assert_eq!(v["upstream_addr"], up.to_string(), "{v}");
     assert_eq!(v["upstream_status"], 200, "{v}");
     assert!(v["upstream_bytes"].as_u64().unwrap() > 0, "{v}");
@@ -394,7 +394,7 @@ fn json_access_log_lines_for_a_proxied_request_a_404_a_502_a_504_and_tls() {
     let v: serde_json::Value = serde_json::from_str(&next_line(&log)).unwrap();
     assert_eq!(v["status"], 502, "{v}");
     assert_eq!(v["host"], "dead.test", "{v}");
-    assert_eq!(v["route"], "default/dead:80", "{v}");
+    assert_eq!(v["route"], "default/dead/dead:80", "{v}");
     assert!(
         v["upstream_addr"]
             .as_str()
@@ -413,7 +413,7 @@ fn json_access_log_lines_for_a_proxied_request_a_404_a_502_a_504_and_tls() {
     assert!(v["request_time"].as_f64().unwrap() >= 0.3, "{v}");
     assert!(v["upstream_response_time"].as_f64().unwrap() >= 0.3, "{v}");
     assert_eq!(v["upstream_status"], serde_json::Value::Null, "ours: {v}");
-    assert_eq!(v["route"], "default/slow:80", "{v}");
+    assert_eq!(v["route"], "default/slow/slow:80", "{v}");
     // Over TLS (the self-signed default certificate), with the client's id.
     let out = Command::new("curl")
         .args(["-sk", "--max-time", "10", "-H", "X-Request-ID: tls-7"])

@@ -59,7 +59,7 @@ fn compile_docs(docs: &[String]) -> Compiled {
 }
 
 fn request(c: &Compiled, host: &str, path: &str) -> Option<RequestPolicy> {
-    let (_, policy) = c.snapshot.table.route(host, path).expect("routed");
+    let (_, policy, _) = c.snapshot.table.route(host, path).expect("routed");
     policy.and_then(|p| p.request.as_deref()).cloned()
 }
 
@@ -155,7 +155,7 @@ fn regexes_are_compiled_with_the_table_and_shared() {
     let b = request(&c, "rw.test", "/API").unwrap();
     let (ra, rb) = (a.path_regex.unwrap(), b.path_regex.unwrap());
     assert!(std::sync::Arc::ptr_eq(&ra.0, &rb.0), "one compiled regex");
-    let (_, policy) = c.snapshot.table.route("rw.test", "/api/v2/users").unwrap();
+    let (_, policy, _) = c.snapshot.table.route("rw.test", "/api/v2/users").unwrap();
     let p = policy.unwrap().request.clone().unwrap();
     assert_eq!(
         p.rewrite("/api/v2/users", Some("a=1")).as_deref(),

@@ -209,10 +209,7 @@ fn router_answers_not_found_no_endpoints_and_forward() {
     s.backends[1].endpoints.clear();
     let mut picker = Picker::new();
     picker.reset_for(&s);
-    let mut router = SnapshotRouter {
-        snapshot: &s,
-        picker: &mut picker,
-    };
+    let mut router = SnapshotRouter::new(&s, &mut picker);
     assert_eq!(router.route("h", "/zzz"), RouteDecision::NotFound);
     assert_eq!(router.route("h", "/b"), RouteDecision::NoEndpoints);
     assert_eq!(

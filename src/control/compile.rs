@@ -380,7 +380,12 @@ impl<'a> Pass<'a> {
                 &objects.secrets,
                 &mut c.diagnostics,
             );
-            let added_by = AddedBy { tag, policy };
+            let ingress: Arc<str> = format!("{ns}/{}", meta_name(&ing.metadata).1).into();
+            let added_by = AddedBy {
+                tag,
+                policy,
+                ingress,
+            };
             let own_hosts = c.rules(&mut table, ns, spec, &object, &added_by, &owners);
             if let Some(default) = &spec.default_backend
                 && let Some(backend) =
@@ -506,6 +511,8 @@ type BorrowedRef<'a> = (&'a str, &'a str, Option<i32>, Option<&'a str>);
 struct AddedBy {
     tag: u32,
     policy: Option<Arc<RoutePolicy>>,
+    /// `namespace/name`, carried by each rule for the access log and the counters.
+    ingress: Arc<str>,
 }
 
 struct Compiler<'a> {
@@ -584,6 +591,7 @@ impl<'a> Compiler<'a> {
                     kind,
                     backend,
                     added_by.policy.clone(),
+                    Some(added_by.ingress.clone()),
                     added_by.tag,
                 ) {
                     let owner = owners.get(first as usize).cloned().unwrap_or_default();

@@ -1216,8 +1216,17 @@ impl Conn {
             RouteDecision::Forward {
                 policy, backend, ..
             } => {
+                // `namespace/ingress/service:port` (the Ingress and its Services share the
+                // namespace); a default backend without an Ingress: `namespace/service:port`.
                 if let Some(name) = router.backend_name(*backend) {
-                    self.record.route.push_str(name);
+                    match (router.routed_ingress(), name.split_once('/')) {
+                        (Some(ingress), Some((_, service))) => {
+                            self.record.route.push_str(ingress);
+                            self.record.route.push('/');
+                            self.record.route.push_str(service);
+                        }
+                        _ => self.record.route.push_str(name),
+                    }
                 }
                 policy.take()
             }

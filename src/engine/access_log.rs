@@ -76,7 +76,8 @@ pub struct Entry<'a> {
     pub user_agent: &'a str,
     /// First request byte to completion.
     pub request_time: Duration,
-    /// The matched backend, `namespace/service:port`; empty: none.
+    /// The matched route, `namespace/ingress/service:port` (`namespace/service:port` for a
+    /// default backend without an Ingress); empty: none.
     pub route: &'a str,
     /// The endpoint tried (also for a 502 or 504 of ours); `None`: no upstream was asked.
     pub upstream: Option<SocketAddr>,

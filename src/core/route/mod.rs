@@ -131,6 +131,12 @@ pub trait Router {
     fn backend_name(&self, _backend: BackendId) -> Option<&str> {
         None
     }
+
+    /// `namespace/name` of the Ingress whose rule the last [`Router::route`] or
+    /// [`Router::route_request`] matched; `None` for a default backend or when unknown.
+    fn routed_ingress(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A Service port resolved to pod endpoints.
@@ -144,7 +150,7 @@ pub struct Backend {
 }
 
 /// A matched route: its backend and, when its Ingress set any, its policy.
-pub type Matched<'a> = (BackendId, Option<&'a Arc<RoutePolicy>>);
+pub type Matched<'a> = (BackendId, Option<&'a Arc<RoutePolicy>>, Option<&'a str>);
 
 /// How a rule's path matches.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -163,6 +169,9 @@ pub struct PathRule {
     pub backend: BackendId,
     /// The Ingress's per-route properties; `None` when its annotations set none.
     pub policy: Option<Arc<RoutePolicy>>,
+    /// `namespace/name` of the Ingress that added the rule (the access log's route and the
+    /// per-route counters); `None` for a rule added without one.
+    pub ingress: Option<Arc<str>>,
     /// Who added the rule (the compiler's index of the Ingress), for conflict reports while
     /// the table is built; always 0 in a built table, so tables compare by routing alone.
     pub tag: u32,
@@ -204,7 +213,7 @@ impl HostRoutes {
         self.paths
             .iter()
             .find(|r| r.matches(path))
-            .map(|r| (r.backend, r.policy.as_ref()))
+            .map(|r| (r.backend, r.policy.as_ref(), r.ingress.as_deref()))
     }
 
     /// The host's default backend (when no path matches), if any.
@@ -455,7 +464,7 @@ impl Eq for RouteTable {}
 
 impl RouteTable {
     pub fn lookup(&self, host: &str, path: &str) -> Option<BackendId> {
-        self.route(host, path).map(|(backend, _)| backend)
+        self.route(host, path).map(|(backend, ..)| backend)
     }
 
     /// The path of the rule that [`RouteTable::route`] matches for `host` and `path` (`None`
@@ -499,10 +508,12 @@ impl RouteTable {
             return Some(aliased);
         }
         match bucket {
-            Some(routes) => routes.lookup(path).or(routes.default.map(|b| (b, None))),
+            Some(routes) => routes
+                .lookup(path)
+                .or(routes.default.map(|b| (b, None, None))),
             None => self.any_host.lookup(path),
         }
-        .or(self.default.map(|b| (b, None)))
+        .or(self.default.map(|b| (b, None, None)))
     }
 
     /// `server-alias`: the rules of the host `host` is an alias of. Asked only when no rule
@@ -543,7 +554,7 @@ impl RouteTable {
                     .and_then(|p| p.request.as_ref())
                     .is_some_and(|q| q.from_to_www.is_some())
             })
-            .map(|r| (r.backend, r.policy.as_ref()))
+            .map(|r| (r.backend, r.policy.as_ref(), r.ingress.as_deref()))
     }
 
     /// One hash of the host serves the overlay and the base.
@@ -789,11 +800,14 @@ impl RouteTableBuilder {
         kind: PathKind,
         backend: BackendId,
     ) -> bool {
-        self.add_tagged(host, path, kind, backend, None, 0).is_ok()
+        self.add_tagged(host, path, kind, backend, None, None, 0)
+            .is_ok()
     }
 
-    /// [`RouteTableBuilder::add`] with the rule's policy and a tag naming who adds the rule;
-    /// a duplicate is refused with the tag of the rule that was there first.
+    /// [`RouteTableBuilder::add`] with the rule's policy, the Ingress that adds it and a tag
+    /// naming who adds the rule; a duplicate is refused with the tag of the rule that was
+    /// there first.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_tagged(
         &mut self,
         host: Option<&str>,
@@ -801,6 +815,7 @@ impl RouteTableBuilder {
         kind: PathKind,
         backend: BackendId,
         policy: Option<Arc<RoutePolicy>>,
+        ingress: Option<Arc<str>>,
         tag: u32,
     ) -> Result<(), u32> {
         let path = match kind {
@@ -823,6 +838,7 @@ impl RouteTableBuilder {
             kind,
             backend,
             policy,
+            ingress,
             tag,
             regex: None,
         });

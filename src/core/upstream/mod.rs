@@ -181,13 +181,27 @@ impl Picker {
 pub struct SnapshotRouter<'a> {
     pub snapshot: &'a Snapshot,
     pub picker: &'a mut Picker,
+    /// The Ingress of the rule the last routing matched (see [`Router::routed_ingress`]).
+    routed: Option<&'a str>,
+}
+
+impl<'a> SnapshotRouter<'a> {
+    pub fn new(snapshot: &'a Snapshot, picker: &'a mut Picker) -> SnapshotRouter<'a> {
+        SnapshotRouter {
+            snapshot,
+            picker,
+            routed: None,
+        }
+    }
 }
 
 impl Router for SnapshotRouter<'_> {
     fn route(&mut self, host: &str, path: &str) -> RouteDecision {
-        let Some((backend, policy)) = self.snapshot.table.route(host, path) else {
+        let Some((backend, policy, ingress)) = self.snapshot.table.route(host, path) else {
+            self.routed = None;
             return RouteDecision::NotFound;
         };
+        self.routed = ingress;
         match self.picker.pick(self.snapshot, backend) {
             Some(endpoint) => RouteDecision::Forward {
                 backend,
@@ -206,9 +220,11 @@ impl Router for SnapshotRouter<'_> {
         req: &dyn KeySource,
         now: Instant,
     ) -> RouteDecision {
-        let Some((backend, policy)) = self.snapshot.table.route(host, path) else {
+        let Some((backend, policy, ingress)) = self.snapshot.table.route(host, path) else {
+            self.routed = None;
             return RouteDecision::NotFound;
         };
+        self.routed = ingress;
         // A cookie that names a usable endpoint of the backend pins the request to it.
         if let Some(affinity) = policy.and_then(|p| p.affinity.as_ref())
             && let Some(id) = affinity.requested(req.header("cookie"))
@@ -271,6 +287,10 @@ impl Router for SnapshotRouter<'_> {
 
     fn redirect_https(&mut self, host: &str) -> bool {
         self.snapshot.certs.redirects(host)
+    }
+
+    fn routed_ingress(&self) -> Option<&str> {
+        self.routed
     }
 
     fn backend_name(&self, backend: BackendId) -> Option<&str> {

@@ -500,10 +500,7 @@ impl Driver {
                 let Some(client) = self.clients.get(slot as usize, generation) else {
                     return;
                 };
-                let mut router = SnapshotRouter {
-                    snapshot: &self.snapshot,
-                    picker: &mut self.picker,
-                };
+                let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
                 let m = &self.setup.metrics;
                 WorkerMetrics::add(&m.bytes_in, data.len() as u64);
                 self.touched.push(slot as usize);
@@ -562,10 +559,7 @@ impl Driver {
                 let Some(ci) = self.upstream_client(slot, generation) else {
                     return;
                 };
-                let mut router = SnapshotRouter {
-                    snapshot: &self.snapshot,
-                    picker: &mut self.picker,
-                };
+                let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
                 if let Some(client) = self.clients.get_any(ci) {
                     client.conn.upstream_data(data, now, &mut router);
                     self.touched.push(ci);
@@ -590,10 +584,7 @@ impl Driver {
                 let Some(client) = self.clients.get(slot as usize, generation) else {
                     return;
                 };
-                let mut router = SnapshotRouter {
-                    snapshot: &self.snapshot,
-                    picker: &mut self.picker,
-                };
+                let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
                 if eof {
                     client.conn.client_eof(now, &mut router);
                 } else {
@@ -605,10 +596,7 @@ impl Driver {
                 let Some(ci) = self.upstream_client(slot, generation) else {
                     return;
                 };
-                let mut router = SnapshotRouter {
-                    snapshot: &self.snapshot,
-                    picker: &mut self.picker,
-                };
+                let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
                 if let Some(client) = self.clients.get_any(ci) {
                     if eof {
                         client.conn.upstream_eof(now, &mut router);
@@ -652,10 +640,7 @@ impl Driver {
             return;
         };
         WorkerMetrics::add(&self.setup.metrics.bytes_out, written as u64);
-        let mut router = SnapshotRouter {
-            snapshot: &self.snapshot,
-            picker: &mut self.picker,
-        };
+        let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
         match &mut client.tls {
             None => client.conn.client_sent(buf, written, now, &mut router),
             Some(tls) => {
@@ -672,10 +657,7 @@ impl Driver {
         let Some(client) = self.clients.get_any(ci) else {
             return;
         };
-        let mut router = SnapshotRouter {
-            snapshot: &self.snapshot,
-            picker: &mut self.picker,
-        };
+        let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
         match written {
             Some(n) => client.conn.upstream_sent(buf, n, now, &mut router),
             None => client.conn.upstream_error(now, &mut router),
@@ -704,10 +686,7 @@ impl Driver {
             WorkerMetrics::add(&self.setup.metrics.upstream_connect_errors, 1);
             self.doomed.push(ui);
         }
-        let mut router = SnapshotRouter {
-            snapshot: &self.snapshot,
-            picker: &mut self.picker,
-        };
+        let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
         if let Some(ci) = client
             && let Some(cl) = self.clients.get_any(ci)
         {
@@ -760,10 +739,7 @@ impl Driver {
                     self.timers.push(Reverse((deadline, slot, generation)));
                 }
                 Some(_) => {
-                    let mut router = SnapshotRouter {
-                        snapshot: &self.snapshot,
-                        picker: &mut self.picker,
-                    };
+                    let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
                     client.conn.timer(now, &mut router);
                     self.touched.push(slot);
                 }
@@ -1061,10 +1037,7 @@ impl Driver {
         fresh: bool,
         now: Instant,
     ) {
-        let mut router = SnapshotRouter {
-            snapshot: &self.snapshot,
-            picker: &mut self.picker,
-        };
+        let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
         if let Some(client) = self.clients.get_any(slot) {
             // A retry on a fresh connection keeps the first attempt's start.
             client.upstream_start.get_or_insert(now);
