@@ -34,9 +34,8 @@ enum Error {
     Kube(#[from] KubeError),
     #[error("could not list the cluster within {0:?} (is the API server reachable?)")]
     SyncTimeout(Duration),
-    /// A certificate file (control::certs words the reason).
-    #[error("{0}")]
-    Certificate(String),
+    #[error(transparent)]
+    Certificate(#[from] sluice::control::certs::CertFileError),
     #[error("{0} manifest document(s) could not be read")]
     Manifests(usize),
     #[error(transparent)]

@@ -217,11 +217,40 @@ impl fmt::Display for CertError {
     }
 }
 
+/// Why a certificate from files, or the self-signed one, could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CertFileError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{cert} / {key}: {reason}")]
+    Invalid {
+        cert: String,
+        key: String,
+        reason: CertError,
+    },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("generated key: {0}")]
+    GeneratedKey(String),
+}
+
 /// Loads a certificate and key from PEM files (for the TOML's certificates and the default).
-pub fn load_files(cert: &Path, key: &Path, now: SystemTime) -> Result<StaticCert, String> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let certified = load_pem(&read(cert)?, &read(key)?, now)
-        .map_err(|e| format!("{} / {}: {e}", cert.display(), key.display()))?;
+pub fn load_files(cert: &Path, key: &Path, now: SystemTime) -> Result<StaticCert, CertFileError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| CertFileError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let certified =
+        load_pem(&read(cert)?, &read(key)?, now).map_err(|reason| CertFileError::Invalid {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            reason,
+        })?;
     Ok(StaticCert {
         name: cert.display().to_string(),
         key: Arc::new(certified),
@@ -230,10 +259,8 @@ pub fn load_files(cert: &Path, key: &Path, now: SystemTime) -> Result<StaticCert
 
 /// A self-signed ECDSA P-256 certificate for when no default is configured (what
 /// ingress-nginx calls its "fake certificate").
-pub fn self_signed() -> Result<StaticCert, String> {
-    let failed = |e: rcgen::Error| format!("cannot generate a self-signed certificate: {e}");
-    let mut params =
-        rcgen::CertificateParams::new(vec!["sluice.invalid".to_string()]).map_err(failed)?;
+pub fn self_signed() -> Result<StaticCert, CertFileError> {
+    let mut params = rcgen::CertificateParams::new(vec!["sluice.invalid".to_string()])?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "Sluice self-signed certificate");
@@ -242,14 +269,14 @@ pub fn self_signed() -> Result<StaticCert, String> {
     let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
     params.not_before = now - Duration::from_secs(86_400);
     params.not_after = now + Duration::from_secs(365 * 86_400);
-    let signing_key = rcgen::KeyPair::generate().map_err(failed)?;
-    let cert = params.self_signed(&signing_key).map_err(failed)?;
+    let signing_key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&signing_key)?;
     let key = PrivateKeyDer::try_from(signing_key.serialize_der())
-        .map_err(|e| format!("generated key: {e}"))?;
+        .map_err(|e| CertFileError::GeneratedKey(e.to_string()))?;
     let signing = provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("generated key: {e}"))?;
+        .map_err(|e| CertFileError::GeneratedKey(e.to_string()))?;
     Ok(StaticCert {
         name: "self-signed".to_string(),
         key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)),

@@ -83,9 +83,20 @@ impl Default for UserspaceConfig {
     }
 }
 
+/// A device address in the config that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("expected a MAC address like \"02:00:00:00:00:02\" (got {0:?})")]
+    Mac(String),
+    #[error("{0:?} is a multicast MAC address")]
+    MulticastMac(String),
+    #[error("expected an address with prefix like \"10.0.0.2/24\" (got {0:?})")]
+    Cidr(String),
+}
+
 /// Parses `"02:00:00:00:00:02"`.
-pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
-    let bad = || format!("expected a MAC address like \"02:00:00:00:00:02\" (got {text:?})");
+pub fn parse_mac(text: &str) -> Result<[u8; 6], AddressError> {
+    let bad = || AddressError::Mac(text.to_string());
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
     for byte in &mut mac {
@@ -99,14 +110,14 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
         return Err(bad());
     }
     if mac[0] & 1 == 1 {
-        return Err(format!("{text:?} is a multicast MAC address"));
+        return Err(AddressError::MulticastMac(text.to_string()));
     }
     Ok(mac)
 }
 
 /// Parses `"10.0.0.2/24"` or `"fd00::2/64"`.
-pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
-    let bad = || format!("expected an address with prefix like \"10.0.0.2/24\" (got {text:?})");
+pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), AddressError> {
+    let bad = || AddressError::Cidr(text.to_string());
     let (ip, len) = text.split_once('/').ok_or_else(bad)?;
     let ip: IpAddr = ip.parse().map_err(|_| bad())?;
     let len: u8 = len.parse().map_err(|_| bad())?;
