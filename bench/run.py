@@ -346,7 +346,7 @@ def access_log_report(args, results, logged):
     ratios = [a / b for a, b in zip(on["all_rps"], off["all_rps"])]
     lines = [
         f"Date: {datetime.date.today()}. Machine: {os.cpu_count()} vCPU, {os.uname().release}, "
-        f"load average at the end {load} (other builds were running). One Sluice worker pinned to "
+        f"load average at the end {load}. One Sluice worker pinned to "
         f"CPU {CONTENDER_CPU} (its logger thread too); wrk (1 thread, {args.connections} keep-alive "
         f"connections, {args.duration} s) and the upstream (nginx, 1 KiB body) on CPU {LOAD_CPU}.",
         "",
