@@ -55,35 +55,16 @@ NGINX_RETURN_MAX = 4000
 
 
 def start_nginx_upstream(tmp, kind, size):
+    if kind == "memory":
+        return base.start_upstream(tmp, location=f'default_type text/plain; return 200 "{"x" * size}";',
+                                   connections=19000)
     root = os.path.join(tmp, "www")
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "body"), "wb") as f:
         f.write(b"x" * size)
-    if kind == "memory":
-        location = f'default_type text/plain; return 200 "{"x" * size}";'
-    else:
-        location = "default_type text/plain; sendfile on; tcp_nopush on; try_files /body =404;"
-    conf = os.path.join(tmp, "upstream.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes 1;
-worker_rlimit_nofile 100000;
-daemon off;
-pid {tmp}/upstream.pid;
-error_log {tmp}/upstream-error.log;
-events {{ worker_connections 30000; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{UP} reuseport backlog=4096;
-    root {root};
-    location / {{ {location} }}
-  }}
-}}
-""")
-    return subprocess.Popen(["taskset", "-c", LOAD, base.tool("nginx"), "-c", conf, "-p", tmp],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return base.start_upstream(
+        tmp, location="default_type text/plain; sendfile on; tcp_nopush on; try_files /body =404;",
+        root=root, connections=19000)
 
 
 def start_upstream(tmp, kind, size, upstream_bin):
@@ -96,9 +77,8 @@ def start_upstream(tmp, kind, size, upstream_bin):
                               "--shape", shape, "--body", str(size)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         label = f"bench_upstream {shape}"
-    base.wait_port(UP)
+        base.wait_port(UP)
     return p, label
-
 
 
 def proc_ticks_and_switches(pids):

@@ -86,28 +86,34 @@ def family(pid):
     return [pid] + [int(p) for p in out.split()]
 
 
-def start_upstream(tmp):
-    body = "x" * 1024
+def start_upstream(tmp, port=UPSTREAM_PORT, location=None, root=None, connections=4096):
+    """nginx as the upstream, pinned to the load CPU: by default `return 200` with a 1 KiB body
+    from memory; `location` (and `root`) to serve something else."""
+    if location is None:
+        location = f'default_type text/plain; return 200 "{"x" * 1024}";'
+    root_line = f"root {root};" if root else ""
     conf = os.path.join(tmp, "upstream.conf")
     with open(conf, "w") as f:
         f.write(f"""
 worker_processes 1;
 worker_cpu_affinity 10;
+worker_rlimit_nofile {connections + 100};
 daemon off;
 pid {tmp}/upstream.pid;
 error_log {tmp}/upstream-error.log;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
   server {{
-    listen 127.0.0.1:{UPSTREAM_PORT} reuseport backlog=4096;
-    location / {{ default_type text/plain; return 200 "{body}"; }}
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    {root_line}
+    location / {{ {location} }}
   }}
 }}
 """)
     p = subprocess.Popen([tool("nginx"), "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(UPSTREAM_PORT)
+    wait_port(port)
     return p
 
 

@@ -40,7 +40,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # bench/run.py's tool discovery and process helpers, as bench/idle.py and bench/churn use them.
-from run import cpu_ticks, ensure_tools, family, tool, wait_port, write_section  # noqa: E402
+from run import cpu_ticks, ensure_tools, family, start_upstream, tool, wait_port, write_section  # noqa: E402
 CONTENDER_CPU = "0"
 LOAD_CPU = "1"
 # Ports of their own: other benchmarks (bench/run.py) use 18000/18080.
@@ -75,31 +75,6 @@ def make_cert(tmp, kind):
     with open(pem, "w") as f:
         f.write(open(crt).read() + open(key).read())
     return {"key": key, "crt": crt, "pem": pem, "kind": kind}
-
-
-def start_upstream(tmp):
-    body = "x" * 1024
-    conf = os.path.join(tmp, "upstream.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes 1;
-worker_cpu_affinity 10;
-daemon off;
-pid {tmp}/upstream.pid;
-error_log {tmp}/upstream-error.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{UPSTREAM_PORT} reuseport backlog=4096;
-    location / {{ default_type text/plain; return 200 "{body}"; }}
-  }}
-}}
-""")
-    p = subprocess.Popen([tool("nginx"), "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(UPSTREAM_PORT)
-    return p
 
 
 def start_nginx(tmp, cert):
@@ -385,7 +360,7 @@ def main():
     script = os.path.join(tmp, "report.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
-    upstream = start_upstream(tmp)
+    upstream = start_upstream(tmp, port=UPSTREAM_PORT)
     limit = CpuLimit(QUOTA_SHARE)
     command = (f"python3 bench/tls.py --duration {args.duration} --connections {args.connections} "
                f"--rounds {args.rounds} --suites {args.suites} --certs {args.certs}")
