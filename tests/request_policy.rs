@@ -6,19 +6,8 @@ use sluice::control::compile::{CompileOptions, Compiled, Objects, compile};
 use sluice::control::manifests::parse_documents;
 use sluice::core::route::request_policy::RequestPolicy;
 
-const BACKEND: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: app, namespace: default}
-spec: {ports: [{port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: app-1, namespace: default, labels: {kubernetes.io/service-name: app}}
-addressType: IPv4
-ports: [{port: 8080}]
-endpoints: [{addresses: ["10.4.0.1"]}]
-"#;
+/// The Service `default/app` (port 80) and its one endpoint, 10.4.0.1:8080.
+const BACKEND: &str = include_str!("fixtures/app-backend.yaml");
 
 /// An Ingress `name` for `host` `path` with `annotations` as JSON (so any value fits).
 fn ingress(name: &str, host: &str, path: &str, annotations: &[(&str, &str)]) -> String {
