@@ -11,7 +11,12 @@ upstreams and both, and an extra host comes and goes.
 Reported per contender: requests, non-2xx answers, socket errors (connect/read/write/timeout),
 p99 and max latency; for Sluice also change→all-workers propagation from its /metrics.
 
+Sluice runs with its access log off, as nginx (`access_log off`) and HAProxy (no log target)
+do here.
+
 Usage: python3 bench/churn/run.py [--duration 60] [--write-results]
+       python3 bench/churn/run.py --sluice before=/path/to/old/sluice --sluice after=target/dist/sluice \
+           --rounds 3 --duration 60        (Sluice builds only, interleaved: before/after figures)
 """
 
 import argparse
@@ -192,13 +197,65 @@ def sluice_propagation():
     return q, count, unacked
 
 
+def labelled(text):
+    label, sep, path = text.partition("=")
+    if not sep or not os.path.exists(path):
+        raise argparse.ArgumentTypeError(f"expected LABEL=PATH to a sluice binary, got {text!r}")
+    return label, os.path.abspath(path)
+
+
+def run_sluice(binary, tmp, script, duration, name):
+    """One churn run of the Sluice binary `binary`; its row, with propagation figures."""
+    mdir = tempfile.mkdtemp(prefix="manifests-", dir=tmp)
+    write_atomic(os.path.join(mdir, "routes.yaml"), sluice_routes(0))
+    conf = os.path.join(tmp, "sluice.toml")
+    with open(conf, "w") as f:
+        f.write(f'workers = [0]\n[listen]\nhttp = "127.0.0.1:{PROXY}"\nhttps = "127.0.0.1:{HTTPS}"\n'
+                f'admin = "127.0.0.1:{ADMIN}"\n'
+                f'[sources]\nmanifests = "{mdir}"\n[log]\naccess = false\n')
+    p = subprocess.Popen(["taskset", "-c", "0", binary, "run", "--config", conf],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started(p, PROXY)
+    r = churn(name, lambda c: write_atomic(os.path.join(mdir, "routes.yaml"), sluice_routes(c)),
+              duration, script)
+    r["propagation_ms"], r["published"], r["unacked"] = sluice_propagation()
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=30)
+    time.sleep(0.5)
+    return r
+
+
+def report_compare(results, args):
+    cmd = " ".join(f"--sluice {label}=..." for label, _ in args.sluice)
+    lines = [
+        f"Date: {datetime.date.today()}. Machine: {os.cpu_count()} vCPU, {os.uname().release}. "
+        f"Sluice builds only, {args.rounds} interleaved round(s) of {args.duration} s each; "
+        f"otherwise as the churn run above.",
+        "",
+        f"Command: `python3 bench/churn/run.py {cmd} --rounds {args.rounds} --duration {args.duration}`",
+        "",
+        "| build, round | changes | requests | non-2xx | socket errors | propagation p50 | p99 | max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        q = r["propagation_ms"]
+        lines.append(f"| {r['name']} | {r['changes']} | {r.get('requests', 'wrk failed')} | {r.get('non2xx', '')} | "
+                     f"{r.get('socket_errors', '')} | {q.get('0.5', 0):.2f} ms | {q.get('0.99', 0):.2f} ms | "
+                     f"{q.get('1', 0):.2f} ms |")
+    print("\n".join(lines))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=60)
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--sluice", action="append", type=labelled, default=[], metavar="LABEL=PATH",
+                    help="compare these Sluice binaries only (repeatable), in interleaved rounds")
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     base.ensure_tools()
-    subprocess.run(["cargo", "build", "--profile", "dist", "--quiet"], cwd=ROOT, check=True)
+    if not args.sluice:
+        subprocess.run(["cargo", "build", "--profile", "dist", "--quiet"], cwd=ROOT, check=True)
     binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "dist", "sluice")
     tmp = tempfile.mkdtemp(prefix="sluice-churn-")
     script = os.path.join(tmp, "report.lua")
@@ -209,25 +266,13 @@ def main():
     ups = start_upstreams(tmp)
     results = []
     try:
-        # Sluice
-        mdir = os.path.join(tmp, "manifests")
-        os.makedirs(mdir)
-        write_atomic(os.path.join(mdir, "routes.yaml"), sluice_routes(0))
-        conf = os.path.join(tmp, "sluice.toml")
-        with open(conf, "w") as f:
-            f.write(f'workers = [0]\n[listen]\nhttp = "127.0.0.1:{PROXY}"\nhttps = "127.0.0.1:{HTTPS}"\n'
-                    f'admin = "127.0.0.1:{ADMIN}"\n'
-                    f'[sources]\nmanifests = "{mdir}"\n')
-        p = subprocess.Popen(["taskset", "-c", "0", binary, "run", "--config", conf],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        started(p, PROXY)
-        r = churn("sluice", lambda c: write_atomic(os.path.join(mdir, "routes.yaml"), sluice_routes(c)),
-                  args.duration, script)
-        r["propagation_ms"], r["published"], r["unacked"] = sluice_propagation()
-        results.append(r)
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=30)
-        time.sleep(0.5)
+        if args.sluice:
+            for rnd in range(args.rounds):
+                for label, path in args.sluice:
+                    r = run_sluice(path, tmp, script, args.duration, f"{label} #{rnd + 1}")
+                    results.append(r)
+            return report_compare(results, args)
+        results.append(run_sluice(binary, tmp, script, args.duration, "sluice"))
 
         # nginx
         nconf = os.path.join(tmp, "nginx.conf")

@@ -1,11 +1,13 @@
 //! The live file route source: a directory of Kubernetes YAML, watched with inotify. Edits,
 //! new files and deletions are compiled and published without a restart. A file that fails to
 //! parse keeps its previous objects (the error is logged with file and line); the other files
-//! keep serving. The directory is read again once a file is complete (closed after writing,
-//! moved, linked or deleted), never while it is being written; the objects then go to the
-//! update pipeline's [`Updater`](super::pipeline::Updater), driven on this watcher's thread
-//! (no hand-over to another thread on a busy core), which coalesces bursts (never holding a
-//! change longer than [`MAX_HOLD`]), compiles, publishes and waits for the workers.
+//! keep serving. The directory is read once a burst of events holds a complete file (closed
+//! after writing, moved, linked or deleted) and has been quiet for [`QUIET`] (never held
+//! longer than [`MAX_HOLD`]): never while a file is being written, and once for a temporary
+//! file written and renamed into place. The objects then go to the update pipeline's
+//! [`Updater`](super::pipeline::Updater), driven on this watcher's thread in the same wakeup
+//! (no hand-over to another thread on a busy core), which compiles, publishes and waits for
+//! the workers.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -22,7 +24,7 @@ use inotify::{EventMask, Inotify, WatchMask};
 use super::compile::Objects;
 use super::incremental::Incremental;
 use super::manifests::{ManifestError, Object, parse_documents};
-use super::pipeline::{Change, Report, Updater, now};
+use super::pipeline::{Change, QUIET, Report, Updater, now};
 use crate::engine::Publisher;
 use crate::engine::sys;
 
@@ -175,6 +177,51 @@ fn linked(dir: &Path, name: &std::ffi::OsStr) -> bool {
         .is_ok_and(|m| m.file_type().is_symlink() || (m.is_file() && m.nlink() > 1))
 }
 
+/// The directory events since the last read. The directory is read once a burst of events
+/// holds a complete file and has been quiet for [`QUIET`] (or has been held for
+/// [`MAX_HOLD`]): a writer's temporary file, its close and its rename into place arrive
+/// within microseconds of each other, and are read as one change, after the rename, in the
+/// same wakeup that compiles and publishes them. A burst of only incomplete events (a file
+/// still being written) is kept until its writer completes it; one left incomplete for
+/// [`MAX_HOLD`] no longer counts as the start of the next change.
+#[derive(Default)]
+struct Burst {
+    /// (first, last) event of the burst.
+    events: Option<(Instant, Instant)>,
+    /// Whether some event of the burst completed a file.
+    complete: bool,
+}
+
+impl Burst {
+    fn note(&mut self, now: Instant, complete: bool) {
+        let first = match self.events {
+            // An incomplete burst that went stale: this event starts a new one.
+            Some((first, last)) if self.complete || now < last + MAX_HOLD => first,
+            _ => now,
+        };
+        self.events = Some((first, now));
+        self.complete |= complete;
+    }
+
+    /// When the directory is to be read (`None`: no complete burst).
+    fn deadline(&self) -> Option<Instant> {
+        match self.events {
+            Some((first, last)) if self.complete => Some((last + QUIET).min(first + MAX_HOLD)),
+            _ => None,
+        }
+    }
+
+    /// Ends the burst if it is due at `now`: its first and last event.
+    fn take_due(&mut self, now: Instant) -> Option<(Instant, Instant)> {
+        if self.deadline().is_some_and(|d| now >= d) {
+            self.complete = false;
+            self.events.take()
+        } else {
+            None
+        }
+    }
+}
+
 impl FileWatcher {
     /// Starts watching. `source` is the already-loaded state, compiled by `compiler` into
     /// snapshot `version`.
@@ -207,47 +254,50 @@ impl FileWatcher {
             .name("sluice-files".into())
             .spawn(move || {
                 let mut buf = [0u8; 8192];
-                // The first event since the last read of the directory.
-                let mut first_event: Option<Instant> = None;
+                let mut burst = Burst::default();
                 while !stop.load(Ordering::Acquire) {
-                    let (got, complete) = match inotify.read_events(&mut buf) {
+                    let got = match inotify.read_events(&mut buf) {
                         Ok(events) => {
-                            let (mut got, mut complete) = (false, false);
+                            let mut got = false;
                             for event in events {
                                 got = true;
-                                first_event.get_or_insert_with(now);
-                                complete |= event.mask.intersects(COMPLETE)
+                                let complete = event.mask.intersects(COMPLETE)
                                     || (event.mask.contains(EventMask::CREATE)
                                         && event.name.is_some_and(|n| linked(&source.dir, n)));
+                                burst.note(now(), complete);
                             }
-                            (got, complete)
+                            got
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, false),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
                         Err(e) => {
                             tracing::error!(dir = %source.dir.display(), error = %e, "cannot watch the manifests directory");
-                            (false, false)
+                            false
                         }
                     };
-                    if complete && let Some(seen) = first_event.take() {
+                    if let Some((seen, last)) = burst.take_due(now()) {
                         let generation = source.generation();
                         for e in source.refresh() {
                             tracing::warn!(error = %e, "{e} (previous objects of this file kept)");
                         }
-                        // Events that changed nothing (a temporary file written before its
-                        // rename, a touch) make no new snapshot.
+                        // Events that changed nothing (a touch, a temporary file that was
+                        // never renamed into place) make no new snapshot.
                         if source.generation() != generation {
                             let change = Change {
                                 objects: source.objects(),
                                 seen,
                                 recheck: false,
                             };
-                            updater.offer(change, now());
+                            // The burst has been quiet since `last` already: the pipeline
+                            // applies it at once.
+                            updater.offer(change, last);
                         }
                     }
                     updater.apply_due(now());
                     if !got {
-                        // Until an event, the pending change is due, or a look at `stop`.
-                        let wait = updater.deadline().map_or(IDLE_WAIT, |d| {
+                        // Until an event, the burst or the pending change is due, or a look
+                        // at `stop`.
+                        let due = [burst.deadline(), updater.deadline()].into_iter().flatten().min();
+                        let wait = due.map_or(IDLE_WAIT, |d| {
                             d.saturating_duration_since(now()).min(IDLE_WAIT)
                         });
                         let _ = sys::wait_readable(&[inotify.as_raw_fd()], wait);
@@ -260,5 +310,44 @@ impl FileWatcher {
     /// Waits for the watcher to end (after `stop`).
     pub fn join(self) {
         let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_read_once_complete_and_quiet() {
+        let t0 = now();
+        let ms = Duration::from_millis;
+        let mut b = Burst::default();
+        // A temporary file is created and written: nothing to read yet, however long.
+        b.note(t0, false);
+        b.note(t0 + ms(1) / 10, false);
+        assert_eq!(b.deadline(), None);
+        assert_eq!(b.take_due(t0 + ms(40)), None);
+        // Closed and renamed into place: read once quiet after the last of them, and the
+        // change counts from the first event.
+        b.note(t0 + ms(2) / 10, true);
+        b.note(t0 + ms(3) / 10, true);
+        let last = t0 + ms(3) / 10;
+        assert_eq!(b.deadline(), Some(last + QUIET));
+        assert_eq!(b.take_due(last + QUIET / 2), None);
+        assert_eq!(b.take_due(last + QUIET), Some((t0, last)));
+        assert_eq!(b.deadline(), None);
+        // A steady stream is read at the latest MAX_HOLD after its first event.
+        let t1 = t0 + ms(100);
+        for i in 0..200u32 {
+            b.note(t1 + ms(1) * i / 2, true);
+        }
+        assert_eq!(b.deadline(), Some(t1 + MAX_HOLD));
+        // An incomplete burst that went stale does not date the next change.
+        let t2 = t0 + ms(200);
+        let _ = b.take_due(t2);
+        b.note(t2, false);
+        b.note(t2 + MAX_HOLD + ms(1), true);
+        let last = t2 + MAX_HOLD + ms(1);
+        assert_eq!(b.take_due(last + QUIET), Some((last, last)));
     }
 }
