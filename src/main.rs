@@ -507,7 +507,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
     if let Command::Migrate(m) = &cli.command {
-        return ExitCode::from(sluice::control::migrate::run(&m.options()));
+        // Its own exit statuses: 0 nothing changes, 1 something would, 2 unreadable input.
+        return match sluice::control::migrate::run(&m.options()) {
+            Ok((report, status)) => {
+                print!("{report}");
+                ExitCode::from(status)
+            }
+            Err(e) => {
+                eprintln!("sluice migrate: {e}");
+                ExitCode::from(sluice::control::migrate::EXIT_ERROR)
+            }
+        };
     }
     match run_command(&cli.command) {
         Ok(()) => ExitCode::SUCCESS,

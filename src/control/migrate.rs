@@ -128,40 +128,49 @@ pub struct Summary {
     pub changing: Vec<String>,
 }
 
-/// Reads, reports, prints; returns the exit status.
-pub fn run(opts: &Options) -> u8 {
-    let objects = match load(opts) {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!("sluice migrate: {e}");
-            return EXIT_ERROR;
-        }
-    };
+/// Why the objects to report on could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// Manifest files that do not parse, one line each (file, line and field).
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Manifests(Vec<super::manifests::ManifestError>),
+    #[error("give exactly one of --manifests DIR and --kubeconfig FILE")]
+    Source,
+    #[error("cannot start a runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig { path: PathBuf, reason: String },
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(kube::Error),
+    #[error("cannot list {what}: {reason}")]
+    List { what: &'static str, reason: String },
+    #[error("cannot encode the report as JSON: {0}")]
+    Json(serde_json::Error),
+}
+
+/// Reads and reports: the report as text in the chosen format, and the exit status
+/// ([`EXIT_SAME`] or [`EXIT_CHANGES`]). The caller prints it.
+pub fn run(opts: &Options) -> Result<(String, u8), MigrateError> {
+    let objects = load(opts)?;
     let report = report(&objects, &opts.ingress_class, &opts.controller_class);
-    match opts.format {
-        Format::Text => print!("{}", text(&report)),
-        Format::Json => match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(e) => {
-                tracing::error!("sluice migrate: {e}");
-                return EXIT_ERROR;
-            }
-        },
-    }
-    if report.summary.changes_behaviour > 0 {
+    let out = match opts.format {
+        Format::Text => text(&report),
+        Format::Json => serde_json::to_string_pretty(&report).map_err(MigrateError::Json)? + "\n",
+    };
+    let status = if report.summary.changes_behaviour > 0 {
         EXIT_CHANGES
     } else {
         EXIT_SAME
-    }
+    };
+    Ok((out, status))
 }
 
-fn load(opts: &Options) -> Result<Objects, String> {
+fn load(opts: &Options) -> Result<Objects, MigrateError> {
     match (&opts.manifests, &opts.kubeconfig) {
         (Some(dir), None) => {
             let (objects, errors) = super::manifests::load_dir(dir);
             if !errors.is_empty() {
-                let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-                return Err(lines.join("\n"));
+                return Err(MigrateError::Manifests(errors));
             }
             Ok(Objects::from_objects(objects))
         }
@@ -169,10 +178,10 @@ fn load(opts: &Options) -> Result<Objects, String> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| format!("cannot start a runtime: {e}"))?;
+                .map_err(MigrateError::Runtime)?;
             runtime.block_on(load_cluster(kubeconfig, opts.namespace.as_deref()))
         }
-        _ => Err("give exactly one of --manifests DIR and --kubeconfig FILE".to_string()),
+        _ => Err(MigrateError::Source),
     }
 }
 
@@ -182,25 +191,30 @@ fn load(opts: &Options) -> Result<Objects, String> {
 async fn load_cluster(
     kubeconfig: &std::path::Path,
     namespace: Option<&str>,
-) -> Result<Objects, String> {
+) -> Result<Objects, MigrateError> {
     // The client's TLS needs one process-wide rustls provider; ours is the listener's.
     let _ = super::certs::provider().as_ref().clone().install_default();
+    let bad_kubeconfig = |reason: String| MigrateError::Kubeconfig {
+        path: kubeconfig.to_path_buf(),
+        reason,
+    };
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
-        .map_err(|e| format!("kubeconfig {}: {e}", kubeconfig.display()))?;
+        .map_err(|e| bad_kubeconfig(e.to_string()))?;
     let config =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await
-            .map_err(|e| format!("kubeconfig {}: {e}", kubeconfig.display()))?;
-    let client =
-        Client::try_from(config).map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;
+            .map_err(|e| bad_kubeconfig(e.to_string()))?;
+    let client = Client::try_from(config).map_err(MigrateError::Client)?;
     let all = ListParams::default();
     let ingresses: Api<Ingress> = namespaced(&client, namespace);
     let services: Api<Service> = namespaced(&client, namespace);
     let slices: Api<EndpointSlice> = namespaced(&client, namespace);
     let secrets: Api<Secret> = namespaced(&client, namespace);
     let classes: Api<IngressClass> = Api::all(client.clone());
-    let list_error =
-        |what: &str, e: kube::Error| format!("cannot list {what}: {}", super::watch::api_error(&e));
+    let list_error = |what: &'static str, e: kube::Error| MigrateError::List {
+        what,
+        reason: super::watch::api_error(&e),
+    };
     let mut objects = Objects {
         ingresses: arcs(
             ingresses
