@@ -1514,6 +1514,12 @@ impl Conn {
         else {
             return;
         };
+        // Until answered below (`Closed` would keep `enter_closing` from working).
+        self.state = State::Head {
+            idle_since: now,
+            first: false,
+            started: Some(now),
+        };
         let mirror = self.pending_mirror.take();
         let rp = ex.policy.as_deref().and_then(|p| p.request.clone());
         match decision {
