@@ -690,7 +690,9 @@ pub fn with_external_auth(
                     authority: authority.clone(),
                     target,
                     host: a.get(MIRROR_HOST, parse_host_name, &"the target's host", diags),
-                    request_body: a.bool(MIRROR_REQUEST_BODY, true, diags),
+                    request_body: a
+                        .get(MIRROR_REQUEST_BODY, parse_on_off, &"on", diags)
+                        .unwrap_or(true),
                 })),
                 Err(why) => {
                     report(diags, MIRROR_TARGET, format!("{why}; no mirroring"));
@@ -716,6 +718,12 @@ fn resolve(
     ns: &str,
     services: &[Arc<Service>],
 ) -> Result<std::net::SocketAddr, String> {
+    // `localhost` (ingress-nginx's docs use it) is this node: no lookup needed.
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(std::net::SocketAddr::new(ip, port));
@@ -808,4 +816,14 @@ fn parse_signin(value: &str) -> Result<ext_auth::Template, String> {
         ));
     }
     ext_auth::Template::parse(value, ext_auth::SIGNIN_VARIABLES)
+}
+
+/// `on` / `off` as nginx writes a flag (ingress-nginx's `mirror-request-body`); `true` and
+/// `false` are read too.
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        other => Err(format!("expected on or off, got {other:?}")),
+    }
 }
