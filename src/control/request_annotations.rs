@@ -563,8 +563,6 @@ pub const AUTH_SIGNIN: &str = "auth-signin";
 pub const AUTH_SIGNIN_REDIRECT_PARAM: &str = "auth-signin-redirect-param";
 pub const AUTH_CACHE_KEY: &str = "auth-cache-key";
 pub const AUTH_CACHE_DURATION: &str = "auth-cache-duration";
-pub const AUTH_SNIPPET: &str = "auth-snippet";
-pub const AUTH_PROXY_SET_HEADERS: &str = "auth-proxy-set-headers";
 pub const MIRROR_TARGET: &str = "mirror-target";
 pub const MIRROR_REQUEST_BODY: &str = "mirror-request-body";
 pub const MIRROR_HOST: &str = "mirror-host";
@@ -605,20 +603,8 @@ pub fn with_external_auth(
             message,
         })
     };
-    if present(ing, AUTH_SNIPPET) {
-        report(
-            diags,
-            AUTH_SNIPPET,
-            "snippets are never interpreted (refused for safety); ignored".to_string(),
-        );
-    }
-    if present(ing, AUTH_PROXY_SET_HEADERS) {
-        report(
-            diags,
-            AUTH_PROXY_SET_HEADERS,
-            "not supported (a ConfigMap of headers for the auth subrequest); ignored".to_string(),
-        );
-    }
+    // `auth-snippet` (refused) and `auth-proxy-set-headers` (not read) are reported by the
+    // catalog, as every ignored annotation.
     let ext_auth = present(ing, AUTH_URL).then(|| {
         let denied = "every request of the Ingress answered 503 (location denied)";
         let target = a

@@ -51,7 +51,7 @@ impl Mirror {
             return Err(format!("expected an http:// URL, got {value:?}"));
         }
         let rest = &value[7..];
-        let (authority, path) = match rest.find('/') {
+        let (authority, path) = match rest.find(['/', '$', '?']) {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, ""),
         };
@@ -136,6 +136,10 @@ mod tests {
         assert!(Mirror::parse_target("https://m/").is_err());
         assert!(Mirror::parse_target("http://$host/").is_err());
         assert!(Mirror::parse_target("http://m/$evil").is_err());
+        let (authority, target) =
+            Mirror::parse_target("http://mirror.shop.svc.cluster.local$request_uri").unwrap();
+        assert_eq!(authority, "mirror.shop.svc.cluster.local");
+        assert_eq!(target.0, vec![Piece::RequestUri]);
         let (authority, target) = Mirror::parse_target("http://10.0.0.9:81/$request_uri").unwrap();
         let m = Mirror {
             endpoint: "10.0.0.9:81".parse().unwrap(),
