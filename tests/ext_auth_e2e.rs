@@ -4,6 +4,10 @@
 //! expectations follow ingress-nginx's test/e2e/annotations/auth.go (cited per test) and
 //! the auth location of its nginx.tmpl (the subrequest's fields).
 
+// Wall-clock instants only bound waits and check a timeout is not early; nothing here
+// asserts on speed.
+#![allow(clippy::disallowed_methods)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -420,7 +424,7 @@ fn a_hanging_auth_service_times_out_without_stalling_the_worker() {
                 "/",
                 &[
                     ("auth-url", format!("{base}/hang")),
-                    ("proxy-read-timeout", "2".into()),
+                    ("proxy-read-timeout", "5".into()),
                 ],
             ),
             ingress(
@@ -448,13 +452,16 @@ fn a_hanging_auth_service_times_out_without_stalling_the_worker() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for _ in 0..5 {
-        let t = Instant::now();
         assert_eq!(send(&s, "/", "ok", &signed_in()).status, 200);
-        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
+    // Those were answered while the hanging one still waited (its timeout is 5 s).
+    assert!(
+        !hung.is_finished(),
+        "the hanging request was answered too early"
+    );
     let (out, took) = hung.join().unwrap();
     assert!(out.starts_with("HTTP/1.1 500"), "{out}");
-    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    assert!(took >= Duration::from_millis(4900), "{took:?}");
 }
 
 // auth.go "when external authentication with caching is configured": a cached answer lets

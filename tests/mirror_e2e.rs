@@ -4,6 +4,10 @@
 //! generated nginx.conf (`mirror`, `mirror_request_body on|off`); these tests check what
 //! that configuration does: a copy with (or without) the body, the real request unaffected.
 
+// Wall-clock instants only bound waits; the one upper bound (5 s) is far below what a copy
+// that delayed the real request would cost (the shadow hangs for 60 s).
+#![allow(clippy::disallowed_methods)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -235,7 +239,7 @@ fn a_dead_or_hanging_mirror_never_delays_the_real_request() {
             out.starts_with("HTTP/1.1 200") && out.ends_with("real"),
             "{out}"
         );
-        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
     assert_eq!(real.lock().unwrap().len(), 5);
 }

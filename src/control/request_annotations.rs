@@ -515,44 +515,6 @@ fn parse_token_list(value: &str, star: bool) -> Result<String, String> {
     Ok(value.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values() {
-        assert!(parse_url("http://redirect.example.com").is_ok());
-        assert!(parse_url("ftp://x").is_err());
-        assert!(parse_url("https://x.example$request_uri").is_err());
-        assert!(parse_url("https://x.example/a b").is_err());
-        assert_eq!(parse_redirect_code("308"), Ok(308));
-        assert!(parse_redirect_code("200").is_err());
-        assert!(parse_ranges("10.0.0.0/8, 192.168.1.7,2001:db8::/32").is_ok());
-        assert!(parse_ranges("10.0.0.0/33").is_err());
-        assert!(parse_ranges("").is_err());
-        assert!(parse_token_list("GET, POST", false).is_ok());
-        assert!(parse_token_list("GET;POST", false).is_err());
-        assert_eq!(parse_origins("*"), Ok(None));
-        assert!(parse_app_root("//evil.example").is_err());
-        assert_eq!(parse_limit("5"), Ok(5));
-        assert_eq!(parse_limit("0"), Ok(0));
-        for bad in ["-1", "1.5", "five", "", "99999999999"] {
-            assert!(parse_limit(bad).is_err(), "{bad}");
-        }
-        assert!(parse_multiplier("0").is_err());
-        assert_eq!(
-            parse_aliases("Foo.example.com, bar.example.com,foo.example.com"),
-            Ok(vec![
-                "foo.example.com".to_string(),
-                "bar.example.com".to_string()
-            ])
-        );
-        assert!(parse_aliases("*.example.com").is_err());
-        assert!(parse_aliases("a b.example").is_err());
-        assert!(parse_aliases("x.example\r\nSet-Cookie: a").is_err());
-    }
-}
-
 // --- External authentication (`auth-url` …) and mirroring (`mirror-target` …) -------------
 
 pub const AUTH_URL: &str = "auth-url";
@@ -811,5 +773,43 @@ fn parse_on_off(value: &str) -> Result<bool, String> {
         "on" | "true" => Ok(true),
         "off" | "false" => Ok(false),
         other => Err(format!("expected on or off, got {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values() {
+        assert!(parse_url("http://redirect.example.com").is_ok());
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("https://x.example$request_uri").is_err());
+        assert!(parse_url("https://x.example/a b").is_err());
+        assert_eq!(parse_redirect_code("308"), Ok(308));
+        assert!(parse_redirect_code("200").is_err());
+        assert!(parse_ranges("10.0.0.0/8, 192.168.1.7,2001:db8::/32").is_ok());
+        assert!(parse_ranges("10.0.0.0/33").is_err());
+        assert!(parse_ranges("").is_err());
+        assert!(parse_token_list("GET, POST", false).is_ok());
+        assert!(parse_token_list("GET;POST", false).is_err());
+        assert_eq!(parse_origins("*"), Ok(None));
+        assert!(parse_app_root("//evil.example").is_err());
+        assert_eq!(parse_limit("5"), Ok(5));
+        assert_eq!(parse_limit("0"), Ok(0));
+        for bad in ["-1", "1.5", "five", "", "99999999999"] {
+            assert!(parse_limit(bad).is_err(), "{bad}");
+        }
+        assert!(parse_multiplier("0").is_err());
+        assert_eq!(
+            parse_aliases("Foo.example.com, bar.example.com,foo.example.com"),
+            Ok(vec![
+                "foo.example.com".to_string(),
+                "bar.example.com".to_string()
+            ])
+        );
+        assert!(parse_aliases("*.example.com").is_err());
+        assert!(parse_aliases("a b.example").is_err());
+        assert!(parse_aliases("x.example\r\nSet-Cookie: a").is_err());
     }
 }

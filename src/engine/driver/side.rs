@@ -424,3 +424,6 @@ impl Driver {
         self.sides.slab.len()
     }
 }
+
+#[cfg(test)]
+mod tests;
