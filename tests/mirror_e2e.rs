@@ -243,3 +243,62 @@ fn a_dead_or_hanging_mirror_never_delays_the_real_request() {
     }
     assert_eq!(real.lock().unwrap().len(), 5);
 }
+
+// nginx mirrors in the precontent phase, after access checks: with `auth-url` on the route,
+// a request the auth service refuses is not copied; one it allows is.
+#[test]
+fn only_requests_the_auth_service_allows_are_copied() {
+    let (upstream, _) = server("real", false);
+    let (shadow, copies) = server("shadow", false);
+    // An auth service allowing requests with `X-Allow: yes`.
+    let auth = TcpListener::bind("127.0.0.1:0").unwrap();
+    let auth_port = auth.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in auth.incoming().flatten() {
+            let mut stream = stream;
+            let Some(head) = read_request(&mut stream) else {
+                continue;
+            };
+            let status = if head.contains("X-Allow: yes\r\n") {
+                "200 OK"
+            } else {
+                "401 Unauthorized"
+            };
+            let _ = stream
+                .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+        }
+    });
+    let s = sluice(
+        "auth",
+        &[ingress(
+            "m",
+            "mirror.foo.com",
+            &[
+                (
+                    "mirror-target",
+                    format!("http://127.0.0.1:{shadow}$request_uri"),
+                ),
+                ("auth-url", format!("http://127.0.0.1:{auth_port}/check")),
+            ],
+        )],
+        upstream,
+    );
+    let denied = exchange(
+        &s,
+        "GET /denied HTTP/1.1\r\nHost: mirror.foo.com\r\nConnection: close\r\n\r\n",
+    );
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    let allowed = exchange(
+        &s,
+        "GET /allowed HTTP/1.1\r\nHost: mirror.foo.com\r\nX-Allow: yes\r\nConnection: close\r\n\r\n",
+    );
+    assert!(allowed.ends_with("real"), "{allowed}");
+    let seen = wait_for(&copies, 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let seen_now = copies.lock().unwrap().clone();
+    assert_eq!(seen_now.len(), 1, "{seen:?}");
+    assert!(
+        seen_now[0].starts_with("GET /allowed HTTP/1.1\r\n"),
+        "{seen_now:?}"
+    );
+}
