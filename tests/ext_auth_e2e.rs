@@ -94,10 +94,10 @@ fn auth_service() -> AuthService {
                 } else if path.starts_with("/weird") {
                     "HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n".to_string()
                 } else if head.contains(&format!("Authorization: {USER_PASSWORD}\r\n")) {
-                    "HTTP/1.1 200 OK\r\nX-User: alice\r\nX-Other: 1\r\nContent-Length: 2\r\n\r\nok"
+                    "HTTP/1.1 200 OK\r\nX-User: alice\r\nX-Other: 1\r\nSet-Cookie: session=abc; Path=/\r\nContent-Length: 2\r\n\r\nok"
                         .to_string()
                 } else {
-                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"Fake Realm\"\r\nContent-Length: 0\r\n\r\n"
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"Fake Realm\"\r\nSet-Cookie: pending=1\r\nContent-Length: 0\r\n\r\n"
                         .to_string()
                 };
                 let _ = stream.write_all(answer.as_bytes());
@@ -212,6 +212,8 @@ fn signed_in_requests_pass_with_the_auth_answers_fields() {
     let extra = format!("{}Foo: bar\r\nX-Other: client\r\n", signed_in());
     let a = send(&s, "/p?q=1", "auth", &extra);
     assert_eq!(a.status, 200, "{}", a.body);
+    // ingress-nginx: `add_header Set-Cookie $auth_cookie` on the answer.
+    assert_eq!(a.header("set-cookie"), Some("session=abc; Path=/"));
     assert!(a.body.contains("\r\nX-User: alice\r\n"), "{}", a.body);
     // The client's Foo is replaced by the auth answer's (which has none).
     assert!(
@@ -358,6 +360,7 @@ fn denials_signin_redirects_and_errors() {
         a.header("location"),
         Some("http://auth/auth/start?rd=http://auth%2F%3Fa%3Db%26c%3Dd")
     );
+    assert_eq!(a.header("set-cookie"), Some("pending=1"));
     let a = send(&s, "/?a=b&c=d", "orig", "");
     assert_eq!(a.status, 302);
     assert_eq!(
@@ -371,6 +374,7 @@ fn denials_signin_redirects_and_errors() {
         a.header("www-authenticate"),
         Some("Basic realm=\"Fake Realm\"")
     );
+    assert_eq!(a.header("set-cookie"), None, "add_header skips a 401");
     assert_eq!(send(&s, "/", "forbid", &signed_in()).status, 403);
     assert_eq!(send(&s, "/", "weird", &signed_in()).status, 500);
     assert_eq!(send(&s, "/", "refused", &signed_in()).status, 500);

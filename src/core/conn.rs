@@ -523,6 +523,8 @@ struct Exchange {
     waiting_since: Instant,
     /// The route's CORS applies: `Access-Control-Allow-Origin` for the response.
     cors_origin: Option<Box<str>>,
+    /// `auth-url`: the auth answer's `Set-Cookie`, for the response.
+    auth_cookie: Option<Arc<[u8]>>,
 }
 
 impl Exchange {
@@ -1474,6 +1476,7 @@ impl Conn {
             head_pending: None,
             waiting_since: now,
             cors_origin,
+            auth_cookie: None,
         };
         let ex = match self.spare_exchange.take() {
             Some(mut spare) => {
@@ -1523,7 +1526,7 @@ impl Conn {
         let mirror = self.pending_mirror.take();
         let rp = ex.policy.as_deref().and_then(|p| p.request.clone());
         match decision {
-            AuthDecision::Allow { fields } => {
+            AuthDecision::Allow { fields, cookie } => {
                 if let Some(auth) = rp.as_deref().and_then(|r| r.ext_auth.as_deref())
                     && !auth.response_headers.is_empty()
                 {
@@ -1542,12 +1545,15 @@ impl Conn {
                 if let Some(call) = mirror {
                     self.actions.push_back(Action::Mirror(call));
                 }
+                let mut ex = ex;
+                ex.auth_cookie = cookie;
                 self.connect(ex.endpoint, false);
                 self.state = State::Connecting { ex, since: now };
             }
             AuthDecision::Deny {
                 status,
                 www_authenticate,
+                cookie,
             } => {
                 let req = ex.req;
                 self.spare_exchange = Some(ex);
@@ -1557,7 +1563,11 @@ impl Conn {
                             code: 302,
                             location,
                         };
+                        let head_start = self.cout.queued.len();
                         self.answer_policy(verdict, &rp, req, now);
+                        if let Some(cookie) = cookie {
+                            add_set_cookie(&mut self.cout.queued, head_start, &cookie);
+                        }
                     }
                     _ => {
                         let head_start = self.cout.queued.len();
@@ -1912,6 +1922,11 @@ impl Conn {
                 &crate::core::route::request_policy::CORS_FIELDS,
                 block.as_bytes(),
             );
+        }
+        if let Some(cookie) = &ex.auth_cookie
+            && crate::core::route::ext_auth::adds_header(resp.status)
+        {
+            add_set_cookie(&mut self.cout.queued, head_start, cookie);
         }
         if let Some(a) = ex.policy.as_deref().and_then(|p| p.affinity.as_ref())
             && resp.status != 101
@@ -2339,4 +2354,13 @@ fn mirror_call(
         endpoint: m.endpoint,
         request: Some(request),
     }))
+}
+
+/// Adds `Set-Cookie: <value>` to the response head at `head_start` (the auth answer's).
+fn add_set_cookie(out: &mut Vec<u8>, head_start: usize, value: &[u8]) {
+    let mut field = Vec::with_capacity(value.len() + 14);
+    field.extend_from_slice(b"Set-Cookie: ");
+    field.extend_from_slice(value);
+    field.extend_from_slice(b"\r\n");
+    local::set_fields(out, head_start, &[], &field);
 }

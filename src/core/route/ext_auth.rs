@@ -556,14 +556,17 @@ impl ExtAuth {
         match reply.status {
             200..=299 => AuthDecision::Allow {
                 fields: Arc::new(render_fields(&self.response_headers, &reply.fields)),
+                cookie: reply.field("set-cookie").map(Into::into),
             },
             401 => AuthDecision::Deny {
                 status: 401,
                 www_authenticate: reply.field("www-authenticate").map(Into::into),
+                cookie: reply.field("set-cookie").map(Into::into),
             },
             403 => AuthDecision::Deny {
                 status: 403,
                 www_authenticate: None,
+                cookie: None,
             },
             _ => AuthDecision::Error,
         }
@@ -636,12 +639,18 @@ fn render_fields(names: &[String], fields: &[(Box<str>, Box<[u8]>)]) -> Vec<u8> 
 /// What the auth service's answer decides for the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthDecision {
-    /// Forward it, with these complete fields (each ending in CRLF) added upstream.
-    Allow { fields: Arc<Vec<u8>> },
-    /// 401 (to the signin URL when there is one) or 403.
+    /// Forward it, with these complete fields (each ending in CRLF) added upstream. The
+    /// answer's (first) `Set-Cookie` goes to the client on a response nginx's `add_header`
+    /// would add it to (ingress-nginx: `add_header Set-Cookie $auth_cookie`).
+    Allow {
+        fields: Arc<Vec<u8>>,
+        cookie: Option<Arc<[u8]>>,
+    },
+    /// 401 (to the signin URL when there is one, with the answer's `Set-Cookie`) or 403.
     Deny {
         status: u16,
         www_authenticate: Option<Box<[u8]>>,
+        cookie: Option<Arc<[u8]>>,
     },
     /// Any other status, no answer, or no answer in time: 500.
     Error,
@@ -861,7 +870,8 @@ mod tests {
         assert_eq!(
             a.decide(Some(&reply)),
             AuthDecision::Allow {
-                fields: Arc::new(b"X-User: alice\r\n".to_vec())
+                fields: Arc::new(b"X-User: alice\r\n".to_vec()),
+                cookie: None,
             }
         );
         let deny = AuthReply {
@@ -872,7 +882,8 @@ mod tests {
             a.decide(Some(&deny)),
             AuthDecision::Deny {
                 status: 401,
-                www_authenticate: Some(_)
+                www_authenticate: Some(_),
+                ..
             }
         ));
         let other = AuthReply {
@@ -985,6 +996,7 @@ mod tests {
         let t0 = Instant::ZERO;
         let allow = AuthDecision::Allow {
             fields: Arc::new(Vec::new()),
+            cookie: None,
         };
         cache.put(&rule, key.clone(), 200, &allow, t0);
         cache.put(&rule, "other".into(), 403, &AuthDecision::Error, t0);
@@ -1003,4 +1015,13 @@ mod tests {
         );
         assert_eq!(cache.len(), 1, "expired entries make room");
     }
+}
+
+/// The statuses nginx's `add_header` adds a field to (without `always`): where the auth
+/// answer's `Set-Cookie` goes.
+pub fn adds_header(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    )
 }
