@@ -772,6 +772,15 @@ impl AuthCache {
     }
 }
 
+/// The statuses nginx's `add_header` adds a field to (without `always`): where the auth
+/// answer's `Set-Cookie` goes.
+pub fn adds_header(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1015,13 +1024,4 @@ mod tests {
         );
         assert_eq!(cache.len(), 1, "expired entries make room");
     }
-}
-
-/// The statuses nginx's `add_header` adds a field to (without `always`): where the auth
-/// answer's `Set-Cookie` goes.
-pub fn adds_header(status: u16) -> bool {
-    matches!(
-        status,
-        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
-    )
 }
