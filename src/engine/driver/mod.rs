@@ -1208,6 +1208,7 @@ impl Driver {
         for ui in all {
             self.close_upstream(t, ui);
         }
+        self.close_sides(t);
         self.serving(false);
     }
 }

@@ -419,6 +419,13 @@ impl Driver {
         }
     }
 
+    /// At the end: closes every side connection (mirrors still in flight).
+    pub(super) fn close_sides<T: Transport>(&mut self, t: &mut T) {
+        for si in 0..self.sides.slab.capacity() {
+            self.close_side(t, si);
+        }
+    }
+
     /// Side connections open now (for tests and the route dump).
     pub fn side_count(&self) -> usize {
         self.sides.slab.len()
