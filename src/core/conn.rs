@@ -33,8 +33,9 @@ use crate::core::http1::response::{
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::request_id;
-use crate::core::route::ext_auth::{AuthDecision, ExtAuth, Origin};
-use crate::core::route::mirror::MAX_MIRROR_BODY;
+pub use crate::core::route::ext_auth::AuthCall;
+use crate::core::route::ext_auth::{AuthDecision, Origin};
+pub use crate::core::route::mirror::MirrorCall;
 use crate::core::route::rate_limit::ConnTicket;
 use crate::core::route::request_policy::{RequestView, Verdict};
 use crate::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
@@ -299,25 +300,6 @@ pub enum Action {
     CancelAuth,
     /// Send this copy of the request to the route's mirror and discard the answer.
     Mirror(Box<MirrorCall>),
-}
-
-/// An auth subrequest, ready to send (see [`Action::Authorize`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthCall {
-    pub auth: Arc<ExtAuth>,
-    pub endpoint: SocketAddr,
-    pub request: Vec<u8>,
-    /// Where the answer may be cached (`None`: not cached).
-    pub cache_key: Option<String>,
-}
-
-/// A mirrored copy of a request, ready to send (see [`Action::Mirror`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MirrorCall {
-    pub endpoint: SocketAddr,
-    /// `None`: the copy could not be made (its body was not at hand whole): count it as
-    /// dropped.
-    pub request: Option<Vec<u8>>,
 }
 
 /// Bytes received and not yet consumed. Consuming a prefix only moves an offset; the buffer is
@@ -1404,8 +1386,14 @@ impl Conn {
             }
             if let Some(rp) = request_policy.as_deref() {
                 let origin = Origin::of(&head, self.config.scheme.as_str(), self.client_ip);
-                auth_wait = auth_call(rp, &origin, request_id);
-                mirror = mirror_call(rp, &origin, &head, &self.cin.bytes()[len..]);
+                auth_wait = rp
+                    .ext_auth
+                    .as_ref()
+                    .and_then(|a| a.call(&origin, request_id));
+                mirror = rp
+                    .mirror
+                    .as_ref()
+                    .map(|m| m.call(&origin, head.framing, &self.cin.bytes()[len..]));
             }
         }
         self.cin.consume(len);
@@ -2302,58 +2290,6 @@ impl Conn {
         self.state = State::Closed;
         self.actions.push_back(Action::CloseClient);
     }
-}
-
-/// The auth subrequest of `rp` for `req` and the signin location (`None`: no `auth-url`,
-/// or one that cannot be used, which the verdict already answered).
-fn auth_call(
-    rp: &crate::core::route::request_policy::RequestPolicy,
-    req: &Origin<'_>,
-    request_id: &str,
-) -> Option<(Box<AuthCall>, Option<String>)> {
-    let auth = rp.ext_auth.as_ref()?;
-    let target = auth.target.as_ref()?;
-    let mut request = Vec::with_capacity(512);
-    auth.write_request(target, req, request_id, &mut request);
-    let call = AuthCall {
-        auth: auth.clone(),
-        endpoint: target.endpoint,
-        request,
-        cache_key: auth.cache_key(req),
-    };
-    Some((Box::new(call), auth.signin_location(req)))
-}
-
-/// The mirror copy of `rp` for `head` (`after` is what the client sent after the head).
-/// A body is copied only when it is at hand whole (a `Content-Length` body of at most
-/// [`MAX_MIRROR_BODY`] that came with the head); otherwise the copy is `None` inside the
-/// call: dropped, and counted by the driver.
-fn mirror_call(
-    rp: &crate::core::route::request_policy::RequestPolicy,
-    req: &Origin<'_>,
-    head: &RequestHead<'_>,
-    after: &[u8],
-) -> Option<Box<MirrorCall>> {
-    let m = rp.mirror.as_ref()?;
-    let body = match head.framing {
-        Framing::None => None,
-        _ if !m.request_body => None,
-        Framing::Length(n) if n as usize <= MAX_MIRROR_BODY && after.len() as u64 >= n => {
-            Some(&after[..n as usize])
-        }
-        _ => {
-            return Some(Box::new(MirrorCall {
-                endpoint: m.endpoint,
-                request: None,
-            }));
-        }
-    };
-    let mut request = Vec::with_capacity(512);
-    m.write_request(req, body, &mut request);
-    Some(Box::new(MirrorCall {
-        endpoint: m.endpoint,
-        request: Some(request),
-    }))
 }
 
 /// Adds `Set-Cookie: <value>` to the response head at `head_start` (the auth answer's).

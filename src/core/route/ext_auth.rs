@@ -487,7 +487,36 @@ const SET_BY_SUBREQUEST: &[&str] = &[
     "x-auth-request-redirect",
 ];
 
+/// An auth subrequest, ready to send (the connection machine's `Action::Authorize`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthCall {
+    pub auth: Arc<ExtAuth>,
+    pub endpoint: SocketAddr,
+    pub request: Vec<u8>,
+    /// Where the answer may be cached (`None`: not cached).
+    pub cache_key: Option<String>,
+}
+
 impl ExtAuth {
+    /// The subrequest for `req` and the signin location (`None`: an `auth-url` that cannot
+    /// be used, which the request policy's verdict already answered with 503).
+    pub fn call(
+        self: &Arc<Self>,
+        req: &Origin<'_>,
+        request_id: &str,
+    ) -> Option<(Box<AuthCall>, Option<String>)> {
+        let target = self.target.as_ref()?;
+        let mut request = Vec::with_capacity(512);
+        self.write_request(target, req, request_id, &mut request);
+        let call = AuthCall {
+            auth: self.clone(),
+            endpoint: target.endpoint,
+            request,
+            cache_key: self.cache_key(req),
+        };
+        Some((Box::new(call), self.signin_location(req)))
+    }
+
     /// Writes the subrequest for `req` into `out`: the `auth-method` (else the original
     /// method) to the URL's path, the original fields (not its body, never hop-by-hop ones)
     /// and ingress-nginx's own: `X-Original-URL`, `X-Original-Method`, `X-Sent-From`,

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 
 use super::ext_auth::{Origin, Piece, Template};
+use crate::core::http1::Framing;
 use crate::core::http1::forward::is_hop_by_hop;
 
 /// Variables a mirror target's path may use.
@@ -32,7 +33,41 @@ pub struct Mirror {
     pub request_body: bool,
 }
 
+/// A copy of a request, ready to send (the connection machine's `Action::Mirror`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorCall {
+    pub endpoint: SocketAddr,
+    /// `None`: the copy could not be made (its body was not at hand whole): count it as
+    /// dropped.
+    pub request: Option<Vec<u8>>,
+}
+
 impl Mirror {
+    /// The copy of `req` (`after`: what the client sent after the head). A body is copied
+    /// only when it is at hand whole (a `Content-Length` body of at most
+    /// [`MAX_MIRROR_BODY`] that came with the head); otherwise the call carries no copy.
+    pub fn call(&self, req: &Origin<'_>, framing: Framing, after: &[u8]) -> Box<MirrorCall> {
+        let body = match framing {
+            Framing::None => None,
+            _ if !self.request_body => None,
+            Framing::Length(n) if n <= MAX_MIRROR_BODY as u64 && after.len() as u64 >= n => {
+                Some(&after[..n as usize])
+            }
+            _ => {
+                return Box::new(MirrorCall {
+                    endpoint: self.endpoint,
+                    request: None,
+                });
+            }
+        };
+        let mut request = Vec::with_capacity(512);
+        self.write_request(req, body, &mut request);
+        Box::new(MirrorCall {
+            endpoint: self.endpoint,
+            request: Some(request),
+        })
+    }
+
     /// Splits `http://host[:port]/path-with-$variables` into its literal authority and its
     /// target template.
     pub fn parse_target(value: &str) -> Result<(String, Template), String> {
