@@ -399,7 +399,7 @@ pub fn metrics_text(state: &EngineState) -> String {
         x.family(name, "histogram", help);
         x.latency(name, "", &all);
     }
-    let simple: [Gauge; 11] = [
+    let simple: [Gauge; 16] = [
         (
             "sluice_tls_handshakes_full_total",
             "counter",
@@ -447,6 +447,36 @@ pub fn metrics_text(state: &EngineState) -> String {
             "counter",
             "Failed upstream connects.",
             |m| m.upstream_connect_errors.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_auth_requests_total",
+            "counter",
+            "auth-url subrequests sent to auth services.",
+            |m| m.auth_requests.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_auth_cache_hits_total",
+            "counter",
+            "auth-url decisions taken from a worker's cache of answers.",
+            |m| m.auth_cache_hits.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_auth_errors_total",
+            "counter",
+            "auth-url subrequests without a usable answer (connect error, reset, bad head).",
+            |m| m.auth_errors.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_mirror_requests_total",
+            "counter",
+            "mirror-target copies sent.",
+            |m| m.mirror_sent.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_mirror_dropped_total",
+            "counter",
+            "mirror-target copies dropped (too many in flight, or a body not at hand whole).",
+            |m| m.mirror_dropped.load(Ordering::Relaxed) as i64,
         ),
         (
             "sluice_client_bytes_received_total",

@@ -131,17 +131,17 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
     ),
     (
         "shop/external-auth",
-        true,
+        false,
         &[
-            ("auth-response-headers", "not-yet"),
-            ("auth-signin", "not-yet"),
-            ("auth-url", "not-yet"),
+            ("auth-response-headers", "supported"),
+            ("auth-signin", "differs"),
+            ("auth-url", "differs"),
         ],
     ),
     (
         "shop/auth-snippet",
         true,
-        &[("auth-snippet", "refused"), ("auth-url", "not-yet")],
+        &[("auth-snippet", "refused"), ("auth-url", "differs")],
     ),
     (
         "shop/office-only",
@@ -252,10 +252,10 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
     ),
     (
         "shop/shadow",
-        true,
+        false,
         &[
-            ("mirror-request-body", "not-yet"),
-            ("mirror-target", "not-yet"),
+            ("mirror-request-body", "differs"),
+            ("mirror-target", "differs"),
         ],
     ),
     (
@@ -560,7 +560,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// An Ingress Sluice serves with `configuration-snippet` (refused) and `mirror-target` (documented
+/// An Ingress Sluice serves with `configuration-snippet` (refused) and `auth-keepalive` (documented
 /// by ingress-nginx, not supported yet): both are logged with their fate, once, counted in
 /// `/metrics`, and the Ingress is still served; `sluice check` lists them too.
 #[test]
@@ -596,7 +596,7 @@ metadata:
   annotations:
     nginx.ingress.kubernetes.io/configuration-snippet: |
       more_set_headers \"X-Served-By: nginx\";
-    nginx.ingress.kubernetes.io/mirror-target: http://mirror.shop.svc
+    nginx.ingress.kubernetes.io/auth-keepalive: \"10\"
     nginx.ingress.kubernetes.io/proxy-read-timeout: \"30\"
 spec:
   ingressClassName: sluice
@@ -610,7 +610,7 @@ spec:
     )
     .unwrap();
     let snippet = "metadata.annotations[nginx.ingress.kubernetes.io/configuration-snippet]: refused for safety: nginx configuration text";
-    let mirror = "metadata.annotations[nginx.ingress.kubernetes.io/mirror-target]: not supported yet: request mirroring; the Ingress is served without it";
+    let mirror = "metadata.annotations[nginx.ingress.kubernetes.io/auth-keepalive]: not supported yet: one connection per auth subrequest; the Ingress is served without it";
 
     // sluice check: the routes, and both annotations reported (so it exits non-zero).
     let check = Command::new(BIN)
@@ -783,7 +783,7 @@ fn migrate_reads_the_ingresses_of_a_real_api_server() {
 }
 
 /// Against the real API server: `sluice run` serving an Ingress with `configuration-snippet`
-/// and `mirror-target` publishes a Warning Event (reason `Rejected`) per ignored annotation and logs
+/// and `auth-keepalive` publishes a Warning Event (reason `Rejected`) per ignored annotation and logs
 /// each once, and not again while the object keeps them.
 ///
 /// Two things outside this change shape what the API server shows: kube's event `Recorder`
@@ -805,7 +805,7 @@ fn ignored_annotations_become_warning_events_once_per_object_version() {
             "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
             "metadata": {"name": "app", "namespace": ns, "annotations": {
                 "nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"X: y\";\n",
-                "nginx.ingress.kubernetes.io/mirror-target": "http://mirror.shop.svc"}},
+                "nginx.ingress.kubernetes.io/auth-keepalive": "10"}},
             "spec": {"ingressClassName": "sluice", "rules": [{"host": "app.example.com", "http": {"paths": [
                 {"path": path, "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}
         })
@@ -901,7 +901,7 @@ fn ignored_annotations_become_warning_events_once_per_object_version() {
         }
     };
     let snippet = "metadata.annotations[nginx.ingress.kubernetes.io/configuration-snippet]: refused for safety: nginx configuration text";
-    let mirror = "metadata.annotations[nginx.ingress.kubernetes.io/mirror-target]: not supported yet: request mirroring";
+    let mirror = "metadata.annotations[nginx.ingress.kubernetes.io/auth-keepalive]: not supported yet: one connection per auth subrequest";
     let notes = wait_for(2, "first version");
     assert!(
         notes

@@ -7,13 +7,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 
 use super::annotations::Annotations;
 use super::compile::Diagnostic;
 use crate::core::route::RoutePolicy;
 use crate::core::route::basic_auth::{BasicAuth, PasswordHash, parse_htpasswd};
+use crate::core::route::ext_auth::{self, AuthTarget, CacheRule, ExtAuth};
+use crate::core::route::mirror::Mirror;
 use crate::core::route::rate_limit::{DEFAULT_BURST_MULTIPLIER, Rate, RateLimits};
 use crate::core::route::request_policy::{
     CORS_HEADERS, CORS_MAX_AGE, CORS_METHODS, CidrSet, Cors, OriginPattern, PathRegex, Redirect,
@@ -109,6 +111,9 @@ pub fn request_policy(
         auth: None,
         aliases: a.get(SERVER_ALIAS, parse_aliases, &"no alias", diags),
         limits: limits(a, diags),
+        // Filled by `with_external_auth` (they resolve Service names).
+        ext_auth: None,
+        mirror: None,
     };
     (!policy.is_empty()).then(|| Arc::new(policy))
 }
@@ -508,6 +513,267 @@ fn parse_token_list(value: &str, star: bool) -> Result<String, String> {
         ));
     }
     Ok(value.to_string())
+}
+
+// --- External authentication (`auth-url` …) and mirroring (`mirror-target` …) -------------
+
+pub const AUTH_URL: &str = "auth-url";
+pub const AUTH_METHOD: &str = "auth-method";
+pub const AUTH_RESPONSE_HEADERS: &str = "auth-response-headers";
+pub const AUTH_REQUEST_REDIRECT: &str = "auth-request-redirect";
+pub const AUTH_SIGNIN: &str = "auth-signin";
+pub const AUTH_SIGNIN_REDIRECT_PARAM: &str = "auth-signin-redirect-param";
+pub const AUTH_CACHE_KEY: &str = "auth-cache-key";
+pub const AUTH_CACHE_DURATION: &str = "auth-cache-duration";
+pub const MIRROR_TARGET: &str = "mirror-target";
+pub const MIRROR_REQUEST_BODY: &str = "mirror-request-body";
+pub const MIRROR_HOST: &str = "mirror-host";
+
+/// Whether `name` is set under either prefix (even to a value that does not parse).
+fn present(ing: &Ingress, name: &str) -> bool {
+    use super::annotations::{NGINX, OURS};
+    ing.metadata.annotations.as_ref().is_some_and(|m| {
+        m.contains_key(&format!("{OURS}{name}")) || m.contains_key(&format!("{NGINX}{name}"))
+    })
+}
+
+/// `policy` with external authentication and mirroring added when `ing` asks for them.
+///
+/// Where the auth service (and the mirror) is: an IP literal, or a Service name
+/// `svc.ns`, `svc.ns.svc` or `svc.ns.svc.cluster.local`, resolved here, when the snapshot is
+/// built, to the Service's cluster IP among `services` (the URL's port is the Service
+/// port). No DNS lookup is ever made, on the control thread or on a worker: any other host
+/// name is refused and reported. An `auth-url` that cannot be used denies the Ingress's
+/// locations (503, as ingress-nginx does for an invalid `auth-url`); a `mirror-target` that
+/// cannot be used only turns mirroring off.
+///
+/// Not done: like `auth-secret`, a change to the Service alone is picked up by the next
+/// compile of the Ingress, not by itself.
+pub fn with_external_auth(
+    policy: Option<Arc<RoutePolicy>>,
+    ing: &Ingress,
+    object: &str,
+    services: &[Arc<Service>],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Arc<RoutePolicy>> {
+    let a = Annotations::of(ing, object);
+    let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
+    let report = |diags: &mut Vec<Diagnostic>, name: &str, message: String| {
+        diags.push(Diagnostic {
+            object: object.to_string(),
+            field: format!("metadata.annotations[{name}]"),
+            message,
+        })
+    };
+    // `auth-snippet` (refused) and `auth-proxy-set-headers` (not read) are reported by the
+    // catalog, as every ignored annotation.
+    let ext_auth = present(ing, AUTH_URL).then(|| {
+        let denied = "every request of the Ingress answered 503 (location denied)";
+        let target = a
+            .get(AUTH_URL, ext_auth::HttpUrl::parse, &denied, diags)
+            .and_then(|url| match resolve(&url.host, url.port, ns, services) {
+                Ok(endpoint) => Some(AuthTarget {
+                    endpoint,
+                    authority: url.authority,
+                    target: url.target,
+                }),
+                Err(why) => {
+                    report(diags, AUTH_URL, format!("{why}; {denied}"));
+                    None
+                }
+            });
+        let cache = a
+            .get(
+                AUTH_CACHE_KEY,
+                |v| ext_auth::Template::parse(v, ext_auth::CACHE_KEY_VARIABLES),
+                &"no caching",
+                diags,
+            )
+            .map(|key| CacheRule {
+                key,
+                durations: a
+                    .get(
+                        AUTH_CACHE_DURATION,
+                        ext_auth::parse_cache_durations,
+                        &ext_auth::DEFAULT_CACHE_DURATION,
+                        diags,
+                    )
+                    .unwrap_or_else(|| {
+                        ext_auth::parse_cache_durations(ext_auth::DEFAULT_CACHE_DURATION)
+                            .unwrap_or_default()
+                    }),
+            });
+        Arc::new(ExtAuth {
+            scope: object.into(),
+            target,
+            method: a.get(AUTH_METHOD, parse_method, &"the request's method", diags),
+            response_headers: a
+                .get(AUTH_RESPONSE_HEADERS, parse_field_names, &"none", diags)
+                .unwrap_or_default(),
+            request_redirect: a.get(
+                AUTH_REQUEST_REDIRECT,
+                parse_field_value,
+                &"the request URI",
+                diags,
+            ),
+            signin: a.get(
+                AUTH_SIGNIN,
+                parse_signin,
+                &"no signin redirect (401 is returned)",
+                diags,
+            ),
+            redirect_param: a
+                .get(AUTH_SIGNIN_REDIRECT_PARAM, parse_param_name, &"rd", diags)
+                .unwrap_or_else(|| "rd".to_string()),
+            cache,
+        })
+    });
+    let mirror = a
+        .get(MIRROR_TARGET, Mirror::parse_target, &"no mirroring", diags)
+        .and_then(|(authority, target)| {
+            let (host, port) = ext_auth::split_authority(&authority)?;
+            match resolve(&host.to_ascii_lowercase(), port, ns, services) {
+                Ok(endpoint) => Some(Arc::new(Mirror {
+                    endpoint,
+                    authority: authority.clone(),
+                    target,
+                    host: a.get(MIRROR_HOST, parse_host_name, &"the target's host", diags),
+                    request_body: a
+                        .get(MIRROR_REQUEST_BODY, parse_on_off, &"on", diags)
+                        .unwrap_or(true),
+                })),
+                Err(why) => {
+                    report(diags, MIRROR_TARGET, format!("{why}; no mirroring"));
+                    None
+                }
+            }
+        });
+    if ext_auth.is_none() && mirror.is_none() {
+        return policy;
+    }
+    let mut route = policy.as_deref().cloned().unwrap_or_default();
+    let mut request = route.request.as_deref().cloned().unwrap_or_default();
+    request.ext_auth = ext_auth;
+    request.mirror = mirror;
+    route.request = Some(Arc::new(request));
+    Some(Arc::new(route))
+}
+
+/// An IP literal, or a Service name of the cluster resolved to its cluster IP.
+fn resolve(
+    host: &str,
+    port: u16,
+    ns: &str,
+    services: &[Arc<Service>],
+) -> Result<std::net::SocketAddr, String> {
+    // `localhost` (ingress-nginx's docs use it) is this node: no lookup needed.
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, port));
+    }
+    let name = host.trim_end_matches('.');
+    let name = name
+        .strip_suffix(".svc.cluster.local")
+        .or_else(|| name.strip_suffix(".svc"))
+        .unwrap_or(name);
+    let Some((svc, svc_ns)) = name.split_once('.').filter(|(_, n)| !n.contains('.')) else {
+        return Err(format!(
+            "{host:?} is neither an IP address nor a Service name like svc.{ns}.svc.cluster.local \
+             (Sluice resolves no DNS names)"
+        ));
+    };
+    let found = services.iter().find(|s| {
+        s.metadata.name.as_deref() == Some(svc)
+            && s.metadata.namespace.as_deref().unwrap_or("default") == svc_ns
+    });
+    let Some(service) = found else {
+        return Err(format!("Service {svc_ns}/{svc} not found"));
+    };
+    let ip = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+        .and_then(|ip| ip.parse::<IpAddr>().ok())
+        .ok_or_else(|| format!("Service {svc_ns}/{svc} has no cluster IP"))?;
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
+/// An HTTP method token (upper-case letters, as ingress-nginx's `auth-method` check).
+fn parse_method(value: &str) -> Result<String, String> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(value.to_string())
+    } else {
+        Err(format!("expected a method like GET or POST, got {value:?}"))
+    }
+}
+
+/// A comma-separated list of header names (tokens), lower-cased.
+fn parse_field_names(value: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    let token = |n: &str| {
+        n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    if names.is_empty() || !names.iter().all(|n| token(n)) {
+        return Err(format!(
+            "expected header names separated by commas, got {value:?}"
+        ));
+    }
+    Ok(names.into_iter().map(|n| n.to_ascii_lowercase()).collect())
+}
+
+/// A query parameter name (letters, digits, `-`, `_`, `.`).
+fn parse_param_name(value: &str) -> Result<String, String> {
+    if !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        Ok(value.to_string())
+    } else {
+        Err(format!("expected a parameter name, got {value:?}"))
+    }
+}
+
+/// A host name for a `Host` field (letters, digits, `-`, `.`, an optional `:port`).
+fn parse_host_name(value: &str) -> Result<String, String> {
+    ext_auth::split_authority(value)
+        .map(|_| value.to_string())
+        .ok_or_else(|| format!("expected a host name, got {value:?}"))
+}
+
+/// An absolute `http(s)://` URL (it goes into a `Location`) with the variables of
+/// [`ext_auth::SIGNIN_VARIABLES`].
+fn parse_signin(value: &str) -> Result<ext_auth::Template, String> {
+    visible(value, "a signin URL")?;
+    let lower = value.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) || value.len() <= 8 {
+        return Err(format!(
+            "expected an http:// or https:// URL, got {value:?}"
+        ));
+    }
+    ext_auth::Template::parse(value, ext_auth::SIGNIN_VARIABLES)
+}
+
+/// `on` / `off` as nginx writes a flag (ingress-nginx's `mirror-request-body`); `true` and
+/// `false` are read too.
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        other => Err(format!("expected on or off, got {other:?}")),
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ use crate::core::http1::response::{
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::request_id;
+pub use crate::core::route::ext_auth::AuthCall;
+use crate::core::route::ext_auth::{AuthDecision, Origin};
+pub use crate::core::route::mirror::MirrorCall;
 use crate::core::route::rate_limit::ConnTicket;
 use crate::core::route::request_policy::{RequestView, Verdict};
 use crate::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
@@ -289,6 +292,14 @@ pub enum Action {
     ShutdownClientWrite,
     /// Close the client connection now. The machine is finished.
     CloseClient,
+    /// Ask the route's auth service (`auth-url`) and report with [`Conn::auth_done`] (from
+    /// the worker's cache of answers, or over a connection of its own). The machine waits,
+    /// without reading the request body, until then or its deadline.
+    Authorize(Box<AuthCall>),
+    /// The decision is no longer wanted (the wait timed out): drop the auth exchange.
+    CancelAuth,
+    /// Send this copy of the request to the route's mirror and discard the answer.
+    Mirror(Box<MirrorCall>),
 }
 
 /// Bytes received and not yet consumed. Consuming a prefix only moves an offset; the buffer is
@@ -494,6 +505,8 @@ struct Exchange {
     waiting_since: Instant,
     /// The route's CORS applies: `Access-Control-Allow-Origin` for the response.
     cors_origin: Option<Box<str>>,
+    /// `auth-url`: the auth answer's `Set-Cookie`, for the response.
+    auth_cookie: Option<Arc<[u8]>>,
 }
 
 impl Exchange {
@@ -509,6 +522,13 @@ enum State {
         idle_since: Instant,
         first: bool,
         started: Option<Instant>,
+    },
+    /// Waiting for the route's auth service (`auth-url`): the request body stays unread.
+    /// `signin`: where a 401 sends the client.
+    Authorizing {
+        ex: Box<Exchange>,
+        since: Instant,
+        signin: Option<String>,
     },
     /// Waiting for the upstream connection. (Exchanges are boxed: an idle connection, the
     /// common case, then carries only a few words of state.)
@@ -579,6 +599,8 @@ pub struct Conn {
     /// The client's unit of its route's `limit-connections`, held while its request is in
     /// flight (given back in `enter_idle`, `enter_closing`, `close_now` or on drop).
     limit_ticket: Option<ConnTicket>,
+    /// A mirror copy waiting for the auth decision.
+    pending_mirror: Option<Box<MirrorCall>>,
 }
 
 impl Conn {
@@ -653,6 +675,7 @@ impl Conn {
             has_upstream: false,
             shutting_down: false,
             limit_ticket: None,
+            pending_mirror: None,
         }
     }
 
@@ -681,7 +704,9 @@ impl Conn {
             State::Head { .. } => {
                 // Requests already buffered are still answered (see `try_start_request`).
             }
-            State::Connecting { ex, .. } | State::Proxying { ex } => {
+            State::Connecting { ex, .. }
+            | State::Proxying { ex }
+            | State::Authorizing { ex, .. } => {
                 // A client may half-close after a complete request and still read the answer.
                 if !ex.request_done() || ex.req.upgrade {
                     self.abort();
@@ -876,6 +901,12 @@ impl Conn {
                 };
                 self.fail(HttpError::upstream(504, detail), now, true);
             }
+            State::Authorizing { .. } => {
+                // The auth service did not answer in time: 500, and its exchange is dropped.
+                self.actions.push_back(Action::CancelAuth);
+                self.auth_answer(AuthDecision::Error, now, router);
+                return;
+            }
             State::Tunnel { .. } => self.abort(),
             State::Closing { .. } => self.close_now(),
             State::Closed => {}
@@ -902,6 +933,16 @@ impl Conn {
                 } else {
                     Some(*idle_since + t.keep_alive)
                 }
+            }
+            State::Authorizing { since, ex, .. } => {
+                // The auth exchange has the route's proxy-read-timeout (ingress-nginx's auth
+                // location inherits the location's proxy timeouts).
+                let p = ex.policy.as_deref();
+                Some(
+                    *since
+                        + p.and_then(|p| p.read_timeout)
+                            .unwrap_or(t.upstream_response),
+                )
             }
             State::Connecting { since, ex } => {
                 let p = ex.policy.as_deref();
@@ -946,9 +987,10 @@ impl Conn {
             State::Closed => false,
             State::Closing { .. } => true,
             State::Head { .. } => self.cin.len() <= cap.max(self.config.limits.max_head_bytes),
-            State::Connecting { .. } | State::Proxying { .. } | State::Tunnel { .. } => {
-                self.cin.len() < cap
-            }
+            State::Connecting { .. }
+            | State::Proxying { .. }
+            | State::Tunnel { .. }
+            | State::Authorizing { .. } => self.cin.len() < cap,
         }
     }
 
@@ -1005,6 +1047,7 @@ impl Conn {
             let progressed = match self.state {
                 State::Head { .. } => self.try_start_request(now, router),
                 State::Connecting { .. } => self.pump_request_body(),
+                State::Authorizing { .. } => false,
                 State::Proxying { .. } => self.pump(now, router),
                 State::Tunnel { .. } => self.pump_tunnel(),
                 State::Closing { .. } => {
@@ -1308,6 +1351,9 @@ impl Conn {
                 BodyEncoder::new(head.framing),
             )
         });
+        // `auth-url`: the subrequest and signin location; `mirror-target`: the copy.
+        let mut auth_wait = None;
+        let mut mirror = None;
         if let RouteDecision::Forward { .. } = decision {
             let mut generated = [0u8; 32];
             let request_id = match self.request_id_base {
@@ -1337,6 +1383,17 @@ impl Conn {
             write_upstream_request_edited(&head, &info, &edits, &mut self.uout.queued);
             if let Some(host) = policy.as_deref().and_then(|p| p.upstream_vhost.as_deref()) {
                 vhost::replace_host(&mut self.uout.queued, 0, host);
+            }
+            if let Some(rp) = request_policy.as_deref() {
+                let origin = Origin::of(&head, self.config.scheme.as_str(), self.client_ip);
+                auth_wait = rp
+                    .ext_auth
+                    .as_ref()
+                    .and_then(|a| a.call(&origin, request_id));
+                mirror = rp
+                    .mirror
+                    .as_ref()
+                    .map(|m| m.call(&origin, head.framing, &self.cin.bytes()[len..]));
             }
         }
         self.cin.consume(len);
@@ -1382,7 +1439,12 @@ impl Conn {
         self.uin.clear();
         self.upstream_mark = self.uin.consumed;
         self.upstream_eof = false;
-        self.connect(endpoint, false);
+        if auth_wait.is_none() {
+            if let Some(call) = mirror.take() {
+                self.actions.push_back(Action::Mirror(call));
+            }
+            self.connect(endpoint, false);
+        }
         let exchange = Exchange {
             req,
             backend,
@@ -1402,6 +1464,7 @@ impl Conn {
             head_pending: None,
             waiting_since: now,
             cors_origin,
+            auth_cookie: None,
         };
         let ex = match self.spare_exchange.take() {
             Some(mut spare) => {
@@ -1410,8 +1473,109 @@ impl Conn {
             }
             None => Box::new(exchange),
         };
-        self.state = State::Connecting { ex, since: now };
+        self.state = match auth_wait {
+            None => State::Connecting { ex, since: now },
+            Some((call, signin)) => {
+                self.actions.push_back(Action::Authorize(call));
+                // A mirror copy waits for the decision (ingress-nginx mirrors after access).
+                self.pending_mirror = mirror;
+                State::Authorizing {
+                    ex,
+                    since: now,
+                    signin,
+                }
+            }
+        };
         true
+    }
+
+    /// The auth service's decision for the request waiting in [`State::Authorizing`]
+    /// (ignored in any other state: it came too late).
+    pub fn auth_done(&mut self, decision: AuthDecision, now: Instant, router: &mut dyn Router) {
+        if matches!(self.state, State::Authorizing { .. }) {
+            self.auth_answer(decision, now, router);
+        }
+    }
+
+    /// Goes on with the request after `decision`: upstream (with the auth answer's fields)
+    /// or answered here.
+    fn auth_answer(&mut self, decision: AuthDecision, now: Instant, router: &mut dyn Router) {
+        let State::Authorizing { ex, signin, .. } =
+            std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return;
+        };
+        // Until answered below (`Closed` would keep `enter_closing` from working).
+        self.state = State::Head {
+            idle_since: now,
+            first: false,
+            started: Some(now),
+        };
+        let mirror = self.pending_mirror.take();
+        let rp = ex.policy.as_deref().and_then(|p| p.request.clone());
+        match decision {
+            AuthDecision::Allow { fields, cookie } => {
+                if let Some(auth) = rp.as_deref().and_then(|r| r.ext_auth.as_deref())
+                    && !auth.response_headers.is_empty()
+                {
+                    let names: Vec<&str> =
+                        auth.response_headers.iter().map(String::as_str).collect();
+                    local::set_fields(&mut self.uout.queued, 0, &names, &fields);
+                    if self.replayable {
+                        self.replay.clear();
+                        if self.uout.queued.len() <= self.config.buffer_size {
+                            self.replay.extend_from_slice(&self.uout.queued);
+                        } else {
+                            self.replayable = false;
+                        }
+                    }
+                }
+                if let Some(call) = mirror {
+                    self.actions.push_back(Action::Mirror(call));
+                }
+                let mut ex = ex;
+                ex.auth_cookie = cookie;
+                self.connect(ex.endpoint, false);
+                self.state = State::Connecting { ex, since: now };
+            }
+            AuthDecision::Deny {
+                status,
+                www_authenticate,
+                cookie,
+            } => {
+                let req = ex.req;
+                self.spare_exchange = Some(ex);
+                match (status, signin, rp) {
+                    (401, Some(location), Some(rp)) => {
+                        let verdict = Verdict::Redirect {
+                            code: 302,
+                            location,
+                        };
+                        let head_start = self.cout.queued.len();
+                        self.answer_policy(verdict, &rp, req, now);
+                        if let Some(cookie) = cookie {
+                            add_set_cookie(&mut self.cout.queued, head_start, &cookie);
+                        }
+                    }
+                    _ => {
+                        let head_start = self.cout.queued.len();
+                        self.answer_locally(Status(status), req, now);
+                        if let Some(value) = www_authenticate {
+                            let mut field = b"WWW-Authenticate: ".to_vec();
+                            field.extend_from_slice(&value);
+                            field.extend_from_slice(b"\r\n");
+                            local::set_fields(&mut self.cout.queued, head_start, &[], &field);
+                        }
+                    }
+                }
+            }
+            AuthDecision::Error => {
+                let req = ex.req;
+                self.spare_exchange = Some(ex);
+                self.answer_locally(Status(500), req, now);
+            }
+        }
+        self.drive(now, router);
     }
 
     /// A route's request policy answers the request itself (its head is consumed).
@@ -1746,6 +1910,11 @@ impl Conn {
                 &crate::core::route::request_policy::CORS_FIELDS,
                 block.as_bytes(),
             );
+        }
+        if let Some(cookie) = &ex.auth_cookie
+            && crate::core::route::ext_auth::adds_header(resp.status)
+        {
+            add_set_cookie(&mut self.cout.queued, head_start, cookie);
         }
         if let Some(a) = ex.policy.as_deref().and_then(|p| p.affinity.as_ref())
             && resp.status != 101
@@ -2121,4 +2290,13 @@ impl Conn {
         self.state = State::Closed;
         self.actions.push_back(Action::CloseClient);
     }
+}
+
+/// Adds `Set-Cookie: <value>` to the response head at `head_start` (the auth answer's).
+fn add_set_cookie(out: &mut Vec<u8>, head_start: usize, value: &[u8]) {
+    let mut field = Vec::with_capacity(value.len() + 14);
+    field.extend_from_slice(b"Set-Cookie: ");
+    field.extend_from_slice(value);
+    field.extend_from_slice(b"\r\n");
+    local::set_fields(out, head_start, &[], &field);
 }

@@ -37,6 +37,7 @@ impl Status {
             301 => "Moved Permanently",
             308 => "Permanent Redirect",
             400 => "Bad Request",
+            401 => "Unauthorized",
             403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",

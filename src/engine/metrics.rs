@@ -197,6 +197,14 @@ pub struct WorkerMetrics {
     /// From the upstream connection asked for (pooled or new) to the response's completion
     /// (nginx's `$upstream_response_time`).
     pub upstream_response: Histogram,
+    /// `auth-url` subrequests sent, answered from the worker's cache, and failed (no
+    /// usable answer: connect error, reset, bad head; timeouts are the client's 500s).
+    pub auth_requests: AtomicU64,
+    pub auth_cache_hits: AtomicU64,
+    pub auth_errors: AtomicU64,
+    /// `mirror-target` copies sent, and dropped (too many in flight, body not at hand).
+    pub mirror_sent: AtomicU64,
+    pub mirror_dropped: AtomicU64,
 }
 
 impl WorkerMetrics {

@@ -31,7 +31,9 @@ use crate::core::host::{MAX_HOST, normalize_host};
 
 pub mod affinity;
 pub mod basic_auth;
+pub mod ext_auth;
 pub mod key;
+pub mod mirror;
 pub mod next_upstream;
 mod policy;
 pub mod rate_limit;

@@ -50,6 +50,10 @@ pub struct RequestPolicy {
     /// `limit-rps`, `limit-rpm`, `limit-connections` (with `limit-burst-multiplier` and
     /// `limit-whitelist`): checked by the connection machine before the address lists.
     pub limits: Option<super::rate_limit::RateLimits>,
+    /// `auth-url` and its settings: a subrequest decides (after every check above).
+    pub ext_auth: Option<Arc<super::ext_auth::ExtAuth>>,
+    /// `mirror-target` and its settings: a copy of each request goes there.
+    pub mirror: Option<Arc<super::mirror::Mirror>>,
 }
 
 /// A redirect answered by Sluice: status and `Location` as written in the annotation.
@@ -428,6 +432,8 @@ impl RequestPolicy {
         match self.auth.as_ref().map(|a| a.check(req.authorization)) {
             Some(AuthOutcome::Challenge) => Verdict::Unauthorized,
             Some(AuthOutcome::Unavailable) => Verdict::Unavailable,
+            // An `auth-url` that cannot be used denies the location (ingress-nginx: 503).
+            _ if self.ext_auth.as_ref().is_some_and(|e| e.target.is_none()) => Verdict::Unavailable,
             Some(AuthOutcome::Allowed) | None => Verdict::Pass,
         }
     }
@@ -523,6 +529,15 @@ impl fmt::Display for RequestPolicy {
         }
         if let Some(l) = &self.limits {
             parts.push(l.to_string());
+        }
+        if let Some(e) = &self.ext_auth {
+            match &e.target {
+                Some(t) => parts.push(format!("auth-url=http://{}{}", t.authority, t.target)),
+                None => parts.push("auth-url=denied".into()),
+            }
+        }
+        if let Some(m) = &self.mirror {
+            parts.push(format!("mirror={}", m.authority));
         }
         f.write_str(&parts.join(" "))
     }

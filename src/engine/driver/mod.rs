@@ -29,6 +29,7 @@
 //! fit one interface without a per-event `dyn` call: the driver is generic over its
 //! transport.
 
+mod side;
 mod slab;
 
 use std::cmp::Reverse;
@@ -80,8 +81,19 @@ pub fn clock() -> Instant {
 /// and hands it back with every event; a stale one (the slot was reused) is ignored.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Owner {
-    Client { slot: u32, generation: u32 },
-    Upstream { slot: u32, generation: u32 },
+    Client {
+        slot: u32,
+        generation: u32,
+    },
+    Upstream {
+        slot: u32,
+        generation: u32,
+    },
+    /// An `auth-url` subrequest or a mirror copy (see `side`).
+    Side {
+        slot: u32,
+        generation: u32,
+    },
 }
 
 /// What became of a buffer handed to [`Transport::send`].
@@ -170,6 +182,8 @@ struct Client {
     /// A listener with `proxy_protocol`: the header being read (nothing else is, until it
     /// is complete) and when it must be complete by.
     proxy: Option<(Box<proxy_protocol::Reader>, Instant)>,
+    /// The side connection of the `auth-url` subrequest this client waits for.
+    auth_side: Option<usize>,
 }
 
 impl Client {
@@ -235,6 +249,8 @@ pub struct Driver {
     /// Backend name → its row in the per-backend counters (bounded: past 4× the cap,
     /// unknown names go to `other` without being remembered).
     backend_rows: HashMap<Box<str>, usize>,
+    /// Auth subrequests and mirror copies.
+    sides: side::Sides,
 }
 
 fn client_owner(slot: usize, generation: u32) -> Owner {
@@ -272,6 +288,7 @@ impl Driver {
             touched: Vec::new(),
             doomed: Vec::new(),
             backend_rows: HashMap::new(),
+            sides: side::Sides::default(),
         }
     }
 
@@ -372,12 +389,15 @@ impl Driver {
     pub fn next_deadline(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let log = self.setup.access_log.as_ref().and_then(WorkerLog::due);
-        [timer, self.pool_expiry, log].into_iter().flatten().min()
+        [timer, self.pool_expiry, log, self.sides.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Work is waiting for the next [`Driver::drive`] (the caller should not sleep).
     pub fn has_work(&self) -> bool {
-        !self.touched.is_empty() || !self.doomed.is_empty()
+        !self.touched.is_empty() || !self.doomed.is_empty() || self.sides.has_work()
     }
 
     pub fn client_count(&self) -> usize {
@@ -421,6 +441,7 @@ impl Driver {
             upstream_start: None,
             upstream_addr: None,
             proxy,
+            auth_side: None,
         });
         let m = &self.setup.metrics;
         WorkerMetrics::add(&m.accepted, 1);
@@ -450,6 +471,8 @@ impl Driver {
                     _ => false,
                 }
             }
+            // An auth answer is read as it comes; a mirror's first bytes end it.
+            Owner::Side { .. } => true,
         }
     }
 
@@ -468,6 +491,7 @@ impl Driver {
                     self.touched.push(ci);
                 }
             }
+            Owner::Side { slot, generation } => self.side_touch(slot, generation),
         }
     }
 
@@ -565,6 +589,7 @@ impl Driver {
                     self.touched.push(ci);
                 }
             }
+            Owner::Side { slot, generation } => self.side_received(slot, generation, data),
         }
     }
 
@@ -606,6 +631,7 @@ impl Driver {
                     self.touched.push(ci);
                 }
             }
+            Owner::Side { slot, generation } => self.side_ended(slot, generation),
         }
     }
 
@@ -632,6 +658,7 @@ impl Driver {
                     }
                 }
             }
+            Owner::Side { slot, generation } => self.side_sent(slot, generation, buf, written),
         }
     }
 
@@ -667,8 +694,10 @@ impl Driver {
 
     /// An upstream connection this driver asked for is established (`ok`) or failed.
     pub fn connected(&mut self, owner: Owner, ok: bool, now: Instant) {
-        let Owner::Upstream { slot, generation } = owner else {
-            return;
+        let (slot, generation) = match owner {
+            Owner::Upstream { slot, generation } => (slot, generation),
+            Owner::Side { slot, generation } => return self.side_connected(slot, generation, ok),
+            Owner::Client { .. } => return,
         };
         let ui = slot as usize;
         let Some(up) = self.upstreams.get(ui, generation) else {
@@ -747,6 +776,7 @@ impl Driver {
             }
         }
         self.expire_pool(t, now);
+        self.expire_mirrors(t, now);
     }
 
     fn expire_pool<T: Transport>(&mut self, t: &mut T, now: Instant) {
@@ -786,6 +816,7 @@ impl Driver {
         for ui in std::mem::take(&mut self.doomed) {
             self.close_upstream(t, ui);
         }
+        self.drive_sides(t, now);
         // Driving may touch more (a pooled connection handed over completes at once): a few
         // passes, the rest waits for the next turn.
         for _ in 0..4 {
@@ -910,6 +941,9 @@ impl Driver {
                         self.close_client(t, slot);
                         return;
                     }
+                    Action::Authorize(call) => self.authorize(t, slot, call, now),
+                    Action::CancelAuth => self.cancel_auth(t, slot),
+                    Action::Mirror(call) => self.mirror(t, call, now),
                 }
             }
             progress |= self.client_output(t, slot, now);
@@ -1149,6 +1183,7 @@ impl Driver {
         if let Some(ui) = self.clients.get_any(slot).and_then(|c| c.upstream.take()) {
             self.close_upstream(t, ui);
         }
+        self.cancel_auth(t, slot);
         let Some(mut client) = self.clients.remove(slot) else {
             return;
         };
@@ -1173,6 +1208,7 @@ impl Driver {
         for ui in all {
             self.close_upstream(t, ui);
         }
+        self.close_sides(t);
         self.serving(false);
     }
 }

@@ -679,7 +679,7 @@ impl Transport for SmolNet {
             Owner::Client { .. } => tcp.close(),
             // The upstream finished: answer its FIN with ours; otherwise reset.
             Owner::Upstream { .. } if tcp.state() == TcpState::CloseWait => tcp.close(),
-            Owner::Upstream { .. } => tcp.abort(),
+            Owner::Upstream { .. } | Owner::Side { .. } => tcp.abort(),
         }
         s.owner = SockOwner::Closing { until };
         // Its delayed ACK or FIN still has to go out.
