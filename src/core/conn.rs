@@ -33,6 +33,8 @@ use crate::core::http1::response::{
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::request_id;
+use crate::core::route::custom_errors::{self, ErrorContext};
+use crate::core::route::headers::HeaderSet;
 use crate::core::route::rate_limit::ConnTicket;
 use crate::core::route::request_policy::{RequestView, Verdict};
 use crate::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
@@ -125,6 +127,9 @@ pub struct ConnConfig {
     /// Status answered to a request refused by a route's `limit-rps`, `limit-rpm` or
     /// `limit-connections` (`[http] limit_req_status_code`; 503 as in ingress-nginx).
     pub limit_status: u16,
+    /// Fields set on every request sent upstream (`[http] proxy_set_headers`); a route's
+    /// `sluice.dev/request-headers` are applied after them (a field of both: the route's).
+    pub request_headers: Option<HeaderSet>,
 }
 
 /// What the access log says about the current (or last) request of a connection; kept
@@ -172,6 +177,7 @@ impl Default for ConnConfig {
             forwarded: ForwardedTrust::none(),
             proxy_protocol: false,
             limit_status: 503,
+            request_headers: None,
         }
     }
 }
@@ -494,6 +500,11 @@ struct Exchange {
     waiting_since: Instant,
     /// The route's CORS applies: `Access-Control-Allow-Origin` for the response.
     cors_origin: Option<Box<str>>,
+    /// Custom errors: the error request for this request, but for its `X-Code` (see
+    /// `custom_errors::prepare`); empty when the route has no error backend. Reused.
+    error_head: Vec<u8>,
+    /// This exchange is the error request for that status (its answer is passed as is).
+    error_code: Option<u16>,
 }
 
 impl Exchange {
@@ -761,6 +772,10 @@ impl Conn {
                 self.drive(now, router);
                 return;
             }
+            if self.intercept_error(502, now, router) {
+                self.drive(now, router);
+                return;
+            }
             self.uout.reset();
             self.fail(
                 HttpError::upstream(502, "could not connect to the upstream"),
@@ -834,7 +849,10 @@ impl Conn {
             State::Proxying { ex } => matches!(ex.response, Response::Head) && ex.request_done(),
             _ => false,
         };
-        if retryable && self.try_retry(Failure::Timeout, now, router) {
+        if retryable
+            && (self.try_retry(Failure::Timeout, now, router)
+                || self.intercept_error(504, now, router))
+        {
             self.drive(now, router);
             return;
         }
@@ -1288,6 +1306,30 @@ impl Conn {
             cors_origin = rp.cors.as_ref().and_then(|c| c.allow_origin(view.origin));
             rewritten = rp.rewrite(head.path(), head.query());
         }
+        // Custom errors: the route's backend has no endpoints, its error backend answers.
+        let errors = request_policy.as_deref().and_then(|p| p.errors.as_ref());
+        let routed_backend = match &decision {
+            RouteDecision::Forward { backend, .. } => Some(*backend),
+            _ => router.routed_backend(),
+        };
+        let mut error_first = None;
+        if let RouteDecision::NoEndpoints = decision
+            && let Some(errors) = errors.filter(|e| e.on_no_endpoints())
+            && let Some(backend) = errors.backend
+            && let Some(endpoint) = router.retry_pick(backend, &[], now)
+        {
+            error_first = Some(503);
+            decision = RouteDecision::Forward {
+                backend,
+                endpoint,
+                policy: None,
+            };
+            // The error request has no body: the client's is left unread, then we close.
+            if req.has_body {
+                req.has_body = false;
+                req.keep_alive = false;
+            }
+        }
         let max_body = match policy.as_deref().and_then(|p| p.max_body_bytes) {
             Some(route) => route,
             None => self.config.limits.max_body_bytes,
@@ -1302,6 +1344,12 @@ impl Conn {
             max_body_bytes: max_body,
             ..limits.clone()
         };
+        let mut error_head = self
+            .spare_exchange
+            .as_mut()
+            .map(|spare| std::mem::take(&mut spare.error_head))
+            .unwrap_or_default();
+        error_head.clear();
         let body = req.has_body.then(|| {
             (
                 BodyDecoder::new(head.framing, Peer::Client, limits),
@@ -1337,6 +1385,35 @@ impl Conn {
             write_upstream_request_edited(&head, &info, &edits, &mut self.uout.queued);
             if let Some(host) = policy.as_deref().and_then(|p| p.upstream_vhost.as_deref()) {
                 vhost::replace_host(&mut self.uout.queued, 0, host);
+            }
+            if let Some(set) = &self.config.request_headers {
+                set.apply(&mut self.uout.queued, 0);
+            }
+            if let Some(rp) = request_policy.as_deref() {
+                if let Some(set) = &rp.request_headers {
+                    set.apply(&mut self.uout.queued, 0);
+                }
+                if let Some(c) = &rp.connection
+                    && !req.upgrade
+                {
+                    c.apply(&mut self.uout.queued, 0);
+                }
+            }
+            if let Some(errors) = errors
+                && errors.backend.is_some()
+            {
+                let ctx = ErrorContext {
+                    path: head.path(),
+                    query: head.query(),
+                    accept: key.header("accept"),
+                    ingress: router.routed_ingress(),
+                    backend: routed_backend.and_then(|b| router.backend_name(b)),
+                };
+                custom_errors::prepare(&self.uout.queued, &ctx, &mut error_head);
+                if let Some(code) = error_first {
+                    self.uout.queued.clear();
+                    custom_errors::finish(&error_head, code, &mut self.uout.queued);
+                }
             }
         }
         self.cin.consume(len);
@@ -1402,6 +1479,8 @@ impl Conn {
             head_pending: None,
             waiting_since: now,
             cors_origin,
+            error_head,
+            error_code: error_first,
         };
         let ex = match self.spare_exchange.take() {
             Some(mut spare) => {
@@ -1697,6 +1776,14 @@ impl Conn {
             self.retry_to(endpoint, now);
             return false;
         }
+        // A status the route sends to its error backend: dropped before the client sees it.
+        if !resp.is_interim()
+            && resp.status != 101
+            && let Some((backend, endpoint)) = self.error_target(resp.status, now, router)
+        {
+            self.send_error(resp.status, backend, endpoint, now);
+            return false;
+        }
         let State::Proxying { ex } = &mut self.state else {
             return false;
         };
@@ -1747,8 +1834,18 @@ impl Conn {
                 block.as_bytes(),
             );
         }
+        if let Some(set) = ex
+            .policy
+            .as_deref()
+            .and_then(|p| p.request.as_deref())
+            .and_then(|r| r.response_headers.as_ref())
+            && resp.status != 101
+        {
+            set.apply(&mut self.cout.queued, head_start);
+        }
         if let Some(a) = ex.policy.as_deref().and_then(|p| p.affinity.as_ref())
             && resp.status != 101
+            && ex.error_code.is_none()
         {
             // A new cookie unless the client's already names this endpoint (or, after a
             // retry without `change-on-failure`, the endpoint it was pinned to).
@@ -1811,9 +1908,20 @@ impl Conn {
         };
         let status = ex.status;
         let request_done = ex.request_done();
+        // `connection-proxy-header: close` told the upstream not to keep the connection.
+        let told_close = ex
+            .policy
+            .as_deref()
+            .and_then(|p| p.request.as_deref())
+            .and_then(|r| r.connection.as_ref())
+            .is_some_and(|c| c.closes());
         // The upstream answered before it had the whole request, or sent more than one
         // response: its connection is in an unknown state.
-        let reusable = reusable && request_done && self.uout.is_flushed() && self.uin.is_empty();
+        let reusable = reusable
+            && !told_close
+            && request_done
+            && self.uout.is_flushed()
+            && self.uin.is_empty();
         self.release_upstream(reusable);
         self.completed(status, Some(status));
         if keep_alive && request_done && !self.shutting_down && !self.client_eof {
@@ -1872,7 +1980,10 @@ impl Conn {
                     return;
                 }
                 let head_pending = matches!(ex.response, Response::Head);
-                if head_pending && self.try_retry(Failure::Error, now, router) {
+                if head_pending
+                    && (self.try_retry(Failure::Error, now, router)
+                        || self.intercept_error(502, now, router))
+                {
                     self.drive(now, router);
                     return;
                 }
@@ -1901,6 +2012,82 @@ impl Conn {
             _ => return,
         }
         self.drive(now, router);
+    }
+
+    /// Custom errors: when the route sends `status` to its error backend (and nothing of the
+    /// answer has reached the client, and the whole request was sent), drops the current
+    /// upstream and sends the error request instead. False (nothing changed) otherwise, also
+    /// when the error backend has no endpoint: then the answer passes as it is.
+    fn intercept_error(&mut self, status: u16, now: Instant, router: &mut dyn Router) -> bool {
+        match self.error_target(status, now, router) {
+            Some((backend, endpoint)) => {
+                self.send_error(status, backend, endpoint, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The error backend and endpoint `status` goes to (see [`Conn::intercept_error`]).
+    fn error_target(
+        &self,
+        status: u16,
+        now: Instant,
+        router: &mut dyn Router,
+    ) -> Option<(BackendId, SocketAddr)> {
+        let (State::Connecting { ex, .. } | State::Proxying { ex }) = &self.state else {
+            return None;
+        };
+        if ex.error_code.is_some()
+            || ex.error_head.is_empty()
+            || ex.response_started
+            || !ex.request_done()
+        {
+            return None;
+        }
+        let errors = ex
+            .policy
+            .as_deref()
+            .and_then(|p| p.request.as_deref())
+            .and_then(|r| r.errors.as_ref());
+        let backend = errors
+            .filter(|e| e.intercepts(status))
+            .and_then(|e| e.backend)?;
+        Some((backend, router.retry_pick(backend, &[], now)?))
+    }
+
+    /// Drops the current upstream and sends the error request for `status` to `endpoint` of
+    /// the error backend `backend`.
+    fn send_error(&mut self, status: u16, backend: BackendId, endpoint: SocketAddr, now: Instant) {
+        self.release_upstream(false);
+        self.scanner.reset();
+        let mut ex = match std::mem::replace(&mut self.state, State::Closed) {
+            State::Connecting { ex, .. } | State::Proxying { ex } => ex,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        ex.error_code = Some(status);
+        ex.backend = backend;
+        ex.endpoint = endpoint;
+        ex.attempts.add(endpoint);
+        ex.reused = false;
+        ex.retried = false;
+        ex.req.has_body = false;
+        ex.response = Response::Head;
+        ex.status = 0;
+        ex.head_pending = None;
+        ex.waiting_since = now;
+        ex.cors_origin = None;
+        self.uout.reset();
+        custom_errors::finish(&ex.error_head, status, &mut self.uout.queued);
+        // A pooled connection found dead is replayed once; never retried elsewhere.
+        self.replay.clear();
+        self.replay.extend_from_slice(&self.uout.queued);
+        self.replayable = false;
+        self.connect(endpoint, false);
+        self.state = State::Connecting { ex, since: now };
     }
 
     /// Passes the failed attempt to another endpoint if the route's `proxy-next-upstream`

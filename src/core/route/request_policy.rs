@@ -14,6 +14,8 @@ use ipnet::IpNet;
 use regex::Regex;
 
 use super::basic_auth::{AuthOutcome, BasicAuth};
+use super::custom_errors::CustomErrors;
+use super::headers::{ConnectionHeader, HeaderSet};
 
 /// What one Ingress's request-policy annotations say. `None` / `false`: not set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +52,18 @@ pub struct RequestPolicy {
     /// `limit-rps`, `limit-rpm`, `limit-connections` (with `limit-burst-multiplier` and
     /// `limit-whitelist`): checked by the connection machine before the address lists.
     pub limits: Option<super::rate_limit::RateLimits>,
+    // Custom errors, headers and `satisfy` (src/core/route/custom_errors.rs, headers.rs).
+    /// `custom-http-errors`, `default-backend`, `disable-proxy-intercept-errors`.
+    pub errors: Option<CustomErrors>,
+    /// `sluice.dev/request-headers`: set on the request sent upstream.
+    pub request_headers: Option<HeaderSet>,
+    /// `sluice.dev/response-headers`: set on the proxied response.
+    pub response_headers: Option<HeaderSet>,
+    /// `connection-proxy-header`: the `Connection` value sent upstream.
+    pub connection: Option<ConnectionHeader>,
+    /// `satisfy: any`: the address lists or basic authentication, either one, lets a request
+    /// through (nginx's `satisfy any`); `false`: both must.
+    pub satisfy_any: bool,
 }
 
 /// A redirect answered by Sluice: status and `Location` as written in the annotation.
@@ -420,9 +434,16 @@ impl RequestPolicy {
         {
             return Verdict::Preflight { allow_origin };
         }
-        if self.deny.as_ref().is_some_and(|d| d.contains(req.client))
-            || self.allow.as_ref().is_some_and(|a| !a.contains(req.client))
-        {
+        let listed = self.deny.is_some() || self.allow.is_some();
+        let address_ok = !(self.deny.as_ref().is_some_and(|d| d.contains(req.client))
+            || self.allow.as_ref().is_some_and(|a| !a.contains(req.client)));
+        if self.satisfy_any && listed && self.auth.is_some() {
+            // nginx's `satisfy any`: either access check passing is enough; when both fail,
+            // authentication's 401 wins over the address lists' 403.
+            if address_ok {
+                return Verdict::Pass;
+            }
+        } else if !address_ok {
             return Verdict::Forbidden;
         }
         match self.auth.as_ref().map(|a| a.check(req.authorization)) {
@@ -523,6 +544,21 @@ impl fmt::Display for RequestPolicy {
         }
         if let Some(l) = &self.limits {
             parts.push(l.to_string());
+        }
+        if let Some(e) = &self.errors {
+            parts.push(e.to_string());
+        }
+        if let Some(h) = &self.request_headers {
+            parts.push(format!("request-headers={h}"));
+        }
+        if let Some(h) = &self.response_headers {
+            parts.push(format!("response-headers={h}"));
+        }
+        if let Some(c) = &self.connection {
+            parts.push(format!("connection={}", c.as_str()));
+        }
+        if self.satisfy_any {
+            parts.push("satisfy=any".into());
         }
         f.write_str(&parts.join(" "))
     }
