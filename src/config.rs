@@ -1178,6 +1178,25 @@ mod tests {
     }
 
     #[test]
+    fn proxy_set_headers_are_checked() {
+        let c = parse("[http]\nproxy_set_headers = { \"X-A\" = \"one\", \"X-B\" = \"two\" }\n")
+            .unwrap();
+        let mut head = b"GET / HTTP/1.1\r\nX-A: client\r\n\r\n".to_vec();
+        c.proxy_set_headers.unwrap().apply(&mut head, 0);
+        assert_eq!(head, b"GET / HTTP/1.1\r\nX-A: one\r\nX-B: two\r\n\r\n");
+        for bad in [
+            "{ \"X-A\" = \"b\\r\\nSet-Cookie: x\" }",
+            "{ \"X-A\" = \"b\\nX-C: y\" }",
+            "{ \"Host\" = \"x\" }",
+            "{ \"A B\" = \"x\" }",
+        ] {
+            let err = parse(&format!("[http]\nproxy_set_headers = {bad}\n")).unwrap_err();
+            assert!(err.contains("http.proxy_set_headers"), "{err}");
+        }
+        assert!(parse("").unwrap().proxy_set_headers.is_none());
+    }
+
+    #[test]
     fn real_client_and_access_log_keys() {
         let c = parse("").unwrap();
         assert!(!c.forwarded.enabled());

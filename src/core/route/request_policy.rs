@@ -683,6 +683,34 @@ mod tests {
     }
 
     #[test]
+    fn satisfy_any_needs_one_access_check() {
+        use crate::core::route::basic_auth::PasswordHash;
+        let auth = BasicAuth {
+            realm: "r".into(),
+            users: Some(vec![(
+                "sha".into(),
+                PasswordHash::parse("{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=").unwrap(),
+            )]),
+        };
+        let mut p = RequestPolicy {
+            allow: Some(nets(&["192.168.0.0/16"])),
+            auth: Some(auth),
+            satisfy_any: true,
+            ..RequestPolicy::default()
+        };
+        let mut v = view("GET", "/x");
+        assert_eq!(p.verdict(&v), Verdict::Unauthorized);
+        v.authorization = Some(b"Basic c2hhOnNlY3JldA==");
+        assert_eq!(p.verdict(&v), Verdict::Pass);
+        p.satisfy_any = false;
+        assert_eq!(p.verdict(&v), Verdict::Forbidden);
+        p.satisfy_any = true;
+        v.authorization = None;
+        v.client = ip("192.168.3.4");
+        assert_eq!(p.verdict(&v), Verdict::Pass);
+    }
+
+    #[test]
     fn www_alias() {
         let p = RequestPolicy {
             from_to_www: Some(vec!["example.com".into()]),
