@@ -1073,3 +1073,67 @@ fn satisfy_any_lets_either_check_through() {
     // A bad value is reported and `all` applies: listed, but no credentials.
     assert_eq!(get(&s, "/", "bad.auth").status, 401);
 }
+
+/// An upstream answering every request with 200 and `size` bytes of body.
+fn big_upstream(size: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+                        if stream.write_all(head.as_bytes()).is_err()
+                            || stream.write_all(&vec![b'z'; size]).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+// ratelimit.go has no limit-rate case; the annotations docs: "limit-rate: kilobytes per
+// second allowed to send to a given connection", "limit-rate-after: initial number of
+// kilobytes after which the further transmission of a response … will be rate limited".
+// 300 KiB with the first 100 KiB free and 100 KiB/s after: never sooner than ~2 s (this is
+// a lower bound the limit guarantees, not a speed measurement); the body arrives whole.
+#[test]
+#[allow(clippy::disallowed_methods)] // a test client measuring a real transfer reads the clock
+fn limit_rate_slows_the_response_after_the_free_part() {
+    let size = 300 * 1024;
+    let yaml = format!(
+        "{}{}{}",
+        ing(
+            "slow",
+            "slow.foo.com",
+            ROOT,
+            &[ann("limit-rate", "100"), ann("limit-rate-after", "100")],
+        ),
+        ing("fast", "fast.foo.com", ROOT, &[ann("limit-rate", "0")]),
+        backend(big_upstream(size))
+    );
+    let s = binary::start("reqpol-limit-rate", &[("app.yaml", &yaml)], "", 1);
+    let fetch = |host: &str| {
+        let started = std::time::Instant::now();
+        let a = get(&s, "/", host);
+        (a, started.elapsed())
+    };
+    let (a, took) = fetch("slow.foo.com");
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), size);
+    assert!(took >= Duration::from_millis(1_900), "{took:?}");
+    let (a, _) = fetch("fast.foo.com");
+    assert_eq!((a.status, a.body.len()), (200, size));
+}

@@ -13,6 +13,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use super::annotations::Annotations;
 use super::compile::Diagnostic;
 use crate::core::route::RoutePolicy;
+use crate::core::route::bandwidth::LimitRate;
 use crate::core::route::basic_auth::{BasicAuth, PasswordHash, parse_htpasswd};
 use crate::core::route::custom_errors::CustomErrors;
 use crate::core::route::headers::{
@@ -61,6 +62,8 @@ pub const DEFAULT_BACKEND: &str = "default-backend";
 pub const DISABLE_PROXY_INTERCEPT_ERRORS: &str = "disable-proxy-intercept-errors";
 pub const CONNECTION_PROXY_HEADER: &str = "connection-proxy-header";
 pub const SATISFY: &str = "satisfy";
+pub const LIMIT_RATE: &str = "limit-rate";
+pub const LIMIT_RATE_AFTER: &str = "limit-rate-after";
 /// `sluice.dev/` only: fields set on the request sent upstream, one `Name: value` a line.
 pub const REQUEST_HEADERS: &str = "request-headers";
 /// `sluice.dev/` only: fields set on the response, one `Name: value` a line.
@@ -256,6 +259,16 @@ fn errors_headers_satisfy(
     policy.satisfy_any = a
         .get(SATISFY, parse_satisfy, &"all", diags)
         .unwrap_or(false);
+    let rate = a
+        .get(LIMIT_RATE, parse_kib, &"no limit", diags)
+        .unwrap_or(0);
+    if rate > 0 {
+        let after = a.get(LIMIT_RATE_AFTER, parse_kib, &0, diags).unwrap_or(0);
+        policy.limit_rate = Some(LimitRate {
+            bytes_per_sec: rate,
+            after,
+        });
+    }
     policy.request_headers = header_list(ing, object, REQUEST_HEADERS, &REQUEST_FORBIDDEN, diags);
     policy.response_headers =
         header_list(ing, object, RESPONSE_HEADERS, &RESPONSE_FORBIDDEN, diags);
@@ -325,6 +338,16 @@ fn parse_service_name(value: &str) -> Result<String, String> {
         ));
     }
     Ok(value.to_string())
+}
+
+/// `limit-rate`, `limit-rate-after`: a whole number of KiB (nginx's `k`), in bytes; 0: none.
+pub fn parse_kib(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(n) if n <= 1 << 32 => Ok(n * 1024),
+        _ => Err(format!(
+            "expected a whole number of kilobytes, got {value:?}"
+        )),
+    }
 }
 
 /// `satisfy`: `any` (true) or `all`.
@@ -682,6 +705,8 @@ mod tests {
         for bad in ["", "ns/errors", "Errors", "-x", "a b"] {
             assert!(parse_service_name(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_kib("8"), Ok(8192));
+        assert!(parse_kib("8k").is_err() && parse_kib("-1").is_err());
         assert_eq!(parse_satisfy("any"), Ok(true));
         assert!(parse_satisfy("some").is_err());
     }

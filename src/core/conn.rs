@@ -33,6 +33,7 @@ use crate::core::http1::response::{
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::request_id;
+use crate::core::route::bandwidth::Pacer;
 use crate::core::route::custom_errors::{self, ErrorContext};
 use crate::core::route::headers::HeaderSet;
 use crate::core::route::rate_limit::ConnTicket;
@@ -371,6 +372,20 @@ impl OutBuf {
         Some(std::mem::take(&mut self.queued))
     }
 
+    /// [`OutBuf::take`], at most `max` bytes (the rest stays queued).
+    fn take_at_most(&mut self, max: usize) -> Option<Vec<u8>> {
+        if self.queued.len() <= max {
+            return self.take();
+        }
+        if self.sending || max == 0 {
+            return None;
+        }
+        let rest = self.queued.split_off(max);
+        self.sending = true;
+        self.in_flight = max;
+        Some(std::mem::replace(&mut self.queued, rest))
+    }
+
     /// Returns how many bytes were really written (0 for a buffer we were not expecting).
     fn sent(&mut self, mut buf: Vec<u8>, written: usize) -> usize {
         if !self.sending {
@@ -590,6 +605,10 @@ pub struct Conn {
     /// The client's unit of its route's `limit-connections`, held while its request is in
     /// flight (given back in `enter_idle`, `enter_closing`, `close_now` or on drop).
     limit_ticket: Option<ConnTicket>,
+    /// `limit-rate`: the pacing of the current response's bytes to the client.
+    pace: Option<Box<Pacer>>,
+    /// The time of the last event (what pacing reads when the engine takes output).
+    clock: Instant,
 }
 
 impl Conn {
@@ -664,6 +683,8 @@ impl Conn {
             has_upstream: false,
             shutting_down: false,
             limit_ticket: None,
+            pace: None,
+            clock: now,
         }
     }
 
@@ -715,7 +736,17 @@ impl Conn {
         if matches!(self.state, State::Closed) {
             return None;
         }
-        let out = self.cout.take();
+        let out = match &mut self.pace {
+            None => self.cout.take(),
+            Some(pace) => {
+                let allowed = pace.allowance(self.cout.queued.len(), self.clock).ok()?;
+                let out = self.cout.take_at_most(allowed);
+                if let Some(buf) = &out {
+                    pace.record(buf.len());
+                }
+                out
+            }
+        };
         if out.is_some()
             && let State::Proxying { ex } = &mut self.state
         {
@@ -839,7 +870,9 @@ impl Conn {
 
     /// The timer armed at [`Conn::deadline`] fired (late or early firing is harmless).
     pub fn timer(&mut self, now: Instant, router: &mut dyn Router) {
-        match self.deadline() {
+        self.clock = now;
+        // A pacing wake-up only lets the engine take more output.
+        match self.state_deadline() {
             Some(deadline) if now >= deadline => {}
             _ => return,
         }
@@ -903,6 +936,21 @@ impl Conn {
 
     /// When the machine next needs [`Conn::timer`], if ever.
     pub fn deadline(&self) -> Option<Instant> {
+        let state = self.state_deadline();
+        let pace = self.pace.as_ref().and_then(|p| {
+            if self.cout.sending || self.cout.queued.is_empty() {
+                return None;
+            }
+            p.allowance(self.cout.queued.len(), self.clock).err()
+        });
+        match (state, pace) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// [`Conn::deadline`] without pacing: the timeouts of the current state.
+    fn state_deadline(&self) -> Option<Instant> {
         let t = &self.config.timeouts;
         match &self.state {
             State::Head {
@@ -1019,6 +1067,7 @@ impl Conn {
     /// Runs stages until none can progress. Bounded: every turn consumes input or changes
     /// state, and both are finite.
     fn drive(&mut self, now: Instant, router: &mut dyn Router) {
+        self.clock = now;
         loop {
             let progressed = match self.state {
                 State::Head { .. } => self.try_start_request(now, router),
@@ -1064,6 +1113,8 @@ impl Conn {
             && started.is_none()
         {
             *started = Some(now);
+            // The previous response is flushed: its pacing is over.
+            self.pace = None;
             self.in_mark = self.cin.consumed;
             self.out_mark = self.cout.total();
             // A new request: nothing of the last one's record may be logged for it (a head
@@ -1862,6 +1913,20 @@ impl Conn {
                 };
                 let value = affinity::set_cookie(a, &ex.endpoint, &ctx);
                 affinity::insert_field(&mut self.cout.queued, head_start, "Set-Cookie", &value);
+            }
+        }
+        if let Some(limit) = ex
+            .policy
+            .as_deref()
+            .and_then(|p| p.request.as_deref())
+            .and_then(|r| r.limit_rate)
+            && resp.status != 101
+        {
+            // Counted from this head (nginx counts what the connection sent).
+            let pacer = Pacer::new(limit, now);
+            match &mut self.pace {
+                Some(p) => **p = pacer,
+                None => self.pace = Some(Box::new(pacer)),
             }
         }
         ex.status = resp.status;

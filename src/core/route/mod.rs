@@ -30,6 +30,7 @@ use std::sync::Arc;
 use crate::core::host::{MAX_HOST, normalize_host};
 
 pub mod affinity;
+pub mod bandwidth;
 pub mod basic_auth;
 pub mod custom_errors;
 pub mod headers;

@@ -64,6 +64,8 @@ pub struct RequestPolicy {
     /// `satisfy: any`: the address lists or basic authentication, either one, lets a request
     /// through (nginx's `satisfy any`); `false`: both must.
     pub satisfy_any: bool,
+    /// `limit-rate`, `limit-rate-after`: response bandwidth per connection.
+    pub limit_rate: Option<super::bandwidth::LimitRate>,
 }
 
 /// A redirect answered by Sluice: status and `Location` as written in the annotation.
@@ -559,6 +561,9 @@ impl fmt::Display for RequestPolicy {
         }
         if self.satisfy_any {
             parts.push("satisfy=any".into());
+        }
+        if let Some(l) = &self.limit_rate {
+            parts.push(l.to_string());
         }
         f.write_str(&parts.join(" "))
     }
