@@ -1375,7 +1375,9 @@ impl Conn {
                 endpoint,
                 policy: None,
             };
-            // The error request has no body: the client's is left unread, then we close.
+            // The error request is never a tunnel, and has no body: the client's is left
+            // unread, then we close.
+            req.upgrade = false;
             if req.has_body {
                 req.has_body = false;
                 req.keep_alive = false;
@@ -2140,6 +2142,7 @@ impl Conn {
         ex.reused = false;
         ex.retried = false;
         ex.req.has_body = false;
+        ex.req.upgrade = false;
         ex.response = Response::Head;
         ex.status = 0;
         ex.head_pending = None;

@@ -30,8 +30,9 @@ pub struct CustomErrors {
     pub backend: Option<BackendId>,
 }
 
-/// Fields of the error request that are ours: the client's copies are dropped.
-const OURS: [&str; 10] = [
+/// Fields of the error request that are ours (the client's copies are dropped), and those
+/// of a body or a tunnel, which the error request never has.
+const OURS: [&str; 12] = [
     "x-code",
     "x-format",
     "x-original-uri",
@@ -42,6 +43,8 @@ const OURS: [&str; 10] = [
     "content-length",
     "transfer-encoding",
     "expect",
+    "upgrade",
+    "connection",
 ];
 
 impl CustomErrors {
