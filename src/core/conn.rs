@@ -605,10 +605,9 @@ pub struct Conn {
     /// The client's unit of its route's `limit-connections`, held while its request is in
     /// flight (given back in `enter_idle`, `enter_closing`, `close_now` or on drop).
     limit_ticket: Option<ConnTicket>,
-    /// `limit-rate`: the pacing of the current response's bytes to the client.
+    /// `limit-rate`: the pacing of the current response's bytes to the client (it keeps the
+    /// time of the connection's last event, which it reads when the engine takes output).
     pace: Option<Box<Pacer>>,
-    /// The time of the last event (what pacing reads when the engine takes output).
-    clock: Instant,
 }
 
 impl Conn {
@@ -684,7 +683,6 @@ impl Conn {
             shutting_down: false,
             limit_ticket: None,
             pace: None,
-            clock: now,
         }
     }
 
@@ -739,7 +737,7 @@ impl Conn {
         let out = match &mut self.pace {
             None => self.cout.take(),
             Some(pace) => {
-                let allowed = pace.allowance(self.cout.queued.len(), self.clock).ok()?;
+                let allowed = pace.allowance_now(self.cout.queued.len()).ok()?;
                 let out = self.cout.take_at_most(allowed);
                 if let Some(buf) = &out {
                     pace.record(buf.len());
@@ -870,7 +868,9 @@ impl Conn {
 
     /// The timer armed at [`Conn::deadline`] fired (late or early firing is harmless).
     pub fn timer(&mut self, now: Instant, router: &mut dyn Router) {
-        self.clock = now;
+        if let Some(pace) = &mut self.pace {
+            pace.tick(now);
+        }
         // A pacing wake-up only lets the engine take more output.
         match self.state_deadline() {
             Some(deadline) if now >= deadline => {}
@@ -941,7 +941,7 @@ impl Conn {
             if self.cout.sending || self.cout.queued.is_empty() {
                 return None;
             }
-            p.allowance(self.cout.queued.len(), self.clock).err()
+            p.allowance_now(self.cout.queued.len()).err()
         });
         match (state, pace) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1067,7 +1067,9 @@ impl Conn {
     /// Runs stages until none can progress. Bounded: every turn consumes input or changes
     /// state, and both are finite.
     fn drive(&mut self, now: Instant, router: &mut dyn Router) {
-        self.clock = now;
+        if let Some(pace) = &mut self.pace {
+            pace.tick(now);
+        }
         loop {
             let progressed = match self.state {
                 State::Head { .. } => self.try_start_request(now, router),

@@ -42,6 +42,9 @@ pub struct Pacer {
     start: Instant,
     /// Bytes handed out since `start`.
     sent: u64,
+    /// The time of the connection's last event: what [`Pacer::allowance_now`] reads (the
+    /// engine takes output without passing a time).
+    now: Instant,
 }
 
 impl Pacer {
@@ -50,7 +53,18 @@ impl Pacer {
             limit,
             start,
             sent: 0,
+            now: start,
         }
+    }
+
+    /// The connection had an event at `now`.
+    pub fn tick(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// [`Pacer::allowance`] at the last [`Pacer::tick`].
+    pub fn allowance_now(&self, pending: usize) -> Result<usize, Instant> {
+        self.allowance(pending, self.now)
     }
 
     /// Bytes the budget allows by `now` (saturating).
