@@ -1104,6 +1104,11 @@ impl Conn {
             if self.replay.capacity() > IDLE_KEEP_CAPACITY {
                 self.replay = Vec::new();
             }
+            if let Some(spare) = &mut self.spare_exchange
+                && spare.error_head.capacity() > IDLE_KEEP_CAPACITY
+            {
+                spare.error_head = Vec::new();
+            }
             return false;
         }
         // Pipelined requests are answered in order: the next head waits for the previous
