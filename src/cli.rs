@@ -129,6 +129,10 @@ fn parse_secret(text: &str) -> Result<(String, String), ValueError> {
     sluice::config::parse_secret_ref(text)
 }
 
+fn parse_service(text: &str) -> Result<sluice::control::compile::ServiceRef, ValueError> {
+    sluice::config::parse_service_ref(text)
+}
+
 fn parse_namespaced(text: &str) -> Result<(String, String), BadNamespacedName> {
     sluice::control::watch::parse_namespaced_name(text)
 }
@@ -171,6 +175,10 @@ pub struct Flags {
     /// Data plane: `uring` (kernel sockets) or `userspace` (smoltcp).
     #[arg(long, value_name = "ENGINE", value_parser = parse_engine)]
     pub engine: Option<EngineKind>,
+    /// Service for requests no rule matches, and for custom errors of Ingresses that name no
+    /// `default-backend` (its first port unless `:port` is given).
+    #[arg(long, value_name = "NS/NAME[:PORT]", value_parser = parse_service)]
+    pub default_backend_service: Option<sluice::control::compile::ServiceRef>,
     /// Secret served when no certificate matches the SNI name.
     #[arg(long, value_name = "NS/NAME", value_parser = parse_secret)]
     pub default_ssl_certificate: Option<(String, String)>,

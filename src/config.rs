@@ -58,7 +58,7 @@ impl std::error::Error for ConfigError {}
 pub enum ValueError {
     #[error(transparent)]
     NamespacedName(#[from] BadNamespacedName),
-    #[error("expected \"namespace/service:port\" (got {0:?})")]
+    #[error("expected \"namespace/service\" or \"namespace/service:port\" (got {0:?})")]
     ServiceRef(String),
     #[error("expected a duration like \"10s\" or \"500ms\" (got {0:?})")]
     Duration(String),
@@ -165,6 +165,7 @@ struct RawHttp {
     use_forwarded_headers: Option<Spanned<bool>>,
     trusted_proxies: Option<Spanned<Vec<String>>>,
     limit_req_status_code: Option<Spanned<u16>>,
+    proxy_set_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -391,6 +392,9 @@ pub struct Config {
     /// Status for a request refused by a route's rate or connection limit
     /// (`[http] limit_req_status_code`, ingress-nginx's `limit-req-status-code`; 503).
     pub limit_status: u16,
+    /// Fields set on every request sent upstream (`[http] proxy_set_headers`, a table of
+    /// field name → value: ingress-nginx's `proxy-set-headers`).
+    pub proxy_set_headers: Option<crate::core::route::headers::HeaderSet>,
 }
 
 impl Default for Config {
@@ -422,6 +426,7 @@ impl Default for Config {
             forwarded: ForwardedTrust::none(),
             proxy_protocol: false,
             limit_status: 503,
+            proxy_set_headers: None,
         }
     }
 }
@@ -749,6 +754,27 @@ impl Config {
             }
             c.limit_status = code;
         }
+        if let Some(v) = &raw.http.proxy_set_headers {
+            use crate::core::route::headers::{HeaderSet, REQUEST_FORBIDDEN};
+            let fields = v.get_ref();
+            if fields
+                .iter()
+                .any(|(n, v)| n.contains('\n') || v.contains('\n'))
+            {
+                return Err(ctx.at(
+                    v.span().start,
+                    "http.proxy_set_headers",
+                    "a field name or value with a line break",
+                ));
+            }
+            let text: Vec<String> = fields
+                .iter()
+                .map(|(name, value)| format!("{name}: {value}"))
+                .collect();
+            let set = HeaderSet::parse(&text.join("\n"), &REQUEST_FORBIDDEN)
+                .map_err(|why| ctx.at(v.span().start, "http.proxy_set_headers", why))?;
+            c.proxy_set_headers = Some(set);
+        }
         let l = &raw.limits;
         let dl = &d.limits;
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
@@ -937,6 +963,7 @@ impl Config {
             forwarded: self.forwarded.clone(),
             proxy_protocol: self.proxy_protocol,
             limit_status: self.limit_status,
+            request_headers: self.proxy_set_headers.clone(),
         }
     }
 
@@ -1114,15 +1141,17 @@ fn parse_userspace(
     Ok(())
 }
 
-/// `namespace/service:port` (port by number or name).
+/// `namespace/service:port` (port by number or name), or `namespace/service` (its first port).
 pub fn parse_service_ref(text: &str) -> Result<ServiceRef, ValueError> {
     let bad = || ValueError::ServiceRef(text.to_string());
     let (ns, rest) = text.split_once('/').ok_or_else(bad)?;
-    let (name, port) = rest.split_once(':').ok_or_else(bad)?;
-    if ns.is_empty() || name.is_empty() || port.is_empty() {
+    // Without `:port`, the Service's first port (ingress-nginx's `--default-backend-service`).
+    let (name, port) = rest.split_once(':').unwrap_or((rest, ""));
+    if ns.is_empty() || name.is_empty() || rest.ends_with(':') {
         return Err(bad());
     }
     let port = match port.parse::<i32>() {
+        _ if port.is_empty() => PortRef::First,
         Ok(n) => PortRef::Number(n),
         Err(_) => PortRef::Name(port.to_string()),
     };
@@ -1146,6 +1175,25 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, "sluice.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn proxy_set_headers_are_checked() {
+        let c = parse("[http]\nproxy_set_headers = { \"X-A\" = \"one\", \"X-B\" = \"two\" }\n")
+            .unwrap();
+        let mut head = b"GET / HTTP/1.1\r\nX-A: client\r\n\r\n".to_vec();
+        c.proxy_set_headers.unwrap().apply(&mut head, 0);
+        assert_eq!(head, b"GET / HTTP/1.1\r\nX-A: one\r\nX-B: two\r\n\r\n");
+        for bad in [
+            "{ \"X-A\" = \"b\\r\\nSet-Cookie: x\" }",
+            "{ \"X-A\" = \"b\\nX-C: y\" }",
+            "{ \"Host\" = \"x\" }",
+            "{ \"A B\" = \"x\" }",
+        ] {
+            let err = parse(&format!("[http]\nproxy_set_headers = {bad}\n")).unwrap_err();
+            assert!(err.contains("http.proxy_set_headers"), "{err}");
+        }
+        assert!(parse("").unwrap().proxy_set_headers.is_none());
     }
 
     #[test]

@@ -75,6 +75,9 @@ fn load_config(args: &Flags) -> Result<Config, Error> {
     if let Some(https) = args.https {
         config.https = https;
     }
+    if let Some(service) = &args.default_backend_service {
+        config.compile.default_backend = Some(service.clone());
+    }
     if let Some(secret) = &args.default_ssl_certificate {
         config.compile.tls.default_secret = Some(secret.clone());
     }

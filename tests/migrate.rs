@@ -244,10 +244,10 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
     ),
     (
         "shop/errors",
-        true,
+        false,
         &[
-            ("custom-http-errors", "not-yet"),
-            ("default-backend", "not-yet"),
+            ("custom-http-errors", "differs"),
+            ("default-backend", "supported"),
         ],
     ),
     (

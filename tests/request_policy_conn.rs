@@ -267,3 +267,66 @@ fn limit_connections_holds_a_unit_per_request_in_flight() {
         assert!(out.starts_with("HTTP/1.1 302"), "{out}");
     }
 }
+
+// limit-rate / limit-rate-after (ingress-nginx's nginx `limit_rate` budget): the machine hands
+// the engine no more response bytes than `after + rate × elapsed`, and says when to come back
+// through its deadline, which the engine turns into a timer; a timer that only paces changes
+// nothing else. Time is injected: the test steps it from deadline to deadline.
+#[test]
+fn limit_rate_paces_the_response_by_the_injected_clock() {
+    use sluice::core::route::bandwidth::LimitRate;
+    let mut run = Run::new(RequestPolicy {
+        limit_rate: Some(LimitRate {
+            bytes_per_sec: 10_000,
+            after: 2_000,
+        }),
+        ..RequestPolicy::default()
+    });
+    run.client("GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
+    run.sent_upstream();
+    let body = "x".repeat(12_000);
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+    let start = run.now;
+    let first = run.upstream(&format!("{head}{body}"));
+    // At once: the `after` budget only.
+    assert_eq!(first.len(), 2_000, "{first}");
+    let mut all = first.clone();
+    let mut steps = 0;
+    while !run.conn.is_idle() {
+        let at = run.conn.deadline().expect("a wake-up while output waits");
+        assert!(at > run.now, "a deadline in the past");
+        run.now = at;
+        run.conn.timer(run.now, &mut run.router);
+        run.pump();
+        let more = std::mem::take(&mut run.to_client);
+        assert!(!more.is_empty(), "woken for nothing at {at:?}");
+        all.push_str(std::str::from_utf8(&more).unwrap());
+        let elapsed = run.now.saturating_since(start).as_secs_f64();
+        // Never over the budget.
+        assert!(
+            all.len() as f64 <= 2_000.0 + 10_000.0 * elapsed + 1.0,
+            "{} at {elapsed}",
+            all.len()
+        );
+        steps += 1;
+        assert!(steps < 1_000);
+    }
+    let (client_head, client_body) = all.split_once("\r\n\r\n").unwrap();
+    assert!(
+        client_head.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{client_head}"
+    );
+    assert_eq!(client_body, body);
+    // The rest (10,000 + head bytes) at 10,000 B/s: about a second, in ~20 sends.
+    let took = run.now.saturating_since(start).as_secs_f64();
+    assert!((1.0..1.1).contains(&took), "{took}");
+    assert!((15..=25).contains(&steps), "{steps}");
+    assert!(
+        run.actions
+            .iter()
+            .any(|a| matches!(a, Action::Completed { status: 200 }))
+    );
+    // The next request on the connection starts unpaced until its own response.
+    run.client("GET /again HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(run.conn.deadline().is_some());
+}

@@ -899,3 +899,241 @@ fn server_alias_reaches_the_ingress_but_never_an_explicit_host() {
     assert_eq!(get(&s, "/", "qux").status, 200);
     assert_eq!(get(&s, "/", "good.example").status, 404);
 }
+
+// connection.go: "set connection header to keep-alive": the upstream gets the annotation's
+// `Connection` value; `close` too (Sluice then keeps that upstream connection out of its
+// pool). A value that is
+// not a token list (an injection attempt) is refused, reported, and nothing is added.
+#[test]
+fn connection_proxy_header_is_sent_upstream() {
+    let s = sluice(
+        "connection",
+        &[
+            ing(
+                "keep",
+                "connection.foo.com",
+                ROOT,
+                &[ann("connection-proxy-header", "keep-alive")],
+            ),
+            ing(
+                "close",
+                "close.foo.com",
+                ROOT,
+                &[ann("connection-proxy-header", "close")],
+            ),
+            ing(
+                "evil",
+                "evil.foo.com",
+                ROOT,
+                &[ann("connection-proxy-header", "close\r\nX-Evil: 1")],
+            ),
+            ing("plain", "plain.foo.com", ROOT, &[]),
+        ],
+    );
+    let a = get(&s, "/", "connection.foo.com");
+    assert_eq!(a.status, 200);
+    assert!(
+        a.body.contains("\r\nConnection: keep-alive\r\n"),
+        "{}",
+        a.body
+    );
+    for _ in 0..2 {
+        let a = get(&s, "/", "close.foo.com");
+        assert!(a.body.contains("\r\nConnection: close\r\n"), "{}", a.body);
+    }
+    for host in ["evil.foo.com", "plain.foo.com"] {
+        let a = get(&s, "/", host);
+        assert_eq!(a.status, 200);
+        assert!(!a.body.contains("Connection:"), "{}", a.body);
+        assert!(!a.body.contains("X-Evil"), "{}", a.body);
+    }
+}
+
+// The typed form of ingress-nginx's `custom-headers` (a ConfigMap of response fields) and
+// `proxy-set-headers`: `sluice.dev/response-headers` and `sluice.dev/request-headers`, one
+// `Name: value` a line, each replacing any field of that name; `[http] proxy_set_headers`
+// for every route (the route's win). CR in a value, a bad name, or a framing field refuse the
+// whole list (reported): nothing is set.
+#[test]
+fn request_and_response_header_lists() {
+    let yaml = [
+        ing(
+            "headers",
+            "headers.foo.com",
+            ROOT,
+            &[
+                (
+                    "sluice.dev/response-headers".to_string(),
+                    "X-Frame-Options: DENY\nAccess-Control-Allow-Origin: set\nX-Multi: a\nX-Multi: b"
+                        .to_string(),
+                ),
+                (
+                    "sluice.dev/request-headers".to_string(),
+                    "X-Tenant: blue\nX-Global: route".to_string(),
+                ),
+            ],
+        ),
+        ing(
+            "evil",
+            "evil.foo.com",
+            ROOT,
+            &[
+                (
+                    "sluice.dev/response-headers".to_string(),
+                    "X-Ok: 1\nX-Bad: a\r\nSet-Cookie: stolen=1".to_string(),
+                ),
+                (
+                    "sluice.dev/request-headers".to_string(),
+                    "Content-Length: 0".to_string(),
+                ),
+            ],
+        ),
+        ing("plain", "plain.foo.com", ROOT, &[]),
+        backend(echo_upstream()),
+    ]
+    .concat();
+    let s = binary::start(
+        "reqpol-headers",
+        &[("app.yaml", &yaml)],
+        "[http]\nproxy_set_headers = { \"X-Global\" = \"config\", \"X-Config-Only\" = \"yes\" }\n",
+        1,
+    );
+    let a = send(
+        &s,
+        "GET",
+        "/acao",
+        "headers.foo.com",
+        "X-Tenant: client\r\n",
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-frame-options"), Some("DENY"));
+    assert_eq!(a.count("access-control-allow-origin"), 1);
+    assert_eq!(a.header("access-control-allow-origin"), Some("set"));
+    assert_eq!(a.count("x-multi"), 2);
+    assert!(a.body.contains("\r\nX-Tenant: blue\r\n"), "{}", a.body);
+    assert!(!a.body.contains("client"), "{}", a.body);
+    assert!(a.body.contains("\r\nX-Global: route\r\n"), "{}", a.body);
+    assert!(a.body.contains("\r\nX-Config-Only: yes\r\n"), "{}", a.body);
+    assert!(!a.body.contains("X-Global: config"), "{}", a.body);
+    let a = get(&s, "/", "plain.foo.com");
+    assert!(a.header("x-frame-options").is_none());
+    assert!(a.body.contains("\r\nX-Global: config\r\n"), "{}", a.body);
+    let a = get(&s, "/", "evil.foo.com");
+    assert_eq!(a.status, 200);
+    assert!(a.header("x-ok").is_none() && a.header("set-cookie").is_none());
+    assert!(!a.body.contains("Content-Length: 0"), "{}", a.body);
+}
+
+// satisfy.go: "should configure satisfy directive correctly" (any and all both serve a
+// plain request) and "should allow multiple auth with satisfy any" (with basic auth: valid
+// credentials pass from an address the allowlist refuses; without them, 401). With
+// `satisfy: all` both must pass (403 from an address not listed); with `any`, a listed
+// address needs no credentials.
+#[test]
+fn satisfy_any_lets_either_check_through() {
+    let file = "sha:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
+    let guarded = |satisfy: &str, range: &str| {
+        vec![
+            ann("auth-type", "basic"),
+            ann("auth-secret", "users"),
+            ann("auth-realm", "test basic auth"),
+            ann("whitelist-source-range", range),
+            ann("satisfy", satisfy),
+        ]
+    };
+    let s = sluice(
+        "satisfy",
+        &[
+            secret("users", &[("auth", file)]),
+            ing("satisfy", "satisfy", ROOT, &[ann("satisfy", "all")]),
+            ing("satisfy-any", "satisfy-any", ROOT, &[ann("satisfy", "any")]),
+            ing("any", "auth", ROOT, &guarded("any", "10.0.0.0/8")),
+            ing("all", "all.auth", ROOT, &guarded("all", "10.0.0.0/8")),
+            ing("listed", "listed.auth", ROOT, &guarded("any", "127.0.0.1")),
+            ing("bad", "bad.auth", ROOT, &guarded("some", "127.0.0.1")),
+        ],
+    );
+    assert_eq!(get(&s, "/", "satisfy").status, 200);
+    assert_eq!(get(&s, "/", "satisfy-any").status, 200);
+    assert_eq!(
+        send(&s, "GET", "/", "auth", &basic("sha", "secret")).status,
+        200
+    );
+    let a = get(&s, "/", "auth");
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        a.header("www-authenticate"),
+        Some("Basic realm=\"test basic auth\"")
+    );
+    assert_eq!(
+        send(&s, "GET", "/", "all.auth", &basic("sha", "secret")).status,
+        403
+    );
+    assert_eq!(get(&s, "/", "listed.auth").status, 200);
+    // A bad value is reported and `all` applies: listed, but no credentials.
+    assert_eq!(get(&s, "/", "bad.auth").status, 401);
+}
+
+/// An upstream answering every request with 200 and `size` bytes of body.
+fn big_upstream(size: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+                        if stream.write_all(head.as_bytes()).is_err()
+                            || stream.write_all(&vec![b'z'; size]).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+// ratelimit.go has no limit-rate case; the annotations docs: "limit-rate: kilobytes per
+// second allowed to send to a given connection", "limit-rate-after: initial number of
+// kilobytes after which the further transmission of a response … will be rate limited".
+// 300 KiB with the first 100 KiB free and 100 KiB/s after: never sooner than ~2 s (this is
+// a lower bound the limit guarantees, not a speed measurement); the body arrives whole.
+#[test]
+#[allow(clippy::disallowed_methods)] // a test client measuring a real transfer reads the clock
+fn limit_rate_slows_the_response_after_the_free_part() {
+    let size = 300 * 1024;
+    let yaml = format!(
+        "{}{}{}",
+        ing(
+            "slow",
+            "slow.foo.com",
+            ROOT,
+            &[ann("limit-rate", "100"), ann("limit-rate-after", "100")],
+        ),
+        ing("fast", "fast.foo.com", ROOT, &[ann("limit-rate", "0")]),
+        backend(big_upstream(size))
+    );
+    let s = binary::start("reqpol-limit-rate", &[("app.yaml", &yaml)], "", 1);
+    let fetch = |host: &str| {
+        let started = std::time::Instant::now();
+        let a = get(&s, "/", host);
+        (a, started.elapsed())
+    };
+    let (a, took) = fetch("slow.foo.com");
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), size);
+    assert!(took >= Duration::from_millis(1_900), "{took:?}");
+    let (a, _) = fetch("fast.foo.com");
+    assert_eq!((a.status, a.body.len()), (200, size));
+}

@@ -144,9 +144,9 @@ pub const CATALOG: &[Entry] = &[
     e("upstream-hash-by", Differs, &[], "rendezvous hashing (not ketama): another pod than ingress-nginx's for the same key; a subset of nginx variables"),
     e("upstream-hash-by-subset", Differs, &["false"], "subsets picked by rendezvous hashing, not ingress-nginx's ketama ring: the same key may land on other pods than ingress-nginx would pick"),
     e("upstream-hash-by-subset-size", Supported, &[], "subset hashing"),
-    e("default-backend", NotYet, &[], "per-Ingress default backend (spec.defaultBackend is supported)"),
-    e("custom-http-errors", NotYet, &[], "intercepting upstream error statuses"),
-    e("disable-proxy-intercept-errors", NotYet, &[], "intercepting upstream error statuses"),
+    e("default-backend", Supported, &[], "a Service of the Ingress's namespace (first port): answers when the route has no endpoints (X-Code: 503) and its custom errors"),
+    e("custom-http-errors", Differs, &[], "the error request is the request as sent upstream with target / and no body (not intercepted while a request body is still being sent); without any default backend the upstream's answer passes (ingress-nginx's internal backend answers 404)"),
+    e("disable-proxy-intercept-errors", Supported, &[], "custom-http-errors"),
     // Retries, affinity, canary
     e("proxy-next-upstream", Differs, &[], "a request is kept for a retry up to buffers.size (32 KiB): a larger body is not retried (nginx buffers the whole body by default)"),
     e("proxy-next-upstream-timeout", Supported, &[], "retries"),
@@ -184,7 +184,7 @@ pub const CATALOG: &[Entry] = &[
     e("proxy-max-temp-file-size", Differs, &[], "nothing is written to temporary files"),
     e("proxy-cookie-domain", NotYet, &["off"], "Set-Cookie rewriting"),
     e("proxy-cookie-path", NotYet, &["off"], "Set-Cookie rewriting"),
-    e("connection-proxy-header", NotYet, &[], "Connection header sent upstream"),
+    e("connection-proxy-header", Supported, &[], "Connection header sent upstream (not on tunnels); close also keeps the connection out of the pool"),
     e("http2-push-preload", NotYet, &["false"], "HTTP/2 is not served"),
     // Access control and authentication
     e("whitelist-source-range", Supported, &[], "client address allowlist/denylist (403), on the real client address"),
@@ -209,7 +209,7 @@ pub const CATALOG: &[Entry] = &[
     e("auth-keepalive-timeout", NotYet, &[], "external authentication"),
     e("auth-always-set-cookie", NotYet, &[], "the auth answer's Set-Cookie reaches the client on the statuses nginx's add_header covers (2xx, 3xx), not on errors"),
     e("enable-global-auth", NotYet, &[], "global external authentication"),
-    e("satisfy", NotYet, &[], "allowlist or authentication"),
+    e("satisfy", Differs, &[], "any: the source ranges or basic authentication; external authentication does not take part yet"),
     e("auth-snippet", Refused, &[], SNIPPET),
     // Rate limits
     e("limit-connections", Supported, &[], "per-client connection limit"),
@@ -218,8 +218,8 @@ pub const CATALOG: &[Entry] = &[
     e("limit-burst-multiplier", Supported, &[], "per-client request rate limit"),
     e("limit-whitelist", Supported, &[], "per-client request rate limit"),
     e("limit-allowlist", Supported, &[], "per-client request rate limit"),
-    e("limit-rate", NotYet, &["0"], "response bandwidth limit"),
-    e("limit-rate-after", NotYet, &[], "response bandwidth limit"),
+    e("limit-rate", Supported, &[], "response bandwidth per connection (KiB/s), counted from the response head; paced by the worker's timers"),
+    e("limit-rate-after", Supported, &[], "response bandwidth limit: KiB sent at full speed first"),
     e("global-rate-limit", NotYet, &[], "cluster-wide rate limit (memcached and Lua in ingress-nginx)"),
     e("global-rate-limit-window", NotYet, &[], "cluster-wide rate limit"),
     e("global-rate-limit-key", NotYet, &[], "cluster-wide rate limit"),
@@ -232,7 +232,7 @@ pub const CATALOG: &[Entry] = &[
     e("cors-expose-headers", Supported, &[], "CORS"),
     e("cors-allow-credentials", Supported, &[], "CORS"),
     e("cors-max-age", Supported, &[], "CORS"),
-    e("custom-headers", NotYet, &[], "response headers from a ConfigMap"),
+    e("custom-headers", NotYet, &[], "the ConfigMap is not read: put the fields in sluice.dev/response-headers (one Name: value a line)"),
     // Mirroring
     e("mirror-target", Differs, &[], "http:// only; the host is an IP address, localhost or a Service name resolved to its cluster IP (never DNS); at most 64 copies in flight per worker, more are dropped and counted; the answer is discarded at its first byte"),
     e("mirror-request-body", Differs, &[], "a body is copied only when it came whole with the head and is at most 64 KiB; otherwise the copy is dropped and counted"),
@@ -263,7 +263,11 @@ pub const CATALOG: &[Entry] = &[
 
 /// Annotations of ours that ingress-nginx has no counterpart for: only `sluice.dev/<name>` is
 /// read, so the ingress-nginx prefix on one is reported.
-pub const OURS_ONLY: &[&str] = &[super::annotations::UPGRADE_PROTOCOLS];
+pub const OURS_ONLY: &[&str] = &[
+    super::annotations::UPGRADE_PROTOCOLS,
+    super::request_annotations::REQUEST_HEADERS,
+    super::request_annotations::RESPONSE_HEADERS,
+];
 
 /// The row for `name` (without prefix).
 pub fn lookup(name: &str) -> Option<&'static Entry> {

@@ -70,6 +70,9 @@ impl Objects {
 pub enum PortRef {
     Number(i32),
     Name(String),
+    /// The Service's first port (`--default-backend-service ns/name`, the `default-backend`
+    /// annotation), as ingress-nginx takes it.
+    First,
 }
 
 impl fmt::Display for PortRef {
@@ -77,6 +80,7 @@ impl fmt::Display for PortRef {
         match self {
             PortRef::Number(n) => write!(f, "{n}"),
             PortRef::Name(s) => f.write_str(s),
+            PortRef::First => Ok(()),
         }
     }
 }
@@ -91,7 +95,10 @@ pub struct ServiceRef {
 
 impl fmt::Display for ServiceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+        match self.port {
+            PortRef::First => write!(f, "{}/{}", self.namespace, self.name),
+            _ => write!(f, "{}/{}:{}", self.namespace, self.name, self.port),
+        }
     }
 }
 
@@ -387,6 +394,7 @@ impl<'a> Pass<'a> {
                 &objects.services,
                 &mut c.diagnostics,
             );
+            let policy = c.error_backend(policy, ns, &object, opts);
             let ingress: Arc<str> = format!("{ns}/{}", meta_name(&ing.metadata).1).into();
             let added_by = AddedBy {
                 tag,
@@ -698,6 +706,56 @@ impl<'a> Compiler<'a> {
         Some(self.service_backend(&target, object, &format!("{field}.service")))
     }
 
+    /// Custom errors (`custom-http-errors`, `default-backend`): the backend error requests go
+    /// to, set in the policy: the annotation's Service (first port), else the controller's
+    /// default backend. Without either, the responses pass unchanged (reported).
+    fn error_backend(
+        &mut self,
+        policy: Option<Arc<RoutePolicy>>,
+        ns: &str,
+        object: &str,
+        opts: &CompileOptions,
+    ) -> Option<Arc<RoutePolicy>> {
+        use super::request_annotations::{CUSTOM_HTTP_ERRORS, DEFAULT_BACKEND};
+        let errors = policy
+            .as_ref()
+            .and_then(|p| p.request.as_ref())
+            .and_then(|r| r.errors.as_ref());
+        let Some(errors) = errors.filter(|e| e.backend.is_none()) else {
+            return policy;
+        };
+        let (target, field) = match &errors.service {
+            Some(name) => (
+                ServiceRef {
+                    namespace: ns.to_string(),
+                    name: name.clone(),
+                    port: PortRef::First,
+                },
+                DEFAULT_BACKEND,
+            ),
+            None => match &opts.default_backend {
+                Some(default) => (default.clone(), CUSTOM_HTTP_ERRORS),
+                None => {
+                    self.diag(
+                        object,
+                        &format!("metadata.annotations[{CUSTOM_HTTP_ERRORS}]"),
+                        "no default-backend annotation and no controller default backend \
+                         (--default-backend-service): upstream answers pass unchanged",
+                    );
+                    return policy;
+                }
+            },
+        };
+        let id = self.service_backend(&target, object, &format!("metadata.annotations[{field}]"));
+        let mut route = policy.as_deref().cloned().unwrap_or_default();
+        let mut request = route.request.as_deref().cloned().unwrap_or_default();
+        if let Some(e) = &mut request.errors {
+            e.backend = Some(id);
+        }
+        route.request = Some(Arc::new(request));
+        Some(Arc::new(route))
+    }
+
     /// Resolves a Service port to endpoints (once per distinct reference and pass).
     /// Problems are reported, and the backend then has no endpoints (503).
     fn service_backend(&mut self, target: &ServiceRef, object: &str, field: &str) -> BackendId {
@@ -743,6 +801,7 @@ impl<'a> Compiler<'a> {
             .find(|p| match &target.port {
                 PortRef::Number(n) => p.port == *n,
                 PortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
+                PortRef::First => true,
             })
             .ok_or("the Service has no such port")?;
         // EndpointSlice ports carry the Service port's name ("" and absent are the same).

@@ -13,8 +13,13 @@ use k8s_openapi::api::networking::v1::Ingress;
 use super::annotations::Annotations;
 use super::compile::Diagnostic;
 use crate::core::route::RoutePolicy;
+use crate::core::route::bandwidth::LimitRate;
 use crate::core::route::basic_auth::{BasicAuth, PasswordHash, parse_htpasswd};
+use crate::core::route::custom_errors::CustomErrors;
 use crate::core::route::ext_auth::{self, AuthTarget, CacheRule, ExtAuth};
+use crate::core::route::headers::{
+    ConnectionHeader, HeaderSet, REQUEST_FORBIDDEN, RESPONSE_FORBIDDEN,
+};
 use crate::core::route::mirror::Mirror;
 use crate::core::route::rate_limit::{DEFAULT_BURST_MULTIPLIER, Rate, RateLimits};
 use crate::core::route::request_policy::{
@@ -53,6 +58,18 @@ pub const LIMIT_BURST_MULTIPLIER: &str = "limit-burst-multiplier";
 pub const LIMIT_WHITELIST: &str = "limit-whitelist";
 /// The newer name of `limit-whitelist` in ingress-nginx; wins when both are set.
 pub const LIMIT_ALLOWLIST: &str = "limit-allowlist";
+// Custom errors, headers and `satisfy`.
+pub const CUSTOM_HTTP_ERRORS: &str = "custom-http-errors";
+pub const DEFAULT_BACKEND: &str = "default-backend";
+pub const DISABLE_PROXY_INTERCEPT_ERRORS: &str = "disable-proxy-intercept-errors";
+pub const CONNECTION_PROXY_HEADER: &str = "connection-proxy-header";
+pub const SATISFY: &str = "satisfy";
+pub const LIMIT_RATE: &str = "limit-rate";
+pub const LIMIT_RATE_AFTER: &str = "limit-rate-after";
+/// `sluice.dev/` only: fields set on the request sent upstream, one `Name: value` a line.
+pub const REQUEST_HEADERS: &str = "request-headers";
+/// `sluice.dev/` only: fields set on the response, one `Name: value` a line.
+pub const RESPONSE_HEADERS: &str = "response-headers";
 
 /// The request policy of `ing`'s annotations, `None` when none is set (or none parsed).
 pub fn request_policy(
@@ -111,10 +128,11 @@ pub fn request_policy(
         auth: None,
         aliases: a.get(SERVER_ALIAS, parse_aliases, &"no alias", diags),
         limits: limits(a, diags),
-        // Filled by `with_external_auth` (they resolve Service names).
-        ext_auth: None,
-        mirror: None,
+        // ext_auth and mirror: filled by `with_external_auth` (they resolve Service names).
+        ..RequestPolicy::default()
     };
+    let mut policy = policy;
+    errors_headers_satisfy(&mut policy, a, ing, object, diags);
     (!policy.is_empty()).then(|| Arc::new(policy))
 }
 
@@ -210,6 +228,138 @@ pub fn with_basic_auth(
     request.auth = Some(auth);
     route.request = Some(Arc::new(request));
     Some(Arc::new(route))
+}
+
+/// Custom errors (`custom-http-errors`, `default-backend`,
+/// `disable-proxy-intercept-errors`), `connection-proxy-header`, `satisfy` and the
+/// `sluice.dev/request-headers` / `response-headers` lists. The error backend itself is
+/// resolved by the compiler (`Compiler::error_backend` in compile.rs).
+fn errors_headers_satisfy(
+    policy: &mut RequestPolicy,
+    a: &Annotations<'_>,
+    ing: &Ingress,
+    object: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let codes = a
+        .get(CUSTOM_HTTP_ERRORS, parse_error_codes, &"none", diags)
+        .unwrap_or_default();
+    let service = a.get(DEFAULT_BACKEND, parse_service_name, &"none", diags);
+    if !codes.is_empty() || service.is_some() {
+        policy.errors = Some(CustomErrors {
+            codes,
+            service,
+            no_intercept: a.bool(DISABLE_PROXY_INTERCEPT_ERRORS, false, diags),
+            backend: None,
+        });
+    }
+    policy.connection = a.get(
+        CONNECTION_PROXY_HEADER,
+        ConnectionHeader::parse,
+        &"none",
+        diags,
+    );
+    policy.satisfy_any = a
+        .get(SATISFY, parse_satisfy, &"all", diags)
+        .unwrap_or(false);
+    let rate = a
+        .get(LIMIT_RATE, parse_kib, &"no limit", diags)
+        .unwrap_or(0);
+    if rate > 0 {
+        let after = a.get(LIMIT_RATE_AFTER, parse_kib, &0, diags).unwrap_or(0);
+        policy.limit_rate = Some(LimitRate {
+            bytes_per_sec: rate,
+            after,
+        });
+    }
+    policy.request_headers = header_list(ing, object, REQUEST_HEADERS, &REQUEST_FORBIDDEN, diags);
+    policy.response_headers =
+        header_list(ing, object, RESPONSE_HEADERS, &RESPONSE_FORBIDDEN, diags);
+}
+
+/// `sluice.dev/<name>`: one `Name: value` a line (the one annotation read with line breaks:
+/// LF separates fields; a CR anywhere refuses the whole list, reported).
+fn header_list(
+    ing: &Ingress,
+    object: &str,
+    name: &str,
+    forbidden: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<HeaderSet> {
+    let key = format!("{}{name}", super::annotations::OURS);
+    let value = ing.metadata.annotations.as_ref()?.get(&key)?;
+    let parsed = if value.contains('\r') {
+        Err("contains a CR (fields are separated by line feeds only)".to_string())
+    } else {
+        HeaderSet::parse(value, forbidden)
+    };
+    parsed
+        .map_err(|why| {
+            diags.push(Diagnostic {
+                object: object.to_string(),
+                field: format!("metadata.annotations[{key}]"),
+                message: format!("{why}; no field is set"),
+            })
+        })
+        .ok()
+}
+
+/// `custom-http-errors`: comma-separated statuses from 300 to 599 (what nginx's
+/// `error_page` takes); sorted, repeats dropped.
+pub fn parse_error_codes(value: &str) -> Result<Vec<u16>, String> {
+    let mut codes = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match entry.parse::<u16>() {
+            Ok(code @ 300..=599) => codes.push(code),
+            _ => {
+                return Err(format!(
+                    "{entry:?} is not a status from 300 to 599 (expected e.g. 404,503)"
+                ));
+            }
+        }
+    }
+    if codes.is_empty() {
+        return Err("an empty list".to_string());
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    Ok(codes)
+}
+
+/// `default-backend`: a Service name of the Ingress's namespace (a DNS-1035 label).
+fn parse_service_name(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if !ok {
+        return Err(format!(
+            "expected the name of a Service in the Ingress's namespace, got {value:?}"
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// `limit-rate`, `limit-rate-after`: a whole number of KiB (nginx's `k`), in bytes; 0: none.
+pub fn parse_kib(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(n) if n <= 1 << 32 => Ok(n * 1024),
+        _ => Err(format!(
+            "expected a whole number of kilobytes, got {value:?}"
+        )),
+    }
+}
+
+/// `satisfy`: `any` (true) or `all`.
+fn parse_satisfy(value: &str) -> Result<bool, String> {
+    match value {
+        "any" => Ok(true),
+        "all" => Ok(false),
+        other => Err(format!("expected any or all, got {other:?}")),
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -811,5 +961,17 @@ mod tests {
         assert!(parse_aliases("*.example.com").is_err());
         assert!(parse_aliases("a b.example").is_err());
         assert!(parse_aliases("x.example\r\nSet-Cookie: a").is_err());
+        assert_eq!(parse_error_codes("503, 404,404"), Ok(vec![404, 503]));
+        for bad in ["", "200", "600", "4o4", "404;503"] {
+            assert!(parse_error_codes(bad).is_err(), "{bad}");
+        }
+        assert!(parse_service_name("errors-svc").is_ok());
+        for bad in ["", "ns/errors", "Errors", "-x", "a b"] {
+            assert!(parse_service_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_kib("8"), Ok(8192));
+        assert!(parse_kib("8k").is_err() && parse_kib("-1").is_err());
+        assert_eq!(parse_satisfy("any"), Ok(true));
+        assert!(parse_satisfy("some").is_err());
     }
 }

@@ -33,8 +33,11 @@ use crate::core::http1::response::{
 use crate::core::http1::scan::{HeadScanner, Scan};
 use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local};
 use crate::core::request_id;
+use crate::core::route::bandwidth::Pacer;
+use crate::core::route::custom_errors::{self, ErrorContext};
 pub use crate::core::route::ext_auth::AuthCall;
 use crate::core::route::ext_auth::{AuthDecision, Origin};
+use crate::core::route::headers::HeaderSet;
 pub use crate::core::route::mirror::MirrorCall;
 use crate::core::route::rate_limit::ConnTicket;
 use crate::core::route::request_policy::{RequestView, Verdict};
@@ -128,6 +131,9 @@ pub struct ConnConfig {
     /// Status answered to a request refused by a route's `limit-rps`, `limit-rpm` or
     /// `limit-connections` (`[http] limit_req_status_code`; 503 as in ingress-nginx).
     pub limit_status: u16,
+    /// Fields set on every request sent upstream (`[http] proxy_set_headers`); a route's
+    /// `sluice.dev/request-headers` are applied after them (a field of both: the route's).
+    pub request_headers: Option<HeaderSet>,
 }
 
 /// What the access log says about the current (or last) request of a connection; kept
@@ -175,6 +181,7 @@ impl Default for ConnConfig {
             forwarded: ForwardedTrust::none(),
             proxy_protocol: false,
             limit_status: 503,
+            request_headers: None,
         }
     }
 }
@@ -376,6 +383,20 @@ impl OutBuf {
         Some(std::mem::take(&mut self.queued))
     }
 
+    /// [`OutBuf::take`], at most `max` bytes (the rest stays queued).
+    fn take_at_most(&mut self, max: usize) -> Option<Vec<u8>> {
+        if self.queued.len() <= max {
+            return self.take();
+        }
+        if self.sending || max == 0 {
+            return None;
+        }
+        let rest = self.queued.split_off(max);
+        self.sending = true;
+        self.in_flight = max;
+        Some(std::mem::replace(&mut self.queued, rest))
+    }
+
     /// Returns how many bytes were really written (0 for a buffer we were not expecting).
     fn sent(&mut self, mut buf: Vec<u8>, written: usize) -> usize {
         if !self.sending {
@@ -507,6 +528,11 @@ struct Exchange {
     cors_origin: Option<Box<str>>,
     /// `auth-url`: the auth answer's `Set-Cookie`, for the response.
     auth_cookie: Option<Arc<[u8]>>,
+    /// Custom errors: the error request for this request, but for its `X-Code` (see
+    /// `custom_errors::prepare`); empty when the route has no error backend. Reused.
+    error_head: Vec<u8>,
+    /// This exchange is the error request for that status (its answer is passed as is).
+    error_code: Option<u16>,
 }
 
 impl Exchange {
@@ -601,6 +627,9 @@ pub struct Conn {
     limit_ticket: Option<ConnTicket>,
     /// A mirror copy waiting for the auth decision.
     pending_mirror: Option<Box<MirrorCall>>,
+    /// `limit-rate`: the pacing of the current response's bytes to the client (it keeps the
+    /// time of the connection's last event, which it reads when the engine takes output).
+    pace: Option<Box<Pacer>>,
 }
 
 impl Conn {
@@ -676,6 +705,7 @@ impl Conn {
             shutting_down: false,
             limit_ticket: None,
             pending_mirror: None,
+            pace: None,
         }
     }
 
@@ -729,7 +759,17 @@ impl Conn {
         if matches!(self.state, State::Closed) {
             return None;
         }
-        let out = self.cout.take();
+        let out = match &mut self.pace {
+            None => self.cout.take(),
+            Some(pace) => {
+                let allowed = pace.allowance_now(self.cout.queued.len()).ok()?;
+                let out = self.cout.take_at_most(allowed);
+                if let Some(buf) = &out {
+                    pace.record(buf.len());
+                }
+                out
+            }
+        };
         if out.is_some()
             && let State::Proxying { ex } = &mut self.state
         {
@@ -783,6 +823,10 @@ impl Conn {
     pub fn upstream_connect_failed(&mut self, now: Instant, router: &mut dyn Router) {
         if let State::Connecting { .. } = self.state {
             if self.try_retry(Failure::Error, now, router) {
+                self.drive(now, router);
+                return;
+            }
+            if self.intercept_error(502, now, router) {
                 self.drive(now, router);
                 return;
             }
@@ -849,7 +893,11 @@ impl Conn {
 
     /// The timer armed at [`Conn::deadline`] fired (late or early firing is harmless).
     pub fn timer(&mut self, now: Instant, router: &mut dyn Router) {
-        match self.deadline() {
+        if let Some(pace) = &mut self.pace {
+            pace.tick(now);
+        }
+        // A pacing wake-up only lets the engine take more output.
+        match self.state_deadline() {
             Some(deadline) if now >= deadline => {}
             _ => return,
         }
@@ -859,7 +907,10 @@ impl Conn {
             State::Proxying { ex } => matches!(ex.response, Response::Head) && ex.request_done(),
             _ => false,
         };
-        if retryable && self.try_retry(Failure::Timeout, now, router) {
+        if retryable
+            && (self.try_retry(Failure::Timeout, now, router)
+                || self.intercept_error(504, now, router))
+        {
             self.drive(now, router);
             return;
         }
@@ -916,6 +967,21 @@ impl Conn {
 
     /// When the machine next needs [`Conn::timer`], if ever.
     pub fn deadline(&self) -> Option<Instant> {
+        let state = self.state_deadline();
+        let pace = self.pace.as_ref().and_then(|p| {
+            if self.cout.sending || self.cout.queued.is_empty() {
+                return None;
+            }
+            p.allowance_now(self.cout.queued.len()).err()
+        });
+        match (state, pace) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// [`Conn::deadline`] without pacing: the timeouts of the current state.
+    fn state_deadline(&self) -> Option<Instant> {
         let t = &self.config.timeouts;
         match &self.state {
             State::Head {
@@ -1043,6 +1109,9 @@ impl Conn {
     /// Runs stages until none can progress. Bounded: every turn consumes input or changes
     /// state, and both are finite.
     fn drive(&mut self, now: Instant, router: &mut dyn Router) {
+        if let Some(pace) = &mut self.pace {
+            pace.tick(now);
+        }
         loop {
             let progressed = match self.state {
                 State::Head { .. } => self.try_start_request(now, router),
@@ -1078,6 +1147,11 @@ impl Conn {
             if self.replay.capacity() > IDLE_KEEP_CAPACITY {
                 self.replay = Vec::new();
             }
+            if let Some(spare) = &mut self.spare_exchange
+                && spare.error_head.capacity() > IDLE_KEEP_CAPACITY
+            {
+                spare.error_head = Vec::new();
+            }
             return false;
         }
         // Pipelined requests are answered in order: the next head waits for the previous
@@ -1089,6 +1163,8 @@ impl Conn {
             && started.is_none()
         {
             *started = Some(now);
+            // The previous response is flushed: its pacing is over.
+            self.pace = None;
             self.in_mark = self.cin.consumed;
             self.out_mark = self.cout.total();
             // A new request: nothing of the last one's record may be logged for it (a head
@@ -1331,6 +1407,32 @@ impl Conn {
             cors_origin = rp.cors.as_ref().and_then(|c| c.allow_origin(view.origin));
             rewritten = rp.rewrite(head.path(), head.query());
         }
+        // Custom errors: the route's backend has no endpoints, its error backend answers.
+        let errors = request_policy.as_deref().and_then(|p| p.errors.as_ref());
+        let routed_backend = match &decision {
+            RouteDecision::Forward { backend, .. } => Some(*backend),
+            _ => router.routed_backend(),
+        };
+        let mut error_first = None;
+        if let RouteDecision::NoEndpoints = decision
+            && let Some(errors) = errors.filter(|e| e.on_no_endpoints())
+            && let Some(backend) = errors.backend
+            && let Some(endpoint) = router.retry_pick(backend, &[], now)
+        {
+            error_first = Some(503);
+            decision = RouteDecision::Forward {
+                backend,
+                endpoint,
+                policy: None,
+            };
+            // The error request is never a tunnel, and has no body: the client's is left
+            // unread, then we close.
+            req.upgrade = false;
+            if req.has_body {
+                req.has_body = false;
+                req.keep_alive = false;
+            }
+        }
         let max_body = match policy.as_deref().and_then(|p| p.max_body_bytes) {
             Some(route) => route,
             None => self.config.limits.max_body_bytes,
@@ -1345,6 +1447,12 @@ impl Conn {
             max_body_bytes: max_body,
             ..limits.clone()
         };
+        let mut error_head = self
+            .spare_exchange
+            .as_mut()
+            .map(|spare| std::mem::take(&mut spare.error_head))
+            .unwrap_or_default();
+        error_head.clear();
         let body = req.has_body.then(|| {
             (
                 BodyDecoder::new(head.framing, Peer::Client, limits),
@@ -1394,6 +1502,35 @@ impl Conn {
                     .mirror
                     .as_ref()
                     .map(|m| m.call(&origin, head.framing, &self.cin.bytes()[len..]));
+            }
+            if let Some(set) = &self.config.request_headers {
+                set.apply(&mut self.uout.queued, 0);
+            }
+            if let Some(rp) = request_policy.as_deref() {
+                if let Some(set) = &rp.request_headers {
+                    set.apply(&mut self.uout.queued, 0);
+                }
+                if let Some(c) = &rp.connection
+                    && !req.upgrade
+                {
+                    c.apply(&mut self.uout.queued, 0);
+                }
+            }
+            if let Some(errors) = errors
+                && errors.backend.is_some()
+            {
+                let ctx = ErrorContext {
+                    path: head.path(),
+                    query: head.query(),
+                    accept: key.header("accept"),
+                    ingress: router.routed_ingress(),
+                    backend: routed_backend.and_then(|b| router.backend_name(b)),
+                };
+                custom_errors::prepare(&self.uout.queued, &ctx, &mut error_head);
+                if let Some(code) = error_first {
+                    self.uout.queued.clear();
+                    custom_errors::finish(&error_head, code, &mut self.uout.queued);
+                }
             }
         }
         self.cin.consume(len);
@@ -1465,6 +1602,8 @@ impl Conn {
             waiting_since: now,
             cors_origin,
             auth_cookie: None,
+            error_head,
+            error_code: error_first,
         };
         let ex = match self.spare_exchange.take() {
             Some(mut spare) => {
@@ -1861,6 +2000,14 @@ impl Conn {
             self.retry_to(endpoint, now);
             return false;
         }
+        // A status the route sends to its error backend: dropped before the client sees it.
+        if !resp.is_interim()
+            && resp.status != 101
+            && let Some((backend, endpoint)) = self.error_target(resp.status, now, router)
+        {
+            self.send_error(resp.status, backend, endpoint, now);
+            return false;
+        }
         let State::Proxying { ex } = &mut self.state else {
             return false;
         };
@@ -1916,8 +2063,18 @@ impl Conn {
         {
             add_set_cookie(&mut self.cout.queued, head_start, cookie);
         }
+        if let Some(set) = ex
+            .policy
+            .as_deref()
+            .and_then(|p| p.request.as_deref())
+            .and_then(|r| r.response_headers.as_ref())
+            && resp.status != 101
+        {
+            set.apply(&mut self.cout.queued, head_start);
+        }
         if let Some(a) = ex.policy.as_deref().and_then(|p| p.affinity.as_ref())
             && resp.status != 101
+            && ex.error_code.is_none()
         {
             // A new cookie unless the client's already names this endpoint (or, after a
             // retry without `change-on-failure`, the endpoint it was pinned to).
@@ -1934,6 +2091,20 @@ impl Conn {
                 };
                 let value = affinity::set_cookie(a, &ex.endpoint, &ctx);
                 affinity::insert_field(&mut self.cout.queued, head_start, "Set-Cookie", &value);
+            }
+        }
+        if let Some(limit) = ex
+            .policy
+            .as_deref()
+            .and_then(|p| p.request.as_deref())
+            .and_then(|r| r.limit_rate)
+            && resp.status != 101
+        {
+            // Counted from this head (nginx counts what the connection sent).
+            let pacer = Pacer::new(limit, now);
+            match &mut self.pace {
+                Some(p) => **p = pacer,
+                None => self.pace = Some(Box::new(pacer)),
             }
         }
         ex.status = resp.status;
@@ -1980,9 +2151,20 @@ impl Conn {
         };
         let status = ex.status;
         let request_done = ex.request_done();
+        // `connection-proxy-header: close` told the upstream not to keep the connection.
+        let told_close = ex
+            .policy
+            .as_deref()
+            .and_then(|p| p.request.as_deref())
+            .and_then(|r| r.connection.as_ref())
+            .is_some_and(|c| c.closes());
         // The upstream answered before it had the whole request, or sent more than one
         // response: its connection is in an unknown state.
-        let reusable = reusable && request_done && self.uout.is_flushed() && self.uin.is_empty();
+        let reusable = reusable
+            && !told_close
+            && request_done
+            && self.uout.is_flushed()
+            && self.uin.is_empty();
         self.release_upstream(reusable);
         self.completed(status, Some(status));
         if keep_alive && request_done && !self.shutting_down && !self.client_eof {
@@ -2041,7 +2223,10 @@ impl Conn {
                     return;
                 }
                 let head_pending = matches!(ex.response, Response::Head);
-                if head_pending && self.try_retry(Failure::Error, now, router) {
+                if head_pending
+                    && (self.try_retry(Failure::Error, now, router)
+                        || self.intercept_error(502, now, router))
+                {
                     self.drive(now, router);
                     return;
                 }
@@ -2070,6 +2255,83 @@ impl Conn {
             _ => return,
         }
         self.drive(now, router);
+    }
+
+    /// Custom errors: when the route sends `status` to its error backend (and nothing of the
+    /// answer has reached the client, and the whole request was sent), drops the current
+    /// upstream and sends the error request instead. False (nothing changed) otherwise, also
+    /// when the error backend has no endpoint: then the answer passes as it is.
+    fn intercept_error(&mut self, status: u16, now: Instant, router: &mut dyn Router) -> bool {
+        match self.error_target(status, now, router) {
+            Some((backend, endpoint)) => {
+                self.send_error(status, backend, endpoint, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The error backend and endpoint `status` goes to (see [`Conn::intercept_error`]).
+    fn error_target(
+        &self,
+        status: u16,
+        now: Instant,
+        router: &mut dyn Router,
+    ) -> Option<(BackendId, SocketAddr)> {
+        let (State::Connecting { ex, .. } | State::Proxying { ex }) = &self.state else {
+            return None;
+        };
+        if ex.error_code.is_some()
+            || ex.error_head.is_empty()
+            || ex.response_started
+            || !ex.request_done()
+        {
+            return None;
+        }
+        let errors = ex
+            .policy
+            .as_deref()
+            .and_then(|p| p.request.as_deref())
+            .and_then(|r| r.errors.as_ref());
+        let backend = errors
+            .filter(|e| e.intercepts(status))
+            .and_then(|e| e.backend)?;
+        Some((backend, router.retry_pick(backend, &[], now)?))
+    }
+
+    /// Drops the current upstream and sends the error request for `status` to `endpoint` of
+    /// the error backend `backend`.
+    fn send_error(&mut self, status: u16, backend: BackendId, endpoint: SocketAddr, now: Instant) {
+        self.release_upstream(false);
+        self.scanner.reset();
+        let mut ex = match std::mem::replace(&mut self.state, State::Closed) {
+            State::Connecting { ex, .. } | State::Proxying { ex } => ex,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        ex.error_code = Some(status);
+        ex.backend = backend;
+        ex.endpoint = endpoint;
+        ex.attempts.add(endpoint);
+        ex.reused = false;
+        ex.retried = false;
+        ex.req.has_body = false;
+        ex.req.upgrade = false;
+        ex.response = Response::Head;
+        ex.status = 0;
+        ex.head_pending = None;
+        ex.waiting_since = now;
+        ex.cors_origin = None;
+        self.uout.reset();
+        custom_errors::finish(&ex.error_head, status, &mut self.uout.queued);
+        // A pooled connection found dead is replayed once; never retried elsewhere.
+        self.replay.clear();
+        self.replay.extend_from_slice(&self.uout.queued);
+        self.replayable = false;
+        self.connect(endpoint, false);
+        self.state = State::Connecting { ex, since: now };
     }
 
     /// Passes the failed attempt to another endpoint if the route's `proxy-next-upstream`

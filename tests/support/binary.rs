@@ -27,6 +27,17 @@ impl Drop for Sluice {
 /// test client's few seconds is never one of those timeouts. `name` keeps the directories of
 /// tests running at the same time apart.
 pub fn start(name: &str, files: &[(&str, &str)], config: &str, workers: u32) -> Sluice {
+    start_with(name, files, config, workers, &[])
+}
+
+/// [`start`] with more command-line flags.
+pub fn start_with(
+    name: &str,
+    files: &[(&str, &str)],
+    config: &str,
+    workers: u32,
+    flags: &[&str],
+) -> Sluice {
     let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let manifests = dir.join("manifests");
@@ -55,6 +66,7 @@ pub fn start(name: &str, files: &[(&str, &str)], config: &str, workers: u32) -> 
             "--workers",
             &workers.to_string(),
         ])
+        .args(flags)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -30,8 +30,11 @@ use std::sync::Arc;
 use crate::core::host::{MAX_HOST, normalize_host};
 
 pub mod affinity;
+pub mod bandwidth;
 pub mod basic_auth;
+pub mod custom_errors;
 pub mod ext_auth;
+pub mod headers;
 pub mod key;
 pub mod mirror;
 pub mod next_upstream;
@@ -139,6 +142,13 @@ pub trait Router {
     fn routed_ingress(&self) -> Option<&str> {
         None
     }
+
+    /// The backend of the rule the last [`Router::route`] or [`Router::route_request`]
+    /// matched, also when it had no endpoints (custom errors name its Service); `None` when
+    /// unknown.
+    fn routed_backend(&self) -> Option<BackendId> {
+        None
+    }
 }
 
 /// A Service port resolved to pod endpoints.
@@ -227,9 +237,23 @@ impl HostRoutes {
         &self.paths
     }
 
-    /// Every backend these rules name (paths, then the host default), with repeats.
+    /// Every backend these rules name (paths, then the host default), with repeats; a
+    /// path's error backend (`custom-http-errors`, `default-backend`) counts too.
     pub fn backends(&self) -> impl Iterator<Item = BackendId> + '_ {
-        self.paths.iter().map(|r| r.backend).chain(self.default)
+        let errors = self.paths.iter().filter_map(|r| {
+            r.policy
+                .as_ref()?
+                .request
+                .as_ref()?
+                .errors
+                .as_ref()?
+                .backend
+        });
+        self.paths
+            .iter()
+            .map(|r| r.backend)
+            .chain(self.default)
+            .chain(errors)
     }
 }
 

@@ -14,6 +14,8 @@ use ipnet::IpNet;
 use regex::Regex;
 
 use super::basic_auth::{AuthOutcome, BasicAuth};
+use super::custom_errors::CustomErrors;
+use super::headers::{ConnectionHeader, HeaderSet};
 
 /// What one Ingress's request-policy annotations say. `None` / `false`: not set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,6 +56,20 @@ pub struct RequestPolicy {
     pub ext_auth: Option<Arc<super::ext_auth::ExtAuth>>,
     /// `mirror-target` and its settings: a copy of each request goes there.
     pub mirror: Option<Arc<super::mirror::Mirror>>,
+    // Custom errors, headers and `satisfy` (src/core/route/custom_errors.rs, headers.rs).
+    /// `custom-http-errors`, `default-backend`, `disable-proxy-intercept-errors`.
+    pub errors: Option<CustomErrors>,
+    /// `sluice.dev/request-headers`: set on the request sent upstream.
+    pub request_headers: Option<HeaderSet>,
+    /// `sluice.dev/response-headers`: set on the proxied response.
+    pub response_headers: Option<HeaderSet>,
+    /// `connection-proxy-header`: the `Connection` value sent upstream.
+    pub connection: Option<ConnectionHeader>,
+    /// `satisfy: any`: the address lists or basic authentication, either one, lets a request
+    /// through (nginx's `satisfy any`); `false`: both must.
+    pub satisfy_any: bool,
+    /// `limit-rate`, `limit-rate-after`: response bandwidth per connection.
+    pub limit_rate: Option<super::bandwidth::LimitRate>,
 }
 
 /// A redirect answered by Sluice: status and `Location` as written in the annotation.
@@ -424,9 +440,16 @@ impl RequestPolicy {
         {
             return Verdict::Preflight { allow_origin };
         }
-        if self.deny.as_ref().is_some_and(|d| d.contains(req.client))
-            || self.allow.as_ref().is_some_and(|a| !a.contains(req.client))
-        {
+        let listed = self.deny.is_some() || self.allow.is_some();
+        let address_ok = !(self.deny.as_ref().is_some_and(|d| d.contains(req.client))
+            || self.allow.as_ref().is_some_and(|a| !a.contains(req.client)));
+        if self.satisfy_any && listed && self.auth.is_some() {
+            // nginx's `satisfy any`: either access check passing is enough; when both fail,
+            // authentication's 401 wins over the address lists' 403.
+            if address_ok {
+                return Verdict::Pass;
+            }
+        } else if !address_ok {
             return Verdict::Forbidden;
         }
         match self.auth.as_ref().map(|a| a.check(req.authorization)) {
@@ -538,6 +561,24 @@ impl fmt::Display for RequestPolicy {
         }
         if let Some(m) = &self.mirror {
             parts.push(format!("mirror={}", m.authority));
+        }
+        if let Some(e) = &self.errors {
+            parts.push(e.to_string());
+        }
+        if let Some(h) = &self.request_headers {
+            parts.push(format!("request-headers={h}"));
+        }
+        if let Some(h) = &self.response_headers {
+            parts.push(format!("response-headers={h}"));
+        }
+        if let Some(c) = &self.connection {
+            parts.push(format!("connection={}", c.as_str()));
+        }
+        if self.satisfy_any {
+            parts.push("satisfy=any".into());
+        }
+        if let Some(l) = &self.limit_rate {
+            parts.push(l.to_string());
         }
         f.write_str(&parts.join(" "))
     }
@@ -659,6 +700,34 @@ mod tests {
         p.deny = None;
         p.allow = Some(nets(&["10.0.0.1/32"]));
         assert_eq!(p.verdict(&view("GET", "/x")), Verdict::Pass);
+    }
+
+    #[test]
+    fn satisfy_any_needs_one_access_check() {
+        use crate::core::route::basic_auth::PasswordHash;
+        let auth = BasicAuth {
+            realm: "r".into(),
+            users: Some(vec![(
+                "sha".into(),
+                PasswordHash::parse("{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=").unwrap(),
+            )]),
+        };
+        let mut p = RequestPolicy {
+            allow: Some(nets(&["192.168.0.0/16"])),
+            auth: Some(auth),
+            satisfy_any: true,
+            ..RequestPolicy::default()
+        };
+        let mut v = view("GET", "/x");
+        assert_eq!(p.verdict(&v), Verdict::Unauthorized);
+        v.authorization = Some(b"Basic c2hhOnNlY3JldA==");
+        assert_eq!(p.verdict(&v), Verdict::Pass);
+        p.satisfy_any = false;
+        assert_eq!(p.verdict(&v), Verdict::Forbidden);
+        p.satisfy_any = true;
+        v.authorization = None;
+        v.client = ip("192.168.3.4");
+        assert_eq!(p.verdict(&v), Verdict::Pass);
     }
 
     #[test]

@@ -183,6 +183,8 @@ pub struct SnapshotRouter<'a> {
     pub picker: &'a mut Picker,
     /// The Ingress of the rule the last routing matched (see [`Router::routed_ingress`]).
     routed: Option<&'a str>,
+    /// The backend the last routing matched (see [`Router::routed_backend`]).
+    routed_backend: Option<BackendId>,
 }
 
 impl<'a> SnapshotRouter<'a> {
@@ -191,6 +193,7 @@ impl<'a> SnapshotRouter<'a> {
             snapshot,
             picker,
             routed: None,
+            routed_backend: None,
         }
     }
 }
@@ -199,9 +202,11 @@ impl Router for SnapshotRouter<'_> {
     fn route(&mut self, host: &str, path: &str) -> RouteDecision {
         let Some((backend, policy, ingress)) = self.snapshot.table.route(host, path) else {
             self.routed = None;
+            self.routed_backend = None;
             return RouteDecision::NotFound;
         };
         self.routed = ingress;
+        self.routed_backend = Some(backend);
         match self.picker.pick(self.snapshot, backend) {
             Some(endpoint) => RouteDecision::Forward {
                 backend,
@@ -222,9 +227,11 @@ impl Router for SnapshotRouter<'_> {
     ) -> RouteDecision {
         let Some((backend, policy, ingress)) = self.snapshot.table.route(host, path) else {
             self.routed = None;
+            self.routed_backend = None;
             return RouteDecision::NotFound;
         };
         self.routed = ingress;
+        self.routed_backend = Some(backend);
         // A cookie that names a usable endpoint of the backend pins the request to it.
         if let Some(affinity) = policy.and_then(|p| p.affinity.as_ref())
             && let Some(id) = affinity.requested(req.header("cookie"))
@@ -291,6 +298,10 @@ impl Router for SnapshotRouter<'_> {
 
     fn routed_ingress(&self) -> Option<&str> {
         self.routed
+    }
+
+    fn routed_backend(&self) -> Option<BackendId> {
+        self.routed_backend
     }
 
     fn backend_name(&self, backend: BackendId) -> Option<&str> {
