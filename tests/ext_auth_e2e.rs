@@ -529,3 +529,65 @@ fn a_service_name_is_resolved_to_its_cluster_ip() {
         "{sub}"
     );
 }
+
+// satisfy.go sets `satisfy: any` with basic auth and an address list; nginx's `satisfy any`
+// covers `auth_request` too: a client the address list allows goes through without the auth
+// service being asked, any other client is decided by the auth service.
+#[test]
+fn satisfy_any_lets_an_allowed_address_skip_the_auth_service() {
+    let auth = auth_service();
+    let url = format!("http://127.0.0.1:{}/any/check", auth.port);
+    let s = sluice(
+        "satisfy",
+        &[
+            ingress(
+                "listed",
+                "listed",
+                "/",
+                &[
+                    ("auth-url", url.clone()),
+                    ("whitelist-source-range", "127.0.0.1/32".into()),
+                    ("satisfy", "any".into()),
+                ],
+            ),
+            ingress(
+                "unlisted",
+                "unlisted",
+                "/",
+                &[
+                    ("auth-url", url.clone()),
+                    ("whitelist-source-range", "10.0.0.0/8".into()),
+                    ("satisfy", "any".into()),
+                ],
+            ),
+            ingress(
+                "all",
+                "all",
+                "/",
+                &[
+                    ("auth-url", url),
+                    ("whitelist-source-range", "127.0.0.1/32".into()),
+                ],
+            ),
+        ],
+        "",
+    );
+    let asked = || {
+        auth.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.contains("/any/check"))
+            .count()
+    };
+    // Listed: through without credentials, the auth service never asked.
+    assert_eq!(send(&s, "/", "listed", "").status, 200);
+    assert_eq!(asked(), 0);
+    // Not listed: the auth service decides, both ways.
+    assert_eq!(send(&s, "/", "unlisted", "").status, 401);
+    assert_eq!(send(&s, "/", "unlisted", &signed_in()).status, 200);
+    assert_eq!(asked(), 2);
+    // `satisfy: all` (the default): listed, and still asked.
+    assert_eq!(send(&s, "/", "all", "").status, 401);
+    assert_eq!(asked(), 3);
+}

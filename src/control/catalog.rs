@@ -209,7 +209,7 @@ pub const CATALOG: &[Entry] = &[
     e("auth-keepalive-timeout", NotYet, &[], "external authentication"),
     e("auth-always-set-cookie", NotYet, &[], "the auth answer's Set-Cookie reaches the client on the statuses nginx's add_header covers (2xx, 3xx), not on errors"),
     e("enable-global-auth", NotYet, &[], "global external authentication"),
-    e("satisfy", Differs, &[], "any: the source ranges or basic authentication; external authentication does not take part yet"),
+    e("satisfy", Supported, &[], "any: source ranges, basic authentication or auth-url, the first that passes"),
     e("auth-snippet", Refused, &[], SNIPPET),
     // Rate limits
     e("limit-connections", Supported, &[], "per-client connection limit"),

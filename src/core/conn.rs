@@ -1379,6 +1379,7 @@ impl Conn {
         let request_policy = policy.as_ref().and_then(|p| p.request.clone());
         let mut cors_origin = None;
         let mut rewritten = None;
+        let mut waive_ext_auth = false;
         if let Some(rp) = request_policy.as_deref() {
             let view = request_view(&head, self.config.scheme.as_str(), self.client_ip);
             let verdict = rp.verdict(&view);
@@ -1399,7 +1400,8 @@ impl Conn {
                     }
                 }
             }
-            if verdict != Verdict::Pass {
+            waive_ext_auth = verdict == Verdict::Satisfied;
+            if !matches!(verdict, Verdict::Pass | Verdict::Satisfied) {
                 self.cin.consume(len);
                 self.answer_policy(verdict, rp, req, now);
                 return true;
@@ -1497,6 +1499,7 @@ impl Conn {
                 auth_wait = rp
                     .ext_auth
                     .as_ref()
+                    .filter(|_| !waive_ext_auth)
                     .and_then(|a| a.call(&origin, request_id));
                 mirror = rp
                     .mirror
@@ -1731,7 +1734,7 @@ impl Conn {
         let out = &mut self.cout.queued;
         let status = match verdict {
             // Callers answer only other verdicts.
-            Verdict::Pass => return,
+            Verdict::Pass | Verdict::Satisfied => return,
             Verdict::Forbidden => return self.answer_locally(Status(403), req, now),
             Verdict::Unavailable => {
                 return self.answer_locally(Status::SERVICE_UNAVAILABLE, req, now);

@@ -355,8 +355,12 @@ pub struct RequestView<'a> {
 /// What a policy decides for a request before it is forwarded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Forward it (with [`RequestPolicy::rewrite`] and CORS fields, if any).
+    /// Forward it (with [`RequestPolicy::rewrite`] and CORS fields, if any), after the
+    /// external authentication (`auth-url`), if any.
     Pass,
+    /// Forward it as [`Verdict::Pass`], without asking the external authentication: under
+    /// `satisfy: any` the address lists or basic authentication already let it through.
+    Satisfied,
     /// Answer with a redirect.
     Redirect { code: u16, location: String },
     /// A CORS preflight: answer 204 with the CORS fields and this allowed origin.
@@ -443,20 +447,37 @@ impl RequestPolicy {
         let listed = self.deny.is_some() || self.allow.is_some();
         let address_ok = !(self.deny.as_ref().is_some_and(|d| d.contains(req.client))
             || self.allow.as_ref().is_some_and(|a| !a.contains(req.client)));
-        if self.satisfy_any && listed && self.auth.is_some() {
-            // nginx's `satisfy any`: either access check passing is enough; when both fail,
-            // authentication's 401 wins over the address lists' 403.
-            if address_ok {
-                return Verdict::Pass;
+        // An `auth-url` that cannot be used denies the location (ingress-nginx: 503).
+        let ext_auth = self.ext_auth.as_ref().map(|e| e.target.is_some());
+        if ext_auth == Some(false) {
+            return Verdict::Unavailable;
+        }
+        // nginx's `satisfy any` (with two or more access checks: address lists, basic
+        // authentication, `auth-url`): the first check that passes lets the request through;
+        // when all fail, authentication's answer (401) wins over the address lists' 403.
+        let checks = usize::from(listed)
+            + usize::from(self.auth.is_some())
+            + usize::from(ext_auth.is_some());
+        let any = self.satisfy_any && checks >= 2;
+        if any {
+            if listed && address_ok {
+                return Verdict::Satisfied;
             }
         } else if !address_ok {
             return Verdict::Forbidden;
         }
         match self.auth.as_ref().map(|a| a.check(req.authorization)) {
+            Some(AuthOutcome::Allowed) if any => Verdict::Satisfied,
+            // Under `satisfy any` the external authentication still may let it through.
+            Some(AuthOutcome::Challenge | AuthOutcome::Unavailable)
+                if any && ext_auth.is_some() =>
+            {
+                Verdict::Pass
+            }
             Some(AuthOutcome::Challenge) => Verdict::Unauthorized,
             Some(AuthOutcome::Unavailable) => Verdict::Unavailable,
-            // An `auth-url` that cannot be used denies the location (ingress-nginx: 503).
-            _ if self.ext_auth.as_ref().is_some_and(|e| e.target.is_none()) => Verdict::Unavailable,
+            // Only address lists and `auth-url` under `satisfy any`, the lists failed: the
+            // external authentication decides.
             Some(AuthOutcome::Allowed) | None => Verdict::Pass,
         }
     }
@@ -721,13 +742,36 @@ mod tests {
         let mut v = view("GET", "/x");
         assert_eq!(p.verdict(&v), Verdict::Unauthorized);
         v.authorization = Some(b"Basic c2hhOnNlY3JldA==");
-        assert_eq!(p.verdict(&v), Verdict::Pass);
+        assert_eq!(p.verdict(&v), Verdict::Satisfied);
         p.satisfy_any = false;
         assert_eq!(p.verdict(&v), Verdict::Forbidden);
         p.satisfy_any = true;
         v.authorization = None;
         v.client = ip("192.168.3.4");
+        assert_eq!(p.verdict(&v), Verdict::Satisfied);
+        // With `auth-url` too: a failed basic authentication leaves the decision to it.
+        p.ext_auth = Some(Arc::new(crate::core::route::ext_auth::ExtAuth {
+            scope: "ns/ing".into(),
+            target: Some(crate::core::route::ext_auth::AuthTarget {
+                authority: "auth:80".into(),
+                endpoint: "10.0.0.9:80".parse().unwrap(),
+                target: "/check".into(),
+            }),
+            method: None,
+            response_headers: vec![],
+            request_redirect: None,
+            signin: None,
+            redirect_param: "rd".into(),
+            cache: None,
+        }));
+        v.client = ip("10.0.0.1");
         assert_eq!(p.verdict(&v), Verdict::Pass);
+        v.client = ip("192.168.3.4");
+        assert_eq!(p.verdict(&v), Verdict::Satisfied);
+        // Without `satisfy any`, every check applies and the address list fails first.
+        p.satisfy_any = false;
+        v.client = ip("10.0.0.1");
+        assert_eq!(p.verdict(&v), Verdict::Forbidden);
     }
 
     #[test]
