@@ -13,6 +13,12 @@ Installs nginx, haproxy and wrk with apt-get if they are missing (needs root).
 With --access-log, the contenders are Sluice with its access log on (text lines appended to a
 file, the logger thread on the same core) and Sluice with `log.access = false`, interleaved the
 same way; the result is the on/off ratio of requests/s (section "Access log on vs off").
+
+With --policies, one Sluice serves a plain route and one route per request policy (a regex
+rewrite, a 1,000-entry allowlist, `{SHA}` basic auth, CORS, `limit-rps` that never refuses);
+wrk drives each host in turn, interleaved over the rounds, and the result is each policy's
+requests/s and CPU per request as a ratio to the plain route of the same round (section
+"Request policy cost").
 """
 
 import argparse
@@ -220,9 +226,9 @@ manifests = "{manifests}"
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wrk(duration, connections, script):
+def wrk(duration, connections, script, extra=(), url=None):
     cmd = ["taskset", "-c", LOAD_CPU, tool("wrk"), "-t1", f"-c{connections}", f"-d{duration}s",
-           "-s", script, f"http://127.0.0.1:{PROXY_PORT}/"]
+           "-s", script, *extra, url or f"http://127.0.0.1:{PROXY_PORT}/"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = [l for l in out.splitlines() if l.startswith("{")][-1]
     return json.loads(line)
@@ -252,6 +258,119 @@ def measure(name, proc, args, script):
     return r
 
 
+# --policies: one route per request policy, and the headers its requests carry.
+POLICY_ROUTES = [
+    # (name, annotations, path, request path, extra request headers)
+    ("plain", {}, "/", "/", []),
+    ("regex rewrite", {"use-regex": "true", "rewrite-target": "/v2/$1"}, "/api/v1/(.*)", "/api/v1/items", []),
+    ("allowlist, 1,000 entries", {"whitelist-source-range": ",".join(
+        [f"10.{i // 128}.{i % 128 * 2}.0/24" for i in range(999)]  # disjoint: every other /24 + ["127.0.0.1/32"])}, "/", "/", []),
+    ("basic auth {SHA}", {"auth-type": "basic", "auth-secret": "users"}, "/", "/",
+     ["Authorization: Basic dXNlcjpzZWNyZXQ="]),
+    ("CORS", {"enable-cors": "true", "cors-allow-origin": "https://app.example"}, "/", "/",
+     ["Origin: https://app.example"]),
+    ("limit-rps (never refusing)", {"limit-rps": "10000000"}, "/", "/", []),
+]
+
+
+def policy_manifests(manifests):
+    docs = [f"""apiVersion: v1
+kind: Service
+metadata: {{name: pods, namespace: default}}
+spec: {{ports: [{{port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: pods-1, namespace: default, labels: {{kubernetes.io/service-name: pods}}}}
+addressType: IPv4
+ports: [{{port: {UPSTREAM_PORT}}}]
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: users, namespace: default}}
+stringData: {{auth: "user:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ="}}
+"""]
+    for i, (_, annotations, path, _, _) in enumerate(POLICY_ROUTES):
+        ann = "".join(f"    nginx.ingress.kubernetes.io/{k}: {json.dumps(v)}\n" for k, v in annotations.items())
+        docs.append(f"""apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: policy-{i}
+  namespace: default
+  annotations:
+{ann or "    {}"}
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: p{i}.bench
+    http:
+      paths:
+      - {{path: {json.dumps(path)}, pathType: ImplementationSpecific, backend: {{service: {{name: pods, port: {{number: 80}}}}}}}}
+""".replace("  annotations:\n    {}\n", "  annotations: {}\n"))
+    with open(os.path.join(manifests, "bench.yaml"), "w") as f:
+        f.write("---\n".join(docs))
+
+
+def policies(args, binary, tmp, script):
+    manifests = os.path.join(tmp, "manifests")
+    os.makedirs(manifests, exist_ok=True)
+    policy_manifests(manifests)
+    conf = os.path.join(tmp, "sluice.toml")
+    with open(conf, "w") as f:
+        f.write(f'workers = [{CONTENDER_CPU}]\n[listen]\nhttp = "127.0.0.1:{PROXY_PORT}"\n'
+                f'admin = "127.0.0.1:{PROXY_PORT + 1}"\n[sources]\nmanifests = "{manifests}"\n'
+                f'[log]\naccess = false\n')
+    proc = subprocess.Popen(["taskset", "-c", CONTENDER_CPU, binary, "run", "--config", conf],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = {name: [] for name, *_ in POLICY_ROUTES}
+    try:
+        wait_port(PROXY_PORT)
+        time.sleep(0.3)
+        for round_no in range(args.rounds):
+            for i, (name, _, _, target, headers) in enumerate(POLICY_ROUTES):
+                extra = ["-H", f"Host: p{i}.bench"] + [a for h in headers for a in ("-H", h)]
+                url = f"http://127.0.0.1:{PROXY_PORT}{target}"
+                if round_no == 0:
+                    wrk(2, args.connections, script, extra, url)  # warm-up, and a check below
+                before = cpu_ticks([proc.pid])
+                r = wrk(args.duration, args.connections, script, extra, url)
+                after = cpu_ticks([proc.pid])
+                r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+                r["cpu_us_per_req"] = (after - before) / CLK_TCK * 1e6 / max(r["requests"], 1)
+                runs[name].append(r)
+                print(f"{name:28s} {r['rps']:10.0f} req/s  cpu {r['cpu_us_per_req']:.2f}us/req  "
+                      f"errors {r['errors']}", file=sys.stderr)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    plain = runs["plain"]
+    lines = [
+        f"Date: {datetime.date.today()}. Machine: {os.cpu_count()} vCPU, {os.uname().release}. One Sluice "
+        f"worker pinned to CPU {CONTENDER_CPU} (access log off); wrk (1 thread, {args.connections} keep-alive "
+        f"connections, {args.duration} s per route and round) and the upstream (nginx, 1 KiB body) on CPU {LOAD_CPU}. "
+        f"Routes driven in turn, {args.rounds} rounds; ratios are to the plain route of the same round, "
+        "the median round shown. Non-2xx answers count as errors (there must be none).",
+        "",
+        f"Command: `python3 bench/run.py --policies --duration {args.duration} --connections {args.connections} "
+        f"--rounds {args.rounds}`",
+        "",
+        "| route | requests/s (median round) | ratio to plain | CPU per request | ratio to plain | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, *_ in POLICY_ROUTES:
+        rps = sorted(r["rps"] / p["rps"] for r, p in zip(runs[name], plain))
+        cpu = sorted(r["cpu_us_per_req"] / p["cpu_us_per_req"] for r, p in zip(runs[name], plain))
+        med = sorted(runs[name], key=lambda r: r["rps"])[len(runs[name]) // 2]
+        errors = sum(r["errors"] for r in runs[name])
+        lines.append(f"| {name} | {med['rps']:.0f} | {rps[len(rps) // 2]:.2f} | {med['cpu_us_per_req']:.2f} µs | "
+                     f"{cpu[len(cpu) // 2]:.2f} | {errors} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.write_results:
+        write_section("## Request policy cost, end to end (issue 17)", text)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
@@ -261,15 +380,27 @@ def main():
     ap.add_argument("--write-results", action="store_true")
     ap.add_argument("--access-log", action="store_true",
                     help="Sluice with the access log on (to a file) vs off, instead of the three proxies")
+    ap.add_argument("--policies", action="store_true",
+                    help="Sluice's plain route vs routes with request policies, instead of the three proxies")
+    ap.add_argument("--binary", help="a built sluice binary to use instead of building target/dist/sluice")
     args = ap.parse_args()
     ensure_tools()
-    subprocess.run(["cargo", "build", "--profile", "dist", "--quiet"], cwd=ROOT, check=True)
-    binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "dist", "sluice")
+    if args.binary:
+        binary = os.path.abspath(args.binary)
+    else:
+        subprocess.run(["cargo", "build", "--profile", "dist", "--quiet"], cwd=ROOT, check=True)
+        binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "dist", "sluice")
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
     script = os.path.join(tmp, "report.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
     upstream = start_upstream(tmp)
+    if args.policies:
+        try:
+            return policies(args, binary, tmp, script)
+        finally:
+            upstream.terminate()
+            upstream.wait()
     if args.access_log:
         starters = [("log-on", lambda: start_sluice(tmp, binary, True)),
                     ("log-off", lambda: start_sluice(tmp, binary, False))]
