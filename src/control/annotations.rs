@@ -16,6 +16,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use super::compile::Diagnostic;
 use crate::core::http1::Upgrades;
 use crate::core::route::RoutePolicy;
+use crate::core::route::canary::{CanaryRule, HeaderMatch, Pattern};
 use crate::core::upstream::Balance;
 use crate::core::upstream::affinity::{self, Affinity};
 use crate::core::upstream::hash::HashKey;
@@ -63,6 +64,25 @@ pub const UPSTREAM_VHOST: &str = "upstream-vhost";
 /// The protocol spoken to the pods: only `HTTP` (HTTP/1.1) so far.
 pub const BACKEND_PROTOCOL: &str = "backend-protocol";
 
+/// Canary Ingresses: `canary: "true"` makes the Ingress an alternative backend for the
+/// routes of the main Ingress with the same host, path and path type.
+pub const CANARY: &str = "canary";
+pub const CANARY_BY_HEADER: &str = "canary-by-header";
+pub const CANARY_BY_HEADER_VALUE: &str = "canary-by-header-value";
+pub const CANARY_BY_HEADER_PATTERN: &str = "canary-by-header-pattern";
+pub const CANARY_BY_COOKIE: &str = "canary-by-cookie";
+pub const CANARY_WEIGHT: &str = "canary-weight";
+pub const CANARY_WEIGHT_TOTAL: &str = "canary-weight-total";
+/// Every `canary-*` rule annotation (read only with `canary: "true"`).
+pub const CANARY_RULES: [&str; 6] = [
+    CANARY_BY_HEADER,
+    CANARY_BY_HEADER_VALUE,
+    CANARY_BY_HEADER_PATTERN,
+    CANARY_BY_COOKIE,
+    CANARY_WEIGHT,
+    CANARY_WEIGHT_TOTAL,
+];
+
 /// The annotations of one Ingress, with the object name its diagnostics carry.
 pub struct Annotations<'a> {
     map: Option<&'a BTreeMap<String, String>>,
@@ -109,6 +129,22 @@ impl<'a> Annotations<'a> {
         diags: &mut Vec<Diagnostic>,
     ) -> Option<T> {
         self.read(name, false, parse, default, diags)
+    }
+
+    /// Whether `name` is set under either prefix (whatever its value).
+    pub fn has(&self, name: &str) -> bool {
+        self.raw(name, true).is_some()
+    }
+
+    /// A diagnostic on `name` (under the prefix it is set with) saying `message`.
+    pub fn note(&self, name: &str, message: impl Into<String>, diags: &mut Vec<Diagnostic>) {
+        if let Some((key, _)) = self.raw(name, true) {
+            diags.push(Diagnostic {
+                object: self.object.to_string(),
+                field: format!("metadata.annotations[{key}]"),
+                message: message.into(),
+            });
+        }
     }
 
     /// A boolean, as ingress-nginx reads one (Go's `strconv.ParseBool`).
@@ -351,6 +387,104 @@ fn affinity(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<Affinity
         conditional_samesite_none: flag(SESSION_COOKIE_CONDITIONAL_SAMESITE_NONE, diags),
         change_on_failure: flag(SESSION_COOKIE_CHANGE_ON_FAILURE, diags),
     })
+}
+
+/// An HTTP field or cookie name: a token (RFC 9110), at most 256 bytes.
+fn parse_token(value: &str) -> Result<Box<str>, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 256
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    match ok {
+        true => Ok(value.into()),
+        false => Err(format!(
+            "expected a field or cookie name (letters, digits, -_.!#$%&'*+^`|~), got {value:?}"
+        )),
+    }
+}
+
+/// `canary-weight`: a share of `canary-weight-total`.
+fn parse_weight(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 1_000_000)
+        .ok_or_else(|| format!("expected a whole number from 0, got {value:?}"))
+}
+
+/// `canary-weight-total`: ingress-nginx uses 100 for any total below 100, so such a value is
+/// refused (and 100 used).
+fn parse_weight_total(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (100..=1_000_000).contains(n))
+        .ok_or_else(|| format!("expected a whole number from 100 to 1000000, got {value:?}"))
+}
+
+/// The canary rule of `ing`: `Some` when it is a canary Ingress (`canary: "true"`). Each
+/// rule annotation that does not parse is reported and left out (a bad weight counts as 0).
+/// On an Ingress that is not a canary the rule annotations are reported as ignored.
+pub fn canary(ing: &Ingress, object: &str, diags: &mut Vec<Diagnostic>) -> Option<CanaryRule> {
+    let a = Annotations::of(ing, object);
+    if !a.bool(CANARY, false, diags) {
+        for name in CANARY_RULES {
+            a.note(
+                name,
+                "ignored: the Ingress is not a canary (canary: \"true\")",
+                diags,
+            );
+        }
+        return None;
+    }
+    let mut rule = CanaryRule::new();
+    let name = a.get(CANARY_BY_HEADER, parse_token, &"no header rule", diags);
+    let value = a.get(
+        CANARY_BY_HEADER_VALUE,
+        |v| match v.is_empty() {
+            true => Err("empty value".to_string()),
+            false => Ok(Box::<str>::from(v)),
+        },
+        &"always/never",
+        diags,
+    );
+    let pattern = if value.is_some() {
+        a.note(
+            CANARY_BY_HEADER_PATTERN,
+            "ignored: canary-by-header-value is set (as in ingress-nginx)",
+            diags,
+        );
+        None
+    } else {
+        a.get(
+            CANARY_BY_HEADER_PATTERN,
+            Pattern::new,
+            &"always/never",
+            diags,
+        )
+    };
+    rule.header = match (name, value, pattern) {
+        (Some(name), Some(v), _) => Some((name, HeaderMatch::Value(v))),
+        (Some(name), None, Some(p)) => Some((name, HeaderMatch::Pattern(p))),
+        (Some(name), None, None) => Some((name, HeaderMatch::Keywords)),
+        (None, v, p) => {
+            if v.is_some() || p.is_some() {
+                for n in [CANARY_BY_HEADER_VALUE, CANARY_BY_HEADER_PATTERN] {
+                    a.note(n, "ignored: canary-by-header is not set", diags);
+                }
+            }
+            None
+        }
+    };
+    rule.cookie = a.get(CANARY_BY_COOKIE, parse_token, &"no cookie rule", diags);
+    rule.weight = a
+        .get(CANARY_WEIGHT, parse_weight, &"weight 0", diags)
+        .unwrap_or(0);
+    rule.weight_total = a
+        .get(CANARY_WEIGHT_TOTAL, parse_weight_total, &"100", diags)
+        .unwrap_or(CanaryRule::DEFAULT_TOTAL);
+    Some(rule)
 }
 
 /// A comma-separated list of upgrade protocol names (empty: none may be relayed).

@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::manifests::Object;
 use crate::core::route::{
-    Backend, BackendId, PathKind, RoutePolicy, RouteTable, RouteTableBuilder,
+    Backend, BackendId, CanaryMiss, PathKind, RoutePolicy, RouteTable, RouteTableBuilder,
 };
 use crate::core::snapshot::Snapshot;
 use crate::core::tls::CertTable;
@@ -353,6 +353,7 @@ impl<'a> Pass<'a> {
         // Rule tag → the Ingress that added it, for conflict reports.
         let mut owners: Vec<String> = Vec::new();
         let mut fallback_set = false;
+        let mut canaries = Vec::new();
         for ing in ingresses {
             let object = ingress_object(ing);
             let (ours, disagreement) = classes.verdict(ing);
@@ -370,6 +371,11 @@ impl<'a> Pass<'a> {
                 continue;
             };
             let ns = meta_name(&ing.metadata).0;
+            if let Some(rule) = super::annotations::canary(ing, &object, &mut c.diagnostics) {
+                // Added once every main rule is in (ingress-nginx merges canaries last).
+                canaries.push((ing, object, rule));
+                continue;
+            }
             let tag = owners.len() as u32;
             owners.push(object.clone());
             let policy = super::annotations::route_policy(ing, &object, &mut c.diagnostics);
@@ -399,6 +405,9 @@ impl<'a> Pass<'a> {
                     fallback_set = true;
                 }
             }
+        }
+        for (ing, object, rule) in canaries {
+            c.canary(&mut table, ing, &object, rule);
         }
         if let Some(default) = &opts.default_backend {
             let backend = c.service_backend(default, "controller", "--default-backend");
@@ -610,6 +619,106 @@ impl<'a> Compiler<'a> {
             }
         }
         own_hosts
+    }
+
+    /// Puts the rules of the canary Ingress `ing` on the main rules with the same host, path
+    /// and path type (oldest canary first; a rule with no such main rule is reported and
+    /// ignored, as ingress-nginx drops it). Its `spec.defaultBackend` is ignored, as are its
+    /// annotations other than the canary rules, balancing and affinity (reported when set):
+    /// requests it takes get the main rule's policy with its balancing and affinity.
+    fn canary(
+        &mut self,
+        table: &mut RouteTableBuilder,
+        ing: &'a Ingress,
+        object: &str,
+        rule: crate::core::route::canary::CanaryRule,
+    ) {
+        let Some(spec) = ing.spec.as_ref() else {
+            return;
+        };
+        let (ns, name) = meta_name(&ing.metadata);
+        let policy = super::annotations::route_policy(ing, object, &mut self.diagnostics);
+        let (balance, affinity) = match policy.as_deref() {
+            Some(p) => {
+                let rest = RoutePolicy {
+                    balance: None,
+                    affinity: None,
+                    ..p.clone()
+                };
+                if !rest.is_empty() {
+                    self.diag(
+                        object,
+                        "metadata.annotations",
+                        format!(
+                            "ignored on a canary Ingress: {rest} (requests it takes follow the \
+                             main Ingress's settings; only canary-*, load-balance, \
+                             upstream-hash-by and affinity annotations apply)"
+                        ),
+                    );
+                }
+                (p.balance.clone(), p.affinity.clone())
+            }
+            None => (None, None),
+        };
+        if spec.default_backend.is_some() {
+            self.diag(
+                object,
+                "spec.defaultBackend",
+                "ignored on a canary Ingress (a canary is never a catch-all)",
+            );
+        }
+        let ingress: Arc<str> = format!("{ns}/{name}").into();
+        for (i, r) in spec.rules.iter().flatten().enumerate() {
+            let host = match r.host.as_deref() {
+                None | Some("") => None,
+                Some(h) => {
+                    if let Err(why) = check_host(h) {
+                        self.diag(object, &format!("spec.rules[{i}].host"), why);
+                        continue;
+                    }
+                    Some(h)
+                }
+            };
+            for (j, p) in r.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+                let field = || format!("spec.rules[{i}].http.paths[{j}]");
+                let kind = match p.path_type.as_str() {
+                    "Exact" => PathKind::Exact,
+                    "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
+                    other => {
+                        let message = format!("unknown path type {other:?}");
+                        self.diag(object, &format!("{}.pathType", field()), message);
+                        continue;
+                    }
+                };
+                let path = p.path.as_deref().unwrap_or("/");
+                let backend_field = || format!("{}.backend", field());
+                let Some(backend) = self.backend(ns, &p.backend, object, &backend_field) else {
+                    continue;
+                };
+                let canary = crate::core::route::canary::Canary {
+                    backend,
+                    rule: rule.clone(),
+                    ingress: ingress.clone(),
+                    balance: balance.clone(),
+                    affinity: affinity.clone(),
+                    policy: None,
+                };
+                let shown = host.unwrap_or("*");
+                let why = match table.add_canary(host, path, kind, canary) {
+                    Ok(()) => continue,
+                    Err(CanaryMiss::NoMain) => format!(
+                        "no main Ingress routes {shown} {path} ({kind:?}); the canary is ignored"
+                    ),
+                    Err(CanaryMiss::Taken(first)) => format!(
+                        "{shown} {path} already has the canary Ingress {first} (older); ignored"
+                    ),
+                    Err(CanaryMiss::SameBackend) => format!(
+                        "{shown} {path}: the canary's backend is the main Ingress's own; ignored"
+                    ),
+                };
+                self.diag(object, &format!("{}.path", field()), why);
+            }
+        }
     }
 
     /// The backend of an Ingress path or default, or `None` (with a diagnostic) when it

@@ -159,6 +159,14 @@ impl Picker {
         (!ejected).then_some(endpoint)
     }
 
+    /// A uniform draw from `0..n` (`n > 0`) from this worker's generator (canary weights).
+    pub fn roll(&mut self, n: u32) -> u32 {
+        let rng = self
+            .rng
+            .get_or_insert_with(|| Rng::new(u64::from(self.offset)));
+        rng.below(n as usize) as u32
+    }
+
     /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
     pub fn pick(&mut self, snapshot: &Snapshot, backend: BackendId) -> Option<SocketAddr> {
         let endpoints = &snapshot.backend(backend)?.endpoints;
@@ -220,7 +228,16 @@ impl Router for SnapshotRouter<'_> {
         req: &dyn KeySource,
         now: Instant,
     ) -> RouteDecision {
-        let Some((backend, policy, ingress)) = self.snapshot.table.route(host, path) else {
+        // A route's canary (core::route::canary) may take the request: the weight draws
+        // from this worker's generator; a canary without endpoints leaves it to the main one.
+        let snapshot = self.snapshot;
+        let picker = &mut *self.picker;
+        let usable = |b: BackendId| snapshot.backend(b).is_some_and(|b| !b.endpoints.is_empty());
+        let routed =
+            snapshot
+                .table
+                .route_request(host, path, req, &mut |n| picker.roll(n), &usable);
+        let Some((backend, policy, ingress)) = routed else {
             self.routed = None;
             return RouteDecision::NotFound;
         };
