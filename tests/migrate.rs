@@ -86,7 +86,7 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
         false,
         &[("upstream-hash-by", "differs")],
     ),
-    ("shop/ewma", false, &[("load-balance", "differs")]),
+    ("shop/ewma", false, &[("load-balance", "supported")]),
     (
         "shop/http-backend",
         false,

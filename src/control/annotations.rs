@@ -487,6 +487,91 @@ pub fn canary(ing: &Ingress, object: &str, diags: &mut Vec<Diagnostic>) -> Optio
     Some(rule)
 }
 
+/// `load-balance` and the `upstream-hash-by*` annotations together (a hash key wins).
+fn balancing(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<Balance> {
+    let balance = a.get(LOAD_BALANCE, parse_balance, &"round_robin", diags);
+    let hash = a.get(
+        UPSTREAM_HASH_BY,
+        HashKey::parse,
+        &"no hashing (load-balance)",
+        diags,
+    );
+    let subset = hash.is_some() && a.bool(UPSTREAM_HASH_BY_SUBSET, false, diags);
+    let subset_size = match subset {
+        true => a
+            .get(UPSTREAM_HASH_BY_SUBSET_SIZE, parse_subset_size, &"3", diags)
+            .unwrap_or(3),
+        false => 3,
+    };
+    let hash = hash.map(|key| match subset {
+        true => Balance::HashSubset(key, subset_size),
+        false => Balance::Hash(key),
+    });
+    hash.or(balance)
+}
+
+/// The settings of `ing` that belong to the backends it routes to rather than to its routes
+/// (`load-balance`, `upstream-hash-by*`, `affinity*`, `session-cookie-*`), read as
+/// [`route_policy`] reads them; problems are not reported here ([`route_policy`] does).
+pub fn backend_policy(ing: &Ingress) -> BackendPolicy {
+    let a = Annotations::of(ing, "");
+    let mut scratch = Vec::new();
+    BackendPolicy {
+        balance: balancing(&a, &mut scratch),
+        affinity: affinity(&a, &mut scratch),
+    }
+}
+
+/// The settings that attach to a backend (a Service port), as in ingress-nginx.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendPolicy {
+    pub balance: Option<Balance>,
+    pub affinity: Option<Affinity>,
+}
+
+impl BackendPolicy {
+    /// The backend settings a route policy carries.
+    pub fn of(policy: Option<&RoutePolicy>) -> BackendPolicy {
+        BackendPolicy {
+            balance: policy.and_then(|p| p.balance.clone()),
+            affinity: policy.and_then(|p| p.affinity.clone()),
+        }
+    }
+
+    /// What of `self` (one Ingress's own settings) `owner` (the backend's) overrides: the
+    /// annotations set here that the backend does not follow, for the conflict report.
+    pub fn overridden_by(&self, owner: &BackendPolicy) -> Vec<String> {
+        let mut lost = Vec::new();
+        let effective = |b: &Option<Balance>| b.clone().unwrap_or_default();
+        if let Some(b) = &self.balance
+            && effective(&owner.balance) != *b
+        {
+            lost.push(format!(
+                "balancing {b} (the backend's: {})",
+                effective(&owner.balance)
+            ));
+        }
+        if let Some(a) = &self.affinity
+            && owner.affinity.as_ref() != Some(a)
+        {
+            let theirs = match &owner.affinity {
+                Some(o) => o.to_string(),
+                None => "none".to_string(),
+            };
+            lost.push(format!("affinity {a} (the backend's: {theirs})"));
+        }
+        lost
+    }
+
+    /// `policy` with these settings in place of its own; `None` when nothing is left set.
+    pub fn applied_to(&self, policy: Option<&RoutePolicy>) -> Option<Arc<RoutePolicy>> {
+        let mut p = policy.cloned().unwrap_or_default();
+        p.balance = self.balance.clone();
+        p.affinity = self.affinity.clone();
+        (!p.is_empty()).then(|| Arc::new(p))
+    }
+}
+
 /// A comma-separated list of upgrade protocol names (empty: none may be relayed).
 pub fn parse_upgrades(value: &str) -> Result<Upgrades, String> {
     let names: Vec<&str> = value
@@ -508,26 +593,8 @@ pub fn route_policy(
     let a = Annotations::of(ing, object);
     // Only HTTP is spoken to pods: another value is reported and the routes stay HTTP.
     a.get(BACKEND_PROTOCOL, parse_backend_protocol, &"HTTP", diags);
-    let balance = a.get(LOAD_BALANCE, parse_balance, &"round_robin", diags);
-    let hash = a.get(
-        UPSTREAM_HASH_BY,
-        HashKey::parse,
-        &"no hashing (load-balance)",
-        diags,
-    );
-    let subset = hash.is_some() && a.bool(UPSTREAM_HASH_BY_SUBSET, false, diags);
-    let subset_size = match subset {
-        true => a
-            .get(UPSTREAM_HASH_BY_SUBSET_SIZE, parse_subset_size, &"3", diags)
-            .unwrap_or(3),
-        false => 3,
-    };
-    let hash = hash.map(|key| match subset {
-        true => Balance::HashSubset(key, subset_size),
-        false => Balance::Hash(key),
-    });
     let policy = RoutePolicy {
-        balance: hash.or(balance),
+        balance: balancing(&a, diags),
         next_upstream: next_upstream(&a, diags),
         affinity: affinity(&a, diags),
         upstream_vhost: a.get(UPSTREAM_VHOST, vhost::parse, &"the client's Host", diags),

@@ -140,7 +140,7 @@ pub const CATALOG: &[Entry] = &[
     e("proxy-http-version", Differs, &["1.1"], "upstream requests are always HTTP/1.1"),
     e("upstream-vhost", Differs, &[], "nginx variables ($host...) are not interpreted: a value with $ is refused"),
     e("service-upstream", NotYet, &["false"], "Sluice always balances over the EndpointSlice endpoints"),
-    e("load-balance", Differs, &[], "round_robin, ewma (and least_request); attaches to the Ingress's routes, not to the Service backend"),
+    e("load-balance", Supported, &[], "round_robin, ewma (and least_request); belongs to the backend: the oldest Ingress routing to a Service port decides it for every route to it, others are told"),
     e("upstream-hash-by", Differs, &[], "rendezvous hashing (not ketama): another pod than ingress-nginx's for the same key; a subset of nginx variables"),
     e("upstream-hash-by-subset", Differs, &["false"], "subsets picked by rendezvous hashing, not ingress-nginx's ketama ring: the same key may land on other pods than ingress-nginx would pick"),
     e("upstream-hash-by-subset-size", Supported, &[], "subset hashing"),

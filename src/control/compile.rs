@@ -17,7 +17,7 @@
 //! * `spec.defaultBackend`: the fallback for the Ingress's own hosts, and (from the oldest
 //!   Ingress that has one) for requests nothing else matches; then the controller default.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -26,8 +26,9 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
+use super::annotations::BackendPolicy;
 use super::manifests::Object;
 use crate::core::route::{
     Backend, BackendId, CanaryMiss, PathKind, RoutePolicy, RouteTable, RouteTableBuilder,
@@ -264,6 +265,109 @@ impl BackendIds {
     }
 }
 
+/// An Ingress's place in the oldest-first order: creationTimestamp, namespace, name.
+pub(super) type Age = (Option<Time>, String, String);
+
+fn age(ing: &Ingress) -> Age {
+    let (ns, name) = meta_name(&ing.metadata);
+    (
+        ing.metadata.creation_timestamp.clone(),
+        ns.to_string(),
+        name.to_string(),
+    )
+}
+
+/// The Service port an Ingress backend names, as written (`None`: not a Service port).
+fn service_ref(namespace: &str, backend: &IngressBackend) -> Option<ServiceRef> {
+    let service = backend
+        .service
+        .as_ref()
+        .filter(|_| backend.resource.is_none())?;
+    if service.name.is_empty() {
+        return None;
+    }
+    let port = match service.port.as_ref().map(|p| (p.number, p.name.as_deref())) {
+        Some((Some(n), _)) => PortRef::Number(n),
+        Some((None, Some(name))) if !name.is_empty() => PortRef::Name(name.to_string()),
+        _ => return None,
+    };
+    Some(ServiceRef {
+        namespace: namespace.to_string(),
+        name: service.name.clone(),
+        port,
+    })
+}
+
+/// Which of our Ingresses route to each backend, oldest first, and what each says about the
+/// backends it routes to ([`BackendPolicy`]): as in ingress-nginx, balancing and affinity
+/// belong to the backend (the Service port), and the oldest Ingress (creationTimestamp,
+/// then namespace/name) with a path rule to it decides them for every route to it. The
+/// compiler applies that to every rule; an Ingress whose own annotations say otherwise is
+/// told so. Kept by the incremental compiler across compiles.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Owners {
+    by_backend: HashMap<ServiceRef, BTreeSet<Age>>,
+    settings: BTreeMap<Age, (Arc<str>, BackendPolicy)>,
+}
+
+impl Owners {
+    /// The Service ports the path rules of `ing` name.
+    pub fn backends_of(ing: &Ingress) -> Vec<ServiceRef> {
+        let ns = meta_name(&ing.metadata).0;
+        let mut refs: Vec<ServiceRef> = ing
+            .spec
+            .iter()
+            .flat_map(|s| s.rules.iter().flatten())
+            .flat_map(|r| r.http.iter().flat_map(|h| h.paths.iter()))
+            .filter_map(|p| service_ref(ns, &p.backend))
+            .collect();
+        refs.sort();
+        refs.dedup();
+        refs
+    }
+
+    pub fn add(&mut self, ing: &Ingress) {
+        let age = age(ing);
+        for target in Owners::backends_of(ing) {
+            self.by_backend
+                .entry(target)
+                .or_default()
+                .insert(age.clone());
+        }
+        let object: Arc<str> = ingress_object(ing).into();
+        let policy = super::annotations::backend_policy(ing);
+        self.settings.insert(age, (object, policy));
+    }
+
+    pub fn remove(&mut self, ing: &Ingress) {
+        let age = age(ing);
+        for target in Owners::backends_of(ing) {
+            if let Some(set) = self.by_backend.get_mut(&target) {
+                set.remove(&age);
+                if set.is_empty() {
+                    self.by_backend.remove(&target);
+                }
+            }
+        }
+        self.settings.remove(&age);
+    }
+
+    /// The Ingress that decides `target`'s settings (its object name) and those settings.
+    pub fn owner(&self, target: &ServiceRef) -> Option<(&Arc<str>, &BackendPolicy)> {
+        let first = self.by_backend.get(target)?.first()?;
+        self.settings.get(first).map(|(o, p)| (o, p))
+    }
+
+    /// `namespace/name` of every Ingress with a path rule to `target`.
+    pub fn referrers(&self, target: &ServiceRef) -> impl Iterator<Item = String> + '_ {
+        self.by_backend
+            .get(target)
+            .into_iter()
+            .flatten()
+            .map(|(_, ns, name)| format!("{ns}/{name}"))
+    }
+}
+
 /// Oldest first (creationTimestamp, then namespace/name): the order that decides conflicts,
 /// and makes the output independent of the order objects arrived in.
 pub(super) fn oldest_first(ingresses: &mut [&Ingress]) {
@@ -332,9 +436,11 @@ impl<'a> Pass<'a> {
         opts: &CompileOptions,
         classes: &Classes<'_>,
         ids: &'a mut BackendIds,
+        owners: &'a Owners,
         ingresses: impl Iterator<Item = &'a Ingress>,
     ) -> (RouteTable, Pass<'a>) {
         let mut c = Compiler {
+            owners,
             services: objects
                 .services
                 .iter()
@@ -525,6 +631,8 @@ struct AddedBy {
 }
 
 struct Compiler<'a> {
+    /// Who decides each backend's balancing and affinity.
+    owners: &'a Owners,
     services: HashMap<(&'a str, &'a str), &'a Service>,
     /// Backends already resolved, by the reference as written (no allocation to look up).
     seen: HashMap<BorrowedRef<'a>, BackendId>,
@@ -557,6 +665,9 @@ impl<'a> Compiler<'a> {
         owners: &[String],
     ) -> Vec<String> {
         let mut own_hosts: Vec<String> = Vec::new();
+        // The policy of this Ingress's rules to each backend (its balancing and affinity
+        // are the backend's).
+        let mut policies: HashMap<BackendId, Option<Arc<RoutePolicy>>> = HashMap::new();
         for (i, rule) in spec.rules.iter().flatten().enumerate() {
             let host = match rule.host.as_deref() {
                 None | Some("") => None,
@@ -594,12 +705,21 @@ impl<'a> Compiler<'a> {
                 let Some(backend) = self.backend(ns, &p.backend, object, &backend_field) else {
                     continue;
                 };
+                let policy = match policies.get(&backend) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let own = added_by.policy.as_deref();
+                        let p = self.backend_policy(backend, own, object, &backend_field);
+                        policies.insert(backend, p.clone());
+                        p
+                    }
+                };
                 if let Err(first) = table.add_tagged(
                     host.as_deref(),
                     path,
                     kind,
                     backend,
-                    added_by.policy.clone(),
+                    policy,
                     Some(added_by.ingress.clone()),
                     added_by.tag,
                 ) {
@@ -619,6 +739,35 @@ impl<'a> Compiler<'a> {
             }
         }
         own_hosts
+    }
+
+    /// The policy of a rule of `object` (whose own policy is `own`) to `backend`: `own`
+    /// with the backend's balancing and affinity ([`Owners`]); when `object`'s annotations
+    /// set them otherwise, it is told which Ingress decides them.
+    fn backend_policy(
+        &mut self,
+        backend: BackendId,
+        own: Option<&RoutePolicy>,
+        object: &str,
+        field: &dyn Fn() -> String,
+    ) -> Option<Arc<RoutePolicy>> {
+        let mine = BackendPolicy::of(own);
+        let target = &self.ids.refs[backend.0 as usize];
+        let Some((owner, theirs)) = self.owners.owner(target) else {
+            return own.map(|p| Arc::new(p.clone()));
+        };
+        if **owner != *object {
+            let lost = mine.overridden_by(theirs);
+            if !lost.is_empty() {
+                let message = format!(
+                    "{target}: {} ignored: balancing and affinity belong to the backend, and \
+                     {owner} (older, also routing to it) decides them",
+                    lost.join(", ")
+                );
+                self.diag(object, &format!("{}.service", field()), message);
+            }
+        }
+        theirs.applied_to(own)
     }
 
     /// Puts the rules of the canary Ingress `ing` on the main rules with the same host, path
@@ -695,12 +844,18 @@ impl<'a> Compiler<'a> {
                 let Some(backend) = self.backend(ns, &p.backend, object, &backend_field) else {
                     continue;
                 };
+                let own = RoutePolicy {
+                    balance: balance.clone(),
+                    affinity: affinity.clone(),
+                    ..RoutePolicy::default()
+                };
+                let settings = self.backend_policy(backend, Some(&own), object, &backend_field);
                 let canary = crate::core::route::canary::Canary {
                     backend,
                     rule: rule.clone(),
                     ingress: ingress.clone(),
-                    balance: balance.clone(),
-                    affinity: affinity.clone(),
+                    balance: settings.as_ref().and_then(|p| p.balance.clone()),
+                    affinity: settings.as_ref().and_then(|p| p.affinity.clone()),
                     policy: None,
                 };
                 let shown = host.unwrap_or("*");
