@@ -46,7 +46,7 @@ struct IngressSpec {
     /// The `ssl-redirect` annotation.
     redirect: Option<bool>,
     /// Traffic annotations: 0 none, 1 a canary (by header), 2 `load-balance: ewma`,
-    /// 3 `load-balance: least_request`.
+    /// 3 `load-balance: least_request`, 4 `service-upstream: "true"`.
     traffic: u8,
 }
 
@@ -92,7 +92,7 @@ fn ingress_spec() -> impl Strategy<Value = IngressSpec> {
         prop::option::of(0..SERVICES.len()),
         prop::option::of((0..HOSTS.len() - 1, 0..2usize)),
         prop::option::of(any::<bool>()),
-        0u8..4,
+        0u8..5,
     )
         .prop_map(
             |(namespace, created, class, rules, default, tls, redirect, traffic)| IngressSpec {
@@ -142,6 +142,7 @@ fn ingress(slot: usize, spec: &IngressSpec) -> Arc<Ingress> {
         }
         2 => annotations[nginx("load-balance")] = json!("ewma"),
         3 => annotations[nginx("load-balance")] = json!("least_request"),
+        4 => annotations[nginx("service-upstream")] = json!("true"),
         _ => {}
     }
     let mut class_name = Value::Null;
@@ -197,7 +198,9 @@ fn service(i: usize, namespace: &str) -> Arc<Service> {
     Arc::new(
         serde_json::from_value(json!({
             "metadata": {"name": SERVICES[i], "namespace": namespace},
-            "spec": {"ports": [{"port": 80, "name": "http"}]},
+            // s2 is headless (service-upstream keeps its endpoints).
+            "spec": {"ports": [{"port": 80, "name": "http"}],
+                     "clusterIP": if i == 2 { "None".to_string() } else { format!("10.96.0.{i}") }},
         }))
         .unwrap(),
     )
@@ -360,6 +363,8 @@ fn all_endpoints() -> Vec<std::net::SocketAddr> {
             let port = 8080 + i;
             all.push(format!("10.0.{i}.{n}:{port}").parse().unwrap());
         }
+        // service-upstream: the ClusterIP.
+        all.push(format!("10.96.0.{i}:80").parse().unwrap());
     }
     all
 }

@@ -61,6 +61,8 @@ pub const SESSION_COOKIE_CONDITIONAL_SAMESITE_NONE: &str =
 pub const SESSION_COOKIE_CHANGE_ON_FAILURE: &str = "session-cookie-change-on-failure";
 /// The `Host` field sent upstream.
 pub const UPSTREAM_VHOST: &str = "upstream-vhost";
+/// Send to the Service's ClusterIP and port instead of its endpoints.
+pub const SERVICE_UPSTREAM: &str = "service-upstream";
 /// The protocol spoken to the pods: only `HTTP` (HTTP/1.1) so far.
 pub const BACKEND_PROTOCOL: &str = "backend-protocol";
 
@@ -519,6 +521,7 @@ pub fn backend_policy(ing: &Ingress) -> BackendPolicy {
     BackendPolicy {
         balance: balancing(&a, &mut scratch),
         affinity: affinity(&a, &mut scratch),
+        service_upstream: a.get(SERVICE_UPSTREAM, parse_bool, &false, &mut scratch),
     }
 }
 
@@ -527,15 +530,15 @@ pub fn backend_policy(ing: &Ingress) -> BackendPolicy {
 pub struct BackendPolicy {
     pub balance: Option<Balance>,
     pub affinity: Option<Affinity>,
+    /// `service-upstream`: the Service's ClusterIP and port as the one endpoint (`None`:
+    /// not set, which means false).
+    pub service_upstream: Option<bool>,
 }
 
 impl BackendPolicy {
-    /// The backend settings a route policy carries.
-    pub fn of(policy: Option<&RoutePolicy>) -> BackendPolicy {
-        BackendPolicy {
-            balance: policy.and_then(|p| p.balance.clone()),
-            affinity: policy.and_then(|p| p.affinity.clone()),
-        }
+    /// Whether the backend is reached through its Service's ClusterIP.
+    pub fn service_upstream(&self) -> bool {
+        self.service_upstream == Some(true)
     }
 
     /// What of `self` (one Ingress's own settings) `owner` (the backend's) overrides: the
@@ -559,6 +562,12 @@ impl BackendPolicy {
                 None => "none".to_string(),
             };
             lost.push(format!("affinity {a} (the backend's: {theirs})"));
+        }
+        if let Some(s) = self.service_upstream
+            && s != owner.service_upstream()
+        {
+            let theirs = owner.service_upstream();
+            lost.push(format!("service-upstream {s} (the backend's: {theirs})"));
         }
         lost
     }
@@ -593,6 +602,8 @@ pub fn route_policy(
     let a = Annotations::of(ing, object);
     // Only HTTP is spoken to pods: another value is reported and the routes stay HTTP.
     a.get(BACKEND_PROTOCOL, parse_backend_protocol, &"HTTP", diags);
+    // A backend setting (compile::Owners reads it): read here to report a bad value.
+    a.get(SERVICE_UPSTREAM, parse_bool, &false, diags);
     let policy = RoutePolicy {
         balance: balancing(&a, diags),
         next_upstream: next_upstream(&a, diags),

@@ -139,7 +139,7 @@ pub const CATALOG: &[Entry] = &[
     e("proxy-ssl-server-name", NotYet, &["off"], "TLS to upstreams"),
     e("proxy-http-version", Differs, &["1.1"], "upstream requests are always HTTP/1.1"),
     e("upstream-vhost", Differs, &[], "nginx variables ($host...) are not interpreted: a value with $ is refused"),
-    e("service-upstream", NotYet, &["false"], "Sluice always balances over the EndpointSlice endpoints"),
+    e("service-upstream", Supported, &[], "the Service's ClusterIP and port as the one endpoint (headless: its endpoints, reported); a backend setting, decided by the oldest Ingress routing to the Service port"),
     e("load-balance", Supported, &[], "round_robin, ewma (and least_request); belongs to the backend: the oldest Ingress routing to a Service port decides it for every route to it, others are told"),
     e("upstream-hash-by", Differs, &[], "rendezvous hashing (not ketama): another pod than ingress-nginx's for the same key; a subset of nginx variables"),
     e("upstream-hash-by-subset", Differs, &["false"], "subsets picked by rendezvous hashing, not ingress-nginx's ketama ring: the same key may land on other pods than ingress-nginx would pick"),
@@ -511,9 +511,9 @@ mod tests {
 
     #[test]
     fn values_sluice_already_behaves_like_count_as_supported() {
-        let key = format!("{NGINX}service-upstream");
-        assert_eq!(judge(&key, "false").map(|j| j.fate), Some(Supported));
-        assert_eq!(judge(&key, "true").map(|j| j.fate), Some(NotYet));
+        let key = format!("{NGINX}auth-tls-verify-client");
+        assert_eq!(judge(&key, "off").map(|j| j.fate), Some(Supported));
+        assert_eq!(judge(&key, "on").map(|j| j.fate), Some(NotYet));
         // A value the reader itself refuses is its own report, not the catalog's.
         let key = format!("{NGINX}backend-protocol");
         assert_eq!(judge(&key, "GRPC").map(|j| j.fate), Some(Differs));

@@ -496,6 +496,7 @@ impl<'a> Pass<'a> {
             let added_by = AddedBy {
                 tag,
                 policy,
+                backend: super::annotations::backend_policy(ing),
                 ingress,
             };
             let own_hosts = c.rules(&mut table, ns, spec, &object, &added_by, &owners);
@@ -599,6 +600,18 @@ pub(crate) fn check_host(host: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The ClusterIP of `service`, if it has one (not headless, not ExternalName).
+fn cluster_ip(service: &Service) -> Option<IpAddr> {
+    service
+        .spec
+        .as_ref()?
+        .cluster_ip
+        .as_deref()?
+        .parse::<IpAddr>()
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+}
+
 /// EndpointSlices by (namespace, service name).
 fn index_slices(slices: &[Arc<EndpointSlice>]) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
     let mut index: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
@@ -626,6 +639,8 @@ type BorrowedRef<'a> = (&'a str, &'a str, Option<i32>, Option<&'a str>);
 struct AddedBy {
     tag: u32,
     policy: Option<Arc<RoutePolicy>>,
+    /// What the Ingress's annotations say about its backends (see [`Owners`]).
+    backend: BackendPolicy,
     /// `namespace/name`, carried by each rule for the access log and the counters.
     ingress: Arc<str>,
 }
@@ -708,7 +723,7 @@ impl<'a> Compiler<'a> {
                 let policy = match policies.get(&backend) {
                     Some(p) => p.clone(),
                     None => {
-                        let own = added_by.policy.as_deref();
+                        let own = (added_by.policy.as_deref(), &added_by.backend);
                         let p = self.backend_policy(backend, own, object, &backend_field);
                         policies.insert(backend, p.clone());
                         p
@@ -747,15 +762,27 @@ impl<'a> Compiler<'a> {
     fn backend_policy(
         &mut self,
         backend: BackendId,
-        own: Option<&RoutePolicy>,
+        (own, mine): (Option<&RoutePolicy>, &BackendPolicy),
         object: &str,
         field: &dyn Fn() -> String,
     ) -> Option<Arc<RoutePolicy>> {
-        let mine = BackendPolicy::of(own);
-        let target = &self.ids.refs[backend.0 as usize];
-        let Some((owner, theirs)) = self.owners.owner(target) else {
+        let target = self.ids.refs[backend.0 as usize].clone();
+        let owners = self.owners;
+        let Some((owner, theirs)) = owners.owner(&target) else {
             return own.map(|p| Arc::new(p.clone()));
         };
+        if theirs.service_upstream()
+            && let Some(service) = self
+                .services
+                .get(&(target.namespace.as_str(), target.name.as_str()))
+            && cluster_ip(service).is_none()
+        {
+            let message = format!(
+                "{target}: service-upstream: the Service has no ClusterIP (headless or \
+                 ExternalName); its endpoints are used"
+            );
+            self.diag(object, &format!("{}.service", field()), message);
+        }
         if **owner != *object {
             let lost = mine.overridden_by(theirs);
             if !lost.is_empty() {
@@ -849,7 +876,9 @@ impl<'a> Compiler<'a> {
                     affinity: affinity.clone(),
                     ..RoutePolicy::default()
                 };
-                let settings = self.backend_policy(backend, Some(&own), object, &backend_field);
+                let mine = super::annotations::backend_policy(ing);
+                let settings =
+                    self.backend_policy(backend, (Some(&own), &mine), object, &backend_field);
                 let canary = crate::core::route::canary::Canary {
                     backend,
                     rule: rule.clone(),
@@ -1002,6 +1031,17 @@ impl<'a> Compiler<'a> {
                 PortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
             })
             .ok_or("the Service has no such port")?;
+        // service-upstream: the ClusterIP and the Service port, one endpoint (kube-proxy
+        // spreads); without a ClusterIP the endpoints are used (reported per Ingress).
+        if self
+            .owners
+            .owner(target)
+            .is_some_and(|(_, p)| p.service_upstream())
+            && let Some(ip) = cluster_ip(service)
+        {
+            let port = u16::try_from(port.port).map_err(|_| "the Service port is out of range")?;
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
         // EndpointSlice ports carry the Service port's name ("" and absent are the same).
         let port_name = port.name.as_deref().unwrap_or("");
 

@@ -434,6 +434,7 @@ impl Incremental {
         // A backend whose deciding Ingress or settings changed: every rule to it changes, so
         // the hosts of every Ingress routing to it are compiled again (and its conflict
         // reports given again).
+        let mut resettled: Vec<(String, String)> = Vec::new();
         for (target, before) in backends {
             let after = self
                 .owners
@@ -442,6 +443,8 @@ impl Incremental {
             if after == before {
                 continue;
             }
+            // Its endpoints too (service-upstream is one of its settings).
+            resettled.push((target.namespace.clone(), target.name.clone()));
             for key in self.owners.referrers(&target) {
                 if let Some(e) = self.ingresses.get(&key) {
                     hosts.extend(e.hosts.iter().cloned());
@@ -453,7 +456,8 @@ impl Incremental {
 
         // Services whose Service or EndpointSlice objects changed: only their backends are
         // resolved again.
-        let dirty_services = self.changed_services(objects);
+        let mut dirty_services = self.changed_services(objects);
+        dirty_services.extend(resettled);
 
         // Every Ingress that can contribute to what is recompiled.
         let mut members: BTreeSet<&str> = BTreeSet::new();
