@@ -8,6 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use sluice::control::compile::{CompileOptions, Compiled, Objects, compile};
 use sluice::control::incremental::Incremental;
 use sluice::control::manifests::parse_documents;
+use sluice::core::route::BackendId;
+use sluice::core::route::affinity::Affinity;
+use sluice::core::route::canary::Context;
 use sluice::core::route::key::KeySource;
 use sluice::core::snapshot::Snapshot;
 
@@ -95,6 +98,29 @@ impl KeySource for Req {
     }
 }
 
+/// The worker as a canary choice sees it: a fixed draw, every backend with endpoints usable,
+/// and affinity cookies that pin when they name `pinned` backends.
+struct Cx<'s> {
+    snapshot: &'s Snapshot,
+    draw: u32,
+    pinned: Vec<&'static str>,
+}
+
+impl Context for Cx<'_> {
+    fn roll(&mut self, n: u32) -> u32 {
+        self.draw.min(n - 1)
+    }
+    fn usable(&self, b: BackendId) -> bool {
+        self.snapshot
+            .backend(b)
+            .is_some_and(|b| !b.endpoints.is_empty())
+    }
+    fn pinned(&self, b: BackendId, _: &Affinity) -> bool {
+        let name = &self.snapshot.backend(b).unwrap().name;
+        self.pinned.iter().any(|p| name.contains(p))
+    }
+}
+
 /// The Service a request with `fields` for `host` `path` goes to (`None`: 404); weights draw
 /// `draw`.
 fn service_with(
@@ -104,14 +130,14 @@ fn service_with(
     fields: &[(&'static str, &'static str)],
     draw: u32,
 ) -> Option<String> {
-    let usable = |b| s.backend(b).is_some_and(|b| !b.endpoints.is_empty());
-    let (backend, ..) = s.table.route_request(
-        host,
-        path,
-        &Req(fields.to_vec()),
-        &mut |n| draw.min(n - 1),
-        &usable,
-    )?;
+    let mut cx = Cx {
+        snapshot: s,
+        draw,
+        pinned: Vec::new(),
+    };
+    let (backend, ..) = s
+        .table
+        .route_request(host, path, &Req(fields.to_vec()), &mut cx)?;
     let name = &s.backend(backend)?.name;
     Some(
         name.trim_start_matches("ns/")
@@ -430,10 +456,14 @@ fn other_annotations_of_a_canary_follow_the_main_ingress_except_balancing() {
         ),
     ));
     let snap = &c.snapshot;
-    let usable = |_| true;
+    let mut cx = Cx {
+        snapshot: snap,
+        draw: 0,
+        pinned: Vec::new(),
+    };
     let (_, policy, ingress) = snap
         .table
-        .route_request("foo", "/", &Req(vec![]), &mut |_| 0, &usable)
+        .route_request("foo", "/", &Req(vec![]), &mut cx)
         .unwrap();
     let policy = policy.unwrap();
     assert_eq!(policy.read_timeout, Some(std::time::Duration::from_secs(7)));
@@ -530,4 +560,45 @@ fn incremental_compiles_agree_when_the_main_or_the_canary_changes() {
     let s2 = inc.update(&o, 10).snapshot;
     assert_eq!(service(&s2, &[("B", "always")]), s(CANARY));
     assert_eq!(service(&s2, &[("A", "always")]), s(MAIN));
+}
+
+#[test]
+fn a_request_pinned_by_affinity_stays_where_it_is_pinned() {
+    let yaml = format!(
+        "{}{}",
+        ingress("foo", "foo", "/", "main-svc", &[("affinity", "cookie")]),
+        ingress(
+            "foo-canary",
+            "foo",
+            "/",
+            "canary-svc",
+            &[
+                ("canary", "true"),
+                ("canary-weight", "50"),
+                ("affinity", "cookie")
+            ]
+        ),
+    );
+    let c = compiled(&yaml);
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    let snap = &c.snapshot;
+    let go = |draw: u32, pinned: Vec<&'static str>| {
+        let mut cx = Cx {
+            snapshot: snap,
+            draw,
+            pinned,
+        };
+        let (b, ..) = snap
+            .table
+            .route_request("foo", "/", &Req(vec![]), &mut cx)
+            .unwrap();
+        snap.backend(b).unwrap().name.clone()
+    };
+    // Unpinned: the weight decides.
+    assert_eq!(go(0, vec![]), "ns/canary-svc:80");
+    assert_eq!(go(99, vec![]), "ns/main-svc:80");
+    // Pinned to the main backend: stays there whatever the draw; pinned to the canary: goes
+    // there whatever the draw.
+    assert_eq!(go(0, vec!["main-svc"]), "ns/main-svc:80");
+    assert_eq!(go(99, vec!["canary-svc"]), "ns/canary-svc:80");
 }

@@ -292,3 +292,49 @@ fn the_canary_follows_changes_to_either_ingress_while_serving() {
     std::fs::remove_file(dir.join("canary.yaml")).unwrap();
     eventually(&s, "foo.test", "CanaryByHeader2: always\r\n", "main");
 }
+
+/// One request on a fresh connection: the body and the `Set-Cookie` value, if any.
+fn get_cookie(s: &Sluice, host: &str, fields: &str) -> (String, Option<String>) {
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\n{fields}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .map(|v| v.split(';').next().unwrap().to_string());
+    (body.to_string(), cookie)
+}
+
+#[test]
+fn a_session_pinned_by_affinity_keeps_its_side_of_the_canary() {
+    let port = pods();
+    let sticky = [("affinity", "cookie"), ("session-cookie-name", "route")];
+    let mut canary = vec![("canary", "true"), ("canary-weight", "50")];
+    canary.extend_from_slice(&sticky);
+    let yaml = format!(
+        "{}{}{}",
+        ingress("foo", "foo.test", "main-svc", &sticky),
+        ingress("foo-canary", "foo.test", "canary-svc", &canary),
+        services(port)
+    );
+    let s = binary::start("canary-sticky", &[("app.yaml", &yaml)], "", 2);
+    let mut sides = std::collections::BTreeSet::new();
+    for _ in 0..16 {
+        let (first, cookie) = get_cookie(&s, "foo.test", "");
+        let cookie = cookie.expect("an affinity cookie");
+        // The weight would send half of these elsewhere; the cookie keeps them.
+        for _ in 0..8 {
+            let (pod, _) = get_cookie(&s, "foo.test", &format!("Cookie: {cookie}\r\n"));
+            assert_eq!(pod, first, "{cookie}");
+        }
+        sides.insert(first);
+    }
+    assert_eq!(sides.len(), 2, "{sides:?}");
+}

@@ -153,7 +153,7 @@ pub const CATALOG: &[Entry] = &[
     e("proxy-next-upstream-tries", Supported, &[], "retries"),
     e("affinity", Supported, &[], "cookie session affinity"),
     e("affinity-mode", Differs, &[], "balanced behaves as persistent: adding pods never moves existing sessions"),
-    e("affinity-canary-behavior", NotYet, &[], "cookie session affinity"),
+    e("affinity-canary-behavior", NotYet, &["sticky"], "only the default, sticky: a session pinned to a main or canary pod stays there; legacy is not read"),
     e("session-cookie-name", Supported, &[], "cookie session affinity"),
     e("session-cookie-path", Supported, &[], "cookie session affinity"),
     e("session-cookie-domain", Supported, &[], "cookie session affinity"),

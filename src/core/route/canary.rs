@@ -176,6 +176,17 @@ fn cookie<'a>(field: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
+/// What the choice asks of the worker: its own generator, and what its snapshot and
+/// health state say about backends and affinity cookies.
+pub trait Context {
+    /// A uniform draw from `0..n` (`n > 0`).
+    fn roll(&mut self, n: u32) -> u32;
+    /// Whether `backend` has an endpoint to send to.
+    fn usable(&self, backend: BackendId) -> bool;
+    /// Whether the request's `affinity` cookie names a usable endpoint of `backend`.
+    fn pinned(&self, backend: BackendId, affinity: &Affinity) -> bool;
+}
+
 /// A canary on a route: its backend, its rule, and the policy requests sent to it carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Canary {
@@ -193,6 +204,34 @@ pub struct Canary {
 }
 
 impl Canary {
+    /// Whether a request for the route whose backend is `main` (with affinity `sticky`, if
+    /// any) goes to this canary. As ingress-nginx's default (`affinity-canary-behavior:
+    /// sticky`): a request whose affinity cookie pins it to the main backend stays there, one
+    /// pinned to the canary goes there, the others follow [`CanaryRule::choose`]; a canary
+    /// without endpoints takes nothing.
+    pub fn takes(
+        &self,
+        main: BackendId,
+        sticky: Option<&Affinity>,
+        req: &dyn KeySource,
+        cx: &mut dyn Context,
+    ) -> bool {
+        if !cx.usable(self.backend) {
+            return false;
+        }
+        if sticky.is_some_and(|a| cx.pinned(main, a)) {
+            return false;
+        }
+        if self
+            .affinity
+            .as_ref()
+            .is_some_and(|a| cx.pinned(self.backend, a))
+        {
+            return true;
+        }
+        self.rule.choose(req, &mut |n| cx.roll(n))
+    }
+
     /// This canary under a main route whose policy is `main`: requests sent to the canary
     /// get the main route's policy (timeouts, rewrites, address lists...), with the
     /// canary's balancing and affinity.

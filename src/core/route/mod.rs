@@ -515,21 +515,26 @@ impl RouteTable {
         })
     }
 
-    /// [`RouteTable::route`] for one request: when the matched rule has a canary whose rule
-    /// picks `req` (`roll(n)` draws from `0..n` for a weight) and whose backend is `usable`
-    /// (has endpoints; otherwise the main backend serves), the canary's backend, policy and
-    /// Ingress.
+    /// [`RouteTable::route`] for one request: when the matched rule has a canary that takes
+    /// `req` ([`canary::Canary::takes`], asking the worker through `cx`), the canary's
+    /// backend, policy and Ingress.
     pub fn route_request(
         &self,
         host: &str,
         path: &str,
         req: &dyn key::KeySource,
-        roll: &mut dyn FnMut(u32) -> u32,
-        usable: &dyn Fn(BackendId) -> bool,
+        cx: &mut dyn canary::Context,
     ) -> Option<Matched<'_>> {
         Some(match self.hit(host, path)? {
             Ok(r) => match &r.canary {
-                Some(c) if c.rule.choose(req, roll) && usable(c.backend) => {
+                Some(c)
+                    if c.takes(
+                        r.backend,
+                        r.policy.as_ref().and_then(|p| p.affinity.as_ref()),
+                        req,
+                        cx,
+                    ) =>
+                {
                     (c.backend, c.policy.as_ref(), Some(&*c.ingress))
                 }
                 _ => (r.backend, r.policy.as_ref(), r.ingress.as_deref()),

@@ -185,6 +185,37 @@ impl Picker {
     }
 }
 
+/// What a route's canary choice asks of the worker (core::route::canary::Context): its
+/// generator, and its snapshot and ejection state for endpoints and affinity cookies.
+struct CanaryContext<'s, 'p> {
+    snapshot: &'s Snapshot,
+    picker: &'p mut Picker,
+    cookie: Option<&'s [u8]>,
+    now: Instant,
+}
+
+impl crate::core::route::canary::Context for CanaryContext<'_, '_> {
+    fn roll(&mut self, n: u32) -> u32 {
+        self.picker.roll(n)
+    }
+
+    fn usable(&self, backend: BackendId) -> bool {
+        let endpoints = self.snapshot.backend(backend).map(|b| &b.endpoints);
+        endpoints.is_some_and(|e| !e.is_empty())
+    }
+
+    fn pinned(
+        &self,
+        backend: BackendId,
+        affinity: &crate::core::route::affinity::Affinity,
+    ) -> bool {
+        affinity
+            .requested(self.cookie)
+            .and_then(|id| self.picker.pinned(self.snapshot, backend, id, self.now))
+            .is_some()
+    }
+}
+
 /// The worker's router: the current snapshot plus its own load-balancing state.
 pub struct SnapshotRouter<'a> {
     pub snapshot: &'a Snapshot,
@@ -228,15 +259,15 @@ impl Router for SnapshotRouter<'_> {
         req: &dyn KeySource,
         now: Instant,
     ) -> RouteDecision {
-        // A route's canary (core::route::canary) may take the request: the weight draws
-        // from this worker's generator; a canary without endpoints leaves it to the main one.
+        // A route's canary (core::route::canary) may take the request.
         let snapshot = self.snapshot;
-        let picker = &mut *self.picker;
-        let usable = |b: BackendId| snapshot.backend(b).is_some_and(|b| !b.endpoints.is_empty());
-        let routed =
-            snapshot
-                .table
-                .route_request(host, path, req, &mut |n| picker.roll(n), &usable);
+        let mut cx = CanaryContext {
+            snapshot,
+            picker: self.picker,
+            cookie: req.header("cookie"),
+            now,
+        };
+        let routed = snapshot.table.route_request(host, path, req, &mut cx);
         let Some((backend, policy, ingress)) = routed else {
             self.routed = None;
             return RouteDecision::NotFound;
