@@ -572,11 +572,8 @@ fn a_request_pinned_by_affinity_stays_where_it_is_pinned() {
             "foo",
             "/",
             "canary-svc",
-            &[
-                ("canary", "true"),
-                ("canary-weight", "50"),
-                ("affinity", "cookie")
-            ]
+            // No affinity of its own: the main route's applies to it.
+            &[("canary", "true"), ("canary-weight", "50")]
         ),
     );
     let c = compiled(&yaml);
@@ -601,4 +598,42 @@ fn a_request_pinned_by_affinity_stays_where_it_is_pinned() {
     // there whatever the draw.
     assert_eq!(go(0, vec!["main-svc"]), "ns/main-svc:80");
     assert_eq!(go(99, vec!["canary-svc"]), "ns/canary-svc:80");
+}
+
+#[test]
+fn a_canary_takes_the_main_affinity_and_its_own_is_reported_as_ignored() {
+    let c = compiled(&format!(
+        "{}{}",
+        ingress(
+            "foo",
+            "foo",
+            "/",
+            "main-svc",
+            &[("affinity", "cookie"), ("session-cookie-name", "main")]
+        ),
+        ingress(
+            "foo-canary",
+            "foo",
+            "/",
+            "canary-svc",
+            &[
+                ("canary", "true"),
+                ("canary-weight", "100"),
+                ("affinity", "cookie"),
+                ("session-cookie-name", "other")
+            ]
+        ),
+    ));
+    let rule = &c.snapshot.table.host_routes("foo").unwrap().paths()[0];
+    let canary = rule.canary.as_ref().unwrap();
+    let affinity = canary.policy.as_ref().unwrap().affinity.as_ref().unwrap();
+    assert_eq!(&*affinity.name, "main");
+    assert_eq!(c.diagnostics.len(), 1, "{:?}", c.diagnostics);
+    assert!(
+        c.diagnostics[0]
+            .message
+            .contains("ignored on a canary Ingress: affinity=cookie(other"),
+        "{:?}",
+        c.diagnostics
+    );
 }

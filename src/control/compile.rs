@@ -821,11 +821,10 @@ impl<'a> Compiler<'a> {
         };
         let (ns, name) = meta_name(&ing.metadata);
         let policy = super::annotations::route_policy(ing, object, &mut self.diagnostics);
-        let (balance, affinity) = match policy.as_deref() {
+        let balance = match policy.as_deref() {
             Some(p) => {
                 let rest = RoutePolicy {
                     balance: None,
-                    affinity: None,
                     ..p.clone()
                 };
                 if !rest.is_empty() {
@@ -834,14 +833,15 @@ impl<'a> Compiler<'a> {
                         "metadata.annotations",
                         format!(
                             "ignored on a canary Ingress: {rest} (requests it takes follow the \
-                             main Ingress's settings; only canary-*, load-balance, \
-                             upstream-hash-by and affinity annotations apply)"
+                             main Ingress's settings, session affinity included, as \
+                             ingress-nginx's default affinity-canary-behavior: sticky; only \
+                             canary-*, load-balance and upstream-hash-by annotations apply)"
                         ),
                     );
                 }
-                (p.balance.clone(), p.affinity.clone())
+                p.balance.clone()
             }
-            None => (None, None),
+            None => None,
         };
         if spec.default_backend.is_some() {
             self.diag(
@@ -880,10 +880,13 @@ impl<'a> Compiler<'a> {
                 };
                 let own = RoutePolicy {
                     balance: balance.clone(),
-                    affinity: affinity.clone(),
                     ..RoutePolicy::default()
                 };
-                let mine = super::annotations::backend_policy(ing);
+                // Its affinity is the main route's (Canary::under): not compared here.
+                let mine = BackendPolicy {
+                    affinity: None,
+                    ..super::annotations::backend_policy(ing)
+                };
                 let settings =
                     self.backend_policy(backend, (Some(&own), &mine), object, &backend_field);
                 let canary = crate::core::route::canary::Canary {
@@ -891,7 +894,7 @@ impl<'a> Compiler<'a> {
                     rule: rule.clone(),
                     ingress: ingress.clone(),
                     balance: settings.as_ref().and_then(|p| p.balance.clone()),
-                    affinity: settings.as_ref().and_then(|p| p.affinity.clone()),
+                    affinity: None,
                     policy: None,
                 };
                 let shown = host.unwrap_or("*");

@@ -194,12 +194,14 @@ pub struct Canary {
     pub rule: CanaryRule,
     /// `namespace/name` of the canary Ingress (the access log's route for its requests).
     pub ingress: Arc<str>,
-    /// The canary backend's own balancing and affinity: as in ingress-nginx, the only
-    /// settings of a canary Ingress besides its canary rules that are honoured.
+    /// The canary backend's own balancing: as in ingress-nginx, the only setting of a
+    /// canary Ingress besides its canary rules that is honoured.
     pub balance: Option<Balance>,
+    /// The main route's affinity, set by [`Canary::under`] (ingress-nginx's default canary
+    /// behaviour copies the main backend's session affinity to the canary).
     pub affinity: Option<Affinity>,
-    /// The main route's policy with `balance` and `affinity` in place of its own (see
-    /// [`Canary::under`]); `None` when that leaves nothing set.
+    /// The main route's policy with `balance` in place of its own (see [`Canary::under`]);
+    /// `None` when that leaves nothing set.
     pub policy: Option<Arc<RoutePolicy>>,
 }
 
@@ -233,12 +235,12 @@ impl Canary {
     }
 
     /// This canary under a main route whose policy is `main`: requests sent to the canary
-    /// get the main route's policy (timeouts, rewrites, address lists...), with the
-    /// canary's balancing and affinity.
+    /// get the main route's policy (timeouts, rewrites, address lists, affinity...), with
+    /// the canary's balancing.
     pub fn under(mut self, main: Option<&Arc<RoutePolicy>>) -> Canary {
         let mut policy = main.map(|p| (**p).clone()).unwrap_or_default();
         policy.balance = self.balance.clone();
-        policy.affinity = self.affinity.clone();
+        self.affinity = policy.affinity.clone();
         self.policy = (!policy.is_empty()).then(|| Arc::new(policy));
         self
     }
@@ -376,6 +378,7 @@ mod tests {
     fn the_canary_policy_is_the_main_one_with_the_canary_balancing() {
         let main = Arc::new(RoutePolicy {
             balance: Some(Balance::Ewma),
+            affinity: Some(Affinity::new()),
             connect_timeout: Some(std::time::Duration::from_secs(3)),
             ..RoutePolicy::default()
         });
@@ -390,6 +393,9 @@ mod tests {
         let under = c.clone().under(Some(&main));
         let p = under.policy.unwrap();
         assert_eq!(p.balance, None);
+        // The main route's affinity, for the policy and for the sticky choice.
+        assert_eq!(p.affinity, Some(Affinity::new()));
+        assert_eq!(under.affinity, Some(Affinity::new()));
         assert_eq!(p.connect_timeout, main.connect_timeout);
         assert_eq!(c.under(None).policy, None);
     }
