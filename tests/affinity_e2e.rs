@@ -66,6 +66,14 @@ fn ingress(name: &str, host: &str, path: &str, annotations: &str) -> String {
     )
 }
 
+/// The document of Ingress `name` among `docs` (as [`ingress`] writes them).
+fn ingress_doc(docs: &str, name: &str) -> String {
+    docs.split("---\n")
+        .find(|d| d.contains(&format!("name: {name},")))
+        .map(|d| format!("{d}---\n"))
+        .unwrap_or_default()
+}
+
 /// One answer: its body and its `Set-Cookie` value, if any.
 struct Answer {
     body: String,
@@ -181,12 +189,18 @@ fn cookie_attributes_are_ingress_nginx_s() {
         ingress("plain", "d.test", "/", ""),
     ]
     .concat();
-    let s = binary::start(
-        "aff-attrs",
-        &[("app.yaml", &pods.manifests(&ingresses, &[1, 2]))],
-        "",
-        1,
-    );
+    // Affinity belongs to the backend (the oldest Ingress routing to a Service port decides
+    // it): each Ingress gets a Service of its own, over the same pods.
+    let mut yaml = String::new();
+    for name in ["path", "expires", "secure", "plain"] {
+        let own = format!("name: app-{name},");
+        let doc = ingress_doc(&ingresses, name).replace("name: app,", &own);
+        let service = pods
+            .manifests("", &[1, 2])
+            .replace("app", &format!("app-{name}"));
+        yaml.push_str(&format!("{doc}{service}---\n"));
+    }
+    let s = binary::start("aff-attrs", &[("app.yaml", &yaml)], "", 1);
     let set = get(&s, "a.test", "/something/deeper", "")
         .set_cookie
         .unwrap();

@@ -44,6 +44,23 @@ fn load(docs: &[String]) -> Vec<Object> {
     objects
 }
 
+/// `docs` with each Ingress routing to a Service of its own (`app-<name>`, the same pod):
+/// balancing and affinity belong to the backend, so Ingresses that set them differently
+/// need backends of their own.
+fn own_backends(docs: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for doc in docs {
+        let name = doc
+            .split("name: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("x");
+        out.push(doc.replace("name: app,", &format!("name: app-{name},")));
+        out.push(BACKEND.replace("app", &format!("app-{name}")));
+    }
+    out
+}
+
 fn compile_docs(docs: &[String]) -> Compiled {
     compile(
         &Objects::from_objects(load(docs)),
@@ -311,7 +328,7 @@ fn timeouts_and_body_size_parse_as_ingress_nginx_writes_them() {
 fn balancing_and_hash_keys_compile_into_the_route() {
     use sluice::core::upstream::Balance;
     use sluice::core::upstream::hash::HashKey;
-    let c = compile_docs(&[
+    let c = compile_docs(&own_backends(&[
         ingress(
             "lr",
             "lr.example",
@@ -333,7 +350,7 @@ fn balancing_and_hash_keys_compile_into_the_route() {
             "bad.example",
             r#"nginx.ingress.kubernetes.io/load-balance: random, nginx.ingress.kubernetes.io/upstream-hash-by: "$nope""#,
         ),
-    ]);
+    ]));
     let balance = |host: &str| policy(&c.snapshot, host).and_then(|p| p.balance);
     assert_eq!(balance("lr.example"), Some(Balance::LeastRequest));
     assert_eq!(balance("ewma.example"), Some(Balance::Ewma));
@@ -344,7 +361,7 @@ fn balancing_and_hash_keys_compile_into_the_route() {
     assert_eq!(balance("bad.example"), None);
     let dump = c.snapshot.to_string();
     assert!(
-        dump.contains("hash.example / Prefix -> default/app:80 (1 endpoints) [balance=hash($host$request_uri)]"),
+        dump.contains("hash.example / Prefix -> default/app-hash:80 (1 endpoints) [balance=hash($host$request_uri)]"),
         "{dump}"
     );
     let bad = diagnostic_for(&c, "Ingress default/bad");
@@ -413,7 +430,7 @@ fn retry_annotations_compile_into_the_route() {
 #[test]
 fn affinity_annotations_compile_into_the_route() {
     use sluice::core::upstream::affinity::{Mode, SameSite};
-    let c = compile_docs(&[
+    let c = compile_docs(&own_backends(&[
         ingress(
             "sticky",
             "sticky.example",
@@ -435,7 +452,7 @@ fn affinity_annotations_compile_into_the_route() {
             "wrong.example",
             r#"nginx.ingress.kubernetes.io/affinity: ip"#,
         ),
-    ]);
+    ]));
     let aff = |host: &str| policy(&c.snapshot, host).and_then(|p| p.affinity);
     let a = aff("sticky.example").unwrap();
     assert_eq!(a.mode, Mode::Persistent);
@@ -502,7 +519,7 @@ fn backend_protocols_other_than_http_are_refused_with_a_reason() {
 fn hash_subset_annotations_compile_into_the_route() {
     use sluice::core::upstream::Balance;
     use sluice::core::upstream::hash::HashKey;
-    let c = compile_docs(&[
+    let c = compile_docs(&own_backends(&[
         ingress(
             "subset",
             "subset.example",
@@ -513,7 +530,7 @@ fn hash_subset_annotations_compile_into_the_route() {
             "default.example",
             r#"nginx.ingress.kubernetes.io/upstream-hash-by: "$remote_addr", nginx.ingress.kubernetes.io/upstream-hash-by-subset: "true", nginx.ingress.kubernetes.io/upstream-hash-by-subset-size: "0""#,
         ),
-    ]);
+    ]));
     let key = HashKey::parse("$remote_addr").unwrap();
     let balance = |host: &str| policy(&c.snapshot, host).and_then(|p| p.balance);
     assert_eq!(

@@ -115,14 +115,17 @@ fn get(s: &Sluice, host: &str, path: &str, extra: &str) -> String {
 #[test]
 fn a_hash_key_picks_the_same_pod_on_every_worker_and_every_replica() {
     let pods = Pods::start(3);
+    // Balancing belongs to the backend: the rotating route has a Service of its own (`rr`,
+    // the same pods).
     let yaml = pods.manifests(&format!(
-        "{}---\n{}",
+        "{}---\n{}---\n{}",
         ingress(
             "hash",
             "hash.test",
             "nginx.ingress.kubernetes.io/upstream-hash-by: \"$http_x_user\""
         ),
-        ingress("rr", "rr.test", "")
+        ingress("rr", "rr.test", "").replace("name: app,", "name: rr,"),
+        support::pods::manifests("", pods.port, 1..=pods.n).replace("app", "rr")
     ));
     let a = sluice("hash-a", &yaml, 2);
     let b = sluice("hash-b", &yaml, 2);

@@ -45,6 +45,9 @@ struct IngressSpec {
     tls: Option<(usize, usize)>,
     /// The `ssl-redirect` annotation.
     redirect: Option<bool>,
+    /// Traffic annotations: 0 none, 1 a canary (by header), 2 `load-balance: ewma`,
+    /// 3 `load-balance: least_request`, 4 `service-upstream: "true"`.
+    traffic: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -89,9 +92,10 @@ fn ingress_spec() -> impl Strategy<Value = IngressSpec> {
         prop::option::of(0..SERVICES.len()),
         prop::option::of((0..HOSTS.len() - 1, 0..2usize)),
         prop::option::of(any::<bool>()),
+        0u8..5,
     )
         .prop_map(
-            |(namespace, created, class, rules, default, tls, redirect)| IngressSpec {
+            |(namespace, created, class, rules, default, tls, redirect, traffic)| IngressSpec {
                 namespace,
                 created,
                 class,
@@ -99,6 +103,7 @@ fn ingress_spec() -> impl Strategy<Value = IngressSpec> {
                 default,
                 tls,
                 redirect,
+                traffic,
             },
         )
 }
@@ -128,6 +133,17 @@ fn ingress(slot: usize, spec: &IngressSpec) -> Arc<Ingress> {
     let mut annotations = json!({});
     if let Some(r) = spec.redirect {
         annotations["nginx.ingress.kubernetes.io/ssl-redirect"] = json!(r.to_string());
+    }
+    let nginx = |name: &str| format!("nginx.ingress.kubernetes.io/{name}");
+    match spec.traffic {
+        1 => {
+            annotations[nginx("canary")] = json!("true");
+            annotations[nginx("canary-by-header")] = json!(format!("x-canary-{slot}"));
+        }
+        2 => annotations[nginx("load-balance")] = json!("ewma"),
+        3 => annotations[nginx("load-balance")] = json!("least_request"),
+        4 => annotations[nginx("service-upstream")] = json!("true"),
+        _ => {}
     }
     let mut class_name = Value::Null;
     match spec.class {
@@ -182,7 +198,9 @@ fn service(i: usize, namespace: &str) -> Arc<Service> {
     Arc::new(
         serde_json::from_value(json!({
             "metadata": {"name": SERVICES[i], "namespace": namespace},
-            "spec": {"ports": [{"port": 80, "name": "http"}]},
+            // s2 is headless (service-upstream keeps its endpoints).
+            "spec": {"ports": [{"port": 80, "name": "http"}],
+                     "clusterIP": if i == 2 { "None".to_string() } else { format!("10.96.0.{i}") }},
         }))
         .unwrap(),
     )
@@ -345,6 +363,8 @@ fn all_endpoints() -> Vec<std::net::SocketAddr> {
             let port = 8080 + i;
             all.push(format!("10.0.{i}.{n}:{port}").parse().unwrap());
         }
+        // service-upstream: the ClusterIP.
+        all.push(format!("10.96.0.{i}:80").parse().unwrap());
     }
     all
 }
@@ -493,6 +513,7 @@ fn two_objects_of_one_name_compile_like_the_full_compiler() {
         default: None,
         tls: None,
         redirect: None,
+        traffic: 0,
     };
     let opts = CompileOptions::default();
     let mut objects = World::new().objects();

@@ -16,6 +16,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use super::compile::Diagnostic;
 use crate::core::http1::Upgrades;
 use crate::core::route::RoutePolicy;
+use crate::core::route::canary::{CanaryRule, HeaderMatch, Pattern};
 use crate::core::upstream::Balance;
 use crate::core::upstream::affinity::{self, Affinity};
 use crate::core::upstream::hash::HashKey;
@@ -60,8 +61,29 @@ pub const SESSION_COOKIE_CONDITIONAL_SAMESITE_NONE: &str =
 pub const SESSION_COOKIE_CHANGE_ON_FAILURE: &str = "session-cookie-change-on-failure";
 /// The `Host` field sent upstream.
 pub const UPSTREAM_VHOST: &str = "upstream-vhost";
+/// Send to the Service's ClusterIP and port instead of its endpoints.
+pub const SERVICE_UPSTREAM: &str = "service-upstream";
 /// The protocol spoken to the pods: only `HTTP` (HTTP/1.1) so far.
 pub const BACKEND_PROTOCOL: &str = "backend-protocol";
+
+/// Canary Ingresses: `canary: "true"` makes the Ingress an alternative backend for the
+/// routes of the main Ingress with the same host, path and path type.
+pub const CANARY: &str = "canary";
+pub const CANARY_BY_HEADER: &str = "canary-by-header";
+pub const CANARY_BY_HEADER_VALUE: &str = "canary-by-header-value";
+pub const CANARY_BY_HEADER_PATTERN: &str = "canary-by-header-pattern";
+pub const CANARY_BY_COOKIE: &str = "canary-by-cookie";
+pub const CANARY_WEIGHT: &str = "canary-weight";
+pub const CANARY_WEIGHT_TOTAL: &str = "canary-weight-total";
+/// Every `canary-*` rule annotation (read only with `canary: "true"`).
+pub const CANARY_RULES: [&str; 6] = [
+    CANARY_BY_HEADER,
+    CANARY_BY_HEADER_VALUE,
+    CANARY_BY_HEADER_PATTERN,
+    CANARY_BY_COOKIE,
+    CANARY_WEIGHT,
+    CANARY_WEIGHT_TOTAL,
+];
 
 /// The annotations of one Ingress, with the object name its diagnostics carry.
 pub struct Annotations<'a> {
@@ -109,6 +131,22 @@ impl<'a> Annotations<'a> {
         diags: &mut Vec<Diagnostic>,
     ) -> Option<T> {
         self.read(name, false, parse, default, diags)
+    }
+
+    /// Whether `name` is set under either prefix (whatever its value).
+    pub fn has(&self, name: &str) -> bool {
+        self.raw(name, true).is_some()
+    }
+
+    /// A diagnostic on `name` (under the prefix it is set with) saying `message`.
+    pub fn note(&self, name: &str, message: impl Into<String>, diags: &mut Vec<Diagnostic>) {
+        if let Some((key, _)) = self.raw(name, true) {
+            diags.push(Diagnostic {
+                object: self.object.to_string(),
+                field: format!("metadata.annotations[{key}]"),
+                message: message.into(),
+            });
+        }
     }
 
     /// A boolean, as ingress-nginx reads one (Go's `strconv.ParseBool`).
@@ -353,6 +391,196 @@ fn affinity(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<Affinity
     })
 }
 
+/// An HTTP field or cookie name: a token (RFC 9110), at most 256 bytes.
+fn parse_token(value: &str) -> Result<Box<str>, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 256
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    match ok {
+        true => Ok(value.into()),
+        false => Err(format!(
+            "expected a field or cookie name (letters, digits, -_.!#$%&'*+^`|~), got {value:?}"
+        )),
+    }
+}
+
+/// `canary-weight`: a share of `canary-weight-total`.
+fn parse_weight(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 1_000_000)
+        .ok_or_else(|| format!("expected a whole number from 0, got {value:?}"))
+}
+
+/// `canary-weight-total`: ingress-nginx uses 100 for any total below 100, so such a value is
+/// refused (and 100 used).
+fn parse_weight_total(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (100..=1_000_000).contains(n))
+        .ok_or_else(|| format!("expected a whole number from 100 to 1000000, got {value:?}"))
+}
+
+/// The canary rule of `ing`: `Some` when it is a canary Ingress (`canary: "true"`). Each
+/// rule annotation that does not parse is reported and left out (a bad weight counts as 0).
+/// On an Ingress that is not a canary the rule annotations are reported as ignored.
+pub fn canary(ing: &Ingress, object: &str, diags: &mut Vec<Diagnostic>) -> Option<CanaryRule> {
+    let a = Annotations::of(ing, object);
+    if !a.bool(CANARY, false, diags) {
+        for name in CANARY_RULES {
+            a.note(
+                name,
+                "ignored: the Ingress is not a canary (canary: \"true\")",
+                diags,
+            );
+        }
+        return None;
+    }
+    let mut rule = CanaryRule::new();
+    let name = a.get(CANARY_BY_HEADER, parse_token, &"no header rule", diags);
+    let value = a.get(
+        CANARY_BY_HEADER_VALUE,
+        |v| match v.is_empty() {
+            true => Err("empty value".to_string()),
+            false => Ok(Box::<str>::from(v)),
+        },
+        &"always/never",
+        diags,
+    );
+    let pattern = if value.is_some() {
+        a.note(
+            CANARY_BY_HEADER_PATTERN,
+            "ignored: canary-by-header-value is set (as in ingress-nginx)",
+            diags,
+        );
+        None
+    } else {
+        a.get(
+            CANARY_BY_HEADER_PATTERN,
+            Pattern::new,
+            &"always/never",
+            diags,
+        )
+    };
+    rule.header = match (name, value, pattern) {
+        (Some(name), Some(v), _) => Some((name, HeaderMatch::Value(v))),
+        (Some(name), None, Some(p)) => Some((name, HeaderMatch::Pattern(p))),
+        (Some(name), None, None) => Some((name, HeaderMatch::Keywords)),
+        (None, v, p) => {
+            if v.is_some() || p.is_some() {
+                for n in [CANARY_BY_HEADER_VALUE, CANARY_BY_HEADER_PATTERN] {
+                    a.note(n, "ignored: canary-by-header is not set", diags);
+                }
+            }
+            None
+        }
+    };
+    rule.cookie = a.get(CANARY_BY_COOKIE, parse_token, &"no cookie rule", diags);
+    rule.weight = a
+        .get(CANARY_WEIGHT, parse_weight, &"weight 0", diags)
+        .unwrap_or(0);
+    rule.weight_total = a
+        .get(CANARY_WEIGHT_TOTAL, parse_weight_total, &"100", diags)
+        .unwrap_or(CanaryRule::DEFAULT_TOTAL);
+    Some(rule)
+}
+
+/// `load-balance` and the `upstream-hash-by*` annotations together (a hash key wins).
+fn balancing(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<Balance> {
+    let balance = a.get(LOAD_BALANCE, parse_balance, &"round_robin", diags);
+    let hash = a.get(
+        UPSTREAM_HASH_BY,
+        HashKey::parse,
+        &"no hashing (load-balance)",
+        diags,
+    );
+    let subset = hash.is_some() && a.bool(UPSTREAM_HASH_BY_SUBSET, false, diags);
+    let subset_size = match subset {
+        true => a
+            .get(UPSTREAM_HASH_BY_SUBSET_SIZE, parse_subset_size, &"3", diags)
+            .unwrap_or(3),
+        false => 3,
+    };
+    let hash = hash.map(|key| match subset {
+        true => Balance::HashSubset(key, subset_size),
+        false => Balance::Hash(key),
+    });
+    hash.or(balance)
+}
+
+/// The settings of `ing` that belong to the backends it routes to rather than to its routes
+/// (`load-balance`, `upstream-hash-by*`, `affinity*`, `session-cookie-*`), read as
+/// [`route_policy`] reads them; problems are not reported here ([`route_policy`] does).
+pub fn backend_policy(ing: &Ingress) -> BackendPolicy {
+    let a = Annotations::of(ing, "");
+    let mut scratch = Vec::new();
+    BackendPolicy {
+        balance: balancing(&a, &mut scratch),
+        affinity: affinity(&a, &mut scratch),
+        service_upstream: a.get(SERVICE_UPSTREAM, parse_bool, &false, &mut scratch),
+    }
+}
+
+/// The settings that attach to a backend (a Service port), as in ingress-nginx.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendPolicy {
+    pub balance: Option<Balance>,
+    pub affinity: Option<Affinity>,
+    /// `service-upstream`: the Service's ClusterIP and port as the one endpoint (`None`:
+    /// not set, which means false).
+    pub service_upstream: Option<bool>,
+}
+
+impl BackendPolicy {
+    /// Whether the backend is reached through its Service's ClusterIP.
+    pub fn service_upstream(&self) -> bool {
+        self.service_upstream == Some(true)
+    }
+
+    /// What of `self` (one Ingress's own settings) `owner` (the backend's) overrides: the
+    /// annotations set here that the backend does not follow, for the conflict report.
+    pub fn overridden_by(&self, owner: &BackendPolicy) -> Vec<String> {
+        let mut lost = Vec::new();
+        let effective = |b: &Option<Balance>| b.clone().unwrap_or_default();
+        if let Some(b) = &self.balance
+            && effective(&owner.balance) != *b
+        {
+            lost.push(format!(
+                "balancing {b} (the backend's: {})",
+                effective(&owner.balance)
+            ));
+        }
+        if let Some(a) = &self.affinity
+            && owner.affinity.as_ref() != Some(a)
+        {
+            let theirs = match &owner.affinity {
+                Some(o) => o.to_string(),
+                None => "none".to_string(),
+            };
+            lost.push(format!("affinity {a} (the backend's: {theirs})"));
+        }
+        if let Some(s) = self.service_upstream
+            && s != owner.service_upstream()
+        {
+            let theirs = owner.service_upstream();
+            lost.push(format!("service-upstream {s} (the backend's: {theirs})"));
+        }
+        lost
+    }
+
+    /// `policy` with these settings in place of its own; `None` when nothing is left set.
+    pub fn applied_to(&self, policy: Option<&RoutePolicy>) -> Option<Arc<RoutePolicy>> {
+        let mut p = policy.cloned().unwrap_or_default();
+        p.balance = self.balance.clone();
+        p.affinity = self.affinity.clone();
+        (!p.is_empty()).then(|| Arc::new(p))
+    }
+}
+
 /// A comma-separated list of upgrade protocol names (empty: none may be relayed).
 pub fn parse_upgrades(value: &str) -> Result<Upgrades, String> {
     let names: Vec<&str> = value
@@ -374,26 +602,10 @@ pub fn route_policy(
     let a = Annotations::of(ing, object);
     // Only HTTP is spoken to pods: another value is reported and the routes stay HTTP.
     a.get(BACKEND_PROTOCOL, parse_backend_protocol, &"HTTP", diags);
-    let balance = a.get(LOAD_BALANCE, parse_balance, &"round_robin", diags);
-    let hash = a.get(
-        UPSTREAM_HASH_BY,
-        HashKey::parse,
-        &"no hashing (load-balance)",
-        diags,
-    );
-    let subset = hash.is_some() && a.bool(UPSTREAM_HASH_BY_SUBSET, false, diags);
-    let subset_size = match subset {
-        true => a
-            .get(UPSTREAM_HASH_BY_SUBSET_SIZE, parse_subset_size, &"3", diags)
-            .unwrap_or(3),
-        false => 3,
-    };
-    let hash = hash.map(|key| match subset {
-        true => Balance::HashSubset(key, subset_size),
-        false => Balance::Hash(key),
-    });
+    // A backend setting (compile::Owners reads it): read here to report a bad value.
+    a.get(SERVICE_UPSTREAM, parse_bool, &false, diags);
     let policy = RoutePolicy {
-        balance: hash.or(balance),
+        balance: balancing(&a, diags),
         next_upstream: next_upstream(&a, diags),
         affinity: affinity(&a, diags),
         upstream_vhost: a.get(UPSTREAM_VHOST, vhost::parse, &"the client's Host", diags),

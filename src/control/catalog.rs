@@ -139,8 +139,8 @@ pub const CATALOG: &[Entry] = &[
     e("proxy-ssl-server-name", NotYet, &["off"], "TLS to upstreams"),
     e("proxy-http-version", Differs, &["1.1"], "upstream requests are always HTTP/1.1"),
     e("upstream-vhost", Differs, &[], "nginx variables ($host...) are not interpreted: a value with $ is refused"),
-    e("service-upstream", NotYet, &["false"], "Sluice always balances over the EndpointSlice endpoints"),
-    e("load-balance", Differs, &[], "round_robin, ewma (and least_request); attaches to the Ingress's routes, not to the Service backend"),
+    e("service-upstream", Supported, &[], "the Service's ClusterIP and port as the one endpoint (headless: its endpoints, reported); a backend setting, decided by the oldest Ingress routing to the Service port"),
+    e("load-balance", Supported, &[], "round_robin, ewma (and least_request); belongs to the backend: the oldest Ingress routing to a Service port decides it for every route to it, others are told"),
     e("upstream-hash-by", Differs, &[], "rendezvous hashing (not ketama): another pod than ingress-nginx's for the same key; a subset of nginx variables"),
     e("upstream-hash-by-subset", Differs, &["false"], "subsets picked by rendezvous hashing, not ingress-nginx's ketama ring: the same key may land on other pods than ingress-nginx would pick"),
     e("upstream-hash-by-subset-size", Supported, &[], "subset hashing"),
@@ -153,7 +153,7 @@ pub const CATALOG: &[Entry] = &[
     e("proxy-next-upstream-tries", Supported, &[], "retries"),
     e("affinity", Supported, &[], "cookie session affinity"),
     e("affinity-mode", Differs, &[], "balanced behaves as persistent: adding pods never moves existing sessions"),
-    e("affinity-canary-behavior", NotYet, &[], "cookie session affinity"),
+    e("affinity-canary-behavior", NotYet, &["sticky"], "only the default, sticky: a session pinned to a main or canary pod stays there; legacy is not read"),
     e("session-cookie-name", Supported, &[], "cookie session affinity"),
     e("session-cookie-path", Supported, &[], "cookie session affinity"),
     e("session-cookie-domain", Supported, &[], "cookie session affinity"),
@@ -163,13 +163,13 @@ pub const CATALOG: &[Entry] = &[
     e("session-cookie-samesite", Supported, &[], "cookie session affinity"),
     e("session-cookie-conditional-samesite-none", Supported, &[], "cookie session affinity"),
     e("session-cookie-change-on-failure", Supported, &[], "cookie session affinity"),
-    e("canary", NotYet, &["false"], "canary Ingresses: a canary Ingress would be served as an ordinary one"),
-    e("canary-by-header", NotYet, &[], "canary routing"),
-    e("canary-by-header-value", NotYet, &[], "canary routing"),
-    e("canary-by-header-pattern", NotYet, &[], "canary routing"),
-    e("canary-by-cookie", NotYet, &[], "canary routing"),
-    e("canary-weight", NotYet, &[], "canary routing"),
-    e("canary-weight-total", NotYet, &[], "canary routing"),
+    e("canary", Differs, &[], "a canary applies to the main Ingress's rule with the same host, path and path type (ingress-nginx: to every location of the main backend); one canary per rule, the oldest"),
+    e("canary-by-header", Supported, &[], "canary routing: always / never, else the next rule"),
+    e("canary-by-header-value", Supported, &[], "canary routing: this exact value"),
+    e("canary-by-header-pattern", Differs, &[], "Rust regex syntax (no look-around or backreferences, unlike PCRE); ignored when canary-by-header-value is set"),
+    e("canary-by-cookie", Supported, &[], "canary routing: always / never, else the weight"),
+    e("canary-weight", Supported, &[], "canary routing: a share of canary-weight-total, drawn per request"),
+    e("canary-weight-total", Supported, &[], "canary routing (a total below 100 is refused: ingress-nginx uses 100 then)"),
     // Timeouts, sizes, buffering
     e("proxy-connect-timeout", Supported, &[], "whole seconds; also 500ms/30s/2m/1h; 0 refused"),
     e("proxy-read-timeout", Supported, &[], "whole seconds; also 500ms/30s/2m/1h; 0 refused"),
@@ -515,9 +515,9 @@ mod tests {
 
     #[test]
     fn values_sluice_already_behaves_like_count_as_supported() {
-        let key = format!("{NGINX}service-upstream");
-        assert_eq!(judge(&key, "false").map(|j| j.fate), Some(Supported));
-        assert_eq!(judge(&key, "true").map(|j| j.fate), Some(NotYet));
+        let key = format!("{NGINX}auth-tls-verify-client");
+        assert_eq!(judge(&key, "off").map(|j| j.fate), Some(Supported));
+        assert_eq!(judge(&key, "on").map(|j| j.fate), Some(NotYet));
         // A value the reader itself refuses is its own report, not the catalog's.
         let key = format!("{NGINX}backend-protocol");
         assert_eq!(judge(&key, "GRPC").map(|j| j.fate), Some(Differs));

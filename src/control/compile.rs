@@ -16,8 +16,15 @@
 //!   never makes a path fall through to some other backend.
 //! * `spec.defaultBackend`: the fallback for the Ingress's own hosts, and (from the oldest
 //!   Ingress that has one) for requests nothing else matches; then the controller default.
+//! * backend settings (`load-balance`, `upstream-hash-by*`, `affinity*`, `session-cookie-*`,
+//!   `service-upstream`) belong to the Service port, as in ingress-nginx: the oldest Ingress
+//!   with a path rule to it decides them for every route to it ([`Owners`]); an Ingress that
+//!   says otherwise gets a diagnostic naming the deciding one.
+//! * canary Ingresses (`canary: "true"`) add no routes: each of their rules becomes the
+//!   alternative backend of the main rule with the same host, path and path type (the
+//!   oldest canary wins; one without a main rule is reported and routes nothing).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -26,11 +33,12 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
+use super::annotations::BackendPolicy;
 use super::manifests::Object;
 use crate::core::route::{
-    Backend, BackendId, PathKind, RoutePolicy, RouteTable, RouteTableBuilder,
+    Backend, BackendId, CanaryMiss, PathKind, RoutePolicy, RouteTable, RouteTableBuilder,
 };
 use crate::core::snapshot::Snapshot;
 use crate::core::tls::CertTable;
@@ -271,6 +279,109 @@ impl BackendIds {
     }
 }
 
+/// An Ingress's place in the oldest-first order: creationTimestamp, namespace, name.
+pub(super) type Age = (Option<Time>, String, String);
+
+fn age(ing: &Ingress) -> Age {
+    let (ns, name) = meta_name(&ing.metadata);
+    (
+        ing.metadata.creation_timestamp.clone(),
+        ns.to_string(),
+        name.to_string(),
+    )
+}
+
+/// The Service port an Ingress backend names, as written (`None`: not a Service port).
+fn service_ref(namespace: &str, backend: &IngressBackend) -> Option<ServiceRef> {
+    let service = backend
+        .service
+        .as_ref()
+        .filter(|_| backend.resource.is_none())?;
+    if service.name.is_empty() {
+        return None;
+    }
+    let port = match service.port.as_ref().map(|p| (p.number, p.name.as_deref())) {
+        Some((Some(n), _)) => PortRef::Number(n),
+        Some((None, Some(name))) if !name.is_empty() => PortRef::Name(name.to_string()),
+        _ => return None,
+    };
+    Some(ServiceRef {
+        namespace: namespace.to_string(),
+        name: service.name.clone(),
+        port,
+    })
+}
+
+/// Which of our Ingresses route to each backend, oldest first, and what each says about the
+/// backends it routes to ([`BackendPolicy`]): as in ingress-nginx, balancing and affinity
+/// belong to the backend (the Service port), and the oldest Ingress (creationTimestamp,
+/// then namespace/name) with a path rule to it decides them for every route to it. The
+/// compiler applies that to every rule; an Ingress whose own annotations say otherwise is
+/// told so. Kept by the incremental compiler across compiles.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Owners {
+    by_backend: HashMap<ServiceRef, BTreeSet<Age>>,
+    settings: BTreeMap<Age, (Arc<str>, BackendPolicy)>,
+}
+
+impl Owners {
+    /// The Service ports the path rules of `ing` name.
+    pub fn backends_of(ing: &Ingress) -> Vec<ServiceRef> {
+        let ns = meta_name(&ing.metadata).0;
+        let mut refs: Vec<ServiceRef> = ing
+            .spec
+            .iter()
+            .flat_map(|s| s.rules.iter().flatten())
+            .flat_map(|r| r.http.iter().flat_map(|h| h.paths.iter()))
+            .filter_map(|p| service_ref(ns, &p.backend))
+            .collect();
+        refs.sort();
+        refs.dedup();
+        refs
+    }
+
+    pub fn add(&mut self, ing: &Ingress) {
+        let age = age(ing);
+        for target in Owners::backends_of(ing) {
+            self.by_backend
+                .entry(target)
+                .or_default()
+                .insert(age.clone());
+        }
+        let object: Arc<str> = ingress_object(ing).into();
+        let policy = super::annotations::backend_policy(ing);
+        self.settings.insert(age, (object, policy));
+    }
+
+    pub fn remove(&mut self, ing: &Ingress) {
+        let age = age(ing);
+        for target in Owners::backends_of(ing) {
+            if let Some(set) = self.by_backend.get_mut(&target) {
+                set.remove(&age);
+                if set.is_empty() {
+                    self.by_backend.remove(&target);
+                }
+            }
+        }
+        self.settings.remove(&age);
+    }
+
+    /// The Ingress that decides `target`'s settings (its object name) and those settings.
+    pub fn owner(&self, target: &ServiceRef) -> Option<(&Arc<str>, &BackendPolicy)> {
+        let first = self.by_backend.get(target)?.first()?;
+        self.settings.get(first).map(|(o, p)| (o, p))
+    }
+
+    /// `namespace/name` of every Ingress with a path rule to `target`.
+    pub fn referrers(&self, target: &ServiceRef) -> impl Iterator<Item = String> + '_ {
+        self.by_backend
+            .get(target)
+            .into_iter()
+            .flatten()
+            .map(|(_, ns, name)| format!("{ns}/{name}"))
+    }
+}
+
 /// Oldest first (creationTimestamp, then namespace/name): the order that decides conflicts,
 /// and makes the output independent of the order objects arrived in.
 pub(super) fn oldest_first(ingresses: &mut [&Ingress]) {
@@ -339,9 +450,11 @@ impl<'a> Pass<'a> {
         opts: &CompileOptions,
         classes: &Classes<'_>,
         ids: &'a mut BackendIds,
+        owners: &'a Owners,
         ingresses: impl Iterator<Item = &'a Ingress>,
     ) -> (RouteTable, Pass<'a>) {
         let mut c = Compiler {
+            owners,
             services: objects
                 .services
                 .iter()
@@ -360,6 +473,7 @@ impl<'a> Pass<'a> {
         // Rule tag → the Ingress that added it, for conflict reports.
         let mut owners: Vec<String> = Vec::new();
         let mut fallback_set = false;
+        let mut canaries = Vec::new();
         for ing in ingresses {
             let object = ingress_object(ing);
             let (ours, disagreement) = classes.verdict(ing);
@@ -377,6 +491,11 @@ impl<'a> Pass<'a> {
                 continue;
             };
             let ns = meta_name(&ing.metadata).0;
+            if let Some(rule) = super::annotations::canary(ing, &object, &mut c.diagnostics) {
+                // Added once every main rule is in (ingress-nginx merges canaries last).
+                canaries.push((ing, object, rule));
+                continue;
+            }
             let tag = owners.len() as u32;
             owners.push(object.clone());
             let policy = super::annotations::route_policy(ing, &object, &mut c.diagnostics);
@@ -399,6 +518,7 @@ impl<'a> Pass<'a> {
             let added_by = AddedBy {
                 tag,
                 policy,
+                backend: super::annotations::backend_policy(ing),
                 ingress,
             };
             let own_hosts = c.rules(&mut table, ns, spec, &object, &added_by, &owners);
@@ -414,6 +534,9 @@ impl<'a> Pass<'a> {
                     fallback_set = true;
                 }
             }
+        }
+        for (ing, object, rule) in canaries {
+            c.canary(&mut table, ing, &object, rule);
         }
         if let Some(default) = &opts.default_backend {
             let backend = c.service_backend(default, "controller", "--default-backend");
@@ -499,6 +622,18 @@ pub(crate) fn check_host(host: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The ClusterIP of `service`, if it has one (not headless, not ExternalName).
+fn cluster_ip(service: &Service) -> Option<IpAddr> {
+    service
+        .spec
+        .as_ref()?
+        .cluster_ip
+        .as_deref()?
+        .parse::<IpAddr>()
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+}
+
 /// EndpointSlices by (namespace, service name).
 fn index_slices(slices: &[Arc<EndpointSlice>]) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
     let mut index: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
@@ -526,11 +661,15 @@ type BorrowedRef<'a> = (&'a str, &'a str, Option<i32>, Option<&'a str>);
 struct AddedBy {
     tag: u32,
     policy: Option<Arc<RoutePolicy>>,
+    /// What the Ingress's annotations say about its backends (see [`Owners`]).
+    backend: BackendPolicy,
     /// `namespace/name`, carried by each rule for the access log and the counters.
     ingress: Arc<str>,
 }
 
 struct Compiler<'a> {
+    /// Who decides each backend's balancing and affinity.
+    owners: &'a Owners,
     services: HashMap<(&'a str, &'a str), &'a Service>,
     /// Backends already resolved, by the reference as written (no allocation to look up).
     seen: HashMap<BorrowedRef<'a>, BackendId>,
@@ -563,6 +702,9 @@ impl<'a> Compiler<'a> {
         owners: &[String],
     ) -> Vec<String> {
         let mut own_hosts: Vec<String> = Vec::new();
+        // The policy of this Ingress's rules to each backend (its balancing and affinity
+        // are the backend's).
+        let mut policies: HashMap<BackendId, Option<Arc<RoutePolicy>>> = HashMap::new();
         for (i, rule) in spec.rules.iter().flatten().enumerate() {
             let host = match rule.host.as_deref() {
                 None | Some("") => None,
@@ -600,12 +742,21 @@ impl<'a> Compiler<'a> {
                 let Some(backend) = self.backend(ns, &p.backend, object, &backend_field) else {
                     continue;
                 };
+                let policy = match policies.get(&backend) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let own = (added_by.policy.as_deref(), &added_by.backend);
+                        let p = self.backend_policy(backend, own, object, &backend_field);
+                        policies.insert(backend, p.clone());
+                        p
+                    }
+                };
                 if let Err(first) = table.add_tagged(
                     host.as_deref(),
                     path,
                     kind,
                     backend,
-                    added_by.policy.clone(),
+                    policy,
                     Some(added_by.ingress.clone()),
                     added_by.tag,
                 ) {
@@ -625,6 +776,158 @@ impl<'a> Compiler<'a> {
             }
         }
         own_hosts
+    }
+
+    /// The policy of a rule of `object` (whose own policy is `own`) to `backend`: `own`
+    /// with the backend's balancing and affinity ([`Owners`]); when `object`'s annotations
+    /// set them otherwise, it is told which Ingress decides them.
+    fn backend_policy(
+        &mut self,
+        backend: BackendId,
+        (own, mine): (Option<&RoutePolicy>, &BackendPolicy),
+        object: &str,
+        field: &dyn Fn() -> String,
+    ) -> Option<Arc<RoutePolicy>> {
+        let target = self.ids.refs[backend.0 as usize].clone();
+        let owners = self.owners;
+        let Some((owner, theirs)) = owners.owner(&target) else {
+            return own.map(|p| Arc::new(p.clone()));
+        };
+        if theirs.service_upstream()
+            && let Some(service) = self
+                .services
+                .get(&(target.namespace.as_str(), target.name.as_str()))
+            && cluster_ip(service).is_none()
+        {
+            let message = format!(
+                "{target}: service-upstream: the Service has no ClusterIP (headless or \
+                 ExternalName); its endpoints are used"
+            );
+            self.diag(object, &format!("{}.service", field()), message);
+        }
+        if **owner != *object {
+            let lost = mine.overridden_by(theirs);
+            if !lost.is_empty() {
+                let message = format!(
+                    "{target}: {} ignored: balancing and affinity belong to the backend, and \
+                     {owner} (older, also routing to it) decides them",
+                    lost.join(", ")
+                );
+                self.diag(object, &format!("{}.service", field()), message);
+            }
+        }
+        theirs.applied_to(own)
+    }
+
+    /// Puts the rules of the canary Ingress `ing` on the main rules with the same host, path
+    /// and path type (oldest canary first; a rule with no such main rule is reported and
+    /// ignored, as ingress-nginx drops it). Its `spec.defaultBackend` is ignored, as are its
+    /// annotations other than the canary rules, balancing and affinity (reported when set):
+    /// requests it takes get the main rule's policy with its balancing and affinity.
+    fn canary(
+        &mut self,
+        table: &mut RouteTableBuilder,
+        ing: &'a Ingress,
+        object: &str,
+        rule: crate::core::route::canary::CanaryRule,
+    ) {
+        let Some(spec) = ing.spec.as_ref() else {
+            return;
+        };
+        let (ns, name) = meta_name(&ing.metadata);
+        let policy = super::annotations::route_policy(ing, object, &mut self.diagnostics);
+        let balance = match policy.as_deref() {
+            Some(p) => {
+                let rest = RoutePolicy {
+                    balance: None,
+                    ..p.clone()
+                };
+                if !rest.is_empty() {
+                    self.diag(
+                        object,
+                        "metadata.annotations",
+                        format!(
+                            "ignored on a canary Ingress: {rest} (requests it takes follow the \
+                             main Ingress's settings, session affinity included, as \
+                             ingress-nginx's default affinity-canary-behavior: sticky; only \
+                             canary-*, load-balance and upstream-hash-by annotations apply)"
+                        ),
+                    );
+                }
+                p.balance.clone()
+            }
+            None => None,
+        };
+        if spec.default_backend.is_some() {
+            self.diag(
+                object,
+                "spec.defaultBackend",
+                "ignored on a canary Ingress (a canary is never a catch-all)",
+            );
+        }
+        let ingress: Arc<str> = format!("{ns}/{name}").into();
+        for (i, r) in spec.rules.iter().flatten().enumerate() {
+            let host = match r.host.as_deref() {
+                None | Some("") => None,
+                Some(h) => {
+                    if let Err(why) = check_host(h) {
+                        self.diag(object, &format!("spec.rules[{i}].host"), why);
+                        continue;
+                    }
+                    Some(h)
+                }
+            };
+            for (j, p) in r.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+                let field = || format!("spec.rules[{i}].http.paths[{j}]");
+                let kind = match p.path_type.as_str() {
+                    "Exact" => PathKind::Exact,
+                    "Prefix" | "ImplementationSpecific" => PathKind::Prefix,
+                    other => {
+                        let message = format!("unknown path type {other:?}");
+                        self.diag(object, &format!("{}.pathType", field()), message);
+                        continue;
+                    }
+                };
+                let path = p.path.as_deref().unwrap_or("/");
+                let backend_field = || format!("{}.backend", field());
+                let Some(backend) = self.backend(ns, &p.backend, object, &backend_field) else {
+                    continue;
+                };
+                let own = RoutePolicy {
+                    balance: balance.clone(),
+                    ..RoutePolicy::default()
+                };
+                // Its affinity is the main route's (Canary::under): not compared here.
+                let mine = BackendPolicy {
+                    affinity: None,
+                    ..super::annotations::backend_policy(ing)
+                };
+                let settings =
+                    self.backend_policy(backend, (Some(&own), &mine), object, &backend_field);
+                let canary = crate::core::route::canary::Canary {
+                    backend,
+                    rule: rule.clone(),
+                    ingress: ingress.clone(),
+                    balance: settings.as_ref().and_then(|p| p.balance.clone()),
+                    affinity: None,
+                    policy: None,
+                };
+                let shown = host.unwrap_or("*");
+                let why = match table.add_canary(host, path, kind, canary) {
+                    Ok(()) => continue,
+                    Err(CanaryMiss::NoMain) => format!(
+                        "no main Ingress routes {shown} {path} ({kind:?}); the canary is ignored"
+                    ),
+                    Err(CanaryMiss::Taken(first)) => format!(
+                        "{shown} {path} already has the canary Ingress {first} (older); ignored"
+                    ),
+                    Err(CanaryMiss::SameBackend) => format!(
+                        "{shown} {path}: the canary's backend is the main Ingress's own; ignored"
+                    ),
+                };
+                self.diag(object, &format!("{}.path", field()), why);
+            }
+        }
     }
 
     /// The backend of an Ingress path or default, or `None` (with a diagnostic) when it
@@ -804,6 +1107,17 @@ impl<'a> Compiler<'a> {
                 PortRef::First => true,
             })
             .ok_or("the Service has no such port")?;
+        // service-upstream: the ClusterIP and the Service port, one endpoint (kube-proxy
+        // spreads); without a ClusterIP the endpoints are used (reported per Ingress).
+        if self
+            .owners
+            .owner(target)
+            .is_some_and(|(_, p)| p.service_upstream())
+            && let Some(ip) = cluster_ip(service)
+        {
+            let port = u16::try_from(port.port).map_err(|_| "the Service port is out of range")?;
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
         // EndpointSlice ports carry the Service port's name ("" and absent are the same).
         let port_name = port.name.as_deref().unwrap_or("");
 

@@ -16,10 +16,11 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::networking::v1::Ingress;
 
+use super::annotations::BackendPolicy;
 use super::certs::wall_clock;
 use super::compile::{
-    BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Known, Objects, Pass,
-    SERVICE_NAME_LABEL, backend_refs, certificates, has_tls, ingress_object, live_refs,
+    BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Known, Objects, Owners, Pass,
+    SERVICE_NAME_LABEL, ServiceRef, backend_refs, certificates, has_tls, ingress_object, live_refs,
 };
 use crate::core::route::{Backend, BackendId, RouteTable};
 use crate::core::snapshot::Snapshot;
@@ -74,6 +75,8 @@ impl Entry {
 pub struct Incremental {
     opts: CompileOptions,
     ids: BackendIds,
+    /// Who decides each backend's balancing and affinity (all our Ingresses).
+    owners: Owners,
     table: RouteTable,
     /// Per backend id, how often the host maps of `table`'s base name it.
     base_refs: Vec<u32>,
@@ -180,6 +183,7 @@ impl Incremental {
         let mut inc = Incremental {
             opts,
             ids: BackendIds::default(),
+            owners: Owners::default(),
             table: RouteTable::default(),
             base_refs: Vec::new(),
             classes: Vec::new(),
@@ -261,11 +265,17 @@ impl Incremental {
         let mut ids = BackendIds::default();
         let opts = self.opts.clone();
         let classes = Classes::new(&objects.classes, &opts);
+        let mut owners = Owners::default();
+        for ing in objects.ingresses.iter().filter(|i| classes.is_ours(i)) {
+            owners.add(ing);
+        }
+        self.owners = owners;
         let (table, pass) = Pass::run(
             objects,
             &opts,
             &classes,
             &mut ids,
+            &self.owners,
             objects.ingresses.iter().map(|i| &**i),
         );
         let count = pass.backend_count();
@@ -381,11 +391,23 @@ impl Incremental {
         let mut tls = false;
         let mut changed_objects: HashSet<String> = HashSet::new();
         let mut updated: Vec<String> = Vec::new();
+        // The backends the changed Ingresses route (or routed) to, with who decided their
+        // balancing and affinity before the change.
+        type Owner = Option<(Arc<str>, BackendPolicy)>;
+        let mut backends: HashMap<ServiceRef, Owner> = HashMap::new();
+        let mut note = |owners: &Owners, ing: &Ingress| {
+            for target in Owners::backends_of(ing) {
+                let before = owners.owner(&target).map(|(o, p)| (o.clone(), p.clone()));
+                backends.entry(target).or_insert(before);
+            }
+        };
         for (key, new) in changed {
             if let Some(old) = self.ingresses.remove(&key) {
                 self.index.remove(&key, &old);
                 self.seen.remove(&old.id());
                 if old.ours {
+                    note(&self.owners, &old.ingress);
+                    self.owners.remove(&old.ingress);
                     hosts.extend(old.hosts.iter().cloned());
                     any_host |= old.any_host;
                     fallback |= old.has_default;
@@ -395,6 +417,8 @@ impl Incremental {
             if let Some(new) = new {
                 changed_objects.insert(ingress_object(&new.ingress));
                 if new.ours {
+                    note(&self.owners, &new.ingress);
+                    self.owners.add(&new.ingress);
                     hosts.extend(new.hosts.iter().cloned());
                     any_host |= new.any_host;
                     fallback |= new.has_default;
@@ -407,9 +431,33 @@ impl Incremental {
             }
         }
 
+        // A backend whose deciding Ingress or settings changed: every rule to it changes, so
+        // the hosts of every Ingress routing to it are compiled again (and its conflict
+        // reports given again).
+        let mut resettled: Vec<(String, String)> = Vec::new();
+        for (target, before) in backends {
+            let after = self
+                .owners
+                .owner(&target)
+                .map(|(o, p)| (o.clone(), p.clone()));
+            if after == before {
+                continue;
+            }
+            // Its endpoints too (service-upstream is one of its settings).
+            resettled.push((target.namespace.clone(), target.name.clone()));
+            for key in self.owners.referrers(&target) {
+                if let Some(e) = self.ingresses.get(&key) {
+                    hosts.extend(e.hosts.iter().cloned());
+                    any_host |= e.any_host;
+                    changed_objects.insert(ingress_object(&e.ingress));
+                }
+            }
+        }
+
         // Services whose Service or EndpointSlice objects changed: only their backends are
         // resolved again.
-        let dirty_services = self.changed_services(objects);
+        let mut dirty_services = self.changed_services(objects);
+        dirty_services.extend(resettled);
 
         // Every Ingress that can contribute to what is recompiled.
         let mut members: BTreeSet<&str> = BTreeSet::new();
@@ -433,6 +481,7 @@ impl Incremental {
             &opts,
             &classes,
             &mut self.ids,
+            &self.owners,
             members
                 .iter()
                 .filter_map(|k| ingresses.get(*k))

@@ -298,17 +298,6 @@ pub fn report(objects: &Objects, ingress_class: &str, controller: &str) -> Repor
         &opts,
         1,
     );
-    // Canary Ingresses: Sluice serves them as ordinary ones, so a path one of them wins from
-    // its main Ingress changes the main one's behaviour too.
-    let canaries: Vec<String> = selected
-        .iter()
-        .filter(|i| {
-            catalog::judge_all(i)
-                .iter()
-                .any(|j| j.key.ends_with("/canary") && j.fate.is_ignored())
-        })
-        .map(|i| compile::ingress_object(i))
-        .collect();
     let ingresses: Vec<IngressReport> = selected
         .into_iter()
         .map(|ing| {
@@ -325,8 +314,6 @@ pub fn report(objects: &Objects, ingress_class: &str, controller: &str) -> Repor
                         && d.field == format!("metadata.annotations[{}]", a.key)
                 });
                 if !known && !ignored {
-                    let lost_to = |c: &String| d.message.contains(&format!("routed by {c} "));
-                    r.changes_behaviour |= canaries.iter().any(lost_to);
                     r.problems.push(Problem {
                         object: d.object.clone(),
                         field: d.field.clone(),
@@ -390,10 +377,13 @@ fn one(ing: &Arc<Ingress>, objects: &Objects, opts: &CompileOptions) -> IngressR
         .filter(|j| j.fate.is_ignored())
         .map(|j| format!("metadata.annotations[{}]", j.key))
         .collect();
+    // A canary Ingress compiled alone has no main Ingress: whether it has one shows in the
+    // compile of all of them together (added by `report`).
+    let canary_alone = |d: &compile::Diagnostic| d.message.contains("no main Ingress routes");
     let problems: Vec<Problem> = compiled
         .diagnostics
         .iter()
-        .filter(|d| !ignored_fields.contains(&d.field))
+        .filter(|d| !ignored_fields.contains(&d.field) && !canary_alone(d))
         .map(|d| Problem {
             object: d.object.clone(),
             field: d.field.clone(),

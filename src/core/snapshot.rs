@@ -85,10 +85,14 @@ impl fmt::Display for Snapshot {
                     PathKind::Exact => "Exact",
                     PathKind::Prefix => "Prefix",
                 };
-                let policy = match &r.policy {
+                let mut policy = match &r.policy {
                     Some(p) => format!(" [{p}]"),
                     None => String::new(),
                 };
+                if let Some(c) = &r.canary {
+                    let b = describe(c.backend);
+                    policy.push_str(&format!(" canary -> {b} [{}]", c.rule));
+                }
                 lines.push(format!(
                     "{host} {} {kind} -> {}{policy}",
                     r.path,

@@ -32,6 +32,7 @@ use crate::core::host::{MAX_HOST, normalize_host};
 pub mod affinity;
 pub mod bandwidth;
 pub mod basic_auth;
+pub mod canary;
 pub mod custom_errors;
 pub mod ext_auth;
 pub mod headers;
@@ -164,6 +165,17 @@ pub struct Backend {
 /// A matched route: its backend and, when its Ingress set any, its policy.
 pub type Matched<'a> = (BackendId, Option<&'a Arc<RoutePolicy>>, Option<&'a str>);
 
+/// Why [`RouteTableBuilder::add_canary`] refused a canary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CanaryMiss {
+    /// No main rule has this host, path and path type.
+    NoMain,
+    /// The main rule already has a canary, from this Ingress.
+    Taken(Arc<str>),
+    /// The canary's backend is the main rule's own.
+    SameBackend,
+}
+
 /// How a rule's path matches.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PathKind {
@@ -191,6 +203,8 @@ pub struct PathRule {
     /// Ingresses, as in ingress-nginx): the path as a case-insensitive regex anchored at the
     /// start, whatever the path type. Compiled when the table is built.
     pub regex: Option<PathRegex>,
+    /// The alternative backend of a `canary: "true"` Ingress for this host and path.
+    pub canary: Option<Arc<canary::Canary>>,
 }
 
 impl PathRule {
@@ -221,11 +235,8 @@ pub struct HostRoutes {
 }
 
 impl HostRoutes {
-    fn lookup(&self, path: &str) -> Option<Matched<'_>> {
-        self.paths
-            .iter()
-            .find(|r| r.matches(path))
-            .map(|r| (r.backend, r.policy.as_ref(), r.ingress.as_deref()))
+    fn lookup(&self, path: &str) -> Option<&PathRule> {
+        self.paths.iter().find(|r| r.matches(path))
     }
 
     /// The host's default backend (when no path matches), if any.
@@ -237,8 +248,8 @@ impl HostRoutes {
         &self.paths
     }
 
-    /// Every backend these rules name (paths, then the host default), with repeats; a
-    /// path's error backend (`custom-http-errors`, `default-backend`) counts too.
+    /// Every backend these rules name (paths, their canaries, then the host default), with
+    /// repeats; a path's error backend (`custom-http-errors`, `default-backend`) counts too.
     pub fn backends(&self) -> impl Iterator<Item = BackendId> + '_ {
         let errors = self.paths.iter().filter_map(|r| {
             r.policy
@@ -251,7 +262,7 @@ impl HostRoutes {
         });
         self.paths
             .iter()
-            .map(|r| r.backend)
+            .flat_map(|r| std::iter::once(r.backend).chain(r.canary.as_ref().map(|c| c.backend)))
             .chain(self.default)
             .chain(errors)
     }
@@ -290,6 +301,9 @@ fn prepare(routes: &mut HostRoutes) {
                 request: Some(Arc::new(copy)),
                 ..(**policy).clone()
             }));
+            if let Some(c) = &rule.canary {
+                rule.canary = Some(Arc::new((**c).clone().under(rule.policy.as_ref())));
+            }
         }
         rule.regex = Some(regex);
     }
@@ -517,6 +531,42 @@ impl RouteTable {
 
     /// [`RouteTable::lookup`], with the matched path rule's policy (`None` for defaults).
     pub fn route(&self, host: &str, path: &str) -> Option<Matched<'_>> {
+        self.hit(host, path).map(|hit| match hit {
+            Ok(r) => (r.backend, r.policy.as_ref(), r.ingress.as_deref()),
+            Err(b) => (b, None, None),
+        })
+    }
+
+    /// [`RouteTable::route`] for one request: when the matched rule has a canary that takes
+    /// `req` ([`canary::Canary::takes`], asking the worker through `cx`), the canary's
+    /// backend, policy and Ingress.
+    pub fn route_request(
+        &self,
+        host: &str,
+        path: &str,
+        req: &dyn key::KeySource,
+        cx: &mut dyn canary::Context,
+    ) -> Option<Matched<'_>> {
+        Some(match self.hit(host, path)? {
+            Ok(r) => match &r.canary {
+                Some(c)
+                    if c.takes(
+                        r.backend,
+                        r.policy.as_ref().and_then(|p| p.affinity.as_ref()),
+                        req,
+                        cx,
+                    ) =>
+                {
+                    (c.backend, c.policy.as_ref(), Some(&*c.ingress))
+                }
+                _ => (r.backend, r.policy.as_ref(), r.ingress.as_deref()),
+            },
+            Err(b) => (b, None, None),
+        })
+    }
+
+    /// The rule `host` and `path` match, or the default backend that answers instead.
+    fn hit(&self, host: &str, path: &str) -> Option<Result<&PathRule, BackendId>> {
         let mut buf = [0u8; MAX_HOST];
         let host = normalize_host(host, &mut buf);
         let bucket = host.and_then(|host| {
@@ -534,12 +584,10 @@ impl RouteTable {
             return Some(aliased);
         }
         match bucket {
-            Some(routes) => routes
-                .lookup(path)
-                .or(routes.default.map(|b| (b, None, None))),
-            None => self.any_host.lookup(path),
+            Some(routes) => routes.lookup(path).map(Ok).or(routes.default.map(Err)),
+            None => self.any_host.lookup(path).map(Ok),
         }
-        .or(self.default.map(|b| (b, None, None)))
+        .or(self.default.map(Err))
     }
 
     /// `server-alias`: the rules of the host `host` is an alias of. Asked only when no rule
@@ -560,7 +608,7 @@ impl RouteTable {
     /// `from-to-www-redirect`: a host we do not serve whose `www.` twin (or bare name) is
     /// served by an Ingress with the annotation matches that Ingress's first rule; its
     /// request policy answers 308 to the twin. Asked only when the host matched nothing.
-    fn www_alias(&self, host: &str) -> Option<Matched<'_>> {
+    fn www_alias(&self, host: &str) -> Option<Result<&PathRule, BackendId>> {
         let mut buf = [0u8; MAX_HOST + 4];
         let twin = match host.strip_prefix("www.") {
             Some(bare) => bare,
@@ -580,7 +628,7 @@ impl RouteTable {
                     .and_then(|p| p.request.as_ref())
                     .is_some_and(|q| q.from_to_www.is_some())
             })
-            .map(|r| (r.backend, r.policy.as_ref(), r.ingress.as_deref()))
+            .map(Ok)
     }
 
     /// One hash of the host serves the overlay and the base.
@@ -867,7 +915,54 @@ impl RouteTableBuilder {
             ingress,
             tag,
             regex: None,
+            canary: None,
         });
+        Ok(())
+    }
+
+    /// Puts `canary` on the rule of `host` (`None`: the host-less rules) with this path and
+    /// kind, under that rule's policy ([`canary::Canary::under`]). Never adds a host or a
+    /// rule: a canary without its main rule is refused ([`CanaryMiss::NoMain`]); so is a
+    /// second canary for one rule ([`CanaryMiss::Taken`], the first one kept) and one whose
+    /// backend is the main rule's own ([`CanaryMiss::SameBackend`]).
+    pub fn add_canary(
+        &mut self,
+        host: Option<&str>,
+        path: &str,
+        kind: PathKind,
+        canary: canary::Canary,
+    ) -> Result<(), CanaryMiss> {
+        let path = match kind {
+            PathKind::Prefix => {
+                let trimmed = path.trim_end_matches('/');
+                if trimmed.is_empty() { "/" } else { trimmed }
+            }
+            PathKind::Exact => path,
+        };
+        let routes = match host {
+            None => Some(&mut self.any_host),
+            Some(host) => {
+                let host = host.to_ascii_lowercase();
+                match host.strip_prefix("*.") {
+                    Some(suffix) => self.hosts.wildcard.get_mut(suffix),
+                    None => self.hosts.exact.get_mut(&host),
+                }
+            }
+        };
+        let rule = routes
+            .and_then(|r| {
+                r.paths
+                    .iter_mut()
+                    .find(|r| r.kind == kind && r.path == path)
+            })
+            .ok_or(CanaryMiss::NoMain)?;
+        if let Some(first) = &rule.canary {
+            return Err(CanaryMiss::Taken(first.ingress.clone()));
+        }
+        if rule.backend == canary.backend {
+            return Err(CanaryMiss::SameBackend);
+        }
+        rule.canary = Some(Arc::new(canary.under(rule.policy.as_ref())));
         Ok(())
     }
 

@@ -159,6 +159,14 @@ impl Picker {
         (!ejected).then_some(endpoint)
     }
 
+    /// A uniform draw from `0..n` (`n > 0`) from this worker's generator (canary weights).
+    pub fn roll(&mut self, n: u32) -> u32 {
+        let rng = self
+            .rng
+            .get_or_insert_with(|| Rng::new(u64::from(self.offset)));
+        rng.below(n as usize) as u32
+    }
+
     /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
     pub fn pick(&mut self, snapshot: &Snapshot, backend: BackendId) -> Option<SocketAddr> {
         let endpoints = &snapshot.backend(backend)?.endpoints;
@@ -174,6 +182,37 @@ impl Picker {
         let endpoint = endpoints[*cursor as usize % endpoints.len()];
         *cursor = cursor.wrapping_add(1);
         Some(endpoint)
+    }
+}
+
+/// What a route's canary choice asks of the worker (core::route::canary::Context): its
+/// generator, and its snapshot and ejection state for endpoints and affinity cookies.
+struct CanaryContext<'s, 'p> {
+    snapshot: &'s Snapshot,
+    picker: &'p mut Picker,
+    cookie: Option<&'s [u8]>,
+    now: Instant,
+}
+
+impl crate::core::route::canary::Context for CanaryContext<'_, '_> {
+    fn roll(&mut self, n: u32) -> u32 {
+        self.picker.roll(n)
+    }
+
+    fn usable(&self, backend: BackendId) -> bool {
+        let endpoints = self.snapshot.backend(backend).map(|b| &b.endpoints);
+        endpoints.is_some_and(|e| !e.is_empty())
+    }
+
+    fn pinned(
+        &self,
+        backend: BackendId,
+        affinity: &crate::core::route::affinity::Affinity,
+    ) -> bool {
+        affinity
+            .requested(self.cookie)
+            .and_then(|id| self.picker.pinned(self.snapshot, backend, id, self.now))
+            .is_some()
     }
 }
 
@@ -225,7 +264,16 @@ impl Router for SnapshotRouter<'_> {
         req: &dyn KeySource,
         now: Instant,
     ) -> RouteDecision {
-        let Some((backend, policy, ingress)) = self.snapshot.table.route(host, path) else {
+        // A route's canary (core::route::canary) may take the request.
+        let snapshot = self.snapshot;
+        let mut cx = CanaryContext {
+            snapshot,
+            picker: self.picker,
+            cookie: req.header("cookie"),
+            now,
+        };
+        let routed = snapshot.table.route_request(host, path, req, &mut cx);
+        let Some((backend, policy, ingress)) = routed else {
             self.routed = None;
             self.routed_backend = None;
             return RouteDecision::NotFound;
