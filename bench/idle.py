@@ -5,7 +5,11 @@ Opens N client connections, sends one request on each and reads the answer (so e
 real keep-alive connection that has carried a request), then measures the contender's RSS
 growth (all its processes) and divides by N.
 
-Usage: python3 bench/idle.py [--connections 10000]
+Usage: python3 bench/idle.py [--connections 10000] [--ports 18000]
+
+--ports moves the upstream to that port and the proxy to the next two (default 18000: the
+upstream on 18000, the proxy on 18080 and 18081, as bench/run.py), so that this can run while
+something else holds run.py's ports.
 """
 
 import argparse
@@ -67,14 +71,19 @@ def measure(name, proc, n):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connections", type=int, default=10000)
+    ap.add_argument("--ports", type=int, default=base.UPSTREAM_PORT,
+                    help="upstream port; the proxy listens on the next two (default: run.py's ports)")
     args = ap.parse_args()
+    if args.ports != base.UPSTREAM_PORT:
+        base.UPSTREAM_PORT = args.ports
+        base.PROXY_PORT = args.ports + 1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     base.ensure_tools()
     subprocess.run(["cargo", "build", "--profile", "dist", "--quiet"], cwd=ROOT, check=True)
     binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "dist", "sluice")
     tmp = tempfile.mkdtemp(prefix="sluice-idle-")
-    upstream = base.start_upstream(tmp)
+    upstream = base.start_upstream(tmp, port=base.UPSTREAM_PORT)
     try:
         s = measure("sluice", base.start_sluice(tmp, binary), args.connections)
         n = measure("nginx", base.start_nginx(tmp), args.connections)

@@ -217,9 +217,7 @@ impl UringNet {
     fn received(&mut self, token: Token, c: Completion, driver: &mut Driver, now: Instant) {
         let slot = token.slot as usize;
         let Some(s) = self.socks.get(slot, token.generation) else {
-            if let Some(bid) = c.buffer {
-                self.ring.recycle(bid);
-            }
+            self.ring.release(&c);
             return;
         };
         if s.recv.completed(&c) {
@@ -246,9 +244,7 @@ impl UringNet {
                 _ => {}
             }
         }
-        if let Some(bid) = c.buffer {
-            self.ring.recycle(bid);
-        }
+        self.ring.release(&c);
         self.maybe_free(slot);
     }
 }
