@@ -79,8 +79,6 @@ pub struct Completion {
     pub result: i32,
     /// The provided buffer this completion filled, if any.
     pub buffer: Option<u16>,
-    /// With incremental buffers: the kernel goes on filling that buffer after this data.
-    pub buffer_more: bool,
     /// A multishot operation stays armed.
     pub more: bool,
 }
@@ -90,13 +88,6 @@ const BUFFER_GROUP: u16 = 7;
 
 /// Receive buffers the kernel picks from (IORING_REGISTER_PBUF_RING): a receive holds no
 /// memory while it waits, so idle connections cost nothing here.
-///
-/// Where the kernel has it (Linux 6.12+), the ring is incremental (IOU_PBUF_RING_INC): a
-/// receive takes only what it needs of the buffer at the head and the next one goes on
-/// from there, so receives of many connections pack into the same pages instead of each
-/// touching a page of its own buffer (a worker that had received one short request on each
-/// of 10,000 connections had 4 MiB of the ring's pages resident, 400 bytes per connection;
-/// packed, about 30). A buffer is given back once the kernel has used it up.
 struct BufRing {
     /// Page-aligned ring of `entries` descriptors (mmap'd).
     ring: *mut BufRingEntry,
@@ -105,8 +96,6 @@ struct BufRing {
     buf_size: usize,
     data: Vec<u8>,
     tail: u16,
-    /// Incremental: per buffer, how much of it the kernel has filled so far.
-    filled: Option<Vec<u32>>,
 }
 
 impl BufRing {
@@ -137,25 +126,13 @@ impl BufRing {
             buf_size,
             data: vec![0u8; usize::from(entries) * buf_size],
             tail: 0,
-            filled: None,
         };
-        let register = |flags: u32| {
-            // SAFETY: `ring` is a page-aligned mapping of exactly `entries` descriptors that
-            // lives until `Drop`, which runs after the IoUring it is registered with is dropped
-            // (the worker declares the ring field before the buffer ring).
-            unsafe {
-                ring.submitter().register_buf_ring_with_flags(
-                    mem as u64,
-                    entries,
-                    BUFFER_GROUP,
-                    flags as u16,
-                )
-            }
-        };
-        // Kernels before 6.12 refuse the flag (EINVAL): whole buffers per receive there.
-        match register(types::IOU_PBUF_RING_INC) {
-            Ok(()) => bufs.filled = Some(vec![0; usize::from(entries)]),
-            Err(_) => register(0)?,
+        // SAFETY: `ring` is a page-aligned mapping of exactly `entries` descriptors that lives
+        // until `Drop`, which runs after the IoUring it is registered with is dropped (the
+        // worker declares the ring field before the buffer ring).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(mem as u64, entries, BUFFER_GROUP, 0)?;
         }
         for bid in 0..entries {
             bufs.push(bid);
@@ -190,40 +167,8 @@ impl BufRing {
     }
 
     fn buffer(&self, bid: u16, len: usize) -> &[u8] {
-        let filled = self
-            .filled
-            .as_ref()
-            .and_then(|f| f.get(usize::from(bid)))
-            .map_or(0, |&f| f as usize);
-        let start = usize::from(bid) * self.buf_size + filled.min(self.buf_size);
-        let end = (usize::from(bid) + 1) * self.buf_size;
-        &self.data[start..(start + len).min(end)]
-    }
-
-    /// The kernel is done with `c`'s data: gives its buffer back if the kernel has used it
-    /// up (incremental: not while it goes on filling it; and a receive that delivered
-    /// nothing did not consume it).
-    fn release(&mut self, c: &Completion) {
-        let Some(bid) = c.buffer else {
-            return;
-        };
-        let Some(filled) = &mut self.filled else {
-            self.push(bid);
-            self.publish();
-            return;
-        };
-        let Some(f) = filled.get_mut(usize::from(bid)) else {
-            return;
-        };
-        match u32::try_from(c.result) {
-            Ok(n) if n > 0 && c.buffer_more => *f += n,
-            Ok(n) if n > 0 => {
-                *f = 0;
-                self.push(bid);
-                self.publish();
-            }
-            _ => {}
-        }
+        let start = usize::from(bid) * self.buf_size;
+        &self.data[start..start + len.min(self.buf_size)]
     }
 }
 
@@ -345,7 +290,9 @@ impl Ring {
             }
             let mut ended = false;
             for c in &out {
-                self.release(c);
+                if let Some(bid) = c.buffer {
+                    self.recycle(bid);
+                }
                 if first.is_none() {
                     first = Some(*c);
                     // End it: the final completion (EOF) comes next.
@@ -498,15 +445,15 @@ impl Ring {
         self.push(e);
     }
 
-    /// The bytes of a completed receive (call before [`Ring::release`]).
+    /// The bytes of a completed receive.
     pub fn received(&self, bid: u16, len: usize) -> &[u8] {
         self.bufs.buffer(bid, len)
     }
 
-    /// Done with a receive completion's data: its buffer goes back to the kernel once the
-    /// kernel has used it up.
-    pub fn release(&mut self, c: &Completion) {
-        self.bufs.release(c);
+    /// Gives a receive buffer back to the kernel.
+    pub fn recycle(&mut self, bid: u16) {
+        self.bufs.push(bid);
+        self.bufs.publish();
     }
 
     /// Submits what is queued and waits for at least one completion or `timeout`.
@@ -554,7 +501,6 @@ impl Ring {
                 token,
                 result: cqe.result(),
                 buffer: cqueue::buffer_select(cqe.flags()),
-                buffer_more: cqueue::buffer_more(cqe.flags()),
                 more: cqueue::more(cqe.flags()),
             });
         }

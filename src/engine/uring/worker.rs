@@ -217,7 +217,9 @@ impl UringNet {
     fn received(&mut self, token: Token, c: Completion, driver: &mut Driver, now: Instant) {
         let slot = token.slot as usize;
         let Some(s) = self.socks.get(slot, token.generation) else {
-            self.ring.release(&c);
+            if let Some(bid) = c.buffer {
+                self.ring.recycle(bid);
+            }
             return;
         };
         if s.recv.completed(&c) {
@@ -244,7 +246,9 @@ impl UringNet {
                 _ => {}
             }
         }
-        self.ring.release(&c);
+        if let Some(bid) = c.buffer {
+            self.ring.recycle(bid);
+        }
         self.maybe_free(slot);
     }
 }
