@@ -328,15 +328,26 @@ fn an_idle_keep_alive_connection_is_parked_and_woken_by_its_next_request() {
     // The next request wakes it (on a machine from the free list) and goes out on the
     // pooled upstream connection.
     let later = now + Duration::from_secs(1);
+    let spare = machine::spare_count();
     d.received(client, b"GET /two HTTP/1.1\r\nHost: a.test\r\n\r\n", later);
     d.drive(&mut net, later);
     assert!(!parked(&mut d), "busy");
+    assert_eq!(
+        machine::spare_count(),
+        spare - 1,
+        "woken on a spare machine"
+    );
     assert_eq!(net.connects.len(), 1, "the pooled connection is reused");
     assert!(net.take(1001).starts_with("GET /two HTTP/1.1\r\n"));
     d.received(upstream, RESPONSE, later);
     d.drive(&mut net, later);
     assert!(net.take(1).ends_with("\r\n\r\nok"));
     assert!(parked(&mut d), "parked again");
+    assert_eq!(
+        machine::spare_count(),
+        spare,
+        "its machine is back on the free list"
+    );
 
     // A parked connection keeps its keep-alive deadline: closed quietly 60 s after it went
     // idle, not before.
