@@ -1,11 +1,11 @@
 //! The engine-neutral per-core driver: everything a worker does that is not moving bytes.
-//! It owns the slab of `core::conn::Conn` machines (parked while idle, see `machine`), the
-//! TLS sessions between the transport and those machines, the upstream connections and their
-//! keep-alive pool (with its expiry), the connection deadlines, the route snapshot and
-//! picker (swapped and acknowledged at the quiescent point), the dispatch of every [`Action`]
-//! a machine asks for, and the worker's metrics. It is written once; the io_uring and the
-//! userspace (smoltcp) engines are thin
+//! It owns the slab of `core::conn::Conn` machines, the TLS sessions between the transport
+//! and those machines, the upstream connections and their keep-alive pool (with its expiry),
+//! the connection deadlines, the route snapshot and picker (swapped and acknowledged at the
+//! quiescent point), the dispatch of every [`Action`] a machine asks for, and the worker's
+//! metrics. It is written once; the io_uring and the userspace (smoltcp) engines are thin
 //! [`Transport`]s under it.
+//! An idle keep-alive connection's machine is parked (`machine`): it holds no buffer.
 //!
 //! From accept to upstream response: the transport accepts a socket and calls
 //! [`Driver::accept`], which makes a `Conn` (and a `TlsSession` on the HTTPS listener).
