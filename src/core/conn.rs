@@ -14,6 +14,12 @@
 //!   say so (that is the backpressure), and arms one timer at [`Conn::deadline`].
 //!
 //! The machine never blocks, never reads a clock and never allocates per byte.
+//!
+//! Between requests a connection can be parked: [`Conn::park`] writes the little it must
+//! remember (addresses, settings, the request-id sequence, when it went idle) into a
+//! [`Parked`], and the machine itself, with its buffers, can serve another connection;
+//! [`Parked::wake`] makes a machine again (reusing a spare one's allocations). An idle
+//! keep-alive connection then costs a `Parked` and owns no buffer.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -162,6 +168,46 @@ pub struct RequestRecord {
     /// The matched backend, `namespace/service:port` (empty: none matched). Kept even
     /// without [`ConnConfig::record_requests`] (the per-backend counters read it).
     pub route: String,
+}
+
+impl RequestRecord {
+    /// No request (what a parked connection reports).
+    pub const EMPTY: RequestRecord = RequestRecord {
+        method: String::new(),
+        host: String::new(),
+        path: String::new(),
+        query: String::new(),
+        protocol: "",
+        referer: String::new(),
+        user_agent: String::new(),
+        request_id: String::new(),
+        bytes_in: 0,
+        bytes_out: 0,
+        upstream_status: None,
+        upstream_bytes: 0,
+        route: String::new(),
+    };
+
+    /// Empties it, keeping its strings' allocations.
+    fn reuse(&mut self) {
+        for s in [
+            &mut self.method,
+            &mut self.host,
+            &mut self.path,
+            &mut self.query,
+            &mut self.referer,
+            &mut self.user_agent,
+            &mut self.request_id,
+            &mut self.route,
+        ] {
+            s.clear();
+        }
+        self.protocol = "";
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.upstream_status = None;
+        self.upstream_bytes = 0;
+    }
 }
 
 impl Default for ConnConfig {
@@ -447,7 +493,9 @@ impl OutBuf {
 
 /// Buffers larger than this are freed when a connection goes idle. Smaller ones are kept for
 /// the next request: freeing and reallocating every buffer on every request measured 7-10 %
-/// more CPU per request in `bench/run.py`, for about 1.5 KiB less per idle connection.
+/// more CPU per request in `bench/run.py`. A parked connection ([`Conn::park`]) holds none:
+/// they stay with its machine, which serves the next connection that wakes; this bounds what
+/// such a spare machine keeps.
 const IDLE_KEEP_CAPACITY: usize = 4096;
 
 /// What we remember of a request once its head has been forwarded.
@@ -670,22 +718,34 @@ impl Conn {
     }
 
     pub fn new(info: ClientInfo, config: Arc<ConnConfig>, now: Instant) -> Conn {
+        Conn::from_parked(Parked::new(info, config, now))
+    }
+
+    /// A machine in the state `p` remembers: between requests, nothing buffered.
+    fn from_parked(p: Parked) -> Conn {
+        let Parked {
+            config,
+            info,
+            proxied,
+            request_id_base,
+            requests,
+            idle_since: now,
+            first,
+        } = p;
         Conn {
-            request_id_base: config
-                .request_id_seed
-                .map(|seed| request_id::connection_base(seed, info.peer, info.local, now)),
-            requests: 0,
+            request_id_base,
+            requests,
             record: RequestRecord::default(),
             info,
-            proxied: None,
-            client_ip: info.peer.ip().to_canonical(),
+            proxied,
+            client_ip: proxied.unwrap_or(info.peer).ip().to_canonical(),
             in_mark: 0,
             out_mark: 0,
             upstream_mark: 0,
             config,
             state: State::Head {
                 idle_since: now,
-                first: true,
+                first,
                 started: None,
             },
             cin: InBuf::default(),
@@ -1094,6 +1154,159 @@ impl Conn {
     /// [`Action::CloseClient`] has been issued; the engine may drop the machine.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
+    }
+
+    /// Between requests with nothing buffered, in flight, owed or held (no action waiting,
+    /// no upstream, no limit ticket, the client still open, no shutdown): writes what the
+    /// connection must remember into `into` (the [`Parked`] this machine was made from) and
+    /// returns true. The machine then belongs to no connection: it may serve another one
+    /// ([`Parked::wake`]). Otherwise returns false and changes nothing.
+    pub fn park(&mut self, into: &mut Parked) -> bool {
+        let State::Head {
+            idle_since,
+            first,
+            started: None,
+        } = self.state
+        else {
+            return false;
+        };
+        if !self.cin.is_empty()
+            || !self.uin.is_empty()
+            || !self.cout.is_flushed()
+            || !self.uout.is_flushed()
+            || !self.actions.is_empty()
+            || self.has_upstream
+            || self.client_eof
+            || self.shutting_down
+            || self.limit_ticket.is_some()
+        {
+            return false;
+        }
+        into.proxied = self.proxied;
+        into.requests = self.requests;
+        into.idle_since = idle_since;
+        into.first = first;
+        self.trim();
+        true
+    }
+
+    /// Takes this machine out of service (its connection is closed or parked): drops what
+    /// belongs to a request (limit ticket, exchange, buffered bytes) and frees buffers larger
+    /// than [`IDLE_KEEP_CAPACITY`]; what is left are allocations for the next connection.
+    pub fn retire(&mut self) {
+        self.limit_ticket = None;
+        if let State::Connecting { ex, .. } | State::Proxying { ex } =
+            std::mem::replace(&mut self.state, State::Closed)
+        {
+            self.spare_exchange = Some(ex);
+        }
+        self.cin.clear();
+        self.uin.clear();
+        self.cout.reset();
+        self.uout.reset();
+        self.actions.clear();
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        self.cin.release_if_empty();
+        self.uin.release_if_empty();
+        self.cout.release_if_empty();
+        self.uout.release_if_empty();
+        self.replay.clear();
+        if self.replay.capacity() > IDLE_KEEP_CAPACITY {
+            self.replay = Vec::new();
+        }
+        if let Some(ex) = &mut self.spare_exchange {
+            // A spare exchange keeps its allocations, not the route it last served.
+            ex.policy = None;
+            ex.body = None;
+            ex.cors_origin = None;
+        }
+    }
+
+    /// Moves `old`'s allocations (buffers, strings, the spare exchange, the action queue)
+    /// into this fresh machine, emptied.
+    fn adopt(&mut self, mut old: Conn) {
+        old.retire();
+        self.cin.data = std::mem::take(&mut old.cin.data);
+        self.uin.data = std::mem::take(&mut old.uin.data);
+        self.cout.queued = std::mem::take(&mut old.cout.queued);
+        self.uout.queued = std::mem::take(&mut old.uout.queued);
+        self.replay = std::mem::take(&mut old.replay);
+        self.spare_exchange = old.spare_exchange.take();
+        self.actions = std::mem::take(&mut old.actions);
+        self.record = std::mem::take(&mut old.record);
+        self.record.reuse();
+    }
+}
+
+/// What a connection keeps between requests while it is parked ([`Conn::park`]): its
+/// settings, addresses, request-id sequence and when it went idle. No buffer, no machine.
+#[derive(Clone, Debug)]
+pub struct Parked {
+    config: Arc<ConnConfig>,
+    info: ClientInfo,
+    /// The source its PROXY protocol header named.
+    proxied: Option<SocketAddr>,
+    request_id_base: Option<u64>,
+    requests: u64,
+    idle_since: Instant,
+    /// No request has started on it yet.
+    first: bool,
+}
+
+impl Parked {
+    /// A connection just accepted: nothing received yet.
+    pub fn new(info: ClientInfo, config: Arc<ConnConfig>, now: Instant) -> Parked {
+        Parked {
+            request_id_base: config
+                .request_id_seed
+                .map(|seed| request_id::connection_base(seed, info.peer, info.local, now)),
+            config,
+            info,
+            proxied: None,
+            requests: 0,
+            idle_since: now,
+            first: true,
+        }
+    }
+
+    /// A machine for this connection, exactly as the parked one was: `spare` (a machine
+    /// that [`Conn::park`]ed or [`Conn::retire`]d, of any connection) lends its box and its
+    /// allocations, so waking does not call the allocator once the worker is warm.
+    pub fn wake(&self, spare: Option<Box<Conn>>) -> Box<Conn> {
+        let fresh = Conn::from_parked(self.clone());
+        match spare {
+            None => Box::new(fresh),
+            Some(mut conn) => {
+                let old = std::mem::replace(&mut *conn, fresh);
+                conn.adopt(old);
+                conn
+            }
+        }
+    }
+
+    /// As [`Conn::deadline`] for the idle machine: the keep-alive timeout (or, before the
+    /// first request, the request-head timeout) from when it went idle.
+    pub fn deadline(&self) -> Instant {
+        let t = &self.config.timeouts;
+        let timeout = if self.first {
+            t.request_head
+        } else {
+            t.keep_alive
+        };
+        self.idle_since + timeout
+    }
+
+    /// As [`Conn::peer_addr`].
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.proxied.unwrap_or(self.info.peer)
+    }
+
+    /// As [`Conn::set_proxied`].
+    pub fn set_proxied(&mut self, source: SocketAddr) {
+        self.proxied = Some(source);
     }
 }
 

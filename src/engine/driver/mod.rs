@@ -5,6 +5,7 @@
 //! quiescent point), the dispatch of every [`Action`] a machine asks for, and the worker's
 //! metrics. It is written once; the io_uring and the userspace (smoltcp) engines are thin
 //! [`Transport`]s under it.
+//! An idle keep-alive connection's machine is parked (`machine`): it holds no buffer.
 //!
 //! From accept to upstream response: the transport accepts a socket and calls
 //! [`Driver::accept`], which makes a `Conn` (and a `TlsSession` on the HTTPS listener).
@@ -29,6 +30,7 @@
 //! fit one interface without a per-event `dyn` call: the driver is generic over its
 //! transport.
 
+mod machine;
 mod side;
 mod slab;
 
@@ -40,9 +42,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
 
+use machine::Machine;
 pub use slab::Slab;
 
-use crate::core::conn::{Action, ClientInfo, Conn, ConnConfig};
+use crate::core::conn::{Action, ClientInfo, ConnConfig};
 use crate::core::proxy_protocol;
 use crate::core::snapshot::Snapshot;
 use crate::core::time::Instant;
@@ -161,7 +164,8 @@ const MAX_ROUNDS: usize = 16;
 /// An accepted client connection.
 struct Client {
     sock: usize,
-    conn: Conn,
+    /// Parked (no buffers) while the connection is idle between requests.
+    conn: Machine,
     upstream: Option<usize>,
     /// A send of the transport is in flight.
     sending: bool,
@@ -427,7 +431,7 @@ impl Driver {
         let proxy = config
             .proxy_protocol
             .then(|| (Box::default(), now + config.timeouts.request_head));
-        let conn = Conn::new(info, config, now);
+        let conn = Machine::new(info, config, now);
         let slot = self.clients.insert(|_| Client {
             sock,
             conn,
@@ -976,6 +980,15 @@ impl Driver {
         {
             t.set_read(up.sock, wants);
         }
+        // Idle between requests, nothing in flight: the machine and its buffers go back to
+        // the worker's free list until the connection speaks again.
+        if let Some(client) = self.clients.get_any(slot)
+            && !client.sending
+            && !client.shut_after_flush
+            && client.upstream.is_none()
+        {
+            client.conn.park();
+        }
     }
 
     /// Hands the client's next output to the transport. True when something was written at
@@ -1187,6 +1200,7 @@ impl Driver {
         let Some(mut client) = self.clients.remove(slot) else {
             return;
         };
+        client.conn.retire();
         // TLS: what is still queued (an alert, close_notify) is written now if no send is in
         // flight, best effort and without waiting.
         let mut last = None;

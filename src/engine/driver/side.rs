@@ -226,7 +226,7 @@ impl Driver {
         let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
         if let Some(client) = self.clients.get(slot, generation) {
             client.auth_side = None;
-            client.conn.auth_done(decision, now, &mut router);
+            client.conn.awake().auth_done(decision, now, &mut router);
             self.touched.push(slot);
         }
     }
