@@ -35,6 +35,7 @@ use crate::core::http1::{Framing, Limits, RequestHead, Upgrades, Version, local}
 use crate::core::request_id;
 use crate::core::route::rate_limit::ConnTicket;
 use crate::core::route::request_policy::{RequestView, Verdict};
+use crate::core::route::upstream_tls::UpstreamTls;
 use crate::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
 use crate::core::upstream::affinity;
@@ -279,7 +280,14 @@ pub enum Action {
     /// Get an upstream connection to `endpoint` and report back with
     /// [`Conn::upstream_connected`] or [`Conn::upstream_connect_failed`]. With `fresh`, the
     /// connection must be new (not from the keep-alive pool): a pooled one just failed.
-    Connect { endpoint: SocketAddr, fresh: bool },
+    /// With `tls` (`backend-protocol: HTTPS`), it speaks TLS with that config, for the name
+    /// [`Conn::upstream_tls_host`] gives, and is reported connected once the handshake is
+    /// done; a pooled one must have been made with the same config and name.
+    Connect {
+        endpoint: SocketAddr,
+        fresh: bool,
+        tls: Option<Arc<UpstreamTls>>,
+    },
     /// The machine is done with its upstream connection: back to the pool when `reusable`,
     /// otherwise close it.
     ReleaseUpstream { reusable: bool },
@@ -568,6 +576,9 @@ pub struct Conn {
     replayable: bool,
     /// The last exchange's box, reused by the next request (one allocation fewer each).
     spare_exchange: Option<Box<Exchange>>,
+    /// The `Host` sent upstream by the current request, kept only on routes with upstream
+    /// TLS (the name their connections are made for); reused from request to request.
+    upstream_host: String,
     actions: VecDeque<Action>,
     last_activity: Instant,
     client_eof: bool,
@@ -646,6 +657,7 @@ impl Conn {
             replay: Vec::new(),
             replayable: false,
             spare_exchange: None,
+            upstream_host: String::new(),
             actions: VecDeque::new(),
             last_activity: now,
             client_eof: false,
@@ -1335,8 +1347,13 @@ impl Conn {
                 real_ip: Some(self.client_ip),
             };
             write_upstream_request_edited(&head, &info, &edits, &mut self.uout.queued);
-            if let Some(host) = policy.as_deref().and_then(|p| p.upstream_vhost.as_deref()) {
+            let vhost = policy.as_deref().and_then(|p| p.upstream_vhost.as_deref());
+            if let Some(host) = vhost {
                 vhost::replace_host(&mut self.uout.queued, 0, host);
+            }
+            self.upstream_host.clear();
+            if policy.as_deref().is_some_and(|p| p.upstream_tls.is_some()) {
+                self.upstream_host.push_str(vhost.unwrap_or(head.host()));
             }
         }
         self.cin.consume(len);
@@ -1382,7 +1399,8 @@ impl Conn {
         self.uin.clear();
         self.upstream_mark = self.uin.consumed;
         self.upstream_eof = false;
-        self.connect(endpoint, false);
+        let tls = policy.as_deref().and_then(|p| p.upstream_tls.clone());
+        self.connect(endpoint, false, tls);
         let exchange = Exchange {
             req,
             backend,
@@ -1861,8 +1879,9 @@ impl Conn {
                     // reached it. Replay it once on a fresh connection.
                     ex.retried = true;
                     let endpoint = ex.endpoint;
+                    let tls = ex.policy.as_deref().and_then(|p| p.upstream_tls.clone());
                     self.release_upstream(false);
-                    self.connect(endpoint, true);
+                    self.connect(endpoint, true, tls);
                     self.uout.queued.extend_from_slice(&self.replay);
                     let State::Proxying { ex } = std::mem::replace(&mut self.state, State::Closed)
                     else {
@@ -1971,7 +1990,8 @@ impl Conn {
         ex.head_pending = None;
         ex.waiting_since = now;
         self.uout.queued.extend_from_slice(&self.replay);
-        self.connect(endpoint, false);
+        let tls = ex.policy.as_deref().and_then(|p| p.upstream_tls.clone());
+        self.connect(endpoint, false, tls);
         self.state = State::Connecting { ex, since: now };
     }
 
@@ -2031,10 +2051,21 @@ impl Conn {
         self.enter_closing(false);
     }
 
-    fn connect(&mut self, endpoint: SocketAddr, fresh: bool) {
+    fn connect(&mut self, endpoint: SocketAddr, fresh: bool, tls: Option<Arc<UpstreamTls>>) {
         self.has_upstream = true;
         self.upstream_eof = false;
-        self.actions.push_back(Action::Connect { endpoint, fresh });
+        self.actions.push_back(Action::Connect {
+            endpoint,
+            fresh,
+            tls,
+        });
+    }
+
+    /// The `Host` the current request is sent upstream with (its own, or `upstream-vhost`):
+    /// the TLS name of an [`Action::Connect`] with `tls` when the route sets no
+    /// `proxy-ssl-name`. Empty on routes without upstream TLS.
+    pub fn upstream_tls_host(&self) -> &str {
+        &self.upstream_host
     }
 
     /// Hands the upstream connection back (to the pool when `reusable`). Whatever was still

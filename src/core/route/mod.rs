@@ -36,6 +36,7 @@ pub mod next_upstream;
 mod policy;
 pub mod rate_limit;
 pub mod request_policy;
+pub mod upstream_tls;
 pub use policy::{Balance, RoutePolicy};
 use request_policy::PathRegex;
 
