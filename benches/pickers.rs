@@ -10,7 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::core::route::{Backend, BackendId, RouteTableBuilder};
 use sluice::core::snapshot::Snapshot;
 use sluice::core::time::Instant;
-use sluice::core::upstream::affinity::endpoint_id;
+use sluice::core::upstream::affinity::{Mode, endpoint_id};
 use sluice::core::upstream::hash::{HashKey, KeySource};
 use sluice::core::upstream::{Balance, Picker};
 
@@ -79,7 +79,7 @@ fn bench_pickers(c: &mut Criterion) {
         let last = *s.backend(b).unwrap().endpoints.last().unwrap();
         let id = endpoint_id(&last);
         group.bench_function("affinity_cookie_worst_case", |bench| {
-            bench.iter(|| black_box(picker.pinned(&s, b, black_box(id), now)))
+            bench.iter(|| black_box(picker.pinned(&s, b, Mode::Persistent, black_box(id), now)))
         });
         let tried = [s.backend(b).unwrap().endpoints[0]];
         group.bench_function("retry_pick_other", |bench| {

@@ -152,7 +152,7 @@ pub const CATALOG: &[Entry] = &[
     e("proxy-next-upstream-timeout", Supported, &[], "retries"),
     e("proxy-next-upstream-tries", Supported, &[], "retries"),
     e("affinity", Supported, &[], "cookie session affinity"),
-    e("affinity-mode", Differs, &[], "balanced behaves as persistent: adding pods never moves existing sessions"),
+    e("affinity-mode", Differs, &["persistent"], "balanced: the cookie holds a session key placed by rendezvous hashing (ingress-nginx: a consistent-hash ring), so added pods take about their share of sessions and a removed pod's sessions move; a new session starts on the pod load-balance picked"),
     e("affinity-canary-behavior", NotYet, &[], "cookie session affinity"),
     e("session-cookie-name", Supported, &[], "cookie session affinity"),
     e("session-cookie-path", Supported, &[], "cookie session affinity"),

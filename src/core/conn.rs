@@ -1770,18 +1770,24 @@ impl Conn {
         {
             // A new cookie unless the client's already names this endpoint (or, after a
             // retry without `change-on-failure`, the endpoint it was pinned to).
-            let id = affinity::endpoint_id(&ex.endpoint);
-            let first = ex.attempts.tried().first().map(affinity::endpoint_id);
-            let keep = ex.sticky == Some(id)
-                || ex.sticky.is_some() && ex.sticky == first && !a.change_on_failure;
-            if !keep {
+            let first = ex.attempts.tried().first().copied();
+            let mut names = |ep: SocketAddr| {
+                ex.sticky
+                    .is_some_and(|id| router.affinity_names(ex.backend, a.mode, id, ep, now))
+            };
+            let keep = names(ex.endpoint) || !a.change_on_failure && first.is_some_and(names);
+            let value = match keep {
+                true => None,
+                false => router.affinity_value(ex.backend, a.mode, ex.endpoint),
+            };
+            if let Some(id) = value {
                 let ctx = affinity::CookieContext {
                     rule_path: &ex.sticky_path,
                     https: self.config.scheme == Scheme::Https,
                     unix_now: router.unix_time(now),
                     old_client: ex.old_client,
                 };
-                let value = affinity::set_cookie(a, &ex.endpoint, &ctx);
+                let value = affinity::set_cookie(a, id, &ctx);
                 affinity::insert_field(&mut self.cout.queued, head_start, "Set-Cookie", &value);
             }
         }

@@ -138,6 +138,30 @@ pub trait Router {
     fn routed_ingress(&self) -> Option<&str> {
         None
     }
+
+    /// Cookie affinity: whether the cookie value `id` pins requests for `backend` to
+    /// `endpoint` (`mode` says how a value names an endpoint). By default no.
+    fn affinity_names(
+        &mut self,
+        _backend: BackendId,
+        _mode: affinity::Mode,
+        _id: u64,
+        _endpoint: std::net::SocketAddr,
+        _now: crate::core::time::Instant,
+    ) -> bool {
+        false
+    }
+
+    /// Cookie affinity: a cookie value that pins the client to `endpoint` of `backend`;
+    /// `None`: no cookie is set. By default none.
+    fn affinity_value(
+        &mut self,
+        _backend: BackendId,
+        _mode: affinity::Mode,
+        _endpoint: std::net::SocketAddr,
+    ) -> Option<u64> {
+        None
+    }
 }
 
 /// A Service port resolved to pod endpoints.

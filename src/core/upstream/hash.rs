@@ -30,6 +30,11 @@ pub fn endpoint_hash(endpoint: &SocketAddr) -> u64 {
     h.finish()
 }
 
+/// The rendezvous score of an endpoint (its [`endpoint_hash`]) for `key`.
+pub fn score(key: u64, endpoint_hash: u64) -> u64 {
+    mix(key ^ endpoint_hash)
+}
+
 /// Rendezvous hashing: the index of the endpoint with the highest score for `key` (ties to
 /// the lower address), or `None` when there are none.
 pub fn rendezvous(key: u64, endpoints: &[SocketAddr]) -> Option<usize> {

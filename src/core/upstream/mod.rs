@@ -143,20 +143,54 @@ impl Picker {
         fallback
     }
 
-    /// The endpoint of `backend` whose affinity id is `id`, unless it is gone or ejected
-    /// (then the balancer picks, and the client gets a new cookie).
+    /// The endpoint of `backend` the affinity cookie value `id` pins to, as `mode` reads it.
+    /// `persistent`: the endpoint whose id it is, unless it is gone or ejected (then the
+    /// balancer picks, and the client gets a new cookie). `balanced`: the first rendezvous
+    /// choice of the key among the usable endpoints (an ejected one's sessions go to their
+    /// next choice meanwhile, with the same cookie).
     pub fn pinned(
         &self,
         snapshot: &Snapshot,
         backend: BackendId,
+        mode: affinity::Mode,
         id: u64,
         now: Instant,
     ) -> Option<SocketAddr> {
         let endpoints = &snapshot.backend(backend)?.endpoints;
-        let endpoint = endpoints[affinity::find(endpoints, id)?];
-        let ejected =
-            self.outliers.filters(endpoints, now) && self.outliers.is_ejected(&endpoint, now);
-        (!ejected).then_some(endpoint)
+        let filter = self.outliers.filters(endpoints, now);
+        let usable = |ep: &SocketAddr| !filter || !self.outliers.is_ejected(ep, now);
+        match mode {
+            affinity::Mode::Persistent => {
+                let endpoint = endpoints[affinity::find(endpoints, id)?];
+                usable(&endpoint).then_some(endpoint)
+            }
+            affinity::Mode::Balanced => {
+                rendezvous_where(id, endpoints, usable).map(|i| endpoints[i])
+            }
+        }
+    }
+
+    /// A cookie value pinning new requests to `endpoint` of `backend` (see [`Picker::pinned`]):
+    /// its id (`persistent`), or a fresh session key that lands on it (`balanced`).
+    pub fn affinity_value(
+        &mut self,
+        snapshot: &Snapshot,
+        backend: BackendId,
+        mode: affinity::Mode,
+        endpoint: SocketAddr,
+    ) -> Option<u64> {
+        if mode == affinity::Mode::Persistent {
+            return Some(affinity::endpoint_id(&endpoint));
+        }
+        let endpoints = &snapshot.backend(backend)?.endpoints;
+        let target = endpoints.binary_search(&endpoint).ok().or_else(|| {
+            // Snapshots keep endpoints sorted; a linear look is the safe fallback.
+            endpoints.iter().position(|ep| *ep == endpoint)
+        })?;
+        let rng = self
+            .rng
+            .get_or_insert_with(|| Rng::new(u64::from(self.offset)));
+        affinity::session_key(endpoints, target, || rng.next_u64())
     }
 
     /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
@@ -228,7 +262,9 @@ impl Router for SnapshotRouter<'_> {
         // A cookie that names a usable endpoint of the backend pins the request to it.
         if let Some(affinity) = policy.and_then(|p| p.affinity.as_ref())
             && let Some(id) = affinity.requested(req.header("cookie"))
-            && let Some(endpoint) = self.picker.pinned(self.snapshot, backend, id, now)
+            && let Some(endpoint) =
+                self.picker
+                    .pinned(self.snapshot, backend, affinity.mode, id, now)
         {
             return RouteDecision::Forward {
                 backend,
@@ -291,6 +327,29 @@ impl Router for SnapshotRouter<'_> {
 
     fn routed_ingress(&self) -> Option<&str> {
         self.routed
+    }
+
+    fn affinity_names(
+        &mut self,
+        backend: BackendId,
+        mode: affinity::Mode,
+        id: u64,
+        endpoint: SocketAddr,
+        now: Instant,
+    ) -> bool {
+        self.picker
+            .pinned(self.snapshot, backend, mode, id, now)
+            .is_some_and(|ep| ep == endpoint)
+    }
+
+    fn affinity_value(
+        &mut self,
+        backend: BackendId,
+        mode: affinity::Mode,
+        endpoint: SocketAddr,
+    ) -> Option<u64> {
+        self.picker
+            .affinity_value(self.snapshot, backend, mode, endpoint)
     }
 
     fn backend_name(&self, backend: BackendId) -> Option<&str> {
