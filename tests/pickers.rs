@@ -8,7 +8,9 @@ use proptest::prelude::*;
 use sluice::core::time::Instant;
 use sluice::core::upstream::affinity::{self, Mode};
 use sluice::core::upstream::balance::{EndpointStats, Rng};
-use sluice::core::upstream::hash::{HashKey, KeySource, Part, rendezvous};
+use sluice::core::upstream::hash::{
+    HashKey, KeySource, Part, Prepared, rendezvous, rendezvous_where, subset,
+};
 
 fn endpoints(n: usize) -> Vec<SocketAddr> {
     (0..n)
@@ -134,6 +136,23 @@ proptest! {
         prop_assert!((moved as f64) >= expected - 5.0 * sd, "moved {} of {}, expected ~{}", moved, keys, expected);
     }
 
+    /// The picker's prepared endpoints (hashes computed once per endpoint set) choose exactly
+    /// what plain rendezvous hashing and subsets choose, with or without left-out endpoints.
+    #[test]
+    fn prepared_hashing_picks_what_rendezvous_picks(key in any::<u64>(), n in 1usize..60, mask in any::<u64>(), size in 1usize..6) {
+        let eps = endpoints(n);
+        let mut p = Prepared::new(&eps);
+        prop_assert!(p.check(&eps));
+        prop_assert_eq!(p.rendezvous(key), rendezvous(key, &eps));
+        let keep = |i: usize| mask >> (i % 64) & 1 == 1;
+        prop_assert_eq!(
+            p.rendezvous_where(key, keep),
+            rendezvous_where(key, &eps, |ep| keep(eps.iter().position(|e| e == ep).unwrap()))
+        );
+        prop_assert_eq!(p.subset(key, size), subset(key, &eps, size));
+        prop_assert!(!p.check(&eps[..n - 1]));
+    }
+
     /// P2C least-request never picks the busier of its two draws: with one busiest endpoint
     /// and any idler one, the busiest is never chosen; never out of range.
     #[test]
@@ -220,7 +239,8 @@ fn sessions(mode: Mode, eps: &[SocketAddr], n: usize, seed: u64) -> Vec<(u64, So
             let id = match mode {
                 Mode::Persistent => affinity::endpoint_id(&eps[target]),
                 Mode::Balanced => {
-                    affinity::session_key(eps, target, || rng.next_u64()).expect("a key")
+                    affinity::session_key(&Prepared::new(eps), target, || rng.next_u64())
+                        .expect("a key")
                 }
             };
             (id, eps[target])

@@ -21,6 +21,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
+use super::hash::Prepared;
 use crate::core::route::key::Fnv;
 
 pub use crate::core::route::affinity::{Affinity, Mode, SameSite, parse_attribute, parse_name};
@@ -49,30 +50,31 @@ pub fn find(endpoints: &[SocketAddr], id: u64) -> Option<usize> {
     endpoints.iter().position(|ep| endpoint_id(ep) == id)
 }
 
-/// `balanced`: a session key whose first rendezvous choice among `endpoints` is
-/// `endpoints[target]`, drawn from `draw` (rejection sampling: about N draws, each stopped at
-/// the first endpoint that outscores the target, so about N·ln N scores in all). `None` only
-/// when `target` is out of range or after 64·N unlucky draws (probability e^-64).
+/// `balanced`: a session key whose first rendezvous choice among the endpoints of
+/// `prepared` is the one at `target`, drawn from `draw` (rejection sampling: about N draws,
+/// each stopped at the first endpoint that outscores the target, so about N·ln N scores in
+/// all, no allocation). `None` only when `target` is out of range or after 64·N unlucky
+/// draws (probability e^-64).
 pub fn session_key(
-    endpoints: &[SocketAddr],
+    prepared: &Prepared,
     target: usize,
     mut draw: impl FnMut() -> u64,
 ) -> Option<u64> {
+    let endpoints = prepared.endpoints();
+    let hashes = prepared.hashes();
     let want = endpoints.get(target)?;
-    let mine = super::hash::endpoint_hash(want);
-    let others: Vec<(u64, &SocketAddr)> = endpoints
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != target)
-        .map(|(_, ep)| (super::hash::endpoint_hash(ep), ep))
-        .collect();
+    let mine = hashes[target];
     for _ in 0..64 * endpoints.len() {
         let key = draw();
         let score = super::hash::score(key, mine);
-        let beaten = others.iter().any(|(h, ep)| {
-            let s = super::hash::score(key, *h);
-            s > score || s == score && *ep < want
-        });
+        let beaten = hashes
+            .iter()
+            .zip(endpoints)
+            .enumerate()
+            .any(|(i, (h, ep))| {
+                let s = super::hash::score(key, *h);
+                i != target && (s > score || s == score && ep < want)
+            });
         if !beaten {
             return Some(key);
         }

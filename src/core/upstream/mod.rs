@@ -17,7 +17,7 @@ use crate::core::snapshot::Snapshot;
 use crate::core::time::Instant;
 
 use balance::{EndpointStats, Rng};
-use hash::{KeySource, rendezvous_where, subset};
+use hash::{KeySource, Prepared};
 use health::{OutlierConfig, Outliers};
 
 /// Round-robin over each backend's endpoints, one cursor per backend.
@@ -36,6 +36,26 @@ pub struct Picker {
     /// Where every cursor starts: workers use their index, so N workers spread their first
     /// requests over N endpoints instead of all starting on the first.
     offset: u32,
+    /// Hashing (`upstream-hash-by`): per backend id, its endpoints prepared once
+    /// ([`Prepared`]), kept across snapshots while the backend's endpoints stay the same.
+    prepared: Vec<Option<Box<Prepared>>>,
+}
+
+/// The prepared endpoints of backend `id` (made now if missing or made for other endpoints).
+fn prepared<'p>(
+    cache: &'p mut Vec<Option<Box<Prepared>>>,
+    id: BackendId,
+    endpoints: &[SocketAddr],
+) -> &'p Prepared {
+    let i = id.0 as usize;
+    if i >= cache.len() {
+        cache.resize_with(i + 1, || None);
+    }
+    let slot = &mut cache[i];
+    if !slot.as_mut().is_some_and(|p| p.check(endpoints)) {
+        *slot = Some(Box::new(Prepared::new(endpoints)));
+    }
+    slot.get_or_insert_with(|| Box::new(Prepared::new(endpoints)))
 }
 
 impl Picker {
@@ -52,6 +72,7 @@ impl Picker {
             outliers: Outliers::default(),
             wall: None,
             rng: Some(Rng::new(u64::from(offset))),
+            prepared: Vec::new(),
         }
     }
 
@@ -69,6 +90,18 @@ impl Picker {
     pub fn reset_for(&mut self, snapshot: &Snapshot) {
         self.stats.retain(|ep| snapshot.has_endpoint(ep));
         self.outliers.retain(|ep| snapshot.has_endpoint(ep));
+        // Prepared hashing stays for the backends whose endpoints did not change.
+        for (i, slot) in self.prepared.iter_mut().enumerate() {
+            let same = slot.as_mut().is_some_and(|p| {
+                snapshot
+                    .backend(BackendId(i as u32))
+                    .is_some_and(|b| p.rebind(&b.endpoints))
+            });
+            if !same {
+                *slot = None;
+            }
+        }
+        self.prepared.truncate(snapshot.backends.len());
     }
 
     /// An endpoint of `backend` chosen by `balance` for the request `req`.
@@ -92,11 +125,18 @@ impl Picker {
             Balance::RoundRobin => None,
             Balance::LeastRequest => self.stats.least_request(endpoints, rng),
             Balance::Ewma => self.stats.ewma(endpoints, rng, now),
-            Balance::Hash(key) => rendezvous_where(key.hash(req), endpoints, usable),
+            Balance::Hash(key) => {
+                let p = prepared(&mut self.prepared, backend, endpoints);
+                match filter {
+                    false => p.rendezvous(key.hash(req)),
+                    true => p.rendezvous_where(key.hash(req), |i| usable(&endpoints[i])),
+                }
+            }
             Balance::HashSubset(key, size) => {
                 // A random endpoint of the key's group; an ejected one gives way to the
                 // next usable one of the group.
-                subset(key.hash(req), endpoints, *size as usize).and_then(|group| {
+                let p = prepared(&mut self.prepared, backend, endpoints);
+                p.subset(key.hash(req), *size as usize).and_then(|group| {
                     let n = group.len();
                     let first = rng.below(n);
                     (0..n)
@@ -149,7 +189,7 @@ impl Picker {
     /// choice of the key among the usable endpoints (an ejected one's sessions go to their
     /// next choice meanwhile, with the same cookie).
     pub fn pinned(
-        &self,
+        &mut self,
         snapshot: &Snapshot,
         backend: BackendId,
         mode: affinity::Mode,
@@ -165,7 +205,9 @@ impl Picker {
                 usable(&endpoint).then_some(endpoint)
             }
             affinity::Mode::Balanced => {
-                rendezvous_where(id, endpoints, usable).map(|i| endpoints[i])
+                let p = prepared(&mut self.prepared, backend, endpoints);
+                p.rendezvous_where(id, |i| usable(&endpoints[i]))
+                    .map(|i| endpoints[i])
             }
         }
     }
@@ -190,7 +232,8 @@ impl Picker {
         let rng = self
             .rng
             .get_or_insert_with(|| Rng::new(u64::from(self.offset)));
-        affinity::session_key(endpoints, target, || rng.next_u64())
+        let p = prepared(&mut self.prepared, backend, endpoints);
+        affinity::session_key(p, target, || rng.next_u64())
     }
 
     /// The next endpoint of `backend`, or `None` when it has none (or is unknown).
