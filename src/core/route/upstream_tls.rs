@@ -410,4 +410,61 @@ mod tests {
         assert!(Protocols::parse("").is_err());
         assert!(Protocols::parse("TLSv1.2;").is_err());
     }
+
+    /// A CA, an intermediate signed by it and a leaf for `backend.test` signed by the
+    /// intermediate: (CA DER, leaf DER, intermediate DER).
+    fn chain() -> (
+        CertificateDer<'static>,
+        CertificateDer<'static>,
+        CertificateDer<'static>,
+    ) {
+        let ca_params = {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.distinguished_name.push(rcgen::DnType::CommonName, "root");
+            p
+        };
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let mut mid_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        mid_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        mid_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "intermediate");
+        let mid =
+            rcgen::CertifiedIssuer::signed_by(mid_params, rcgen::KeyPair::generate().unwrap(), &ca)
+                .unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["backend.test".to_string()])
+            .unwrap()
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &mid)
+            .unwrap();
+        (ca.der().clone(), leaf.der().clone(), mid.der().clone())
+    }
+
+    #[test]
+    fn verify_depth_counts_the_presented_chain() {
+        let (ca, leaf, mid) = chain();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        let name = ServerName::try_from("backend.test").unwrap();
+        let now = UnixTime::now();
+        let verify = |max: Option<u32>, name: &ServerName<'_>| {
+            Depth {
+                inner: webpki.clone(),
+                max,
+            }
+            .verify_server_cert(&leaf, std::slice::from_ref(&mid), name, &[], now)
+            .is_ok()
+        };
+        assert!(verify(None, &name));
+        assert!(verify(Some(2), &name));
+        assert!(!verify(Some(1), &name));
+        // The name counts too.
+        assert!(!verify(None, &ServerName::try_from("other.test").unwrap()));
+    }
 }

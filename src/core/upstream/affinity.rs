@@ -66,13 +66,14 @@ pub fn session_key(
     let mine = hashes[target];
     for _ in 0..64 * endpoints.len() {
         let key = draw();
-        let score = super::hash::score(key, mine);
+        let k = super::hash::spread(key);
+        let score = super::hash::score(k, mine);
         let beaten = hashes
             .iter()
             .zip(endpoints)
             .enumerate()
             .any(|(i, (h, ep))| {
-                let s = super::hash::score(key, *h);
+                let s = super::hash::score(k, *h);
                 i != target && (s > score || s == score && ep < want)
             });
         if !beaten {

@@ -1,12 +1,12 @@
 //! Consistent hashing for `upstream-hash-by`: rendezvous (highest-random-weight) hashing of
 //! a route's key ([`crate::core::route::key`]) over a backend's endpoints.
 //!
-//! Deterministic by construction: FNV-1a and a fixed mixer, no per-process seed, so every
+//! Deterministic by construction: FNV-1a and fixed mixers, no per-process seed, so every
 //! worker and every Sluice replica sends the same key to the same endpoint for the same
 //! endpoint set, whatever order the endpoints are listed in. Adding one endpoint to N moves
 //! only the keys the new one wins (about 1/(N+1) of them); removing one moves only its own.
-//! A pick costs one hash of the key plus one mix per endpoint, and allocates nothing: the
-//! endpoints' own hashes are computed once per endpoint set ([`Prepared`], kept by each
+//! A pick costs one hash of the key plus one multiply per endpoint, and allocates nothing:
+//! the endpoints' own hashes are computed once per endpoint set ([`Prepared`], kept by each
 //! worker's picker until the backend's endpoints change), not on every pick.
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,11 +14,25 @@ use std::net::{IpAddr, SocketAddr};
 use crate::core::route::key::Fnv;
 pub use crate::core::route::key::{HashKey, KeySource, Part};
 
-/// splitmix64's finaliser: spreads a combined hash over all 64 bits.
+/// splitmix64's finaliser: spreads a hash over all 64 bits (FNV-1a's low bits are weak).
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// A key as scores use it: mixed once per pick, not once per endpoint.
+pub fn spread(key: u64) -> u64 {
+    mix(key)
+}
+
+/// The rendezvous score of an endpoint (its [`endpoint_hash`]) for a [`spread`] key: one
+/// 64×64→128-bit multiply with the halves folded (as foldhash and wyhash mix), the cheapest
+/// step that still makes every endpoint's score depend on every bit of both.
+#[inline]
+pub fn score(spread_key: u64, endpoint_hash: u64) -> u64 {
+    let p = u128::from(spread_key ^ endpoint_hash) * u128::from(0x9e37_79b9_7f4a_7c15_u64);
+    (p as u64) ^ ((p >> 64) as u64)
 }
 
 /// The hash of an endpoint's address and port (its identity on every replica).
@@ -29,12 +43,33 @@ pub fn endpoint_hash(endpoint: &SocketAddr) -> u64 {
         IpAddr::V6(v6) => h.write(&v6.octets()),
     }
     h.write(&endpoint.port().to_be_bytes());
-    h.finish()
+    mix(h.finish())
 }
 
-/// The rendezvous score of an endpoint (its [`endpoint_hash`]) for `key`.
-pub fn score(key: u64, endpoint_hash: u64) -> u64 {
-    mix(key ^ endpoint_hash)
+/// The index of the highest score among the endpoints `keep` accepts (ties, at 2^-64, to
+/// the lower address, so that the order they are listed in does not matter).
+#[inline]
+fn highest(
+    key: u64,
+    hashes: impl Iterator<Item = u64>,
+    endpoints: &[SocketAddr],
+    keep: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let k = spread(key);
+    let mut best = usize::MAX;
+    let mut best_score = 0;
+    for (i, h) in hashes.enumerate() {
+        if !keep(i) {
+            continue;
+        }
+        let s = score(k, h);
+        if best == usize::MAX || s > best_score || s == best_score && endpoints[i] < endpoints[best]
+        {
+            best = i;
+            best_score = s;
+        }
+    }
+    (best != usize::MAX).then_some(best)
 }
 
 /// Rendezvous hashing: the index of the endpoint with the highest score for `key` (ties to
@@ -43,26 +78,46 @@ pub fn rendezvous(key: u64, endpoints: &[SocketAddr]) -> Option<usize> {
     rendezvous_where(key, endpoints, |_| true)
 }
 
+/// [`rendezvous`] over the endpoints `keep` accepts (outlier ejection): the keys of a left-out
+/// endpoint go to their second choice, the others stay where they are.
+pub fn rendezvous_where(
+    key: u64,
+    endpoints: &[SocketAddr],
+    keep: impl Fn(&SocketAddr) -> bool,
+) -> Option<usize> {
+    highest(key, endpoints.iter().map(endpoint_hash), endpoints, |i| {
+        keep(&endpoints[i])
+    })
+}
+
 /// `upstream-hash-by-subset`: the endpoints (sorted, as snapshots hold them) in groups of
 /// `size`, the last one possibly smaller; the group whose first endpoint scores highest for
 /// `key` (rendezvous over groups). Every worker and replica picks the same group for the
 /// same key and endpoint set. `None` when there are no endpoints.
 pub fn subset(key: u64, endpoints: &[SocketAddr], size: usize) -> Option<std::ops::Range<usize>> {
     let size = size.max(1);
-    let groups = endpoints.len().div_ceil(size);
-    let best = (0..groups).max_by_key(|g| mix(key ^ endpoint_hash(&endpoints[g * size])))?;
+    let firsts: Vec<SocketAddr> = endpoints.iter().step_by(size).copied().collect();
+    let best = rendezvous(key, &firsts)?;
     let start = best * size;
     Some(start..(start + size).min(endpoints.len()))
 }
 
-/// A backend's endpoints prepared for hashing: each endpoint's [`endpoint_hash`], computed
-/// once per endpoint set. Picks with it choose exactly what [`rendezvous_where`] and
-/// [`subset`] choose, at the cost of one mix per endpoint.
+/// A backend's endpoints prepared for hashing and cookie affinity: each endpoint's
+/// [`endpoint_hash`] and affinity id, computed once per endpoint set. Picks with it choose
+/// exactly what [`rendezvous_where`], [`subset`] and `affinity::find` choose, at the cost of
+/// one multiply per endpoint (one comparison for an id).
 #[derive(Clone, Debug, Default)]
 pub struct Prepared {
     /// The endpoint set it was made for (a picker keeps it while the set is the same).
     endpoints: Vec<SocketAddr>,
     hashes: Vec<u64>,
+    /// `persistent` affinity ids (`affinity::endpoint_id`).
+    ids: Vec<u64>,
+    /// The first endpoint of each group of `subset_size` (`upstream-hash-by-subset`): their
+    /// hashes, for the size they were taken for.
+    subset_size: usize,
+    subset_hashes: Vec<u64>,
+    subset_firsts: Vec<SocketAddr>,
     /// Where the slice it was last checked against lives (address, length): the same slice
     /// of the same snapshot is not compared again on every pick.
     seen: (usize, usize),
@@ -73,6 +128,10 @@ impl Prepared {
         Prepared {
             endpoints: endpoints.to_vec(),
             hashes: endpoints.iter().map(endpoint_hash).collect(),
+            ids: endpoints.iter().map(super::affinity::endpoint_id).collect(),
+            subset_size: 0,
+            subset_hashes: Vec::new(),
+            subset_firsts: Vec::new(),
             seen: (endpoints.as_ptr() as usize, endpoints.len()),
         }
     }
@@ -112,69 +171,37 @@ impl Prepared {
 
     /// [`rendezvous`]: the index of `key`'s endpoint, `None` when there are none.
     pub fn rendezvous(&self, key: u64) -> Option<usize> {
-        // Scores are compared as (score, endpoint) so that a tie (2^-64) still resolves the
-        // same way on every worker; the address is only looked at on a tie.
-        let mut best: Option<(u64, usize)> = None;
-        for (i, h) in self.hashes.iter().enumerate() {
-            let s = mix(key ^ h);
-            match best {
-                Some((b, j)) if s < b || s == b && self.endpoints[i] > self.endpoints[j] => {}
-                _ => best = Some((s, i)),
-            }
-        }
-        best.map(|(_, i)| i)
+        highest(key, self.hashes.iter().copied(), &self.endpoints, |_| true)
     }
 
     /// [`rendezvous_where`]: only the endpoints `keep` accepts (by index).
     pub fn rendezvous_where(&self, key: u64, keep: impl Fn(usize) -> bool) -> Option<usize> {
-        let mut best: Option<(u64, usize)> = None;
-        for (i, h) in self.hashes.iter().enumerate() {
-            if !keep(i) {
-                continue;
-            }
-            let s = mix(key ^ h);
-            match best {
-                Some((b, j)) if s < b || s == b && self.endpoints[i] > self.endpoints[j] => {}
-                _ => best = Some((s, i)),
-            }
-        }
-        best.map(|(_, i)| i)
+        highest(key, self.hashes.iter().copied(), &self.endpoints, keep)
     }
 
-    /// [`subset`]: the group of `size` endpoints for `key`.
-    pub fn subset(&self, key: u64, size: usize) -> Option<std::ops::Range<usize>> {
+    /// [`subset`]: the group of `size` endpoints for `key` (the groups' first endpoints are
+    /// gathered once per size).
+    pub fn subset(&mut self, key: u64, size: usize) -> Option<std::ops::Range<usize>> {
         let size = size.max(1);
-        let n = self.hashes.len();
-        let groups = n.div_ceil(size);
-        let best = (0..groups).max_by_key(|g| mix(key ^ self.hashes[g * size]))?;
+        if self.subset_size != size {
+            self.subset_size = size;
+            self.subset_firsts = self.endpoints.iter().step_by(size).copied().collect();
+            self.subset_hashes = self.hashes.iter().step_by(size).copied().collect();
+        }
+        let best = highest(
+            key,
+            self.subset_hashes.iter().copied(),
+            &self.subset_firsts,
+            |_| true,
+        )?;
         let start = best * size;
-        Some(start..(start + size).min(n))
+        Some(start..(start + size).min(self.endpoints.len()))
     }
-}
 
-/// [`rendezvous`] over the endpoints `keep` accepts (outlier ejection): the keys of a left-out
-/// endpoint go to their second choice, the others stay where they are.
-pub fn rendezvous_where(
-    key: u64,
-    endpoints: &[SocketAddr],
-    keep: impl Fn(&SocketAddr) -> bool,
-) -> Option<usize> {
-    // One score per endpoint (not one per comparison).
-    let mut best: Option<(u64, usize)> = None;
-    for (i, ep) in endpoints.iter().enumerate() {
-        if !keep(ep) {
-            continue;
-        }
-        let score = mix(key ^ endpoint_hash(ep));
-        let wins = match best {
-            None => true,
-            Some((s, b)) => score > s || score == s && *ep < endpoints[b],
-        };
-        if wins {
-            best = Some((score, i));
-        }
+    /// `affinity::find`: the endpoint whose `persistent` affinity id is `id`.
+    pub fn find_id(&self, id: u64) -> Option<usize> {
+        self.ids.iter().position(|x| *x == id)
     }
-    best.map(|(_, i)| i)
 }
 
 #[cfg(test)]
@@ -188,13 +215,36 @@ mod tests {
             .collect();
         let mut seen = std::collections::BTreeSet::new();
         for key in 0..200u64 {
-            let g = subset(mix(key), &eps, 3).unwrap();
+            let g = subset(key, &eps, 3).unwrap();
             assert!([0..3, 3..6, 6..7].contains(&g), "{g:?}");
-            // Deterministic.
-            assert_eq!(subset(mix(key), &eps, 3), Some(g.clone()));
+            // Deterministic, and the same as prepared.
+            assert_eq!(subset(key, &eps, 3), Some(g.clone()));
+            assert_eq!(Prepared::new(&eps).subset(key, 3), Some(g.clone()));
             seen.insert(g.start);
         }
         assert_eq!(seen.len(), 3);
         assert_eq!(subset(1, &[], 3), None);
+    }
+
+    /// Keys as real ones are made (FNV-1a of client addresses, consecutive) spread evenly.
+    #[test]
+    fn keys_spread_evenly() {
+        for n in [3usize, 10, 37] {
+            let eps: Vec<SocketAddr> = (0..n)
+                .map(|i| SocketAddr::from(([10, 1, 0, i as u8 + 1], 8080)))
+                .collect();
+            let p = Prepared::new(&eps);
+            let mut counts = vec![0usize; n];
+            let keys = 20_000 * n;
+            for i in 0..keys {
+                let mut h = Fnv::new();
+                h.write(format!("192.168.{}.{}", i / 256, i % 256).as_bytes());
+                counts[p.rendezvous(h.finish()).unwrap()] += 1;
+            }
+            for c in counts {
+                let share = c as f64 / 20_000.0;
+                assert!((0.95..1.05).contains(&share), "n={n}: {share}");
+            }
+        }
     }
 }

@@ -46,7 +46,7 @@ fn prepared<'p>(
     cache: &'p mut Vec<Option<Box<Prepared>>>,
     id: BackendId,
     endpoints: &[SocketAddr],
-) -> &'p Prepared {
+) -> &'p mut Prepared {
     let i = id.0 as usize;
     if i >= cache.len() {
         cache.resize_with(i + 1, || None);
@@ -201,7 +201,8 @@ impl Picker {
         let usable = |ep: &SocketAddr| !filter || !self.outliers.is_ejected(ep, now);
         match mode {
             affinity::Mode::Persistent => {
-                let endpoint = endpoints[affinity::find(endpoints, id)?];
+                let p = prepared(&mut self.prepared, backend, endpoints);
+                let endpoint = endpoints[p.find_id(id)?];
                 usable(&endpoint).then_some(endpoint)
             }
             affinity::Mode::Balanced => {
