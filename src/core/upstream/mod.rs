@@ -207,8 +207,11 @@ impl Picker {
             }
             affinity::Mode::Balanced => {
                 let p = prepared(&mut self.prepared, backend, endpoints);
-                p.rendezvous_where(id, |i| usable(&endpoints[i]))
-                    .map(|i| endpoints[i])
+                let i = match filter {
+                    false => p.rendezvous(id),
+                    true => p.rendezvous_where(id, |i| usable(&endpoints[i])),
+                };
+                i.map(|i| endpoints[i])
             }
         }
     }
