@@ -1,7 +1,7 @@
 //! Cost of one pick for each load-balancing picker over a backend of 10 and of 100
 //! endpoints: round robin, least_request and ewma (P2C), upstream-hash-by (rendezvous over
-//! `$remote_addr`), an affinity cookie lookup, and a retry's re-pick. Goal: < 100 ns for
-//! the common sizes. Also round robin while one endpoint is ejected (outlier ejection).
+//! `$remote_addr`), affinity cookie lookups (`persistent`, `balanced`, and drawing a new
+//! `balanced` session key), and a retry's re-pick. Goal: < 100 ns for the common sizes. Also round robin while one endpoint is ejected (outlier ejection).
 
 use std::hint::black_box;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::core::route::{Backend, BackendId, RouteTableBuilder};
 use sluice::core::snapshot::Snapshot;
 use sluice::core::time::Instant;
-use sluice::core::upstream::affinity::endpoint_id;
+use sluice::core::upstream::affinity::{Mode, endpoint_id};
 use sluice::core::upstream::hash::{HashKey, KeySource};
 use sluice::core::upstream::{Balance, Picker};
 
@@ -79,7 +79,17 @@ fn bench_pickers(c: &mut Criterion) {
         let last = *s.backend(b).unwrap().endpoints.last().unwrap();
         let id = endpoint_id(&last);
         group.bench_function("affinity_cookie_worst_case", |bench| {
-            bench.iter(|| black_box(picker.pinned(&s, b, black_box(id), now)))
+            bench.iter(|| black_box(picker.pinned(&s, b, Mode::Persistent, black_box(id), now)))
+        });
+        let key = picker
+            .affinity_value(&s, b, Mode::Balanced, last)
+            .expect("a session key");
+        group.bench_function("affinity_balanced_cookie", |bench| {
+            bench.iter(|| black_box(picker.pinned(&s, b, Mode::Balanced, black_box(key), now)))
+        });
+        // A new balanced session: drawing a key that lands on the chosen endpoint.
+        group.bench_function("affinity_balanced_new_session", |bench| {
+            bench.iter(|| black_box(picker.affinity_value(&s, b, Mode::Balanced, black_box(last))))
         });
         let tried = [s.backend(b).unwrap().endpoints[0]];
         group.bench_function("retry_pick_other", |bench| {

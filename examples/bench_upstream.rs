@@ -14,6 +14,8 @@
 //! ```
 //! `--shape memory|split|chunked`; with `--pause-us 0` the pause is one turn of the event loop
 //! (the two writes are still two system calls and, with TCP_NODELAY, two segments).
+//! `--delay-ms N` waits N ms after each request head before answering: a slow pod (for
+//! `bench/slow_endpoint.py`; other requests on other connections are served meanwhile).
 
 use std::io;
 use std::net::SocketAddr;
@@ -36,6 +38,8 @@ enum Shape {
 struct Answer {
     shape: Shape,
     pause: Duration,
+    /// Before each answer (`--delay-ms`).
+    delay: Duration,
     /// Writes for a keep-alive answer, and for one that closes the connection.
     keep: Vec<Vec<u8>>,
     close: Vec<Vec<u8>>,
@@ -65,12 +69,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(SocketAddr, Ans
     let mut shape = Shape::Memory;
     let mut body = 1024usize;
     let mut pause_us = 0u64;
+    let mut delay_ms = 0u64;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--listen" => listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
             "--body" => body = value()?.parse().map_err(|e| format!("--body: {e}"))?,
             "--pause-us" => pause_us = value()?.parse().map_err(|e| format!("--pause-us: {e}"))?,
+            "--delay-ms" => delay_ms = value()?.parse().map_err(|e| format!("--delay-ms: {e}"))?,
             "--shape" => {
                 shape = match value()?.as_str() {
                     "memory" => Shape::Memory,
@@ -85,6 +91,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(SocketAddr, Ans
     let answer = Answer {
         shape,
         pause: Duration::from_micros(pause_us),
+        delay: Duration::from_millis(delay_ms),
         keep: writes(shape, body, false),
         close: writes(shape, body, true),
     };
@@ -188,6 +195,9 @@ async fn connection(stream: TcpStream, answer: &Answer) -> io::Result<()> {
             buf.copy_within(take..have, 0);
             have -= take;
             skip -= take;
+        }
+        if !answer.delay.is_zero() {
+            tokio::time::sleep(answer.delay).await;
         }
         let writes = if close { &answer.close } else { &answer.keep };
         for (i, w) in writes.iter().enumerate() {

@@ -282,3 +282,85 @@ fn removing_the_pinned_pod_repins_with_a_new_cookie() {
         assert_eq!(next.set_cookie, None);
     }
 }
+
+/// ingress-nginx's `affinity-mode`: on scale-up, `balanced` hands the new pods a share of
+/// the existing sessions (with the same cookie), `persistent` keeps every session where it is.
+#[test]
+fn scaling_up_rebalances_balanced_sessions_and_keeps_persistent_ones() {
+    let pods = Pods::start(4);
+    let ings = [
+        ingress(
+            "balanced",
+            "balanced.test",
+            "/",
+            "nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/affinity-mode: balanced",
+        ),
+        ingress(
+            "persistent",
+            "persistent.test",
+            "/",
+            "nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/affinity-mode: persistent",
+        ),
+    ]
+    .concat();
+    // Affinity belongs to the backend: each mode gets a Service of its own, over the same pods.
+    let yaml = |pod_set: &[usize]| {
+        let mut yaml = String::new();
+        for name in ["balanced", "persistent"] {
+            let doc = ingress_doc(&ings, name).replace("name: app,", &format!("name: app-{name},"));
+            let service = pods
+                .manifests("", pod_set)
+                .replace("app", &format!("app-{name}"));
+            yaml.push_str(&format!("{doc}{service}---\n"));
+        }
+        yaml
+    };
+    let s = binary::start("aff-scale", &[("app.yaml", &yaml(&[1, 2]))], "", 2);
+    // 40 sessions per host on pods 1 and 2: (cookie field, pod).
+    let mut sessions = Vec::new();
+    for host in ["balanced.test", "persistent.test"] {
+        for _ in 0..40 {
+            let a = get(&s, host, "/", "");
+            assert!(a.body == "pod-1" || a.body == "pod-2", "{}", a.body);
+            let cookie = format!("Cookie: {}\r\n", pair(&a.set_cookie.unwrap()));
+            sessions.push((host, cookie, a.body));
+        }
+    }
+    // Scale up to four pods; wait until new sessions reach the new ones.
+    let file = std::env::temp_dir()
+        .join(format!("sluice-e2e-{}-aff-scale", std::process::id()))
+        .join("manifests/app.yaml");
+    std::fs::write(&file, yaml(&[1, 2, 3, 4])).unwrap();
+    let mut reached = false;
+    for _ in 0..200 {
+        let b = get(&s, "persistent.test", "/", "").body;
+        if b == "pod-3" || b == "pod-4" {
+            reached = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(reached, "the new pods never got a request");
+    let mut moved = 0;
+    for (host, cookie, before) in &sessions {
+        let now = get(&s, host, "/", cookie);
+        if *host == "persistent.test" {
+            assert_eq!(&now.body, before, "a persistent session moved");
+            assert_eq!(now.set_cookie, None);
+            continue;
+        }
+        // Balanced: a session stays, or moves to a new pod, keeping its cookie.
+        assert_eq!(now.set_cookie, None, "{host}");
+        if &now.body != before {
+            assert!(now.body == "pod-3" || now.body == "pod-4", "{}", now.body);
+            moved += 1;
+            // And stays there.
+            assert_eq!(get(&s, host, "/", cookie).body, now.body);
+        }
+    }
+    // About half of the 40 (the new pods' share); far from none and from all.
+    assert!(
+        (6..=34).contains(&moved),
+        "{moved} of 40 balanced sessions moved"
+    );
+}

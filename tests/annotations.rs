@@ -476,13 +476,20 @@ fn affinity_annotations_compile_into_the_route() {
 }
 
 #[test]
-fn backend_protocols_other_than_http_are_refused_with_a_reason() {
-    let mut docs = vec![ingress(
-        "http",
-        "http.example",
-        r#"nginx.ingress.kubernetes.io/backend-protocol: HTTP"#,
-    )];
-    for (i, proto) in ["HTTPS", "GRPC", "GRPCS", "H2C", "AJP", "FCGI", "SPDY"]
+fn backend_protocols_other_than_http_and_https_are_refused_with_a_reason() {
+    let mut docs = vec![
+        ingress(
+            "http",
+            "http.example",
+            r#"nginx.ingress.kubernetes.io/backend-protocol: HTTP"#,
+        ),
+        ingress(
+            "https",
+            "https.example",
+            r#"nginx.ingress.kubernetes.io/backend-protocol: HTTPS"#,
+        ),
+    ];
+    for (i, proto) in ["GRPC", "GRPCS", "H2C", "AJP", "FCGI", "SPDY"]
         .iter()
         .enumerate()
     {
@@ -494,8 +501,10 @@ fn backend_protocols_other_than_http_are_refused_with_a_reason() {
     }
     let c = compile_docs(&docs);
     assert!(diagnostic_for(&c, "Ingress default/http").is_empty());
+    assert!(diagnostic_for(&c, "Ingress default/https").is_empty());
+    let https = policy(&c.snapshot, "https.example").expect("a policy");
+    assert!(https.upstream_tls.is_some());
     for (i, why) in [
-        "HTTPS to pods",
         "need HTTP/2",
         "need HTTP/2",
         "need HTTP/2",

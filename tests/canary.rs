@@ -115,7 +115,7 @@ impl Context for Cx<'_> {
             .backend(b)
             .is_some_and(|b| !b.endpoints.is_empty())
     }
-    fn pinned(&self, b: BackendId, _: &Affinity) -> bool {
+    fn pinned(&mut self, b: BackendId, _: &Affinity) -> bool {
         let name = &self.snapshot.backend(b).unwrap().name;
         self.pinned.iter().any(|p| name.contains(p))
     }

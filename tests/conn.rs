@@ -191,6 +191,7 @@ fn connect_action(fresh: bool) -> Action {
     Action::Connect {
         endpoint: UPSTREAM.parse().unwrap(),
         fresh,
+        tls: None,
     }
 }
 

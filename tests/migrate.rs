@@ -236,9 +236,9 @@ const EXPECTED: &[(&str, bool, Fates)] = &[
     ("shop/grpc", true, &[("backend-protocol", "differs")]),
     (
         "shop/https-backend",
-        true,
+        false,
         &[
-            ("backend-protocol", "differs"),
+            ("backend-protocol", "supported"),
             ("proxy-ssl-verify", "supported"),
         ],
     ),

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use sluice::core::time::Instant;
+use sluice::core::upstream::affinity::{self, Mode};
 use sluice::core::upstream::balance::{EndpointStats, Rng};
-use sluice::core::upstream::hash::{HashKey, KeySource, Part, rendezvous};
+use sluice::core::upstream::hash::{
+    HashKey, KeySource, Part, Prepared, rendezvous, rendezvous_where, subset,
+};
 
 fn endpoints(n: usize) -> Vec<SocketAddr> {
     (0..n)
@@ -133,6 +136,23 @@ proptest! {
         prop_assert!((moved as f64) >= expected - 5.0 * sd, "moved {} of {}, expected ~{}", moved, keys, expected);
     }
 
+    /// The picker's prepared endpoints (hashes computed once per endpoint set) choose exactly
+    /// what plain rendezvous hashing and subsets choose, with or without left-out endpoints.
+    #[test]
+    fn prepared_hashing_picks_what_rendezvous_picks(key in any::<u64>(), n in 1usize..60, mask in any::<u64>(), size in 1usize..6) {
+        let eps = endpoints(n);
+        let mut p = Prepared::new(&eps);
+        prop_assert!(p.check(&eps));
+        prop_assert_eq!(p.rendezvous(key), rendezvous(key, &eps));
+        let keep = |i: usize| mask >> (i % 64) & 1 == 1;
+        prop_assert_eq!(
+            p.rendezvous_where(key, keep),
+            rendezvous_where(key, &eps, |ep| keep(eps.iter().position(|e| e == ep).unwrap()))
+        );
+        prop_assert_eq!(p.subset(key, size), subset(key, &eps, size));
+        prop_assert!(!p.check(&eps[..n - 1]));
+    }
+
     /// P2C least-request never picks the busier of its two draws: with one busiest endpoint
     /// and any idler one, the busiest is never chosen; never out of range.
     #[test]
@@ -200,4 +220,79 @@ fn ewma_avoids_the_slow_endpoint_and_forgets_in_time() {
     stats.retain(|ep| *ep != eps[0]);
     assert_eq!(stats.cost(&eps[0], now), 0.0);
     assert_eq!(stats.len(), 2);
+}
+
+/// Where the cookie value `id` pins, for `mode`, over `eps` (no ejection).
+fn pinned_by(mode: Mode, id: u64, eps: &[SocketAddr]) -> Option<SocketAddr> {
+    match mode {
+        Mode::Persistent => affinity::find(eps, id).map(|i| eps[i]),
+        Mode::Balanced => rendezvous(id, eps).map(|i| eps[i]),
+    }
+}
+
+/// Sessions spread over `eps` as the balancer would (round robin), one cookie value each.
+fn sessions(mode: Mode, eps: &[SocketAddr], n: usize, seed: u64) -> Vec<(u64, SocketAddr)> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|s| {
+            let target = s % eps.len();
+            let id = match mode {
+                Mode::Persistent => affinity::endpoint_id(&eps[target]),
+                Mode::Balanced => {
+                    affinity::session_key(&Prepared::new(eps), target, || rng.next_u64())
+                        .expect("a key")
+                }
+            };
+            (id, eps[target])
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// `affinity-mode`: a new session's cookie lands on the chosen endpoint in both modes;
+    /// removing an endpoint moves only its sessions; adding endpoints moves none in
+    /// `persistent` and about added/total of them in `balanced` (the new pods' share).
+    #[test]
+    fn affinity_modes_move_sessions_as_ingress_nginx_describes(n in 2usize..12, seed: u64) {
+        let eps = endpoints(n);
+        for mode in [Mode::Persistent, Mode::Balanced] {
+            let all = sessions(mode, &eps, 600, seed);
+            for (id, ep) in &all {
+                prop_assert_eq!(pinned_by(mode, *id, &eps), Some(*ep));
+            }
+            // One endpoint leaves: exactly its sessions move.
+            let gone = eps[seed as usize % n];
+            let rest: Vec<SocketAddr> = eps.iter().copied().filter(|e| *e != gone).collect();
+            for (id, ep) in &all {
+                let now = pinned_by(mode, *id, &rest);
+                if *ep == gone {
+                    prop_assert_ne!(now, Some(gone));
+                } else {
+                    prop_assert_eq!(now, Some(*ep));
+                }
+            }
+            // Scale up by half (at least one).
+            let added = (n / 2).max(1);
+            let grown = endpoints(n + added);
+            let moved = all
+                .iter()
+                .filter(|(id, ep)| pinned_by(mode, *id, &grown) != Some(*ep))
+                .count();
+            match mode {
+                Mode::Persistent => prop_assert_eq!(moved, 0),
+                Mode::Balanced => {
+                    // Every moved session went to a new endpoint.
+                    for (id, ep) in &all {
+                        let to = pinned_by(mode, *id, &grown).unwrap();
+                        prop_assert!(to == *ep || !eps.contains(&to));
+                    }
+                    let share = added as f64 / (n + added) as f64;
+                    let got = moved as f64 / all.len() as f64;
+                    prop_assert!((got - share).abs() < 0.1, "moved {got}, share {share}");
+                }
+            }
+        }
+    }
 }

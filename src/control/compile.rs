@@ -514,6 +514,13 @@ impl<'a> Pass<'a> {
                 &mut c.diagnostics,
             );
             let policy = c.error_backend(policy, ns, &object, opts);
+            let policy = super::annotations::with_upstream_tls(
+                policy,
+                ing,
+                &object,
+                &objects.secrets,
+                &mut c.diagnostics,
+            );
             let ingress: Arc<str> = format!("{ns}/{}", meta_name(&ing.metadata).1).into();
             let added_by = AddedBy {
                 tag,

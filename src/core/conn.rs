@@ -47,6 +47,7 @@ use crate::core::route::headers::HeaderSet;
 pub use crate::core::route::mirror::MirrorCall;
 use crate::core::route::rate_limit::ConnTicket;
 use crate::core::route::request_policy::{RequestView, Verdict};
+use crate::core::route::upstream_tls::UpstreamTls;
 use crate::core::route::{BackendId, RouteDecision, RoutePolicy, Router};
 use crate::core::time::Instant;
 use crate::core::upstream::affinity;
@@ -335,7 +336,14 @@ pub enum Action {
     /// Get an upstream connection to `endpoint` and report back with
     /// [`Conn::upstream_connected`] or [`Conn::upstream_connect_failed`]. With `fresh`, the
     /// connection must be new (not from the keep-alive pool): a pooled one just failed.
-    Connect { endpoint: SocketAddr, fresh: bool },
+    /// With `tls` (`backend-protocol: HTTPS`), it speaks TLS with that config, for the name
+    /// [`Conn::upstream_tls_host`] gives, and is reported connected once the handshake is
+    /// done; a pooled one must have been made with the same config and name.
+    Connect {
+        endpoint: SocketAddr,
+        fresh: bool,
+        tls: Option<Arc<UpstreamTls>>,
+    },
     /// The machine is done with its upstream connection: back to the pool when `reusable`,
     /// otherwise close it.
     ReleaseUpstream { reusable: bool },
@@ -662,6 +670,9 @@ pub struct Conn {
     replayable: bool,
     /// The last exchange's box, reused by the next request (one allocation fewer each).
     spare_exchange: Option<Box<Exchange>>,
+    /// The `Host` sent upstream by the current request, kept only on routes with upstream
+    /// TLS (the name their connections are made for); reused from request to request.
+    upstream_host: String,
     actions: VecDeque<Action>,
     last_activity: Instant,
     client_eof: bool,
@@ -757,6 +768,7 @@ impl Conn {
             replay: Vec::new(),
             replayable: false,
             spare_exchange: None,
+            upstream_host: String::new(),
             actions: VecDeque::new(),
             last_activity: now,
             client_eof: false,
@@ -1704,7 +1716,8 @@ impl Conn {
                 real_ip: Some(self.client_ip),
             };
             write_upstream_request_edited(&head, &info, &edits, &mut self.uout.queued);
-            if let Some(host) = policy.as_deref().and_then(|p| p.upstream_vhost.as_deref()) {
+            let vhost = policy.as_deref().and_then(|p| p.upstream_vhost.as_deref());
+            if let Some(host) = vhost {
                 vhost::replace_host(&mut self.uout.queued, 0, host);
             }
             if let Some(rp) = request_policy.as_deref() {
@@ -1747,6 +1760,10 @@ impl Conn {
                     self.uout.queued.clear();
                     custom_errors::finish(&error_head, code, &mut self.uout.queued);
                 }
+            }
+            self.upstream_host.clear();
+            if policy.as_deref().is_some_and(|p| p.upstream_tls.is_some()) {
+                self.upstream_host.push_str(vhost.unwrap_or(head.host()));
             }
         }
         self.cin.consume(len);
@@ -1796,7 +1813,8 @@ impl Conn {
             if let Some(call) = mirror.take() {
                 self.actions.push_back(Action::Mirror(call));
             }
-            self.connect(endpoint, false);
+            let tls = policy.as_deref().and_then(|p| p.upstream_tls.clone());
+            self.connect(endpoint, false, tls);
         }
         let exchange = Exchange {
             req,
@@ -1890,7 +1908,8 @@ impl Conn {
                 }
                 let mut ex = ex;
                 ex.auth_cookie = cookie;
-                self.connect(ex.endpoint, false);
+                let tls = ex.policy.as_deref().and_then(|p| p.upstream_tls.clone());
+                self.connect(ex.endpoint, false, tls);
                 self.state = State::Connecting { ex, since: now };
             }
             AuthDecision::Deny {
@@ -2294,18 +2313,24 @@ impl Conn {
         {
             // A new cookie unless the client's already names this endpoint (or, after a
             // retry without `change-on-failure`, the endpoint it was pinned to).
-            let id = affinity::endpoint_id(&ex.endpoint);
-            let first = ex.attempts.tried().first().map(affinity::endpoint_id);
-            let keep = ex.sticky == Some(id)
-                || ex.sticky.is_some() && ex.sticky == first && !a.change_on_failure;
-            if !keep {
+            let first = ex.attempts.tried().first().copied();
+            let mut names = |ep: SocketAddr| {
+                ex.sticky
+                    .is_some_and(|id| router.affinity_names(ex.backend, a.mode, id, ep, now))
+            };
+            let keep = names(ex.endpoint) || !a.change_on_failure && first.is_some_and(names);
+            let value = match keep {
+                true => None,
+                false => router.affinity_value(ex.backend, a.mode, ex.endpoint),
+            };
+            if let Some(id) = value {
                 let ctx = affinity::CookieContext {
                     rule_path: &ex.sticky_path,
                     https: self.config.scheme == Scheme::Https,
                     unix_now: router.unix_time(now),
                     old_client: ex.old_client,
                 };
-                let value = affinity::set_cookie(a, &ex.endpoint, &ctx);
+                let value = affinity::set_cookie(a, id, &ctx);
                 affinity::insert_field(&mut self.cout.queued, head_start, "Set-Cookie", &value);
             }
         }
@@ -2428,8 +2453,9 @@ impl Conn {
                     // reached it. Replay it once on a fresh connection.
                     ex.retried = true;
                     let endpoint = ex.endpoint;
+                    let tls = ex.policy.as_deref().and_then(|p| p.upstream_tls.clone());
                     self.release_upstream(false);
-                    self.connect(endpoint, true);
+                    self.connect(endpoint, true, tls);
                     self.uout.queued.extend_from_slice(&self.replay);
                     let State::Proxying { ex } = std::mem::replace(&mut self.state, State::Closed)
                     else {
@@ -2546,7 +2572,8 @@ impl Conn {
         self.replay.clear();
         self.replay.extend_from_slice(&self.uout.queued);
         self.replayable = false;
-        self.connect(endpoint, false);
+        // The error backend is another Service: plain HTTP, whatever the route's pods speak.
+        self.connect(endpoint, false, None);
         self.state = State::Connecting { ex, since: now };
     }
 
@@ -2618,7 +2645,8 @@ impl Conn {
         ex.head_pending = None;
         ex.waiting_since = now;
         self.uout.queued.extend_from_slice(&self.replay);
-        self.connect(endpoint, false);
+        let tls = ex.policy.as_deref().and_then(|p| p.upstream_tls.clone());
+        self.connect(endpoint, false, tls);
         self.state = State::Connecting { ex, since: now };
     }
 
@@ -2678,10 +2706,21 @@ impl Conn {
         self.enter_closing(false);
     }
 
-    fn connect(&mut self, endpoint: SocketAddr, fresh: bool) {
+    fn connect(&mut self, endpoint: SocketAddr, fresh: bool, tls: Option<Arc<UpstreamTls>>) {
         self.has_upstream = true;
         self.upstream_eof = false;
-        self.actions.push_back(Action::Connect { endpoint, fresh });
+        self.actions.push_back(Action::Connect {
+            endpoint,
+            fresh,
+            tls,
+        });
+    }
+
+    /// The `Host` the current request is sent upstream with (its own, or `upstream-vhost`):
+    /// the TLS name of an [`Action::Connect`] with `tls` when the route sets no
+    /// `proxy-ssl-name`. Empty on routes without upstream TLS.
+    pub fn upstream_tls_host(&self) -> &str {
+        &self.upstream_host
     }
 
     /// Hands the upstream connection back (to the pool when `reusable`). Whatever was still

@@ -18,4 +18,5 @@ pub mod route;
 pub mod snapshot;
 pub mod time;
 pub mod tls;
+pub mod tls_client;
 pub mod upstream;

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-/// `affinity-mode`.
+/// `affinity-mode` (see `core::upstream::affinity` for how each reads a cookie).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Mode {
-    /// ingress-nginx may move sessions when endpoints are added; Sluice moves only those of
-    /// endpoints that are gone (as `persistent`).
+    /// The cookie holds a session key placed by consistent hashing: sessions of an endpoint
+    /// that leaves move, and added endpoints take a share of the existing sessions.
     #[default]
     Balanced,
+    /// The cookie names the endpoint: sessions move only when their endpoint is gone.
     Persistent,
 }
 

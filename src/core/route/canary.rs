@@ -184,7 +184,7 @@ pub trait Context {
     /// Whether `backend` has an endpoint to send to.
     fn usable(&self, backend: BackendId) -> bool;
     /// Whether the request's `affinity` cookie names a usable endpoint of `backend`.
-    fn pinned(&self, backend: BackendId, affinity: &Affinity) -> bool;
+    fn pinned(&mut self, backend: BackendId, affinity: &Affinity) -> bool;
 }
 
 /// A canary on a route: its backend, its rule, and the policy requests sent to it carry.

@@ -42,6 +42,7 @@ pub mod next_upstream;
 mod policy;
 pub mod rate_limit;
 pub mod request_policy;
+pub mod upstream_tls;
 pub use policy::{Balance, RoutePolicy};
 use request_policy::PathRegex;
 
@@ -148,6 +149,30 @@ pub trait Router {
     /// matched, also when it had no endpoints (custom errors name its Service); `None` when
     /// unknown.
     fn routed_backend(&self) -> Option<BackendId> {
+        None
+    }
+
+    /// Cookie affinity: whether the cookie value `id` pins requests for `backend` to
+    /// `endpoint` (`mode` says how a value names an endpoint). By default no.
+    fn affinity_names(
+        &mut self,
+        _backend: BackendId,
+        _mode: affinity::Mode,
+        _id: u64,
+        _endpoint: std::net::SocketAddr,
+        _now: crate::core::time::Instant,
+    ) -> bool {
+        false
+    }
+
+    /// Cookie affinity: a cookie value that pins the client to `endpoint` of `backend`;
+    /// `None`: no cookie is set. By default none.
+    fn affinity_value(
+        &mut self,
+        _backend: BackendId,
+        _mode: affinity::Mode,
+        _endpoint: std::net::SocketAddr,
+    ) -> Option<u64> {
         None
     }
 }

@@ -10,6 +10,7 @@ use super::affinity::Affinity;
 use super::key::HashKey;
 use super::next_upstream::NextUpstream;
 use super::request_policy::RequestPolicy;
+use super::upstream_tls::UpstreamTls;
 use crate::core::http1::upgrade::Upgrades;
 
 /// What one Ingress's annotations say about the routes it adds. Every field is `None` when
@@ -39,6 +40,9 @@ pub struct RoutePolicy {
     pub affinity: Option<Affinity>,
     /// `Host` sent upstream instead of the client's (`upstream-vhost`).
     pub upstream_vhost: Option<Arc<str>>,
+    /// TLS towards the pods (`backend-protocol: HTTPS`, `proxy-ssl-*`): the rustls client
+    /// config built once per compile, shared by every worker.
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
     /// Redirects, rewrites, address lists and CORS (`src/core/route/request_policy.rs`).
     pub request: Option<Arc<RequestPolicy>>,
 }
@@ -81,6 +85,9 @@ impl fmt::Display for RoutePolicy {
         }
         if let Some(h) = &self.upstream_vhost {
             item(f, format_args!("upstream-vhost={h}"))?;
+        }
+        if let Some(t) = &self.upstream_tls {
+            item(f, format_args!("{t}"))?;
         }
         if let Some(n) = &self.next_upstream {
             item(f, format_args!("next-upstream={n}"))?;

@@ -1,16 +1,27 @@
 //! Cookie session affinity (`affinity: cookie`, `session-cookie-*`): which endpoint a
 //! request's cookie names, and the `Set-Cookie` field that pins a client to one.
 //!
-//! The cookie value is 16 hex digits: a keyed hash (FNV-1a 64 over a fixed key, then a
-//! mixer) of the endpoint's address and port. It names the same endpoint on every worker and
-//! every Sluice replica, survives endpoint additions and removals of other endpoints, and
-//! does not show the pod's address. A value that names no current endpoint (gone, not ready,
-//! ejected) is ignored: the balancer picks and a new cookie is set. Sans-IO: wall-clock time
-//! for `Expires` is passed in.
+//! The cookie value is 16 hex digits, read in one of two ways (`affinity-mode`):
+//!
+//! * `persistent`: a keyed hash (FNV-1a 64 over a fixed key, then a mixer) of the endpoint's
+//!   address and port. It names that endpoint for as long as it exists: adding endpoints
+//!   never moves a session; only the sessions of an endpoint that is gone (or not ready, or
+//!   ejected) move, and get a new cookie.
+//! * `balanced` (ingress-nginx's default): a session key, placed on the backend's endpoints
+//!   by rendezvous hashing ([`super::hash`]). A new session's key is drawn so that it lands on
+//!   the endpoint the balancer chose. When an endpoint leaves, only its sessions move (each
+//!   to its key's next choice, cookie unchanged); when endpoints are added, each session moves
+//!   with probability about added/total, so new pods take their share of existing sessions
+//!   (as ingress-nginx's consistent-hash `balanced` mode does).
+//!
+//! Both name the same endpoint on every worker and every Sluice replica and do not show the
+//! pod's address. A value that names no usable endpoint is ignored: the balancer picks and a
+//! new cookie is set. Sans-IO: wall-clock time for `Expires` is passed in.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
+use super::hash::Prepared;
 use crate::core::route::key::Fnv;
 
 pub use crate::core::route::affinity::{Affinity, Mode, SameSite, parse_attribute, parse_name};
@@ -39,6 +50,39 @@ pub fn find(endpoints: &[SocketAddr], id: u64) -> Option<usize> {
     endpoints.iter().position(|ep| endpoint_id(ep) == id)
 }
 
+/// `balanced`: a session key whose first rendezvous choice among the endpoints of
+/// `prepared` is the one at `target`, drawn from `draw` (rejection sampling: about N draws,
+/// each stopped at the first endpoint that outscores the target, so about N·ln N scores in
+/// all, no allocation). `None` only when `target` is out of range or after 64·N unlucky
+/// draws (probability e^-64).
+pub fn session_key(
+    prepared: &Prepared,
+    target: usize,
+    mut draw: impl FnMut() -> u64,
+) -> Option<u64> {
+    let endpoints = prepared.endpoints();
+    let hashes = prepared.hashes();
+    let want = endpoints.get(target)?;
+    let mine = hashes[target];
+    for _ in 0..64 * endpoints.len() {
+        let key = draw();
+        let k = super::hash::spread(key);
+        let score = super::hash::score(k, mine);
+        let beaten = hashes
+            .iter()
+            .zip(endpoints)
+            .enumerate()
+            .any(|(i, (h, ep))| {
+                let s = super::hash::score(k, *h);
+                i != target && (s > score || s == score && ep < want)
+            });
+        if !beaten {
+            return Some(key);
+        }
+    }
+    None
+}
+
 /// What the `Set-Cookie` field depends on besides the affinity and the endpoint.
 pub struct CookieContext<'a> {
     /// The matched rule's path, used when `session-cookie-path` is not set.
@@ -50,11 +94,12 @@ pub struct CookieContext<'a> {
     pub old_client: bool,
 }
 
-/// The `Set-Cookie` value pinning a client to `endpoint`, in ingress-nginx's attribute order:
-/// `NAME=id; Expires=…; Max-Age=…; Domain=…; Path=…; Secure; HttpOnly; SameSite=…`.
-pub fn set_cookie(a: &Affinity, endpoint: &SocketAddr, ctx: &CookieContext<'_>) -> String {
+/// The `Set-Cookie` value with the cookie value `id` (see the module doc), in ingress-nginx's
+/// attribute order: `NAME=id; Expires=…; Max-Age=…; Domain=…; Path=…; Secure; HttpOnly;
+/// SameSite=…`.
+pub fn set_cookie(a: &Affinity, id: u64, ctx: &CookieContext<'_>) -> String {
     let mut v = String::with_capacity(96);
-    let _ = write!(v, "{}={:016x}", a.name, endpoint_id(endpoint));
+    let _ = write!(v, "{}={id:016x}", a.name);
     if let (Some(secs), Some(now)) = (a.expires, ctx.unix_now) {
         v.push_str("; Expires=");
         cookie_date(now.saturating_add(secs), &mut v);
@@ -196,7 +241,7 @@ mod tests {
             unix_now: Some(1_290_079_655 - 172_800),
             old_client: false,
         };
-        let v = set_cookie(&a, &ep(1), &ctx);
+        let v = set_cookie(&a, endpoint_id(&ep(1)), &ctx);
         let id = format!("{:016x}", endpoint_id(&ep(1)));
         assert_eq!(
             v,
@@ -211,7 +256,7 @@ mod tests {
             ..ctx
         };
         assert_eq!(
-            set_cookie(&a, &ep(1), &old),
+            set_cookie(&a, endpoint_id(&ep(1)), &old),
             format!(
                 "SERVERID={id}; Expires=Thu, 18-Nov-10 11:27:35 GMT; Max-Age=259200; \
                  Path=/something; Secure; HttpOnly"

@@ -17,7 +17,7 @@ use crate::core::snapshot::Snapshot;
 use crate::core::time::Instant;
 
 use balance::{EndpointStats, Rng};
-use hash::{KeySource, rendezvous_where, subset};
+use hash::{KeySource, Prepared};
 use health::{OutlierConfig, Outliers};
 
 /// Round-robin over each backend's endpoints, one cursor per backend.
@@ -36,6 +36,26 @@ pub struct Picker {
     /// Where every cursor starts: workers use their index, so N workers spread their first
     /// requests over N endpoints instead of all starting on the first.
     offset: u32,
+    /// Hashing (`upstream-hash-by`): per backend id, its endpoints prepared once
+    /// ([`Prepared`]), kept across snapshots while the backend's endpoints stay the same.
+    prepared: Vec<Option<Box<Prepared>>>,
+}
+
+/// The prepared endpoints of backend `id` (made now if missing or made for other endpoints).
+fn prepared<'p>(
+    cache: &'p mut Vec<Option<Box<Prepared>>>,
+    id: BackendId,
+    endpoints: &[SocketAddr],
+) -> &'p mut Prepared {
+    let i = id.0 as usize;
+    if i >= cache.len() {
+        cache.resize_with(i + 1, || None);
+    }
+    let slot = &mut cache[i];
+    if !slot.as_mut().is_some_and(|p| p.check(endpoints)) {
+        *slot = Some(Box::new(Prepared::new(endpoints)));
+    }
+    slot.get_or_insert_with(|| Box::new(Prepared::new(endpoints)))
 }
 
 impl Picker {
@@ -52,6 +72,7 @@ impl Picker {
             outliers: Outliers::default(),
             wall: None,
             rng: Some(Rng::new(u64::from(offset))),
+            prepared: Vec::new(),
         }
     }
 
@@ -69,6 +90,18 @@ impl Picker {
     pub fn reset_for(&mut self, snapshot: &Snapshot) {
         self.stats.retain(|ep| snapshot.has_endpoint(ep));
         self.outliers.retain(|ep| snapshot.has_endpoint(ep));
+        // Prepared hashing stays for the backends whose endpoints did not change.
+        for (i, slot) in self.prepared.iter_mut().enumerate() {
+            let same = slot.as_mut().is_some_and(|p| {
+                snapshot
+                    .backend(BackendId(i as u32))
+                    .is_some_and(|b| p.rebind(&b.endpoints))
+            });
+            if !same {
+                *slot = None;
+            }
+        }
+        self.prepared.truncate(snapshot.backends.len());
     }
 
     /// An endpoint of `backend` chosen by `balance` for the request `req`.
@@ -92,11 +125,18 @@ impl Picker {
             Balance::RoundRobin => None,
             Balance::LeastRequest => self.stats.least_request(endpoints, rng),
             Balance::Ewma => self.stats.ewma(endpoints, rng, now),
-            Balance::Hash(key) => rendezvous_where(key.hash(req), endpoints, usable),
+            Balance::Hash(key) => {
+                let p = prepared(&mut self.prepared, backend, endpoints);
+                match filter {
+                    false => p.rendezvous(key.hash(req)),
+                    true => p.rendezvous_where(key.hash(req), |i| usable(&endpoints[i])),
+                }
+            }
             Balance::HashSubset(key, size) => {
                 // A random endpoint of the key's group; an ejected one gives way to the
                 // next usable one of the group.
-                subset(key.hash(req), endpoints, *size as usize).and_then(|group| {
+                let p = prepared(&mut self.prepared, backend, endpoints);
+                p.subset(key.hash(req), *size as usize).and_then(|group| {
                     let n = group.len();
                     let first = rng.below(n);
                     (0..n)
@@ -143,20 +183,61 @@ impl Picker {
         fallback
     }
 
-    /// The endpoint of `backend` whose affinity id is `id`, unless it is gone or ejected
-    /// (then the balancer picks, and the client gets a new cookie).
+    /// The endpoint of `backend` the affinity cookie value `id` pins to, as `mode` reads it.
+    /// `persistent`: the endpoint whose id it is, unless it is gone or ejected (then the
+    /// balancer picks, and the client gets a new cookie). `balanced`: the first rendezvous
+    /// choice of the key among the usable endpoints (an ejected one's sessions go to their
+    /// next choice meanwhile, with the same cookie).
     pub fn pinned(
-        &self,
+        &mut self,
         snapshot: &Snapshot,
         backend: BackendId,
+        mode: affinity::Mode,
         id: u64,
         now: Instant,
     ) -> Option<SocketAddr> {
         let endpoints = &snapshot.backend(backend)?.endpoints;
-        let endpoint = endpoints[affinity::find(endpoints, id)?];
-        let ejected =
-            self.outliers.filters(endpoints, now) && self.outliers.is_ejected(&endpoint, now);
-        (!ejected).then_some(endpoint)
+        let filter = self.outliers.filters(endpoints, now);
+        let usable = |ep: &SocketAddr| !filter || !self.outliers.is_ejected(ep, now);
+        match mode {
+            affinity::Mode::Persistent => {
+                let p = prepared(&mut self.prepared, backend, endpoints);
+                let endpoint = endpoints[p.find_id(id)?];
+                usable(&endpoint).then_some(endpoint)
+            }
+            affinity::Mode::Balanced => {
+                let p = prepared(&mut self.prepared, backend, endpoints);
+                let i = match filter {
+                    false => p.rendezvous(id),
+                    true => p.rendezvous_where(id, |i| usable(&endpoints[i])),
+                };
+                i.map(|i| endpoints[i])
+            }
+        }
+    }
+
+    /// A cookie value pinning new requests to `endpoint` of `backend` (see [`Picker::pinned`]):
+    /// its id (`persistent`), or a fresh session key that lands on it (`balanced`).
+    pub fn affinity_value(
+        &mut self,
+        snapshot: &Snapshot,
+        backend: BackendId,
+        mode: affinity::Mode,
+        endpoint: SocketAddr,
+    ) -> Option<u64> {
+        if mode == affinity::Mode::Persistent {
+            return Some(affinity::endpoint_id(&endpoint));
+        }
+        let endpoints = &snapshot.backend(backend)?.endpoints;
+        let target = endpoints.binary_search(&endpoint).ok().or_else(|| {
+            // Snapshots keep endpoints sorted; a linear look is the safe fallback.
+            endpoints.iter().position(|ep| *ep == endpoint)
+        })?;
+        let rng = self
+            .rng
+            .get_or_insert_with(|| Rng::new(u64::from(self.offset)));
+        let p = prepared(&mut self.prepared, backend, endpoints);
+        affinity::session_key(p, target, || rng.next_u64())
     }
 
     /// A uniform draw from `0..n` (`n > 0`) from this worker's generator (canary weights).
@@ -205,13 +286,17 @@ impl crate::core::route::canary::Context for CanaryContext<'_, '_> {
     }
 
     fn pinned(
-        &self,
+        &mut self,
         backend: BackendId,
         affinity: &crate::core::route::affinity::Affinity,
     ) -> bool {
+        let (snapshot, now) = (self.snapshot, self.now);
         affinity
             .requested(self.cookie)
-            .and_then(|id| self.picker.pinned(self.snapshot, backend, id, self.now))
+            .and_then(|id| {
+                self.picker
+                    .pinned(snapshot, backend, affinity.mode, id, now)
+            })
             .is_some()
     }
 }
@@ -283,7 +368,9 @@ impl Router for SnapshotRouter<'_> {
         // A cookie that names a usable endpoint of the backend pins the request to it.
         if let Some(affinity) = policy.and_then(|p| p.affinity.as_ref())
             && let Some(id) = affinity.requested(req.header("cookie"))
-            && let Some(endpoint) = self.picker.pinned(self.snapshot, backend, id, now)
+            && let Some(endpoint) =
+                self.picker
+                    .pinned(self.snapshot, backend, affinity.mode, id, now)
         {
             return RouteDecision::Forward {
                 backend,
@@ -350,6 +437,29 @@ impl Router for SnapshotRouter<'_> {
 
     fn routed_backend(&self) -> Option<BackendId> {
         self.routed_backend
+    }
+
+    fn affinity_names(
+        &mut self,
+        backend: BackendId,
+        mode: affinity::Mode,
+        id: u64,
+        endpoint: SocketAddr,
+        now: Instant,
+    ) -> bool {
+        self.picker
+            .pinned(self.snapshot, backend, mode, id, now)
+            .is_some_and(|ep| ep == endpoint)
+    }
+
+    fn affinity_value(
+        &mut self,
+        backend: BackendId,
+        mode: affinity::Mode,
+        endpoint: SocketAddr,
+    ) -> Option<u64> {
+        self.picker
+            .affinity_value(self.snapshot, backend, mode, endpoint)
     }
 
     fn backend_name(&self, backend: BackendId) -> Option<&str> {

@@ -128,6 +128,11 @@ impl Machine {
         }
     }
 
+    /// As [`Conn::upstream_tls_host`]; parked, none (a parked machine has no upstream).
+    pub(super) fn upstream_tls_host(&self) -> &str {
+        self.awake.as_ref().map_or("", |c| c.upstream_tls_host())
+    }
+
     pub(super) fn request_record(&self) -> &RequestRecord {
         match &self.awake {
             Some(conn) => conn.request_record(),

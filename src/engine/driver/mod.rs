@@ -33,6 +33,7 @@
 mod machine;
 mod side;
 mod slab;
+mod upstream_tls;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -44,12 +45,15 @@ use std::time::Duration;
 
 use machine::Machine;
 pub use slab::Slab;
+use upstream_tls::PoolKey;
 
 use crate::core::conn::{Action, ClientInfo, ConnConfig};
 use crate::core::proxy_protocol;
+use crate::core::route::upstream_tls::UpstreamTls;
 use crate::core::snapshot::Snapshot;
 use crate::core::time::Instant;
 use crate::core::tls::{Received, TlsSession, TlsSettings};
+use crate::core::tls_client::ClientTlsSession;
 use crate::core::upstream::Picker;
 use crate::core::upstream::SnapshotRouter;
 use crate::engine::access_log::{Entry, WorkerLog};
@@ -207,14 +211,25 @@ impl Client {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum UpState {
     Connecting,
+    /// Connected; the TLS handshake with the upstream runs (`backend-protocol: HTTPS`). The
+    /// machine is told it is connected once it is done.
+    Handshaking,
     Attached,
-    Idle { since: Instant },
+    Idle {
+        since: Instant,
+    },
 }
 
 /// A connection to a pod endpoint: attached to one client, or idle in the pool.
 struct Upstream {
     sock: usize,
     endpoint: SocketAddr,
+    /// The endpoint and TLS identity: where it goes in the keep-alive pool.
+    key: PoolKey,
+    /// `backend-protocol: HTTPS`: the TLS session over the socket, and the identity it was
+    /// made for (config id, name).
+    tls: Option<Box<ClientTlsSession>>,
+    tls_identity: Option<(u64, Option<Box<str>>)>,
     state: UpState,
     client: Option<usize>,
     sending: bool,
@@ -236,8 +251,8 @@ pub struct Driver {
     picker: Picker,
     clients: Slab<Client>,
     upstreams: Slab<Upstream>,
-    /// Idle pooled upstream slots by endpoint, oldest first.
-    pool: HashMap<SocketAddr, Vec<usize>>,
+    /// Idle pooled upstream slots by endpoint and TLS identity, oldest first.
+    pool: HashMap<PoolKey, Vec<usize>>,
     /// When the oldest idle pooled connection reaches the idle timeout (the pool is scanned
     /// then, not on every loop turn).
     pool_expiry: Option<Instant>,
@@ -360,8 +375,8 @@ impl Driver {
         // Re-anchored now and then, so that wall-clock steps reach affinity cookies' Expires.
         self.picker.wall = wall_at(clock());
         let mut gone = Vec::new();
-        self.pool.retain(|endpoint, idle| {
-            if snapshot.has_endpoint(endpoint) {
+        self.pool.retain(|key, idle| {
+            if snapshot.has_endpoint(&key.endpoint) {
                 true
             } else {
                 gone.append(idle);
@@ -468,6 +483,7 @@ impl Driver {
                 match (up.state, up.client) {
                     // Watched: anything from an idle connection means it is gone.
                     (UpState::Idle { .. }, _) => true,
+                    (UpState::Handshaking, _) => true,
                     (UpState::Attached, Some(ci)) => self
                         .clients
                         .get_any(ci)
@@ -507,14 +523,14 @@ impl Driver {
             UpState::Attached => up.client,
             UpState::Idle { .. } => {
                 // An idle pooled connection said something (data, EOF, an error): drop it.
-                let endpoint = up.endpoint;
-                if let Some(list) = self.pool.get_mut(&endpoint) {
+                let key = up.key;
+                if let Some(list) = self.pool.get_mut(&key) {
                     list.retain(|&i| i != slot as usize);
                 }
                 self.doomed.push(slot as usize);
                 None
             }
-            UpState::Connecting => None,
+            UpState::Connecting | UpState::Handshaking => None,
         }
     }
 
@@ -584,6 +600,9 @@ impl Driver {
                 }
             }
             Owner::Upstream { slot, generation } => {
+                if self.upstream_tls_received(slot, generation, data, now) {
+                    return;
+                }
                 let Some(ci) = self.upstream_client(slot, generation) else {
                     return;
                 };
@@ -622,6 +641,9 @@ impl Driver {
                 self.touched.push(slot as usize);
             }
             Owner::Upstream { slot, generation } => {
+                if self.handshake_ended(slot, generation, now) {
+                    return;
+                }
                 let Some(ci) = self.upstream_client(slot, generation) else {
                     return;
                 };
@@ -655,7 +677,7 @@ impl Driver {
             Owner::Upstream { slot, generation } => {
                 if let Some(up) = self.upstreams.get(slot as usize, generation) {
                     up.sending = false;
-                    if up.state == UpState::Attached
+                    if matches!(up.state, UpState::Attached | UpState::Handshaking)
                         && let Some(ci) = up.client
                     {
                         self.upstream_written(ci, buf, written, now);
@@ -685,6 +707,9 @@ impl Driver {
     }
 
     fn upstream_written(&mut self, ci: usize, buf: Vec<u8>, written: Option<usize>, now: Instant) {
+        let Some((buf, written)) = self.upstream_tls_written(ci, buf, written, now) else {
+            return;
+        };
         let Some(client) = self.clients.get_any(ci) else {
             return;
         };
@@ -711,6 +736,14 @@ impl Driver {
             return;
         }
         let client = up.client;
+        if ok && up.tls.is_some() {
+            // The handshake's first flight goes out when the client is driven.
+            up.state = UpState::Handshaking;
+            let took = now.saturating_since(up.connect_start);
+            self.setup.metrics.upstream_connect.observe(took);
+            self.touched.extend(client);
+            return;
+        }
         if ok {
             up.state = UpState::Attached;
             let took = now.saturating_since(up.connect_start);
@@ -857,12 +890,16 @@ impl Driver {
                 };
                 progress = true;
                 match action {
-                    Action::Connect { endpoint, fresh } => {
+                    Action::Connect {
+                        endpoint,
+                        fresh,
+                        tls,
+                    } => {
                         if let Some((previous, _)) = client.in_flight.replace((endpoint, now)) {
                             self.picker.stats.finished(&previous, None, now);
                         }
                         self.picker.stats.started(endpoint);
-                        self.connect(t, slot, endpoint, fresh, now)
+                        self.connect(t, slot, endpoint, fresh, tls, now)
                     }
                     Action::ReleaseUpstream { reusable } => {
                         if let Some((endpoint, since)) = client.in_flight.take() {
@@ -976,9 +1013,12 @@ impl Driver {
         let wants = client.conn.wants_upstream_read();
         if let Some(ui) = client.upstream
             && let Some(up) = self.upstreams.get_any(ui)
-            && up.state == UpState::Attached
         {
-            t.set_read(up.sock, wants);
+            match up.state {
+                UpState::Attached => t.set_read(up.sock, wants),
+                UpState::Handshaking => t.set_read(up.sock, true),
+                _ => {}
+            }
         }
         // Idle between requests, nothing in flight: the machine and its buffers go back to
         // the worker's free list until the connection speaks again.
@@ -1051,10 +1091,22 @@ impl Driver {
         let Some(up) = self.upstreams.get_any(ui) else {
             return false;
         };
-        if up.state != UpState::Attached || up.sending {
+        if !matches!(up.state, UpState::Attached | UpState::Handshaking) || up.sending {
             return false;
         }
-        let Some(buf) = client.conn.take_upstream_output() else {
+        let out = match &mut up.tls {
+            None => client.conn.take_upstream_output(),
+            Some(tls) => {
+                if up.state == UpState::Attached
+                    && tls.wants_plain()
+                    && let Some(plain) = client.conn.take_upstream_output()
+                {
+                    tls.push_plain(plain);
+                }
+                tls.take_output()
+            }
+        };
+        let Some(buf) = out else {
             return false;
         };
         match t.send(up.sock, buf) {
@@ -1082,15 +1134,28 @@ impl Driver {
         slot: usize,
         endpoint: SocketAddr,
         fresh: bool,
+        tls: Option<Arc<UpstreamTls>>,
         now: Instant,
     ) {
-        let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
         if let Some(client) = self.clients.get_any(slot) {
             // A retry on a fresh connection keeps the first attempt's start.
             client.upstream_start.get_or_insert(now);
             client.upstream_addr = Some(endpoint);
         }
-        if !fresh && let Some(ui) = self.pool.get_mut(&endpoint).and_then(Vec::pop) {
+        // The TLS identity the connection needs (`None`: plain): its config and name.
+        let host = self
+            .clients
+            .peek(slot)
+            .map_or("", |c| c.conn.upstream_tls_host());
+        let identity = tls.as_deref().map(|tls| (tls.id, tls.pool_name(host)));
+        let key = upstream_tls::pool_key(endpoint, identity);
+        let pooled = match fresh {
+            true => None,
+            false => upstream_tls::take_pooled(&mut self.pool, &self.upstreams, key, identity),
+        };
+        let identity = identity.map(|(id, name)| (id, name.map(Box::<str>::from)));
+        let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
+        if let Some(ui) = pooled {
             if let Some(up) = self.upstreams.get_any(ui) {
                 up.state = UpState::Attached;
                 up.client = Some(slot);
@@ -1101,10 +1166,31 @@ impl Driver {
             }
             return;
         }
+        let session = match tls.as_deref().map(|tls| {
+            let host = self
+                .clients
+                .peek(slot)
+                .map_or("", |c| c.conn.upstream_tls_host());
+            ClientTlsSession::new(tls, tls.name_for(host))
+        }) {
+            None => None,
+            Some(Ok(session)) => Some(Box::new(session)),
+            Some(Err(e)) => {
+                tracing::debug!(%endpoint, error = %e, "upstream TLS");
+                WorkerMetrics::add(&self.setup.metrics.upstream_connect_errors, 1);
+                if let Some(client) = self.clients.get_any(slot) {
+                    client.conn.upstream_connect_failed(now, &mut router);
+                }
+                return;
+            }
+        };
         // The slot is taken first so that the transport can be told its owner.
         let ui = self.upstreams.insert(|_| Upstream {
             sock: usize::MAX,
             endpoint,
+            key,
+            tls: session,
+            tls_identity: identity,
             state: UpState::Connecting,
             client: Some(slot),
             sending: false,
@@ -1150,10 +1236,11 @@ impl Driver {
             return;
         };
         up.client = None;
-        let list_len = self.pool.get(&up.endpoint).map_or(0, Vec::len);
+        let list_len = self.pool.get(&up.key).map_or(0, Vec::len);
         let poolable = reusable
             && up.state == UpState::Attached
             && !up.sending
+            && up.tls.as_ref().is_none_or(|tls| tls.idle())
             && list_len < self.setup.upstream_max_idle
             && self.accepting
             && t.reusable(up.sock);
@@ -1164,7 +1251,7 @@ impl Driver {
         up.state = UpState::Idle { since: now };
         let at = now + self.setup.upstream_idle_timeout;
         self.pool_expiry = Some(self.pool_expiry.map_or(at, |e| e.min(at)));
-        self.pool.entry(up.endpoint).or_default().push(ui);
+        self.pool.entry(up.key).or_default().push(ui);
         // Watch the idle connection: data or EOF from it means it is gone.
         t.set_read(up.sock, true);
     }
@@ -1174,7 +1261,7 @@ impl Driver {
             return;
         };
         if let UpState::Idle { .. } = up.state
-            && let Some(list) = self.pool.get_mut(&up.endpoint)
+            && let Some(list) = self.pool.get_mut(&up.key)
         {
             list.retain(|&i| i != ui);
         }
@@ -1185,7 +1272,16 @@ impl Driver {
             client.upstream = None;
         }
         if up.sock != usize::MAX {
-            t.close(up.sock, None);
+            // TLS: close_notify, best effort, when nothing else is being written.
+            let mut last = None;
+            if let Some(mut tls) = up.tls
+                && !up.sending
+                && !tls.is_handshaking()
+            {
+                tls.close_notify();
+                last = tls.take_output();
+            }
+            t.close(up.sock, last.as_deref());
         }
     }
 
