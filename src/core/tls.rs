@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufRead, Write};
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -267,37 +268,42 @@ pub enum Received {
     Closed,
 }
 
-/// One server-side TLS connection over caller-owned buffers.
-pub struct TlsSession {
-    conn: ServerConnection,
-    /// The plaintext buffer being encrypted and written; handed back by [`TlsSession::sent`]
+/// One TLS connection over caller-owned buffers, either side: the engine hands it the
+/// ciphertext it receives and the plaintext the connection machine wants written, and writes
+/// what it gives back. [`TlsSession`] is the listener's (server) side,
+/// [`crate::core::tls_client::ClientTlsSession`] the side towards the pods.
+pub struct Session<C> {
+    conn: C,
+    /// The plaintext buffer being encrypted and written; handed back by [`Session::sent`]
     /// once all of its ciphertext is written.
     plain: Option<(Vec<u8>, usize)>,
     /// Ciphertext waiting to be handed to the socket.
     out: Vec<u8>,
-    handshake_deadline: Instant,
+    /// When the handshake must have finished (`None`: the caller bounds it otherwise).
+    handshake_deadline: Option<Instant>,
     close_notify: bool,
 }
 
-impl TlsSession {
-    pub fn new(
-        config: Arc<ServerConfig>,
-        settings: &TlsSettings,
-        now: Instant,
-    ) -> Result<TlsSession, TlsError> {
-        let conn = ServerConnection::new(config).map_err(|e| TlsError(e.to_string()))?;
-        Ok(TlsSession {
+/// One server-side TLS connection (the HTTPS listener's).
+pub type TlsSession = Session<ServerConnection>;
+
+impl<C, D> Session<C>
+where
+    C: DerefMut<Target = rustls::ConnectionCommon<D>>,
+{
+    pub(crate) fn with(conn: C, handshake_deadline: Option<Instant>) -> Session<C> {
+        Session {
             conn,
             plain: None,
             out: Vec::new(),
-            handshake_deadline: now + settings.handshake_timeout,
+            handshake_deadline,
             close_notify: false,
-        })
+        }
     }
 
     /// Ciphertext from the peer. Every plaintext chunk it decrypts to is passed to `deliver`
     /// straight from rustls's buffer. On error, an alert may be waiting in the output: write
-    /// it ([`TlsSession::take_output`]) and close.
+    /// it ([`Session::take_output`]) and close.
     pub fn receive(
         &mut self,
         mut data: &[u8],
@@ -336,7 +342,7 @@ impl TlsSession {
 
     /// Encrypts `buf` (the machine's output) for writing; keeps it until it is written.
     /// rustls takes at most its buffer limit (64 KiB) at once: the buffer then comes back
-    /// from [`TlsSession::sent`] with the shorter count, as after a short socket write, and
+    /// from [`Session::sent`] with the shorter count, as after a short socket write, and
     /// the machine queues the rest again.
     pub fn push_plain(&mut self, buf: Vec<u8>) {
         let len = buf.len();
@@ -358,9 +364,9 @@ impl TlsSession {
         Some(std::mem::take(&mut self.out))
     }
 
-    /// A buffer from [`TlsSession::take_output`] comes back with `written` bytes written. The
+    /// A buffer from [`Session::take_output`] comes back with `written` bytes written. The
     /// unwritten rest is written next. Returns the plaintext buffer and its length once all of
-    /// its ciphertext is out, for the machine's `client_sent`.
+    /// its ciphertext is out, for the machine's `client_sent` / `upstream_sent`.
     pub fn sent(&mut self, mut buf: Vec<u8>, written: usize) -> Option<(Vec<u8>, usize)> {
         let written = written.min(buf.len());
         if written < buf.len() {
@@ -392,15 +398,30 @@ impl TlsSession {
         self.out.is_empty() && !self.conn.wants_write()
     }
 
+    /// Nothing queued and no plaintext held: an upstream connection can go back to the pool.
+    pub fn idle(&self) -> bool {
+        self.flushed() && self.plain.is_none()
+    }
+
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
     }
 
     /// While the handshake runs, when it must have finished.
     pub fn deadline(&self) -> Option<Instant> {
-        self.conn
-            .is_handshaking()
-            .then_some(self.handshake_deadline)
+        self.handshake_deadline
+            .filter(|_| self.conn.is_handshaking())
+    }
+}
+
+impl TlsSession {
+    pub fn new(
+        config: Arc<ServerConfig>,
+        settings: &TlsSettings,
+        now: Instant,
+    ) -> Result<TlsSession, TlsError> {
+        let conn = ServerConnection::new(config).map_err(|e| TlsError(e.to_string()))?;
+        Ok(Session::with(conn, Some(now + settings.handshake_timeout)))
     }
 
     /// The handshake was a resumption (ticket or session id).
