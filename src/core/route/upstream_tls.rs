@@ -186,7 +186,7 @@ impl UpstreamTls {
                     .map_err(|e| format!("a CA certificate is not usable: {e}"))?;
             }
             // No CA at all: every handshake fails (verification was asked for), see
-            // `Refuse`; webpki refuses to build a verifier over an empty store.
+            // `Unverified` refusing; webpki refuses to build a verifier over an empty store.
             match WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
             {
@@ -194,10 +194,16 @@ impl UpstreamTls {
                     inner: webpki,
                     max: spec.verify_depth,
                 }),
-                Err(_) => Arc::new(Refuse(provider.clone())),
+                Err(_) => Arc::new(Unverified {
+                    provider: provider.clone(),
+                    accept: false,
+                }),
             }
         } else {
-            Arc::new(AcceptAny(provider.clone()))
+            Arc::new(Unverified {
+                provider: provider.clone(),
+                accept: true,
+            })
         };
         let builder = builder
             .dangerous()
@@ -240,61 +246,16 @@ impl UpstreamTls {
     }
 }
 
-/// `proxy-ssl-verify: off`: any certificate; the handshake's signatures are still checked
-/// (the peer holds the key of the certificate it sent).
+/// A verifier that does not look at the certificate chain: `proxy-ssl-verify: off` accepts
+/// any certificate (the handshake's signatures are still checked: the peer holds the key of
+/// the certificate it sent); `proxy-ssl-verify: on` without any usable CA refuses every one.
 #[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Unverified {
+    provider: Arc<CryptoProvider>,
+    accept: bool,
 }
 
-/// `proxy-ssl-verify: on` without any usable CA: nothing verifies.
-#[derive(Debug)]
-struct Refuse(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Refuse {
+impl ServerCertVerifier for Unverified {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -303,9 +264,13 @@ impl ServerCertVerifier for Refuse {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::UnknownIssuer,
-        ))
+        if self.accept {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
     }
 
     fn verify_tls12_signature(
@@ -318,7 +283,7 @@ impl ServerCertVerifier for Refuse {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -332,12 +297,14 @@ impl ServerCertVerifier for Refuse {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
