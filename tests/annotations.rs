@@ -552,3 +552,67 @@ fn hash_subset_annotations_compile_into_the_route() {
     );
     assert_eq!(diagnostic_for(&c, "Ingress default/default-size").len(), 1);
 }
+
+#[test]
+fn bounded_load_is_our_annotation_on_top_of_upstream_hash_by() {
+    use sluice::core::upstream::Balance;
+    use sluice::core::upstream::hash::HashKey;
+    let hash = r#"nginx.ingress.kubernetes.io/upstream-hash-by: "$remote_addr""#;
+    let c = compile_docs(&own_backends(&[
+        ingress(
+            "bounded",
+            "bounded.example",
+            &format!(r#"{hash}, sluice.dev/upstream-hash-by-bounded-load: "1.25""#),
+        ),
+        ingress(
+            "bad",
+            "bad.example",
+            &format!(r#"{hash}, sluice.dev/upstream-hash-by-bounded-load: "0.9""#),
+        ),
+        // Not an ingress-nginx annotation: under its prefix it is not read.
+        ingress(
+            "theirs",
+            "theirs.example",
+            &format!(r#"{hash}, nginx.ingress.kubernetes.io/upstream-hash-by-bounded-load: "2""#),
+        ),
+    ]));
+    let key = HashKey::parse("$remote_addr").unwrap();
+    let balance = |host: &str| policy(&c.snapshot, host).and_then(|p| p.balance);
+    assert_eq!(
+        balance("bounded.example"),
+        Some(Balance::HashBounded(key.clone(), 125))
+    );
+    assert!(
+        c.snapshot
+            .to_string()
+            .contains("[balance=hash($remote_addr) bounded=125%]")
+    );
+    // A bad factor is reported; the route still hashes, unbounded.
+    assert_eq!(balance("bad.example"), Some(Balance::Hash(key.clone())));
+    let d = diagnostic_for(&c, "Ingress default/bad");
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(
+        d[0].message.contains("load factor from 1.01 to 10"),
+        "{}",
+        d[0].message
+    );
+    assert_eq!(balance("theirs.example"), Some(Balance::Hash(key)));
+    for (value, want) in [("1.5", Ok(150)), ("10", Ok(1000)), ("1.01", Ok(101))] {
+        assert_eq!(sluice::control::annotations::parse_load_bound(value), want);
+    }
+    for bad in [
+        "1",
+        "1.001",
+        "10.5",
+        "",
+        ".5",
+        "1.2x",
+        "-1.5",
+        "99999999999",
+    ] {
+        assert!(
+            sluice::control::annotations::parse_load_bound(bad).is_err(),
+            "{bad}"
+        );
+    }
+}

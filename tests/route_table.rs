@@ -260,3 +260,84 @@ fn dump_lists_every_route() {
     );
     assert!(dump.contains("default -> ns/svc2:80"), "{dump}");
 }
+
+/// A request whose only hashed part is its path.
+struct PathOnly(String);
+
+impl sluice::core::route::key::KeySource for PathOnly {
+    fn remote_ip(&self) -> std::net::IpAddr {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    }
+    fn host(&self) -> &str {
+        "h"
+    }
+    fn path(&self) -> &str {
+        &self.0
+    }
+    fn query(&self) -> Option<&str> {
+        None
+    }
+    fn header(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// `sluice.dev/upstream-hash-by-bounded-load`: a key stays on its endpoint while that endpoint
+/// is under the bound, moves to its next rendezvous choice (not anywhere) once it is over, and
+/// comes back when the load is gone; unloaded, the choice is plain rendezvous hashing's.
+#[test]
+fn bounded_load_hashing_moves_keys_off_an_overloaded_endpoint_only() {
+    use sluice::core::route::key::HashKey;
+    use sluice::core::time::Instant;
+    use sluice::core::upstream::Balance;
+    let mut s = table(|t| {
+        t.add(Some("h"), "/", PathKind::Prefix, A);
+    });
+    let eps: Vec<SocketAddr> = (1..=4)
+        .map(|i| format!("10.2.0.{i}:80").parse().unwrap())
+        .collect();
+    s.backends[0].endpoints = eps.clone();
+    let key = HashKey::parse("$uri").unwrap();
+    let plain = Balance::Hash(key.clone());
+    let bounded = Balance::HashBounded(key, 125);
+    let mut picker = Picker::new();
+    picker.reset_for(&s);
+    let now = Instant::ZERO;
+    let keys: Vec<PathOnly> = (0..200).map(|i| PathOnly(format!("/k{i}"))).collect();
+    let first: Vec<SocketAddr> = keys
+        .iter()
+        .map(|k| picker.pick_by(&s, A, &plain, k, now).unwrap())
+        .collect();
+    // Unloaded: the same choices.
+    for (k, ep) in keys.iter().zip(&first) {
+        assert_eq!(picker.pick_by(&s, A, &bounded, k, now).unwrap(), *ep);
+    }
+    // Ten requests in flight on eps[0], none elsewhere: its bound is ceil(1.25 × 11 / 4) = 4.
+    for _ in 0..10 {
+        picker.stats.started(eps[0]);
+    }
+    let mut moved = 0;
+    for (k, ep) in keys.iter().zip(&first) {
+        let now_ep = picker.pick_by(&s, A, &bounded, k, now).unwrap();
+        assert_ne!(now_ep, eps[0], "a key stayed on the overloaded endpoint");
+        if *ep == eps[0] {
+            moved += 1;
+            // Its second choice: where plain hashing sends it once eps[0] is gone.
+            let mut without = s.clone();
+            without.backends[0].endpoints = eps[1..].to_vec();
+            let mut p2 = Picker::new();
+            p2.reset_for(&without);
+            assert_eq!(now_ep, p2.pick_by(&without, A, &plain, k, now).unwrap());
+        } else {
+            assert_eq!(now_ep, *ep, "a key of an unloaded endpoint moved");
+        }
+    }
+    assert!(moved > 20, "{moved} keys were on eps[0]");
+    // The load is gone: every key is back.
+    for _ in 0..10 {
+        picker.stats.finished(&eps[0], None, now);
+    }
+    for (k, ep) in keys.iter().zip(&first) {
+        assert_eq!(picker.pick_by(&s, A, &bounded, k, now).unwrap(), *ep);
+    }
+}

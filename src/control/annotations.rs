@@ -42,6 +42,9 @@ pub const LOAD_BALANCE: &str = "load-balance";
 pub const UPSTREAM_HASH_BY: &str = "upstream-hash-by";
 pub const UPSTREAM_HASH_BY_SUBSET: &str = "upstream-hash-by-subset";
 pub const UPSTREAM_HASH_BY_SUBSET_SIZE: &str = "upstream-hash-by-subset-size";
+/// Ours only (`sluice.dev/`): bounded load for `upstream-hash-by`, a factor over the
+/// average load such as `1.25`.
+pub const UPSTREAM_HASH_BY_BOUNDED_LOAD: &str = "upstream-hash-by-bounded-load";
 /// Retries to another endpoint: the failures retried, the attempts in all, the time limit.
 pub const PROXY_NEXT_UPSTREAM: &str = "proxy-next-upstream";
 pub const PROXY_NEXT_UPSTREAM_TRIES: &str = "proxy-next-upstream-tries";
@@ -514,11 +517,50 @@ fn balancing(a: &Annotations<'_>, diags: &mut Vec<Diagnostic>) -> Option<Balance
             .unwrap_or(3),
         false => 3,
     };
-    let hash = hash.map(|key| match subset {
-        true => Balance::HashSubset(key, subset_size),
-        false => Balance::Hash(key),
+    let bound = match hash.is_some() && !subset {
+        true => a.get_ours(
+            UPSTREAM_HASH_BY_BOUNDED_LOAD,
+            parse_load_bound,
+            &"no bound",
+            diags,
+        ),
+        false => None,
+    };
+    let hash = hash.map(|key| match (subset, bound) {
+        (true, _) => Balance::HashSubset(key, subset_size),
+        (false, Some(percent)) => Balance::HashBounded(key, percent),
+        (false, None) => Balance::Hash(key),
     });
     hash.or(balance)
+}
+
+/// `sluice.dev/upstream-hash-by-bounded-load`: a factor over the average load, from 1.01 to
+/// 10 with at most two decimals (`1.25`: an endpoint takes a key while it has fewer than 125 %
+/// of the average requests in flight); as a percentage.
+pub fn parse_load_bound(value: &str) -> Result<u32, String> {
+    let bad =
+        || format!("expected a load factor from 1.01 to 10 (for example 1.25), got {value:?}");
+    let (whole, frac) = value.split_once('.').unwrap_or((value, ""));
+    if whole.is_empty()
+        || frac.len() > 2
+        || !whole
+            .bytes()
+            .chain(frac.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let whole: u32 = whole.parse().map_err(|_| bad())?;
+    let frac: u32 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
+    let percent = whole
+        .checked_mul(100)
+        .and_then(|w| w.checked_add(frac))
+        .ok_or_else(bad)?;
+    if (101..=1000).contains(&percent) {
+        Ok(percent)
+    } else {
+        Err(bad())
+    }
 }
 
 /// The settings of `ing` that belong to the backends it routes to rather than to its routes

@@ -116,6 +116,11 @@ pub enum Balance {
     Ewma,
     /// Rendezvous hashing of the key: the same endpoint on every worker and replica.
     Hash(HashKey),
+    /// Rendezvous hashing with bounded load (`sluice.dev/upstream-hash-by-bounded-load`): a
+    /// key's endpoint takes it only while that endpoint's requests in flight (on this worker)
+    /// stay under this many percent of the average; past that the key goes to its next
+    /// rendezvous choice (consistent hashing with bounded loads, Mirrokni et al.).
+    HashBounded(HashKey, u32),
     /// `upstream-hash-by-subset`: the key picks a subset of this many endpoints (the same on
     /// every worker and replica), then a random endpoint of it.
     HashSubset(HashKey, u32),
@@ -128,6 +133,7 @@ impl std::fmt::Display for Balance {
             Balance::LeastRequest => f.write_str("least_request"),
             Balance::Ewma => f.write_str("ewma"),
             Balance::Hash(key) => write!(f, "hash({key})"),
+            Balance::HashBounded(key, percent) => write!(f, "hash({key}) bounded={percent}%"),
             Balance::HashSubset(key, size) => write!(f, "hash-subset({key},{size})"),
         }
     }

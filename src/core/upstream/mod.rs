@@ -132,6 +132,24 @@ impl Picker {
                     true => p.rendezvous_where(key.hash(req), |i| usable(&endpoints[i])),
                 }
             }
+            Balance::HashBounded(key, percent) => {
+                // The key's first choice unless it already has more than its share of this
+                // worker's requests in flight: then its next choice, and so on (each endpoint
+                // takes at most ceil(percent × (in flight + 1) / n) requests).
+                let stats = &self.stats;
+                let total: u64 = endpoints
+                    .iter()
+                    .map(|ep| u64::from(stats.in_flight(ep)))
+                    .sum();
+                let n = endpoints.len() as u64;
+                let cap = (u64::from(*percent) * (total + 1)).div_ceil(100 * n.max(1));
+                let p = prepared(&mut self.prepared, backend, endpoints);
+                let key = key.hash(req);
+                p.rendezvous_where(key, |i| {
+                    usable(&endpoints[i]) && u64::from(stats.in_flight(&endpoints[i])) < cap
+                })
+                .or_else(|| p.rendezvous_where(key, |i| usable(&endpoints[i])))
+            }
             Balance::HashSubset(key, size) => {
                 // A random endpoint of the key's group; an ejected one gives way to the
                 // next usable one of the group.
