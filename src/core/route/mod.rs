@@ -987,6 +987,18 @@ impl RouteTableBuilder {
         if rule.backend == canary.backend {
             return Err(CanaryMiss::SameBackend);
         }
+        // A `balanced` cookie holds a session key that every backend places somewhere, so it
+        // could not tell which side of the canary a session belongs to: with a canary, the
+        // route's cookie names the pod (`persistent`), for the main route and the canary both.
+        if let Some(policy) = &mut rule.policy
+            && let Some(a) = &policy.affinity
+            && a.mode == affinity::Mode::Balanced
+        {
+            let p = Arc::make_mut(policy);
+            if let Some(a) = &mut p.affinity {
+                a.mode = affinity::Mode::Persistent;
+            }
+        }
         rule.canary = Some(Arc::new(canary.under(rule.policy.as_ref())));
         Ok(())
     }
