@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::binary::{self, Sluice};
+use support::binary::{self, Answer, Sluice};
 
 mod support;
 
@@ -136,53 +136,9 @@ fn sluice(name: &str, ingresses: &[String], extra: &str) -> Sluice {
     binary::start(&format!("extauth-{name}"), &[("app.yaml", &yaml)], "", 1)
 }
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
+/// A GET of `target` on `host` with `extra` fields, on a fresh connection.
 fn send(s: &Sluice, target: &str, host: &str, extra: &str) -> Answer {
-    let mut c = TcpStream::connect(s.addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(
-        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    c.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a whole head");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    s.send("GET", target, host, extra)
 }
 
 fn signed_in() -> String {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use support::binary::{self, Sluice};
+use support::binary::{self, Answer, Sluice};
 
 mod support;
 
@@ -94,59 +94,9 @@ fn sluice(name: &str, ingresses: &[String]) -> Sluice {
     binary::start(&format!("reqpol-{name}"), &[("app.yaml", &yaml)], "", 1)
 }
 
-/// A parsed answer: status, header fields (names lower-cased) and body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n == name).count()
-    }
-}
-
 /// One request (`method target`, `Host`, extra fields) on a fresh connection.
 fn send(s: &Sluice, method: &str, target: &str, host: &str, extra: &str) -> Answer {
-    let mut c = TcpStream::connect(s.addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(
-        format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    c.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a whole head");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    s.send(method, target, host, extra)
 }
 
 fn get(s: &Sluice, target: &str, host: &str) -> Answer {
