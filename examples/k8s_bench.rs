@@ -107,6 +107,7 @@ fn propagation(ingresses: usize, changes: usize) {
     let workers = 2;
     let engine = Engine::start(
         EngineConfig {
+            batching: Default::default(),
             workers: vec![None; workers],
             http: "127.0.0.1:0".parse().unwrap(),
             conn: Arc::new(ConnConfig::default()),

@@ -254,6 +254,7 @@ fn main() {
     let synced = start.elapsed();
     let engine = Engine::start(
         EngineConfig {
+            batching: Default::default(),
             workers: vec![None; 2],
             http: "127.0.0.1:0".parse().unwrap(),
             conn: Arc::new(ConnConfig::default()),

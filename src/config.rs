@@ -19,6 +19,7 @@ use crate::core::conn::{ConnConfig, Scheme, Timeouts};
 use crate::core::http1::{Limits, MAX_HEADERS_CAP, Upgrades};
 use crate::core::tls::TlsSettings;
 use crate::core::upstream::health::OutlierConfig;
+use crate::engine::uring::batch::Batching;
 use crate::engine::userspace::{DeviceKind, PollMode, UserspaceConfig, parse_cidr, parse_mac};
 use crate::engine::{EngineConfig, HttpsConfig};
 
@@ -62,7 +63,7 @@ pub enum ValueError {
     ServiceRef(String),
     #[error("expected a duration like \"10s\" or \"500ms\" (got {0:?})")]
     Duration(String),
-    #[error("unknown duration unit in {0:?} (use ms, s, m or h)")]
+    #[error("unknown duration unit in {0:?} (use us, ms, s, m or h)")]
     DurationUnit(String),
     #[error("expected a size like 1048576, \"512k\" or \"1m\" (got {0:?})")]
     Size(String),
@@ -118,6 +119,8 @@ struct Raw {
     http: RawHttp,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    uring: RawUring,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -283,6 +286,14 @@ struct RawBuffers {
     size: Option<Spanned<Size>>,
 }
 
+/// The `[uring]` section: the io_uring engine's loop.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUring {
+    batch_window: Option<Spanned<String>>,
+    batch_max: Option<Spanned<u32>>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
@@ -368,6 +379,8 @@ pub struct Config {
     /// (so a load balancer health-checking `/readyz` stops sending first).
     pub shutdown_delay: Duration,
     pub buffer_size: usize,
+    /// The io_uring loop's adaptive batching (`[uring]`).
+    pub batching: Batching,
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
     /// `[outlier]`: passive health of pod endpoints.
@@ -412,6 +425,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(240),
             shutdown_delay: Duration::ZERO,
             buffer_size: 32 * 1024,
+            batching: Batching::default(),
             upstream_max_idle: 64,
             upstream_idle_timeout: Duration::from_secs(60),
             outlier: OutlierConfig::default(),
@@ -440,6 +454,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
         .parse()
         .map_err(|_| ValueError::Duration(text.to_string()))?;
     let d = match unit {
+        "us" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
@@ -842,6 +857,31 @@ impl Config {
             "timeouts.shutdown_delay",
             d.shutdown_delay,
         )?;
+        let window = ctx.duration(
+            &raw.uring.batch_window,
+            "uring.batch_window",
+            Duration::from_micros(u64::from(c.batching.window_us())),
+        )?;
+        if window > Duration::from_millis(1) {
+            let at = raw
+                .uring
+                .batch_window
+                .as_ref()
+                .map_or(0, |v| v.span().start);
+            return Err(ctx.at(
+                at,
+                "uring.batch_window",
+                "at most 1ms (0 turns batching off)",
+            ));
+        }
+        let batch_max = match &raw.uring.batch_max {
+            Some(v) if !(1..=1024).contains(v.get_ref()) => {
+                return Err(ctx.at(v.span().start, "uring.batch_max", "between 1 and 1024"));
+            }
+            Some(v) => *v.get_ref(),
+            None => c.batching.max(),
+        };
+        c.batching = Batching::new(window.as_micros() as u32, batch_max);
         if let Some(size) = ctx.size(&raw.buffers.size, "buffers.size", 1024, 16 << 20)? {
             c.buffer_size = as_usize(size);
         }
@@ -1014,6 +1054,7 @@ impl Config {
             upstream_max_idle: self.upstream_max_idle,
             upstream_idle_timeout: self.upstream_idle_timeout,
             shutdown_grace: self.shutdown_grace,
+            batching: self.batching,
         }
     }
 }
@@ -1225,6 +1266,21 @@ mod tests {
     }
 
     #[test]
+    fn uring_batching_keys() {
+        let mut d = parse("").unwrap().batching;
+        d.turn(100);
+        assert_eq!(d.next_wait(), (32, 50));
+        let mut c = parse("[uring]\nbatch_window = \"20us\"\nbatch_max = 8\n")
+            .unwrap()
+            .batching;
+        c.turn(100);
+        assert_eq!(c.next_wait(), (8, 20));
+        let mut off = parse("[uring]\nbatch_window = \"0ms\"\n").unwrap().batching;
+        off.turn(100);
+        assert_eq!(off.next_wait(), (1, 0));
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             (
@@ -1241,6 +1297,10 @@ mod tests {
                 "[log]\nbackend_metrics_cap = 0\n",
                 "log.backend_metrics_cap",
             ),
+            ("[uring]\nbatch_window = \"2ms\"\n", "uring.batch_window"),
+            ("[uring]\nbatch_window = \"50ns\"\n", "uring.batch_window"),
+            ("[uring]\nbatch_max = 0\n", "uring.batch_max"),
+            ("[uring]\nbatch_mx = 4\n", "batch_mx"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");

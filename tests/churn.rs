@@ -110,6 +110,7 @@ fn hundreds_of_rewrites_under_keep_alive_traffic_fail_no_request() {
     assert!(source.refresh().is_empty());
     let (compiler, first) = Incremental::new(&source.objects(), CompileOptions::default(), 1);
     let cfg = EngineConfig {
+        batching: Default::default(),
         workers: vec![None, None],
         http: "127.0.0.1:0".parse().unwrap(),
         conn: Arc::new(ConnConfig::default()),
@@ -262,6 +263,7 @@ fn an_upgraded_tunnel_survives_100_snapshot_changes() {
         Arc::new(compile(&objects, &CompileOptions::default(), version).snapshot)
     };
     let cfg = EngineConfig {
+        batching: Default::default(),
         workers: vec![None],
         http: "127.0.0.1:0".parse().unwrap(),
         conn: Arc::new(ConnConfig::default()),
@@ -319,6 +321,7 @@ fn every_worker_ends_on_the_newest_snapshot_and_old_ones_are_freed() {
         Arc::new(compile(&objects, &CompileOptions::default(), version).snapshot)
     };
     let cfg = EngineConfig {
+        batching: Default::default(),
         workers: vec![None, None],
         http: "127.0.0.1:0".parse().unwrap(),
         conn: Arc::new(ConnConfig::default()),
@@ -375,6 +378,7 @@ fn a_file_being_written_is_read_once_it_is_closed() {
     assert!(source.refresh().is_empty());
     let (compiler, first) = Incremental::new(&source.objects(), CompileOptions::default(), 1);
     let cfg = EngineConfig {
+        batching: Default::default(),
         workers: vec![None],
         http: "127.0.0.1:0".parse().unwrap(),
         conn: Arc::new(ConnConfig::default()),

@@ -119,6 +119,7 @@ impl Harness {
         https: Option<HttpsConfig>,
     ) -> Engine {
         let mut cfg = EngineConfig {
+            batching: Default::default(),
             workers: vec![None; workers],
             http: "127.0.0.1:0".parse().unwrap(),
             conn: Arc::new(conn),
@@ -982,6 +983,7 @@ fn userspace_engine_serves_ipv6_clients_and_ipv6_upstreams() {
         up.addr.port()
     );
     let cfg = EngineConfig {
+        batching: Default::default(),
         workers: vec![None; 2],
         http: "0.0.0.0:80".parse().unwrap(),
         conn: Arc::new(ConnConfig::default()),
@@ -1039,6 +1041,7 @@ fn userspace_engine_reaches_off_link_upstreams_through_the_gateway() {
     conn.timeouts.upstream_connect = Duration::from_millis(500);
     let start = |gateway: Option<IpAddr>| {
         let cfg = EngineConfig {
+            batching: Default::default(),
             workers: vec![None; 1],
             http: SocketAddr::new(IpAddr::from(SLUICE_IP), 80),
             conn: Arc::new(conn.clone()),

@@ -129,6 +129,7 @@ fn start(settings: KubeSettings) -> Replica {
         .expect("source works")
         .expect("initial sync within 20 s");
     let cfg = EngineConfig {
+        batching: Default::default(),
         workers: vec![None; 2],
         http: "127.0.0.1:0".parse().unwrap(),
         conn: Arc::new(ConnConfig::default()),
@@ -1071,6 +1072,7 @@ fn an_unacknowledged_snapshot_stalls_neither_watchers_nor_lease_nor_status() {
         .unwrap()
         .expect("initial sync");
     let cfg = EngineConfig {
+        batching: Default::default(),
         workers: vec![None],
         http: "127.0.0.1:0".parse().unwrap(),
         conn: Arc::new(ConnConfig::default()),

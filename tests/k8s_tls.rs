@@ -133,6 +133,7 @@ fn certificates_come_from_referenced_cluster_secrets() {
     };
     let engine = Engine::start_with_https(
         EngineConfig {
+            batching: Default::default(),
             workers: vec![None; 2],
             http: "127.0.0.1:0".parse().unwrap(),
             conn: Arc::new(ConnConfig::default()),

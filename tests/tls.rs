@@ -28,6 +28,7 @@ const LOOPBACK: SocketAddr =
 
 fn start(snapshot: Snapshot, https: HttpsConfig) -> Engine {
     let cfg = EngineConfig {
+        batching: Default::default(),
         workers: vec![None; 1],
         http: "127.0.0.1:0".parse().unwrap(),
         conn: Arc::new(ConnConfig::default()),
@@ -276,6 +277,7 @@ fn second_handshake_is_resumed_on_any_worker() {
         + &secret("c", &c);
     let snapshot = compile_yaml(&yaml, &options(&default), 1).snapshot;
     let cfg = EngineConfig {
+        batching: Default::default(),
         workers: vec![None; 2],
         http: "127.0.0.1:0".parse().unwrap(),
         conn: Arc::new(ConnConfig::default()),

@@ -39,6 +39,8 @@ pub struct EngineConfig {
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// The io_uring loop's adaptive batching (ignored by the userspace engine).
+    pub batching: uring::batch::Batching,
 }
 
 impl EngineConfig {
@@ -229,6 +231,7 @@ impl Engine {
                 listener,
                 https_listener: https_listeners.next(),
                 wake: wake.as_raw_fd(),
+                batching: cfg.batching,
             };
             setups.push((setup, wake));
         }

@@ -729,6 +729,7 @@ pub fn answer(addr: SocketAddr, host: &str) -> String {
 pub fn loopback_engine(snapshot: Snapshot) -> Engine {
     Engine::start(
         EngineConfig {
+            batching: Default::default(),
             workers: vec![None; 2],
             http: "127.0.0.1:0".parse().unwrap(),
             conn: Arc::new(ConnConfig::default()),

@@ -3,6 +3,7 @@
 //! the socket system calls); `worker` is the adapter that turns completions into driver
 //! events and the driver's sends, connects and closes into submissions, and runs the loop.
 
+pub mod batch;
 mod ring;
 pub(crate) mod worker;
 

@@ -458,12 +458,35 @@ impl Ring {
 
     /// Submits what is queued and waits for at least one completion or `timeout`.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+        self.submit_and_gather(timeout, 1, 0)
+    }
+
+    /// True when the kernel has min-wait (Linux 6.12+), which [`Ring::submit_and_gather`]
+    /// needs to ask for more than one completion without risking the whole timeout.
+    pub fn has_min_wait(&self) -> bool {
+        self.ring.params().is_feature_min_timeout()
+    }
+
+    /// Submits what is queued and waits for `want` completions, but for at most `window_us`
+    /// microseconds once one is ready (min-wait; `window_us` 0 waits for one), and at most
+    /// `timeout` in all. Without min-wait (see [`Ring::has_min_wait`]) it waits for one.
+    pub fn submit_and_gather(
+        &mut self,
+        timeout: Duration,
+        want: u32,
+        window_us: u32,
+    ) -> io::Result<()> {
         self.flush();
         let ts = Timespec::new()
             .sec(timeout.as_secs())
             .nsec(timeout.subsec_nanos());
-        let args = SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        let (want, window_us) = if window_us == 0 || want <= 1 || !self.has_min_wait() {
+            (1, 0)
+        } else {
+            (want as usize, window_us)
+        };
+        let args = SubmitArgs::new().timespec(&ts).min_wait_usec(window_us);
+        match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use super::batch::Batching;
 use super::ring::{self as uring, Completion, Op, Ring, Token};
 use crate::core::conn::ClientInfo;
 use crate::core::time::Instant;
@@ -25,6 +26,8 @@ pub struct WorkerSetup {
     pub https_listener: Option<RawFd>,
     /// Signalled when a snapshot or a stop request is waiting.
     pub wake: RawFd,
+    /// How the loop's waits gather completions (off where the kernel lacks min-wait).
+    pub batching: Batching,
 }
 
 /// The accept token's slot for the HTTPS listener (the plain one is 0).
@@ -358,6 +361,7 @@ pub struct Worker {
     wake: RawFd,
     wake_armed: bool,
     completions: Vec<Completion>,
+    batching: Batching,
 }
 
 impl EngineWorker for Worker {
@@ -373,6 +377,7 @@ impl EngineWorker for Worker {
                 uring::close(fd);
             }
         })?;
+        let has_min_wait = ring.has_min_wait();
         Ok(Worker {
             net: UringNet {
                 ring,
@@ -387,6 +392,7 @@ impl EngineWorker for Worker {
             wake: setup.wake,
             wake_armed: false,
             completions: Vec::with_capacity(MAX_COMPLETIONS),
+            batching: setup.batching.for_kernel(has_min_wait),
         })
     }
 
@@ -413,10 +419,12 @@ impl EngineWorker for Worker {
             }
             self.net.arm_accepts(now);
             let wait = self.next_wait(now);
-            self.net.ring.submit_and_wait(wait)?;
+            let (want, window_us) = self.batching.next_wait();
+            self.net.ring.submit_and_gather(wait, want, window_us)?;
             let now = clock();
             let mut completions = std::mem::take(&mut self.completions);
             self.net.ring.completions(&mut completions, MAX_COMPLETIONS);
+            self.batching.turn(completions.len());
             for c in &completions {
                 if c.token.is_some_and(|t| t.op == Op::Wake) {
                     // Re-armed at the top of the loop, where the snapshot is taken.
