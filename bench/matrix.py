@@ -245,6 +245,11 @@ def main():
     ap.add_argument("--profile", default="dist",
                     help="cargo profile of the binaries (dist for figures; dev only checks the harness)")
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--sluice-config", action="append", default=[], metavar="NAME=TOML",
+                    help="one more Sluice contender, sluice-NAME, with TOML appended to its config "
+                         "(e.g. 'nobatch=[uring]\\nbatch_window = \"0us\"'); repeatable")
+    ap.add_argument("--sluice-binary", action="append", default=[], metavar="NAME=PATH",
+                    help="one more Sluice contender, sluice-NAME, run from another build; repeatable")
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.connections = "1k", "64"
@@ -284,6 +289,15 @@ def main():
     starters = {"sluice": lambda: base.start_sluice(tmp, binary),
                 "nginx": lambda: base.start_nginx(tmp, connections=hard - 100),
                 "haproxy": lambda: base.start_haproxy(tmp, maxconn=(hard - 300) // 2)}
+    for spec in args.sluice_config:
+        name, _, extra = spec.partition("=")
+        extra = "\n" + extra.replace("\\n", "\n") + "\n"
+        starters["sluice-" + name] = lambda extra=extra: base.start_sluice(tmp, binary, extra=extra)
+        contenders.append("sluice-" + name)
+    for spec in args.sluice_binary:
+        name, _, path = spec.partition("=")
+        starters["sluice-" + name] = lambda path=path: base.start_sluice(tmp, path)
+        contenders.append("sluice-" + name)
     results = []
     try:
         for cell in cells(args):

@@ -184,9 +184,9 @@ backend pods
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_sluice(tmp, binary, access_log=None):
+def start_sluice(tmp, binary, access_log=None, extra=""):
     """`access_log`: None leaves the default (on, to stdout, here /dev/null); True appends to a
-    file; False turns it off."""
+    file; False turns it off. `extra`: more TOML for the config (sections after the others)."""
     manifests = os.path.join(tmp, "manifests")
     os.makedirs(manifests, exist_ok=True)
     with open(os.path.join(manifests, "bench.yaml"), "w") as f:
@@ -222,6 +222,7 @@ manifests = "{manifests}"
             f.write(f'[log]\naccess = true\naccess_path = "{tmp}/access.log"\n')
         elif access_log is False:
             f.write("[log]\naccess = false\n")
+        f.write(extra)
     return subprocess.Popen(["taskset", "-c", CONTENDER_CPU, binary, "run", "--config", conf],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
