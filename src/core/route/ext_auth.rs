@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::core::http1::forward::is_hop_by_hop;
 use crate::core::http1::request::RequestHead;
+use crate::core::route::key::{Token, split_variables};
 use crate::core::time::Instant;
 
 /// Where the subrequest goes: an address resolved when the snapshot was built, the `Host`
@@ -160,21 +161,13 @@ impl Template {
     /// `allowed` says which variables this template may use (by their `$` name).
     pub fn parse(value: &str, allowed: &[&str]) -> Result<Template, String> {
         let mut pieces = Vec::new();
-        let mut text = String::new();
-        let mut rest = value;
-        while let Some(at) = rest.find('$') {
-            text.push_str(&rest[..at]);
-            let after = &rest[at + 1..];
-            let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
-                let end = braced
-                    .find('}')
-                    .ok_or_else(|| format!("unclosed ${{ in {value:?}"))?;
-                (&braced[..end], &braced[end + 1..])
-            } else {
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(after.len());
-                (&after[..end], &after[end..])
+        for token in split_variables(value)? {
+            let name = match token {
+                Token::Text(t) => {
+                    pieces.push(Piece::Text(t.to_string()));
+                    continue;
+                }
+                Token::Variable(name) => name,
             };
             let piece = match name {
                 "host" => Piece::Host,
@@ -200,15 +193,7 @@ impl Template {
             if !allowed.contains(&key) {
                 return Err(format!("${name} cannot be used here, in {value:?}"));
             }
-            if !text.is_empty() {
-                pieces.push(Piece::Text(std::mem::take(&mut text)));
-            }
             pieces.push(piece);
-            rest = tail;
-        }
-        text.push_str(rest);
-        if !text.is_empty() {
-            pieces.push(Piece::Text(text));
         }
         Ok(Template(pieces))
     }

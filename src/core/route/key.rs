@@ -41,6 +41,46 @@ impl std::fmt::Display for HashKey {
     }
 }
 
+/// A piece of a text with nginx-style variables, as [`split_variables`] finds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token<'a> {
+    /// Literal text (never empty).
+    Text(&'a str),
+    /// A variable's name, without `$` or braces (it may be empty: `$` alone).
+    Variable(&'a str),
+}
+
+/// Splits `template` into literal text and `$name` / `${name}` variables, in order: the one
+/// tokenizer of every template Sluice reads (hash keys, external-auth values). A name runs
+/// over ASCII letters, digits and `_`; `${` without its `}` is an error.
+pub fn split_variables(template: &str) -> Result<Vec<Token<'_>>, String> {
+    let mut tokens = Vec::new();
+    let mut rest = template;
+    while let Some(at) = rest.find('$') {
+        if at > 0 {
+            tokens.push(Token::Text(&rest[..at]));
+        }
+        let after = &rest[at + 1..];
+        let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced
+                .find('}')
+                .ok_or_else(|| format!("unclosed ${{ in {template:?}"))?;
+            (&braced[..end], &braced[end + 1..])
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        tokens.push(Token::Variable(name));
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        tokens.push(Token::Text(rest));
+    }
+    Ok(tokens)
+}
+
 /// What a key reads of a request.
 pub trait KeySource {
     fn remote_ip(&self) -> IpAddr;
@@ -56,31 +96,11 @@ impl HashKey {
     /// An unknown variable is refused, naming it.
     pub fn parse(template: &str) -> Result<HashKey, String> {
         let mut parts = Vec::new();
-        let mut text = String::new();
-        let mut rest = template;
-        while let Some(at) = rest.find('$') {
-            text.push_str(&rest[..at]);
-            let after = &rest[at + 1..];
-            let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
-                let end = braced
-                    .find('}')
-                    .ok_or_else(|| format!("unclosed ${{ in {template:?}"))?;
-                (&braced[..end], &braced[end + 1..])
-            } else {
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(after.len());
-                (&after[..end], &after[end..])
-            };
-            if !text.is_empty() {
-                parts.push(Part::Text(std::mem::take(&mut text).into()));
-            }
-            parts.push(variable(name)?);
-            rest = tail;
-        }
-        text.push_str(rest);
-        if !text.is_empty() {
-            parts.push(Part::Text(text.into()));
+        for token in split_variables(template)? {
+            parts.push(match token {
+                Token::Text(t) => Part::Text(t.into()),
+                Token::Variable(name) => variable(name)?,
+            });
         }
         if parts.is_empty() {
             return Err("empty key".to_string());
@@ -234,6 +254,27 @@ impl Fnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_split_from_text() {
+        use Token::{Text, Variable};
+        assert_eq!(
+            split_variables("user-${arg_id}$host/x$").unwrap(),
+            [
+                Text("user-"),
+                Variable("arg_id"),
+                Variable("host"),
+                Text("/x"),
+                Variable("")
+            ]
+        );
+        assert_eq!(split_variables("plain").unwrap(), [Text("plain")]);
+        assert!(split_variables("").unwrap().is_empty());
+        assert!(split_variables("a${host").unwrap_err().contains("unclosed"));
+        // Both readers refuse what they do not know, naming it.
+        assert!(HashKey::parse("$nope").unwrap_err().contains("nope"));
+        assert!(HashKey::parse("$").is_err());
+    }
 
     #[test]
     fn ip_text_writes_what_display_writes() {
