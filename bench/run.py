@@ -184,9 +184,9 @@ backend pods
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_sluice(tmp, binary, access_log=None, extra=""):
-    """`access_log`: None leaves the default (on, to stdout, here /dev/null); True appends to a
-    file; False turns it off. `extra`: more TOML for the config (sections after the others)."""
+def bench_manifests(tmp, address, port):
+    """The manifest directory every Sluice benchmark serves: one Ingress whose default backend
+    is one pod at `address`:`port`. Returns the directory."""
     manifests = os.path.join(tmp, "manifests")
     os.makedirs(manifests, exist_ok=True)
     with open(os.path.join(manifests, "bench.yaml"), "w") as f:
@@ -206,9 +206,16 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: pods-1, namespace: default, labels: {{kubernetes.io/service-name: pods}}}}
 addressType: IPv4
-ports: [{{port: {UPSTREAM_PORT}}}]
-endpoints: [{{addresses: ["127.0.0.1"]}}]
+ports: [{{port: {port}}}]
+endpoints: [{{addresses: ["{address}"]}}]
 """)
+    return manifests
+
+
+def start_sluice(tmp, binary, access_log=None, extra=""):
+    """`access_log`: None leaves the default (on, to stdout, here /dev/null); True appends to a
+    file; False turns it off. `extra`: more TOML for the config (sections after the others)."""
+    manifests = bench_manifests(tmp, "127.0.0.1", UPSTREAM_PORT)
     conf = os.path.join(tmp, "sluice.toml")
     with open(conf, "w") as f:
         f.write(f"""workers = [{CONTENDER_CPU}]

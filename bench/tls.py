@@ -40,7 +40,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # bench/run.py's tool discovery and process helpers, as bench/idle.py and bench/churn use them.
-from run import cpu_ticks, ensure_tools, family, start_upstream, tool, wait_port, write_section  # noqa: E402
+from run import bench_manifests, cpu_ticks, ensure_tools, family, start_upstream, tool, wait_port, write_section  # noqa: E402
 CONTENDER_CPU = "0"
 LOAD_CPU = "1"
 # Ports of their own: other benchmarks (bench/run.py) use 18000/18080.
@@ -143,28 +143,7 @@ backend pods
 
 
 def start_sluice(tmp, binary, cert):
-    manifests = os.path.join(tmp, "manifests")
-    os.makedirs(manifests, exist_ok=True)
-    with open(os.path.join(manifests, "bench.yaml"), "w") as f:
-        f.write(f"""apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: bench, namespace: default}}
-spec:
-  ingressClassName: sluice
-  defaultBackend: {{service: {{name: pods, port: {{number: 80}}}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: pods, namespace: default}}
-spec: {{ports: [{{port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: pods-1, namespace: default, labels: {{kubernetes.io/service-name: pods}}}}
-addressType: IPv4
-ports: [{{port: {UPSTREAM_PORT}}}]
-endpoints: [{{addresses: ["127.0.0.1"]}}]
-""")
+    manifests = bench_manifests(tmp, "127.0.0.1", UPSTREAM_PORT)
     conf = os.path.join(tmp, "sluice.toml")
     with open(conf, "w") as f:
         f.write(f"""workers = [{CONTENDER_CPU}]

@@ -37,7 +37,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import write_section  # noqa: E402  (bench/run.py: one writer of RESULTS.md sections)
+from run import bench_manifests, write_section  # noqa: E402  (bench/run.py: one writer of RESULTS.md sections)
 CONTENDER_CPU = "0"
 LOAD_CPU = "1"
 KERNEL_IP = "10.99.0.1"
@@ -168,28 +168,7 @@ http {{
 
 
 def start_sluice(tmp, binary, engine, https=False):
-    manifests = os.path.join(tmp, "manifests")
-    os.makedirs(manifests, exist_ok=True)
-    with open(os.path.join(manifests, "bench.yaml"), "w") as f:
-        f.write(f"""apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: bench, namespace: default}}
-spec:
-  ingressClassName: sluice
-  defaultBackend: {{service: {{name: pods, port: {{number: 80}}}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: pods, namespace: default}}
-spec: {{ports: [{{port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: pods-1, namespace: default, labels: {{kubernetes.io/service-name: pods}}}}
-addressType: IPv4
-ports: [{{port: {UPSTREAM_PORT}}}]
-endpoints: [{{addresses: ["{KERNEL_IP}"]}}]
-""")
+    manifests = bench_manifests(tmp, KERNEL_IP, UPSTREAM_PORT)
     http = f"{KERNEL_IP}:{PROXY_PORT}" if engine == "uring" else f"0.0.0.0:{PROXY_PORT}"
     https_addr = f"{KERNEL_IP}:{HTTPS_PORT}" if engine == "uring" else f"0.0.0.0:{HTTPS_PORT}"
     conf = os.path.join(tmp, f"sluice-{engine}.toml")
