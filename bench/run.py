@@ -123,6 +123,11 @@ http {{
     return p
 
 
+# Every contender sends the upstream the fields Sluice sends by default (and ingress-nginx's
+# template sets): Host, X-Forwarded-For, -Proto, -Host, -Port, X-Real-IP and a request ID, so
+# the upstream parses the same head behind each of them.
+
+
 def start_nginx(tmp, connections=4096):
     """nginx as a proxy; `connections` per worker (clients and upstream connections together)."""
     conf = os.path.join(tmp, "nginx.conf")
@@ -145,10 +150,13 @@ http {{
       proxy_pass http://pods;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host $host;
+      proxy_set_header Host $http_host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Real-IP $remote_addr;
       proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Forwarded-Port $server_port;
+      proxy_set_header X-Request-ID $request_id;
     }}
   }}
 }}
@@ -176,6 +184,11 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:{PROXY_PORT} backlog 4096
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Forwarded-Port %[dst_port]
+  http-request set-header X-Real-IP %[src]
+  http-request set-header X-Request-ID %[uuid]
   default_backend pods
 backend pods
   server pod1 127.0.0.1:{UPSTREAM_PORT}
