@@ -143,7 +143,7 @@ events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
-  upstream pods {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 64; }}
+  upstream pods {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 320; }}
   server {{
     listen 127.0.0.1:{PROXY_PORT} reuseport backlog=4096;
     location / {{

@@ -30,6 +30,7 @@
 //! fit one interface without a per-event `dyn` call: the driver is generic over its
 //! transport.
 
+mod demand;
 mod machine;
 mod side;
 mod slab;
@@ -154,6 +155,8 @@ pub struct DriverSetup {
     pub retired: Sender<Arc<Snapshot>>,
     pub metrics: Arc<WorkerMetrics>,
     pub stopping: Arc<AtomicBool>,
+    /// Idle pooled connections kept per endpoint at least (more while recent demand was
+    /// higher: [`demand`]).
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -253,6 +256,8 @@ pub struct Driver {
     upstreams: Slab<Upstream>,
     /// Idle pooled upstream slots by endpoint and TLS identity, oldest first.
     pool: HashMap<PoolKey, Vec<usize>>,
+    /// Upstream connections in use per pool key and their recent peak (the pool's size).
+    demand: demand::Demand,
     /// When the oldest idle pooled connection reaches the idle timeout (the pool is scanned
     /// then, not on every loop turn).
     pool_expiry: Option<Instant>,
@@ -299,6 +304,7 @@ impl Driver {
             clients: Slab::default(),
             upstreams: Slab::default(),
             pool: HashMap::new(),
+            demand: demand::Demand::default(),
             pool_expiry: None,
             timers: BinaryHeap::new(),
             tls_config,
@@ -386,6 +392,8 @@ impl Driver {
         for ui in gone {
             self.close_upstream(t, ui);
         }
+        self.demand
+            .retain(|key| snapshot.has_endpoint(&key.endpoint));
         if let Some(https) = &self.setup.https
             && !Arc::ptr_eq(&snapshot.certs, &self.snapshot.certs)
         {
@@ -1159,6 +1167,7 @@ impl Driver {
             if let Some(up) = self.upstreams.get_any(ui) {
                 up.state = UpState::Attached;
                 up.client = Some(slot);
+                self.demand.attach(key, now);
             }
             if let Some(client) = self.clients.get_any(slot) {
                 client.upstream = Some(ui);
@@ -1204,6 +1213,7 @@ impl Driver {
             Ok(sock) => {
                 if let Some(up) = self.upstreams.get_any(ui) {
                     up.sock = sock;
+                    self.demand.attach(key, now);
                 }
                 if let Some(client) = self.clients.get_any(slot) {
                     client.upstream = Some(ui);
@@ -1236,12 +1246,15 @@ impl Driver {
             return;
         };
         up.client = None;
+        self.demand.detach(up.key);
         let list_len = self.pool.get(&up.key).map_or(0, Vec::len);
+        // As many idle as were in use at once lately, at least the configured cap.
+        let keep = (self.setup.upstream_max_idle).max(self.demand.recent_peak(up.key, now));
         let poolable = reusable
             && up.state == UpState::Attached
             && !up.sending
             && up.tls.as_ref().is_none_or(|tls| tls.idle())
-            && list_len < self.setup.upstream_max_idle
+            && list_len < keep
             && self.accepting
             && t.reusable(up.sock);
         if !poolable {
@@ -1264,6 +1277,9 @@ impl Driver {
             && let Some(list) = self.pool.get_mut(&up.key)
         {
             list.retain(|&i| i != ui);
+        }
+        if up.client.is_some() {
+            self.demand.detach(up.key);
         }
         if let Some(ci) = up.client
             && let Some(client) = self.clients.get_any(ci)

@@ -166,6 +166,65 @@ fn a_request_goes_upstream_and_its_connection_is_pooled_and_reused() {
     assert!(net.take(1).ends_with("ok"));
 }
 
+/// More requests in flight to one pod than the configured idle cap (4 here): a burst of
+/// responses releases all of their connections, and the next burst of requests finds them in
+/// the pool instead of connecting again (a fixed cap closed half of them).
+#[test]
+fn the_pool_keeps_what_a_burst_needed_beyond_the_configured_cap() {
+    let mut d = driver();
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    let clients: Vec<Owner> = (0..8)
+        .map(|i| d.accept(1 + i, info(), false, now).expect("accepted"))
+        .collect();
+    let request = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    for &c in &clients {
+        d.received(c, request, now);
+    }
+    d.drive(&mut net, now);
+    assert_eq!(net.connects.len(), 8);
+    let upstreams: Vec<Owner> = net.connects.iter().map(|(_, o)| *o).collect();
+    for &u in &upstreams {
+        d.connected(u, true, now);
+    }
+    d.drive(&mut net, now);
+    for &u in &upstreams {
+        d.received(u, RESPONSE, now);
+    }
+    d.drive(&mut net, now);
+    assert!(
+        net.closed.is_empty(),
+        "all eight went to the pool: {:?}",
+        net.closed
+    );
+    for &c in &clients {
+        d.received(c, request, now);
+    }
+    d.drive(&mut net, now);
+    assert_eq!(net.connects.len(), 8, "the second burst reused the pool");
+    for &u in &upstreams {
+        d.received(u, RESPONSE, now);
+    }
+    d.drive(&mut net, now);
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    // Demand gone (two windows later, within the idle timeout): one request at a time, and
+    // a connection it releases is closed while more than the cap are idle.
+    let later = now + demand::WINDOW * 5 / 2;
+    d.received(clients[0], request, later);
+    d.drive(&mut net, later);
+    let used = net.connects.len();
+    assert_eq!(used, 8, "served from the pool");
+    let u = upstreams[7];
+    d.received(u, RESPONSE, later);
+    d.drive(&mut net, later);
+    assert_eq!(
+        net.closed.len(),
+        1,
+        "the surplus is not pooled again: {:?}",
+        net.closed
+    );
+}
+
 #[test]
 fn an_idle_pooled_connection_that_speaks_is_closed_and_a_stale_owner_is_ignored() {
     let (mut d, mut net, now, client, upstream) = one_exchange();

@@ -168,8 +168,10 @@ impl Driver {
     fn handshake_failed(&mut self, ui: usize, client: Option<usize>, now: Instant) {
         WorkerMetrics::add(&self.setup.metrics.upstream_connect_errors, 1);
         self.doomed.push(ui);
-        if let Some(up) = self.upstreams.get_any(ui) {
-            up.client = None;
+        if let Some(up) = self.upstreams.get_any(ui)
+            && up.client.take().is_some()
+        {
+            self.demand.detach(up.key);
         }
         if let Some(ci) = client
             && let Some(cl) = self.clients.get_any(ci)
