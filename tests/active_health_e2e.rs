@@ -3,7 +3,7 @@
 //! rotation after the unhealthy threshold (no client request reaches it any more), comes back
 //! after it recovers, and when all three fail all three stay in rotation (panic). Plus the
 //! compiler side without sockets: the annotations, the conflict report, and the health view
-//! applied to a snapshot.
+//! applied to a snapshot; and the cluster source (a mock API server) the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -16,7 +16,7 @@ use sluice::control::compile::{CompileOptions, Objects, PortRef, ServiceRef, com
 use sluice::control::health_check::HealthView;
 use sluice::control::incremental::Incremental;
 use sluice::control::manifests::parse_documents;
-use support::binary::{self, Sluice};
+use support::binary;
 
 mod support;
 
@@ -128,8 +128,8 @@ fn serve(
 }
 
 /// The status of one GET on a fresh connection (0: closed without a status line).
-fn get(s: &Sluice, path: &str) -> u16 {
-    let mut c = TcpStream::connect(s.addr).unwrap();
+fn get(addr: SocketAddr, path: &str) -> u16 {
+    let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     c.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -145,10 +145,10 @@ fn get(s: &Sluice, path: &str) -> u16 {
 }
 
 /// Sends `n` requests, each of which must answer 200; the hits each pod got from them.
-fn round(s: &Sluice, pods: &Pods, n: usize) -> Vec<usize> {
+fn round(addr: SocketAddr, pods: &Pods, n: usize) -> Vec<usize> {
     let before = pods.hits();
     for i in 0..n {
-        assert_eq!(get(s, &format!("/r{i}")), 200, "request {i}");
+        assert_eq!(get(addr, &format!("/r{i}")), 200, "request {i}");
     }
     let after = pods.hits();
     after.iter().zip(before).map(|(a, b)| a - b).collect()
@@ -156,10 +156,10 @@ fn round(s: &Sluice, pods: &Pods, n: usize) -> Vec<usize> {
 
 #[allow(clippy::disallowed_methods)] // a test's own stopwatch, for a generous deadline
 /// Waits (generously) until a round of requests satisfies `done`; the last round.
-fn until(s: &Sluice, pods: &Pods, what: &str, done: impl Fn(&[usize]) -> bool) -> Vec<usize> {
+fn until(addr: SocketAddr, pods: &Pods, what: &str, done: impl Fn(&[usize]) -> bool) -> Vec<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got = round(s, pods, 30);
+        let got = round(addr, pods, 30);
         if done(&got) {
             return got;
         }
@@ -178,21 +178,23 @@ fn an_endpoint_failing_its_health_check_leaves_the_rotation_and_comes_back() {
         2,
     );
     // All healthy: round robin reaches every pod.
-    let first = round(&s, &pods, 30);
+    let first = round(s.addr, &pods, 30);
     assert!(first.iter().all(|n| *n > 0), "{first:?}");
 
     // Pod 2's health path answers 503 (its other answers stay 200: only the check sees it).
     pods.healthy[1].store(false, Ordering::SeqCst);
-    let out = until(&s, &pods, "pod 2 leaves the rotation", |got| got[1] == 0);
+    let out = until(s.addr, &pods, "pod 2 leaves the rotation", |got| {
+        got[1] == 0
+    });
     assert!(out[0] > 0 && out[2] > 0, "{out:?}");
     // And stays out: no client request reaches it.
     std::thread::sleep(Duration::from_millis(1500));
-    let still = round(&s, &pods, 30);
+    let still = round(s.addr, &pods, 30);
     assert_eq!(still[1], 0, "{still:?}");
 
     // It recovers: back in rotation after the healthy threshold.
     pods.healthy[1].store(true, Ordering::SeqCst);
-    until(&s, &pods, "pod 2 back in rotation", |got| {
+    until(s.addr, &pods, "pod 2 back in rotation", |got| {
         got.iter().all(|n| *n > 0)
     });
 
@@ -217,19 +219,104 @@ fn when_every_endpoint_fails_its_health_check_all_stay_in_rotation() {
     pods.healthy[0].store(false, Ordering::SeqCst);
     pods.healthy[1].store(false, Ordering::SeqCst);
     // Two fail first: only pod 3 is served.
-    until(&s, &pods, "only pod 3 served", |got| {
+    until(s.addr, &pods, "only pod 3 served", |got| {
         got[0] == 0 && got[1] == 0
     });
     // Then the last one fails too: panic, all three are served again (the upstreams' own
     // answers rather than an empty rotation).
     pods.healthy[2].store(false, Ordering::SeqCst);
-    until(&s, &pods, "all three served in panic", |got| {
+    until(s.addr, &pods, "all three served in panic", |got| {
         got.iter().all(|n| *n > 0)
     });
     // It holds: the checks keep failing and requests keep reaching all three.
     std::thread::sleep(Duration::from_millis(2500));
-    let got = round(&s, &pods, 30);
+    let got = round(s.addr, &pods, 30);
     assert!(got.iter().all(|n| *n > 0), "{got:?}");
+}
+
+// ---- the cluster source ----
+
+/// The same through the Kubernetes source (a mock API server speaking list and watch): the
+/// checker runs beside its update pipeline and feeds it the same way.
+#[test]
+fn the_cluster_source_takes_an_unhealthy_endpoint_out_and_back() {
+    use serde_json::json;
+    use sluice::control::watch::{KubeOptions, KubeSettings, KubeSource};
+    use sluice::core::conn::ConnConfig;
+    use sluice::engine::{Engine, EngineConfig};
+    use support::mock_api::{self, MockApi};
+
+    let pods = Pods::start(3);
+    let mock = MockApi::start();
+    let dir = std::env::temp_dir().join(format!("sluice-health-k8s-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    mock.apply(
+        mock_api::CLASSES,
+        json!({"metadata": {"name": "sluice"}, "spec": {"controller": "sluice.dev/ingress-controller"}}),
+    );
+    mock.apply(
+        mock_api::SERVICES,
+        json!({"metadata": {"name": "app", "namespace": "default"},
+               "spec": {"ports": [{"name": "http", "port": 80}], "clusterIP": "10.0.0.1"}}),
+    );
+    let eps: Vec<_> = (1..=3)
+        .map(|i| json!({"addresses": [format!("127.0.0.{i}")], "conditions": {"ready": true}}))
+        .collect();
+    mock.apply(
+        mock_api::SLICES,
+        json!({"metadata": {"name": "app-1", "namespace": "default",
+                            "labels": {"kubernetes.io/service-name": "app"}},
+               "addressType": "IPv4", "ports": [{"name": "http", "port": pods.port}], "endpoints": eps}),
+    );
+    mock.apply(
+        mock_api::INGRESSES,
+        json!({"metadata": {"name": "app", "namespace": "default", "annotations": {
+                   "sluice.dev/health-check-path": "/healthz",
+                   "sluice.dev/health-check-interval": "1s",
+                   "sluice.dev/health-check-unhealthy-threshold": "2",
+                   "sluice.dev/health-check-healthy-threshold": "2"}},
+               "spec": {"ingressClassName": "sluice", "rules": [{"host": "app.test", "http": {"paths": [
+                   {"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}}),
+    );
+    let options = KubeOptions {
+        enabled: true,
+        kubeconfig: Some(mock.kubeconfig(&dir)),
+        ..KubeOptions::default()
+    };
+    let settings = KubeSettings::new(&options, &CompileOptions::default());
+    let mut source = KubeSource::start(settings).unwrap();
+    let compiled = source
+        .wait_synced(Duration::from_secs(20))
+        .expect("source works")
+        .expect("initial sync within 20 s");
+    let cfg = EngineConfig {
+        workers: vec![None; 2],
+        http: "127.0.0.1:0".parse().unwrap(),
+        conn: Arc::new(ConnConfig::default()),
+        upstream_max_idle: 4,
+        upstream_idle_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let engine = Engine::start(cfg, Arc::new(compiled.snapshot)).expect("engine starts");
+    source.attach(engine.publisher());
+    let addr = engine.local_addr();
+
+    let first = round(addr, &pods, 30);
+    assert!(first.iter().all(|n| *n > 0), "{first:?}");
+    pods.healthy[0].store(false, Ordering::SeqCst);
+    until(addr, &pods, "pod 1 leaves the rotation", |got| {
+        got[0] == 0 && got[1] > 0 && got[2] > 0
+    });
+    pods.healthy[0].store(true, Ordering::SeqCst);
+    until(addr, &pods, "pod 1 back in rotation", |got| {
+        got.iter().all(|n| *n > 0)
+    });
+
+    source.stop();
+    engine.stop();
+    engine.join().unwrap();
 }
 
 // ---- the compiler side ----
