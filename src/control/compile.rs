@@ -17,9 +17,9 @@
 //! * `spec.defaultBackend`: the fallback for the Ingress's own hosts, and (from the oldest
 //!   Ingress that has one) for requests nothing else matches; then the controller default.
 //! * backend settings (`load-balance`, `upstream-hash-by*`, `affinity*`, `session-cookie-*`,
-//!   `service-upstream`, `sluice.dev/health-check-*`) belong to the Service port, as in ingress-nginx: the oldest Ingress
-//!   with a path rule to it decides them for every route to it ([`Owners`]); an Ingress that
-//!   says otherwise gets a diagnostic naming the deciding one.
+//!   `service-upstream`, `sluice.dev/health-check-*`) belong to the Service port, as in
+//!   ingress-nginx: the oldest Ingress with a path rule to it decides them for every route to
+//!   it ([`Owners`]); an Ingress that says otherwise gets a diagnostic naming the deciding one.
 //! * canary Ingresses (`canary: "true"`) add no routes: each of their rules becomes the
 //!   alternative backend of the main rule with the same host, path and path type (the
 //!   oldest canary wins; one without a main rule is reported and routes nothing).

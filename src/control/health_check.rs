@@ -710,6 +710,63 @@ mod tests {
         assert_eq!(stagger(&target, addr(1), i), stagger(&target, addr(1), i));
     }
 
+    /// One check against a real socket: a listener answering `answer` (`None`: it accepts
+    /// and never answers).
+    fn check_against(answer: Option<&'static str>) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            match answer {
+                Some(a) => {
+                    let _ = s.write_all(a.as_bytes());
+                }
+                None => std::thread::sleep(Duration::from_secs(2)),
+            }
+        });
+        let mut check = HealthCheck::new("/healthz".into());
+        check.timeout = Duration::from_millis(300);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            match tokio::time::timeout(check.timeout, probe(addr, &check)).await {
+                Ok(r) => r,
+                Err(_) => Err("timeout".to_string()),
+            }
+        })
+    }
+
+    #[test]
+    fn a_check_passes_on_an_expected_status_and_fails_otherwise() {
+        assert_eq!(
+            check_against(Some("HTTP/1.1 204 No Content\r\n\r\n")),
+            Ok(())
+        );
+        assert_eq!(
+            check_against(Some("HTTP/1.1 503 Service Unavailable\r\n\r\n")),
+            Err("status 503".to_string())
+        );
+        assert!(check_against(Some("")).is_err(), "closed without a status");
+        assert!(check_against(Some("garbage\r\n")).is_err());
+        assert_eq!(check_against(None), Err("timeout".to_string()));
+        // Nobody listening.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let check = HealthCheck::new("/".into());
+        let r = rt.block_on(probe(addr, &check));
+        assert!(r.as_ref().is_err_and(|e| e.starts_with("connect")), "{r:?}");
+    }
+
     #[test]
     fn the_request_and_the_status_line() {
         let mut check = HealthCheck::new("/healthz".into());

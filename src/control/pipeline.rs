@@ -275,7 +275,8 @@ impl<R: FnMut(Report)> Updater<R> {
 
     /// Applies the pending burst if it is due at `now`: compiles it incrementally, publishes
     /// it, waits (blocking the calling thread) until every worker serves it, then compacts or
-    /// rechecks with a full compile if due.
+    /// rechecks with a full compile if due. Before that, publishes the health checker's newest
+    /// view if it reported one (folded into the burst instead when one is pending).
     pub fn apply_due(&mut self, now: Instant) {
         self.apply_health();
         if !self.debounce.take_due(now) {
