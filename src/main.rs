@@ -298,6 +298,7 @@ fn start_engine(
     .map_err(Error::Engine)?;
     if let Ok(mut extra) = engine.state().extra_metrics.lock() {
         extra.push(Box::new(sluice::control::catalog::render_metrics));
+        extra.push(Box::new(sluice::control::health_check::render_metrics));
     }
     if let Some(log) = access_log::installed()
         && let Ok(mut extra) = engine.state().extra_metrics.lock()

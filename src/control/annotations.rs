@@ -14,6 +14,7 @@ use std::time::Duration;
 use k8s_openapi::api::networking::v1::Ingress;
 
 use super::compile::Diagnostic;
+use super::health_check::HealthCheck;
 use crate::core::http1::Upgrades;
 use crate::core::route::RoutePolicy;
 use crate::core::route::canary::{CanaryRule, HeaderMatch, Pattern};
@@ -573,7 +574,85 @@ pub fn backend_policy(ing: &Ingress) -> BackendPolicy {
         balance: balancing(&a, &mut scratch),
         affinity: affinity(&a, &mut scratch),
         service_upstream: a.get(SERVICE_UPSTREAM, parse_bool, &false, &mut scratch),
+        health: health_check(&a, ing, &mut scratch),
     }
+}
+
+/// The `sluice.dev/health-check-*` annotations (ours only; a backend setting): `None`
+/// without a valid `health-check-path`. A bad value of another of them is reported and its
+/// default used; a timeout not below the interval is reported and half the interval used
+/// when the default 1s is not below it either.
+pub fn health_check(
+    a: &Annotations<'_>,
+    ing: &Ingress,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<HealthCheck> {
+    use super::health_check as hc;
+    let path = a.get_ours(
+        hc::HEALTH_CHECK_PATH,
+        hc::parse_path,
+        &"no active health checks",
+        diags,
+    )?;
+    let mut check = HealthCheck::new(path);
+    if let Some(i) = a.get_ours(hc::HEALTH_CHECK_INTERVAL, hc::parse_interval, &"5s", diags) {
+        check.interval = i;
+    }
+    let timeout = a.get_ours(hc::HEALTH_CHECK_TIMEOUT, hc::parse_timeout, &"1s", diags);
+    check.timeout = match timeout {
+        Some(t) if t < check.interval => t,
+        Some(_) => {
+            a.note(
+                hc::HEALTH_CHECK_TIMEOUT,
+                format!(
+                    "must be below the interval ({:?}); using the default",
+                    check.interval
+                ),
+                diags,
+            );
+            hc::DEFAULT_TIMEOUT.min(check.interval / 2)
+        }
+        None => hc::DEFAULT_TIMEOUT.min(check.interval / 2),
+    };
+    if let Some(n) = a.get_ours(
+        hc::HEALTH_CHECK_HEALTHY_THRESHOLD,
+        hc::parse_threshold,
+        &hc::DEFAULT_HEALTHY,
+        diags,
+    ) {
+        check.healthy = n;
+    }
+    if let Some(n) = a.get_ours(
+        hc::HEALTH_CHECK_UNHEALTHY_THRESHOLD,
+        hc::parse_threshold,
+        &hc::DEFAULT_UNHEALTHY,
+        diags,
+    ) {
+        check.unhealthy = n;
+    }
+    check.port = a.get_ours(
+        hc::HEALTH_CHECK_PORT,
+        hc::parse_port,
+        &"the endpoint's port",
+        diags,
+    );
+    if let Some(range) = a.get_ours(
+        hc::HEALTH_CHECK_EXPECTED_STATUS,
+        hc::parse_expected_status,
+        &"200-399",
+        diags,
+    ) {
+        check.expect = range;
+    }
+    // The Host sent: the Ingress's first rule host that is a name (not a wildcard).
+    check.host = ing
+        .spec
+        .iter()
+        .flat_map(|s| s.rules.iter().flatten())
+        .filter_map(|r| r.host.as_deref())
+        .find(|h| !h.is_empty() && !h.starts_with('*') && super::compile::check_host(h).is_ok())
+        .map(str::to_ascii_lowercase);
+    Some(check)
 }
 
 /// The settings that attach to a backend (a Service port), as in ingress-nginx.
@@ -584,6 +663,8 @@ pub struct BackendPolicy {
     /// `service-upstream`: the Service's ClusterIP and port as the one endpoint (`None`:
     /// not set, which means false).
     pub service_upstream: Option<bool>,
+    /// `sluice.dev/health-check-*`: active HTTP checks of the backend's endpoints.
+    pub health: Option<HealthCheck>,
 }
 
 impl BackendPolicy {
@@ -620,6 +701,15 @@ impl BackendPolicy {
             let theirs = owner.service_upstream();
             lost.push(format!("service-upstream {s} (the backend's: {theirs})"));
         }
+        if let Some(h) = &self.health
+            && !owner.health.as_ref().is_some_and(|o| o.same_settings(h))
+        {
+            let theirs = match &owner.health {
+                Some(o) => o.to_string(),
+                None => "none".to_string(),
+            };
+            lost.push(format!("health check {h} (the backend's: {theirs})"));
+        }
         lost
     }
 
@@ -653,6 +743,7 @@ pub fn route_policy(
     let a = Annotations::of(ing, object);
     // A backend setting (compile::Owners reads it): read here to report a bad value.
     a.get(SERVICE_UPSTREAM, parse_bool, &false, diags);
+    health_check(&a, ing, diags);
     let policy = RoutePolicy {
         balance: balancing(&a, diags),
         next_upstream: next_upstream(&a, diags),

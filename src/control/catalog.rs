@@ -267,6 +267,13 @@ pub const OURS_ONLY: &[&str] = &[
     super::annotations::UPGRADE_PROTOCOLS,
     super::request_annotations::REQUEST_HEADERS,
     super::request_annotations::RESPONSE_HEADERS,
+    super::health_check::HEALTH_CHECK_PATH,
+    super::health_check::HEALTH_CHECK_INTERVAL,
+    super::health_check::HEALTH_CHECK_TIMEOUT,
+    super::health_check::HEALTH_CHECK_HEALTHY_THRESHOLD,
+    super::health_check::HEALTH_CHECK_UNHEALTHY_THRESHOLD,
+    super::health_check::HEALTH_CHECK_PORT,
+    super::health_check::HEALTH_CHECK_EXPECTED_STATUS,
 ];
 
 /// The row for `name` (without prefix).
@@ -474,6 +481,15 @@ pub fn markdown() -> String {
         CATALOG.len(),
         summary.join(", ")
     );
+    out.push_str(
+        "\n## Sluice's own annotations\n\n\
+         ingress-nginx has no counterpart for these: only their `sluice.dev/<name>` form is read, \
+         and the ingress-nginx prefix on one is reported as undocumented. The README's annotation \
+         table says what each does.\n\n",
+    );
+    for name in OURS_ONLY {
+        let _ = writeln!(out, "* `sluice.dev/{name}`");
+    }
     out
 }
 

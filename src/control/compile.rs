@@ -17,9 +17,9 @@
 //! * `spec.defaultBackend`: the fallback for the Ingress's own hosts, and (from the oldest
 //!   Ingress that has one) for requests nothing else matches; then the controller default.
 //! * backend settings (`load-balance`, `upstream-hash-by*`, `affinity*`, `session-cookie-*`,
-//!   `service-upstream`) belong to the Service port, as in ingress-nginx: the oldest Ingress
-//!   with a path rule to it decides them for every route to it ([`Owners`]); an Ingress that
-//!   says otherwise gets a diagnostic naming the deciding one.
+//!   `service-upstream`, `sluice.dev/health-check-*`) belong to the Service port, as in
+//!   ingress-nginx: the oldest Ingress with a path rule to it decides them for every route to
+//!   it ([`Owners`]); an Ingress that says otherwise gets a diagnostic naming the deciding one.
 //! * canary Ingresses (`canary: "true"`) add no routes: each of their rules becomes the
 //!   alternative backend of the main rule with the same host, path and path type (the
 //!   oldest canary wins; one without a main rule is reported and routes nothing).
@@ -277,6 +277,16 @@ impl BackendIds {
     pub fn len(&self) -> usize {
         self.refs.len()
     }
+
+    /// The id of `target`, if it has one.
+    pub fn get(&self, target: &ServiceRef) -> Option<BackendId> {
+        self.ids.get(target).copied()
+    }
+
+    /// Every target, by id.
+    pub fn refs(&self) -> &[ServiceRef] {
+        &self.refs
+    }
 }
 
 /// An Ingress's place in the oldest-first order: creationTimestamp, namespace, name.
@@ -322,6 +332,8 @@ fn service_ref(namespace: &str, backend: &IngressBackend) -> Option<ServiceRef> 
 pub(super) struct Owners {
     by_backend: HashMap<ServiceRef, BTreeSet<Age>>,
     settings: BTreeMap<Age, (Arc<str>, BackendPolicy)>,
+    /// How many of `settings` ask for active health checks (none: nothing to plan).
+    checks: usize,
 }
 
 impl Owners {
@@ -350,7 +362,10 @@ impl Owners {
         }
         let object: Arc<str> = ingress_object(ing).into();
         let policy = super::annotations::backend_policy(ing);
-        self.settings.insert(age, (object, policy));
+        self.checks += usize::from(policy.health.is_some());
+        if let Some((_, old)) = self.settings.insert(age, (object, policy)) {
+            self.checks -= usize::from(old.health.is_some());
+        }
     }
 
     pub fn remove(&mut self, ing: &Ingress) {
@@ -363,7 +378,14 @@ impl Owners {
                 }
             }
         }
-        self.settings.remove(&age);
+        if let Some((_, old)) = self.settings.remove(&age) {
+            self.checks -= usize::from(old.health.is_some());
+        }
+    }
+
+    /// Whether some Ingress asks for active health checks.
+    pub fn any_checks(&self) -> bool {
+        self.checks > 0
     }
 
     /// The Ingress that decides `target`'s settings (its object name) and those settings.

@@ -22,6 +22,7 @@ use super::compile::{
     BackendIds, Classes, CompileOptions, Compiled, Diagnostic, Known, Objects, Owners, Pass,
     SERVICE_NAME_LABEL, ServiceRef, backend_refs, certificates, has_tls, ingress_object, live_refs,
 };
+use super::health_check::{CheckTarget, HealthView, serving};
 use crate::core::route::{Backend, BackendId, RouteTable};
 use crate::core::snapshot::Snapshot;
 use crate::core::tls::CertTable;
@@ -105,6 +106,9 @@ pub struct Incremental {
     certs: Arc<CertTable>,
     secrets: Vec<usize>,
     calls: u64,
+    /// The unhealthy endpoints of actively checked backends (`health_check`): `backends`
+    /// keeps every endpoint; the snapshot serves those not in here ([`Incremental::served`]).
+    health: Arc<HealthView>,
 }
 
 /// Our Ingresses by what they have rules for.
@@ -199,6 +203,7 @@ impl Incremental {
             certs: Arc::default(),
             secrets: Vec::new(),
             calls: 0,
+            health: Arc::default(),
         };
         let compiled = inc.full_at(objects, version, now);
         (inc, compiled)
@@ -211,6 +216,71 @@ impl Incremental {
     pub fn compaction_due(&self) -> bool {
         self.table.overlay_len() > 1024.max(self.table.base_len() / 8)
             || self.ids.len() > 1024.max(2 * self.live)
+    }
+
+    /// What `backends` serve given the active health checks: an unhealthy endpoint of a
+    /// backend that its deciding Ingress has checked is left out, unless that would leave
+    /// none (panic: then all stay).
+    fn served(&self, backends: &[Backend]) -> Vec<Backend> {
+        let mut served = backends.to_vec();
+        if self.health.is_empty() || !self.owners.any_checks() {
+            return served;
+        }
+        for (target, down) in &self.health.down {
+            let checked = self
+                .owners
+                .owner(target)
+                .is_some_and(|(_, p)| p.health.is_some());
+            let Some(id) = self.ids.get(target).filter(|_| checked) else {
+                continue;
+            };
+            if let Some(b) = served.get_mut(id.0 as usize) {
+                b.endpoints = serving(&b.endpoints, down);
+            }
+        }
+        served
+    }
+
+    /// Takes the checker's view of which endpoints are unhealthy; the next compile (or
+    /// [`Incremental::health_snapshot`]) serves by it.
+    pub fn set_health(&mut self, health: Arc<HealthView>) {
+        self.health = health;
+    }
+
+    /// The last compiled routes as snapshot `version`, with the backends served by the
+    /// current health view: what a health change publishes (no object changed).
+    pub fn health_snapshot(&self, version: u64) -> Snapshot {
+        Snapshot::new(version, self.table.clone(), self.served(&self.backends))
+            .with_shared_certs(self.certs.clone())
+    }
+
+    /// What the health checker is to check: every routed backend whose deciding Ingress asks
+    /// for active checks, with all its endpoints (unhealthy ones included), by backend id.
+    pub fn health_plan(&self) -> Vec<CheckTarget> {
+        if !self.owners.any_checks() {
+            return Vec::new();
+        }
+        let mut plan = Vec::new();
+        for (i, target) in self.ids.refs().iter().enumerate() {
+            if !self.resolved.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let Some((_, policy)) = self.owners.owner(target) else {
+                continue;
+            };
+            let (Some(check), Some(backend)) = (&policy.health, self.backends.get(i)) else {
+                continue;
+            };
+            if backend.endpoints.is_empty() {
+                continue;
+            }
+            plan.push(CheckTarget {
+                target: target.clone(),
+                check: check.clone(),
+                endpoints: backend.endpoints.clone(),
+            });
+        }
+        plan
     }
 
     /// The `(namespace, service)` of every Service and EndpointSlice that is new, changed or
@@ -304,8 +374,9 @@ impl Incremental {
         self.classes = identities(&objects.classes);
         self.base_refs = base_refs;
         self.broken = broken.into_iter().collect();
-        self.backends = backends.clone();
         self.ids = ids;
+        let served = self.served(&backends);
+        self.backends = backends;
         self.table = table.clone();
         let (certs, cert_diagnostics) = certificates(
             objects.ingresses.iter().map(|i| &**i),
@@ -320,7 +391,7 @@ impl Incremental {
         self.certs = Arc::new(certs);
         self.secrets = identities(&objects.secrets);
         Compiled {
-            snapshot: Snapshot::new(version, table, backends).with_shared_certs(self.certs.clone()),
+            snapshot: Snapshot::new(version, table, served).with_shared_certs(self.certs.clone()),
             diagnostics,
         }
     }
@@ -531,7 +602,8 @@ impl Incremental {
         diagnostics.sort();
         diagnostics.dedup();
         self.broken = now_broken;
-        self.backends = backends.clone();
+        let served = self.served(&backends);
+        self.backends = backends;
         self.table = table.clone();
 
         // The certificate table: rebuilt only when a Secret or an Ingress it reads changed;
@@ -552,7 +624,7 @@ impl Incremental {
             diagnostics.dedup();
         }
         Compiled {
-            snapshot: Snapshot::new(version, table, backends).with_shared_certs(self.certs.clone()),
+            snapshot: Snapshot::new(version, table, served).with_shared_certs(self.certs.clone()),
             diagnostics,
         }
     }

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod class;
 pub mod compile;
 pub mod files;
+pub mod health_check;
 pub mod incremental;
 pub mod leader;
 pub mod manifests;

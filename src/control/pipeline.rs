@@ -6,6 +6,11 @@
 //! source asked for the whole set of rejections). The work is one [`Updater`]: the Kubernetes
 //! source feeds it on the pipeline's own thread ([`Pipeline`]), so none of its async tasks
 //! ever blocks on the workers; the file source, whose thread may block, drives it inline.
+//!
+//! Active health checks (`health_check`) feed the same pipeline: once a compile asks for
+//! any, the updater starts the checker thread, hands it what to check after each compile, and
+//! publishes a new snapshot (the same routes, served by the new health view) whenever the
+//! checker reports an endpoint going out of or back into rotation ([`HEALTH_POLL`]).
 
 use std::io;
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::certs::wall_clock;
 use super::compile::{Diagnostic, Objects};
+use super::health_check::{CheckTarget, Checker};
 use super::incremental::Incremental;
 use crate::engine::Publisher;
 
@@ -22,6 +28,9 @@ use crate::engine::Publisher;
 pub const QUIET: Duration = Duration::from_millis(1);
 /// The longest a change waits for its burst to end.
 pub const MAX_HOLD: Duration = Duration::from_millis(50);
+/// How often a running health checker's reports are looked at (the file source's loop looks
+/// at least this often too).
+pub const HEALTH_POLL: Duration = Duration::from_millis(50);
 /// How long the pipeline waits for every worker to take a snapshot.
 pub const ACK_WAIT: Duration = Duration::from_secs(5);
 
@@ -173,6 +182,10 @@ pub struct Updater<R: FnMut(Report)> {
     /// The latest objects of the pending burst, when its first change was seen, and whether
     /// any change of it asked for a recheck.
     pending: Option<(Objects, Instant, bool)>,
+    /// The active health checker, started when a compile first asks for checks, and what it
+    /// was last told to check.
+    checker: Option<Checker>,
+    plan: Vec<CheckTarget>,
 }
 
 impl<R: FnMut(Report)> Updater<R> {
@@ -180,14 +193,68 @@ impl<R: FnMut(Report)> Updater<R> {
     /// published); every later change is published as the next version. `report` is called
     /// after each publication.
     pub fn new(compiler: Incremental, publisher: Publisher, version: u64, report: R) -> Self {
-        Updater {
+        let mut updater = Updater {
             compiler,
             publisher,
             version,
             report,
             debounce: Debounce::new(QUIET, MAX_HOLD),
             pending: None,
+            checker: None,
+            plan: Vec::new(),
+        };
+        updater.replan();
+        updater
+    }
+
+    /// Whether a health checker runs (its reports are looked at every [`HEALTH_POLL`]).
+    pub fn checking(&self) -> bool {
+        self.checker.is_some()
+    }
+
+    /// Tells the health checker what the last compile asks to check (starting it the first
+    /// time there is something to check).
+    fn replan(&mut self) {
+        let plan = self.compiler.health_plan();
+        if plan == self.plan {
+            return;
         }
+        if self.checker.is_none() {
+            match Checker::spawn() {
+                Ok(c) => self.checker = Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the health checker: no active health checks");
+                    return;
+                }
+            }
+        }
+        if let Some(c) = &self.checker {
+            c.plan(plan.clone());
+        }
+        self.plan = plan;
+    }
+
+    /// Publishes the routes with the checker's newest health view, if it reported one.
+    fn apply_health(&mut self) {
+        let Some(view) = self.checker.as_ref().and_then(Checker::latest) else {
+            return;
+        };
+        let seen = now();
+        self.compiler.set_health(view);
+        if self.pending.is_some() {
+            // The pending burst is compiled with it.
+            return;
+        }
+        self.version += 1;
+        let version = self.version;
+        self.publisher
+            .publish(Arc::new(self.compiler.health_snapshot(version)));
+        let propagation = self.publisher.wait_acknowledged(version, seen, ACK_WAIT);
+        (self.report)(Report::Update {
+            version,
+            diagnostics: Vec::new(),
+            propagation,
+        });
     }
 
     /// A change arrived at `now`; it joins the pending burst (its objects replace the
@@ -208,8 +275,10 @@ impl<R: FnMut(Report)> Updater<R> {
 
     /// Applies the pending burst if it is due at `now`: compiles it incrementally, publishes
     /// it, waits (blocking the calling thread) until every worker serves it, then compacts or
-    /// rechecks with a full compile if due.
+    /// rechecks with a full compile if due. Before that, publishes the health checker's newest
+    /// view if it reported one (folded into the burst instead when one is pending).
     pub fn apply_due(&mut self, now: Instant) {
+        self.apply_health();
         if !self.debounce.take_due(now) {
             return;
         }
@@ -227,6 +296,7 @@ impl<R: FnMut(Report)> Updater<R> {
             diagnostics: compiled.diagnostics,
             propagation,
         });
+        self.replan();
         if recheck || self.compiler.compaction_due() {
             // The same routes with the changes folded into a new base, so that lookups and
             // later changes stay cheap; and the whole set of rejections, which only a full
@@ -245,7 +315,9 @@ impl<R: FnMut(Report)> Updater<R> {
 
 fn run(rx: mpsc::Receiver<Change>, mut updater: Updater<impl FnMut(Report)>) {
     loop {
-        let next = match updater.deadline() {
+        // A running health checker is looked at every HEALTH_POLL.
+        let poll = updater.checking().then(|| now() + HEALTH_POLL);
+        let next = match updater.deadline().into_iter().chain(poll).min() {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(deadline) => rx.recv_timeout(deadline.saturating_duration_since(now())),
         };
