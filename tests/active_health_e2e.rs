@@ -292,6 +292,7 @@ fn the_cluster_source_takes_an_unhealthy_endpoint_out_and_back() {
         .expect("source works")
         .expect("initial sync within 20 s");
     let cfg = EngineConfig {
+        batching: Default::default(),
         workers: vec![None; 2],
         http: "127.0.0.1:0".parse().unwrap(),
         conn: Arc::new(ConnConfig::default()),

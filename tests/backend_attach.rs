@@ -98,8 +98,8 @@ fn the_oldest_ingress_decides_the_backend_balancing_and_the_other_is_told() {
     assert_eq!(d.field, "spec.rules[0].http.paths[0].backend.service");
     assert!(
         d.message.starts_with(
-            "ns/one:80: balancing least_request (the backend's: ewma) ignored: balancing and \
-             affinity belong to the backend, and Ingress ns/older (older, also routing to it) \
+            "ns/one:80: balancing least_request (the backend's: ewma) ignored: balancing, \
+             affinity and health checks belong to the backend, and Ingress ns/older (older, also routing to it) \
              decides them"
         ),
         "{d}"

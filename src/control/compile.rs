@@ -838,8 +838,8 @@ impl<'a> Compiler<'a> {
             let lost = mine.overridden_by(theirs);
             if !lost.is_empty() {
                 let message = format!(
-                    "{target}: {} ignored: balancing and affinity belong to the backend, and \
-                     {owner} (older, also routing to it) decides them",
+                    "{target}: {} ignored: balancing, affinity and health checks belong to \
+                     the backend, and {owner} (older, also routing to it) decides them",
                     lost.join(", ")
                 );
                 self.diag(object, &format!("{}.service", field()), message);
