@@ -30,25 +30,37 @@ impl Drop for Demo {
     }
 }
 
+/// Starts `sluice demo` on free ports. A port found free can be taken by another socket
+/// before the demo binds it; the demo then exits at once, and it is started again on other
+/// ports (a few times, then the test fails with what the demo said).
 fn start_demo() -> Demo {
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["demo", "--workers", "1", "--http", &http.to_string()])
-        .args(["--https", &format!("127.0.0.1:{}", free_port())])
-        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("sluice demo exited early").unwrap();
-        if line.contains("serving http on ") {
-            break;
+    let mut said = Vec::new();
+    for _ in 0..5 {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["demo", "--workers", "1", "--http", &http.to_string()])
+            .args(["--https", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let serving = lines.by_ref().map_while(Result::ok).find_map(|line| {
+            if line.contains("serving http on ") {
+                Some(())
+            } else {
+                said.push(line);
+                None
+            }
+        });
+        if serving.is_some() {
+            std::thread::spawn(move || for _ in lines {});
+            return Demo { child, http };
         }
+        let _ = child.wait();
     }
-    std::thread::spawn(move || for _ in lines {});
-    Demo { child, http }
+    panic!("sluice demo exited early five times:\n{}", said.join("\n"));
 }
 
 /// One request with `Connection: close`; returns (status line, headers, body).
