@@ -32,6 +32,9 @@ pub enum Op {
     Wake = 7,
     /// The completion of a cancel request (the cancelled operation completes on its own).
     Cancel = 8,
+    /// A change to the registered file table (install or remove); posted only on failure
+    /// where the kernel can skip successful completions.
+    Files = 9,
 }
 
 impl Op {
@@ -43,6 +46,7 @@ impl Op {
             4 => Op::Connect,
             7 => Op::Wake,
             8 => Op::Cancel,
+            9 => Op::Files,
             _ => return None,
         })
     }
@@ -81,6 +85,77 @@ pub struct Completion {
     pub buffer: Option<u16>,
     /// A multishot operation stays armed.
     pub more: bool,
+}
+
+/// Where an operation finds its socket: a plain descriptor (looked up in the process's
+/// descriptor table, `fget`/`fput`, on every operation) or its entry in the ring's registered
+/// file table (looked up in the ring, no reference counting per operation).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// Builds `$op` on the socket of `$target` (`types::Fd` and `types::Fixed` are distinct types).
+macro_rules! on_target {
+    ($target:expr, |$f:ident| $build:expr) => {
+        match $target {
+            Target::Fd(fd) => {
+                let $f = types::Fd(fd);
+                $build
+            }
+            Target::Fixed(index) => {
+                let $f = types::Fixed(index);
+                $build
+            }
+        }
+    };
+}
+
+/// The most entries of a ring's registered file table (it is also capped by RLIMIT_NOFILE,
+/// which the kernel checks). A socket whose slot is past the table uses its descriptor.
+const MAX_FIXED_FILES: u32 = 1 << 16;
+
+/// The ring's registered file table (IORING_REGISTER_FILES, sparse): entry `i` belongs to the
+/// worker's socket slot `i` while that socket is open. Installing and removing are ring
+/// operations (IORING_OP_FILES_UPDATE, IORING_OP_CLOSE on a fixed file), so they cost no
+/// system call of their own.
+struct FixedFiles {
+    size: u32,
+    /// The descriptor each install reads (by slot): the kernel reads it when it issues the
+    /// update, which is no later than the submit that carries it; the array lives as long as
+    /// the ring. A slot is written again only for its next socket, whose update comes after.
+    fds: Box<[RawFd]>,
+}
+
+/// Which optional kernel features a ring may use; each is also probed, and a ring whose
+/// kernel refuses one falls back to the plain path.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// Registered (direct) descriptors for sockets.
+    pub fixed_files: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features { fixed_files: true }
+    }
+}
+
+impl Features {
+    /// The defaults minus what `SLUICE_URING_DISABLE` names (comma-separated: `fixed`), so one
+    /// build can be measured with and without each feature.
+    pub fn from_env() -> Features {
+        let mut f = Features::default();
+        if let Ok(off) = std::env::var("SLUICE_URING_DISABLE") {
+            for name in off.split(',').map(str::trim) {
+                if name == "fixed" {
+                    f.fixed_files = false;
+                }
+            }
+        }
+        f
+    }
 }
 
 /// Buffer group id of the worker's receive buffers.
@@ -200,11 +275,26 @@ pub struct Ring {
     /// The eventfd read's buffer.
     wake_buf: Box<[u8; 8]>,
     pending: Vec<squeue::Entry>,
+    /// The registered file table, when the kernel took it.
+    fixed: Option<FixedFiles>,
+    /// Flags for table updates: skip the completion of one that succeeded, where supported.
+    files_flags: squeue::Flags,
 }
 
 impl Ring {
-    /// `entries` submission slots; `buffers` receive buffers of `buffer_size` bytes.
+    /// `entries` submission slots; `buffers` receive buffers of `buffer_size` bytes; every
+    /// optional feature the kernel has.
     pub fn new(entries: u32, buffers: u16, buffer_size: usize) -> io::Result<Ring> {
+        Ring::with_features(entries, buffers, buffer_size, Features::default())
+    }
+
+    /// [`Ring::new`] using at most `features`.
+    pub fn with_features(
+        entries: u32,
+        buffers: u16,
+        buffer_size: usize,
+        features: Features,
+    ) -> io::Result<Ring> {
         // One thread submits and reaps (thread-per-core), so completions' task work can wait
         // until we ask for events instead of interrupting the worker with an IPI each time
         // (DEFER_TASKRUN, Linux 6.1+); older kernels get the cooperative mode, then plain.
@@ -241,13 +331,28 @@ impl Ring {
                 ),
             )
         })?;
+        let files_flags = if ring.params().is_feature_skip_cqe_on_success() {
+            squeue::Flags::SKIP_SUCCESS
+        } else {
+            squeue::Flags::empty()
+        };
         let mut ring = Ring {
             ring,
             bufs,
             lent: Vec::new(),
             wake_buf: Box::new([0; 8]),
             pending: Vec::new(),
+            fixed: None,
+            files_flags,
         };
+        if features.fixed_files {
+            ring.register_fixed_files();
+        }
+        if ring.fixed.is_some() && ring.probe_multishot_recv().is_err() {
+            // The table is there but operations on it fail: use descriptors.
+            ring.fixed = None;
+            let _ = ring.ring.submitter().unregister_files();
+        }
         ring.probe_multishot_recv().map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -257,9 +362,82 @@ impl Ring {
         Ok(ring)
     }
 
+    /// Registers a sparse file table (kernel 5.19+), as large as the descriptor limit allows
+    /// up to [`MAX_FIXED_FILES`]; without it, every socket uses its descriptor.
+    fn register_fixed_files(&mut self) {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into a live struct.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return;
+        }
+        let size = u32::try_from(lim.rlim_cur)
+            .unwrap_or(u32::MAX)
+            .min(MAX_FIXED_FILES);
+        if size == 0 || self.ring.submitter().register_files_sparse(size).is_err() {
+            return;
+        }
+        self.fixed = Some(FixedFiles {
+            size,
+            fds: vec![-1; size as usize].into_boxed_slice(),
+        });
+    }
+
+    /// The size of the registered file table (0: sockets use their descriptors).
+    pub fn fixed_files(&self) -> u32 {
+        self.fixed.as_ref().map_or(0, |f| f.size)
+    }
+
+    /// Puts socket `fd` of slot `slot` into the registered file table and says how operations
+    /// should name it from now on: `Target::Fixed(slot)`, or `Target::Fd(fd)` without a table
+    /// (or with a slot past it). The descriptor stays open and valid for plain system calls
+    /// (shutdown, socket options, addresses); the table holds its own reference to the
+    /// socket, released by [`Ring::remove_fixed`], which the slot's owner calls before the
+    /// slot is reused.
+    pub fn install(&mut self, fd: RawFd, slot: u32) -> Target {
+        let flags = self.files_flags;
+        let Some(fixed) = self.fixed.as_mut().filter(|f| slot < f.size) else {
+            return Target::Fd(fd);
+        };
+        fixed.fds[slot as usize] = fd;
+        let ptr: *const RawFd = &fixed.fds[slot as usize];
+        let e = opcode::FilesUpdate::new(ptr, 1)
+            .offset(slot as i32)
+            .build()
+            .flags(flags)
+            .user_data(Self::files_token(slot));
+        self.push(e);
+        Target::Fixed(slot)
+    }
+
+    /// Releases the table's reference to the socket of `target` (nothing for a descriptor).
+    /// Queued behind everything queued for it, and ahead of any later install of the slot.
+    pub fn remove_fixed(&mut self, target: Target) {
+        if let Target::Fixed(slot) = target {
+            let e = opcode::Close::new(types::Fixed(slot))
+                .build()
+                .flags(self.files_flags)
+                .user_data(Self::files_token(slot));
+            self.push(e);
+        }
+    }
+
+    fn files_token(slot: u32) -> u64 {
+        Token {
+            op: Op::Files,
+            slot,
+            generation: 0,
+        }
+        .encode()
+    }
+
     /// Checks, on a socket pair, that a multishot receive delivers data and stays armed, so a
-    /// kernel without it fails at start instead of failing every connection. The ring is idle
-    /// afterwards (the probe's receive has ended and its buffer is back).
+    /// kernel without it fails at start instead of failing every connection. With a file
+    /// table, the receive names its socket through the table (slot 0), which checks that too.
+    /// The ring is idle afterwards (the probe's receive has ended and its buffer is back; the
+    /// table is empty again).
     fn probe_multishot_recv(&mut self) -> io::Result<()> {
         let mut pair = [0; 2];
         // SAFETY: socketpair writes two descriptors into `pair`; the result is checked.
@@ -276,7 +454,8 @@ impl Ring {
             slot: u32::MAX,
             generation: 0,
         };
-        self.recv_multi(pair[0], token);
+        let target = self.install(pair[0], 0);
+        self.recv_multi(target, token);
         send_now(pair[1], b"x");
         let mut first = None;
         let mut out = Vec::new();
@@ -308,8 +487,13 @@ impl Ring {
                 };
             }
         };
+        self.remove_fixed(target);
         close(pair[0]);
         close(pair[1]);
+        // Let the removal run now: the table is empty when the ring goes to work.
+        self.flush();
+        let _ = self.ring.submitter().submit();
+        self.completions(&mut out, 16);
         result
     }
 
@@ -347,9 +531,8 @@ impl Ring {
     /// until EOF, an error, no free buffer (ENOBUFS) or [`Ring::cancel`]. One submission per
     /// connection instead of one per read: about 0.5 µs of kernel time per proxied request
     /// (bench/RESULTS.md).
-    pub fn recv_multi(&mut self, fd: RawFd, token: Token) {
-        let e = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
-            .build()
+    pub fn recv_multi(&mut self, target: Target, token: Token) {
+        let e = on_target!(target, |f| opcode::RecvMulti::new(f, BUFFER_GROUP).build())
             .user_data(token.encode());
         self.push(e);
     }
@@ -380,7 +563,7 @@ impl Ring {
     /// A send of `buf` ([`Op::Send`] with `token.slot`). The ring keeps the buffer until the
     /// send completes; [`Ring::take_sent`] hands it back then. A slot has one send in flight
     /// at most: a second one is refused and its buffer returned.
-    pub fn send(&mut self, fd: RawFd, buf: Vec<u8>, token: Token) -> Result<(), Vec<u8>> {
+    pub fn send(&mut self, target: Target, buf: Vec<u8>, token: Token) -> Result<(), Vec<u8>> {
         let lent = self.lent(token.slot);
         if lent.sending {
             return Err(buf);
@@ -390,16 +573,16 @@ impl Ring {
         // The heap block does not move when the Vec does.
         lent.send = Some(buf);
         lent.sending = true;
-        let e = opcode::Send::new(types::Fd(fd), ptr, len)
+        let e = on_target!(target, |f| opcode::Send::new(f, ptr, len)
             .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(
-                Token {
-                    op: Op::Send,
-                    ..token
-                }
-                .encode(),
-            );
+            .build())
+        .user_data(
+            Token {
+                op: Op::Send,
+                ..token
+            }
+            .encode(),
+        );
         self.push(e);
         Ok(())
     }
@@ -415,7 +598,7 @@ impl Ring {
 
     /// A connect to `addr` ([`Op::Connect`] with `token.slot`); the ring keeps the address
     /// until the completion.
-    pub fn connect(&mut self, fd: RawFd, addr: SocketAddr, token: Token) {
+    pub fn connect(&mut self, target: Target, addr: SocketAddr, token: Token) {
         let addr = SockAddr::new(addr);
         let (ptr, len) = (addr.as_ptr(), addr.len);
         // The boxed address does not move when the Box does; a connect still in flight for
@@ -425,15 +608,13 @@ impl Ring {
             return;
         }
         lent.addr = Some(addr);
-        let e = opcode::Connect::new(types::Fd(fd), ptr, len)
-            .build()
-            .user_data(
-                Token {
-                    op: Op::Connect,
-                    ..token
-                }
-                .encode(),
-            );
+        let e = on_target!(target, |f| opcode::Connect::new(f, ptr, len).build()).user_data(
+            Token {
+                op: Op::Connect,
+                ..token
+            }
+            .encode(),
+        );
         self.push(e);
     }
 
@@ -729,5 +910,149 @@ pub fn close(fd: RawFd) {
     // SAFETY: closes an fd we own exactly once (callers forget it afterwards).
     unsafe {
         libc::close(fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (RawFd, RawFd) {
+        let mut p = [0; 2];
+        // SAFETY: socketpair writes two descriptors into `p`; the result is checked.
+        check(unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                p.as_mut_ptr(),
+            )
+        })
+        .unwrap();
+        (p[0], p[1])
+    }
+
+    fn token(op: Op, slot: u32) -> Token {
+        Token {
+            op,
+            slot,
+            generation: 0,
+        }
+    }
+
+    /// Submits and reaps for up to `wait`, recycling receive buffers; returns the completions
+    /// with the bytes each receive carried.
+    fn reap(ring: &mut Ring, wait: Duration) -> Vec<(Completion, Vec<u8>)> {
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..wait.as_millis().div_ceil(10) {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.completions(&mut out, 64);
+            for c in &out {
+                let bytes = match c.buffer {
+                    Some(bid) => {
+                        let b = ring.received(bid, c.result.max(0) as usize).to_vec();
+                        ring.recycle(bid);
+                        b
+                    }
+                    None => Vec::new(),
+                };
+                got.push((*c, bytes));
+            }
+        }
+        got
+    }
+
+    fn received_on(got: &[(Completion, Vec<u8>)], slot: u32) -> Vec<u8> {
+        got.iter()
+            .filter(|(c, _)| c.token == Some(token(Op::Recv, slot)) && c.result > 0)
+            .flat_map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    fn eof_on(got: &[(Completion, Vec<u8>)], slot: u32) -> bool {
+        got.iter()
+            .any(|(c, _)| c.token == Some(token(Op::Recv, slot)) && c.result == 0)
+    }
+
+    #[test]
+    fn registered_sockets_carry_receives_and_sends_and_the_table_holds_them_open() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        assert!(
+            ring.fixed_files() > 4,
+            "this kernel (6.x) takes a file table"
+        );
+        let (a, b) = pair();
+        let ta = ring.install(a, 3);
+        let tb = ring.install(b, 4);
+        assert_eq!((ta, tb), (Target::Fixed(3), Target::Fixed(4)));
+        ring.recv_multi(ta, token(Op::Recv, 3));
+        ring.send(tb, b"hello".to_vec(), token(Op::Send, 4))
+            .unwrap();
+        let got = reap(&mut ring, Duration::from_millis(100));
+        assert_eq!(received_on(&got, 3), b"hello");
+        let sent = got
+            .iter()
+            .find(|(c, _)| c.token == Some(token(Op::Send, 4)))
+            .expect("the send completed");
+        assert_eq!(sent.0.result, 5);
+        assert_eq!(ring.take_sent(4).as_deref(), Some(&b"hello"[..]));
+        // Closing b's descriptor does not close the socket: the table still holds it.
+        close(b);
+        let got = reap(&mut ring, Duration::from_millis(50));
+        assert!(!eof_on(&got, 3), "the table keeps the peer open");
+        ring.remove_fixed(tb);
+        let got = reap(&mut ring, Duration::from_millis(100));
+        assert!(eof_on(&got, 3), "removing the entry closes it");
+        // No table update failed (a failure would post an Op::Files completion).
+        assert!(
+            got.iter()
+                .all(|(c, _)| c.token.map(|t| t.op) != Some(Op::Files))
+        );
+        ring.remove_fixed(ta);
+        close(a);
+    }
+
+    #[test]
+    fn a_slot_reused_for_a_new_socket_names_the_new_one() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        let (a, b) = pair();
+        let t = ring.install(a, 2);
+        ring.remove_fixed(t);
+        close(a);
+        close(b);
+        let (c, d) = pair();
+        // Queued behind the removal, in the same submission.
+        let t = ring.install(c, 2);
+        ring.recv_multi(t, token(Op::Recv, 2));
+        send_now(d, b"new");
+        let got = reap(&mut ring, Duration::from_millis(100));
+        assert_eq!(received_on(&got, 2), b"new");
+        ring.remove_fixed(t);
+        close(c);
+        close(d);
+    }
+
+    #[test]
+    fn without_a_file_table_sockets_use_their_descriptors() {
+        let features = Features { fixed_files: false };
+        let mut ring = Ring::with_features(64, 8, 4096, features).unwrap();
+        assert_eq!(ring.fixed_files(), 0);
+        let (a, b) = pair();
+        assert_eq!(ring.install(a, 1), Target::Fd(a));
+        ring.recv_multi(Target::Fd(a), token(Op::Recv, 1));
+        ring.send(Target::Fd(b), b"plain".to_vec(), token(Op::Send, 2))
+            .unwrap();
+        let got = reap(&mut ring, Duration::from_millis(100));
+        assert_eq!(received_on(&got, 1), b"plain");
+        close(a);
+        close(b);
+    }
+
+    #[test]
+    fn a_slot_past_the_table_uses_its_descriptor() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        let past = ring.fixed_files();
+        assert_eq!(ring.install(9, past), Target::Fd(9));
     }
 }

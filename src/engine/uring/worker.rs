@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use super::ring::{self as uring, Completion, Op, Ring, Token};
+use super::ring::{self as uring, Completion, Features, Op, Ring, Target, Token};
 use crate::core::conn::ClientInfo;
 use crate::core::time::Instant;
 use crate::engine::EngineWorker;
@@ -48,9 +48,9 @@ struct Receive {
 impl Receive {
     /// Arms or cancels the receive to match `wanted`. True when it armed one (one more
     /// operation in flight).
-    fn want(&mut self, wanted: bool, ring: &mut Ring, fd: RawFd, token: Token) -> bool {
+    fn want(&mut self, wanted: bool, ring: &mut Ring, target: Target, token: Token) -> bool {
         if wanted && !self.armed {
-            ring.recv_multi(fd, token);
+            ring.recv_multi(target, token);
             self.armed = true;
             return true;
         }
@@ -75,7 +75,11 @@ impl Receive {
 
 /// A client or upstream socket.
 struct Socket {
+    /// Its descriptor, for the system calls that are not ring operations (shutdown, close,
+    /// socket options, addresses).
     fd: RawFd,
+    /// How ring operations name it: its registered-file entry when the ring has a table.
+    target: Target,
     /// Whose it is; `None` once the driver closed it.
     owner: Option<Owner>,
     recv: Receive,
@@ -111,6 +115,9 @@ impl UringNet {
             && s.owner.is_none()
             && s.inflight == 0
         {
+            // The table's reference first (queued, so behind nothing of this socket: none is
+            // in flight), then the descriptor; the slot's next install comes after both.
+            self.ring.remove_fixed(s.target);
             uring::close(s.fd);
             self.socks.remove(slot);
         }
@@ -169,7 +176,8 @@ impl UringNet {
                 }
                 self.maybe_free(slot);
             }
-            Op::Wake | Op::Cancel => {}
+            // A table update failed (its socket's operations then fail on their own).
+            Op::Wake | Op::Cancel | Op::Files => {}
         }
     }
 
@@ -202,12 +210,20 @@ impl UringNet {
         };
         let slot = self.socks.insert(|_| Socket {
             fd,
+            target: Target::Fd(fd),
             owner: None,
             recv: Receive::default(),
             read_wanted: false,
             inflight: 0,
         });
         let owner = driver.accept(slot, info, https, now);
+        if owner.is_some() {
+            // Installed before the driver's first operation on it is queued (at its drive).
+            let target = self.ring.install(fd, slot as u32);
+            if let Some(s) = self.socks.get_any(slot) {
+                s.target = target;
+            }
+        }
         if let Some(s) = self.socks.get_any(slot) {
             s.owner = owner;
         }
@@ -234,10 +250,10 @@ impl UringNet {
                 // No news from the peer: out of buffers, or our cancel. Armed again if the
                 // driver still wants input.
                 (n, _) if n == -libc::ENOBUFS || n == -libc::ECANCELED => {
-                    let (fd, wanted) = (s.fd, s.read_wanted);
+                    let (target, wanted) = (s.target, s.read_wanted);
                     let token = self.token(Op::Recv, slot);
                     if let Some(s) = self.socks.get_any(slot)
-                        && s.recv.want(wanted, &mut self.ring, fd, token)
+                        && s.recv.want(wanted, &mut self.ring, target, token)
                     {
                         s.inflight += 1;
                     }
@@ -275,7 +291,7 @@ impl Transport for UringNet {
                 closed: true,
             };
         };
-        match self.ring.send(s.fd, buf, token) {
+        match self.ring.send(s.target, buf, token) {
             Ok(()) => {
                 s.inflight += 1;
                 Sent::Pending
@@ -292,7 +308,7 @@ impl Transport for UringNet {
         let token = self.token(Op::Recv, sock);
         if let Some(s) = self.socks.get_any(sock) {
             s.read_wanted = wanted;
-            if s.recv.want(wanted, &mut self.ring, s.fd, token) {
+            if s.recv.want(wanted, &mut self.ring, s.target, token) {
                 s.inflight += 1;
             }
         }
@@ -302,13 +318,18 @@ impl Transport for UringNet {
         let fd = uring::upstream_socket(endpoint)?;
         let slot = self.socks.insert(|_| Socket {
             fd,
+            target: Target::Fd(fd),
             owner: Some(owner),
             recv: Receive::default(),
             read_wanted: false,
             inflight: 1,
         });
+        let target = self.ring.install(fd, slot as u32);
+        if let Some(s) = self.socks.get_any(slot) {
+            s.target = target;
+        }
         let token = self.token(Op::Connect, slot);
-        self.ring.connect(fd, endpoint, token);
+        self.ring.connect(target, endpoint, token);
         Ok(slot)
     }
 
@@ -365,14 +386,15 @@ impl EngineWorker for Worker {
 
     /// Makes the ring; if that fails, the listeners are closed (nothing else owns them yet).
     fn build(setup: WorkerSetup, driver: Driver) -> std::io::Result<Worker> {
-        let ring = Ring::new(4096, 1024, 16 * 1024).inspect_err(|_| {
-            for fd in [Some(setup.listener), setup.https_listener]
-                .into_iter()
-                .flatten()
-            {
-                uring::close(fd);
-            }
-        })?;
+        let ring =
+            Ring::with_features(4096, 1024, 16 * 1024, Features::from_env()).inspect_err(|_| {
+                for fd in [Some(setup.listener), setup.https_listener]
+                    .into_iter()
+                    .flatten()
+                {
+                    uring::close(fd);
+                }
+            })?;
         Ok(Worker {
             net: UringNet {
                 ring,
