@@ -134,23 +134,31 @@ struct FixedFiles {
 pub struct Features {
     /// Registered (direct) descriptors for sockets.
     pub fixed_files: bool,
+    /// Receive bundles (kernel 6.10+): one completion carries as many provided buffers as the
+    /// data that was waiting fills, instead of one completion per buffer.
+    pub bundles: bool,
 }
 
 impl Default for Features {
     fn default() -> Self {
-        Features { fixed_files: true }
+        Features {
+            fixed_files: true,
+            bundles: true,
+        }
     }
 }
 
 impl Features {
-    /// The defaults minus what `SLUICE_URING_DISABLE` names (comma-separated: `fixed`), so one
-    /// build can be measured with and without each feature.
+    /// The defaults minus what `SLUICE_URING_DISABLE` names (comma-separated: `fixed`,
+    /// `bundle`), so one build can be measured with and without each feature.
     pub fn from_env() -> Features {
         let mut f = Features::default();
         if let Ok(off) = std::env::var("SLUICE_URING_DISABLE") {
             for name in off.split(',').map(str::trim) {
-                if name == "fixed" {
-                    f.fixed_files = false;
+                match name {
+                    "fixed" => f.fixed_files = false,
+                    "bundle" => f.bundles = false,
+                    _ => {}
                 }
             }
         }
@@ -158,11 +166,26 @@ impl Features {
     }
 }
 
+/// How many receive buffers of what size a ring provides, `(count, bytes)`: `bundled` when
+/// its receives take bundles, `plain` otherwise. The count is a power of two (at most 32,768).
+#[derive(Copy, Clone, Debug)]
+pub struct RecvBuffers {
+    pub plain: (u16, usize),
+    pub bundled: (u16, usize),
+}
+
 /// Buffer group id of the worker's receive buffers.
 const BUFFER_GROUP: u16 = 7;
 
 /// Receive buffers the kernel picks from (IORING_REGISTER_PBUF_RING): a receive holds no
 /// memory while it waits, so idle connections cost nothing here.
+///
+/// The kernel takes buffers in ring order. A bundle's completion names only its first buffer
+/// and its byte count; the others are the ones pushed after it (each full but the last), so
+/// the ring remembers where each buffer was pushed and what each position holds. Buffers
+/// given back during a batch of completions are published only at its end
+/// ([`BufRing::release`]), so no position a completion of the batch still names is
+/// overwritten.
 struct BufRing {
     /// Page-aligned ring of `entries` descriptors (mmap'd).
     ring: *mut BufRingEntry,
@@ -171,6 +194,12 @@ struct BufRing {
     buf_size: usize,
     data: Vec<u8>,
     tail: u16,
+    /// By ring position (masked): the buffer pushed there last.
+    at: Vec<u16>,
+    /// By buffer: the (unmasked) tail it was pushed at last.
+    pos: Vec<u16>,
+    /// Buffers given back since the last release.
+    returned: Vec<u16>,
 }
 
 impl BufRing {
@@ -201,6 +230,9 @@ impl BufRing {
             buf_size,
             data: vec![0u8; usize::from(entries) * buf_size],
             tail: 0,
+            at: vec![0; usize::from(entries)],
+            pos: vec![0; usize::from(entries)],
+            returned: Vec::with_capacity(usize::from(entries)),
         };
         // SAFETY: `ring` is a page-aligned mapping of exactly `entries` descriptors that lives
         // until `Drop`, which runs after the IoUring it is registered with is dropped (the
@@ -227,7 +259,51 @@ impl BufRing {
         entry.set_addr(addr);
         entry.set_len(self.buf_size as u32);
         entry.set_bid(bid);
+        self.at[index] = bid;
+        self.pos[usize::from(bid)] = self.tail;
         self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// The buffers (and their byte counts, in order) of a completion of `len` bytes whose
+    /// first buffer is `bid`: one without bundles, as many as `len` fills with them.
+    fn parts(&self, bid: u16, len: usize) -> impl Iterator<Item = (u16, usize)> + '_ {
+        let n = len
+            .div_ceil(self.buf_size)
+            .clamp(1, usize::from(self.entries));
+        let first = self.pos.get(usize::from(bid)).copied().unwrap_or(0);
+        let mask = self.entries - 1;
+        (0..n).map(move |k| {
+            let at = first.wrapping_add(k as u16) & mask;
+            let len = len.saturating_sub(k * self.buf_size).min(self.buf_size);
+            (self.at[usize::from(at)], len)
+        })
+    }
+
+    /// Gives the buffers of a completion back (at the next [`BufRing::release`]).
+    fn recycle(&mut self, bid: u16, len: usize) {
+        let n = len
+            .div_ceil(self.buf_size)
+            .clamp(1, usize::from(self.entries));
+        let first = self.pos.get(usize::from(bid)).copied().unwrap_or(0);
+        let mask = self.entries - 1;
+        for k in 0..n {
+            let at = first.wrapping_add(k as u16) & mask;
+            self.returned.push(self.at[usize::from(at)]);
+        }
+    }
+
+    /// Pushes and publishes the buffers given back since the last release.
+    fn release(&mut self) {
+        if self.returned.is_empty() {
+            return;
+        }
+        let returned = std::mem::take(&mut self.returned);
+        for bid in &returned {
+            self.push(*bid);
+        }
+        self.returned = returned;
+        self.returned.clear();
+        self.publish();
     }
 
     /// Makes every pushed descriptor visible to the kernel.
@@ -279,20 +355,25 @@ pub struct Ring {
     fixed: Option<FixedFiles>,
     /// Flags for table updates: skip the completion of one that succeeded, where supported.
     files_flags: squeue::Flags,
+    /// Multishot receives take bundles of buffers.
+    bundles: bool,
 }
 
 impl Ring {
     /// `entries` submission slots; `buffers` receive buffers of `buffer_size` bytes; every
     /// optional feature the kernel has.
     pub fn new(entries: u32, buffers: u16, buffer_size: usize) -> io::Result<Ring> {
-        Ring::with_features(entries, buffers, buffer_size, Features::default())
+        let sizing = RecvBuffers {
+            plain: (buffers, buffer_size),
+            bundled: (buffers, buffer_size),
+        };
+        Ring::with_features(entries, sizing, Features::default())
     }
 
     /// [`Ring::new`] using at most `features`.
     pub fn with_features(
         entries: u32,
-        buffers: u16,
-        buffer_size: usize,
+        sizing: RecvBuffers,
         features: Features,
     ) -> io::Result<Ring> {
         // One thread submits and reaps (thread-per-core), so completions' task work can wait
@@ -323,6 +404,12 @@ impl Ring {
                     ),
                 )
             })?;
+        let bundles = features.bundles && ring.params().is_feature_recvsend_bundle();
+        let (buffers, buffer_size) = if bundles {
+            sizing.bundled
+        } else {
+            sizing.plain
+        };
         let bufs = BufRing::new(&ring, buffers, buffer_size).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -344,21 +431,27 @@ impl Ring {
             pending: Vec::new(),
             fixed: None,
             files_flags,
+            bundles: false,
         };
         if features.fixed_files {
             ring.register_fixed_files();
         }
-        if ring.fixed.is_some() && ring.probe_multishot_recv().is_err() {
-            // The table is there but operations on it fail: use descriptors.
-            ring.fixed = None;
-            let _ = ring.ring.submitter().unregister_files();
+        ring.bundles = bundles;
+        // The probe runs with every feature on; on a failure, the newest feature goes (the
+        // kernel says it has it but the receive fails with it) and it runs again.
+        while let Err(e) = ring.probe_multishot_recv() {
+            if ring.bundles {
+                ring.bundles = false;
+            } else if ring.fixed.is_some() {
+                ring.fixed = None;
+                let _ = ring.ring.submitter().unregister_files();
+            } else {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("io_uring multishot receive is not supported (needs Linux 6.0+): {e}"),
+                ));
+            }
         }
-        ring.probe_multishot_recv().map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("io_uring multishot receive is not supported (needs Linux 6.0+): {e}"),
-            )
-        })?;
         Ok(ring)
     }
 
@@ -470,7 +563,7 @@ impl Ring {
             let mut ended = false;
             for c in &out {
                 if let Some(bid) = c.buffer {
-                    self.recycle(bid);
+                    self.recycle(bid, c.result.max(0) as usize);
                 }
                 if first.is_none() {
                     first = Some(*c);
@@ -532,8 +625,13 @@ impl Ring {
     /// connection instead of one per read: about 0.5 µs of kernel time per proxied request
     /// (bench/RESULTS.md).
     pub fn recv_multi(&mut self, target: Target, token: Token) {
-        let e = on_target!(target, |f| opcode::RecvMulti::new(f, BUFFER_GROUP).build())
-            .user_data(token.encode());
+        let e = if self.bundles {
+            on_target!(target, |f| opcode::RecvMultiBundle::new(f, BUFFER_GROUP)
+                .build())
+        } else {
+            on_target!(target, |f| opcode::RecvMulti::new(f, BUFFER_GROUP).build())
+        };
+        let e = e.user_data(token.encode());
         self.push(e);
     }
 
@@ -626,15 +724,29 @@ impl Ring {
         self.push(e);
     }
 
-    /// The bytes of a completed receive.
-    pub fn received(&self, bid: u16, len: usize) -> &[u8] {
-        self.bufs.buffer(bid, len)
+    /// Whether multishot receives take bundles (the kernel has them and the probe passed).
+    pub fn bundles(&self) -> bool {
+        self.bundles
     }
 
-    /// Gives a receive buffer back to the kernel.
-    pub fn recycle(&mut self, bid: u16) {
-        self.bufs.push(bid);
-        self.bufs.publish();
+    /// The bytes of a completed receive of `len` bytes whose first buffer is `bid`, in order:
+    /// one slice, or one per buffer of a bundle.
+    pub fn received(&self, bid: u16, len: usize) -> impl Iterator<Item = &[u8]> + '_ {
+        self.bufs
+            .parts(bid, len)
+            .map(|(bid, len)| self.bufs.buffer(bid, len))
+    }
+
+    /// Gives the buffers of a completed receive of `len` bytes (whose first buffer is `bid`)
+    /// back to the kernel, at the end of the batch ([`Ring::release_buffers`]).
+    pub fn recycle(&mut self, bid: u16, len: usize) {
+        self.bufs.recycle(bid, len);
+    }
+
+    /// Publishes the buffers given back since the last call (also done by
+    /// [`Ring::completions`] before it reaps): call after handling a batch.
+    pub fn release_buffers(&mut self) {
+        self.bufs.release();
     }
 
     /// Submits what is queued and waits for at least one completion or `timeout`.
@@ -655,6 +767,7 @@ impl Ring {
 
     /// Copies up to `max` completions into `out`.
     pub fn completions(&mut self, out: &mut Vec<Completion>, max: usize) {
+        self.bufs.release();
         out.clear();
         for cqe in self.ring.completion().take(max) {
             let token = Token::decode(cqe.user_data());
@@ -951,8 +1064,9 @@ mod tests {
             for c in &out {
                 let bytes = match c.buffer {
                     Some(bid) => {
-                        let b = ring.received(bid, c.result.max(0) as usize).to_vec();
-                        ring.recycle(bid);
+                        let len = c.result.max(0) as usize;
+                        let b = ring.received(bid, len).flatten().copied().collect();
+                        ring.recycle(bid, len);
                         b
                     }
                     None => Vec::new(),
@@ -1035,8 +1149,15 @@ mod tests {
 
     #[test]
     fn without_a_file_table_sockets_use_their_descriptors() {
-        let features = Features { fixed_files: false };
-        let mut ring = Ring::with_features(64, 8, 4096, features).unwrap();
+        let features = Features {
+            fixed_files: false,
+            bundles: false,
+        };
+        let sizing = RecvBuffers {
+            plain: (8, 4096),
+            bundled: (8, 4096),
+        };
+        let mut ring = Ring::with_features(64, sizing, features).unwrap();
         assert_eq!(ring.fixed_files(), 0);
         let (a, b) = pair();
         assert_eq!(ring.install(a, 1), Target::Fd(a));
@@ -1054,5 +1175,103 @@ mod tests {
         let mut ring = Ring::new(64, 8, 4096).unwrap();
         let past = ring.fixed_files();
         assert_eq!(ring.install(9, past), Target::Fd(9));
+    }
+
+    /// Reaps without giving buffers back: (completion, its bytes in order, its buffers).
+    fn reap_keep(ring: &mut Ring, turns: usize) -> Vec<(Completion, Vec<u8>)> {
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..turns {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.completions(&mut out, 64);
+            for c in &out {
+                let bytes = match c.buffer {
+                    Some(bid) => ring
+                        .received(bid, c.result.max(0) as usize)
+                        .flatten()
+                        .copied()
+                        .collect(),
+                    None => Vec::new(),
+                };
+                got.push((*c, bytes));
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_bundle_carries_several_buffers_in_ring_order_not_buffer_order() {
+        // Four 16-byte buffers.
+        let mut ring = Ring::new(64, 4, 16).unwrap();
+        assert!(ring.bundles(), "this kernel (6.10+) has receive bundles");
+        let socks: Vec<(RawFd, RawFd)> = (0..3).map(|_| pair()).collect();
+        let mut taken = Vec::new();
+        for (i, (a, b)) in socks.iter().enumerate() {
+            ring.recv_multi(Target::Fd(*a), token(Op::Recv, i as u32));
+            send_now(*b, &[b'a' + i as u8; 16]);
+            // One at a time: each takes the next buffer in ring order.
+            let got = reap_keep(&mut ring, 3);
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].1, [b'a' + i as u8; 16]);
+            taken.push(got[0].0.buffer.unwrap());
+        }
+        let left = (0..4u16).find(|b| !taken.contains(b)).unwrap();
+        // Given back in reverse: the ring now holds `left`, then the taken ones reversed.
+        for bid in taken.iter().rev() {
+            ring.recycle(*bid, 16);
+        }
+        ring.release_buffers();
+        let mut expected = vec![(left, 16)];
+        expected.extend(taken.iter().rev().map(|b| (*b, 16)));
+        assert!(
+            !expected.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+            "the ring order differs from the buffer order"
+        );
+        let message: Vec<u8> = (0..64u8).collect();
+        send_now(socks[0].1, &message);
+        let got = reap_keep(&mut ring, 5);
+        let on_0: Vec<&(Completion, Vec<u8>)> = got
+            .iter()
+            .filter(|(c, _)| c.token == Some(token(Op::Recv, 0)) && c.result > 0)
+            .collect();
+        let bytes: Vec<u8> = on_0.iter().flat_map(|(_, b)| b.clone()).collect();
+        assert_eq!(bytes, message, "the bytes in order across the bundle");
+        assert!(
+            on_0.iter().any(|(c, _)| c.result > 16),
+            "one completion carried more than one buffer: {:?}",
+            on_0.iter().map(|(c, _)| c.result).collect::<Vec<_>>()
+        );
+        let mut bids: Vec<(u16, usize)> = ring.bufs.parts(on_0[0].0.buffer.unwrap(), 64).collect();
+        bids.truncate(4);
+        assert_eq!(bids, expected);
+        for (a, b) in socks {
+            close(a);
+            close(b);
+        }
+    }
+
+    #[test]
+    fn without_bundles_a_completion_carries_one_buffer() {
+        let features = Features {
+            fixed_files: true,
+            bundles: false,
+        };
+        let sizing = RecvBuffers {
+            plain: (8, 16),
+            bundled: (8, 16),
+        };
+        let mut ring = Ring::with_features(64, sizing, features).unwrap();
+        assert!(!ring.bundles());
+        let (a, b) = pair();
+        let t = ring.install(a, 1);
+        ring.recv_multi(t, token(Op::Recv, 1));
+        let message: Vec<u8> = (0..64u8).collect();
+        send_now(b, &message);
+        let got = reap(&mut ring, Duration::from_millis(60));
+        assert_eq!(received_on(&got, 1), message);
+        assert!(got.iter().all(|(c, _)| c.result <= 16));
+        ring.remove_fixed(t);
+        close(a);
+        close(b);
     }
 }

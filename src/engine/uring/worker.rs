@@ -35,6 +35,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_WAIT: Duration = Duration::from_millis(50);
 /// Completions handled per turn (bounded work per turn).
 const MAX_COMPLETIONS: usize = 1024;
+/// Receive buffers: 16 MiB per worker either way. A receive takes a whole buffer whatever it
+/// carries, so a turn's small requests from many connections need many buffers; without
+/// bundles a buffer is also the most one completion carries, so they are large (16 KiB,
+/// 1,024 of them); with bundles one completion carries as many buffers as the data fills,
+/// so they can be small and four times as many (4 KiB, 4,096), which runs dry four times
+/// later under many connections. Running dry is not an error: a receive that finds no
+/// buffer ends (ENOBUFS) and is armed again; its data waits in the socket.
+const RECV_BUFFERS: uring::RecvBuffers = uring::RecvBuffers {
+    plain: (1024, 16 * 1024),
+    bundled: (4096, 4 * 1024),
+};
 
 /// A socket's multishot receive: armed until a completion without `more`, cancelled while
 /// the driver wants no input.
@@ -99,6 +110,8 @@ pub struct UringNet {
     accept_armed: [bool; 2],
     accepting: bool,
     accept_paused_until: Option<Instant>,
+    /// Receives that ended for want of a free buffer (and were armed again).
+    nobufs: u64,
 }
 
 impl UringNet {
@@ -232,9 +245,10 @@ impl UringNet {
 
     fn received(&mut self, token: Token, c: Completion, driver: &mut Driver, now: Instant) {
         let slot = token.slot as usize;
+        let len = c.result.max(0) as usize;
         let Some(s) = self.socks.get(slot, token.generation) else {
             if let Some(bid) = c.buffer {
-                self.ring.recycle(bid);
+                self.ring.recycle(bid, len);
             }
             return;
         };
@@ -244,12 +258,18 @@ impl UringNet {
         if let Some(owner) = s.owner {
             match (c.result, c.buffer) {
                 (n, Some(bid)) if n > 0 => {
-                    driver.received(owner, self.ring.received(bid, n as usize), now)
+                    // A bundle's buffers in order, each as received bytes.
+                    for bytes in self.ring.received(bid, len) {
+                        driver.received(owner, bytes, now);
+                    }
                 }
                 (0, _) => driver.eof(owner, now),
                 // No news from the peer: out of buffers, or our cancel. Armed again if the
                 // driver still wants input.
                 (n, _) if n == -libc::ENOBUFS || n == -libc::ECANCELED => {
+                    if n == -libc::ENOBUFS {
+                        self.nobufs += 1;
+                    }
                     let (target, wanted) = (s.target, s.read_wanted);
                     let token = self.token(Op::Recv, slot);
                     if let Some(s) = self.socks.get_any(slot)
@@ -263,7 +283,7 @@ impl UringNet {
             }
         }
         if let Some(bid) = c.buffer {
-            self.ring.recycle(bid);
+            self.ring.recycle(bid, len);
         }
         self.maybe_free(slot);
     }
@@ -387,7 +407,7 @@ impl EngineWorker for Worker {
     /// Makes the ring; if that fails, the listeners are closed (nothing else owns them yet).
     fn build(setup: WorkerSetup, driver: Driver) -> std::io::Result<Worker> {
         let ring =
-            Ring::with_features(4096, 1024, 16 * 1024, Features::from_env()).inspect_err(|_| {
+            Ring::with_features(4096, RECV_BUFFERS, Features::from_env()).inspect_err(|_| {
                 for fd in [Some(setup.listener), setup.https_listener]
                     .into_iter()
                     .flatten()
@@ -395,21 +415,7 @@ impl EngineWorker for Worker {
                     uring::close(fd);
                 }
             })?;
-        Ok(Worker {
-            net: UringNet {
-                ring,
-                socks: Slab::default(),
-                listeners: [Some(setup.listener), setup.https_listener],
-                accept_armed: [false; 2],
-                accepting: true,
-                accept_paused_until: None,
-            },
-            driver,
-            core: setup.core,
-            wake: setup.wake,
-            wake_armed: false,
-            completions: Vec::with_capacity(MAX_COMPLETIONS),
-        })
+        Ok(Worker::with_ring(setup, driver, ring))
     }
 
     /// Runs until stopped and drained (or the grace period ends).
@@ -418,39 +424,7 @@ impl EngineWorker for Worker {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
         self.driver.serving(true);
-        loop {
-            let now = clock();
-            // Quiescent point: no request is mid-routing here.
-            if self.driver.quiescent(&mut self.net, now) == Flow::Exit {
-                break;
-            }
-            if !self.wake_armed {
-                let token = Token {
-                    op: Op::Wake,
-                    slot: 0,
-                    generation: 0,
-                };
-                self.net.ring.read_eventfd(self.wake, token);
-                self.wake_armed = true;
-            }
-            self.net.arm_accepts(now);
-            let wait = self.next_wait(now);
-            self.net.ring.submit_and_wait(wait)?;
-            let now = clock();
-            let mut completions = std::mem::take(&mut self.completions);
-            self.net.ring.completions(&mut completions, MAX_COMPLETIONS);
-            for c in &completions {
-                if c.token.is_some_and(|t| t.op == Op::Wake) {
-                    // Re-armed at the top of the loop, where the snapshot is taken.
-                    self.wake_armed = false;
-                    continue;
-                }
-                self.net.complete(*c, &mut self.driver, now);
-            }
-            self.completions = completions;
-            self.driver.timers(&mut self.net, now);
-            self.driver.drive(&mut self.net, now);
-        }
+        while self.turn()? == Flow::Run {}
         self.driver.finish(&mut self.net);
         for fd in self.net.listeners.iter().flatten() {
             uring::close(*fd);
@@ -461,6 +435,64 @@ impl EngineWorker for Worker {
 }
 
 impl Worker {
+    fn with_ring(setup: WorkerSetup, driver: Driver, ring: Ring) -> Worker {
+        Worker {
+            net: UringNet {
+                ring,
+                socks: Slab::default(),
+                listeners: [Some(setup.listener), setup.https_listener],
+                accept_armed: [false; 2],
+                accepting: true,
+                accept_paused_until: None,
+                nobufs: 0,
+            },
+            driver,
+            core: setup.core,
+            wake: setup.wake,
+            wake_armed: false,
+            completions: Vec::with_capacity(MAX_COMPLETIONS),
+        }
+    }
+
+    /// One turn of the loop: the quiescent point, arm, submit and wait, hand the completions
+    /// to the driver, its timers, its drive.
+    fn turn(&mut self) -> std::io::Result<Flow> {
+        let now = clock();
+        // Quiescent point: no request is mid-routing here.
+        if self.driver.quiescent(&mut self.net, now) == Flow::Exit {
+            return Ok(Flow::Exit);
+        }
+        if !self.wake_armed {
+            let token = Token {
+                op: Op::Wake,
+                slot: 0,
+                generation: 0,
+            };
+            self.net.ring.read_eventfd(self.wake, token);
+            self.wake_armed = true;
+        }
+        self.net.arm_accepts(now);
+        let wait = self.next_wait(now);
+        self.net.ring.submit_and_wait(wait)?;
+        let now = clock();
+        let mut completions = std::mem::take(&mut self.completions);
+        self.net.ring.completions(&mut completions, MAX_COMPLETIONS);
+        for c in &completions {
+            if c.token.is_some_and(|t| t.op == Op::Wake) {
+                // Re-armed at the top of the loop, where the snapshot is taken.
+                self.wake_armed = false;
+                continue;
+            }
+            self.net.complete(*c, &mut self.driver, now);
+        }
+        self.completions = completions;
+        // The batch's receive buffers go back to the kernel before the next wait.
+        self.net.ring.release_buffers();
+        self.driver.timers(&mut self.net, now);
+        self.driver.drive(&mut self.net, now);
+        Ok(Flow::Run)
+    }
+
     fn next_wait(&self, now: Instant) -> Duration {
         let mut wait = MAX_WAIT;
         if let Some(at) = self.driver.next_deadline() {
@@ -470,5 +502,182 @@ impl Worker {
             wait = wait.min(until.saturating_since(now));
         }
         wait.max(Duration::from_micros(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A worker with a real ring, a real listener and a real upstream, but a tiny buffer ring,
+    //! so receives run out of buffers (ENOBUFS) and must be armed again.
+
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc::channel;
+
+    use super::*;
+    use crate::core::conn::ConnConfig;
+    use crate::core::route::{Backend, BackendId, PathKind, RouteTableBuilder};
+    use crate::core::snapshot::Snapshot;
+    use crate::engine::driver::DriverSetup;
+    use crate::engine::metrics::WorkerMetrics;
+
+    const BODY: usize = 64 * 1024;
+
+    fn body() -> Vec<u8> {
+        (0..BODY).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Answers every request on a connection with BODY bytes (keep-alive).
+    fn upstream() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+                        if s.write_all(head.as_bytes()).is_err() || s.write_all(&body()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn driver(upstream: SocketAddr) -> Driver {
+        let mut routes = RouteTableBuilder::default();
+        routes.add(Some("a.test"), "/", PathKind::Prefix, BackendId(0));
+        let backends = vec![Backend {
+            name: "default/a:80".into(),
+            endpoints: vec![upstream],
+        }];
+        let snapshot = Arc::new(Snapshot::new(1, routes.build(), backends));
+        let (_tx, snapshots) = channel();
+        let (retired, _rx) = channel();
+        let setup = DriverSetup {
+            access_log: None,
+            index: 0,
+            conn: Arc::new(ConnConfig::default()),
+            https: None,
+            snapshots,
+            retired,
+            metrics: Arc::new(WorkerMetrics::default()),
+            stopping: Arc::new(AtomicBool::new(false)),
+            upstream_max_idle: 4,
+            upstream_idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        Driver::new(setup, snapshot)
+    }
+
+    /// Reads one response: the head, then Content-Length bytes.
+    fn response(s: &mut TcpStream) -> (String, Vec<u8>) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before the head");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .expect("a content length");
+        let mut body = buf[end..].to_vec();
+        while body.len() < len {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed in the body");
+            body.extend_from_slice(&chunk[..n]);
+        }
+        (head, body)
+    }
+
+    /// Sixteen clients, three requests each, through a worker whose buffer ring has four
+    /// buffers: every response arrives whole and in order, and receives did run dry.
+    fn many_clients_through_a_tiny_buffer_ring(features: Features) {
+        let up = upstream();
+        let listener = uring::listen_reuseport("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+        let addr = uring::local_addr(listener).unwrap();
+        let wake = crate::engine::sys::eventfd().unwrap();
+        let setup = WorkerSetup {
+            core: None,
+            listener,
+            https_listener: None,
+            wake: std::os::fd::AsRawFd::as_raw_fd(&wake),
+        };
+        let sizing = uring::RecvBuffers {
+            plain: (4, 512),
+            bundled: (4, 512),
+        };
+        let ring = Ring::with_features(256, sizing, features).unwrap();
+        assert_eq!(ring.bundles(), features.bundles);
+        assert_eq!(ring.fixed_files() > 0, features.fixed_files);
+        let mut worker = Worker::with_ring(setup, driver(up), ring);
+        worker.driver.serving(true);
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    for _ in 0..3 {
+                        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                            .unwrap();
+                        let (head, got) = response(&mut s);
+                        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                        assert!(got == body(), "the body arrives whole and in order");
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..20_000 {
+            if clients.iter().all(|c| c.is_finished()) {
+                break;
+            }
+            assert_eq!(worker.turn().unwrap(), Flow::Run);
+        }
+        for c in clients {
+            c.join().expect("every client got its answers");
+        }
+        assert!(
+            worker.net.nobufs > 0,
+            "the receives ran out of buffers and were armed again"
+        );
+        uring::close(listener);
+    }
+
+    #[test]
+    fn receives_that_run_out_of_buffers_are_armed_again_with_bundles_and_a_file_table() {
+        many_clients_through_a_tiny_buffer_ring(Features::default());
+    }
+
+    #[test]
+    fn receives_that_run_out_of_buffers_are_armed_again_without_bundles_or_a_file_table() {
+        many_clients_through_a_tiny_buffer_ring(Features {
+            fixed_files: false,
+            bundles: false,
+        });
     }
 }
