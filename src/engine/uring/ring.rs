@@ -5,8 +5,16 @@
 //! Ownership rule: memory the kernel reads or writes for an operation in flight (a send
 //! buffer, a connect address, the eventfd read's buffer, the buffer ring) must outlive that
 //! operation. The [`Ring`] owns all of it: a send takes its buffer and hands it back with
-//! [`Ring::take_sent`] once it has completed, a connect keeps its address until its
-//! completion, and the safe methods cannot be used to let the kernel touch freed memory.
+//! [`Ring::take_sent`] once it has completed (a zero-copy send's buffer stays until its
+//! notification, and the caller gets a stand-in), a connect keeps its address until its
+//! completion, a file-table install reads a descriptor array the ring owns, and the safe
+//! methods cannot be used to let the kernel touch freed memory. When the worker stops with
+//! zero-copy sends not yet notified, the ring goes first; the kernel keeps the pages it
+//! pinned for them until the network is done with them.
+//!
+//! Optional kernel features, each probed at start with a fallback to the plain path:
+//! registered descriptors ([`Ring::install`]), receive bundles ([`Ring::bundles`]) and
+//! zero-copy sends ([`ZC_MIN`]); `SLUICE_URING_DISABLE` turns them off for measurement.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -85,6 +93,8 @@ pub struct Completion {
     pub buffer: Option<u16>,
     /// A multishot operation stays armed.
     pub more: bool,
+    /// A zero-copy send's notification (its send completed earlier): nothing to hand on.
+    pub notif: bool,
 }
 
 /// Where an operation finds its socket: a plain descriptor (looked up in the process's
@@ -137,6 +147,9 @@ pub struct Features {
     /// Receive bundles (kernel 6.10+): one completion carries as many provided buffers as the
     /// data that was waiting fills, instead of one completion per buffer.
     pub bundles: bool,
+    /// Zero-copy sends (IORING_OP_SEND_ZC, kernel 6.0+) for buffers of at least
+    /// [`ZC_MIN`] bytes.
+    pub send_zc: bool,
 }
 
 impl Default for Features {
@@ -144,13 +157,14 @@ impl Default for Features {
         Features {
             fixed_files: true,
             bundles: true,
+            send_zc: true,
         }
     }
 }
 
 impl Features {
     /// The defaults minus what `SLUICE_URING_DISABLE` names (comma-separated: `fixed`,
-    /// `bundle`), so one build can be measured with and without each feature.
+    /// `bundle`, `zc`), so one build can be measured with and without each feature.
     pub fn from_env() -> Features {
         let mut f = Features::default();
         if let Ok(off) = std::env::var("SLUICE_URING_DISABLE") {
@@ -158,6 +172,7 @@ impl Features {
                 match name {
                     "fixed" => f.fixed_files = false,
                     "bundle" => f.bundles = false,
+                    "zc" => f.send_zc = false,
                     _ => {}
                 }
             }
@@ -332,12 +347,25 @@ impl Drop for BufRing {
     }
 }
 
+/// The smallest send that goes zero-copy: below it, copying into the socket costs less than
+/// pinning the pages and the notification's extra completion.
+pub const ZC_MIN: usize = 64 * 1024;
+/// The most bytes of stand-in buffers kept for zero-copy sends (see [`Lent::held`]).
+const ZC_POOL_BYTES: usize = 8 << 20;
+
 /// Memory an operation of one slot (a socket of the worker) lends the kernel: at most one
 /// send and one connect in flight per slot.
 #[derive(Default)]
 struct Lent {
     send: Option<Vec<u8>>,
     sending: bool,
+    /// The send in flight is zero-copy.
+    zc: bool,
+    /// A zero-copy send's buffer after its completion and until its notification: the kernel
+    /// may still read it (a retransmission). The driver got a stand-in of the same length
+    /// with the unsent tail at the same offsets, so it can go on at once. One at a time per
+    /// slot: while one is held, large sends of the slot copy.
+    held: Option<Vec<u8>>,
     addr: Option<Box<SockAddr>>,
 }
 
@@ -357,6 +385,13 @@ pub struct Ring {
     files_flags: squeue::Flags,
     /// Multishot receives take bundles of buffers.
     bundles: bool,
+    /// Large sends are zero-copy.
+    send_zc: bool,
+    /// Buffers whose zero-copy send has been notified, reused as stand-ins.
+    zc_pool: Vec<Vec<u8>>,
+    zc_pool_bytes: usize,
+    /// Zero-copy sends issued (for tests and diagnostics).
+    zc_sends: u64,
 }
 
 impl Ring {
@@ -432,7 +467,16 @@ impl Ring {
             fixed: None,
             files_flags,
             bundles: false,
+            send_zc: false,
+            zc_pool: Vec::new(),
+            zc_pool_bytes: 0,
+            zc_sends: 0,
         };
+        if features.send_zc {
+            let mut probe = io_uring::Probe::new();
+            ring.send_zc = ring.ring.submitter().register_probe(&mut probe).is_ok()
+                && probe.is_supported(opcode::SendZc::CODE);
+        }
         if features.fixed_files {
             ring.register_fixed_files();
         }
@@ -660,21 +704,33 @@ impl Ring {
 
     /// A send of `buf` ([`Op::Send`] with `token.slot`). The ring keeps the buffer until the
     /// send completes; [`Ring::take_sent`] hands it back then. A slot has one send in flight
-    /// at most: a second one is refused and its buffer returned.
+    /// at most: a second one is refused and its buffer returned. A buffer of [`ZC_MIN`] bytes
+    /// or more goes zero-copy where the kernel has it (see [`Lent::held`]); its notification
+    /// is a completion with [`Completion::notif`], which carries nothing for the caller.
     pub fn send(&mut self, target: Target, buf: Vec<u8>, token: Token) -> Result<(), Vec<u8>> {
+        let send_zc = self.send_zc;
         let lent = self.lent(token.slot);
         if lent.sending {
             return Err(buf);
         }
         let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         let ptr = buf.as_ptr();
+        let zc = send_zc && buf.len() >= ZC_MIN && lent.held.is_none();
         // The heap block does not move when the Vec does.
         lent.send = Some(buf);
         lent.sending = true;
-        let e = on_target!(target, |f| opcode::Send::new(f, ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build())
-        .user_data(
+        lent.zc = zc;
+        let e = if zc {
+            self.zc_sends += 1;
+            on_target!(target, |f| opcode::SendZc::new(f, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build())
+        } else {
+            on_target!(target, |f| opcode::Send::new(f, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build())
+        };
+        let e = e.user_data(
             Token {
                 op: Op::Send,
                 ..token
@@ -722,6 +778,11 @@ impl Ring {
             .build()
             .user_data(token.encode());
         self.push(e);
+    }
+
+    /// Whether large sends go zero-copy, and how many did.
+    pub fn send_zc(&self) -> (bool, u64) {
+        (self.send_zc, self.zc_sends)
     }
 
     /// Whether multishot receives take bundles (the kernel has them and the probe passed).
@@ -772,12 +833,34 @@ impl Ring {
         for cqe in self.ring.completion().take(max) {
             let token = Token::decode(cqe.user_data());
             // The kernel is done with what the operation borrowed.
+            let notif = cqueue::notif(cqe.flags());
             match token {
                 Some(Token {
                     op: Op::Send, slot, ..
                 }) => {
                     if let Some(lent) = self.lent.get_mut(slot as usize) {
-                        lent.sending = false;
+                        if notif {
+                            // The kernel is done with the zero-copy buffer.
+                            if let Some(buf) = lent.held.take()
+                                && self.zc_pool_bytes + buf.capacity() <= ZC_POOL_BYTES
+                            {
+                                self.zc_pool_bytes += buf.capacity();
+                                self.zc_pool.push(buf);
+                            }
+                        } else {
+                            lent.sending = false;
+                            if lent.zc && cqueue::more(cqe.flags()) {
+                                // A notification follows: keep the buffer, lend a stand-in.
+                                let written = usize::try_from(cqe.result()).unwrap_or(0);
+                                let stand_in = self.zc_pool.pop().inspect(|b| {
+                                    self.zc_pool_bytes -= b.capacity();
+                                });
+                                if let Some(buf) = lent.send.take() {
+                                    lent.send = Some(stand_in_for(&buf, written, stand_in));
+                                    lent.held = Some(buf);
+                                }
+                            }
+                        }
                     }
                 }
                 Some(Token {
@@ -796,9 +879,26 @@ impl Ring {
                 result: cqe.result(),
                 buffer: cqueue::buffer_select(cqe.flags()),
                 more: cqueue::more(cqe.flags()),
+                notif,
             });
         }
     }
+}
+
+/// A buffer the driver can take back in place of `sent` after `written` of its bytes went
+/// out: the same length, the unsent tail at the same offsets (the driver sends it again), the
+/// written part whatever `reuse` held (the driver does not read it). Only the tail is copied
+/// (nothing after a whole write); a new stand-in is zeroed once.
+fn stand_in_for(sent: &[u8], written: usize, reuse: Option<Vec<u8>>) -> Vec<u8> {
+    let mut b = reuse.unwrap_or_default();
+    if b.len() >= sent.len() {
+        b.truncate(sent.len());
+    } else {
+        b.resize(sent.len(), 0);
+    }
+    let written = written.min(sent.len());
+    b[written..].copy_from_slice(&sent[written..]);
+    b
 }
 
 /// A socket address in the C layout, for connect.
@@ -1152,6 +1252,7 @@ mod tests {
         let features = Features {
             fixed_files: false,
             bundles: false,
+            send_zc: true,
         };
         let sizing = RecvBuffers {
             plain: (8, 4096),
@@ -1255,6 +1356,7 @@ mod tests {
         let features = Features {
             fixed_files: true,
             bundles: false,
+            send_zc: true,
         };
         let sizing = RecvBuffers {
             plain: (8, 16),
@@ -1273,5 +1375,127 @@ mod tests {
         ring.remove_fixed(t);
         close(a);
         close(b);
+    }
+
+    /// A connected loopback TCP pair (zero-copy sends need TCP): (ours, the peer's stream).
+    fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    fn read_all(mut s: std::net::TcpStream, n: usize) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut got = vec![0u8; n];
+            s.read_exact(&mut got).unwrap();
+            got
+        })
+    }
+
+    #[test]
+    fn a_large_send_goes_zero_copy_and_its_buffer_is_kept_until_the_notification() {
+        use std::os::fd::AsRawFd;
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        assert!(ring.send_zc().0, "this kernel (6.0+) has SEND_ZC");
+        let (ours, theirs) = tcp_pair();
+        let message: Vec<u8> = (0..ZC_MIN * 4).map(|i| (i % 253) as u8).collect();
+        let reader = read_all(theirs, message.len());
+        let target = ring.install(ours.as_raw_fd(), 6);
+        let mut sent = 0;
+        let mut notifs = 0;
+        let mut out = Vec::new();
+        while sent < message.len() {
+            let buf = message[sent..].to_vec();
+            let len = buf.len();
+            ring.send(target, buf, token(Op::Send, 6)).unwrap();
+            let mut done = None;
+            for _ in 0..500 {
+                ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+                ring.completions(&mut out, 16);
+                for c in &out {
+                    if c.notif {
+                        notifs += 1;
+                    } else if c.token == Some(token(Op::Send, 6)) {
+                        done = Some(*c);
+                    }
+                }
+                if done.is_some() {
+                    break;
+                }
+            }
+            let c = done.expect("the send completed");
+            assert!(c.result > 0, "{}", c.result);
+            let written = c.result as usize;
+            // The driver gets a buffer of the same length whose unsent tail is the message's.
+            let back = ring.take_sent(6).expect("a buffer back");
+            assert_eq!(back.len(), len);
+            assert_eq!(back[written..], message[sent + written..]);
+            sent += written;
+        }
+        // The first send was zero-copy; its notification comes once the kernel is done.
+        assert!(ring.send_zc().1 >= 1);
+        assert_eq!(reader.join().unwrap(), message, "every byte, in order");
+        for _ in 0..100 {
+            if notifs >= ring.send_zc().1 {
+                break;
+            }
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.completions(&mut out, 16);
+            notifs += out.iter().filter(|c| c.notif).count() as u64;
+        }
+        assert_eq!(
+            notifs,
+            ring.send_zc().1,
+            "one notification per zero-copy send"
+        );
+        assert!(
+            ring.lent[6].held.is_none(),
+            "the held buffer went to the pool"
+        );
+        ring.remove_fixed(target);
+    }
+
+    #[test]
+    fn a_small_send_copies() {
+        use std::os::fd::AsRawFd;
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        let (ours, theirs) = tcp_pair();
+        let message = vec![7u8; ZC_MIN - 1];
+        let reader = read_all(theirs, message.len());
+        let mut sent = 0;
+        let mut out = Vec::new();
+        while sent < message.len() {
+            ring.send(
+                Target::Fd(ours.as_raw_fd()),
+                message[sent..].to_vec(),
+                token(Op::Send, 1),
+            )
+            .unwrap();
+            let mut done = false;
+            while !done {
+                ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+                ring.completions(&mut out, 16);
+                for c in &out {
+                    assert!(!c.notif && !c.more, "a plain send has no notification");
+                    sent += c.result.max(0) as usize;
+                    done = true;
+                }
+            }
+            ring.take_sent(1).unwrap();
+        }
+        assert_eq!(ring.send_zc().1, 0);
+        assert_eq!(reader.join().unwrap(), message);
+    }
+
+    #[test]
+    fn a_stand_in_has_the_unsent_tail_at_the_same_offsets() {
+        let sent: Vec<u8> = (0..10).collect();
+        assert_eq!(stand_in_for(&sent, 10, None), vec![0; 10]);
+        let b = stand_in_for(&sent, 6, Some(vec![9; 20]));
+        assert_eq!(b, [9, 9, 9, 9, 9, 9, 6, 7, 8, 9]);
+        let b = stand_in_for(&sent, 3, Some(vec![9; 2]));
+        assert_eq!(b, [9, 9, 0, 3, 4, 5, 6, 7, 8, 9]);
     }
 }

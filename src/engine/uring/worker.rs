@@ -165,6 +165,8 @@ impl UringNet {
         match token.op {
             Op::Accept => self.accepted(token, c, driver, now),
             Op::Recv => self.received(token, c, driver, now),
+            // A zero-copy send's notification: the ring took its buffer back.
+            Op::Send if c.notif => {}
             Op::Send => {
                 let slot = token.slot as usize;
                 let buf = self.ring.take_sent(token.slot);
@@ -523,14 +525,12 @@ mod tests {
     use crate::engine::driver::DriverSetup;
     use crate::engine::metrics::WorkerMetrics;
 
-    const BODY: usize = 64 * 1024;
-
-    fn body() -> Vec<u8> {
-        (0..BODY).map(|i| (i % 251) as u8).collect()
+    fn body(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
     }
 
-    /// Answers every request on a connection with BODY bytes (keep-alive).
-    fn upstream() -> SocketAddr {
+    /// Answers every request on a connection with `len` bytes (keep-alive).
+    fn upstream(len: usize) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -548,8 +548,9 @@ mod tests {
                         }
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                         buf.drain(..end);
-                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
-                        if s.write_all(head.as_bytes()).is_err() || s.write_all(&body()).is_err() {
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                        if s.write_all(head.as_bytes()).is_err() || s.write_all(&body(len)).is_err()
+                        {
                             return;
                         }
                     }
@@ -615,10 +616,10 @@ mod tests {
         (head, body)
     }
 
-    /// Sixteen clients, three requests each, through a worker whose buffer ring has four
-    /// buffers: every response arrives whole and in order, and receives did run dry.
-    fn many_clients_through_a_tiny_buffer_ring(features: Features) {
-        let up = upstream();
+    /// `clients` clients, three requests each for `len`-byte answers, through a worker with
+    /// `features` and receive buffers `sizing`: every response arrives whole and in order.
+    fn serve(clients: usize, len: usize, sizing: uring::RecvBuffers, features: Features) -> Worker {
+        let up = upstream(len);
         let listener = uring::listen_reuseport("127.0.0.1:0".parse().unwrap(), 128).unwrap();
         let addr = uring::local_addr(listener).unwrap();
         let wake = crate::engine::sys::eventfd().unwrap();
@@ -628,16 +629,12 @@ mod tests {
             https_listener: None,
             wake: std::os::fd::AsRawFd::as_raw_fd(&wake),
         };
-        let sizing = uring::RecvBuffers {
-            plain: (4, 512),
-            bundled: (4, 512),
-        };
         let ring = Ring::with_features(256, sizing, features).unwrap();
         assert_eq!(ring.bundles(), features.bundles);
         assert_eq!(ring.fixed_files() > 0, features.fixed_files);
         let mut worker = Worker::with_ring(setup, driver(up), ring);
         worker.driver.serving(true);
-        let clients: Vec<_> = (0..16)
+        let clients: Vec<_> = (0..clients)
             .map(|_| {
                 std::thread::spawn(move || {
                     let mut s = TcpStream::connect(addr).unwrap();
@@ -647,7 +644,7 @@ mod tests {
                             .unwrap();
                         let (head, got) = response(&mut s);
                         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-                        assert!(got == body(), "the body arrives whole and in order");
+                        assert!(got == body(len), "the body arrives whole and in order");
                     }
                 })
             })
@@ -661,11 +658,30 @@ mod tests {
         for c in clients {
             c.join().expect("every client got its answers");
         }
+        uring::close(listener);
+        worker
+    }
+
+    /// Sixteen clients through a worker whose buffer ring has four buffers: receives run
+    /// dry and are armed again.
+    fn many_clients_through_a_tiny_buffer_ring(features: Features) {
+        let sizing = uring::RecvBuffers {
+            plain: (4, 512),
+            bundled: (4, 512),
+        };
+        let worker = serve(16, 64 * 1024, sizing, features);
         assert!(
             worker.net.nobufs > 0,
             "the receives ran out of buffers and were armed again"
         );
-        uring::close(listener);
+    }
+
+    #[test]
+    fn large_answers_go_to_the_client_zero_copy_whole_and_in_order() {
+        let worker = serve(4, 1 << 20, RECV_BUFFERS, Features::default());
+        let (on, sends) = worker.net.ring.send_zc();
+        assert!(on, "this kernel has SEND_ZC");
+        assert!(sends > 0, "some sends were large enough to go zero-copy");
     }
 
     #[test]
@@ -674,10 +690,11 @@ mod tests {
     }
 
     #[test]
-    fn receives_that_run_out_of_buffers_are_armed_again_without_bundles_or_a_file_table() {
+    fn receives_that_run_out_of_buffers_are_armed_again_without_any_optional_feature() {
         many_clients_through_a_tiny_buffer_ring(Features {
             fixed_files: false,
             bundles: false,
+            send_zc: false,
         });
     }
 }
