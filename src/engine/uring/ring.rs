@@ -392,6 +392,16 @@ pub struct Ring {
     zc_pool_bytes: usize,
     /// Zero-copy sends issued (for tests and diagnostics).
     zc_sends: u64,
+    /// Descriptors to close at the next flush ([`Ring::close_fd`]).
+    closing: Vec<RawFd>,
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        for fd in self.closing.drain(..) {
+            close(fd);
+        }
+    }
 }
 
 impl Ring {
@@ -471,6 +481,7 @@ impl Ring {
             zc_pool: Vec::new(),
             zc_pool_bytes: 0,
             zc_sends: 0,
+            closing: Vec::new(),
         };
         if features.send_zc {
             let mut probe = io_uring::Probe::new();
@@ -651,8 +662,28 @@ impl Ring {
             }
             taken += 1;
         }
-        drop(sq);
         self.pending.drain(..taken);
+        let mut closed = 0;
+        for fd in &self.closing {
+            let e = opcode::Close::new(types::Fd(*fd))
+                .build()
+                .flags(self.files_flags)
+                .user_data(Self::files_token(0));
+            // SAFETY: a close borrows no memory.
+            if unsafe { sq.push(&e) }.is_err() {
+                break;
+            }
+            closed += 1;
+        }
+        drop(sq);
+        self.closing.drain(..closed);
+    }
+
+    /// Closes `fd` with IORING_OP_CLOSE in the next submission instead of a system call of its
+    /// own; the caller forgets it now (no operation of it may be in flight or queued). One
+    /// still waiting when the ring goes is closed with close(2) then.
+    pub fn close_fd(&mut self, fd: RawFd) {
+        self.closing.push(fd);
     }
 
     pub fn accept_multi(&mut self, listener: RawFd, token: Token) {
@@ -1497,5 +1528,29 @@ mod tests {
         assert_eq!(b, [9, 9, 9, 9, 9, 9, 6, 7, 8, 9]);
         let b = stand_in_for(&sent, 3, Some(vec![9; 2]));
         assert_eq!(b, [9, 9, 0, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn a_descriptor_closed_through_the_ring_closes_at_the_next_submit_or_when_the_ring_goes() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        let (a, b) = pair();
+        ring.close_fd(a);
+        assert!(is_open(a), "nothing happens before the submission");
+        ring.submit_and_wait(Duration::from_millis(1)).unwrap();
+        assert!(!is_open(a), "closed by the submission");
+        let mut out = Vec::new();
+        ring.completions(&mut out, 16);
+        assert!(out.is_empty(), "a successful close posts no completion");
+        close(b);
+        let (c, d) = pair();
+        ring.close_fd(c);
+        drop(ring);
+        assert!(!is_open(c), "closed when the ring goes");
+        close(d);
     }
 }

@@ -129,9 +129,10 @@ impl UringNet {
             && s.inflight == 0
         {
             // The table's reference first (queued, so behind nothing of this socket: none is
-            // in flight), then the descriptor; the slot's next install comes after both.
+            // in flight), then the descriptor, both in the next submission (no system call);
+            // the slot's next install comes after both.
             self.ring.remove_fixed(s.target);
-            uring::close(s.fd);
+            self.ring.close_fd(s.fd);
             self.socks.remove(slot);
         }
     }
