@@ -350,7 +350,7 @@ impl Drop for BufRing {
 /// The smallest send that goes zero-copy: below it, copying into the socket costs less than
 /// pinning the pages and the notification's extra completion.
 pub const ZC_MIN: usize = 64 * 1024;
-/// The most bytes of stand-in buffers kept for zero-copy sends (see [`Lent::held`]).
+/// The most bytes of stand-in buffers kept for zero-copy sends (see `Ring::zc_held`).
 const ZC_POOL_BYTES: usize = 8 << 20;
 
 /// Memory an operation of one slot (a socket of the worker) lends the kernel: at most one
@@ -361,11 +361,6 @@ struct Lent {
     sending: bool,
     /// The send in flight is zero-copy.
     zc: bool,
-    /// A zero-copy send's buffer after its completion and until its notification: the kernel
-    /// may still read it (a retransmission). The driver got a stand-in of the same length
-    /// with the unsent tail at the same offsets, so it can go on at once. One at a time per
-    /// slot: while one is held, large sends of the slot copy.
-    held: Option<Vec<u8>>,
     addr: Option<Box<SockAddr>>,
 }
 
@@ -387,6 +382,12 @@ pub struct Ring {
     bundles: bool,
     /// Large sends are zero-copy.
     send_zc: bool,
+    /// By slot: a zero-copy send's buffer after its completion and until its notification:
+    /// the kernel may still read it (a retransmission). The driver got a stand-in of the same
+    /// length with the unsent tail at the same offsets, so it can go on at once. One at a time
+    /// per slot: while one is held, large sends of the slot copy. (A map, not a field of
+    /// [`Lent`], which every connection has.)
+    zc_held: std::collections::HashMap<u32, Vec<u8>>,
     /// Buffers whose zero-copy send has been notified, reused as stand-ins.
     zc_pool: Vec<Vec<u8>>,
     zc_pool_bytes: usize,
@@ -478,6 +479,7 @@ impl Ring {
             files_flags,
             bundles: false,
             send_zc: false,
+            zc_held: std::collections::HashMap::new(),
             zc_pool: Vec::new(),
             zc_pool_bytes: 0,
             zc_sends: 0,
@@ -736,17 +738,17 @@ impl Ring {
     /// A send of `buf` ([`Op::Send`] with `token.slot`). The ring keeps the buffer until the
     /// send completes; [`Ring::take_sent`] hands it back then. A slot has one send in flight
     /// at most: a second one is refused and its buffer returned. A buffer of [`ZC_MIN`] bytes
-    /// or more goes zero-copy where the kernel has it (see [`Lent::held`]); its notification
+    /// or more goes zero-copy where the kernel has it (see `Ring::zc_held`); its notification
     /// is a completion with [`Completion::notif`], which carries nothing for the caller.
     pub fn send(&mut self, target: Target, buf: Vec<u8>, token: Token) -> Result<(), Vec<u8>> {
-        let send_zc = self.send_zc;
+        let send_zc = self.send_zc && !self.zc_held.contains_key(&token.slot);
         let lent = self.lent(token.slot);
         if lent.sending {
             return Err(buf);
         }
         let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         let ptr = buf.as_ptr();
-        let zc = send_zc && buf.len() >= ZC_MIN && lent.held.is_none();
+        let zc = send_zc && buf.len() >= ZC_MIN;
         // The heap block does not move when the Vec does.
         lent.send = Some(buf);
         lent.sending = true;
@@ -872,7 +874,7 @@ impl Ring {
                     if let Some(lent) = self.lent.get_mut(slot as usize) {
                         if notif {
                             // The kernel is done with the zero-copy buffer.
-                            if let Some(buf) = lent.held.take()
+                            if let Some(buf) = self.zc_held.remove(&slot)
                                 && self.zc_pool_bytes + buf.capacity() <= ZC_POOL_BYTES
                             {
                                 self.zc_pool_bytes += buf.capacity();
@@ -888,7 +890,7 @@ impl Ring {
                                 });
                                 if let Some(buf) = lent.send.take() {
                                     lent.send = Some(stand_in_for(&buf, written, stand_in));
-                                    lent.held = Some(buf);
+                                    self.zc_held.insert(slot, buf);
                                 }
                             }
                         }
@@ -1481,10 +1483,7 @@ mod tests {
             ring.send_zc().1,
             "one notification per zero-copy send"
         );
-        assert!(
-            ring.lent[6].held.is_none(),
-            "the held buffer went to the pool"
-        );
+        assert!(ring.zc_held.is_empty(), "the held buffer went to the pool");
         ring.remove_fixed(target);
     }
 
