@@ -5,8 +5,16 @@
 //! Ownership rule: memory the kernel reads or writes for an operation in flight (a send
 //! buffer, a connect address, the eventfd read's buffer, the buffer ring) must outlive that
 //! operation. The [`Ring`] owns all of it: a send takes its buffer and hands it back with
-//! [`Ring::take_sent`] once it has completed, a connect keeps its address until its
-//! completion, and the safe methods cannot be used to let the kernel touch freed memory.
+//! [`Ring::take_sent`] once it has completed (a zero-copy send's buffer stays until its
+//! notification, and the caller gets a stand-in), a connect keeps its address until its
+//! completion, a file-table install reads a descriptor array the ring owns, and the safe
+//! methods cannot be used to let the kernel touch freed memory. When the worker stops with
+//! zero-copy sends not yet notified, the ring goes first; the kernel keeps the pages it
+//! pinned for them until the network is done with them.
+//!
+//! Optional kernel features, each probed at start with a fallback to the plain path:
+//! registered descriptors ([`Ring::install`]), receive bundles ([`Ring::bundles`]) and
+//! zero-copy sends ([`ZC_MIN`]); `SLUICE_URING_DISABLE` turns them off for measurement.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -32,6 +40,9 @@ pub enum Op {
     Wake = 7,
     /// The completion of a cancel request (the cancelled operation completes on its own).
     Cancel = 8,
+    /// A change to the registered file table (install or remove); posted only on failure
+    /// where the kernel can skip successful completions.
+    Files = 9,
 }
 
 impl Op {
@@ -43,6 +54,7 @@ impl Op {
             4 => Op::Connect,
             7 => Op::Wake,
             8 => Op::Cancel,
+            9 => Op::Files,
             _ => return None,
         })
     }
@@ -81,6 +93,100 @@ pub struct Completion {
     pub buffer: Option<u16>,
     /// A multishot operation stays armed.
     pub more: bool,
+    /// A zero-copy send's notification (its send completed earlier): nothing to hand on.
+    pub notif: bool,
+}
+
+/// Where an operation finds its socket: a plain descriptor (looked up in the process's
+/// descriptor table, `fget`/`fput`, on every operation) or its entry in the ring's registered
+/// file table (looked up in the ring, no reference counting per operation).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// Builds `$op` on the socket of `$target` (`types::Fd` and `types::Fixed` are distinct types).
+macro_rules! on_target {
+    ($target:expr, |$f:ident| $build:expr) => {
+        match $target {
+            Target::Fd(fd) => {
+                let $f = types::Fd(fd);
+                $build
+            }
+            Target::Fixed(index) => {
+                let $f = types::Fixed(index);
+                $build
+            }
+        }
+    };
+}
+
+/// The most entries of a ring's registered file table (it is also capped by RLIMIT_NOFILE,
+/// which the kernel checks). A socket whose slot is past the table uses its descriptor.
+const MAX_FIXED_FILES: u32 = 1 << 16;
+
+/// The ring's registered file table (IORING_REGISTER_FILES, sparse): entry `i` belongs to the
+/// worker's socket slot `i` while that socket is open. Installing and removing are ring
+/// operations (IORING_OP_FILES_UPDATE, IORING_OP_CLOSE on a fixed file), so they cost no
+/// system call of their own.
+struct FixedFiles {
+    size: u32,
+    /// The descriptor each install reads (by slot): the kernel reads it when it issues the
+    /// update, which is no later than the submit that carries it; the array lives as long as
+    /// the ring. A slot is written again only for its next socket, whose update comes after.
+    fds: Box<[RawFd]>,
+}
+
+/// Which optional kernel features a ring may use; each is also probed, and a ring whose
+/// kernel refuses one falls back to the plain path.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// Registered (direct) descriptors for sockets.
+    pub fixed_files: bool,
+    /// Receive bundles (kernel 6.10+): one completion carries as many provided buffers as the
+    /// data that was waiting fills, instead of one completion per buffer.
+    pub bundles: bool,
+    /// Zero-copy sends (IORING_OP_SEND_ZC, kernel 6.0+) for buffers of at least
+    /// [`ZC_MIN`] bytes.
+    pub send_zc: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features {
+            fixed_files: true,
+            bundles: true,
+            send_zc: true,
+        }
+    }
+}
+
+impl Features {
+    /// The defaults minus what `SLUICE_URING_DISABLE` names (comma-separated: `fixed`,
+    /// `bundle`, `zc`), so one build can be measured with and without each feature.
+    pub fn from_env() -> Features {
+        let mut f = Features::default();
+        if let Ok(off) = std::env::var("SLUICE_URING_DISABLE") {
+            for name in off.split(',').map(str::trim) {
+                match name {
+                    "fixed" => f.fixed_files = false,
+                    "bundle" => f.bundles = false,
+                    "zc" => f.send_zc = false,
+                    _ => {}
+                }
+            }
+        }
+        f
+    }
+}
+
+/// How many receive buffers of what size a ring provides, `(count, bytes)`: `bundled` when
+/// its receives take bundles, `plain` otherwise. The count is a power of two (at most 32,768).
+#[derive(Copy, Clone, Debug)]
+pub struct RecvBuffers {
+    pub plain: (u16, usize),
+    pub bundled: (u16, usize),
 }
 
 /// Buffer group id of the worker's receive buffers.
@@ -88,6 +194,13 @@ const BUFFER_GROUP: u16 = 7;
 
 /// Receive buffers the kernel picks from (IORING_REGISTER_PBUF_RING): a receive holds no
 /// memory while it waits, so idle connections cost nothing here.
+///
+/// The kernel takes buffers in ring order. A bundle's completion names only its first buffer
+/// and its byte count; the others are the ones pushed after it (each full but the last), so
+/// the ring remembers where each buffer was pushed and what each position holds. Buffers
+/// given back during a batch of completions are published only at its end
+/// ([`BufRing::release`]), so no position a completion of the batch still names is
+/// overwritten.
 struct BufRing {
     /// Page-aligned ring of `entries` descriptors (mmap'd).
     ring: *mut BufRingEntry,
@@ -96,6 +209,12 @@ struct BufRing {
     buf_size: usize,
     data: Vec<u8>,
     tail: u16,
+    /// By ring position (masked): the buffer pushed there last.
+    at: Vec<u16>,
+    /// By buffer: the (unmasked) tail it was pushed at last.
+    pos: Vec<u16>,
+    /// Buffers given back since the last release.
+    returned: Vec<u16>,
 }
 
 impl BufRing {
@@ -126,6 +245,9 @@ impl BufRing {
             buf_size,
             data: vec![0u8; usize::from(entries) * buf_size],
             tail: 0,
+            at: vec![0; usize::from(entries)],
+            pos: vec![0; usize::from(entries)],
+            returned: Vec::with_capacity(usize::from(entries)),
         };
         // SAFETY: `ring` is a page-aligned mapping of exactly `entries` descriptors that lives
         // until `Drop`, which runs after the IoUring it is registered with is dropped (the
@@ -152,7 +274,51 @@ impl BufRing {
         entry.set_addr(addr);
         entry.set_len(self.buf_size as u32);
         entry.set_bid(bid);
+        self.at[index] = bid;
+        self.pos[usize::from(bid)] = self.tail;
         self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// The buffers (and their byte counts, in order) of a completion of `len` bytes whose
+    /// first buffer is `bid`: one without bundles, as many as `len` fills with them.
+    fn parts(&self, bid: u16, len: usize) -> impl Iterator<Item = (u16, usize)> + '_ {
+        let n = len
+            .div_ceil(self.buf_size)
+            .clamp(1, usize::from(self.entries));
+        let first = self.pos.get(usize::from(bid)).copied().unwrap_or(0);
+        let mask = self.entries - 1;
+        (0..n).map(move |k| {
+            let at = first.wrapping_add(k as u16) & mask;
+            let len = len.saturating_sub(k * self.buf_size).min(self.buf_size);
+            (self.at[usize::from(at)], len)
+        })
+    }
+
+    /// Gives the buffers of a completion back (at the next [`BufRing::release`]).
+    fn recycle(&mut self, bid: u16, len: usize) {
+        let n = len
+            .div_ceil(self.buf_size)
+            .clamp(1, usize::from(self.entries));
+        let first = self.pos.get(usize::from(bid)).copied().unwrap_or(0);
+        let mask = self.entries - 1;
+        for k in 0..n {
+            let at = first.wrapping_add(k as u16) & mask;
+            self.returned.push(self.at[usize::from(at)]);
+        }
+    }
+
+    /// Pushes and publishes the buffers given back since the last release.
+    fn release(&mut self) {
+        if self.returned.is_empty() {
+            return;
+        }
+        let returned = std::mem::take(&mut self.returned);
+        for bid in &returned {
+            self.push(*bid);
+        }
+        self.returned = returned;
+        self.returned.clear();
+        self.publish();
     }
 
     /// Makes every pushed descriptor visible to the kernel.
@@ -181,12 +347,20 @@ impl Drop for BufRing {
     }
 }
 
+/// The smallest send that goes zero-copy: below it, copying into the socket costs less than
+/// pinning the pages and the notification's extra completion.
+pub const ZC_MIN: usize = 64 * 1024;
+/// The most bytes of stand-in buffers kept for zero-copy sends (see `Ring::zc_held`).
+const ZC_POOL_BYTES: usize = 8 << 20;
+
 /// Memory an operation of one slot (a socket of the worker) lends the kernel: at most one
 /// send and one connect in flight per slot.
 #[derive(Default)]
 struct Lent {
     send: Option<Vec<u8>>,
     sending: bool,
+    /// The send in flight is zero-copy.
+    zc: bool,
     addr: Option<Box<SockAddr>>,
 }
 
@@ -200,11 +374,54 @@ pub struct Ring {
     /// The eventfd read's buffer.
     wake_buf: Box<[u8; 8]>,
     pending: Vec<squeue::Entry>,
+    /// The registered file table, when the kernel took it.
+    fixed: Option<FixedFiles>,
+    /// Flags for table updates: skip the completion of one that succeeded, where supported.
+    files_flags: squeue::Flags,
+    /// Multishot receives take bundles of buffers.
+    bundles: bool,
+    /// Large sends are zero-copy.
+    send_zc: bool,
+    /// By slot: a zero-copy send's buffer after its completion and until its notification:
+    /// the kernel may still read it (a retransmission). The driver got a stand-in of the same
+    /// length with the unsent tail at the same offsets, so it can go on at once. One at a time
+    /// per slot: while one is held, large sends of the slot copy. (A map, not a field of
+    /// [`Lent`], which every connection has.)
+    zc_held: std::collections::HashMap<u32, Vec<u8>>,
+    /// Buffers whose zero-copy send has been notified, reused as stand-ins.
+    zc_pool: Vec<Vec<u8>>,
+    zc_pool_bytes: usize,
+    /// Zero-copy sends issued (for tests and diagnostics).
+    zc_sends: u64,
+    /// Descriptors to close at the next flush ([`Ring::close_fd`]).
+    closing: Vec<RawFd>,
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        for fd in self.closing.drain(..) {
+            close(fd);
+        }
+    }
 }
 
 impl Ring {
-    /// `entries` submission slots; `buffers` receive buffers of `buffer_size` bytes.
+    /// `entries` submission slots; `buffers` receive buffers of `buffer_size` bytes; every
+    /// optional feature the kernel has.
     pub fn new(entries: u32, buffers: u16, buffer_size: usize) -> io::Result<Ring> {
+        let sizing = RecvBuffers {
+            plain: (buffers, buffer_size),
+            bundled: (buffers, buffer_size),
+        };
+        Ring::with_features(entries, sizing, Features::default())
+    }
+
+    /// [`Ring::new`] using at most `features`.
+    pub fn with_features(
+        entries: u32,
+        sizing: RecvBuffers,
+        features: Features,
+    ) -> io::Result<Ring> {
         // One thread submits and reaps (thread-per-core), so completions' task work can wait
         // until we ask for events instead of interrupting the worker with an IPI each time
         // (DEFER_TASKRUN, Linux 6.1+); older kernels get the cooperative mode, then plain.
@@ -233,6 +450,12 @@ impl Ring {
                     ),
                 )
             })?;
+        let bundles = features.bundles && ring.params().is_feature_recvsend_bundle();
+        let (buffers, buffer_size) = if bundles {
+            sizing.bundled
+        } else {
+            sizing.plain
+        };
         let bufs = BufRing::new(&ring, buffers, buffer_size).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -241,25 +464,130 @@ impl Ring {
                 ),
             )
         })?;
+        let files_flags = if ring.params().is_feature_skip_cqe_on_success() {
+            squeue::Flags::SKIP_SUCCESS
+        } else {
+            squeue::Flags::empty()
+        };
         let mut ring = Ring {
             ring,
             bufs,
             lent: Vec::new(),
             wake_buf: Box::new([0; 8]),
             pending: Vec::new(),
+            fixed: None,
+            files_flags,
+            bundles: false,
+            send_zc: false,
+            zc_held: std::collections::HashMap::new(),
+            zc_pool: Vec::new(),
+            zc_pool_bytes: 0,
+            zc_sends: 0,
+            closing: Vec::new(),
         };
-        ring.probe_multishot_recv().map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("io_uring multishot receive is not supported (needs Linux 6.0+): {e}"),
-            )
-        })?;
+        if features.send_zc {
+            let mut probe = io_uring::Probe::new();
+            ring.send_zc = ring.ring.submitter().register_probe(&mut probe).is_ok()
+                && probe.is_supported(opcode::SendZc::CODE);
+        }
+        if features.fixed_files {
+            ring.register_fixed_files();
+        }
+        ring.bundles = bundles;
+        // The probe runs with every feature on; on a failure, the newest feature goes (the
+        // kernel says it has it but the receive fails with it) and it runs again.
+        while let Err(e) = ring.probe_multishot_recv() {
+            if ring.bundles {
+                ring.bundles = false;
+            } else if ring.fixed.is_some() {
+                ring.fixed = None;
+                let _ = ring.ring.submitter().unregister_files();
+            } else {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("io_uring multishot receive is not supported (needs Linux 6.0+): {e}"),
+                ));
+            }
+        }
         Ok(ring)
     }
 
+    /// Registers a sparse file table (kernel 5.19+), as large as the descriptor limit allows
+    /// up to [`MAX_FIXED_FILES`]; without it, every socket uses its descriptor.
+    fn register_fixed_files(&mut self) {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into a live struct.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return;
+        }
+        let size = u32::try_from(lim.rlim_cur)
+            .unwrap_or(u32::MAX)
+            .min(MAX_FIXED_FILES);
+        if size == 0 || self.ring.submitter().register_files_sparse(size).is_err() {
+            return;
+        }
+        self.fixed = Some(FixedFiles {
+            size,
+            fds: vec![-1; size as usize].into_boxed_slice(),
+        });
+    }
+
+    /// The size of the registered file table (0: sockets use their descriptors).
+    pub fn fixed_files(&self) -> u32 {
+        self.fixed.as_ref().map_or(0, |f| f.size)
+    }
+
+    /// Puts socket `fd` of slot `slot` into the registered file table and says how operations
+    /// should name it from now on: `Target::Fixed(slot)`, or `Target::Fd(fd)` without a table
+    /// (or with a slot past it). The descriptor stays open and valid for plain system calls
+    /// (shutdown, socket options, addresses); the table holds its own reference to the
+    /// socket, released by [`Ring::remove_fixed`], which the slot's owner calls before the
+    /// slot is reused.
+    pub fn install(&mut self, fd: RawFd, slot: u32) -> Target {
+        let flags = self.files_flags;
+        let Some(fixed) = self.fixed.as_mut().filter(|f| slot < f.size) else {
+            return Target::Fd(fd);
+        };
+        fixed.fds[slot as usize] = fd;
+        let ptr: *const RawFd = &fixed.fds[slot as usize];
+        let e = opcode::FilesUpdate::new(ptr, 1)
+            .offset(slot as i32)
+            .build()
+            .flags(flags)
+            .user_data(Self::files_token(slot));
+        self.push(e);
+        Target::Fixed(slot)
+    }
+
+    /// Releases the table's reference to the socket of `target` (nothing for a descriptor).
+    /// Queued behind everything queued for it, and ahead of any later install of the slot.
+    pub fn remove_fixed(&mut self, target: Target) {
+        if let Target::Fixed(slot) = target {
+            let e = opcode::Close::new(types::Fixed(slot))
+                .build()
+                .flags(self.files_flags)
+                .user_data(Self::files_token(slot));
+            self.push(e);
+        }
+    }
+
+    fn files_token(slot: u32) -> u64 {
+        Token {
+            op: Op::Files,
+            slot,
+            generation: 0,
+        }
+        .encode()
+    }
+
     /// Checks, on a socket pair, that a multishot receive delivers data and stays armed, so a
-    /// kernel without it fails at start instead of failing every connection. The ring is idle
-    /// afterwards (the probe's receive has ended and its buffer is back).
+    /// kernel without it fails at start instead of failing every connection. With a file
+    /// table, the receive names its socket through the table (slot 0), which checks that too.
+    /// The ring is idle afterwards (the probe's receive has ended and its buffer is back; the
+    /// table is empty again).
     fn probe_multishot_recv(&mut self) -> io::Result<()> {
         let mut pair = [0; 2];
         // SAFETY: socketpair writes two descriptors into `pair`; the result is checked.
@@ -276,7 +604,8 @@ impl Ring {
             slot: u32::MAX,
             generation: 0,
         };
-        self.recv_multi(pair[0], token);
+        let target = self.install(pair[0], 0);
+        self.recv_multi(target, token);
         send_now(pair[1], b"x");
         let mut first = None;
         let mut out = Vec::new();
@@ -291,7 +620,7 @@ impl Ring {
             let mut ended = false;
             for c in &out {
                 if let Some(bid) = c.buffer {
-                    self.recycle(bid);
+                    self.recycle(bid, c.result.max(0) as usize);
                 }
                 if first.is_none() {
                     first = Some(*c);
@@ -308,8 +637,13 @@ impl Ring {
                 };
             }
         };
+        self.remove_fixed(target);
         close(pair[0]);
         close(pair[1]);
+        // Let the removal run now: the table is empty when the ring goes to work.
+        self.flush();
+        let _ = self.ring.submitter().submit();
+        self.completions(&mut out, 16);
         result
     }
 
@@ -330,8 +664,28 @@ impl Ring {
             }
             taken += 1;
         }
-        drop(sq);
         self.pending.drain(..taken);
+        let mut closed = 0;
+        for fd in &self.closing {
+            let e = opcode::Close::new(types::Fd(*fd))
+                .build()
+                .flags(self.files_flags)
+                .user_data(Self::files_token(0));
+            // SAFETY: a close borrows no memory.
+            if unsafe { sq.push(&e) }.is_err() {
+                break;
+            }
+            closed += 1;
+        }
+        drop(sq);
+        self.closing.drain(..closed);
+    }
+
+    /// Closes `fd` with IORING_OP_CLOSE in the next submission instead of a system call of its
+    /// own; the caller forgets it now (no operation of it may be in flight or queued). One
+    /// still waiting when the ring goes is closed with close(2) then.
+    pub fn close_fd(&mut self, fd: RawFd) {
+        self.closing.push(fd);
     }
 
     pub fn accept_multi(&mut self, listener: RawFd, token: Token) {
@@ -347,10 +701,14 @@ impl Ring {
     /// until EOF, an error, no free buffer (ENOBUFS) or [`Ring::cancel`]. One submission per
     /// connection instead of one per read: about 0.5 µs of kernel time per proxied request
     /// (bench/RESULTS.md).
-    pub fn recv_multi(&mut self, fd: RawFd, token: Token) {
-        let e = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
-            .build()
-            .user_data(token.encode());
+    pub fn recv_multi(&mut self, target: Target, token: Token) {
+        let e = if self.bundles {
+            on_target!(target, |f| opcode::RecvMultiBundle::new(f, BUFFER_GROUP)
+                .build())
+        } else {
+            on_target!(target, |f| opcode::RecvMulti::new(f, BUFFER_GROUP).build())
+        };
+        let e = e.user_data(token.encode());
         self.push(e);
     }
 
@@ -379,27 +737,39 @@ impl Ring {
 
     /// A send of `buf` ([`Op::Send`] with `token.slot`). The ring keeps the buffer until the
     /// send completes; [`Ring::take_sent`] hands it back then. A slot has one send in flight
-    /// at most: a second one is refused and its buffer returned.
-    pub fn send(&mut self, fd: RawFd, buf: Vec<u8>, token: Token) -> Result<(), Vec<u8>> {
+    /// at most: a second one is refused and its buffer returned. A buffer of [`ZC_MIN`] bytes
+    /// or more goes zero-copy where the kernel has it (see `Ring::zc_held`); its notification
+    /// is a completion with [`Completion::notif`], which carries nothing for the caller.
+    pub fn send(&mut self, target: Target, buf: Vec<u8>, token: Token) -> Result<(), Vec<u8>> {
+        let send_zc = self.send_zc && !self.zc_held.contains_key(&token.slot);
         let lent = self.lent(token.slot);
         if lent.sending {
             return Err(buf);
         }
         let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         let ptr = buf.as_ptr();
+        let zc = send_zc && buf.len() >= ZC_MIN;
         // The heap block does not move when the Vec does.
         lent.send = Some(buf);
         lent.sending = true;
-        let e = opcode::Send::new(types::Fd(fd), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(
-                Token {
-                    op: Op::Send,
-                    ..token
-                }
-                .encode(),
-            );
+        lent.zc = zc;
+        let e = if zc {
+            self.zc_sends += 1;
+            on_target!(target, |f| opcode::SendZc::new(f, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build())
+        } else {
+            on_target!(target, |f| opcode::Send::new(f, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build())
+        };
+        let e = e.user_data(
+            Token {
+                op: Op::Send,
+                ..token
+            }
+            .encode(),
+        );
         self.push(e);
         Ok(())
     }
@@ -415,7 +785,7 @@ impl Ring {
 
     /// A connect to `addr` ([`Op::Connect`] with `token.slot`); the ring keeps the address
     /// until the completion.
-    pub fn connect(&mut self, fd: RawFd, addr: SocketAddr, token: Token) {
+    pub fn connect(&mut self, target: Target, addr: SocketAddr, token: Token) {
         let addr = SockAddr::new(addr);
         let (ptr, len) = (addr.as_ptr(), addr.len);
         // The boxed address does not move when the Box does; a connect still in flight for
@@ -425,15 +795,13 @@ impl Ring {
             return;
         }
         lent.addr = Some(addr);
-        let e = opcode::Connect::new(types::Fd(fd), ptr, len)
-            .build()
-            .user_data(
-                Token {
-                    op: Op::Connect,
-                    ..token
-                }
-                .encode(),
-            );
+        let e = on_target!(target, |f| opcode::Connect::new(f, ptr, len).build()).user_data(
+            Token {
+                op: Op::Connect,
+                ..token
+            }
+            .encode(),
+        );
         self.push(e);
     }
 
@@ -445,15 +813,34 @@ impl Ring {
         self.push(e);
     }
 
-    /// The bytes of a completed receive.
-    pub fn received(&self, bid: u16, len: usize) -> &[u8] {
-        self.bufs.buffer(bid, len)
+    /// Whether large sends go zero-copy, and how many did.
+    pub fn send_zc(&self) -> (bool, u64) {
+        (self.send_zc, self.zc_sends)
     }
 
-    /// Gives a receive buffer back to the kernel.
-    pub fn recycle(&mut self, bid: u16) {
-        self.bufs.push(bid);
-        self.bufs.publish();
+    /// Whether multishot receives take bundles (the kernel has them and the probe passed).
+    pub fn bundles(&self) -> bool {
+        self.bundles
+    }
+
+    /// The bytes of a completed receive of `len` bytes whose first buffer is `bid`, in order:
+    /// one slice, or one per buffer of a bundle.
+    pub fn received(&self, bid: u16, len: usize) -> impl Iterator<Item = &[u8]> + '_ {
+        self.bufs
+            .parts(bid, len)
+            .map(|(bid, len)| self.bufs.buffer(bid, len))
+    }
+
+    /// Gives the buffers of a completed receive of `len` bytes (whose first buffer is `bid`)
+    /// back to the kernel, at the end of the batch ([`Ring::release_buffers`]).
+    pub fn recycle(&mut self, bid: u16, len: usize) {
+        self.bufs.recycle(bid, len);
+    }
+
+    /// Publishes the buffers given back since the last call (also done by
+    /// [`Ring::completions`] before it reaps): call after handling a batch.
+    pub fn release_buffers(&mut self) {
+        self.bufs.release();
     }
 
     /// Submits what is queued and waits for at least one completion or `timeout`.
@@ -497,16 +884,39 @@ impl Ring {
 
     /// Copies up to `max` completions into `out`.
     pub fn completions(&mut self, out: &mut Vec<Completion>, max: usize) {
+        self.bufs.release();
         out.clear();
         for cqe in self.ring.completion().take(max) {
             let token = Token::decode(cqe.user_data());
             // The kernel is done with what the operation borrowed.
+            let notif = cqueue::notif(cqe.flags());
             match token {
                 Some(Token {
                     op: Op::Send, slot, ..
                 }) => {
                     if let Some(lent) = self.lent.get_mut(slot as usize) {
-                        lent.sending = false;
+                        if notif {
+                            // The kernel is done with the zero-copy buffer.
+                            if let Some(buf) = self.zc_held.remove(&slot)
+                                && self.zc_pool_bytes + buf.capacity() <= ZC_POOL_BYTES
+                            {
+                                self.zc_pool_bytes += buf.capacity();
+                                self.zc_pool.push(buf);
+                            }
+                        } else {
+                            lent.sending = false;
+                            if lent.zc && cqueue::more(cqe.flags()) {
+                                // A notification follows: keep the buffer, lend a stand-in.
+                                let written = usize::try_from(cqe.result()).unwrap_or(0);
+                                let stand_in = self.zc_pool.pop().inspect(|b| {
+                                    self.zc_pool_bytes -= b.capacity();
+                                });
+                                if let Some(buf) = lent.send.take() {
+                                    lent.send = Some(stand_in_for(&buf, written, stand_in));
+                                    self.zc_held.insert(slot, buf);
+                                }
+                            }
+                        }
                     }
                 }
                 Some(Token {
@@ -525,9 +935,26 @@ impl Ring {
                 result: cqe.result(),
                 buffer: cqueue::buffer_select(cqe.flags()),
                 more: cqueue::more(cqe.flags()),
+                notif,
             });
         }
     }
+}
+
+/// A buffer the driver can take back in place of `sent` after `written` of its bytes went
+/// out: the same length, the unsent tail at the same offsets (the driver sends it again), the
+/// written part whatever `reuse` held (the driver does not read it). Only the tail is copied
+/// (nothing after a whole write); a new stand-in is zeroed once.
+fn stand_in_for(sent: &[u8], written: usize, reuse: Option<Vec<u8>>) -> Vec<u8> {
+    let mut b = reuse.unwrap_or_default();
+    if b.len() >= sent.len() {
+        b.truncate(sent.len());
+    } else {
+        b.resize(sent.len(), 0);
+    }
+    let written = written.min(sent.len());
+    b[written..].copy_from_slice(&sent[written..]);
+    b
 }
 
 /// A socket address in the C layout, for connect.
@@ -752,5 +1179,400 @@ pub fn close(fd: RawFd) {
     // SAFETY: closes an fd we own exactly once (callers forget it afterwards).
     unsafe {
         libc::close(fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (RawFd, RawFd) {
+        let mut p = [0; 2];
+        // SAFETY: socketpair writes two descriptors into `p`; the result is checked.
+        check(unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                p.as_mut_ptr(),
+            )
+        })
+        .unwrap();
+        (p[0], p[1])
+    }
+
+    fn token(op: Op, slot: u32) -> Token {
+        Token {
+            op,
+            slot,
+            generation: 0,
+        }
+    }
+
+    /// Submits and reaps for up to `wait`, recycling receive buffers; returns the completions
+    /// with the bytes each receive carried.
+    fn reap(ring: &mut Ring, wait: Duration) -> Vec<(Completion, Vec<u8>)> {
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..wait.as_millis().div_ceil(10) {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.completions(&mut out, 64);
+            for c in &out {
+                let bytes = match c.buffer {
+                    Some(bid) => {
+                        let len = c.result.max(0) as usize;
+                        let b = ring.received(bid, len).flatten().copied().collect();
+                        ring.recycle(bid, len);
+                        b
+                    }
+                    None => Vec::new(),
+                };
+                got.push((*c, bytes));
+            }
+        }
+        got
+    }
+
+    fn received_on(got: &[(Completion, Vec<u8>)], slot: u32) -> Vec<u8> {
+        got.iter()
+            .filter(|(c, _)| c.token == Some(token(Op::Recv, slot)) && c.result > 0)
+            .flat_map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    fn eof_on(got: &[(Completion, Vec<u8>)], slot: u32) -> bool {
+        got.iter()
+            .any(|(c, _)| c.token == Some(token(Op::Recv, slot)) && c.result == 0)
+    }
+
+    #[test]
+    fn registered_sockets_carry_receives_and_sends_and_the_table_holds_them_open() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        assert!(
+            ring.fixed_files() > 4,
+            "this kernel (6.x) takes a file table"
+        );
+        let (a, b) = pair();
+        let ta = ring.install(a, 3);
+        let tb = ring.install(b, 4);
+        assert_eq!((ta, tb), (Target::Fixed(3), Target::Fixed(4)));
+        ring.recv_multi(ta, token(Op::Recv, 3));
+        ring.send(tb, b"hello".to_vec(), token(Op::Send, 4))
+            .unwrap();
+        let got = reap(&mut ring, Duration::from_millis(100));
+        assert_eq!(received_on(&got, 3), b"hello");
+        let sent = got
+            .iter()
+            .find(|(c, _)| c.token == Some(token(Op::Send, 4)))
+            .expect("the send completed");
+        assert_eq!(sent.0.result, 5);
+        assert_eq!(ring.take_sent(4).as_deref(), Some(&b"hello"[..]));
+        // Closing b's descriptor does not close the socket: the table still holds it.
+        close(b);
+        let got = reap(&mut ring, Duration::from_millis(50));
+        assert!(!eof_on(&got, 3), "the table keeps the peer open");
+        ring.remove_fixed(tb);
+        let got = reap(&mut ring, Duration::from_millis(100));
+        assert!(eof_on(&got, 3), "removing the entry closes it");
+        // No table update failed (a failure would post an Op::Files completion).
+        assert!(
+            got.iter()
+                .all(|(c, _)| c.token.map(|t| t.op) != Some(Op::Files))
+        );
+        ring.remove_fixed(ta);
+        close(a);
+    }
+
+    #[test]
+    fn a_slot_reused_for_a_new_socket_names_the_new_one() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        let (a, b) = pair();
+        let t = ring.install(a, 2);
+        ring.remove_fixed(t);
+        close(a);
+        close(b);
+        let (c, d) = pair();
+        // Queued behind the removal, in the same submission.
+        let t = ring.install(c, 2);
+        ring.recv_multi(t, token(Op::Recv, 2));
+        send_now(d, b"new");
+        let got = reap(&mut ring, Duration::from_millis(100));
+        assert_eq!(received_on(&got, 2), b"new");
+        ring.remove_fixed(t);
+        close(c);
+        close(d);
+    }
+
+    #[test]
+    fn without_a_file_table_sockets_use_their_descriptors() {
+        let features = Features {
+            fixed_files: false,
+            bundles: false,
+            send_zc: true,
+        };
+        let sizing = RecvBuffers {
+            plain: (8, 4096),
+            bundled: (8, 4096),
+        };
+        let mut ring = Ring::with_features(64, sizing, features).unwrap();
+        assert_eq!(ring.fixed_files(), 0);
+        let (a, b) = pair();
+        assert_eq!(ring.install(a, 1), Target::Fd(a));
+        ring.recv_multi(Target::Fd(a), token(Op::Recv, 1));
+        ring.send(Target::Fd(b), b"plain".to_vec(), token(Op::Send, 2))
+            .unwrap();
+        let got = reap(&mut ring, Duration::from_millis(100));
+        assert_eq!(received_on(&got, 1), b"plain");
+        close(a);
+        close(b);
+    }
+
+    #[test]
+    fn a_slot_past_the_table_uses_its_descriptor() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        let past = ring.fixed_files();
+        assert_eq!(ring.install(9, past), Target::Fd(9));
+    }
+
+    /// Reaps without giving buffers back: (completion, its bytes in order, its buffers).
+    fn reap_keep(ring: &mut Ring, turns: usize) -> Vec<(Completion, Vec<u8>)> {
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..turns {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.completions(&mut out, 64);
+            for c in &out {
+                let bytes = match c.buffer {
+                    Some(bid) => ring
+                        .received(bid, c.result.max(0) as usize)
+                        .flatten()
+                        .copied()
+                        .collect(),
+                    None => Vec::new(),
+                };
+                got.push((*c, bytes));
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_bundle_carries_several_buffers_in_ring_order_not_buffer_order() {
+        // Four 16-byte buffers.
+        let mut ring = Ring::new(64, 4, 16).unwrap();
+        assert!(ring.bundles(), "this kernel (6.10+) has receive bundles");
+        let socks: Vec<(RawFd, RawFd)> = (0..3).map(|_| pair()).collect();
+        let mut taken = Vec::new();
+        for (i, (a, b)) in socks.iter().enumerate() {
+            ring.recv_multi(Target::Fd(*a), token(Op::Recv, i as u32));
+            send_now(*b, &[b'a' + i as u8; 16]);
+            // One at a time: each takes the next buffer in ring order.
+            let got = reap_keep(&mut ring, 3);
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].1, [b'a' + i as u8; 16]);
+            taken.push(got[0].0.buffer.unwrap());
+        }
+        let left = (0..4u16).find(|b| !taken.contains(b)).unwrap();
+        // Given back in reverse: the ring now holds `left`, then the taken ones reversed.
+        for bid in taken.iter().rev() {
+            ring.recycle(*bid, 16);
+        }
+        ring.release_buffers();
+        let mut expected = vec![(left, 16)];
+        expected.extend(taken.iter().rev().map(|b| (*b, 16)));
+        assert!(
+            !expected.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+            "the ring order differs from the buffer order"
+        );
+        let message: Vec<u8> = (0..64u8).collect();
+        send_now(socks[0].1, &message);
+        let got = reap_keep(&mut ring, 5);
+        let on_0: Vec<&(Completion, Vec<u8>)> = got
+            .iter()
+            .filter(|(c, _)| c.token == Some(token(Op::Recv, 0)) && c.result > 0)
+            .collect();
+        let bytes: Vec<u8> = on_0.iter().flat_map(|(_, b)| b.clone()).collect();
+        assert_eq!(bytes, message, "the bytes in order across the bundle");
+        assert!(
+            on_0.iter().any(|(c, _)| c.result > 16),
+            "one completion carried more than one buffer: {:?}",
+            on_0.iter().map(|(c, _)| c.result).collect::<Vec<_>>()
+        );
+        let mut bids: Vec<(u16, usize)> = ring.bufs.parts(on_0[0].0.buffer.unwrap(), 64).collect();
+        bids.truncate(4);
+        assert_eq!(bids, expected);
+        for (a, b) in socks {
+            close(a);
+            close(b);
+        }
+    }
+
+    #[test]
+    fn without_bundles_a_completion_carries_one_buffer() {
+        let features = Features {
+            fixed_files: true,
+            bundles: false,
+            send_zc: true,
+        };
+        let sizing = RecvBuffers {
+            plain: (8, 16),
+            bundled: (8, 16),
+        };
+        let mut ring = Ring::with_features(64, sizing, features).unwrap();
+        assert!(!ring.bundles());
+        let (a, b) = pair();
+        let t = ring.install(a, 1);
+        ring.recv_multi(t, token(Op::Recv, 1));
+        let message: Vec<u8> = (0..64u8).collect();
+        send_now(b, &message);
+        let got = reap(&mut ring, Duration::from_millis(60));
+        assert_eq!(received_on(&got, 1), message);
+        assert!(got.iter().all(|(c, _)| c.result <= 16));
+        ring.remove_fixed(t);
+        close(a);
+        close(b);
+    }
+
+    /// A connected loopback TCP pair (zero-copy sends need TCP): (ours, the peer's stream).
+    fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    fn read_all(mut s: std::net::TcpStream, n: usize) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut got = vec![0u8; n];
+            s.read_exact(&mut got).unwrap();
+            got
+        })
+    }
+
+    #[test]
+    fn a_large_send_goes_zero_copy_and_its_buffer_is_kept_until_the_notification() {
+        use std::os::fd::AsRawFd;
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        assert!(ring.send_zc().0, "this kernel (6.0+) has SEND_ZC");
+        let (ours, theirs) = tcp_pair();
+        let message: Vec<u8> = (0..ZC_MIN * 4).map(|i| (i % 253) as u8).collect();
+        let reader = read_all(theirs, message.len());
+        let target = ring.install(ours.as_raw_fd(), 6);
+        let mut sent = 0;
+        let mut notifs = 0;
+        let mut out = Vec::new();
+        while sent < message.len() {
+            let buf = message[sent..].to_vec();
+            let len = buf.len();
+            ring.send(target, buf, token(Op::Send, 6)).unwrap();
+            let mut done = None;
+            for _ in 0..500 {
+                ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+                ring.completions(&mut out, 16);
+                for c in &out {
+                    if c.notif {
+                        notifs += 1;
+                    } else if c.token == Some(token(Op::Send, 6)) {
+                        done = Some(*c);
+                    }
+                }
+                if done.is_some() {
+                    break;
+                }
+            }
+            let c = done.expect("the send completed");
+            assert!(c.result > 0, "{}", c.result);
+            let written = c.result as usize;
+            // The driver gets a buffer of the same length whose unsent tail is the message's.
+            let back = ring.take_sent(6).expect("a buffer back");
+            assert_eq!(back.len(), len);
+            assert_eq!(back[written..], message[sent + written..]);
+            sent += written;
+        }
+        // The first send was zero-copy; its notification comes once the kernel is done.
+        assert!(ring.send_zc().1 >= 1);
+        assert_eq!(reader.join().unwrap(), message, "every byte, in order");
+        for _ in 0..100 {
+            if notifs >= ring.send_zc().1 {
+                break;
+            }
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.completions(&mut out, 16);
+            notifs += out.iter().filter(|c| c.notif).count() as u64;
+        }
+        assert_eq!(
+            notifs,
+            ring.send_zc().1,
+            "one notification per zero-copy send"
+        );
+        assert!(ring.zc_held.is_empty(), "the held buffer went to the pool");
+        ring.remove_fixed(target);
+    }
+
+    #[test]
+    fn a_small_send_copies() {
+        use std::os::fd::AsRawFd;
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        let (ours, theirs) = tcp_pair();
+        let message = vec![7u8; ZC_MIN - 1];
+        let reader = read_all(theirs, message.len());
+        let mut sent = 0;
+        let mut out = Vec::new();
+        while sent < message.len() {
+            ring.send(
+                Target::Fd(ours.as_raw_fd()),
+                message[sent..].to_vec(),
+                token(Op::Send, 1),
+            )
+            .unwrap();
+            let mut done = false;
+            while !done {
+                ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+                ring.completions(&mut out, 16);
+                for c in &out {
+                    assert!(!c.notif && !c.more, "a plain send has no notification");
+                    sent += c.result.max(0) as usize;
+                    done = true;
+                }
+            }
+            ring.take_sent(1).unwrap();
+        }
+        assert_eq!(ring.send_zc().1, 0);
+        assert_eq!(reader.join().unwrap(), message);
+    }
+
+    #[test]
+    fn a_stand_in_has_the_unsent_tail_at_the_same_offsets() {
+        let sent: Vec<u8> = (0..10).collect();
+        assert_eq!(stand_in_for(&sent, 10, None), vec![0; 10]);
+        let b = stand_in_for(&sent, 6, Some(vec![9; 20]));
+        assert_eq!(b, [9, 9, 9, 9, 9, 9, 6, 7, 8, 9]);
+        let b = stand_in_for(&sent, 3, Some(vec![9; 2]));
+        assert_eq!(b, [9, 9, 0, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn a_descriptor_closed_through_the_ring_closes_at_the_next_submit_or_when_the_ring_goes() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        let (a, b) = pair();
+        ring.close_fd(a);
+        assert!(is_open(a), "nothing happens before the submission");
+        ring.submit_and_wait(Duration::from_millis(1)).unwrap();
+        assert!(!is_open(a), "closed by the submission");
+        let mut out = Vec::new();
+        ring.completions(&mut out, 16);
+        assert!(out.is_empty(), "a successful close posts no completion");
+        close(b);
+        let (c, d) = pair();
+        ring.close_fd(c);
+        drop(ring);
+        assert!(!is_open(c), "closed when the ring goes");
+        close(d);
     }
 }

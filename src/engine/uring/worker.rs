@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::batch::Batching;
-use super::ring::{self as uring, Completion, Op, Ring, Token};
+use super::ring::{self as uring, Completion, Features, Op, Ring, Target, Token};
 use crate::core::conn::ClientInfo;
 use crate::core::time::Instant;
 use crate::engine::EngineWorker;
@@ -38,6 +38,19 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_WAIT: Duration = Duration::from_millis(50);
 /// Completions handled per turn (bounded work per turn).
 const MAX_COMPLETIONS: usize = 1024;
+/// Receive buffers. A receive takes a whole buffer whatever it carries, so the count is how
+/// many receives can land between two reaps before one finds none (ENOBUFS: not an error,
+/// the receive ends and is armed again, its data waits in the socket; none were seen at
+/// 10,000 keep-alive connections). Without bundles a buffer is the most one completion
+/// carries, so they are large (1,024 x 16 KiB). With bundles one completion carries as many
+/// buffers as the waiting data fills, so they can be small (1,024 x 4 KiB): and they must be
+/// few, because buffers come back only at the end of a batch, so the ring's size is what one
+/// fast sender can hand the driver in one turn before backpressure cancels its receive (with
+/// 16 MiB, a 100 MiB upload grew the peak RSS by 56 MiB; tests/cli.rs bounds it at 32).
+const RECV_BUFFERS: uring::RecvBuffers = uring::RecvBuffers {
+    plain: (1024, 16 * 1024),
+    bundled: (1024, 4 * 1024),
+};
 
 /// A socket's multishot receive: armed until a completion without `more`, cancelled while
 /// the driver wants no input.
@@ -51,9 +64,9 @@ struct Receive {
 impl Receive {
     /// Arms or cancels the receive to match `wanted`. True when it armed one (one more
     /// operation in flight).
-    fn want(&mut self, wanted: bool, ring: &mut Ring, fd: RawFd, token: Token) -> bool {
+    fn want(&mut self, wanted: bool, ring: &mut Ring, target: Target, token: Token) -> bool {
         if wanted && !self.armed {
-            ring.recv_multi(fd, token);
+            ring.recv_multi(target, token);
             self.armed = true;
             return true;
         }
@@ -78,7 +91,11 @@ impl Receive {
 
 /// A client or upstream socket.
 struct Socket {
+    /// Its descriptor, for the system calls that are not ring operations (shutdown, close,
+    /// socket options, addresses).
     fd: RawFd,
+    /// How ring operations name it: its registered-file entry when the ring has a table.
+    target: Target,
     /// Whose it is; `None` once the driver closed it.
     owner: Option<Owner>,
     recv: Receive,
@@ -98,6 +115,8 @@ pub struct UringNet {
     accept_armed: [bool; 2],
     accepting: bool,
     accept_paused_until: Option<Instant>,
+    /// Receives that ended for want of a free buffer (and were armed again).
+    nobufs: u64,
 }
 
 impl UringNet {
@@ -114,7 +133,11 @@ impl UringNet {
             && s.owner.is_none()
             && s.inflight == 0
         {
-            uring::close(s.fd);
+            // The table's reference first (queued, so behind nothing of this socket: none is
+            // in flight), then the descriptor, both in the next submission (no system call);
+            // the slot's next install comes after both.
+            self.ring.remove_fixed(s.target);
+            self.ring.close_fd(s.fd);
             self.socks.remove(slot);
         }
     }
@@ -148,6 +171,8 @@ impl UringNet {
         match token.op {
             Op::Accept => self.accepted(token, c, driver, now),
             Op::Recv => self.received(token, c, driver, now),
+            // A zero-copy send's notification: the ring took its buffer back.
+            Op::Send if c.notif => {}
             Op::Send => {
                 let slot = token.slot as usize;
                 let buf = self.ring.take_sent(token.slot);
@@ -172,7 +197,8 @@ impl UringNet {
                 }
                 self.maybe_free(slot);
             }
-            Op::Wake | Op::Cancel => {}
+            // A table update failed (its socket's operations then fail on their own).
+            Op::Wake | Op::Cancel | Op::Files => {}
         }
     }
 
@@ -205,12 +231,20 @@ impl UringNet {
         };
         let slot = self.socks.insert(|_| Socket {
             fd,
+            target: Target::Fd(fd),
             owner: None,
             recv: Receive::default(),
             read_wanted: false,
             inflight: 0,
         });
         let owner = driver.accept(slot, info, https, now);
+        if owner.is_some() {
+            // Installed before the driver's first operation on it is queued (at its drive).
+            let target = self.ring.install(fd, slot as u32);
+            if let Some(s) = self.socks.get_any(slot) {
+                s.target = target;
+            }
+        }
         if let Some(s) = self.socks.get_any(slot) {
             s.owner = owner;
         }
@@ -219,9 +253,10 @@ impl UringNet {
 
     fn received(&mut self, token: Token, c: Completion, driver: &mut Driver, now: Instant) {
         let slot = token.slot as usize;
+        let len = c.result.max(0) as usize;
         let Some(s) = self.socks.get(slot, token.generation) else {
             if let Some(bid) = c.buffer {
-                self.ring.recycle(bid);
+                self.ring.recycle(bid, len);
             }
             return;
         };
@@ -231,16 +266,22 @@ impl UringNet {
         if let Some(owner) = s.owner {
             match (c.result, c.buffer) {
                 (n, Some(bid)) if n > 0 => {
-                    driver.received(owner, self.ring.received(bid, n as usize), now)
+                    // A bundle's buffers in order, each as received bytes.
+                    for bytes in self.ring.received(bid, len) {
+                        driver.received(owner, bytes, now);
+                    }
                 }
                 (0, _) => driver.eof(owner, now),
                 // No news from the peer: out of buffers, or our cancel. Armed again if the
                 // driver still wants input.
                 (n, _) if n == -libc::ENOBUFS || n == -libc::ECANCELED => {
-                    let (fd, wanted) = (s.fd, s.read_wanted);
+                    if n == -libc::ENOBUFS {
+                        self.nobufs += 1;
+                    }
+                    let (target, wanted) = (s.target, s.read_wanted);
                     let token = self.token(Op::Recv, slot);
                     if let Some(s) = self.socks.get_any(slot)
-                        && s.recv.want(wanted, &mut self.ring, fd, token)
+                        && s.recv.want(wanted, &mut self.ring, target, token)
                     {
                         s.inflight += 1;
                     }
@@ -250,7 +291,7 @@ impl UringNet {
             }
         }
         if let Some(bid) = c.buffer {
-            self.ring.recycle(bid);
+            self.ring.recycle(bid, len);
         }
         self.maybe_free(slot);
     }
@@ -278,7 +319,7 @@ impl Transport for UringNet {
                 closed: true,
             };
         };
-        match self.ring.send(s.fd, buf, token) {
+        match self.ring.send(s.target, buf, token) {
             Ok(()) => {
                 s.inflight += 1;
                 Sent::Pending
@@ -295,7 +336,7 @@ impl Transport for UringNet {
         let token = self.token(Op::Recv, sock);
         if let Some(s) = self.socks.get_any(sock) {
             s.read_wanted = wanted;
-            if s.recv.want(wanted, &mut self.ring, s.fd, token) {
+            if s.recv.want(wanted, &mut self.ring, s.target, token) {
                 s.inflight += 1;
             }
         }
@@ -305,13 +346,18 @@ impl Transport for UringNet {
         let fd = uring::upstream_socket(endpoint)?;
         let slot = self.socks.insert(|_| Socket {
             fd,
+            target: Target::Fd(fd),
             owner: Some(owner),
             recv: Receive::default(),
             read_wanted: false,
             inflight: 1,
         });
+        let target = self.ring.install(fd, slot as u32);
+        if let Some(s) = self.socks.get_any(slot) {
+            s.target = target;
+        }
         let token = self.token(Op::Connect, slot);
-        self.ring.connect(fd, endpoint, token);
+        self.ring.connect(target, endpoint, token);
         Ok(slot)
     }
 
@@ -369,31 +415,16 @@ impl EngineWorker for Worker {
 
     /// Makes the ring; if that fails, the listeners are closed (nothing else owns them yet).
     fn build(setup: WorkerSetup, driver: Driver) -> std::io::Result<Worker> {
-        let ring = Ring::new(4096, 1024, 16 * 1024).inspect_err(|_| {
-            for fd in [Some(setup.listener), setup.https_listener]
-                .into_iter()
-                .flatten()
-            {
-                uring::close(fd);
-            }
-        })?;
-        let has_min_wait = ring.has_min_wait();
-        Ok(Worker {
-            net: UringNet {
-                ring,
-                socks: Slab::default(),
-                listeners: [Some(setup.listener), setup.https_listener],
-                accept_armed: [false; 2],
-                accepting: true,
-                accept_paused_until: None,
-            },
-            driver,
-            core: setup.core,
-            wake: setup.wake,
-            wake_armed: false,
-            completions: Vec::with_capacity(MAX_COMPLETIONS),
-            batching: setup.batching.for_kernel(has_min_wait),
-        })
+        let ring =
+            Ring::with_features(4096, RECV_BUFFERS, Features::from_env()).inspect_err(|_| {
+                for fd in [Some(setup.listener), setup.https_listener]
+                    .into_iter()
+                    .flatten()
+                {
+                    uring::close(fd);
+                }
+            })?;
+        Ok(Worker::with_ring(setup, driver, ring))
     }
 
     /// Runs until stopped and drained (or the grace period ends).
@@ -402,41 +433,7 @@ impl EngineWorker for Worker {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
         self.driver.serving(true);
-        loop {
-            let now = clock();
-            // Quiescent point: no request is mid-routing here.
-            if self.driver.quiescent(&mut self.net, now) == Flow::Exit {
-                break;
-            }
-            if !self.wake_armed {
-                let token = Token {
-                    op: Op::Wake,
-                    slot: 0,
-                    generation: 0,
-                };
-                self.net.ring.read_eventfd(self.wake, token);
-                self.wake_armed = true;
-            }
-            self.net.arm_accepts(now);
-            let wait = self.next_wait(now);
-            let (want, window_us) = self.batching.next_wait();
-            self.net.ring.submit_and_gather(wait, want, window_us)?;
-            let now = clock();
-            let mut completions = std::mem::take(&mut self.completions);
-            self.net.ring.completions(&mut completions, MAX_COMPLETIONS);
-            self.batching.turn(completions.len());
-            for c in &completions {
-                if c.token.is_some_and(|t| t.op == Op::Wake) {
-                    // Re-armed at the top of the loop, where the snapshot is taken.
-                    self.wake_armed = false;
-                    continue;
-                }
-                self.net.complete(*c, &mut self.driver, now);
-            }
-            self.completions = completions;
-            self.driver.timers(&mut self.net, now);
-            self.driver.drive(&mut self.net, now);
-        }
+        while self.turn()? == Flow::Run {}
         self.driver.finish(&mut self.net);
         for fd in self.net.listeners.iter().flatten() {
             uring::close(*fd);
@@ -447,6 +444,68 @@ impl EngineWorker for Worker {
 }
 
 impl Worker {
+    fn with_ring(setup: WorkerSetup, driver: Driver, ring: Ring) -> Worker {
+        let has_min_wait = ring.has_min_wait();
+        Worker {
+            net: UringNet {
+                ring,
+                socks: Slab::default(),
+                listeners: [Some(setup.listener), setup.https_listener],
+                accept_armed: [false; 2],
+                accepting: true,
+                accept_paused_until: None,
+                nobufs: 0,
+            },
+            driver,
+            core: setup.core,
+            wake: setup.wake,
+            wake_armed: false,
+            completions: Vec::with_capacity(MAX_COMPLETIONS),
+            batching: setup.batching.for_kernel(has_min_wait),
+        }
+    }
+
+    /// One turn of the loop: the quiescent point, arm, submit and wait, hand the completions
+    /// to the driver, its timers, its drive.
+    fn turn(&mut self) -> std::io::Result<Flow> {
+        let now = clock();
+        // Quiescent point: no request is mid-routing here.
+        if self.driver.quiescent(&mut self.net, now) == Flow::Exit {
+            return Ok(Flow::Exit);
+        }
+        if !self.wake_armed {
+            let token = Token {
+                op: Op::Wake,
+                slot: 0,
+                generation: 0,
+            };
+            self.net.ring.read_eventfd(self.wake, token);
+            self.wake_armed = true;
+        }
+        self.net.arm_accepts(now);
+        let wait = self.next_wait(now);
+        let (want, window_us) = self.batching.next_wait();
+        self.net.ring.submit_and_gather(wait, want, window_us)?;
+        let now = clock();
+        let mut completions = std::mem::take(&mut self.completions);
+        self.net.ring.completions(&mut completions, MAX_COMPLETIONS);
+        self.batching.turn(completions.len());
+        for c in &completions {
+            if c.token.is_some_and(|t| t.op == Op::Wake) {
+                // Re-armed at the top of the loop, where the snapshot is taken.
+                self.wake_armed = false;
+                continue;
+            }
+            self.net.complete(*c, &mut self.driver, now);
+        }
+        self.completions = completions;
+        // The batch's receive buffers go back to the kernel before the next wait.
+        self.net.ring.release_buffers();
+        self.driver.timers(&mut self.net, now);
+        self.driver.drive(&mut self.net, now);
+        Ok(Flow::Run)
+    }
+
     fn next_wait(&self, now: Instant) -> Duration {
         let mut wait = MAX_WAIT;
         if let Some(at) = self.driver.next_deadline() {
@@ -456,5 +515,198 @@ impl Worker {
             wait = wait.min(until.saturating_since(now));
         }
         wait.max(Duration::from_micros(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A worker with a real ring, a real listener and a real upstream, but a tiny buffer ring,
+    //! so receives run out of buffers (ENOBUFS) and must be armed again.
+
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc::channel;
+
+    use super::*;
+    use crate::core::conn::ConnConfig;
+    use crate::core::route::{Backend, BackendId, PathKind, RouteTableBuilder};
+    use crate::core::snapshot::Snapshot;
+    use crate::engine::driver::DriverSetup;
+    use crate::engine::metrics::WorkerMetrics;
+
+    fn body(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Answers every request on a connection with `len` bytes (keep-alive).
+    fn upstream(len: usize) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                        if s.write_all(head.as_bytes()).is_err() || s.write_all(&body(len)).is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn driver(upstream: SocketAddr) -> Driver {
+        let mut routes = RouteTableBuilder::default();
+        routes.add(Some("a.test"), "/", PathKind::Prefix, BackendId(0));
+        let backends = vec![Backend {
+            name: "default/a:80".into(),
+            endpoints: vec![upstream],
+        }];
+        let snapshot = Arc::new(Snapshot::new(1, routes.build(), backends));
+        let (_tx, snapshots) = channel();
+        let (retired, _rx) = channel();
+        let setup = DriverSetup {
+            access_log: None,
+            index: 0,
+            conn: Arc::new(ConnConfig::default()),
+            https: None,
+            snapshots,
+            retired,
+            metrics: Arc::new(WorkerMetrics::default()),
+            stopping: Arc::new(AtomicBool::new(false)),
+            upstream_max_idle: 4,
+            upstream_idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        Driver::new(setup, snapshot)
+    }
+
+    /// Reads one response: the head, then Content-Length bytes.
+    fn response(s: &mut TcpStream) -> (String, Vec<u8>) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before the head");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .expect("a content length");
+        let mut body = buf[end..].to_vec();
+        while body.len() < len {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed in the body");
+            body.extend_from_slice(&chunk[..n]);
+        }
+        (head, body)
+    }
+
+    /// `clients` clients, three requests each for `len`-byte answers, through a worker with
+    /// `features` and receive buffers `sizing`: every response arrives whole and in order.
+    fn serve(clients: usize, len: usize, sizing: uring::RecvBuffers, features: Features) -> Worker {
+        let up = upstream(len);
+        let listener = uring::listen_reuseport("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+        let addr = uring::local_addr(listener).unwrap();
+        let wake = crate::engine::sys::eventfd().unwrap();
+        let setup = WorkerSetup {
+            core: None,
+            listener,
+            https_listener: None,
+            wake: std::os::fd::AsRawFd::as_raw_fd(&wake),
+            batching: Default::default(),
+        };
+        let ring = Ring::with_features(256, sizing, features).unwrap();
+        assert_eq!(ring.bundles(), features.bundles);
+        assert_eq!(ring.fixed_files() > 0, features.fixed_files);
+        let mut worker = Worker::with_ring(setup, driver(up), ring);
+        worker.driver.serving(true);
+        let clients: Vec<_> = (0..clients)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    for _ in 0..3 {
+                        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                            .unwrap();
+                        let (head, got) = response(&mut s);
+                        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                        assert!(got == body(len), "the body arrives whole and in order");
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..20_000 {
+            if clients.iter().all(|c| c.is_finished()) {
+                break;
+            }
+            assert_eq!(worker.turn().unwrap(), Flow::Run);
+        }
+        for c in clients {
+            c.join().expect("every client got its answers");
+        }
+        uring::close(listener);
+        worker
+    }
+
+    /// Sixteen clients through a worker whose buffer ring has four buffers: receives run
+    /// dry and are armed again.
+    fn many_clients_through_a_tiny_buffer_ring(features: Features) {
+        let sizing = uring::RecvBuffers {
+            plain: (4, 512),
+            bundled: (4, 512),
+        };
+        let worker = serve(16, 64 * 1024, sizing, features);
+        assert!(
+            worker.net.nobufs > 0,
+            "the receives ran out of buffers and were armed again"
+        );
+    }
+
+    #[test]
+    fn large_answers_go_to_the_client_zero_copy_whole_and_in_order() {
+        let worker = serve(4, 1 << 20, RECV_BUFFERS, Features::default());
+        let (on, sends) = worker.net.ring.send_zc();
+        assert!(on, "this kernel has SEND_ZC");
+        assert!(sends > 0, "some sends were large enough to go zero-copy");
+    }
+
+    #[test]
+    fn receives_that_run_out_of_buffers_are_armed_again_with_bundles_and_a_file_table() {
+        many_clients_through_a_tiny_buffer_ring(Features::default());
+    }
+
+    #[test]
+    fn receives_that_run_out_of_buffers_are_armed_again_without_any_optional_feature() {
+        many_clients_through_a_tiny_buffer_ring(Features {
+            fixed_files: false,
+            bundles: false,
+            send_zc: false,
+        });
     }
 }
