@@ -248,6 +248,9 @@ def main():
     ap.add_argument("--sluice-config", action="append", default=[], metavar="NAME=TOML",
                     help="one more Sluice contender, sluice-NAME, with TOML appended to its config "
                          "(e.g. 'nobatch=[uring]\\nbatch_window = \"0us\"'); repeatable")
+    ap.add_argument("--sluice-env", action="append", default=[], metavar="NAME=VAR=VALUE",
+                    help="one more Sluice contender, sluice-NAME, with VAR=VALUE in its environment "
+                         "(e.g. 'nozc=SLUICE_URING_DISABLE=zc'); repeatable")
     ap.add_argument("--sluice-binary", action="append", default=[], metavar="NAME=PATH",
                     help="one more Sluice contender, sluice-NAME, run from another build; repeatable")
     args = ap.parse_args()
@@ -293,6 +296,12 @@ def main():
         name, _, extra = spec.partition("=")
         extra = "\n" + extra.replace("\\n", "\n") + "\n"
         starters["sluice-" + name] = lambda extra=extra: base.start_sluice(tmp, binary, extra=extra)
+        contenders.append("sluice-" + name)
+    for spec in args.sluice_env:
+        name, _, assignment = spec.partition("=")
+        var, _, value = assignment.partition("=")
+        starters["sluice-" + name] = lambda var=var, value=value: base.start_sluice(
+            tmp, binary, env={var: value})
         contenders.append("sluice-" + name)
     for spec in args.sluice_binary:
         name, _, path = spec.partition("=")

@@ -225,7 +225,7 @@ endpoints: [{{addresses: ["{address}"]}}]
     return manifests
 
 
-def start_sluice(tmp, binary, access_log=None, extra=""):
+def start_sluice(tmp, binary, access_log=None, extra="", env=None):
     """`access_log`: None leaves the default (on, to stdout, here /dev/null); True appends to a
     file; False turns it off. `extra`: more TOML for the config (sections after the others)."""
     manifests = bench_manifests(tmp, "127.0.0.1", UPSTREAM_PORT)
@@ -244,7 +244,8 @@ manifests = "{manifests}"
             f.write("[log]\naccess = false\n")
         f.write(extra)
     return subprocess.Popen(["taskset", "-c", CONTENDER_CPU, binary, "run", "--config", conf],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, **(env or {})))
 
 
 def wrk(duration, connections, script, extra=(), url=None):
