@@ -1061,6 +1061,9 @@ pub fn listen_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<RawFd> {
     let setup = || -> io::Result<()> {
         set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
         set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        // Inherited by every accepted connection (Linux copies it at accept), so the worker
+        // does not set it once per connection.
+        set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
         let sa = SockAddr::new(addr);
         // SAFETY: `sa` is a valid address of `sa.len` bytes.
         check(unsafe { libc::bind(fd, sa.as_ptr(), sa.len) })?;
@@ -1116,11 +1119,6 @@ pub fn upstream_socket(addr: SocketAddr) -> io::Result<RawFd> {
         return Err(e);
     }
     Ok(fd)
-}
-
-/// TCP_NODELAY on an accepted socket (best effort).
-pub fn set_nodelay(fd: RawFd) {
-    let _ = set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
 }
 
 fn name_of(
@@ -1185,6 +1183,34 @@ pub fn close(fd: RawFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The worker no longer sets TCP_NODELAY per connection: the listener's is inherited.
+    #[test]
+    fn accepted_connections_come_with_nodelay_from_the_listener() {
+        let listener = listen_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = local_addr(listener).unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        // SAFETY: accept on a listening socket we own; null address arguments are allowed.
+        let fd =
+            check(unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) })
+                .unwrap();
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `on` and `len` are valid for writes of an int and its length.
+        check(unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&raw mut on).cast(),
+                &mut len,
+            )
+        })
+        .unwrap();
+        assert_eq!(on, 1);
+        close(fd);
+        close(listener);
+    }
 
     fn pair() -> (RawFd, RawFd) {
         let mut p = [0; 2];

@@ -112,6 +112,9 @@ pub struct UringNet {
     ring: Ring,
     socks: Slab<Socket>,
     listeners: [Option<RawFd>; 2],
+    /// Each listener's own address when it names one (not 0.0.0.0 or [::]): the local
+    /// address of every connection it accepts, without a getsockname per connection.
+    listener_addrs: [Option<SocketAddr>; 2],
     accept_armed: [bool; 2],
     accepting: bool,
     accept_paused_until: Option<Instant>,
@@ -223,11 +226,16 @@ impl UringNet {
             uring::close(fd);
             return;
         }
-        uring::set_nodelay(fd);
+        // TCP_NODELAY came with the socket: it is set on the listener, and Linux copies it to
+        // every connection accepted there.
         let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let local = match self.listener_addrs[token.slot as usize & 1] {
+            Some(addr) => addr,
+            None => uring::local_addr(fd).unwrap_or(unspecified),
+        };
         let info = ClientInfo {
             peer: uring::peer_addr(fd).unwrap_or(unspecified),
-            local: uring::local_addr(fd).unwrap_or(unspecified),
+            local,
         };
         let slot = self.socks.insert(|_| Socket {
             fd,
@@ -451,6 +459,10 @@ impl Worker {
                 ring,
                 socks: Slab::default(),
                 listeners: [Some(setup.listener), setup.https_listener],
+                listener_addrs: [Some(setup.listener), setup.https_listener].map(|l| {
+                    l.and_then(uring::local_addr)
+                        .filter(|a| !a.ip().is_unspecified())
+                }),
                 accept_armed: [false; 2],
                 accepting: true,
                 accept_paused_until: None,
