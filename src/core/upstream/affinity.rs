@@ -53,8 +53,8 @@ pub fn find(endpoints: &[SocketAddr], id: u64) -> Option<usize> {
 
 /// `balanced`: a session key whose first rendezvous choice among the endpoints of
 /// `prepared` is the one at `target`, drawn from `draw` (rejection sampling: about N draws,
-/// each a bucket-table look-up once the worker has seen the bucket, else the endpoints
-/// scored until one outscores the target; no allocation). `None` only when `target` is out of
+/// each a bucket-table look-up once the worker has seen the bucket, else the bucket scored
+/// once over every endpoint and stored; no allocation). `None` only when `target` is out of
 /// range or after 64·N unlucky draws (probability e^-64 when the target holds its 1/N of
 /// the buckets).
 pub fn session_key(

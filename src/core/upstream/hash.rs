@@ -201,19 +201,22 @@ enum Table {
 }
 
 impl Table {
+    /// Whether `n` endpoints get a table.
+    fn fits(n: usize) -> bool {
+        (TABLE_MIN..=usize::from(u16::MAX)).contains(&n)
+    }
+
     /// A zeroed table for `n` endpoints, or none when `n` is outside the table's range.
     fn for_endpoints(n: usize) -> Table {
-        if n < TABLE_MIN {
+        if !Table::fits(n) {
             Table::None
         } else if n <= usize::from(u8::MAX) {
             let t: Result<Box<[u8; BUCKETS]>, _> = vec![0u8; BUCKETS].into_boxed_slice().try_into();
             t.map_or(Table::None, Table::Narrow)
-        } else if n <= usize::from(u16::MAX) {
+        } else {
             let t: Result<Box<[u16; BUCKETS]>, _> =
                 vec![0u16; BUCKETS].into_boxed_slice().try_into();
             t.map_or(Table::None, Table::Wide)
-        } else {
-            Table::None
         }
     }
 
@@ -355,7 +358,7 @@ impl Prepared {
 
     fn store(&mut self, b: u16, i: usize) {
         if matches!(self.table, Table::None) {
-            if self.endpoints.len() < TABLE_MIN {
+            if !Table::fits(self.endpoints.len()) {
                 return;
             }
             self.table = Table::for_endpoints(self.endpoints.len());
@@ -392,12 +395,14 @@ impl Prepared {
     }
 
     /// Whether `key`'s first choice is the endpoint at `target` (the test a new `balanced`
-    /// session key must pass): a table look-up when the bucket is known, else the endpoints
-    /// scored until one beats the target (and the bucket stored when none does).
+    /// session key must pass). With a table: a look-up once the bucket is known; a bucket not
+    /// known yet is scored in full and stored, whichever endpoint wins it, so that the
+    /// worker's later draws (about N per new session) find the table filled. Without one
+    /// (fewer than [`TABLE_MIN`] endpoints): the endpoints scored until one beats the target.
     pub fn lands_on(&mut self, key: u64, target: usize) -> bool {
         let b = bucket(key);
-        if let Some(i) = self.table.get(b) {
-            return i == target;
+        if Table::fits(self.endpoints.len()) {
+            return self.winner(b) == Some(target);
         }
         let (Some(want), Some(mine)) = (self.endpoints.get(target), self.hashes.get(target)) else {
             return false;
@@ -413,9 +418,6 @@ impl Prepared {
                 let s = score(point, *h);
                 i != target && (s > score_mine || s == score_mine && ep < want)
             });
-        if !beaten {
-            self.store(b, target);
-        }
         !beaten
     }
 
@@ -566,8 +568,8 @@ mod tests {
         }
     }
 
-    /// `balanced` session keys: `lands_on` agrees with the pick, cold (scored, possibly
-    /// stopping early) and warm (from the table).
+    /// `balanced` session keys: `lands_on` agrees with the pick, cold (the bucket
+    /// scored and stored) and warm (from the table).
     #[test]
     fn lands_on_agrees_with_the_pick() {
         for n in [5, 40, 300] {
