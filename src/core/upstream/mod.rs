@@ -36,8 +36,10 @@ pub struct Picker {
     /// Where every cursor starts: workers use their index, so N workers spread their first
     /// requests over N endpoints instead of all starting on the first.
     offset: u32,
-    /// Hashing (`upstream-hash-by`): per backend id, its endpoints prepared once
-    /// ([`Prepared`]), kept across snapshots while the backend's endpoints stay the same.
+    /// Hashing (`upstream-hash-by`, `balanced` cookies): per backend id, its endpoints
+    /// prepared once ([`Prepared`]: their hashes and, from 16 endpoints on, this worker's
+    /// lazily filled bucket table, 64 or 128 KiB), kept across snapshots while the backend's
+    /// endpoints stay the same.
     prepared: Vec<Option<Box<Prepared>>>,
 }
 
