@@ -1,7 +1,8 @@
 //! Cost of one pick for each load-balancing picker over a backend of 10 and of 100
 //! endpoints: round robin, least_request and ewma (P2C), upstream-hash-by (rendezvous by
 //! bucket over `$remote_addr`, keys from 10,000 client addresses in turn, so that the bucket
-//! table is measured warm and honestly; and the first pick on a new endpoint set, cold),
+//! table is measured warm and honestly; with bounded load; and the first pick on a new
+//! endpoint set, cold),
 //! affinity cookie lookups (`persistent`, `balanced` over 10,000 session keys, and drawing a
 //! new `balanced` session key), a retry's re-pick, and round robin while one endpoint is
 //! ejected (outlier ejection). Goal: < 100 ns for the common sizes.
@@ -97,6 +98,19 @@ fn bench_pickers(c: &mut Criterion) {
             bench.iter(|| {
                 next = (next + 1) % clients.len();
                 black_box(picker.pick_by(&s, b, &hash, &clients[next], black_box(now)))
+            })
+        });
+        // With bounded load (1.25), one request in flight on every other endpoint: a key
+        // whose endpoint is idle costs the table look-up, the others also the backend's
+        // in-flight total (one look-up per endpoint, which the bound needs).
+        for ep in s.backend(b).unwrap().endpoints.iter().step_by(2) {
+            picker.stats.started(*ep);
+        }
+        let bounded = Balance::HashBounded(HashKey::parse("$remote_addr").unwrap(), 125);
+        group.bench_function("hash_bounded_remote_addr", |bench| {
+            bench.iter(|| {
+                next = (next + 1) % clients.len();
+                black_box(picker.pick_by(&s, b, &bounded, &clients[next], black_box(now)))
             })
         });
         // The first hashed pick on a new endpoint set: endpoint hashes, the table's

@@ -468,8 +468,15 @@ fn the_picker_hashes_through_its_table_as_rendezvous_does() {
     assert!(moved > 20, "{moved} keys were on the ejected endpoint");
     // Bounded load on worker 2: only the loaded endpoint's keys move, to their second choice.
     let bounded = Balance::HashBounded(key.clone(), 125);
+    // Ten in flight on eps[3], two on each of eps[10..40]: the bound is
+    // ceil(1.25 × 71 / 40) = 3, so only eps[3] is over it (loaded endpoints under the bound
+    // keep their keys, idle ones too).
     for _ in 0..10 {
         w2.stats.started(eps[3]);
+    }
+    for ep in &eps[10..] {
+        w2.stats.started(*ep);
+        w2.stats.started(*ep);
     }
     for (r, ep) in clients.iter().zip(&first) {
         let got = w2.pick_by(&s, b, &bounded, r, now).unwrap();
