@@ -199,3 +199,33 @@ impl EndpointStats {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+    use std::net::IpAddr;
+
+    /// Endpoint addresses hash apart, and over both the slot bits and the tag bits hashbrown
+    /// reads (a weak finish would crowd the statistics into few slots).
+    #[test]
+    fn addresses_hash_apart_over_slot_and_tag_bits() {
+        let build = std::hash::BuildHasherDefault::<AddrHasher>::default();
+        let mut hashes = std::collections::HashSet::new();
+        let mut slots = [0u32; 256];
+        let mut tags = [0u32; 128];
+        for i in 0..20_000u32 {
+            let ep = SocketAddr::new(
+                IpAddr::from((0x0a00_0000 + i / 4).to_be_bytes()),
+                8080 + (i % 4) as u16,
+            );
+            let h = build.hash_one(ep);
+            assert!(hashes.insert(h), "{ep}");
+            slots[(h & 255) as usize] += 1;
+            tags[(h >> 57) as usize] += 1;
+        }
+        // 20,000 over 256 slots: about 78 each; over 128 tags: about 156.
+        assert!(slots.iter().all(|c| (30..=140).contains(c)), "{slots:?}");
+        assert!(tags.iter().all(|c| (80..=240).contains(c)), "{tags:?}");
+    }
+}
