@@ -21,6 +21,7 @@
 //! fair 1/N by about sqrt(N/65,536) relative (1.2% at 10 endpoints, 3.9% at 100), finer than
 //! a consistent-hash ring of 160 points per server (about 1/sqrt(160), 8%).
 
+use std::hint::select_unpredictable;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::core::route::key::Fnv;
@@ -104,55 +105,27 @@ fn highest(
     (best != usize::MAX).then_some(best)
 }
 
-/// [`highest`] over every endpoint, in four interleaved lanes: each lane keeps its own best,
-/// so consecutive scores do not wait on one another's comparison, and the lanes' bests are
-/// merged by the same rule (score, then the lower address): the same choice as one lane.
+/// [`highest`] over every endpoint, without a branch on the scores: varied keys make every
+/// "is this one higher?" a coin toss a branch predictor loses about once per pick per
+/// endpoint, so the best is kept by selects, and ties on the best score (2^-64 a pair) are
+/// counted on the way and settled by [`highest`]'s rule (the lower address): the same choice.
 #[inline]
 fn highest_all(point: u64, hashes: &[u64], endpoints: &[SocketAddr]) -> Option<usize> {
-    if hashes.len() < 8 {
+    let (&first, rest) = hashes.split_first()?;
+    let mut best = 0usize;
+    let mut best_score = score(point, first);
+    let mut ties = 0u32;
+    for (i, h) in rest.iter().enumerate() {
+        let s = score(point, *h);
+        let higher = s > best_score;
+        ties = select_unpredictable(higher, 0, ties + u32::from(s == best_score));
+        best = select_unpredictable(higher, i + 1, best);
+        best_score = select_unpredictable(higher, s, best_score);
+    }
+    if ties > 0 {
         return highest(point, hashes.iter().copied(), endpoints, |_| true);
     }
-    let k = point;
-    let mut best = [0usize, 1, 2, 3];
-    let mut best_score = [0u64; 4];
-    for (lane, b) in best_score.iter_mut().enumerate() {
-        *b = score(k, hashes[lane]);
-    }
-    let chunks = hashes[4..].chunks_exact(4);
-    let done = 4 + chunks.len() * 4;
-    for (c, chunk) in chunks.enumerate() {
-        let base = 4 + c * 4;
-        let scores = [
-            score(k, chunk[0]),
-            score(k, chunk[1]),
-            score(k, chunk[2]),
-            score(k, chunk[3]),
-        ];
-        for lane in 0..4 {
-            let s = scores[lane];
-            if s > best_score[lane]
-                || s == best_score[lane] && endpoints[base + lane] < endpoints[best[lane]]
-            {
-                best[lane] = base + lane;
-                best_score[lane] = s;
-            }
-        }
-    }
-    for (i, h) in hashes.iter().enumerate().skip(done) {
-        let s = score(k, *h);
-        if s > best_score[0] || s == best_score[0] && endpoints[i] < endpoints[best[0]] {
-            best[0] = i;
-            best_score[0] = s;
-        }
-    }
-    let mut winner = 0;
-    for lane in 1..4 {
-        let (s, w) = (best_score[lane], best_score[winner]);
-        if s > w || s == w && endpoints[best[lane]] < endpoints[best[winner]] {
-            winner = lane;
-        }
-    }
-    Some(best[winner])
+    Some(best)
 }
 
 /// Rendezvous hashing by bucket: the index of the endpoint with the highest score for
@@ -566,6 +539,37 @@ mod tests {
             // Every endpoint holds some buckets (the table's indices reach the last ones).
             assert!(seen.iter().all(|c| *c > 0), "n={n}");
         }
+    }
+
+    /// A tie on the best score goes to the lower address, in the branch-free pass as in
+    /// `highest` (equal hashes force one; between real endpoints it is a 2^-64 event).
+    #[test]
+    fn ties_go_to_the_lower_address() {
+        let eps = eps(12);
+        let mut hashes: Vec<u64> = eps.iter().map(endpoint_hash).collect();
+        for b in 0..200u16 {
+            let point = bucket_point(b);
+            let best = highest_all(point, &hashes, &eps).unwrap();
+            // Give a higher-addressed endpoint placed earlier the winner's hash: a tie.
+            let mut tied = hashes.clone();
+            let mut reordered = eps.clone();
+            reordered.swap(0, best);
+            tied.swap(0, best);
+            reordered[0] = SocketAddr::from(([10, 9, 9, 9], 80));
+            tied[0] = hashes[best];
+            // Endpoint 0 is now 10.9.9.9 with the winning hash; endpoint `best` (if not 0)
+            // has whatever was at 0. Put the original winner back, tied, at the end.
+            reordered.push(eps[best]);
+            tied.push(hashes[best]);
+            let got = highest_all(point, &tied, &reordered).unwrap();
+            assert_eq!(reordered[got], eps[best], "bucket {b}");
+            assert_eq!(
+                Some(got),
+                highest(point, tied.iter().copied(), &reordered, |_| true)
+            );
+        }
+        hashes.clear();
+        assert_eq!(highest_all(1, &hashes, &[]), None);
     }
 
     /// `balanced` session keys: `lands_on` agrees with the pick, cold (the bucket
