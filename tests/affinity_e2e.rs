@@ -144,6 +144,46 @@ fn the_cookie_pins_across_connections_workers_and_replicas() {
     assert!(pinned.len() >= 2, "{pinned:?}");
 }
 
+/// A backend large enough for the pickers' bucket table (20 pods; the table starts at 16):
+/// `upstream-hash-by` sends a key to the same pod on every connection, worker and replica,
+/// and the `balanced` cookie it is given names that pod on all of them too.
+#[test]
+fn hash_and_balanced_cookie_agree_across_replicas_on_a_large_backend() {
+    let pods = Pods::start(20);
+    let all: Vec<usize> = (1..=20).collect();
+    let yaml = pods.manifests(
+        &ingress(
+            "hashed",
+            "hashed.test",
+            "/",
+            "nginx.ingress.kubernetes.io/upstream-hash-by: $http_x_user, \
+             nginx.ingress.kubernetes.io/affinity: cookie, \
+             nginx.ingress.kubernetes.io/affinity-mode: balanced",
+        ),
+        &all,
+    );
+    let a = binary::start("aff-large-a", &[("app.yaml", &yaml)], "", 2);
+    let b = binary::start("aff-large-b", &[("app.yaml", &yaml)], "", 2);
+    let mut pods_used = std::collections::BTreeSet::new();
+    for user in 0..16 {
+        let user = format!("X-User: user-{user}\r\n");
+        let first = get(&a, "hashed.test", "/", &user);
+        let cookie = format!("Cookie: {}\r\n", pair(&first.set_cookie.unwrap()));
+        for s in [&b, &a, &b, &a, &b, &a] {
+            // The key alone: the same pod (a new cookie each time, naming it).
+            let by_key = get(s, "hashed.test", "/", &user);
+            assert_eq!(by_key.body, first.body, "{user}");
+            // The cookie alone: the same pod, no new cookie.
+            let by_cookie = get(s, "hashed.test", "/", &cookie);
+            assert_eq!(by_cookie.body, first.body, "{user}");
+            assert_eq!(by_cookie.set_cookie, None);
+        }
+        pods_used.insert(first.body);
+    }
+    // Sixteen keys over twenty pods: spread, not all on a few.
+    assert!(pods_used.len() >= 6, "{pods_used:?}");
+}
+
 /// `date -u -d @secs +FORMAT`.
 fn date(secs: u64, format: &str) -> String {
     let out = std::process::Command::new("date")

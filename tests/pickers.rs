@@ -9,7 +9,7 @@ use sluice::core::time::Instant;
 use sluice::core::upstream::affinity::{self, Mode};
 use sluice::core::upstream::balance::{EndpointStats, Rng};
 use sluice::core::upstream::hash::{
-    HashKey, KeySource, Part, Prepared, rendezvous, rendezvous_where, subset,
+    BUCKETS, HashKey, KeySource, Part, Prepared, rendezvous, rendezvous_where, subset,
 };
 
 fn endpoints(n: usize) -> Vec<SocketAddr> {
@@ -95,6 +95,22 @@ fn keys_read_the_request_as_nginx_variables_do() {
     assert_ne!(h("$binary_remote_addr", &r), h("$remote_addr", &r));
 }
 
+/// `n` endpoints in random order (seeded).
+fn shuffled(n: usize, seed: u64) -> Vec<SocketAddr> {
+    let mut eps = endpoints(n);
+    let mut rng = Rng::new(seed);
+    for i in (1..eps.len()).rev() {
+        eps.swap(i, rng.below(i + 1));
+    }
+    eps
+}
+
+/// Every bucket's winner over `eps` (by address), through a prepared set's table.
+fn winners(eps: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut p = Prepared::new(eps);
+    (0..=u16::MAX).map(|b| eps[p.winner(b).unwrap()]).collect()
+}
+
 proptest! {
     /// Same key and endpoint set → same endpoint, whatever the list order (every worker and
     /// every replica agree).
@@ -102,11 +118,7 @@ proptest! {
     fn hashing_is_deterministic_and_order_free(key in any::<u64>(), n in 1usize..40, seed in any::<u64>()) {
         let eps = endpoints(n);
         let chosen = eps[rendezvous(key, &eps).unwrap()];
-        let mut shuffled = eps.clone();
-        let mut rng = Rng::new(seed);
-        for i in (1..shuffled.len()).rev() {
-            shuffled.swap(i, rng.below(i + 1));
-        }
+        let shuffled = shuffled(n, seed);
         prop_assert_eq!(shuffled[rendezvous(key, &shuffled).unwrap()], chosen);
     }
 
@@ -129,30 +141,124 @@ proptest! {
                 moved += 1;
             }
         }
-        let expected = keys as f64 / (n + 1) as f64;
-        // Binomial: mean keys/(n+1); allow five standard deviations.
-        let sd = (expected * (1.0 - 1.0 / (n + 1) as f64)).sqrt();
+        // The new endpoint wins a share q of the 65,536 buckets, q about p = 1/(n+1) with
+        // variance p(1-p)/65,536; each key moves with probability q. So the moved count has
+        // mean keys·p and variance keys·p(1-p) + keys²·p(1-p)/65,536; allow five standard
+        // deviations.
+        let p = 1.0 / (n + 1) as f64;
+        let expected = keys as f64 * p;
+        let k = keys as f64;
+        let sd = (k * p * (1.0 - p) + k * k * p * (1.0 - p) / BUCKETS as f64).sqrt();
         prop_assert!((moved as f64) <= expected + 5.0 * sd, "moved {} of {}, expected ~{}", moved, keys, expected);
         prop_assert!((moved as f64) >= expected - 5.0 * sd, "moved {} of {}, expected ~{}", moved, keys, expected);
     }
 
-    /// The picker's prepared endpoints (hashes computed once per endpoint set) choose exactly
-    /// what plain rendezvous hashing and subsets choose, with or without left-out endpoints.
+    /// The picker's prepared endpoints (hashes computed once per endpoint set, a bucket table
+    /// from TABLE_MIN endpoints on) choose exactly what plain rendezvous hashing and subsets
+    /// choose, with or without left-out endpoints, cold and from the table.
     #[test]
-    fn prepared_hashing_picks_what_rendezvous_picks(key in any::<u64>(), n in 1usize..60, mask in any::<u64>(), size in 1usize..6) {
+    fn prepared_hashing_picks_what_rendezvous_picks(key in any::<u64>(), n in prop_oneof![1usize..60, 200usize..300], mask in any::<u64>(), size in 1usize..6) {
         let eps = endpoints(n);
         let mut p = Prepared::new(&eps);
         prop_assert!(p.check(&eps));
         prop_assert_eq!(p.rendezvous(key), rendezvous(key, &eps));
+        prop_assert_eq!(p.rendezvous(key), rendezvous(key, &eps));
         let keep = |i: usize| mask >> (i % 64) & 1 == 1;
-        prop_assert_eq!(
-            p.rendezvous_where(key, keep),
-            rendezvous_where(key, &eps, |ep| keep(eps.iter().position(|e| e == ep).unwrap()))
-        );
+        for _ in 0..2 {
+            prop_assert_eq!(
+                p.rendezvous_where(key, keep),
+                rendezvous_where(key, &eps, |ep| keep(eps.iter().position(|e| e == ep).unwrap()))
+            );
+        }
         prop_assert_eq!(p.subset(key, size), subset(key, &eps, size));
         prop_assert!(!p.check(&eps[..n - 1]));
     }
+}
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Two workers or two replicas with the same endpoints, listed in other orders and with
+    /// tables filled by other traffic (one warmed by other keys, one cold), choose the same
+    /// endpoint for every key, and the one plain (table-less) rendezvous chooses, with or
+    /// without ejected endpoints; on both sides of the table threshold and both table widths.
+    #[test]
+    fn workers_and_replicas_agree_whatever_their_history(
+        n in prop_oneof![1usize..16, 16usize..80, 250usize..300],
+        seed in any::<u64>(),
+        mask in any::<u64>(),
+    ) {
+        let a_eps = endpoints(n);
+        let b_eps = shuffled(n, seed);
+        let mut a = Prepared::new(&a_eps);
+        let mut b = Prepared::new(&b_eps);
+        // Worker A has served other keys (its table is partly filled), B has not.
+        let mut rng = Rng::new(seed ^ 1);
+        for _ in 0..5_000 {
+            a.rendezvous(rng.next_u64());
+        }
+        // Ejected by address, so that both orders eject the same endpoints.
+        let ejected = |ep: &SocketAddr| match ep.ip() {
+            IpAddr::V4(v4) => mask >> (v4.octets()[3] % 64) & 1 == 1,
+            IpAddr::V6(_) => false,
+        };
+        for _ in 0..2_000 {
+            let key = rng.next_u64();
+            let direct = a_eps[rendezvous(key, &a_eps).unwrap()];
+            prop_assert_eq!(a_eps[a.rendezvous(key).unwrap()], direct);
+            prop_assert_eq!(b_eps[b.rendezvous(key).unwrap()], direct);
+            // The same, asked again (now from both tables).
+            prop_assert_eq!(b_eps[b.rendezvous(key).unwrap()], direct);
+            let kept = rendezvous_where(key, &a_eps, |ep| !ejected(ep)).map(|i| a_eps[i]);
+            prop_assert_eq!(a.rendezvous_where(key, |i| !ejected(&a_eps[i])).map(|i| a_eps[i]), kept);
+            prop_assert_eq!(b.rendezvous_where(key, |i| !ejected(&b_eps[i])).map(|i| b_eps[i]), kept);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(6))]
+
+    /// Over every bucket (so exactly, not by sampling keys), on sets large enough for the
+    /// table: adding one endpoint to N moves only buckets to the new one, about 1/(N+1) of
+    /// them (Binomial(65,536, 1/(N+1)), five standard deviations); removing one moves only
+    /// the buckets it held; ejecting one moves only its buckets, each to its second choice.
+    #[test]
+    fn bucket_moves_are_minimal(n in 16usize..120, seed in any::<u64>()) {
+        let base = shuffled(n, seed);
+        let new = SocketAddr::new([10, 9, 9, 9].into(), 8080);
+        let mut grown = base.clone();
+        grown.insert(seed as usize % (n + 1), new);
+        let (w_base, w_grown) = (winners(&base), winners(&grown));
+        let mut moved = 0usize;
+        for (a, b) in w_base.iter().zip(&w_grown) {
+            if a != b {
+                prop_assert_eq!(*b, new, "a bucket moved between old endpoints");
+                moved += 1;
+            }
+        }
+        let p = 1.0 / (n + 1) as f64;
+        let (mean, sd) = (BUCKETS as f64 * p, (BUCKETS as f64 * p * (1.0 - p)).sqrt());
+        prop_assert!((moved as f64 - mean).abs() <= 5.0 * sd, "moved {} buckets, expected ~{}", moved, mean);
+        // Removing one: only its buckets move.
+        let gone = base[seed as usize % n];
+        let rest: Vec<SocketAddr> = base.iter().copied().filter(|e| *e != gone).collect();
+        let w_rest = winners(&rest);
+        // Ejecting it (per worker, the set unchanged): the same as removing it.
+        let mut p = Prepared::new(&base);
+        for (bucket, (before, after)) in w_base.iter().zip(&w_rest).enumerate() {
+            if *before == gone {
+                prop_assert_ne!(*after, gone);
+            } else {
+                prop_assert_eq!(after, before);
+            }
+            let ejected = p.winner_where(bucket as u16, |i| base[i] != gone);
+            prop_assert_eq!(ejected.map(|i| base[i]), Some(*after));
+        }
+    }
+}
+
+proptest! {
     /// P2C least-request never picks the busier of its two draws: with one busiest endpoint
     /// and any idler one, the busiest is never chosen; never out of range.
     #[test]
@@ -230,17 +336,18 @@ fn pinned_by(mode: Mode, id: u64, eps: &[SocketAddr]) -> Option<SocketAddr> {
     }
 }
 
-/// Sessions spread over `eps` as the balancer would (round robin), one cookie value each.
+/// Sessions spread over `eps` as the balancer would (round robin), one cookie value each,
+/// drawn as one worker draws them (one prepared set, its table filling as sessions start).
 fn sessions(mode: Mode, eps: &[SocketAddr], n: usize, seed: u64) -> Vec<(u64, SocketAddr)> {
     let mut rng = Rng::new(seed);
+    let mut prepared = Prepared::new(eps);
     (0..n)
         .map(|s| {
             let target = s % eps.len();
             let id = match mode {
                 Mode::Persistent => affinity::endpoint_id(&eps[target]),
                 Mode::Balanced => {
-                    affinity::session_key(&Prepared::new(eps), target, || rng.next_u64())
-                        .expect("a key")
+                    affinity::session_key(&mut prepared, target, || rng.next_u64()).expect("a key")
                 }
             };
             (id, eps[target])
@@ -255,7 +362,7 @@ proptest! {
     /// removing an endpoint moves only its sessions; adding endpoints moves none in
     /// `persistent` and about added/total of them in `balanced` (the new pods' share).
     #[test]
-    fn affinity_modes_move_sessions_as_ingress_nginx_describes(n in 2usize..12, seed: u64) {
+    fn affinity_modes_move_sessions_as_ingress_nginx_describes(n in prop_oneof![2usize..12, 16usize..40], seed: u64) {
         let eps = endpoints(n);
         for mode in [Mode::Persistent, Mode::Balanced] {
             let all = sessions(mode, &eps, 600, seed);
@@ -292,6 +399,106 @@ proptest! {
                     let got = moved as f64 / all.len() as f64;
                     prop_assert!((got - share).abs() < 0.1, "moved {got}, share {share}");
                 }
+            }
+        }
+    }
+}
+
+/// A request whose key (`$remote_addr`) is a client address.
+fn client(i: u32) -> Req<'static> {
+    Req {
+        ip: IpAddr::from((0xc0a8_0000_u32 + i).to_be_bytes()),
+        host: "h",
+        path: "/",
+        query: None,
+        headers: &[],
+    }
+}
+
+/// The worker's picker on a backend large enough for the bucket table (40 endpoints), as the
+/// request path calls it: `upstream-hash-by` picks what plain rendezvous picks on another
+/// worker; an ejected endpoint's keys go to their second choice and the others stay; bounded
+/// load moves only the overloaded endpoint's keys; a `balanced` cookie drawn on one worker
+/// pins to its endpoint on another, and follows its key's second choice while that endpoint
+/// is ejected.
+#[test]
+fn the_picker_hashes_through_its_table_as_rendezvous_does() {
+    use sluice::core::route::{Backend, BackendId, RouteTableBuilder};
+    use sluice::core::snapshot::Snapshot;
+    use sluice::core::upstream::{Balance, Picker};
+    let eps = endpoints(40);
+    let backend = Backend {
+        name: "default/app:80".into(),
+        endpoints: eps.clone(),
+    };
+    let s = Snapshot::new(1, RouteTableBuilder::default().build(), vec![backend]);
+    let b = BackendId(0);
+    let now = Instant::from_millis(1_000);
+    let key = HashKey::parse("$remote_addr").unwrap();
+    let hash = Balance::Hash(key.clone());
+    let (mut w1, mut w2) = (Picker::with_offset(0), Picker::with_offset(1));
+    w1.reset_for(&s);
+    w2.reset_for(&s);
+    let clients: Vec<Req> = (0..3_000).map(client).collect();
+    let first: Vec<SocketAddr> = clients
+        .iter()
+        .map(|r| eps[rendezvous(key.hash(r), &eps).unwrap()])
+        .collect();
+    for _ in 0..2 {
+        for (r, ep) in clients.iter().zip(&first) {
+            assert_eq!(w1.pick_by(&s, b, &hash, r, now), Some(*ep));
+        }
+    }
+    // Eject one endpoint on worker 1.
+    let out = eps[7];
+    for _ in 0..5 {
+        w1.outliers.failure(out, now);
+    }
+    let mut moved = 0;
+    for (r, ep) in clients.iter().zip(&first) {
+        let got = w1.pick_by(&s, b, &hash, r, now).unwrap();
+        if *ep == out {
+            let second = rendezvous_where(key.hash(r), &eps, |e| *e != out);
+            assert_eq!(Some(got), second.map(|i| eps[i]));
+            moved += 1;
+        } else {
+            assert_eq!(got, *ep, "a key of a healthy endpoint moved");
+        }
+    }
+    assert!(moved > 20, "{moved} keys were on the ejected endpoint");
+    // Bounded load on worker 2: only the loaded endpoint's keys move, to their second choice.
+    let bounded = Balance::HashBounded(key.clone(), 125);
+    // Ten in flight on eps[3], two on each of eps[10..40]: the bound is
+    // ceil(1.25 × 71 / 40) = 3, so only eps[3] is over it (loaded endpoints under the bound
+    // keep their keys, idle ones too).
+    for _ in 0..10 {
+        w2.stats.started(eps[3]);
+    }
+    for ep in &eps[10..] {
+        w2.stats.started(*ep);
+        w2.stats.started(*ep);
+    }
+    for (r, ep) in clients.iter().zip(&first) {
+        let got = w2.pick_by(&s, b, &bounded, r, now).unwrap();
+        if *ep == eps[3] {
+            let second = rendezvous_where(key.hash(r), &eps, |e| *e != eps[3]);
+            assert_eq!(Some(got), second.map(|i| eps[i]));
+        } else {
+            assert_eq!(got, *ep);
+        }
+    }
+    // Balanced cookies: drawn on worker 2, read on worker 1 (and by plain rendezvous).
+    for target in [eps[0], eps[7], eps[39]] {
+        for _ in 0..20 {
+            let id = w2.affinity_value(&s, b, Mode::Balanced, target).unwrap();
+            assert_eq!(eps[rendezvous(id, &eps).unwrap()], target);
+            assert_eq!(w2.pinned(&s, b, Mode::Balanced, id, now), Some(target));
+            let on_w1 = w1.pinned(&s, b, Mode::Balanced, id, now).unwrap();
+            if target == out {
+                let second = rendezvous_where(id, &eps, |e| *e != out).unwrap();
+                assert_eq!(on_w1, eps[second]);
+            } else {
+                assert_eq!(on_w1, target);
             }
         }
     }

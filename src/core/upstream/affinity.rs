@@ -8,11 +8,12 @@
 //!   never moves a session; only the sessions of an endpoint that is gone (or not ready, or
 //!   ejected) move, and get a new cookie.
 //! * `balanced` (ingress-nginx's default): a session key, placed on the backend's endpoints
-//!   by rendezvous hashing ([`super::hash`]). A new session's key is drawn so that it lands on
-//!   the endpoint the balancer chose. When an endpoint leaves, only its sessions move (each
-//!   to its key's next choice, cookie unchanged); when endpoints are added, each session moves
-//!   with probability about added/total, so new pods take their share of existing sessions
-//!   (as ingress-nginx's consistent-hash `balanced` mode does).
+//!   by rendezvous hashing of its bucket ([`super::hash`]; one table look-up per request on a
+//!   large backend). A new session's key is drawn so that it lands on the endpoint the
+//!   balancer chose. When an endpoint leaves, only its sessions move (each to its key's next
+//!   choice, cookie unchanged); when endpoints are added, each session moves with probability
+//!   about added/total, so new pods take their share of existing sessions (as ingress-nginx's
+//!   consistent-hash `balanced` mode does).
 //!
 //! Both name the same endpoint on every worker and every Sluice replica and do not show the
 //! pod's address. A value that names no usable endpoint is ignored: the balancer picks and a
@@ -52,35 +53,22 @@ pub fn find(endpoints: &[SocketAddr], id: u64) -> Option<usize> {
 
 /// `balanced`: a session key whose first rendezvous choice among the endpoints of
 /// `prepared` is the one at `target`, drawn from `draw` (rejection sampling: about N draws,
-/// each stopped at the first endpoint that outscores the target, so about N·ln N scores in
-/// all, no allocation). `None` only when `target` is out of range or after 64·N unlucky
-/// draws (probability e^-64).
+/// each a bucket-table look-up once the worker has seen the bucket, else the bucket scored
+/// once over every endpoint and stored; no allocation). `None` only when `target` is out of
+/// range or after 64·N unlucky draws (probability e^-64 when the target holds its 1/N of
+/// the buckets).
 pub fn session_key(
-    prepared: &Prepared,
+    prepared: &mut Prepared,
     target: usize,
     mut draw: impl FnMut() -> u64,
 ) -> Option<u64> {
-    let endpoints = prepared.endpoints();
-    let hashes = prepared.hashes();
-    let want = endpoints.get(target)?;
-    let mine = hashes[target];
-    for _ in 0..64 * endpoints.len() {
-        let key = draw();
-        let k = super::hash::spread(key);
-        let score = super::hash::score(k, mine);
-        let beaten = hashes
-            .iter()
-            .zip(endpoints)
-            .enumerate()
-            .any(|(i, (h, ep))| {
-                let s = super::hash::score(k, *h);
-                i != target && (s > score || s == score && ep < want)
-            });
-        if !beaten {
-            return Some(key);
-        }
+    let n = prepared.endpoints().len();
+    if target >= n {
+        return None;
     }
-    None
+    (0..64 * n)
+        .map(|_| draw())
+        .find(|key| prepared.lands_on(*key, target))
 }
 
 /// What the `Set-Cookie` field depends on besides the affinity and the endpoint.

@@ -36,8 +36,10 @@ pub struct Picker {
     /// Where every cursor starts: workers use their index, so N workers spread their first
     /// requests over N endpoints instead of all starting on the first.
     offset: u32,
-    /// Hashing (`upstream-hash-by`): per backend id, its endpoints prepared once
-    /// ([`Prepared`]), kept across snapshots while the backend's endpoints stay the same.
+    /// Hashing (`upstream-hash-by`, `balanced` cookies): per backend id, its endpoints
+    /// prepared once ([`Prepared`]: their hashes and, from 16 endpoints on, this worker's
+    /// lazily filled bucket table, 64 or 128 KiB), kept across snapshots while the backend's
+    /// endpoints stay the same.
     prepared: Vec<Option<Box<Prepared>>>,
 }
 
@@ -137,18 +139,26 @@ impl Picker {
                 // worker's requests in flight: then its next choice, and so on (each endpoint
                 // takes at most ceil(percent × (in flight + 1) / n) requests).
                 let stats = &self.stats;
-                let total: u64 = endpoints
-                    .iter()
-                    .map(|ep| u64::from(stats.in_flight(ep)))
-                    .sum();
-                let n = endpoints.len() as u64;
-                let cap = (u64::from(*percent) * (total + 1)).div_ceil(100 * n.max(1));
                 let p = prepared(&mut self.prepared, backend, endpoints);
                 let key = key.hash(req);
-                p.rendezvous_where(key, |i| {
-                    usable(&endpoints[i]) && u64::from(stats.in_flight(&endpoints[i])) < cap
-                })
-                .or_else(|| p.rendezvous_where(key, |i| usable(&endpoints[i])))
+                let first = p.rendezvous_where(key, |i| usable(&endpoints[i]));
+                // An endpoint with nothing in flight is under any bound (the bound is at
+                // least 1): then the first choice stands without summing the backend's load
+                // (one look-up per endpoint), the same answer at table cost.
+                if first.is_none_or(|i| stats.in_flight(&endpoints[i]) == 0) {
+                    first
+                } else {
+                    let total: u64 = endpoints
+                        .iter()
+                        .map(|ep| u64::from(stats.in_flight(ep)))
+                        .sum();
+                    let n = endpoints.len() as u64;
+                    let cap = (u64::from(*percent) * (total + 1)).div_ceil(100 * n.max(1));
+                    p.rendezvous_where(key, |i| {
+                        usable(&endpoints[i]) && u64::from(stats.in_flight(&endpoints[i])) < cap
+                    })
+                    .or(first)
+                }
             }
             Balance::HashSubset(key, size) => {
                 // A random endpoint of the key's group; an ejected one gives way to the
