@@ -431,9 +431,7 @@ fn the_controller_default_backend_serves_unmatched_requests_and_errors() {
 
 /// A loopback port nothing listens on.
 fn closed_port() -> u16 {
-    let (listener, port) = listen();
-    drop(listener);
-    port
+    support::closed_port([127, 0, 0, 1].into()).port()
 }
 
 // Without any default backend the upstream's answer passes unchanged (and the Ingress is

@@ -77,8 +77,7 @@ impl Harness {
     }
 
     pub fn closed_port(&self) -> SocketAddr {
-        let l = TcpListener::bind(SocketAddr::new(self.host_ip(), 0)).unwrap();
-        l.local_addr().unwrap()
+        support::closed_port(self.host_ip())
     }
 
     pub fn start(&self, yaml: &str, workers: usize, conn: ConnConfig) -> Engine {

@@ -4,8 +4,10 @@
 //! worker), upstream connect and response times, and the per-backend counters under their
 //! cap (`log.backend_metrics_cap`; the rest under `backend="other"`).
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -62,9 +64,7 @@ fn a_live_scrape_after_traffic_passes_promtool_and_counts_the_requests() {
     assert!(status.status.success());
     let up = spawn_upstream("A", "127.0.0.1:0".parse().unwrap()).unwrap();
     // A port nothing listens on: connects fail, the client gets a 502.
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = dead.local_addr().unwrap().port();
-    drop(dead);
+    let dead_port = support::closed_port([127, 0, 0, 1].into()).port();
     let dir = std::env::temp_dir().join(format!("sluice-metrics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -202,11 +202,7 @@ fn mirror_request_body_off_sends_the_head_only() {
 fn a_dead_or_hanging_mirror_never_delays_the_real_request() {
     let (upstream, real) = server("real", false);
     let (hanging, _) = server("shadow", true);
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = support::closed_port([127, 0, 0, 1].into()).port();
     let s = sluice(
         "hang",
         &[

@@ -6,6 +6,8 @@
 //! protocol over plain and TLS connections), sampling, the log switched off, and a log
 //! destination nobody reads (lines dropped and counted, requests unharmed).
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -148,9 +150,7 @@ fn start_full(name: &str, config_toml: &str, up: SocketAddr, read_stdout: bool) 
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("app.yaml"), manifests(up)).unwrap();
     // dead.test: a port nothing listens on (502).
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = dead.local_addr().unwrap().port();
-    drop(dead);
+    let dead_port = support::closed_port([127, 0, 0, 1].into()).port();
     let dead_yaml = manifests(SocketAddr::from(([127, 0, 0, 1], dead_port)))
         .replace("name: t,", "name: dead,")
         .replace("app.test", "dead.test")
