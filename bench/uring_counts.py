@@ -12,6 +12,9 @@ Usage: python3 bench/uring_counts.py BINARY [seconds] [cell-substring]
 Needs perf (with tracepoint access), nginx, wrk and curl. Issue 18."""
 import os, subprocess, sys, tempfile, time, json, re, signal
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import bench_manifests  # noqa: E402  (bench/run.py: the one benchmark manifest writer)
+
 BIN = sys.argv[1]
 DUR = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 UP, PX = 28000, 28080
@@ -27,26 +30,7 @@ http {{ access_log off;
     location = / {{ return 200 "{'x' * 1024}"; }}
     location /big {{ root {tmp}/www; sendfile on; }} }} }}
 """)
-os.makedirs(f"{tmp}/manifests", exist_ok=True)
-open(f"{tmp}/manifests/b.yaml", "w").write(f"""apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: bench, namespace: default}}
-spec:
-  ingressClassName: sluice
-  defaultBackend: {{service: {{name: pods, port: {{number: 80}}}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: pods, namespace: default}}
-spec: {{ports: [{{port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: pods-1, namespace: default, labels: {{kubernetes.io/service-name: pods}}}}
-addressType: IPv4
-ports: [{{port: {UP}}}]
-endpoints: [{{addresses: ["127.0.0.1"]}}]
-""")
+bench_manifests(tmp, "127.0.0.1", UP)
 open(f"{tmp}/sluice.toml", "w").write(f"""workers = [0]
 [listen]
 http = "127.0.0.1:{PX}"

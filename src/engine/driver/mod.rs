@@ -1339,5 +1339,27 @@ impl Driver {
     }
 }
 
+/// A driver for the in-memory tests (here, the side exchanges' and the io_uring worker's):
+/// worker 0 with `conn`, a pool of 4 idle connections per endpoint, serving `snapshot`.
+#[cfg(test)]
+pub(crate) fn test_driver(conn: ConnConfig, snapshot: Snapshot) -> Driver {
+    let (_tx, snapshots) = std::sync::mpsc::channel();
+    let (retired, _rx) = std::sync::mpsc::channel();
+    let setup = DriverSetup {
+        access_log: None,
+        index: 0,
+        conn: Arc::new(conn),
+        https: None,
+        snapshots,
+        retired,
+        metrics: Arc::new(WorkerMetrics::default()),
+        stopping: Arc::new(AtomicBool::new(false)),
+        upstream_max_idle: 4,
+        upstream_idle_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(1),
+    };
+    Driver::new(setup, Arc::new(snapshot))
+}
+
 #[cfg(test)]
 mod tests;

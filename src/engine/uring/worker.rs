@@ -537,16 +537,11 @@ mod tests {
 
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::mpsc::channel;
 
     use super::*;
     use crate::core::conn::ConnConfig;
     use crate::core::route::{Backend, BackendId, PathKind, RouteTableBuilder};
     use crate::core::snapshot::Snapshot;
-    use crate::engine::driver::DriverSetup;
-    use crate::engine::metrics::WorkerMetrics;
 
     fn body(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8).collect()
@@ -590,23 +585,10 @@ mod tests {
             name: "default/a:80".into(),
             endpoints: vec![upstream],
         }];
-        let snapshot = Arc::new(Snapshot::new(1, routes.build(), backends));
-        let (_tx, snapshots) = channel();
-        let (retired, _rx) = channel();
-        let setup = DriverSetup {
-            access_log: None,
-            index: 0,
-            conn: Arc::new(ConnConfig::default()),
-            https: None,
-            snapshots,
-            retired,
-            metrics: Arc::new(WorkerMetrics::default()),
-            stopping: Arc::new(AtomicBool::new(false)),
-            upstream_max_idle: 4,
-            upstream_idle_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(1),
-        };
-        Driver::new(setup, snapshot)
+        crate::engine::driver::test_driver(
+            ConnConfig::default(),
+            Snapshot::new(1, routes.build(), backends),
+        )
     }
 
     /// Reads one response: the head, then Content-Length bytes.

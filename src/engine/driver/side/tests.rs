@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::channel;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::super::*;
@@ -89,23 +88,10 @@ fn driver(request: RequestPolicy) -> Driver {
         name: "default/a:80".into(),
         endpoints: vec![POD.parse().unwrap()],
     }];
-    let snapshot = Arc::new(Snapshot::new(1, routes.build(), backends));
-    let (_tx, snapshots) = channel();
-    let (retired, _rx) = channel();
-    let setup = DriverSetup {
-        access_log: None,
-        index: 0,
-        conn: Arc::new(ConnConfig::default()),
-        https: None,
-        snapshots,
-        retired,
-        metrics: Arc::new(WorkerMetrics::default()),
-        stopping: Arc::new(AtomicBool::new(false)),
-        upstream_max_idle: 4,
-        upstream_idle_timeout: Duration::from_secs(30),
-        shutdown_grace: Duration::from_secs(1),
-    };
-    Driver::new(setup, snapshot)
+    crate::engine::driver::test_driver(
+        ConnConfig::default(),
+        Snapshot::new(1, routes.build(), backends),
+    )
 }
 
 fn auth_policy() -> RequestPolicy {
