@@ -100,9 +100,9 @@ fn bench_pickers(c: &mut Criterion) {
                 black_box(picker.pick_by(&s, b, &hash, &clients[next], black_box(now)))
             })
         });
-        // With bounded load (1.25), one request in flight on every other endpoint: a key
-        // whose endpoint is idle costs the table look-up, the others also the backend's
-        // in-flight total (one look-up per endpoint, which the bound needs).
+        // With bounded load (1.25), one request in flight on every other endpoint (each at
+        // its bound): a key whose endpoint is idle costs the table look-up; the others also
+        // read the backend's running in-flight total and walk the bucket's ranked choices.
         for ep in s.backend(b).unwrap().endpoints.iter().step_by(2) {
             picker.stats.started(*ep);
         }

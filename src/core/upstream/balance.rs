@@ -107,12 +107,61 @@ impl std::hash::Hasher for AddrHasher {
 #[derive(Clone, Debug, Default)]
 pub struct EndpointStats {
     stats: HashMap<SocketAddr, Stat, std::hash::BuildHasherDefault<AddrHasher>>,
+    /// Backends whose requests in flight are kept as a running total (bounded-load hashing
+    /// reads it on every pick whose first choice is busy): endpoint → those backends.
+    watched: HashMap<SocketAddr, Vec<u32>, std::hash::BuildHasherDefault<AddrHasher>>,
+    /// By backend index: the running total of its endpoints' requests in flight, once
+    /// [`EndpointStats::backend_in_flight`] asked for it.
+    totals: Vec<Option<u64>>,
 }
 
 impl EndpointStats {
-    /// Keeps only the endpoints `keep` says are still there.
+    /// Keeps only the endpoints `keep` says are still there. Backend totals are dropped
+    /// (a backend's endpoints may have changed; they are summed again when next asked for).
     pub fn retain(&mut self, keep: impl Fn(&SocketAddr) -> bool) {
         self.stats.retain(|ep, s| s.in_flight > 0 || keep(ep));
+        self.watched.clear();
+        self.totals.clear();
+    }
+
+    /// The requests in flight to `endpoints` (backend `backend`'s) all together: summed at
+    /// the first call, then kept as a running total as requests start and end (one look-up
+    /// per start and end of a request to a watched endpoint), until [`EndpointStats::retain`].
+    pub fn backend_in_flight(&mut self, backend: u32, endpoints: &[SocketAddr]) -> u64 {
+        let b = backend as usize;
+        if let Some(Some(total)) = self.totals.get(b) {
+            return *total;
+        }
+        let total = endpoints
+            .iter()
+            .map(|ep| u64::from(self.in_flight(ep)))
+            .sum();
+        for ep in endpoints {
+            let backends = self.watched.entry(*ep).or_default();
+            if !backends.contains(&backend) {
+                backends.push(backend);
+            }
+        }
+        if self.totals.len() <= b {
+            self.totals.resize(b + 1, None);
+        }
+        self.totals[b] = Some(total);
+        total
+    }
+
+    /// One more (`up`) or one fewer request in flight on `ep`, in the totals of the backends
+    /// watching it.
+    fn count(&mut self, ep: &SocketAddr, up: bool) {
+        if self.watched.is_empty() {
+            return;
+        }
+        if let Some(backends) = self.watched.get(ep) {
+            for b in backends {
+                if let Some(Some(t)) = self.totals.get_mut(*b as usize) {
+                    *t = if up { *t + 1 } else { t.saturating_sub(1) };
+                }
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -132,6 +181,7 @@ impl EndpointStats {
     pub fn started(&mut self, ep: SocketAddr) {
         let s = self.stats.entry(ep).or_default();
         s.in_flight = s.in_flight.saturating_add(1);
+        self.count(&ep, true);
     }
 
     /// A request to `ep` ended after `latency` (`None`: failed, not measured).
@@ -139,7 +189,14 @@ impl EndpointStats {
         let Some(s) = self.stats.get_mut(ep) else {
             return;
         };
-        s.in_flight = s.in_flight.saturating_sub(1);
+        let was = s.in_flight;
+        s.in_flight = was.saturating_sub(1);
+        if was > 0 {
+            self.count(ep, false);
+        }
+        let Some(s) = self.stats.get_mut(ep) else {
+            return;
+        };
         let Some(latency) = latency else {
             return;
         };
@@ -205,6 +262,41 @@ mod tests {
     use super::*;
     use std::hash::BuildHasher;
     use std::net::IpAddr;
+
+    /// The running total is always the sum of the backend's endpoints' requests in flight:
+    /// through starts and ends in any order, an end on an idle endpoint, an endpoint in two
+    /// backends, and a reset.
+    #[test]
+    fn a_backend_total_runs_as_the_sum_of_its_endpoints() {
+        let eps: Vec<SocketAddr> = (1..=6)
+            .map(|i| SocketAddr::from(([10, 3, 0, i], 80)))
+            .collect();
+        let (a, b) = (&eps[..4], &eps[2..]);
+        let mut st = EndpointStats::default();
+        st.started(eps[0]);
+        let sum = |st: &EndpointStats, set: &[SocketAddr]| -> u64 {
+            set.iter().map(|e| u64::from(st.in_flight(e))).sum()
+        };
+        assert_eq!(st.backend_in_flight(0, a), 1);
+        assert_eq!(st.backend_in_flight(1, b), 0);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ep = eps[(x % 6) as usize];
+            if x & 64 == 0 {
+                st.started(ep);
+            } else {
+                st.finished(&ep, None, Instant::ZERO);
+            }
+            assert_eq!(st.backend_in_flight(0, a), sum(&st, a));
+            assert_eq!(st.backend_in_flight(1, b), sum(&st, b));
+        }
+        st.retain(|_| true);
+        st.started(eps[5]);
+        assert_eq!(st.backend_in_flight(1, b), sum(&st, b));
+    }
 
     /// Endpoint addresses hash apart, and over both the slot bits and the tag bits hashbrown
     /// reads (a weak finish would crowd the statistics into few slots).

@@ -229,6 +229,53 @@ impl std::fmt::Debug for Table {
     }
 }
 
+/// How many choices of a bucket [`Ranked`] keeps, best first.
+pub const RANKED: usize = 4;
+
+/// A [`Prepared`] set's bucket → its [`RANKED`] best endpoints (first choice first), for the
+/// keys whose first choice is left out (ejected, or at its bound under bounded-load hashing):
+/// their next choice is then a look-up too, unless all of those are left out as well.
+/// `u16::MAX` marks a bucket not computed yet, and ends a list shorter than [`RANKED`].
+/// Allocated (512 KiB) only when a table exists and a first choice was left out.
+#[derive(Clone, Default)]
+struct Ranked(Option<Box<[[u16; RANKED]]>>);
+
+impl std::fmt::Debug for Ranked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Ranked({})",
+            if self.0.is_some() {
+                "allocated"
+            } else {
+                "none"
+            }
+        )
+    }
+}
+
+/// The [`RANKED`] best endpoints at `point` (score, then the lower address), best first;
+/// `u16::MAX` past the last when there are fewer.
+fn top(point: u64, hashes: &[u64], endpoints: &[SocketAddr]) -> [u16; RANKED] {
+    let mut best: [(u64, usize); RANKED] = [(0, usize::MAX); RANKED];
+    for (i, h) in hashes.iter().enumerate() {
+        let s = score(point, *h);
+        let better = |(bs, bi): (u64, usize)| {
+            bi == usize::MAX || s > bs || s == bs && endpoints[i] < endpoints[bi]
+        };
+        if !better(best[RANKED - 1]) {
+            continue;
+        }
+        let mut at = RANKED - 1;
+        while at > 0 && better(best[at - 1]) {
+            best[at] = best[at - 1];
+            at -= 1;
+        }
+        best[at] = (s, i);
+    }
+    best.map(|(_, i)| u16::try_from(i).unwrap_or(u16::MAX))
+}
+
 /// A backend's endpoints prepared for hashing and cookie affinity, by one worker: each
 /// endpoint's [`endpoint_hash`] and affinity id, computed once per endpoint set, and the
 /// bucket table that makes a pick O(1). Picks with it choose exactly what
@@ -239,7 +286,10 @@ impl std::fmt::Debug for Table {
 /// 255 endpoints, 128 KiB (2 bytes) above. The table is allocated zeroed at the worker's first
 /// hashed pick (or `balanced` cookie) on the endpoint set, filled one bucket per first pick
 /// of that bucket, and dropped with the set when the backend's endpoints change: nothing is
-/// built at a snapshot swap, on the worker or on the control thread.
+/// built at a snapshot swap, on the worker or on the control thread. With a table, once a
+/// key's first choice is left out (ejected, or at its bound under bounded-load hashing), a
+/// second cache of each bucket's [`RANKED`] best endpoints (512 KiB) makes its next choice a
+/// look-up as well.
 #[derive(Clone, Debug, Default)]
 pub struct Prepared {
     /// The endpoint set it was made for (a picker keeps it while the set is the same).
@@ -249,6 +299,8 @@ pub struct Prepared {
     ids: Vec<u64>,
     /// Bucket → first choice among all the endpoints, filled lazily.
     table: Table,
+    /// Bucket → its best few, filled lazily once a first choice is left out.
+    ranked: Ranked,
     /// The first endpoint of each group of `subset_size` (`upstream-hash-by-subset`): their
     /// hashes, for the size they were taken for.
     subset_size: usize,
@@ -266,6 +318,7 @@ impl Prepared {
             hashes: endpoints.iter().map(endpoint_hash).collect(),
             ids: endpoints.iter().map(super::affinity::endpoint_id).collect(),
             table: Table::None,
+            ranked: Ranked::default(),
             subset_size: 0,
             subset_hashes: Vec::new(),
             subset_firsts: Vec::new(),
@@ -359,12 +412,41 @@ impl Prepared {
         if keep(first) {
             return Some(first);
         }
+        // With a table, the bucket's next few choices are a look-up too.
+        if let Some(choices) = self.ranked(b) {
+            for i in choices.into_iter().skip(1) {
+                if i == u16::MAX {
+                    // Fewer endpoints than RANKED, all seen: none is accepted.
+                    return None;
+                }
+                if keep(usize::from(i)) {
+                    return Some(usize::from(i));
+                }
+            }
+        }
         highest(
             bucket_point(b),
             self.hashes.iter().copied(),
             &self.endpoints,
             keep,
         )
+    }
+
+    /// Bucket `b`'s [`RANKED`] best endpoints, from the ranked cache (computed and stored on
+    /// a miss); `None` without a table (few endpoints: scoring them all is as cheap).
+    fn ranked(&mut self, b: u16) -> Option<[u16; RANKED]> {
+        if matches!(self.table, Table::None) {
+            return None;
+        }
+        let cache = self
+            .ranked
+            .0
+            .get_or_insert_with(|| vec![[u16::MAX; RANKED]; BUCKETS].into_boxed_slice());
+        let slot = &mut cache[usize::from(b)];
+        if slot[0] == u16::MAX {
+            *slot = top(bucket_point(b), &self.hashes, &self.endpoints);
+        }
+        Some(*slot)
     }
 
     /// Whether `key`'s first choice is the endpoint at `target` (the test a new `balanced`
@@ -477,6 +559,58 @@ mod tests {
         (0..n)
             .map(|i| SocketAddr::new([10, 2, (i / 250) as u8, (i % 250) as u8 + 1].into(), 80))
             .collect()
+    }
+
+    /// A left-out first choice: the next accepted one comes from the bucket's ranked
+    /// choices when one of them is accepted, else from scoring; either way what scoring the
+    /// accepted endpoints answers (ejection, bounded load), on both table widths and without.
+    #[test]
+    fn next_choices_from_the_ranked_cache_are_what_scoring_answers() {
+        for n in [3usize, 15, 16, 40, 300] {
+            let eps = eps(n);
+            let mut p = Prepared::new(&eps);
+            for b in (0..=u16::MAX).step_by(97) {
+                let point = bucket_point(b);
+                let first = p.winner(b).unwrap();
+                // Leave out the first choice, then more and more of the best ones.
+                for out in 1..=RANKED + 2 {
+                    let order = top(point, &p.hashes, &eps);
+                    let mut left_out: Vec<usize> = vec![first];
+                    left_out.extend(
+                        order
+                            .iter()
+                            .filter(|i| **i != u16::MAX)
+                            .map(|i| usize::from(*i))
+                            .skip(1)
+                            .take(out - 1),
+                    );
+                    let keep = |i: usize| !left_out.contains(&i);
+                    let want = highest(point, p.hashes.iter().copied(), &eps, keep);
+                    assert_eq!(p.winner_where(b, keep), want, "n={n} b={b} out={out}");
+                    // The free function agrees (it scores in full).
+                    if b < 200 {
+                        let key_in_b = (0u64..).find(|k| bucket(*k) == b).unwrap();
+                        let free = rendezvous_where(key_in_b, &eps, |e| {
+                            keep(eps.iter().position(|x| x == e).unwrap())
+                        });
+                        assert_eq!(free, want);
+                    }
+                }
+            }
+            // Every endpoint left out: none, with the ranked list or without.
+            assert_eq!(p.winner_where(5, |_| false), None);
+        }
+    }
+
+    /// The ranked choices are in rendezvous order: the first is the table's winner.
+    #[test]
+    fn the_ranked_first_choice_is_the_winner() {
+        let eps = eps(64);
+        let mut p = Prepared::new(&eps);
+        for b in (0..=u16::MAX).step_by(31) {
+            let w = p.winner(b).unwrap();
+            assert_eq!(usize::from(top(bucket_point(b), &p.hashes, &eps)[0]), w);
+        }
     }
 
     /// A key's endpoint is its bucket's: keys of one bucket go together, whatever else.

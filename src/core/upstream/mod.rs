@@ -138,20 +138,17 @@ impl Picker {
                 // The key's first choice unless it already has more than its share of this
                 // worker's requests in flight: then its next choice, and so on (each endpoint
                 // takes at most ceil(percent × (in flight + 1) / n) requests).
-                let stats = &self.stats;
                 let p = prepared(&mut self.prepared, backend, endpoints);
                 let key = key.hash(req);
                 let first = p.rendezvous_where(key, |i| usable(&endpoints[i]));
                 // An endpoint with nothing in flight is under any bound (the bound is at
-                // least 1): then the first choice stands without summing the backend's load
-                // (one look-up per endpoint), the same answer at table cost.
-                if first.is_none_or(|i| stats.in_flight(&endpoints[i]) == 0) {
+                // least 1): then the first choice stands without the backend's load.
+                if first.is_none_or(|i| self.stats.in_flight(&endpoints[i]) == 0) {
                     first
                 } else {
-                    let total: u64 = endpoints
-                        .iter()
-                        .map(|ep| u64::from(stats.in_flight(ep)))
-                        .sum();
+                    // The backend's load: a running total (summed once per snapshot).
+                    let total = self.stats.backend_in_flight(backend.0, endpoints);
+                    let stats = &self.stats;
                     let n = endpoints.len() as u64;
                     let cap = (u64::from(*percent) * (total + 1)).div_ceil(100 * n.max(1));
                     p.rendezvous_where(key, |i| {
