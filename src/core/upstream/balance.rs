@@ -191,25 +191,21 @@ impl EndpointStats {
         };
         let was = s.in_flight;
         s.in_flight = was.saturating_sub(1);
+        if let Some(latency) = latency {
+            let rtt = latency.as_nanos() as f64;
+            if s.ewma_ns == 0.0 || rtt > s.ewma_ns {
+                // Peak: a slower response counts at once; recovery is gradual.
+                s.ewma_ns = rtt;
+            } else {
+                let dt = now.saturating_since(s.stamp).as_secs_f64();
+                let w = (-dt / EWMA_DECAY.as_secs_f64()).exp();
+                s.ewma_ns = s.ewma_ns * w + rtt * (1.0 - w);
+            }
+            s.stamp = now;
+        }
         if was > 0 {
             self.count(ep, false);
         }
-        let Some(s) = self.stats.get_mut(ep) else {
-            return;
-        };
-        let Some(latency) = latency else {
-            return;
-        };
-        let rtt = latency.as_nanos() as f64;
-        if s.ewma_ns == 0.0 || rtt > s.ewma_ns {
-            // Peak: a slower response counts at once; recovery is gradual.
-            s.ewma_ns = rtt;
-        } else {
-            let dt = now.saturating_since(s.stamp).as_secs_f64();
-            let w = (-dt / EWMA_DECAY.as_secs_f64()).exp();
-            s.ewma_ns = s.ewma_ns * w + rtt * (1.0 - w);
-        }
-        s.stamp = now;
     }
 
     /// The peak-EWMA cost of `ep`: its latency average, decayed towards zero while it is

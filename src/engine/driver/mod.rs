@@ -1246,10 +1246,9 @@ impl Driver {
             return;
         };
         up.client = None;
-        self.demand.detach(up.key);
         let list_len = self.pool.get(&up.key).map_or(0, Vec::len);
         // As many idle as were in use at once lately, at least the configured cap.
-        let keep = (self.setup.upstream_max_idle).max(self.demand.recent_peak(up.key, now));
+        let keep = (self.setup.upstream_max_idle).max(self.demand.release(up.key, now));
         let poolable = reusable
             && up.state == UpState::Attached
             && !up.sending
