@@ -503,3 +503,68 @@ fn the_picker_hashes_through_its_table_as_rendezvous_does() {
         }
     }
 }
+
+/// Bounded-load hashing reads each endpoint's requests in flight by its index in the
+/// backend: the counts follow requests that start and end after the first pick, and a
+/// snapshot swap that moves every endpoint's index (a new endpoint sorted first) counts them
+/// again at their new places.
+#[test]
+fn bounded_load_follows_requests_and_index_shifts() {
+    use sluice::core::route::{Backend, BackendId, RouteTableBuilder};
+    use sluice::core::snapshot::Snapshot;
+    use sluice::core::upstream::{Balance, Picker};
+    let eps = endpoints(40);
+    let mut eps2 = vec![SocketAddr::new([9, 0, 0, 1].into(), 8080)];
+    eps2.extend_from_slice(&eps);
+    let snapshot = |version, endpoints: &[SocketAddr]| {
+        let backend = Backend {
+            name: "default/app:80".into(),
+            endpoints: endpoints.to_vec(),
+        };
+        Snapshot::new(version, RouteTableBuilder::default().build(), vec![backend])
+    };
+    let (s1, s2) = (snapshot(1, &eps), snapshot(2, &eps2));
+    let b = BackendId(0);
+    let now = Instant::from_millis(1_000);
+    let key = HashKey::parse("$remote_addr").unwrap();
+    let bounded = Balance::HashBounded(key.clone(), 125);
+    let x = eps[3];
+    // A client whose first choice is `x` before and after the new endpoint comes.
+    let r = (0..10_000)
+        .map(client)
+        .find(|r| {
+            let k = key.hash(r);
+            eps[rendezvous(k, &eps).unwrap()] == x && eps2[rendezvous(k, &eps2).unwrap()] == x
+        })
+        .expect("a client of x");
+    let second =
+        |set: &[SocketAddr]| set[rendezvous_where(key.hash(&r), set, |e| *e != x).unwrap()];
+    let mut w = Picker::with_offset(0);
+    w.reset_for(&s1);
+    assert_eq!(w.pick_by(&s1, b, &bounded, &r, now), Some(x));
+    // Two in flight on each of eps[10..]; ten on x: the bound is ceil(1.25 × 71 / 40) = 3.
+    for ep in &eps[10..] {
+        w.stats.started(*ep);
+        w.stats.started(*ep);
+    }
+    for _ in 0..10 {
+        w.stats.started(x);
+    }
+    assert_eq!(w.pick_by(&s1, b, &bounded, &r, now), Some(second(&eps)));
+    // x's requests end: its keys come back.
+    for _ in 0..10 {
+        w.stats.finished(&x, None, now);
+    }
+    assert_eq!(w.pick_by(&s1, b, &bounded, &r, now), Some(x));
+    for _ in 0..10 {
+        w.stats.started(x);
+    }
+    assert_eq!(w.pick_by(&s1, b, &bounded, &r, now), Some(second(&eps)));
+    // The swap: x is now at index 4, and still over its bound (ceil(1.25 × 71 / 41) = 3).
+    w.reset_for(&s2);
+    assert_eq!(w.pick_by(&s2, b, &bounded, &r, now), Some(second(&eps2)));
+    for _ in 0..10 {
+        w.stats.finished(&x, None, now);
+    }
+    assert_eq!(w.pick_by(&s2, b, &bounded, &r, now), Some(x));
+}

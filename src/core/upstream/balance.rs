@@ -103,62 +103,86 @@ impl std::hash::Hasher for AddrHasher {
     }
 }
 
+/// Requests in flight to one backend's endpoints, as one worker counts them: by the endpoint's
+/// index in the backend's (sorted) endpoint list, and all together. Bounded-load hashing reads
+/// both on every pick whose first choice is busy; kept here, a read is an array index instead
+/// of a hash look-up of the endpoint's address.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackendLoad {
+    /// The sum of `by_index`.
+    pub total: u64,
+    /// In flight to `endpoints[i]`.
+    pub by_index: Vec<u32>,
+}
+
 /// Per-worker statistics of endpoints, and the two P2C pickers over a backend's endpoints.
 #[derive(Clone, Debug, Default)]
 pub struct EndpointStats {
     stats: HashMap<SocketAddr, Stat, std::hash::BuildHasherDefault<AddrHasher>>,
-    /// Backends whose requests in flight are kept as a running total (bounded-load hashing
-    /// reads it on every pick whose first choice is busy): endpoint → those backends.
-    watched: HashMap<SocketAddr, Vec<u32>, std::hash::BuildHasherDefault<AddrHasher>>,
-    /// By backend index: the running total of its endpoints' requests in flight, once
-    /// [`EndpointStats::backend_in_flight`] asked for it.
-    totals: Vec<Option<u64>>,
+    /// Backends whose requests in flight are kept per endpoint index (bounded-load hashing):
+    /// endpoint → (backend, index of the endpoint in that backend's list).
+    watched: HashMap<SocketAddr, Vec<(u32, u32)>, std::hash::BuildHasherDefault<AddrHasher>>,
+    /// By backend index: its [`BackendLoad`], once [`EndpointStats::backend_load`] asked for
+    /// it (until the next [`EndpointStats::retain`]).
+    loads: Vec<Option<BackendLoad>>,
 }
 
 impl EndpointStats {
-    /// Keeps only the endpoints `keep` says are still there. Backend totals are dropped
-    /// (a backend's endpoints may have changed; they are summed again when next asked for).
+    /// Keeps only the endpoints `keep` says are still there. Backend loads are dropped
+    /// (a backend's endpoints and their indexes may have changed; they are counted again when
+    /// next asked for).
     pub fn retain(&mut self, keep: impl Fn(&SocketAddr) -> bool) {
         self.stats.retain(|ep, s| s.in_flight > 0 || keep(ep));
         self.watched.clear();
-        self.totals.clear();
+        self.loads.clear();
     }
 
-    /// The requests in flight to `endpoints` (backend `backend`'s) all together: summed at
-    /// the first call, then kept as a running total as requests start and end (one look-up
-    /// per start and end of a request to a watched endpoint), until [`EndpointStats::retain`].
-    pub fn backend_in_flight(&mut self, backend: u32, endpoints: &[SocketAddr]) -> u64 {
+    /// The requests in flight to `endpoints` (backend `backend`'s, in the snapshot's order),
+    /// by index and all together: counted at the first call, then kept up to date as requests
+    /// start and end (one look-up per start and end of a request to a watched endpoint),
+    /// until [`EndpointStats::retain`].
+    pub fn backend_load(&mut self, backend: u32, endpoints: &[SocketAddr]) -> &BackendLoad {
         let b = backend as usize;
-        if let Some(Some(total)) = self.totals.get(b) {
-            return *total;
+        if self.loads.len() <= b {
+            self.loads.resize(b + 1, None);
         }
-        let total = endpoints
-            .iter()
-            .map(|ep| u64::from(self.in_flight(ep)))
-            .sum();
-        for ep in endpoints {
-            let backends = self.watched.entry(*ep).or_default();
-            if !backends.contains(&backend) {
-                backends.push(backend);
+        if self.loads[b].is_none() {
+            let by_index: Vec<u32> = endpoints.iter().map(|ep| self.in_flight(ep)).collect();
+            for (i, ep) in endpoints.iter().enumerate() {
+                let at = (backend, i as u32);
+                let watchers = self.watched.entry(*ep).or_default();
+                if !watchers.contains(&at) {
+                    watchers.push(at);
+                }
             }
+            self.loads[b] = Some(BackendLoad {
+                total: by_index.iter().map(|n| u64::from(*n)).sum(),
+                by_index,
+            });
         }
-        if self.totals.len() <= b {
-            self.totals.resize(b + 1, None);
-        }
-        self.totals[b] = Some(total);
-        total
+        self.loads[b].as_ref().expect("filled above")
     }
 
-    /// One more (`up`) or one fewer request in flight on `ep`, in the totals of the backends
+    /// One more (`up`) or one fewer request in flight on `ep`, in the loads of the backends
     /// watching it.
     fn count(&mut self, ep: &SocketAddr, up: bool) {
         if self.watched.is_empty() {
             return;
         }
-        if let Some(backends) = self.watched.get(ep) {
-            for b in backends {
-                if let Some(Some(t)) = self.totals.get_mut(*b as usize) {
-                    *t = if up { *t + 1 } else { t.saturating_sub(1) };
+        let Some(watchers) = self.watched.get(ep) else {
+            return;
+        };
+        for (b, i) in watchers {
+            let Some(Some(load)) = self.loads.get_mut(*b as usize) else {
+                continue;
+            };
+            if let Some(n) = load.by_index.get_mut(*i as usize) {
+                if up {
+                    *n += 1;
+                    load.total += 1;
+                } else if *n > 0 {
+                    *n -= 1;
+                    load.total -= 1;
                 }
             }
         }
@@ -180,7 +204,10 @@ impl EndpointStats {
     /// A request to `ep` starts.
     pub fn started(&mut self, ep: SocketAddr) {
         let s = self.stats.entry(ep).or_default();
-        s.in_flight = s.in_flight.saturating_add(1);
+        if s.in_flight == u32::MAX {
+            return;
+        }
+        s.in_flight += 1;
         self.count(&ep, true);
     }
 
@@ -259,9 +286,9 @@ mod tests {
     use std::hash::BuildHasher;
     use std::net::IpAddr;
 
-    /// The running total is always the sum of the backend's endpoints' requests in flight:
-    /// through starts and ends in any order, an end on an idle endpoint, an endpoint in two
-    /// backends, and a reset.
+    /// A backend's load is always its endpoints' requests in flight, index by index, and its
+    /// total their sum: through starts and ends in any order, an end on an idle endpoint, an
+    /// endpoint in two backends (at different indexes), and a reset.
     #[test]
     fn a_backend_total_runs_as_the_sum_of_its_endpoints() {
         let eps: Vec<SocketAddr> = (1..=6)
@@ -270,11 +297,16 @@ mod tests {
         let (a, b) = (&eps[..4], &eps[2..]);
         let mut st = EndpointStats::default();
         st.started(eps[0]);
-        let sum = |st: &EndpointStats, set: &[SocketAddr]| -> u64 {
-            set.iter().map(|e| u64::from(st.in_flight(e))).sum()
+        let each = |st: &EndpointStats, set: &[SocketAddr]| -> BackendLoad {
+            let by_index: Vec<u32> = set.iter().map(|e| st.in_flight(e)).collect();
+            BackendLoad {
+                total: by_index.iter().map(|n| u64::from(*n)).sum(),
+                by_index,
+            }
         };
-        assert_eq!(st.backend_in_flight(0, a), 1);
-        assert_eq!(st.backend_in_flight(1, b), 0);
+        assert_eq!(st.backend_load(0, a).total, 1);
+        assert_eq!(st.backend_load(0, a).by_index, [1, 0, 0, 0]);
+        assert_eq!(st.backend_load(1, b).total, 0);
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..2000 {
             x ^= x << 13;
@@ -286,12 +318,14 @@ mod tests {
             } else {
                 st.finished(&ep, None, Instant::ZERO);
             }
-            assert_eq!(st.backend_in_flight(0, a), sum(&st, a));
-            assert_eq!(st.backend_in_flight(1, b), sum(&st, b));
+            let (want_a, want_b) = (each(&st, a), each(&st, b));
+            assert_eq!(*st.backend_load(0, a), want_a);
+            assert_eq!(*st.backend_load(1, b), want_b);
         }
         st.retain(|_| true);
         st.started(eps[5]);
-        assert_eq!(st.backend_in_flight(1, b), sum(&st, b));
+        let want_b = each(&st, b);
+        assert_eq!(*st.backend_load(1, b), want_b);
     }
 
     /// Endpoint addresses hash apart, and over both the slot bits and the tag bits hashbrown

@@ -128,6 +128,37 @@ fn highest_all(point: u64, hashes: &[u64], endpoints: &[SocketAddr]) -> Option<u
     Some(best)
 }
 
+/// [`highest`] over the endpoints `keep` accepts, without a branch on the scores or on `keep`
+/// (a next choice under bounded load or ejection, where about every other endpoint may be
+/// left out, which a branch predictor cannot learn): the same choice. `keep` should not
+/// branch either (`&`, not `&&`).
+#[inline]
+fn highest_kept(
+    point: u64,
+    hashes: &[u64],
+    endpoints: &[SocketAddr],
+    keep: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let mut best = 0usize;
+    let mut best_score = 0u64;
+    let mut found = false;
+    let mut ties = 0u32;
+    for (i, h) in hashes.iter().enumerate() {
+        let kept = keep(i);
+        let s = score(point, *h);
+        let higher = kept & (!found | (s > best_score));
+        let tie = kept & found & (s == best_score);
+        ties = select_unpredictable(higher, 0, ties + u32::from(tie));
+        best = select_unpredictable(higher, i, best);
+        best_score = select_unpredictable(higher, s, best_score);
+        found |= kept;
+    }
+    if ties > 0 {
+        return highest(point, hashes.iter().copied(), endpoints, keep);
+    }
+    found.then_some(best)
+}
+
 /// Rendezvous hashing by bucket: the index of the endpoint with the highest score for
 /// `key`'s [`bucket`] (ties to the lower address), or `None` when there are none.
 pub fn rendezvous(key: u64, endpoints: &[SocketAddr]) -> Option<usize> {
@@ -409,6 +440,17 @@ impl Prepared {
     /// keys of left-out endpoints pay for that).
     pub fn winner_where(&mut self, b: u16, keep: impl Fn(usize) -> bool) -> Option<usize> {
         let first = self.winner(b)?;
+        self.next_where(b, first, keep)
+    }
+
+    /// [`Prepared::winner_where`] for a caller that already has bucket `b`'s first choice
+    /// among all the endpoints, `first` (from [`Prepared::winner`]).
+    pub fn next_where(
+        &mut self,
+        b: u16,
+        first: usize,
+        keep: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         if keep(first) {
             return Some(first);
         }
@@ -424,12 +466,7 @@ impl Prepared {
                 }
             }
         }
-        highest(
-            bucket_point(b),
-            self.hashes.iter().copied(),
-            &self.endpoints,
-            keep,
-        )
+        highest_kept(bucket_point(b), &self.hashes, &self.endpoints, keep)
     }
 
     /// Bucket `b`'s [`RANKED`] best endpoints, from the ranked cache (computed and stored on
@@ -599,6 +636,43 @@ mod tests {
             }
             // Every endpoint left out: none, with the ranked list or without.
             assert_eq!(p.winner_where(5, |_| false), None);
+        }
+    }
+
+    /// The branch-free scoring of the accepted endpoints chooses what [`highest`] chooses:
+    /// random subsets, none, and equal scores (two endpoints with the same hash: the tie goes
+    /// to the lower address, whichever is listed first).
+    #[test]
+    fn branch_free_scoring_of_the_accepted_is_highest() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for n in [1usize, 2, 7, 40, 100] {
+            let eps = eps(n);
+            let mut hashes: Vec<u64> = eps.iter().map(endpoint_hash).collect();
+            for round in 0..200 {
+                if round == 100 && n > 1 {
+                    // From here on the last endpoint scores as the first does.
+                    hashes[n - 1] = hashes[0];
+                }
+                let mask = next();
+                let keep = |i: usize| mask >> (i % 64) & 1 == 1 || round % 7 == 0;
+                let point = bucket_point(next() as u16);
+                let want = highest(point, hashes.iter().copied(), &eps, keep);
+                assert_eq!(highest_kept(point, &hashes, &eps, keep), want, "n={n}");
+                if n > 1 && round >= 100 {
+                    let both = |i: usize| i == 0 || i == n - 1;
+                    assert_eq!(highest_kept(point, &hashes, &eps, both), Some(0));
+                    let mut reversed = eps.clone();
+                    reversed.swap(0, n - 1);
+                    assert_eq!(highest_kept(point, &hashes, &reversed, both), Some(n - 1));
+                }
+            }
+            assert_eq!(highest_kept(1, &hashes, &eps, |_| false), None);
         }
     }
 

@@ -137,24 +137,25 @@ impl Picker {
             Balance::HashBounded(key, percent) => {
                 // The key's first choice unless it already has more than its share of this
                 // worker's requests in flight: then its next choice, and so on (each endpoint
-                // takes at most ceil(percent × (in flight + 1) / n) requests).
+                // takes at most ceil(percent × (in flight + 1) / n) requests). The loads are
+                // kept by endpoint index: no address is hashed here.
                 let p = prepared(&mut self.prepared, backend, endpoints);
-                let key = key.hash(req);
-                let first = p.rendezvous_where(key, |i| usable(&endpoints[i]));
-                // An endpoint with nothing in flight is under any bound (the bound is at
-                // least 1): then the first choice stands without the backend's load.
-                if first.is_none_or(|i| self.stats.in_flight(&endpoints[i]) == 0) {
-                    first
-                } else {
-                    // The backend's load: a running total (summed once per snapshot).
-                    let total = self.stats.backend_in_flight(backend.0, endpoints);
-                    let stats = &self.stats;
-                    let n = endpoints.len() as u64;
-                    let cap = (u64::from(*percent) * (total + 1)).div_ceil(100 * n.max(1));
-                    p.rendezvous_where(key, |i| {
-                        usable(&endpoints[i]) && u64::from(stats.in_flight(&endpoints[i])) < cap
-                    })
-                    .or(first)
+                let b = hash::bucket(key.hash(req));
+                let load = self.stats.backend_load(backend.0, endpoints);
+                // Under the bound, without a division: in flight < ceil(x / 100n) exactly
+                // when in flight × 100n < x, for x = percent × (in flight + 1).
+                let limit = u64::from(*percent) * (load.total + 1);
+                let per = 100 * endpoints.len() as u64;
+                let under = |i: usize| u64::from(load.by_index[i]) * per < limit;
+                let first = p.winner(b);
+                match first {
+                    // Usable with nothing in flight: under any bound (the bound is >= 1).
+                    Some(f) if load.by_index[f] == 0 && usable(&endpoints[f]) => Some(f),
+                    Some(f) => p
+                        .next_where(b, f, |i| usable(&endpoints[i]) & under(i))
+                        // Over the bound everywhere usable: the first usable choice.
+                        .or_else(|| p.next_where(b, f, |i| usable(&endpoints[i]))),
+                    None => None,
                 }
             }
             Balance::HashSubset(key, size) => {
