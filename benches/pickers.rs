@@ -2,7 +2,7 @@
 //! endpoints: round robin, least_request and ewma (P2C), upstream-hash-by (rendezvous by
 //! bucket over `$remote_addr`, keys from 10,000 client addresses in turn, so that the bucket
 //! table is measured warm and honestly; with bounded load; and the first pick on a new
-//! endpoint set, cold),
+//! endpoint set, cold), upstream-hash-by-subset,
 //! affinity cookie lookups (`persistent`, `balanced` over 10,000 session keys, and drawing a
 //! new `balanced` session key), a retry's re-pick, and round robin while one endpoint is
 //! ejected (outlier ejection). Goal: < 100 ns for the common sizes.
@@ -111,6 +111,15 @@ fn bench_pickers(c: &mut Criterion) {
             bench.iter(|| {
                 next = (next + 1) % clients.len();
                 black_box(picker.pick_by(&s, b, &bounded, &clients[next], black_box(now)))
+            })
+        });
+        // upstream-hash-by-subset (groups of 3, ingress-nginx's default size): the group by
+        // rendezvous over the groups' first endpoints, then a random endpoint of it.
+        let subset = Balance::HashSubset(HashKey::parse("$remote_addr").unwrap(), 3);
+        group.bench_function("hash_subset_remote_addr", |bench| {
+            bench.iter(|| {
+                next = (next + 1) % clients.len();
+                black_box(picker.pick_by(&s, b, &subset, &clients[next], black_box(now)))
             })
         });
         // The first hashed pick on a new endpoint set: endpoint hashes, the table's

@@ -153,9 +153,9 @@ proptest! {
         prop_assert!((moved as f64) >= expected - 5.0 * sd, "moved {} of {}, expected ~{}", moved, keys, expected);
     }
 
-    /// The picker's prepared endpoints (hashes computed once per endpoint set, a bucket table
-    /// from TABLE_MIN endpoints on) choose exactly what plain rendezvous hashing and subsets
-    /// choose, with or without left-out endpoints, cold and from the table.
+    /// The picker's prepared endpoints (hashes computed once per endpoint set, bucket tables
+    /// of endpoints and of subset groups from TABLE_MIN of them on) choose exactly what plain
+    /// rendezvous hashing and subsets choose, with or without left-out endpoints, cold and from the table.
     #[test]
     fn prepared_hashing_picks_what_rendezvous_picks(key in any::<u64>(), n in prop_oneof![1usize..60, 200usize..300], mask in any::<u64>(), size in 1usize..6) {
         let eps = endpoints(n);
@@ -170,7 +170,12 @@ proptest! {
                 rendezvous_where(key, &eps, |ep| keep(eps.iter().position(|e| e == ep).unwrap()))
             );
         }
-        prop_assert_eq!(p.subset(key, size), subset(key, &eps, size));
+        // Cold, then from the group table; after a size change, and back.
+        for size in [size, size % 5 + 1, size] {
+            for _ in 0..2 {
+                prop_assert_eq!(p.subset(key, size), subset(key, &eps, size));
+            }
+        }
         prop_assert!(!p.check(&eps[..n - 1]));
     }
 }

@@ -320,7 +320,8 @@ fn top(point: u64, hashes: &[u64], endpoints: &[SocketAddr]) -> [u16; RANKED] {
 /// built at a snapshot swap, on the worker or on the control thread. With a table, once a
 /// key's first choice is left out (ejected, or at its bound under bounded-load hashing), a
 /// second cache of each bucket's [`RANKED`] best endpoints (512 KiB) makes its next choice a
-/// look-up as well.
+/// look-up as well. `upstream-hash-by-subset` keeps its own table of bucket → group the same
+/// way, from [`TABLE_MIN`] groups on (64 KiB up to 255 groups).
 #[derive(Clone, Debug, Default)]
 pub struct Prepared {
     /// The endpoint set it was made for (a picker keeps it while the set is the same).
@@ -337,6 +338,9 @@ pub struct Prepared {
     subset_size: usize,
     subset_hashes: Vec<u64>,
     subset_firsts: Vec<SocketAddr>,
+    /// Bucket → group, for the same size, filled lazily from [`TABLE_MIN`] groups on (as
+    /// [`Prepared::table`] is for endpoints; below that, scoring the groups is as cheap).
+    subset_table: Table,
     /// Where the slice it was last checked against lives (address, length): the same slice
     /// of the same snapshot is not compared again on every pick.
     seen: (usize, usize),
@@ -353,6 +357,7 @@ impl Prepared {
             subset_size: 0,
             subset_hashes: Vec::new(),
             subset_firsts: Vec::new(),
+            subset_table: Table::None,
             seen: (endpoints.as_ptr() as usize, endpoints.len()),
         }
     }
@@ -521,13 +526,20 @@ impl Prepared {
             self.subset_size = size;
             self.subset_firsts = self.endpoints.iter().step_by(size).copied().collect();
             self.subset_hashes = self.hashes.iter().step_by(size).copied().collect();
+            self.subset_table = Table::None;
         }
-        let best = highest(
-            bucket_point(bucket(key)),
-            self.subset_hashes.iter().copied(),
-            &self.subset_firsts,
-            |_| true,
-        )?;
+        let b = bucket(key);
+        let best = match self.subset_table.get(b) {
+            Some(group) => group,
+            None => {
+                let group = highest_all(bucket_point(b), &self.subset_hashes, &self.subset_firsts)?;
+                if matches!(self.subset_table, Table::None) {
+                    self.subset_table = Table::for_endpoints(self.subset_firsts.len());
+                }
+                self.subset_table.set(b, group);
+                group
+            }
+        };
         let start = best * size;
         Some(start..(start + size).min(self.endpoints.len()))
     }
