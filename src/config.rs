@@ -1302,6 +1302,20 @@ mod tests {
     }
 
     #[test]
+    fn postpone_output_keys() {
+        let d = parse("").unwrap().conn_config();
+        assert_eq!(d.postpone_output, 1460, "nginx's default");
+        assert_eq!(d.postpone_timeout, Duration::from_millis(1));
+        let c = parse("[buffers]\npostpone_output = \"4k\"\npostpone_timeout = \"200us\"\n")
+            .unwrap()
+            .conn_config();
+        assert_eq!(c.postpone_output, 4096);
+        assert_eq!(c.postpone_timeout, Duration::from_micros(200));
+        let off = parse("[buffers]\npostpone_output = 0\n").unwrap();
+        assert_eq!(off.conn_config().postpone_output, 0);
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             (
@@ -1322,6 +1336,18 @@ mod tests {
             ("[uring]\nbatch_window = \"50ns\"\n", "uring.batch_window"),
             ("[uring]\nbatch_max = 0\n", "uring.batch_max"),
             ("[uring]\nbatch_mx = 4\n", "batch_mx"),
+            (
+                "[buffers]\npostpone_output = \"1m\"\n",
+                "buffers.postpone_output",
+            ),
+            (
+                "[buffers]\npostpone_timeout = \"2s\"\n",
+                "buffers.postpone_timeout",
+            ),
+            (
+                "[buffers]\npostpone_timeout = \"soon\"\n",
+                "buffers.postpone_timeout",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");
