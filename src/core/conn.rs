@@ -921,6 +921,11 @@ impl Conn {
         }
     }
 
+    /// Client output is held back now.
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// The hold's time ([`ConnConfig::postpone_timeout`]) may have passed for held output
     /// (`now`): if so, the output is released (the next [`Conn::take_client_output`] returns
     /// it) and the rest of the response streams unheld (its upstream pauses: it is a stream,

@@ -267,7 +267,7 @@ pub struct Driver {
     /// one goes at the back: a push and a pop per hold, where the timer heap would take two
     /// pushes and two pops of log(connections) each (the hold's entry, then re-arming the
     /// connection's own deadline when that entry fires). Entries of holds that ended early
-    /// are dropped when they come due.
+    /// are dropped at the end of a drive once they are the oldest, else when they come due.
     held: VecDeque<(Instant, usize, u32)>,
     /// The rustls config for new HTTPS connections, bound to the snapshot's certificates.
     tls_config: Option<Arc<rustls::ServerConfig>>,
@@ -913,6 +913,16 @@ impl Driver {
             for ui in std::mem::take(&mut self.doomed) {
                 self.close_upstream(t, ui);
             }
+        }
+        // Holds that ended (the rest of the response came) need no wake-up: the oldest go,
+        // so that the next deadline is a real one (most holds end within microseconds).
+        while let Some(&(_, slot, generation)) = self.held.front() {
+            let live = self.clients.generation(slot) == generation
+                && self.clients.peek(slot).is_some_and(|c| c.conn.holding());
+            if live {
+                break;
+            }
+            self.held.pop_front();
         }
     }
 

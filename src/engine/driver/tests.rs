@@ -495,6 +495,10 @@ fn a_head_and_a_body_written_apart_reach_the_client_in_one_send() {
     );
     upstream_writes(&mut d, &mut net, upstream, now, &[b"hello"]);
     assert_eq!(net.sends_to(1), 1, "head and body in one send");
+    assert!(
+        d.next_deadline() > Some(now + POSTPONE_BOUND * 2),
+        "the ended hold asks for no wake-up"
+    );
     let answer = net.take(1);
     assert!(
         answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\nhello"),
