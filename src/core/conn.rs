@@ -147,8 +147,8 @@ pub struct ConnConfig {
     /// Response output for the client smaller than this many bytes is held back while more
     /// of the response is expected, and sent with what follows (`[buffers] postpone_output`,
     /// nginx's `postpone_output`; the appliance's default is 1,460, one Ethernet segment's
-    /// payload): see [`Conn::take_client_output`]. 0 turns it off, as in this default (the
-    /// in-memory tests take each piece of output as it is made).
+    /// payload; at most `buffer_size` counts): see [`Conn::take_client_output`]. 0 turns it
+    /// off, as in this default (the in-memory tests take each piece of output as it is made).
     pub postpone_output: usize,
     /// The longest that held-back output waits for more of the response (`[buffers]
     /// postpone_timeout`, [`POSTPONE_BOUND`] by default): an upstream that sends its head and
