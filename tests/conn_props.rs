@@ -226,7 +226,7 @@ fn serve(postpone_output: usize, pieces: &[&[u8]], steps: &[Step]) -> Vec<u8> {
         let n = buf.len();
         conn.upstream_sent(buf, n, now, &mut router);
     }
-    let mut flush = |conn: &mut Conn, now: Instant, limit: usize, client: &mut Vec<u8>| {
+    let flush = |conn: &mut Conn, now: Instant, limit: usize, client: &mut Vec<u8>| {
         if let Some(buf) = conn.take_client_output() {
             let n = buf.len().min(limit);
             client.extend_from_slice(&buf[..n]);
