@@ -860,12 +860,12 @@ impl Conn {
     /// [`ConnConfig::postpone_output`] bytes are queued (a rewritten head, the first small
     /// piece of a body), this returns `None` and the bytes wait for the rest, so that the
     /// client gets head and body in one segment and wakes once. They go as soon as the queue
-    /// reaches the threshold, the response is complete (or cut), or [`POSTPONE_BOUND`] has
-    /// passed ([`ConnConfig::postpone_timeout`], [`Conn::hold_expired`]); after that the rest
-    /// of the response is never held.
-    /// Nothing is held of a response that must stream ([`ResponseHead::streams`](crate::core::http1::response::ResponseHead::streams): a 101,
-    /// server-sent events, `X-Accel-Buffering: no`, a close-delimited body), of a paced
-    /// (`limit-rate`) one, of our own answers, or between responses.
+    /// reaches the threshold, the response is complete (or cut), or the hold's time
+    /// ([`ConnConfig::postpone_timeout`]) has passed ([`Conn::hold_expired`]); after that the
+    /// rest of the response is never held. Nothing is held of a response that must stream
+    /// (a 101, server-sent events, `X-Accel-Buffering: no`, a close-delimited body: see
+    /// [`ResponseHead::streams`](crate::core::http1::response::ResponseHead::streams)), of a
+    /// paced (`limit-rate`) one, of our own answers, or between responses.
     pub fn take_client_output(&mut self) -> Option<Vec<u8>> {
         if matches!(self.state, State::Closed) {
             return None;

@@ -6,6 +6,8 @@
 //! metrics. It is written once; the io_uring and the userspace (smoltcp) engines are thin
 //! [`Transport`]s under it.
 //! An idle keep-alive connection's machine is parked (`machine`): it holds no buffer.
+//! Small response output a machine holds back for the rest of its response
+//! (`postpone_output`) is released from a deadline-ordered queue when its time comes.
 //!
 //! From accept to upstream response: the transport accepts a socket and calls
 //! [`Driver::accept`], which makes a `Conn` (and a `TlsSession` on the HTTPS listener).
