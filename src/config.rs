@@ -284,6 +284,8 @@ struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 struct RawBuffers {
     size: Option<Spanned<Size>>,
+    postpone_output: Option<Spanned<Size>>,
+    postpone_timeout: Option<Spanned<String>>,
 }
 
 /// The `[uring]` section: the io_uring engine's loop.
@@ -379,6 +381,11 @@ pub struct Config {
     /// (so a load balancer health-checking `/readyz` stops sending first).
     pub shutdown_delay: Duration,
     pub buffer_size: usize,
+    /// `[buffers] postpone_output`: response output for a client smaller than this is held
+    /// (at most `postpone_timeout`) to go out with the rest of the response; 0 = off.
+    pub postpone_output: usize,
+    /// `[buffers] postpone_timeout`: how long held output waits at most (1 ms).
+    pub postpone_timeout: Duration,
     /// The io_uring loop's adaptive batching (`[uring]`).
     pub batching: Batching,
     pub upstream_max_idle: usize,
@@ -425,6 +432,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(240),
             shutdown_delay: Duration::ZERO,
             buffer_size: 32 * 1024,
+            postpone_output: 1460,
+            postpone_timeout: crate::core::conn::POSTPONE_BOUND,
             batching: Batching::default(),
             upstream_max_idle: 64,
             upstream_idle_timeout: Duration::from_secs(60),
@@ -885,6 +894,16 @@ impl Config {
         if let Some(size) = ctx.size(&raw.buffers.size, "buffers.size", 1024, 16 << 20)? {
             c.buffer_size = as_usize(size);
         }
+        let postpone = &raw.buffers.postpone_output;
+        if let Some(size) = ctx.size(postpone, "buffers.postpone_output", 0, 64 << 10)? {
+            c.postpone_output = as_usize(size);
+        }
+        let wait = &raw.buffers.postpone_timeout;
+        c.postpone_timeout = ctx.duration(wait, "buffers.postpone_timeout", d.postpone_timeout)?;
+        if c.postpone_timeout > Duration::from_secs(1) {
+            let at = wait.as_ref().map_or(0, |v| v.span().start);
+            return Err(ctx.at(at, "buffers.postpone_timeout", "at most 1s"));
+        }
         if let Some(n) = &raw.upstream.max_idle_per_endpoint {
             c.upstream_max_idle = *n.get_ref();
         }
@@ -1004,6 +1023,8 @@ impl Config {
             proxy_protocol: self.proxy_protocol,
             limit_status: self.limit_status,
             request_headers: self.proxy_set_headers.clone(),
+            postpone_output: self.postpone_output,
+            postpone_timeout: self.postpone_timeout,
         }
     }
 
@@ -1281,6 +1302,20 @@ mod tests {
     }
 
     #[test]
+    fn postpone_output_keys() {
+        let d = parse("").unwrap().conn_config();
+        assert_eq!(d.postpone_output, 1460, "nginx's default");
+        assert_eq!(d.postpone_timeout, Duration::from_millis(1));
+        let c = parse("[buffers]\npostpone_output = \"4k\"\npostpone_timeout = \"200us\"\n")
+            .unwrap()
+            .conn_config();
+        assert_eq!(c.postpone_output, 4096);
+        assert_eq!(c.postpone_timeout, Duration::from_micros(200));
+        let off = parse("[buffers]\npostpone_output = 0\n").unwrap();
+        assert_eq!(off.conn_config().postpone_output, 0);
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             (
@@ -1301,6 +1336,18 @@ mod tests {
             ("[uring]\nbatch_window = \"50ns\"\n", "uring.batch_window"),
             ("[uring]\nbatch_max = 0\n", "uring.batch_max"),
             ("[uring]\nbatch_mx = 4\n", "batch_mx"),
+            (
+                "[buffers]\npostpone_output = \"1m\"\n",
+                "buffers.postpone_output",
+            ),
+            (
+                "[buffers]\npostpone_timeout = \"2s\"\n",
+                "buffers.postpone_timeout",
+            ),
+            (
+                "[buffers]\npostpone_timeout = \"soon\"\n",
+                "buffers.postpone_timeout",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");

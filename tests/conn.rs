@@ -1336,3 +1336,62 @@ fn malformed_upstream_chunk_is_502_while_the_head_has_not_left() {
             .any(|a| matches!(a, Action::Completed { .. }))
     );
 }
+
+/// `postpone_output` in the machine alone: the engine is told of a hold once, with the time it
+/// runs out, and releases it with `hold_expired` at that time (not before); a piece that follows
+/// a hold that ran out is not held again, and the next response is held afresh.
+#[test]
+fn small_output_is_held_until_the_rest_comes_or_its_time_runs_out() {
+    use sluice::core::conn::POSTPONE_BOUND;
+    let mut h = Harness::with_config(ConnConfig {
+        postpone_output: 1460,
+        ..ConnConfig::default()
+    });
+    h.client(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.take_upstream();
+    let start = h.now;
+    h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+    assert_eq!(h.take_client(), "", "the head waits");
+    assert!(h.conn.holding());
+    assert_eq!(h.conn.new_hold(), Some(start + POSTPONE_BOUND));
+    assert_eq!(h.conn.new_hold(), None, "told once");
+    h.upstream(b"hello");
+    assert_eq!(h.take_client(), "", "head and half the body still wait");
+    assert!(!h.conn.hold_expired(start + POSTPONE_BOUND / 2));
+    assert!(h.conn.hold_expired(start + POSTPONE_BOUND));
+    h.pump();
+    assert!(h.take_client().ends_with("\r\n\r\nhello"));
+    h.upstream(b"world");
+    assert_eq!(h.take_client(), "world", "the rest streams unheld");
+    assert!(!h.conn.holding());
+    // The next response on the connection: head and body in one piece of output.
+    h.client(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(true);
+    h.take_upstream();
+    h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(h.take_client(), "");
+    assert!(h.conn.new_hold().is_some(), "a new hold");
+    h.upstream(b"again");
+    assert!(h.take_client().ends_with("\r\n\r\nagain"));
+    assert!(!h.conn.holding());
+}
+
+/// A body that fails to frame while its head is still held becomes a 502: nothing of the bad
+/// response has reached the client.
+#[test]
+fn a_held_head_whose_body_breaks_becomes_a_502() {
+    let mut h = Harness::with_config(ConnConfig {
+        postpone_output: 1460,
+        ..ConnConfig::default()
+    });
+    h.client(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.take_upstream();
+    h.upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-App: 1\r\n\r\n");
+    assert_eq!(h.take_client(), "");
+    h.upstream(b"zz\r\n");
+    let answer = h.take_client();
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert!(!answer.contains("X-App"), "{answer}");
+}

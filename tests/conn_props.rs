@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use sluice::core::conn::{Action, ClientInfo, Conn, ConnConfig};
+use sluice::core::conn::{Action, ClientInfo, Conn, ConnConfig, POSTPONE_BOUND};
 use sluice::core::http1::scan::{HeadScanner, Scan};
 use sluice::core::http1::{Limits, MAX_HEADERS_CAP, parse_request_head};
 use sluice::core::route::{BackendId, RouteDecision, Router};
@@ -55,6 +55,10 @@ fn http_ish() -> impl Strategy<Value = Vec<u8>> {
         Just(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_vec()),
         Just(b"HTTP/1.0 200 OK\r\n\r\nclose-delimited".to_vec()),
         Just(b"5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        // A response head alone, and a piece of body: what postponed output waits on.
+        Just(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n".to_vec()),
+        Just(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()),
+        Just(b"ab".to_vec()),
     ]
 }
 
@@ -87,8 +91,14 @@ proptest! {
     }
 
     #[test]
-    fn conn_never_panics_and_stays_bounded(events in proptest::collection::vec(event(), 0..40)) {
-        let config = ConnConfig { buffer_size: 256, ..ConnConfig::default() };
+    fn conn_never_panics_and_stays_bounded(
+        events in proptest::collection::vec(event(), 0..40),
+        postpone in any::<bool>(),
+    ) {
+        // With `postpone_output`, the engine's side of a hold too: it is told once, releases
+        // it when its time comes, and a hold never outlives that.
+        let postpone_output = if postpone { 100 } else { 0 };
+        let config = ConnConfig { buffer_size: 256, postpone_output, ..ConnConfig::default() };
         let info = ClientInfo {
             peer: "127.0.0.2:4000".parse().unwrap(),
             local: "127.0.0.1:80".parse().unwrap(),
@@ -111,6 +121,10 @@ proptest! {
                 Event::Advance(ms) => {
                     now = now + Duration::from_millis(ms);
                     conn.timer(now, &mut router);
+                    conn.hold_expired(now);
+                    if ms >= 1 {
+                        prop_assert!(!conn.holding(), "a hold outlived its time");
+                    }
                 }
                 Event::Flush(limit) => {
                     if let Some(buf) = conn.take_client_output() {
@@ -142,10 +156,135 @@ proptest! {
                     _ => {}
                 }
             }
+            if let Some(until) = conn.new_hold() {
+                prop_assert!(postpone && until <= now + POSTPONE_BOUND);
+            }
             prop_assert_eq!(conn.is_closed(), closed_seen);
             if let Some(d) = conn.deadline() {
                 prop_assert!(d >= Instant::from_millis(1));
             }
         }
+    }
+}
+
+/// What happens between two pieces of a response from the upstream.
+#[derive(Debug, Clone)]
+enum Step {
+    /// The engine takes client output and writes at most this much of it.
+    Flush(usize),
+    /// Time passes (µs); the engine fires the timer and releases a hold that is due.
+    Advance(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0usize..300).prop_map(Step::Flush),
+        (0u64..1_500).prop_map(Step::Advance),
+    ]
+}
+
+/// Upstream answers, whole: Content-Length (small and beyond the threshold), chunked,
+/// server-sent events, close-delimited.
+fn answer() -> impl Strategy<Value = Vec<u8>> {
+    let mut large = b"HTTP/1.1 200 OK\r\nContent-Length: 600\r\n\r\n".to_vec();
+    large.extend((0..600).map(|i| b'a' + (i % 26) as u8));
+    prop_oneof![
+        Just(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789".to_vec()),
+        Just(large),
+        Just(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+                .to_vec()
+        ),
+        Just(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
+              8\r\ndata: a\n\r\n8\r\ndata: b\n\r\n0\r\n\r\n"
+                .to_vec()
+        ),
+        Just(b"HTTP/1.0 200 OK\r\n\r\nuntil the end".to_vec()),
+    ]
+}
+
+/// One machine serving one request whose answer arrives in `pieces`, with `steps` between
+/// them; returns every byte the client got, once everything has settled.
+fn serve(postpone_output: usize, pieces: &[&[u8]], steps: &[Step]) -> Vec<u8> {
+    let config = ConnConfig {
+        buffer_size: 256,
+        postpone_output,
+        ..ConnConfig::default()
+    };
+    let info = ClientInfo {
+        peer: "127.0.0.2:4000".parse().unwrap(),
+        local: "127.0.0.1:80".parse().unwrap(),
+    };
+    let mut now = Instant::from_millis(1);
+    let mut conn = Conn::new(info, Arc::new(config), now);
+    let mut router = CyclingRouter(1); // the first request is forwarded
+    let mut client = Vec::new();
+    conn.client_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", now, &mut router);
+    conn.upstream_connected(now, false, &mut router);
+    if let Some(buf) = conn.take_upstream_output() {
+        let n = buf.len();
+        conn.upstream_sent(buf, n, now, &mut router);
+    }
+    let flush = |conn: &mut Conn, now: Instant, limit: usize, client: &mut Vec<u8>| {
+        if let Some(buf) = conn.take_client_output() {
+            let n = buf.len().min(limit);
+            client.extend_from_slice(&buf[..n]);
+            conn.client_sent(buf, n, now, &mut CyclingRouter(0));
+        }
+    };
+    for (i, piece) in pieces.iter().enumerate() {
+        // Backpressure: the client reads until the machine wants upstream bytes again.
+        for _ in 0..16 {
+            if conn.wants_upstream_read() {
+                break;
+            }
+            flush(&mut conn, now, usize::MAX, &mut client);
+        }
+        assert!(conn.wants_upstream_read(), "a flushed machine reads again");
+        conn.upstream_data(piece, now, &mut router);
+        match steps.get(i) {
+            Some(Step::Flush(limit)) => flush(&mut conn, now, *limit, &mut client),
+            Some(Step::Advance(us)) => {
+                now = now + Duration::from_micros(*us);
+                conn.timer(now, &mut router);
+                conn.hold_expired(now);
+            }
+            None => {}
+        }
+    }
+    conn.upstream_eof(now, &mut router);
+    for _ in 0..64 {
+        now = now + Duration::from_millis(2);
+        conn.timer(now, &mut router);
+        conn.hold_expired(now);
+        flush(&mut conn, now, usize::MAX, &mut client);
+    }
+    client
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// `postpone_output` changes when bytes reach the client, never which: the same answer,
+    /// cut anywhere and with any writes and waits between its pieces, gives the client the
+    /// same bytes with and without it.
+    #[test]
+    fn postponing_changes_when_bytes_go_never_which(
+        answer in answer(),
+        cuts in proptest::collection::vec(0usize..700, 0..6),
+        steps in proptest::collection::vec(step(), 0..7),
+    ) {
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(answer.len())).collect();
+        cuts.push(0);
+        cuts.push(answer.len());
+        cuts.sort_unstable();
+        cuts.dedup();
+        let pieces: Vec<&[u8]> = cuts.windows(2).map(|w| &answer[w[0]..w[1]]).collect();
+        let plain = serve(0, &pieces, &steps);
+        let held = serve(100, &pieces, &steps);
+        let text = String::from_utf8_lossy(&plain);
+        prop_assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{}", text);
+        prop_assert_eq!(String::from_utf8_lossy(&held), String::from_utf8_lossy(&plain));
     }
 }

@@ -923,6 +923,87 @@ fn http_redirects_to_https_for_tls_hosts_and_https_carries_hsts(kind: Kind) {
     engine.join().unwrap();
 }
 
+/// An upstream that answers each request on a connection (keep-alive) as a Go or Node handler
+/// that writes its body after its head does: the head, then 20 ms later the 5-byte body, in two
+/// writes (TCP_NODELAY: two segments). Bound here, on the kernel side of the engine.
+fn split_upstream(ip: IpAddr) -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                s.set_nodelay(true).unwrap();
+                let mut have = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => have.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = have.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    have.drain(..end);
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+                    if s.write_all(head).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    if s.write_all(b"hello").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `postpone_output` over real sockets: the response head waits in Sluice for its body, which
+/// the upstream writes 20 ms later, and the client's first read returns both (one send; without
+/// the hold the head arrives alone, 20 ms before the body). The hold's bound is set to 1 s
+/// here so that the 20 ms pause is well within it (the default is 1 ms).
+fn a_head_and_a_body_written_apart_reach_the_client_in_one_read(kind: Kind) {
+    let h = Harness::new(kind);
+    let upstream = split_upstream(h.host_ip());
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\n\
+         spec:\n  ingressClassName: sluice\n  rules:\n  - host: split.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: split, port: {{number: 80}}}}}}}}]}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: split, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: split-1, namespace: default, labels: {{kubernetes.io/service-name: split}}}}\n\
+         addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
+        upstream.port(),
+        upstream.ip()
+    );
+    let conn = ConnConfig {
+        postpone_output: 1460,
+        postpone_timeout: Duration::from_secs(1),
+        ..ConnConfig::default()
+    };
+    let engine = h.start(&yaml, 1, conn);
+    let mut s = client(&engine);
+    // Twice: on a new upstream connection, then on the pooled one.
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: split.test\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = loop {
+            match s.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.expect("a response"),
+            }
+        };
+        let first = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            first.starts_with("HTTP/1.1 200 OK\r\n") && first.ends_with("\r\n\r\nhello"),
+            "the first read holds the whole response: {first:?}"
+        );
+    }
+    engine.stop();
+    engine.join().unwrap();
+}
+
 macro_rules! suite {
     ($kind:ident: $($name:ident),* $(,)?) => {
         $( #[test] fn $name() { super::$name(super::Kind::$kind) } )*
@@ -956,6 +1037,7 @@ both_engines!(
     sni_picks_exact_then_wildcard_then_default,
     rotated_secret_is_used_by_the_next_handshake_while_open_connections_keep_working,
     http_redirects_to_https_for_tls_hosts_and_https_carries_hsts,
+    a_head_and_a_body_written_apart_reach_the_client_in_one_read,
 );
 
 // Busy polling changes only how the loop waits: a few of the suite prove it still serves,

@@ -1093,3 +1093,60 @@ proptest! {
         prop_assert_eq!(whole, split);
     }
 }
+
+/// Which responses must stream to the client unheld (`ResponseHead::streams`, what
+/// `postpone_output` never holds back).
+#[test]
+fn responses_that_must_stream() {
+    let cases: [(&str, RequestContext, bool); 10] = [
+        ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", GET, false),
+        (
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            GET,
+            false,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5\r\n\r\n",
+            GET,
+            false,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 5\r\n\r\n",
+            GET,
+            true,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-type:  TEXT/Event-Stream ;charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n",
+            GET,
+            true,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-streams\r\nContent-Length: 5\r\n\r\n",
+            GET,
+            false,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nX-Accel-Buffering: no\r\nContent-Length: 5\r\n\r\n",
+            GET,
+            true,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nX-Accel-Buffering: yes\r\nContent-Length: 5\r\n\r\n",
+            GET,
+            false,
+        ),
+        ("HTTP/1.0 200 OK\r\n\r\n", GET, true),
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            UPGRADE,
+            true,
+        ),
+    ];
+    for (wire, ctx, streams) in cases {
+        let mut storage = uninit_headers();
+        let head =
+            parse_response_head_uninit(wire.as_bytes(), &Limits::default(), &mut storage, ctx)
+                .unwrap_or_else(|e| panic!("{wire:?}: {e:?}"));
+        assert_eq!(head.streams(), streams, "{wire:?}");
+    }
+}

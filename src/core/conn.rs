@@ -11,7 +11,10 @@
 //!   [`Conn::upstream_sent`]; a buffer handed out is owned by the engine (the kernel may still
 //!   be reading it) until it comes back;
 //! * it reads from a socket only while [`Conn::wants_client_read`] / [`Conn::wants_upstream_read`]
-//!   say so (that is the backpressure), and arms one timer at [`Conn::deadline`].
+//!   say so (that is the backpressure), and arms one timer at [`Conn::deadline`];
+//! * when [`Conn::new_hold`] says small response output is being held back (to go out with
+//!   the rest, [`ConnConfig::postpone_output`]), it calls [`Conn::hold_expired`] at the time
+//!   that names.
 //!
 //! The machine never blocks, never reads a clock and never allocates per byte.
 //!
@@ -141,7 +144,21 @@ pub struct ConnConfig {
     /// Fields set on every request sent upstream (`[http] proxy_set_headers`); a route's
     /// `sluice.dev/request-headers` are applied after them (a field of both: the route's).
     pub request_headers: Option<HeaderSet>,
+    /// Response output for the client smaller than this many bytes is held back while more
+    /// of the response is expected, and sent with what follows (`[buffers] postpone_output`,
+    /// nginx's `postpone_output`; the appliance's default is 1,460, one Ethernet segment's
+    /// payload; at most `buffer_size` counts): see [`Conn::take_client_output`]. 0 turns it
+    /// off, as in this default (the in-memory tests take each piece of output as it is made).
+    pub postpone_output: usize,
+    /// The longest that held-back output waits for more of the response (`[buffers]
+    /// postpone_timeout`, [`POSTPONE_BOUND`] by default): an upstream that sends its head and
+    /// then stalls still has that head at the client after this.
+    pub postpone_timeout: Duration,
 }
+
+/// The default [`ConnConfig::postpone_timeout`]: 1 ms, well under what a client notices and
+/// far longer than the pause between a head and a body written one after the other.
+pub const POSTPONE_BOUND: Duration = Duration::from_millis(1);
 
 /// What the access log says about the current (or last) request of a connection; kept
 /// only with [`ConnConfig::record_requests`], its strings reused from request to request.
@@ -229,6 +246,8 @@ impl Default for ConnConfig {
             proxy_protocol: false,
             limit_status: 503,
             request_headers: None,
+            postpone_output: 0,
+            postpone_timeout: POSTPONE_BOUND,
         }
     }
 }
@@ -542,6 +561,10 @@ enum Response {
         encoder: BodyEncoder,
         keep_alive: bool,
         reusable: bool,
+        /// Nothing of it is held back ([`ConnConfig::postpone_output`]): the response must
+        /// stream ([`ResponseHead::streams`](crate::core::http1::response::ResponseHead::streams)),
+        /// or a hold already ran out ([`ConnConfig::postpone_timeout`]).
+        stream: bool,
     },
     /// Fully queued for the client.
     Done { keep_alive: bool, reusable: bool },
@@ -689,6 +712,9 @@ pub struct Conn {
     /// `limit-rate`: the pacing of the current response's bytes to the client (it keeps the
     /// time of the connection's last event, which it reads when the engine takes output).
     pace: Option<Box<Pacer>>,
+    /// Client output held back ([`ConnConfig::postpone_output`]): since when, and whether the
+    /// engine was told ([`Conn::new_hold`]).
+    held: Option<(Instant, bool)>,
 }
 
 impl Conn {
@@ -778,6 +804,7 @@ impl Conn {
             limit_ticket: None,
             pending_mirror: None,
             pace: None,
+            held: None,
         }
     }
 
@@ -827,10 +854,28 @@ impl Conn {
     }
 
     /// Bytes to send to the client, if any and if no send of ours is in flight.
+    ///
+    /// Small output is postponed, as nginx's write filter does (`postpone_output`): while a
+    /// response body is still expected from the upstream and fewer than
+    /// [`ConnConfig::postpone_output`] bytes are queued (a rewritten head, the first small
+    /// piece of a body), this returns `None` and the bytes wait for the rest, so that the
+    /// client gets head and body in one segment and wakes once. They go as soon as the queue
+    /// reaches the threshold, the response is complete (or cut), or the hold's time
+    /// ([`ConnConfig::postpone_timeout`]) has passed ([`Conn::hold_expired`]); after that the
+    /// rest of the response is never held. Nothing is held of a response that must stream
+    /// (a 101, server-sent events, `X-Accel-Buffering: no`, a close-delimited body: see
+    /// [`ResponseHead::streams`](crate::core::http1::response::ResponseHead::streams)), of a
+    /// paced (`limit-rate`) one, of our own answers, or between responses.
     pub fn take_client_output(&mut self) -> Option<Vec<u8>> {
         if matches!(self.state, State::Closed) {
             return None;
         }
+        if self.holds_output() {
+            // Since the event that made the output (the time the engine last gave us).
+            self.held.get_or_insert((self.last_activity, false));
+            return None;
+        }
+        self.held = None;
         let out = match &mut self.pace {
             None => self.cout.take(),
             Some(pace) => {
@@ -848,6 +893,57 @@ impl Conn {
             ex.head_pending = None;
         }
         out
+    }
+
+    /// Whether [`Conn::take_client_output`] holds the queued output back now.
+    fn holds_output(&self) -> bool {
+        let limit = self.config.postpone_output.min(self.config.buffer_size);
+        let queued = self.cout.queued.len();
+        if queued == 0 || queued >= limit || self.cout.sending || self.pace.is_some() {
+            return false;
+        }
+        let State::Proxying { ex } = &self.state else {
+            return false;
+        };
+        matches!(ex.response, Response::Body { stream: false, .. }) && !self.upstream_eof
+    }
+
+    /// Client output began to be held back ([`Conn::take_client_output`]) since the last
+    /// call: when the hold runs out (once per hold). The engine then calls
+    /// [`Conn::hold_expired`] at that time (a hold that ended earlier makes it a no-op).
+    pub fn new_hold(&mut self) -> Option<Instant> {
+        match &mut self.held {
+            Some((since, told)) if !*told => {
+                *told = true;
+                Some(*since + self.config.postpone_timeout)
+            }
+            _ => None,
+        }
+    }
+
+    /// Client output is held back now.
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The hold's time ([`ConnConfig::postpone_timeout`]) may have passed for held output
+    /// (`now`): if so, the output is released (the next [`Conn::take_client_output`] returns
+    /// it) and the rest of the response streams unheld (its upstream pauses: it is a stream,
+    /// or slow). True when something was released.
+    pub fn hold_expired(&mut self, now: Instant) -> bool {
+        let Some((since, _)) = self.held else {
+            return false;
+        };
+        if now < since + self.config.postpone_timeout {
+            return false;
+        }
+        self.held = None;
+        if let State::Proxying { ex } = &mut self.state
+            && let Response::Body { stream, .. } = &mut ex.response
+        {
+            *stream = true;
+        }
+        true
     }
 
     /// A buffer from [`Conn::take_client_output`] comes back; `written` bytes of it were sent.
@@ -1198,6 +1294,7 @@ impl Conn {
         into.requests = self.requests;
         into.idle_since = idle_since;
         into.first = first;
+        self.held = None;
         self.trim();
         true
     }
@@ -1217,6 +1314,7 @@ impl Conn {
         self.cout.reset();
         self.uout.reset();
         self.actions.clear();
+        self.held = None;
         self.trim();
     }
 
@@ -2145,6 +2243,7 @@ impl Conn {
                     encoder,
                     keep_alive,
                     reusable,
+                    ..
                 } => {
                     if self.cout.pending() >= cap {
                         return progressed;
@@ -2354,6 +2453,7 @@ impl Conn {
         let upgraded = resp.status == 101;
         let reusable = resp.reusable;
         let upstream_framing = resp.framing;
+        let stream = resp.streams();
         self.uin.consume(len);
         if upgraded {
             let r = &mut self.record;
@@ -2374,6 +2474,7 @@ impl Conn {
             encoder: BodyEncoder::new(framing.framing),
             keep_alive: framing.keep_alive,
             reusable,
+            stream,
         };
         true
     }

@@ -33,6 +33,29 @@ impl ResponseHead<'_> {
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
     }
+
+    /// Whether the body must reach the client as it comes, never held back to be sent with
+    /// later bytes: a 101 (a tunnel follows), `Content-Type: text/event-stream` (server-sent
+    /// events), `X-Accel-Buffering: no` (the upstream asks for it, as nginx honours it), and
+    /// a body delimited by the close of the connection (an HTTP/1.0-style stream).
+    pub fn streams(&self) -> bool {
+        if self.status == 101 || self.framing == Framing::CloseDelimited {
+            return true;
+        }
+        self.headers.iter().any(|h| {
+            let value = h.value.trim_ascii();
+            if h.name.eq_ignore_ascii_case("content-type") {
+                let media = value.split(|&b| b == b';').next().unwrap_or_default();
+                media
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"text/event-stream")
+            } else if h.name.eq_ignore_ascii_case("x-accel-buffering") {
+                value.eq_ignore_ascii_case(b"no")
+            } else {
+                false
+            }
+        })
+    }
 }
 
 /// What the response answers: decides which bodies exist and whether 101 is acceptable.

@@ -156,6 +156,21 @@ impl Machine {
         self.awake.as_mut()?.take_client_output()
     }
 
+    /// As [`Conn::new_hold`]; a parked machine holds nothing.
+    pub(super) fn new_hold(&mut self) -> Option<Instant> {
+        self.awake.as_mut()?.new_hold()
+    }
+
+    /// As [`Conn::holding`]; a parked machine holds nothing.
+    pub(super) fn holding(&self) -> bool {
+        self.awake.as_ref().is_some_and(|c| c.holding())
+    }
+
+    /// As [`Conn::hold_expired`]; a parked machine holds nothing.
+    pub(super) fn hold_expired(&mut self, now: Instant) -> bool {
+        self.awake.as_mut().is_some_and(|c| c.hold_expired(now))
+    }
+
     pub(super) fn take_upstream_output(&mut self) -> Option<Vec<u8>> {
         self.awake.as_mut()?.take_upstream_output()
     }

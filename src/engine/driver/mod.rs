@@ -6,6 +6,8 @@
 //! metrics. It is written once; the io_uring and the userspace (smoltcp) engines are thin
 //! [`Transport`]s under it.
 //! An idle keep-alive connection's machine is parked (`machine`): it holds no buffer.
+//! Small response output a machine holds back for the rest of its response
+//! (`postpone_output`) is released from a deadline-ordered queue when its time comes.
 //!
 //! From accept to upstream response: the transport accepts a socket and calls
 //! [`Driver::accept`], which makes a `Conn` (and a `TlsSession` on the HTTPS listener).
@@ -37,7 +39,7 @@ mod slab;
 mod upstream_tls;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -262,6 +264,13 @@ pub struct Driver {
     /// then, not on every loop turn).
     pool_expiry: Option<Instant>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Clients holding small response output back (`postpone_output`) and when the hold
+    /// runs out, in deadline order. Holds of a listener all last `postpone_timeout`, so a new
+    /// one goes at the back: a push and a pop per hold, where the timer heap would take two
+    /// pushes and two pops of log(connections) each (the hold's entry, then re-arming the
+    /// connection's own deadline when that entry fires). Entries of holds that ended early
+    /// are dropped at the end of a drive once they are the oldest, else when they come due.
+    held: VecDeque<(Instant, usize, u32)>,
     /// The rustls config for new HTTPS connections, bound to the snapshot's certificates.
     tls_config: Option<Arc<rustls::ServerConfig>>,
     accepting: bool,
@@ -307,6 +316,7 @@ impl Driver {
             demand: demand::Demand::default(),
             pool_expiry: None,
             timers: BinaryHeap::new(),
+            held: VecDeque::new(),
             tls_config,
             accepting: true,
             stop_deadline: None,
@@ -416,10 +426,17 @@ impl Driver {
     pub fn next_deadline(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let log = self.setup.access_log.as_ref().and_then(WorkerLog::due);
-        [timer, self.pool_expiry, log, self.sides.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        let held = self.held.front().map(|(at, _, _)| *at);
+        [
+            timer,
+            held,
+            self.pool_expiry,
+            log,
+            self.sides.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Work is waiting for the next [`Driver::drive`] (the caller should not sleep).
@@ -820,8 +837,25 @@ impl Driver {
                 None => {}
             }
         }
+        self.expire_holds(now);
         self.expire_pool(t, now);
         self.expire_mirrors(t, now);
+    }
+
+    /// Releases held response output whose time has come (the upstream sent a head, or a
+    /// small piece, and then nothing more for `postpone_timeout`).
+    fn expire_holds(&mut self, now: Instant) {
+        while let Some(&(at, slot, generation)) = self.held.front() {
+            if at > now {
+                break;
+            }
+            self.held.pop_front();
+            if let Some(client) = self.clients.get(slot, generation)
+                && client.conn.hold_expired(now)
+            {
+                self.touched.push(slot);
+            }
+        }
     }
 
     fn expire_pool<T: Transport>(&mut self, t: &mut T, now: Instant) {
@@ -881,6 +915,16 @@ impl Driver {
             for ui in std::mem::take(&mut self.doomed) {
                 self.close_upstream(t, ui);
             }
+        }
+        // Holds that ended (the rest of the response came) need no wake-up: the oldest go,
+        // so that the next deadline is a real one (most holds end within microseconds).
+        while let Some(&(_, slot, generation)) = self.held.front() {
+            let live = self.clients.generation(slot) == generation
+                && self.clients.peek(slot).is_some_and(|c| c.conn.holding());
+            if live {
+                break;
+            }
+            self.held.pop_front();
         }
     }
 
@@ -1058,6 +1102,16 @@ impl Driver {
                 }
                 tls.take_output()
             }
+        };
+        if let Some(until) = client.conn.new_hold() {
+            // Small output waits for the rest of the response, for a bounded time.
+            let generation = self.clients.generation(slot);
+            let at = self.held.iter().rposition(|&(a, _, _)| a <= until);
+            self.held
+                .insert(at.map_or(0, |i| i + 1), (until, slot, generation));
+        }
+        let Some(client) = self.clients.get_any(slot) else {
+            return false;
         };
         let Some(buf) = out else {
             if client.shut_after_flush {
