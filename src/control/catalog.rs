@@ -178,7 +178,7 @@ pub const CATALOG: &[Entry] = &[
     e("proxy-body-size", Supported, &[], "nginx sizes (8m, 512k, 1g, bytes); 0 = unlimited; 413 above it"),
     e("client-body-buffer-size", Differs, &[], "request bodies are streamed, never buffered to disk: nothing to size"),
     e("proxy-request-buffering", Differs, &["off"], "request bodies are always streamed (nginx's off)"),
-    e("proxy-buffering", Differs, &["off"], "responses are always streamed (nginx's off, ingress-nginx's default)"),
+    e("proxy-buffering", Differs, &["off"], "responses are always streamed (nginx's off, ingress-nginx's default), except that output under `[buffers] postpone_output` (1,460 bytes) waits up to `postpone_timeout` (1 ms) for more of the response"),
     e("proxy-buffers-number", Differs, &[], "responses are streamed: nothing to size"),
     e("proxy-buffer-size", Differs, &[], "responses are streamed; the response head limit is the listener's"),
     e("proxy-max-temp-file-size", Differs, &[], "nothing is written to temporary files"),
