@@ -358,8 +358,12 @@ impl Drop for BufRing {
 /// budget, one receive takes everything its socket holds (a 1 MiB answer in one turn, up to
 /// the whole buffer ring), so the driver's backpressure comes too late to bound what a
 /// connection holds, and a few sockets run the ring dry for every other one. The ring's own
-/// budget is smaller when the buffer ring is small ([`Ring::recv_limit`]).
-pub const RECV_LIMIT: u32 = 64 * 1024;
+/// budget is smaller when the buffer ring is small ([`Ring::recv_limit`]). 128 KiB: per 1 MiB
+/// answer at 1,000 connections, 31 submissions (10 receives, 19 sends of 59 KB) against 54
+/// with 64 KiB (18 receives, 35 sends of 31 KB) and 22 with 256 KiB, whose sends go
+/// zero-copy more often (bench/uring_large_counts.py); a connection holds about the budget
+/// plus its `buffers.size` twice.
+pub const RECV_LIMIT: u32 = 128 * 1024;
 /// Offset of the `optlen` field (the multishot receive's byte budget) in the kernel's
 /// 64-byte submission entry (`struct io_uring_sqe`).
 const SQE_OPTLEN: usize = 44;
