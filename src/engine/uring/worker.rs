@@ -911,6 +911,86 @@ mod tests {
         );
     }
 
+    /// The other direction: a client uploads 4 MiB to an upstream that reads slowly. The
+    /// worker holds a bounded number of the body's bytes, and the upstream gets all of them in
+    /// order. Without the budget one receive took what the client's socket held.
+    #[test]
+    fn a_large_upload_to_a_slow_upstream_holds_a_bounded_number_of_bytes_in_the_worker() {
+        const LEN: usize = 4 << 20;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let up = l.local_addr().unwrap();
+        let upstream = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 16 * 1024];
+            let end = loop {
+                let n = s.read(&mut chunk).unwrap();
+                assert!(n > 0, "closed before the head");
+                got.extend_from_slice(&chunk[..n]);
+                if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+            };
+            // Reads 16 KiB at a time with a pause between: slower than the client sends.
+            while got.len() < end + LEN {
+                std::thread::sleep(Duration::from_micros(300));
+                let n = s.read(&mut chunk).unwrap();
+                assert!(n > 0, "closed in the body");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            assert!(
+                got[end..] == body(LEN)[..],
+                "the body arrives whole and in order"
+            );
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .unwrap();
+        });
+        let listener = uring::listen_reuseport("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+        let addr = uring::local_addr(listener).unwrap();
+        let wake = crate::engine::sys::eventfd().unwrap();
+        let setup = WorkerSetup {
+            core: None,
+            listener,
+            https_listener: None,
+            wake: std::os::fd::AsRawFd::as_raw_fd(&wake),
+            batching: Default::default(),
+        };
+        let ring = Ring::with_features(256, RECV_BUFFERS, Features::default()).unwrap();
+        assert_eq!(ring.recv_limit(), uring::RECV_LIMIT);
+        let mut worker = Worker::with_ring(setup, driver(up), ring);
+        worker.driver.serving(true);
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let head = format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {LEN}\r\n\r\n");
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&body(LEN)).unwrap();
+            let (head, got) = response(&mut s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert_eq!(got, b"ok");
+        });
+        let mut peak = 0;
+        for _ in 0..1_000_000 {
+            if client.is_finished() {
+                break;
+            }
+            assert_eq!(worker.turn().unwrap(), Flow::Run);
+            peak = peak.max(
+                worker
+                    .net
+                    .bytes_received
+                    .saturating_sub(worker.net.bytes_sent),
+            );
+        }
+        client.join().expect("the client got its answer");
+        upstream.join().expect("the upstream got the whole body");
+        uring::close(listener);
+        assert!(
+            peak <= 512 * 1024,
+            "the worker held at most 512 KiB of the body at once, not {peak} bytes"
+        );
+    }
+
     /// 200 clients download 1 MiB each at once through a worker whose buffer ring is 16
     /// buffers of 4 KiB: every answer arrives whole, and receives that found the ring dry are
     /// armed again a few per turn, so ENOBUFS completions stay a small multiple of the
