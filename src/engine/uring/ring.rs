@@ -561,7 +561,8 @@ impl Ring {
         Ok(ring)
     }
 
-    /// The budget a receive gets, if the kernel keeps it: an older kernel ignores the field,
+    /// The budget a receive gets, if the kernel keeps it: an older kernel refuses the field
+    /// (it shares the entry with `file_index`, which receives had to leave 0) or ignores it,
     /// so it is checked on a socket pair (a receive with a budget of one byte must end after
     /// it with data still waiting). The budget is [`RECV_LIMIT`], or a sixteenth of the buffer
     /// ring when that is smaller (at least one buffer), so a turn always serves several
