@@ -878,7 +878,20 @@ impl Ring {
     /// or more goes zero-copy where the kernel has it (see `Ring::zc_held`); its notification
     /// is a completion with [`Completion::notif`], which carries nothing for the caller.
     pub fn send(&mut self, target: Target, buf: Vec<u8>, token: Token) -> Result<(), Vec<u8>> {
-        let send_zc = self.send_zc && !self.zc_held.contains_key(&token.slot);
+        self.send_with(target, buf, token, true)
+    }
+
+    /// [`Ring::send`]; with `zc` false it copies whatever its size. For a peer on this host:
+    /// the kernel copies zero-copy data when a local socket receives it, so zero-copy would
+    /// only add the page pinning and the notification.
+    pub fn send_with(
+        &mut self,
+        target: Target,
+        buf: Vec<u8>,
+        token: Token,
+        zc: bool,
+    ) -> Result<(), Vec<u8>> {
+        let send_zc = zc && self.send_zc && !self.zc_held.contains_key(&token.slot);
         let lent = self.lent(token.slot);
         if lent.sending {
             return Err(buf);
