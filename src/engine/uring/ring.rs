@@ -13,8 +13,9 @@
 //! pinned for them until the network is done with them.
 //!
 //! Optional kernel features, each probed at start with a fallback to the plain path:
-//! registered descriptors ([`Ring::install`]), receive bundles ([`Ring::bundles`]) and
-//! zero-copy sends ([`ZC_MIN`]); `SLUICE_URING_DISABLE` turns them off for measurement.
+//! registered descriptors ([`Ring::install`]), receive bundles ([`Ring::bundles`]), a byte
+//! budget per multishot receive ([`Ring::recv_limit`]) and zero-copy sends ([`ZC_MIN`]);
+//! `SLUICE_URING_DISABLE` turns them off for measurement.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -150,6 +151,9 @@ pub struct Features {
     /// Zero-copy sends (IORING_OP_SEND_ZC, kernel 6.0+) for buffers of at least
     /// [`ZC_MIN`] bytes.
     pub send_zc: bool,
+    /// A byte budget per multishot receive (IORING_RECV_MSHOT_LIM, kernel 6.17+): see
+    /// [`Ring::recv_limit`].
+    pub recv_limit: bool,
 }
 
 impl Default for Features {
@@ -158,13 +162,14 @@ impl Default for Features {
             fixed_files: true,
             bundles: true,
             send_zc: true,
+            recv_limit: true,
         }
     }
 }
 
 impl Features {
     /// The defaults minus what `SLUICE_URING_DISABLE` names (comma-separated: `fixed`,
-    /// `bundle`, `zc`), so one build can be measured with and without each feature.
+    /// `bundle`, `zc`, `limit`), so one build can be measured with and without each feature.
     pub fn from_env() -> Features {
         let mut f = Features::default();
         if let Ok(off) = std::env::var("SLUICE_URING_DISABLE") {
@@ -173,6 +178,7 @@ impl Features {
                     "fixed" => f.fixed_files = false,
                     "bundle" => f.bundles = false,
                     "zc" => f.send_zc = false,
+                    "limit" => f.recv_limit = false,
                     _ => {}
                 }
             }
@@ -347,6 +353,38 @@ impl Drop for BufRing {
     }
 }
 
+/// The most bytes one multishot receive takes before it ends (its completion comes without
+/// `more`, and the socket is armed again only if the driver still wants input): without a
+/// budget, one receive takes everything its socket holds (a 1 MiB answer in one turn, up to
+/// the whole buffer ring), so the driver's backpressure comes too late to bound what a
+/// connection holds, and a few sockets run the ring dry for every other one. The ring's own
+/// budget is smaller when the buffer ring is small ([`Ring::recv_limit`]). 128 KiB: per 1 MiB
+/// answer at 1,000 connections, 31 submissions (10 receives, 19 sends of 59 KB) against 54
+/// with 64 KiB (18 receives, 35 sends of 31 KB) and 22 with 256 KiB, whose sends go
+/// zero-copy more often (bench/uring_large_counts.py); a connection holds about the budget
+/// plus its `buffers.size` twice.
+pub const RECV_LIMIT: u32 = 128 * 1024;
+/// Offset of the `optlen` field (the multishot receive's byte budget) in the kernel's
+/// 64-byte submission entry (`struct io_uring_sqe`).
+const SQE_OPTLEN: usize = 44;
+const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+
+/// `entry` (a multishot receive) with a budget of `limit` bytes (0: none). io-uring 0.7.16
+/// builds the entry but has no setter for this field.
+fn with_recv_limit(entry: squeue::Entry, limit: u32) -> squeue::Entry {
+    if limit == 0 {
+        return entry;
+    }
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's `io_uring_sqe`, 64 bytes of
+    // plain integers (checked above), so it and `[u8; 64]` can be transmuted both ways; bytes
+    // 44..48 are the `optlen` member of the union that a receive does not otherwise use.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    raw[SQE_OPTLEN..SQE_OPTLEN + 4].copy_from_slice(&limit.to_ne_bytes());
+    // SAFETY: as above; any bit pattern is a valid entry for the compiler (the kernel checks
+    // the fields).
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
 /// The smallest send that goes zero-copy: below it, copying into the socket costs less than
 /// pinning the pages and the notification's extra completion.
 pub const ZC_MIN: usize = 64 * 1024;
@@ -382,6 +420,8 @@ pub struct Ring {
     bundles: bool,
     /// Large sends are zero-copy.
     send_zc: bool,
+    /// Bytes a multishot receive takes before it ends (0: no budget, the kernel lacks it).
+    recv_limit: u32,
     /// By slot: a zero-copy send's buffer after its completion and until its notification:
     /// the kernel may still read it (a retransmission). The driver got a stand-in of the same
     /// length with the unsent tail at the same offsets, so it can go on at once. One at a time
@@ -407,13 +447,18 @@ impl Drop for Ring {
 
 impl Ring {
     /// `entries` submission slots; `buffers` receive buffers of `buffer_size` bytes; every
-    /// optional feature the kernel has.
+    /// optional feature the kernel has but the receive budget (receives run until EOF, an
+    /// error, ENOBUFS or a cancel).
     pub fn new(entries: u32, buffers: u16, buffer_size: usize) -> io::Result<Ring> {
         let sizing = RecvBuffers {
             plain: (buffers, buffer_size),
             bundled: (buffers, buffer_size),
         };
-        Ring::with_features(entries, sizing, Features::default())
+        let features = Features {
+            recv_limit: false,
+            ..Features::default()
+        };
+        Ring::with_features(entries, sizing, features)
     }
 
     /// [`Ring::new`] using at most `features`.
@@ -479,6 +524,7 @@ impl Ring {
             files_flags,
             bundles: false,
             send_zc: false,
+            recv_limit: 0,
             zc_held: std::collections::HashMap::new(),
             zc_pool: Vec::new(),
             zc_pool_bytes: 0,
@@ -509,7 +555,97 @@ impl Ring {
                 ));
             }
         }
+        if features.recv_limit {
+            ring.probe_recv_limit();
+        }
         Ok(ring)
+    }
+
+    /// The budget a receive gets, if the kernel keeps it: an older kernel refuses the field
+    /// (it shares the entry with `file_index`, which receives had to leave 0) or ignores it,
+    /// so it is checked on a socket pair (a receive with a budget of one byte must end after
+    /// it with data still waiting). The budget is [`RECV_LIMIT`], or a sixteenth of the buffer
+    /// ring when that is smaller (at least one buffer), so a turn always serves several
+    /// sockets.
+    fn probe_recv_limit(&mut self) {
+        let mut pair = [0; 2];
+        // SAFETY: socketpair writes two descriptors into `pair`; the result is checked.
+        if check(unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        })
+        .is_err()
+        {
+            return;
+        }
+        let token = Token {
+            op: Op::Cancel,
+            slot: u32::MAX,
+            generation: 0,
+        };
+        send_now(pair[1], b"xy");
+        self.recv_limit = 1;
+        self.recv_multi(Target::Fd(pair[0]), token);
+        self.recv_limit = 0;
+        let mut out = Vec::new();
+        let mut first = None;
+        for _ in 0..8 {
+            if self.submit_and_wait(Duration::from_secs(1)).is_err() {
+                break;
+            }
+            self.completions(&mut out, 4);
+            let mut ended = out.is_empty();
+            for c in &out {
+                if let Some(bid) = c.buffer {
+                    self.recycle(bid, c.result.max(0) as usize);
+                }
+                first.get_or_insert(*c);
+                if c.more {
+                    // The kernel ignored the budget: end the receive.
+                    shutdown(pair[0], libc::SHUT_RDWR);
+                }
+                ended |= !c.more;
+            }
+            if ended {
+                break;
+            }
+        }
+        self.release_buffers();
+        close(pair[0]);
+        close(pair[1]);
+        if first.is_some_and(|c| c.result > 0 && !c.more) {
+            let ring_bytes = usize::from(self.bufs.entries) * self.bufs.buf_size;
+            // For measurement, `SLUICE_URING_RECV_BUDGET` (bytes) replaces the default.
+            let wanted = std::env::var("SLUICE_URING_RECV_BUDGET")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(RECV_LIMIT as usize);
+            let limit = (ring_bytes / 16).min(wanted).max(self.bufs.buf_size);
+            self.recv_limit = u32::try_from(limit).unwrap_or(RECV_LIMIT);
+        }
+    }
+
+    /// Bytes one multishot receive takes before it ends without `more` (0: no budget, it
+    /// takes what arrives until EOF, an error, ENOBUFS or a cancel).
+    pub fn recv_limit(&self) -> u32 {
+        self.recv_limit
+    }
+
+    /// How many receives that found no buffer to arm again per turn: as many as the buffer
+    /// ring can fill with one budget each (a receive without a budget can take the whole
+    /// ring, so then a sixteenth of it).
+    pub fn rearms_per_turn(&self) -> usize {
+        let ring_bytes = usize::from(self.bufs.entries) * self.bufs.buf_size;
+        let per_receive = if self.recv_limit > 0 {
+            self.recv_limit as usize
+        } else {
+            ring_bytes / 16
+        };
+        (ring_bytes / per_receive.max(1)).max(1)
     }
 
     /// Registers a sparse file table (kernel 5.19+), as large as the descriptor limit allows
@@ -698,7 +834,8 @@ impl Ring {
 
     /// A multishot receive: every time data (or EOF, or an error) arrives, a completion with
     /// a buffer the kernel picked from the buffer ring; it stays armed (`Completion::more`)
-    /// until EOF, an error, no free buffer (ENOBUFS) or [`Ring::cancel`]. One submission per
+    /// until EOF, an error, no free buffer (ENOBUFS), [`Ring::cancel`], or [`Ring::recv_limit`]
+    /// bytes (then its last completion carries data and no `more`). One submission per
     /// connection instead of one per read: about 0.5 µs of kernel time per proxied request
     /// (bench/RESULTS.md).
     pub fn recv_multi(&mut self, target: Target, token: Token) {
@@ -708,7 +845,7 @@ impl Ring {
         } else {
             on_target!(target, |f| opcode::RecvMulti::new(f, BUFFER_GROUP).build())
         };
-        let e = e.user_data(token.encode());
+        let e = with_recv_limit(e, self.recv_limit).user_data(token.encode());
         self.push(e);
     }
 
@@ -741,7 +878,20 @@ impl Ring {
     /// or more goes zero-copy where the kernel has it (see `Ring::zc_held`); its notification
     /// is a completion with [`Completion::notif`], which carries nothing for the caller.
     pub fn send(&mut self, target: Target, buf: Vec<u8>, token: Token) -> Result<(), Vec<u8>> {
-        let send_zc = self.send_zc && !self.zc_held.contains_key(&token.slot);
+        self.send_with(target, buf, token, true)
+    }
+
+    /// [`Ring::send`]; with `zc` false it copies whatever its size. For a peer on this host:
+    /// the kernel copies zero-copy data when a local socket receives it, so zero-copy would
+    /// only add the page pinning and the notification.
+    pub fn send_with(
+        &mut self,
+        target: Target,
+        buf: Vec<u8>,
+        token: Token,
+        zc: bool,
+    ) -> Result<(), Vec<u8>> {
+        let send_zc = zc && self.send_zc && !self.zc_held.contains_key(&token.slot);
         let lent = self.lent(token.slot);
         if lent.sending {
             return Err(buf);
@@ -1335,6 +1485,7 @@ mod tests {
             fixed_files: false,
             bundles: false,
             send_zc: true,
+            recv_limit: true,
         };
         let sizing = RecvBuffers {
             plain: (8, 4096),
@@ -1439,6 +1590,7 @@ mod tests {
             fixed_files: true,
             bundles: false,
             send_zc: true,
+            recv_limit: false,
         };
         let sizing = RecvBuffers {
             plain: (8, 16),
@@ -1536,6 +1688,61 @@ mod tests {
         ring.remove_fixed(target);
     }
 
+    /// A receive with a budget takes that many bytes, ends without `more` although more is
+    /// waiting, and the rest stays in the socket for the next one; without the budget one
+    /// receive takes all of it and stays armed.
+    #[test]
+    fn a_receive_with_a_budget_ends_after_it_and_leaves_the_rest_in_the_socket() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let sizing = RecvBuffers {
+            plain: (64, 4096),
+            bundled: (64, 4096),
+        };
+        let message: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        for budget in [true, false] {
+            let features = Features {
+                recv_limit: budget,
+                ..Features::default()
+            };
+            let mut ring = Ring::with_features(64, sizing, features).unwrap();
+            // A sixteenth of the 256 KiB ring.
+            let limit = if budget { 16 * 1024 } else { 0 };
+            assert_eq!(
+                ring.recv_limit(),
+                limit,
+                "this kernel (6.17+) keeps the budget"
+            );
+            let (ours, mut theirs) = tcp_pair();
+            theirs.write_all(&message).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            let mut got = Vec::new();
+            let mut receives = 0;
+            loop {
+                ring.recv_multi(Target::Fd(ours.as_raw_fd()), token(Op::Recv, 1));
+                receives += 1;
+                let done = reap(&mut ring, Duration::from_millis(50));
+                let mut ended = false;
+                let mut bytes = 0;
+                for (c, b) in &done {
+                    assert!(c.result > 0, "{c:?}");
+                    bytes += b.len();
+                    got.extend_from_slice(b);
+                    ended |= !c.more;
+                }
+                if budget {
+                    assert!(ended, "the receive ended after its budget");
+                    assert_eq!(bytes, 16 * 1024, "a receive takes its budget, no more");
+                }
+                if !ended || got.len() == message.len() {
+                    break;
+                }
+            }
+            assert_eq!(got, message, "every byte, in order");
+            assert_eq!(receives, if budget { 4 } else { 1 });
+        }
+    }
+
     #[test]
     fn a_small_send_copies() {
         use std::os::fd::AsRawFd;
@@ -1583,6 +1790,16 @@ mod tests {
         unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
     }
 
+    /// The other end of a socket pair reads end-of-file: its peer's last reference is gone.
+    /// (Whether a descriptor number is open says less: another test's socket can take the
+    /// number the moment it is closed.)
+    fn peer_sees_eof(fd: RawFd) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into `byte`, without blocking.
+        let n = unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_DONTWAIT) };
+        n == 0
+    }
+
     #[test]
     fn a_descriptor_closed_through_the_ring_closes_at_the_next_submit_or_when_the_ring_goes() {
         let mut ring = Ring::new(64, 8, 4096).unwrap();
@@ -1590,7 +1807,7 @@ mod tests {
         ring.close_fd(a);
         assert!(is_open(a), "nothing happens before the submission");
         ring.submit_and_wait(Duration::from_millis(1)).unwrap();
-        assert!(!is_open(a), "closed by the submission");
+        assert!(peer_sees_eof(b), "closed by the submission");
         let mut out = Vec::new();
         ring.completions(&mut out, 16);
         assert!(out.is_empty(), "a successful close posts no completion");
@@ -1598,7 +1815,7 @@ mod tests {
         let (c, d) = pair();
         ring.close_fd(c);
         drop(ring);
-        assert!(!is_open(c), "closed when the ring goes");
+        assert!(peer_sees_eof(d), "closed when the ring goes");
         close(d);
     }
 }
