@@ -43,6 +43,8 @@ pub enum Op {
     /// A change to the registered file table (install or remove); posted only on failure
     /// where the kernel can skip successful completions.
     Files = 9,
+    /// A half-close or close on the ring (IORING_OP_SHUTDOWN).
+    Shutdown = 10,
 }
 
 impl Op {
@@ -55,6 +57,7 @@ impl Op {
             7 => Op::Wake,
             8 => Op::Cancel,
             9 => Op::Files,
+            10 => Op::Shutdown,
             _ => return None,
         })
     }
@@ -150,6 +153,9 @@ pub struct Features {
     /// Zero-copy sends (IORING_OP_SEND_ZC, kernel 6.0+) for buffers of at least
     /// [`ZC_MIN`] bytes.
     pub send_zc: bool,
+    /// Shutdowns as ring operations (IORING_OP_SHUTDOWN, kernel 5.11+) instead of
+    /// shutdown(2); see [`Ring::shutdown`] for what that costs.
+    pub ring_shutdown: bool,
 }
 
 impl Default for Features {
@@ -158,13 +164,15 @@ impl Default for Features {
             fixed_files: true,
             bundles: true,
             send_zc: true,
+            ring_shutdown: true,
         }
     }
 }
 
 impl Features {
     /// The defaults minus what `SLUICE_URING_DISABLE` names (comma-separated: `fixed`,
-    /// `bundle`, `zc`), so one build can be measured with and without each feature.
+    /// `bundle`, `zc`, `shutdown`), so one build can be measured with and without each
+    /// feature.
     pub fn from_env() -> Features {
         let mut f = Features::default();
         if let Ok(off) = std::env::var("SLUICE_URING_DISABLE") {
@@ -173,6 +181,7 @@ impl Features {
                     "fixed" => f.fixed_files = false,
                     "bundle" => f.bundles = false,
                     "zc" => f.send_zc = false,
+                    "shutdown" => f.ring_shutdown = false,
                     _ => {}
                 }
             }
@@ -382,6 +391,9 @@ pub struct Ring {
     bundles: bool,
     /// Large sends are zero-copy.
     send_zc: bool,
+    /// Shutdowns go on the ring ([`Ring::shutdown`]); shutdowns issued there (for tests).
+    ring_shutdown: bool,
+    ring_shutdowns: u64,
     /// By slot: a zero-copy send's buffer after its completion and until its notification:
     /// the kernel may still read it (a retransmission). The driver got a stand-in of the same
     /// length with the unsent tail at the same offsets, so it can go on at once. One at a time
@@ -479,17 +491,21 @@ impl Ring {
             files_flags,
             bundles: false,
             send_zc: false,
+            ring_shutdown: false,
+            ring_shutdowns: 0,
             zc_held: std::collections::HashMap::new(),
             zc_pool: Vec::new(),
             zc_pool_bytes: 0,
             zc_sends: 0,
             closing: Vec::new(),
         };
-        if features.send_zc {
-            let mut probe = io_uring::Probe::new();
-            ring.send_zc = ring.ring.submitter().register_probe(&mut probe).is_ok()
-                && probe.is_supported(opcode::SendZc::CODE);
+        let mut probe = io_uring::Probe::new();
+        if ring.ring.submitter().register_probe(&mut probe).is_ok() {
+            ring.send_zc = features.send_zc && probe.is_supported(opcode::SendZc::CODE);
+            ring.ring_shutdown =
+                features.ring_shutdown && probe.is_supported(opcode::Shutdown::CODE);
         }
+
         if features.fixed_files {
             ring.register_fixed_files();
         }
@@ -686,6 +702,35 @@ impl Ring {
     /// still waiting when the ring goes is closed with close(2) then.
     pub fn close_fd(&mut self, fd: RawFd) {
         self.closing.push(fd);
+    }
+
+    /// Queues shutdown(2) of the socket of `target` as a ring operation ([`Op::Shutdown`] with
+    /// `token`'s slot), behind everything queued before it; false (nothing queued) where the
+    /// ring does not do it, and the caller makes the system call. Its completion always comes:
+    /// the caller keeps the socket (and its table entry) until then, because the kernel runs
+    /// a shutdown on an io-wq thread (it may block), where it looks a registered descriptor up
+    /// only when it runs. That thread hop is its cost: a context switch on the worker's core
+    /// where the system call has none, so a socket with a descriptor is better served by the
+    /// system call, and a socket with only a table entry has no other way.
+    pub fn shutdown(&mut self, target: Target, how: libc::c_int, token: Token) -> bool {
+        if !self.ring_shutdown {
+            return false;
+        }
+        let e = on_target!(target, |f| opcode::Shutdown::new(f, how).build()).user_data(
+            Token {
+                op: Op::Shutdown,
+                ..token
+            }
+            .encode(),
+        );
+        self.push(e);
+        self.ring_shutdowns += 1;
+        true
+    }
+
+    /// Whether shutdowns can go on the ring, and how many did.
+    pub fn ring_shutdown(&self) -> (bool, u64) {
+        (self.ring_shutdown, self.ring_shutdowns)
     }
 
     pub fn accept_multi(&mut self, listener: RawFd, token: Token) {
@@ -1335,6 +1380,7 @@ mod tests {
             fixed_files: false,
             bundles: false,
             send_zc: true,
+            ring_shutdown: true,
         };
         let sizing = RecvBuffers {
             plain: (8, 4096),
@@ -1439,6 +1485,7 @@ mod tests {
             fixed_files: true,
             bundles: false,
             send_zc: true,
+            ring_shutdown: true,
         };
         let sizing = RecvBuffers {
             plain: (8, 16),
@@ -1578,9 +1625,68 @@ mod tests {
         assert_eq!(b, [9, 9, 0, 3, 4, 5, 6, 7, 8, 9]);
     }
 
-    fn is_open(fd: RawFd) -> bool {
-        // SAFETY: F_GETFD only reads the descriptor's flags.
-        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    #[test]
+    fn a_shutdown_on_the_ring_half_closes_a_registered_socket_after_its_send() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        assert!(
+            ring.ring_shutdown().0,
+            "this kernel (5.11+) has IORING_OP_SHUTDOWN"
+        );
+        let (a, b) = pair();
+        let ta = ring.install(a, 5);
+        ring.send(ta, b"last".to_vec(), token(Op::Send, 5)).unwrap();
+        let mut got = reap(&mut ring, Duration::from_millis(50));
+        assert!(ring.shutdown(ta, libc::SHUT_WR, token(Op::Shutdown, 5)));
+        // The peer's receive sees the bytes, then the FIN (EOF); the shutdown completes.
+        ring.recv_multi(Target::Fd(b), token(Op::Recv, 6));
+        got.extend(reap(&mut ring, Duration::from_millis(200)));
+        assert_eq!(received_on(&got, 6), b"last");
+        assert!(eof_on(&got, 6), "the FIN came");
+        let shut = got
+            .iter()
+            .find(|(c, _)| c.token == Some(token(Op::Shutdown, 5)))
+            .expect("a shutdown's completion always comes");
+        assert_eq!(shut.0.result, 0);
+        assert_eq!(ring.ring_shutdown().1, 1);
+        // Only the write side: a is still readable.
+        send_now(b, b"back");
+        ring.recv_multi(ta, token(Op::Recv, 5));
+        let got = reap(&mut ring, Duration::from_millis(100));
+        assert_eq!(received_on(&got, 5), b"back");
+        ring.remove_fixed(ta);
+        close(a);
+        close(b);
+    }
+
+    #[test]
+    fn without_ring_shutdowns_the_caller_is_told_to_make_the_system_call() {
+        let features = Features {
+            ring_shutdown: false,
+            ..Features::default()
+        };
+        let sizing = RecvBuffers {
+            plain: (8, 4096),
+            bundled: (8, 4096),
+        };
+        let mut ring = Ring::with_features(64, sizing, features).unwrap();
+        assert!(!ring.shutdown(Target::Fd(0), libc::SHUT_WR, token(Op::Shutdown, 1)));
+        assert_eq!(ring.ring_shutdown(), (false, 0));
+    }
+
+    /// Whether the other end of socket pair end `peer` is closed (EOF waiting), judged from
+    /// the peer so that a descriptor number reused by a test running beside it cannot fool it.
+    fn other_end_closed(peer: RawFd) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: receives at most one byte into a live byte, without waiting.
+        let n = unsafe {
+            libc::recv(
+                peer,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_PEEK,
+            )
+        };
+        n == 0
     }
 
     #[test]
@@ -1588,9 +1694,12 @@ mod tests {
         let mut ring = Ring::new(64, 8, 4096).unwrap();
         let (a, b) = pair();
         ring.close_fd(a);
-        assert!(is_open(a), "nothing happens before the submission");
+        assert!(
+            !other_end_closed(b),
+            "nothing happens before the submission"
+        );
         ring.submit_and_wait(Duration::from_millis(1)).unwrap();
-        assert!(!is_open(a), "closed by the submission");
+        assert!(other_end_closed(b), "closed by the submission");
         let mut out = Vec::new();
         ring.completions(&mut out, 16);
         assert!(out.is_empty(), "a successful close posts no completion");
@@ -1598,7 +1707,7 @@ mod tests {
         let (c, d) = pair();
         ring.close_fd(c);
         drop(ring);
-        assert!(!is_open(c), "closed when the ring goes");
+        assert!(other_end_closed(d), "closed when the ring goes");
         close(d);
     }
 }

@@ -189,6 +189,7 @@ impl UringNet {
                 }
                 self.maybe_free(slot);
             }
+            Op::Shutdown => self.shut(token),
             Op::Connect => {
                 let slot = token.slot as usize;
                 let Some(s) = self.socks.get(slot, token.generation) else {
@@ -257,6 +258,16 @@ impl UringNet {
             s.owner = owner;
         }
         self.maybe_free(slot);
+    }
+
+    /// A shutdown on the ring completed (whatever its result: a peer that already went makes
+    /// it fail, which changes nothing).
+    fn shut(&mut self, token: Token) {
+        let slot = token.slot as usize;
+        if let Some(s) = self.socks.get(slot, token.generation) {
+            s.inflight -= 1;
+            self.maybe_free(slot);
+        }
     }
 
     fn received(&mut self, token: Token, c: Completion, driver: &mut Driver, now: Instant) {
@@ -375,9 +386,16 @@ impl Transport for UringNet {
         true
     }
 
+    /// On the ring where it can (queued behind the socket's last send: the driver half-closes
+    /// only once its sends have completed), else shutdown(2).
     fn shutdown_write(&mut self, sock: usize) {
+        let token = self.token(Op::Shutdown, sock);
         if let Some(s) = self.socks.get_any(sock) {
-            uring::shutdown(s.fd, libc::SHUT_WR);
+            if self.ring.shutdown(s.target, libc::SHUT_WR, token) {
+                s.inflight += 1;
+            } else {
+                uring::shutdown(s.fd, libc::SHUT_WR);
+            }
         }
     }
 
@@ -668,6 +686,134 @@ mod tests {
         worker
     }
 
+    /// Answers every request with the value of its X-Forwarded-For field.
+    fn echo_forwarded_for() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end);
+                        let xff = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("x-forwarded-for:")
+                                    .map(|v| v.trim().to_string())
+                            })
+                            .unwrap_or_default();
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{xff}",
+                            xff.len()
+                        );
+                        if s.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A worker over `ring` serving upstream `up`, its address and its listener.
+    fn worker_on(ring: Ring, up: SocketAddr) -> (Worker, SocketAddr, RawFd) {
+        let listener = uring::listen_reuseport("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+        let addr = uring::local_addr(listener).unwrap();
+        let wake = crate::engine::sys::eventfd().unwrap();
+        let setup = WorkerSetup {
+            core: None,
+            listener,
+            https_listener: None,
+            wake: std::os::fd::AsRawFd::as_raw_fd(&wake),
+            batching: Default::default(),
+        };
+        // The eventfd outlives the test's worker (nothing signals it).
+        std::mem::forget(wake);
+        let worker = Worker::with_ring(setup, driver(up), ring);
+        worker.driver.serving(true);
+        (worker, addr, listener)
+    }
+
+    /// Turns the worker until `done` finished.
+    fn turn_until<T>(worker: &mut Worker, done: &std::thread::JoinHandle<T>) {
+        for _ in 0..20_000 {
+            if done.is_finished() {
+                return;
+            }
+            assert_eq!(worker.turn().unwrap(), Flow::Run);
+        }
+    }
+
+    /// `n` clients, each one `Connection: close` request on a connection of its own: each gets
+    /// its answer, then the proxy's FIN (EOF), and the proxy's socket is freed.
+    fn close_requests(worker: &mut Worker, addr: SocketAddr, n: usize) {
+        let client = std::thread::spawn(move || {
+            for _ in 0..n {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let (head, got) = response(&mut s);
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                assert_eq!(got, b"127.0.0.1", "X-Forwarded-For: the client's address");
+                let mut rest = [0u8; 16];
+                assert_eq!(s.read(&mut rest).unwrap(), 0, "the proxy half-closed");
+            }
+        });
+        turn_until(worker, &client);
+        client
+            .join()
+            .expect("every client got its answer and the FIN");
+        // The clients' own FINs end the lingering connections.
+        for _ in 0..50 {
+            worker.turn().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_connection_close_answer_is_half_closed_on_the_ring() {
+        let ring = Ring::with_features(256, RECV_BUFFERS, Features::default()).unwrap();
+        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        close_requests(&mut worker, addr, 3);
+        assert_eq!(
+            worker.net.ring.ring_shutdown(),
+            (true, 3),
+            "one shutdown on the ring per connection"
+        );
+        assert!(
+            worker.net.socks.len() <= 1,
+            "the clients' sockets are freed (the pooled upstream may stay)"
+        );
+        uring::close(listener);
+    }
+
+    #[test]
+    fn without_ring_shutdowns_a_connection_close_answer_is_half_closed_by_the_system_call() {
+        let features = Features {
+            ring_shutdown: false,
+            ..Features::default()
+        };
+        let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
+        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        close_requests(&mut worker, addr, 3);
+        assert_eq!(worker.net.ring.ring_shutdown(), (false, 0));
+        assert!(worker.net.socks.len() <= 1);
+        uring::close(listener);
+    }
+
     /// Sixteen clients through a worker whose buffer ring has four buffers: receives run
     /// dry and are armed again.
     fn many_clients_through_a_tiny_buffer_ring(features: Features) {
@@ -701,6 +847,7 @@ mod tests {
             fixed_files: false,
             bundles: false,
             send_zc: false,
+            ring_shutdown: false,
         });
     }
 }
