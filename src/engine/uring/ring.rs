@@ -13,8 +13,10 @@
 //! pinned for them until the network is done with them.
 //!
 //! Optional kernel features, each probed at start with a fallback to the plain path:
-//! registered descriptors ([`Ring::install`]), receive bundles ([`Ring::bundles`]) and
-//! zero-copy sends ([`ZC_MIN`]); `SLUICE_URING_DISABLE` turns them off for measurement.
+//! registered descriptors ([`Ring::install`]), receive bundles ([`Ring::bundles`]),
+//! zero-copy sends ([`ZC_MIN`]), shutdowns on the ring ([`Ring::shutdown`]) and accepts straight
+//! into the file table ([`Ring::accept_direct`]); `SLUICE_URING_DISABLE` turns them off for
+//! measurement.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -45,6 +47,8 @@ pub enum Op {
     Files = 9,
     /// A half-close or close on the ring (IORING_OP_SHUTDOWN).
     Shutdown = 10,
+    /// An accept straight into the registered file table ([`Ring::accept_direct`]).
+    AcceptDirect = 11,
 }
 
 impl Op {
@@ -58,6 +62,7 @@ impl Op {
             8 => Op::Cancel,
             9 => Op::Files,
             10 => Op::Shutdown,
+            11 => Op::AcceptDirect,
             _ => return None,
         })
     }
@@ -135,10 +140,36 @@ const MAX_FIXED_FILES: u32 = 1 << 16;
 /// system call of their own.
 struct FixedFiles {
     size: u32,
+    /// Entries below this one are the slots' ([`Ring::install`]); those from it on are the
+    /// kernel's to hand to direct accepts ([`DirectAccepts`]), when there are any.
+    installs: u32,
     /// The descriptor each install reads (by slot): the kernel reads it when it issues the
     /// update, which is no later than the submit that carries it; the array lives as long as
     /// the ring. A slot is written again only for its next socket, whose update comes after.
     fds: Box<[RawFd]>,
+}
+
+/// Accepting straight into the registered file table: the kernel picks a free entry of the
+/// table's allocation range (IORING_REGISTER_FILE_ALLOC_RANGE, the entries from `base` on) for
+/// each socket it accepts (IORING_FILE_INDEX_ALLOC), and the socket never has a descriptor:
+/// no descriptor-table slot to find, no install, no close of a descriptor. Single-shot
+/// accepts, each with an address buffer of its own, so every completion comes with its peer's
+/// address (a multishot accept would write every peer into one buffer).
+struct DirectAccepts {
+    base: u32,
+    len: u32,
+    /// Entries held: accepted sockets whose entry is not closed yet, plus accepts armed. Kept
+    /// within `len`, so an accept never finds the range full (the kernel would drop the
+    /// connection it took).
+    taken: u32,
+    /// By accept slot: the peer address its accept writes (the kernel writes it while the
+    /// accept is armed; it is read after the completion, before the slot is armed again).
+    /// Boxed: the kernel holds a pointer into each while the vector grows.
+    #[allow(clippy::vec_box)]
+    addrs: Vec<Box<SockAddr>>,
+    armed: Vec<bool>,
+    /// Sockets accepted this way (for tests and diagnostics).
+    accepted: u64,
 }
 
 /// Which optional kernel features a ring may use; each is also probed, and a ring whose
@@ -156,6 +187,9 @@ pub struct Features {
     /// Shutdowns as ring operations (IORING_OP_SHUTDOWN, kernel 5.11+) instead of
     /// shutdown(2); see [`Ring::shutdown`] for what that costs.
     pub ring_shutdown: bool,
+    /// Accepting straight into the registered file table ([`Ring::accept_direct`]; needs
+    /// the table and ring shutdowns, kernel 6.0+).
+    pub accept_direct: bool,
 }
 
 impl Default for Features {
@@ -165,14 +199,15 @@ impl Default for Features {
             bundles: true,
             send_zc: true,
             ring_shutdown: true,
+            accept_direct: true,
         }
     }
 }
 
 impl Features {
     /// The defaults minus what `SLUICE_URING_DISABLE` names (comma-separated: `fixed`,
-    /// `bundle`, `zc`, `shutdown`), so one build can be measured with and without each
-    /// feature.
+    /// `bundle`, `zc`, `shutdown`, `direct`), so one build can be measured with and without
+    /// each feature.
     pub fn from_env() -> Features {
         let mut f = Features::default();
         if let Ok(off) = std::env::var("SLUICE_URING_DISABLE") {
@@ -182,6 +217,7 @@ impl Features {
                     "bundle" => f.bundles = false,
                     "zc" => f.send_zc = false,
                     "shutdown" => f.ring_shutdown = false,
+                    "direct" => f.accept_direct = false,
                     _ => {}
                 }
             }
@@ -394,6 +430,8 @@ pub struct Ring {
     /// Shutdowns go on the ring ([`Ring::shutdown`]); shutdowns issued there (for tests).
     ring_shutdown: bool,
     ring_shutdowns: u64,
+    /// Accepts straight into the file table, when the kernel took the allocation range.
+    direct: Option<DirectAccepts>,
     /// By slot: a zero-copy send's buffer after its completion and until its notification:
     /// the kernel may still read it (a retransmission). The driver got a stand-in of the same
     /// length with the unsent tail at the same offsets, so it can go on at once. One at a time
@@ -493,6 +531,7 @@ impl Ring {
             send_zc: false,
             ring_shutdown: false,
             ring_shutdowns: 0,
+            direct: None,
             zc_held: std::collections::HashMap::new(),
             zc_pool: Vec::new(),
             zc_pool_bytes: 0,
@@ -505,7 +544,6 @@ impl Ring {
             ring.ring_shutdown =
                 features.ring_shutdown && probe.is_supported(opcode::Shutdown::CODE);
         }
-
         if features.fixed_files {
             ring.register_fixed_files();
         }
@@ -525,7 +563,138 @@ impl Ring {
                 ));
             }
         }
+        // A socket without a descriptor can only be shut down on the ring.
+        if features.accept_direct && ring.ring_shutdown {
+            ring.register_direct_accepts();
+        }
         Ok(ring)
+    }
+
+    /// Gives the upper half of the file table to direct accepts (IORING_REGISTER_FILE_ALLOC_RANGE,
+    /// kernel 6.0+); the slots' installs keep the lower half. Without a table, or where the
+    /// kernel refuses, accepts make descriptors as before.
+    fn register_direct_accepts(&mut self) {
+        let Some(fixed) = self.fixed.as_mut() else {
+            return;
+        };
+        let base = fixed.size / 2;
+        let len = fixed.size - base;
+        if len == 0 {
+            return;
+        }
+        /// struct io_uring_file_index_range.
+        #[repr(C)]
+        struct Range {
+            off: u32,
+            len: u32,
+            resv: u64,
+        }
+        let range = Range {
+            off: base,
+            len,
+            resv: 0,
+        };
+        // SAFETY: io_uring_register on this ring's descriptor with a live, correctly laid out
+        // io_uring_file_index_range (the kernel copies it); nr_args must be 0.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                std::os::fd::AsRawFd::as_raw_fd(&self.ring),
+                25, // IORING_REGISTER_FILE_ALLOC_RANGE
+                (&raw const range).cast::<libc::c_void>(),
+                0,
+            )
+        };
+        if ret != 0 {
+            return;
+        }
+        fixed.installs = base;
+        self.direct = Some(DirectAccepts {
+            base,
+            len,
+            taken: 0,
+            addrs: Vec::new(),
+            armed: Vec::new(),
+            accepted: 0,
+        });
+    }
+
+    /// Arms a single-shot accept on `listener` straight into the file table ([`Op::AcceptDirect`]
+    /// with `token`'s slot, which also names its address buffer). Its completion's result is the
+    /// socket's table entry (`Target::Fixed`), [`Ring::accepted_peer`] its peer. False (nothing
+    /// armed) without direct accepts, while `token`'s slot is still armed, or while the
+    /// allocation range has no entry to spare: the caller accepts with a descriptor then.
+    pub fn accept_direct(&mut self, listener: RawFd, token: Token) -> bool {
+        let Some(d) = self.direct.as_mut() else {
+            return false;
+        };
+        let i = token.slot as usize;
+        if d.taken >= d.len || d.armed.get(i).copied().unwrap_or(false) {
+            return false;
+        }
+        while d.addrs.len() <= i {
+            d.addrs
+                .push(SockAddr::new(SocketAddr::from(([0, 0, 0, 0], 0))));
+            d.armed.push(false);
+        }
+        let addr = &mut d.addrs[i];
+        addr.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let (ptr, len) = (
+            (&raw mut addr.storage).cast::<libc::sockaddr>(),
+            &raw mut addr.len,
+        );
+        d.armed[i] = true;
+        d.taken += 1;
+        let e = opcode::Accept::new(types::Fd(listener), ptr, len)
+            .file_index(Some(types::DestinationSlot::auto_target()))
+            // No SOCK_CLOEXEC: there is no descriptor (the kernel refuses the flag here).
+            .build()
+            .user_data(
+                Token {
+                    op: Op::AcceptDirect,
+                    ..token
+                }
+                .encode(),
+            );
+        self.push(e);
+        true
+    }
+
+    /// The peer address of accept slot `slot`'s last completed direct accept (read it before
+    /// the slot is armed again).
+    pub fn accepted_peer(&self, slot: u32) -> Option<SocketAddr> {
+        let d = self.direct.as_ref()?;
+        d.addrs.get(slot as usize)?.to_socket_addr()
+    }
+
+    /// Whether direct accept slot `slot` is armed.
+    pub fn direct_armed(&self, slot: u32) -> bool {
+        self.direct
+            .as_ref()
+            .and_then(|d| d.armed.get(slot as usize).copied())
+            .unwrap_or(false)
+    }
+
+    /// Whether accepts can go straight into the file table, and how many did.
+    pub fn direct_accepts(&self) -> (bool, u64) {
+        self.direct
+            .as_ref()
+            .map_or((false, 0), |d| (true, d.accepted))
+    }
+
+    /// Asks the kernel to cancel every operation on the socket of `target` (the socket has no
+    /// descriptor to shut down: the cancelled operations complete with ECANCELED).
+    pub fn cancel_all(&mut self, target: Target) {
+        let builder = on_target!(target, |f| types::CancelBuilder::fd(f).all());
+        let e = opcode::AsyncCancel2::new(builder).build().user_data(
+            Token {
+                op: Op::Cancel,
+                slot: 0,
+                generation: 0,
+            }
+            .encode(),
+        );
+        self.push(e);
     }
 
     /// Registers a sparse file table (kernel 5.19+), as large as the descriptor limit allows
@@ -547,6 +716,7 @@ impl Ring {
         }
         self.fixed = Some(FixedFiles {
             size,
+            installs: size,
             fds: vec![-1; size as usize].into_boxed_slice(),
         });
     }
@@ -564,7 +734,7 @@ impl Ring {
     /// slot is reused.
     pub fn install(&mut self, fd: RawFd, slot: u32) -> Target {
         let flags = self.files_flags;
-        let Some(fixed) = self.fixed.as_mut().filter(|f| slot < f.size) else {
+        let Some(fixed) = self.fixed.as_mut().filter(|f| slot < f.installs) else {
             return Target::Fd(fd);
         };
         fixed.fds[slot as usize] = fd;
@@ -582,6 +752,12 @@ impl Ring {
     /// Queued behind everything queued for it, and ahead of any later install of the slot.
     pub fn remove_fixed(&mut self, target: Target) {
         if let Target::Fixed(slot) = target {
+            if let Some(d) = self.direct.as_mut()
+                && slot >= d.base
+            {
+                // Queued now, so it runs before any accept armed from here on.
+                d.taken -= 1;
+            }
             let e = opcode::Close::new(types::Fixed(slot))
                 .build()
                 .flags(self.files_flags)
@@ -673,7 +849,8 @@ impl Ring {
         let mut taken = 0;
         for entry in &self.pending {
             // SAFETY: every entry was built by the methods below; the memory it points to is
-            // owned by this ring (`lent`, `wake_buf`, `bufs`) until its completion is reaped
+            // owned by this ring (`lent`, `wake_buf`, `bufs`, the direct accepts' addresses,
+            // which are boxed and never freed before the ring) until its completion is reaped
             // (sends, connects) or for the ring's life (the others).
             if unsafe { sq.push(entry) }.is_err() {
                 break;
@@ -971,6 +1148,23 @@ impl Ring {
                 }) => {
                     if let Some(lent) = self.lent.get_mut(slot as usize) {
                         lent.addr = None;
+                    }
+                }
+                Some(Token {
+                    op: Op::AcceptDirect,
+                    slot,
+                    ..
+                }) => {
+                    if let Some(d) = self.direct.as_mut() {
+                        if let Some(armed) = d.armed.get_mut(slot as usize) {
+                            *armed = false;
+                        }
+                        if cqe.result() < 0 {
+                            // No entry was taken.
+                            d.taken -= 1;
+                        } else {
+                            d.accepted += 1;
+                        }
                     }
                 }
                 _ => {}
@@ -1381,6 +1575,7 @@ mod tests {
             bundles: false,
             send_zc: true,
             ring_shutdown: true,
+            accept_direct: true,
         };
         let sizing = RecvBuffers {
             plain: (8, 4096),
@@ -1486,6 +1681,7 @@ mod tests {
             bundles: false,
             send_zc: true,
             ring_shutdown: true,
+            accept_direct: true,
         };
         let sizing = RecvBuffers {
             plain: (8, 16),
@@ -1671,6 +1867,94 @@ mod tests {
         let mut ring = Ring::with_features(64, sizing, features).unwrap();
         assert!(!ring.shutdown(Target::Fd(0), libc::SHUT_WR, token(Op::Shutdown, 1)));
         assert_eq!(ring.ring_shutdown(), (false, 0));
+    }
+
+    #[test]
+    fn a_direct_accept_gives_a_table_entry_and_the_peer_address_without_a_descriptor() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        assert!(
+            ring.direct_accepts().0,
+            "this kernel (6.0+) accepts into the file table"
+        );
+        let listener = listen_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = local_addr(listener).unwrap();
+        for k in 0..2 {
+            assert!(ring.accept_direct(listener, token(Op::AcceptDirect, k)));
+        }
+        assert!(
+            !ring.accept_direct(listener, token(Op::AcceptDirect, 0)),
+            "one accept per slot at a time"
+        );
+        let clients: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let got = reap(&mut ring, Duration::from_millis(100));
+        let accepts: Vec<&Completion> = got
+            .iter()
+            .map(|(c, _)| c)
+            .filter(|c| c.token.map(|t| t.op) == Some(Op::AcceptDirect))
+            .collect();
+        assert_eq!(accepts.len(), 2);
+        let half = ring.fixed_files() / 2;
+        for c in &accepts {
+            let index = u32::try_from(c.result).expect("a table entry");
+            assert!(index >= half, "from the accept range: {index}");
+            let slot = c.token.unwrap().slot;
+            let peer = ring.accepted_peer(slot).expect("the peer's address");
+            let client = clients
+                .iter()
+                .find(|s| s.local_addr().unwrap() == peer)
+                .expect("the peer is one of the clients, port and all");
+            // The entry is the socket: a receive through it gets the client's bytes.
+            use std::io::Write;
+            (&*client).write_all(b"hi").unwrap();
+            ring.recv_multi(Target::Fixed(index), token(Op::Recv, slot));
+            let got = reap(&mut ring, Duration::from_millis(50));
+            assert_eq!(received_on(&got, slot), b"hi");
+            ring.cancel_all(Target::Fixed(index));
+            let got = reap(&mut ring, Duration::from_millis(50));
+            assert!(
+                got.iter()
+                    .any(|(c, _)| c.token == Some(token(Op::Recv, slot))
+                        && c.result == -libc::ECANCELED
+                        && !c.more),
+                "cancel_all ends the socket's receive"
+            );
+            ring.remove_fixed(Target::Fixed(index));
+        }
+        assert_eq!(ring.direct_accepts(), (true, 2));
+        ring.submit_and_wait(Duration::from_millis(1)).unwrap();
+        // Closing the entries closed the sockets: the clients read EOF.
+        for mut c in clients {
+            use std::io::Read;
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(c.read(&mut [0u8; 4]).unwrap(), 0);
+        }
+        close(listener);
+    }
+
+    #[test]
+    fn installs_keep_below_the_accept_range() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        let half = ring.fixed_files() / 2;
+        assert_eq!(ring.install(9, half), Target::Fd(9));
+        let off = Features {
+            accept_direct: false,
+            ..Features::default()
+        };
+        let sizing = RecvBuffers {
+            plain: (8, 4096),
+            bundled: (8, 4096),
+        };
+        let mut ring = Ring::with_features(64, sizing, off).unwrap();
+        assert_eq!(ring.direct_accepts(), (false, 0));
+        assert!(!ring.accept_direct(0, token(Op::AcceptDirect, 0)));
+        let (a, b) = pair();
+        assert_eq!(ring.install(a, half), Target::Fixed(half));
+        ring.remove_fixed(Target::Fixed(half));
+        ring.submit_and_wait(Duration::from_millis(1)).unwrap();
+        close(a);
+        close(b);
     }
 
     /// Whether the other end of socket pair end `peer` is closed (EOF waiting), judged from

@@ -32,6 +32,10 @@ pub struct WorkerSetup {
 
 /// The accept token's slot for the HTTPS listener (the plain one is 0).
 const HTTPS_LISTENER: u32 = 1;
+/// Direct accepts ([`Ring::accept_direct`]) kept armed per listener: each takes one new
+/// connection and is armed again at the top of the next turn, so this is how many connections
+/// one listener takes per turn that way (a multishot accept with descriptors takes the rest).
+const DIRECT_ACCEPTS: u32 = 32;
 /// Accepting is paused until this time after EMFILE/ENFILE, instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest the loop sleeps without a timer, so stop requests and new snapshots are seen.
@@ -92,8 +96,10 @@ impl Receive {
 /// A client or upstream socket.
 struct Socket {
     /// Its descriptor, for the system calls that are not ring operations (shutdown, close,
-    /// socket options, addresses).
-    fd: RawFd,
+    /// socket options, addresses); `None` for a socket accepted straight into the ring's file
+    /// table, which has only its entry there (`target`) and is shut down and closed on the
+    /// ring.
+    fd: Option<RawFd>,
     /// How ring operations name it: its registered-file entry when the ring has a table.
     target: Target,
     /// Whose it is; `None` once the driver closed it.
@@ -116,6 +122,15 @@ pub struct UringNet {
     /// address of every connection it accepts, without a getsockname per connection.
     listener_addrs: [Option<SocketAddr>; 2],
     accept_armed: [bool; 2],
+    /// Accepts go straight into the ring's file table ([`Ring::accept_direct`]); off where the
+    /// ring has no range for them or a direct accept failed for a reason other than load.
+    direct: bool,
+    /// Per listener: a direct accept completed (or some could not be armed) since its direct
+    /// accepts were last armed.
+    direct_rearm: [bool; 2],
+    /// Per listener: fewer than [`DIRECT_ACCEPTS`] are armed because the range was full, so
+    /// the multishot accept with descriptors takes what they cannot.
+    direct_short: [bool; 2],
     accepting: bool,
     accept_paused_until: Option<Instant>,
     /// Receives that ended for want of a free buffer (and were armed again).
@@ -140,7 +155,9 @@ impl UringNet {
             // in flight), then the descriptor, both in the next submission (no system call);
             // the slot's next install comes after both.
             self.ring.remove_fixed(s.target);
-            self.ring.close_fd(s.fd);
+            if let Some(fd) = s.fd {
+                self.ring.close_fd(fd);
+            }
             self.socks.remove(slot);
         }
     }
@@ -153,15 +170,44 @@ impl UringNet {
         // Either listener's EMFILE pauses both; whichever re-arms first ends it.
         self.accept_paused_until = None;
         for (i, listener) in self.listeners.iter().enumerate() {
-            if let Some(fd) = listener
-                && !self.accept_armed[i]
-            {
+            let Some(fd) = *listener else {
+                continue;
+            };
+            // Straight into the file table where the listener names its address (a wildcard
+            // one would need getsockname per connection, which a socket without a descriptor
+            // cannot do): the multishot accept below is armed only when the table's range has
+            // no entry to spare.
+            if self.direct && self.listener_addrs[i].is_some() {
+                if self.direct_rearm[i] {
+                    let mut short = false;
+                    for k in 0..DIRECT_ACCEPTS {
+                        let token = Token {
+                            op: Op::AcceptDirect,
+                            slot: i as u32 + 2 * k,
+                            generation: 0,
+                        };
+                        // Refused while still armed (fine) or for a full range (short).
+                        if !self.ring.accept_direct(fd, token)
+                            && !self.ring.direct_armed(token.slot)
+                        {
+                            short = true;
+                        }
+                    }
+                    self.direct_short[i] = short;
+                    // While short, try again next turn (entries come back as sockets close).
+                    self.direct_rearm[i] = short;
+                }
+                if !self.direct_short[i] {
+                    continue;
+                }
+            }
+            if !self.accept_armed[i] {
                 let token = Token {
                     op: Op::Accept,
                     slot: i as u32,
                     generation: 0,
                 };
-                self.ring.accept_multi(*fd, token);
+                self.ring.accept_multi(fd, token);
                 self.accept_armed[i] = true;
             }
         }
@@ -173,6 +219,7 @@ impl UringNet {
         };
         match token.op {
             Op::Accept => self.accepted(token, c, driver, now),
+            Op::AcceptDirect => self.accepted_direct(token, c, driver, now),
             Op::Recv => self.received(token, c, driver, now),
             // A zero-copy send's notification: the ring took its buffer back.
             Op::Send if c.notif => {}
@@ -239,7 +286,7 @@ impl UringNet {
             local,
         };
         let slot = self.socks.insert(|_| Socket {
-            fd,
+            fd: Some(fd),
             target: Target::Fd(fd),
             owner: None,
             recv: Receive::default(),
@@ -254,6 +301,53 @@ impl UringNet {
                 s.target = target;
             }
         }
+        if let Some(s) = self.socks.get_any(slot) {
+            s.owner = owner;
+        }
+        self.maybe_free(slot);
+    }
+
+    /// A direct accept completed: its result is the socket's entry in the ring's file table,
+    /// its peer's address is in the accept's own buffer, and the local address is the
+    /// listener's (direct accepts are armed only on listeners that name theirs).
+    fn accepted_direct(&mut self, token: Token, c: Completion, driver: &mut Driver, now: Instant) {
+        let listener = token.slot as usize & 1;
+        self.direct_rearm[listener] = true;
+        if c.result < 0 {
+            let err = -c.result;
+            if err == libc::EMFILE
+                || err == libc::ENFILE
+                || err == libc::ENOBUFS
+                || err == libc::ENOMEM
+            {
+                self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+            } else if self.accepting && err != libc::ECANCELED && err != libc::EINTR {
+                // The kernel does not take them after all: descriptors from here on.
+                self.direct = false;
+            }
+            return;
+        }
+        let target = Target::Fixed(c.result as u32);
+        let (Some(local), Some(peer)) = (
+            self.listener_addrs[listener],
+            self.ring.accepted_peer(token.slot),
+        ) else {
+            self.ring.remove_fixed(target);
+            return;
+        };
+        if !self.accepting {
+            self.ring.remove_fixed(target);
+            return;
+        }
+        let slot = self.socks.insert(|_| Socket {
+            fd: None,
+            target,
+            owner: None,
+            recv: Receive::default(),
+            read_wanted: false,
+            inflight: 0,
+        });
+        let owner = driver.accept(slot, ClientInfo { peer, local }, listener == 1, now);
         if let Some(s) = self.socks.get_any(slot) {
             s.owner = owner;
         }
@@ -321,8 +415,9 @@ impl Drop for UringNet {
     /// stopped first); the ring, and the memory those operations use, goes after them.
     fn drop(&mut self) {
         for i in 0..self.socks.capacity() {
-            if let Some(s) = self.socks.remove(i) {
-                uring::close(s.fd);
+            // A socket without a descriptor goes with the ring's file table.
+            if let Some(fd) = self.socks.remove(i).and_then(|s| s.fd) {
+                uring::close(fd);
             }
         }
     }
@@ -364,7 +459,7 @@ impl Transport for UringNet {
     fn connect(&mut self, endpoint: SocketAddr, owner: Owner) -> std::io::Result<usize> {
         let fd = uring::upstream_socket(endpoint)?;
         let slot = self.socks.insert(|_| Socket {
-            fd,
+            fd: Some(fd),
             target: Target::Fd(fd),
             owner: Some(owner),
             recv: Receive::default(),
@@ -393,8 +488,8 @@ impl Transport for UringNet {
         if let Some(s) = self.socks.get_any(sock) {
             if self.ring.shutdown(s.target, libc::SHUT_WR, token) {
                 s.inflight += 1;
-            } else {
-                uring::shutdown(s.fd, libc::SHUT_WR);
+            } else if let Some(fd) = s.fd {
+                uring::shutdown(fd, libc::SHUT_WR);
             }
         }
     }
@@ -406,11 +501,31 @@ impl Transport for UringNet {
         if s.owner.take().is_none() {
             return;
         }
-        if let Some(bytes) = last {
-            uring::send_now(s.fd, bytes);
+        match s.fd {
+            Some(fd) => {
+                if let Some(bytes) = last {
+                    uring::send_now(fd, bytes);
+                }
+                // Wakes a pending receive; the descriptor is closed once nothing of it is in
+                // flight.
+                uring::shutdown(fd, libc::SHUT_RDWR);
+            }
+            None => {
+                let target = s.target;
+                // The last bytes on the ring (no send is in flight when the driver hands
+                // them), then every operation of the socket cancelled; its entry is closed
+                // once they have all completed.
+                if let Some(bytes) = last {
+                    let token = self.token(Op::Send, sock);
+                    if self.ring.send(target, bytes.to_vec(), token).is_ok()
+                        && let Some(s) = self.socks.get_any(sock)
+                    {
+                        s.inflight += 1;
+                    }
+                }
+                self.ring.cancel_all(target);
+            }
         }
-        // Wakes a pending receive; the descriptor is closed once nothing of it is in flight.
-        uring::shutdown(s.fd, libc::SHUT_RDWR);
         self.maybe_free(sock);
     }
 
@@ -472,6 +587,7 @@ impl EngineWorker for Worker {
 impl Worker {
     fn with_ring(setup: WorkerSetup, driver: Driver, ring: Ring) -> Worker {
         let has_min_wait = ring.has_min_wait();
+        let direct = ring.direct_accepts().0;
         Worker {
             net: UringNet {
                 ring,
@@ -482,6 +598,9 @@ impl Worker {
                         .filter(|a| !a.ip().is_unspecified())
                 }),
                 accept_armed: [false; 2],
+                direct,
+                direct_rearm: [true; 2],
+                direct_short: [false; 2],
                 accepting: true,
                 accept_paused_until: None,
                 nobufs: 0,
@@ -810,7 +929,70 @@ mod tests {
         let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
         close_requests(&mut worker, addr, 3);
         assert_eq!(worker.net.ring.ring_shutdown(), (false, 0));
+        assert_eq!(
+            worker.net.ring.direct_accepts(),
+            (false, 0),
+            "a socket without a descriptor needs ring shutdowns"
+        );
         assert!(worker.net.socks.len() <= 1);
+        uring::close(listener);
+    }
+
+    /// Clients on connections of their own through a worker that accepts straight into the
+    /// file table: no accepted socket has a descriptor, each request reaches the upstream with
+    /// the client's address, each answer ends with the FIN sent on the ring, and every
+    /// socket and table entry is given back.
+    #[test]
+    fn accepted_sockets_have_only_a_table_entry_and_their_peer_address() {
+        let ring = Ring::with_features(256, RECV_BUFFERS, Features::default()).unwrap();
+        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        assert!(
+            worker.net.direct,
+            "this kernel (6.0+) accepts into the file table"
+        );
+        close_requests(&mut worker, addr, 5);
+        assert_eq!(worker.net.ring.direct_accepts(), (true, 5));
+        assert!(
+            !worker.net.accept_armed[0],
+            "no accept with descriptors was needed"
+        );
+        assert!(worker.net.socks.len() <= 1);
+        // A keep-alive client that goes away after three requests: its socket is closed with
+        // its operations cancelled on the ring.
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            for _ in 0..3 {
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                    .unwrap();
+                let (_, got) = response(&mut s);
+                assert_eq!(got, b"127.0.0.1");
+            }
+        });
+        turn_until(&mut worker, &client);
+        client.join().unwrap();
+        for _ in 0..50 {
+            worker.turn().unwrap();
+        }
+        assert_eq!(worker.net.ring.direct_accepts(), (true, 6));
+        assert!(worker.net.socks.len() <= 1, "the client's socket was freed");
+        uring::close(listener);
+    }
+
+    #[test]
+    fn without_direct_accepts_sockets_come_with_descriptors() {
+        let features = Features {
+            accept_direct: false,
+            ..Features::default()
+        };
+        let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
+        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        close_requests(&mut worker, addr, 2);
+        assert_eq!(worker.net.ring.direct_accepts(), (false, 0));
+        assert!(
+            worker.net.accept_armed[0],
+            "the multishot accept with descriptors"
+        );
         uring::close(listener);
     }
 
@@ -848,6 +1030,7 @@ mod tests {
             bundles: false,
             send_zc: false,
             ring_shutdown: false,
+            accept_direct: false,
         });
     }
 }
