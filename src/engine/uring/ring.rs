@@ -192,8 +192,29 @@ pub struct Features {
     pub accept_direct: bool,
 }
 
+/// Ring shutdowns and direct accepts are off by default: the kernel runs IORING_OP_SHUTDOWN on
+/// an io-wq thread, and that hop costs a new connection more than the system calls the two
+/// save. bench/conn_counts.py, 64 connections, `Connection: close`, per request, two rounds,
+/// system calls only -> ring shutdowns -> both: system calls 3.0-3.2 -> 2.2-2.3 -> 0.22-0.26,
+/// context switches 0.09-0.10 -> 0.27-0.34 -> 0.15-0.25, io-wq punts 0 -> 0.98 -> 0.98,
+/// io_uring_enter 0.18 -> 0.25-0.31 -> 0.21-0.25, and the worker's CPU time (a loaded machine,
+/// but the same way in every round) 25-26 -> 30-31 -> 33 µs. Direct accepts on top of ring
+/// shutdowns lower the context switches and enters again (against ring shutdowns alone), but a
+/// socket without a descriptor can only be half-closed on the ring, so they come together.
+/// `SLUICE_URING_ENABLE=shutdown,direct` turns them on.
 impl Default for Features {
     fn default() -> Self {
+        Features {
+            ring_shutdown: false,
+            accept_direct: false,
+            ..Features::all()
+        }
+    }
+}
+
+impl Features {
+    /// Every optional feature (each still probed).
+    pub fn all() -> Features {
         Features {
             fixed_files: true,
             bundles: true,
@@ -202,27 +223,33 @@ impl Default for Features {
             accept_direct: true,
         }
     }
-}
 
-impl Features {
-    /// The defaults minus what `SLUICE_URING_DISABLE` names (comma-separated: `fixed`,
-    /// `bundle`, `zc`, `shutdown`, `direct`), so one build can be measured with and without
-    /// each feature.
+    /// The defaults plus what `SLUICE_URING_ENABLE` names and minus what `SLUICE_URING_DISABLE`
+    /// names (comma-separated: `fixed`, `bundle`, `zc`, `shutdown`, `direct`), so one build can
+    /// be measured with and without each feature.
     pub fn from_env() -> Features {
-        let mut f = Features::default();
-        if let Ok(off) = std::env::var("SLUICE_URING_DISABLE") {
-            for name in off.split(',').map(str::trim) {
+        Features::default().with_names(
+            std::env::var("SLUICE_URING_ENABLE").ok().as_deref(),
+            std::env::var("SLUICE_URING_DISABLE").ok().as_deref(),
+        )
+    }
+
+    /// These features with those named in `enable` turned on, then those named in `disable`
+    /// turned off (comma-separated names; unknown names are ignored).
+    pub fn with_names(mut self, enable: Option<&str>, disable: Option<&str>) -> Features {
+        for (names, on) in [(enable, true), (disable, false)] {
+            for name in names.unwrap_or_default().split(',').map(str::trim) {
                 match name {
-                    "fixed" => f.fixed_files = false,
-                    "bundle" => f.bundles = false,
-                    "zc" => f.send_zc = false,
-                    "shutdown" => f.ring_shutdown = false,
-                    "direct" => f.accept_direct = false,
+                    "fixed" => self.fixed_files = on,
+                    "bundle" => self.bundles = on,
+                    "zc" => self.send_zc = on,
+                    "shutdown" => self.ring_shutdown = on,
+                    "direct" => self.accept_direct = on,
                     _ => {}
                 }
             }
         }
-        f
+        self
     }
 }
 
@@ -463,7 +490,7 @@ impl Ring {
             plain: (buffers, buffer_size),
             bundled: (buffers, buffer_size),
         };
-        Ring::with_features(entries, sizing, Features::default())
+        Ring::with_features(entries, sizing, Features::all())
     }
 
     /// [`Ring::new`] using at most `features`.
@@ -1858,7 +1885,7 @@ mod tests {
     fn without_ring_shutdowns_the_caller_is_told_to_make_the_system_call() {
         let features = Features {
             ring_shutdown: false,
-            ..Features::default()
+            ..Features::all()
         };
         let sizing = RecvBuffers {
             plain: (8, 4096),
@@ -1940,7 +1967,7 @@ mod tests {
         assert_eq!(ring.install(9, half), Target::Fd(9));
         let off = Features {
             accept_direct: false,
-            ..Features::default()
+            ..Features::all()
         };
         let sizing = RecvBuffers {
             plain: (8, 4096),
@@ -1955,6 +1982,25 @@ mod tests {
         ring.submit_and_wait(Duration::from_millis(1)).unwrap();
         close(a);
         close(b);
+    }
+
+    #[test]
+    fn ring_shutdowns_and_direct_accepts_are_off_unless_enabled_by_name() {
+        let d = Features::default();
+        assert!(d.fixed_files && d.bundles && d.send_zc);
+        assert!(!d.ring_shutdown && !d.accept_direct);
+        assert_eq!(d.with_names(None, None), d);
+        assert_eq!(
+            d.with_names(Some("shutdown, direct"), None),
+            Features::all()
+        );
+        let f = d.with_names(Some("direct"), Some("zc,bundle,nonsense"));
+        assert!(f.accept_direct && !f.ring_shutdown && !f.send_zc && !f.bundles && f.fixed_files);
+        // Disabling wins over enabling.
+        assert!(
+            !d.with_names(Some("shutdown"), Some("shutdown"))
+                .ring_shutdown
+        );
     }
 
     /// Whether the other end of socket pair end `peer` is closed (EOF waiting), judged from

@@ -321,8 +321,11 @@ impl UringNet {
                 || err == libc::ENOMEM
             {
                 self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-            } else if self.accepting && err != libc::ECANCELED && err != libc::EINTR {
-                // The kernel does not take them after all: descriptors from here on.
+            } else if self.accepting
+                && (err == libc::EINVAL || err == libc::EOPNOTSUPP || err == libc::EBADF)
+            {
+                // The kernel does not take them after all: descriptors from here on. (A
+                // connection reset before it was accepted, ECONNABORTED, is no reason.)
                 self.direct = false;
             }
             return;
@@ -904,7 +907,7 @@ mod tests {
 
     #[test]
     fn a_connection_close_answer_is_half_closed_on_the_ring() {
-        let ring = Ring::with_features(256, RECV_BUFFERS, Features::default()).unwrap();
+        let ring = Ring::with_features(256, RECV_BUFFERS, Features::all()).unwrap();
         let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
         close_requests(&mut worker, addr, 3);
         assert_eq!(
@@ -923,7 +926,7 @@ mod tests {
     fn without_ring_shutdowns_a_connection_close_answer_is_half_closed_by_the_system_call() {
         let features = Features {
             ring_shutdown: false,
-            ..Features::default()
+            ..Features::all()
         };
         let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
         let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
@@ -944,7 +947,7 @@ mod tests {
     /// socket and table entry is given back.
     #[test]
     fn accepted_sockets_have_only_a_table_entry_and_their_peer_address() {
-        let ring = Ring::with_features(256, RECV_BUFFERS, Features::default()).unwrap();
+        let ring = Ring::with_features(256, RECV_BUFFERS, Features::all()).unwrap();
         let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
         assert!(
             worker.net.direct,
@@ -983,7 +986,7 @@ mod tests {
     fn without_direct_accepts_sockets_come_with_descriptors() {
         let features = Features {
             accept_direct: false,
-            ..Features::default()
+            ..Features::all()
         };
         let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
         let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
