@@ -709,18 +709,23 @@ impl Ring {
             .map_or((false, 0), |d| (true, d.accepted))
     }
 
-    /// Asks the kernel to cancel every operation on the socket of `target` (the socket has no
-    /// descriptor to shut down: the cancelled operations complete with ECANCELED).
+    /// Asks the kernel to cancel every operation on the socket of `target` (IORING_ASYNC_CANCEL_FD
+    /// | ALL, kernel 5.19+), in the next submission, without a system call of its own: the
+    /// cancelled operations complete with ECANCELED (one already running completes on its
+    /// own). Its own completion is posted only where success cannot be skipped.
     pub fn cancel_all(&mut self, target: Target) {
         let builder = on_target!(target, |f| types::CancelBuilder::fd(f).all());
-        let e = opcode::AsyncCancel2::new(builder).build().user_data(
-            Token {
-                op: Op::Cancel,
-                slot: 0,
-                generation: 0,
-            }
-            .encode(),
-        );
+        let e = opcode::AsyncCancel2::new(builder)
+            .build()
+            .flags(self.files_flags)
+            .user_data(
+                Token {
+                    op: Op::Cancel,
+                    slot: 0,
+                    generation: 0,
+                }
+                .encode(),
+            );
         self.push(e);
     }
 

@@ -135,6 +135,8 @@ pub struct UringNet {
     accept_paused_until: Option<Instant>,
     /// Receives that ended for want of a free buffer (and were armed again).
     nobufs: u64,
+    /// Closes that had operations in flight to cancel on the ring.
+    close_wakes: u64,
 }
 
 impl UringNet {
@@ -504,30 +506,29 @@ impl Transport for UringNet {
         if s.owner.take().is_none() {
             return;
         }
-        match s.fd {
-            Some(fd) => {
-                if let Some(bytes) = last {
-                    uring::send_now(fd, bytes);
+        let target = s.target;
+        match (s.fd, last) {
+            (Some(fd), Some(bytes)) => uring::send_now(fd, bytes),
+            // No descriptor: the last bytes on the ring (no send is in flight when the driver
+            // hands them).
+            (None, Some(bytes)) => {
+                let token = self.token(Op::Send, sock);
+                if self.ring.send(target, bytes.to_vec(), token).is_ok()
+                    && let Some(s) = self.socks.get_any(sock)
+                {
+                    s.inflight += 1;
                 }
-                // Wakes a pending receive; the descriptor is closed once nothing of it is in
-                // flight.
-                uring::shutdown(fd, libc::SHUT_RDWR);
             }
-            None => {
-                let target = s.target;
-                // The last bytes on the ring (no send is in flight when the driver hands
-                // them), then every operation of the socket cancelled; its entry is closed
-                // once they have all completed.
-                if let Some(bytes) = last {
-                    let token = self.token(Op::Send, sock);
-                    if self.ring.send(target, bytes.to_vec(), token).is_ok()
-                        && let Some(s) = self.socks.get_any(sock)
-                    {
-                        s.inflight += 1;
-                    }
-                }
-                self.ring.cancel_all(target);
-            }
+            (_, None) => {}
+        }
+        // What is in flight (the receive a `Connection: close` answer leaves armed, a send
+        // waiting for room) is cancelled on the ring, and the socket closed there once nothing
+        // is. On the wire the same as the shutdown(2) this was (after a half-close the FIN is
+        // out; a close with unread data sends a reset, after a shutdown as without), one system
+        // call fewer per connection, and the only way for a socket without a descriptor.
+        if self.socks.get_any(sock).is_some_and(|s| s.inflight > 0) {
+            self.ring.cancel_all(target);
+            self.close_wakes += 1;
         }
         self.maybe_free(sock);
     }
@@ -607,6 +608,7 @@ impl Worker {
                 accepting: true,
                 accept_paused_until: None,
                 nobufs: 0,
+                close_wakes: 0,
             },
             driver,
             core: setup.core,
@@ -933,11 +935,52 @@ mod tests {
         close_requests(&mut worker, addr, 3);
         assert_eq!(worker.net.ring.ring_shutdown(), (false, 0));
         assert_eq!(
+            worker.net.close_wakes, 3,
+            "each close cancelled the receive left armed on the ring (no shutdown(2))"
+        );
+        assert_eq!(
             worker.net.ring.direct_accepts(),
             (false, 0),
             "a socket without a descriptor needs ring shutdowns"
         );
         assert!(worker.net.socks.len() <= 1);
+        uring::close(listener);
+    }
+
+    /// The pooled upstream connection is closed while its watching receive is in flight: the
+    /// close cancels it on the ring, and the socket is freed once it has ended.
+    #[test]
+    fn a_close_with_a_receive_in_flight_wakes_it_and_frees_the_socket() {
+        let ring = Ring::with_features(256, RECV_BUFFERS, Features::default()).unwrap();
+        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                .unwrap();
+            let (_, got) = response(&mut s);
+            assert_eq!(got, b"127.0.0.1");
+        });
+        turn_until(&mut worker, &client);
+        client.join().unwrap();
+        for _ in 0..50 {
+            worker.turn().unwrap();
+        }
+        assert_eq!(worker.net.socks.len(), 1, "the pooled upstream connection");
+        let before = worker.net.close_wakes;
+        worker.driver.finish(&mut worker.net);
+        assert_eq!(
+            worker.net.close_wakes,
+            before + 1,
+            "its receive was cancelled"
+        );
+        for _ in 0..50 {
+            if worker.net.socks.is_empty() {
+                break;
+            }
+            worker.turn().unwrap();
+        }
+        assert!(worker.net.socks.is_empty(), "freed once the receive ended");
         uring::close(listener);
     }
 
