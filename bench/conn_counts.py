@@ -18,6 +18,7 @@ import argparse
 import collections
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,7 @@ def measure(args, binary, tmp, name, extra, env):
             if m:
                 ops["submit " + m.group(1)] += 1
         counts.update(ops)
+        os.remove(f"{tmp}/ops.data")
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=15)
@@ -173,6 +175,7 @@ def main():
     finally:
         up.terminate()
         up.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
     keys = sorted({k for _, _, _, c in results for k in c},
                   key=lambda k: (not k.startswith(("task", "raw", "context", "min")), k))
     mode = "keep-alive" if args.keepalive else "new connection per request"

@@ -15,7 +15,8 @@
 //! Optional kernel features, each probed at start with a fallback to the plain path:
 //! registered descriptors ([`Ring::install`]), receive bundles ([`Ring::bundles`]),
 //! zero-copy sends ([`ZC_MIN`]), shutdowns on the ring ([`Ring::shutdown`]) and accepts straight
-//! into the file table ([`Ring::accept_direct`]); `SLUICE_URING_DISABLE` turns them off for
+//! into the file table ([`Ring::accept_direct`]). The last two are off by default (see
+//! [`Features`]); `SLUICE_URING_DISABLE` and `SLUICE_URING_ENABLE` turn features off and on for
 //! measurement.
 #![allow(unsafe_code)]
 
@@ -788,7 +789,7 @@ impl Ring {
                 && slot >= d.base
             {
                 // Queued now, so it runs before any accept armed from here on.
-                d.taken -= 1;
+                d.taken = d.taken.saturating_sub(1);
             }
             let e = opcode::Close::new(types::Fixed(slot))
                 .build()
@@ -1193,7 +1194,7 @@ impl Ring {
                         }
                         if cqe.result() < 0 {
                             // No entry was taken.
-                            d.taken -= 1;
+                            d.taken = d.taken.saturating_sub(1);
                         } else {
                             d.accepted += 1;
                         }
