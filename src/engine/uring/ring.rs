@@ -14,8 +14,10 @@
 //!
 //! Optional kernel features, each probed at start with a fallback to the plain path:
 //! registered descriptors ([`Ring::install`]), receive bundles ([`Ring::bundles`]), a byte
-//! budget per multishot receive ([`Ring::recv_limit`]) and zero-copy sends ([`ZC_MIN`]);
-//! `SLUICE_URING_DISABLE` turns them off for measurement.
+//! budget per multishot receive ([`Ring::recv_limit`]), zero-copy sends ([`ZC_MIN`]),
+//! shutdowns on the ring ([`Ring::shutdown`]) and accepts straight into the file table
+//! ([`Ring::accept_direct`]). The last two are off by default (see [`Features`]);
+//! `SLUICE_URING_DISABLE` and `SLUICE_URING_ENABLE` turn features off and on for measurement.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -44,6 +46,10 @@ pub enum Op {
     /// A change to the registered file table (install or remove); posted only on failure
     /// where the kernel can skip successful completions.
     Files = 9,
+    /// A half-close or close on the ring (IORING_OP_SHUTDOWN).
+    Shutdown = 10,
+    /// An accept straight into the registered file table ([`Ring::accept_direct`]).
+    AcceptDirect = 11,
 }
 
 impl Op {
@@ -56,6 +62,8 @@ impl Op {
             7 => Op::Wake,
             8 => Op::Cancel,
             9 => Op::Files,
+            10 => Op::Shutdown,
+            11 => Op::AcceptDirect,
             _ => return None,
         })
     }
@@ -133,10 +141,36 @@ const MAX_FIXED_FILES: u32 = 1 << 16;
 /// system call of their own.
 struct FixedFiles {
     size: u32,
+    /// Entries below this one are the slots' ([`Ring::install`]); those from it on are the
+    /// kernel's to hand to direct accepts ([`DirectAccepts`]), when there are any.
+    installs: u32,
     /// The descriptor each install reads (by slot): the kernel reads it when it issues the
     /// update, which is no later than the submit that carries it; the array lives as long as
     /// the ring. A slot is written again only for its next socket, whose update comes after.
     fds: Box<[RawFd]>,
+}
+
+/// Accepting straight into the registered file table: the kernel picks a free entry of the
+/// table's allocation range (IORING_REGISTER_FILE_ALLOC_RANGE, the entries from `base` on) for
+/// each socket it accepts (IORING_FILE_INDEX_ALLOC), and the socket never has a descriptor:
+/// no descriptor-table slot to find, no install, no close of a descriptor. Single-shot
+/// accepts, each with an address buffer of its own, so every completion comes with its peer's
+/// address (a multishot accept would write every peer into one buffer).
+struct DirectAccepts {
+    base: u32,
+    len: u32,
+    /// Entries held: accepted sockets whose entry is not closed yet, plus accepts armed. Kept
+    /// within `len`, so an accept never finds the range full (the kernel would drop the
+    /// connection it took).
+    taken: u32,
+    /// By accept slot: the peer address its accept writes (the kernel writes it while the
+    /// accept is armed; it is read after the completion, before the slot is armed again).
+    /// Boxed: the kernel holds a pointer into each while the vector grows.
+    #[allow(clippy::vec_box)]
+    addrs: Vec<Box<SockAddr>>,
+    armed: Vec<bool>,
+    /// Sockets accepted this way (for tests and diagnostics).
+    accepted: u64,
 }
 
 /// Which optional kernel features a ring may use; each is also probed, and a ring whose
@@ -154,36 +188,74 @@ pub struct Features {
     /// A byte budget per multishot receive (IORING_RECV_MSHOT_LIM, kernel 6.17+): see
     /// [`Ring::recv_limit`].
     pub recv_limit: bool,
+    /// Shutdowns as ring operations (IORING_OP_SHUTDOWN, kernel 5.11+) instead of
+    /// shutdown(2); see [`Ring::shutdown`] for what that costs.
+    pub ring_shutdown: bool,
+    /// Accepting straight into the registered file table ([`Ring::accept_direct`]; needs
+    /// the table and ring shutdowns, kernel 6.0+).
+    pub accept_direct: bool,
 }
 
+/// Ring shutdowns and direct accepts are off by default: the kernel runs IORING_OP_SHUTDOWN on
+/// an io-wq thread, and that hop costs a new connection more than the system calls the two
+/// save. bench/conn_counts.py, 64 connections, `Connection: close`, per request, two rounds,
+/// system calls only -> ring shutdowns -> both: system calls 3.0-3.2 -> 2.2-2.3 -> 0.22-0.26,
+/// context switches 0.09-0.10 -> 0.27-0.34 -> 0.15-0.25, io-wq punts 0 -> 0.98 -> 0.98,
+/// io_uring_enter 0.18 -> 0.25-0.31 -> 0.21-0.25, and the worker's CPU time (a loaded machine,
+/// but the same way in every round) 25-26 -> 30-31 -> 33 µs. Direct accepts on top of ring
+/// shutdowns lower the context switches and enters again (against ring shutdowns alone), but a
+/// socket without a descriptor can only be half-closed on the ring, so they come together.
+/// `SLUICE_URING_ENABLE=shutdown,direct` turns them on.
 impl Default for Features {
     fn default() -> Self {
         Features {
-            fixed_files: true,
-            bundles: true,
-            send_zc: true,
-            recv_limit: true,
+            ring_shutdown: false,
+            accept_direct: false,
+            ..Features::all()
         }
     }
 }
 
 impl Features {
-    /// The defaults minus what `SLUICE_URING_DISABLE` names (comma-separated: `fixed`,
-    /// `bundle`, `zc`, `limit`), so one build can be measured with and without each feature.
+    /// Every optional feature (each still probed).
+    pub fn all() -> Features {
+        Features {
+            fixed_files: true,
+            bundles: true,
+            send_zc: true,
+            recv_limit: true,
+            ring_shutdown: true,
+            accept_direct: true,
+        }
+    }
+
+    /// The defaults plus what `SLUICE_URING_ENABLE` names and minus what `SLUICE_URING_DISABLE`
+    /// names (comma-separated: `fixed`, `bundle`, `zc`, `limit`, `shutdown`, `direct`), so one
+    /// build can be measured with and without each feature.
     pub fn from_env() -> Features {
-        let mut f = Features::default();
-        if let Ok(off) = std::env::var("SLUICE_URING_DISABLE") {
-            for name in off.split(',').map(str::trim) {
+        Features::default().with_names(
+            std::env::var("SLUICE_URING_ENABLE").ok().as_deref(),
+            std::env::var("SLUICE_URING_DISABLE").ok().as_deref(),
+        )
+    }
+
+    /// These features with those named in `enable` turned on, then those named in `disable`
+    /// turned off (comma-separated names; unknown names are ignored).
+    pub fn with_names(mut self, enable: Option<&str>, disable: Option<&str>) -> Features {
+        for (names, on) in [(enable, true), (disable, false)] {
+            for name in names.unwrap_or_default().split(',').map(str::trim) {
                 match name {
-                    "fixed" => f.fixed_files = false,
-                    "bundle" => f.bundles = false,
-                    "zc" => f.send_zc = false,
-                    "limit" => f.recv_limit = false,
+                    "fixed" => self.fixed_files = on,
+                    "bundle" => self.bundles = on,
+                    "zc" => self.send_zc = on,
+                    "limit" => self.recv_limit = on,
+                    "shutdown" => self.ring_shutdown = on,
+                    "direct" => self.accept_direct = on,
                     _ => {}
                 }
             }
         }
-        f
+        self
     }
 }
 
@@ -422,6 +494,11 @@ pub struct Ring {
     send_zc: bool,
     /// Bytes a multishot receive takes before it ends (0: no budget, the kernel lacks it).
     recv_limit: u32,
+    /// Shutdowns go on the ring ([`Ring::shutdown`]); shutdowns issued there (for tests).
+    ring_shutdown: bool,
+    ring_shutdowns: u64,
+    /// Accepts straight into the file table, when the kernel took the allocation range.
+    direct: Option<DirectAccepts>,
     /// By slot: a zero-copy send's buffer after its completion and until its notification:
     /// the kernel may still read it (a retransmission). The driver got a stand-in of the same
     /// length with the unsent tail at the same offsets, so it can go on at once. One at a time
@@ -447,8 +524,8 @@ impl Drop for Ring {
 
 impl Ring {
     /// `entries` submission slots; `buffers` receive buffers of `buffer_size` bytes; every
-    /// optional feature the kernel has but the receive budget (receives run until EOF, an
-    /// error, ENOBUFS or a cancel).
+    /// optional feature the kernel has (those off by default too) but the receive budget
+    /// (receives run until EOF, an error, ENOBUFS or a cancel).
     pub fn new(entries: u32, buffers: u16, buffer_size: usize) -> io::Result<Ring> {
         let sizing = RecvBuffers {
             plain: (buffers, buffer_size),
@@ -456,7 +533,7 @@ impl Ring {
         };
         let features = Features {
             recv_limit: false,
-            ..Features::default()
+            ..Features::all()
         };
         Ring::with_features(entries, sizing, features)
     }
@@ -525,16 +602,20 @@ impl Ring {
             bundles: false,
             send_zc: false,
             recv_limit: 0,
+            ring_shutdown: false,
+            ring_shutdowns: 0,
+            direct: None,
             zc_held: std::collections::HashMap::new(),
             zc_pool: Vec::new(),
             zc_pool_bytes: 0,
             zc_sends: 0,
             closing: Vec::new(),
         };
-        if features.send_zc {
-            let mut probe = io_uring::Probe::new();
-            ring.send_zc = ring.ring.submitter().register_probe(&mut probe).is_ok()
-                && probe.is_supported(opcode::SendZc::CODE);
+        let mut probe = io_uring::Probe::new();
+        if ring.ring.submitter().register_probe(&mut probe).is_ok() {
+            ring.send_zc = features.send_zc && probe.is_supported(opcode::SendZc::CODE);
+            ring.ring_shutdown =
+                features.ring_shutdown && probe.is_supported(opcode::Shutdown::CODE);
         }
         if features.fixed_files {
             ring.register_fixed_files();
@@ -557,6 +638,10 @@ impl Ring {
         }
         if features.recv_limit {
             ring.probe_recv_limit();
+        }
+        // A socket without a descriptor can only be shut down on the ring.
+        if features.accept_direct && ring.ring_shutdown {
+            ring.register_direct_accepts();
         }
         Ok(ring)
     }
@@ -648,6 +733,138 @@ impl Ring {
         (ring_bytes / per_receive.max(1)).max(1)
     }
 
+    /// Gives the upper half of the file table to direct accepts (IORING_REGISTER_FILE_ALLOC_RANGE,
+    /// kernel 6.0+); the slots' installs keep the lower half. Without a table, or where the
+    /// kernel refuses, accepts make descriptors as before.
+    fn register_direct_accepts(&mut self) {
+        let Some(fixed) = self.fixed.as_mut() else {
+            return;
+        };
+        let base = fixed.size / 2;
+        let len = fixed.size - base;
+        if len == 0 {
+            return;
+        }
+        /// struct io_uring_file_index_range.
+        #[repr(C)]
+        struct Range {
+            off: u32,
+            len: u32,
+            resv: u64,
+        }
+        let range = Range {
+            off: base,
+            len,
+            resv: 0,
+        };
+        // SAFETY: io_uring_register on this ring's descriptor with a live, correctly laid out
+        // io_uring_file_index_range (the kernel copies it); nr_args must be 0.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                std::os::fd::AsRawFd::as_raw_fd(&self.ring),
+                25, // IORING_REGISTER_FILE_ALLOC_RANGE
+                (&raw const range).cast::<libc::c_void>(),
+                0,
+            )
+        };
+        if ret != 0 {
+            return;
+        }
+        fixed.installs = base;
+        self.direct = Some(DirectAccepts {
+            base,
+            len,
+            taken: 0,
+            addrs: Vec::new(),
+            armed: Vec::new(),
+            accepted: 0,
+        });
+    }
+
+    /// Arms a single-shot accept on `listener` straight into the file table ([`Op::AcceptDirect`]
+    /// with `token`'s slot, which also names its address buffer). Its completion's result is the
+    /// socket's table entry (`Target::Fixed`), [`Ring::accepted_peer`] its peer. False (nothing
+    /// armed) without direct accepts, while `token`'s slot is still armed, or while the
+    /// allocation range has no entry to spare: the caller accepts with a descriptor then.
+    pub fn accept_direct(&mut self, listener: RawFd, token: Token) -> bool {
+        let Some(d) = self.direct.as_mut() else {
+            return false;
+        };
+        let i = token.slot as usize;
+        if d.taken >= d.len || d.armed.get(i).copied().unwrap_or(false) {
+            return false;
+        }
+        while d.addrs.len() <= i {
+            d.addrs
+                .push(SockAddr::new(SocketAddr::from(([0, 0, 0, 0], 0))));
+            d.armed.push(false);
+        }
+        let addr = &mut d.addrs[i];
+        addr.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let (ptr, len) = (
+            (&raw mut addr.storage).cast::<libc::sockaddr>(),
+            &raw mut addr.len,
+        );
+        d.armed[i] = true;
+        d.taken += 1;
+        let e = opcode::Accept::new(types::Fd(listener), ptr, len)
+            .file_index(Some(types::DestinationSlot::auto_target()))
+            // No SOCK_CLOEXEC: there is no descriptor (the kernel refuses the flag here).
+            .build()
+            .user_data(
+                Token {
+                    op: Op::AcceptDirect,
+                    ..token
+                }
+                .encode(),
+            );
+        self.push(e);
+        true
+    }
+
+    /// The peer address of accept slot `slot`'s last completed direct accept (read it before
+    /// the slot is armed again).
+    pub fn accepted_peer(&self, slot: u32) -> Option<SocketAddr> {
+        let d = self.direct.as_ref()?;
+        d.addrs.get(slot as usize)?.to_socket_addr()
+    }
+
+    /// Whether direct accept slot `slot` is armed.
+    pub fn direct_armed(&self, slot: u32) -> bool {
+        self.direct
+            .as_ref()
+            .and_then(|d| d.armed.get(slot as usize).copied())
+            .unwrap_or(false)
+    }
+
+    /// Whether accepts can go straight into the file table, and how many did.
+    pub fn direct_accepts(&self) -> (bool, u64) {
+        self.direct
+            .as_ref()
+            .map_or((false, 0), |d| (true, d.accepted))
+    }
+
+    /// Asks the kernel to cancel every operation on the socket of `target` (IORING_ASYNC_CANCEL_FD
+    /// | ALL, kernel 5.19+), in the next submission, without a system call of its own: the
+    /// cancelled operations complete with ECANCELED (one already running completes on its
+    /// own). Its own completion is posted only where success cannot be skipped.
+    pub fn cancel_all(&mut self, target: Target) {
+        let builder = on_target!(target, |f| types::CancelBuilder::fd(f).all());
+        let e = opcode::AsyncCancel2::new(builder)
+            .build()
+            .flags(self.files_flags)
+            .user_data(
+                Token {
+                    op: Op::Cancel,
+                    slot: 0,
+                    generation: 0,
+                }
+                .encode(),
+            );
+        self.push(e);
+    }
+
     /// Registers a sparse file table (kernel 5.19+), as large as the descriptor limit allows
     /// up to [`MAX_FIXED_FILES`]; without it, every socket uses its descriptor.
     fn register_fixed_files(&mut self) {
@@ -667,6 +884,7 @@ impl Ring {
         }
         self.fixed = Some(FixedFiles {
             size,
+            installs: size,
             fds: vec![-1; size as usize].into_boxed_slice(),
         });
     }
@@ -684,7 +902,7 @@ impl Ring {
     /// slot is reused.
     pub fn install(&mut self, fd: RawFd, slot: u32) -> Target {
         let flags = self.files_flags;
-        let Some(fixed) = self.fixed.as_mut().filter(|f| slot < f.size) else {
+        let Some(fixed) = self.fixed.as_mut().filter(|f| slot < f.installs) else {
             return Target::Fd(fd);
         };
         fixed.fds[slot as usize] = fd;
@@ -702,6 +920,12 @@ impl Ring {
     /// Queued behind everything queued for it, and ahead of any later install of the slot.
     pub fn remove_fixed(&mut self, target: Target) {
         if let Target::Fixed(slot) = target {
+            if let Some(d) = self.direct.as_mut()
+                && slot >= d.base
+            {
+                // Queued now, so it runs before any accept armed from here on.
+                d.taken = d.taken.saturating_sub(1);
+            }
             let e = opcode::Close::new(types::Fixed(slot))
                 .build()
                 .flags(self.files_flags)
@@ -793,7 +1017,8 @@ impl Ring {
         let mut taken = 0;
         for entry in &self.pending {
             // SAFETY: every entry was built by the methods below; the memory it points to is
-            // owned by this ring (`lent`, `wake_buf`, `bufs`) until its completion is reaped
+            // owned by this ring (`lent`, `wake_buf`, `bufs`, the direct accepts' addresses,
+            // which are boxed and never freed before the ring) until its completion is reaped
             // (sends, connects) or for the ring's life (the others).
             if unsafe { sq.push(entry) }.is_err() {
                 break;
@@ -822,6 +1047,35 @@ impl Ring {
     /// still waiting when the ring goes is closed with close(2) then.
     pub fn close_fd(&mut self, fd: RawFd) {
         self.closing.push(fd);
+    }
+
+    /// Queues shutdown(2) of the socket of `target` as a ring operation ([`Op::Shutdown`] with
+    /// `token`'s slot), behind everything queued before it; false (nothing queued) where the
+    /// ring does not do it, and the caller makes the system call. Its completion always comes:
+    /// the caller keeps the socket (and its table entry) until then, because the kernel runs
+    /// a shutdown on an io-wq thread (it may block), where it looks a registered descriptor up
+    /// only when it runs. That thread hop is its cost: a context switch on the worker's core
+    /// where the system call has none, so a socket with a descriptor is better served by the
+    /// system call, and a socket with only a table entry has no other way.
+    pub fn shutdown(&mut self, target: Target, how: libc::c_int, token: Token) -> bool {
+        if !self.ring_shutdown {
+            return false;
+        }
+        let e = on_target!(target, |f| opcode::Shutdown::new(f, how).build()).user_data(
+            Token {
+                op: Op::Shutdown,
+                ..token
+            }
+            .encode(),
+        );
+        self.push(e);
+        self.ring_shutdowns += 1;
+        true
+    }
+
+    /// Whether shutdowns can go on the ring, and how many did.
+    pub fn ring_shutdown(&self) -> (bool, u64) {
+        (self.ring_shutdown, self.ring_shutdowns)
     }
 
     pub fn accept_multi(&mut self, listener: RawFd, token: Token) {
@@ -1076,6 +1330,23 @@ impl Ring {
                 }) => {
                     if let Some(lent) = self.lent.get_mut(slot as usize) {
                         lent.addr = None;
+                    }
+                }
+                Some(Token {
+                    op: Op::AcceptDirect,
+                    slot,
+                    ..
+                }) => {
+                    if let Some(d) = self.direct.as_mut() {
+                        if let Some(armed) = d.armed.get_mut(slot as usize) {
+                            *armed = false;
+                        }
+                        if cqe.result() < 0 {
+                            // No entry was taken.
+                            d.taken = d.taken.saturating_sub(1);
+                        } else {
+                            d.accepted += 1;
+                        }
                     }
                 }
                 _ => {}
@@ -1486,6 +1757,8 @@ mod tests {
             bundles: false,
             send_zc: true,
             recv_limit: true,
+            ring_shutdown: true,
+            accept_direct: true,
         };
         let sizing = RecvBuffers {
             plain: (8, 4096),
@@ -1591,6 +1864,8 @@ mod tests {
             bundles: false,
             send_zc: true,
             recv_limit: false,
+            ring_shutdown: true,
+            accept_direct: true,
         };
         let sizing = RecvBuffers {
             plain: (8, 16),
@@ -1785,18 +2060,174 @@ mod tests {
         assert_eq!(b, [9, 9, 0, 3, 4, 5, 6, 7, 8, 9]);
     }
 
-    fn is_open(fd: RawFd) -> bool {
-        // SAFETY: F_GETFD only reads the descriptor's flags.
-        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    #[test]
+    fn a_shutdown_on_the_ring_half_closes_a_registered_socket_after_its_send() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        assert!(
+            ring.ring_shutdown().0,
+            "this kernel (5.11+) has IORING_OP_SHUTDOWN"
+        );
+        let (a, b) = pair();
+        let ta = ring.install(a, 5);
+        ring.send(ta, b"last".to_vec(), token(Op::Send, 5)).unwrap();
+        let mut got = reap(&mut ring, Duration::from_millis(50));
+        assert!(ring.shutdown(ta, libc::SHUT_WR, token(Op::Shutdown, 5)));
+        // The peer's receive sees the bytes, then the FIN (EOF); the shutdown completes.
+        ring.recv_multi(Target::Fd(b), token(Op::Recv, 6));
+        got.extend(reap(&mut ring, Duration::from_millis(200)));
+        assert_eq!(received_on(&got, 6), b"last");
+        assert!(eof_on(&got, 6), "the FIN came");
+        let shut = got
+            .iter()
+            .find(|(c, _)| c.token == Some(token(Op::Shutdown, 5)))
+            .expect("a shutdown's completion always comes");
+        assert_eq!(shut.0.result, 0);
+        assert_eq!(ring.ring_shutdown().1, 1);
+        // Only the write side: a is still readable.
+        send_now(b, b"back");
+        ring.recv_multi(ta, token(Op::Recv, 5));
+        let got = reap(&mut ring, Duration::from_millis(100));
+        assert_eq!(received_on(&got, 5), b"back");
+        ring.remove_fixed(ta);
+        close(a);
+        close(b);
     }
 
-    /// The other end of a socket pair reads end-of-file: its peer's last reference is gone.
-    /// (Whether a descriptor number is open says less: another test's socket can take the
-    /// number the moment it is closed.)
-    fn peer_sees_eof(fd: RawFd) -> bool {
+    #[test]
+    fn without_ring_shutdowns_the_caller_is_told_to_make_the_system_call() {
+        let features = Features {
+            ring_shutdown: false,
+            ..Features::all()
+        };
+        let sizing = RecvBuffers {
+            plain: (8, 4096),
+            bundled: (8, 4096),
+        };
+        let mut ring = Ring::with_features(64, sizing, features).unwrap();
+        assert!(!ring.shutdown(Target::Fd(0), libc::SHUT_WR, token(Op::Shutdown, 1)));
+        assert_eq!(ring.ring_shutdown(), (false, 0));
+    }
+
+    #[test]
+    fn a_direct_accept_gives_a_table_entry_and_the_peer_address_without_a_descriptor() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        assert!(
+            ring.direct_accepts().0,
+            "this kernel (6.0+) accepts into the file table"
+        );
+        let listener = listen_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = local_addr(listener).unwrap();
+        for k in 0..2 {
+            assert!(ring.accept_direct(listener, token(Op::AcceptDirect, k)));
+        }
+        assert!(
+            !ring.accept_direct(listener, token(Op::AcceptDirect, 0)),
+            "one accept per slot at a time"
+        );
+        let clients: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let got = reap(&mut ring, Duration::from_millis(100));
+        let accepts: Vec<&Completion> = got
+            .iter()
+            .map(|(c, _)| c)
+            .filter(|c| c.token.map(|t| t.op) == Some(Op::AcceptDirect))
+            .collect();
+        assert_eq!(accepts.len(), 2);
+        let half = ring.fixed_files() / 2;
+        for c in &accepts {
+            let index = u32::try_from(c.result).expect("a table entry");
+            assert!(index >= half, "from the accept range: {index}");
+            let slot = c.token.unwrap().slot;
+            let peer = ring.accepted_peer(slot).expect("the peer's address");
+            let client = clients
+                .iter()
+                .find(|s| s.local_addr().unwrap() == peer)
+                .expect("the peer is one of the clients, port and all");
+            // The entry is the socket: a receive through it gets the client's bytes.
+            use std::io::Write;
+            (&*client).write_all(b"hi").unwrap();
+            ring.recv_multi(Target::Fixed(index), token(Op::Recv, slot));
+            let got = reap(&mut ring, Duration::from_millis(50));
+            assert_eq!(received_on(&got, slot), b"hi");
+            ring.cancel_all(Target::Fixed(index));
+            let got = reap(&mut ring, Duration::from_millis(50));
+            assert!(
+                got.iter()
+                    .any(|(c, _)| c.token == Some(token(Op::Recv, slot))
+                        && c.result == -libc::ECANCELED
+                        && !c.more),
+                "cancel_all ends the socket's receive"
+            );
+            ring.remove_fixed(Target::Fixed(index));
+        }
+        assert_eq!(ring.direct_accepts(), (true, 2));
+        ring.submit_and_wait(Duration::from_millis(1)).unwrap();
+        // Closing the entries closed the sockets: the clients read EOF.
+        for mut c in clients {
+            use std::io::Read;
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(c.read(&mut [0u8; 4]).unwrap(), 0);
+        }
+        close(listener);
+    }
+
+    #[test]
+    fn installs_keep_below_the_accept_range() {
+        let mut ring = Ring::new(64, 8, 4096).unwrap();
+        let half = ring.fixed_files() / 2;
+        assert_eq!(ring.install(9, half), Target::Fd(9));
+        let off = Features {
+            accept_direct: false,
+            ..Features::all()
+        };
+        let sizing = RecvBuffers {
+            plain: (8, 4096),
+            bundled: (8, 4096),
+        };
+        let mut ring = Ring::with_features(64, sizing, off).unwrap();
+        assert_eq!(ring.direct_accepts(), (false, 0));
+        assert!(!ring.accept_direct(0, token(Op::AcceptDirect, 0)));
+        let (a, b) = pair();
+        assert_eq!(ring.install(a, half), Target::Fixed(half));
+        ring.remove_fixed(Target::Fixed(half));
+        ring.submit_and_wait(Duration::from_millis(1)).unwrap();
+        close(a);
+        close(b);
+    }
+
+    #[test]
+    fn ring_shutdowns_and_direct_accepts_are_off_unless_enabled_by_name() {
+        let d = Features::default();
+        assert!(d.fixed_files && d.bundles && d.send_zc);
+        assert!(!d.ring_shutdown && !d.accept_direct);
+        assert_eq!(d.with_names(None, None), d);
+        assert_eq!(
+            d.with_names(Some("shutdown, direct"), None),
+            Features::all()
+        );
+        let f = d.with_names(Some("direct"), Some("zc,bundle,nonsense"));
+        assert!(f.accept_direct && !f.ring_shutdown && !f.send_zc && !f.bundles && f.fixed_files);
+        // Disabling wins over enabling.
+        assert!(
+            !d.with_names(Some("shutdown"), Some("shutdown"))
+                .ring_shutdown
+        );
+    }
+
+    /// Whether the other end of socket pair end `peer` is closed (EOF waiting), judged from
+    /// the peer so that a descriptor number reused by a test running beside it cannot fool it.
+    fn other_end_closed(peer: RawFd) -> bool {
         let mut byte = 0u8;
-        // SAFETY: reads at most one byte into `byte`, without blocking.
-        let n = unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_DONTWAIT) };
+        // SAFETY: receives at most one byte into a live byte, without waiting.
+        let n = unsafe {
+            libc::recv(
+                peer,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_PEEK,
+            )
+        };
         n == 0
     }
 
@@ -1805,9 +2236,12 @@ mod tests {
         let mut ring = Ring::new(64, 8, 4096).unwrap();
         let (a, b) = pair();
         ring.close_fd(a);
-        assert!(is_open(a), "nothing happens before the submission");
+        assert!(
+            !other_end_closed(b),
+            "nothing happens before the submission"
+        );
         ring.submit_and_wait(Duration::from_millis(1)).unwrap();
-        assert!(peer_sees_eof(b), "closed by the submission");
+        assert!(other_end_closed(b), "closed by the submission");
         let mut out = Vec::new();
         ring.completions(&mut out, 16);
         assert!(out.is_empty(), "a successful close posts no completion");
@@ -1815,7 +2249,7 @@ mod tests {
         let (c, d) = pair();
         ring.close_fd(c);
         drop(ring);
-        assert!(peer_sees_eof(d), "closed when the ring goes");
+        assert!(other_end_closed(d), "closed when the ring goes");
         close(d);
     }
 }

@@ -32,6 +32,10 @@ pub struct WorkerSetup {
 
 /// The accept token's slot for the HTTPS listener (the plain one is 0).
 const HTTPS_LISTENER: u32 = 1;
+/// Direct accepts ([`Ring::accept_direct`]) kept armed per listener: each takes one new
+/// connection and is armed again at the top of the next turn, so this is how many connections
+/// one listener takes per turn that way (a multishot accept with descriptors takes the rest).
+const DIRECT_ACCEPTS: u32 = 32;
 /// Accepting is paused until this time after EMFILE/ENFILE, instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest the loop sleeps without a timer, so stop requests and new snapshots are seen.
@@ -95,8 +99,10 @@ impl Receive {
 /// A client or upstream socket.
 struct Socket {
     /// Its descriptor, for the system calls that are not ring operations (shutdown, close,
-    /// socket options, addresses).
-    fd: RawFd,
+    /// socket options, addresses); `None` for a socket accepted straight into the ring's file
+    /// table, which has only its entry there (`target`) and is shut down and closed on the
+    /// ring.
+    fd: Option<RawFd>,
     /// How ring operations name it: its registered-file entry when the ring has a table.
     target: Target,
     /// Whose it is; `None` once the driver closed it.
@@ -119,6 +125,15 @@ pub struct UringNet {
     /// address of every connection it accepts, without a getsockname per connection.
     listener_addrs: [Option<SocketAddr>; 2],
     accept_armed: [bool; 2],
+    /// Accepts go straight into the ring's file table ([`Ring::accept_direct`]); off where the
+    /// ring has no range for them or a direct accept failed for a reason other than load.
+    direct: bool,
+    /// Per listener: a direct accept completed (or some could not be armed) since its direct
+    /// accepts were last armed.
+    direct_rearm: [bool; 2],
+    /// Per listener: fewer than [`DIRECT_ACCEPTS`] are armed because the range was full, so
+    /// the multishot accept with descriptors takes what they cannot.
+    direct_short: [bool; 2],
     accepting: bool,
     accept_paused_until: Option<Instant>,
     /// Receives that ended for want of a free buffer (and were armed again).
@@ -145,6 +160,8 @@ pub struct UringNet {
     remote: Vec<Option<(u32, bool)>>,
     /// Zero-copy sends to loopback peers too (tests, whose peers are all loopback).
     zc_loopback: bool,
+    /// Closes that had operations in flight to cancel on the ring.
+    close_wakes: u64,
 }
 
 impl UringNet {
@@ -165,7 +182,9 @@ impl UringNet {
             // in flight), then the descriptor, both in the next submission (no system call);
             // the slot's next install comes after both.
             self.ring.remove_fixed(s.target);
-            self.ring.close_fd(s.fd);
+            if let Some(fd) = s.fd {
+                self.ring.close_fd(fd);
+            }
             self.socks.remove(slot);
         }
     }
@@ -178,15 +197,44 @@ impl UringNet {
         // Either listener's EMFILE pauses both; whichever re-arms first ends it.
         self.accept_paused_until = None;
         for (i, listener) in self.listeners.iter().enumerate() {
-            if let Some(fd) = listener
-                && !self.accept_armed[i]
-            {
+            let Some(fd) = *listener else {
+                continue;
+            };
+            // Straight into the file table where the listener names its address (a wildcard
+            // one would need getsockname per connection, which a socket without a descriptor
+            // cannot do): the multishot accept below is armed only when the table's range has
+            // no entry to spare.
+            if self.direct && self.listener_addrs[i].is_some() {
+                if self.direct_rearm[i] {
+                    let mut short = false;
+                    for k in 0..DIRECT_ACCEPTS {
+                        let token = Token {
+                            op: Op::AcceptDirect,
+                            slot: i as u32 + 2 * k,
+                            generation: 0,
+                        };
+                        // Refused while still armed (fine) or for a full range (short).
+                        if !self.ring.accept_direct(fd, token)
+                            && !self.ring.direct_armed(token.slot)
+                        {
+                            short = true;
+                        }
+                    }
+                    self.direct_short[i] = short;
+                    // While short, try again next turn (entries come back as sockets close).
+                    self.direct_rearm[i] = short;
+                }
+                if !self.direct_short[i] {
+                    continue;
+                }
+            }
+            if !self.accept_armed[i] {
                 let token = Token {
                     op: Op::Accept,
                     slot: i as u32,
                     generation: 0,
                 };
-                self.ring.accept_multi(*fd, token);
+                self.ring.accept_multi(fd, token);
                 self.accept_armed[i] = true;
             }
         }
@@ -198,6 +246,7 @@ impl UringNet {
         };
         match token.op {
             Op::Accept => self.accepted(token, c, driver, now),
+            Op::AcceptDirect => self.accepted_direct(token, c, driver, now),
             Op::Recv => self.received(token, c, driver, now),
             // A zero-copy send's notification: the ring took its buffer back.
             Op::Send if c.notif => {}
@@ -215,6 +264,7 @@ impl UringNet {
                 }
                 self.maybe_free(slot);
             }
+            Op::Shutdown => self.shut(token),
             Op::Connect => {
                 let slot = token.slot as usize;
                 let Some(s) = self.socks.get(slot, token.generation) else {
@@ -264,7 +314,7 @@ impl UringNet {
             local,
         };
         let slot = self.socks.insert(|_| Socket {
-            fd,
+            fd: Some(fd),
             target: Target::Fd(fd),
             owner: None,
             recv: Receive::default(),
@@ -283,6 +333,66 @@ impl UringNet {
             s.owner = owner;
         }
         self.maybe_free(slot);
+    }
+
+    /// A direct accept completed: its result is the socket's entry in the ring's file table,
+    /// its peer's address is in the accept's own buffer, and the local address is the
+    /// listener's (direct accepts are armed only on listeners that name theirs).
+    fn accepted_direct(&mut self, token: Token, c: Completion, driver: &mut Driver, now: Instant) {
+        let listener = token.slot as usize & 1;
+        self.direct_rearm[listener] = true;
+        if c.result < 0 {
+            let err = -c.result;
+            if err == libc::EMFILE
+                || err == libc::ENFILE
+                || err == libc::ENOBUFS
+                || err == libc::ENOMEM
+            {
+                self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+            } else if self.accepting
+                && (err == libc::EINVAL || err == libc::EOPNOTSUPP || err == libc::EBADF)
+            {
+                // The kernel does not take them after all: descriptors from here on. (A
+                // connection reset before it was accepted, ECONNABORTED, is no reason.)
+                self.direct = false;
+            }
+            return;
+        }
+        let target = Target::Fixed(c.result as u32);
+        let (Some(local), Some(peer)) = (
+            self.listener_addrs[listener],
+            self.ring.accepted_peer(token.slot),
+        ) else {
+            self.ring.remove_fixed(target);
+            return;
+        };
+        if !self.accepting {
+            self.ring.remove_fixed(target);
+            return;
+        }
+        let slot = self.socks.insert(|_| Socket {
+            fd: None,
+            target,
+            owner: None,
+            recv: Receive::default(),
+            read_wanted: false,
+            inflight: 0,
+        });
+        let owner = driver.accept(slot, ClientInfo { peer, local }, listener == 1, now);
+        if let Some(s) = self.socks.get_any(slot) {
+            s.owner = owner;
+        }
+        self.maybe_free(slot);
+    }
+
+    /// A shutdown on the ring completed (whatever its result: a peer that already went makes
+    /// it fail, which changes nothing).
+    fn shut(&mut self, token: Token) {
+        let slot = token.slot as usize;
+        if let Some(s) = self.socks.get(slot, token.generation) {
+            s.inflight -= 1;
+            self.maybe_free(slot);
+        }
     }
 
     fn received(&mut self, token: Token, c: Completion, driver: &mut Driver, now: Instant) {
@@ -373,7 +483,7 @@ impl UringNet {
     }
 
     /// Whether the peer of `slot`'s socket is on another host (not loopback): sends to it may
-    /// go zero-copy. Unknown counts as remote.
+    /// go zero-copy. Unknown (no descriptor to ask) counts as remote.
     fn remote_peer(&mut self, slot: usize) -> bool {
         let generation = self.socks.generation(slot);
         if let Some(Some((g, remote))) = self.remote.get(slot)
@@ -384,7 +494,11 @@ impl UringNet {
         let Some(s) = self.socks.get_any(slot) else {
             return false;
         };
-        let remote = uring::peer_addr(s.fd).is_none_or(|a| !a.ip().to_canonical().is_loopback());
+        // A socket accepted straight into the file table has no descriptor to ask: remote.
+        let remote = s
+            .fd
+            .and_then(uring::peer_addr)
+            .is_none_or(|a| !a.ip().to_canonical().is_loopback());
         if self.remote.len() <= slot {
             self.remote.resize(slot + 1, None);
         }
@@ -425,8 +539,9 @@ impl Drop for UringNet {
     /// stopped first); the ring, and the memory those operations use, goes after them.
     fn drop(&mut self) {
         for i in 0..self.socks.capacity() {
-            if let Some(s) = self.socks.remove(i) {
-                uring::close(s.fd);
+            // A socket without a descriptor goes with the ring's file table.
+            if let Some(fd) = self.socks.remove(i).and_then(|s| s.fd) {
+                uring::close(fd);
             }
         }
     }
@@ -483,7 +598,7 @@ impl Transport for UringNet {
     fn connect(&mut self, endpoint: SocketAddr, owner: Owner) -> std::io::Result<usize> {
         let fd = uring::upstream_socket(endpoint)?;
         let slot = self.socks.insert(|_| Socket {
-            fd,
+            fd: Some(fd),
             target: Target::Fd(fd),
             owner: Some(owner),
             recv: Receive::default(),
@@ -505,9 +620,16 @@ impl Transport for UringNet {
         true
     }
 
+    /// On the ring where it can (queued behind the socket's last send: the driver half-closes
+    /// only once its sends have completed), else shutdown(2).
     fn shutdown_write(&mut self, sock: usize) {
+        let token = self.token(Op::Shutdown, sock);
         if let Some(s) = self.socks.get_any(sock) {
-            uring::shutdown(s.fd, libc::SHUT_WR);
+            if self.ring.shutdown(s.target, libc::SHUT_WR, token) {
+                s.inflight += 1;
+            } else if let Some(fd) = s.fd {
+                uring::shutdown(fd, libc::SHUT_WR);
+            }
         }
     }
 
@@ -518,11 +640,30 @@ impl Transport for UringNet {
         if s.owner.take().is_none() {
             return;
         }
-        if let Some(bytes) = last {
-            uring::send_now(s.fd, bytes);
+        let target = s.target;
+        match (s.fd, last) {
+            (Some(fd), Some(bytes)) => uring::send_now(fd, bytes),
+            // No descriptor: the last bytes on the ring (no send is in flight when the driver
+            // hands them).
+            (None, Some(bytes)) => {
+                let token = self.token(Op::Send, sock);
+                if self.ring.send(target, bytes.to_vec(), token).is_ok()
+                    && let Some(s) = self.socks.get_any(sock)
+                {
+                    s.inflight += 1;
+                }
+            }
+            (_, None) => {}
         }
-        // Wakes a pending receive; the descriptor is closed once nothing of it is in flight.
-        uring::shutdown(s.fd, libc::SHUT_RDWR);
+        // What is in flight (the receive a `Connection: close` answer leaves armed, a send
+        // waiting for room) is cancelled on the ring, and the socket closed there once nothing
+        // is. On the wire the same as the shutdown(2) this was (after a half-close the FIN is
+        // out; a close with unread data sends a reset, after a shutdown as without), one system
+        // call fewer per connection, and the only way for a socket without a descriptor.
+        if self.socks.get_any(sock).is_some_and(|s| s.inflight > 0) {
+            self.ring.cancel_all(target);
+            self.close_wakes += 1;
+        }
         self.maybe_free(sock);
     }
 
@@ -584,6 +725,7 @@ impl EngineWorker for Worker {
 impl Worker {
     fn with_ring(setup: WorkerSetup, driver: Driver, ring: Ring) -> Worker {
         let has_min_wait = ring.has_min_wait();
+        let direct = ring.direct_accepts().0;
         Worker {
             net: UringNet {
                 ring,
@@ -594,6 +736,9 @@ impl Worker {
                         .filter(|a| !a.ip().is_unspecified())
                 }),
                 accept_armed: [false; 2],
+                direct,
+                direct_rearm: [true; 2],
+                direct_short: [false; 2],
                 accepting: true,
                 accept_paused_until: None,
                 nobufs: 0,
@@ -604,6 +749,7 @@ impl Worker {
                 bytes_sent: 0,
                 remote: Vec::new(),
                 zc_loopback: false,
+                close_wakes: 0,
             },
             driver,
             core: setup.core,
@@ -830,6 +976,238 @@ mod tests {
         worker
     }
 
+    /// Answers every request with the value of its X-Forwarded-For field.
+    fn echo_forwarded_for() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end);
+                        let xff = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("x-forwarded-for:")
+                                    .map(|v| v.trim().to_string())
+                            })
+                            .unwrap_or_default();
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{xff}",
+                            xff.len()
+                        );
+                        if s.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A worker over `ring` serving upstream `up`, its address and its listener.
+    fn worker_on(ring: Ring, up: SocketAddr) -> (Worker, SocketAddr, RawFd) {
+        let listener = uring::listen_reuseport("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+        let addr = uring::local_addr(listener).unwrap();
+        let wake = crate::engine::sys::eventfd().unwrap();
+        let setup = WorkerSetup {
+            core: None,
+            listener,
+            https_listener: None,
+            wake: std::os::fd::AsRawFd::as_raw_fd(&wake),
+            batching: Default::default(),
+        };
+        // The eventfd outlives the test's worker (nothing signals it).
+        std::mem::forget(wake);
+        let worker = Worker::with_ring(setup, driver(up), ring);
+        worker.driver.serving(true);
+        (worker, addr, listener)
+    }
+
+    /// Turns the worker until `done` finished.
+    fn turn_until<T>(worker: &mut Worker, done: &std::thread::JoinHandle<T>) {
+        for _ in 0..20_000 {
+            if done.is_finished() {
+                return;
+            }
+            assert_eq!(worker.turn().unwrap(), Flow::Run);
+        }
+    }
+
+    /// `n` clients, each one `Connection: close` request on a connection of its own: each gets
+    /// its answer, then the proxy's FIN (EOF), and the proxy's socket is freed.
+    fn close_requests(worker: &mut Worker, addr: SocketAddr, n: usize) {
+        let client = std::thread::spawn(move || {
+            for _ in 0..n {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let (head, got) = response(&mut s);
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                assert_eq!(got, b"127.0.0.1", "X-Forwarded-For: the client's address");
+                let mut rest = [0u8; 16];
+                assert_eq!(s.read(&mut rest).unwrap(), 0, "the proxy half-closed");
+            }
+        });
+        turn_until(worker, &client);
+        client
+            .join()
+            .expect("every client got its answer and the FIN");
+        // The clients' own FINs end the lingering connections.
+        for _ in 0..50 {
+            worker.turn().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_connection_close_answer_is_half_closed_on_the_ring() {
+        let ring = Ring::with_features(256, RECV_BUFFERS, Features::all()).unwrap();
+        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        close_requests(&mut worker, addr, 3);
+        assert_eq!(
+            worker.net.ring.ring_shutdown(),
+            (true, 3),
+            "one shutdown on the ring per connection"
+        );
+        assert!(
+            worker.net.socks.len() <= 1,
+            "the clients' sockets are freed (the pooled upstream may stay)"
+        );
+        uring::close(listener);
+    }
+
+    #[test]
+    fn without_ring_shutdowns_a_connection_close_answer_is_half_closed_by_the_system_call() {
+        let features = Features {
+            ring_shutdown: false,
+            ..Features::all()
+        };
+        let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
+        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        close_requests(&mut worker, addr, 3);
+        assert_eq!(worker.net.ring.ring_shutdown(), (false, 0));
+        assert_eq!(
+            worker.net.close_wakes, 3,
+            "each close cancelled the receive left armed on the ring (no shutdown(2))"
+        );
+        assert_eq!(
+            worker.net.ring.direct_accepts(),
+            (false, 0),
+            "a socket without a descriptor needs ring shutdowns"
+        );
+        assert!(worker.net.socks.len() <= 1);
+        uring::close(listener);
+    }
+
+    /// The pooled upstream connection is closed while its watching receive is in flight: the
+    /// close cancels it on the ring, and the socket is freed once it has ended.
+    #[test]
+    fn a_close_with_a_receive_in_flight_wakes_it_and_frees_the_socket() {
+        let ring = Ring::with_features(256, RECV_BUFFERS, Features::default()).unwrap();
+        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                .unwrap();
+            let (_, got) = response(&mut s);
+            assert_eq!(got, b"127.0.0.1");
+        });
+        turn_until(&mut worker, &client);
+        client.join().unwrap();
+        for _ in 0..50 {
+            worker.turn().unwrap();
+        }
+        assert_eq!(worker.net.socks.len(), 1, "the pooled upstream connection");
+        let before = worker.net.close_wakes;
+        worker.driver.finish(&mut worker.net);
+        assert_eq!(
+            worker.net.close_wakes,
+            before + 1,
+            "its receive was cancelled"
+        );
+        for _ in 0..50 {
+            if worker.net.socks.is_empty() {
+                break;
+            }
+            worker.turn().unwrap();
+        }
+        assert!(worker.net.socks.is_empty(), "freed once the receive ended");
+        uring::close(listener);
+    }
+
+    /// Clients on connections of their own through a worker that accepts straight into the
+    /// file table: no accepted socket has a descriptor, each request reaches the upstream with
+    /// the client's address, each answer ends with the FIN sent on the ring, and every
+    /// socket and table entry is given back.
+    #[test]
+    fn accepted_sockets_have_only_a_table_entry_and_their_peer_address() {
+        let ring = Ring::with_features(256, RECV_BUFFERS, Features::all()).unwrap();
+        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        assert!(
+            worker.net.direct,
+            "this kernel (6.0+) accepts into the file table"
+        );
+        close_requests(&mut worker, addr, 5);
+        assert_eq!(worker.net.ring.direct_accepts(), (true, 5));
+        assert!(
+            !worker.net.accept_armed[0],
+            "no accept with descriptors was needed"
+        );
+        assert!(worker.net.socks.len() <= 1);
+        // A keep-alive client that goes away after three requests: its socket is closed with
+        // its operations cancelled on the ring.
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            for _ in 0..3 {
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                    .unwrap();
+                let (_, got) = response(&mut s);
+                assert_eq!(got, b"127.0.0.1");
+            }
+        });
+        turn_until(&mut worker, &client);
+        client.join().unwrap();
+        for _ in 0..50 {
+            worker.turn().unwrap();
+        }
+        assert_eq!(worker.net.ring.direct_accepts(), (true, 6));
+        assert!(worker.net.socks.len() <= 1, "the client's socket was freed");
+        uring::close(listener);
+    }
+
+    #[test]
+    fn without_direct_accepts_sockets_come_with_descriptors() {
+        let features = Features {
+            accept_direct: false,
+            ..Features::all()
+        };
+        let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
+        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        close_requests(&mut worker, addr, 2);
+        assert_eq!(worker.net.ring.direct_accepts(), (false, 0));
+        assert!(
+            worker.net.accept_armed[0],
+            "the multishot accept with descriptors"
+        );
+        uring::close(listener);
+    }
+
     /// Sixteen clients through a worker whose buffer ring has four buffers: receives run
     /// dry and are armed again.
     fn many_clients_through_a_tiny_buffer_ring(features: Features) {
@@ -894,6 +1272,8 @@ mod tests {
             bundles: false,
             send_zc: false,
             recv_limit: false,
+            ring_shutdown: false,
+            accept_direct: false,
         });
     }
 
