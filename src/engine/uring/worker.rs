@@ -495,10 +495,9 @@ impl UringNet {
             return false;
         };
         // A socket accepted straight into the file table has no descriptor to ask: remote.
-        let remote = s
-            .fd
-            .and_then(uring::peer_addr)
-            .is_none_or(|a| !a.ip().to_canonical().is_loopback());
+        let remote =
+            s.fd.and_then(uring::peer_addr)
+                .is_none_or(|a| !a.ip().to_canonical().is_loopback());
         if self.remote.len() <= slot {
             self.remote.resize(slot + 1, None);
         }
