@@ -428,6 +428,34 @@ impl InBuf {
         self.pos = 0;
     }
 
+    /// Whether [`InBuf::hand_over`] can give `out` this buffer, for a body decoded from all of
+    /// it (`used` bytes, `payload` of them data) that `encoder` sends as it is: nothing was
+    /// consumed from its front, every byte is payload, and `out` is empty.
+    fn can_hand_over(
+        &self,
+        used: usize,
+        payload: usize,
+        encoder: &BodyEncoder,
+        out: &[u8],
+    ) -> bool {
+        self.pos == 0
+            && used == self.data.len()
+            && payload == used
+            && used > 0
+            && encoder.passes_through()
+            && out.is_empty()
+    }
+
+    /// Consumes every byte into `out` (see [`InBuf::can_hand_over`]) by handing over the
+    /// buffer itself, not a copy: what a large body does, piece by piece, on its way from the
+    /// upstream to the client. `out`'s empty buffer becomes this one.
+    fn hand_over(&mut self, out: &mut Vec<u8>) {
+        debug_assert!(out.is_empty() && self.pos == 0);
+        self.consumed += self.data.len() as u64;
+        std::mem::swap(&mut self.data, out);
+        self.data.clear();
+    }
+
     /// Gives the memory back while idle (a keep-alive connection should cost next to nothing).
     fn release_if_empty(&mut self) {
         if self.is_empty() && self.data.capacity() > IDLE_KEEP_CAPACITY {
@@ -2147,8 +2175,16 @@ impl Conn {
                     break;
                 }
                 Ok((used, Decoded::Data(data))) => {
-                    encoder.encode(data, &mut self.uout.queued);
-                    self.cin.consume(used);
+                    // As for response bodies: the buffer itself when it is all payload.
+                    if self
+                        .cin
+                        .can_hand_over(used, data.len(), encoder, &self.uout.queued)
+                    {
+                        self.cin.hand_over(&mut self.uout.queued);
+                    } else {
+                        encoder.encode(data, &mut self.uout.queued);
+                        self.cin.consume(used);
+                    }
                     progressed = true;
                 }
                 Ok((used, Decoded::Done)) => {
@@ -2264,8 +2300,18 @@ impl Conn {
                             return true;
                         }
                         Ok((used, Decoded::Data(data))) => {
-                            encoder.encode(data, &mut self.cout.queued);
-                            self.uin.consume(used);
+                            // The whole input is payload that goes out as it is: the buffer
+                            // itself goes to the client's queue when that is empty (a large
+                            // body is not copied a second time in user space).
+                            if self
+                                .uin
+                                .can_hand_over(used, data.len(), encoder, &self.cout.queued)
+                            {
+                                self.uin.hand_over(&mut self.cout.queued);
+                            } else {
+                                encoder.encode(data, &mut self.cout.queued);
+                                self.uin.consume(used);
+                            }
                             progressed = true;
                         }
                         Ok((used, Decoded::Done)) => {
@@ -2917,4 +2963,47 @@ fn add_set_cookie(out: &mut Vec<u8>, head_start: usize, value: &[u8]) {
     field.extend_from_slice(value);
     field.extend_from_slice(b"\r\n");
     local::set_fields(out, head_start, &[], &field);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::http1::Framing;
+
+    /// Input that is all payload, sent as it is, moves to an empty output as the buffer itself
+    /// (the same allocation) and counts as consumed; input with framing in it, with bytes
+    /// after the payload, consumed from the front, or an output that already holds bytes is
+    /// left for the caller to copy.
+    #[test]
+    fn a_whole_payload_buffer_is_handed_over_not_copied() {
+        let plain = BodyEncoder::new(Framing::Length(10));
+        let chunked = BodyEncoder::new(Framing::Chunked);
+        let mut input = InBuf::default();
+        input.extend(b"0123456789");
+        let at = input.data.as_ptr();
+        let mut out = Vec::new();
+        assert!(!input.can_hand_over(10, 10, &chunked, &out));
+        assert!(!input.can_hand_over(10, 8, &plain, &out), "framing in it");
+        assert!(!input.can_hand_over(9, 9, &plain, &out), "bytes after it");
+        assert!(
+            !input.can_hand_over(10, 10, &plain, b"x"),
+            "output not empty"
+        );
+        assert!(input.can_hand_over(10, 10, &plain, &out));
+        input.hand_over(&mut out);
+        assert_eq!(out, b"0123456789");
+        assert_eq!(out.as_ptr(), at, "the same buffer, not a copy");
+        assert!(input.is_empty());
+        assert_eq!(input.consumed, 10);
+        input.extend(b"abc");
+        input.consume(1);
+        assert!(
+            !input.can_hand_over(2, 2, &plain, &[]),
+            "consumed from the front"
+        );
+        assert!(
+            !InBuf::default().can_hand_over(0, 0, &plain, &[]),
+            "nothing to hand"
+        );
+    }
 }

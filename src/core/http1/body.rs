@@ -418,6 +418,12 @@ impl BodyEncoder {
         }
     }
 
+    /// Whether payload goes out as it is (no chunk framing added): then bytes can be handed
+    /// over without [`BodyEncoder::encode`] copying them.
+    pub fn passes_through(&self) -> bool {
+        !self.chunked
+    }
+
     /// Appends `data` framed: one chunk when chunked (never an empty one), as is otherwise.
     pub fn encode(&mut self, data: &[u8], out: &mut Vec<u8>) {
         if data.is_empty() {
