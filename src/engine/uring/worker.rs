@@ -655,13 +655,23 @@ impl Transport for UringNet {
             (_, None) => {}
         }
         // What is in flight (the receive a `Connection: close` answer leaves armed, a send
-        // waiting for room) is cancelled on the ring, and the socket closed there once nothing
-        // is. On the wire the same as the shutdown(2) this was (after a half-close the FIN is
-        // out; a close with unread data sends a reset, after a shutdown as without), one system
-        // call fewer per connection, and the only way for a socket without a descriptor.
-        if self.socks.get_any(sock).is_some_and(|s| s.inflight > 0) {
-            self.ring.cancel_all(target);
-            self.close_wakes += 1;
+        // waiting for room) is ended, and the socket closed on the ring once nothing is: by
+        // shutdown(2) when it has a descriptor (the default: O(1), where the kernel looks for
+        // a cancel's operations through every armed one of the ring, see
+        // `Features::close_cancel`), else by a cancel on the ring. On the wire the same (after a
+        // half-close the FIN is out; a close with unread data sends a reset either way).
+        let fd = self
+            .socks
+            .get_any(sock)
+            .filter(|s| s.inflight > 0)
+            .map(|s| s.fd);
+        match fd {
+            Some(Some(fd)) if !self.ring.close_cancel() => uring::shutdown(fd, libc::SHUT_RDWR),
+            Some(_) => {
+                self.ring.cancel_all(target);
+                self.close_wakes += 1;
+            }
+            None => {}
         }
         self.maybe_free(sock);
     }
@@ -1112,41 +1122,51 @@ mod tests {
         uring::close(listener);
     }
 
-    /// The pooled upstream connection is closed while its watching receive is in flight: the
-    /// close cancels it on the ring, and the socket is freed once it has ended.
+    /// The pooled upstream connection is closed while its watching receive is in flight: by
+    /// default shutdown(2) wakes that receive, with `close_cancel` the close cancels it on the
+    /// ring; either way the socket is freed once it has ended.
     #[test]
     fn a_close_with_a_receive_in_flight_wakes_it_and_frees_the_socket() {
-        let ring = Ring::with_features(256, RECV_BUFFERS, Features::default()).unwrap();
-        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
-        let client = std::thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-                .unwrap();
-            let (_, got) = response(&mut s);
-            assert_eq!(got, b"127.0.0.1");
-        });
-        turn_until(&mut worker, &client);
-        client.join().unwrap();
-        for _ in 0..50 {
-            worker.turn().unwrap();
-        }
-        assert_eq!(worker.net.socks.len(), 1, "the pooled upstream connection");
-        let before = worker.net.close_wakes;
-        worker.driver.finish(&mut worker.net);
-        assert_eq!(
-            worker.net.close_wakes,
-            before + 1,
-            "its receive was cancelled"
-        );
-        for _ in 0..50 {
-            if worker.net.socks.is_empty() {
-                break;
+        for cancel in [false, true] {
+            let features = Features {
+                close_cancel: cancel,
+                ..Features::default()
+            };
+            let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
+            let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+            let client = std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                    .unwrap();
+                let (_, got) = response(&mut s);
+                assert_eq!(got, b"127.0.0.1");
+            });
+            turn_until(&mut worker, &client);
+            client.join().unwrap();
+            for _ in 0..50 {
+                worker.turn().unwrap();
             }
-            worker.turn().unwrap();
+            assert_eq!(worker.net.socks.len(), 1, "the pooled upstream connection");
+            let before = worker.net.close_wakes;
+            worker.driver.finish(&mut worker.net);
+            assert_eq!(
+                worker.net.close_wakes,
+                before + u64::from(cancel),
+                "its receive was cancelled on the ring only with close_cancel"
+            );
+            for _ in 0..50 {
+                if worker.net.socks.is_empty() {
+                    break;
+                }
+                worker.turn().unwrap();
+            }
+            assert!(
+                worker.net.socks.is_empty(),
+                "freed once the receive ended (cancel {cancel})"
+            );
+            uring::close(listener);
         }
-        assert!(worker.net.socks.is_empty(), "freed once the receive ended");
-        uring::close(listener);
     }
 
     /// Clients on connections of their own through a worker that accepts straight into the
@@ -1194,6 +1214,7 @@ mod tests {
     fn without_direct_accepts_sockets_come_with_descriptors() {
         let features = Features {
             accept_direct: false,
+            close_cancel: false,
             ..Features::all()
         };
         let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
@@ -1273,6 +1294,7 @@ mod tests {
             recv_limit: false,
             ring_shutdown: false,
             accept_direct: false,
+            close_cancel: false,
         });
     }
 
