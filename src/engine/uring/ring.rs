@@ -15,8 +15,9 @@
 //! Optional kernel features, each probed at start with a fallback to the plain path:
 //! registered descriptors ([`Ring::install`]), receive bundles ([`Ring::bundles`]), a byte
 //! budget per multishot receive ([`Ring::recv_limit`]), zero-copy sends ([`ZC_MIN`]),
-//! shutdowns on the ring ([`Ring::shutdown`]) and accepts straight into the file table
-//! ([`Ring::accept_direct`]). The last two are off by default (see [`Features`]);
+//! shutdowns on the ring ([`Ring::shutdown`]), accepts straight into the file table
+//! ([`Ring::accept_direct`]) and closes that cancel on the ring ([`Ring::cancel_all`]). The
+//! last three are off by default (see [`Features`]);
 //! `SLUICE_URING_DISABLE` and `SLUICE_URING_ENABLE` turn features off and on for measurement.
 #![allow(unsafe_code)]
 
