@@ -840,13 +840,16 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8).collect()
     }
 
-    /// Answers every request on a connection with `len` bytes (keep-alive).
-    fn upstream(len: usize) -> SocketAddr {
+    /// An upstream that answers every request of a connection (keep-alive) with what
+    /// `answer` makes of the request's head.
+    fn answering(answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
+        let answer = std::sync::Arc::new(answer);
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(mut s) = s else { return };
+                let answer = answer.clone();
                 std::thread::spawn(move || {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -858,10 +861,9 @@ mod tests {
                             }
                         }
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
                         buf.drain(..end);
-                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
-                        if s.write_all(head.as_bytes()).is_err() || s.write_all(&body(len)).is_err()
-                        {
+                        if s.write_all(&answer(&head)).is_err() {
                             return;
                         }
                     }
@@ -869,6 +871,15 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// Answers every request on a connection with `len` bytes (keep-alive).
+    fn upstream(len: usize) -> SocketAddr {
+        answering(move |_| {
+            let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+            out.extend_from_slice(&body(len));
+            out
+        })
     }
 
     fn driver(upstream: SocketAddr) -> Driver {
@@ -987,44 +998,21 @@ mod tests {
 
     /// Answers every request with the value of its X-Forwarded-For field.
     fn echo_forwarded_for() -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut chunk) {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        buf.drain(..end);
-                        let xff = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("x-forwarded-for:")
-                                    .map(|v| v.trim().to_string())
-                            })
-                            .unwrap_or_default();
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{xff}",
-                            xff.len()
-                        );
-                        if s.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        addr
+        answering(|head| {
+            let xff = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("x-forwarded-for:")
+                        .map(|v| v.trim().to_string())
+                })
+                .unwrap_or_default();
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{xff}",
+                xff.len()
+            )
+            .into_bytes()
+        })
     }
 
     /// A worker over `ring` serving upstream `up`, its address and its listener.
@@ -1298,14 +1286,34 @@ mod tests {
         });
     }
 
-    /// A client that reads a 4 MiB answer slowly: the worker holds a bounded number of its
-    /// bytes (received and not yet written), because each receive ends after its budget and
-    /// the upstream socket is armed again only while the connection wants more. Without the
-    /// budget one receive took what the upstream's socket held, megabytes, in one turn.
-    #[test]
-    fn a_slow_client_of_a_large_answer_holds_a_bounded_number_of_bytes_in_the_worker() {
-        const LEN: usize = 4 << 20;
-        let up = upstream(LEN);
+    /// Reads a message's head from `s`, then the `len` bytes of its body 16 KiB at a time with
+    /// a pause between (slower than the other side sends); checks they are `body(len)`.
+    fn read_slowly(s: &mut TcpStream, len: usize) {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        let end = loop {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before the head");
+            got.extend_from_slice(&chunk[..n]);
+            if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        while got.len() < end + len {
+            std::thread::sleep(Duration::from_micros(300));
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed in the body");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(
+            got[end..] == body(len)[..],
+            "the body arrives whole and in order"
+        );
+    }
+
+    /// A worker with the default features (the receive budget among them) for `up`, on a
+    /// listener of its own; the wake descriptor must live as long as the worker.
+    fn budget_worker(up: SocketAddr) -> (Worker, SocketAddr, RawFd, std::os::fd::OwnedFd) {
         let listener = uring::listen_reuseport("127.0.0.1:0".parse().unwrap(), 128).unwrap();
         let addr = uring::local_addr(listener).unwrap();
         let wake = crate::engine::sys::eventfd().unwrap();
@@ -1322,35 +1330,14 @@ mod tests {
             uring::RECV_LIMIT,
             "this kernel (6.17+) keeps the budget"
         );
-        let mut worker = Worker::with_ring(setup, driver(up), ring);
+        let worker = Worker::with_ring(setup, driver(up), ring);
         worker.driver.serving(true);
-        let client = std::thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-                .unwrap();
-            // Reads 16 KiB at a time with a pause between: slower than the proxy can send.
-            let mut got = Vec::new();
-            let mut chunk = [0u8; 16 * 1024];
-            let end = loop {
-                let n = s.read(&mut chunk).unwrap();
-                assert!(n > 0, "closed early");
-                got.extend_from_slice(&chunk[..n]);
-                if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break p + 4;
-                }
-            };
-            while got.len() < end + LEN {
-                std::thread::sleep(Duration::from_micros(300));
-                let n = s.read(&mut chunk).unwrap();
-                assert!(n > 0, "closed in the body");
-                got.extend_from_slice(&chunk[..n]);
-            }
-            assert!(
-                got[end..] == body(LEN)[..],
-                "the body arrives whole and in order"
-            );
-        });
+        (worker, addr, listener, wake)
+    }
+
+    /// Turns `worker` until `client` is done: the most bytes it held at once (received and not
+    /// yet written).
+    fn turn_watching_held<T>(worker: &mut Worker, client: &std::thread::JoinHandle<T>) -> u64 {
         let mut peak = 0;
         for _ in 0..1_000_000 {
             if client.is_finished() {
@@ -1364,6 +1351,25 @@ mod tests {
                     .saturating_sub(worker.net.bytes_sent),
             );
         }
+        peak
+    }
+
+    /// A client that reads a 4 MiB answer slowly: the worker holds a bounded number of its
+    /// bytes (received and not yet written), because each receive ends after its budget and
+    /// the upstream socket is armed again only while the connection wants more. Without the
+    /// budget one receive took what the upstream's socket held, megabytes, in one turn.
+    #[test]
+    fn a_slow_client_of_a_large_answer_holds_a_bounded_number_of_bytes_in_the_worker() {
+        const LEN: usize = 4 << 20;
+        let (mut worker, addr, listener, _wake) = budget_worker(upstream(LEN));
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                .unwrap();
+            read_slowly(&mut s, LEN);
+        });
+        let peak = turn_watching_held(&mut worker, &client);
         client.join().expect("the client got the whole answer");
         uring::close(listener);
         assert!(
@@ -1382,44 +1388,11 @@ mod tests {
         let up = l.local_addr().unwrap();
         let upstream = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            let mut got = Vec::new();
-            let mut chunk = [0u8; 16 * 1024];
-            let end = loop {
-                let n = s.read(&mut chunk).unwrap();
-                assert!(n > 0, "closed before the head");
-                got.extend_from_slice(&chunk[..n]);
-                if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break p + 4;
-                }
-            };
-            // Reads 16 KiB at a time with a pause between: slower than the client sends.
-            while got.len() < end + LEN {
-                std::thread::sleep(Duration::from_micros(300));
-                let n = s.read(&mut chunk).unwrap();
-                assert!(n > 0, "closed in the body");
-                got.extend_from_slice(&chunk[..n]);
-            }
-            assert!(
-                got[end..] == body(LEN)[..],
-                "the body arrives whole and in order"
-            );
+            read_slowly(&mut s, LEN);
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .unwrap();
         });
-        let listener = uring::listen_reuseport("127.0.0.1:0".parse().unwrap(), 128).unwrap();
-        let addr = uring::local_addr(listener).unwrap();
-        let wake = crate::engine::sys::eventfd().unwrap();
-        let setup = WorkerSetup {
-            core: None,
-            listener,
-            https_listener: None,
-            wake: std::os::fd::AsRawFd::as_raw_fd(&wake),
-            batching: Default::default(),
-        };
-        let ring = Ring::with_features(256, RECV_BUFFERS, Features::default()).unwrap();
-        assert_eq!(ring.recv_limit(), uring::RECV_LIMIT);
-        let mut worker = Worker::with_ring(setup, driver(up), ring);
-        worker.driver.serving(true);
+        let (mut worker, addr, listener, _wake) = budget_worker(up);
         let client = std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -1430,19 +1403,7 @@ mod tests {
             assert!(head.starts_with("HTTP/1.1 200"), "{head}");
             assert_eq!(got, b"ok");
         });
-        let mut peak = 0;
-        for _ in 0..1_000_000 {
-            if client.is_finished() {
-                break;
-            }
-            assert_eq!(worker.turn().unwrap(), Flow::Run);
-            peak = peak.max(
-                worker
-                    .net
-                    .bytes_received
-                    .saturating_sub(worker.net.bytes_sent),
-            );
-        }
+        let peak = turn_watching_held(&mut worker, &client);
         client.join().expect("the client got its answer");
         upstream.join().expect("the upstream got the whole body");
         uring::close(listener);
