@@ -21,7 +21,15 @@ context switches and load-side CPU rather than this column alone.
 
 As in bench/run.py: one proxy worker pinned to CPU 0; wrk (one thread) and the upstream pinned
 to CPU 1. Contenders are interleaved within each cell, over --rounds rounds; the median round
-counts.
+counts. No contender writes an access log (nginx and HAProxy are configured without one, Sluice
+runs with `[log] access = false`).
+
+Each measurement also says how busy each core was and so what it ran into ("limit"): the
+proxy's core, the load core, both (95 % or more busy), or neither ("latency": each side spends
+part of the time waiting for the other). The end of the table lists the cells where Sluice
+missed one of issue 18's goals, grouped that way. With --perf DIR, every measurement also
+records a CPU profile of each core (perf record -g) for reading what limits a cell
+(bench/profile_summary.py summarises them per request).
 
 Usage:
   python3 bench/matrix.py --quick                 # 4 kinds x 1 KiB x 64 conns x both reuses
@@ -130,14 +138,29 @@ def measure(name, proc, upstream, cell, args, script):
     perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter",
                              "-p", ",".join(map(str, pids))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    records = []
+    if args.perf:
+        # Profiles of the proxy's core and of the load core (wrk, the upstream, and the kernel's
+        # work for them), for reading what limits a cell; they cost a few per cent of each core,
+        # so figures from a --perf run are for the profiles, not for the tables.
+        os.makedirs(args.perf, exist_ok=True)
+        stem = os.path.join(args.perf, f"{cell['kind']}-{cell['size_name']}-{cell['connections']}-"
+                                       f"{cell['mode']}-{name}")
+        for cpu, what in ((CPU, "proxy"), (LOAD, "load")):
+            records.append(subprocess.Popen(
+                ["perf", "record", "-q", "-F", "1999", "-g", "-C", cpu, "-o", f"{stem}-{what}.data"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     p_ticks0, p_cs0 = proc_ticks_and_switches(pids)
     _, u_cs0 = proc_ticks_and_switches(up_pids)
-    load0 = core_busy_ticks(LOAD)
+    load0, core0, t0 = core_busy_ticks(LOAD), core_busy_ticks(CPU), time.monotonic()
     r = wrk(args.duration, cell["connections"], script, cell["close"])
-    load1 = core_busy_ticks(LOAD)
+    load1, core1, t1 = core_busy_ticks(LOAD), core_busy_ticks(CPU), time.monotonic()
     p_ticks1, p_cs1 = proc_ticks_and_switches(pids)
     _, u_cs1 = proc_ticks_and_switches(up_pids)
     perf.send_signal(signal.SIGINT)
+    for rec in records:
+        rec.send_signal(signal.SIGINT)
+        rec.wait(timeout=60)
     syscalls = 0
     for line in perf.communicate(timeout=10)[1].splitlines():
         parts = line.split(",")
@@ -160,11 +183,47 @@ def measure(name, proc, upstream, cell, args, script):
         syscalls=syscalls / n,
         proxy_cs=(p_cs1 - p_cs0) / n,
         upstream_cs=(u_cs1 - u_cs0) / n,
+        proxy_busy=(core1 - core0) / base.CLK_TCK / (t1 - t0),
+        load_busy=(load1 - load0) / base.CLK_TCK / (t1 - t0),
     )
+    r["limit"] = limit(r)
+    if args.perf:
+        with open(f"{stem}.json", "w") as f:
+            json.dump({"cell": {k: cell[k] for k in ("kind", "size_name", "connections", "mode")},
+                       "contender": name, **{k: r[k] for k in ("requests", "rps", "cpu_us", "load_us",
+                                                               "proxy_busy", "load_busy", "limit")}}, f)
     print(f"  {name:8s} {r['rps']:9.0f} req/s p50 {r['p50']}us p99 {r['p99']}us cpu {r['cpu_us']:.2f}us "
           f"load {r['load_us']:.2f}us sys {r['syscalls']:.2f} cs {r['proxy_cs']:.3f}/{r['upstream_cs']:.3f} "
-          f"errors {r['errors']}", file=sys.stderr)
+          f"errors {r['errors']} busy {r['proxy_busy']:.0%}/{r['load_busy']:.0%} ({r['limit']})",
+          file=sys.stderr)
     return r
+
+
+BUSY = 0.95  # a core this busy over a measurement is what the cell ran into
+
+
+def limit(r):
+    """What a measurement ran into: the proxy's core, the load core (wrk and the upstream), both,
+    or neither (then the exchange's latency: each side waits for the other)."""
+    proxy, load = r["proxy_busy"] >= BUSY, r["load_busy"] >= BUSY
+    return {(True, True): "both", (True, False): "proxy core", (False, True): "load core",
+            (False, False): "latency"}[(proxy, load)]
+
+
+def verdict(s, o, other, close):
+    """Sluice against one contender in one cell, against issue 18's goals: requests/s at least
+    1.3x nginx and 1.1x HAProxy with keep-alive, 1.0x with a new connection per request; proxy
+    CPU per request at most 0.7x nginx's; load-side CPU per request not above nginx's."""
+    misses = []
+    need = 1.0 if close else (1.3 if other == "nginx" else 1.1)
+    if s["rps"] < need * o["rps"]:
+        misses.append(f"req/s < {need}x")
+    if other == "nginx":
+        if s["cpu_us"] > 0.7 * o["cpu_us"]:
+            misses.append("CPU > 0.7x")
+        if s["load_us"] > o["load_us"]:
+            misses.append("load CPU > 1x")
+    return misses
 
 
 def set_sysctl(name, value):
@@ -206,16 +265,18 @@ def table(results, args):
         "CPU: below 1 is better).",
         "",
         "| upstream | body | conns | reuse | contender | req/s | p50 | p99 | proxy CPU | load CPU | "
-        "syscalls | proxy cs | upstream cs | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "syscalls | proxy cs | upstream cs | errors | busy proxy/load core | limit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ratios = []
+    missed = {}
     for cell, label, runs in results:
         for r in runs:
             lines.append(
                 f"| {label} | {cell['size_name']} | {cell['connections']} | {cell['mode']} | {r['name']} | "
                 f"{r['rps']:.0f} | {r['p50']} | {r['p99']} | {r['cpu_us']:.2f} | {r['load_us']:.2f} | "
-                f"{r['syscalls']:.2f} | {r['proxy_cs']:.3f} | {r['upstream_cs']:.3f} | {r['errors']} |")
+                f"{r['syscalls']:.2f} | {r['proxy_cs']:.3f} | {r['upstream_cs']:.3f} | {r['errors']} | "
+                f"{r['proxy_busy']:.0%}/{r['load_busy']:.0%} | {r['limit']} |")
         by = {r["name"]: r for r in runs}
         s = by.get("sluice")
         if s:
@@ -223,11 +284,22 @@ def table(results, args):
             for other in ("nginx", "haproxy"):
                 o = by.get(other)
                 if o and o["rps"] and o["cpu_us"] and o["load_us"]:
+                    misses = verdict(s, o, other, cell["close"])
+                    if misses:
+                        missed.setdefault(s["limit"], []).append(
+                            f"{label} {cell['size_name']} {cell['connections']} {cell['mode']} vs {other}")
                     parts.append(f"{other}: req/s {s['rps'] / o['rps']:.2f}, CPU {s['cpu_us'] / o['cpu_us']:.2f}, "
-                                 f"load CPU {s['load_us'] / o['load_us']:.2f}")
+                                 f"load CPU {s['load_us'] / o['load_us']:.2f}"
+                                 + (f" (missed: {', '.join(misses)})" if misses else " (goals held)"))
             ratios.append(f"- {label}, {cell['size_name']}, {cell['connections']} conns, {cell['mode']}: "
-                          + "; ".join(parts))
-    return "\n".join(lines + ["", "Sluice's ratios per cell:", ""] + ratios)
+                          + "; ".join(parts) + f"; Sluice's limit: {s['limit']}")
+    summary = ["", "Cells where Sluice missed a goal of issue 18 against a contender, by what Sluice's "
+               "measurement ran into (a core at 95 % or more, or neither: latency):", ""]
+    for what, cells_missed in sorted(missed.items()):
+        summary.append(f"- {what}: {len(cells_missed)}: " + "; ".join(cells_missed))
+    if not missed:
+        summary.append("- none")
+    return "\n".join(lines + ["", "Sluice's ratios per cell:", ""] + ratios + summary)
 
 
 
@@ -245,6 +317,9 @@ def main():
     ap.add_argument("--profile", default="dist",
                     help="cargo profile of the binaries (dist for figures; dev only checks the harness)")
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--perf", metavar="DIR",
+                    help="record a CPU profile (perf record -g) of the proxy's core and of the load "
+                         "core during each measurement into DIR/<cell>-<contender>-{proxy,load}.data")
     ap.add_argument("--sluice-config", action="append", default=[], metavar="NAME=TOML",
                     help="one more Sluice contender, sluice-NAME, with TOML appended to its config "
                          "(e.g. 'nobatch=[uring]\\nbatch_window = \"0us\"'); repeatable")
@@ -289,23 +364,25 @@ def main():
     script = os.path.join(tmp, "report.lua")
     with open(script, "w") as f:
         f.write(base.WRK_SCRIPT)
-    starters = {"sluice": lambda: base.start_sluice(tmp, binary),
+    # nginx and HAProxy run without an access log (bench/run.py), so Sluice does too.
+    starters = {"sluice": lambda: base.start_sluice(tmp, binary, access_log=False),
                 "nginx": lambda: base.start_nginx(tmp, connections=hard - 100),
                 "haproxy": lambda: base.start_haproxy(tmp, maxconn=(hard - 300) // 2)}
     for spec in args.sluice_config:
         name, _, extra = spec.partition("=")
         extra = "\n" + extra.replace("\\n", "\n") + "\n"
-        starters["sluice-" + name] = lambda extra=extra: base.start_sluice(tmp, binary, extra=extra)
+        starters["sluice-" + name] = lambda extra=extra: base.start_sluice(tmp, binary, access_log=False,
+                                                                         extra=extra)
         contenders.append("sluice-" + name)
     for spec in args.sluice_env:
         name, _, assignment = spec.partition("=")
         var, _, value = assignment.partition("=")
         starters["sluice-" + name] = lambda var=var, value=value: base.start_sluice(
-            tmp, binary, env={var: value})
+            tmp, binary, access_log=False, env={var: value})
         contenders.append("sluice-" + name)
     for spec in args.sluice_binary:
         name, _, path = spec.partition("=")
-        starters["sluice-" + name] = lambda path=path: base.start_sluice(tmp, path)
+        starters["sluice-" + name] = lambda path=path: base.start_sluice(tmp, path, access_log=False)
         contenders.append("sluice-" + name)
     results = []
     try:
