@@ -1286,6 +1286,20 @@ mod tests {
         assert_eq!(c.log.access_sample_ppm, 1_000_000);
     }
 
+    /// The engine's own defaults are the config's: `EngineConfig::default()` is what an empty
+    /// config file gives.
+    #[test]
+    fn engine_defaults_are_the_config_defaults() {
+        let from_file = parse("").unwrap().engine_config();
+        let d = EngineConfig::default();
+        assert_eq!(from_file.workers, d.workers);
+        assert_eq!(from_file.http, d.http);
+        assert_eq!(from_file.upstream_max_idle, d.upstream_max_idle);
+        assert_eq!(from_file.upstream_idle_timeout, d.upstream_idle_timeout);
+        assert_eq!(from_file.shutdown_grace, d.shutdown_grace);
+        assert_eq!(from_file.batching, d.batching);
+    }
+
     #[test]
     fn uring_batching_keys() {
         let mut d = parse("").unwrap().batching;

@@ -118,13 +118,13 @@ impl Harness {
         https: Option<HttpsConfig>,
     ) -> Engine {
         let mut cfg = EngineConfig {
-            batching: Default::default(),
             workers: vec![None; workers],
             http: "127.0.0.1:0".parse().unwrap(),
             conn: Arc::new(conn),
             upstream_max_idle: 16,
             upstream_idle_timeout,
             shutdown_grace: Duration::from_secs(10),
+            ..EngineConfig::default()
         };
         match self.kind {
             Kind::Uring => Engine::start_with_https(cfg, https, snapshot).expect("engine starts"),
@@ -1064,13 +1064,11 @@ fn userspace_engine_serves_ipv6_clients_and_ipv6_upstreams() {
         up.addr.port()
     );
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None; 2],
-        http: "0.0.0.0:80".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 16,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
+        ..EngineConfig::default()
     };
     let dev = UserspaceConfig {
         interface: "sl0".into(),
@@ -1122,13 +1120,13 @@ fn userspace_engine_reaches_off_link_upstreams_through_the_gateway() {
     conn.timeouts.upstream_connect = Duration::from_millis(500);
     let start = |gateway: Option<IpAddr>| {
         let cfg = EngineConfig {
-            batching: Default::default(),
             workers: vec![None; 1],
             http: SocketAddr::new(IpAddr::from(SLUICE_IP), 80),
             conn: Arc::new(conn.clone()),
             upstream_max_idle: 16,
             upstream_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            ..EngineConfig::default()
         };
         let dev = UserspaceConfig {
             interface: "sl0".into(),

@@ -43,6 +43,23 @@ pub struct EngineConfig {
     pub batching: uring::batch::Batching,
 }
 
+/// What `sluice run` uses without a config file: one pinned worker per core, plain HTTP on
+/// `0.0.0.0:80`, the default connection settings, 64 pooled keep-alive connections per
+/// endpoint kept 60 s, 240 s to drain on stop, the default batching.
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: EngineConfig::all_cores(),
+            http: SocketAddr::from(([0, 0, 0, 0], 80)),
+            conn: Arc::new(ConnConfig::default()),
+            upstream_max_idle: 64,
+            upstream_idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(240),
+            batching: uring::batch::Batching::default(),
+        }
+    }
+}
+
 impl EngineConfig {
     /// One pinned worker per core of this machine.
     pub fn all_cores() -> Vec<Option<usize>> {
