@@ -20,6 +20,7 @@ use crate::core::http1::{Limits, MAX_HEADERS_CAP, Upgrades};
 use crate::core::tls::TlsSettings;
 use crate::core::upstream::health::OutlierConfig;
 use crate::engine::uring::batch::Batching;
+use crate::engine::uring::tuning::{Tuning, TuningError};
 use crate::engine::userspace::{DeviceKind, PollMode, UserspaceConfig, parse_cidr, parse_mac};
 use crate::engine::{EngineConfig, HttpsConfig};
 
@@ -288,12 +289,17 @@ struct RawBuffers {
     postpone_timeout: Option<Spanned<String>>,
 }
 
-/// The `[uring]` section: the io_uring engine's loop.
+/// The `[uring]` section: the io_uring engine's loop and ring.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUring {
     batch_window: Option<Spanned<String>>,
     batch_max: Option<Spanned<u32>>,
+    sq_entries: Option<Spanned<u64>>,
+    recv_buffers: Option<Spanned<u64>>,
+    recv_buffer_size: Option<Spanned<Size>>,
+    recv_buffer_size_unbundled: Option<Spanned<Size>>,
+    recv_budget: Option<Spanned<Size>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -388,6 +394,8 @@ pub struct Config {
     pub postpone_timeout: Duration,
     /// The io_uring loop's adaptive batching (`[uring]`).
     pub batching: Batching,
+    /// The io_uring ring's sizes and receive budget (`[uring]`).
+    pub uring: Tuning,
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
     /// `[outlier]`: passive health of pod endpoints.
@@ -435,6 +443,7 @@ impl Default for Config {
             postpone_output: 1460,
             postpone_timeout: crate::core::conn::POSTPONE_BOUND,
             batching: Batching::default(),
+            uring: Tuning::default(),
             upstream_max_idle: 64,
             upstream_idle_timeout: Duration::from_secs(60),
             outlier: OutlierConfig::default(),
@@ -891,6 +900,7 @@ impl Config {
             None => c.batching.max(),
         };
         c.batching = Batching::new(window.as_micros() as u32, batch_max);
+        parse_uring(&ctx, &raw.uring, &mut c.uring)?;
         if let Some(size) = ctx.size(&raw.buffers.size, "buffers.size", 1024, 16 << 20)? {
             c.buffer_size = as_usize(size);
         }
@@ -1076,6 +1086,7 @@ impl Config {
             upstream_idle_timeout: self.upstream_idle_timeout,
             shutdown_grace: self.shutdown_grace,
             batching: self.batching,
+            uring: self.uring,
         }
     }
 }
@@ -1203,6 +1214,62 @@ fn parse_userspace(
     Ok(())
 }
 
+/// The `[uring]` ring keys, each checked against the kernel's bounds; the budget last, against
+/// the buffers it is taken from.
+fn parse_uring(ctx: &Ctx<'_>, raw: &RawUring, t: &mut Tuning) -> Result<(), ConfigError> {
+    let fail = |at: usize, field: &str, e: TuningError| ctx.at(at, field, e);
+    let size = |v: &Spanned<Size>, field: &str| {
+        parse_size(v.get_ref()).map_err(|m| ctx.at(v.span().start, field, m))
+    };
+    if let Some(v) = &raw.sq_entries {
+        t.set_sq_entries(*v.get_ref())
+            .map_err(|e| fail(v.span().start, "uring.sq_entries", e))?;
+    }
+    if let Some(v) = &raw.recv_buffers {
+        t.set_recv_buffers(*v.get_ref())
+            .map_err(|e| fail(v.span().start, "uring.recv_buffers", e))?;
+    }
+    for (v, field, bundled) in [
+        (&raw.recv_buffer_size, "uring.recv_buffer_size", true),
+        (
+            &raw.recv_buffer_size_unbundled,
+            "uring.recv_buffer_size_unbundled",
+            false,
+        ),
+    ] {
+        if let Some(v) = v {
+            t.set_recv_buffer_size(size(v, field)?, bundled)
+                .map_err(|e| fail(v.span().start, field, e))?;
+        }
+    }
+    if let Err(e) = t.check_memory() {
+        // Reported at the first key that sized the buffers.
+        let (at, field) = [
+            (
+                raw.recv_buffers.as_ref().map(|v| v.span()),
+                "uring.recv_buffers",
+            ),
+            (
+                raw.recv_buffer_size.as_ref().map(|v| v.span()),
+                "uring.recv_buffer_size",
+            ),
+            (
+                raw.recv_buffer_size_unbundled.as_ref().map(|v| v.span()),
+                "uring.recv_buffer_size_unbundled",
+            ),
+        ]
+        .into_iter()
+        .find_map(|(span, field)| span.map(|s| (s.start, field)))
+        .unwrap_or((0, "uring"));
+        return Err(fail(at, field, e));
+    }
+    if let Some(v) = &raw.recv_budget {
+        t.set_recv_budget(size(v, "uring.recv_budget")?)
+            .map_err(|e| fail(v.span().start, "uring.recv_budget", e))?;
+    }
+    Ok(())
+}
+
 /// `namespace/service:port` (port by number or name), or `namespace/service` (its first port).
 pub fn parse_service_ref(text: &str) -> Result<ServiceRef, ValueError> {
     let bad = || ValueError::ServiceRef(text.to_string());
@@ -1313,6 +1380,104 @@ mod tests {
         let mut off = parse("[uring]\nbatch_window = \"0ms\"\n").unwrap().batching;
         off.turn(100);
         assert_eq!(off.next_wait(), (1, 0));
+    }
+
+    #[test]
+    fn uring_ring_keys() {
+        let d = parse("").unwrap();
+        assert_eq!(d.uring, Tuning::default());
+        assert_eq!(d.engine_config().uring, Tuning::default());
+        let c = parse(
+            "[uring]\nsq_entries = 1024\nrecv_buffers = 2048\nrecv_buffer_size = \"8k\"\n\
+             recv_buffer_size_unbundled = \"32k\"\nrecv_budget = \"64k\"\n",
+        )
+        .unwrap();
+        let t = c.engine_config().uring;
+        assert_eq!(t.sq_entries, 1024);
+        assert_eq!(t.recv_buffers.bundled, (2048, 8192));
+        assert_eq!(t.recv_buffers.plain, (2048, 32 * 1024));
+        assert_eq!(t.recv_budget, 64 * 1024);
+        let off = parse("[uring]\nrecv_budget = 0\n").unwrap().uring;
+        assert_eq!(off.recv_budget, 0);
+        // The budget is checked against the buffers set in the same section (16 x 4 KiB:
+        // at most 4 KiB), whatever the order of the keys.
+        let small = parse("[uring]\nrecv_budget = 4096\nrecv_buffers = 16\n").unwrap();
+        assert_eq!(small.uring.recv_budget, 4096);
+    }
+
+    /// Every bad `[uring]` ring value names the file, its line and the key.
+    #[test]
+    fn bad_uring_ring_values_say_where_and_why() {
+        for (text, line, field, why) in [
+            (
+                "[uring]\nsq_entries = 1000\n",
+                2,
+                "uring.sq_entries",
+                "power of two between 16 and 32768 (got 1000)",
+            ),
+            (
+                "[uring]\nbatch_max = 8\nsq_entries = 65536\n",
+                3,
+                "uring.sq_entries",
+                "power of two",
+            ),
+            (
+                "[uring]\nrecv_buffers = 100000\n",
+                2,
+                "uring.recv_buffers",
+                "power of two between 16 and 32768",
+            ),
+            (
+                "[uring]\nrecv_buffer_size = 512\n",
+                2,
+                "uring.recv_buffer_size",
+                "between 1024 and 1048576 bytes (got 512)",
+            ),
+            (
+                "[uring]\nrecv_buffer_size_unbundled = \"2m\"\n",
+                2,
+                "uring.recv_buffer_size_unbundled",
+                "between 1024 and 1048576 bytes",
+            ),
+            (
+                "[uring]\nrecv_buffer_size = \"4q\"\n",
+                2,
+                "uring.recv_buffer_size",
+                "unknown size unit",
+            ),
+            (
+                "[uring]\nrecv_buffers = 32768\nrecv_buffer_size = \"64k\"\n",
+                2,
+                "uring.recv_buffers",
+                "at most 268435456",
+            ),
+            (
+                "[uring]\nrecv_budget = \"1m\"\n",
+                2,
+                "uring.recv_budget",
+                "a sixteenth of the 1024 x 4096-byte buffer ring (262144 bytes) (got 1048576)",
+            ),
+            (
+                "[uring]\nrecv_budget = 100\n",
+                2,
+                "uring.recv_budget",
+                "must be 0 (no budget) or between one buffer (4096 bytes)",
+            ),
+            (
+                "[uring]\nrecv_buffers = 16\n\nrecv_budget = \"8k\"\n",
+                4,
+                "uring.recv_budget",
+                "(4096 bytes) (got 8192)",
+            ),
+        ] {
+            let e = Config::parse(text, "sluice.toml").unwrap_err();
+            assert_eq!(
+                (e.file.as_str(), e.line, e.field.as_str()),
+                ("sluice.toml", line, field),
+                "{text}: {e}"
+            );
+            assert!(e.message.contains(why), "{text}: {e}");
+        }
     }
 
     #[test]

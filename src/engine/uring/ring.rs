@@ -272,7 +272,7 @@ impl Features {
 
 /// How many receive buffers of what size a ring provides, `(count, bytes)`: `bundled` when
 /// its receives take bundles, `plain` otherwise. The count is a power of two (at most 32,768).
-#[derive(Copy, Clone, Debug)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct RecvBuffers {
     pub plain: (u16, usize),
     pub bundled: (u16, usize),
@@ -557,6 +557,17 @@ impl Ring {
         sizing: RecvBuffers,
         features: Features,
     ) -> io::Result<Ring> {
+        Ring::with_budget(entries, sizing, features, RECV_LIMIT)
+    }
+
+    /// [`Ring::with_features`] whose receives get a budget of `budget` bytes where the kernel
+    /// keeps one ([`Ring::recv_limit`] says what it became).
+    pub fn with_budget(
+        entries: u32,
+        sizing: RecvBuffers,
+        features: Features,
+        budget: u32,
+    ) -> io::Result<Ring> {
         // One thread submits and reaps (thread-per-core), so completions' task work can wait
         // until we ask for events instead of interrupting the worker with an IPI each time
         // (DEFER_TASKRUN, Linux 6.1+); older kernels get the cooperative mode, then plain.
@@ -651,7 +662,7 @@ impl Ring {
             }
         }
         if features.recv_limit {
-            ring.probe_recv_limit();
+            ring.probe_recv_limit(budget);
         }
         // A socket without a descriptor can only be shut down on the ring.
         if features.accept_direct && ring.ring_shutdown {
@@ -663,10 +674,10 @@ impl Ring {
     /// The budget a receive gets, if the kernel keeps it: an older kernel refuses the field
     /// (it shares the entry with `file_index`, which receives had to leave 0) or ignores it,
     /// so it is checked on a socket pair (a receive with a budget of one byte must end after
-    /// it with data still waiting). The budget is [`RECV_LIMIT`], or a sixteenth of the buffer
-    /// ring when that is smaller (at least one buffer), so a turn always serves several
-    /// sockets.
-    fn probe_recv_limit(&mut self) {
+    /// it with data still waiting). The budget is `wanted` ([`RECV_LIMIT`] by default), or a
+    /// sixteenth of the buffer ring when that is smaller (at least one buffer), so a turn
+    /// always serves several sockets.
+    fn probe_recv_limit(&mut self, wanted: u32) {
         let mut pair = [0; 2];
         // SAFETY: socketpair writes two descriptors into `pair`; the result is checked.
         if check(unsafe {
@@ -718,11 +729,11 @@ impl Ring {
         close(pair[1]);
         if first.is_some_and(|c| c.result > 0 && !c.more) {
             let ring_bytes = usize::from(self.bufs.entries) * self.bufs.buf_size;
-            // For measurement, `SLUICE_URING_RECV_BUDGET` (bytes) replaces the default.
+            // For measurement, `SLUICE_URING_RECV_BUDGET` (bytes) replaces the configured one.
             let wanted = std::env::var("SLUICE_URING_RECV_BUDGET")
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(RECV_LIMIT as usize);
+                .unwrap_or(wanted as usize);
             let limit = (ring_bytes / 16).min(wanted).max(self.bufs.buf_size);
             self.recv_limit = u32::try_from(limit).unwrap_or(RECV_LIMIT);
         }
