@@ -79,6 +79,20 @@ pub struct Token {
 }
 
 impl Token {
+    /// The token of a cancel's own completion (the worker ignores [`Op::Cancel`]).
+    pub const CANCEL: Token = Token {
+        op: Op::Cancel,
+        slot: 0,
+        generation: 0,
+    };
+    /// The token of a receive the ring makes on a socket pair to probe the kernel at start
+    /// (a slot no socket has; its completions are reaped by the probe, never by the worker).
+    const PROBE: Token = Token {
+        op: Op::Cancel,
+        slot: u32::MAX,
+        generation: 0,
+    };
+
     pub fn encode(self) -> u64 {
         (self.op as u64) << 56
             | (u64::from(self.generation) & 0xff_ffff) << 32
@@ -692,11 +706,7 @@ impl Ring {
         {
             return;
         }
-        let token = Token {
-            op: Op::Cancel,
-            slot: u32::MAX,
-            generation: 0,
-        };
+        let token = Token::PROBE;
         send_now(pair[1], b"xy");
         self.recv_limit = 1;
         self.recv_multi(Target::Fd(pair[0]), token);
@@ -879,14 +889,7 @@ impl Ring {
         let e = opcode::AsyncCancel2::new(builder)
             .build()
             .flags(self.files_flags)
-            .user_data(
-                Token {
-                    op: Op::Cancel,
-                    slot: 0,
-                    generation: 0,
-                }
-                .encode(),
-            );
+            .user_data(Token::CANCEL.encode());
         self.push(e);
     }
 
@@ -984,11 +987,7 @@ impl Ring {
                 pair.as_mut_ptr(),
             )
         })?;
-        let token = Token {
-            op: Op::Cancel,
-            slot: u32::MAX,
-            generation: 0,
-        };
+        let token = Token::PROBE;
         let target = self.install(pair[0], 0);
         self.recv_multi(target, token);
         send_now(pair[1], b"x");
@@ -1138,14 +1137,9 @@ impl Ring {
     /// completes with ECANCELED (or with what it had already done). The cancel's own
     /// completion carries [`Op::Cancel`].
     pub fn cancel(&mut self, target: Token) {
-        let e = opcode::AsyncCancel::new(target.encode()).build().user_data(
-            Token {
-                op: Op::Cancel,
-                slot: 0,
-                generation: 0,
-            }
-            .encode(),
-        );
+        let e = opcode::AsyncCancel::new(target.encode())
+            .build()
+            .user_data(Token::CANCEL.encode());
         self.push(e);
     }
 
@@ -1685,6 +1679,17 @@ mod tests {
             slot,
             generation: 0,
         }
+    }
+
+    /// The ring's own tokens (cancels, start-up probes) are cancels that survive a
+    /// completion's user data, and the two are told apart by their slot.
+    #[test]
+    fn the_rings_own_tokens_round_trip_as_cancels() {
+        for t in [Token::CANCEL, Token::PROBE] {
+            assert_eq!(Token::decode(t.encode()), Some(t));
+            assert_eq!(t.op, Op::Cancel);
+        }
+        assert_ne!(Token::CANCEL, Token::PROBE);
     }
 
     /// Submits and reaps for up to `wait`, recycling receive buffers; returns the completions
