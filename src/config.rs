@@ -300,6 +300,12 @@ struct RawUring {
     recv_buffer_size: Option<Spanned<Size>>,
     recv_buffer_size_unbundled: Option<Spanned<Size>>,
     recv_budget: Option<Spanned<Size>>,
+    fixed_files: Option<Spanned<bool>>,
+    recv_bundles: Option<Spanned<bool>>,
+    send_zc: Option<Spanned<bool>>,
+    ring_shutdown: Option<Spanned<bool>>,
+    accept_direct: Option<Spanned<bool>>,
+    close_cancel: Option<Spanned<bool>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -1267,6 +1273,23 @@ fn parse_uring(ctx: &Ctx<'_>, raw: &RawUring, t: &mut Tuning) -> Result<(), Conf
         t.set_recv_budget(size(v, "uring.recv_budget")?)
             .map_err(|e| fail(v.span().start, "uring.recv_budget", e))?;
     }
+    let f = &mut t.features;
+    for (v, slot) in [
+        (&raw.fixed_files, &mut f.fixed_files),
+        (&raw.recv_bundles, &mut f.bundles),
+        (&raw.send_zc, &mut f.send_zc),
+        (&raw.ring_shutdown, &mut f.ring_shutdown),
+        (&raw.accept_direct, &mut f.accept_direct),
+        (&raw.close_cancel, &mut f.close_cancel),
+    ] {
+        if let Some(v) = v {
+            *slot = *v.get_ref();
+        }
+    }
+    if let Err(e) = t.check_features() {
+        let at = raw.accept_direct.as_ref().map_or(0, |v| v.span().start);
+        return Err(fail(at, "uring.accept_direct", e));
+    }
     Ok(())
 }
 
@@ -1399,6 +1422,15 @@ mod tests {
         assert_eq!(t.recv_budget, 64 * 1024);
         let off = parse("[uring]\nrecv_budget = 0\n").unwrap().uring;
         assert_eq!(off.recv_budget, 0);
+        let f = parse(
+            "[uring]\nfixed_files = false\nrecv_bundles = false\nsend_zc = false\n\
+             ring_shutdown = true\naccept_direct = true\nclose_cancel = true\n",
+        )
+        .unwrap()
+        .uring
+        .features;
+        assert!(!f.fixed_files && !f.bundles && !f.send_zc);
+        assert!(f.ring_shutdown && f.accept_direct && f.close_cancel);
         // The budget is checked against the buffers set in the same section (16 x 4 KiB:
         // at most 4 KiB), whatever the order of the keys.
         let small = parse("[uring]\nrecv_budget = 4096\nrecv_buffers = 16\n").unwrap();
@@ -1468,6 +1500,12 @@ mod tests {
                 4,
                 "uring.recv_budget",
                 "(4096 bytes) (got 8192)",
+            ),
+            (
+                "[uring]\naccept_direct = true\n",
+                2,
+                "uring.accept_direct",
+                "needs ring_shutdown = true",
             ),
         ] {
             let e = Config::parse(text, "sluice.toml").unwrap_err();

@@ -1,7 +1,8 @@
-//! The io_uring engine's sizes (`[uring]` in the static config): submission-queue entries,
-//! the provided receive buffers and the byte budget of a multishot receive. The defaults are
-//! the engine's own; the checks are the kernel's bounds (and a memory cap), so a bad value is
-//! refused when the config is read, not when a worker makes its ring.
+//! The io_uring engine's sizes and optional features (`[uring]` in the static config):
+//! submission-queue entries, the provided receive buffers, the byte budget of a multishot
+//! receive, and which optional kernel features a ring may use. The defaults are the engine's
+//! own; the checks are the kernel's bounds (and a memory cap), so a bad value is refused when
+//! the config is read, not when a worker makes its ring.
 
 use super::ring::{Features, RECV_LIMIT, RecvBuffers};
 
@@ -22,7 +23,8 @@ pub const MAX_RECV_BUFFER_SIZE: usize = 1 << 20;
 /// The most memory one worker's receive buffers may take (count times size).
 pub const MAX_RECV_BUFFER_BYTES: usize = 256 << 20;
 
-/// How a worker's ring is sized. `Default` is what the engine uses without a config.
+/// How a worker's ring is sized and what it may use. `Default` is what the engine uses
+/// without a config.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Tuning {
     /// Submission-queue entries (a power of two).
@@ -32,6 +34,9 @@ pub struct Tuning {
     /// Bytes a multishot receive takes before it ends (0: no budget). The ring lowers it to
     /// a sixteenth of its buffers when that is smaller, and raises it to one buffer.
     pub recv_budget: u32,
+    /// The optional kernel features the ring may use (each still probed). Its `recv_limit`
+    /// is not read: `recv_budget` 0 turns the budget off.
+    pub features: Features,
 }
 
 impl Default for Tuning {
@@ -40,6 +45,7 @@ impl Default for Tuning {
             sq_entries: SQ_ENTRIES,
             recv_buffers: super::worker::RECV_BUFFERS,
             recv_budget: RECV_LIMIT,
+            features: Features::default(),
         }
     }
 }
@@ -61,6 +67,8 @@ pub enum TuningError {
         total: usize,
         max: usize,
     },
+    #[error("needs ring_shutdown = true (a socket without a descriptor is shut down on the ring)")]
+    DirectNeedsRingShutdown,
     #[error(
         "must be 0 (no budget) or between one buffer ({min} bytes) and a sixteenth of the \
          {count} x {size}-byte buffer ring ({max} bytes) (got {got})"
@@ -156,13 +164,23 @@ impl Tuning {
         Ok(())
     }
 
-    /// The optional kernel features a worker's ring may use: the defaults, without the
+    /// Checks that the features go together: accepting into the file table needs ring
+    /// shutdowns (a ring without them would silently accept with descriptors).
+    pub fn check_features(&self) -> Result<(), TuningError> {
+        let f = &self.features;
+        if f.accept_direct && !f.ring_shutdown {
+            return Err(TuningError::DirectNeedsRingShutdown);
+        }
+        Ok(())
+    }
+
+    /// The optional kernel features a worker's ring may use: the configured ones, without the
     /// receive budget when it is 0, then what `SLUICE_URING_ENABLE` and `SLUICE_URING_DISABLE`
     /// name (for measurement, they override the config).
     pub fn features(&self) -> Features {
         Features {
             recv_limit: self.recv_budget > 0,
-            ..Features::default()
+            ..self.features
         }
         .with_names(
             std::env::var("SLUICE_URING_ENABLE").ok().as_deref(),
@@ -229,5 +247,12 @@ mod tests {
         if std::env::var_os("SLUICE_URING_ENABLE").is_none() {
             assert!(!t.features().recv_limit, "0 turns the budget off");
         }
+        t.features.accept_direct = true;
+        assert_eq!(
+            t.check_features(),
+            Err(TuningError::DirectNeedsRingShutdown)
+        );
+        t.features.ring_shutdown = true;
+        t.check_features().unwrap();
     }
 }

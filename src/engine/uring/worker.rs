@@ -1418,6 +1418,25 @@ mod tests {
         );
     }
 
+    /// `[uring]` feature keys reach the worker's ring: direct accepts (off by default) are on
+    /// when the config turns them and ring shutdowns on.
+    #[test]
+    fn configured_features_reach_the_ring() {
+        let up = upstream(1);
+        let (worker, _, listener, _wake) = budget_worker(up, Tuning::default());
+        assert!(!worker.net.direct, "off by default");
+        uring::close(listener);
+        let mut tuning = Tuning::default();
+        tuning.features.ring_shutdown = true;
+        tuning.features.accept_direct = true;
+        let (worker, _, listener, _wake) = budget_worker(up, tuning);
+        assert!(
+            worker.net.direct,
+            "this kernel (6.0+) accepts into the file table"
+        );
+        uring::close(listener);
+    }
+
     /// The other direction: a client uploads 4 MiB to an upstream that reads slowly. The
     /// worker holds a bounded number of the body's bytes, and the upstream gets all of them in
     /// order. Without the budget one receive took what the client's socket held.
