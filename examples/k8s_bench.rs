@@ -28,7 +28,6 @@ use serde_json::{Value, json};
 use sluice::control::compile::CompileOptions;
 use sluice::control::compile::{Objects, compile};
 use sluice::control::watch::{KubeOptions, KubeSettings, KubeSource};
-use sluice::core::conn::ConnConfig;
 use sluice::demo::spawn_upstream;
 use sluice::engine::{Engine, EngineConfig};
 
@@ -107,13 +106,12 @@ fn propagation(ingresses: usize, changes: usize) {
     let workers = 2;
     let engine = Engine::start(
         EngineConfig {
-            batching: Default::default(),
             workers: vec![None; workers],
             http: "127.0.0.1:0".parse().unwrap(),
-            conn: Arc::new(ConnConfig::default()),
             upstream_max_idle: 4,
             upstream_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            ..EngineConfig::default()
         },
         Arc::new(compiled.snapshot),
     )

@@ -32,7 +32,6 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice::control::compile::CompileOptions;
 use sluice::control::watch::{KubeOptions, KubeSettings, KubeSource};
-use sluice::core::conn::ConnConfig;
 use sluice::engine::{Engine, EngineConfig};
 
 const NS: &str = "s13-scale2";
@@ -254,13 +253,12 @@ fn main() {
     let synced = start.elapsed();
     let engine = Engine::start(
         EngineConfig {
-            batching: Default::default(),
             workers: vec![None; 2],
             http: "127.0.0.1:0".parse().unwrap(),
-            conn: Arc::new(ConnConfig::default()),
             upstream_max_idle: 4,
             upstream_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            ..EngineConfig::default()
         },
         Arc::new(compiled.snapshot),
     )

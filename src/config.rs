@@ -20,6 +20,7 @@ use crate::core::http1::{Limits, MAX_HEADERS_CAP, Upgrades};
 use crate::core::tls::TlsSettings;
 use crate::core::upstream::health::OutlierConfig;
 use crate::engine::uring::batch::Batching;
+use crate::engine::uring::tuning::{Tuning, TuningError};
 use crate::engine::userspace::{DeviceKind, PollMode, UserspaceConfig, parse_cidr, parse_mac};
 use crate::engine::{EngineConfig, HttpsConfig};
 
@@ -288,12 +289,23 @@ struct RawBuffers {
     postpone_timeout: Option<Spanned<String>>,
 }
 
-/// The `[uring]` section: the io_uring engine's loop.
+/// The `[uring]` section: the io_uring engine's loop and ring.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUring {
     batch_window: Option<Spanned<String>>,
     batch_max: Option<Spanned<u32>>,
+    sq_entries: Option<Spanned<u64>>,
+    recv_buffers: Option<Spanned<u64>>,
+    recv_buffer_size: Option<Spanned<Size>>,
+    recv_buffer_size_unbundled: Option<Spanned<Size>>,
+    recv_budget: Option<Spanned<Size>>,
+    fixed_files: Option<Spanned<bool>>,
+    recv_bundles: Option<Spanned<bool>>,
+    send_zc: Option<Spanned<bool>>,
+    ring_shutdown: Option<Spanned<bool>>,
+    accept_direct: Option<Spanned<bool>>,
+    close_cancel: Option<Spanned<bool>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -388,6 +400,8 @@ pub struct Config {
     pub postpone_timeout: Duration,
     /// The io_uring loop's adaptive batching (`[uring]`).
     pub batching: Batching,
+    /// The io_uring ring's sizes and receive budget (`[uring]`).
+    pub uring: Tuning,
     pub upstream_max_idle: usize,
     pub upstream_idle_timeout: Duration,
     /// `[outlier]`: passive health of pod endpoints.
@@ -435,6 +449,7 @@ impl Default for Config {
             postpone_output: 1460,
             postpone_timeout: crate::core::conn::POSTPONE_BOUND,
             batching: Batching::default(),
+            uring: Tuning::default(),
             upstream_max_idle: 64,
             upstream_idle_timeout: Duration::from_secs(60),
             outlier: OutlierConfig::default(),
@@ -891,6 +906,7 @@ impl Config {
             None => c.batching.max(),
         };
         c.batching = Batching::new(window.as_micros() as u32, batch_max);
+        parse_uring(&ctx, &raw.uring, &mut c.uring)?;
         if let Some(size) = ctx.size(&raw.buffers.size, "buffers.size", 1024, 16 << 20)? {
             c.buffer_size = as_usize(size);
         }
@@ -1076,6 +1092,7 @@ impl Config {
             upstream_idle_timeout: self.upstream_idle_timeout,
             shutdown_grace: self.shutdown_grace,
             batching: self.batching,
+            uring: self.uring,
         }
     }
 }
@@ -1203,6 +1220,79 @@ fn parse_userspace(
     Ok(())
 }
 
+/// The `[uring]` ring keys, each checked against the kernel's bounds; the budget last, against
+/// the buffers it is taken from.
+fn parse_uring(ctx: &Ctx<'_>, raw: &RawUring, t: &mut Tuning) -> Result<(), ConfigError> {
+    let fail = |at: usize, field: &str, e: TuningError| ctx.at(at, field, e);
+    let size = |v: &Spanned<Size>, field: &str| {
+        parse_size(v.get_ref()).map_err(|m| ctx.at(v.span().start, field, m))
+    };
+    if let Some(v) = &raw.sq_entries {
+        t.set_sq_entries(*v.get_ref())
+            .map_err(|e| fail(v.span().start, "uring.sq_entries", e))?;
+    }
+    if let Some(v) = &raw.recv_buffers {
+        t.set_recv_buffers(*v.get_ref())
+            .map_err(|e| fail(v.span().start, "uring.recv_buffers", e))?;
+    }
+    for (v, field, bundled) in [
+        (&raw.recv_buffer_size, "uring.recv_buffer_size", true),
+        (
+            &raw.recv_buffer_size_unbundled,
+            "uring.recv_buffer_size_unbundled",
+            false,
+        ),
+    ] {
+        if let Some(v) = v {
+            t.set_recv_buffer_size(size(v, field)?, bundled)
+                .map_err(|e| fail(v.span().start, field, e))?;
+        }
+    }
+    if let Err(e) = t.check_memory() {
+        // Reported at the first key that sized the buffers.
+        let (at, field) = [
+            (
+                raw.recv_buffers.as_ref().map(|v| v.span()),
+                "uring.recv_buffers",
+            ),
+            (
+                raw.recv_buffer_size.as_ref().map(|v| v.span()),
+                "uring.recv_buffer_size",
+            ),
+            (
+                raw.recv_buffer_size_unbundled.as_ref().map(|v| v.span()),
+                "uring.recv_buffer_size_unbundled",
+            ),
+        ]
+        .into_iter()
+        .find_map(|(span, field)| span.map(|s| (s.start, field)))
+        .unwrap_or((0, "uring"));
+        return Err(fail(at, field, e));
+    }
+    if let Some(v) = &raw.recv_budget {
+        t.set_recv_budget(size(v, "uring.recv_budget")?)
+            .map_err(|e| fail(v.span().start, "uring.recv_budget", e))?;
+    }
+    let f = &mut t.features;
+    for (v, slot) in [
+        (&raw.fixed_files, &mut f.fixed_files),
+        (&raw.recv_bundles, &mut f.bundles),
+        (&raw.send_zc, &mut f.send_zc),
+        (&raw.ring_shutdown, &mut f.ring_shutdown),
+        (&raw.accept_direct, &mut f.accept_direct),
+        (&raw.close_cancel, &mut f.close_cancel),
+    ] {
+        if let Some(v) = v {
+            *slot = *v.get_ref();
+        }
+    }
+    if let Err(e) = t.check_features() {
+        let at = raw.accept_direct.as_ref().map_or(0, |v| v.span().start);
+        return Err(fail(at, "uring.accept_direct", e));
+    }
+    Ok(())
+}
+
 /// `namespace/service:port` (port by number or name), or `namespace/service` (its first port).
 pub fn parse_service_ref(text: &str) -> Result<ServiceRef, ValueError> {
     let bad = || ValueError::ServiceRef(text.to_string());
@@ -1286,6 +1376,20 @@ mod tests {
         assert_eq!(c.log.access_sample_ppm, 1_000_000);
     }
 
+    /// The engine's own defaults are the config's: `EngineConfig::default()` is what an empty
+    /// config file gives.
+    #[test]
+    fn engine_defaults_are_the_config_defaults() {
+        let from_file = parse("").unwrap().engine_config();
+        let d = EngineConfig::default();
+        assert_eq!(from_file.workers, d.workers);
+        assert_eq!(from_file.http, d.http);
+        assert_eq!(from_file.upstream_max_idle, d.upstream_max_idle);
+        assert_eq!(from_file.upstream_idle_timeout, d.upstream_idle_timeout);
+        assert_eq!(from_file.shutdown_grace, d.shutdown_grace);
+        assert_eq!(from_file.batching, d.batching);
+    }
+
     #[test]
     fn uring_batching_keys() {
         let mut d = parse("").unwrap().batching;
@@ -1299,6 +1403,119 @@ mod tests {
         let mut off = parse("[uring]\nbatch_window = \"0ms\"\n").unwrap().batching;
         off.turn(100);
         assert_eq!(off.next_wait(), (1, 0));
+    }
+
+    #[test]
+    fn uring_ring_keys() {
+        let d = parse("").unwrap();
+        assert_eq!(d.uring, Tuning::default());
+        assert_eq!(d.engine_config().uring, Tuning::default());
+        let c = parse(
+            "[uring]\nsq_entries = 1024\nrecv_buffers = 2048\nrecv_buffer_size = \"8k\"\n\
+             recv_buffer_size_unbundled = \"32k\"\nrecv_budget = \"64k\"\n",
+        )
+        .unwrap();
+        let t = c.engine_config().uring;
+        assert_eq!(t.sq_entries, 1024);
+        assert_eq!(t.recv_buffers.bundled, (2048, 8192));
+        assert_eq!(t.recv_buffers.plain, (2048, 32 * 1024));
+        assert_eq!(t.recv_budget, 64 * 1024);
+        let off = parse("[uring]\nrecv_budget = 0\n").unwrap().uring;
+        assert_eq!(off.recv_budget, 0);
+        let f = parse(
+            "[uring]\nfixed_files = false\nrecv_bundles = false\nsend_zc = false\n\
+             ring_shutdown = true\naccept_direct = true\nclose_cancel = true\n",
+        )
+        .unwrap()
+        .uring
+        .features;
+        assert!(!f.fixed_files && !f.bundles && !f.send_zc);
+        assert!(f.ring_shutdown && f.accept_direct && f.close_cancel);
+        // The budget is checked against the buffers set in the same section (16 x 4 KiB:
+        // at most 4 KiB), whatever the order of the keys.
+        let small = parse("[uring]\nrecv_budget = 4096\nrecv_buffers = 16\n").unwrap();
+        assert_eq!(small.uring.recv_budget, 4096);
+    }
+
+    /// Every bad `[uring]` ring value names the file, its line and the key.
+    #[test]
+    fn bad_uring_ring_values_say_where_and_why() {
+        for (text, line, field, why) in [
+            (
+                "[uring]\nsq_entries = 1000\n",
+                2,
+                "uring.sq_entries",
+                "power of two between 16 and 32768 (got 1000)",
+            ),
+            (
+                "[uring]\nbatch_max = 8\nsq_entries = 65536\n",
+                3,
+                "uring.sq_entries",
+                "power of two",
+            ),
+            (
+                "[uring]\nrecv_buffers = 100000\n",
+                2,
+                "uring.recv_buffers",
+                "power of two between 16 and 32768",
+            ),
+            (
+                "[uring]\nrecv_buffer_size = 512\n",
+                2,
+                "uring.recv_buffer_size",
+                "between 1024 and 1048576 bytes (got 512)",
+            ),
+            (
+                "[uring]\nrecv_buffer_size_unbundled = \"2m\"\n",
+                2,
+                "uring.recv_buffer_size_unbundled",
+                "between 1024 and 1048576 bytes",
+            ),
+            (
+                "[uring]\nrecv_buffer_size = \"4q\"\n",
+                2,
+                "uring.recv_buffer_size",
+                "unknown size unit",
+            ),
+            (
+                "[uring]\nrecv_buffers = 32768\nrecv_buffer_size = \"64k\"\n",
+                2,
+                "uring.recv_buffers",
+                "at most 268435456",
+            ),
+            (
+                "[uring]\nrecv_budget = \"1m\"\n",
+                2,
+                "uring.recv_budget",
+                "a sixteenth of the 1024 x 4096-byte buffer ring (262144 bytes) (got 1048576)",
+            ),
+            (
+                "[uring]\nrecv_budget = 100\n",
+                2,
+                "uring.recv_budget",
+                "must be 0 (no budget) or between one buffer (4096 bytes)",
+            ),
+            (
+                "[uring]\nrecv_buffers = 16\n\nrecv_budget = \"8k\"\n",
+                4,
+                "uring.recv_budget",
+                "(4096 bytes) (got 8192)",
+            ),
+            (
+                "[uring]\naccept_direct = true\n",
+                2,
+                "uring.accept_direct",
+                "needs ring_shutdown = true",
+            ),
+        ] {
+            let e = Config::parse(text, "sluice.toml").unwrap_err();
+            assert_eq!(
+                (e.file.as_str(), e.line, e.field.as_str()),
+                ("sluice.toml", line, field),
+                "{text}: {e}"
+            );
+            assert!(e.message.contains(why), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -242,7 +242,6 @@ fn when_every_endpoint_fails_its_health_check_all_stay_in_rotation() {
 fn the_cluster_source_takes_an_unhealthy_endpoint_out_and_back() {
     use serde_json::json;
     use sluice::control::watch::{KubeOptions, KubeSettings, KubeSource};
-    use sluice::core::conn::ConnConfig;
     use sluice::engine::{Engine, EngineConfig};
     use support::mock_api::{self, MockApi};
 
@@ -292,13 +291,12 @@ fn the_cluster_source_takes_an_unhealthy_endpoint_out_and_back() {
         .expect("source works")
         .expect("initial sync within 20 s");
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None; 2],
         http: "127.0.0.1:0".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 4,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, Arc::new(compiled.snapshot)).expect("engine starts");
     source.attach(engine.publisher());

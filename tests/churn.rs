@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use sluice::control::compile::{CompileOptions, compile};
 use sluice::control::files::{FileSource, FileWatcher};
 use sluice::control::incremental::Incremental;
-use sluice::core::conn::ConnConfig;
 use sluice::demo::spawn_upstream;
 use sluice::engine::{Engine, EngineConfig};
 
@@ -110,13 +109,12 @@ fn hundreds_of_rewrites_under_keep_alive_traffic_fail_no_request() {
     assert!(source.refresh().is_empty());
     let (compiler, first) = Incremental::new(&source.objects(), CompileOptions::default(), 1);
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None, None],
         http: "127.0.0.1:0".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 16,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, Arc::new(first.snapshot)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -263,13 +261,12 @@ fn an_upgraded_tunnel_survives_100_snapshot_changes() {
         Arc::new(compile(&objects, &CompileOptions::default(), version).snapshot)
     };
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None],
         http: "127.0.0.1:0".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 4,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, snapshot(1, echo)).unwrap();
     let mut s = TcpStream::connect(engine.local_addr()).unwrap();
@@ -321,13 +318,12 @@ fn every_worker_ends_on_the_newest_snapshot_and_old_ones_are_freed() {
         Arc::new(compile(&objects, &CompileOptions::default(), version).snapshot)
     };
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None, None],
         http: "127.0.0.1:0".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 4,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, snapshot(1)).unwrap();
     let publisher = engine.publisher();
@@ -378,13 +374,12 @@ fn a_file_being_written_is_read_once_it_is_closed() {
     assert!(source.refresh().is_empty());
     let (compiler, first) = Incremental::new(&source.objects(), CompileOptions::default(), 1);
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None],
         http: "127.0.0.1:0".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 4,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, Arc::new(first.snapshot)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -118,13 +118,13 @@ impl Harness {
         https: Option<HttpsConfig>,
     ) -> Engine {
         let mut cfg = EngineConfig {
-            batching: Default::default(),
             workers: vec![None; workers],
             http: "127.0.0.1:0".parse().unwrap(),
             conn: Arc::new(conn),
             upstream_max_idle: 16,
             upstream_idle_timeout,
             shutdown_grace: Duration::from_secs(10),
+            ..EngineConfig::default()
         };
         match self.kind {
             Kind::Uring => Engine::start_with_https(cfg, https, snapshot).expect("engine starts"),
@@ -960,22 +960,26 @@ fn split_upstream(ip: IpAddr) -> SocketAddr {
     addr
 }
 
+/// An Ingress routing `<name>.test` to a Service `name` whose one endpoint is `upstream`.
+fn one_route(name: &str, upstream: SocketAddr) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\n\
+         spec:\n  ingressClassName: sluice\n  rules:\n  - host: {name}.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: {name}, port: {{number: 80}}}}}}}}]}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
+        upstream.port(),
+        upstream.ip()
+    )
+}
+
 /// `postpone_output` over real sockets: the response head waits in Sluice for its body, which
 /// the upstream writes 20 ms later, and the client's first read returns both (one send; without
 /// the hold the head arrives alone, 20 ms before the body). The hold's bound is set to 1 s
 /// here so that the 20 ms pause is well within it (the default is 1 ms).
 fn a_head_and_a_body_written_apart_reach_the_client_in_one_read(kind: Kind) {
     let h = Harness::new(kind);
-    let upstream = split_upstream(h.host_ip());
-    let yaml = format!(
-        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: t, namespace: default}}\n\
-         spec:\n  ingressClassName: sluice\n  rules:\n  - host: split.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: split, port: {{number: 80}}}}}}}}]}}\n\
-         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: split, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: split-1, namespace: default, labels: {{kubernetes.io/service-name: split}}}}\n\
-         addressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
-        upstream.port(),
-        upstream.ip()
-    );
+    let yaml = one_route("split", split_upstream(h.host_ip()));
     let conn = ConnConfig {
         postpone_output: 1460,
         postpone_timeout: Duration::from_secs(1),
@@ -1000,6 +1004,57 @@ fn a_head_and_a_body_written_apart_reach_the_client_in_one_read(kind: Kind) {
             "the first read holds the whole response: {first:?}"
         );
     }
+    engine.stop();
+    engine.join().unwrap();
+}
+
+/// An upstream that answers every request of a connection with `answer`, in one write.
+fn fixed_upstream(ip: IpAddr, answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                let mut have = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => have.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = have.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    have.drain(..end);
+                    if s.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Fields an upstream addresses to the proxy (nginx's `proxy_hide_header` defaults:
+/// `X-Accel-Buffering`, `X-Accel-Redirect`, ...) do not reach the client through a real
+/// socket; the other fields and the body do.
+fn x_accel_fields_from_the_upstream_do_not_reach_the_client(kind: Kind) {
+    let h = Harness::new(kind);
+    let upstream = fixed_upstream(
+        h.host_ip(),
+        b"HTTP/1.1 200 OK\r\nX-Accel-Buffering: no\r\nX-Accel-Redirect: /x\r\n\
+          X-Kept: yes\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    let engine = h.start(&one_route("accel", upstream), 1, ConnConfig::default());
+    let mut s = client(&engine);
+    let (status, head, body) = get(&mut s, "accel.test", "/");
+    assert_eq!((status, body.as_slice()), (200, &b"hello"[..]), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(!lower.contains("x-accel"), "{head}");
+    assert!(lower.contains("\r\nx-kept: yes\r\n"), "{head}");
+    assert!(lower.contains("\r\ncontent-type: text/plain\r\n"), "{head}");
     engine.stop();
     engine.join().unwrap();
 }
@@ -1038,6 +1093,7 @@ both_engines!(
     rotated_secret_is_used_by_the_next_handshake_while_open_connections_keep_working,
     http_redirects_to_https_for_tls_hosts_and_https_carries_hsts,
     a_head_and_a_body_written_apart_reach_the_client_in_one_read,
+    x_accel_fields_from_the_upstream_do_not_reach_the_client,
 );
 
 // Busy polling changes only how the loop waits: a few of the suite prove it still serves,
@@ -1064,13 +1120,11 @@ fn userspace_engine_serves_ipv6_clients_and_ipv6_upstreams() {
         up.addr.port()
     );
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None; 2],
-        http: "0.0.0.0:80".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 16,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
+        ..EngineConfig::default()
     };
     let dev = UserspaceConfig {
         interface: "sl0".into(),
@@ -1122,13 +1176,13 @@ fn userspace_engine_reaches_off_link_upstreams_through_the_gateway() {
     conn.timeouts.upstream_connect = Duration::from_millis(500);
     let start = |gateway: Option<IpAddr>| {
         let cfg = EngineConfig {
-            batching: Default::default(),
             workers: vec![None; 1],
             http: SocketAddr::new(IpAddr::from(SLUICE_IP), 80),
             conn: Arc::new(conn.clone()),
             upstream_max_idle: 16,
             upstream_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            ..EngineConfig::default()
         };
         let dev = UserspaceConfig {
             interface: "sl0".into(),

@@ -23,7 +23,6 @@ use sluice::admin::{self, AdminHandle};
 use sluice::control::compile::CompileOptions;
 use sluice::control::leader::LeaseSettings;
 use sluice::control::watch::{KubeOptions, KubeSettings, KubeSource, KubeStats};
-use sluice::core::conn::ConnConfig;
 use sluice::demo::{DemoUpstream, spawn_upstream};
 use sluice::engine::{Engine, EngineConfig};
 use support::mock_api::{self, MockApi};
@@ -129,13 +128,12 @@ fn start(settings: KubeSettings) -> Replica {
         .expect("source works")
         .expect("initial sync within 20 s");
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None; 2],
         http: "127.0.0.1:0".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 4,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, Arc::new(compiled.snapshot)).expect("engine starts");
     let stats = source.stats();
@@ -1072,13 +1070,12 @@ fn an_unacknowledged_snapshot_stalls_neither_watchers_nor_lease_nor_status() {
         .unwrap()
         .expect("initial sync");
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None],
         http: "127.0.0.1:0".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 4,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(1),
+        ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, Arc::new(compiled.snapshot)).unwrap();
     let publisher = engine.publisher();

@@ -133,13 +133,12 @@ fn certificates_come_from_referenced_cluster_secrets() {
     };
     let engine = Engine::start_with_https(
         EngineConfig {
-            batching: Default::default(),
             workers: vec![None; 2],
             http: "127.0.0.1:0".parse().unwrap(),
-            conn: Arc::new(ConnConfig::default()),
             upstream_max_idle: 4,
             upstream_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            ..EngineConfig::default()
         },
         Some(https),
         Arc::new(compiled.snapshot),

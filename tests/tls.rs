@@ -13,7 +13,6 @@ use std::time::Duration;
 use sluice::control::certs;
 use sluice::control::compile::{Compiled, Objects, compile};
 use sluice::control::manifests::parse_documents;
-use sluice::core::conn::ConnConfig;
 use sluice::core::snapshot::Snapshot;
 use sluice::core::tls::TlsSettings;
 use sluice::demo::{DemoUpstream, spawn_upstream};
@@ -28,13 +27,12 @@ const LOOPBACK: SocketAddr =
 
 fn start(snapshot: Snapshot, https: HttpsConfig) -> Engine {
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None; 1],
         http: "127.0.0.1:0".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 16,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
     };
     Engine::start_with_https(cfg, Some(https), Arc::new(snapshot))
         .expect("engine starts (io_uring available)")
@@ -277,13 +275,12 @@ fn second_handshake_is_resumed_on_any_worker() {
         + &secret("c", &c);
     let snapshot = compile_yaml(&yaml, &options(&default), 1).snapshot;
     let cfg = EngineConfig {
-        batching: Default::default(),
         workers: vec![None; 2],
         http: "127.0.0.1:0".parse().unwrap(),
-        conn: Arc::new(ConnConfig::default()),
         upstream_max_idle: 16,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        ..EngineConfig::default()
     };
     let engine =
         Engine::start_with_https(cfg, Some(https_config(LOOPBACK, None)), Arc::new(snapshot))

@@ -41,6 +41,26 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// The io_uring loop's adaptive batching (ignored by the userspace engine).
     pub batching: uring::batch::Batching,
+    /// The io_uring ring's sizes and receive budget (ignored by the userspace engine).
+    pub uring: uring::tuning::Tuning,
+}
+
+/// What `sluice run` uses without a config file: one pinned worker per core, plain HTTP on
+/// `0.0.0.0:80`, the default connection settings, 64 pooled keep-alive connections per
+/// endpoint kept 60 s, 240 s to drain on stop, the default batching and ring sizes.
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: EngineConfig::all_cores(),
+            http: SocketAddr::from(([0, 0, 0, 0], 80)),
+            conn: Arc::new(ConnConfig::default()),
+            upstream_max_idle: 64,
+            upstream_idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(240),
+            batching: uring::batch::Batching::default(),
+            uring: uring::tuning::Tuning::default(),
+        }
+    }
 }
 
 impl EngineConfig {
@@ -232,6 +252,7 @@ impl Engine {
                 https_listener: https_listeners.next(),
                 wake: wake.as_raw_fd(),
                 batching: cfg.batching,
+                tuning: cfg.uring,
             };
             setups.push((setup, wake));
         }

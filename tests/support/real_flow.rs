@@ -26,7 +26,6 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice::control::compile::CompileOptions;
 use sluice::control::watch::{KubeOptions, KubeSettings, KubeSource, KubeStats};
-use sluice::core::conn::ConnConfig;
 use sluice::core::snapshot::Snapshot;
 use sluice::demo::{DemoUpstream, spawn_upstream};
 use sluice::engine::{Engine, EngineConfig};
@@ -729,13 +728,12 @@ pub fn answer(addr: SocketAddr, host: &str) -> String {
 pub fn loopback_engine(snapshot: Snapshot) -> Engine {
     Engine::start(
         EngineConfig {
-            batching: Default::default(),
             workers: vec![None; 2],
             http: "127.0.0.1:0".parse().unwrap(),
-            conn: Arc::new(ConnConfig::default()),
             upstream_max_idle: 4,
             upstream_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            ..EngineConfig::default()
         },
         Arc::new(snapshot),
     )

@@ -229,13 +229,33 @@ pub struct ClientFraming {
     pub keep_alive: bool,
 }
 
+/// Fields an upstream addresses to the proxy in front of it, never forwarded to the client:
+/// nginx's `proxy_hide_header` defaults (`X-Accel-*` instructions and the `X-Pad` filler of
+/// old Apache versions). `X-Accel-Buffering` is read first ([`ResponseHead::streams`]).
+pub const PROXY_ONLY_FIELDS: [&str; 6] = [
+    "x-accel-buffering",
+    "x-accel-charset",
+    "x-accel-expires",
+    "x-accel-limit-rate",
+    "x-accel-redirect",
+    "x-pad",
+];
+
+/// True when `name` is one of [`PROXY_ONLY_FIELDS`].
+pub fn is_proxy_only(name: &str) -> bool {
+    PROXY_ONLY_FIELDS
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
+}
+
 /// Appends the response head for the client and says how its body must be framed.
 ///
 /// The status line carries the client's version with the upstream's code and reason; then
 /// `Server: <client.server>` unless the upstream sent its own `Server` (which is kept); every
-/// end-to-end field follows in original order and bytes; hop-by-hop fields are dropped and the
-/// framing is re-stated last: a chunked or close-delimited body is chunked for an HTTP/1.1
-/// client and close-delimited for HTTP/1.0 (which then cannot keep its connection).
+/// end-to-end field follows in original order and bytes; hop-by-hop fields and the fields
+/// meant for the proxy ([`PROXY_ONLY_FIELDS`]) are dropped and the framing is re-stated last:
+/// a chunked or close-delimited body is chunked for an HTTP/1.1 client and close-delimited for
+/// HTTP/1.0 (which then cannot keep its connection).
 pub fn write_client_response(
     resp: &ResponseHead<'_>,
     client: &ClientSide<'_>,
@@ -280,7 +300,7 @@ pub fn write_client_response(
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade
         } else {
-            !is_hop_by_hop(name, connection)
+            !is_hop_by_hop(name, connection) && !is_proxy_only(name)
         };
         if keep {
             push_field(name.as_bytes(), h.value, out);
@@ -299,5 +319,58 @@ pub fn write_client_response(
     ClientFraming {
         framing,
         keep_alive: keep_alive && !upgrade,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::http1::request::uninit_headers;
+
+    /// The client's head for the upstream head `wire` (a GET from an HTTP/1.1 client), and
+    /// whether the response streams.
+    fn rewrite(wire: &[u8]) -> (String, bool) {
+        let mut storage = uninit_headers();
+        let req = RequestContext {
+            head_request: false,
+            upgrade_requested: false,
+        };
+        let resp = parse_response_head_uninit(wire, &Limits::default(), &mut storage, req)
+            .expect("a valid head");
+        let client = ClientSide {
+            version: Version::Http11,
+            keep_alive: true,
+            head_request: false,
+            server: Some("sluice"),
+        };
+        let mut out = Vec::new();
+        write_client_response(&resp, &client, &mut out);
+        (String::from_utf8(out).unwrap(), resp.streams())
+    }
+
+    /// nginx's hidden fields never reach the client, in any case of their names;
+    /// `X-Accel-Buffering: no` still makes the response stream; other fields, `X-Accel-`
+    /// ones nginx passes included, are kept in order.
+    #[test]
+    fn fields_meant_for_the_proxy_are_not_forwarded() {
+        let (head, streams) = rewrite(
+            b"HTTP/1.1 200 OK\r\nX-Accel-Buffering: no\r\nContent-Type: text/plain\r\n\
+              x-accel-redirect: /internal/x\r\nX-ACCEL-EXPIRES: 60\r\nX-Accel-Limit-Rate: 1024\r\n\
+              X-Accel-Charset: utf-8\r\nX-Pad: avoid browser bug\r\nX-Accelerated: yes\r\n\
+              Cache-Control: no-store\r\nContent-Length: 2\r\n\r\n",
+        );
+        assert!(
+            streams,
+            "X-Accel-Buffering: no was read before it was dropped"
+        );
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nServer: sluice\r\nContent-Type: text/plain\r\n\
+             X-Accelerated: yes\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\n"
+        );
+        for f in PROXY_ONLY_FIELDS {
+            assert!(is_proxy_only(&f.to_ascii_uppercase()), "{f}");
+        }
+        assert!(!is_proxy_only("X-Accel"));
     }
 }

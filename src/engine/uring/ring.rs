@@ -79,6 +79,20 @@ pub struct Token {
 }
 
 impl Token {
+    /// The token of a cancel's own completion (the worker ignores [`Op::Cancel`]).
+    pub const CANCEL: Token = Token {
+        op: Op::Cancel,
+        slot: 0,
+        generation: 0,
+    };
+    /// The token of a receive the ring makes on a socket pair to probe the kernel at start
+    /// (a slot no socket has; its completions are reaped by the probe, never by the worker).
+    const PROBE: Token = Token {
+        op: Op::Cancel,
+        slot: u32::MAX,
+        generation: 0,
+    };
+
     pub fn encode(self) -> u64 {
         (self.op as u64) << 56
             | (u64::from(self.generation) & 0xff_ffff) << 32
@@ -272,7 +286,7 @@ impl Features {
 
 /// How many receive buffers of what size a ring provides, `(count, bytes)`: `bundled` when
 /// its receives take bundles, `plain` otherwise. The count is a power of two (at most 32,768).
-#[derive(Copy, Clone, Debug)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct RecvBuffers {
     pub plain: (u16, usize),
     pub bundled: (u16, usize),
@@ -557,6 +571,17 @@ impl Ring {
         sizing: RecvBuffers,
         features: Features,
     ) -> io::Result<Ring> {
+        Ring::with_budget(entries, sizing, features, RECV_LIMIT)
+    }
+
+    /// [`Ring::with_features`] whose receives get a budget of `budget` bytes where the kernel
+    /// keeps one ([`Ring::recv_limit`] says what it became).
+    pub fn with_budget(
+        entries: u32,
+        sizing: RecvBuffers,
+        features: Features,
+        budget: u32,
+    ) -> io::Result<Ring> {
         // One thread submits and reaps (thread-per-core), so completions' task work can wait
         // until we ask for events instead of interrupting the worker with an IPI each time
         // (DEFER_TASKRUN, Linux 6.1+); older kernels get the cooperative mode, then plain.
@@ -651,7 +676,7 @@ impl Ring {
             }
         }
         if features.recv_limit {
-            ring.probe_recv_limit();
+            ring.probe_recv_limit(budget);
         }
         // A socket without a descriptor can only be shut down on the ring.
         if features.accept_direct && ring.ring_shutdown {
@@ -663,10 +688,10 @@ impl Ring {
     /// The budget a receive gets, if the kernel keeps it: an older kernel refuses the field
     /// (it shares the entry with `file_index`, which receives had to leave 0) or ignores it,
     /// so it is checked on a socket pair (a receive with a budget of one byte must end after
-    /// it with data still waiting). The budget is [`RECV_LIMIT`], or a sixteenth of the buffer
-    /// ring when that is smaller (at least one buffer), so a turn always serves several
-    /// sockets.
-    fn probe_recv_limit(&mut self) {
+    /// it with data still waiting). The budget is `wanted` ([`RECV_LIMIT`] by default), or a
+    /// sixteenth of the buffer ring when that is smaller (at least one buffer), so a turn
+    /// always serves several sockets.
+    fn probe_recv_limit(&mut self, wanted: u32) {
         let mut pair = [0; 2];
         // SAFETY: socketpair writes two descriptors into `pair`; the result is checked.
         if check(unsafe {
@@ -681,11 +706,7 @@ impl Ring {
         {
             return;
         }
-        let token = Token {
-            op: Op::Cancel,
-            slot: u32::MAX,
-            generation: 0,
-        };
+        let token = Token::PROBE;
         send_now(pair[1], b"xy");
         self.recv_limit = 1;
         self.recv_multi(Target::Fd(pair[0]), token);
@@ -718,11 +739,11 @@ impl Ring {
         close(pair[1]);
         if first.is_some_and(|c| c.result > 0 && !c.more) {
             let ring_bytes = usize::from(self.bufs.entries) * self.bufs.buf_size;
-            // For measurement, `SLUICE_URING_RECV_BUDGET` (bytes) replaces the default.
+            // For measurement, `SLUICE_URING_RECV_BUDGET` (bytes) replaces the configured one.
             let wanted = std::env::var("SLUICE_URING_RECV_BUDGET")
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(RECV_LIMIT as usize);
+                .unwrap_or(wanted as usize);
             let limit = (ring_bytes / 16).min(wanted).max(self.bufs.buf_size);
             self.recv_limit = u32::try_from(limit).unwrap_or(RECV_LIMIT);
         }
@@ -868,14 +889,7 @@ impl Ring {
         let e = opcode::AsyncCancel2::new(builder)
             .build()
             .flags(self.files_flags)
-            .user_data(
-                Token {
-                    op: Op::Cancel,
-                    slot: 0,
-                    generation: 0,
-                }
-                .encode(),
-            );
+            .user_data(Token::CANCEL.encode());
         self.push(e);
     }
 
@@ -973,11 +987,7 @@ impl Ring {
                 pair.as_mut_ptr(),
             )
         })?;
-        let token = Token {
-            op: Op::Cancel,
-            slot: u32::MAX,
-            generation: 0,
-        };
+        let token = Token::PROBE;
         let target = self.install(pair[0], 0);
         self.recv_multi(target, token);
         send_now(pair[1], b"x");
@@ -1127,14 +1137,9 @@ impl Ring {
     /// completes with ECANCELED (or with what it had already done). The cancel's own
     /// completion carries [`Op::Cancel`].
     pub fn cancel(&mut self, target: Token) {
-        let e = opcode::AsyncCancel::new(target.encode()).build().user_data(
-            Token {
-                op: Op::Cancel,
-                slot: 0,
-                generation: 0,
-            }
-            .encode(),
-        );
+        let e = opcode::AsyncCancel::new(target.encode())
+            .build()
+            .user_data(Token::CANCEL.encode());
         self.push(e);
     }
 
@@ -1674,6 +1679,17 @@ mod tests {
             slot,
             generation: 0,
         }
+    }
+
+    /// The ring's own tokens (cancels, start-up probes) are cancels that survive a
+    /// completion's user data, and the two are told apart by their slot.
+    #[test]
+    fn the_rings_own_tokens_round_trip_as_cancels() {
+        for t in [Token::CANCEL, Token::PROBE] {
+            assert_eq!(Token::decode(t.encode()), Some(t));
+            assert_eq!(t.op, Op::Cancel);
+        }
+        assert_ne!(Token::CANCEL, Token::PROBE);
     }
 
     /// Submits and reaps for up to `wait`, recycling receive buffers; returns the completions

@@ -11,7 +11,8 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::batch::Batching;
-use super::ring::{self as uring, Completion, Features, Op, Ring, Target, Token};
+use super::ring::{self as uring, Completion, Op, Ring, Target, Token};
+use super::tuning::Tuning;
 use crate::core::conn::ClientInfo;
 use crate::core::time::Instant;
 use crate::engine::EngineWorker;
@@ -28,6 +29,8 @@ pub struct WorkerSetup {
     pub wake: RawFd,
     /// How the loop's waits gather completions (off where the kernel lacks min-wait).
     pub batching: Batching,
+    /// The ring's sizes and receive budget.
+    pub tuning: Tuning,
 }
 
 /// The accept token's slot for the HTTPS listener (the plain one is 0).
@@ -51,7 +54,7 @@ const MAX_COMPLETIONS: usize = 1024;
 /// few, because buffers come back only at the end of a batch, so the ring's size is what one
 /// fast sender can hand the driver in one turn before backpressure cancels its receive (with
 /// 16 MiB, a 100 MiB upload grew the peak RSS by 56 MiB; tests/cli.rs bounds it at 32).
-const RECV_BUFFERS: uring::RecvBuffers = uring::RecvBuffers {
+pub(super) const RECV_BUFFERS: uring::RecvBuffers = uring::RecvBuffers {
     plain: (1024, 16 * 1024),
     bundled: (1024, 4 * 1024),
 };
@@ -703,8 +706,9 @@ impl EngineWorker for Worker {
 
     /// Makes the ring; if that fails, the listeners are closed (nothing else owns them yet).
     fn build(setup: WorkerSetup, driver: Driver) -> std::io::Result<Worker> {
-        let ring =
-            Ring::with_features(4096, RECV_BUFFERS, Features::from_env()).inspect_err(|_| {
+        let t = &setup.tuning;
+        let ring = Ring::with_budget(t.sq_entries, t.recv_buffers, t.features(), t.budget())
+            .inspect_err(|_| {
                 for fd in [Some(setup.listener), setup.https_listener]
                     .into_iter()
                     .flatten()
@@ -835,6 +839,7 @@ mod tests {
     use crate::core::conn::ConnConfig;
     use crate::core::route::{Backend, BackendId, PathKind, RouteTableBuilder};
     use crate::core::snapshot::Snapshot;
+    use crate::engine::uring::Features;
 
     fn body(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8).collect()
@@ -961,6 +966,7 @@ mod tests {
             https_listener: None,
             wake: std::os::fd::AsRawFd::as_raw_fd(&wake),
             batching: Default::default(),
+            tuning: Default::default(),
         };
         let ring = Ring::with_features(256, sizing, features).unwrap();
         assert_eq!(ring.bundles(), features.bundles);
@@ -1026,6 +1032,7 @@ mod tests {
             https_listener: None,
             wake: std::os::fd::AsRawFd::as_raw_fd(&wake),
             batching: Default::default(),
+            tuning: Default::default(),
         };
         // The eventfd outlives the test's worker (nothing signals it).
         std::mem::forget(wake);
@@ -1311,9 +1318,12 @@ mod tests {
         );
     }
 
-    /// A worker with the default features (the receive budget among them) for `up`, on a
-    /// listener of its own; the wake descriptor must live as long as the worker.
-    fn budget_worker(up: SocketAddr) -> (Worker, SocketAddr, RawFd, std::os::fd::OwnedFd) {
+    /// A worker built as the engine builds it, with `tuning` (the receive budget among it),
+    /// for `up`, on a listener of its own; the wake descriptor must live as long as the worker.
+    fn budget_worker(
+        up: SocketAddr,
+        tuning: Tuning,
+    ) -> (Worker, SocketAddr, RawFd, std::os::fd::OwnedFd) {
         let listener = uring::listen_reuseport("127.0.0.1:0".parse().unwrap(), 128).unwrap();
         let addr = uring::local_addr(listener).unwrap();
         let wake = crate::engine::sys::eventfd().unwrap();
@@ -1323,14 +1333,14 @@ mod tests {
             https_listener: None,
             wake: std::os::fd::AsRawFd::as_raw_fd(&wake),
             batching: Default::default(),
+            tuning,
         };
-        let ring = Ring::with_features(256, RECV_BUFFERS, Features::default()).unwrap();
+        let worker = Worker::build(setup, driver(up)).unwrap();
         assert_eq!(
-            ring.recv_limit(),
-            uring::RECV_LIMIT,
+            worker.net.ring.recv_limit(),
+            tuning.recv_budget,
             "this kernel (6.17+) keeps the budget"
         );
-        let worker = Worker::with_ring(setup, driver(up), ring);
         worker.driver.serving(true);
         (worker, addr, listener, wake)
     }
@@ -1361,7 +1371,7 @@ mod tests {
     #[test]
     fn a_slow_client_of_a_large_answer_holds_a_bounded_number_of_bytes_in_the_worker() {
         const LEN: usize = 4 << 20;
-        let (mut worker, addr, listener, _wake) = budget_worker(upstream(LEN));
+        let (mut worker, addr, listener, _wake) = budget_worker(upstream(LEN), Tuning::default());
         let client = std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -1378,6 +1388,55 @@ mod tests {
         );
     }
 
+    /// `[uring] recv_budget` reaches the worker's ring: with a budget of 16 KiB instead of the
+    /// default 128 KiB, the same slow client of a 4 MiB answer is held fewer bytes at once
+    /// (about the budget: 16 KiB against 128 KiB).
+    #[test]
+    fn a_configured_smaller_budget_holds_fewer_bytes_per_slow_connection() {
+        const LEN: usize = 4 << 20;
+        let peak = |tuning: Tuning| {
+            let (mut worker, addr, listener, _wake) = budget_worker(upstream(LEN), tuning);
+            let client = std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                    .unwrap();
+                read_slowly(&mut s, LEN);
+            });
+            let peak = turn_watching_held(&mut worker, &client);
+            client.join().expect("the client got the whole answer");
+            uring::close(listener);
+            peak
+        };
+        let mut small = Tuning::default();
+        small.set_recv_budget(16 * 1024).unwrap();
+        let default = peak(Tuning::default());
+        let configured = peak(small);
+        assert!(
+            configured <= 48 * 1024 && configured * 2 < default,
+            "a 16 KiB budget held {configured} bytes at once, the default {default}"
+        );
+    }
+
+    /// `[uring]` feature keys reach the worker's ring: direct accepts (off by default) are on
+    /// when the config turns them and ring shutdowns on.
+    #[test]
+    fn configured_features_reach_the_ring() {
+        let up = upstream(1);
+        let (worker, _, listener, _wake) = budget_worker(up, Tuning::default());
+        assert!(!worker.net.direct, "off by default");
+        uring::close(listener);
+        let mut tuning = Tuning::default();
+        tuning.features.ring_shutdown = true;
+        tuning.features.accept_direct = true;
+        let (worker, _, listener, _wake) = budget_worker(up, tuning);
+        assert!(
+            worker.net.direct,
+            "this kernel (6.0+) accepts into the file table"
+        );
+        uring::close(listener);
+    }
+
     /// The other direction: a client uploads 4 MiB to an upstream that reads slowly. The
     /// worker holds a bounded number of the body's bytes, and the upstream gets all of them in
     /// order. Without the budget one receive took what the client's socket held.
@@ -1392,7 +1451,7 @@ mod tests {
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .unwrap();
         });
-        let (mut worker, addr, listener, _wake) = budget_worker(up);
+        let (mut worker, addr, listener, _wake) = budget_worker(up, Tuning::default());
         let client = std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
