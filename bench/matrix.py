@@ -284,6 +284,12 @@ def table(results, args):
             for other in ("nginx", "haproxy"):
                 o = by.get(other)
                 if o and o["rps"] and o["cpu_us"] and o["load_us"]:
+                    if max(s["errors"] / max(s["requests"], 1), o["errors"] / max(o["requests"], 1)) > 0.01:
+                        # Requests past wrk's timeout or answered with an error count as served:
+                        # such a cell says which contender failed, not which is faster.
+                        parts.append(f"{other}: not comparable (errors: Sluice {s['errors']}, "
+                                     f"{other} {o['errors']})")
+                        continue
                     misses = verdict(s, o, other, cell["close"])
                     if misses:
                         missed.setdefault(s["limit"], []).append(
