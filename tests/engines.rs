@@ -923,15 +923,19 @@ fn http_redirects_to_https_for_tls_hosts_and_https_carries_hsts(kind: Kind) {
     engine.join().unwrap();
 }
 
-/// An upstream that answers each request on a connection (keep-alive) as a Go or Node handler
-/// that writes its body after its head does: the head, then 20 ms later the 5-byte body, in two
-/// writes (TCP_NODELAY: two segments). Bound here, on the kernel side of the engine.
-fn split_upstream(ip: IpAddr) -> SocketAddr {
+/// An upstream bound here, on the kernel side of the engine, that answers each request of a
+/// connection (keep-alive) by calling `answer` on its socket once the request's head is in.
+fn answering_upstream(
+    ip: IpAddr,
+    answer: impl Fn(&mut TcpStream) -> std::io::Result<()> + Send + Sync + 'static,
+) -> SocketAddr {
     let listener = TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
     let addr = listener.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { return };
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 s.set_nodelay(true).unwrap();
                 let mut have = Vec::new();
@@ -945,12 +949,7 @@ fn split_upstream(ip: IpAddr) -> SocketAddr {
                     }
                     let end = have.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                     have.drain(..end);
-                    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
-                    if s.write_all(head).is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                    if s.write_all(b"hello").is_err() {
+                    if answer(&mut s).is_err() {
                         return;
                     }
                 }
@@ -958,6 +957,16 @@ fn split_upstream(ip: IpAddr) -> SocketAddr {
         }
     });
     addr
+}
+
+/// Answers as a Go or Node handler that writes its body after its head does: the head, then
+/// 20 ms later the 5-byte body, in two writes (TCP_NODELAY: two segments).
+fn split_upstream(ip: IpAddr) -> SocketAddr {
+    answering_upstream(ip, |s| {
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")?;
+        std::thread::sleep(Duration::from_millis(20));
+        s.write_all(b"hello")
+    })
 }
 
 /// An Ingress routing `<name>.test` to a Service `name` whose one endpoint is `upstream`.
@@ -1008,33 +1017,9 @@ fn a_head_and_a_body_written_apart_reach_the_client_in_one_read(kind: Kind) {
     engine.join().unwrap();
 }
 
-/// An upstream that answers every request of a connection with `answer`, in one write.
+/// Answers every request of a connection with `answer`, in one write.
 fn fixed_upstream(ip: IpAddr, answer: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { return };
-            std::thread::spawn(move || {
-                let mut have = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while !have.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => have.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let end = have.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    have.drain(..end);
-                    if s.write_all(answer).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    answering_upstream(ip, move |s| s.write_all(answer))
 }
 
 /// Fields an upstream addresses to the proxy (nginx's `proxy_hide_header` defaults:

@@ -1364,14 +1364,11 @@ mod tests {
         peak
     }
 
-    /// A client that reads a 4 MiB answer slowly: the worker holds a bounded number of its
-    /// bytes (received and not yet written), because each receive ends after its budget and
-    /// the upstream socket is armed again only while the connection wants more. Without the
-    /// budget one receive took what the upstream's socket held, megabytes, in one turn.
-    #[test]
-    fn a_slow_client_of_a_large_answer_holds_a_bounded_number_of_bytes_in_the_worker() {
+    /// The most bytes of a 4 MiB answer a worker with `tuning` held at once (received and not
+    /// yet written) while its client read the answer slowly.
+    fn peak_held_for_a_slow_client(tuning: Tuning) -> u64 {
         const LEN: usize = 4 << 20;
-        let (mut worker, addr, listener, _wake) = budget_worker(upstream(LEN), Tuning::default());
+        let (mut worker, addr, listener, _wake) = budget_worker(upstream(LEN), tuning);
         let client = std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -1382,6 +1379,16 @@ mod tests {
         let peak = turn_watching_held(&mut worker, &client);
         client.join().expect("the client got the whole answer");
         uring::close(listener);
+        peak
+    }
+
+    /// A client that reads a 4 MiB answer slowly: the worker holds a bounded number of its
+    /// bytes (received and not yet written), because each receive ends after its budget and
+    /// the upstream socket is armed again only while the connection wants more. Without the
+    /// budget one receive took what the upstream's socket held, megabytes, in one turn.
+    #[test]
+    fn a_slow_client_of_a_large_answer_holds_a_bounded_number_of_bytes_in_the_worker() {
+        let peak = peak_held_for_a_slow_client(Tuning::default());
         assert!(
             peak <= 512 * 1024,
             "the worker held at most 512 KiB of the answer at once, not {peak} bytes"
@@ -1393,25 +1400,10 @@ mod tests {
     /// (about the budget: 16 KiB against 128 KiB).
     #[test]
     fn a_configured_smaller_budget_holds_fewer_bytes_per_slow_connection() {
-        const LEN: usize = 4 << 20;
-        let peak = |tuning: Tuning| {
-            let (mut worker, addr, listener, _wake) = budget_worker(upstream(LEN), tuning);
-            let client = std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-                    .unwrap();
-                read_slowly(&mut s, LEN);
-            });
-            let peak = turn_watching_held(&mut worker, &client);
-            client.join().expect("the client got the whole answer");
-            uring::close(listener);
-            peak
-        };
         let mut small = Tuning::default();
         small.set_recv_budget(16 * 1024).unwrap();
-        let default = peak(Tuning::default());
-        let configured = peak(small);
+        let default = peak_held_for_a_slow_client(Tuning::default());
+        let configured = peak_held_for_a_slow_client(small);
         assert!(
             configured <= 48 * 1024 && configured * 2 < default,
             "a 16 KiB budget held {configured} bytes at once, the default {default}"
