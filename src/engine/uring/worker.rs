@@ -1051,6 +1051,27 @@ mod tests {
         }
     }
 
+    /// One keep-alive client that sends `requests` requests, reads each answer (the echoed
+    /// X-Forwarded-For: its own address) and goes away; then a few more turns, so that its
+    /// socket is closed and what was in flight on it ends.
+    fn keep_alive_requests(worker: &mut Worker, addr: SocketAddr, requests: usize) {
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            for _ in 0..requests {
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                    .unwrap();
+                let (_, got) = response(&mut s);
+                assert_eq!(got, b"127.0.0.1");
+            }
+        });
+        turn_until(worker, &client);
+        client.join().unwrap();
+        for _ in 0..50 {
+            worker.turn().unwrap();
+        }
+    }
+
     /// `n` clients, each one `Connection: close` request on a connection of its own: each gets
     /// its answer, then the proxy's FIN (EOF), and the proxy's socket is freed.
     fn close_requests(worker: &mut Worker, addr: SocketAddr, n: usize) {
@@ -1129,19 +1150,7 @@ mod tests {
             };
             let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
             let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
-            let client = std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-                    .unwrap();
-                let (_, got) = response(&mut s);
-                assert_eq!(got, b"127.0.0.1");
-            });
-            turn_until(&mut worker, &client);
-            client.join().unwrap();
-            for _ in 0..50 {
-                worker.turn().unwrap();
-            }
+            keep_alive_requests(&mut worker, addr, 1);
             assert_eq!(worker.net.socks.len(), 1, "the pooled upstream connection");
             let before = worker.net.close_wakes;
             worker.driver.finish(&mut worker.net);
@@ -1185,21 +1194,7 @@ mod tests {
         assert!(worker.net.socks.len() <= 1);
         // A keep-alive client that goes away after three requests: its socket is closed with
         // its operations cancelled on the ring.
-        let client = std::thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            for _ in 0..3 {
-                s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-                    .unwrap();
-                let (_, got) = response(&mut s);
-                assert_eq!(got, b"127.0.0.1");
-            }
-        });
-        turn_until(&mut worker, &client);
-        client.join().unwrap();
-        for _ in 0..50 {
-            worker.turn().unwrap();
-        }
+        keep_alive_requests(&mut worker, addr, 3);
         assert_eq!(worker.net.ring.direct_accepts(), (true, 6));
         assert!(worker.net.socks.len() <= 1, "the client's socket was freed");
         uring::close(listener);
