@@ -1021,8 +1021,12 @@ mod tests {
         })
     }
 
-    /// A worker over `ring` serving upstream `up`, its address and its listener.
-    fn worker_on(ring: Ring, up: SocketAddr) -> (Worker, SocketAddr, RawFd) {
+    /// A worker whose ring has `features` (256 entries, the engine's receive buffers),
+    /// serving an upstream that echoes X-Forwarded-For: the worker, its address and its
+    /// listener.
+    fn worker_on(features: Features) -> (Worker, SocketAddr, RawFd) {
+        let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
+        let up = echo_forwarded_for();
         let listener = uring::listen_reuseport("127.0.0.1:0".parse().unwrap(), 128).unwrap();
         let addr = uring::local_addr(listener).unwrap();
         let wake = crate::engine::sys::eventfd().unwrap();
@@ -1100,8 +1104,7 @@ mod tests {
 
     #[test]
     fn a_connection_close_answer_is_half_closed_on_the_ring() {
-        let ring = Ring::with_features(256, RECV_BUFFERS, Features::all()).unwrap();
-        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        let (mut worker, addr, listener) = worker_on(Features::all());
         close_requests(&mut worker, addr, 3);
         assert_eq!(
             worker.net.ring.ring_shutdown(),
@@ -1121,8 +1124,7 @@ mod tests {
             ring_shutdown: false,
             ..Features::all()
         };
-        let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
-        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        let (mut worker, addr, listener) = worker_on(features);
         close_requests(&mut worker, addr, 3);
         assert_eq!(worker.net.ring.ring_shutdown(), (false, 0));
         assert_eq!(
@@ -1148,8 +1150,7 @@ mod tests {
                 close_cancel: cancel,
                 ..Features::default()
             };
-            let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
-            let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+            let (mut worker, addr, listener) = worker_on(features);
             keep_alive_requests(&mut worker, addr, 1);
             assert_eq!(worker.net.socks.len(), 1, "the pooled upstream connection");
             let before = worker.net.close_wakes;
@@ -1179,8 +1180,7 @@ mod tests {
     /// socket and table entry is given back.
     #[test]
     fn accepted_sockets_have_only_a_table_entry_and_their_peer_address() {
-        let ring = Ring::with_features(256, RECV_BUFFERS, Features::all()).unwrap();
-        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        let (mut worker, addr, listener) = worker_on(Features::all());
         assert!(
             worker.net.direct,
             "this kernel (6.0+) accepts into the file table"
@@ -1207,8 +1207,7 @@ mod tests {
             close_cancel: false,
             ..Features::all()
         };
-        let ring = Ring::with_features(256, RECV_BUFFERS, features).unwrap();
-        let (mut worker, addr, listener) = worker_on(ring, echo_forwarded_for());
+        let (mut worker, addr, listener) = worker_on(features);
         close_requests(&mut worker, addr, 2);
         assert_eq!(worker.net.ring.direct_accepts(), (false, 0));
         assert!(
