@@ -45,18 +45,31 @@ pub struct EngineConfig {
     pub uring: uring::tuning::Tuning,
 }
 
-/// What `sluice run` uses without a config file: one pinned worker per core, plain HTTP on
-/// `0.0.0.0:80`, the default connection settings, 64 pooled keep-alive connections per
-/// endpoint kept 60 s, 240 s to drain on stop, the default batching and ring sizes.
+/// The plain HTTP listener without a config: all addresses, port 80.
+pub const DEFAULT_HTTP: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    80,
+));
+/// Keep-alive connections pooled per pod endpoint and worker, at least.
+pub const DEFAULT_UPSTREAM_MAX_IDLE: usize = 64;
+/// How long a pooled upstream connection may stay idle.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stopping worker lets its connections drain.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(240);
+
+/// What `sluice run` uses without a config file (the config's own defaults are the same
+/// constants): one pinned worker per core, plain HTTP on `0.0.0.0:80`, the default connection
+/// settings, 64 pooled keep-alive connections per endpoint kept 60 s, 240 s to drain on stop,
+/// the default batching and ring sizes.
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             workers: EngineConfig::all_cores(),
-            http: SocketAddr::from(([0, 0, 0, 0], 80)),
+            http: DEFAULT_HTTP,
             conn: Arc::new(ConnConfig::default()),
-            upstream_max_idle: 64,
-            upstream_idle_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(240),
+            upstream_max_idle: DEFAULT_UPSTREAM_MAX_IDLE,
+            upstream_idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             batching: uring::batch::Batching::default(),
             uring: uring::tuning::Tuning::default(),
         }
