@@ -253,11 +253,11 @@ impl Features {
         }
     }
 
-    /// The defaults plus what `SLUICE_URING_ENABLE` names and minus what `SLUICE_URING_DISABLE`
-    /// names (comma-separated: `fixed`, `bundle`, `zc`, `limit`, `shutdown`, `direct`,
-    /// `cancel`), so one build can be measured with and without each feature.
-    pub fn from_env() -> Features {
-        Features::default().with_names(
+    /// These features plus what `SLUICE_URING_ENABLE` names and minus what
+    /// `SLUICE_URING_DISABLE` names (comma-separated: `fixed`, `bundle`, `zc`, `limit`,
+    /// `shutdown`, `direct`, `cancel`), so one build can be measured with and without each.
+    pub fn with_env(self) -> Features {
+        self.with_names(
             std::env::var("SLUICE_URING_ENABLE").ok().as_deref(),
             std::env::var("SLUICE_URING_DISABLE").ok().as_deref(),
         )

@@ -182,10 +182,7 @@ impl Tuning {
             recv_limit: self.recv_budget > 0,
             ..self.features
         }
-        .with_names(
-            std::env::var("SLUICE_URING_ENABLE").ok().as_deref(),
-            std::env::var("SLUICE_URING_DISABLE").ok().as_deref(),
-        )
+        .with_env()
     }
 
     /// The budget asked of the ring: the configured one, or [`RECV_LIMIT`] when the config
