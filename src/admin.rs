@@ -399,7 +399,7 @@ pub fn metrics_text(state: &EngineState) -> String {
         x.family(name, "histogram", help);
         x.latency(name, "", &all);
     }
-    let simple: [Gauge; 16] = [
+    let simple: [Gauge; 17] = [
         (
             "sluice_tls_handshakes_full_total",
             "counter",
@@ -489,6 +489,12 @@ pub fn metrics_text(state: &EngineState) -> String {
             "counter",
             "Bytes written to clients.",
             |m| m.bytes_out.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_client_bytes_spliced_total",
+            "counter",
+            "Of the bytes written to clients: response body bytes moved from the upstream socket inside the kernel (splice).",
+            |m| m.bytes_passed.load(Ordering::Relaxed) as i64,
         ),
         (
             "sluice_snapshot_version",

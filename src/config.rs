@@ -306,6 +306,8 @@ struct RawUring {
     ring_shutdown: Option<Spanned<bool>>,
     accept_direct: Option<Spanned<bool>>,
     close_cancel: Option<Spanned<bool>>,
+    splice_min: Option<Spanned<Size>>,
+    splice_pipes: Option<Spanned<u64>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -1273,6 +1275,14 @@ fn parse_uring(ctx: &Ctx<'_>, raw: &RawUring, t: &mut Tuning) -> Result<(), Conf
         t.set_recv_budget(size(v, "uring.recv_budget")?)
             .map_err(|e| fail(v.span().start, "uring.recv_budget", e))?;
     }
+    if let Some(v) = &raw.splice_min {
+        t.set_splice_min(size(v, "uring.splice_min")?)
+            .map_err(|e| fail(v.span().start, "uring.splice_min", e))?;
+    }
+    if let Some(v) = &raw.splice_pipes {
+        t.set_splice_pipes(*v.get_ref())
+            .map_err(|e| fail(v.span().start, "uring.splice_pipes", e))?;
+    }
     let f = &mut t.features;
     for (v, slot) in [
         (&raw.fixed_files, &mut f.fixed_files),
@@ -1422,6 +1432,13 @@ mod tests {
         assert_eq!(t.recv_budget, 64 * 1024);
         let off = parse("[uring]\nrecv_budget = 0\n").unwrap().uring;
         assert_eq!(off.recv_budget, 0);
+        let spliced = parse("[uring]\nsplice_min = \"1m\"\nsplice_pipes = 64\n").unwrap();
+        assert_eq!(
+            (spliced.uring.splice_min, spliced.uring.splice_pipes),
+            (1 << 20, 64)
+        );
+        let off = parse("[uring]\nsplice_min = 0\n").unwrap().uring;
+        assert_eq!(off.splice_min, 0);
         let f = parse(
             "[uring]\nfixed_files = false\nrecv_bundles = false\nsend_zc = false\n\
              ring_shutdown = true\naccept_direct = true\nclose_cancel = true\n",
@@ -1506,6 +1523,18 @@ mod tests {
                 2,
                 "uring.accept_direct",
                 "needs ring_shutdown = true",
+            ),
+            (
+                "[uring]\nsplice_min = \"4k\"\n",
+                2,
+                "uring.splice_min",
+                "must be 0 (no splicing) or at least 16384 bytes (got 4096)",
+            ),
+            (
+                "[uring]\n\nsplice_pipes = 0\n",
+                3,
+                "uring.splice_pipes",
+                "must be between 1 and 16384 (got 0)",
             ),
         ] {
             let e = Config::parse(text, "sluice.toml").unwrap_err();

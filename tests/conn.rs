@@ -1395,3 +1395,59 @@ fn a_held_head_whose_body_breaks_becomes_a_502() {
     assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
     assert!(!answer.contains("X-App"), "{answer}");
 }
+
+/// A Content-Length body the engine can move peer to peer: offered once the head and what
+/// came with it are written, counted as written by `passed`, and the exchange completes
+/// (upstream reusable, access-log bytes include the passed ones) when the last byte moved.
+#[test]
+fn the_rest_of_a_content_length_body_can_pass_peer_to_peer_and_completes_the_exchange() {
+    let mut h = Harness::new();
+    h.client(b"GET /big HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.take_actions();
+    assert_eq!(h.conn.passable(), None, "no response yet");
+    h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789");
+    assert!(h.take_client().ends_with("\r\n\r\n0123456789"));
+    assert_eq!(h.conn.passable(), Some(990));
+    assert!(h.conn.pass_ready(), "all received is written");
+    h.conn.passed(400, h.now, &mut h.router);
+    h.pump();
+    assert_eq!(h.conn.passable(), Some(590));
+    assert!(h.take_actions().is_empty(), "not complete yet");
+    h.conn.passed(590, h.now, &mut h.router);
+    h.pump();
+    assert_eq!(h.conn.passable(), None);
+    assert_eq!(
+        h.take_actions(),
+        vec![
+            Action::ReleaseUpstream { reusable: true },
+            Action::Completed { status: 200 }
+        ]
+    );
+    assert!(h.conn.request_record().bytes_out >= 1000);
+    // The 41-byte head and the whole body.
+    assert_eq!(h.conn.request_record().upstream_bytes, 41 + 1000);
+    assert!(h.conn.is_idle());
+}
+
+/// Bytes received and not yet written make a passable body wait; a chunked body, whose
+/// framing the machine checks, is never offered.
+#[test]
+fn a_body_passes_only_once_what_came_before_is_written_and_never_when_chunked() {
+    let mut h = Harness::new();
+    h.client_writable = false;
+    h.client(b"GET /big HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nabc");
+    assert_eq!(h.conn.passable(), Some(99_997));
+    assert!(!h.conn.pass_ready(), "the head is not written yet");
+    h.client_writable = true;
+    h.pump();
+    assert!(h.conn.pass_ready());
+
+    let mut h = Harness::new();
+    h.client(b"GET /c HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    h.connected(false);
+    h.upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    assert_eq!(h.conn.passable(), None);
+}

@@ -988,6 +988,72 @@ impl Conn {
         self.drive(now, router);
     }
 
+    /// The rest of the response body, when it may go from the upstream socket to the client's
+    /// without passing through this machine (an engine that can splice moves it in the
+    /// kernel): a Content-Length body that goes out byte for byte (no chunking added), not
+    /// paced (`limit-rate`), after the whole request went upstream, before the upstream
+    /// closed. It may start once [`Conn::pass_ready`]; [`Conn::passed`] counts what moved.
+    pub fn passable(&self) -> Option<u64> {
+        let State::Proxying { ex } = &self.state else {
+            return None;
+        };
+        let Response::Body {
+            decoder, encoder, ..
+        } = &ex.response
+        else {
+            return None;
+        };
+        if !encoder.passes_through()
+            || !ex.request_done()
+            || !self.uout.is_flushed()
+            || self.pace.is_some()
+            || self.upstream_eof
+        {
+            return None;
+        }
+        decoder.length_remaining().filter(|&n| n > 0)
+    }
+
+    /// Whether a [`Conn::passable`] body can start moving peer to peer now: every byte
+    /// received from the upstream is consumed and every byte for the client written, so the
+    /// bytes that move next are the next ones of the body, on both sockets.
+    pub fn pass_ready(&self) -> bool {
+        self.uin.is_empty() && self.cout.is_flushed() && self.held.is_none()
+    }
+
+    /// `n` bytes of a [`Conn::passable`] body went from the upstream to the client without
+    /// passing through here: they count as received and written (the access log's bytes,
+    /// the body's framing), and the response is complete once the last one did.
+    pub fn passed(&mut self, n: u64, now: Instant, router: &mut dyn Router) {
+        let State::Proxying { ex } = &mut self.state else {
+            return;
+        };
+        let Response::Body {
+            decoder,
+            encoder,
+            keep_alive,
+            reusable,
+            ..
+        } = &mut ex.response
+        else {
+            return;
+        };
+        let n = decoder.skip(n);
+        if n > 0 {
+            self.uin.consumed += n;
+            self.cout.written += n;
+            self.last_activity = now;
+        }
+        if decoder.is_done() {
+            encoder.finish(&[], &mut self.cout.queued);
+            ex.response = Response::Done {
+                keep_alive: *keep_alive,
+                reusable: *reusable,
+            };
+        }
+        self.drive(now, router);
+    }
+
     /// The upstream connection asked for by [`Action::Connect`] is ready; `reused` when it came
     /// from the keep-alive pool.
     pub fn upstream_connected(&mut self, now: Instant, reused: bool, router: &mut dyn Router) {

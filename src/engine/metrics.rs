@@ -173,6 +173,9 @@ pub struct WorkerMetrics {
     pub upstream_connect_errors: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Of `bytes_out`: response body bytes the transport moved from the upstream socket to
+    /// the client's inside the kernel (splice), never copied through the worker.
+    pub bytes_passed: AtomicU64,
     /// TLS handshakes completed in full, completed by resumption, and failed (bad
     /// messages, no certificate, timed out).
     pub tls_full: AtomicU64,

@@ -355,6 +355,30 @@ impl BodyDecoder {
         matches!(self.state, State::Done)
     }
 
+    /// The bytes a Content-Length body still has to come (`None` for other framings, and
+    /// once it is complete).
+    pub fn length_remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length { remaining } => Some(remaining),
+            _ => None,
+        }
+    }
+
+    /// Counts up to `n` bytes of a Content-Length body as decoded without seeing them: they
+    /// went from peer to peer without passing through here (an engine spliced them, see
+    /// `Conn::passable`). Returns how many were counted (0 for other framings).
+    pub fn skip(&mut self, n: u64) -> u64 {
+        let State::Length { remaining } = &mut self.state else {
+            return 0;
+        };
+        let n = n.min(*remaining);
+        *remaining -= n;
+        if *remaining == 0 {
+            self.state = State::Done;
+        }
+        n
+    }
+
     /// The validated trailer lines of a chunked body (`Name: value\r\n` each), once decoded.
     pub fn trailers(&self) -> &[u8] {
         &self.trailers

@@ -213,6 +213,19 @@ impl Machine {
         self.awake().upstream_data(data, now, router);
     }
 
+    /// As [`Conn::passable`]; a parked machine has no response.
+    pub(super) fn passable(&self) -> Option<u64> {
+        self.awake.as_ref()?.passable()
+    }
+
+    pub(super) fn pass_ready(&self) -> bool {
+        self.awake.as_ref().is_some_and(|c| c.pass_ready())
+    }
+
+    pub(super) fn passed(&mut self, n: u64, now: Instant, router: &mut dyn Router) {
+        self.awake().passed(n, now, router);
+    }
+
     pub(super) fn upstream_eof(&mut self, now: Instant, router: &mut dyn Router) {
         self.awake().upstream_eof(now, router);
     }

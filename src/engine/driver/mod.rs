@@ -137,6 +137,31 @@ pub trait Transport {
     fn close(&mut self, sock: usize, last: Option<&[u8]>);
     /// Stops accepting and refuses new connections.
     fn stop_accepting(&mut self);
+    /// The smallest body worth moving from socket `from` to socket `to` inside the kernel
+    /// ([`Transport::pass`]), when the transport can do that for these two sockets now.
+    /// `None` (what a transport without it says): the driver moves every byte itself.
+    fn pass_min(&mut self, _from: usize, _to: usize) -> Option<u64> {
+        None
+    }
+    /// Starts moving the next `len` bytes of `from` to `to` inside the kernel, for `owner`
+    /// (the client): progress and the end come as [`Driver::passed`], and neither socket is
+    /// read (`from`) or written (`to`) by the driver meanwhile. False: not yet, because
+    /// `from`'s receive has not ended (the transport ends it, and touches the owner of `from`
+    /// when it did).
+    fn pass(&mut self, _from: usize, _to: usize, _len: u64, _owner: Owner) -> bool {
+        false
+    }
+}
+
+/// How a [`Transport::pass`] ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PassEnd {
+    /// All its bytes moved.
+    Done,
+    /// The upstream closed first (the body is cut).
+    UpstreamEof,
+    UpstreamFailed,
+    ClientFailed,
 }
 
 /// The HTTPS side of a worker: its connections' settings and the TLS settings (ticket keys and
@@ -178,6 +203,8 @@ struct Client {
     upstream: Option<usize>,
     /// A send of the transport is in flight.
     sending: bool,
+    /// The transport moves a body from the upstream socket to this one ([`Transport::pass`]).
+    passing: bool,
     timer: Option<Instant>,
     /// HTTPS: the TLS session between the socket and `conn`.
     tls: Option<Box<TlsSession>>,
@@ -477,6 +504,7 @@ impl Driver {
             conn,
             upstream: None,
             sending: false,
+            passing: false,
             timer: None,
             tls,
             shut_after_flush: false,
@@ -711,6 +739,31 @@ impl Driver {
             }
             Owner::Side { slot, generation } => self.side_sent(slot, generation, buf, written),
         }
+    }
+
+    /// A pass ([`Transport::pass`]) for `owner` moved `moved` more bytes, and ended (`end`)
+    /// or goes on.
+    pub fn passed(&mut self, owner: Owner, moved: u64, end: Option<PassEnd>, now: Instant) {
+        let Owner::Client { slot, generation } = owner else {
+            return;
+        };
+        let Some(client) = self.clients.get(slot as usize, generation) else {
+            return;
+        };
+        WorkerMetrics::add(&self.setup.metrics.bytes_out, moved);
+        WorkerMetrics::add(&self.setup.metrics.bytes_passed, moved);
+        let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
+        client.conn.passed(moved, now, &mut router);
+        if let Some(end) = end {
+            client.passing = false;
+            match end {
+                PassEnd::Done => {}
+                PassEnd::UpstreamEof => client.conn.upstream_eof(now, &mut router),
+                PassEnd::UpstreamFailed => client.conn.upstream_error(now, &mut router),
+                PassEnd::ClientFailed => client.conn.client_error(now),
+            }
+        }
+        self.touched.push(slot as usize);
     }
 
     fn client_written(&mut self, slot: usize, buf: Vec<u8>, written: usize, now: Instant) {
@@ -1059,6 +1112,7 @@ impl Driver {
             self.timers
                 .push(Reverse((at, slot, self.clients.generation(slot))));
         }
+        let generation = self.clients.generation(slot);
         let Some(client) = self.clients.get_any(slot) else {
             return;
         };
@@ -1067,7 +1121,28 @@ impl Driver {
             && let Some(up) = self.upstreams.get_any(ui)
         {
             match up.state {
-                UpState::Attached => t.set_read(up.sock, wants),
+                // The transport reads it.
+                UpState::Attached if client.passing => {}
+                UpState::Attached => {
+                    // A large body goes peer to peer where the transport can move it: reading
+                    // stops until the bytes already here are written, then the pass starts.
+                    let pass = (client.tls.is_none() && up.tls.is_none())
+                        .then(|| client.conn.passable())
+                        .flatten()
+                        .filter(|_| !client.conn.holding())
+                        .filter(|&n| t.pass_min(up.sock, client.sock).is_some_and(|m| n >= m));
+                    match pass {
+                        None => t.set_read(up.sock, wants),
+                        Some(n) => {
+                            let owner = client_owner(slot, generation);
+                            if client.conn.pass_ready() && t.pass(up.sock, client.sock, n, owner) {
+                                client.passing = true;
+                            } else {
+                                t.set_read(up.sock, false);
+                            }
+                        }
+                    }
+                }
                 UpState::Handshaking => t.set_read(up.sock, true),
                 _ => {}
             }
@@ -1076,6 +1151,7 @@ impl Driver {
         // the worker's free list until the connection speaks again.
         if let Some(client) = self.clients.get_any(slot)
             && !client.sending
+            && !client.passing
             && !client.shut_after_flush
             && client.upstream.is_none()
         {
@@ -1089,7 +1165,7 @@ impl Driver {
         let Some(client) = self.clients.get_any(slot) else {
             return false;
         };
-        if client.sending {
+        if client.sending || client.passing {
             return false;
         }
         let out = match &mut client.tls {
@@ -1339,6 +1415,8 @@ impl Driver {
             && client.upstream == Some(ui)
         {
             client.upstream = None;
+            // Closing the upstream socket ends a pass from it (the transport drops it).
+            client.passing = false;
         }
         if up.sock != usize::MAX {
             // TLS: close_notify, best effort, when nothing else is being written.

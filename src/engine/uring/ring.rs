@@ -51,6 +51,8 @@ pub enum Op {
     Shutdown = 10,
     /// An accept straight into the registered file table ([`Ring::accept_direct`]).
     AcceptDirect = 11,
+    /// A one-shot readiness poll ([`Ring::poll`]): a pass waits for its socket.
+    Poll = 12,
 }
 
 impl Op {
@@ -65,6 +67,7 @@ impl Op {
             9 => Op::Files,
             10 => Op::Shutdown,
             11 => Op::AcceptDirect,
+            12 => Op::Poll,
             _ => return None,
         })
     }
@@ -1234,6 +1237,19 @@ impl Ring {
         self.push(e);
     }
 
+    /// A one-shot poll of `target` for `events` (`libc::POLLIN`, `libc::POLLOUT`): completes
+    /// once the socket is ready (or failed, or the poll was cancelled).
+    pub fn poll(&mut self, target: Target, events: u32, token: Token) {
+        let e = on_target!(target, |f| opcode::PollAdd::new(f, events).build()).user_data(
+            Token {
+                op: Op::Poll,
+                ..token
+            }
+            .encode(),
+        );
+        self.push(e);
+    }
+
     /// An 8-byte read of an eventfd into the ring's own buffer (one at a time).
     pub fn read_eventfd(&mut self, fd: RawFd, token: Token) {
         let e = opcode::Read::new(types::Fd(fd), self.wake_buf.as_mut_ptr(), 8)
@@ -1617,6 +1633,59 @@ pub fn send_now(fd: RawFd, bytes: &[u8]) {
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         );
     }
+}
+
+/// Makes `fd`'s reads and writes return EAGAIN instead of waiting (splice(2) follows the
+/// descriptor's flag, not only `SPLICE_F_NONBLOCK`).
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we own, with integer arguments only; the results are checked.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    if flags & libc::O_NONBLOCK == 0 {
+        check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    }
+    Ok(())
+}
+
+/// A nonblocking pipe, `(read end, write end)`, holding `size` bytes if the kernel lets it
+/// (F_SETPIPE_SZ; its capacity is returned as the third value, which may be smaller).
+pub fn pipe(size: usize) -> io::Result<(RawFd, RawFd, usize)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the two-element array; the result is checked.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    let wanted = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl on the pipe just made, integer arguments only. A refusal (EPERM past the
+    // per-user limit) leaves the default size, which F_GETPIPE_SZ reports.
+    let cap = unsafe {
+        libc::fcntl(fds[1], libc::F_SETPIPE_SZ, wanted);
+        libc::fcntl(fds[1], libc::F_GETPIPE_SZ)
+    };
+    match usize::try_from(cap) {
+        Ok(cap) => Ok((fds[0], fds[1], cap)),
+        Err(_) => {
+            let e = io::Error::last_os_error();
+            close(fds[0]);
+            close(fds[1]);
+            Err(e)
+        }
+    }
+}
+
+/// splice(2) of up to `len` bytes from `from` to `to` (one of them a pipe), without waiting:
+/// the bytes moved (0: `from` is at its end), or the error (EAGAIN: nothing to move now).
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: splice between descriptors we own, with null offsets (sockets and pipes have
+    // none); no memory of ours is passed. The result is checked.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 pub fn close(fd: RawFd) {

@@ -22,6 +22,18 @@ pub const MIN_RECV_BUFFER_SIZE: usize = 1024;
 pub const MAX_RECV_BUFFER_SIZE: usize = 1 << 20;
 /// The most memory one worker's receive buffers may take (count times size).
 pub const MAX_RECV_BUFFER_BYTES: usize = 256 << 20;
+/// The smallest response body that goes from the upstream socket to the client's inside the
+/// kernel (splice, see `pass`): what is left of it once the head's receive is through. One
+/// receive's budget: a body that a receive or two carry gains nothing from a pipe.
+pub const SPLICE_MIN: u64 = 128 * 1024;
+/// Pipes a worker keeps for those bodies at most (one per body on its way; each holds up to
+/// 1 MiB of the upstream's pages while the client is slower than the upstream).
+pub const SPLICE_PIPES: usize = 256;
+/// The most pipes accepted per worker (two descriptors each).
+pub const MAX_SPLICE_PIPES: u64 = 16_384;
+/// The smallest `splice_min` accepted (a smaller body costs more in system calls than its
+/// copy).
+pub const MIN_SPLICE_MIN: u64 = 16 * 1024;
 
 /// How a worker's ring is sized and what it may use. `Default` is what the engine uses
 /// without a config.
@@ -37,6 +49,10 @@ pub struct Tuning {
     /// The optional kernel features the ring may use (each still probed). Its `recv_limit`
     /// is not read: `recv_budget` 0 turns the budget off.
     pub features: Features,
+    /// The smallest rest of a response body spliced from socket to socket (0: none is).
+    pub splice_min: u64,
+    /// Pipes per worker for spliced bodies, at most (bodies past that take the plain path).
+    pub splice_pipes: usize,
 }
 
 impl Default for Tuning {
@@ -46,6 +62,8 @@ impl Default for Tuning {
             recv_buffers: super::worker::RECV_BUFFERS,
             recv_budget: RECV_LIMIT,
             features: Features::default(),
+            splice_min: SPLICE_MIN,
+            splice_pipes: SPLICE_PIPES,
         }
     }
 }
@@ -69,6 +87,10 @@ pub enum TuningError {
     },
     #[error("needs ring_shutdown = true (a socket without a descriptor is shut down on the ring)")]
     DirectNeedsRingShutdown,
+    #[error("must be 0 (no splicing) or at least {min} bytes (got {got})")]
+    SpliceMin { min: u64, got: u64 },
+    #[error("must be between 1 and {max} (got {got})")]
+    Count { max: u64, got: u64 },
     #[error(
         "must be 0 (no budget) or between one buffer ({min} bytes) and a sixteenth of the \
          {count} x {size}-byte buffer ring ({max} bytes) (got {got})"
@@ -164,6 +186,30 @@ impl Tuning {
         Ok(())
     }
 
+    /// Sets the smallest body spliced: 0 (off) or at least [`MIN_SPLICE_MIN`].
+    pub fn set_splice_min(&mut self, bytes: u64) -> Result<(), TuningError> {
+        if bytes != 0 && bytes < MIN_SPLICE_MIN {
+            return Err(TuningError::SpliceMin {
+                min: MIN_SPLICE_MIN,
+                got: bytes,
+            });
+        }
+        self.splice_min = bytes;
+        Ok(())
+    }
+
+    /// Sets how many pipes a worker may have for spliced bodies.
+    pub fn set_splice_pipes(&mut self, n: u64) -> Result<(), TuningError> {
+        if !(1..=MAX_SPLICE_PIPES).contains(&n) {
+            return Err(TuningError::Count {
+                max: MAX_SPLICE_PIPES,
+                got: n,
+            });
+        }
+        self.splice_pipes = n as usize;
+        Ok(())
+    }
+
     /// Checks that the features go together: accepting into the file table needs ring
     /// shutdowns (a ring without them would silently accept with descriptors).
     pub fn check_features(&self) -> Result<(), TuningError> {
@@ -207,7 +253,10 @@ mod tests {
         assert_eq!(d.recv_buffers.bundled, (1024, 4096));
         assert_eq!(d.recv_buffers.plain, (1024, 16 * 1024));
         assert_eq!(d.recv_budget, RECV_LIMIT);
+        assert_eq!((d.splice_min, d.splice_pipes), (128 * 1024, 256));
         let mut t = d;
+        t.set_splice_min(SPLICE_MIN).unwrap();
+        t.set_splice_pipes(SPLICE_PIPES as u64).unwrap();
         t.set_sq_entries(4096).unwrap();
         t.set_recv_buffers(1024).unwrap();
         t.set_recv_buffer_size(4096, true).unwrap();
@@ -244,6 +293,13 @@ mod tests {
         if std::env::var_os("SLUICE_URING_ENABLE").is_none() {
             assert!(!t.features().recv_limit, "0 turns the budget off");
         }
+        assert!(
+            t.set_splice_min(4096).is_err(),
+            "smaller than a copy is worth"
+        );
+        t.set_splice_min(0).unwrap();
+        assert!(t.set_splice_pipes(0).is_err());
+        assert!(t.set_splice_pipes(MAX_SPLICE_PIPES + 1).is_err());
         t.features.accept_direct = true;
         assert_eq!(
             t.check_features(),

@@ -11,6 +11,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::batch::Batching;
+use super::pass::{Pass, Pipes, Step};
 use super::ring::{self as uring, Completion, Op, Ring, Target, Token};
 use super::tuning::Tuning;
 use crate::core::conn::ClientInfo;
@@ -117,6 +118,12 @@ struct Socket {
     /// closing: closing it earlier would let the kernel hand its number to a new socket that
     /// a queued operation would then act on.
     inflight: u32,
+    /// The pass (in [`UringNet::passes`]) this socket is the source or destination of.
+    pass: Option<usize>,
+    /// A pass waits for this socket's receive to end: its owner is touched then.
+    pass_waiting: bool,
+    /// Its descriptor was made nonblocking (for splice).
+    nonblocking: bool,
 }
 
 /// The io_uring transport.
@@ -165,6 +172,16 @@ pub struct UringNet {
     zc_loopback: bool,
     /// Closes that had operations in flight to cancel on the ring.
     close_wakes: u64,
+    /// Bodies on their way from socket to socket in the kernel ([`Transport::pass`]), by id.
+    passes: Vec<Option<Pass>>,
+    /// Passes to pump this turn: (id, serial).
+    runnable: Vec<(usize, u64)>,
+    pipes: Pipes,
+    /// The smallest body passed (0: none is).
+    splice_min: u64,
+    pass_serial: u64,
+    /// Owners to touch after the drive (a pass that could not start after all).
+    retouch: Vec<Owner>,
 }
 
 impl UringNet {
@@ -268,6 +285,19 @@ impl UringNet {
                 self.maybe_free(slot);
             }
             Op::Shutdown => self.shut(token),
+            Op::Poll => {
+                let slot = token.slot as usize;
+                let Some(s) = self.socks.get(slot, token.generation) else {
+                    return;
+                };
+                s.inflight -= 1;
+                if let Some(id) = s.pass
+                    && let Some(Some(pass)) = self.passes.get(id)
+                {
+                    self.runnable.push((id, pass.serial));
+                }
+                self.maybe_free(slot);
+            }
             Op::Connect => {
                 let slot = token.slot as usize;
                 let Some(s) = self.socks.get(slot, token.generation) else {
@@ -323,6 +353,9 @@ impl UringNet {
             recv: Receive::default(),
             read_wanted: false,
             inflight: 0,
+            pass: None,
+            pass_waiting: false,
+            nonblocking: false,
         });
         let owner = driver.accept(slot, info, https, now);
         if owner.is_some() {
@@ -380,6 +413,9 @@ impl UringNet {
             recv: Receive::default(),
             read_wanted: false,
             inflight: 0,
+            pass: None,
+            pass_waiting: false,
+            nonblocking: false,
         });
         let owner = driver.accept(slot, ClientInfo { peer, local }, listener == 1, now);
         if let Some(s) = self.socks.get_any(slot) {
@@ -410,6 +446,12 @@ impl UringNet {
         let ended = s.recv.completed(&c);
         if ended {
             s.inflight -= 1;
+            if std::mem::take(&mut s.pass_waiting)
+                && let Some(owner) = s.owner
+            {
+                // A pass waited for this receive to end.
+                driver.touch(owner);
+            }
         }
         if let Some(owner) = s.owner {
             match (c.result, c.buffer) {
@@ -536,6 +578,84 @@ impl UringNet {
     }
 }
 
+/// Bytes one pass writes per turn at most before the others get theirs.
+const PASS_TURN_BYTES: u64 = 4 << 20;
+
+impl UringNet {
+    /// Pumps the passes that can move (started, or woken by their poll) and tells the driver
+    /// what moved; a pass that waits gets a poll on its socket. True when the driver was told
+    /// something (its touched connections want a drive).
+    fn run_passes(&mut self, driver: &mut Driver, now: Instant) -> bool {
+        let mut told = false;
+        for owner in self.retouch.drain(..) {
+            driver.touch(owner);
+            told = true;
+        }
+        let mut runnable = std::mem::take(&mut self.runnable);
+        for (id, serial) in runnable.drain(..) {
+            let Some(Some(pass)) = self.passes.get_mut(id) else {
+                continue;
+            };
+            if pass.serial != serial {
+                continue;
+            }
+            let step = pass.pump(PASS_TURN_BYTES);
+            let (moved, owner) = (std::mem::take(&mut pass.moved), pass.owner);
+            let (from, to) = (pass.from, pass.to);
+            // What the pipe holds counts as held by the worker (tests).
+            self.bytes_received += std::mem::take(&mut pass.pulled);
+            self.bytes_sent += moved;
+            let wait = match step {
+                Step::Readable => Some((from, libc::POLLIN)),
+                Step::Writable => Some((to, libc::POLLOUT)),
+                Step::Yield => {
+                    self.runnable.push((id, serial));
+                    None
+                }
+                Step::End(_) => None,
+            };
+            if let Some((slot, events)) = wait {
+                let token = self.token(Op::Poll, slot);
+                if let Some(s) = self.socks.get_any(slot) {
+                    self.ring.poll(s.target, events as u32, token);
+                    s.inflight += 1;
+                }
+            }
+            let end = match step {
+                Step::End(end) => {
+                    self.end_pass(id);
+                    Some(end)
+                }
+                _ => None,
+            };
+            if moved > 0 || end.is_some() {
+                driver.passed(owner, moved, end, now);
+                told = true;
+            }
+        }
+        runnable.append(&mut self.runnable);
+        self.runnable = runnable;
+        told
+    }
+
+    /// Forgets pass `id` (it ended, or one of its sockets closed): its sockets are the
+    /// driver's again, its pipe goes back to the pool (closed if it still holds bytes).
+    fn end_pass(&mut self, id: usize) {
+        let Some(pass) = self.passes.get_mut(id).and_then(Option::take) else {
+            return;
+        };
+        for slot in [pass.from, pass.to] {
+            if let Some(s) = self.socks.get_any(slot)
+                && s.pass == Some(id)
+            {
+                s.pass = None;
+            }
+        }
+        let (pipe, empty) = pass.into_pipe();
+        self.pipes.give(pipe, empty);
+    }
+}
+
 impl Drop for UringNet {
     /// Closes the descriptors of sockets whose last operations never completed (the worker
     /// stopped first); the ring, and the memory those operations use, goes after them.
@@ -606,6 +726,10 @@ impl Transport for UringNet {
             recv: Receive::default(),
             read_wanted: false,
             inflight: 1,
+            pass: None,
+            pass_waiting: false,
+            // Made so (`uring::upstream_socket`).
+            nonblocking: true,
         });
         let target = self.ring.install(fd, slot as u32);
         if let Some(s) = self.socks.get_any(slot) {
@@ -642,8 +766,11 @@ impl Transport for UringNet {
         if s.owner.take().is_none() {
             return;
         }
-        let target = s.target;
-        match (s.fd, last) {
+        let (target, fd, pass) = (s.target, s.fd, s.pass);
+        if let Some(id) = pass {
+            self.end_pass(id);
+        }
+        match (fd, last) {
             (Some(fd), Some(bytes)) => uring::send_now(fd, bytes),
             // No descriptor: the last bytes on the ring (no send is in flight when the driver
             // hands them).
@@ -677,6 +804,70 @@ impl Transport for UringNet {
             None => {}
         }
         self.maybe_free(sock);
+    }
+
+    fn pass_min(&mut self, from: usize, to: usize) -> Option<u64> {
+        if self.splice_min == 0 || !self.pipes.available() {
+            return None;
+        }
+        for slot in [from, to] {
+            let s = self.socks.get_any(slot)?;
+            let fd = s.fd?;
+            if s.pass.is_some() {
+                return None;
+            }
+            if !s.nonblocking {
+                // splice(2) waits unless the descriptor says not to.
+                uring::set_nonblocking(fd).ok()?;
+                s.nonblocking = true;
+            }
+        }
+        Some(self.splice_min)
+    }
+
+    fn pass(&mut self, from: usize, to: usize, len: u64, owner: Owner) -> bool {
+        let token = self.token(Op::Recv, from);
+        let Some(s) = self.socks.get_any(from) else {
+            return false;
+        };
+        s.read_wanted = false;
+        if s.recv.armed {
+            // Its receive ends first (what it still brings goes the plain way).
+            s.recv.want(false, &mut self.ring, s.target, token);
+            s.pass_waiting = true;
+            return false;
+        }
+        let from_fd = s.fd;
+        let to_fd = self.socks.get_any(to).and_then(|s| s.fd);
+        let (Some(from_fd), Some(to_fd), Some(pipe)) = (from_fd, to_fd, self.pipes.take()) else {
+            // Asked again after the drive, when `pass_min` says no.
+            self.retouch.push(owner);
+            return false;
+        };
+        self.pass_serial += 1;
+        let pass = Pass::new(
+            (from, from_fd),
+            (to, to_fd),
+            len,
+            owner,
+            pipe,
+            self.pass_serial,
+        );
+        let id = match self.passes.iter().position(Option::is_none) {
+            Some(id) => id,
+            None => {
+                self.passes.push(None);
+                self.passes.len() - 1
+            }
+        };
+        self.passes[id] = Some(pass);
+        for slot in [from, to] {
+            if let Some(s) = self.socks.get_any(slot) {
+                s.pass = Some(id);
+            }
+        }
+        self.runnable.push((id, self.pass_serial));
+        true
     }
 
     fn stop_accepting(&mut self) {
@@ -763,6 +954,12 @@ impl Worker {
                 remote: Vec::new(),
                 zc_loopback: false,
                 close_wakes: 0,
+                passes: Vec::new(),
+                runnable: Vec::new(),
+                pipes: Pipes::new(setup.tuning.splice_pipes),
+                splice_min: setup.tuning.splice_min,
+                pass_serial: 0,
+                retouch: Vec::new(),
             },
             driver,
             core: setup.core,
@@ -811,6 +1008,11 @@ impl Worker {
         self.net.ring.release_buffers();
         self.driver.timers(&mut self.net, now);
         self.driver.drive(&mut self.net, now);
+        // Bodies moving in the kernel: what they moved completes responses, which the drive
+        // carries on (and may start more passes, pumped in the next turn).
+        if self.net.run_passes(&mut self.driver, now) {
+            self.driver.drive(&mut self.net, now);
+        }
         self.net.rearm();
         Ok(Flow::Run)
     }
@@ -822,6 +1024,10 @@ impl Worker {
         }
         if let Some(until) = self.net.accept_paused_until {
             wait = wait.min(until.saturating_since(now));
+        }
+        if !self.net.runnable.is_empty() {
+            // Passes to pump: look for completions, do not wait for them.
+            wait = Duration::ZERO;
         }
         wait.max(Duration::from_micros(1))
     }
@@ -1243,6 +1449,8 @@ mod tests {
         let (len, features) = (1 << 20, Features::default());
         let worker = serve_with(4, 3, len, RECV_BUFFERS, features, conn, |w| {
             w.net.zc_loopback = true;
+            // The plain path (splicing would take the bodies past the sends).
+            w.net.splice_min = 0;
         });
         let (on, sends) = worker.net.ring.send_zc();
         assert!(on, "this kernel has SEND_ZC");
@@ -1258,7 +1466,9 @@ mod tests {
             ..ConnConfig::default()
         };
         let (len, features) = (1 << 20, Features::default());
-        let worker = serve_with(4, 3, len, RECV_BUFFERS, features, conn, |_| {});
+        let worker = serve_with(4, 3, len, RECV_BUFFERS, features, conn, |w| {
+            w.net.splice_min = 0;
+        });
         let (on, sends) = worker.net.ring.send_zc();
         assert!(on, "this kernel has SEND_ZC");
         assert_eq!(sends, 0, "no send to a loopback peer went zero-copy");
@@ -1359,7 +1569,7 @@ mod tests {
     }
 
     /// The most bytes of a 4 MiB answer a worker with `tuning` held at once (received and not
-    /// yet written) while its client read the answer slowly.
+    /// yet written, in user space or in a pipe) while its client read the answer slowly.
     fn peak_held_for_a_slow_client(tuning: Tuning) -> u64 {
         const LEN: usize = 4 << 20;
         let (mut worker, addr, listener, _wake) = budget_worker(upstream(LEN), tuning);
@@ -1382,7 +1592,7 @@ mod tests {
     /// budget one receive took what the upstream's socket held, megabytes, in one turn.
     #[test]
     fn a_slow_client_of_a_large_answer_holds_a_bounded_number_of_bytes_in_the_worker() {
-        let peak = peak_held_for_a_slow_client(Tuning::default());
+        let peak = peak_held_for_a_slow_client(plain());
         assert!(
             peak <= 512 * 1024,
             "the worker held at most 512 KiB of the answer at once, not {peak} bytes"
@@ -1394,14 +1604,174 @@ mod tests {
     /// (about the budget: 16 KiB against 128 KiB).
     #[test]
     fn a_configured_smaller_budget_holds_fewer_bytes_per_slow_connection() {
-        let mut small = Tuning::default();
+        let mut small = plain();
         small.set_recv_budget(16 * 1024).unwrap();
-        let default = peak_held_for_a_slow_client(Tuning::default());
+        let default = peak_held_for_a_slow_client(plain());
         let configured = peak_held_for_a_slow_client(small);
+        // What a connection holds at most: one receive's budget in its input, and its output
+        // (a send in flight and the next one queued, each at most `buffer_size`).
+        let bound = |budget: u64| budget + 2 * ConnConfig::default().buffer_size as u64;
+        let most = bound(u64::from(uring::RECV_LIMIT));
         assert!(
-            configured <= 48 * 1024 && configured * 2 < default,
-            "a 16 KiB budget held {configured} bytes at once, the default {default}"
+            configured <= bound(16 * 1024) && configured < default && default <= most,
+            "a 16 KiB budget held {configured} bytes at once (at most {}), the default {default} \
+             (at most {most})",
+            bound(16 * 1024)
         );
+    }
+
+    /// The engine's tuning without splicing: the plain path, which the budget bounds.
+    fn plain() -> Tuning {
+        Tuning {
+            splice_min: 0,
+            ..Tuning::default()
+        }
+    }
+
+    /// Answers above `splice_min` go from the upstream socket to the client's in the kernel:
+    /// whole and in order, the upstream connection back in the pool after each (three
+    /// answers per client on one upstream connection each), every pass ended and its pipe
+    /// kept for the next.
+    #[test]
+    fn large_answers_are_spliced_whole_and_in_order_on_reused_upstream_connections() {
+        let len = 1 << 20;
+        let conn = ConnConfig::default();
+        let worker = serve_with(4, 3, len, RECV_BUFFERS, Features::default(), conn, |_| {});
+        let m = worker.driver.metrics();
+        let passed = m.bytes_passed.load(std::sync::atomic::Ordering::Relaxed);
+        // Each answer's head comes with up to one receive (128 KiB) of its body, which takes
+        // the plain path; the rest is spliced.
+        let least = 12 * (len as u64 - u64::from(uring::RECV_LIMIT));
+        assert!(passed >= least, "{passed} bytes spliced, at least {least}");
+        let connects = m.upstream_connect.read().count();
+        assert!(
+            connects <= 4,
+            "{connects} upstream connections for 4 clients"
+        );
+        assert!(worker.net.passes.iter().all(Option::is_none));
+        assert!(worker.net.pipes.available());
+    }
+
+    /// The same answers with `splice_min = 0` take the plain path (the count above is not
+    /// made up).
+    #[test]
+    fn without_splicing_no_byte_is_passed() {
+        let conn = ConnConfig::default();
+        let worker = serve_with(
+            2,
+            2,
+            1 << 20,
+            RECV_BUFFERS,
+            Features::default(),
+            conn,
+            |w| {
+                w.net.splice_min = 0;
+            },
+        );
+        let m = worker.driver.metrics();
+        assert_eq!(m.bytes_passed.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert!(m.bytes_out.load(std::sync::atomic::Ordering::Relaxed) > 4 << 20);
+    }
+
+    /// A slow client of a spliced 4 MiB answer: the worker holds at most a pipe's worth of
+    /// it (in the pipe) and the receive that came with the head.
+    #[test]
+    fn a_slow_client_of_a_spliced_answer_holds_at_most_a_pipe() {
+        let peak = peak_held_for_a_slow_client(Tuning::default());
+        let bound = super::super::pass::PIPE_SIZE as u64 + u64::from(uring::RECV_LIMIT) * 2;
+        assert!(peak <= bound, "held {peak} bytes at once, at most {bound}");
+    }
+
+    /// An upstream that answers its first request with a head for 4 MiB, 1.5 MiB of body,
+    /// then closes.
+    fn cut_upstream() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut chunk).unwrap();
+                assert!(n > 0);
+                head.extend_from_slice(&chunk[..n]);
+            }
+            let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 4194304\r\n\r\n".to_vec();
+            out.extend_from_slice(&body(3 << 19));
+            s.write_all(&out).unwrap();
+        });
+        addr
+    }
+
+    /// Turns `worker` until every socket of its is freed (or gives up).
+    fn turn_until_freed(worker: &mut Worker) {
+        for _ in 0..20_000 {
+            if worker.net.socks.is_empty() {
+                return;
+            }
+            assert_eq!(worker.turn().unwrap(), Flow::Run);
+        }
+        panic!("{} sockets left", worker.net.socks.len());
+    }
+
+    /// The upstream closes in the middle of a spliced body: the client's connection is cut
+    /// (it never sees a complete answer), the pass ends, and both sockets are freed.
+    #[test]
+    fn an_upstream_that_closes_mid_body_cuts_the_spliced_answer() {
+        let (mut worker, addr, listener, _wake) = budget_worker(cut_upstream(), Tuning::default());
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            got
+        });
+        turn_until(&mut worker, &client);
+        let got = client.join().unwrap();
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(
+            got.len() - end,
+            3 << 19,
+            "what the upstream sent, then the cut"
+        );
+        assert!(got[end..] == body(3 << 19)[..]);
+        let passed = worker
+            .driver
+            .metrics()
+            .bytes_passed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(passed > 1 << 20, "the body was spliced ({passed} bytes)");
+        turn_until_freed(&mut worker);
+        assert!(worker.net.passes.iter().all(Option::is_none));
+        uring::close(listener);
+    }
+
+    /// The client leaves in the middle of a spliced 64 MiB body: the pass ends with its
+    /// sockets, which are freed, and its pipe (holding bytes) is closed.
+    #[test]
+    fn a_client_that_leaves_mid_body_ends_the_pass_and_frees_its_sockets() {
+        let (mut worker, addr, listener, _wake) =
+            budget_worker(upstream(64 << 20), Tuning::default());
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                .unwrap();
+            let mut got = vec![0u8; 2 << 20];
+            s.read_exact(&mut got).unwrap();
+        });
+        turn_until(&mut worker, &client);
+        client.join().unwrap();
+        let passed = worker
+            .driver
+            .metrics()
+            .bytes_passed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(passed > 0, "the body was being spliced");
+        turn_until_freed(&mut worker);
+        assert!(worker.net.passes.iter().all(Option::is_none));
+        uring::close(listener);
     }
 
     /// `[uring]` feature keys reach the worker's ring: direct accepts (off by default) are on
@@ -1473,6 +1843,7 @@ mod tests {
         let mut last = 0u64;
         let conn = ConnConfig::default();
         let worker = serve_with(200, 1, 1 << 20, sizing, Features::default(), conn, |w| {
+            w.net.splice_min = 0;
             // Receives with data, counted by the bytes they brought (each at most a budget).
             let got = w.net.bytes_received;
             receives += (got - last).div_ceil(u64::from(w.net.ring.recv_limit().max(1)));
