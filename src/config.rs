@@ -308,6 +308,7 @@ struct RawUring {
     close_cancel: Option<Spanned<bool>>,
     splice_min: Option<Spanned<Size>>,
     splice_pipes: Option<Spanned<u64>>,
+    splice_local: Option<Spanned<bool>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -1283,6 +1284,9 @@ fn parse_uring(ctx: &Ctx<'_>, raw: &RawUring, t: &mut Tuning) -> Result<(), Conf
         t.set_splice_pipes(*v.get_ref())
             .map_err(|e| fail(v.span().start, "uring.splice_pipes", e))?;
     }
+    if let Some(v) = &raw.splice_local {
+        t.splice_local = *v.get_ref();
+    }
     let f = &mut t.features;
     for (v, slot) in [
         (&raw.fixed_files, &mut f.fixed_files),
@@ -1439,6 +1443,9 @@ mod tests {
         );
         let off = parse("[uring]\nsplice_min = 0\n").unwrap().uring;
         assert_eq!(off.splice_min, 0);
+        assert!(!d.uring.splice_local);
+        let local = parse("[uring]\nsplice_local = true\n").unwrap().uring;
+        assert!(local.splice_local);
         let f = parse(
             "[uring]\nfixed_files = false\nrecv_bundles = false\nsend_zc = false\n\
              ring_shutdown = true\naccept_direct = true\nclose_cancel = true\n",

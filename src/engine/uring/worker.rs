@@ -179,6 +179,9 @@ pub struct UringNet {
     pipes: Pipes,
     /// The smallest body passed (0: none is).
     splice_min: u64,
+    /// Bodies from an upstream on this host's loopback are passed too (see
+    /// [`Tuning::splice_local`]).
+    splice_local: bool,
     pass_serial: u64,
     /// Owners to touch after the drive (a pass that could not start after all).
     retouch: Vec<Owner>,
@@ -534,7 +537,7 @@ impl UringNet {
         if let Some(Some((g, remote))) = self.remote.get(slot)
             && *g == generation
         {
-            return *remote || self.zc_loopback;
+            return *remote;
         }
         let Some(s) = self.socks.get_any(slot) else {
             return false;
@@ -547,7 +550,7 @@ impl UringNet {
             self.remote.resize(slot + 1, None);
         }
         self.remote[slot] = Some((generation, remote));
-        remote || self.zc_loopback
+        remote
     }
 
     /// Puts the receive of `slot` in the queue of those armed a few per turn.
@@ -681,7 +684,7 @@ impl Transport for UringNet {
         };
         let target = s.target;
         // Only a send large enough to go zero-copy asks who the peer is (once per socket).
-        let zc = buf.len() >= uring::ZC_MIN && self.remote_peer(sock);
+        let zc = buf.len() >= uring::ZC_MIN && (self.zc_loopback || self.remote_peer(sock));
         let Some(s) = self.socks.get_any(sock) else {
             return Sent::Done {
                 buf,
@@ -807,7 +810,10 @@ impl Transport for UringNet {
     }
 
     fn pass_min(&mut self, from: usize, to: usize) -> Option<u64> {
-        if self.splice_min == 0 || !self.pipes.available() {
+        if self.splice_min == 0
+            || !self.pipes.available()
+            || !(self.splice_local || self.remote_peer(from))
+        {
             return None;
         }
         for slot in [from, to] {
@@ -958,6 +964,7 @@ impl Worker {
                 runnable: Vec::new(),
                 pipes: Pipes::new(setup.tuning.splice_pipes),
                 splice_min: setup.tuning.splice_min,
+                splice_local: setup.tuning.splice_local,
                 pass_serial: 0,
                 retouch: Vec::new(),
             },
@@ -1628,6 +1635,14 @@ mod tests {
         }
     }
 
+    /// The engine's tuning, splicing bodies from loopback upstreams too (as every test's).
+    fn spliced() -> Tuning {
+        Tuning {
+            splice_local: true,
+            ..Tuning::default()
+        }
+    }
+
     /// Answers above `splice_min` go from the upstream socket to the client's in the kernel:
     /// whole and in order, the upstream connection back in the pool after each (three
     /// answers per client on one upstream connection each), every pass ended and its pipe
@@ -1636,7 +1651,9 @@ mod tests {
     fn large_answers_are_spliced_whole_and_in_order_on_reused_upstream_connections() {
         let len = 1 << 20;
         let conn = ConnConfig::default();
-        let worker = serve_with(4, 3, len, RECV_BUFFERS, Features::default(), conn, |_| {});
+        let worker = serve_with(4, 3, len, RECV_BUFFERS, Features::default(), conn, |w| {
+            w.net.splice_local = true;
+        });
         let m = worker.driver.metrics();
         let passed = m.bytes_passed.load(std::sync::atomic::Ordering::Relaxed);
         // Each answer's head comes with up to one receive (128 KiB) of its body, which takes
@@ -1652,10 +1669,11 @@ mod tests {
         assert!(worker.net.pipes.available());
     }
 
-    /// The same answers with `splice_min = 0` take the plain path (the count above is not
-    /// made up).
+    /// The same answers take the plain path by default, from an upstream on loopback (its
+    /// sender shares this kernel: see `Tuning::splice_local`), and the count above is not
+    /// made up.
     #[test]
-    fn without_splicing_no_byte_is_passed() {
+    fn a_loopback_upstream_is_not_spliced_unless_configured() {
         let conn = ConnConfig::default();
         let worker = serve_with(
             2,
@@ -1664,9 +1682,7 @@ mod tests {
             RECV_BUFFERS,
             Features::default(),
             conn,
-            |w| {
-                w.net.splice_min = 0;
-            },
+            |_| {},
         );
         let m = worker.driver.metrics();
         assert_eq!(m.bytes_passed.load(std::sync::atomic::Ordering::Relaxed), 0);
@@ -1677,7 +1693,7 @@ mod tests {
     /// it (in the pipe) and the receive that came with the head.
     #[test]
     fn a_slow_client_of_a_spliced_answer_holds_at_most_a_pipe() {
-        let peak = peak_held_for_a_slow_client(Tuning::default());
+        let peak = peak_held_for_a_slow_client(spliced());
         let bound = super::super::pass::PIPE_SIZE as u64 + u64::from(uring::RECV_LIMIT) * 2;
         assert!(peak <= bound, "held {peak} bytes at once, at most {bound}");
     }
@@ -1718,7 +1734,7 @@ mod tests {
     /// (it never sees a complete answer), the pass ends, and both sockets are freed.
     #[test]
     fn an_upstream_that_closes_mid_body_cuts_the_spliced_answer() {
-        let (mut worker, addr, listener, _wake) = budget_worker(cut_upstream(), Tuning::default());
+        let (mut worker, addr, listener, _wake) = budget_worker(cut_upstream(), spliced());
         let client = std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -1752,8 +1768,7 @@ mod tests {
     /// sockets, which are freed, and its pipe (holding bytes) is closed.
     #[test]
     fn a_client_that_leaves_mid_body_ends_the_pass_and_frees_its_sockets() {
-        let (mut worker, addr, listener, _wake) =
-            budget_worker(upstream(64 << 20), Tuning::default());
+        let (mut worker, addr, listener, _wake) = budget_worker(upstream(64 << 20), spliced());
         let client = std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
