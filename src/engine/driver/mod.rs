@@ -1293,6 +1293,9 @@ impl Driver {
     /// Gives the first waiters of each key in `freed` the connections released to them
     /// (from the pool) or new ones, while their key is under its cap.
     fn serve_waiters<T: Transport>(&mut self, t: &mut T, now: Instant) {
+        if self.freed.is_empty() {
+            return;
+        }
         let cap = self.setup.upstream_max_conns;
         let mut freed = std::mem::take(&mut self.freed);
         freed.sort_unstable_by_key(|k| (k.endpoint, k.tls));
