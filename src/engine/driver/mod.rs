@@ -917,33 +917,37 @@ impl Driver {
         self.drive_sides(t, now);
         // Driving may touch more (a pooled connection handed over completes at once): a few
         // passes, the rest waits for the next turn.
-        for _ in 0..4 {
-            self.serve_waiters(t, now);
-            if self.touched.is_empty() {
-                break;
+        for pass in 0..4 {
+            if !self.touched.is_empty() {
+                let mut touched = std::mem::take(&mut self.touched);
+                touched.sort_unstable();
+                touched.dedup();
+                for &slot in &touched {
+                    self.drive_one(t, slot, now);
+                }
+                touched.clear();
+                if self.touched.is_empty() {
+                    self.touched = touched;
+                }
+                for ui in std::mem::take(&mut self.doomed) {
+                    self.close_upstream(t, ui);
+                }
             }
-            let mut touched = std::mem::take(&mut self.touched);
-            touched.sort_unstable();
-            touched.dedup();
-            for &slot in &touched {
-                self.drive_one(t, slot, now);
-            }
-            touched.clear();
-            if self.touched.is_empty() {
-                self.touched = touched;
-            }
-            for ui in std::mem::take(&mut self.doomed) {
-                self.close_upstream(t, ui);
-            }
-        }
-        if !self.freed.is_empty() {
-            // Released in the last pass: its waiters are served and driven now, not at the
-            // next event (a worker may sleep until then).
+            // Connections released to capped endpoints go to their waiters only now, with
+            // every touched machine's actions carried out: a waiter that gave up in this turn
+            // (its timer fired, it retries elsewhere) has left its queue and is not served.
             let before = self.touched.len();
             self.serve_waiters(t, now);
-            let served: Vec<usize> = self.touched.drain(before..).collect();
-            for slot in served {
-                self.drive_one(t, slot, now);
+            if pass == 3 {
+                // The last pass: the waiters just served are driven now, not at the next
+                // event (a worker may sleep until then).
+                let served: Vec<usize> = self.touched.drain(before..).collect();
+                for slot in served {
+                    self.drive_one(t, slot, now);
+                }
+            }
+            if self.touched.is_empty() {
+                break;
             }
         }
         // Holds that ended (the rest of the response came) need no wake-up: the oldest go,

@@ -934,3 +934,31 @@ fn a_fresh_retry_respects_the_cap() {
     assert!(net.take(1).ends_with("ok"));
     assert!(net.take(1002).starts_with("GET /2 "), "then the waiter");
 }
+
+/// A waiter whose connect timeout fires in the same turn as a connection to its endpoint is
+/// freed (here: another client's connect failed) is not handed that room: it gave up, so no
+/// connection is opened for it, and it gets its 504.
+#[test]
+fn a_waiter_that_gives_up_in_the_turn_its_endpoint_frees_is_not_served() {
+    let mut d = capped(1, &[POD]);
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    requesting(&mut d, &mut net, 2, now);
+    assert_eq!(net.connects.len(), 1);
+    let (_, first) = net.connects[0];
+    let late = now + Duration::from_secs(6);
+    d.connected(first, false, late);
+    d.timers(&mut net, late);
+    d.drive(&mut net, late);
+    assert!(net.take(1).starts_with("HTTP/1.1 502"));
+    assert!(net.take(2).starts_with("HTTP/1.1 504"));
+    assert_eq!(
+        net.connects.len(),
+        1,
+        "nothing opened for the waiter that gave up"
+    );
+    assert_eq!(
+        d.metrics().upstream_queue_timeouts.load(Ordering::Relaxed),
+        1
+    );
+}
