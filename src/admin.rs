@@ -399,7 +399,7 @@ pub fn metrics_text(state: &EngineState) -> String {
         x.family(name, "histogram", help);
         x.latency(name, "", &all);
     }
-    let simple: [Gauge; 17] = [
+    let simple: [Gauge; 19] = [
         (
             "sluice_tls_handshakes_full_total",
             "counter",
@@ -447,6 +447,18 @@ pub fn metrics_text(state: &EngineState) -> String {
             "counter",
             "Failed upstream connects.",
             |m| m.upstream_connect_errors.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_upstream_queued_total",
+            "counter",
+            "Requests that waited for an upstream connection (endpoint at max_connections_per_endpoint).",
+            |m| m.upstream_queued.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "sluice_upstream_queue_timeouts_total",
+            "counter",
+            "Requests whose wait for an upstream connection ran into the connect timeout.",
+            |m| m.upstream_queue_timeouts.load(Ordering::Relaxed) as i64,
         ),
         (
             "sluice_auth_requests_total",

@@ -315,6 +315,9 @@ struct RawUring {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     max_idle_per_endpoint: Option<Spanned<usize>>,
+    /// Any TOML value: a wrong type is reported with the key's name (serde's own message
+    /// names only the type).
+    max_connections_per_endpoint: Option<Spanned<toml::Value>>,
     idle_timeout: Option<Spanned<String>>,
 }
 
@@ -406,6 +409,11 @@ pub struct Config {
     /// The io_uring ring's sizes and receive budget (`[uring]`).
     pub uring: Tuning,
     pub upstream_max_idle: usize,
+    /// `[upstream] max_connections_per_endpoint`: connections to one pod endpoint each
+    /// worker has in use at once at most (connecting included); further requests wait in a
+    /// queue, within their connect timeout. Per worker: with N workers a pod may see N times
+    /// this many. 0 (the default): no cap, as ingress-nginx.
+    pub upstream_max_conns: usize,
     pub upstream_idle_timeout: Duration,
     /// `[outlier]`: passive health of pod endpoints.
     pub outlier: OutlierConfig,
@@ -454,6 +462,7 @@ impl Default for Config {
             batching: Batching::default(),
             uring: Tuning::default(),
             upstream_max_idle: crate::engine::DEFAULT_UPSTREAM_MAX_IDLE,
+            upstream_max_conns: 0,
             upstream_idle_timeout: crate::engine::DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             outlier: OutlierConfig::default(),
             manifests: None,
@@ -513,6 +522,10 @@ fn parse_size(size: &Size) -> Result<u64, ValueError> {
     };
     n.checked_mul(mult).ok_or(ValueError::SizeTooLarge(text))
 }
+
+/// The largest `[upstream] max_connections_per_endpoint` (a connection count per worker;
+/// more is a typo, not a cap).
+const MAX_CONNECTIONS_PER_ENDPOINT: usize = 1 << 20;
 
 struct Ctx<'a> {
     file: &'a str,
@@ -926,6 +939,25 @@ impl Config {
         if let Some(n) = &raw.upstream.max_idle_per_endpoint {
             c.upstream_max_idle = *n.get_ref();
         }
+        if let Some(v) = &raw.upstream.max_connections_per_endpoint {
+            let n = match v.get_ref() {
+                toml::Value::Integer(n) => usize::try_from(*n)
+                    .ok()
+                    .filter(|n| *n <= MAX_CONNECTIONS_PER_ENDPOINT),
+                _ => None,
+            };
+            let Some(n) = n else {
+                return Err(ctx.at(
+                    v.span().start,
+                    "upstream.max_connections_per_endpoint",
+                    format!(
+                        "expected a whole number from 0 (no cap) to {MAX_CONNECTIONS_PER_ENDPOINT}, got {}",
+                        v.get_ref()
+                    ),
+                ));
+            };
+            c.upstream_max_conns = n;
+        }
         c.upstream_idle_timeout = ctx.duration(
             &raw.upstream.idle_timeout,
             "upstream.idle_timeout",
@@ -1092,6 +1124,7 @@ impl Config {
             http: self.http,
             conn: Arc::new(self.conn_config()),
             upstream_max_idle: self.upstream_max_idle,
+            upstream_max_conns: self.upstream_max_conns,
             upstream_idle_timeout: self.upstream_idle_timeout,
             shutdown_grace: self.shutdown_grace,
             batching: self.batching,
@@ -1399,6 +1432,7 @@ mod tests {
         assert_eq!(from_file.workers, d.workers);
         assert_eq!(from_file.http, d.http);
         assert_eq!(from_file.upstream_max_idle, d.upstream_max_idle);
+        assert_eq!(from_file.upstream_max_conns, d.upstream_max_conns);
         assert_eq!(from_file.upstream_idle_timeout, d.upstream_idle_timeout);
         assert_eq!(from_file.shutdown_grace, d.shutdown_grace);
         assert_eq!(from_file.batching, d.batching);
@@ -1566,6 +1600,60 @@ mod tests {
         assert_eq!(c.postpone_timeout, Duration::from_micros(200));
         let off = parse("[buffers]\npostpone_output = 0\n").unwrap();
         assert_eq!(off.conn_config().postpone_output, 0);
+    }
+
+    #[test]
+    fn upstream_connection_cap_key() {
+        let d = parse("").unwrap();
+        assert_eq!(d.upstream_max_conns, 0, "no cap by default");
+        assert_eq!(d.engine_config().upstream_max_conns, 0);
+        let c = parse("[upstream]\nmax_idle_per_endpoint = 8\nmax_connections_per_endpoint = 32\n")
+            .unwrap();
+        assert_eq!(c.upstream_max_conns, 32);
+        assert_eq!(c.engine_config().upstream_max_conns, 32);
+        assert_eq!(c.upstream_max_idle, 8);
+        let off = parse("[upstream]\nmax_connections_per_endpoint = 0\n").unwrap();
+        assert_eq!(off.engine_config().upstream_max_conns, 0);
+    }
+
+    #[test]
+    fn bad_upstream_connection_caps_say_where_and_why() {
+        let key = "upstream.max_connections_per_endpoint: expected a whole number";
+        for (text, line, what) in [
+            (
+                "[upstream]\nmax_connections_per_endpoint = \"many\"\n",
+                2,
+                key,
+            ),
+            (
+                "workers = 1\n[upstream]\nidle_timeout = \"60s\"\nmax_connections_per_endpoint = -1\n",
+                4,
+                key,
+            ),
+            ("[upstream]\nmax_connections_per_endpoint = 1.5\n", 2, key),
+            ("[upstream]\nmax_connections_per_endpoint = true\n", 2, key),
+            (
+                "[upstream]\nmax_connections_per_endpoint = 99999999\n",
+                2,
+                key,
+            ),
+            (
+                "[upstream]\nmax_connection_per_endpoint = 4\n",
+                2,
+                "max_connection_per_endpoint",
+            ),
+        ] {
+            let err = Config::parse(text, "cap.toml").unwrap_err();
+            assert_eq!(err.file, "cap.toml", "{text}");
+            assert_eq!(err.line, line, "{text}: {err}");
+            let shown = err.to_string();
+            assert!(shown.starts_with(&format!("cap.toml:{line}:")), "{shown}");
+            assert!(shown.contains(what), "{text}: {shown}");
+            assert!(
+                shown.contains("max_connection"),
+                "the key is named: {shown}"
+            );
+        }
     }
 
     #[test]

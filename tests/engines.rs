@@ -45,6 +45,8 @@ pub enum Kind {
 /// One engine under test, with the addresses its peers use.
 pub struct Harness {
     kind: Kind,
+    /// `upstream_max_conns` of the engines it starts (0: no cap).
+    max_conns: usize,
     // Dropped last (after anything a test holds): the namespace goes when the test ends.
     _ns: Option<NetNs>,
 }
@@ -56,7 +58,17 @@ impl Harness {
             Kind::Userspace | Kind::Busy => Some(NetNs::new(Link::Tap)),
             Kind::Packet => Some(NetNs::new(Link::Veth)),
         };
-        Harness { kind, _ns: ns }
+        Harness {
+            kind,
+            max_conns: 0,
+            _ns: ns,
+        }
+    }
+
+    /// Engines started from here cap their connections per endpoint at `n`.
+    pub fn capped(mut self, n: usize) -> Harness {
+        self.max_conns = n;
+        self
     }
 
     /// Where upstream servers bind (the kernel side).
@@ -122,6 +134,7 @@ impl Harness {
             http: "127.0.0.1:0".parse().unwrap(),
             conn: Arc::new(conn),
             upstream_max_idle: 16,
+            upstream_max_conns: self.max_conns,
             upstream_idle_timeout,
             shutdown_grace: Duration::from_secs(10),
             ..EngineConfig::default()
@@ -1044,6 +1057,117 @@ fn x_accel_fields_from_the_upstream_do_not_reach_the_client(kind: Kind) {
     engine.join().unwrap();
 }
 
+/// An upstream bound on `ip` that answers each request of a connection (keep-alive) `delay`
+/// after its head is in, and keeps the most connections it had open at once.
+fn counting_upstream(
+    ip: IpAddr,
+    delay: Duration,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::AtomicUsize;
+    let open = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peak = most.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now_open, Ordering::SeqCst);
+            let open = open.clone();
+            std::thread::spawn(move || {
+                let mut have = Vec::new();
+                let mut buf = [0u8; 4096];
+                'conn: loop {
+                    while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break 'conn,
+                            Ok(n) => have.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = have.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    have.drain(..end);
+                    std::thread::sleep(delay);
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow";
+                    if s.write_all(answer).is_err() {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, most)
+}
+
+/// `[upstream] max_connections_per_endpoint = 2` over real sockets: ten clients at once ask a
+/// slow upstream (50 ms per answer, keep-alive) that counts the connections it has open. All
+/// ten get their 200, and the upstream never had more than two connections at once: the
+/// other requests waited in Sluice's queue and took the released connections in turn.
+fn a_capped_endpoint_never_sees_more_connections_than_its_cap(kind: Kind) {
+    let h = Harness::new(kind).capped(2);
+    let (upstream, most) = counting_upstream(h.host_ip(), Duration::from_millis(50));
+    let engine = h.start(&one_route("capped", upstream), 1, ConnConfig::default());
+    let addr = engine.local_addr();
+    let clients: Vec<_> = (0..10)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                get(&mut s, "capped.test", &format!("/{i}"))
+            })
+        })
+        .collect();
+    for c in clients {
+        let (status, head, body) = c.join().unwrap();
+        assert_eq!((status, body.as_slice()), (200, &b"slow"[..]), "{head}");
+    }
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "the upstream had {} connections open at once",
+        most.load(Ordering::SeqCst)
+    );
+    let m = &engine.state().metrics[0];
+    assert_eq!(m.responses[1].load(Ordering::Relaxed), 10);
+    assert!(
+        m.upstream_queued.load(Ordering::Relaxed) >= 1,
+        "requests waited in the queue"
+    );
+    assert_eq!(m.upstream_queue_timeouts.load(Ordering::Relaxed), 0);
+    engine.stop();
+    engine.join().unwrap();
+}
+
+/// Waiting counts towards the connect timeout: with a cap of 1 and the one connection busy
+/// for a second, a second request that waits longer than its connect timeout (300 ms here)
+/// is answered 504 (its only endpoint is tried), the first still gets its 200, and the wait
+/// is counted as a queue timeout.
+fn a_wait_for_a_capped_endpoint_times_out_as_a_connect_does(kind: Kind) {
+    let h = Harness::new(kind).capped(1);
+    let (upstream, most) = counting_upstream(h.host_ip(), Duration::from_secs(1));
+    let mut conn = ConnConfig::default();
+    conn.timeouts.upstream_connect = Duration::from_millis(300);
+    let engine = h.start(&one_route("capped", upstream), 1, conn);
+    let mut first = client(&engine);
+    write!(first, "GET /first HTTP/1.1\r\nHost: capped.test\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut second = client(&engine);
+    let (status, head, _) = get(&mut second, "capped.test", "/second");
+    assert_eq!(status, 504, "{head}");
+    let (status, head, body) = read_response(&mut first);
+    assert_eq!((status, body.as_slice()), (200, &b"slow"[..]), "{head}");
+    assert_eq!(most.load(Ordering::SeqCst), 1);
+    let m = &engine.state().metrics[0];
+    assert_eq!(m.upstream_queued.load(Ordering::Relaxed), 1);
+    assert_eq!(m.upstream_queue_timeouts.load(Ordering::Relaxed), 1);
+    // The connection is free again: the second client's next request is served on it.
+    let (status, _, body) = get(&mut second, "capped.test", "/again");
+    assert_eq!((status, body.as_slice()), (200, &b"slow"[..]));
+    assert_eq!(most.load(Ordering::SeqCst), 1);
+    engine.stop();
+    engine.join().unwrap();
+}
+
 macro_rules! suite {
     ($kind:ident: $($name:ident),* $(,)?) => {
         $( #[test] fn $name() { super::$name(super::Kind::$kind) } )*
@@ -1079,6 +1203,8 @@ both_engines!(
     http_redirects_to_https_for_tls_hosts_and_https_carries_hsts,
     a_head_and_a_body_written_apart_reach_the_client_in_one_read,
     x_accel_fields_from_the_upstream_do_not_reach_the_client,
+    a_capped_endpoint_never_sees_more_connections_than_its_cap,
+    a_wait_for_a_capped_endpoint_times_out_as_a_connect_does,
 );
 
 // Busy polling changes only how the loop waits: a few of the suite prove it still serves,

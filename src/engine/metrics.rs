@@ -171,6 +171,11 @@ pub struct WorkerMetrics {
     pub accepted: AtomicU64,
     pub active: AtomicI64,
     pub upstream_connect_errors: AtomicU64,
+    /// Requests that waited for a connection to an endpoint at its
+    /// `max_connections_per_endpoint` cap, and those of them whose wait ran into their
+    /// connect timeout (retried elsewhere or answered 504).
+    pub upstream_queued: AtomicU64,
+    pub upstream_queue_timeouts: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Of `bytes_out`: response body bytes the transport moved from the upstream socket to

@@ -37,6 +37,10 @@ pub struct EngineConfig {
     pub http: SocketAddr,
     pub conn: Arc<ConnConfig>,
     pub upstream_max_idle: usize,
+    /// Upstream connections per endpoint each worker has in use at once at most (connecting
+    /// included); more requests wait in a queue for one to be released. 0: no cap. Per
+    /// worker: N workers may have N times this many to one endpoint.
+    pub upstream_max_conns: usize,
     pub upstream_idle_timeout: Duration,
     pub shutdown_grace: Duration,
     /// The io_uring loop's adaptive batching (ignored by the userspace engine).
@@ -68,6 +72,7 @@ impl Default for EngineConfig {
             http: DEFAULT_HTTP,
             conn: Arc::new(ConnConfig::default()),
             upstream_max_idle: DEFAULT_UPSTREAM_MAX_IDLE,
+            upstream_max_conns: 0,
             upstream_idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             batching: uring::batch::Batching::default(),
@@ -160,6 +165,7 @@ pub(crate) fn launch<W: EngineWorker>(
             metrics: metrics[index].clone(),
             stopping: stopping.clone(),
             upstream_max_idle: cfg.upstream_max_idle,
+            upstream_max_conns: cfg.upstream_max_conns,
             upstream_idle_timeout: cfg.upstream_idle_timeout,
             shutdown_grace: cfg.shutdown_grace,
             access_log: access_log::installed().map(access_log::AccessLog::worker),

@@ -82,7 +82,8 @@ impl Demand {
         self.by_key.retain(|k, u| u.in_use > 0 || keep(k));
     }
 
-    #[cfg(test)]
+    /// Connections to `key` attached to a client now (connecting, handshaking or exchanging):
+    /// what `max_connections_per_endpoint` caps.
     pub fn in_use(&self, key: PoolKey) -> u32 {
         self.by_key.get(&key).map_or(0, |u| u.in_use)
     }

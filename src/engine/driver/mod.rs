@@ -34,6 +34,7 @@
 
 mod demand;
 mod machine;
+mod queue;
 mod side;
 mod slab;
 mod upstream_tls;
@@ -185,6 +186,10 @@ pub struct DriverSetup {
     /// Idle pooled connections kept per endpoint at least (more while recent demand was
     /// higher: [`demand`]).
     pub upstream_max_idle: usize,
+    /// Upstream connections per endpoint (and TLS identity) this worker has in use at once
+    /// at most, connecting included; a request that needs one more waits for one to be
+    /// released ([`queue`]). 0: no cap.
+    pub upstream_max_conns: usize,
     pub upstream_idle_timeout: Duration,
     pub shutdown_grace: Duration,
     /// This worker's side of the access log (`None`: off).
@@ -224,6 +229,8 @@ struct Client {
     proxy: Option<(Box<proxy_protocol::Reader>, Instant)>,
     /// The side connection of the `auth-url` subrequest this client waits for.
     auth_side: Option<usize>,
+    /// Its machine's timer fired in this turn (a wait it gives up now timed out).
+    timer_fired: bool,
 }
 
 impl Client {
@@ -311,6 +318,11 @@ pub struct Driver {
     backend_rows: HashMap<Box<str>, usize>,
     /// Auth subrequests and mirror copies.
     sides: side::Sides,
+    /// Requests waiting for a connection to a capped endpoint (`upstream_max_conns`).
+    queues: queue::Queues,
+    /// Keys a connection in use was released or closed from since the last drive: their
+    /// first waiters get it (capped endpoints only).
+    freed: Vec<PoolKey>,
 }
 
 fn client_owner(slot: usize, generation: u32) -> Owner {
@@ -351,6 +363,8 @@ impl Driver {
             doomed: Vec::new(),
             backend_rows: HashMap::new(),
             sides: side::Sides::default(),
+            queues: queue::Queues::default(),
+            freed: Vec::new(),
         }
     }
 
@@ -468,7 +482,10 @@ impl Driver {
 
     /// Work is waiting for the next [`Driver::drive`] (the caller should not sleep).
     pub fn has_work(&self) -> bool {
-        !self.touched.is_empty() || !self.doomed.is_empty() || self.sides.has_work()
+        !self.touched.is_empty()
+            || !self.doomed.is_empty()
+            || !self.freed.is_empty()
+            || self.sides.has_work()
     }
 
     pub fn client_count(&self) -> usize {
@@ -514,6 +531,7 @@ impl Driver {
             upstream_addr: None,
             proxy,
             auth_side: None,
+            timer_fired: false,
         });
         let m = &self.setup.metrics;
         WorkerMetrics::add(&m.accepted, 1);
@@ -884,6 +902,7 @@ impl Driver {
                 }
                 Some(_) => {
                     let mut router = SnapshotRouter::new(&self.snapshot, &mut self.picker);
+                    client.timer_fired = true;
                     client.conn.timer(now, &mut router);
                     self.touched.push(slot);
                 }
@@ -951,22 +970,37 @@ impl Driver {
         self.drive_sides(t, now);
         // Driving may touch more (a pooled connection handed over completes at once): a few
         // passes, the rest waits for the next turn.
-        for _ in 0..4 {
+        for pass in 0..4 {
+            if !self.touched.is_empty() {
+                let mut touched = std::mem::take(&mut self.touched);
+                touched.sort_unstable();
+                touched.dedup();
+                for &slot in &touched {
+                    self.drive_one(t, slot, now);
+                }
+                touched.clear();
+                if self.touched.is_empty() {
+                    self.touched = touched;
+                }
+                for ui in std::mem::take(&mut self.doomed) {
+                    self.close_upstream(t, ui);
+                }
+            }
+            // Connections released to capped endpoints go to their waiters only now, with
+            // every touched machine's actions carried out: a waiter that gave up in this turn
+            // (its timer fired, it retries elsewhere) has left its queue and is not served.
+            let before = self.touched.len();
+            self.serve_waiters(t, now);
+            if pass == 3 {
+                // The last pass: the waiters just served are driven now, not at the next
+                // event (a worker may sleep until then).
+                let served: Vec<usize> = self.touched.drain(before..).collect();
+                for slot in served {
+                    self.drive_one(t, slot, now);
+                }
+            }
             if self.touched.is_empty() {
                 break;
-            }
-            let mut touched = std::mem::take(&mut self.touched);
-            touched.sort_unstable();
-            touched.dedup();
-            for &slot in &touched {
-                self.drive_one(t, slot, now);
-            }
-            touched.clear();
-            if self.touched.is_empty() {
-                self.touched = touched;
-            }
-            for ui in std::mem::take(&mut self.doomed) {
-                self.close_upstream(t, ui);
             }
         }
         // Holds that ended (the rest of the response came) need no wake-up: the oldest go,
@@ -1147,6 +1181,9 @@ impl Driver {
                 _ => {}
             }
         }
+        if let Some(client) = self.clients.get_any(slot) {
+            client.timer_fired = false;
+        }
         // Idle between requests, nothing in flight: the machine and its buffers go back to
         // the worker's free list until the connection speaks again.
         if let Some(client) = self.clients.get_any(slot)
@@ -1266,6 +1303,9 @@ impl Driver {
         }
     }
 
+    /// Serves a machine's `Connect`: from the pool, by a new connection, or, when the
+    /// endpoint is capped and at its cap (or others already wait for it), by waiting in its
+    /// queue until a connection is released.
     fn connect<T: Transport>(
         &mut self,
         t: &mut T,
@@ -1280,6 +1320,90 @@ impl Driver {
             client.upstream_start.get_or_insert(now);
             client.upstream_addr = Some(endpoint);
         }
+        let cap = self.setup.upstream_max_conns;
+        if cap == 0 {
+            return self.open(t, slot, endpoint, fresh, tls, now);
+        }
+        let key = self.pool_key_for(slot, endpoint, tls.as_deref());
+        let waiting = self.queues.waiting(key);
+        let in_use = self.demand.in_use(key) as usize;
+        let idle = self.pool.get(&key).map_or(0, Vec::len);
+        let full = in_use >= cap && (fresh || idle == 0);
+        if waiting == 0 && !full {
+            if fresh && idle > 0 && in_use + idle >= cap {
+                // A new connection beside idle ones would pass the cap: the oldest idle goes.
+                let oldest = self.pool.get_mut(&key).map(|list| list.remove(0));
+                if let Some(ui) = oldest {
+                    self.close_upstream(t, ui);
+                }
+            }
+            return self.open(t, slot, endpoint, fresh, tls, now);
+        }
+        // Others came first, or all the cap allows are in use: wait for a release.
+        let waiter = queue::Waiter {
+            slot,
+            generation: self.clients.generation(slot),
+            endpoint,
+            fresh,
+            tls,
+        };
+        self.queues.push(key, waiter);
+        WorkerMetrics::add(&self.setup.metrics.upstream_queued, 1);
+        if in_use < cap {
+            // Room already: the queue is served at the end of this pass.
+            self.freed.push(key);
+        }
+    }
+
+    /// The pool key of a connection for client `slot` to `endpoint` (with `tls`).
+    fn pool_key_for(
+        &self,
+        slot: usize,
+        endpoint: SocketAddr,
+        tls: Option<&UpstreamTls>,
+    ) -> PoolKey {
+        let host = self
+            .clients
+            .peek(slot)
+            .map_or("", |c| c.conn.upstream_tls_host());
+        let identity = tls.map(|tls| (tls.id, tls.pool_name(host)));
+        upstream_tls::pool_key(endpoint, identity)
+    }
+
+    /// Gives the first waiters of each key in `freed` the connections released to them
+    /// (from the pool) or new ones, while their key is under its cap.
+    fn serve_waiters<T: Transport>(&mut self, t: &mut T, now: Instant) {
+        if self.freed.is_empty() {
+            return;
+        }
+        let cap = self.setup.upstream_max_conns;
+        let mut freed = std::mem::take(&mut self.freed);
+        freed.sort_unstable_by_key(|k| (k.endpoint, k.tls));
+        freed.dedup();
+        for key in freed {
+            while (self.demand.in_use(key) as usize) < cap {
+                let Some(w) = self.queues.pop(key) else {
+                    break;
+                };
+                if self.clients.generation(w.slot) != w.generation {
+                    continue; // closed without leaving (never: `close_client` leaves)
+                }
+                self.touched.push(w.slot);
+                self.open(t, w.slot, w.endpoint, w.fresh, w.tls, now);
+            }
+        }
+    }
+
+    /// A connection for client `slot`: an idle pooled one (unless `fresh`), else a new one.
+    fn open<T: Transport>(
+        &mut self,
+        t: &mut T,
+        slot: usize,
+        endpoint: SocketAddr,
+        fresh: bool,
+        tls: Option<Arc<UpstreamTls>>,
+        now: Instant,
+    ) {
         // The TLS identity the connection needs (`None`: plain): its config and name.
         let host = self
             .clients
@@ -1369,6 +1493,10 @@ impl Driver {
         let Some(client) = self.clients.get_any(slot) else {
             return;
         };
+        if self.queues.leave(slot) && client.timer_fired {
+            // The machine gave up waiting on its connect timeout (retried elsewhere, or 504).
+            WorkerMetrics::add(&self.setup.metrics.upstream_queue_timeouts, 1);
+        }
         let Some(ui) = client.upstream.take() else {
             return;
         };
@@ -1376,6 +1504,10 @@ impl Driver {
             return;
         };
         up.client = None;
+        if self.setup.upstream_max_conns > 0 {
+            // Pooled or closed below, it makes room for the key's first waiter.
+            self.freed.push(up.key);
+        }
         let list_len = self.pool.get(&up.key).map_or(0, Vec::len);
         // As many idle as were in use at once lately, at least the configured cap.
         let keep = (self.setup.upstream_max_idle).max(self.demand.release(up.key, now));
@@ -1409,6 +1541,9 @@ impl Driver {
         }
         if up.client.is_some() {
             self.demand.detach(up.key);
+            if self.setup.upstream_max_conns > 0 {
+                self.freed.push(up.key);
+            }
         }
         if let Some(ci) = up.client
             && let Some(client) = self.clients.get_any(ci)
@@ -1440,6 +1575,7 @@ impl Driver {
             self.close_upstream(t, ui);
         }
         self.cancel_auth(t, slot);
+        self.queues.leave(slot);
         let Some(mut client) = self.clients.remove(slot) else {
             return;
         };
@@ -1486,6 +1622,7 @@ pub(crate) fn test_driver(conn: ConnConfig, snapshot: Snapshot) -> Driver {
         metrics: Arc::new(WorkerMetrics::default()),
         stopping: Arc::new(AtomicBool::new(false)),
         upstream_max_idle: 4,
+        upstream_max_conns: 0,
         upstream_idle_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(1),
     };

@@ -667,3 +667,298 @@ fn what_arrives_in_one_loop_turn_goes_to_the_client_in_one_send() {
     assert_eq!(net.sends_to(1), 1);
     assert!(net.take(1).ends_with("\r\n\r\nhello"));
 }
+
+/// A driver whose endpoints are capped at `cap` connections each, serving `pods`.
+fn capped(cap: usize, pods: &[&str]) -> Driver {
+    let mut routes = RouteTableBuilder::default();
+    routes.add(Some("a.test"), "/", PathKind::Prefix, BackendId(0));
+    let backends = vec![Backend {
+        name: "default/a:80".into(),
+        endpoints: pods.iter().map(|p| p.parse().unwrap()).collect(),
+    }];
+    let mut d = test_driver(
+        ConnConfig::default(),
+        Snapshot::new(1, routes.build(), backends),
+    );
+    d.setup.upstream_max_conns = cap;
+    d
+}
+
+/// `n` clients (sockets 1..=n) that have each sent a request for `a.test`.
+fn requesting(d: &mut Driver, net: &mut MemNet, n: usize, now: Instant) -> Vec<Owner> {
+    let clients: Vec<Owner> = (1..=n)
+        .map(|i| d.accept(i, info(), false, now).expect("accepted"))
+        .collect();
+    for (i, &c) in clients.iter().enumerate() {
+        let request = format!("GET /{} HTTP/1.1\r\nHost: a.test\r\n\r\n", i + 1);
+        d.received(c, request.as_bytes(), now);
+    }
+    d.drive(net, now);
+    clients
+}
+
+#[test]
+fn at_the_cap_requests_wait_and_a_released_connection_goes_to_the_first_waiter() {
+    let mut d = capped(2, &[POD]);
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    requesting(&mut d, &mut net, 5, now);
+    assert_eq!(net.connects.len(), 2, "only the cap is connected");
+    assert_eq!(d.metrics().upstream_queued.load(Ordering::Relaxed), 3);
+    let upstreams: Vec<Owner> = net.connects.iter().map(|(_, o)| *o).collect();
+    for &u in &upstreams {
+        d.connected(u, true, now);
+    }
+    d.drive(&mut net, now);
+    assert!(net.take(1001).starts_with("GET /1 "));
+    assert!(net.take(1002).starts_with("GET /2 "));
+
+    // The first answer: client 1 is done, and its connection carries client 3's request
+    // at once, as a pooled one (no connect, nothing closed).
+    d.received(upstreams[0], RESPONSE, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1).ends_with("ok"));
+    assert_eq!(net.connects.len(), 2);
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    assert!(net.take(1001).starts_with("GET /3 "), "the first waiter");
+    // Then 4 and 5, in order, each on the connection released before it.
+    d.received(upstreams[1], RESPONSE, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1002).starts_with("GET /4 "));
+    d.received(upstreams[0], RESPONSE, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1001).starts_with("GET /5 "));
+    for (u, client) in [(upstreams[1], 4), (upstreams[0], 5)] {
+        d.received(u, RESPONSE, now);
+        d.drive(&mut net, now);
+        assert!(net.take(client).ends_with("ok"), "client {client}");
+    }
+    for client in [2, 3] {
+        assert!(net.take(client).ends_with("ok"), "client {client}");
+    }
+    assert_eq!(net.connects.len(), 2, "five requests, two connections");
+    assert_eq!(d.metrics().responses[1].load(Ordering::Relaxed), 5);
+    assert_eq!(
+        d.metrics().upstream_queue_timeouts.load(Ordering::Relaxed),
+        0
+    );
+}
+
+#[test]
+fn a_closed_connection_makes_room_for_a_new_one_to_the_first_waiter() {
+    let mut d = capped(1, &[POD]);
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    requesting(&mut d, &mut net, 2, now);
+    assert_eq!(net.connects.len(), 1);
+    let (_, first) = net.connects[0];
+    d.connected(first, true, now);
+    d.drive(&mut net, now);
+    // The upstream answers and closes: not reusable, so the waiter gets a new connection.
+    d.received(
+        first,
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        now,
+    );
+    d.drive(&mut net, now);
+    assert!(net.take(1).ends_with("ok"));
+    assert_eq!(net.closed, [1001]);
+    assert_eq!(net.connects.len(), 2, "a connect for the waiter");
+    let (_, second) = net.connects[1];
+    d.connected(second, true, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1002).starts_with("GET /2 "));
+}
+
+#[test]
+fn a_waiter_whose_client_closed_is_skipped_and_its_slot_reused_gets_nothing_of_it() {
+    let mut d = capped(1, &[POD]);
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    let clients = requesting(&mut d, &mut net, 3, now);
+    let (_, upstream) = net.connects[0];
+    d.connected(upstream, true, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1001).starts_with("GET /1 "));
+    // Client 2 goes away while it waits; a new client takes its slot and asks too.
+    d.failed(clients[1], now);
+    d.drive(&mut net, now);
+    assert!(net.closed.contains(&2), "{:?}", net.closed);
+    let newcomer = d.accept(9, info(), false, now).expect("accepted");
+    assert!(
+        matches!((newcomer, clients[1]), (Owner::Client { slot: a, .. }, Owner::Client { slot: b, .. }) if a == b),
+        "the slot is reused"
+    );
+    d.received(newcomer, b"GET /9 HTTP/1.1\r\nHost: a.test\r\n\r\n", now);
+    d.drive(&mut net, now);
+    assert_eq!(net.connects.len(), 1);
+    // The release goes to client 3 (it came before the newcomer), then to the newcomer.
+    d.received(upstream, RESPONSE, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1001).starts_with("GET /3 "));
+    d.received(upstream, RESPONSE, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1001).starts_with("GET /9 "));
+    d.received(upstream, RESPONSE, now);
+    d.drive(&mut net, now);
+    assert!(net.take(9).ends_with("ok"));
+    assert!(
+        net.take(2).is_empty(),
+        "the closed client was answered nothing"
+    );
+    assert_eq!(net.connects.len(), 1);
+    let key = upstream_tls::pool_key(POD.parse().unwrap(), None);
+    assert_eq!(d.queues.waiting(key), 0);
+}
+
+#[test]
+fn a_wait_that_outlasts_the_connect_timeout_is_a_504_and_leaves_the_queue() {
+    let mut d = capped(1, &[POD]);
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    let clients = requesting(&mut d, &mut net, 2, now);
+    let (_, upstream) = net.connects[0];
+    d.connected(upstream, true, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1001).starts_with("GET /1 "));
+    // The first request is slow to answer; the second waits past its connect timeout (5 s).
+    let late = now + Duration::from_secs(6);
+    assert!(d.next_deadline().is_some_and(|at| at <= late));
+    d.timers(&mut net, late);
+    d.drive(&mut net, late);
+    let answer = net.take(2);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert_eq!(
+        d.metrics().upstream_queue_timeouts.load(Ordering::Relaxed),
+        1
+    );
+    let key = upstream_tls::pool_key(POD.parse().unwrap(), None);
+    assert_eq!(d.queues.waiting(key), 0);
+    assert_eq!(d.queues.entries(key), 0);
+    // The release finds nobody waiting: the connection is pooled, and the timed-out client's
+    // next request takes it.
+    d.received(upstream, RESPONSE, late);
+    d.drive(&mut net, late);
+    assert!(net.take(1).ends_with("ok"));
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    if d.clients.peek(1).is_some() {
+        d.received(
+            clients[1],
+            b"GET /again HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            late,
+        );
+        d.drive(&mut net, late);
+        assert!(net.take(1001).starts_with("GET /again "));
+    }
+    assert_eq!(net.connects.len(), 1);
+}
+
+#[test]
+fn a_timed_out_wait_is_retried_on_another_endpoint_under_its_own_cap() {
+    let mut d = capped(1, &[POD, "10.0.0.2:8080"]);
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    // Round robin: one request to each pod, the third waits for one of them.
+    requesting(&mut d, &mut net, 3, now);
+    assert_eq!(net.connects.len(), 2);
+    let key = |e: SocketAddr| upstream_tls::pool_key(e, None);
+    let endpoints: Vec<SocketAddr> = net.connects.iter().map(|(e, _)| *e).collect();
+    let waits = endpoints
+        .iter()
+        .position(|&e| d.queues.waiting(key(e)) == 1)
+        .expect("the third request waits");
+    let other = 1 - waits;
+    for (_, u) in net.connects.clone() {
+        d.connected(u, true, now);
+    }
+    d.drive(&mut net, now);
+    net.written.clear();
+    // Both pods are slow; the waiter's connect timeout retries it on the other pod, where it
+    // waits again (that pod is at its cap too) instead of opening a second connection.
+    let late = now + Duration::from_secs(6);
+    d.timers(&mut net, late);
+    d.drive(&mut net, late);
+    assert_eq!(net.connects.len(), 2, "{:?}", net.connects);
+    assert_eq!(d.queues.waiting(key(endpoints[waits])), 0);
+    assert_eq!(d.queues.waiting(key(endpoints[other])), 1);
+    assert_eq!(
+        d.metrics().upstream_queue_timeouts.load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(d.metrics().upstream_queued.load(Ordering::Relaxed), 2);
+    // The other pod answers: its connection carries the retried request.
+    d.received(net.connects[other].1, RESPONSE, late);
+    d.drive(&mut net, late);
+    assert!(net.take(1001 + other).starts_with("GET /3 "));
+}
+
+/// A retry on a fresh connection (a pooled one closed under the request) waits for the cap
+/// like any other, and the connection that makes room is a new one.
+#[test]
+fn a_fresh_retry_respects_the_cap() {
+    let mut d = capped(1, &[POD]);
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    // One exchange leaves an idle pooled connection (1001).
+    let clients = requesting(&mut d, &mut net, 1, now);
+    let (_, first) = net.connects[0];
+    d.connected(first, true, now);
+    d.drive(&mut net, now);
+    d.received(first, RESPONSE, now);
+    d.drive(&mut net, now);
+    net.written.clear();
+    // The next request takes it, and it turns out closed: the machine replays on a fresh
+    // connection. The cap is 1: the dead one is released first, then a new one is made.
+    d.received(
+        clients[0],
+        b"GET /again HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        now,
+    );
+    d.drive(&mut net, now);
+    assert!(net.take(1001).starts_with("GET /again "));
+    d.eof(first, now);
+    d.drive(&mut net, now);
+    assert_eq!(net.closed, [1001]);
+    assert_eq!(net.connects.len(), 2, "the replay connects anew");
+    // While it connects, a second client waits rather than opening a third.
+    let second = d.accept(2, info(), false, now).expect("accepted");
+    d.received(second, b"GET /2 HTTP/1.1\r\nHost: a.test\r\n\r\n", now);
+    d.drive(&mut net, now);
+    assert_eq!(net.connects.len(), 2);
+    let (_, fresh) = net.connects[1];
+    d.connected(fresh, true, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1002).starts_with("GET /again "));
+    d.received(fresh, RESPONSE, now);
+    d.drive(&mut net, now);
+    assert!(net.take(1).ends_with("ok"));
+    assert!(net.take(1002).starts_with("GET /2 "), "then the waiter");
+}
+
+/// A waiter whose connect timeout fires in the same turn as a connection to its endpoint is
+/// freed (here: another client's connect failed) is not handed that room: it gave up, so no
+/// connection is opened for it, and it gets its 504.
+#[test]
+fn a_waiter_that_gives_up_in_the_turn_its_endpoint_frees_is_not_served() {
+    let mut d = capped(1, &[POD]);
+    let mut net = MemNet::default();
+    let now = Instant::from_nanos(1_000_000_000);
+    requesting(&mut d, &mut net, 2, now);
+    assert_eq!(net.connects.len(), 1);
+    let (_, first) = net.connects[0];
+    let late = now + Duration::from_secs(6);
+    d.connected(first, false, late);
+    d.timers(&mut net, late);
+    d.drive(&mut net, late);
+    assert!(net.take(1).starts_with("HTTP/1.1 502"));
+    assert!(net.take(2).starts_with("HTTP/1.1 504"));
+    assert_eq!(
+        net.connects.len(),
+        1,
+        "nothing opened for the waiter that gave up"
+    );
+    assert_eq!(
+        d.metrics().upstream_queue_timeouts.load(Ordering::Relaxed),
+        1
+    );
+}
