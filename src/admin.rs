@@ -503,9 +503,9 @@ pub fn metrics_text(state: &EngineState) -> String {
             |m| m.bytes_out.load(Ordering::Relaxed) as i64,
         ),
         (
-            "sluice_client_bytes_spliced_total",
+            "sluice_client_bytes_passed_total",
             "counter",
-            "Of the bytes written to clients: response body bytes moved from the upstream socket inside the kernel (splice).",
+            "Of the bytes written to clients: response body bytes moved from the upstream socket to the client's by the engine, past the connection's buffers (spliced, or relayed without a copy).",
             |m| m.bytes_passed.load(Ordering::Relaxed) as i64,
         ),
         (

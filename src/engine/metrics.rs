@@ -179,7 +179,8 @@ pub struct WorkerMetrics {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Of `bytes_out`: response body bytes the transport moved from the upstream socket to
-    /// the client's inside the kernel (splice), never copied through the worker.
+    /// the client's past the connection's buffers (`Transport::pass`: spliced, or relayed
+    /// through the engine's own buffers without a copy).
     pub bytes_passed: AtomicU64,
     /// TLS handshakes completed in full, completed by resumption, and failed (bad
     /// messages, no certificate, timed out).

@@ -12,6 +12,10 @@
 //!
 //! A pass holds at most its pipe's capacity of the upstream's pages; pipes are pooled per
 //! worker and capped in number (`[uring] splice_pipes`), so what passes hold is bounded too.
+//!
+//! Where splicing does not pay (an upstream in this kernel: see `Tuning::splice_local`), a
+//! [`Relay`] moves the body through two buffers of the worker's own with ring operations: a
+//! receive into one while the other is sent, no byte copied in user space.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -204,6 +208,174 @@ impl Pass {
     /// Ends the pass: its pipe (and whether it is empty).
     pub(super) fn into_pipe(self) -> (Pipe, bool) {
         (self.pipe, self.in_pipe == 0)
+    }
+}
+
+/// The size of a relay's buffers, two per relay: a receive fills one while the other is
+/// sent (a send of 128 KiB is what one plain receive's budget makes).
+pub const RELAY_BUFFER: usize = 128 * 1024;
+/// Idle relay buffers a worker keeps for the next relays.
+const RELAY_SPARE: usize = 64;
+
+/// A body on its way through two buffers of the worker's own ([`Relay`]): where splicing
+/// does not pay (an upstream in this kernel), the bytes still skip the connection's buffers:
+/// the kernel receives them into a relay buffer and sends them from it, so the worker copies
+/// none (the plain path copies each received byte once more, into the connection's input).
+pub(super) struct Relay {
+    pub(super) from: usize,
+    pub(super) to: usize,
+    pub(super) owner: Owner,
+    /// Bytes not yet asked of `from`.
+    left: u64,
+    /// Buffers free for the next receive.
+    free: Vec<Vec<u8>>,
+    /// Received bytes waiting to be sent: a buffer and its unsent range, in order.
+    filled: std::collections::VecDeque<(Vec<u8>, usize, usize)>,
+    pub(super) receiving: bool,
+    pub(super) sending: bool,
+    /// The range of its buffer the send in flight writes.
+    send_range: (usize, usize),
+    /// Written to `to` since the driver was last told.
+    pub(super) moved: u64,
+    /// How it ended (reported once nothing of it is in flight).
+    pub(super) end: Option<PassEnd>,
+    /// One of its sockets closed: nothing more is started or reported; it goes once its
+    /// operations in flight complete.
+    pub(super) abandoned: bool,
+}
+
+/// What a relay asks the ring for next ([`Relay::next`]).
+pub(super) enum RelayOp {
+    /// Receive up to `len` bytes from `from` into the buffer.
+    Recv(Vec<u8>, usize),
+    /// Send `buf[start..end]` to `to`.
+    Send(Vec<u8>, usize, usize),
+}
+
+impl Relay {
+    pub(super) fn new(from: usize, to: usize, len: u64, owner: Owner, bufs: [Vec<u8>; 2]) -> Relay {
+        Relay {
+            from,
+            to,
+            owner,
+            left: len,
+            free: bufs.into(),
+            filled: Default::default(),
+            receiving: false,
+            sending: false,
+            send_range: (0, 0),
+            moved: 0,
+            end: None,
+            abandoned: false,
+        }
+    }
+
+    /// The operations to start now (a receive while a buffer is free and bytes are left, a
+    /// send while one is filled), marked in flight.
+    pub(super) fn next(&mut self) -> Vec<RelayOp> {
+        let mut ops = Vec::new();
+        if self.end.is_some() || self.abandoned {
+            return ops;
+        }
+        if !self.receiving
+            && self.left > 0
+            && let Some(buf) = self.free.pop()
+        {
+            let len = usize::try_from(self.left)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            self.receiving = true;
+            ops.push(RelayOp::Recv(buf, len));
+        }
+        if !self.sending
+            && let Some((buf, start, end)) = self.filled.pop_front()
+        {
+            self.sending = true;
+            self.send_range = (start, end);
+            ops.push(RelayOp::Send(buf, start, end));
+        }
+        ops
+    }
+
+    /// The receive completed with `result` (bytes, 0 at the end of the stream, or -errno).
+    pub(super) fn received(&mut self, buf: Vec<u8>, result: i32) {
+        self.receiving = false;
+        match usize::try_from(result) {
+            Ok(0) => {
+                self.free.push(buf);
+                self.end.get_or_insert(PassEnd::UpstreamEof);
+            }
+            Ok(n) => {
+                self.left -= n as u64;
+                self.filled.push_back((buf, 0, n));
+            }
+            Err(_) => {
+                self.free.push(buf);
+                self.end.get_or_insert(PassEnd::UpstreamFailed);
+            }
+        }
+    }
+
+    /// The send completed with `result` (bytes written, or -errno).
+    pub(super) fn sent(&mut self, buf: Vec<u8>, result: i32) {
+        self.sending = false;
+        let (start, end) = self.send_range;
+        match usize::try_from(result) {
+            Ok(n) if start + n < end => {
+                // The rest goes first, next.
+                self.moved += n as u64;
+                self.filled.push_front((buf, start + n, end));
+            }
+            Ok(n) => {
+                self.moved += n as u64;
+                self.free.push(buf);
+            }
+            Err(_) => {
+                self.free.push(buf);
+                self.end.get_or_insert(PassEnd::ClientFailed);
+            }
+        }
+    }
+
+    /// How it ended, once nothing of it is in flight: the end it met, or done when every
+    /// byte was sent.
+    pub(super) fn ended(&self) -> Option<PassEnd> {
+        if self.receiving || self.sending {
+            return None;
+        }
+        match self.end {
+            Some(end) => Some(end),
+            None if self.left == 0 && self.filled.is_empty() => Some(PassEnd::Done),
+            None => None,
+        }
+    }
+
+    /// Its buffers, for the next relays.
+    pub(super) fn into_buffers(self) -> impl Iterator<Item = Vec<u8>> {
+        self.free
+            .into_iter()
+            .chain(self.filled.into_iter().map(|(b, _, _)| b))
+    }
+}
+
+/// Idle relay buffers of a worker.
+#[derive(Default)]
+pub(super) struct RelayBuffers {
+    spare: Vec<Vec<u8>>,
+}
+
+impl RelayBuffers {
+    /// Two buffers for a relay (made when none are spare; made once, so never zeroed again).
+    pub(super) fn take(&mut self) -> [Vec<u8>; 2] {
+        let mut one = || self.spare.pop().unwrap_or_else(|| vec![0u8; RELAY_BUFFER]);
+        [one(), one()]
+    }
+
+    /// A buffer back from a relay (or the ring): kept while few are spare.
+    pub(super) fn give(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < RELAY_SPARE && buf.len() == RELAY_BUFFER {
+            self.spare.push(buf);
+        }
     }
 }
 

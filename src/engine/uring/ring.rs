@@ -53,6 +53,8 @@ pub enum Op {
     AcceptDirect = 11,
     /// A one-shot readiness poll ([`Ring::poll`]): a pass waits for its socket.
     Poll = 12,
+    /// A one-shot receive into a buffer of the caller's ([`Ring::recv_into`]).
+    RecvInto = 13,
 }
 
 impl Op {
@@ -68,6 +70,7 @@ impl Op {
             10 => Op::Shutdown,
             11 => Op::AcceptDirect,
             12 => Op::Poll,
+            13 => Op::RecvInto,
             _ => return None,
         })
     }
@@ -542,6 +545,9 @@ pub struct Ring {
     zc_sends: u64,
     /// Descriptors to close at the next flush ([`Ring::close_fd`]).
     closing: Vec<RawFd>,
+    /// By slot: the buffer of a receive into the caller's memory ([`Ring::recv_into`]) in
+    /// flight or completed and not yet taken (a map: few sockets ever have one).
+    recv_lent: std::collections::HashMap<u32, Vec<u8>>,
 }
 
 impl Drop for Ring {
@@ -652,6 +658,7 @@ impl Ring {
             zc_pool_bytes: 0,
             zc_sends: 0,
             closing: Vec::new(),
+            recv_lent: std::collections::HashMap::new(),
         };
         let mut probe = io_uring::Probe::new();
         if ring.ring.submitter().register_probe(&mut probe).is_ok() {
@@ -1204,6 +1211,74 @@ impl Ring {
         );
         self.push(e);
         Ok(())
+    }
+
+    /// A send of `buf[start..end]` ([`Op::Send`] with `token.slot`), copied by the kernel
+    /// (never zero-copy); otherwise as [`Ring::send`], which hands the whole buffer back.
+    pub fn send_part(
+        &mut self,
+        target: Target,
+        buf: Vec<u8>,
+        (start, end): (usize, usize),
+        token: Token,
+    ) -> Result<(), Vec<u8>> {
+        let lent = self.lent(token.slot);
+        if lent.sending || start > end || end > buf.len() {
+            return Err(buf);
+        }
+        let part = &buf[start..end];
+        let (ptr, len) = (part.as_ptr(), part.len() as u32);
+        // The heap block does not move when the Vec does.
+        lent.send = Some(buf);
+        lent.sending = true;
+        lent.zc = false;
+        let e = on_target!(target, |f| opcode::Send::new(f, ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build())
+        .user_data(
+            Token {
+                op: Op::Send,
+                ..token
+            }
+            .encode(),
+        );
+        self.push(e);
+        Ok(())
+    }
+
+    /// A one-shot receive of up to `len` bytes into `buf` (at most its length), the bytes the
+    /// socket has now or the first that come ([`Op::RecvInto`] with `token.slot`). The ring
+    /// keeps the buffer until [`Ring::take_recv`]. One per slot: a second is refused.
+    pub fn recv_into(
+        &mut self,
+        target: Target,
+        buf: Vec<u8>,
+        len: usize,
+        token: Token,
+    ) -> Result<(), Vec<u8>> {
+        if self.recv_lent.contains_key(&token.slot) {
+            return Err(buf);
+        }
+        let mut buf = buf;
+        let len = len.min(buf.len()).min(u32::MAX as usize) as u32;
+        let ptr = buf.as_mut_ptr();
+        // The heap block does not move when the Vec moves into the map.
+        self.recv_lent.insert(token.slot, buf);
+        let e = on_target!(target, |f| opcode::Recv::new(f, ptr, len).build()).user_data(
+            Token {
+                op: Op::RecvInto,
+                ..token
+            }
+            .encode(),
+        );
+        self.push(e);
+        Ok(())
+    }
+
+    /// The buffer of slot `slot`'s completed [`Ring::recv_into`] (its first bytes are what
+    /// the completion's result counts).
+    pub fn take_recv(&mut self, slot: u32) -> Option<Vec<u8>> {
+        self.recv_lent.remove(&slot)
     }
 
     /// The buffer of slot `slot`'s completed send (call on its [`Op::Send`] completion).

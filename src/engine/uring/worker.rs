@@ -11,13 +11,13 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::batch::Batching;
-use super::pass::{Pass, Pipes, Step};
+use super::pass::{Pass, Pipes, Relay, RelayBuffers, RelayOp, Step};
 use super::ring::{self as uring, Completion, Op, Ring, Target, Token};
 use super::tuning::Tuning;
 use crate::core::conn::ClientInfo;
 use crate::core::time::Instant;
 use crate::engine::EngineWorker;
-use crate::engine::driver::{Driver, Flow, Owner, Sent, Slab, Transport, clock};
+use crate::engine::driver::{Driver, Flow, Owner, PassEnd, Sent, Slab, Transport, clock};
 
 /// What an io_uring worker is given besides its driver's setup.
 pub struct WorkerSetup {
@@ -118,12 +118,20 @@ struct Socket {
     /// closing: closing it earlier would let the kernel hand its number to a new socket that
     /// a queued operation would then act on.
     inflight: u32,
-    /// The pass (in [`UringNet::passes`]) this socket is the source or destination of.
-    pass: Option<usize>,
+    /// The pass (splice or relay) this socket is the source or destination of.
+    moving: Option<Moving>,
     /// A pass waits for this socket's receive to end: its owner is touched then.
     pass_waiting: bool,
     /// Its descriptor was made nonblocking (for splice).
     nonblocking: bool,
+}
+
+/// A body moving between two sockets without the driver ([`Transport::pass`]): a splice in
+/// [`UringNet::passes`] or a relay in [`UringNet::relays`], by index.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Moving {
+    Splice(u32),
+    Relay(u32),
 }
 
 /// The io_uring transport.
@@ -185,6 +193,12 @@ pub struct UringNet {
     pass_serial: u64,
     /// Owners to touch after the drive (a pass that could not start after all).
     retouch: Vec<Owner>,
+    /// Bodies on their way through the worker's own buffers, by id.
+    relays: Vec<Option<Relay>>,
+    /// Body bytes written by splices and by relays (tests and diagnostics).
+    spliced: u64,
+    relayed: u64,
+    relay_buffers: RelayBuffers,
 }
 
 impl UringNet {
@@ -280,6 +294,17 @@ impl UringNet {
                     return;
                 };
                 s.inflight -= 1;
+                if let Some(Moving::Relay(id)) = s.moving {
+                    if let Some(Some(relay)) = self.relays.get_mut(id as usize) {
+                        relay.sent(buf.unwrap_or_default(), c.result);
+                        let written = u64::try_from(c.result.max(0)).unwrap_or(0);
+                        self.bytes_sent += written;
+                        self.relayed += written;
+                    }
+                    self.relay_step(id as usize, driver, now);
+                    self.maybe_free(slot);
+                    return;
+                }
                 self.bytes_sent += u64::try_from(c.result.max(0)).unwrap_or(0);
                 if let Some(owner) = s.owner {
                     let written = usize::try_from(c.result).ok();
@@ -288,16 +313,35 @@ impl UringNet {
                 self.maybe_free(slot);
             }
             Op::Shutdown => self.shut(token),
+            Op::RecvInto => {
+                let slot = token.slot as usize;
+                let buf = self.ring.take_recv(token.slot).unwrap_or_default();
+                let Some(s) = self.socks.get(slot, token.generation) else {
+                    return;
+                };
+                s.inflight -= 1;
+                match s.moving {
+                    Some(Moving::Relay(id)) => {
+                        if let Some(Some(relay)) = self.relays.get_mut(id as usize) {
+                            self.bytes_received += u64::try_from(c.result.max(0)).unwrap_or(0);
+                            relay.received(buf, c.result);
+                        }
+                        self.relay_step(id as usize, driver, now);
+                    }
+                    _ => self.relay_buffers.give(buf),
+                }
+                self.maybe_free(slot);
+            }
             Op::Poll => {
                 let slot = token.slot as usize;
                 let Some(s) = self.socks.get(slot, token.generation) else {
                     return;
                 };
                 s.inflight -= 1;
-                if let Some(id) = s.pass
-                    && let Some(Some(pass)) = self.passes.get(id)
+                if let Some(Moving::Splice(id)) = s.moving
+                    && let Some(Some(pass)) = self.passes.get(id as usize)
                 {
-                    self.runnable.push((id, pass.serial));
+                    self.runnable.push((id as usize, pass.serial));
                 }
                 self.maybe_free(slot);
             }
@@ -356,7 +400,7 @@ impl UringNet {
             recv: Receive::default(),
             read_wanted: false,
             inflight: 0,
-            pass: None,
+            moving: None,
             pass_waiting: false,
             nonblocking: false,
         });
@@ -416,7 +460,7 @@ impl UringNet {
             recv: Receive::default(),
             read_wanted: false,
             inflight: 0,
-            pass: None,
+            moving: None,
             pass_waiting: false,
             nonblocking: false,
         });
@@ -581,6 +625,165 @@ impl UringNet {
     }
 }
 
+impl UringNet {
+    /// The descriptors of `from` and `to` when a body between them should be spliced: a pipe
+    /// is free, both have descriptors (made nonblocking here, once), and the upstream is on
+    /// another host or `splice_local` says splice anyway.
+    fn splice_fds(&mut self, from: usize, to: usize) -> Option<((usize, RawFd), (usize, RawFd))> {
+        if !self.pipes.available() || !(self.splice_local || self.remote_peer(from)) {
+            return None;
+        }
+        let mut fds = [0; 2];
+        for (i, slot) in [from, to].into_iter().enumerate() {
+            let s = self.socks.get_any(slot)?;
+            let fd = s.fd?;
+            if !s.nonblocking {
+                // splice(2) waits unless the descriptor says not to.
+                uring::set_nonblocking(fd).ok()?;
+                s.nonblocking = true;
+            }
+            fds[i] = fd;
+        }
+        Some(((from, fds[0]), (to, fds[1])))
+    }
+
+    fn start_splice(
+        &mut self,
+        (from, to): ((usize, RawFd), (usize, RawFd)),
+        len: u64,
+        owner: Owner,
+    ) {
+        let Some(pipe) = self.pipes.take() else {
+            // No pipe after all (the kernel refused one): the relay.
+            return self.start_relay(from.0, to.0, len, owner);
+        };
+        self.pass_serial += 1;
+        let pass = Pass::new(from, to, len, owner, pipe, self.pass_serial);
+        let id = free_index(&mut self.passes);
+        self.passes[id] = Some(pass);
+        for slot in [from.0, to.0] {
+            if let Some(s) = self.socks.get_any(slot) {
+                s.moving = Some(Moving::Splice(id as u32));
+            }
+        }
+        self.runnable.push((id, self.pass_serial));
+    }
+
+    fn start_relay(&mut self, from: usize, to: usize, len: u64, owner: Owner) {
+        let relay = Relay::new(from, to, len, owner, self.relay_buffers.take());
+        let id = free_index(&mut self.relays);
+        self.relays[id] = Some(relay);
+        for slot in [from, to] {
+            if let Some(s) = self.socks.get_any(slot) {
+                s.moving = Some(Moving::Relay(id as u32));
+            }
+        }
+        self.start_relay_ops(id);
+    }
+
+    /// Submits what relay `id` can start now.
+    fn start_relay_ops(&mut self, id: usize) {
+        let Some(Some(relay)) = self.relays.get_mut(id) else {
+            return;
+        };
+        let (from, to) = (relay.from, relay.to);
+        for op in relay.next() {
+            match op {
+                RelayOp::Recv(buf, len) => {
+                    let token = self.token(Op::RecvInto, from);
+                    if let Some(s) = self.socks.get_any(from) {
+                        s.inflight += 1;
+                        if let Err(buf) = self.ring.recv_into(s.target, buf, len, token) {
+                            // Never: one receive per relay at a time.
+                            s.inflight -= 1;
+                            if let Some(Some(r)) = self.relays.get_mut(id) {
+                                r.received(buf, -libc::EBUSY);
+                            }
+                        }
+                    }
+                }
+                RelayOp::Send(buf, start, end) => {
+                    let token = self.token(Op::Send, to);
+                    if let Some(s) = self.socks.get_any(to) {
+                        s.inflight += 1;
+                        if let Err(buf) = self.ring.send_part(s.target, buf, (start, end), token) {
+                            s.inflight -= 1;
+                            if let Some(Some(r)) = self.relays.get_mut(id) {
+                                r.sent(buf, -libc::EBUSY);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a completion of relay `id`: tells the driver what moved, starts what can go on,
+    /// and ends the relay once it is through (or failed, or abandoned) and idle.
+    fn relay_step(&mut self, id: usize, driver: &mut Driver, now: Instant) {
+        let Some(Some(relay)) = self.relays.get_mut(id) else {
+            return;
+        };
+        let (owner, abandoned) = (relay.owner, relay.abandoned);
+        let moved = std::mem::take(&mut relay.moved);
+        let ended = if abandoned {
+            (!relay.receiving && !relay.sending).then_some(PassEnd::ClientFailed)
+        } else {
+            relay.ended()
+        };
+        if ended.is_none() {
+            self.start_relay_ops(id);
+        }
+        if let Some(end) = ended {
+            self.end_relay(id);
+            if !abandoned {
+                driver.passed(owner, moved, Some(end), now);
+            }
+        } else if moved > 0 && !abandoned {
+            driver.passed(owner, moved, None, now);
+        }
+    }
+
+    /// One of relay `id`'s sockets closed: nothing more is started or reported, and it goes
+    /// now if nothing of it is in flight (else at its last completion).
+    fn abandon_relay(&mut self, id: usize) {
+        let Some(Some(relay)) = self.relays.get_mut(id) else {
+            return;
+        };
+        relay.abandoned = true;
+        if !relay.receiving && !relay.sending {
+            self.end_relay(id);
+        }
+    }
+
+    fn end_relay(&mut self, id: usize) {
+        let Some(relay) = self.relays.get_mut(id).and_then(Option::take) else {
+            return;
+        };
+        for slot in [relay.from, relay.to] {
+            if let Some(s) = self.socks.get_any(slot)
+                && s.moving == Some(Moving::Relay(id as u32))
+            {
+                s.moving = None;
+            }
+        }
+        for buf in relay.into_buffers() {
+            self.relay_buffers.give(buf);
+        }
+    }
+}
+
+/// The first free place of `v`, made if there is none.
+fn free_index<T>(v: &mut Vec<Option<T>>) -> usize {
+    match v.iter().position(Option::is_none) {
+        Some(i) => i,
+        None => {
+            v.push(None);
+            v.len() - 1
+        }
+    }
+}
+
 /// Bytes one pass writes per turn at most before the others get theirs.
 const PASS_TURN_BYTES: u64 = 4 << 20;
 
@@ -608,6 +811,7 @@ impl UringNet {
             // What the pipe holds counts as held by the worker (tests).
             self.bytes_received += std::mem::take(&mut pass.pulled);
             self.bytes_sent += moved;
+            self.spliced += moved;
             let wait = match step {
                 Step::Readable => Some((from, libc::POLLIN)),
                 Step::Writable => Some((to, libc::POLLOUT)),
@@ -649,9 +853,9 @@ impl UringNet {
         };
         for slot in [pass.from, pass.to] {
             if let Some(s) = self.socks.get_any(slot)
-                && s.pass == Some(id)
+                && s.moving == Some(Moving::Splice(id as u32))
             {
-                s.pass = None;
+                s.moving = None;
             }
         }
         let (pipe, empty) = pass.into_pipe();
@@ -729,7 +933,7 @@ impl Transport for UringNet {
             recv: Receive::default(),
             read_wanted: false,
             inflight: 1,
-            pass: None,
+            moving: None,
             pass_waiting: false,
             // Made so (`uring::upstream_socket`).
             nonblocking: true,
@@ -769,9 +973,11 @@ impl Transport for UringNet {
         if s.owner.take().is_none() {
             return;
         }
-        let (target, fd, pass) = (s.target, s.fd, s.pass);
-        if let Some(id) = pass {
-            self.end_pass(id);
+        let (target, fd, moving) = (s.target, s.fd, s.moving);
+        match moving {
+            Some(Moving::Splice(id)) => self.end_pass(id as usize),
+            Some(Moving::Relay(id)) => self.abandon_relay(id as usize),
+            None => {}
         }
         match (fd, last) {
             (Some(fd), Some(bytes)) => uring::send_now(fd, bytes),
@@ -810,24 +1016,15 @@ impl Transport for UringNet {
     }
 
     fn pass_min(&mut self, from: usize, to: usize) -> Option<u64> {
-        if self.splice_min == 0
-            || !self.pipes.available()
-            || !(self.splice_local || self.remote_peer(from))
-        {
+        if self.splice_min == 0 {
             return None;
         }
         for slot in [from, to] {
-            let s = self.socks.get_any(slot)?;
-            let fd = s.fd?;
-            if s.pass.is_some() {
+            if self.socks.get_any(slot)?.moving.is_some() {
                 return None;
             }
-            if !s.nonblocking {
-                // splice(2) waits unless the descriptor says not to.
-                uring::set_nonblocking(fd).ok()?;
-                s.nonblocking = true;
-            }
         }
+        // Where splicing does not pay, or cannot be done, the relay can.
         Some(self.splice_min)
     }
 
@@ -843,36 +1040,14 @@ impl Transport for UringNet {
             s.pass_waiting = true;
             return false;
         }
-        let from_fd = s.fd;
-        let to_fd = self.socks.get_any(to).and_then(|s| s.fd);
-        let (Some(from_fd), Some(to_fd), Some(pipe)) = (from_fd, to_fd, self.pipes.take()) else {
-            // Asked again after the drive, when `pass_min` says no.
+        if self.socks.get_any(to).is_none() {
             self.retouch.push(owner);
             return false;
-        };
-        self.pass_serial += 1;
-        let pass = Pass::new(
-            (from, from_fd),
-            (to, to_fd),
-            len,
-            owner,
-            pipe,
-            self.pass_serial,
-        );
-        let id = match self.passes.iter().position(Option::is_none) {
-            Some(id) => id,
-            None => {
-                self.passes.push(None);
-                self.passes.len() - 1
-            }
-        };
-        self.passes[id] = Some(pass);
-        for slot in [from, to] {
-            if let Some(s) = self.socks.get_any(slot) {
-                s.pass = Some(id);
-            }
         }
-        self.runnable.push((id, self.pass_serial));
+        match self.splice_fds(from, to) {
+            Some(fds) => self.start_splice(fds, len, owner),
+            None => self.start_relay(from, to, len, owner),
+        }
         true
     }
 
@@ -967,6 +1142,10 @@ impl Worker {
                 splice_local: setup.tuning.splice_local,
                 pass_serial: 0,
                 retouch: Vec::new(),
+                relays: Vec::new(),
+                spliced: 0,
+                relayed: 0,
+                relay_buffers: RelayBuffers::default(),
             },
             driver,
             core: setup.core,
@@ -1654,26 +1833,52 @@ mod tests {
         let worker = serve_with(4, 3, len, RECV_BUFFERS, Features::default(), conn, |w| {
             w.net.splice_local = true;
         });
-        let m = worker.driver.metrics();
-        let passed = m.bytes_passed.load(std::sync::atomic::Ordering::Relaxed);
-        // Each answer's head comes with up to one receive (128 KiB) of its body, which takes
-        // the plain path; the rest is spliced.
         let least = 12 * (len as u64 - u64::from(uring::RECV_LIMIT));
-        assert!(passed >= least, "{passed} bytes spliced, at least {least}");
-        let connects = m.upstream_connect.read().count();
+        assert_passed(&worker, least, 4);
         assert!(
-            connects <= 4,
-            "{connects} upstream connections for 4 clients"
+            worker.net.spliced >= least,
+            "{} spliced",
+            worker.net.spliced
         );
-        assert!(worker.net.passes.iter().all(Option::is_none));
+        assert_eq!(worker.net.relayed, 0);
         assert!(worker.net.pipes.available());
     }
 
-    /// The same answers take the plain path by default, from an upstream on loopback (its
-    /// sender shares this kernel: see `Tuning::splice_local`), and the count above is not
-    /// made up.
+    /// Each answer's head comes with up to one receive (128 KiB) of its body, which takes
+    /// the plain path; at least `least` bytes of the rest were passed (and counted by the
+    /// driver), on at most `connections` upstream connections, and every pass ended.
+    fn assert_passed(worker: &Worker, least: u64, connections: u64) {
+        let m = worker.driver.metrics();
+        let passed = m.bytes_passed.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(passed >= least, "{passed} bytes passed, at least {least}");
+        let connects = m.upstream_connect.read().count();
+        assert!(connects <= connections, "{connects} upstream connections");
+        assert!(worker.net.passes.iter().all(Option::is_none));
+        assert!(worker.net.relays.iter().all(Option::is_none));
+    }
+
+    /// From an upstream on loopback (by default not spliced: its sender shares this kernel,
+    /// see `Tuning::splice_local`) the same answers are relayed through the worker's own
+    /// buffers: whole and in order, upstream connections reused.
     #[test]
-    fn a_loopback_upstream_is_not_spliced_unless_configured() {
+    fn large_answers_from_a_loopback_upstream_are_relayed_whole_and_in_order() {
+        let len = 1 << 20;
+        let conn = ConnConfig::default();
+        let worker = serve_with(4, 3, len, RECV_BUFFERS, Features::default(), conn, |_| {});
+        let least = 12 * (len as u64 - u64::from(uring::RECV_LIMIT));
+        assert_passed(&worker, least, 4);
+        assert!(
+            worker.net.relayed >= least,
+            "{} relayed",
+            worker.net.relayed
+        );
+        assert_eq!(worker.net.spliced, 0);
+    }
+
+    /// With `splice_min = 0` the same answers take the plain path (the counts above are not
+    /// made up).
+    #[test]
+    fn with_splice_min_0_no_body_is_passed() {
         let conn = ConnConfig::default();
         let worker = serve_with(
             2,
@@ -1682,8 +1887,11 @@ mod tests {
             RECV_BUFFERS,
             Features::default(),
             conn,
-            |_| {},
+            |w| {
+                w.net.splice_min = 0;
+            },
         );
+        assert_eq!(worker.net.spliced + worker.net.relayed, 0);
         let m = worker.driver.metrics();
         assert_eq!(m.bytes_passed.load(std::sync::atomic::Ordering::Relaxed), 0);
         assert!(m.bytes_out.load(std::sync::atomic::Ordering::Relaxed) > 4 << 20);
@@ -1695,6 +1903,15 @@ mod tests {
     fn a_slow_client_of_a_spliced_answer_holds_at_most_a_pipe() {
         let peak = peak_held_for_a_slow_client(spliced());
         let bound = super::super::pass::PIPE_SIZE as u64 + u64::from(uring::RECV_LIMIT) * 2;
+        assert!(peak <= bound, "held {peak} bytes at once, at most {bound}");
+    }
+
+    /// A slow client of a relayed 4 MiB answer: the worker holds at most the relay's two
+    /// buffers and the receive that came with the head.
+    #[test]
+    fn a_slow_client_of_a_relayed_answer_holds_at_most_two_buffers() {
+        let peak = peak_held_for_a_slow_client(Tuning::default());
+        let bound = 2 * super::super::pass::RELAY_BUFFER as u64 + u64::from(uring::RECV_LIMIT) * 2;
         assert!(peak <= bound, "held {peak} bytes at once, at most {bound}");
     }
 
@@ -1734,7 +1951,17 @@ mod tests {
     /// (it never sees a complete answer), the pass ends, and both sockets are freed.
     #[test]
     fn an_upstream_that_closes_mid_body_cuts_the_spliced_answer() {
-        let (mut worker, addr, listener, _wake) = budget_worker(cut_upstream(), spliced());
+        upstream_closes_mid_body(spliced());
+    }
+
+    /// As above, relayed.
+    #[test]
+    fn an_upstream_that_closes_mid_body_cuts_the_relayed_answer() {
+        upstream_closes_mid_body(Tuning::default());
+    }
+
+    fn upstream_closes_mid_body(tuning: Tuning) {
+        let (mut worker, addr, listener, _wake) = budget_worker(cut_upstream(), tuning);
         let client = std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -1761,6 +1988,7 @@ mod tests {
         assert!(passed > 1 << 20, "the body was spliced ({passed} bytes)");
         turn_until_freed(&mut worker);
         assert!(worker.net.passes.iter().all(Option::is_none));
+        assert!(worker.net.relays.iter().all(Option::is_none));
         uring::close(listener);
     }
 
@@ -1768,7 +1996,17 @@ mod tests {
     /// sockets, which are freed, and its pipe (holding bytes) is closed.
     #[test]
     fn a_client_that_leaves_mid_body_ends_the_pass_and_frees_its_sockets() {
-        let (mut worker, addr, listener, _wake) = budget_worker(upstream(64 << 20), spliced());
+        client_leaves_mid_body(spliced());
+    }
+
+    /// As above, relayed.
+    #[test]
+    fn a_client_that_leaves_mid_body_ends_the_relay_and_frees_its_sockets() {
+        client_leaves_mid_body(Tuning::default());
+    }
+
+    fn client_leaves_mid_body(tuning: Tuning) {
+        let (mut worker, addr, listener, _wake) = budget_worker(upstream(64 << 20), tuning);
         let client = std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
@@ -1786,6 +2024,7 @@ mod tests {
         assert!(passed > 0, "the body was being spliced");
         turn_until_freed(&mut worker);
         assert!(worker.net.passes.iter().all(Option::is_none));
+        assert!(worker.net.relays.iter().all(Option::is_none));
         uring::close(listener);
     }
 
