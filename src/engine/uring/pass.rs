@@ -221,6 +221,10 @@ const RELAY_SPARE: usize = 64;
 /// does not pay (an upstream in this kernel), the bytes still skip the connection's buffers:
 /// the kernel receives them into a relay buffer and sends them from it, so the worker copies
 /// none (the plain path copies each received byte once more, into the connection's input).
+///
+/// While a send is in flight, what arrives is received behind what the filling buffer already
+/// holds, so the next send takes all of it (as the plain path's output queue does): a receive
+/// per send would make the sends as small as the receives, and wake the client per piece.
 pub(super) struct Relay {
     pub(super) from: usize,
     pub(super) to: usize,
@@ -229,9 +233,16 @@ pub(super) struct Relay {
     left: u64,
     /// Buffers free for the next receive.
     free: Vec<Vec<u8>>,
-    /// Received bytes waiting to be sent: a buffer and its unsent range, in order.
-    filled: std::collections::VecDeque<(Vec<u8>, usize, usize)>,
+    /// The buffer receives land in, and how many bytes it holds (while `receiving`, the
+    /// receive in flight writes behind them).
+    filling: Option<(Vec<u8>, usize)>,
+    /// What a partial send left: the buffer and its unsent range (sent before anything else).
+    rest: Option<(Vec<u8>, usize, usize)>,
     pub(super) receiving: bool,
+    /// The receive in flight was asked to end (so what it lands behind can be sent).
+    cancelling: bool,
+    /// The bytes the buffer of the receive in flight already holds (it lands behind them).
+    behind: usize,
     pub(super) sending: bool,
     /// The range of its buffer the send in flight writes.
     send_range: (usize, usize),
@@ -246,10 +257,13 @@ pub(super) struct Relay {
 
 /// What a relay asks the ring for next ([`Relay::next`]).
 pub(super) enum RelayOp {
-    /// Receive up to `len` bytes from `from` into the buffer.
-    Recv(Vec<u8>, usize),
+    /// Receive into `buf[start..end]`.
+    Recv(Vec<u8>, usize, usize),
     /// Send `buf[start..end]` to `to`.
     Send(Vec<u8>, usize, usize),
+    /// End the receive in flight: it waits behind bytes that could go now (the upstream
+    /// paused), and they must not wait for its next bytes.
+    CancelRecv,
 }
 
 impl Relay {
@@ -260,8 +274,11 @@ impl Relay {
             owner,
             left: len,
             free: bufs.into(),
-            filled: Default::default(),
+            filling: None,
+            rest: None,
             receiving: false,
+            cancelling: false,
+            behind: 0,
             sending: false,
             send_range: (0, 0),
             moved: 0,
@@ -270,50 +287,74 @@ impl Relay {
         }
     }
 
-    /// The operations to start now (a receive while a buffer is free and bytes are left, a
-    /// send while one is filled), marked in flight.
+    /// The operations to start now, marked in flight: a send of what a partial send left,
+    /// else of what the filling buffer holds (when no receive writes into it); a receive while
+    /// bytes are left, behind what the filling buffer holds, or into a free one.
     pub(super) fn next(&mut self) -> Vec<RelayOp> {
         let mut ops = Vec::new();
         if self.end.is_some() || self.abandoned {
             return ops;
         }
-        if !self.receiving
-            && self.left > 0
-            && let Some(buf) = self.free.pop()
-        {
-            let len = usize::try_from(self.left)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
-            self.receiving = true;
-            ops.push(RelayOp::Recv(buf, len));
+        if !self.sending {
+            let out = match self.rest.take() {
+                Some(rest) => Some(rest),
+                None if !self.receiving => match self.filling.take() {
+                    Some((buf, n)) if n > 0 => Some((buf, 0, n)),
+                    other => {
+                        self.filling = other;
+                        None
+                    }
+                },
+                None => None,
+            };
+            if let Some((buf, start, end)) = out {
+                self.sending = true;
+                self.send_range = (start, end);
+                ops.push(RelayOp::Send(buf, start, end));
+            } else if self.receiving && !self.cancelling && self.behind > 0 {
+                self.cancelling = true;
+                ops.push(RelayOp::CancelRecv);
+            }
         }
-        if !self.sending
-            && let Some((buf, start, end)) = self.filled.pop_front()
-        {
-            self.sending = true;
-            self.send_range = (start, end);
-            ops.push(RelayOp::Send(buf, start, end));
+        if !self.receiving && self.left > 0 {
+            if self.filling.is_none() {
+                self.filling = self.free.pop().map(|b| (b, 0));
+            }
+            if let Some((buf, n)) = self.filling.take() {
+                let room = buf.len() - n;
+                if room > 0 {
+                    let len = usize::try_from(self.left).unwrap_or(usize::MAX).min(room);
+                    self.receiving = true;
+                    self.behind = n;
+                    ops.push(RelayOp::Recv(buf, n, n + len));
+                } else {
+                    // Full: it waits for the send in flight.
+                    self.filling = Some((buf, n));
+                }
+            }
         }
         ops
     }
 
-    /// The receive completed with `result` (bytes, 0 at the end of the stream, or -errno).
-    pub(super) fn received(&mut self, buf: Vec<u8>, result: i32) {
+    /// The receive into `buf[start..]` completed with `result` (bytes, 0 at the end of the
+    /// stream, or -errno).
+    pub(super) fn received(&mut self, buf: Vec<u8>, start: usize, result: i32) {
         self.receiving = false;
-        match usize::try_from(result) {
-            Ok(0) => {
-                self.free.push(buf);
+        self.behind = 0;
+        let cancelled = std::mem::take(&mut self.cancelling) && result == -libc::ECANCELED;
+        let got = usize::try_from(result).unwrap_or(0);
+        self.left -= got as u64;
+        match result {
+            _ if cancelled => {}
+            0 => {
                 self.end.get_or_insert(PassEnd::UpstreamEof);
             }
-            Ok(n) => {
-                self.left -= n as u64;
-                self.filled.push_back((buf, 0, n));
-            }
-            Err(_) => {
-                self.free.push(buf);
+            r if r < 0 => {
                 self.end.get_or_insert(PassEnd::UpstreamFailed);
             }
+            _ => {}
         }
+        self.filling = Some((buf, start + got));
     }
 
     /// The send completed with `result` (bytes written, or -errno).
@@ -322,9 +363,8 @@ impl Relay {
         let (start, end) = self.send_range;
         match usize::try_from(result) {
             Ok(n) if start + n < end => {
-                // The rest goes first, next.
                 self.moved += n as u64;
-                self.filled.push_front((buf, start + n, end));
+                self.rest = Some((buf, start + n, end));
             }
             Ok(n) => {
                 self.moved += n as u64;
@@ -343,9 +383,10 @@ impl Relay {
         if self.receiving || self.sending {
             return None;
         }
+        let unsent = self.rest.is_some() || self.filling.as_ref().is_some_and(|(_, n)| *n > 0);
         match self.end {
             Some(end) => Some(end),
-            None if self.left == 0 && self.filled.is_empty() => Some(PassEnd::Done),
+            None if self.left == 0 && !unsent => Some(PassEnd::Done),
             None => None,
         }
     }
@@ -354,7 +395,8 @@ impl Relay {
     pub(super) fn into_buffers(self) -> impl Iterator<Item = Vec<u8>> {
         self.free
             .into_iter()
-            .chain(self.filled.into_iter().map(|(b, _, _)| b))
+            .chain(self.filling.map(|(b, _)| b))
+            .chain(self.rest.map(|(b, _, _)| b))
     }
 }
 
@@ -530,5 +572,106 @@ mod tests {
         assert_eq!(pipes.open, 0);
         drop(client);
         drop(writer);
+    }
+
+    fn kinds(ops: &[RelayOp]) -> Vec<(char, usize, usize)> {
+        ops.iter()
+            .map(|op| match op {
+                RelayOp::Recv(_, a, b) => ('r', *a, *b),
+                RelayOp::Send(_, a, b) => ('s', *a, *b),
+                RelayOp::CancelRecv => ('c', 0, 0),
+            })
+            .collect()
+    }
+
+    fn bufs(ops: Vec<RelayOp>) -> Vec<Vec<u8>> {
+        ops.into_iter()
+            .filter_map(|op| match op {
+                RelayOp::Recv(b, ..) | RelayOp::Send(b, ..) => Some(b),
+                RelayOp::CancelRecv => None,
+            })
+            .collect()
+    }
+
+    /// What arrives while a send is in flight lands behind what the filling buffer holds, and
+    /// the next send takes all of it; bytes that could go while the upstream pauses do not
+    /// wait for its next bytes (the receive behind them is cancelled); the relay is done once
+    /// every byte of its length went out.
+    #[test]
+    fn a_relay_gathers_while_a_send_is_in_flight_and_never_holds_bytes_for_the_next() {
+        const K: usize = 1024;
+        let mut r = Relay::new(
+            1,
+            2,
+            200 * 1024,
+            OWNER,
+            [vec![0; 128 * K], vec![0; 128 * K]],
+        );
+        let ops = r.next();
+        assert_eq!(kinds(&ops), [('r', 0, 128 * K)]);
+        let b = bufs(ops).pop().unwrap();
+        r.received(b, 0, 50 * K as i32);
+        // The 50 KiB go; the other buffer receives.
+        let ops = r.next();
+        assert_eq!(kinds(&ops), [('s', 0, 50 * K), ('r', 0, 128 * K)]);
+        let mut b = bufs(ops);
+        let (recv_buf, send_buf) = (b.pop().unwrap(), b.pop().unwrap());
+        r.received(recv_buf, 0, 10 * K as i32);
+        // The send is in flight: the next receive lands behind the 10 KiB.
+        let ops = r.next();
+        assert_eq!(kinds(&ops), [('r', 10 * K, 128 * K)]);
+        let filling = bufs(ops).pop().unwrap();
+        r.received(filling, 10 * K, 30 * K as i32);
+        let ops = r.next();
+        assert_eq!(kinds(&ops), [('r', 40 * K, 128 * K)]);
+        let filling = bufs(ops).pop().unwrap();
+        r.sent(send_buf, 50 * K as i32);
+        assert_eq!(r.moved, 50 * K as u64);
+        // The send completed while a receive waits behind 40 KiB: it is cancelled, then the
+        // 40 KiB go in one send.
+        assert_eq!(kinds(&r.next()), [('c', 0, 0)]);
+        assert!(r.next().is_empty(), "one cancel");
+        r.received(filling, 40 * K, -libc::ECANCELED);
+        assert_eq!(
+            r.ended(),
+            None,
+            "a cancel of ours is not an upstream failure"
+        );
+        let ops = r.next();
+        assert_eq!(kinds(&ops), [('s', 0, 40 * K), ('r', 0, 110 * K)]);
+        let mut b = bufs(ops);
+        let (recv_buf, send_buf) = (b.pop().unwrap(), b.pop().unwrap());
+        // A partial write: the rest goes first.
+        r.sent(send_buf, 15 * K as i32);
+        r.received(recv_buf, 0, 110 * K as i32);
+        let ops = r.next();
+        assert_eq!(kinds(&ops), [('s', 15 * K, 40 * K)]);
+        r.sent(bufs(ops).pop().unwrap(), 25 * K as i32);
+        let ops = r.next();
+        assert_eq!(kinds(&ops), [('s', 0, 110 * K)]);
+        assert_eq!(r.ended(), None);
+        r.sent(bufs(ops).pop().unwrap(), 110 * K as i32);
+        assert!(r.next().is_empty());
+        assert_eq!(r.ended(), Some(PassEnd::Done));
+        assert_eq!(r.moved, 200 * K as u64);
+        assert_eq!(r.into_buffers().count(), 2, "both buffers come back");
+    }
+
+    #[test]
+    fn a_relay_ends_on_the_first_failure_once_nothing_is_in_flight() {
+        let mut r = Relay::new(1, 2, 1 << 20, OWNER, [vec![0; 1024], vec![0; 1024]]);
+        let b = bufs(r.next()).pop().unwrap();
+        r.received(b, 0, 0);
+        assert!(r.next().is_empty(), "nothing starts after the end");
+        assert_eq!(r.ended(), Some(PassEnd::UpstreamEof));
+        let mut r = Relay::new(1, 2, 1 << 20, OWNER, [vec![0; 1024], vec![0; 1024]]);
+        let b = bufs(r.next()).pop().unwrap();
+        r.received(b, 0, 1000);
+        let mut b = bufs(r.next());
+        let (recv_buf, send_buf) = (b.pop().unwrap(), b.pop().unwrap());
+        r.sent(send_buf, -libc::EPIPE);
+        assert_eq!(r.ended(), None, "a receive is still in flight");
+        r.received(recv_buf, 0, 500);
+        assert_eq!(r.ended(), Some(PassEnd::ClientFailed));
     }
 }

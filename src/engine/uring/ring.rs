@@ -547,7 +547,7 @@ pub struct Ring {
     closing: Vec<RawFd>,
     /// By slot: the buffer of a receive into the caller's memory ([`Ring::recv_into`]) in
     /// flight or completed and not yet taken (a map: few sockets ever have one).
-    recv_lent: std::collections::HashMap<u32, Vec<u8>>,
+    recv_lent: std::collections::HashMap<u32, (Vec<u8>, usize)>,
 }
 
 impl Drop for Ring {
@@ -1246,24 +1246,24 @@ impl Ring {
         Ok(())
     }
 
-    /// A one-shot receive of up to `len` bytes into `buf` (at most its length), the bytes the
-    /// socket has now or the first that come ([`Op::RecvInto`] with `token.slot`). The ring
-    /// keeps the buffer until [`Ring::take_recv`]. One per slot: a second is refused.
+    /// A one-shot receive into `buf[start..end]`: the bytes the socket has now, or the first
+    /// that come ([`Op::RecvInto`] with `token.slot`). The ring keeps the buffer until
+    /// [`Ring::take_recv`]. One per slot: a second is refused.
     pub fn recv_into(
         &mut self,
         target: Target,
         buf: Vec<u8>,
-        len: usize,
+        (start, end): (usize, usize),
         token: Token,
     ) -> Result<(), Vec<u8>> {
-        if self.recv_lent.contains_key(&token.slot) {
+        if self.recv_lent.contains_key(&token.slot) || start > end || end > buf.len() {
             return Err(buf);
         }
         let mut buf = buf;
-        let len = len.min(buf.len()).min(u32::MAX as usize) as u32;
-        let ptr = buf.as_mut_ptr();
+        let len = (end - start).min(u32::MAX as usize) as u32;
+        let ptr = buf[start..end].as_mut_ptr();
         // The heap block does not move when the Vec moves into the map.
-        self.recv_lent.insert(token.slot, buf);
+        self.recv_lent.insert(token.slot, (buf, start));
         let e = on_target!(target, |f| opcode::Recv::new(f, ptr, len).build()).user_data(
             Token {
                 op: Op::RecvInto,
@@ -1275,9 +1275,9 @@ impl Ring {
         Ok(())
     }
 
-    /// The buffer of slot `slot`'s completed [`Ring::recv_into`] (its first bytes are what
-    /// the completion's result counts).
-    pub fn take_recv(&mut self, slot: u32) -> Option<Vec<u8>> {
+    /// The buffer of slot `slot`'s completed [`Ring::recv_into`] and where the receive wrote
+    /// (the completion's result counts the bytes from there).
+    pub fn take_recv(&mut self, slot: u32) -> Option<(Vec<u8>, usize)> {
         self.recv_lent.remove(&slot)
     }
 

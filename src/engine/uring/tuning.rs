@@ -22,9 +22,9 @@ pub const MIN_RECV_BUFFER_SIZE: usize = 1024;
 pub const MAX_RECV_BUFFER_SIZE: usize = 1 << 20;
 /// The most memory one worker's receive buffers may take (count times size).
 pub const MAX_RECV_BUFFER_BYTES: usize = 256 << 20;
-/// The smallest response body that goes from the upstream socket to the client's inside the
-/// kernel (splice, see `pass`): what is left of it once the head's receive is through. One
-/// receive's budget: a body that a receive or two carry gains nothing from a pipe.
+/// The smallest response body that goes from the upstream socket to the client's without the
+/// connection's buffers (spliced or relayed, see `pass`): what is left of it once the head's
+/// receive is through. One receive's budget: a body that a receive or two carry gains nothing.
 pub const SPLICE_MIN: u64 = 128 * 1024;
 /// Pipes a worker keeps for those bodies at most (one per body on its way; each holds up to
 /// 1 MiB of the upstream's pages while the client is slower than the upstream).
@@ -49,7 +49,8 @@ pub struct Tuning {
     /// The optional kernel features the ring may use (each still probed). Its `recv_limit`
     /// is not read: `recv_budget` 0 turns the budget off.
     pub features: Features,
-    /// The smallest rest of a response body spliced from socket to socket (0: none is).
+    /// The smallest rest of a response body passed from socket to socket, spliced or relayed
+    /// (0: none is).
     pub splice_min: u64,
     /// Pipes per worker for spliced bodies, at most (bodies past that take the plain path).
     pub splice_pipes: usize,

@@ -322,13 +322,14 @@ impl UringNet {
                 s.inflight -= 1;
                 match s.moving {
                     Some(Moving::Relay(id)) => {
+                        let (buf, start) = buf;
                         if let Some(Some(relay)) = self.relays.get_mut(id as usize) {
                             self.bytes_received += u64::try_from(c.result.max(0)).unwrap_or(0);
-                            relay.received(buf, c.result);
+                            relay.received(buf, start, c.result);
                         }
                         self.relay_step(id as usize, driver, now);
                     }
-                    _ => self.relay_buffers.give(buf),
+                    _ => self.relay_buffers.give(buf.0),
                 }
                 self.maybe_free(slot);
             }
@@ -689,18 +690,22 @@ impl UringNet {
         let (from, to) = (relay.from, relay.to);
         for op in relay.next() {
             match op {
-                RelayOp::Recv(buf, len) => {
+                RelayOp::Recv(buf, start, end) => {
                     let token = self.token(Op::RecvInto, from);
                     if let Some(s) = self.socks.get_any(from) {
                         s.inflight += 1;
-                        if let Err(buf) = self.ring.recv_into(s.target, buf, len, token) {
+                        if let Err(buf) = self.ring.recv_into(s.target, buf, (start, end), token) {
                             // Never: one receive per relay at a time.
                             s.inflight -= 1;
                             if let Some(Some(r)) = self.relays.get_mut(id) {
-                                r.received(buf, -libc::EBUSY);
+                                r.received(buf, start, -libc::EBUSY);
                             }
                         }
                     }
+                }
+                RelayOp::CancelRecv => {
+                    let token = self.token(Op::RecvInto, from);
+                    self.ring.cancel(token);
                 }
                 RelayOp::Send(buf, start, end) => {
                     let token = self.token(Op::Send, to);
