@@ -22,9 +22,11 @@ pub const MIN_RECV_BUFFER_SIZE: usize = 1024;
 pub const MAX_RECV_BUFFER_SIZE: usize = 1 << 20;
 /// The most memory one worker's receive buffers may take (count times size).
 pub const MAX_RECV_BUFFER_BYTES: usize = 256 << 20;
-/// The smallest response body that goes from the upstream socket to the client's without the
-/// connection's buffers (spliced or relayed, see `pass`): what is left of it once the head's
-/// receive is through. One receive's budget: a body that a receive or two carry gains nothing.
+/// A `splice_min` to start from when turning passes on (they are off by default): one
+/// receive's budget, so a body that a receive or two carry keeps the plain path. Passes are
+/// off by default because on this machine's loopback benchmark they win some cells and lose
+/// others (bench/RESULTS.md): a pass makes the proxy cheaper, and a proxy with idle time wakes
+/// its peers more often.
 pub const SPLICE_MIN: u64 = 128 * 1024;
 /// Pipes a worker keeps for those bodies at most (one per body on its way; each holds up to
 /// 1 MiB of the upstream's pages while the client is slower than the upstream).
@@ -69,7 +71,7 @@ impl Default for Tuning {
             recv_buffers: super::worker::RECV_BUFFERS,
             recv_budget: RECV_LIMIT,
             features: Features::default(),
-            splice_min: SPLICE_MIN,
+            splice_min: 0,
             splice_pipes: SPLICE_PIPES,
             splice_local: false,
         }
@@ -261,9 +263,10 @@ mod tests {
         assert_eq!(d.recv_buffers.bundled, (1024, 4096));
         assert_eq!(d.recv_buffers.plain, (1024, 16 * 1024));
         assert_eq!(d.recv_budget, RECV_LIMIT);
-        assert_eq!((d.splice_min, d.splice_pipes), (128 * 1024, 256));
+        assert_eq!((d.splice_min, d.splice_pipes), (0, 256));
         let mut t = d;
         t.set_splice_min(SPLICE_MIN).unwrap();
+        t.set_splice_min(0).unwrap();
         t.set_splice_pipes(SPLICE_PIPES as u64).unwrap();
         t.set_sq_entries(4096).unwrap();
         t.set_recv_buffers(1024).unwrap();

@@ -1819,10 +1819,19 @@ mod tests {
         }
     }
 
-    /// The engine's tuning, splicing bodies from loopback upstreams too (as every test's).
+    /// The engine's tuning with passes on, splicing bodies from loopback upstreams too (as
+    /// every test's).
     fn spliced() -> Tuning {
         Tuning {
             splice_local: true,
+            ..relayed()
+        }
+    }
+
+    /// The engine's tuning with passes on: bodies from loopback upstreams are relayed.
+    fn relayed() -> Tuning {
+        Tuning {
+            splice_min: super::super::tuning::SPLICE_MIN,
             ..Tuning::default()
         }
     }
@@ -1836,6 +1845,7 @@ mod tests {
         let len = 1 << 20;
         let conn = ConnConfig::default();
         let worker = serve_with(4, 3, len, RECV_BUFFERS, Features::default(), conn, |w| {
+            w.net.splice_min = relayed().splice_min;
             w.net.splice_local = true;
         });
         let least = 12 * (len as u64 - u64::from(uring::RECV_LIMIT));
@@ -1869,7 +1879,9 @@ mod tests {
     fn large_answers_from_a_loopback_upstream_are_relayed_whole_and_in_order() {
         let len = 1 << 20;
         let conn = ConnConfig::default();
-        let worker = serve_with(4, 3, len, RECV_BUFFERS, Features::default(), conn, |_| {});
+        let worker = serve_with(4, 3, len, RECV_BUFFERS, Features::default(), conn, |w| {
+            w.net.splice_min = relayed().splice_min;
+        });
         let least = 12 * (len as u64 - u64::from(uring::RECV_LIMIT));
         assert_passed(&worker, least, 4);
         assert!(
@@ -1880,10 +1892,10 @@ mod tests {
         assert_eq!(worker.net.spliced, 0);
     }
 
-    /// With `splice_min = 0` the same answers take the plain path (the counts above are not
-    /// made up).
+    /// By default (`splice_min = 0`) the same answers take the plain path (the counts above
+    /// are not made up).
     #[test]
-    fn with_splice_min_0_no_body_is_passed() {
+    fn by_default_no_body_is_passed() {
         let conn = ConnConfig::default();
         let worker = serve_with(
             2,
@@ -1892,9 +1904,7 @@ mod tests {
             RECV_BUFFERS,
             Features::default(),
             conn,
-            |w| {
-                w.net.splice_min = 0;
-            },
+            |_| {},
         );
         assert_eq!(worker.net.spliced + worker.net.relayed, 0);
         let m = worker.driver.metrics();
@@ -1915,7 +1925,7 @@ mod tests {
     /// buffers and the receive that came with the head.
     #[test]
     fn a_slow_client_of_a_relayed_answer_holds_at_most_two_buffers() {
-        let peak = peak_held_for_a_slow_client(Tuning::default());
+        let peak = peak_held_for_a_slow_client(relayed());
         let bound = 2 * super::super::pass::RELAY_BUFFER as u64 + u64::from(uring::RECV_LIMIT) * 2;
         assert!(peak <= bound, "held {peak} bytes at once, at most {bound}");
     }
@@ -1962,7 +1972,7 @@ mod tests {
     /// As above, relayed.
     #[test]
     fn an_upstream_that_closes_mid_body_cuts_the_relayed_answer() {
-        upstream_closes_mid_body(Tuning::default());
+        upstream_closes_mid_body(relayed());
     }
 
     fn upstream_closes_mid_body(tuning: Tuning) {
@@ -2007,7 +2017,7 @@ mod tests {
     /// As above, relayed.
     #[test]
     fn a_client_that_leaves_mid_body_ends_the_relay_and_frees_its_sockets() {
-        client_leaves_mid_body(Tuning::default());
+        client_leaves_mid_body(relayed());
     }
 
     fn client_leaves_mid_body(tuning: Tuning) {
