@@ -1180,14 +1180,39 @@ impl Ring {
         token: Token,
         zc: bool,
     ) -> Result<(), Vec<u8>> {
-        let send_zc = zc && self.send_zc && !self.zc_held.contains_key(&token.slot);
+        let zc =
+            zc && self.send_zc && buf.len() >= ZC_MIN && !self.zc_held.contains_key(&token.slot);
+        let len = buf.len();
+        self.lend_send(target, buf, (0, len), token, zc)
+    }
+
+    /// A send of `buf[start..end]` ([`Op::Send`] with `token.slot`), copied by the kernel
+    /// (never zero-copy); otherwise as [`Ring::send`], which hands the whole buffer back.
+    pub fn send_part(
+        &mut self,
+        target: Target,
+        buf: Vec<u8>,
+        range: (usize, usize),
+        token: Token,
+    ) -> Result<(), Vec<u8>> {
+        self.lend_send(target, buf, range, token, false)
+    }
+
+    /// Lends `buf` to a send of `buf[start..end]`, zero-copy if `zc`.
+    fn lend_send(
+        &mut self,
+        target: Target,
+        buf: Vec<u8>,
+        (start, end): (usize, usize),
+        token: Token,
+        zc: bool,
+    ) -> Result<(), Vec<u8>> {
         let lent = self.lent(token.slot);
-        if lent.sending {
+        if lent.sending || start > end || end > buf.len() {
             return Err(buf);
         }
-        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let ptr = buf.as_ptr();
-        let zc = send_zc && buf.len() >= ZC_MIN;
+        let part = &buf[start..end];
+        let (ptr, len) = (part.as_ptr(), u32::try_from(part.len()).unwrap_or(u32::MAX));
         // The heap block does not move when the Vec does.
         lent.send = Some(buf);
         lent.sending = true;
@@ -1203,39 +1228,6 @@ impl Ring {
                 .build())
         };
         let e = e.user_data(
-            Token {
-                op: Op::Send,
-                ..token
-            }
-            .encode(),
-        );
-        self.push(e);
-        Ok(())
-    }
-
-    /// A send of `buf[start..end]` ([`Op::Send`] with `token.slot`), copied by the kernel
-    /// (never zero-copy); otherwise as [`Ring::send`], which hands the whole buffer back.
-    pub fn send_part(
-        &mut self,
-        target: Target,
-        buf: Vec<u8>,
-        (start, end): (usize, usize),
-        token: Token,
-    ) -> Result<(), Vec<u8>> {
-        let lent = self.lent(token.slot);
-        if lent.sending || start > end || end > buf.len() {
-            return Err(buf);
-        }
-        let part = &buf[start..end];
-        let (ptr, len) = (part.as_ptr(), part.len() as u32);
-        // The heap block does not move when the Vec does.
-        lent.send = Some(buf);
-        lent.sending = true;
-        lent.zc = false;
-        let e = on_target!(target, |f| opcode::Send::new(f, ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build())
-        .user_data(
             Token {
                 op: Op::Send,
                 ..token
