@@ -37,7 +37,8 @@ Usage:
                           [--modes keepalive,close] [--duration 5] [--rounds 1] [--write-results]
 Needs root (perf, sysctl, taskset), nginx, haproxy, wrk and perf (installed with apt-get if
 missing). For new-connection cells it sets net.ipv4.tcp_tw_reuse=1 and widens
-ip_local_port_range (restored at exit): without them the client runs out of ports.
+ip_local_port_range (restored at exit, also when stopped by SIGTERM or SIGHUP): without them the
+client runs out of ports.
 """
 
 import argparse
@@ -363,6 +364,11 @@ def main():
     if max(args.connections) * 2 + 100 > hard:
         print(f"warning: open-file limit {hard} is below what {max(args.connections)} connections "
               "may need in a proxy", file=sys.stderr)
+    # A run stopped by SIGTERM or SIGHUP still restores what it changes (the `finally` below):
+    # a port range left at 1024-65000 lets client sockets take ports that services and tests
+    # listen on (a CI run's etcd could not bind its port).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     restore = [set_sysctl("net.ipv4.tcp_tw_reuse", "1"),
                set_sysctl("net.ipv4.ip_local_port_range", "1024\t65000")]
     tmp = tempfile.mkdtemp(prefix="sluice-matrix-")
@@ -400,7 +406,14 @@ def main():
                 rounds = {name: [] for name in contenders}
                 for _ in range(args.rounds):
                     for name in contenders:
-                        rounds[name].append(measure(name, starters[name](), upstream, cell, args, script))
+                        proc = starters[name]()
+                        try:
+                            rounds[name].append(measure(name, proc, upstream, cell, args, script))
+                        finally:
+                            # measure() stops it; a run stopped midway must not leave it behind.
+                            if proc.poll() is None:
+                                proc.kill()
+                                proc.wait()
             finally:
                 upstream.terminate()
                 upstream.wait()
