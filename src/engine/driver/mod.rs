@@ -1160,11 +1160,13 @@ impl Driver {
                 UpState::Attached => {
                     // A large body goes peer to peer where the transport can move it: reading
                     // stops until the bytes already here are written, then the pass starts.
+                    // The transport first: with passes off (the default) it says no at once,
+                    // and the machine is not asked on every drive.
                     let pass = (client.tls.is_none() && up.tls.is_none())
-                        .then(|| client.conn.passable())
+                        .then(|| t.pass_min(up.sock, client.sock))
                         .flatten()
-                        .filter(|_| !client.conn.holding())
-                        .filter(|&n| t.pass_min(up.sock, client.sock).is_some_and(|m| n >= m));
+                        .and_then(|min| client.conn.passable().filter(|&n| n >= min))
+                        .filter(|_| !client.conn.holding());
                     match pass {
                         None => t.set_read(up.sock, wants),
                         Some(n) => {
